@@ -1,0 +1,3 @@
+from p2p_research.cli import main
+
+main()

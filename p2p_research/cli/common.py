@@ -1,0 +1,79 @@
+"""Shared CLI plumbing: one-line errors with a non-zero exit, JSON output, the --home option."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import typer
+
+from p2p_research.home import default_home
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HomeOpt = typer.Option(None, "--home", help="Node home folder [default: $P2P_RESEARCH_HOME or ~/.p2p-research]")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON")
+
+
+def resolve_home(home: Path | None) -> Path:
+    return (home or default_home()).expanduser()
+
+
+class CliError(Exception):
+    """An error to show as one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from p2p_research.config import ConfigError
+    from p2p_research.home import HomeError
+    from p2p_research.research.constants import ConstantsError
+    from p2p_research.research.searchspace import SearchSpaceError
+    from p2p_research.research.workspace import WorkspaceError
+    from p2p_research.store.ledger import LedgerError
+
+    return (CliError, HomeError, ConfigError, LedgerError, WorkspaceError, SearchSpaceError, ConstantsError)
+
+
+def one_line_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except _known_errors() as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(getattr(e, "code", 1)) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def setup_logging(verbose: bool, logfile: Path | None = None) -> None:
+    """Project logs to stderr (and a file); libp2p's own loggers are quieted where they are used."""
+    level = logging.DEBUG if verbose else logging.INFO
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile))
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger("p2p_research")
+    root.handlers.clear()
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(level)
+    root.propagate = False

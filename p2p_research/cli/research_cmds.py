@@ -1,0 +1,203 @@
+"""`init`, `run` and `noise`: the solo autoresearch loop of one node home."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import trio
+import typer
+from rich.console import Console
+
+from p2p_research.cli.common import CliError, HomeOpt, JsonOpt, one_line_errors, print_json, resolve_home, setup_logging
+from p2p_research.home import HomeLock, NodeHome
+
+console = Console(stderr=True)
+log = logging.getLogger("p2p_research.cli")
+
+
+def apply_loop_overrides(cfg, budget_tokens: int | None, budget_seconds: float | None, proposer: str | None,
+                         proposer_command: str | None, seed: int | None, margin: float | None):
+    from p2p_research.config import ConfigError
+
+    r = cfg.research
+    if budget_tokens is not None and budget_seconds is not None:
+        raise CliError("give --budget-tokens or --budget-seconds, not both", 2)
+    if budget_tokens is not None:
+        if budget_tokens <= 0:
+            raise CliError("--budget-tokens must be positive", 2)
+        r.budget_tokens, r.budget_seconds = budget_tokens, 0.0
+    if budget_seconds is not None:
+        if budget_seconds <= 0:
+            raise CliError("--budget-seconds must be positive", 2)
+        r.budget_seconds, r.budget_tokens = budget_seconds, 0
+    if proposer is not None:
+        r.proposer = proposer
+    if proposer_command is not None:
+        r.proposer_command = proposer_command
+    if seed is not None:
+        r.seed = seed
+    if margin is not None:
+        r.margin = margin
+    try:
+        return cfg.validate()
+    except ConfigError as e:
+        raise CliError(str(e), 2) from None
+
+
+def make_proposer(ctx, seed_offset: int = 0):
+    from p2p_research.research.proposers import BuiltinProposer, CommandProposer
+
+    r = ctx.config.research
+    if r.proposer == "command":
+        return CommandProposer(r.proposer_command, r.proposer_timeout_s)
+    # Seeded, but a restart must not replay the same sequence: mix in how many runs the ledger holds.
+    return BuiltinProposer(ctx.space, seed=r.seed * 1_000_003 + len(ctx.ledger.runs()) + seed_offset)
+
+
+async def _watch_sigterm(cancel_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.warning("SIGTERM: stopping")
+            cancel_scope.cancel()
+            return
+
+
+async def render_progress(engine, console: Console) -> None:
+    """A live status line with a progress bar for the current run (estimated from past run times)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=1.0)
+        seen_done = 0
+        while True:
+            p = engine.progress
+            if p.experiments_done > seen_done:
+                seen_done = p.experiments_done
+                bar.console.print(f"[{seen_done}] {p.last_result}")
+            base = "-" if p.baseline_value is None else f"{p.baseline_value:.6f}"
+            label = {"baseline": "measuring baseline", "training": f"exp {p.exp_id[:10]}",
+                     "proposing": "proposing"}.get(p.phase, p.phase)
+            desc = f"{label} {p.description[:48]} | best {base} | done {p.experiments_done} kept {p.kept}"
+            frac = p.fraction()
+            bar.update(task, description=desc, completed=frac if frac is not None else 0.0)
+            await trio.sleep(0.5)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @one_line_errors
+    def init(
+        home: Optional[Path] = HomeOpt,
+        profile: Optional[str] = typer.Option(None, "--profile", help="A profile from nodes/ (or a path to a node.toml)"),
+        target: Optional[Path] = typer.Option(None, "--target", help="A folder with prepare.py, train.py, program.md "
+                                              "[default: the embedded target]"),
+        json_out: bool = JsonOpt,
+    ) -> None:
+        """Create a node home: node.toml and a workspace with the deterministic genesis commit."""
+        from p2p_research.research.init import init_home
+        from p2p_research.research.workspace import Workspace
+
+        h = init_home(resolve_home(home), profile, target)
+        genesis = Workspace(h.repo).genesis
+        if json_out:
+            print_json({"home": str(h.path), "genesis": genesis})
+        else:
+            typer.echo(f"created node home {h.path}\ngenesis commit {genesis}")
+
+    @app.command()
+    @one_line_errors
+    def run(
+        home: Optional[Path] = HomeOpt,
+        experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=1,
+                                                  help="Stop after N experiments [default: run forever]"),
+        budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Token budget per run"),
+        budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Wall-clock budget per run"),
+        proposer: Optional[str] = typer.Option(None, "--proposer", help="builtin | command"),
+        proposer_command: Optional[str] = typer.Option(None, "--proposer-command", help="Agent command for --proposer command"),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        margin: Optional[float] = typer.Option(None, "--margin", help="Keep threshold in val_bpb [default: from noise]"),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Run the solo autoresearch loop: baseline, then propose, train, keep or discard, repeat."""
+        from p2p_research.research.context import open_context
+        from p2p_research.research.engine import ResearchEngine
+
+        h = NodeHome(resolve_home(home)).require()
+        cfg = apply_loop_overrides(h.load_config(), budget_tokens, budget_seconds, proposer, proposer_command, seed, margin)
+        setup_logging(verbose, h.logs / "run.log")
+        with HomeLock(h, "run"):
+            ctx = open_context(h, cfg)
+            engine = ResearchEngine(ctx, make_proposer(ctx))
+            console.print(f"node home {h.path} | protocol {ctx.protocol_id[:12]} | budget {ctx.budget.describe()} "
+                          f"| margin {engine.margin:.6f} | proposer {cfg.research.proposer}")
+
+            async def main() -> object:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_watch_sigterm, nursery.cancel_scope)
+                    nursery.start_soon(render_progress, engine, console)
+                    done = await engine.run(experiments)
+                    nursery.cancel_scope.cancel()
+                    return done
+                return None
+
+            started = time.time()
+            try:
+                done = trio.run(main)
+            finally:
+                ctx.close()
+            if done is None:
+                console.print(f"stopped after {engine.progress.experiments_done} experiments; the ledger is up to date")
+                raise typer.Exit(130)
+            b = engine.progress.baseline_value
+            console.print(f"{done.reason} in {time.time() - started:.0f} s; baseline "
+                          f"{engine.progress.baseline_commit[:7]} val_bpb {b if b is None else f'{b:.6f}'}")
+            if done.error:
+                raise CliError(done.reason)
+
+    @app.command()
+    @one_line_errors
+    def noise(
+        home: Optional[Path] = HomeOpt,
+        repeats: int = typer.Option(3, "--repeats", "-k", min=2, help="How many baseline runs (different seeds)"),
+        budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens"),
+        budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds"),
+        json_out: bool = JsonOpt,
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Measure the baseline's run-to-run spread; the keep margin defaults to 2 sigma of it."""
+        from p2p_research.research.context import open_context
+        from p2p_research.research.engine import ResearchEngine
+
+        h = NodeHome(resolve_home(home)).require()
+        cfg = apply_loop_overrides(h.load_config(), budget_tokens, budget_seconds, None, None, None, None)
+        setup_logging(verbose, h.logs / "run.log")
+        with HomeLock(h, "noise"):
+            ctx = open_context(h, cfg)
+            engine = ResearchEngine(ctx, make_proposer(ctx))
+
+            def each(i: int, v: float | None) -> None:
+                console.print(f"run {i + 1}/{repeats}: val_bpb {'crash' if v is None else f'{v:.6f}'}")
+
+            async def main() -> dict:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(render_progress, engine, console)
+                    record = await engine.measure_noise(repeats, each)
+                    nursery.cancel_scope.cancel()
+                    return record
+
+            try:
+                record = trio.run(main)
+            except RuntimeError as e:
+                raise CliError(str(e)) from None
+            finally:
+                ctx.close()
+        if json_out:
+            print_json({"protocol_id": ctx.protocol_id, **record})
+        else:
+            typer.echo(f"val_bpb mean {record['mean']:.6f} std {record['std']:.6f} over {len(record['values'])} runs; "
+                       f"margin set to {record['margin']:.6f}")

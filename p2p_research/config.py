@@ -1,0 +1,176 @@
+"""node.toml: a node's configuration, validated into dataclasses.
+
+Every key is known and typed: an unknown key, a wrong type or an out-of-range value is a one-line
+`ConfigError` naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class NodeSection:
+    name: str = ""              # display name; empty: derived from the peer id
+
+
+@dataclass
+class ResearchSection:
+    enabled: bool = True
+    data: str = ""              # "" = the harness's generated corpus; else a text file or folder
+    budget_tokens: int = 0      # 0 = the harness's default token budget
+    budget_seconds: float = 0.0  # > 0 = a wall-clock budget instead (the hardware class joins the protocol)
+    seed: int = 0
+    proposer: str = "builtin"   # builtin | command
+    proposer_command: str = ""  # shell command run in the workspace for proposer = command
+    proposer_timeout_s: float = 900.0
+    margin: float = -1.0        # keep threshold in val_bpb; < 0 = from `noise` (2 sigma), else 0.002
+    run_timeout_s: float = 0.0  # 0 = automatic (from the baseline's duration)
+    memory_limit_mb: int = 8192
+    threads: int = 0            # torch threads in training; 0 = torch's default
+    device: str = "auto"        # auto | cpu | cuda
+    cache_dir: str = ""         # "" = ~/.cache/p2p-research
+
+
+@dataclass
+class NetworkSection:
+    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    bootstrap: list[str] = field(default_factory=list)
+    target_peers: int = 6
+    rate_limit_per_s: float = 20.0
+
+
+@dataclass
+class TrustSection:
+    policy: str = "constants"   # constants | any
+    trusted_peers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VerificationSection:
+    policy: str = "adaptive"    # always | adaptive | never
+    tolerance: float = 0.0      # |re-run - claim| allowed; 0 = 2 x margin
+    refuted_threshold: int = 2  # a peer refuted this often (net of confirmations) is ignored
+
+
+@dataclass
+class NodeConfig:
+    node: NodeSection = field(default_factory=NodeSection)
+    research: ResearchSection = field(default_factory=ResearchSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    trust: TrustSection = field(default_factory=TrustSection)
+    verification: VerificationSection = field(default_factory=VerificationSection)
+
+    def validate(self) -> "NodeConfig":
+        r = self.research
+        if r.proposer not in ("builtin", "command"):
+            raise ConfigError(f"research.proposer must be 'builtin' or 'command', got {r.proposer!r}")
+        if r.proposer == "command" and not r.proposer_command.strip():
+            raise ConfigError("research.proposer = 'command' needs research.proposer_command")
+        if r.budget_tokens < 0:
+            raise ConfigError(f"research.budget_tokens must be >= 0, got {r.budget_tokens}")
+        if r.budget_seconds < 0:
+            raise ConfigError(f"research.budget_seconds must be >= 0, got {r.budget_seconds}")
+        if r.budget_tokens and r.budget_seconds:
+            raise ConfigError("set research.budget_tokens or research.budget_seconds, not both")
+        if r.memory_limit_mb < 256:
+            raise ConfigError(f"research.memory_limit_mb must be at least 256, got {r.memory_limit_mb}")
+        if r.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"research.device must be auto, cpu or cuda, got {r.device!r}")
+        if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
+            raise ConfigError("research timeouts must be positive and threads >= 0")
+        if self.trust.policy not in ("constants", "any"):
+            raise ConfigError(f"trust.policy must be 'constants' or 'any', got {self.trust.policy!r}")
+        if self.verification.policy not in ("always", "adaptive", "never"):
+            raise ConfigError(f"verification.policy must be always, adaptive or never, got {self.verification.policy!r}")
+        if self.network.target_peers < 1:
+            raise ConfigError("network.target_peers must be at least 1")
+        if self.network.rate_limit_per_s <= 0:
+            raise ConfigError("network.rate_limit_per_s must be positive")
+        return self
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    where = f"{section}.{key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return list(value)
+    raise ConfigError(f"{where}: unsupported type")
+
+
+def config_from_dict(data: dict[str, Any]) -> NodeConfig:
+    cfg = NodeConfig()
+    for section, values in data.items():
+        if section not in {f.name for f in dataclasses.fields(cfg)}:
+            raise ConfigError(f"unknown section [{section}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        obj = getattr(cfg, section)
+        names = {f.name for f in dataclasses.fields(obj)}
+        for key, value in values.items():
+            if key not in names:
+                raise ConfigError(f"unknown key {section}.{key}")
+            setattr(obj, key, _coerce(section, key, value, getattr(obj, key)))
+    return cfg.validate()
+
+
+def load_config(path: Path) -> NodeConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no node.toml at {path}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def dump_config(cfg: NodeConfig) -> str:
+    out = ["# p2p-research node configuration (see README.md for every key)\n"]
+    for f in dataclasses.fields(cfg):
+        out.append(f"\n[{f.name}]\n")
+        section = getattr(cfg, f.name)
+        for sf in dataclasses.fields(section):
+            out.append(f"{sf.name} = {_toml_value(getattr(section, sf.name))}\n")
+    return "".join(out)

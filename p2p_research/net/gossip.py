@@ -1,0 +1,227 @@
+"""GossipSub topics of a swarm: validation, rate limiting, dedup and prompt draining.
+
+Safety rules (each measured in LIBP2P_NOTES.md):
+- spam protection is off (it throttles our own publishes at 10 msg/s); per-peer token buckets
+  in the validator replace it;
+- subscription queues hold 32 messages and drop silently: a task per topic drains them into our
+  own large channel at once;
+- gossip replays recent messages after a reconnect: a seen-set of message hashes makes delivery
+  idempotent;
+- a publish over 1 MiB, or one our own validator rejects, is dropped silently by libp2p: we check
+  both before publishing and raise instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from ..wire import BoardPost, Claim, Message, Result, Verification, WireError, check_result, decode
+from .ratelimit import PerPeerRateLimiter, RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+LIBP2P_RPC_CAP = 1024 * 1024  # libp2p silently drops a publish whose RPC exceeds this
+PUBLISH_CAP = LIBP2P_RPC_CAP - 16 * 1024  # room for the envelope (from, seqno, signature, key, topic)
+SEEN_CAPACITY = 100_000
+INCOMING_CAPACITY = 10_000
+
+
+@dataclass
+class Incoming:
+    """A valid message from another peer."""
+
+    message: Message
+    from_peer: str  # gossip source: the originator's peer id (authenticated by the envelope signature)
+    received_at: float
+
+
+def topic_names(swarm_id: str) -> tuple[str, str]:
+    """(experiments topic, board topic) of a swarm."""
+    return f"/p2p-research/{swarm_id}/exp/1", f"/p2p-research/{swarm_id}/board/1"
+
+
+def new_stats() -> dict[str, Any]:
+    """Counters: published, received, duplicate, queue_full, rejected (a Counter by reason)."""
+    return {"published": 0, "received": 0, "duplicate": 0, "queue_full": 0, "rejected": Counter()}
+
+
+class Gossip:
+    """Pubsub + GossipSub router for one swarm's two topics, with our validation on top."""
+
+    def __init__(
+        self,
+        host: IHost,
+        swarm_id: str,
+        incoming: trio.MemorySendChannel[Incoming],
+        *,
+        rate_limit_per_s: float,
+        rate_burst: int,
+        stats: dict[str, Any],
+        on_received_from: Callable[[str], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.my_id = host.get_id()
+        self.exp_topic, self.board_topic = topic_names(swarm_id)
+        self.topic_types: dict[str, tuple[type, ...]] = {
+            self.exp_topic: (Claim, Result, Verification),
+            self.board_topic: (BoardPost,),
+        }
+        self.router = GossipSub(
+            protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+            spam_protection_enabled=False,
+        )
+        self.pubsub = Pubsub(host, self.router, allowed_topics=set(self.topic_types))
+        self._incoming = incoming
+        self._limiter = PerPeerRateLimiter(rate_limit_per_s, rate_burst)
+        self._rlog = RateLimitedLog(log)
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self.stats = stats
+        self._on_received_from = on_received_from
+
+    # --- validation (runs inside libp2p's read loop: synchronous, never raises) --------------------
+
+    def _reject(self, reason: str, source: str, detail: str) -> bool:
+        self.stats["rejected"][reason] += 1
+        self._rlog.log(logging.WARNING, f"{reason}:{source}", "rejected gossip from %s: %s (%s)", source, reason, detail)
+        return False
+
+    def _validator(self, topic: str) -> Callable[[ID, Any], bool]:
+        allowed = self.topic_types[topic]
+
+        def validate(forwarder: ID, msg: Any) -> bool:
+            try:
+                source = ID(msg.from_id)
+                if source == self.my_id:
+                    return True  # our own publish, checked before publishing
+                src = source.to_base58()
+                if self._on_received_from is not None and forwarder != self.my_id:
+                    self._on_received_from(forwarder.to_base58())
+                if not self._limiter.allow(src):
+                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s")
+                try:
+                    m = decode(msg.data)
+                except WireError as e:
+                    return self._reject("malformed", src, e.reason)
+                if not isinstance(m, allowed):
+                    return self._reject("wrong_topic", src, f"{m.TYPE} on {topic}")
+                if isinstance(m, Claim) and m.peer != src:
+                    return self._reject("peer_mismatch", src, f"claim.peer={m.peer}")
+                if isinstance(m, BoardPost) and m.author != src:
+                    return self._reject("peer_mismatch", src, f"board.author={m.author}")
+                if isinstance(m, (Result, Verification)):
+                    try:
+                        check_result(m)
+                    except WireError as e:
+                        return self._reject("bad_signature", src, e.reason)
+                return True
+            except Exception as e:  # a validator that raises would break libp2p's read loop
+                return self._reject("validator_error", "?", f"{type(e).__name__}: {e}")
+
+        return validate
+
+    # --- receiving -------------------------------------------------------------------------------
+
+    def _seen_before(self, data: bytes) -> bool:
+        h = hashlib.sha256(data).digest()
+        if h in self._seen:
+            self._seen.move_to_end(h)
+            return True
+        self._seen[h] = None
+        if len(self._seen) > SEEN_CAPACITY:
+            self._seen.popitem(last=False)
+        return False
+
+    async def _drain(self, sub: Any) -> None:
+        """Move messages out of libp2p's 32-slot subscription queue as fast as they come."""
+        while True:
+            msg = await sub.get()
+            source = ID(msg.from_id)
+            if source == self.my_id:
+                continue
+            if self._seen_before(msg.data):
+                self.stats["duplicate"] += 1
+                continue
+            try:
+                m = decode(msg.data)
+            except WireError as e:  # cannot happen after validation; be defensive
+                self.stats["rejected"]["malformed"] += 1
+                log.warning("undecodable message passed validation: %s", e.reason)
+                continue
+            try:
+                self._incoming.send_nowait(Incoming(m, source.to_base58(), time.time()))
+                self.stats["received"] += 1
+            except trio.WouldBlock:
+                self.stats["queue_full"] += 1
+                self._rlog.log(logging.ERROR, "queue_full", "incoming queue full: dropped a %s", m.TYPE)
+
+    # --- publishing ------------------------------------------------------------------------------
+
+    def topic_for(self, msg: Message) -> str:
+        for topic, types in self.topic_types.items():
+            if isinstance(msg, types):
+                return topic
+        raise TypeError(f"not a wire message: {type(msg).__name__}")
+
+    async def publish(self, msg: Message) -> None:
+        """Validate like a receiver would, then publish; raise instead of libp2p's silent drops."""
+        topic = self.topic_for(msg)
+        data = msg.to_wire()  # WireError if invalid
+        if len(data) > PUBLISH_CAP:  # unreachable with the wire caps; kept as the loud guard
+            raise WireError(f"refusing to publish {len(data)} bytes: libp2p drops RPCs over 1 MiB silently")
+        me = self.my_id.to_base58()
+        if isinstance(msg, Claim) and msg.peer != me:
+            raise WireError(f"claim.peer {msg.peer} is not this node ({me}): peers would reject it")
+        if isinstance(msg, BoardPost) and msg.author != me:
+            raise WireError(f"board.author {msg.author} is not this node ({me}): peers would reject it")
+        if isinstance(msg, (Result, Verification)):
+            check_result(msg)
+        self._seen_before(data)
+        await self.pubsub.publish(topic, data)
+        self.stats["published"] += 1
+
+
+@asynccontextmanager
+async def open_gossip(
+    host: IHost,
+    swarm_id: str,
+    incoming: trio.MemorySendChannel[Incoming],
+    *,
+    rate_limit_per_s: float,
+    rate_burst: int,
+    stats: dict[str, Any],
+    on_received_from: Callable[[str], None] | None = None,
+) -> AsyncIterator[Gossip]:
+    """Start pubsub and the router, subscribe to both topics with validators, drain them."""
+    g = Gossip(
+        host, swarm_id, incoming, rate_limit_per_s=rate_limit_per_s, rate_burst=rate_burst,
+        stats=stats, on_received_from=on_received_from,
+    )  # fmt: skip
+    async with background_trio_service(g.pubsub), background_trio_service(g.router):
+        await g.pubsub.wait_until_ready()
+        async with trio.open_nursery() as nursery:
+            for topic in g.topic_types:
+                g.pubsub.set_topic_validator(topic, g._validator(topic), False)
+                sub = await g.pubsub.subscribe(topic)
+                nursery.start_soon(g._drain, sub, name=f"gossip-drain {topic}")
+            try:
+                yield g
+            finally:
+                nursery.cancel_scope.cancel()

@@ -1,0 +1,124 @@
+"""The libp2p host: TCP + Noise only + Yamux, with safe startup/teardown and address parsing.
+
+py-libp2p's default listener also accepts plaintext, secio and TLS dialers; a Noise-only
+``sec_opt`` refuses them (LIBP2P_NOTES.md). Teardown needs ``await host.close()`` and a guard
+against the known ``RuntimeError("Nursery is closed to new arrivals")`` raised by libp2p's own
+background tasks when many hosts stop at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+log = logging.getLogger(__name__)
+
+
+def make_host(key_pair: KeyPair) -> IHost:
+    """A host that speaks only Noise (security) and Yamux (muxer) over TCP."""
+    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_preference="YAMUX")
+
+
+def parse_listen_addr(addr: str) -> multiaddr.Multiaddr:
+    """Parse a listen multiaddr like ``/ip4/127.0.0.1/tcp/0``; ValueError with a clear message."""
+    try:
+        ma = multiaddr.Multiaddr(addr)
+        ma.value_for_protocol("tcp")
+    except Exception as e:
+        raise ValueError(f"invalid listen address {addr!r}: expected /ip4/<ip>/tcp/<port> ({e})") from None
+    return ma
+
+
+def parse_peer_addr(addr: str) -> PeerInfo:
+    """Parse a bootstrap address ``/ip4/<ip>/tcp/<port>/p2p/<peer id>``; ValueError with a clear message."""
+    if not isinstance(addr, str) or "/p2p/" not in addr:
+        raise ValueError(f"invalid bootstrap address {addr!r}: expected /ip4/<ip>/tcp/<port>/p2p/<peer id>")
+    try:
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        for a in info.addrs:
+            a.value_for_protocol("tcp")
+    except Exception as e:
+        raise ValueError(
+            f"invalid bootstrap address {addr!r}: expected /ip4/<ip>/tcp/<port>/p2p/<peer id> "
+            f"({type(e).__name__}: {str(e)[:100]})"
+        ) from None
+    if not info.addrs or not str(info.addrs[0]):
+        raise ValueError(f"invalid bootstrap address {addr!r}: no transport address before /p2p/")
+    return info
+
+
+def full_addrs(host: IHost) -> list[str]:
+    """The host's addresses in bootstrap form (``.../p2p/<id>``), the string a user copies."""
+    pid = host.get_id().to_base58()
+    out = []
+    for a in host.get_addrs():
+        s = str(a)
+        out.append(s if "/p2p/" in s else f"{s}/p2p/{pid}")
+    return out
+
+
+def peer_id_str(peer_id: ID) -> str:
+    return peer_id.to_base58()
+
+
+def _is_benign_teardown(e: BaseException) -> bool:
+    return isinstance(e, RuntimeError) and "Nursery is closed" in str(e)
+
+
+def strip_benign_teardown(exc: BaseException) -> BaseException | None:
+    """Remove libp2p's known teardown RuntimeErrors from an exception (group); None if nothing remains."""
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(_is_benign_teardown)
+        return rest
+    return None if _is_benign_teardown(exc) else exc
+
+
+@asynccontextmanager
+async def running_host(host: IHost, listen: list[multiaddr.Multiaddr]) -> AsyncIterator[IHost]:
+    """Run ``host`` listening on ``listen``; always ``host.close()`` and swallow only the benign teardown error."""
+    try:
+        async with host.run(listen_addrs=listen):
+            try:
+                yield host
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    try:
+                        await host.close()
+                    except Exception as e:  # best effort: we are shutting down anyway
+                        log.debug("host.close() failed: %r", e)
+    except BaseException as exc:  # noqa: BLE001 - filtered, re-raised unless only benign errors remain
+        rest = strip_benign_teardown(exc)
+        if rest is None:
+            log.debug("ignored libp2p teardown error: %r", exc)
+            return
+        if rest is exc:
+            raise
+        raise rest from None
+
+
+def peerstore_addrs(host: IHost, peer_id: ID) -> list[str]:
+    """Known transport addresses of a peer in bootstrap form (from identify and dialing)."""
+    try:
+        addrs: list[Any] = list(host.get_peerstore().addrs(peer_id))
+    except Exception:  # peerstore raises PeerStoreError for unknown peers
+        return []
+    pid = peer_id.to_base58()
+    out = []
+    for a in addrs:
+        s = str(a)
+        out.append(s if "/p2p/" in s else f"{s}/p2p/{pid}")
+    return out

@@ -1,0 +1,134 @@
+"""The one facade the daemon uses: a libp2p node with the swarm's topics, object transfer and peers.
+
+    async with open_network(cfg, object_source) as net:
+        await net.publish(claim)
+        async for inc in net.incoming: ...
+
+Everything runs in one nursery owned by :func:`open_network`; leaving the block stops it all and
+closes the host. ``network.host`` and ``network.nursery`` are exposed so that a DHT (``KadDHT``)
+can be started alongside (``background_trio_service`` inside the same block).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from libp2p.abc import IHost
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+
+from ..wire import GitObject, Message
+from .gossip import INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip, topic_names
+from .host import full_addrs, make_host, parse_listen_addr, parse_peer_addr, running_host
+from .peers import PeerManager, PeerState
+from .transfer import OBJECTS_PROTOCOL, ObjectServer, ObjectSource, TransferError
+from .transfer import fetch_objects as _fetch_objects
+
+log = logging.getLogger(__name__)
+
+_SWARM_ID = re.compile(r"[0-9a-f]{1,64}")
+
+__all__ = ["Incoming", "NetConfig", "Network", "PeerState", "TransferError", "open_network", "topic_names"]
+
+
+@dataclass
+class NetConfig:
+    key_pair: KeyPair
+    swarm_id: str  # short hex string; scopes the topics
+    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    bootstrap: list[str] = field(default_factory=list)
+    target_peers: int = 6
+    rate_limit_per_s: float = 20.0
+    rate_burst: int = 60
+
+
+class Network:
+    """A running node's network side. Create with :func:`open_network`."""
+
+    def __init__(
+        self, host: IHost, gossip: Gossip, peers: PeerManager, incoming: trio.MemoryReceiveChannel[Incoming],
+        stats: dict[str, Any], nursery: trio.Nursery,
+    ) -> None:  # fmt: skip
+        self.host = host
+        self.peer_id: str = host.get_id().to_base58()
+        self.gossip = gossip
+        self.pubsub = gossip.pubsub
+        self.peer_manager = peers
+        self.incoming = incoming
+        self.stats = stats
+        self.nursery = nursery
+
+    def addrs(self) -> list[str]:
+        """Full bootstrap-form addresses ``/ip4/.../tcp/.../p2p/<id>``."""
+        return full_addrs(self.host)
+
+    async def publish(self, msg: Message) -> None:
+        """Publish on the topic of the message's type. Raises WireError for a message peers would reject."""
+        await self.gossip.publish(msg)
+
+    async def fetch_objects(self, peer_id: str, oids: list[str], *, timeout: float = 60.0) -> list[GitObject]:
+        """Fetch git objects from a peer (dialing it if needed through known addresses).
+
+        Returns the verified objects the peer had (missing ones omitted); raises TransferError.
+        """
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:
+            raise ValueError(f"invalid peer id {peer_id!r}") from None
+        return await _fetch_objects(self.host, pid, oids, timeout=timeout)
+
+    def peers(self) -> list[PeerState]:
+        """Connected peers (refreshed every second)."""
+        return self.peer_manager.peers()
+
+    async def connect(self, addr: str) -> None:
+        """Dial a peer by bootstrap address once (no retries); raises on failure."""
+        info = parse_peer_addr(addr)
+        with trio.fail_after(10):
+            await self.host.connect(info)
+
+
+@asynccontextmanager
+async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIterator[Network]:
+    """Start host, gossip, object server and peer management; stop and close everything on exit.
+
+    Configuration errors (malformed listen or bootstrap address, bad swarm id) raise ValueError
+    before anything starts. Unreachable bootstrap peers only log warnings and are retried.
+    """
+    if not isinstance(cfg.swarm_id, str) or not _SWARM_ID.fullmatch(cfg.swarm_id):
+        raise ValueError(f"invalid swarm id {cfg.swarm_id!r}: expected 1..64 lowercase hex chars")
+    if cfg.target_peers < 1:
+        raise ValueError(f"target_peers must be >= 1, got {cfg.target_peers}")
+    if cfg.rate_limit_per_s <= 0 or cfg.rate_burst < 1:
+        raise ValueError("rate_limit_per_s and rate_burst must be positive")
+    listen = [parse_listen_addr(a) for a in (cfg.listen or ["/ip4/127.0.0.1/tcp/0"])]
+    boot = [parse_peer_addr(a) for a in cfg.bootstrap]
+    my_id = ID.from_pubkey(cfg.key_pair.public_key)
+    boot = [b for b in boot if b.peer_id != my_id]  # a node listed as its own bootstrap peer
+
+    host = make_host(cfg.key_pair)
+    stats = new_stats()
+    send, recv = trio.open_memory_channel[Incoming](INCOMING_CAPACITY)
+    peers = PeerManager(host, boot, target_peers=cfg.target_peers)
+    server = ObjectServer(object_source)
+    async with running_host(host, listen):
+        host.set_stream_handler(OBJECTS_PROTOCOL, server.handle)
+        async with open_gossip(
+            host, cfg.swarm_id, send, rate_limit_per_s=cfg.rate_limit_per_s, rate_burst=cfg.rate_burst,
+            stats=stats, on_received_from=peers.note_message_from,
+        ) as gossip:  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                await nursery.start(peers.run)
+                net = Network(host, gossip, peers, recv, stats, nursery)
+                log.info("network up: %s listening on %s", net.peer_id, ", ".join(net.addrs()))
+                try:
+                    yield net
+                finally:
+                    nursery.cancel_scope.cancel()
+                    send.close()

@@ -1,0 +1,297 @@
+"""Peer management: bootstrap with backoff, peer exchange, connection tracking, latency.
+
+Peer exchange (``/p2p-research/peers/1.0.0``): the dialer sends one frame
+``{"addrs": [its own bootstrap addresses]}``; the responder answers ``{"peers": [<= 32 bootstrap
+addresses of its other connected peers]}``. A swarm joined through one bootstrap node thus grows
+into a mesh instead of staying a star: a node below ``target_peers`` connections asks its peers
+and dials the addresses it learns.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.host.ping import PingService
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from .framing import FrameError, frame, pack, read_frame, unpack_small
+from .host import full_addrs, parse_peer_addr, peerstore_addrs
+from .identity import short_name
+from .ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+PEERS_PROTOCOL = TProtocol("/p2p-research/peers/1.0.0")
+MAX_EXCHANGE = 32
+DIAL_TIMEOUT = 10.0
+EXCHANGE_TIMEOUT = 5.0
+BACKOFF_START = 1.0
+BACKOFF_CAP = 30.0
+POLL_INTERVAL = 1.0
+DISCOVERY_INTERVAL = 3.0
+PING_INTERVAL = 10.0
+
+
+@dataclass
+class PeerState:
+    """What this node knows about one connected peer."""
+
+    peer_id: str
+    name: str
+    addrs: list[str]
+    direction: str  # "inbound" | "outbound" | "unknown"
+    connected_since: float  # unix seconds (observed to within POLL_INTERVAL)
+    latency_ms: float | None = None
+    agent_version: str | None = None
+    messages_received: int = 0  # first deliveries of gossip messages forwarded by this peer
+    bootstrap: bool = False
+
+
+@dataclass
+class _Candidate:
+    info: PeerInfo
+    failures: int = 0
+    next_try: float = 0.0
+
+
+@dataclass
+class PeerManager:
+    host: IHost
+    bootstrap: list[PeerInfo]
+    target_peers: int = 6
+    _peers: dict[str, PeerState] = field(default_factory=dict)
+    _announced: dict[str, list[str]] = field(default_factory=dict)  # peer -> its self-announced addrs
+    _candidates: dict[str, _Candidate] = field(default_factory=dict)
+    _asked: set[str] = field(default_factory=set)
+    _msg_counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.my_id = self.host.get_id()
+        self._bootstrap_ids = {b.peer_id.to_base58() for b in self.bootstrap}
+        self._rlog = RateLimitedLog(log, interval=30.0)
+        self._ping = PingService(self.host)
+        self._changed = trio.Event()
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def peers(self) -> list[PeerState]:
+        return sorted(self._peers.values(), key=lambda p: p.connected_since)
+
+    def connected_ids(self) -> list[str]:
+        return [p.to_base58() for p in self.host.get_connected_peers()]
+
+    def note_message_from(self, peer_id: str) -> None:
+        self._msg_counts[peer_id] = self._msg_counts.get(peer_id, 0) + 1
+        st = self._peers.get(peer_id)
+        if st is not None:
+            st.messages_received += 1
+
+    def _addrs_of(self, pid: ID) -> list[str]:
+        s = pid.to_base58()
+        return list(self._announced.get(s) or peerstore_addrs(self.host, pid))
+
+    def _refresh(self) -> None:
+        conns: dict[ID, Any] = dict(self.host.get_network().connections)
+        now = time.time()
+        current = {pid.to_base58(): pid for pid in conns}
+        for gone in set(self._peers) - set(current):
+            log.info("peer disconnected: %s (%s)", short_name(gone), gone)
+            del self._peers[gone]
+            self._asked.discard(gone)
+        for s, pid in current.items():
+            st = self._peers.get(s)
+            if st is None:
+                direction = "unknown"
+                try:
+                    direction = str(conns[pid][0].direction.name).lower()
+                except Exception:
+                    pass
+                st = PeerState(
+                    peer_id=s, name=short_name(s), addrs=[], direction=direction, connected_since=now,
+                    messages_received=self._msg_counts.get(s, 0), bootstrap=s in self._bootstrap_ids,
+                )  # fmt: skip
+                self._peers[s] = st
+                log.info("peer connected: %s (%s, %s)", st.name, s, direction)
+            st.addrs = self._addrs_of(pid)
+
+    # --- loops -----------------------------------------------------------------------------------
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """All peer-management tasks; cancel the enclosing scope to stop them."""
+        self.host.set_stream_handler(PEERS_PROTOCOL, self._handle_exchange)
+        async with trio.open_nursery() as nursery:
+            for b in self.bootstrap:
+                nursery.start_soon(self._keep_bootstrap, b, name=f"bootstrap {b.peer_id}")
+            nursery.start_soon(self._poll_loop, name="peers-poll")
+            nursery.start_soon(self._discovery_loop, name="peers-discovery")
+            nursery.start_soon(self._ping_loop, name="peers-ping")
+            task_status.started()
+
+    async def _dial(self, info: PeerInfo) -> None:
+        with trio.fail_after(DIAL_TIMEOUT):
+            await self.host.connect(info)
+
+    async def _keep_bootstrap(self, info: PeerInfo) -> None:
+        """Dial a bootstrap peer with exponential backoff; redial whenever the connection drops."""
+        backoff = BACKOFF_START
+        pid = info.peer_id
+        while True:
+            if pid in self.host.get_network().connections:
+                backoff = BACKOFF_START
+                await trio.sleep(POLL_INTERVAL * 2)
+                continue
+            try:
+                await self._dial(info)
+                log.info("connected to bootstrap peer %s", pid)
+                backoff = BACKOFF_START
+                self._changed.set()
+            except Exception as e:  # TooSlowError, SwarmException, OSError...: retry later
+                self._rlog.log(
+                    logging.WARNING, f"boot:{pid}", "bootstrap peer %s unreachable (%s); retrying in %.0fs",
+                    pid, type(e).__name__, backoff,
+                )  # fmt: skip
+                await trio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, BACKOFF_CAP)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            self._refresh()
+            await trio.sleep(POLL_INTERVAL)
+
+    async def _discovery_loop(self) -> None:
+        """Ask newly connected peers (and all peers while below target) for more peers; dial them."""
+        while True:
+            with trio.move_on_after(DISCOVERY_INTERVAL):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            self._refresh()
+            below = len(self._peers) < self.target_peers
+            to_ask = [p for p in list(self._peers) if below or p not in self._asked]
+            random.shuffle(to_ask)
+            for s in to_ask:
+                await self._exchange_with(ID.from_base58(s))
+                if len(self.host.get_network().connections) >= self.target_peers:
+                    break
+            await self._dial_candidates()
+
+    async def _exchange_with(self, pid: ID) -> None:
+        s = pid.to_base58()
+        self._asked.add(s)
+        stream = None
+        try:
+            with trio.fail_after(EXCHANGE_TIMEOUT):
+                stream = await self.host.new_stream(pid, [PEERS_PROTOCOL])
+                await stream.write(frame(pack({"addrs": full_addrs(self.host)[:8]})))
+                reply = unpack_small(await read_frame(stream, 64 * 1024))
+            addrs = reply.get("peers") if isinstance(reply, dict) else None
+            if not isinstance(addrs, list):
+                raise FrameError("reply without a peer list")
+            for a in addrs[:MAX_EXCHANGE]:
+                self._add_candidate(a)
+            with trio.move_on_after(1):
+                await stream.close()
+        except Exception as e:  # peer gone, old version without the protocol, malformed reply
+            self._rlog.log(logging.DEBUG, f"px:{s}", "peer exchange with %s failed: %r", s, e)
+            if stream is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await stream.reset()
+                    except Exception:
+                        pass
+
+    def _add_candidate(self, addr: Any) -> None:
+        if not isinstance(addr, str):
+            return
+        try:
+            info = parse_peer_addr(addr)
+        except ValueError:
+            return
+        s = info.peer_id.to_base58()
+        if info.peer_id == self.my_id:
+            return
+        if s not in self._candidates:
+            self._candidates[s] = _Candidate(info)
+            if len(self._candidates) > 1000:
+                self._candidates.pop(next(iter(self._candidates)))
+
+    async def _dial_candidates(self) -> None:
+        conns = self.host.get_network().connections
+        now = trio.current_time()
+        items = list(self._candidates.items())
+        random.shuffle(items)
+        for s, c in items:
+            if len(conns) >= self.target_peers:
+                return
+            if c.info.peer_id in conns or c.next_try > now:
+                continue
+            try:
+                await self._dial(c.info)
+                c.failures = 0
+                log.info("connected to exchanged peer %s", short_name(s))
+                self._changed.set()
+            except Exception as e:
+                c.failures += 1
+                c.next_try = trio.current_time() + min(BACKOFF_CAP * 4, BACKOFF_START * 2**c.failures)
+                self._rlog.log(logging.DEBUG, f"cand:{s}", "dial of exchanged peer %s failed: %r", s, e)
+                if c.failures > 8:
+                    del self._candidates[s]
+
+    async def _handle_exchange(self, stream: INetStream) -> None:
+        try:
+            remote = stream.muxed_conn.peer_id
+            with trio.fail_after(EXCHANGE_TIMEOUT):
+                req = unpack_small(await read_frame(stream, 64 * 1024))
+                own = req.get("addrs") if isinstance(req, dict) else None
+                if isinstance(own, list):
+                    good = []
+                    for a in own[:8]:
+                        try:
+                            if isinstance(a, str) and parse_peer_addr(a).peer_id == remote:
+                                good.append(a)
+                        except ValueError:
+                            pass
+                    if good:
+                        self._announced[remote.to_base58()] = good
+                        self._add_candidate(good[0])
+                out: list[str] = []
+                for pid in list(self.host.get_network().connections):
+                    if pid == remote:
+                        continue
+                    addrs = self._addrs_of(pid)
+                    if addrs:
+                        out.append(addrs[0])
+                    if len(out) >= MAX_EXCHANGE:
+                        break
+                await stream.write(frame(pack({"peers": out})))
+            with trio.move_on_after(1):
+                await stream.close()
+        except Exception as e:
+            log.debug("peer exchange request failed: %r", e)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
+
+    async def _ping_loop(self) -> None:
+        while True:
+            for s in list(self._peers):
+                st = self._peers.get(s)
+                if st is None:
+                    continue
+                try:
+                    with trio.fail_after(5):
+                        rtts = await self._ping.ping(ID.from_base58(s), ping_amt=1)
+                    if rtts:
+                        st.latency_ms = rtts[0] / 1000.0
+                except Exception as e:
+                    self._rlog.log(logging.DEBUG, f"ping:{s}", "ping %s failed: %r", s, e)
+            await trio.sleep(PING_INTERVAL)

@@ -1,0 +1,177 @@
+"""Git object transfer over our own stream protocol ``/p2p-research/objects/1.0.0``.
+
+Request: one frame (4-byte big-endian length + msgpack list of <= 1024 oids).
+Response, per requested oid in order: ``0x00 kind:u8 len:u32 data`` (found), ``0x01`` (not found),
+``0x02`` (over the per-object or per-response cap). The fetcher verifies every object against its
+id before returning it: the server may lie.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Union
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from ..wire import GitObject, git_object_id
+from ..wire.messages import GIT_KINDS
+from .framing import FrameError, frame, pack, read_exact, read_frame, unpack_small, write_all
+
+log = logging.getLogger(__name__)
+
+OBJECTS_PROTOCOL = TProtocol("/p2p-research/objects/1.0.0")
+MAX_OIDS = 1024
+MAX_OBJECT = 16 * 1024 * 1024
+MAX_RESPONSE = 64 * 1024 * 1024
+REQUEST_TIMEOUT = 10.0
+FETCH_TIMEOUT = 60.0
+MAX_CONCURRENT_SERVES = 8
+
+FOUND, NOT_FOUND, TOO_LARGE = 0, 1, 2
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+
+ObjectSource = Callable[[str], Union[tuple[int, bytes], None, Awaitable[Union[tuple[int, bytes], None]]]]
+
+
+class TransferError(Exception):
+    """Fetching objects failed: peer unreachable, protocol violation, timeout, or a lying peer."""
+
+
+def _check_oids(oids: Any) -> list[str]:
+    if not isinstance(oids, list) or len(oids) > MAX_OIDS:
+        raise FrameError(f"expected a list of at most {MAX_OIDS} oids")
+    for o in oids:
+        if not isinstance(o, str) or not _HEX40.fullmatch(o):
+            raise FrameError("oids must be 40 lowercase hex chars")
+    return oids
+
+
+class ObjectServer:
+    """Serves objects from ``object_source(oid) -> (kind, data) | None`` (sync or async)."""
+
+    def __init__(self, object_source: ObjectSource) -> None:
+        self.object_source = object_source
+        self._slots = trio.Semaphore(MAX_CONCURRENT_SERVES)
+        self.served = 0
+
+    async def _lookup(self, oid: str) -> tuple[int, bytes] | None:
+        try:
+            r = self.object_source(oid)
+            if inspect.isawaitable(r):
+                r = await r
+        except Exception as e:  # a broken source must not kill the handler; report not-found
+            log.warning("object_source(%s) failed: %r", oid, e)
+            return None
+        if r is None:
+            return None
+        kind, data = r
+        return int(kind), bytes(data)
+
+    async def handle(self, stream: INetStream) -> None:
+        try:
+            async with self._slots:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    oids = _check_oids(unpack_small(await read_frame(stream, 64 * 1024)))
+                sent = 0
+                with trio.fail_after(FETCH_TIMEOUT):
+                    for oid in oids:
+                        found = await self._lookup(oid)
+                        if found is None:
+                            await stream.write(bytes([NOT_FOUND]))
+                            continue
+                        kind, data = found
+                        if kind not in GIT_KINDS or len(data) > MAX_OBJECT or sent + len(data) > MAX_RESPONSE:
+                            await stream.write(bytes([TOO_LARGE]))
+                            continue
+                        await write_all(stream, bytes([FOUND, kind]) + len(data).to_bytes(4, "big") + data)
+                        sent += len(data)
+                        self.served += 1
+            await stream.close()
+        except (FrameError, trio.TooSlowError) as e:
+            log.info("objects request from %s refused: %s", _remote(stream), e)
+            await _reset(stream)
+        except Exception as e:  # stream errors from a vanished peer
+            log.info("objects request from %s failed: %r", _remote(stream), e)
+            await _reset(stream)
+
+
+def _remote(stream: INetStream) -> str:
+    try:
+        return stream.muxed_conn.peer_id.to_base58()
+    except Exception:
+        return "?"
+
+
+async def _reset(stream: INetStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
+async def fetch_objects(
+    host: IHost, peer_id: ID, oids: list[str], *, timeout: float = FETCH_TIMEOUT
+) -> list[GitObject]:
+    """Fetch objects by id from a connected peer; every returned object is verified against its id.
+
+    Objects the peer does not have (or will not send, over the caps) are omitted from the result.
+    Raises TransferError on timeout, protocol violation, or an object whose content is not its id.
+    """
+    oids = list(dict.fromkeys(oids))  # dedup, keep order
+    try:
+        _check_oids(oids)
+    except FrameError as e:
+        raise ValueError(str(e)) from None
+    if not oids:
+        return []
+    out: list[GitObject] = []
+    stream = None
+    ok = False
+    try:
+        with trio.fail_after(timeout):
+            stream = await host.new_stream(peer_id, [OBJECTS_PROTOCOL])
+            await stream.write(frame(pack(oids)))
+            total = 0
+            for oid in oids:
+                status = (await read_exact(stream, 1))[0]
+                if status in (NOT_FOUND, TOO_LARGE):
+                    continue
+                if status != FOUND:
+                    raise TransferError(f"peer {peer_id}: bad status byte {status}")
+                hdr = await read_exact(stream, 5)
+                kind, n = hdr[0], int.from_bytes(hdr[1:], "big")
+                if kind not in GIT_KINDS:
+                    raise TransferError(f"peer {peer_id}: unknown object kind {kind} for {oid}")
+                if n > MAX_OBJECT or total + n > MAX_RESPONSE:
+                    raise TransferError(f"peer {peer_id}: object {oid} of {n} bytes exceeds the caps")
+                data = await read_exact(stream, n)
+                total += n
+                actual = git_object_id(kind, data)
+                if actual != oid:
+                    raise TransferError(f"peer {peer_id} sent wrong content for {oid} (hashes to {actual})")
+                out.append(GitObject(oid, kind, data))
+        ok = True
+        with trio.move_on_after(2):
+            try:
+                await stream.close()
+            except Exception:  # the objects are already verified and in hand
+                pass
+        return out
+    except trio.TooSlowError:
+        raise TransferError(f"fetching {len(oids)} objects from {peer_id} timed out after {timeout}s") from None
+    except TransferError:
+        raise
+    except FrameError as e:
+        raise TransferError(f"peer {peer_id}: {e}") from None
+    except Exception as e:
+        raise TransferError(f"fetching objects from {peer_id} failed: {type(e).__name__}: {e}") from e
+    finally:
+        if stream is not None and not ok:
+            await _reset(stream)

@@ -1,0 +1,323 @@
+"""Carries out the research loop's actions: proposals, commits, training runs, the ledger, results.tsv.
+
+The decisions live in `loop.ResearchLoop`; this module is the I/O edge that performs them. A daemon
+wraps the same engine and listens to its hooks (claims and results to announce). Cancellation
+(Ctrl+C, a daemon stop) kills the training child and records the experiment as `aborted`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import trio
+
+from p2p_research import __version__
+from p2p_research.research import loop as L
+from p2p_research.research.context import EDITABLE_FILE, ResearchContext
+from p2p_research.research.ids import experiment_id
+from p2p_research.research.proposers import Proposal, Proposer, Skip
+from p2p_research.research.runner import RunLimits, RunOutcome, run_training
+from p2p_research.store.ledger import Run
+from p2p_research.store.results_tsv import append_result
+
+log = logging.getLogger("p2p_research.engine")
+
+FIRST_RUN_TIMEOUT_S = 1800.0
+
+
+@dataclass
+class Progress:
+    """What the engine is doing now, for status lines, `status` and progress bars."""
+
+    phase: str = "starting"          # starting | baseline | proposing | training | idle | done
+    exp_id: str = ""
+    commit: str = ""
+    description: str = ""
+    started_at: float = 0.0
+    expected_seconds: float | None = None
+    experiments_done: int = 0
+    kept: int = 0
+    baseline_commit: str = ""
+    baseline_value: float | None = None
+    last_result: str = ""
+
+    def fraction(self, now: float | None = None) -> float | None:
+        if self.phase not in ("baseline", "training") or not self.expected_seconds:
+            return None
+        return min(0.99, ((now or time.time()) - self.started_at) / self.expected_seconds)
+
+
+@dataclass
+class Hooks:
+    """Callbacks a daemon sets to announce what the engine does; all optional."""
+
+    on_claim: Callable[[str, str, str], Awaitable[None]] | None = None          # exp_id, commit, description
+    on_result: Callable[[Run], Awaitable[None]] | None = None
+    on_baseline: Callable[[str, float], Awaitable[None]] | None = None           # commit, value
+    is_known: Callable[[str], Awaitable[bool]] | None = None                    # exp_id -> known elsewhere?
+
+
+@dataclass
+class ExperimentRun:
+    run: Run
+    outcome: RunOutcome | None = None
+
+
+class ResearchEngine:
+    def __init__(self, ctx: ResearchContext, proposer: Proposer, hooks: Hooks | None = None,
+                 seed_offset: int = 0) -> None:
+        self.ctx = ctx
+        self.proposer = proposer
+        self.hooks = hooks or Hooks()
+        self.progress = Progress()
+        self.seed = ctx.config.research.seed + seed_offset
+        self.peer = ""  # own peer id, set by a daemon
+        self.loop: L.ResearchLoop | None = None
+
+    # --- setup ------------------------------------------------------------------------------------
+    @property
+    def margin(self) -> float:
+        cfg = self.ctx.config.research
+        if cfg.margin >= 0:
+            return cfg.margin
+        noise = self.ctx.ledger.get_meta(f"noise:{self.ctx.protocol_id}")
+        if noise and noise.get("margin") is not None:
+            return float(noise["margin"])
+        return L.DEFAULT_MARGIN
+
+    def current_baseline(self) -> tuple[str, float | None]:
+        """The baseline commit and its measured value under this protocol (None: not measured yet)."""
+        ws, ledger = self.ctx.workspace, self.ctx.ledger
+        b = ledger.baseline(self.ctx.protocol_id)
+        if b is None:
+            return ws.baseline, None
+        if ws.baseline != b.commit_id:
+            log.info("workspace baseline %s differs from the ledger's %s; following the ledger", ws.baseline[:7],
+                     b.commit_id[:7])
+            ws.set_baseline(b.commit_id)
+        return b.commit_id, b.val_bpb
+
+    def recover(self) -> int:
+        n = self.ctx.ledger.abort_running("the node stopped during this run")
+        if n:
+            log.warning("recorded %d interrupted run(s) as aborted", n)
+        return n
+
+    def time_limit(self) -> float:
+        r = self.ctx.config.research
+        if r.run_timeout_s:
+            return r.run_timeout_s
+        if self.ctx.budget.seconds:
+            return 2 * self.ctx.budget.seconds + 300
+        expected = self.expected_seconds()
+        return FIRST_RUN_TIMEOUT_S if expected is None else max(120.0, 5 * expected + 60)
+
+    def expected_seconds(self) -> float | None:
+        runs = [r for r in self.ctx.ledger.runs(origin="local", limit=20)
+                if r.total_seconds and r.status not in ("crash", "aborted", "running") and r.protocol_id == self.ctx.protocol_id]
+        if not runs:
+            return self.ctx.budget.seconds
+        return statistics.median(r.total_seconds for r in runs)  # type: ignore[misc]
+
+    # --- the loop ---------------------------------------------------------------------------------
+    async def run(self, max_experiments: int | None = None) -> L.Done:
+        self.recover()
+        commit, value = self.current_baseline()
+        self.ensure_registered(commit, "baseline")
+        self.loop = L.ResearchLoop(commit, value, self.margin, max_experiments)
+        self.progress.baseline_commit, self.progress.baseline_value = commit, value
+        while True:
+            action = self.loop.next_action()
+            if isinstance(action, L.Done):
+                self.progress.phase = "done"
+                return action
+            await self.step(action)
+
+    async def step(self, action: L.Action) -> None:
+        assert self.loop is not None
+        if isinstance(action, L.MeasureBaseline):
+            er = await self.execute(action.commit, "baseline", "baseline measurement", self.seed)
+            value = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
+            self.loop.handle(L.BaselineMeasured(action.commit, value, er.run.reason))
+            if value is not None:
+                self.set_baseline(action.commit, value, "measured locally", er.run.exp_id)
+        elif isinstance(action, L.Propose):
+            self.progress.phase = "proposing"
+            self.progress.description = ""
+            result = await self.proposer.propose(self.ctx.workspace, action.baseline_commit, self._is_known_source(action.baseline_commit))
+            if isinstance(result, Skip):
+                log.warning("proposal skipped: %s", result.reason)
+                self.progress.last_result = f"skipped: {result.reason}"
+                self.loop.handle(L.ProposalSkipped(result.reason))
+                return
+            exp_id, commit = self.commit_proposal(action.baseline_commit, result)
+            self.loop.handle(L.Proposed(exp_id, commit, result.description))
+        elif isinstance(action, L.RunExperiment):
+            er = await self.execute(action.commit, "experiment", action.description, self.seed)
+            value = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
+            verdict = self.loop.handle(L.ExperimentFinished(action.exp_id, action.commit, value, er.run.reason))
+            assert verdict is not None
+            self.record_verdict(er, verdict)
+            if verdict.advance_baseline and value is not None:
+                self.set_baseline(action.commit, value, verdict.reason, action.exp_id)
+
+    # --- pieces -----------------------------------------------------------------------------------
+    def ensure_registered(self, commit: str, description: str, origin: str = "local", proposer: str = "") -> str:
+        ws = self.ctx.workspace
+        exp_id = self.ctx.experiment_id_of(commit)
+        parent = ws.parent_of(commit) or ""
+        if self.ctx.ledger.add_experiment(exp_id, self.ctx.protocol_id, parent, ws.tree_of(commit), commit,
+                                          description, origin, proposer or self.peer):
+            ws.set_experiment_ref(exp_id, commit)
+        return exp_id
+
+    def _is_known_source(self, baseline: str) -> Callable[[bytes], Awaitable[bool]]:
+        async def is_known(train_py: bytes) -> bool:
+            tree = self.ctx.workspace.tree_with(baseline, {EDITABLE_FILE: train_py})
+            exp_id = experiment_id(self.ctx.protocol_id, tree)
+            if self.ctx.ledger.knows(exp_id):
+                return True
+            if self.hooks.is_known is not None:
+                return await self.hooks.is_known(exp_id)
+            return False
+        return is_known
+
+    def commit_proposal(self, baseline: str, proposal: Proposal) -> tuple[str, str]:
+        ws = self.ctx.workspace
+        tree = ws.tree_with(baseline, {EDITABLE_FILE: proposal.train_py})
+        exp_id = experiment_id(self.ctx.protocol_id, tree)
+        message = (f"{proposal.description}\n\nExperiment: {exp_id}\nProtocol: {self.ctx.protocol_id}\n"
+                   f"Proposer: {self.proposer.name}\n")
+        name = self.ctx.config.node.name or "p2p-research node"
+        commit = ws.commit_experiment(baseline, {EDITABLE_FILE: proposal.train_py}, message, exp_id,
+                                      author=(name, f"{self.peer or 'local'}@p2p-research.invalid"))
+        self.ctx.ledger.add_experiment(exp_id, self.ctx.protocol_id, baseline, tree, commit, proposal.description,
+                                       "local", self.peer)
+        return exp_id, commit
+
+    def run_env(self, seed: int) -> dict[str, str]:
+        r = self.ctx.config.research
+        env = {**self.ctx.budget.env(), "P2P_SEED": str(seed), "P2P_DEVICE": r.device}
+        if r.cache_dir:
+            env["P2P_CACHE_DIR"] = str(Path(r.cache_dir).expanduser())
+        if r.data:
+            env["P2P_DATA"] = str(Path(r.data).expanduser())
+        if r.threads:
+            env["P2P_THREADS"] = str(r.threads)
+        return env
+
+    async def execute(self, commit: str, kind: str, description: str, seed: int,
+                      exp_id: str | None = None) -> ExperimentRun:
+        """Train `commit` once and record the run (baseline, experiment, verification or noise)."""
+        ctx = self.ctx
+        exp_id = exp_id or ctx.experiment_id_of(commit)
+        parent = ctx.workspace.parent_of(commit) or ""
+        run = Run(exp_id=exp_id, commit_id=commit, protocol_id=ctx.protocol_id, kind=kind, status="running",
+                  origin="local", peer=self.peer, parent=parent, seed=seed, description=description,
+                  hardware=ctx.hardware)
+        run_id = ctx.ledger.start_run(run)
+        run_dir = ctx.home.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id:05d}-{exp_id[:10]}"
+        log_path = run_dir / "run.log"
+        run.log_path = str(log_path)
+        ctx.ledger.finish_run(run_id, "running", log_path=run.log_path, finished_at=None)
+        expected = self.expected_seconds()
+        p = self.progress
+        p.phase, p.exp_id, p.commit, p.description = ("baseline" if kind == "baseline" else "training"), exp_id, commit, description
+        p.started_at, p.expected_seconds = time.time(), expected
+        if kind == "experiment" and self.hooks.on_claim:
+            await self.hooks.on_claim(exp_id, commit, description)
+        er = ExperimentRun(run)
+        try:
+            ctx.workspace.materialize(commit, run_dir)
+            r = ctx.config.research
+            limits = RunLimits(self.time_limit(), r.memory_limit_mb, hard_address_limit=r.device == "cpu" or (
+                r.device == "auto" and not Path("/dev/nvidia0").exists()))
+            er.outcome = await run_training(run_dir, self.run_env(seed), limits, log_path)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                ctx.ledger.finish_run(run_id, "aborted", reason="the node stopped during this run")
+                run.status = "aborted"
+                append_result(ctx.home.results_tsv, commit, None, None, "aborted", f"{description} (aborted)")
+            raise
+        finally:
+            for name in ("train.py", "prepare.py", "program.md"):
+                (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "__pycache__", ignore_errors=True)
+        o = er.outcome
+        s = o.summary
+        fields = dict(training_seconds=s.training_seconds if s else None, total_seconds=s.total_seconds if s else o.wall_seconds,
+                      memory_gb=s.memory_gb if s else None, num_params=s.num_params if s else None,
+                      num_steps=s.num_steps if s else None, tokens=s.tokens if s else None,
+                      val_bpb=s.val_bpb if s else None, reason=o.reason if not o.ok else "")
+        for k, v in fields.items():
+            setattr(run, k, v)
+        run.finished_at = time.time()
+        if not o.ok:
+            run.status = "crash"
+            ctx.ledger.finish_run(run_id, "crash", **fields)
+            log.warning("%s %s crashed: %s (log: %s)", kind, exp_id[:10], o.reason, log_path)
+            if kind != "experiment":
+                append_result(ctx.home.results_tsv, commit, None, None, "crash", f"{description}: {o.reason}")
+        elif kind == "baseline":
+            run.status = "baseline"
+            ctx.ledger.finish_run(run_id, "baseline", **fields)
+            append_result(ctx.home.results_tsv, commit, s.val_bpb, s.memory_gb, "baseline", description)  # type: ignore[union-attr]
+        else:
+            ctx.ledger.finish_run(run_id, "done" if kind == "experiment" else kind, **fields)
+        return er
+
+    def record_verdict(self, er: ExperimentRun, verdict: L.Verdict) -> None:
+        run = er.run
+        run.status = verdict.status
+        if verdict.status != "crash":
+            run.reason = verdict.reason
+        assert run.run_id is not None
+        self.ctx.ledger.finish_run(run.run_id, verdict.status, reason=run.reason, finished_at=run.finished_at)
+        append_result(self.ctx.home.results_tsv, run.commit_id, run.val_bpb, run.memory_gb, verdict.status,
+                      run.description)
+        p = self.progress
+        p.experiments_done += 1
+        p.kept += verdict.status == "kept"
+        shown = "crash" if run.val_bpb is None else f"{run.val_bpb:.6f}"
+        p.last_result = f"{verdict.status} {run.exp_id[:10]} val_bpb {shown}: {verdict.reason}"
+        log.info("experiment %s %s: %s (%s)", run.exp_id[:10], verdict.status, run.description, verdict.reason)
+
+    def set_baseline(self, commit: str, value: float, reason: str, exp_id: str, source_peer: str = "") -> None:
+        self.ctx.ledger.record_baseline(self.ctx.protocol_id, commit, value, reason, exp_id, source_peer or self.peer)
+        self.ctx.workspace.set_baseline(commit)
+        self.progress.baseline_commit, self.progress.baseline_value = commit, value
+        log.info("baseline is now %s (val_bpb %.6f): %s", commit[:7], value, reason)
+
+    # --- noise --------------------------------------------------------------------------------------
+    async def measure_noise(self, repeats: int, on_each: Callable[[int, float | None], None] | None = None) -> dict:
+        """Run the baseline `repeats` times with different seeds; store the spread and the margin (2 sigma)."""
+        if repeats < 2:
+            raise ValueError("noise needs at least 2 repeats")
+        self.recover()
+        commit, _ = self.current_baseline()
+        self.ensure_registered(commit, "baseline")
+        values: list[float] = []
+        for i in range(repeats):
+            seed = self.seed + 1000 + i
+            er = await self.execute(commit, "noise", f"noise run {i + 1}/{repeats} (seed {seed})", seed)
+            v = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
+            if v is not None and math.isfinite(v):
+                values.append(v)
+            if on_each:
+                on_each(i, v)
+        if len(values) < 2:
+            raise RuntimeError(f"only {len(values)} of {repeats} noise runs succeeded; see the logs under {self.ctx.home.runs}")
+        std = statistics.stdev(values)
+        record = {"commit": commit, "values": values, "mean": statistics.fmean(values), "std": std,
+                  "margin": 2 * std, "measured_at": time.time(), "software": __version__,
+                  "digest": hashlib.sha256(repr(values).encode()).hexdigest()[:12]}
+        self.ctx.ledger.set_meta(f"noise:{self.ctx.protocol_id}", record)
+        return record

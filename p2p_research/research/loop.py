@@ -1,0 +1,201 @@
+"""The autoresearch loop's decisions as a sans-IO state machine, in the style of h11.
+
+Events go in (`handle`), actions come out (`next_action`); there is no network, no clock and no disk
+here. The driver (solo `run` or the daemon) carries out each action and reports what happened as the
+next event. Tests and hypothesis drive this class directly.
+
+    start -> MeasureBaseline -> (Propose -> RunExperiment -> keep/discard)* -> Done
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+DEFAULT_MARGIN = 0.002  # about the run-to-run spread of the default target; `noise` measures it per node
+MAX_CONSECUTIVE_SKIPS = 10
+MAX_BASELINE_FAILURES = 2
+
+
+# --- actions (what the driver must do next) --------------------------------------------------------
+@dataclass(frozen=True)
+class MeasureBaseline:
+    commit: str
+
+
+@dataclass(frozen=True)
+class Propose:
+    baseline_commit: str
+
+
+@dataclass(frozen=True)
+class RunExperiment:
+    exp_id: str
+    commit: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: str
+    error: bool = False
+
+
+Action = MeasureBaseline | Propose | RunExperiment | Done
+
+
+# --- events (what happened) ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BaselineMeasured:
+    commit: str
+    value: float | None          # None: the run failed
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Proposed:
+    exp_id: str
+    commit: str
+    description: str
+
+
+@dataclass(frozen=True)
+class ProposalSkipped:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExperimentFinished:
+    exp_id: str
+    commit: str
+    value: float | None          # None: crash
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ExperimentAborted:
+    exp_id: str
+
+
+Event = BaselineMeasured | Proposed | ProposalSkipped | ExperimentFinished | ExperimentAborted
+
+
+# --- outcomes the driver records -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one experiment: status kept | discarded | crash, and why."""
+
+    exp_id: str
+    status: str
+    reason: str
+    advance_baseline: bool
+
+
+def decide_keep(baseline: float, value: float | None, margin: float) -> tuple[str, str]:
+    """Keep only a result that beats the baseline by more than the noise margin (lower is better)."""
+    if value is None or not math.isfinite(value):
+        return "crash", "no valid val_bpb"
+    gain = baseline - value
+    if gain > margin:
+        return "kept", f"improves val_bpb by {gain:.6f} (> margin {margin:.6f})"
+    if gain > 0:
+        return "discarded", f"improves val_bpb by {gain:.6f}, within the noise margin {margin:.6f}"
+    return "discarded", f"val_bpb worse by {-gain:.6f}"
+
+
+class ProtocolError(Exception):
+    """An event that does not fit the state (a driver bug): raised loudly, never ignored."""
+
+
+@dataclass
+class ResearchLoop:
+    baseline_commit: str
+    baseline_value: float | None = None
+    margin: float = DEFAULT_MARGIN
+    max_experiments: int | None = None
+    experiments_done: int = 0
+    consecutive_skips: int = 0
+    baseline_failures: int = 0
+    _pending: Action | None = None
+    _done: Done | None = None
+    history: list[Verdict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not (self.margin >= 0 and math.isfinite(self.margin)):
+            raise ValueError(f"margin must be a finite number >= 0, got {self.margin}")
+
+    # The one question the driver asks.
+    def next_action(self) -> Action:
+        if self._done is not None:
+            return self._done
+        if self._pending is not None:
+            return self._pending
+        if self.baseline_value is None:
+            self._pending = MeasureBaseline(self.baseline_commit)
+        elif self.max_experiments is not None and self.experiments_done >= self.max_experiments:
+            self._done = Done(f"completed {self.experiments_done} experiments")
+            return self._done
+        else:
+            self._pending = Propose(self.baseline_commit)
+        return self._pending
+
+    def stop(self, reason: str) -> None:
+        self._done = Done(reason)
+
+    def handle(self, event: Event) -> Verdict | None:
+        pending = self._pending
+        if isinstance(event, BaselineMeasured):
+            if not isinstance(pending, MeasureBaseline) or pending.commit != event.commit:
+                raise ProtocolError(f"unexpected {event!r} while waiting for {pending!r}")
+            self._pending = None
+            if event.value is None or not math.isfinite(event.value):
+                self.baseline_failures += 1
+                if self.baseline_failures >= MAX_BASELINE_FAILURES:
+                    self._done = Done(f"the baseline run failed {self.baseline_failures} times: {event.reason}", error=True)
+                return None
+            self.baseline_value = event.value
+            return None
+        if isinstance(event, Proposed):
+            if not isinstance(pending, Propose):
+                raise ProtocolError(f"unexpected {event!r} while waiting for {pending!r}")
+            self.consecutive_skips = 0
+            self._pending = RunExperiment(event.exp_id, event.commit, event.description)
+            return None
+        if isinstance(event, ProposalSkipped):
+            if not isinstance(pending, Propose):
+                raise ProtocolError(f"unexpected {event!r} while waiting for {pending!r}")
+            self._pending = None
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                self._done = Done(f"the proposer produced no experiment {self.consecutive_skips} times in a row: "
+                                  f"{event.reason}", error=True)
+            return None
+        if isinstance(event, ExperimentAborted):
+            if not isinstance(pending, RunExperiment) or pending.exp_id != event.exp_id:
+                raise ProtocolError(f"unexpected {event!r} while waiting for {pending!r}")
+            self._pending = None
+            return None
+        if isinstance(event, ExperimentFinished):
+            if not isinstance(pending, RunExperiment) or pending.exp_id != event.exp_id:
+                raise ProtocolError(f"unexpected {event!r} while waiting for {pending!r}")
+            self._pending = None
+            self.experiments_done += 1
+            assert self.baseline_value is not None
+            status, reason = decide_keep(self.baseline_value, event.value, self.margin)
+            if event.value is None and event.reason:
+                reason = event.reason
+            verdict = Verdict(event.exp_id, status, reason, status == "kept")
+            if verdict.advance_baseline:
+                self.baseline_commit = event.commit
+                self.baseline_value = event.value
+            self.history.append(verdict)
+            return verdict
+        raise ProtocolError(f"unknown event {event!r}")
+
+    def adopt(self, commit: str, value: float) -> None:
+        """Switch to a better baseline found elsewhere (a peer); only between experiments."""
+        if self._pending is not None and not isinstance(self._pending, Propose):
+            raise ProtocolError("adopt while an experiment or baseline run is in flight")
+        self._pending = None
+        self.baseline_commit = commit
+        self.baseline_value = value

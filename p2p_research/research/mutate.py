@@ -1,0 +1,91 @@
+"""Seeded mutations of train.py's constants within the search space (pure; no I/O).
+
+Values are rounded to three significant digits so that nearby proposals from different nodes land on
+the same literal, and hence the same experiment id, more often: dedup works on exact trees.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from p2p_research.research.constants import Literal, read_constants, rewrite_constants
+from p2p_research.research.searchspace import Param, SearchSpace
+
+
+def _round_sig(x: float, digits: int = 3) -> float:
+    if x == 0:
+        return 0.0
+    return float(f"{x:.{digits}g}")
+
+
+def _clip(x: float, p: Param) -> float:
+    assert p.low is not None and p.high is not None
+    return min(max(x, p.low), p.high)
+
+
+def mutate_value(p: Param, current: Literal, rng: random.Random) -> Literal:
+    """A new value for one constant, different from `current` where the space allows it."""
+    if p.kind == "bool":
+        return not bool(current)
+    if p.kind == "choice":
+        others = [c for c in p.choices if not (c == current and type(c) is type(current))]
+        return rng.choice(others or list(p.choices))
+    cur = float(current) if isinstance(current, (int, float)) and not isinstance(current, bool) else p.low
+    assert p.low is not None and p.high is not None
+    cur = _clip(cur, p)  # type: ignore[arg-type]
+    for _ in range(20):
+        if p.kind == "int":
+            if p.log and cur > 0:
+                new: float = round(cur * math.exp(rng.gauss(0.0, 0.35)))
+            else:
+                new = cur + rng.choice([-2, -1, 1, 1, 2])
+            new = int(_clip(new, p))
+            if new != int(cur):
+                return new
+        else:
+            if p.log:
+                new = cur * math.exp(rng.gauss(0.0, 0.5))
+            else:
+                new = cur + rng.gauss(0.0, 0.2 * (p.high - p.low))
+            new = _round_sig(_clip(new, p))
+            if new != cur:
+                return new
+    # Stuck at a bound with tiny steps: jump anywhere in range.
+    if p.kind == "int":
+        return rng.randint(int(p.low), int(p.high))
+    return _round_sig(rng.uniform(p.low, p.high))
+
+
+@dataclass(frozen=True)
+class Mutation:
+    source: str
+    changes: dict[str, tuple[Literal, Literal]]
+
+    @property
+    def description(self) -> str:
+        return "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(self.changes.items()))
+
+
+def propose_mutation(baseline_source: str, space: SearchSpace, rng: random.Random,
+                     focus: dict[str, float] | None = None) -> Mutation:
+    """Change one constant (sometimes two) of the baseline, within the search space.
+
+    `focus` optionally weights the names (e.g. towards constants whose changes helped before).
+    """
+    current = read_constants(baseline_source)
+    names = sorted(n for n in space.params if n in current)
+    if not names:
+        raise ValueError("no constant of the search space is present in train.py")
+    weights = [max(1e-6, (focus or {}).get(n, 1.0)) for n in names]
+    k = 1 if rng.random() < 0.7 or len(names) < 2 else 2
+    chosen: list[str] = []
+    while len(chosen) < k:
+        n = rng.choices(names, weights)[0]
+        if n not in chosen:
+            chosen.append(n)
+    new_values = {n: mutate_value(space.params[n], current[n], rng) for n in chosen}
+    changes = {n: (current[n], v) for n, v in new_values.items() if not (v == current[n] and type(v) is type(current[n]))}
+    source = rewrite_constants(baseline_source, {n: new_values[n] for n in changes})
+    return Mutation(source, changes)

@@ -1,0 +1,147 @@
+"""Runs one training in a child process with a hard time limit and a memory limit. It never hangs.
+
+Training is the one place a node executes code that an agent or a peer wrote, so it runs as a child in
+its own process group: on timeout, memory overrun or cancellation (Ctrl+C) the whole group is killed.
+Its output goes to a log file per run; the summary block at the end is parsed, and anything else
+(crash, timeout, NaN, no summary) becomes a `crash` outcome with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from p2p_research.research.summary import Summary, SummaryError, parse_summary
+
+log = logging.getLogger("p2p_research.runner")
+
+RSS_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    time_limit_s: float
+    memory_limit_mb: int
+    hard_address_limit: bool = True  # RLIMIT_AS: fine on CPU; CUDA maps huge virtual ranges, so off there
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    ok: bool
+    summary: Summary | None
+    reason: str
+    wall_seconds: float
+    returncode: int | None
+    log_path: Path
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - n))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _last_error_line(text: str) -> str:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line and not line.startswith("^") and not line.startswith("~"):
+            return line[:300]
+    return ""
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of a process and its children (the process group leader's tree), from /proc."""
+    total = 0.0
+    try:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if int(fields[2]) != pid and int(entry.name) != pid:  # field 5 (pgrp) after the comm
+                    continue
+                with open(f"/proc/{entry.name}/statm", "rb") as f:
+                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            except (OSError, IndexError, ValueError):
+                continue
+    except OSError:
+        pass
+    return total
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
+                       script: str = "train.py", python: str | None = None) -> RunOutcome:
+    """Run `python script` in `run_dir`; returns the outcome. Cancellation kills the child group."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    limit_bytes = limits.memory_limit_mb * 2**20
+
+    def preexec() -> None:
+        if limits.hard_address_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.monotonic()
+    reason = ""
+    with log_path.open("wb") as logf:
+        proc = await trio.lowlevel.open_process(
+            [python or sys.executable, script], cwd=str(run_dir), env=child_env, stdin=subprocess.DEVNULL,
+            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+        try:
+            with trio.move_on_after(limits.time_limit_s) as scope:
+                while proc.poll() is None:
+                    if _rss_mb(proc.pid) > limits.memory_limit_mb:
+                        reason = f"memory limit exceeded ({limits.memory_limit_mb} MB)"
+                        _kill_group(proc.pid)
+                        break
+                    with trio.move_on_after(RSS_POLL_S):
+                        await proc.wait()
+            if scope.cancelled_caught:
+                reason = f"time limit exceeded ({limits.time_limit_s:.0f} s)"
+                _kill_group(proc.pid)
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+        finally:
+            # Cancelled (Ctrl+C, daemon stop) or any error: never leave the child running.
+            if proc.returncode is None:
+                _kill_group(proc.pid)
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+            _kill_group(proc.pid)  # stray grandchildren of the group
+    wall = time.monotonic() - started
+    out = _tail(log_path)
+    if reason:
+        return RunOutcome(False, None, reason, wall, proc.returncode, log_path)
+    if proc.returncode != 0:
+        rc = proc.returncode
+        why = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}"
+        detail = _last_error_line(out)
+        if rc == 3 or "nan" in detail.lower():
+            why = "loss diverged (NaN/inf)" if rc == 3 else why
+        return RunOutcome(False, None, f"{why}: {detail}" if detail else why, wall, rc, log_path)
+    try:
+        summary = parse_summary(out)
+    except SummaryError as e:
+        return RunOutcome(False, None, str(e), wall, proc.returncode, log_path)
+    return RunOutcome(True, summary, "ok", wall, proc.returncode, log_path)

@@ -1,0 +1,251 @@
+"""A node's git workspace (pygit2): genesis, experiment commits, the baseline ref, object exchange.
+
+Every node of a swarm starts from the same deterministic genesis commit (fixed author, date and
+message), so commit and tree ids agree everywhere and an experiment can be named by its tree.
+Experiments are commits whose parent is a baseline commit, kept under `refs/p2p/exp/<id>` whether kept
+or discarded (the swarm wants negative results too); `refs/heads/main` is the baseline and advances
+on keep or adoption. The working tree always shows the baseline, so an agent edits from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+GENESIS_SIGNATURE = ("p2p-research", "genesis@p2p-research.invalid", 1735689600, 0)  # 2025-01-01T00:00Z
+GENESIS_MESSAGE = "genesis: research target\n"
+BASELINE_REF = "refs/heads/main"
+EXP_REF_PREFIX = "refs/p2p/exp/"
+IGNORED = ("SWARM.md", "__pycache__/", "*.pyc", "run.log")
+
+KIND_NAMES = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
+
+
+class WorkspaceError(Exception):
+    pass
+
+
+def git_object_id(kind: int, data: bytes) -> str:
+    """Git's id of an object: sha1 over "<type> <size>\\0" and the content."""
+    header = f"{KIND_NAMES[kind]} {len(data)}".encode() + b"\0"
+    return hashlib.sha1(header + data).hexdigest()
+
+
+@dataclass(frozen=True)
+class RawObject:
+    oid: str
+    kind: int
+    data: bytes
+
+
+def _sig(name: str, email: str, t: int, offset: int = 0) -> pygit2.Signature:
+    return pygit2.Signature(name, email, t, offset)
+
+
+class Workspace:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.repo = pygit2.Repository(str(self.path))
+        except pygit2.GitError as e:
+            raise WorkspaceError(f"no git workspace at {self.path}: {e}") from None
+
+    # --- creation ---------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, files: dict[str, bytes]) -> "Workspace":
+        """Create the repository with the deterministic genesis commit of `files`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        repo = pygit2.init_repository(str(path), initial_head="main")
+        exclude = path / ".git" / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        exclude.write_text("\n".join(IGNORED) + "\n")
+        tree = cls._tree_from_files(repo, files)
+        sig = _sig(*GENESIS_SIGNATURE)
+        repo.create_commit(BASELINE_REF, sig, sig, GENESIS_MESSAGE, tree, [])
+        ws = cls(path)
+        ws.checkout_baseline()
+        return ws
+
+    @staticmethod
+    def _tree_from_files(repo: pygit2.Repository, files: dict[str, bytes]) -> pygit2.Oid:
+        tb = repo.TreeBuilder()
+        for name in sorted(files):
+            if "/" in name:
+                raise WorkspaceError(f"target files must be flat, got {name}")
+            tb.insert(name, repo.create_blob(files[name]), pygit2.GIT_FILEMODE_BLOB)
+        return tb.write()
+
+    # --- reading ----------------------------------------------------------------------------------
+    @property
+    def genesis(self) -> str:
+        walker = self.repo.walk(self.repo.references[BASELINE_REF].target, pygit2.GIT_SORT_TOPOLOGICAL | pygit2.GIT_SORT_REVERSE)
+        return str(next(iter(walker)).id)
+
+    @property
+    def baseline(self) -> str:
+        return str(self.repo.references[BASELINE_REF].target)
+
+    def commit(self, commit_id: str) -> pygit2.Commit:
+        try:
+            obj = self.repo[commit_id]
+        except (KeyError, ValueError):
+            raise WorkspaceError(f"unknown commit {commit_id}") from None
+        if not isinstance(obj, pygit2.Commit):
+            raise WorkspaceError(f"{commit_id} is not a commit")
+        return obj
+
+    def has_object(self, oid: str) -> bool:
+        try:
+            return pygit2.Oid(hex=oid) in self.repo.odb
+        except ValueError:
+            return False
+
+    def files_of(self, commit_id: str) -> dict[str, bytes]:
+        """The flat files of a commit's tree."""
+        tree = self.commit(commit_id).tree
+        out = {}
+        for entry in tree:
+            obj = self.repo[entry.id]
+            if isinstance(obj, pygit2.Blob):
+                out[entry.name] = obj.data
+        return out
+
+    def tree_of(self, commit_id: str) -> str:
+        return str(self.commit(commit_id).tree_id)
+
+    def parent_of(self, commit_id: str) -> str | None:
+        c = self.commit(commit_id)
+        return str(c.parent_ids[0]) if c.parent_ids else None
+
+    def tree_with(self, base_commit: str, changes: dict[str, bytes]) -> str:
+        """Tree id of the base commit's files with `changes` applied (writes the objects: cheap, idempotent)."""
+        files = self.files_of(base_commit)
+        files.update(changes)
+        return str(self._tree_from_files(self.repo, files))
+
+    def diff(self, commit_id: str) -> str:
+        c = self.commit(commit_id)
+        if not c.parents:
+            return ""
+        return self.repo.diff(c.parents[0], c).patch or ""
+
+    # --- writing ----------------------------------------------------------------------------------
+    def commit_experiment(self, parent: str, changes: dict[str, bytes], message: str, exp_id: str,
+                          author: tuple[str, str] = ("p2p-research node", "node@p2p-research.invalid")) -> str:
+        """Commit `changes` on top of `parent` under refs/p2p/exp/<exp_id>; returns the commit id."""
+        tree = self.tree_with(parent, changes)
+        ref = EXP_REF_PREFIX + exp_id
+        if ref in self.repo.references:
+            existing = self.commit(str(self.repo.references[ref].target))
+            if str(existing.tree_id) == tree and str(existing.parent_ids[0]) == parent:
+                return str(existing.id)
+        sig = _sig(author[0], author[1], int(time.time()))
+        oid = self.repo.create_commit(None, sig, sig, message, pygit2.Oid(hex=tree), [pygit2.Oid(hex=parent)])
+        self.repo.references.create(ref, oid, force=True)
+        return str(oid)
+
+    def set_experiment_ref(self, exp_id: str, commit_id: str) -> None:
+        self.commit(commit_id)
+        self.repo.references.create(EXP_REF_PREFIX + exp_id, pygit2.Oid(hex=commit_id), force=True)
+
+    def set_baseline(self, commit_id: str) -> None:
+        """Advance the baseline to `commit_id` and show it in the working tree."""
+        self.commit(commit_id)
+        self.repo.references.create(BASELINE_REF, pygit2.Oid(hex=commit_id), force=True)
+        self.checkout_baseline()
+
+    def checkout_baseline(self) -> None:
+        self.repo.set_head(BASELINE_REF)
+        self.repo.checkout_head(strategy=pygit2.GIT_CHECKOUT_FORCE)
+
+    def worktree_changes(self) -> tuple[dict[str, bytes], list[str]]:
+        """Files an agent changed in the working tree against the baseline: (changed/added, deleted)."""
+        base = self.files_of(self.baseline)
+        changed: dict[str, bytes] = {}
+        deleted: list[str] = []
+        status = self.repo.status(untracked_files="all")
+        for path, flags in status.items():
+            if flags & pygit2.GIT_STATUS_IGNORED:
+                continue
+            p = self.path / path
+            if p.exists() and p.is_file():
+                data = p.read_bytes()
+                if base.get(path) != data:
+                    changed[path] = data
+            elif path in base:
+                deleted.append(path)
+        return changed, deleted
+
+    def materialize(self, commit_id: str, dest: Path) -> None:
+        """Write a commit's files into `dest` (a run directory), so training never touches the worktree."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, data in self.files_of(commit_id).items():
+            (dest / name).write_bytes(data)
+
+    # --- object exchange ------------------------------------------------------------------------
+    def read_object(self, oid: str) -> RawObject | None:
+        try:
+            kind, data = self.repo.odb.read(pygit2.Oid(hex=oid))
+        except (KeyError, ValueError):
+            return None
+        return RawObject(oid, int(kind), bytes(data))
+
+    def new_objects(self, commit_id: str) -> list[RawObject]:
+        """The objects a receiver that has the parent commit lacks: the commit, changed trees and blobs."""
+        c = self.commit(commit_id)
+        parent_tree = c.parents[0].tree if c.parents else None
+        out = [self.read_object(str(c.id))]
+        out += self._tree_delta(c.tree, parent_tree)
+        return [o for o in out if o is not None]
+
+    def _tree_delta(self, tree: pygit2.Tree, old: pygit2.Tree | None) -> list[RawObject | None]:
+        if old is not None and tree.id == old.id:
+            return []
+        out = [self.read_object(str(tree.id))]
+        old_entries = {e.name: e for e in old} if old is not None else {}
+        for e in tree:
+            prev = old_entries.get(e.name)
+            if prev is not None and prev.id == e.id:
+                continue
+            obj = self.repo[e.id]
+            if isinstance(obj, pygit2.Tree):
+                prev_obj = self.repo[prev.id] if prev is not None else None
+                out += self._tree_delta(obj, prev_obj if isinstance(prev_obj, pygit2.Tree) else None)
+            else:
+                out.append(self.read_object(str(e.id)))
+        return out
+
+    def write_objects(self, objects: list[RawObject]) -> None:
+        """Write received objects after checking each one's id (a corrupt or forged object is refused)."""
+        for o in objects:
+            if o.kind not in KIND_NAMES:
+                raise WorkspaceError(f"object {o.oid}: unknown kind {o.kind}")
+            computed = git_object_id(o.kind, o.data)
+            if computed != o.oid:
+                raise WorkspaceError(f"object {o.oid}: content hashes to {computed}, refused")
+        for o in objects:
+            self.repo.odb.write(o.kind, o.data)
+
+    def is_complete(self, commit_id: str) -> bool:
+        """Whether the commit, its tree and every blob under it are present."""
+        if not self.has_object(commit_id):
+            return False
+        try:
+            c = self.commit(commit_id)
+            stack = [c.tree]
+            while stack:
+                t = stack.pop()
+                for e in t:
+                    if not self.has_object(str(e.id)):
+                        return False
+                    obj = self.repo[e.id]
+                    if isinstance(obj, pygit2.Tree):
+                        stack.append(obj)
+            return all(self.has_object(str(p)) for p in c.parent_ids)
+        except (KeyError, WorkspaceError):
+            return False

@@ -1,0 +1,1 @@
+"""Storage layer: the SQLite ledger and the autoresearch-compatible results.tsv."""

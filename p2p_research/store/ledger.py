@@ -1,0 +1,281 @@
+"""The node's ledger: every experiment and every run of one, local or from peers, in SQLite (WAL).
+
+The ledger is what a restart resumes from and what dedup consults first, so writes are committed at
+once (a crash loses at most the experiment in flight, which the next start marks `aborted`).
+Runs reported by peers are inserted idempotently: gossip replays messages after reconnects.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    exp_id      TEXT PRIMARY KEY,
+    protocol_id TEXT NOT NULL,
+    parent      TEXT NOT NULL,
+    tree        TEXT NOT NULL,
+    commit_id   TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    origin      TEXT NOT NULL CHECK (origin IN ('local', 'peer')),
+    proposer    TEXT NOT NULL DEFAULT '',
+    first_seen  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    exp_id           TEXT NOT NULL,
+    commit_id        TEXT NOT NULL,
+    parent           TEXT NOT NULL DEFAULT '',
+    protocol_id      TEXT NOT NULL,
+    kind             TEXT NOT NULL CHECK (kind IN ('baseline', 'experiment', 'verification', 'noise')),
+    origin           TEXT NOT NULL CHECK (origin IN ('local', 'peer')),
+    peer             TEXT NOT NULL DEFAULT '',
+    status           TEXT NOT NULL,
+    val_bpb          REAL,
+    seed             INTEGER,
+    training_seconds REAL,
+    total_seconds    REAL,
+    memory_gb        REAL,
+    num_params       INTEGER,
+    num_steps        INTEGER,
+    tokens           INTEGER,
+    started_at       REAL,
+    finished_at      REAL,
+    received_at      REAL,
+    reason           TEXT NOT NULL DEFAULT '',
+    description      TEXT NOT NULL DEFAULT '',
+    log_path         TEXT NOT NULL DEFAULT '',
+    hardware         TEXT NOT NULL DEFAULT '',
+    receipt          BLOB,
+    signature        BLOB,
+    public_key       BLOB
+);
+CREATE INDEX IF NOT EXISTS runs_exp ON runs(exp_id);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_peer_once ON runs(exp_id, peer, kind) WHERE origin = 'peer';
+CREATE TABLE IF NOT EXISTS baselines (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    protocol_id TEXT NOT NULL,
+    commit_id   TEXT NOT NULL,
+    exp_id      TEXT NOT NULL DEFAULT '',
+    val_bpb     REAL,
+    source_peer TEXT NOT NULL DEFAULT '',
+    reason      TEXT NOT NULL,
+    adopted_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+RUN_FIELDS = (
+    "run_id", "exp_id", "commit_id", "parent", "protocol_id", "kind", "origin", "peer", "status", "val_bpb",
+    "seed", "training_seconds", "total_seconds", "memory_gb", "num_params", "num_steps", "tokens",
+    "started_at", "finished_at", "received_at", "reason", "description", "log_path", "hardware",
+)
+
+
+class LedgerError(Exception):
+    pass
+
+
+@dataclass
+class Run:
+    exp_id: str
+    commit_id: str
+    protocol_id: str
+    kind: str
+    status: str
+    origin: str = "local"
+    peer: str = ""
+    parent: str = ""
+    val_bpb: float | None = None
+    seed: int | None = None
+    training_seconds: float | None = None
+    total_seconds: float | None = None
+    memory_gb: float | None = None
+    num_params: int | None = None
+    num_steps: int | None = None
+    tokens: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    received_at: float | None = None
+    reason: str = ""
+    description: str = ""
+    log_path: str = ""
+    hardware: str = ""
+    run_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in RUN_FIELDS}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    protocol_id: str
+    commit_id: str
+    exp_id: str
+    val_bpb: float | None
+    source_peer: str
+    reason: str
+    adopted_at: float
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
+        except sqlite3.Error as e:
+            raise LedgerError(f"cannot open ledger {self.path}: {e}") from None
+        self.db.row_factory = sqlite3.Row
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"ledger {self.path} has schema {version}, newer than this software ({SCHEMA_VERSION})")
+            self.db.executescript(SCHEMA)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"ledger {self.path} is not a usable SQLite database: {e}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- meta -------------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, json.dumps(value)))
+
+    # --- experiments ------------------------------------------------------------------------------
+    def add_experiment(self, exp_id: str, protocol_id: str, parent: str, tree: str, commit_id: str,
+                       description: str, origin: str, proposer: str = "", first_seen: float | None = None) -> bool:
+        """Register an experiment; returns False when it was already known (first report wins)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO experiments(exp_id, protocol_id, parent, tree, commit_id, description, origin,"
+            " proposer, first_seen) VALUES(?,?,?,?,?,?,?,?,?)",
+            (exp_id, protocol_id, parent, tree, commit_id, description, origin, proposer, first_seen or time.time()),
+        )
+        return cur.rowcount == 1
+
+    def knows(self, exp_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM experiments WHERE exp_id=?", (exp_id,)).fetchone() is not None
+
+    def known_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT exp_id FROM experiments")}
+
+    def experiment(self, exp_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM experiments WHERE exp_id=?", (exp_id,)).fetchone()
+        return dict(row) if row else None
+
+    def find_experiments(self, prefix: str) -> list[dict[str, Any]]:
+        """Experiments whose id or commit starts with `prefix` (for `show EXP`)."""
+        rows = self.db.execute(
+            "SELECT * FROM experiments WHERE exp_id LIKE ? OR commit_id LIKE ? ORDER BY first_seen",
+            (prefix + "%", prefix + "%"))
+        return [dict(r) for r in rows]
+
+    # --- runs -------------------------------------------------------------------------------------
+    def start_run(self, run: Run) -> int:
+        run.started_at = run.started_at or time.time()
+        run.status = "running"
+        values = run.as_dict()
+        del values["run_id"]
+        cols = ",".join(values)
+        cur = self.db.execute(f"INSERT INTO runs({cols}) VALUES({','.join('?' * len(values))})", tuple(values.values()))
+        run.run_id = int(cur.lastrowid)  # type: ignore[arg-type]
+        return run.run_id
+
+    def finish_run(self, run_id: int, status: str, **fields: Any) -> None:
+        fields["status"] = status
+        fields.setdefault("finished_at", time.time())
+        bad = set(fields) - set(RUN_FIELDS)
+        if bad:
+            raise LedgerError(f"unknown run fields {sorted(bad)}")
+        sets = ",".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE runs SET {sets} WHERE run_id=?", (*fields.values(), run_id))
+
+    def abort_running(self, reason: str = "interrupted") -> int:
+        """Mark local runs left `running` by a stop as `aborted` (called at start and on shutdown)."""
+        cur = self.db.execute(
+            "UPDATE runs SET status='aborted', reason=?, finished_at=? WHERE status='running' AND origin='local'",
+            (reason, time.time()))
+        return cur.rowcount
+
+    def add_peer_run(self, run: Run, receipt: bytes | None = None, signature: bytes | None = None,
+                     public_key: bytes | None = None) -> bool:
+        """Insert a run reported by a peer; returns False for a replay of one already recorded."""
+        run.origin = "peer"
+        values = run.as_dict()
+        del values["run_id"]
+        values.update(receipt=receipt, signature=signature, public_key=public_key)
+        cols = ",".join(values)
+        cur = self.db.execute(f"INSERT OR IGNORE INTO runs({cols}) VALUES({','.join('?' * len(values))})",
+                              tuple(values.values()))
+        return cur.rowcount == 1
+
+    def runs(self, *, exp_id: str | None = None, status: str | None = None, origin: str | None = None,
+             peer: str | None = None, kind: str | None = None, limit: int | None = None) -> list[Run]:
+        where, args = [], []
+        for col, val in (("exp_id", exp_id), ("status", status), ("origin", origin), ("peer", peer), ("kind", kind)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        sql = f"SELECT {','.join(RUN_FIELDS)} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY run_id"
+        if limit:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY run_id"
+        return [Run(**dict(r)) for r in self.db.execute(sql, args)]
+
+    def run_receipt(self, run_id: int) -> tuple[bytes | None, bytes | None, bytes | None]:
+        row = self.db.execute("SELECT receipt, signature, public_key FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return (row[0], row[1], row[2]) if row else (None, None, None)
+
+    def counts(self) -> dict[str, int]:
+        out = {"local": 0, "peer": 0}
+        for origin, n in self.db.execute("SELECT origin, COUNT(*) FROM runs WHERE kind='experiment' GROUP BY origin"):
+            out[origin] = n
+        return out
+
+    def status_counts(self, origin: str = "local") -> dict[str, int]:
+        return {s: n for s, n in self.db.execute(
+            "SELECT status, COUNT(*) FROM runs WHERE origin=? GROUP BY status", (origin,))}
+
+    # --- baselines --------------------------------------------------------------------------------
+    def record_baseline(self, protocol_id: str, commit_id: str, val_bpb: float | None, reason: str,
+                        exp_id: str = "", source_peer: str = "") -> None:
+        self.db.execute(
+            "INSERT INTO baselines(protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at)"
+            " VALUES(?,?,?,?,?,?,?)", (protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, time.time()))
+
+    def baseline(self, protocol_id: str) -> Baseline | None:
+        row = self.db.execute(
+            "SELECT protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines"
+            " WHERE protocol_id=? ORDER BY id DESC LIMIT 1", (protocol_id,)).fetchone()
+        return Baseline(**dict(row)) if row else None
+
+    def baseline_history(self, protocol_id: str) -> list[Baseline]:
+        rows = self.db.execute(
+            "SELECT protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines"
+            " WHERE protocol_id=? ORDER BY id", (protocol_id,))
+        return [Baseline(**dict(r)) for r in rows]
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(self.runs())
