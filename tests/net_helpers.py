@@ -69,3 +69,4 @@ async def wait_mesh(a, b, timeout: float = 10.0) -> None:
     for x, y in ((a, b), (b, a)):
         for topic in x.gossip.topic_types:
             await x.pubsub.wait_for_subscription(_ID.from_base58(y.peer_id), topic, timeout=timeout)
+            await x.pubsub.wait_for_mesh(_ID.from_base58(y.peer_id), topic, timeout=timeout)

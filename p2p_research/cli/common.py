@@ -62,18 +62,21 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def setup_logging(verbose: bool, logfile: Path | None = None) -> None:
-    """Project logs to stderr (and a file); libp2p's own loggers are quieted where they are used."""
-    level = logging.DEBUG if verbose else logging.INFO
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+def setup_logging(verbose: bool, logfile: Path | None = None, stderr_level: int = logging.WARNING) -> None:
+    """Project logs to stderr (warnings, unless verbose) and in full to a file in the home."""
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.DEBUG if verbose else stderr_level)
+    handlers: list[logging.Handler] = [stderr]
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(logfile))
-    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        fh = logging.FileHandler(logfile)
+        fh.setLevel(logging.DEBUG if verbose else logging.INFO)
+        handlers.append(fh)
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     root = logging.getLogger("p2p_research")
     root.handlers.clear()
     for h in handlers:
         h.setFormatter(fmt)
         root.addHandler(h)
-    root.setLevel(level)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False

@@ -58,10 +58,11 @@ def make_proposer(ctx, seed_offset: int = 0):
     return BuiltinProposer(ctx.space, seed=r.seed * 1_000_003 + len(ctx.ledger.runs()) + seed_offset)
 
 
-async def _watch_sigterm(cancel_scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            log.warning("SIGTERM: stopping")
+async def watch_stop_signals(cancel_scope: trio.CancelScope) -> None:
+    """SIGINT (Ctrl+C) and SIGTERM cancel the work cleanly: the child is killed and the run recorded."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("%s: stopping", signal.Signals(signum).name)
             cancel_scope.cancel()
             return
 
@@ -138,7 +139,7 @@ def register(app: typer.Typer) -> None:
 
             async def main() -> object:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch_sigterm, nursery.cancel_scope)
+                    nursery.start_soon(watch_stop_signals, nursery.cancel_scope)
                     nursery.start_soon(render_progress, engine, console)
                     done = await engine.run(experiments)
                     nursery.cancel_scope.cancel()
@@ -183,12 +184,14 @@ def register(app: typer.Typer) -> None:
             def each(i: int, v: float | None) -> None:
                 console.print(f"run {i + 1}/{repeats}: val_bpb {'crash' if v is None else f'{v:.6f}'}")
 
-            async def main() -> dict:
+            async def main() -> dict | None:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch_stop_signals, nursery.cancel_scope)
                     nursery.start_soon(render_progress, engine, console)
                     record = await engine.measure_noise(repeats, each)
                     nursery.cancel_scope.cancel()
                     return record
+                return None
 
             try:
                 record = trio.run(main)
@@ -196,6 +199,9 @@ def register(app: typer.Typer) -> None:
                 raise CliError(str(e)) from None
             finally:
                 ctx.close()
+            if record is None:
+                console.print("stopped; the ledger is up to date")
+                raise typer.Exit(130)
         if json_out:
             print_json({"protocol_id": ctx.protocol_id, **record})
         else:

@@ -80,9 +80,16 @@ def _is_benign_teardown(e: BaseException) -> bool:
 
 
 def strip_benign_teardown(exc: BaseException) -> BaseException | None:
-    """Remove libp2p's known teardown RuntimeErrors from an exception (group); None if nothing remains."""
+    """Remove libp2p's known teardown RuntimeErrors from an exception (group); None if nothing remains.
+
+    A group left with a single leaf is collapsed to that leaf: libp2p nests several nurseries,
+    and a caller's own ``ValueError`` (or KeyboardInterrupt) should come out as itself rather
+    than three ExceptionGroups deep.
+    """
     if isinstance(exc, BaseExceptionGroup):
         _, rest = exc.split(_is_benign_teardown)
+        while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
+            rest = rest.exceptions[0]
         return rest
     return None if _is_benign_teardown(exc) else exc
 
@@ -107,7 +114,7 @@ async def running_host(host: IHost, listen: list[multiaddr.Multiaddr]) -> AsyncI
             return
         if rest is exc:
             raise
-        raise rest from None
+        raise rest
 
 
 def peerstore_addrs(host: IHost, peer_id: ID) -> list[str]:

@@ -282,11 +282,15 @@ class PeerManager:
                     pass
 
     async def _ping_loop(self) -> None:
+        """Measure latency with libp2p ping: new peers within ~1 s, then every PING_INTERVAL."""
+        last: dict[str, float] = {}
         while True:
+            now = trio.current_time()
             for s in list(self._peers):
                 st = self._peers.get(s)
-                if st is None:
+                if st is None or now - last.get(s, -PING_INTERVAL) < PING_INTERVAL:
                     continue
+                last[s] = now
                 try:
                     with trio.fail_after(5):
                         rtts = await self._ping.ping(ID.from_base58(s), ping_amt=1)
@@ -294,4 +298,6 @@ class PeerManager:
                         st.latency_ms = rtts[0] / 1000.0
                 except Exception as e:
                     self._rlog.log(logging.DEBUG, f"ping:{s}", "ping %s failed: %r", s, e)
-            await trio.sleep(PING_INTERVAL)
+            for s in set(last) - set(self._peers):
+                del last[s]
+            await trio.sleep(POLL_INTERVAL)

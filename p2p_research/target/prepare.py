@@ -42,7 +42,7 @@ MIN_DATA_BYTES = 8 * (EVAL_CONTEXT + 1)
 
 # Token budget of the default run: the default train.py finishes (training + eval) in about 60 s on a
 # 2-core CPU. Results are only comparable under the same budget (it is part of the protocol).
-DEFAULT_BUDGET_TOKENS = 1_000_000
+DEFAULT_BUDGET_TOKENS = 600_000
 
 CORPUS_VERSION = "synthetic-world-v1"  # bump whenever the generator's output changes
 CORPUS_SEED = 20240601
@@ -196,34 +196,125 @@ class _Rng:
 
 
 _NAMES = [
-    ("Anna", "f"), ("Ben", "m"), ("Clara", "f"), ("David", "m"), ("Elena", "f"), ("Felix", "m"),
-    ("Greta", "f"), ("Hugo", "m"), ("Iris", "f"), ("Jonas", "m"), ("Kira", "f"), ("Leo", "m"),
-    ("Mira", "f"), ("Nico", "m"), ("Olga", "f"), ("Paul", "m"), ("Rosa", "f"), ("Sam", "m"),
-    ("Tara", "f"), ("Umar", "m"), ("Vera", "f"), ("Walter", "m"), ("Yara", "f"), ("Zeno", "m"),
-    ("Alice", "f"), ("Bruno", "m"), ("Cora", "f"), ("Dario", "m"), ("Emma", "f"), ("Finn", "m"),
-    ("Gina", "f"), ("Henry", "m"), ("Ines", "f"), ("Jack", "m"), ("Lena", "f"), ("Marco", "m"),
-    ("Nora", "f"), ("Oscar", "m"), ("Petra", "f"), ("Quinn", "m"), ("Ruth", "f"), ("Simon", "m"),
-    ("Tilda", "f"), ("Victor", "m"), ("Wanda", "f"), ("Xavier", "m"), ("Zoe", "f"), ("Igor", "m"),
+    ("Anna", "f"),
+    ("Ben", "m"),
+    ("Clara", "f"),
+    ("David", "m"),
+    ("Elena", "f"),
+    ("Felix", "m"),
+    ("Greta", "f"),
+    ("Hugo", "m"),
+    ("Iris", "f"),
+    ("Jonas", "m"),
+    ("Kira", "f"),
+    ("Leo", "m"),
+    ("Mira", "f"),
+    ("Nico", "m"),
+    ("Olga", "f"),
+    ("Paul", "m"),
+    ("Rosa", "f"),
+    ("Sam", "m"),
+    ("Tara", "f"),
+    ("Umar", "m"),
+    ("Vera", "f"),
+    ("Walter", "m"),
+    ("Yara", "f"),
+    ("Zeno", "m"),
+    ("Alice", "f"),
+    ("Bruno", "m"),
+    ("Cora", "f"),
+    ("Dario", "m"),
+    ("Emma", "f"),
+    ("Finn", "m"),
+    ("Gina", "f"),
+    ("Henry", "m"),
+    ("Ines", "f"),
+    ("Jack", "m"),
+    ("Lena", "f"),
+    ("Marco", "m"),
+    ("Nora", "f"),
+    ("Oscar", "m"),
+    ("Petra", "f"),
+    ("Quinn", "m"),
+    ("Ruth", "f"),
+    ("Simon", "m"),
+    ("Tilda", "f"),
+    ("Victor", "m"),
+    ("Wanda", "f"),
+    ("Xavier", "m"),
+    ("Zoe", "f"),
+    ("Igor", "m"),
 ]
 _CITIES = [
-    ("Lyon", "France"), ("Nantes", "France"), ("Lille", "France"),
-    ("Porto", "Portugal"), ("Braga", "Portugal"), ("Faro", "Portugal"),
-    ("Bergen", "Norway"), ("Oslo", "Norway"), ("Tromso", "Norway"),
-    ("Graz", "Austria"), ("Linz", "Austria"), ("Vienna", "Austria"),
-    ("Krakow", "Poland"), ("Gdansk", "Poland"), ("Poznan", "Poland"),
-    ("Turin", "Italy"), ("Genoa", "Italy"), ("Verona", "Italy"),
-    ("Leeds", "England"), ("York", "England"), ("Bristol", "England"),
-    ("Aarhus", "Denmark"), ("Odense", "Denmark"), ("Malmo", "Sweden"),
+    ("Lyon", "France"),
+    ("Nantes", "France"),
+    ("Lille", "France"),
+    ("Porto", "Portugal"),
+    ("Braga", "Portugal"),
+    ("Faro", "Portugal"),
+    ("Bergen", "Norway"),
+    ("Oslo", "Norway"),
+    ("Tromso", "Norway"),
+    ("Graz", "Austria"),
+    ("Linz", "Austria"),
+    ("Vienna", "Austria"),
+    ("Krakow", "Poland"),
+    ("Gdansk", "Poland"),
+    ("Poznan", "Poland"),
+    ("Turin", "Italy"),
+    ("Genoa", "Italy"),
+    ("Verona", "Italy"),
+    ("Leeds", "England"),
+    ("York", "England"),
+    ("Bristol", "England"),
+    ("Aarhus", "Denmark"),
+    ("Odense", "Denmark"),
+    ("Malmo", "Sweden"),
 ]
 _JOBS = [
-    "baker", "teacher", "farmer", "doctor", "painter", "sailor", "nurse", "pilot", "carpenter",
-    "lawyer", "chemist", "gardener", "librarian", "plumber", "singer", "tailor", "miner", "judge",
-    "engineer", "fisher",
+    "baker",
+    "teacher",
+    "farmer",
+    "doctor",
+    "painter",
+    "sailor",
+    "nurse",
+    "pilot",
+    "carpenter",
+    "lawyer",
+    "chemist",
+    "gardener",
+    "librarian",
+    "plumber",
+    "singer",
+    "tailor",
+    "miner",
+    "judge",
+    "engineer",
+    "fisher",
 ]
 _PETS = ["cat", "dog", "parrot", "rabbit", "horse", "goat", "turtle", "hamster", "pony", "owl"]
 _PET_NAMES = [
-    "Pip", "Max", "Luna", "Rex", "Bella", "Milo", "Coco", "Otto", "Ruby", "Toby", "Nala", "Bingo",
-    "Daisy", "Ziggy", "Pepper", "Socks", "Biscuit", "Shadow", "Maple", "Rocky",
+    "Pip",
+    "Max",
+    "Luna",
+    "Rex",
+    "Bella",
+    "Milo",
+    "Coco",
+    "Otto",
+    "Ruby",
+    "Toby",
+    "Nala",
+    "Bingo",
+    "Daisy",
+    "Ziggy",
+    "Pepper",
+    "Socks",
+    "Biscuit",
+    "Shadow",
+    "Maple",
+    "Rocky",
 ]
 _COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "grey", "pink"]
 _FOODS = ["soup", "bread", "cheese", "apples", "rice", "fish", "pasta", "plums", "beans", "cake"]
@@ -231,31 +322,88 @@ _INSTRUMENTS = ["violin", "piano", "flute", "drum", "guitar", "cello", "trumpet"
 
 # grammar: nouns (singular, plural), verbs (base, third person singular, past)
 _NOUNS = [
-    ("dog", "dogs"), ("cat", "cats"), ("child", "children"), ("farmer", "farmers"),
-    ("bird", "birds"), ("teacher", "teachers"), ("mouse", "mice"), ("fox", "foxes"),
-    ("man", "men"), ("woman", "women"), ("sheep", "sheep"), ("king", "kings"),
-    ("queen", "queens"), ("sailor", "sailors"), ("wolf", "wolves"), ("girl", "girls"),
-    ("boy", "boys"), ("horse", "horses"), ("baker", "bakers"), ("goose", "geese"),
+    ("dog", "dogs"),
+    ("cat", "cats"),
+    ("child", "children"),
+    ("farmer", "farmers"),
+    ("bird", "birds"),
+    ("teacher", "teachers"),
+    ("mouse", "mice"),
+    ("fox", "foxes"),
+    ("man", "men"),
+    ("woman", "women"),
+    ("sheep", "sheep"),
+    ("king", "kings"),
+    ("queen", "queens"),
+    ("sailor", "sailors"),
+    ("wolf", "wolves"),
+    ("girl", "girls"),
+    ("boy", "boys"),
+    ("horse", "horses"),
+    ("baker", "bakers"),
+    ("goose", "geese"),
 ]
 _PLACES = [
-    "the river", "the old bridge", "the market", "the forest", "the hill", "the harbor", "the mill",
-    "the garden", "the school", "the station", "the lake", "the tower", "the village", "the field",
+    "the river",
+    "the old bridge",
+    "the market",
+    "the forest",
+    "the hill",
+    "the harbor",
+    "the mill",
+    "the garden",
+    "the school",
+    "the station",
+    "the lake",
+    "the tower",
+    "the village",
+    "the field",
 ]
 _ADJS = [
-    "old", "young", "small", "big", "happy", "tired", "brave", "quiet", "clever", "hungry", "angry",
-    "kind", "lazy", "proud", "shy", "wild",
+    "old",
+    "young",
+    "small",
+    "big",
+    "happy",
+    "tired",
+    "brave",
+    "quiet",
+    "clever",
+    "hungry",
+    "angry",
+    "kind",
+    "lazy",
+    "proud",
+    "shy",
+    "wild",
 ]
 _V_INTR = [
-    ("sleep", "sleeps", "slept"), ("run", "runs", "ran"), ("sing", "sings", "sang"),
-    ("wait", "waits", "waited"), ("laugh", "laughs", "laughed"), ("swim", "swims", "swam"),
-    ("dance", "dances", "danced"), ("work", "works", "worked"), ("cry", "cries", "cried"),
-    ("rest", "rests", "rested"), ("fly", "flies", "flew"), ("hide", "hides", "hid"),
+    ("sleep", "sleeps", "slept"),
+    ("run", "runs", "ran"),
+    ("sing", "sings", "sang"),
+    ("wait", "waits", "waited"),
+    ("laugh", "laughs", "laughed"),
+    ("swim", "swims", "swam"),
+    ("dance", "dances", "danced"),
+    ("work", "works", "worked"),
+    ("cry", "cries", "cried"),
+    ("rest", "rests", "rested"),
+    ("fly", "flies", "flew"),
+    ("hide", "hides", "hid"),
 ]
 _V_TR = [
-    ("see", "sees", "saw"), ("chase", "chases", "chased"), ("follow", "follows", "followed"),
-    ("help", "helps", "helped"), ("watch", "watches", "watched"), ("find", "finds", "found"),
-    ("feed", "feeds", "fed"), ("call", "calls", "called"), ("like", "likes", "liked"),
-    ("teach", "teaches", "taught"), ("catch", "catches", "caught"), ("meet", "meets", "met"),
+    ("see", "sees", "saw"),
+    ("chase", "chases", "chased"),
+    ("follow", "follows", "followed"),
+    ("help", "helps", "helped"),
+    ("watch", "watches", "watched"),
+    ("find", "finds", "found"),
+    ("feed", "feeds", "fed"),
+    ("call", "calls", "called"),
+    ("like", "likes", "liked"),
+    ("teach", "teaches", "taught"),
+    ("catch", "catches", "caught"),
+    ("meet", "meets", "met"),
 ]
 _ADVS = ["quickly", "slowly", "quietly", "loudly", "happily", "again", "often", "alone", "together"]
 _DET_SG = [("the", 6), ("a", 4), ("this", 1), ("that", 1), ("every", 1), ("one", 1)]
@@ -266,8 +414,26 @@ _TIME = {
     "future": ["Tomorrow", "Next week", "Soon", "Next spring", "Tonight"],
 }
 _ONES = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-    "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
 ]
 _TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
@@ -323,41 +489,55 @@ def _fact(rng: _Rng, p: dict, subj: str) -> str:
     n = p["name"]
     if k == 0:
         return rng.choice(
-            [f"{subj} lives in {p['city']}.", f"{subj} lives in {p['city']}, {p['country']}.",
-             f"{subj} is from {p['city']}.", f"{subj} has a house in {p['city']}."]
+            [
+                f"{subj} lives in {p['city']}.",
+                f"{subj} lives in {p['city']}, {p['country']}.",
+                f"{subj} is from {p['city']}.",
+                f"{subj} has a house in {p['city']}.",
+            ]
         )
     if k == 1:
         return rng.choice(
-            [f"{subj} is {_a(p['job'])}.", f"{subj} works as {_a(p['job'])}.",
-             f"{subj} has been {_a(p['job'])} for years."]
+            [
+                f"{subj} is {_a(p['job'])}.",
+                f"{subj} works as {_a(p['job'])}.",
+                f"{subj} has been {_a(p['job'])} for years.",
+            ]
         )
     if k == 2:
         return rng.choice(
-            [f"{subj} has {_a(p['pet'])} named {p['pet_name']}.",
-             f"{subj} owns {_a(p['pet'])} called {p['pet_name']}.",
-             f"{p['pet_name']} is the {p['pet']} of {n}."]
+            [
+                f"{subj} has {_a(p['pet'])} named {p['pet_name']}.",
+                f"{subj} owns {_a(p['pet'])} called {p['pet_name']}.",
+                f"{p['pet_name']} is the {p['pet']} of {n}.",
+            ]
         )
     if k == 3:
         return rng.choice(
-            [f"{subj} is {p['age']} years old.",
-             f"{subj} is {_number_words(p['age'])} years old.",
-             f"Next year {n} will be {p['age'] + 1}."]
+            [
+                f"{subj} is {p['age']} years old.",
+                f"{subj} is {_number_words(p['age'])} years old.",
+                f"Next year {n} will be {p['age'] + 1}.",
+            ]
         )
     if k == 4:
         return rng.choice(
-            [f"{_cap(p['his'])} favorite color is {p['color']}.",
-             f"{subj} likes the color {p['color']}.",
-             f"{subj} always wears something {p['color']}."]
+            [
+                f"{_cap(p['his'])} favorite color is {p['color']}.",
+                f"{subj} likes the color {p['color']}.",
+                f"{subj} always wears something {p['color']}.",
+            ]
         )
     if k == 5:
         return rng.choice(
-            [f"{subj} likes to eat {p['food']}.", f"{_cap(p['his'])} favorite food is {p['food']}.",
-             f"{subj} eats {p['food']} every day."]
+            [
+                f"{subj} likes to eat {p['food']}.",
+                f"{_cap(p['his'])} favorite food is {p['food']}.",
+                f"{subj} eats {p['food']} every day.",
+            ]
         )
     if k == 6:
-        return rng.choice(
-            [f"{subj} plays the {p['instrument']}.", f"{subj} can play the {p['instrument']}."]
-        )
+        return rng.choice([f"{subj} plays the {p['instrument']}.", f"{subj} can play the {p['instrument']}."])
     if k == 7:
         return rng.choice(
             [f"{_cap(p['his'])} best friend is {p['friend']}.", f"{subj} is a friend of {p['friend']}."]
@@ -367,12 +547,16 @@ def _fact(rng: _Rng, p: dict, subj: str) -> str:
 
 def _doc_bio(rng: _Rng, w: _World) -> str:
     p = rng.choice(w.people)
-    out = [rng.choice([
-        f"{p['name']} is {_a(p['job'])} from {p['city']}.",
-        f"This is {p['name']}.",
-        f"Let me tell you about {p['name']}.",
-        f"{p['name']} is {p['age']} years old and lives in {p['city']}.",
-    ])]
+    out = [
+        rng.choice(
+            [
+                f"{p['name']} is {_a(p['job'])} from {p['city']}.",
+                f"This is {p['name']}.",
+                f"Let me tell you about {p['name']}.",
+                f"{p['name']} is {p['age']} years old and lives in {p['city']}.",
+            ]
+        )
+    ]
     for _ in range(rng.between(2, 6)):
         subj = p["name"] if rng.chance(1, 3) else _cap(p["he"])
         out.append(_fact(rng, p, subj))
@@ -537,7 +721,11 @@ def _doc_sequence(rng: _Rng, w: _World) -> str:
 
 
 _DOC_KINDS = [
-    (_doc_story, 30), (_doc_bio, 25), (_doc_qa, 15), (_doc_arith, 12), (_doc_sequence, 10),
+    (_doc_story, 30),
+    (_doc_bio, 25),
+    (_doc_qa, 15),
+    (_doc_arith, 12),
+    (_doc_sequence, 10),
     (_doc_brackets, 8),
 ]
 

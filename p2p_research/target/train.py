@@ -9,11 +9,17 @@ import math
 import sys
 import time
 
-from prepare import VOCAB_SIZE, evaluate_bpb, get_budget, load_data, print_summary, setup  # first: starts the clock
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from prepare import (
+    VOCAB_SIZE,
+    evaluate_bpb,
+    get_budget,
+    load_data,
+    print_summary,
+    setup,
+)
+from torch import nn
 
 # --- knobs -------------------------------------------------------------------------------------------
 N_LAYER = 4  # transformer blocks
@@ -33,7 +39,7 @@ GRAD_CLIP = 1.0  # clip the global grad norm to this (0 disables)
 DROPOUT = 0.0  # dropout on attention and MLP outputs
 ACTIVATION = "gelu"  # MLP nonlinearity: "gelu" | "relu" | "silu" | "relu2"
 NORM = "layernorm"  # "layernorm" | "rmsnorm"
-POS_EMB = "learned"  # position information: "rope" | "learned" | "none"
+POS_EMB = "rope"  # position information: "rope" | "learned" | "none"
 QK_NORM = False  # RMS-normalize queries and keys per head
 TIE_EMBEDDINGS = True  # share the input embedding and output head weights
 INIT_SCALE = 1.0  # multiplier on the 0.02 init std of all weights
@@ -60,14 +66,15 @@ def activation(x):
 def rope_tables(seq_len, head_dim):
     inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    freqs = torch.cat((freqs, freqs), dim=-1)
     return freqs.cos(), freqs.sin()
 
 
-def apply_rope(x, cos, sin):  # x: (B, H, T, D)
-    t = x.size(2)
+def apply_rope(x, cos, sin):  # x: (B, H, T, D); rotates the two halves of each head
+    t, half = x.size(2), x.size(-1) // 2
     cos, sin = cos[:t].to(x.dtype), sin[:t].to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 class Attention(nn.Module):

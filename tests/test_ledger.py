@@ -1,0 +1,63 @@
+import math
+
+from hypothesis import given, settings, strategies as st
+
+from p2p_research.store.ledger import Ledger, Run
+
+hex40 = st.text("0123456789abcdef", min_size=40, max_size=40)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(exp=hex40, commit=hex40, value=st.none() | finite, desc=st.text(max_size=200),
+       status=st.sampled_from(["kept", "discarded", "crash"]))
+def test_run_round_trip(tmp_path_factory, exp, commit, value, desc, status):
+    ledger = Ledger(tmp_path_factory.mktemp("l") / "ledger.sqlite")
+    ledger.add_experiment(exp, "p" * 40, "a" * 40, "b" * 40, commit, desc, "local")
+    run = Run(exp_id=exp, commit_id=commit, protocol_id="p" * 40, kind="experiment", status="running",
+              description=desc, seed=3)
+    rid = ledger.start_run(run)
+    ledger.finish_run(rid, status, val_bpb=value, reason="r")
+    (got,) = ledger.runs(exp_id=exp)
+    assert got.status == status and got.description == desc and got.seed == 3
+    assert (got.val_bpb is None and value is None) or math.isclose(got.val_bpb, value) or got.val_bpb == value
+    assert ledger.knows(exp) and ledger.experiment(exp)["commit_id"] == commit
+    ledger.close()
+
+
+def test_peer_runs_are_idempotent_and_first_report_wins(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite")
+    assert ledger.add_experiment("e" * 40, "p", "a", "b", "c" * 40, "first", "peer", "peerA")
+    assert not ledger.add_experiment("e" * 40, "p", "a", "b", "d" * 40, "second", "peer", "peerB")
+    run = Run(exp_id="e" * 40, commit_id="c" * 40, protocol_id="p", kind="experiment", status="kept", peer="peerA",
+              val_bpb=1.5, received_at=1.0)
+    assert ledger.add_peer_run(run)
+    assert not ledger.add_peer_run(run)  # gossip replay
+    assert len(ledger.runs(origin="peer")) == 1
+    assert ledger.experiment("e" * 40)["description"] == "first"
+
+
+def test_abort_running_and_reopen(tmp_path):
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    ledger.start_run(Run(exp_id="e" * 40, commit_id="c" * 40, protocol_id="p", kind="experiment", status="x"))
+    ledger.close()
+    ledger = Ledger(path)
+    assert ledger.abort_running("stopped") == 1
+    (r,) = ledger.runs()
+    assert r.status == "aborted" and r.reason == "stopped"
+    ledger.record_baseline("p", "c" * 40, 1.25, "measured")
+    ledger.set_meta("k", {"a": [1, 2]})
+    ledger.close()
+    ledger = Ledger(path)
+    assert ledger.baseline("p").val_bpb == 1.25 and ledger.get_meta("k") == {"a": [1, 2]}
+
+
+def test_corrupt_ledger_is_a_clear_error(tmp_path):
+    import pytest
+    from p2p_research.store.ledger import LedgerError
+
+    p = tmp_path / "bad.sqlite"
+    p.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LedgerError):
+        Ledger(p)

@@ -1,0 +1,97 @@
+"""The loop's decisions, driven directly (sans-IO) with hypothesis."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from p2p_research.research import loop as L
+
+values = st.floats(min_value=0.5, max_value=8.0, allow_nan=False)
+
+
+@given(values, values, st.floats(min_value=0, max_value=0.1))
+def test_keep_only_beyond_margin(base, value, margin):
+    status, _ = L.decide_keep(base, value, margin)
+    assert (status == "kept") == (base - value > margin)
+    assert L.decide_keep(base, None, margin)[0] == "crash"
+    assert L.decide_keep(base, float("nan"), margin)[0] == "crash"
+
+
+def test_straight_run():
+    m = L.ResearchLoop("g" * 40, None, margin=0.01, max_experiments=2)
+    a = m.next_action()
+    assert a == L.MeasureBaseline("g" * 40)
+    m.handle(L.BaselineMeasured("g" * 40, 2.0))
+    assert isinstance(m.next_action(), L.Propose)
+    m.handle(L.Proposed("e1", "c1", "d"))
+    assert m.next_action() == L.RunExperiment("e1", "c1", "d")
+    v = m.handle(L.ExperimentFinished("e1", "c1", 1.5))
+    assert v.status == "kept" and m.baseline_commit == "c1" and m.baseline_value == 1.5
+    m.handle(L.Proposed("e2", "c2", "d")) if isinstance(m.next_action(), L.Propose) else None
+    v = m.handle(L.ExperimentFinished("e2", "c2", 1.495))
+    assert v.status == "discarded" and m.baseline_commit == "c1"
+    assert isinstance(m.next_action(), L.Done)
+
+
+def test_wrong_event_is_loud():
+    m = L.ResearchLoop("g", None)
+    m.next_action()
+    with pytest.raises(L.ProtocolError):
+        m.handle(L.ExperimentFinished("e", "c", 1.0))
+
+
+def test_baseline_failures_and_skips_end_with_error():
+    m = L.ResearchLoop("g", None)
+    for _ in range(L.MAX_BASELINE_FAILURES):
+        m.next_action()
+        m.handle(L.BaselineMeasured("g", None, "boom"))
+    d = m.next_action()
+    assert isinstance(d, L.Done) and d.error and "boom" in d.reason
+    m = L.ResearchLoop("g", 1.0)
+    for _ in range(L.MAX_CONSECUTIVE_SKIPS):
+        m.next_action()
+        m.handle(L.ProposalSkipped("nothing"))
+    assert isinstance(m.next_action(), L.Done)
+
+
+class LoopMachine(RuleBasedStateMachine):
+    """Random interleavings of outcomes: the baseline only ever improves, by more than the margin."""
+
+    def __init__(self):
+        super().__init__()
+        self.m = L.ResearchLoop("g", None, margin=0.01)
+        self.best = None
+        self.n = 0
+
+    @rule(v=st.none() | values)
+    def step(self, v):
+        a = self.m.next_action()
+        if isinstance(a, L.MeasureBaseline):
+            self.m.handle(L.BaselineMeasured(a.commit, v))
+        elif isinstance(a, L.Propose):
+            self.n += 1
+            self.m.handle(L.Proposed(f"e{self.n}", f"c{self.n}", ""))
+        elif isinstance(a, L.RunExperiment):
+            before = self.m.baseline_value
+            verdict = self.m.handle(L.ExperimentFinished(a.exp_id, a.commit, v))
+            if verdict.status == "kept":
+                assert v is not None and before - v > 0.01
+                assert self.m.baseline_commit == a.commit
+            else:
+                assert self.m.baseline_value == before
+
+    @rule()
+    def skip(self):
+        if isinstance(self.m.next_action(), L.Propose):
+            self.m.handle(L.ProposalSkipped("x"))
+
+    @invariant()
+    def monotone(self):
+        if self.m.baseline_value is not None:
+            if self.best is not None:
+                assert self.m.baseline_value <= self.best
+            self.best = self.m.baseline_value
+
+
+TestLoopMachine = LoopMachine.TestCase
+TestLoopMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)

@@ -1,0 +1,199 @@
+"""Net layer with real libp2p hosts on loopback (in-process, pytest-trio)."""
+
+from __future__ import annotations
+
+import socket
+
+import multiaddr
+import pytest
+import trio
+from libp2p import generate_new_ed25519_identity, new_host
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+from net_helpers import blob, cfg, claim, pid_of, post, recv, result, wait_mesh, wait_until
+from p2p_research.net import TransferError, open_network
+from p2p_research.wire import Claim, Result, WireError
+
+NO_OBJECTS = lambda oid: None  # noqa: E731
+
+
+async def assert_no_more(net, wait: float = 1.5) -> None:
+    with trio.move_on_after(wait):
+        extra = await net.incoming.receive()
+        pytest.fail(f"unexpected extra message: {extra}")
+
+
+async def test_publish_each_type_received_exactly_once():
+    async with open_network(cfg(), NO_OBJECTS) as a, open_network(cfg(bootstrap=a.addrs()), NO_OBJECTS) as b:
+        await wait_mesh(a, b)
+        objs = [blob(b"print('hello')\n"), blob(b"x = 1\n")]
+        sent = [claim(a.peer_id), result(_kp(a), objects=objs), post(a.peer_id, "## findings\n- lr 0.02 is better")]
+        for m in sent:
+            await a.publish(m)
+        got = [await recv(b) for _ in sent]
+        assert sorted((g.message.TYPE for g in got)) == sorted(m.TYPE for m in sent)
+        for g in got:
+            assert g.from_peer == a.peer_id
+            assert g.message in sent
+        res = next(g.message for g in got if isinstance(g.message, Result))
+        for o in res.objects:
+            o.verify()
+        # the same bytes published again (new gossip seqno) are deduplicated, not redelivered
+        await a.publish(sent[0])
+        await assert_no_more(b)
+        await assert_no_more(a, 0.2)  # own messages never come back
+        assert a.stats["published"] == 4
+        assert b.stats["received"] == 3
+        assert b.stats["duplicate"] == 1
+        assert not b.stats["rejected"]
+
+
+def _kp(net):
+    from libp2p.crypto.keys import KeyPair
+
+    return KeyPair(net.host.get_private_key(), net.host.get_public_key())
+
+
+async def test_publish_refuses_what_peers_would_reject():
+    async with open_network(cfg(), NO_OBJECTS) as a:
+        other = pid_of(generate_new_ed25519_identity())
+        with pytest.raises(WireError, match="not this node"):
+            await a.publish(claim(other))
+        forged = result(generate_new_ed25519_identity())
+        bad = Result(forged.receipt, forged.signature[:-1] + b"\x00", forged.public_key)
+        with pytest.raises(WireError, match="signature"):
+            await a.publish(bad)
+        with pytest.raises(WireError):
+            await a.publish(Claim("zz", "b" * 16, "c" * 40, a.peer_id, 1.0, "", 1.0))
+        assert a.stats["published"] == 0
+
+
+async def test_fetch_objects_verified_and_liar_rejected():
+    objs = {o.oid: o for o in (blob(b"a" * 10), blob(b"b" * 300_000), blob(b""))}
+    store = {oid: (o.kind, o.data) for oid, o in objs.items()}
+    missing = "f" * 40
+    async with open_network(cfg(), store.get) as a, open_network(cfg(bootstrap=a.addrs()), NO_OBJECTS) as b:
+        await wait_until(lambda: ID.from_base58(a.peer_id) in b.host.get_connected_peers())
+        got = await b.fetch_objects(a.peer_id, [*objs, missing])
+        assert [g.oid for g in got] == list(objs)
+        for g in got:
+            g.verify()
+            assert g == objs[g.oid]
+        assert await b.fetch_objects(a.peer_id, []) == []
+        with pytest.raises(ValueError):
+            await b.fetch_objects(a.peer_id, ["nothex"])
+
+    # a lying source: right id, wrong bytes
+    first = next(iter(objs))
+
+    def liar(oid):
+        return (3, b"not what you asked for") if oid == first else None
+
+    async with open_network(cfg(), liar) as a, open_network(cfg(bootstrap=a.addrs()), NO_OBJECTS) as b:
+        await wait_until(lambda: ID.from_base58(a.peer_id) in b.host.get_connected_peers())
+        with pytest.raises(TransferError, match="wrong content"):
+            await b.fetch_objects(a.peer_id, [first])
+
+
+async def test_async_and_failing_object_sources():
+    o = blob(b"async")
+
+    async def source(oid):
+        await trio.sleep(0)
+        if oid == o.oid:
+            return (o.kind, o.data)
+        raise RuntimeError("disk on fire")
+
+    async with open_network(cfg(), source) as a, open_network(cfg(bootstrap=a.addrs()), NO_OBJECTS) as b:
+        await wait_until(lambda: ID.from_base58(a.peer_id) in b.host.get_connected_peers())
+        got = await b.fetch_objects(a.peer_id, ["e" * 40, o.oid])
+        assert got == [o]
+
+
+async def test_plaintext_dialer_refused():
+    async with open_network(cfg(), NO_OBJECTS) as a:
+        kp = generate_new_ed25519_identity()
+        plain = new_host(key_pair=kp, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)})
+        async with plain.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            try:
+                with pytest.raises(Exception):
+                    with trio.fail_after(10):
+                        await plain.connect(info_from_p2p_addr(multiaddr.Multiaddr(a.addrs()[0])))
+                assert ID.from_base58(a.peer_id) not in plain.get_connected_peers()
+            finally:
+                await plain.close()
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "not-a-multiaddr",
+        "/ip4/127.0.0.1/tcp/4001",  # no /p2p/
+        "/ip4/127.0.0.1/tcp/4001/p2p/notapeerid",
+        "/ip4/999.0.0.1/tcp/4001/p2p/12D3KooWMvbCU5NdwVJEJzKQXAjYSBSGpk92faV4Pf6XzEKhkSqR",
+        "/p2p/12D3KooWMvbCU5NdwVJEJzKQXAjYSBSGpk92faV4Pf6XzEKhkSqR",
+        "",
+    ],
+)
+async def test_malformed_bootstrap_raises_value_error(addr):
+    started = False
+    with pytest.raises(ValueError, match="bootstrap address"):
+        async with open_network(cfg(bootstrap=[addr]), NO_OBJECTS):
+            started = True
+    assert not started
+
+
+async def test_bad_config_raises_value_error():
+    with pytest.raises(ValueError, match="swarm id"):
+        async with open_network(cfg().__class__(**{**cfg().__dict__, "swarm_id": "Not hex!"}), NO_OBJECTS):
+            pass
+    with pytest.raises(ValueError, match="listen"):
+        async with open_network(cfg().__class__(**{**cfg().__dict__, "listen": ["/ip4/127.0.0.1/udp/1"]}), NO_OBJECTS):
+            pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_unreachable_bootstrap_keeps_running_and_retries():
+    ghost = pid_of(generate_new_ed25519_identity())
+    port = _free_port()
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{ghost}"
+    async with open_network(cfg(bootstrap=[addr]), NO_OBJECTS) as a:
+        await trio.sleep(1.5)
+        assert a.peers() == []
+        # it still serves others
+        async with open_network(cfg(bootstrap=a.addrs()), NO_OBJECTS) as b:
+            await wait_mesh(a, b)
+            await b.publish(claim(b.peer_id))
+            assert (await recv(a)).from_peer == b.peer_id
+
+
+async def test_peer_exchange_grows_beyond_a_star():
+    async with open_network(cfg(), NO_OBJECTS) as a:
+        async with open_network(cfg(bootstrap=a.addrs()), NO_OBJECTS) as b:
+            async with open_network(cfg(bootstrap=a.addrs()), NO_OBJECTS) as c:
+                b_id = ID.from_base58(b.peer_id)
+                await wait_until(lambda: b_id in c.host.get_connected_peers(), timeout=20)
+                await wait_until(lambda: len(c.peers()) == 2, timeout=5)
+                states = {p.peer_id: p for p in c.peers()}
+                assert states[a.peer_id].bootstrap and states[a.peer_id].direction == "outbound"
+                assert not states[b.peer_id].bootstrap
+                assert all(s.addrs and s.addrs[0].endswith("/p2p/" + s.peer_id) for s in states.values())
+                assert states[a.peer_id].name.count("-") == 2
+                await wait_until(lambda: all(p.latency_ms is not None for p in c.peers()), timeout=5)
+                assert all(0 < p.latency_ms < 1000 for p in c.peers())
+
+
+async def test_bootstrap_reconnects_after_drop():
+    async with open_network(cfg(), NO_OBJECTS) as a, open_network(cfg(bootstrap=a.addrs()), NO_OBJECTS) as b:
+        a_id = ID.from_base58(a.peer_id)
+        await wait_until(lambda: a_id in b.host.get_connected_peers())
+        await b.host.disconnect(a_id)
+        await wait_until(lambda: a_id not in b.host.get_connected_peers(), timeout=5)
+        await wait_until(lambda: a_id in b.host.get_connected_peers(), timeout=15)

@@ -1,0 +1,110 @@
+"""Bad input from a real peer: a raw libp2p host + raw Pubsub publishes garbage on the swarm topics."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+import msgpack
+import multiaddr
+import trio
+from libp2p import generate_new_ed25519_identity, new_host
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from net_helpers import cfg, claim, pid_of, post, recv, result
+from p2p_research.net import open_network, topic_names
+from p2p_research.wire import Result, sign_receipt
+
+
+@asynccontextmanager
+async def raw_peer(kp):
+    host = new_host(key_pair=kp)
+    router = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID], degree=6, degree_low=4,
+                       degree_high=12, heartbeat_interval=1, spam_protection_enabled=False)  # fmt: skip
+    ps = Pubsub(host, router)
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        try:
+            async with background_trio_service(ps), background_trio_service(router):
+                await ps.wait_until_ready()
+                yield host, ps
+        finally:
+            await host.close()
+
+
+async def _join(ps, host, net):
+    exp, board = topic_names("5e11")
+    await ps.subscribe(exp)
+    await ps.subscribe(board)
+    await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(net.addrs()[0])))
+    nid = ID.from_base58(net.peer_id)
+    for t in (exp, board):
+        await ps.wait_for_subscription(nid, t, timeout=10)
+        await ps.wait_for_mesh(nid, t, timeout=10)
+    return exp, board
+
+
+def _enc(d) -> bytes:
+    return msgpack.packb(d, use_bin_type=True)
+
+
+async def test_rejects_each_kind_of_bad_input_and_keeps_running():
+    kp = generate_new_ed25519_identity()
+    me = pid_of(kp)
+    other = generate_new_ed25519_identity()
+    async with open_network(cfg(), lambda oid: None) as net, raw_peer(kp) as (host, ps):
+        exp, board = await _join(ps, host, net)
+        good_claim = claim(me)
+        forged = result(kp)
+        forged = Result(forged.receipt, sign_receipt(forged.receipt, other.private_key), forged.public_key)
+        impostor = result(other)  # validly signed by `other`, fine on its own: receipt.peer == signer
+        cases = [
+            (exp, b"\xc1\xc1garbage", "malformed"),
+            (exp, _enc({**msgpack.unpackb(good_claim.to_wire()), "v": 2}), "malformed"),
+            (exp, _enc({"v": 1, "t": "teapot"}), "malformed"),
+            (exp, _enc({"v": 1, "t": "board", "author": me, "name": "x", "text": "y" * 600_000, "ts": 1.0}),
+             "malformed"),  # oversized (600 KB > 512 KiB cap)
+            (exp, forged.to_wire(), "bad_signature"),  # to_wire checks structure; the receiver checks the signature
+            (exp, claim(pid_of(other)).to_wire(), "peer_mismatch"),
+            (board, post(pid_of(other)).to_wire(), "peer_mismatch"),
+            (board, good_claim.to_wire(), "wrong_topic"),
+        ]
+        for topic, data, _ in cases:
+            await ps.publish(topic, data)
+            await trio.sleep(0.005)
+        expected: dict[str, int] = {}
+        for _, _, reason in cases:
+            expected[reason] = expected.get(reason, 0) + 1
+        with trio.fail_after(10):
+            while dict(net.stats["rejected"]) != expected:
+                await trio.sleep(0.05)
+        # still running, and valid messages (including someone else's validly signed result) pass
+        await ps.publish(exp, good_claim.to_wire())
+        await ps.publish(exp, impostor.to_wire())
+        got = [await recv(net), await recv(net)]
+        assert {type(g.message).__name__ for g in got} == {"Claim", "Result"}
+        assert all(g.from_peer == me for g in got)
+        assert dict(net.stats["rejected"]) == expected
+        assert net.stats["received"] == 2
+
+
+async def test_per_peer_rate_limit():
+    kp = generate_new_ed25519_identity()
+    me = pid_of(kp)
+    async with open_network(cfg(rate_limit_per_s=1.0, rate_burst=5), lambda oid: None) as net, \
+            raw_peer(kp) as (host, ps):  # fmt: skip
+        exp, _ = await _join(ps, host, net)
+        t0 = time.monotonic()
+        for i in range(20):
+            await ps.publish(exp, claim(me, exp=f"{i:040x}").to_wire())
+            await trio.sleep(0.005)  # raw libp2p drops a tight burst in its 32-RPC outbound queue
+        with trio.fail_after(10):
+            while net.stats["received"] + net.stats["rejected"]["rate_limited"] < 20:
+                await trio.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        assert net.stats["received"] <= 5 + int(elapsed) + 1
+        assert net.stats["rejected"]["rate_limited"] >= 20 - (5 + int(elapsed) + 1)
+        assert set(net.stats["rejected"]) == {"rate_limited"}

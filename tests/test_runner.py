@@ -1,0 +1,58 @@
+"""The training runner with real child processes: crash, timeout, memory, NaN, no summary, cancel."""
+
+import os
+import sys
+
+import pytest
+import trio
+
+from p2p_research.research.runner import RunLimits, run_training
+
+GOOD = """print('hello')\nprint('---')\nfor k, v in [('val_bpb', 1.5), ('training_seconds', 1), ('total_seconds', 2),
+('peak_memory_mb', 10), ('num_params', 5), ('num_steps', 3), ('tokens', 100)]:\n    print(f'{k}: {v}')\n"""
+
+
+async def _run(tmp_path, code, time_limit=20.0, mem=2048):
+    (tmp_path / "train.py").write_text(code)
+    return await run_training(tmp_path, {}, RunLimits(time_limit, mem), tmp_path / "run.log")
+
+
+async def test_summary_parsed(tmp_path):
+    o = await _run(tmp_path, GOOD)
+    assert o.ok and o.summary.val_bpb == 1.5 and o.summary.tokens == 100
+    assert "hello" in (tmp_path / "run.log").read_text()
+
+
+@pytest.mark.parametrize("code, reason", [
+    ("raise SystemExit(5)", "exit code 5"),
+    ("raise ValueError('kaboom')", "kaboom"),
+    ("import sys; print('loss is nan', file=sys.stderr); sys.exit(3)", "NaN"),
+    ("print('no summary here')", "no summary"),
+    ("print('---'); print('val_bpb: nan')", "lacks"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "signal 9"),
+])
+async def test_failures_have_reasons(tmp_path, code, reason):
+    o = await _run(tmp_path, code)
+    assert not o.ok and reason in o.reason
+
+
+async def test_time_limit_kills_the_whole_group(tmp_path):
+    code = "import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(60)\n"
+    with trio.fail_after(15):
+        o = await _run(tmp_path, code, time_limit=1.0)
+    assert not o.ok and "time limit" in o.reason
+
+
+async def test_memory_limit(tmp_path):
+    o = await _run(tmp_path, "x = bytearray(1500 * 2**20)\nx[::4096] = b'1' * len(x[::4096])\nimport time; time.sleep(5)\n", mem=512)
+    assert not o.ok and ("memory" in o.reason.lower() or "MemoryError" in o.reason)
+
+
+async def test_cancel_kills_child(tmp_path):
+    (tmp_path / "train.py").write_text("import os, time\nopen('pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    with trio.move_on_after(2):
+        await run_training(tmp_path, {}, RunLimits(60, 1024), tmp_path / "run.log")
+    pid = int((tmp_path / "pid").read_text())
+    await trio.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
