@@ -28,8 +28,10 @@ from p2p_research import target
 
 
 def load_prepare():
-    spec = importlib.util.spec_from_file_location("bench_prepare", target.TARGET_DIR / "prepare.py")
+    name = "bench_prepare"
+    spec = importlib.util.spec_from_file_location(name, target.TARGET_DIR / "prepare.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 

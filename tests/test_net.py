@@ -62,7 +62,7 @@ async def test_publish_refuses_what_peers_would_reject():
         with pytest.raises(WireError, match="not this node"):
             await a.publish(claim(other))
         forged = result(generate_new_ed25519_identity())
-        bad = Result(forged.receipt, forged.signature[:-1] + b"\x00", forged.public_key)
+        bad = Result(forged.receipt, forged.signature[:-1] + bytes([forged.signature[-1] ^ 1]), forged.public_key)
         with pytest.raises(WireError, match="signature"):
             await a.publish(bad)
         with pytest.raises(WireError):
@@ -181,6 +181,8 @@ async def test_peer_exchange_grows_beyond_a_star():
                 b_id = ID.from_base58(b.peer_id)
                 await wait_until(lambda: b_id in c.host.get_connected_peers(), timeout=20)
                 await wait_until(lambda: len(c.peers()) == 2, timeout=5)
+                # addresses of an inbound peer arrive with identify / its exchange announcement
+                await wait_until(lambda: all(p.addrs for p in c.peers()), timeout=5)
                 states = {p.peer_id: p for p in c.peers()}
                 assert states[a.peer_id].bootstrap and states[a.peer_id].direction == "outbound"
                 assert not states[b.peer_id].bootstrap

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS_SHA256 = "d79d8df4403ef23d31f0995a348c3bb48f08f93286cbc23a1bae8e1a661890c9"
 CORPUS_LEN = 3_000_074
 
-TINY_BUDGET = 4 * 16 * 128  # four steps of the default train.py
+TINY_BUDGET = 8 * 16 * 128  # eight steps of the default train.py
 SUMMARY_KEYS = [
     "val_bpb",
     "training_seconds",
@@ -41,6 +41,7 @@ def load_prepare(name: str = "prepare_under_test"):
     """A fresh instance of the packaged prepare.py (its module-level data cache starts empty)."""
     spec = importlib.util.spec_from_file_location(name, target.TARGET_DIR / "prepare.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -232,7 +233,7 @@ def test_train_runs_and_is_deterministic(workspace, cache_dir):
     bpb = float(s1["val_bpb"])
     assert math.isfinite(bpb) and 0 < bpb < 8
     assert s1["device"] == "cpu"
-    assert int(s1["num_steps"]) == 4 and int(s1["tokens"]) == TINY_BUDGET
+    assert int(s1["num_steps"]) == 8 and int(s1["tokens"]) == TINY_BUDGET
     assert int(s1["num_params"]) > 0 and float(s1["peak_memory_mb"]) > 0
     assert float(s1["total_seconds"]) >= float(s1["training_seconds"]) >= 0
     second = run_train(workspace, cache_dir)
@@ -246,7 +247,8 @@ def test_train_on_user_data(workspace, cache_dir, tmp_path):
     text.write_text("".join(line.format(i % 7) for i in range(200)))
     res = run_train(workspace, cache_dir, P2P_DATA=text)
     assert res.returncode == 0, res.stderr
-    assert 0 < float(parse_summary(res.stdout)["val_bpb"]) < 8
+    bpb = float(parse_summary(res.stdout)["val_bpb"])
+    assert math.isfinite(bpb) and bpb > 0
 
 
 def test_train_missing_data_path(workspace, cache_dir, tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from p2p_research import __version__
-from p2p_research.cli import research_cmds
+from p2p_research.cli import inspect_cmds, research_cmds
+from p2p_research.cli.node_cmds import node_app
 
 app = typer.Typer(name="p2p-research", help="Autonomous ML research on a peer-to-peer swarm.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -24,3 +25,5 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 research_cmds.register(app)
+app.add_typer(node_app, name="node")
+inspect_cmds.register(app)

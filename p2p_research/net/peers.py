@@ -18,11 +18,10 @@ from typing import Any
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
-from libp2p.host.ping import PingService
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from .framing import FrameError, frame, pack, read_frame, unpack_small
+from .framing import FrameError, frame, pack, read_exact, read_frame, unpack_small
 from .host import full_addrs, parse_peer_addr, peerstore_addrs
 from .identity import short_name
 from .ratelimit import RateLimitedLog
@@ -30,6 +29,8 @@ from .ratelimit import RateLimitedLog
 log = logging.getLogger(__name__)
 
 PEERS_PROTOCOL = TProtocol("/p2p-research/peers/1.0.0")
+#: libp2p's own ping reports whole milliseconds (0 on loopback); ours times one 8-byte echo.
+PING_PROTOCOL = TProtocol("/p2p-research/ping/1.0.0")
 MAX_EXCHANGE = 32
 DIAL_TIMEOUT = 10.0
 EXCHANGE_TIMEOUT = 5.0
@@ -72,12 +73,12 @@ class PeerManager:
     _candidates: dict[str, _Candidate] = field(default_factory=dict)
     _asked: set[str] = field(default_factory=set)
     _msg_counts: dict[str, int] = field(default_factory=dict)
+    _px_backoff: dict[str, float] = field(default_factory=dict)  # peer -> trio time before asking again
 
     def __post_init__(self) -> None:
         self.my_id = self.host.get_id()
         self._bootstrap_ids = {b.peer_id.to_base58() for b in self.bootstrap}
         self._rlog = RateLimitedLog(log, interval=30.0)
-        self._ping = PingService(self.host)
         self._changed = trio.Event()
 
     # --- state -----------------------------------------------------------------------------------
@@ -127,6 +128,7 @@ class PeerManager:
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """All peer-management tasks; cancel the enclosing scope to stop them."""
         self.host.set_stream_handler(PEERS_PROTOCOL, self._handle_exchange)
+        self.host.set_stream_handler(PING_PROTOCOL, self._handle_ping)
         async with trio.open_nursery() as nursery:
             for b in self.bootstrap:
                 nursery.start_soon(self._keep_bootstrap, b, name=f"bootstrap {b.peer_id}")
@@ -167,20 +169,32 @@ class PeerManager:
             await trio.sleep(POLL_INTERVAL)
 
     async def _discovery_loop(self) -> None:
-        """Ask newly connected peers (and all peers while below target) for more peers; dial them."""
+        """Ask newly connected peers (and all peers while below target) for more peers; dial them.
+
+        While below target and nothing new turns up, the interval backs off from
+        DISCOVERY_INTERVAL to BACKOFF_CAP, so a small swarm is not polled every few seconds forever.
+        """
+        interval = DISCOVERY_INTERVAL
         while True:
-            with trio.move_on_after(DISCOVERY_INTERVAL):
+            with trio.move_on_after(interval):
                 await self._changed.wait()
             self._changed = trio.Event()
             self._refresh()
+            before = (len(self._candidates), len(self.host.get_network().connections))
             below = len(self._peers) < self.target_peers
-            to_ask = [p for p in list(self._peers) if below or p not in self._asked]
+            now = trio.current_time()
+            to_ask = [
+                p for p in list(self._peers)
+                if (below or p not in self._asked) and self._px_backoff.get(p, 0) <= now
+            ]  # fmt: skip
             random.shuffle(to_ask)
             for s in to_ask:
                 await self._exchange_with(ID.from_base58(s))
                 if len(self.host.get_network().connections) >= self.target_peers:
                     break
             await self._dial_candidates()
+            after = (len(self._candidates), len(self.host.get_network().connections))
+            interval = DISCOVERY_INTERVAL if after != before else min(interval * 2, BACKOFF_CAP)
 
     async def _exchange_with(self, pid: ID) -> None:
         s = pid.to_base58()
@@ -199,6 +213,7 @@ class PeerManager:
             with trio.move_on_after(1):
                 await stream.close()
         except Exception as e:  # peer gone, old version without the protocol, malformed reply
+            self._px_backoff[s] = trio.current_time() + BACKOFF_CAP
             self._rlog.log(logging.DEBUG, f"px:{s}", "peer exchange with %s failed: %r", s, e)
             if stream is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -281,6 +296,44 @@ class PeerManager:
                 except Exception:
                     pass
 
+    async def ping(self, pid: ID, timeout: float = 5.0) -> float:
+        """Round-trip time in milliseconds of one 8-byte echo on an already negotiated stream."""
+        stream = None
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.host.new_stream(pid, [PING_PROTOCOL])
+                payload = random.randbytes(8)
+                t0 = time.perf_counter()
+                await stream.write(payload)
+                echo = await read_exact(stream, 8)
+                rtt = (time.perf_counter() - t0) * 1000.0
+                if echo != payload:
+                    raise FrameError("ping echo mismatch")
+            with trio.move_on_after(1):
+                await stream.close()
+            stream = None
+            return rtt
+        finally:
+            if stream is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await stream.reset()
+                    except Exception:
+                        pass
+
+    async def _handle_ping(self, stream: INetStream) -> None:
+        try:
+            with trio.fail_after(5):
+                await stream.write(await read_exact(stream, 8))
+            with trio.move_on_after(1):
+                await stream.close()
+        except Exception:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
+
     async def _ping_loop(self) -> None:
         """Measure latency with libp2p ping: new peers within ~1 s, then every PING_INTERVAL."""
         last: dict[str, float] = {}
@@ -292,10 +345,7 @@ class PeerManager:
                     continue
                 last[s] = now
                 try:
-                    with trio.fail_after(5):
-                        rtts = await self._ping.ping(ID.from_base58(s), ping_amt=1)
-                    if rtts:
-                        st.latency_ms = rtts[0] / 1000.0
+                    st.latency_ms = await self.ping(ID.from_base58(s))
                 except Exception as e:
                     self._rlog.log(logging.DEBUG, f"ping:{s}", "ping %s failed: %r", s, e)
             for s in set(last) - set(self._peers):

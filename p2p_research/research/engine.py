@@ -149,6 +149,7 @@ class ResearchEngine:
             self.loop.handle(L.BaselineMeasured(action.commit, value, er.run.reason))
             if value is not None:
                 self.set_baseline(action.commit, value, "measured locally", er.run.exp_id)
+            await self._announce(er.run)
         elif isinstance(action, L.Propose):
             self.progress.phase = "proposing"
             self.progress.description = ""
@@ -168,6 +169,16 @@ class ResearchEngine:
             self.record_verdict(er, verdict)
             if verdict.advance_baseline and value is not None:
                 self.set_baseline(action.commit, value, verdict.reason, action.exp_id)
+            await self._announce(er.run)
+
+    async def _announce(self, run: Run) -> None:
+        """Tell the daemon (if any) about a finished run; a failure to announce never stops research."""
+        if self.hooks.on_result is None or run.status in ("running", "aborted"):
+            return
+        try:
+            await self.hooks.on_result(run)
+        except Exception:  # noqa: BLE001 - announcing is best effort; the ledger already has the run
+            log.exception("could not announce run %s", run.exp_id[:10])
 
     # --- pieces -----------------------------------------------------------------------------------
     def ensure_registered(self, commit: str, description: str, origin: str = "local", proposer: str = "") -> str:

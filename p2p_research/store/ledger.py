@@ -70,6 +70,26 @@ CREATE TABLE IF NOT EXISTS baselines (
     reason      TEXT NOT NULL,
     adopted_at  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claims (
+    exp_id      TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    protocol_id TEXT NOT NULL,
+    parent      TEXT NOT NULL,
+    lease_until REAL NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    ts          REAL NOT NULL,
+    PRIMARY KEY (exp_id, peer)
+);
+CREATE TABLE IF NOT EXISTS posts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    author      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    received_at REAL NOT NULL,
+    origin      TEXT NOT NULL,
+    UNIQUE (author, ts, text)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -257,6 +277,41 @@ class Ledger:
     def status_counts(self, origin: str = "local") -> dict[str, int]:
         return {s: n for s, n in self.db.execute(
             "SELECT status, COUNT(*) FROM runs WHERE origin=? GROUP BY status", (origin,))}
+
+    # --- claims (leases on experiments, local and peers') ---------------------------------------
+    def add_claim(self, exp_id: str, peer: str, protocol_id: str, parent: str, lease_until: float,
+                  description: str, ts: float) -> None:
+        """Record a claim; a newer claim of the same peer on the same id renews its lease."""
+        self.db.execute(
+            "INSERT INTO claims(exp_id, peer, protocol_id, parent, lease_until, description, ts) VALUES(?,?,?,?,?,?,?)"
+            " ON CONFLICT(exp_id, peer) DO UPDATE SET lease_until=max(lease_until, excluded.lease_until),"
+            " ts=max(ts, excluded.ts)", (exp_id, peer, protocol_id, parent, lease_until, description, ts))
+
+    def claims(self, exp_id: str | None = None, active_at: float | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM claims", []
+        conds = []
+        if exp_id is not None:
+            conds.append("exp_id=?")
+            args.append(exp_id)
+        if active_at is not None:
+            conds.append("lease_until>?")
+            args.append(active_at)
+            conds.append("exp_id NOT IN (SELECT exp_id FROM runs WHERE kind='experiment' AND status IN"
+                         " ('kept','discarded','crash'))")
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        return [dict(r) for r in self.db.execute(sql + " ORDER BY ts", args)]
+
+    # --- the message board ------------------------------------------------------------------------
+    def add_post(self, author: str, name: str, text: str, ts: float, origin: str) -> bool:
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO posts(author, name, text, ts, received_at, origin) VALUES(?,?,?,?,?,?)",
+            (author, name, text, ts, time.time(), origin))
+        return cur.rowcount == 1
+
+    def posts(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM (SELECT * FROM posts ORDER BY ts DESC LIMIT ?) ORDER BY ts", (limit,))
+        return [dict(r) for r in rows]
 
     # --- baselines --------------------------------------------------------------------------------
     def record_baseline(self, protocol_id: str, commit_id: str, val_bpb: float | None, reason: str,

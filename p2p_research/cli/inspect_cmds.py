@@ -1,0 +1,209 @@
+"""Inspection commands (`id`, `status`, `peers`, `experiments`, `show`, `leaderboard`, `board`, `post`).
+
+They ask the running daemon over its control socket. Without one, `id`, `status`, `peers` and `post`
+say so and exit non-zero; the read-only history views fall back to the ledger and say so on stderr.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from p2p_research.cli.common import HomeOpt, JsonOpt, one_line_errors, print_json, resolve_home
+from p2p_research.cli.control_client import NoDaemon, request
+from p2p_research.home import NodeHome
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fmt(v: Any, digits: int = 6) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = max(0, time.time() - ts)
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def _with_fallback(home: Path, cmd: str, args: dict, fallback: Callable[[Any, Any], Any]) -> Any:
+    """Ask the daemon; without one, compute the same view from the ledger (read-only)."""
+    try:
+        return request(home, cmd, args)
+    except NoDaemon:
+        from p2p_research.research.workspace import Workspace
+        from p2p_research.store.ledger import Ledger
+
+        h = NodeHome(home).require()
+        err.print("(no daemon running: read from the ledger)")
+        ledger = Ledger(h.ledger)
+        try:
+            return fallback(ledger, Workspace(h.repo))
+        finally:
+            ledger.close()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("id")
+    @one_line_errors
+    def id_(home: Optional[Path] = HomeOpt, json_out: bool = JsonOpt) -> None:
+        """Peer id, name and bootstrap addresses of the running node."""
+        data = request(resolve_home(home), "id")
+        if json_out:
+            return print_json(data)
+        out.print(f"peer id: {data['peer_id']}\nname:    {data['name']}")
+        for a in data["addrs"]:
+            out.print(f"address: {a}", soft_wrap=True)
+
+    @app.command()
+    @one_line_errors
+    def status(home: Optional[Path] = HomeOpt, json_out: bool = JsonOpt) -> None:
+        """The node's state: swarm, baseline and lineage, current experiment, counts, peers, uptime."""
+        d = request(resolve_home(home), "status")
+        if json_out:
+            return print_json(d)
+        b = d["baseline"]
+        out.print(f"[bold]{d['name']}[/] {d['peer_id']}")
+        out.print(f"swarm {d['swarm']}  protocol {d['protocol_id'][:12]}  budget {d['budget']}  up {_ago(time.time() - d['uptime_s'])}")
+        out.print(f"baseline {b['commit'][:7]} val_bpb {_fmt(b['val_bpb'])}  research: {d['research']}")
+        c = d.get("current")
+        if c:
+            prog = f" {100 * c['progress']:.0f}%" if c.get("progress") is not None else ""
+            out.print(f"current  {c['phase']} {c['exp_id'][:10]} {c['description'][:60]}{prog}")
+        e = d["experiments"]
+        out.print(f"experiments: {e['local']} local, {e['from_peers']} from peers; peers connected: {d['peers_connected']}")
+        if b["lineage"]:
+            t = Table(title="baseline lineage")
+            for col in ("commit", "val_bpb", "found by", "why"):
+                t.add_column(col)
+            for step in b["lineage"]:
+                t.add_row(step["commit"][:7], _fmt(step["val_bpb"]), step["found_by"][:16], step["reason"][:60])
+            out.print(t)
+
+    @app.command()
+    @one_line_errors
+    def peers(home: Optional[Path] = HomeOpt, verbose: bool = typer.Option(False, "-v", "--verbose"),
+              json_out: bool = JsonOpt) -> None:
+        """Connected peers (-v: addresses, direction, latency, agent, what each announced)."""
+        data = request(resolve_home(home), "peers")
+        if json_out:
+            return print_json(data)
+        t = Table()
+        cols = ["name", "peer id", "direction", "latency", "results"] + (["addresses", "agent", "best"] if verbose else [])
+        for col in cols:
+            t.add_column(col)
+        for p in data:
+            row = [p["name"], p["peer_id"] if verbose else p["peer_id"][:16], p["direction"],
+                   "-" if p["latency_ms"] is None else f"{p['latency_ms']:.1f} ms", str(p["announced"]["results"])]
+            if verbose:
+                row += ["\n".join(p["addrs"]), p.get("agent_version") or "-", _fmt(p["announced"].get("best_val_bpb"))]
+            t.add_row(*row)
+        out.print(t)
+        out.print(f"{len(data)} peer(s) connected")
+
+    @app.command()
+    @one_line_errors
+    def experiments(
+        home: Optional[Path] = HomeOpt,
+        status_: Optional[str] = typer.Option(None, "--status", help="kept | discarded | crash | baseline | running | aborted"),
+        peer: Optional[str] = typer.Option(None, "--peer", help="Peer id (prefix), or 'local'"),
+        origin: Optional[str] = typer.Option(None, "--origin", help="local | peer"),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1),
+        json_out: bool = JsonOpt,
+    ) -> None:
+        """Experiments run here and received from peers."""
+        from p2p_research.daemon.views import experiments_view
+
+        args = {"status": status_, "peer": peer, "origin": origin, "limit": limit}
+        data = _with_fallback(resolve_home(home), "experiments", args,
+                              lambda led, ws: experiments_view(led, "", **args))
+        if json_out:
+            return print_json(data)
+        t = Table()
+        for col in ("id", "commit", "peer", "status", "val_bpb", "description"):
+            t.add_column(col)
+        for e in data:
+            t.add_row(e["id"][:10], e["commit"][:7], ("local" if e["origin"] == "local" else e["peer"][:12]),
+                      e["status"], _fmt(e["val_bpb"]), e["description"][:60])
+        out.print(t)
+
+    @app.command()
+    @one_line_errors
+    def show(exp: str = typer.Argument(..., help="Experiment id or commit (prefix)"), home: Optional[Path] = HomeOpt,
+             json_out: bool = JsonOpt) -> None:
+        """One experiment: its diff, metrics and provenance."""
+        from p2p_research.daemon.views import show_view
+
+        data = _with_fallback(resolve_home(home), "show", {"exp": exp}, lambda led, ws: show_view(led, ws, exp))
+        if json_out:
+            return print_json(data)
+        e = data["experiment"]
+        out.print(f"experiment {e['id']}\ncommit     {e['commit']}\nparent     {e['parent']}\n"
+                  f"proposed   by {e['proposer'] or 'local'} ({e['origin']})\n{e['description']}")
+        t = Table(title="runs")
+        for col in ("kind", "peer", "status", "val_bpb", "train s", "received"):
+            t.add_column(col)
+        for r in data["runs"]:
+            t.add_row(r["kind"], ("local" if r["origin"] == "local" else r["peer"][:12]), r["status"], _fmt(r["val_bpb"]),
+                      _fmt(r["training_seconds"], 1), _ago(r["received_at"]) if r["received_at"] else "-")
+        out.print(t)
+        out.print(data["diff"] or "(no diff: objects not present locally)", markup=False, highlight=False)
+
+    @app.command()
+    @one_line_errors
+    def leaderboard(home: Optional[Path] = HomeOpt, limit: int = typer.Option(10, "--limit", min=1),
+                    json_out: bool = JsonOpt) -> None:
+        """Best results per protocol, with who found them."""
+        from p2p_research.daemon.views import leaderboard_view
+
+        data = _with_fallback(resolve_home(home), "leaderboard", {"limit": limit},
+                              lambda led, ws: leaderboard_view(led, "", limit))
+        if json_out:
+            return print_json(data)
+        for protocol, rows in data.items():
+            t = Table(title=f"protocol {protocol[:12]}")
+            for col in ("#", "val_bpb", "id", "commit", "found by", "description"):
+                t.add_column(col)
+            for i, r in enumerate(rows, 1):
+                t.add_row(str(i), _fmt(r["val_bpb"]), r["id"][:10], r["commit"][:7], r["found_by"][:16], r["description"][:50])
+            out.print(t)
+
+    @app.command()
+    @one_line_errors
+    def board(home: Optional[Path] = HomeOpt, limit: int = typer.Option(50, "--limit", min=1), json_out: bool = JsonOpt) -> None:
+        """The swarm's Markdown message board."""
+        from p2p_research.daemon.views import board_view
+
+        data = _with_fallback(resolve_home(home), "board", {"limit": limit}, lambda led, ws: board_view(led, limit))
+        if json_out:
+            return print_json(data)
+        from rich.markdown import Markdown
+
+        for p in data:
+            out.rule(f"{p['name']} ({p['author'][:12]}) {_ago(p['ts'])} ago")
+            out.print(Markdown(p["text"]))
+
+    @app.command()
+    @one_line_errors
+    def post(text: str = typer.Argument(..., help="Markdown text ('-' reads standard input)"),
+             home: Optional[Path] = HomeOpt, json_out: bool = JsonOpt) -> None:
+        """Post a Markdown note to the swarm's board."""
+        import sys
+
+        if text == "-":
+            text = sys.stdin.read()
+        data = request(resolve_home(home), "post", {"text": text})
+        if json_out:
+            return print_json(data)
+        out.print("posted")

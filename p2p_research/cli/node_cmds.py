@@ -1,0 +1,57 @@
+"""`node start`: the daemon in the foreground."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from p2p_research.cli.common import CliError, HomeOpt, one_line_errors, resolve_home
+from p2p_research.cli.research_cmds import apply_loop_overrides, make_proposer
+from p2p_research.home import NodeHome
+
+node_app = typer.Typer(help="Run a node daemon.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@node_app.command("start")
+@one_line_errors
+def start(
+    home: Optional[Path] = HomeOpt,
+    listen: List[str] = typer.Option([], "--listen", help="Multiaddr to listen on (repeatable) [default: node.toml]"),
+    bootstrap: List[str] = typer.Option([], "--bootstrap", help="Bootstrap address /ip4/.../tcp/.../p2p/<id> (repeatable)"),
+    no_research: bool = typer.Option(False, "--no-research", help="Relay only: gossip and serve objects, train nothing"),
+    experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=1, help="Stop researching after N experiments"),
+    budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens"),
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds"),
+    proposer: Optional[str] = typer.Option(None, "--proposer", help="builtin | command"),
+    proposer_command: Optional[str] = typer.Option(None, "--proposer-command"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    margin: Optional[float] = typer.Option(None, "--margin"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a node daemon in the foreground: libp2p host, gossip, the research loop, a control socket."""
+    import trio
+
+    from p2p_research.daemon.node import DaemonOptions, NodeDaemon
+    from p2p_research.net.identity import IdentityError
+    from p2p_research.net.logsetup import configure_logging
+
+    h = NodeHome(resolve_home(home)).require()
+    cfg = apply_loop_overrides(h.load_config(), budget_tokens, budget_seconds, proposer, proposer_command, seed, margin)
+    h.logs.mkdir(exist_ok=True)
+    configure_logging("DEBUG" if verbose else "INFO", str(h.logs / "node.log"))
+    daemon = NodeDaemon(h, cfg, DaemonOptions(list(listen), list(bootstrap), not no_research, experiments), make_proposer)
+
+    def ready(info: dict) -> None:
+        print(f"peer id: {info['peer_id']} ({info['name']})")
+        for a in info["addrs"]:
+            print(f"address: {a}")
+        print(f"control: {h.control_socket}", flush=True)
+
+    try:
+        trio.run(daemon.run, ready)
+    except (ValueError, IdentityError) as e:
+        raise CliError(str(e), 2) from None

@@ -1,0 +1,132 @@
+"""What a node does with valid messages from peers: claims, results (with their git objects), posts.
+
+The network layer already checked schema, size, rate and signatures. Here each message is recorded
+idempotently (gossip replays messages after reconnects) with its provenance, and a result's commit is
+completed in the local repo, inline objects first, then fetched from the announcer over the object
+protocol, every object checked against its id before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgpack
+import trio
+
+from p2p_research.net.network import Incoming, Network
+from p2p_research.research.context import ResearchContext
+from p2p_research.research.objects import missing_references
+from p2p_research.research.workspace import RawObject, WorkspaceError
+from p2p_research.store.ledger import Run
+from p2p_research.wire import BoardPost, Claim, Result, Verification
+
+log = logging.getLogger("p2p_research.intake")
+
+MAX_FETCH_ROUNDS = 256
+
+
+class Intake:
+    def __init__(self, ctx: ResearchContext, net: Network, self_peer: str) -> None:
+        self.ctx = ctx
+        self.net = net
+        self.self_peer = self_peer
+        self.fetch_limit = trio.CapacityLimiter(4)
+        self.stats = {"claims": 0, "results": 0, "duplicates": 0, "posts": 0, "fetched_objects": 0,
+                      "fetch_failures": 0, "rejected": 0}
+        self.on_result = None  # optional async callback(Result, Run) for the swarm logic
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        async for inc in self.net.incoming:
+            try:
+                await self.handle(inc, nursery)
+            except Exception:  # noqa: BLE001 - one bad message must not stop intake
+                log.exception("failed to process a message from %s", inc.from_peer)
+
+    def reject(self, inc: Incoming, reason: str) -> None:
+        self.stats["rejected"] += 1
+        log.warning("rejected %s from %s: %s", type(inc.message).__name__, inc.from_peer[:16], reason)
+
+    async def handle(self, inc: Incoming, nursery: trio.Nursery) -> None:
+        msg = inc.message
+        if isinstance(msg, Claim):
+            if msg.protocol_id != self.ctx.protocol_id:
+                return self.reject(inc, "claim under another protocol")
+            self.ctx.ledger.add_claim(msg.exp_id, msg.peer, msg.protocol_id, msg.parent, msg.lease_until,
+                                      msg.description, msg.ts)
+            self.stats["claims"] += 1
+        elif isinstance(msg, Result):
+            await self.handle_result(inc, msg, nursery)
+        elif isinstance(msg, BoardPost):
+            if self.ctx.ledger.add_post(msg.author, msg.name, msg.text, msg.ts, "peer"):
+                self.stats["posts"] += 1
+        elif isinstance(msg, Verification):
+            pass  # recorded by the swarm logic when present
+
+    async def handle_result(self, inc: Incoming, msg: Result, nursery: trio.Nursery) -> None:
+        r = msg.receipt
+        if r.protocol_id != self.ctx.protocol_id:
+            return self.reject(inc, f"result under another protocol ({r.protocol_id[:12]})")
+        if r.peer == self.self_peer:
+            return
+        ledger, ws = self.ctx.ledger, self.ctx.workspace
+        kind = "baseline" if r.status == "baseline" else "experiment"
+        run = Run(exp_id=r.exp_id, commit_id=r.commit, protocol_id=r.protocol_id, kind=kind, status=r.status,
+                  origin="peer", peer=r.peer, parent=r.parent, val_bpb=r.value, seed=r.seed,
+                  training_seconds=r.training_seconds, memory_gb=r.memory_gb, finished_at=r.ts,
+                  received_at=inc.received_at, description=msg.description, hardware=r.hardware)
+        receipt_bytes = msgpack.packb(r.to_dict(), use_bin_type=True)
+        if not ledger.add_peer_run(run, receipt_bytes, msg.signature, msg.public_key):
+            self.stats["duplicates"] += 1
+            return
+        ledger.add_experiment(r.exp_id, r.protocol_id, r.parent, r.tree, r.commit, msg.description, "peer", r.peer,
+                              inc.received_at)
+        self.stats["results"] += 1
+        log.info("result from %s: %s %s val_bpb %s", r.peer[:16], r.exp_id[:10], r.status, r.value)
+        if msg.objects:
+            try:
+                ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in msg.objects])
+            except WorkspaceError as e:
+                self.reject(inc, f"inline objects: {e}")
+        nursery.start_soon(self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg, run)
+
+    async def complete_commit(self, peer: str, commit: str, exp_id: str, msg: Result | None = None,
+                              run: Run | None = None) -> bool:
+        """Fetch whatever the commit still lacks from `peer`; set its experiment ref when complete."""
+        ws = self.ctx.workspace
+        async with self.fetch_limit:
+            wanted = [commit] if not ws.has_object(commit) else missing_references(ws, commit)
+            rounds = 0
+            try:
+                while wanted and rounds < MAX_FETCH_ROUNDS:
+                    rounds += 1
+                    with trio.fail_after(60):
+                        objs = await self.net.fetch_objects(peer, wanted)
+                    got = {o.oid for o in objs}
+                    lacking = [w for w in wanted if w not in got]
+                    if lacking:
+                        raise WorkspaceError(f"peer does not have {len(lacking)} object(s), e.g. {lacking[0]}")
+                    ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in objs])
+                    self.stats["fetched_objects"] += len(objs)
+                    nxt: list[str] = []
+                    for o in objs:
+                        if o.kind in (1, 2):
+                            nxt += [m for m in missing_references(ws, o.oid) if m not in nxt]
+                    wanted = nxt
+            except (WorkspaceError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - a peer may vanish
+                self.stats["fetch_failures"] += 1
+                log.warning("could not complete commit %s from %s: %s", commit[:7], peer[:16], e)
+                return False
+        if ws.is_complete(commit):
+            try:
+                if ws.tree_of(commit) and self.ctx.experiment_id_of(commit) != exp_id:
+                    log.warning("commit %s does not match experiment id %s; not referenced", commit[:7], exp_id[:10])
+                    return False
+                ws.set_experiment_ref(exp_id, commit)
+            except WorkspaceError as e:
+                log.warning("commit %s: %s", commit[:7], e)
+                return False
+            if self.on_result is not None and msg is not None and run is not None:
+                await self.on_result(msg, run)
+            return True
+        return False

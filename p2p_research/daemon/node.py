@@ -1,0 +1,220 @@
+"""The node daemon: one trio nursery that owns the network, the research loop, intake and the control socket.
+
+Start-up order matters for users: configuration and addresses are checked before anything runs (a
+bad bootstrap address is a one-line error), the peer id and bootstrap addresses are printed as soon
+as the host listens, and SIGINT/SIGTERM stop the loop (the current run is killed and recorded as
+aborted), close the host and leave the ledger consistent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+
+from p2p_research import __version__
+from p2p_research.config import NodeConfig
+from p2p_research.daemon import views
+from p2p_research.daemon.announce import make_claim, make_post, make_result
+from p2p_research.daemon.control import ControlError, ControlServer
+from p2p_research.daemon.intake import Intake
+from p2p_research.home import HomeLock, NodeHome
+from p2p_research.research.context import ResearchContext, open_context
+from p2p_research.research.engine import Hooks, ResearchEngine
+from p2p_research.store.ledger import Run
+
+log = logging.getLogger("p2p_research.daemon")
+
+
+def swarm_id_of(genesis: str, protocol_id: str) -> str:
+    """Topics are scoped to the genesis commit and the protocol: only comparable results share a swarm."""
+    return hashlib.sha256(f"{genesis}:{protocol_id}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class DaemonOptions:
+    listen: list[str] = field(default_factory=list)
+    bootstrap: list[str] = field(default_factory=list)
+    research: bool = True
+    max_experiments: int | None = None
+
+
+class NodeDaemon:
+    def __init__(self, home: NodeHome, config: NodeConfig, options: DaemonOptions,
+                 make_proposer: Callable[[ResearchContext], Any]) -> None:
+        self.home = home
+        self.config = config
+        self.options = options
+        self.make_proposer = make_proposer
+        self.started_at = time.time()
+        self.ctx: ResearchContext | None = None
+        self.engine: ResearchEngine | None = None
+        self.net: Any = None
+        self.intake: Intake | None = None
+        self.peer_id = ""
+        self.name = ""
+        self.key_pair: Any = None
+        self.research_state = "off"
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+        from p2p_research.net.host import parse_listen_addr, parse_peer_addr
+        from p2p_research.net.identity import load_or_create_identity, peer_id_of_keypair, short_name
+        from p2p_research.net.network import NetConfig, open_network
+
+        cfg = self.config
+        listen = self.options.listen or cfg.network.listen
+        bootstrap = self.options.bootstrap or cfg.network.bootstrap
+        for a in listen:
+            parse_listen_addr(a)      # ValueError with a clear message, before anything starts
+        for a in bootstrap:
+            parse_peer_addr(a)
+        with HomeLock(self.home, "a node daemon"):
+            self.ctx = ctx = open_context(self.home, cfg)
+            try:
+                self.key_pair = load_or_create_identity(self.home.identity)
+                self.peer_id = peer_id_of_keypair(self.key_pair)
+                self.name = cfg.node.name or short_name(self.peer_id)
+                swarm = swarm_id_of(ctx.workspace.genesis, ctx.protocol_id)
+                net_cfg = NetConfig(key_pair=self.key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
+                                    target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s)
+                async with open_network(net_cfg, self.object_source) as net:
+                    self.net = net
+                    self.intake = Intake(ctx, net, self.peer_id)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self.watch_signals, nursery.cancel_scope)
+                        await nursery.start(ControlServer(self.home.control_socket, self.handlers()).serve)
+                        nursery.start_soon(self.intake.run, nursery)
+                        if on_ready:
+                            on_ready(self.identity_view())
+                        if self.options.research and cfg.research.enabled:
+                            nursery.start_soon(self.research_loop)
+                        else:
+                            self.research_state = "relay-only"
+            finally:
+                with trio.CancelScope(shield=True):
+                    ctx.ledger.abort_running("the node stopped during this run")
+                    ctx.close()
+        log.info("node stopped")
+
+    async def watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.warning("%s: stopping the node", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+    def object_source(self, oid: str) -> tuple[int, bytes] | None:
+        assert self.ctx is not None
+        obj = self.ctx.workspace.read_object(oid)
+        return (obj.kind, obj.data) if obj else None
+
+    # --- research ---------------------------------------------------------------------------------
+    async def research_loop(self) -> None:
+        assert self.ctx is not None
+        self.engine = engine = ResearchEngine(self.ctx, self.make_proposer(self.ctx), Hooks(
+            on_claim=self.announce_claim, on_result=self.announce_result))
+        engine.peer = self.peer_id
+        self.research_state = "running"
+        try:
+            done = await engine.run(self.options.max_experiments)
+        except Exception as e:  # noqa: BLE001 - the node stays up as a relay and keeps its ledger
+            log.exception("research loop failed")
+            self.research_state = f"failed: {e}"
+            return
+        self.research_state = f"done: {done.reason}"
+        (log.error if done.error else log.info)("research loop ended: %s", done.reason)
+
+    async def announce_claim(self, exp_id: str, commit: str, description: str) -> None:
+        assert self.ctx is not None and self.engine is not None
+        claim = make_claim(self.ctx, self.peer_id, exp_id, commit, description, self.engine.expected_seconds())
+        self.ctx.ledger.add_claim(claim.exp_id, claim.peer, claim.protocol_id, claim.parent, claim.lease_until,
+                                  claim.description, claim.ts)
+        await self.net.publish(claim)
+
+    async def announce_result(self, run: Run) -> None:
+        assert self.ctx is not None
+        await self.net.publish(make_result(self.ctx, run, self.key_pair, self.peer_id))
+
+    # --- control handlers -------------------------------------------------------------------------
+    def identity_view(self) -> dict[str, Any]:
+        return {"peer_id": self.peer_id, "name": self.name, "addrs": self.net.addrs() if self.net else [],
+                "home": str(self.home.path)}
+
+    def status_view(self) -> dict[str, Any]:
+        assert self.ctx is not None
+        ctx = self.ctx
+        b = ctx.ledger.baseline(ctx.protocol_id)
+        current = None
+        if self.engine is not None and self.engine.progress.phase in ("baseline", "training", "proposing"):
+            p = self.engine.progress
+            current = {"phase": p.phase, "exp_id": p.exp_id, "commit": p.commit, "description": p.description,
+                       "elapsed_s": time.time() - p.started_at if p.started_at else None, "progress": p.fraction()}
+        counts = ctx.ledger.counts()
+        return {
+            "peer_id": self.peer_id, "name": self.name, "swarm": swarm_id_of(ctx.workspace.genesis, ctx.protocol_id),
+            "protocol_id": ctx.protocol_id, "genesis": ctx.workspace.genesis, "budget": ctx.budget.describe(),
+            "baseline": {"commit": b.commit_id if b else ctx.workspace.baseline, "val_bpb": b.val_bpb if b else None,
+                         "lineage": views.lineage_view(ctx.ledger, ctx.protocol_id, self.peer_id)},
+            "current": current, "research": self.research_state,
+            "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
+            "peers_connected": len(self.net.peers()) if self.net else 0,
+            "uptime_s": time.time() - self.started_at, "software": f"p2p-research {__version__}",
+            "net": dict(self.net.stats) if self.net else {}, "intake": dict(self.intake.stats) if self.intake else {},
+        }
+
+    def peers_view(self) -> list[dict[str, Any]]:
+        assert self.ctx is not None
+        announced = views.peer_announcements(self.ctx.ledger)
+        out = []
+        for p in self.net.peers():
+            d = {k: getattr(p, k) for k in ("peer_id", "name", "addrs", "direction", "connected_since", "latency_ms",
+                                              "agent_version", "messages_received", "bootstrap")}
+            d["announced"] = announced.get(p.peer_id, {"results": 0, "best_val_bpb": None})
+            out.append(d)
+        return out
+
+    def handlers(self) -> dict[str, Any]:
+        assert self.ctx is not None
+        ctx = self.ctx
+
+        async def h_id(args: dict) -> Any:
+            return self.identity_view()
+
+        async def h_status(args: dict) -> Any:
+            return self.status_view()
+
+        async def h_peers(args: dict) -> Any:
+            return self.peers_view()
+
+        async def h_experiments(args: dict) -> Any:
+            return views.experiments_view(ctx.ledger, self.peer_id, status=args.get("status"), peer=args.get("peer"),
+                                          origin=args.get("origin"), limit=args.get("limit"))
+
+        async def h_show(args: dict) -> Any:
+            return views.show_view(ctx.ledger, ctx.workspace, str(args.get("exp", "")), self.peer_id)
+
+        async def h_leaderboard(args: dict) -> Any:
+            return views.leaderboard_view(ctx.ledger, self.peer_id, int(args.get("limit", 10)))
+
+        async def h_board(args: dict) -> Any:
+            return views.board_view(ctx.ledger, int(args.get("limit", 50)))
+
+        async def h_post(args: dict) -> Any:
+            text = args.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise ControlError("a post needs some text")
+            if len(text.encode()) > 16 * 1024:
+                raise ControlError("a post is at most 16 KiB")
+            post = make_post(self.peer_id, self.name, text)
+            ctx.ledger.add_post(post.author, post.name, post.text, post.ts, "local")
+            await self.net.publish(post)
+            return {"posted": True, "ts": post.ts}
+
+        return {"id": h_id, "status": h_status, "peers": h_peers, "experiments": h_experiments, "show": h_show,
+                "leaderboard": h_leaderboard, "board": h_board, "post": h_post}

@@ -1,0 +1,91 @@
+"""What the inspection commands show, computed from the ledger and the workspace (pure reads).
+
+Used by the daemon's control handlers and, when no daemon runs, directly by the CLI: one definition
+of each view, so `--json` output is the same either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from p2p_research.research.workspace import Workspace, WorkspaceError
+from p2p_research.store.ledger import Ledger, Run
+
+FINAL = ("kept", "discarded", "crash", "baseline", "confirmed", "refuted")
+
+
+def run_entry(run: Run, self_peer: str) -> dict[str, Any]:
+    return {
+        "id": run.exp_id, "commit": run.commit_id, "parent": run.parent, "peer": run.peer or self_peer or "local",
+        "origin": run.origin, "kind": run.kind, "status": run.status, "val_bpb": run.val_bpb,
+        "description": run.description, "reason": run.reason, "training_seconds": run.training_seconds,
+        "memory_gb": run.memory_gb, "started_at": run.started_at, "finished_at": run.finished_at,
+        "received_at": run.received_at, "hardware": run.hardware, "protocol_id": run.protocol_id,
+    }
+
+
+def experiments_view(ledger: Ledger, self_peer: str = "", *, status: str | None = None, peer: str | None = None,
+                     origin: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    runs = [r for r in ledger.runs(status=status, origin=origin) if r.kind in ("experiment", "baseline")]
+    if peer is not None:
+        runs = [r for r in runs if (r.peer or self_peer).startswith(peer) or (peer == "local" and r.origin == "local")]
+    if limit:
+        runs = runs[-limit:]
+    return [run_entry(r, self_peer) for r in runs]
+
+
+def show_view(ledger: Ledger, ws: Workspace, prefix: str, self_peer: str = "") -> dict[str, Any]:
+    if len(prefix) < 4:
+        raise ValueError("give at least 4 characters of an experiment id or commit")
+    matches = ledger.find_experiments(prefix)
+    if not matches:
+        raise ValueError(f"no experiment or commit starts with {prefix!r}")
+    if len({m["exp_id"] for m in matches}) > 1:
+        raise ValueError(f"{prefix!r} is ambiguous ({len(matches)} experiments); give more characters")
+    exp = matches[0]
+    runs = [run_entry(r, self_peer) for r in ledger.runs(exp_id=exp["exp_id"])]
+    try:
+        diff = ws.diff(exp["commit_id"]) if ws.has_object(exp["commit_id"]) else ""
+    except WorkspaceError:
+        diff = ""
+    return {"experiment": {**exp, "id": exp["exp_id"], "commit": exp["commit_id"]},
+            "runs": runs, "diff": diff, "have_objects": bool(diff) or ws.is_complete(exp["commit_id"])}
+
+
+def leaderboard_view(ledger: Ledger, self_peer: str = "", limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """Best results per protocol (lowest val_bpb first), one line per experiment, with who found it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    rows = ledger.db.execute(
+        "SELECT protocol_id, exp_id, MIN(val_bpb) AS best, COUNT(*) AS runs FROM runs"
+        " WHERE val_bpb IS NOT NULL AND status IN ('kept','discarded','baseline','confirmed') GROUP BY protocol_id, exp_id"
+        " ORDER BY protocol_id, best")
+    for r in rows:
+        lst = out.setdefault(r["protocol_id"], [])
+        if len(lst) >= limit:
+            continue
+        exp = ledger.experiment(r["exp_id"]) or {}
+        finder = exp.get("proposer") or self_peer or "local"
+        lst.append({"id": r["exp_id"], "commit": exp.get("commit_id", ""), "val_bpb": r["best"], "runs": r["runs"],
+                    "found_by": finder, "origin": exp.get("origin", ""), "description": exp.get("description", "")})
+    return out
+
+
+def lineage_view(ledger: Ledger, protocol_id: str, self_peer: str = "") -> list[dict[str, Any]]:
+    return [{"commit": b.commit_id, "exp_id": b.exp_id, "val_bpb": b.val_bpb, "found_by": b.source_peer or self_peer or "local",
+             "reason": b.reason, "adopted_at": b.adopted_at} for b in ledger.baseline_history(protocol_id)]
+
+
+def board_view(ledger: Ledger, limit: int = 50) -> list[dict[str, Any]]:
+    return ledger.posts(limit)
+
+
+def peer_announcements(ledger: Ledger) -> dict[str, dict[str, Any]]:
+    """Per peer: how many results it announced and its best value (for `peers -v`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in ledger.db.execute(
+            "SELECT peer, COUNT(*) AS n, MIN(val_bpb) AS best, MAX(received_at) AS last FROM runs"
+            " WHERE origin='peer' GROUP BY peer"):
+        out[row["peer"]] = {"results": row["n"], "best_val_bpb": row["best"], "last_received_at": row["last"]}
+    for row in ledger.db.execute("SELECT peer, COUNT(*) AS n FROM claims GROUP BY peer"):
+        out.setdefault(row["peer"], {"results": 0, "best_val_bpb": None, "last_received_at": None})["claims"] = row["n"]
+    return out
