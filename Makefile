@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	test -f $(HOME_DIR)/node.toml || $(BIN)/p2p-research init --home $(HOME_DIR)
-	$(BIN)/p2p-research run --home $(HOME_DIR)
+	test -f $(HOME_DIR)/node.toml || $(BIN)/p2p-research init --home $(HOME_DIR) --profile research
+	$(BIN)/p2p-research node start --home $(HOME_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

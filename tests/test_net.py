@@ -7,16 +7,17 @@ import socket
 import multiaddr
 import pytest
 import trio
+import trio.lowlevel
 from libp2p import generate_new_ed25519_identity, new_host
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
-
 from net_helpers import blob, cfg, claim, pid_of, post, recv, result, wait_mesh, wait_until
+
 from p2p_research.net import TransferError, open_network
 from p2p_research.wire import Claim, Result, WireError
 
-NO_OBJECTS = lambda oid: None  # noqa: E731
+NO_OBJECTS = lambda oid: None
 
 
 async def assert_no_more(net, wait: float = 1.5) -> None:
@@ -33,7 +34,7 @@ async def test_publish_each_type_received_exactly_once():
         for m in sent:
             await a.publish(m)
         got = [await recv(b) for _ in sent]
-        assert sorted((g.message.TYPE for g in got)) == sorted(m.TYPE for m in sent)
+        assert sorted(g.message.TYPE for g in got) == sorted(m.TYPE for m in sent)
         for g in got:
             assert g.from_peer == a.peer_id
             assert g.message in sent
@@ -101,7 +102,7 @@ async def test_async_and_failing_object_sources():
     o = blob(b"async")
 
     async def source(oid):
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         if oid == o.oid:
             return (o.kind, o.data)
         raise RuntimeError("disk on fire")
@@ -118,7 +119,7 @@ async def test_plaintext_dialer_refused():
         plain = new_host(key_pair=kp, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)})
         async with plain.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             try:
-                with pytest.raises(Exception):
+                with pytest.raises(Exception):  # noqa: B017 - any refusal will do
                     with trio.fail_after(10):
                         await plain.connect(info_from_p2p_addr(multiaddr.Multiaddr(a.addrs()[0])))
                 assert ID.from_base58(a.peer_id) not in plain.get_connected_peers()

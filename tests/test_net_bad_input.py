@@ -14,8 +14,8 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
-
 from net_helpers import cfg, claim, pid_of, post, recv, result
+
 from p2p_research.net import open_network, topic_names
 from p2p_research.wire import Result, sign_receipt
 

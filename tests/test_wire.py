@@ -8,6 +8,8 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from libp2p import generate_new_ed25519_identity
+from libp2p.peer.id import ID
 
 from p2p_research.wire import (
     BoardPost,
@@ -26,9 +28,6 @@ from p2p_research.wire import (
     verify_receipt,
 )
 from p2p_research.wire import messages as m
-
-from libp2p import generate_new_ed25519_identity
-from libp2p.peer.id import ID
 
 KP = generate_new_ed25519_identity()
 PEER = ID.from_pubkey(KP.public_key).to_base58()

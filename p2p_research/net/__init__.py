@@ -4,8 +4,23 @@ Knows libp2p, not research. The daemon uses :func:`open_network` and :class:`Net
 """
 
 from .gossip import Incoming, topic_names
+from .identity import IdentityError, load_or_create_identity, peer_id_of_keypair, short_name
+from .logsetup import configure_logging
 from .network import NetConfig, Network, open_network
 from .peers import PeerState
 from .transfer import TransferError
 
-__all__ = ["Incoming", "NetConfig", "Network", "PeerState", "TransferError", "open_network", "topic_names"]
+__all__ = [
+    "IdentityError",
+    "Incoming",
+    "NetConfig",
+    "Network",
+    "PeerState",
+    "TransferError",
+    "configure_logging",
+    "load_or_create_identity",
+    "open_network",
+    "peer_id_of_keypair",
+    "short_name",
+    "topic_names",
+]

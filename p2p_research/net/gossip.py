@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+import trio.lowlevel
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
@@ -212,7 +213,7 @@ class Gossip:
         await self.pubsub.publish(topic, data)
         self.stats["published"] += 1
         # let the sender and drain tasks run: a tight publish loop otherwise fills libp2p's queues
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
 
     async def _wait_for_outbound_room(self) -> None:
         """Backpressure: libp2p's per-peer outbound queue holds 32 RPCs and drops the rest silently.

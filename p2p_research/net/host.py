@@ -107,7 +107,7 @@ async def running_host(host: IHost, listen: list[multiaddr.Multiaddr]) -> AsyncI
                         await host.close()
                     except Exception as e:  # best effort: we are shutting down anyway
                         log.debug("host.close() failed: %r", e)
-    except BaseException as exc:  # noqa: BLE001 - filtered, re-raised unless only benign errors remain
+    except BaseException as exc:
         rest = strip_benign_teardown(exc)
         if rest is None:
             log.debug("ignored libp2p teardown error: %r", exc)

@@ -52,13 +52,15 @@ def peer_id_of_keypair(kp: KeyPair) -> str:
 
 
 _ADJECTIVES = (
-    "brave calm clever eager fancy gentle happy jolly keen lively lucky merry nimble proud quick quiet "
-    "rapid shy silly sly smart snowy sunny swift tidy tiny vivid warm wild wise witty zesty"
-).split()
+    "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively", "lucky",
+    "merry", "nimble", "proud", "quick", "quiet", "rapid", "shy", "silly", "sly", "smart", "snowy",
+    "sunny", "swift", "tidy", "tiny", "vivid", "warm", "wild", "wise", "witty", "zesty",
+)  # fmt: skip
 _ANIMALS = (
-    "otter badger beaver bison camel crane dingo eagle falcon ferret gecko heron ibis jackal koala lemur "
-    "lynx marten moose newt ocelot orca panda puffin quail raven seal sloth tapir viper walrus yak"
-).split()
+    "otter", "badger", "beaver", "bison", "camel", "crane", "dingo", "eagle", "falcon", "ferret", "gecko",
+    "heron", "ibis", "jackal", "koala", "lemur", "lynx", "marten", "moose", "newt", "ocelot", "orca",
+    "panda", "puffin", "quail", "raven", "seal", "sloth", "tapir", "viper", "walrus", "yak",
+)  # fmt: skip
 
 
 def short_name(peer_id: str) -> str:

@@ -12,7 +12,7 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Union
+from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -36,7 +36,7 @@ MAX_CONCURRENT_SERVES = 8
 FOUND, NOT_FOUND, TOO_LARGE = 0, 1, 2
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 
-ObjectSource = Callable[[str], Union[tuple[int, bytes], None, Awaitable[Union[tuple[int, bytes], None]]]]
+ObjectSource = Callable[[str], tuple[int, bytes] | None | Awaitable[tuple[int, bytes] | None]]
 
 
 class TransferError(Exception):

@@ -42,7 +42,7 @@ MIN_DATA_BYTES = 8 * (EVAL_CONTEXT + 1)
 
 # Token budget of the default run: the default train.py finishes (training + eval) in about 60 s on a
 # 2-core CPU. Results are only comparable under the same budget (it is part of the protocol).
-DEFAULT_BUDGET_TOKENS = 600_000
+DEFAULT_BUDGET_TOKENS = 500_000
 
 CORPUS_VERSION = "synthetic-world-v1"  # bump whenever the generator's output changes
 CORPUS_SEED = 20240601

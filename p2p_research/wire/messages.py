@@ -13,7 +13,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -494,7 +494,7 @@ class BoardPost(_MessageBase):
         )
 
 
-Message = Union[Claim, Result, Verification, BoardPost]
+Message = Claim | Result | Verification | BoardPost
 
 _TYPES: dict[str, type[Any]] = {c.TYPE: c for c in (Claim, Result, Verification, BoardPost)}
 _FIELDS: dict[str, frozenset[str]] = {

@@ -7,7 +7,7 @@ CLI paths that only read local state should not pay it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from .messages import Receipt, Result, Verification, WireError
 
@@ -48,7 +48,7 @@ def peer_id_of(public_key_bytes: bytes) -> str:
     return ID.from_pubkey(_public_key(public_key_bytes)).to_base58()
 
 
-def check_result(result: Union[Result, Verification]) -> None:
+def check_result(result: Result | Verification) -> None:
     """Raise WireError unless the receipt is signed by its public key and names that key's peer."""
     if not verify_receipt(result.receipt, result.signature, result.public_key):
         raise WireError(f"{result.TYPE}: bad receipt signature")

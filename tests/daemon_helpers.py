@@ -1,0 +1,91 @@
+"""Starting real node daemons as OS processes for system tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import CLI, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, home: Path, *args: str) -> None:
+        self.home = home
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+        self.peer_id = ""
+        self.addrs: list[str] = []
+
+    def start(self, timeout: float = 60.0) -> "Daemon":
+        self.errlog = open(self.home / "test-daemon.err", "ab")
+        self.proc = subprocess.Popen([*CLI, "node", "start", "--home", str(self.home), *self.args], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=self.errlog, text=True, start_new_session=True)
+        deadline = time.time() + timeout
+        assert self.proc.stdout is not None
+        self.addrs = []
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"daemon exited: {self.stderr()[-2000:]}")
+            if line.startswith("peer id:"):
+                self.peer_id = line.split()[2]
+            elif line.startswith("address:"):
+                self.addrs.append(line.split()[1])
+            elif line.startswith("control:"):
+                return self
+        raise AssertionError("daemon did not start in time")
+
+    def stderr(self) -> str:
+        try:
+            return (self.home / "test-daemon.err").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([*CLI, *args, "--home", str(self.home)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{args}: {r.stderr}")
+        return r
+
+    def json(self, *args: str):
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
