@@ -1,0 +1,62 @@
+"""SWARM.md: the digest of what the swarm knows, written into the workspace for agents to read.
+
+It is what an agent (and the built-in proposer, through the same ledger) consults before proposing:
+the current best and its lineage, recent results, negative results with how many nodes saw them, and
+open claims, so nobody repeats what the swarm already tried.
+"""
+
+from __future__ import annotations
+
+import time
+
+from p2p_research.store.ledger import Ledger
+
+
+def _v(x: float | None) -> str:
+    return "-" if x is None else f"{x:.6f}"
+
+
+def negative_results(ledger: Ledger, protocol_id: str, limit: int = 30) -> list[dict]:
+    """Experiments that did not improve, with the number of distinct nodes that observed that."""
+    rows = ledger.db.execute(
+        "SELECT r.exp_id, e.description, COUNT(DISTINCT r.peer || r.origin) AS nodes, COUNT(*) AS runs,"
+        " MIN(r.val_bpb) AS best, GROUP_CONCAT(DISTINCT r.status) AS statuses FROM runs r"
+        " JOIN experiments e ON e.exp_id = r.exp_id WHERE r.protocol_id=? AND r.status IN"
+        " ('discarded','crash','refuted') AND r.exp_id NOT IN (SELECT exp_id FROM runs WHERE status='kept'"
+        " AND kind='experiment' AND protocol_id=?) GROUP BY r.exp_id ORDER BY nodes DESC, runs DESC LIMIT ?",
+        (protocol_id, protocol_id, limit))
+    return [dict(r) for r in rows]
+
+
+def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: float | None = None) -> str:
+    now = now or time.time()
+    lines = ["# SWARM.md", "", "What this node knows of the swarm's research (rewritten as news arrives). "
+             "Read it before proposing: do not repeat what was tried.", ""]
+    history = ledger.baseline_history(protocol_id)
+    lines += ["## Current best", ""]
+    if history:
+        b = history[-1]
+        lines.append(f"`{b.commit_id[:10]}` val_bpb **{_v(b.val_bpb)}** (found by {b.source_peer[:16] or 'this node'})")
+        lines += ["", "Lineage (oldest first):", ""]
+        for step in history[-15:]:
+            lines.append(f"- `{step.commit_id[:10]}` {_v(step.val_bpb)} by {step.source_peer[:16] or 'this node'}: {step.reason}")
+    else:
+        lines.append("(no baseline measured yet)")
+    lines += ["", "## Recent results", "", "| experiment | by | status | val_bpb | change |", "|---|---|---|---|---|"]
+    for r in ledger.runs(kind="experiment", limit=25)[::-1]:
+        if r.status == "running":
+            continue
+        who = "this node" if r.origin == "local" else r.peer[:12]
+        lines.append(f"| `{r.exp_id[:10]}` | {who} | {r.status} | {_v(r.val_bpb)} | {r.description[:80]} |")
+    neg = negative_results(ledger, protocol_id)
+    lines += ["", "## Negative results", "", "| change | nodes | runs | best val_bpb |", "|---|---|---|---|"]
+    for n in neg:
+        lines.append(f"| {(n['description'] or n['exp_id'][:10])[:80]} | {n['nodes']} | {n['runs']} | {_v(n['best'])} |")
+    claims = ledger.claims(active_at=now)
+    lines += ["", "## Open claims (being run now)", ""]
+    for c in claims:
+        who = "this node" if c["peer"] == self_peer else c["peer"][:12]
+        lines.append(f"- `{c['exp_id'][:10]}` by {who}, lease {max(0, c['lease_until'] - now):.0f} s: {c['description'][:80]}")
+    if not claims:
+        lines.append("(none)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,152 @@
+"""The swarm's adoption and verification decisions, sans-IO: events in, decisions out.
+
+A peer's kept result becomes this node's baseline only if it is under the same protocol, passed the
+trust policy, and beats the current baseline by more than the margin; and, per the verification policy:
+- `always`: after a local re-run confirms it within tolerance;
+- `adaptive` (BOINC-style): a peer's results are re-run with probability 1/(1+streak), where streak
+  counts this node's confirmations of that peer since its last refutation (so a new peer is always
+  checked, and trust grows with evidence); a refutation resets it;
+- `never`: at once.
+Each re-run is a confirmation or a refutation that is announced; a peer refuted `refuted_threshold`
+times (net of confirmations) is ignored. The coin of `adaptive` is a hash of (self, experiment), so
+decisions are reproducible and two nodes do not skip the same checks in lockstep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Reputation:
+    confirmed: int = 0
+    refuted: int = 0
+    streak: int = 0        # confirmations since the last refutation
+
+
+@dataclass(frozen=True)
+class PeerClaim:
+    """A peer's kept result that may become the baseline."""
+
+    exp_id: str
+    commit: str
+    peer: str
+    value: float
+    seed: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Ignore:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verify:
+    claim: PeerClaim
+
+
+@dataclass(frozen=True)
+class Adopt:
+    claim: PeerClaim
+    value: float          # the value the baseline takes (the local re-run when there was one)
+    reason: str
+
+
+Decision = Ignore | Verify | Adopt
+
+
+@dataclass
+class SwarmPolicy:
+    self_peer: str
+    verification: str = "adaptive"     # always | adaptive | never
+    margin: float = 0.002
+    tolerance: float = 0.0             # 0 = 2 x margin
+    refuted_threshold: int = 2
+
+    @property
+    def tol(self) -> float:
+        return self.tolerance if self.tolerance > 0 else 2 * self.margin
+
+
+@dataclass
+class SwarmState:
+    policy: SwarmPolicy
+    reputation: dict[str, Reputation] = field(default_factory=dict)
+    candidates: dict[str, PeerClaim] = field(default_factory=dict)
+    settled: set[str] = field(default_factory=set)     # exp ids already verified, adopted or dismissed
+
+    def rep(self, peer: str) -> Reputation:
+        return self.reputation.setdefault(peer, Reputation())
+
+    def ignored(self, peer: str) -> bool:
+        r = self.reputation.get(peer)
+        return r is not None and r.refuted - r.confirmed >= self.policy.refuted_threshold
+
+    def verify_probability(self, peer: str) -> float:
+        if self.policy.verification == "always":
+            return 1.0
+        if self.policy.verification == "never":
+            return 0.0
+        return 1.0 / (1 + self.rep(peer).streak)
+
+    def _coin(self, exp_id: str) -> float:
+        h = hashlib.sha256(f"{self.policy.self_peer}:{exp_id}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64
+
+    # --- events -----------------------------------------------------------------------------------
+    def on_peer_result(self, claim: PeerClaim, trusted: bool, trust_reason: str, status: str) -> Ignore | None:
+        """Record a peer's result; it becomes a candidate if it could improve some baseline."""
+        if claim.peer == self.policy.self_peer:
+            return Ignore("own result")
+        if status != "kept":
+            return Ignore(f"status {status}")
+        if not trusted:
+            self.settled.add(claim.exp_id)
+            return Ignore(f"rejected by the trust policy: {trust_reason}")
+        if self.ignored(claim.peer):
+            return Ignore("the peer's results were refuted too often")
+        if not math.isfinite(claim.value):
+            return Ignore("no finite value")
+        if claim.exp_id in self.settled:
+            return Ignore("already settled")
+        self.candidates[claim.exp_id] = claim
+        return None
+
+    def next_decision(self, baseline_value: float | None) -> Decision | None:
+        """The best pending candidate that would still improve the baseline, and what to do with it."""
+        if baseline_value is None:
+            return None
+        best: PeerClaim | None = None
+        for exp_id, c in list(self.candidates.items()):
+            if self.ignored(c.peer) or not baseline_value - c.value > self.policy.margin:
+                del self.candidates[exp_id]      # no longer interesting (a better baseline came along)
+                continue
+            if best is None or (c.value, c.exp_id) < (best.value, best.exp_id):
+                best = c
+        if best is None:
+            return None
+        del self.candidates[best.exp_id]
+        self.settled.add(best.exp_id)
+        if self._coin(best.exp_id) < self.verify_probability(best.peer):
+            return Verify(best)
+        return Adopt(best, best.value, f"adopted from {best.peer[:16]} without re-run "
+                                       f"({self.policy.verification}, p={self.verify_probability(best.peer):.2f})")
+
+    def on_verified(self, claim: PeerClaim, measured: float | None, baseline_value: float | None) -> tuple[str, Adopt | None]:
+        """A local re-run finished: returns ('confirmed' | 'refuted', an adoption if it still improves)."""
+        r = self.rep(claim.peer)
+        if measured is not None and math.isfinite(measured) and abs(measured - claim.value) <= self.policy.tol:
+            r.confirmed += 1
+            r.streak += 1
+            verdict = "confirmed"
+        else:
+            r.refuted += 1
+            r.streak = 0
+            verdict = "refuted"
+        if verdict == "confirmed" and measured is not None and (
+                baseline_value is None or baseline_value - measured > self.policy.margin):
+            return verdict, Adopt(claim, measured, f"confirmed by a local re-run ({measured:.6f} vs claimed {claim.value:.6f})")
+        return verdict, None

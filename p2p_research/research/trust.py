@@ -1,0 +1,67 @@
+"""The trust policy: what a peer's change may be before this node runs or adopts it.
+
+Code from a peer is code execution. Default policy `constants`: compared with its parent, a commit
+may alter nothing but literal values of the top-level constants of train.py, and no other file. Peers
+listed in `trust.trusted_peers` (or every peer under policy `any`) may change train.py freely, but a
+change of the harness (prepare.py) is never an experiment, whoever sends it. Adopting a commit adopts
+its whole lineage, so every step from an already accepted commit is checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2p_research.research.constants import constants_only_change
+from p2p_research.research.workspace import Workspace, WorkspaceError
+
+EDITABLE = "train.py"
+MAX_LINEAGE = 10_000
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    policy: str = "constants"                 # constants | any
+    trusted_peers: frozenset[str] = frozenset()
+
+    def trusts_code_from(self, peer: str) -> bool:
+        return self.policy == "any" or peer in self.trusted_peers
+
+
+def check_change(old_files: dict[str, bytes], new_files: dict[str, bytes], code_allowed: bool) -> tuple[bool, str]:
+    """Pure check of one step (parent files -> commit files)."""
+    changed = sorted(n for n in set(old_files) | set(new_files) if old_files.get(n) != new_files.get(n))
+    if not changed:
+        return False, "the commit changes nothing"
+    others = [n for n in changed if n != EDITABLE]
+    if others:
+        return False, f"the change touches {', '.join(others)}; only train.py may change"
+    if code_allowed:
+        return True, "trusted peer: any change of train.py"
+    try:
+        old, new = old_files[EDITABLE].decode(), new_files[EDITABLE].decode()
+    except (KeyError, UnicodeDecodeError):
+        return False, "train.py is missing or not UTF-8"
+    return constants_only_change(old, new)
+
+
+def check_lineage(ws: Workspace, commit: str, accepted: set[str], policy: TrustPolicy, peer: str) -> tuple[bool, str]:
+    """Check every step from the nearest accepted ancestor to `commit` (first parents)."""
+    steps: list[str] = []
+    cur: str | None = commit
+    try:
+        while cur is not None and cur not in accepted:
+            steps.append(cur)
+            if len(steps) > MAX_LINEAGE:
+                return False, "lineage too long"
+            cur = ws.parent_of(cur)
+        if cur is None:
+            return False, "the commit does not descend from the swarm's genesis"
+        for c in reversed(steps):
+            parent = ws.parent_of(c)
+            assert parent is not None
+            ok, reason = check_change(ws.files_of(parent), ws.files_of(c), policy.trusts_code_from(peer))
+            if not ok:
+                return False, f"commit {c[:7]}: {reason}"
+    except WorkspaceError as e:
+        return False, str(e)
+    return True, "only constant values changed" if not policy.trusts_code_from(peer) else "trusted"
