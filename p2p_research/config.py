@@ -38,6 +38,8 @@ class ResearchSection:
     threads: int = 0            # torch threads in training; 0 = torch's default
     device: str = "auto"        # auto | cpu | cuda
     cache_dir: str = ""         # "" = ~/.cache/p2p-research
+    objective: str = "torch"    # torch | surrogate (scores the constants without training; simulations)
+    surrogate_cost_s: float = 20.0  # simulated seconds per surrogate run
 
 
 @dataclass
@@ -62,12 +64,18 @@ class VerificationSection:
 
 
 @dataclass
+class SimulationSection:
+    liar: bool = False          # announce fabricated improvements (simulates a dishonest node)
+
+
+@dataclass
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     research: ResearchSection = field(default_factory=ResearchSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     trust: TrustSection = field(default_factory=TrustSection)
     verification: VerificationSection = field(default_factory=VerificationSection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
 
     def validate(self) -> "NodeConfig":
         r = self.research
@@ -85,6 +93,12 @@ class NodeConfig:
             raise ConfigError(f"research.memory_limit_mb must be at least 256, got {r.memory_limit_mb}")
         if r.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"research.device must be auto, cpu or cuda, got {r.device!r}")
+        if r.objective not in ("torch", "surrogate"):
+            raise ConfigError(f"research.objective must be torch or surrogate, got {r.objective!r}")
+        if r.surrogate_cost_s < 0:
+            raise ConfigError("research.surrogate_cost_s must be >= 0")
+        if self.verification.tolerance < 0 or self.verification.refuted_threshold < 1:
+            raise ConfigError("verification.tolerance must be >= 0 and refuted_threshold >= 1")
         if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
             raise ConfigError("research timeouts must be positive and threads >= 0")
         if self.trust.policy not in ("constants", "any"):

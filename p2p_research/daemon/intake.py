@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 
-import msgpack
 import trio
 
 from p2p_research.net.network import Incoming, Network
@@ -34,7 +33,9 @@ class Intake:
         self.fetch_limit = trio.CapacityLimiter(4)
         self.stats = {"claims": 0, "results": 0, "duplicates": 0, "posts": 0, "fetched_objects": 0,
                       "fetch_failures": 0, "rejected": 0}
-        self.on_result = None  # optional async callback(Result, Run) for the swarm logic
+        self.on_result = None        # async callback(Result, Run) once a result's commit is complete
+        self.on_claim = None         # async callback(Claim)
+        self.on_verification = None  # async callback(Verification, from_peer)
 
     async def run(self, nursery: trio.Nursery) -> None:
         async for inc in self.net.incoming:
@@ -55,13 +56,18 @@ class Intake:
             self.ctx.ledger.add_claim(msg.exp_id, msg.peer, msg.protocol_id, msg.parent, msg.lease_until,
                                       msg.description, msg.ts)
             self.stats["claims"] += 1
+            if self.on_claim is not None:
+                await self.on_claim(msg)
         elif isinstance(msg, Result):
             await self.handle_result(inc, msg, nursery)
         elif isinstance(msg, BoardPost):
             if self.ctx.ledger.add_post(msg.author, msg.name, msg.text, msg.ts, "peer"):
                 self.stats["posts"] += 1
         elif isinstance(msg, Verification):
-            pass  # recorded by the swarm logic when present
+            if msg.receipt.protocol_id != self.ctx.protocol_id:
+                return self.reject(inc, "verification under another protocol")
+            if self.on_verification is not None:
+                await self.on_verification(msg, inc.from_peer)
 
     async def handle_result(self, inc: Incoming, msg: Result, nursery: trio.Nursery) -> None:
         r = msg.receipt
@@ -75,7 +81,7 @@ class Intake:
                   origin="peer", peer=r.peer, parent=r.parent, val_bpb=r.value, seed=r.seed,
                   training_seconds=r.training_seconds, memory_gb=r.memory_gb, finished_at=r.ts,
                   received_at=inc.received_at, description=msg.description, hardware=r.hardware)
-        receipt_bytes = msgpack.packb(r.to_dict(), use_bin_type=True)
+        receipt_bytes = r.canonical_bytes()
         if not ledger.add_peer_run(run, receipt_bytes, msg.signature, msg.public_key):
             self.stats["duplicates"] += 1
             return

@@ -22,6 +22,8 @@ from p2p_research.config import NodeConfig
 from p2p_research.daemon import views
 from p2p_research.daemon.announce import make_claim, make_post, make_result
 from p2p_research.daemon.control import ControlError, ControlServer
+from p2p_research.daemon.catchup import CATCHUP_PROTOCOL, CatchUp
+from p2p_research.daemon.coordinator import SwarmCoordinator
 from p2p_research.daemon.intake import Intake
 from p2p_research.home import HomeLock, NodeHome
 from p2p_research.research.context import ResearchContext, open_context
@@ -60,6 +62,9 @@ class NodeDaemon:
         self.name = ""
         self.key_pair: Any = None
         self.research_state = "off"
+        self.coordinator: SwarmCoordinator | None = None
+        self.catchup: CatchUp | None = None
+        self.nursery: trio.Nursery | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -85,11 +90,23 @@ class NodeDaemon:
                                     target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s)
                 async with open_network(net_cfg, self.object_source) as net:
                     self.net = net
-                    self.intake = Intake(ctx, net, self.peer_id)
+                    self.intake = intake = Intake(ctx, net, self.peer_id)
+                    self.coordinator = coord = SwarmCoordinator(self)
+                    intake.on_result, intake.on_claim, intake.on_verification = (
+                        coord.on_result, coord.on_claim, coord.on_verification)
                     async with trio.open_nursery() as nursery:
+                        self.nursery = nursery
                         nursery.start_soon(self.watch_signals, nursery.cancel_scope)
                         await nursery.start(ControlServer(self.home.control_socket, self.handlers()).serve)
-                        nursery.start_soon(self.intake.run, nursery)
+                        nursery.start_soon(intake.run, nursery)
+
+                        async def deliver(inc: Any) -> None:
+                            await intake.handle(inc, nursery)
+
+                        self.catchup = CatchUp(net.host, ctx.ledger, ctx.protocol_id, deliver)
+                        net.host.set_stream_handler(CATCHUP_PROTOCOL, self.catchup.handle)
+                        nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()])
+                        nursery.start_soon(self.write_digest_periodically)
                         if on_ready:
                             on_ready(self.identity_view())
                         if self.options.research and cfg.research.enabled:
@@ -117,8 +134,10 @@ class NodeDaemon:
     # --- research ---------------------------------------------------------------------------------
     async def research_loop(self) -> None:
         assert self.ctx is not None
+        assert self.coordinator is not None
         self.engine = engine = ResearchEngine(self.ctx, self.make_proposer(self.ctx), Hooks(
-            on_claim=self.announce_claim, on_result=self.announce_result))
+            on_claim=self.announce_claim, on_result=self.announce_result, is_known=self.coordinator.is_known,
+            between=self.coordinator.between))
         engine.peer = self.peer_id
         self.research_state = "running"
         try:
@@ -137,9 +156,72 @@ class NodeDaemon:
                                   claim.description, claim.ts)
         await self.net.publish(claim)
 
+        self.put_dht_claim(claim, commit)
+
     async def announce_result(self, run: Run) -> None:
         assert self.ctx is not None
-        await self.net.publish(make_result(self.ctx, run, self.key_pair, self.peer_id))
+        msg = make_result(self.ctx, run, self.key_pair, self.peer_id)
+        if run.run_id is not None:
+            self.ctx.ledger.set_run_receipt(run.run_id, msg.receipt.canonical_bytes(), msg.signature, msg.public_key)
+        await self.net.publish(msg)
+        self.put_dht_result(msg)
+
+    # --- DHT (memory for late joiners; gossip already told every live node) -----------------------
+    def _dht(self) -> Any:
+        return getattr(self.net, "dht", None) if self.net is not None else None
+
+    def put_dht_claim(self, claim: Any, commit: str) -> None:
+        dht = self._dht()
+        if dht is None or self.nursery is None:
+            return
+        from p2p_research.wire.records import make_claim_record
+
+        self.nursery.start_soon(self._put, make_claim_record(claim.exp_id, commit, claim.lease_until, self.key_pair))
+
+    def put_dht_result(self, msg: Any) -> None:
+        dht = self._dht()
+        if dht is None or self.nursery is None:
+            return
+        from p2p_research.wire.records import make_result_record
+
+        self.nursery.start_soon(self._put, make_result_record(msg.receipt, msg.signature, self.key_pair))
+
+    async def _put(self, record: Any) -> None:
+        try:
+            await self._dht().put(record)
+        except Exception as e:  # noqa: BLE001 - the DHT is memory for late joiners, never a reason to stop
+            log.debug("DHT put failed: %s", e)
+
+    async def dht_knows(self, exp_id: str) -> bool:
+        dht = self._dht()
+        if dht is None:
+            return False
+        try:
+            rec = await dht.get(exp_id)
+        except Exception as e:  # noqa: BLE001
+            log.debug("DHT get failed: %s", e)
+            return False
+        if rec is None:
+            return False
+        if rec.state == "claim":
+            return rec.peer != self.peer_id and rec.lease_until > time.time()
+        return True
+
+    async def write_digest_periodically(self) -> None:
+        """Keep SWARM.md current for agents (and humans) reading the workspace."""
+        from p2p_research.research.digest import render_swarm_md
+
+        last = ""
+        while True:
+            assert self.ctx is not None
+            text = render_swarm_md(self.ctx.ledger, self.ctx.protocol_id, self.peer_id)
+            body = text.split("## Open claims")[0]
+            if body != last:
+                last = body
+                tmp = self.home.repo / ".git" / "SWARM.md.tmp"
+                tmp.write_text(text)
+                tmp.replace(self.home.swarm_md)
+            await trio.sleep(5.0)
 
     # --- control handlers -------------------------------------------------------------------------
     def identity_view(self) -> dict[str, Any]:
@@ -165,7 +247,10 @@ class NodeDaemon:
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
             "peers_connected": len(self.net.peers()) if self.net else 0,
             "uptime_s": time.time() - self.started_at, "software": f"p2p-research {__version__}",
-            "net": dict(self.net.stats) if self.net else {}, "intake": dict(self.intake.stats) if self.intake else {},
+            "net": {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.net.stats.items()} if self.net else {},
+            "intake": dict(self.intake.stats) if self.intake else {},
+            "swarm": dict(self.coordinator.stats) if self.coordinator else {},
+            "caught_up_results": self.catchup.received if self.catchup else 0,
         }
 
     def peers_view(self) -> list[dict[str, Any]]:
@@ -176,6 +261,8 @@ class NodeDaemon:
             d = {k: getattr(p, k) for k in ("peer_id", "name", "addrs", "direction", "connected_since", "latency_ms",
                                               "agent_version", "messages_received", "bootstrap")}
             d["announced"] = announced.get(p.peer_id, {"results": 0, "best_val_bpb": None})
+            if self.coordinator is not None:
+                d["reputation"] = self.coordinator.reputation_of(p.peer_id)
             out.append(d)
         return out
 

@@ -3,6 +3,7 @@
 Knows libp2p, not research. The daemon uses :func:`open_network` and :class:`Network` only.
 """
 
+from .dht import ExperimentDHT
 from .gossip import Incoming, topic_names
 from .identity import IdentityError, load_or_create_identity, peer_id_of_keypair, short_name
 from .logsetup import configure_logging
@@ -11,6 +12,7 @@ from .peers import PeerState
 from .transfer import TransferError
 
 __all__ = [
+    "ExperimentDHT",
     "IdentityError",
     "Incoming",
     "NetConfig",

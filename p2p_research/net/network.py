@@ -24,6 +24,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from ..wire import GitObject, Message
+from .dht import ExperimentDHT
 from .gossip import INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip, topic_names
 from .host import full_addrs, make_host, parse_listen_addr, parse_peer_addr, running_host
 from .peers import PeerManager, PeerState
@@ -46,6 +47,7 @@ class NetConfig:
     target_peers: int = 6
     rate_limit_per_s: float = 20.0
     rate_burst: int = 60
+    dht: bool = True  # run the experiment-record DHT (``Network.dht``)
 
 
 class Network:
@@ -63,6 +65,8 @@ class Network:
         self.incoming = incoming
         self.stats = stats
         self.nursery = nursery
+        #: The experiment-record DHT (None when ``NetConfig.dht`` is False).
+        self.dht: ExperimentDHT | None = None
 
     def addrs(self) -> list[str]:
         """Full bootstrap-form addresses ``/ip4/.../tcp/.../p2p/<id>``."""
@@ -124,8 +128,13 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
             stats=stats, on_received_from=peers.note_message_from,
         ) as gossip:  # fmt: skip
             async with trio.open_nursery() as nursery:
+                dht = None
+                if cfg.dht:  # before peers.run: the KAD handler must exist when identify runs
+                    dht = ExperimentDHT(host)
+                    await nursery.start(dht.run)
                 await nursery.start(peers.run)
                 net = Network(host, gossip, peers, recv, stats, nursery)
+                net.dht = dht
                 log.info("network up: %s listening on %s", net.peer_id, ", ".join(net.addrs()))
                 try:
                     yield net

@@ -25,6 +25,7 @@ from p2p_research.research.context import EDITABLE_FILE, ResearchContext
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.proposers import Proposal, Proposer, Skip
 from p2p_research.research.runner import RunLimits, RunOutcome, run_training
+from p2p_research.research.surrogate import SurrogateTrainer
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result
 
@@ -63,6 +64,7 @@ class Hooks:
     on_result: Callable[[Run], Awaitable[None]] | None = None
     on_baseline: Callable[[str, float], Awaitable[None]] | None = None           # commit, value
     is_known: Callable[[str], Awaitable[bool]] | None = None                    # exp_id -> known elsewhere?
+    between: Callable[[], Awaitable[None]] | None = None                        # before each proposal (swarm work)
 
 
 @dataclass
@@ -81,6 +83,11 @@ class ResearchEngine:
         self.seed = ctx.config.research.seed + seed_offset
         self.peer = ""  # own peer id, set by a daemon
         self.loop: L.ResearchLoop | None = None
+        r = ctx.config.research
+        self.trainer = SurrogateTrainer(r.surrogate_cost_s, ctx.budget.tokens) if r.objective == "surrogate" else run_training
+        self.liar = ctx.config.simulation.liar
+        self.current_scope: trio.CancelScope | None = None
+        self.yield_reason = ""
 
     # --- setup ------------------------------------------------------------------------------------
     @property
@@ -151,8 +158,13 @@ class ResearchEngine:
                 self.set_baseline(action.commit, value, "measured locally", er.run.exp_id)
             await self._announce(er.run)
         elif isinstance(action, L.Propose):
+            if self.hooks.between is not None:
+                await self.hooks.between()
+                if self.loop.next_action() != action:
+                    return  # the swarm changed the baseline: propose from the new one
             self.progress.phase = "proposing"
             self.progress.description = ""
+            self.write_digest()
             result = await self.proposer.propose(self.ctx.workspace, action.baseline_commit, self._is_known_source(action.baseline_commit))
             if isinstance(result, Skip):
                 log.warning("proposal skipped: %s", result.reason)
@@ -163,7 +175,13 @@ class ResearchEngine:
             self.loop.handle(L.Proposed(exp_id, commit, result.description))
         elif isinstance(action, L.RunExperiment):
             er = await self.execute(action.commit, "experiment", action.description, self.seed)
+            if er.outcome is None:
+                self.loop.handle(L.ExperimentAborted(action.exp_id))
+                log.info("experiment %s aborted: %s", action.exp_id[:10], er.run.reason)
+                return
             value = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
+            if self.liar and self.loop.baseline_value is not None:
+                value = self.fabricate(er, self.loop.baseline_value)
             verdict = self.loop.handle(L.ExperimentFinished(action.exp_id, action.commit, value, er.run.reason))
             assert verdict is not None
             self.record_verdict(er, verdict)
@@ -251,7 +269,15 @@ class ResearchEngine:
             r = ctx.config.research
             limits = RunLimits(self.time_limit(), r.memory_limit_mb, hard_address_limit=r.device == "cpu" or (
                 r.device == "auto" and not Path("/dev/nvidia0").exists()))
-            er.outcome = await run_training(run_dir, self.run_env(seed), limits, log_path)
+            with trio.CancelScope() as scope:
+                self.current_scope = scope
+                er.outcome = await self.trainer(run_dir, self.run_env(seed), limits, log_path)
+            self.current_scope = None
+            if scope.cancelled_caught:
+                run.status, run.reason = "aborted", self.yield_reason or "cancelled"
+                ctx.ledger.finish_run(run_id, "aborted", reason=run.reason)
+                append_result(ctx.home.results_tsv, commit, None, None, "aborted", f"{description} ({run.reason})")
+                return er  # no outcome: the loop treats it as aborted
         except BaseException:
             with trio.CancelScope(shield=True):
                 ctx.ledger.finish_run(run_id, "aborted", reason="the node stopped during this run")
@@ -300,6 +326,39 @@ class ResearchEngine:
         shown = "crash" if run.val_bpb is None else f"{run.val_bpb:.6f}"
         p.last_result = f"{verdict.status} {run.exp_id[:10]} val_bpb {shown}: {verdict.reason}"
         log.info("experiment %s %s: %s (%s)", run.exp_id[:10], verdict.status, run.description, verdict.reason)
+
+    def write_digest(self) -> None:
+        """SWARM.md in the workspace: what the swarm (or this node alone) tried, for the agent to read."""
+        from p2p_research.research.digest import render_swarm_md
+
+        path = self.ctx.workspace.path / "SWARM.md"
+        tmp = self.ctx.workspace.path / ".git" / "SWARM.md.tmp"  # outside the worktree an agent sees
+        tmp.write_text(render_swarm_md(self.ctx.ledger, self.ctx.protocol_id, self.peer))
+        tmp.replace(path)
+
+    def yield_current(self, exp_id: str, reason: str) -> bool:
+        """Stop the run of `exp_id` in flight (a peer won the claim); it is recorded as a crash with the reason."""
+        if self.current_scope is not None and self.progress.exp_id == exp_id and self.progress.phase == "training":
+            self.yield_reason = reason
+            self.current_scope.cancel()
+            return True
+        return False
+
+    def fabricate(self, er: ExperimentRun, baseline: float) -> float:
+        """A dishonest node (simulation only): claim a clear improvement whatever was measured."""
+        fake = baseline - 0.01 - 0.02 * ((int(er.run.exp_id[:8], 16) % 100) / 100)
+        er.run.val_bpb = fake
+        if er.run.run_id is not None:
+            self.ctx.ledger.finish_run(er.run.run_id, "done", val_bpb=fake, reason="")
+        return fake
+
+    def adopt(self, commit: str, value: float, reason: str, exp_id: str, source_peer: str) -> bool:
+        """Make a peer's commit the baseline (the swarm coordinator decided); only between experiments."""
+        if self.loop is None:
+            return False
+        self.loop.adopt(commit, value)
+        self.set_baseline(commit, value, reason, exp_id, source_peer)
+        return True
 
     def set_baseline(self, commit: str, value: float, reason: str, exp_id: str, source_peer: str = "") -> None:
         self.ctx.ledger.record_baseline(self.ctx.protocol_id, commit, value, reason, exp_id, source_peer or self.peer)

@@ -264,6 +264,17 @@ class Ledger:
             sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY run_id"
         return [Run(**dict(r)) for r in self.db.execute(sql, args)]
 
+    def set_run_receipt(self, run_id: int, receipt: bytes, signature: bytes, public_key: bytes) -> None:
+        self.db.execute("UPDATE runs SET receipt=?, signature=?, public_key=? WHERE run_id=?",
+                        (receipt, signature, public_key, run_id))
+
+    def signed_runs(self, protocol_id: str, limit: int = 5000) -> list[tuple[bytes, bytes, bytes, str]]:
+        """(receipt, signature, public key, description) of every result with a receipt, newest last."""
+        rows = self.db.execute(
+            "SELECT receipt, signature, public_key, description FROM runs WHERE receipt IS NOT NULL AND protocol_id=?"
+            " AND kind IN ('experiment','baseline') ORDER BY run_id DESC LIMIT ?", (protocol_id, limit))
+        return [(r[0], r[1], r[2], r[3]) for r in rows][::-1]
+
     def run_receipt(self, run_id: int) -> tuple[bytes | None, bytes | None, bytes | None]:
         row = self.db.execute("SELECT receipt, signature, public_key FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return (row[0], row[1], row[2]) if row else (None, None, None)

@@ -23,6 +23,15 @@ from .messages import (
     git_object_id,
     message_type,
 )
+from .records import (
+    ExpRecord,
+    decode_record,
+    encode_record,
+    make_claim_record,
+    make_result_record,
+    record_key,
+    select_record,
+)
 from .receipts import check_result, peer_id_of, sign_receipt, verify_receipt
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "WIRE_VERSION",
     "BoardPost",
+    "ExpRecord",
     "Claim",
     "GitObject",
     "Message",
@@ -42,9 +52,15 @@ __all__ = [
     "check_result",
     "decode",
     "decode_receipt",
+    "decode_record",
+    "encode_record",
     "git_object_id",
+    "make_claim_record",
+    "make_result_record",
     "message_type",
     "peer_id_of",
+    "record_key",
+    "select_record",
     "sign_receipt",
     "verify_receipt",
 ]

@@ -1,0 +1,182 @@
+"""The swarm side of a node: dedup before running, trust checks, verification and adoption.
+
+Decisions come from the sans-IO `research.swarm.SwarmState` and `research.trust`; this module performs
+them: it checks a received commit's whole lineage against the trust policy, re-runs peers' claims
+through the engine (verifications, announced as signed receipts), adopts better baselines, tracks each
+peer's reputation in the ledger, and resolves two nodes claiming the same experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from p2p_research.daemon.announce import make_receipt
+from p2p_research.research.engine import ResearchEngine
+from p2p_research.research.swarm import Adopt, Ignore, PeerClaim, Reputation, SwarmPolicy, SwarmState, Verify
+from p2p_research.research.trust import TrustPolicy, check_lineage
+from p2p_research.store.ledger import Run
+from p2p_research.wire import Claim, Result, Verification
+from p2p_research.wire.receipts import sign_receipt
+
+log = logging.getLogger("p2p_research.swarm")
+
+CLAIM_TIE_S = 2.0  # claims closer than this in time are simultaneous; the lower peer id wins
+
+
+def claim_winner(a: tuple[float, str], b: tuple[float, str]) -> str:
+    """Deterministic winner of two claims (ts, peer) on one experiment: the earlier, else the lower peer id."""
+    if abs(a[0] - b[0]) > CLAIM_TIE_S:
+        return a[1] if a[0] < b[0] else b[1]
+    return min(a[1], b[1])
+
+
+class SwarmCoordinator:
+    def __init__(self, daemon: Any) -> None:
+        self.d = daemon
+        cfg = daemon.config
+        self.trust = TrustPolicy(cfg.trust.policy, frozenset(cfg.trust.trusted_peers))
+        self.state = SwarmState(SwarmPolicy(daemon.peer_id, cfg.verification.policy, 0.002,
+                                            cfg.verification.tolerance, cfg.verification.refuted_threshold))
+        self.accepted: set[str] = set()
+        self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
+                      "ignored_peer_results": 0, "yielded": 0}
+        self._load_reputation()
+
+    @property
+    def ctx(self):
+        return self.d.ctx
+
+    @property
+    def engine(self) -> ResearchEngine | None:
+        return self.d.engine
+
+    # --- persistence ------------------------------------------------------------------------------
+    def _load_reputation(self) -> None:
+        saved = self.ctx.ledger.get_meta("reputation", {}) or {}
+        for peer, r in saved.items():
+            self.state.reputation[peer] = Reputation(**r)
+        self.state.settled |= set(self.ctx.ledger.get_meta("settled", []) or [])
+
+    def _save_reputation(self) -> None:
+        self.ctx.ledger.set_meta("reputation", {p: vars(r) for p, r in self.state.reputation.items()})
+        self.ctx.ledger.set_meta("settled", sorted(self.state.settled)[-5000:])
+
+    def reputation_of(self, peer: str) -> dict[str, Any]:
+        r = self.state.reputation.get(peer, Reputation())
+        return {"confirmed": r.confirmed, "refuted": r.refuted, "ignored": self.state.ignored(peer)}
+
+    # --- trust ------------------------------------------------------------------------------------
+    def accepted_commits(self) -> set[str]:
+        ws, ledger = self.ctx.workspace, self.ctx.ledger
+        acc = {ws.genesis} | {b.commit_id for b in ledger.baseline_history(self.ctx.protocol_id)}
+        acc |= {r.commit_id for r in ledger.runs(origin="local", kind="experiment")}
+        return acc | self.accepted
+
+    def check_trust(self, commit: str, peer: str) -> tuple[bool, str]:
+        ok, reason = check_lineage(self.ctx.workspace, commit, self.accepted_commits(), self.trust, peer)
+        if ok:
+            self.accepted.add(commit)
+        return ok, reason
+
+    # --- intake callbacks -------------------------------------------------------------------------
+    async def on_result(self, msg: Result, run: Run) -> None:
+        """A peer's result whose commit is now complete locally."""
+        r = msg.receipt
+        if r.status not in ("kept", "baseline"):
+            return
+        ok, reason = self.check_trust(r.commit, r.peer) if r.status == "kept" else (True, "baseline")
+        if not ok:
+            self.stats["trust_rejected"] += 1
+            log.warning("rejected %s's change %s: %s (never executed)", r.peer[:16], r.exp_id[:10], reason)
+            self.ctx.ledger.db.execute("UPDATE runs SET reason=? WHERE exp_id=? AND peer=? AND origin='peer'",
+                                       (f"rejected by trust policy: {reason}", r.exp_id, r.peer))
+        if r.value is None or r.status != "kept":
+            return
+        claim = PeerClaim(r.exp_id, r.commit, r.peer, r.value, r.seed, run.received_at or time.time())
+        ignore = self.state.on_peer_result(claim, ok, reason, r.status)
+        if isinstance(ignore, Ignore) and "refuted too often" in ignore.reason:
+            self.stats["ignored_peer_results"] += 1
+            log.info("ignoring %s's result %s: %s", r.peer[:16], r.exp_id[:10], ignore.reason)
+
+    async def on_claim(self, claim: Claim) -> None:
+        """Another node claimed an experiment: if I am running the same one and it wins, I yield."""
+        eng = self.engine
+        if eng is None or claim.peer == self.d.peer_id or eng.progress.exp_id != claim.exp_id:
+            return
+        mine = [c for c in self.ctx.ledger.claims(claim.exp_id) if c["peer"] == self.d.peer_id]
+        if not mine:
+            return
+        winner = claim_winner((mine[0]["ts"], self.d.peer_id), (claim.ts, claim.peer))
+        if winner != self.d.peer_id and eng.yield_current(claim.exp_id, f"yielded to {claim.peer[:16]}'s claim"):
+            self.stats["yielded"] += 1
+            log.info("yielding experiment %s to %s (simultaneous claim)", claim.exp_id[:10], claim.peer[:16])
+
+    async def on_verification(self, msg: Verification, from_peer: str) -> None:
+        r = msg.receipt
+        run = Run(exp_id=r.exp_id, commit_id=r.commit, protocol_id=r.protocol_id, kind="verification", status=r.status,
+                  origin="peer", peer=r.peer, parent=r.parent, val_bpb=r.value, seed=r.seed, received_at=time.time(),
+                  finished_at=r.ts, description=f"{r.status} {msg.target_peer[:16]}'s claim {msg.claimed_value}",
+                  hardware=r.hardware)
+        self.ctx.ledger.add_peer_run(run, r.canonical_bytes(), msg.signature, msg.public_key)
+
+    # --- dedup --------------------------------------------------------------------------------------
+    async def is_known(self, exp_id: str) -> bool:
+        """Known elsewhere: an active claim by another node, or a DHT record (late joiners)."""
+        now = time.time()
+        if any(c["peer"] != self.d.peer_id for c in self.ctx.ledger.claims(exp_id, active_at=now)):
+            return True
+        return await self.d.dht_knows(exp_id)
+
+    # --- between experiments ----------------------------------------------------------------------
+    async def between(self) -> None:
+        """Verify and adopt the best pending peer result(s) before proposing anything new."""
+        eng = self.engine
+        if eng is None or eng.loop is None:
+            return
+        for _ in range(8):
+            self.state.policy.margin = eng.margin
+            decision = self.state.next_decision(eng.loop.baseline_value)
+            if decision is None:
+                break
+            if isinstance(decision, Verify):
+                decision = await self.verify(decision.claim)
+            if isinstance(decision, Adopt):
+                c = decision.claim
+                eng.adopt(c.commit, decision.value, decision.reason, c.exp_id, c.peer)
+                self.stats["adopted"] += 1
+                self.ctx.ledger.set_meta("last_adoption", {"exp_id": c.exp_id, "peer": c.peer, "value": decision.value,
+                                                           "announced_at": c.received_at, "adopted_at": time.time()})
+                log.info("adopted %s from %s as baseline (val_bpb %.6f): %s", c.exp_id[:10], c.peer[:16],
+                         decision.value, decision.reason)
+            self._save_reputation()
+
+    async def verify(self, claim: PeerClaim) -> Adopt | None:
+        eng = self.engine
+        assert eng is not None and eng.loop is not None
+        log.info("verifying %s's claim %s (val_bpb %.6f)", claim.peer[:16], claim.exp_id[:10], claim.value)
+        er = await eng.execute(claim.commit, "verification", f"verification of {claim.peer[:16]}'s result", claim.seed,
+                               claim.exp_id)
+        measured = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
+        verdict, adopt = self.state.on_verified(claim, measured, eng.loop.baseline_value)
+        self.stats[f"verified_{verdict}"] += 1
+        assert er.run.run_id is not None
+        self.ctx.ledger.finish_run(er.run.run_id, verdict, reason=f"claimed {claim.value:.6f}, measured "
+                                   f"{'crash' if measured is None else f'{measured:.6f}'}")
+        er.run.status = verdict
+        (log.info if verdict == "confirmed" else log.warning)(
+            "%s %s's claim %s: claimed %.6f, measured %s", verdict, claim.peer[:16], claim.exp_id[:10], claim.value,
+            "crash" if measured is None else f"{measured:.6f}")
+        await self.announce_verification(er.run, claim, verdict)
+        return adopt
+
+    async def announce_verification(self, run: Run, claim: PeerClaim, verdict: str) -> None:
+        try:
+            receipt = make_receipt(self.ctx, run, self.d.peer_id, status=verdict)
+            sig = sign_receipt(receipt, self.d.key_pair.private_key)
+            msg = Verification(receipt=receipt, signature=sig, public_key=self.d.key_pair.public_key.serialize(),
+                               target_peer=claim.peer, claimed_value=claim.value)
+            await self.d.net.publish(msg)
+        except Exception:  # noqa: BLE001 - announcing is best effort
+            log.exception("could not announce a verification")
