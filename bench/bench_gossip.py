@@ -2,21 +2,23 @@
 
 Usage:
     .venv/bin/python bench/bench_gossip.py [--nodes 5 15 35] [--messages 20] [--rate 2] [--fanout 3]
-                                           [--seed 0] [--settle 3] [--deliver-timeout 30] [--json OUT] [--keep]
+        [--seed 0] [--settle 5] [--parallel-starts 2] [--start-limit 180] [--deliver-timeout 30]
+        [--json OUT] [--keep]
 
 For each N: `p2p-research init` N homes in a temp dir, start node 0 with `p2p-research node start
---no-research --listen /ip4/127.0.0.1/tcp/0`, then nodes 1..N-1 one after the other, each with
-`--bootstrap` to up to `fanout` random earlier nodes (a sparse, seeded mesh; peer exchange may add
-more links). Wait until every node has >= 1 connected peer (the "mesh" time), let GossipSub settle for
-`--settle` seconds (heartbeat is 1 s), then publish M posts at R per second from random nodes (each text
-carries a unique id) through the control sockets, wait (bounded) until every other node has them, and
-report:
+--no-research --listen /ip4/127.0.0.1/tcp/0`, then nodes 1..N-1 (at most `--parallel-starts` starting
+at once), each with `--bootstrap` to up to `fanout` random earlier nodes already up (a sparse, seeded
+mesh; peer exchange and libp2p's own auto-connector add links). Wait until every node has >= 1
+connected peer (the "mesh" time), stay idle for `--settle` seconds (GossipSub heartbeat is 1 s; the
+daemons' CPU over this quiet interval is the idle cost), then publish M posts at R per second from
+random nodes (each text carries a unique id) through the control sockets, wait (bounded) until every
+other node has them, and report:
 
 - delivery ratio: (post, receiver) pairs received / expected (M * (N - 1));
 - latency: received_at (receiver's ledger) - ts (sender's clock; one machine, one clock) over all
   delivered pairs: p50 / p99 / max;
-- per daemon: CPU seconds (utime + stime from /proc/<pid>/stat) for the whole life and for the
-  publish + delivery phase only, peak RSS (VmHWM), connected peers at the end (mean / min / max);
+- per daemon: CPU seconds (utime + stime from /proc/<pid>/stat) for the whole life, while idle and
+  for the publish + delivery phase only, peak RSS (VmHWM), connected peers at the end (mean / min / max);
 - per swarm: gossip duplicates, rejected and queue_full counters summed from `status`.
 
 Every daemon started is stopped (SIGTERM, SIGKILL after a grace period), also on Ctrl+C or errors.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -47,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / ".venv" / "bin" / "p2p-research"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-START_TIMEOUT = 30.0  # seconds for one daemon to print its control line
+START_TIMEOUT = 60.0  # seconds for one daemon to print its control line
 MESH_TIMEOUT = 60.0
 STOP_GRACE = 10.0
 
@@ -82,35 +85,34 @@ class Daemon:
                "--listen", "/ip4/127.0.0.1/tcp/0"]
         for b in bootstrap:
             cmd += ["--bootstrap", b]
-        out = open(self.home / "bench-stdout.log", "wb")
-        err = open(self.home / "bench-stderr.log", "wb")
-        self.started_at = time.time()
-        # Own session: a Ctrl+C in the terminal reaches only the benchmark, which stops the daemons itself.
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
-        out.close()
-        err.close()
+        with open(self.home / "bench-stdout.log", "wb") as out, open(self.home / "bench-stderr.log", "wb") as err:
+            self.started_at = time.time()
+            # Own session: a Ctrl+C in the terminal reaches only the benchmark, which stops the daemons itself.
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
 
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+    def check_ready(self) -> bool:
+        """True once the daemon printed its control line (peer id and addresses parsed); raises if it died."""
         assert self.proc is not None
-        deadline = time.time() + timeout
-        path = self.home / "bench-stdout.log"
-        while time.time() < deadline:
-            text = path.read_text(errors="replace")
-            if "control:" in text:
-                for line in text.splitlines():
-                    if line.startswith("peer id:"):
-                        self.peer_id = line.split()[2]
-                    elif line.startswith("address:"):
-                        self.addrs.append(line.split(None, 1)[1].strip())
-                if not self.peer_id or not self.addrs:
-                    raise BenchError(f"node {self.index}: unexpected start-up output: {text[:300]!r}")
-                self.ready_at = time.time()
-                return
-            if self.proc.poll() is not None:
-                tail = (self.home / "bench-stderr.log").read_text(errors="replace")[-800:]
-                raise BenchError(f"node {self.index} exited with {self.proc.returncode} during start-up: {tail}")
-            time.sleep(0.05)
-        raise BenchError(f"node {self.index} did not come up within {timeout:.0f} s")
+        if self.ready_at:
+            return True
+        text = (self.home / "bench-stdout.log").read_text(errors="replace")
+        if "control:" in text:
+            for line in text.splitlines():
+                if line.startswith("peer id:"):
+                    self.peer_id = line.split()[2]
+                elif line.startswith("address:"):
+                    self.addrs.append(line.split(None, 1)[1].strip())
+            if not self.peer_id or not self.addrs:
+                raise BenchError(f"node {self.index}: unexpected start-up output: {text[:300]!r}")
+            self.ready_at = time.time()
+            return True
+        if self.proc.poll() is not None:
+            tail = (self.home / "bench-stderr.log").read_text(errors="replace")[-800:]
+            raise BenchError(f"node {self.index} exited with {self.proc.returncode} during start-up: {tail}")
+        if time.time() - self.started_at > START_TIMEOUT:
+            raise BenchError(f"node {self.index} did not come up within {START_TIMEOUT:.0f} s")
+        return False
 
     def request(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 15.0) -> Any:
         """One request on the control socket (what `p2p-research <cmd> --json` does, without the CLI start-up)."""
@@ -199,7 +201,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
     return s[k]
 
 
@@ -216,6 +218,7 @@ def run_swarm(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     base.mkdir()
     daemons = [Daemon(i, base / f"node{i:02d}") for i in range(n)]
     t_begin = time.time()
+    load_before = os.getloadavg()[0]
     try:
         # 1. homes, as users make them
         for d in daemons:
@@ -224,11 +227,26 @@ def run_swarm(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         t_init = time.time()
 
         # 2. daemons, each bootstrapping from up to `fanout` random earlier nodes
-        for d in daemons:
-            earlier = daemons[:d.index]
-            picks = rng.sample(earlier, min(args.fanout, len(earlier)))
-            d.start([p.addrs[0] for p in picks])
-            d.wait_ready()
+        #    Up to `--parallel-starts` daemons start at once (Python start-up is ~1 CPU second each); a new
+        #    node picks among the earlier nodes that are already up (all of them when the window is 1).
+        ready: list[Daemon] = []
+        starting: list[Daemon] = []
+        nxt = 0
+        deadline = time.time() + args.start_limit
+        while len(ready) < n:
+            while nxt < n and len(starting) < args.parallel_starts and (nxt == 0 or ready):
+                pool = sorted(ready, key=lambda d: d.index)
+                picks = rng.sample(pool, min(args.fanout, len(pool)))
+                daemons[nxt].start([p.addrs[0] for p in picks])
+                starting.append(daemons[nxt])
+                nxt += 1
+            for d in list(starting):
+                if d.check_ready():
+                    starting.remove(d)
+                    ready.append(d)
+            if time.time() > deadline:
+                raise BenchError(f"N={n}: only {len(ready)} daemons up after {args.start_limit:.0f} s")
+            time.sleep(0.05)
         t_started = time.time()
         start_s = [d.ready_at - d.started_at for d in daemons]
 
@@ -245,7 +263,10 @@ def run_swarm(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             raise BenchError(f"N={n}: nodes {sorted(pending)} had no peer after {MESH_TIMEOUT:.0f} s")
         t_mesh = time.time()
         peers_at_mesh = [len(d.request("peers")) for d in daemons]
-        time.sleep(args.settle)
+        idle0 = [d.cpu_seconds() for d in daemons]
+        t_idle0 = time.time()
+        time.sleep(args.settle)  # nothing published: this is the swarm's idle cost
+        idle_cores = [(d.cpu_seconds() - c) / (time.time() - t_idle0) for d, c in zip(daemons, idle0)]
 
         # 4. publish M posts at R per second from random nodes
         cpu_before = [d.cpu_seconds() for d in daemons]
@@ -307,6 +328,7 @@ def run_swarm(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     return {
         "nodes": n, "messages": args.messages, "rate_per_s": args.rate, "fanout": args.fanout, "seed": args.seed,
+        "parallel_starts": args.parallel_starts, "loadavg_before": load_before,
         "start_s_per_node": summary(start_s),
         "startup_total_s": t_started - t_init,
         "mesh_s": t_mesh - t_init,  # first daemon launched -> every node has >= 1 peer
@@ -320,6 +342,7 @@ def run_swarm(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "latency_s": {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat) if lat else None,
                       "mean": statistics.fmean(lat) if lat else None},
         "cpu_s_total": summary(cpu_after),
+        "idle_cpu_cores": summary(idle_cores),  # per daemon, during --settle (no posts)
         "cpu_s_publish_phase": summary([a - b for a, b in zip(cpu_after, cpu_before)]),
         "publish_phase_s": t_done - t_pub0,
         "peak_rss_mb": summary(rss),
@@ -358,6 +381,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         ("latency p99 ms", lambda r: fmt(None if r["latency_s"]["p99"] is None else 1000 * r["latency_s"]["p99"], 1)),
         ("latency max ms", lambda r: fmt(None if r["latency_s"]["max"] is None else 1000 * r["latency_s"]["max"], 1)),
         ("CPU s/daemon total (mean/max)", lambda r: f"{fmt(r['cpu_s_total']['mean'])} / {fmt(r['cpu_s_total']['max'])}"),
+        ("idle CPU %/daemon (mean/max)", lambda r: f"{fmt(100 * r['idle_cpu_cores']['mean'], 1)} / "
+                                                    f"{fmt(100 * r['idle_cpu_cores']['max'], 1)}"),
+        ("  idle CPU % all daemons", lambda r: fmt(100 * r["idle_cpu_cores"]["mean"] * r["nodes"], 0)),
         ("CPU s/daemon publish phase", lambda r: f"{fmt(r['cpu_s_publish_phase']['mean'])} / "
                                                    f"{fmt(r['cpu_s_publish_phase']['max'])}"),
         ("  publish phase wall s", lambda r: fmt(r["publish_phase_s"], 1)),
@@ -395,13 +421,15 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=2.0, help="posts per second (default 2)")
     ap.add_argument("--fanout", type=int, default=3, help="bootstrap addresses per node (default 3)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--settle", type=float, default=3.0, help="seconds between mesh and first post (default 3)")
+    ap.add_argument("--parallel-starts", type=int, default=2, help="daemons starting at once (default 2)")
+    ap.add_argument("--start-limit", type=float, default=180.0, help="max seconds to start all daemons of a swarm")
+    ap.add_argument("--settle", type=float, default=5.0, help="idle seconds between mesh and first post (default 5)")
     ap.add_argument("--deliver-timeout", type=float, default=30.0, help="max seconds to wait for delivery")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the node homes (logs) in the temp dir")
     args = ap.parse_args()
-    if min(args.nodes) < 1 or args.messages < 1 or args.rate <= 0 or args.fanout < 1:
-        ap.error("--nodes, --messages, --fanout must be >= 1 and --rate > 0")
+    if min(args.nodes) < 1 or args.messages < 1 or args.rate <= 0 or args.fanout < 1 or args.parallel_starts < 1:
+        ap.error("--nodes, --messages, --fanout, --parallel-starts must be >= 1 and --rate > 0")
     if not CLI.exists():
         print(f"error: {CLI} not found (run `make install`)", file=sys.stderr)
         return 2
@@ -410,6 +438,7 @@ def main() -> int:
     def _interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
 
@@ -428,7 +457,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted: daemons stopped", file=sys.stderr)
         rc = 130
-    except (BenchError, subprocess.SubprocessError, OSError) as e:
+    except (BenchError, subprocess.SubprocessError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         rc = 1
     finally:

@@ -72,7 +72,7 @@ def run_train(ws: Path, cache_dir: Path, **env) -> subprocess.CompletedProcess:
         env=full,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # generous: the machine may be shared
         check=False,
     )
 

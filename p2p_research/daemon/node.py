@@ -32,6 +32,8 @@ from p2p_research.store.ledger import Run
 
 log = logging.getLogger("p2p_research.daemon")
 
+ADOPTION_POLL_S = 2.0
+
 
 def swarm_id_of(genesis: str, protocol_id: str) -> str:
     """Topics are scoped to the genesis commit and the protocol: only comparable results share a swarm."""
@@ -148,6 +150,13 @@ class NodeDaemon:
             return
         self.research_state = f"done: {done.reason}"
         (log.error if done.error else log.info)("research loop ended: %s", done.reason)
+        if engine.loop is None or engine.loop.baseline_value is None:
+            return
+        # No more experiments of its own, but the node keeps following the swarm: better baselines that
+        # peers publish are still verified and adopted, so every node ends on the swarm's best.
+        while True:
+            await trio.sleep(ADOPTION_POLL_S)
+            await self.coordinator.between()
 
     async def announce_claim(self, exp_id: str, commit: str, description: str) -> None:
         assert self.ctx is not None and self.engine is not None
@@ -249,7 +258,7 @@ class NodeDaemon:
             "uptime_s": time.time() - self.started_at, "software": f"p2p-research {__version__}",
             "net": {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.net.stats.items()} if self.net else {},
             "intake": dict(self.intake.stats) if self.intake else {},
-            "swarm": dict(self.coordinator.stats) if self.coordinator else {},
+            "swarm_stats": dict(self.coordinator.stats) if self.coordinator else {},
             "caught_up_results": self.catchup.received if self.catchup else 0,
         }
 

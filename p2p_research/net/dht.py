@@ -52,6 +52,7 @@ LOOKUP_ALPHA = 6  # concurrent queries per round of a get
 QUERY_TIMEOUT = 5.0  # one peer's GET_VALUE / PUT_VALUE
 PUT_TIMEOUT = 12.0
 GET_TIMEOUT = 8.0
+GET_QUORUM = 3  # stop a get after this many valid records (the local one counts); 0: ask all k closest
 POLL_INTERVAL = 2.0
 REFRESH_INTERVAL = 30.0  # first period after the first peers join; doubles up to REFRESH_MAX
 REFRESH_MAX = 600.0  # libp2p's own period
@@ -255,47 +256,62 @@ class ExperimentDHT:
                 except Exception:
                     pass
 
-        with trio.move_on_after(budget):
-            peers = await self._closest_peers(kb, budget * 0.5)
-            async with trio.open_nursery() as nursery:
-                for pid in peers:
+        tried: set[ID] = {self.my_id}
+
+        def store_at(nursery: trio.Nursery, peers: list[ID]) -> None:
+            for pid in peers:
+                if pid not in tried:
+                    tried.add(pid)
                     nursery.start_soon(store, pid)
+
+        with trio.move_on_after(budget):
+            async with trio.open_nursery() as nursery:
+                # Store at the closest peers we know at once; a network lookup runs meanwhile and
+                # any closer peers it finds get the record too (no waiting for a slow lookup).
+                store_at(nursery, self._local_closest(kb))
+                with trio.move_on_after(budget * 0.6):
+                    try:
+                        found = await self.kad.peer_routing.find_closest_peers_network(kb, REPLICATION)
+                    except Exception as e:
+                        found = []
+                        self._rlog.log(logging.DEBUG, "lookup", "closest-peer lookup failed: %s", e)
+                    store_at(nursery, sort_peer_ids_by_distance(kb, [p for p in found if p != self.my_id]))
         acks = acks_box[0]
         self.stats["put_acks"] += acks
         log.debug("dht put %s (%s): %d acks", key, record.state, acks)
         return acks
 
-    async def _closest_peers(self, kb: bytes, budget: float) -> list[ID]:
-        """The network's closest peers to a key (bounded lookup), else our local view of them."""
-        found: list[ID] = []
-        with trio.move_on_after(budget):
-            try:
-                found = await self.kad.peer_routing.find_closest_peers_network(kb, REPLICATION)
-            except Exception as e:
-                self._rlog.log(logging.DEBUG, "lookup", "closest-peer lookup failed: %s", e)
+    def _local_closest(self, kb: bytes) -> list[ID]:
+        """The REPLICATION closest peers to a key among the routing table and the connected peers."""
         local = self.kad.routing_table.find_local_closest_peers(kb, REPLICATION)
-        connected = list(self.host.get_connected_peers())
-        pool = list(dict.fromkeys([*found, *local, *connected]))
-        pool = [p for p in pool if p != self.my_id]
+        pool = [p for p in dict.fromkeys([*local, *self.host.get_connected_peers()]) if p != self.my_id]
         return sort_peer_ids_by_distance(kb, pool)[:REPLICATION]
 
     # --- get -------------------------------------------------------------------------------------
 
-    async def get(self, exp_id: str, *, timeout: float | None = None) -> ExpRecord | None:
+    async def get(
+        self, exp_id: str, *, timeout: float | None = None, quorum: int | None = None
+    ) -> ExpRecord | None:
         """The best valid record for ``exp_id`` (local store and the closest peers), or None.
 
         Never raises for not-found, unreachable peers or timeouts (returns what it has by then);
-        a malformed ``exp_id`` is a ValueError. Default bound ``get_timeout`` (~8 s).
+        a malformed ``exp_id`` is a ValueError. Default bound ``get_timeout`` (~8 s). The lookup
+        stops early once ``quorum`` valid records (default GET_QUORUM = 3, the local one included)
+        are in hand; ``quorum=0`` asks all of the k closest peers.
         """
-        rec, _, _ = await self._lookup(record_key(exp_id), timeout)
+        rec, _, _ = await self._lookup(record_key(exp_id), timeout, quorum)
         return rec
 
-    async def get_raw(self, key: str, *, timeout: float | None = None) -> tuple[bytes | None, str]:
+    async def get_raw(
+        self, key: str, *, timeout: float | None = None, quorum: int | None = None
+    ) -> tuple[bytes | None, str]:
         """For ``dht get KEY``: the best value's raw bytes and where it came from (a short description)."""
-        _rec, raw, where = await self._lookup(key, timeout)
+        _rec, raw, where = await self._lookup(key, timeout, quorum)
         return raw, where
 
-    async def _lookup(self, key: str, timeout: float | None) -> tuple[ExpRecord | None, bytes | None, str]:
+    async def _lookup(
+        self, key: str, timeout: float | None, quorum: int | None
+    ) -> tuple[ExpRecord | None, bytes | None, str]:
         exp_id = exp_id_of_key(key)
         kb = _key_bytes(key)
         self.stats["gets"] += 1
@@ -308,7 +324,7 @@ class ExperimentDHT:
         budget = self.get_timeout if timeout is None else timeout
         t0 = trio.current_time()
         with trio.move_on_after(budget):
-            await self._query_network(kb, exp_id, found, asked)
+            await self._query_network(kb, exp_id, found, asked, GET_QUORUM if quorum is None else quorum)
         elapsed = trio.current_time() - t0
         if not found:
             self.stats["not_found"] += 1
@@ -327,55 +343,66 @@ class ExperimentDHT:
 
     async def _query_network(
         self, kb: bytes, exp_id: str, found: list[tuple[ID | None, ExpRecord, Record]],
-        asked: dict[ID, bytes | None],
+        asked: dict[ID, bytes | None], quorum: int,
     ) -> None:  # fmt: skip
-        """Iterative GET_VALUE: query the closest unasked peers in rounds until the k closest known
-        peers have all answered (or failed). Fills ``found`` and ``asked`` as it goes."""
-        known: list[ID] = list(
-            dict.fromkeys(
-                [
-                    *self.kad.routing_table.find_local_closest_peers(kb, REPLICATION),
-                    *self.host.get_connected_peers(),
-                ]
-            )
-        )
-        known = [p for p in known if p != self.my_id]
+        """Iterative GET_VALUE with up to LOOKUP_ALPHA queries in flight, closest unasked peer first.
+
+        Stops when ``found`` holds ``quorum`` valid records (the local one counts; 0: never), or
+        when the REPLICATION closest peers known have all answered or failed. Fills ``found`` and
+        ``asked`` as it goes (the caller bounds the time).
+        """
+        local_closest = self.kad.routing_table.find_local_closest_peers(kb, REPLICATION)
+        known = [
+            p for p in dict.fromkeys([*local_closest, *self.host.get_connected_peers()]) if p != self.my_id
+        ]
+        state = {"in_flight": 0, "changed": trio.Event()}
 
         async def ask(pid: ID) -> None:
-            asked[pid] = None
             closer: list[ID] = []
-            with trio.move_on_after(QUERY_TIMEOUT):
-                try:
-                    res = await self.kad.value_store._get_from_peer(
-                        pid, kb, return_record=True, return_closer_peers=True
-                    )
-                except Exception:
-                    res = None
-                if isinstance(res, tuple):
-                    rec, closer = res
-                    if isinstance(rec, Record) and rec.value:
-                        try:
-                            r = decode_record(rec.value, exp_id)
-                        except WireError as e:
-                            self.stats["invalid_remote"] += 1
-                            self._rlog.log(
-                                logging.INFO, f"bad:{pid}", "invalid record from %s: %s", pid, e.reason
-                            )
-                        else:
-                            asked[pid] = rec.value
-                            found.append((pid, r, rec))
-            for c in closer or []:
-                if c != self.my_id and c not in known:
-                    known.append(c)
+            try:
+                with trio.move_on_after(QUERY_TIMEOUT):
+                    try:
+                        res = await self.kad.value_store._get_from_peer(
+                            pid, kb, return_record=True, return_closer_peers=True
+                        )
+                    except Exception:
+                        res = None
+                    if isinstance(res, tuple):
+                        rec, closer = res
+                        if isinstance(rec, Record) and rec.value:
+                            try:
+                                r = decode_record(rec.value, exp_id)
+                            except WireError as e:
+                                self.stats["invalid_remote"] += 1
+                                self._rlog.log(
+                                    logging.INFO, f"bad:{pid}", "invalid record from %s: %s", pid, e.reason
+                                )
+                            else:
+                                asked[pid] = rec.value
+                                found.append((pid, r, rec))
+                for c in closer or []:
+                    if c != self.my_id and c not in known:
+                        known.append(c)
+            finally:
+                state["in_flight"] -= 1
+                state["changed"].set()
 
-        while True:
-            top = sort_peer_ids_by_distance(kb, known)[:REPLICATION]
-            batch = [p for p in top if p not in asked][:LOOKUP_ALPHA]
-            if not batch:
-                return
-            async with trio.open_nursery() as nursery:
-                for pid in batch:
-                    nursery.start_soon(ask, pid)
+        async with trio.open_nursery() as nursery:
+            while True:
+                if quorum and len(found) >= quorum:
+                    nursery.cancel_scope.cancel()
+                    return
+                top = sort_peer_ids_by_distance(kb, known)[:REPLICATION]
+                todo = [p for p in top if p not in asked]
+                if not todo and state["in_flight"] == 0:
+                    return
+                if todo and state["in_flight"] < LOOKUP_ALPHA:
+                    asked[todo[0]] = None
+                    state["in_flight"] += 1
+                    nursery.start_soon(ask, todo[0])
+                    continue
+                await state["changed"].wait()
+                state["changed"] = trio.Event()
 
     async def _correct(self, kb: bytes, value: bytes, pb: Record, peers: list[ID]) -> None:
         """Entry correction: push the best record to peers that answered an older one (best effort)."""

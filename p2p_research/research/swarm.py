@@ -75,7 +75,7 @@ class SwarmPolicy:
 class SwarmState:
     policy: SwarmPolicy
     reputation: dict[str, Reputation] = field(default_factory=dict)
-    candidates: dict[str, PeerClaim] = field(default_factory=dict)
+    candidates: dict[tuple[str, str], PeerClaim] = field(default_factory=dict)  # (exp_id, peer)
     settled: set[str] = field(default_factory=set)     # exp ids already verified, adopted or dismissed
 
     def rep(self, peer: str) -> Reputation:
@@ -112,7 +112,7 @@ class SwarmState:
             return Ignore("no finite value")
         if claim.exp_id in self.settled:
             return Ignore("already settled")
-        self.candidates[claim.exp_id] = claim
+        self.candidates.setdefault((claim.exp_id, claim.peer), claim)  # the first report wins, as in the ledger
         return None
 
     def next_decision(self, baseline_value: float | None) -> Decision | None:
@@ -120,15 +120,16 @@ class SwarmState:
         if baseline_value is None:
             return None
         best: PeerClaim | None = None
-        for exp_id, c in list(self.candidates.items()):
-            if self.ignored(c.peer) or not baseline_value - c.value > self.policy.margin:
-                del self.candidates[exp_id]      # no longer interesting (a better baseline came along)
+        for key, c in list(self.candidates.items()):
+            if self.ignored(c.peer) or c.exp_id in self.settled or not baseline_value - c.value > self.policy.margin:
+                del self.candidates[key]         # no longer interesting (a better baseline came along)
                 continue
-            if best is None or (c.value, c.exp_id) < (best.value, best.exp_id):
+            if best is None or (c.value, c.exp_id, c.peer) < (best.value, best.exp_id, best.peer):
                 best = c
         if best is None:
             return None
-        del self.candidates[best.exp_id]
+        for key in [k for k in self.candidates if k[0] == best.exp_id]:
+            del self.candidates[key]
         self.settled.add(best.exp_id)
         if self._coin(best.exp_id) < self.verify_probability(best.peer):
             return Verify(best)

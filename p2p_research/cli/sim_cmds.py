@@ -1,0 +1,82 @@
+"""`simulate`: N real node daemons on loopback for a while, then a report with plots."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from p2p_research.cli.common import CliError, one_line_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("simulate")
+    @one_line_errors
+    def simulate(
+        nodes: int = typer.Option(35, "--nodes", "-N", min=1, help="Swarm nodes (one OS process each)"),
+        duration: str = typer.Option("5m", "--duration", help="How long to run, counted from the first start: 30s, 5m, 300"),
+        objective: str = typer.Option("surrogate", "--objective", help="surrogate (no training) | torch (real training)"),
+        fanout: int = typer.Option(3, "--fanout", min=1, help="Each node bootstraps from up to this many earlier nodes"),
+        churn: float = typer.Option(0.0, "--churn", min=0.0, max=1.0, help="Fraction of nodes SIGKILLed and restarted once"),
+        churn_downtime: float = typer.Option(5.0, "--churn-downtime", min=0.0, help="Seconds a killed node stays down"),
+        liars: int = typer.Option(0, "--liars", min=0, help="Nodes that announce fabricated improvements"),
+        seed: int = typer.Option(0, "--seed", help="Seeds topology, liars, churn and every node's proposer"),
+        report: Path | None = typer.Option(None, "--report", help="Report folder (empty or new) [default: sim-report-<time>]"),
+        cost: float = typer.Option(15.0, "--cost", min=0.0, help="Surrogate: simulated seconds per run"),
+        solo_baseline: bool = typer.Option(True, "--solo-baseline/--no-solo-baseline",
+                                           help="Also run one node alone for the same duration, for comparison"),
+        verification: str = typer.Option("adaptive", "--verification", help="always | adaptive | never"),
+        target_peers: int = typer.Option(6, "--target-peers", min=1, help="network.target_peers of every node"),
+        start_rate: float = typer.Option(3.0, "--start-rate", help="Node processes started per second"),
+        budget_tokens: int = typer.Option(0, "--budget-tokens", min=0, help="Torch: training budget (0: harness default)"),
+        max_trainings: int = typer.Option(0, "--max-trainings", min=0, help="Torch: concurrent trainings machine-wide (0: one per core)"),
+        margin: float = typer.Option(-1.0, "--margin", help="Keep threshold for every node (< 0: node default)"),
+        count_from: str = typer.Option("all-up", "--count-from", help="The duration counts from: all-up | first-start"),
+        settle: float = typer.Option(60.0, "--settle", min=0.0,
+                                     help="After the duration: stop experimenting and wait up to S s for adoptions to settle"),
+    ) -> None:
+        """Run a swarm of real node daemons on loopback; write report.json, report.md and plots."""
+        import time
+
+        from p2p_research.sim.launcher import Simulation
+        from p2p_research.sim.metrics import collect
+        from p2p_research.sim.monitor import Display
+        from p2p_research.sim.options import SimOptions, parse_duration
+        from p2p_research.sim.report import write_report
+
+        try:
+            opts = SimOptions(report=report or Path(f"sim-report-{time.strftime('%Y%m%d-%H%M%S')}"), nodes=nodes,
+                              duration_s=parse_duration(duration), objective=objective, fanout=fanout, churn=churn,
+                              churn_downtime_s=churn_downtime, liars=liars, seed=seed, cost_s=cost, solo=solo_baseline,
+                              verification=verification, target_peers=target_peers, start_rate=start_rate,
+                              budget_tokens=budget_tokens, max_trainings=max_trainings, margin=margin,
+                              count_from=count_from, settle_s=settle).validate()
+            sim = Simulation(opts)
+        except ValueError as e:
+            raise CliError(str(e), 2) from None
+        try:
+            sim.prepare()
+        except ValueError as e:
+            raise CliError(str(e), 2) from None
+        display = Display(sim)
+        sim.log = display.log
+        display.log(f"{nodes} nodes{' + 1 solo' if solo_baseline else ''}, {opts.duration_s:.0f} s, "
+                    f"{objective}, homes under {sim.root / 'nodes'}")
+        try:
+            with display:
+                sim.run(on_tick=display.tick)
+        finally:
+            display.log(f"stopped every node; writing the report in {sim.root}")
+            try:
+                m = collect(sim)
+                md = write_report(m, sim.root, ["p2p-research", "simulate", *sys.argv[2:]] if len(sys.argv) > 1
+                                  else ["p2p-research", "simulate"])
+                display.log(f"report: {md}")
+                for c in m["checks"]:
+                    display.log(f"{'PASS' if c['passed'] else 'FAIL'} {c['criterion']}: {c['figure']}")
+            except Exception as e:
+                display.log(f"could not write the report: {e}")
+                raise
+        if sim.interrupted:
+            raise typer.Exit(130)

@@ -1,0 +1,438 @@
+"""Starting, watching, churning and stopping N node daemons (one OS process each) on loopback.
+
+Every process is started in its own session and tracked here; `Simulation.run` stops all of them
+(SIGTERM, a grace period, then SIGKILL to the process group) however it ends: the duration elapsed,
+Ctrl+C/SIGTERM, or an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2p_research.sim import probe
+from p2p_research.sim.options import SimOptions
+
+STOP_GRACE_S = 20.0
+PROC_SAMPLE_S = 2.0
+TCP_SAMPLE_S = 5.0
+READY_TIMEOUT_S = 120.0
+ACKED = ("kept", "discarded", "crash", "baseline", "confirmed", "refuted")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Incarnation:
+    started_at: float
+    ready_at: float | None = None
+    ended_at: float | None = None
+    pid: int = 0
+    peer_id: str = ""
+    killed_by: str = ""        # "" | "churn" | "stop"
+    returncode: int | None = None
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+@dataclass
+class NodeProc:
+    index: int
+    name: str
+    home: Path
+    port: int
+    role: str                  # swarm | solo
+    liar: bool = False
+    peer_id: str = ""
+    bootstrap: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    incarnations: list[Incarnation] = field(default_factory=list)
+    tcp: dict[tuple[int, str, str], tuple[int, int]] = field(default_factory=dict)
+    crashed: bool = False
+    crash_info: str = ""
+    _stdout_offset: int = 0
+
+    @property
+    def addr(self) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+
+    @property
+    def current(self) -> Incarnation | None:
+        return self.incarnations[-1] if self.incarnations else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def up(self) -> bool:
+        c = self.current
+        return self.running() and c is not None and c.ready_at is not None
+
+    def start(self, env: dict[str, str]) -> None:
+        out = self.home / "sim-stdout.log"
+        self._stdout_offset = out.stat().st_size if out.exists() else 0
+        with open(out, "ab") as so, open(self.home / "sim-stderr.log", "ab") as se:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "p2p_research", "node", "start", "--home", str(self.home)],
+                stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True, env=env,
+                cwd=str(self.home))
+        self.incarnations.append(Incarnation(started_at=time.time(), pid=self.proc.pid))
+
+    def check_ready(self) -> bool:
+        c = self.current
+        if c is None or c.ready_at is not None:
+            return c is not None and c.ready_at is not None
+        try:
+            with open(self.home / "sim-stdout.log", "rb") as f:
+                f.seek(self._stdout_offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return False
+        for line in text.splitlines():
+            if line.startswith("peer id:"):
+                c.peer_id = line.split()[2]
+            elif line.startswith("control:"):
+                c.ready_at = time.time()
+        return c.ready_at is not None
+
+    def sample(self) -> None:
+        c = self.current
+        if c is None or not self.running():
+            return
+        got = probe.proc_cpu_rss(c.pid)
+        if got:
+            c.cpu_s, c.peak_rss_mb = got[0], max(c.peak_rss_mb, got[1])
+
+    def signal_group(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def reap(self, killed_by: str) -> None:
+        """Record the end of the current incarnation (the process has exited)."""
+        c = self.current
+        if c is None or self.proc is None or c.ended_at is not None:
+            return
+        c.ended_at = time.time()
+        c.returncode = self.proc.returncode
+        c.killed_by = killed_by
+
+    def stderr_tail(self, n: int = 1500) -> str:
+        try:
+            return (self.home / "sim-stderr.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def acked_runs(home: Path) -> list[tuple]:
+    """The runs a node has recorded as finished (what a kill must not lose), read-only."""
+    try:
+        db = sqlite3.connect(f"file:{home / 'ledger.sqlite'}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = db.execute(f"SELECT run_id, exp_id, kind, status FROM runs WHERE origin='local' AND status IN "
+                              f"({','.join('?' * len(ACKED))})", ACKED).fetchall()
+        finally:
+            db.close()
+        return [tuple(r) for r in rows]
+    except sqlite3.Error:
+        return []
+
+
+class Simulation:
+    def __init__(self, opts: SimOptions, log: Callable[[str], None] = print) -> None:
+        self.opts = opts.validate()
+        self.log = log
+        self.rng = random.Random(opts.seed)
+        self.root = Path(opts.report).resolve()
+        self.nodes: list[NodeProc] = []
+        self.events: list[dict[str, Any]] = []
+        self.churn_plan: list[dict[str, Any]] = []
+        self.t_start = 0.0
+        self.t_end = 0.0
+        self.all_up_at: float | None = None
+        self.interrupted = ""
+        self.env = dict(os.environ)
+        self.acked_before_kill: dict[str, list[list[tuple]]] = {}
+        self.slow_start: set[str] = set()
+        self.experiments_ended_at: float | None = None
+        self.settle_note = ""
+
+    # --- set-up -----------------------------------------------------------------------------------
+    def event(self, kind: str, node: str = "", **kw: Any) -> None:
+        e = {"t": time.time(), "kind": kind, "node": node, **kw}
+        self.events.append(e)
+
+    def prepare(self) -> None:
+        """Node homes, identities (so every peer id is known before anything starts) and node.toml."""
+        from p2p_research.net.identity import load_or_create_identity, peer_id_of_keypair
+        from p2p_research.research.init import init_home
+
+        o = self.opts
+        if self.root.exists() and any(self.root.iterdir()):
+            raise ValueError(f"--report {self.root} exists and is not empty; choose another folder")
+        (self.root / "nodes").mkdir(parents=True, exist_ok=True)
+        cache = self.root / "cache"
+        cache.mkdir(exist_ok=True)
+        liars = set(self.rng.sample(range(1, o.nodes), o.liars)) if o.liars else set()
+        specs = [("solo", "solo", -1)] if o.solo else []
+        specs += [(f"n{i:02d}", "swarm", i) for i in range(o.nodes)]
+        for name, role, i in specs:
+            home = init_home(self.root / "nodes" / name)
+            kp = load_or_create_identity(home.identity)
+            node = NodeProc(index=i, name=name, home=home.path, port=free_port(), role=role, liar=i in liars,
+                            peer_id=peer_id_of_keypair(kp))
+            self.nodes.append(node)
+        swarm = [n for n in self.nodes if n.role == "swarm"]
+        for k, node in enumerate(swarm):
+            earlier = swarm[:k]
+            node.bootstrap = [e.addr for e in self.rng.sample(earlier, min(o.fanout, len(earlier)))]
+        for node in self.nodes:
+            home_obj = _home(node.home)
+            cfg = home_obj.load_config()
+            r = cfg.research
+            r.objective = o.objective
+            r.surrogate_cost_s = float(o.cost_s)
+            r.seed = o.seed * 1000 + (node.index + 1 if node.role == "swarm" else 0) + (500 if node.role == "solo" else 0)
+            r.threads = 1
+            r.cache_dir = str(cache)
+            if o.budget_tokens:
+                r.budget_tokens = o.budget_tokens
+            if o.margin >= 0:
+                r.margin = o.margin
+            if o.objective == "torch":
+                r.device = "cpu"
+            cfg.node.name = node.name + ("-liar" if node.liar else "")
+            cfg.network.listen = [f"/ip4/127.0.0.1/tcp/{node.port}"]
+            cfg.network.bootstrap = list(node.bootstrap)
+            cfg.network.target_peers = o.target_peers
+            cfg.verification.policy = o.verification
+            cfg.simulation.liar = node.liar
+            home_obj.write_config(cfg)
+        if o.churn > 0:
+            k = round(o.churn * len(swarm))
+            for node in self.rng.sample(swarm, k):
+                at = self.rng.uniform(0.15, 0.7) * o.duration_s
+                self.churn_plan.append({"node": node.name, "kill_at": at, "restart_after": o.churn_downtime_s,
+                                        "done": False, "restarted": False})
+        if o.objective == "torch":
+            self.setup_torch_gate()
+        (self.root / "topology.json").write_text(json.dumps(
+            {n.name: {"peer_id": n.peer_id, "port": n.port, "role": n.role, "liar": n.liar,
+                      "bootstrap": n.bootstrap} for n in self.nodes}, indent=1))
+
+    def setup_torch_gate(self) -> None:
+        """Real training under a machine-wide limit of concurrent trainings (see torchgate/sitecustomize.py)."""
+        slots = self.opts.max_trainings or os.cpu_count() or 1
+        gate = self.root / "train-slots"
+        gate.mkdir(exist_ok=True)
+        here = Path(__file__).resolve().parent / "torchgate"
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here), self.env.get("PYTHONPATH", "")]))
+        self.env["P2P_SIM_TRAIN_SLOTS"] = f"{gate}:{slots}"
+
+    # --- running ----------------------------------------------------------------------------------
+    def node(self, name: str) -> NodeProc:
+        return next(n for n in self.nodes if n.name == name)
+
+    def poll_processes(self) -> None:
+        for n in self.nodes:
+            if n.proc is None:
+                continue
+            n.check_ready()
+            c = n.current
+            if n.proc.poll() is not None and c is not None and c.ended_at is None:
+                n.reap("")
+                n.crashed = True
+                n.crash_info = f"exit code {n.proc.returncode}: {n.stderr_tail(600)}"
+                self.event("crash", n.name, returncode=n.proc.returncode)
+                self.log(f"{n.name} exited by itself (code {n.proc.returncode})")
+
+    def sample_tcp(self) -> None:
+        live = {n.current.pid: n for n in self.nodes if n.running() and n.current}
+        if not live:
+            return
+        for (pid, local, peer), v in probe.tcp_bytes_by_socket(set(live)).items():
+            node = live[pid]
+            old = node.tcp.get((pid, local, peer), (0, 0))
+            node.tcp[(pid, local, peer)] = (max(old[0], v[0]), max(old[1], v[1]))
+
+    def window_start(self) -> float | None:
+        """Start of the experiment window (None: not started yet, nodes still coming up)."""
+        return self.all_up_at if self.opts.count_from == "all-up" else self.t_start
+
+    def do_churn(self, now: float) -> None:
+        w0 = self.window_start()
+        if w0 is None:
+            return
+        for c in self.churn_plan:
+            node = self.node(c["node"])
+            if not c["done"] and now - w0 >= c["kill_at"] and node.up():
+                self.acked_before_kill.setdefault(node.name, []).append(acked_runs(node.home))
+                node.sample()
+                node.signal_group(signal.SIGKILL)
+                node.proc.wait(10)
+                node.reap("churn")
+                c["done"], c["killed_at"] = True, time.time()
+                self.event("kill", node.name)
+                self.log(f"churn: SIGKILL {node.name}")
+            elif c["done"] and not c["restarted"] and time.time() - c["killed_at"] >= c["restart_after"]:
+                node.start(self.env)
+                c["restarted"], c["restarted_at"] = True, time.time()
+                self.event("restart", node.name)
+                self.log(f"churn: restarted {node.name}")
+
+    def run(self, on_tick: Callable[[Simulation], None] | None = None) -> None:
+        """Start everything, run for the duration, stop everything (always)."""
+        o = self.opts
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def stop_handler(signum: int, frame: Any) -> None:
+            self.interrupted = signal.Signals(signum).name
+
+        for s in old:
+            signal.signal(s, stop_handler)
+        try:
+            self.t_start = time.time()
+            order = [n for n in self.nodes if n.role == "solo"] + [n for n in self.nodes if n.role == "swarm"]
+            pending = list(order)
+            last_proc = last_tcp = last_tick = 0.0
+            while not self.interrupted:
+                now = time.time()
+                if now >= self.deadline():
+                    break
+                while pending and now >= self.t_start + order.index(pending[0]) / o.start_rate:
+                    n = pending.pop(0)
+                    n.start(self.env)
+                    self.event("start", n.name)
+                self.poll_processes()
+                if self.all_up_at is None and not pending and all(n.current and n.current.ready_at for n in self.nodes):
+                    self.all_up_at = time.time()
+                    self.event("all_up")
+                    self.log(f"all {len(self.nodes)} nodes up after {self.all_up_at - self.t_start:.1f} s")
+                for n in self.nodes:
+                    c = n.current
+                    if c and c.ready_at is None and n.running() and now - c.started_at > READY_TIMEOUT_S \
+                            and n.name not in self.slow_start:
+                        self.slow_start.add(n.name)
+                        self.event("slow_start", n.name)
+                        self.log(f"{n.name} is not up after {READY_TIMEOUT_S:.0f} s")
+                self.do_churn(now)
+                if now - last_proc >= PROC_SAMPLE_S:
+                    last_proc = now
+                    for n in self.nodes:
+                        n.sample()
+                if now - last_tcp >= TCP_SAMPLE_S:
+                    last_tcp = now
+                    self.sample_tcp()
+                if on_tick and now - last_tick >= 1.0:
+                    last_tick = now
+                    on_tick(self)
+                time.sleep(0.2)
+            if not self.interrupted and o.settle_s > 0:
+                self.settle(on_tick)
+        finally:
+            self.t_end = time.time()
+            self.stop_all()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def deadline(self) -> float:
+        """When experimenting ends: the duration counts from the first start or from when every node is up."""
+        if self.opts.count_from == "all-up":
+            # Nodes that never come up must not stretch the run forever: at most READY_TIMEOUT_S of start-up.
+            base = self.all_up_at or (self.t_start + READY_TIMEOUT_S + len(self.nodes) / self.opts.start_rate)
+            return base + self.opts.duration_s
+        return self.t_start + self.opts.duration_s
+
+    def settle(self, on_tick: Callable[[Simulation], None] | None) -> None:
+        """Stop experimenting (the `drain` control command) and let adoptions settle, up to settle_s.
+
+        Without a drain command in the daemon, nodes would keep finding better results, so there is
+        nothing to settle: this is skipped and noted in the report.
+        """
+        self.experiments_ended_at = time.time()
+        self.event("drain")
+        supported = 0
+        for n in self.nodes:
+            if not n.up():
+                continue
+            try:
+                probe.control(n.home, "drain", timeout=5.0)
+                supported += 1
+            except ValueError as e:
+                self.settle_note = f"no drain: {e}"
+                self.log(f"settle skipped: the daemon does not drain ({e})")
+                return
+            except OSError:
+                continue
+        self.settle_note = f"drained {supported} nodes"
+        end = time.time() + self.opts.settle_s
+        while not self.interrupted and time.time() < end:
+            honest = [n for n in self.nodes if n.role == "swarm" and not n.liar and n.up()]
+            commits = set()
+            for n in honest:
+                try:
+                    commits.add(probe.control(n.home, "status", timeout=3.0)["baseline"]["commit"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    commits.add(None)
+            if len(commits) == 1:
+                self.log(f"settled: every honest node on {str(next(iter(commits)))[:10]}")
+                break
+            if on_tick:
+                on_tick(self)
+            time.sleep(2.0)
+        self.event("settled")
+
+    def stop_all(self) -> None:
+        live = [n for n in self.nodes if n.running()]
+        for n in live:
+            n.sample()
+        try:
+            self.sample_tcp()
+        except Exception:  # noqa: BLE001 - stopping matters more than a last byte count
+            pass
+        for n in live:
+            if n.proc is not None and n.proc.poll() is None:
+                try:
+                    n.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + STOP_GRACE_S
+        for n in live:
+            assert n.proc is not None
+            try:
+                n.proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                self.log(f"{n.name} did not stop within {STOP_GRACE_S:.0f} s: SIGKILL")
+                self.event("stop_timeout", n.name)
+        for n in self.nodes:
+            if n.proc is not None:
+                n.signal_group(signal.SIGKILL)   # the daemon and anything it left in its group
+                try:
+                    n.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+                if n.current and n.current.ended_at is None:
+                    n.reap("stop")
+        self.event("stopped")
+
+
+def _home(path: Path):
+    from p2p_research.home import NodeHome
+
+    return NodeHome(path)

@@ -1,0 +1,64 @@
+"""What a simulation runs: the knobs of `p2p-research simulate`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def parse_duration(text: str) -> float:
+    """'300', '300s', '5m', '1m30s', '1h' -> seconds."""
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
+    if not parts or "".join(a + b for a, b in parts) != t:
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 5m, 1m30s, 300)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+@dataclass
+class SimOptions:
+    report: Path
+    nodes: int = 35
+    duration_s: float = 300.0
+    objective: str = "surrogate"      # surrogate | torch
+    fanout: int = 3                   # each node bootstraps from up to this many earlier nodes
+    churn: float = 0.0                # fraction of nodes SIGKILLed once and restarted
+    churn_downtime_s: float = 5.0
+    liars: int = 0
+    seed: int = 0
+    cost_s: float = 15.0              # surrogate seconds per run
+    solo: bool = True                 # one extra node alone, same objective, same duration
+    verification: str = "adaptive"
+    target_peers: int = 6
+    start_rate: float = 3.0           # node processes started per second
+    budget_tokens: int = 0            # torch: the training budget (0 = the harness default)
+    max_trainings: int = 0            # torch: machine-wide concurrent trainings (0 = one per core)
+    count_from: str = "all-up"        # the duration counts from: all-up | first-start
+    settle_s: float = 60.0            # after the duration: drain the nodes and let adoptions settle
+    margin: float = -1.0              # keep threshold passed to every node (< 0: node default)
+
+    def validate(self) -> SimOptions:
+        if self.nodes < 1:
+            raise ValueError("--nodes must be at least 1")
+        if self.duration_s <= 0:
+            raise ValueError("--duration must be positive")
+        if self.objective not in ("surrogate", "torch"):
+            raise ValueError("--objective must be surrogate or torch")
+        if self.fanout < 1:
+            raise ValueError("--fanout must be at least 1")
+        if not 0.0 <= self.churn <= 1.0:
+            raise ValueError("--churn must be between 0 and 1")
+        if not 0 <= self.liars < self.nodes:
+            raise ValueError("--liars must be at least 0 and fewer than --nodes")
+        if self.cost_s < 0:
+            raise ValueError("--cost must be >= 0")
+        if self.verification not in ("always", "adaptive", "never"):
+            raise ValueError("--verification must be always, adaptive or never")
+        if self.count_from not in ("all-up", "first-start"):
+            raise ValueError("--count-from must be all-up or first-start")
+        if self.start_rate <= 0:
+            raise ValueError("--start-rate must be positive")
+        return self

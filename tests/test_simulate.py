@@ -1,0 +1,130 @@
+"""`p2p-research simulate`: unit tests of its pieces, and small real simulations (slow, multi-process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from p2p_research.sim.metrics import best_over_time, first_time_at_or_below, pct, swarm_best_over_time
+from p2p_research.sim.options import SimOptions, parse_duration
+from p2p_research.sim.probe import proc_cpu_rss
+
+# Works whether or not cli/app.py registers the command already.
+RUNNER = ("import sys\nfrom p2p_research.cli.app import app\nfrom p2p_research.cli import sim_cmds\n"
+          "if 'simulate' not in {c.name for c in app.registered_commands}:\n    sim_cmds.register(app)\n"
+          "sys.argv[0] = 'p2p-research'\napp()\n")
+SIM = [sys.executable, "-c", RUNNER, "simulate"]
+
+
+def test_parse_duration():
+    assert parse_duration("300") == 300
+    assert parse_duration("5m") == 300
+    assert parse_duration("1m30s") == 90
+    assert parse_duration("45s") == 45
+    with pytest.raises(ValueError):
+        parse_duration("five minutes")
+
+
+def test_options_validate(tmp_path):
+    with pytest.raises(ValueError):
+        SimOptions(report=tmp_path, nodes=3, liars=3).validate()
+    with pytest.raises(ValueError):
+        SimOptions(report=tmp_path, churn=1.5).validate()
+    SimOptions(report=tmp_path, nodes=3, liars=2, churn=0.2).validate()
+
+
+def test_percentiles_and_series():
+    assert pct([], 50) is None
+    assert pct([1, 2, 3, 4], 50) == 2.5
+    assert pct([5.0], 99) == 5.0
+    bases = [{"val_bpb": 1.6, "adopted_at": 10.0}, {"val_bpb": 1.65, "adopted_at": 11.0},
+             {"val_bpb": None, "adopted_at": 12.0}, {"val_bpb": 1.5, "adopted_at": 20.0}]
+    s = best_over_time(bases, 10.0)
+    assert s == [(0.0, 1.6), (10.0, 1.5)]
+    sw = swarm_best_over_time([s, [(5.0, 1.55), (30.0, 1.4)]])
+    assert sw == [(0.0, 1.6), (5.0, 1.55), (10.0, 1.5), (30.0, 1.4)]
+    assert first_time_at_or_below(sw, 1.5) == 10.0
+    assert first_time_at_or_below(sw, 1.0) is None
+
+
+def test_proc_sampling_of_self():
+    cpu, rss = proc_cpu_rss(os.getpid())
+    assert cpu > 0 and rss > 10
+    assert proc_cpu_rss(2**22 + 12345) is None
+
+
+def leftover_processes(marker: str) -> list[str]:
+    """Processes whose command line mentions `marker` (the report folder): must be none after a run."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            out.append(f"{p.name}: {cmd[:200]}")
+    return out
+
+
+@pytest.mark.slow
+def test_small_simulation_with_a_liar(tmp_path):
+    """5 nodes (one lies) + a solo node for 40 s at 2 s per run: a complete, consistent report."""
+    rep = tmp_path / "report"
+    r = subprocess.run([*SIM, "--nodes", "5", "--duration", "40s", "--cost", "2", "--liars", "1", "--seed", "3",
+                        "--report", str(rep)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = json.loads((rep / "report.json").read_text())
+    for key in ("nodes", "duration_s", "experiments_completed", "duplicates_wasted", "crashed_nodes", "final_baselines",
+                "verifications", "adoptions", "gossip_latency_s", "bytes_sent_per_experiment", "processes", "solo"):
+        assert key in m, key
+    assert m["nodes"] == 5
+    assert m["duration_s"] >= 40
+    assert m["experiments_completed"] > 0
+    assert sum(m["experiments_per_node"].values()) == m["experiments_completed"]
+    assert m["crashed_nodes"] == 0, m["crashes"]
+    assert len(m["final_baselines"]) == 5
+    assert all(f["commit"] and f["val_bpb"] is not None for f in m["final_baselines"].values())
+    assert len(m["liar_nodes"]) == 1
+    assert m["honest_on_fabricated_baseline"] == []
+    assert m["adoptions"]["from_liars_without_rerun"] == 0
+    assert m["solo"]["experiments_completed"] > 0
+    assert all(p["cpu_s"] > 0 and p["peak_rss_mb"] > 0 for p in m["processes"].values())
+    for f in ("report.md", "best_over_time.png", "experiments_per_node.png", "adoption_delay.png"):
+        assert (rep / f).stat().st_size > 0, f
+    assert leftover_processes(str(rep)) == []
+
+
+@pytest.mark.slow
+def test_interrupt_stops_everything_and_still_reports(tmp_path):
+    """SIGINT (Ctrl+C) mid-run: every daemon stops, a report is written, the exit code is 130."""
+    rep = tmp_path / "report"
+    p = subprocess.Popen([*SIM, "--nodes", "3", "--duration", "10m", "--cost", "2", "--no-solo-baseline",
+                          "--report", str(rep)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        homes = [rep / "nodes" / f"n{i:02d}" for i in range(3)]
+        while time.time() < deadline and not all((h / "control.sock").exists() for h in homes):
+            time.sleep(0.5)
+        assert all((h / "control.sock").exists() for h in homes), "nodes did not come up"
+        time.sleep(3)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, out[-3000:]
+    assert leftover_processes(str(rep)) == []
+    m = json.loads((rep / "report.json").read_text())
+    assert m["interrupted"] == "SIGINT"
+    assert m["crashed_nodes"] == 0
+    assert len(m["final_baselines"]) == 3

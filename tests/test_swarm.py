@@ -1,0 +1,216 @@
+"""Swarm semantics with real daemons on loopback (surrogate objective, so experiments take a second)."""
+
+import json
+import shutil
+import sqlite3
+import sys
+import time
+
+import pytest
+import trio
+
+from conftest import ROOT
+from daemon_helpers import Daemon, wait_for
+from p2p_research.research.init import init_home
+from p2p_research.target import TARGET_DIR
+
+pytestmark = pytest.mark.slow
+
+AGENT = f"{sys.executable} {ROOT / 'tests' / 'fixtures' / 'code_change_agent.py'}"
+TINY_SPACE = """```toml search-space
+[QK_NORM]
+kind = "bool"
+
+[BIAS]
+kind = "bool"
+
+[NORM]
+kind = "choice"
+choices = ["layernorm", "rmsnorm"]
+```
+"""
+
+
+def surrogate_home(path, seed, target=None, cost=0.5, **sections):
+    home = init_home(path, target=target)
+    cfg = home.load_config()
+    cfg.research.objective = "surrogate"
+    cfg.research.surrogate_cost_s = cost
+    cfg.research.seed = seed
+    for dotted, value in sections.items():
+        section, key = dotted.split("__")
+        setattr(getattr(cfg, section), key, value)
+    home.write_config(cfg)
+    return home
+
+
+def local_experiments(home):
+    db = sqlite3.connect(f"file:{home.ledger}?mode=ro", uri=True)
+    rows = db.execute("SELECT exp_id, status FROM runs WHERE origin='local' AND kind='experiment'").fetchall()
+    db.close()
+    return rows
+
+
+def research_done(d):
+    return d.json("status")["research"].startswith("done")
+
+
+def stop_all(daemons):
+    for d in daemons:
+        d.stop()
+    for d in daemons:
+        d.kill()
+
+
+def test_tiny_search_space_no_experiment_runs_twice(tmp_path):
+    target = tmp_path / "target"
+    shutil.copytree(TARGET_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+    program = (target / "program.md").read_text()
+    start = program.index("```toml search-space")
+    end = program.index("```", start + 10) + 3
+    (target / "program.md").write_text(program[:start] + TINY_SPACE + program[end:])
+    a_home = surrogate_home(tmp_path / "a", 1, target, cost=1.0)
+    b_home = surrogate_home(tmp_path / "b", 2, target, cost=1.0)
+    a = Daemon(a_home.path, "-n", "5").start()
+    daemons = [a]
+    try:
+        b = Daemon(b_home.path, "-n", "5", "--bootstrap", a.addrs[0]).start()
+        daemons.append(b)
+        wait_for(lambda: research_done(a) and research_done(b), 150, 1.0, what="both nodes done")
+        done_a = [e for e, s in local_experiments(a_home) if s in ("kept", "discarded", "crash")]
+        done_b = [e for e, s in local_experiments(b_home) if s in ("kept", "discarded", "crash")]
+        assert done_a and done_b
+        assert len(set(done_a)) == len(done_a) and len(set(done_b)) == len(done_b)
+        assert not set(done_a) & set(done_b), "an experiment was run by both nodes"
+    finally:
+        stop_all(daemons)
+
+
+def test_liar_is_refuted_and_never_adopted(tmp_path):
+    liar_home = surrogate_home(tmp_path / "liar", 7, cost=0.5, simulation__liar=True)
+    h1_home = surrogate_home(tmp_path / "h1", 1, cost=0.5, verification__policy="always")
+    h2_home = surrogate_home(tmp_path / "h2", 2, cost=0.5, verification__policy="adaptive")
+    liar = Daemon(liar_home.path, "-n", "4").start()
+    daemons = [liar]
+    try:
+        h1 = Daemon(h1_home.path, "-n", "4", "--bootstrap", liar.addrs[0]).start()
+        h2 = Daemon(h2_home.path, "-n", "4", "--bootstrap", liar.addrs[0]).start()
+        daemons += [h1, h2]
+        wait_for(lambda: all(research_done(d) for d in daemons), 150, 1.0, what="all done")
+        time.sleep(2)
+        for h in (h1, h2):
+            st = h.json("status")
+            finders = {step["found_by"] for step in st["baseline"]["lineage"]}
+            assert liar.peer_id not in finders, f"{h.peer_id} adopted the liar's fabricated baseline"
+            assert st["swarm_stats"]["verified_refuted"] >= 1
+            rep = {p["peer_id"]: p.get("reputation") for p in h.json("peers")}
+            assert rep[liar.peer_id]["refuted"] >= 1 and rep[liar.peer_id]["confirmed"] == 0
+        # verifications were announced: the refutations are on record at the liar, connected throughout
+        db = sqlite3.connect(f"file:{liar_home.ledger}?mode=ro", uri=True)
+        n = db.execute("SELECT COUNT(*) FROM runs WHERE kind='verification' AND origin='peer' AND status='refuted'").fetchone()[0]
+        db.close()
+        assert n >= 1
+    finally:
+        stop_all(daemons)
+
+
+def test_code_change_rejected_by_default_and_accepted_from_a_trusted_peer(tmp_path):
+    a_home = surrogate_home(tmp_path / "a", 1, cost=0.5, research__proposer="command", research__proposer_command=AGENT)
+    b_home = surrogate_home(tmp_path / "b", 2, cost=0.5)
+    a = Daemon(a_home.path, "-n", "1").start()
+    daemons = [a]
+    try:
+        c_home = surrogate_home(tmp_path / "c", 3, cost=0.5, trust__trusted_peers=[a.peer_id],
+                                verification__policy="never")
+        b = Daemon(b_home.path, "-n", "2", "--bootstrap", a.addrs[0]).start()
+        c = Daemon(c_home.path, "-n", "2", "--bootstrap", a.addrs[0]).start()
+        daemons += [b, c]
+        wait_for(lambda: all(research_done(d) for d in daemons), 120, 1.0, what="all done")
+        kept = [e for e in a.json("experiments") if e["kind"] == "experiment" and e["status"] == "kept"]
+        assert kept, "the agent's change should have improved val_bpb"
+        exp = kept[0]["id"]
+        wait_for(lambda: any(step["found_by"] == a.peer_id for step in c.json("status")["baseline"]["lineage"]), 30,
+                 what="C adopts A's change")
+        b_status = b.json("status")
+        assert all(step["found_by"] != a.peer_id for step in b_status["baseline"]["lineage"])
+        assert b_status["swarm_stats"]["trust_rejected"] >= 1
+        shown = b.json("show", exp[:12])
+        peer_run = [r for r in shown["runs"] if r["origin"] == "peer"][0]
+        assert "rejected by trust policy" in peer_run["reason"]
+        # rejected code is never executed: B has no local run of it
+        assert all(r["origin"] == "peer" for r in shown["runs"])
+    finally:
+        stop_all(daemons)
+
+
+def test_late_joiner_catches_up_and_skips_what_was_tried(tmp_path):
+    a_home = surrogate_home(tmp_path / "a", 1, cost=0.3)
+    a = Daemon(a_home.path, "-n", "5").start()
+    daemons = [a]
+    try:
+        wait_for(lambda: research_done(a), 90, 1.0, what="A done")
+        a_ids = {e for e, _ in local_experiments(a_home)}
+        a_best = a.json("status")["baseline"]["val_bpb"]
+        b_home = surrogate_home(tmp_path / "b", 1, cost=0.3)  # the same seed: it would propose A's ids first
+        b = Daemon(b_home.path, "-n", "4", "--bootstrap", a.addrs[0]).start()
+        daemons.append(b)
+        t0 = time.time()
+        wait_for(lambda: b.json("status")["experiments"]["from_peers"] >= len(a_ids), 30, 0.5, what="catch-up")
+        assert time.time() - t0 < 15
+        wait_for(lambda: research_done(b), 90, 1.0, what="B done")
+        b_ids = {e for e, s in local_experiments(b_home) if s != "aborted"}
+        assert b_ids and not b_ids & a_ids, "the late joiner re-ran an experiment the swarm had tried"
+        assert b.json("status")["baseline"]["val_bpb"] <= a_best + 1e-9
+    finally:
+        stop_all(daemons)
+
+
+async def test_altered_receipt_from_a_real_peer_is_rejected(tmp_path):
+    from libp2p import generate_new_ed25519_identity
+    from test_net_bad_input import raw_peer
+
+    from p2p_research.net import topic_names
+    from p2p_research.wire import Receipt, Result, sign_receipt
+    from p2p_research.wire.receipts import peer_id_of
+    import dataclasses
+    import multiaddr
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    home = surrogate_home(tmp_path / "n", 1)
+    d = Daemon(home.path, "--no-research").start()
+    try:
+        st = d.json("status")
+        kp = generate_new_ed25519_identity()
+        me = peer_id_of(kp.public_key.serialize())
+        good = Receipt(protocol_id=st["protocol_id"], exp_id="ab" * 20, parent=st["genesis"], commit="cd" * 20,
+                       tree="ef" * 20, metric="val_bpb", value=1.5, status="kept", budget_tokens=None, budget_seconds=None,
+                       seed=0, hardware="test", software="test", peer=me, ts=time.time(), training_seconds=1.0,
+                       memory_gb=0.1)
+        sig = sign_receipt(good, kp.private_key)
+        altered = dataclasses.replace(good, exp_id="aa" * 20, value=0.5)  # signed as 1.5, announced as 0.5
+        msgs = [Result(altered, sig, kp.public_key.serialize()), Result(good, sig, kp.public_key.serialize())]
+        async with raw_peer(kp) as (host, ps):
+            exp_topic, _ = topic_names(st["swarm"])
+            await ps.subscribe(exp_topic)
+            await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(d.addrs[0])))
+            nid = ID.from_base58(d.peer_id)
+            await ps.wait_for_subscription(nid, exp_topic, timeout=60)
+            await ps.wait_for_mesh(nid, exp_topic, timeout=60)
+            for m in msgs:
+                await ps.publish(exp_topic, m.to_wire())
+                await trio.sleep(0.5)
+            with trio.fail_after(20):
+                while True:
+                    exps = await trio.to_thread.run_sync(lambda: d.json("experiments"))
+                    if exps:
+                        break
+                    await trio.sleep(0.5)
+        ids = {e["id"] for e in exps}
+        assert ids == {"ab" * 20}
+        st = await trio.to_thread.run_sync(lambda: d.json("status"))
+        assert st["net"]["rejected"].get("bad_signature", 0) >= 1
+        assert "Traceback" not in d.stderr()
+    finally:
+        d.stop()
+        d.kill()

@@ -1,0 +1,113 @@
+"""Adoption, verification and dedup decisions, driven directly (sans-IO) with hypothesis."""
+
+from hypothesis import given, settings, strategies as st
+
+from p2p_research.daemon.coordinator import claim_winner
+from p2p_research.research.swarm import Adopt, PeerClaim, SwarmPolicy, SwarmState, Verify
+from p2p_research.research.trust import check_change
+from p2p_research.target import read_target_files
+
+PEERS = ["QmA", "QmB", "QmC", "QmLiar"]
+claims = st.builds(
+    PeerClaim, exp_id=st.text("0123456789abcdef", min_size=40, max_size=40), commit=st.just("c" * 40),
+    peer=st.sampled_from(PEERS), value=st.floats(1.0, 2.0), seed=st.integers(0, 3), received_at=st.floats(0, 100))
+
+
+def drive(state: SwarmState, events, baseline: float, truth) -> tuple[float, list[str]]:
+    """Feed results (in the given order, duplicates included); verify with `truth(claim)`; return the final baseline."""
+    adopted = []
+    for c in events:
+        state.on_peer_result(c, True, "", "kept")
+        while (d := state.next_decision(baseline)) is not None:
+            if isinstance(d, Verify):
+                _, d = state.on_verified(d.claim, truth(d.claim), baseline)
+            if isinstance(d, Adopt):
+                assert baseline - d.value > state.policy.margin
+                baseline = d.value
+                adopted.append(d.claim.peer)
+    return baseline, adopted
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(claims, max_size=25), st.sampled_from(["always", "adaptive"]), st.randoms())
+def test_a_liar_never_becomes_the_baseline_when_verifying(events, policy, rnd):
+    events = events + events[: len(events) // 2]  # gossip replays
+    rnd.shuffle(events)
+    state = SwarmState(SwarmPolicy("QmSelf", policy, margin=0.002))
+
+    def truth(c):  # honest peers report what a re-run measures; the liar claims 0.3 better than the truth
+        return c.value + 0.3 if c.peer == "QmLiar" else c.value
+
+    _, adopted = drive(state, events, 2.5, truth)
+    assert "QmLiar" not in adopted
+    liar = state.reputation.get("QmLiar")
+    assert liar is None or liar.confirmed == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(claims, min_size=1, max_size=25, unique_by=lambda c: (c.exp_id, c.peer)), st.randoms())
+def test_order_and_duplicates_do_not_change_the_outcome_under_never(events, rnd):
+    a = SwarmState(SwarmPolicy("QmSelf", "never", margin=0.002))
+    b = SwarmState(SwarmPolicy("QmSelf", "never", margin=0.002))
+    shuffled = events * 2
+    rnd.shuffle(shuffled)
+    # adopt only at the end of all deliveries: the best candidate wins whatever the order
+    for c in events:
+        a.on_peer_result(c, True, "", "kept")
+    for c in shuffled:
+        b.on_peer_result(c, True, "", "kept")
+    da, db = a.next_decision(2.5), b.next_decision(2.5)
+    assert (da is None) == (db is None)
+    if da is not None:
+        assert da.claim.value == db.claim.value == min(c.value for c in events)
+
+
+def test_a_lone_liar_is_refuted_then_ignored():
+    state = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, refuted_threshold=2))
+    lies = [PeerClaim(f"{i:040x}", "c" * 40, "QmLiar", 2.0 - 0.1 * i, 0, float(i)) for i in range(1, 5)]
+    base, adopted = drive(state, lies, 2.5, lambda c: c.value + 0.3)
+    assert base == 2.5 and not adopted
+    assert state.reputation["QmLiar"].refuted == 2 and state.ignored("QmLiar")
+
+
+def test_adaptive_checks_new_peers_and_trusts_with_evidence():
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002))
+    assert s.verify_probability("QmA") == 1.0
+    c = PeerClaim("a" * 40, "c" * 40, "QmA", 1.5, 0, 0.0)
+    assert s.on_verified(c, 1.5, 2.0)[0] == "confirmed"
+    assert s.verify_probability("QmA") == 0.5
+    assert s.on_verified(c, 1.9, 2.0)[0] == "refuted"
+    assert s.verify_probability("QmA") == 1.0  # a refutation resets trust
+    s.on_verified(c, None, 2.0)
+    s.on_verified(c, 3.0, 2.0)
+    assert s.ignored("QmA")
+    assert s.on_peer_result(PeerClaim("b" * 40, "c" * 40, "QmA", 1.0, 0, 0.0), True, "", "kept") is not None
+
+
+def test_untrusted_or_non_kept_results_never_become_candidates():
+    s = SwarmState(SwarmPolicy("QmSelf", "never", margin=0.002))
+    c = PeerClaim("a" * 40, "c" * 40, "QmA", 1.0, 0, 0.0)
+    assert s.on_peer_result(c, False, "code change", "kept") is not None
+    assert s.on_peer_result(PeerClaim("b" * 40, "c" * 40, "QmA", 1.0, 0, 0.0), True, "", "discarded") is not None
+    assert s.next_decision(2.0) is None
+
+
+@given(st.floats(0, 100), st.floats(0, 100), st.sampled_from(PEERS), st.sampled_from(PEERS))
+def test_claim_ties_resolve_the_same_on_both_sides(t1, t2, p1, p2):
+    assert claim_winner((t1, p1), (t2, p2)) == claim_winner((t2, p2), (t1, p1))
+
+
+def test_trust_policy_steps():
+    files = read_target_files()
+    train = files["train.py"].decode()
+    const = {**files, "train.py": train.replace("LEARNING_RATE = 0.002", "LEARNING_RATE = 0.0035").encode()}
+    code = {**files, "train.py": (train + "\nimport os\nos.system('echo pwned')\n").encode()}
+    harness = {**files, "prepare.py": files["prepare.py"] + b"\n# changed\n"}
+    assert check_change(files, const, code_allowed=False)[0]
+    ok, why = check_change(files, code, code_allowed=False)
+    assert not ok and "code" in why
+    assert check_change(files, code, code_allowed=True)[0]
+    for allowed in (False, True):
+        ok, why = check_change(files, harness, code_allowed=allowed)
+        assert not ok and "prepare.py" in why
+    assert not check_change(files, files, code_allowed=True)[0]
