@@ -330,6 +330,7 @@ def run_swarm(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "nodes": n, "messages": args.messages, "rate_per_s": args.rate, "fanout": args.fanout, "seed": args.seed,
         "parallel_starts": args.parallel_starts, "loadavg_before": load_before,
         "start_s_per_node": summary(start_s),
+        "init_s": t_init - t_begin,
         "startup_total_s": t_started - t_init,
         "mesh_s": t_mesh - t_init,  # first daemon launched -> every node has >= 1 peer
         "mesh_after_last_start_s": t_mesh - t_started,
@@ -369,6 +370,7 @@ def fmt(v: Any, digits: int = 2) -> str:
 def print_table(results: list[dict[str, Any]]) -> None:
     rows = [
         ("nodes", lambda r: str(r["nodes"])),
+        ("init N homes s", lambda r: fmt(r["init_s"], 1)),
         ("daemon start s (mean/max)", lambda r: f"{fmt(r['start_s_per_node']['mean'])} / {fmt(r['start_s_per_node']['max'])}"),
         ("all started s", lambda r: fmt(r["startup_total_s"], 1)),
         ("mesh s (all >= 1 peer)", lambda r: fmt(r["mesh_s"], 1)),
@@ -470,7 +472,7 @@ def main() -> int:
         print_table(results)
         if args.json:
             args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": info,
-                                             "command": " ".join([Path(sys.executable).name] + sys.argv),
+                                             "command": " ".join([".venv/bin/python", "bench/bench_gossip.py", *sys.argv[1:]]),
                                              "results": results}, indent=2))
             print(f"\nwrote {args.json}")
     return rc

@@ -86,6 +86,18 @@ class ExpValidator(Validator):
         return max(i for i, v in enumerate(values) if v == best_bytes)
 
 
+class _KadStreamFailureFilter(logging.Filter):
+    """Drop libp2p's "Failed to open stream ... ['/ipfs/kad/1.0.0']" errors: DHT queries to busy or
+    departed peers fail routinely and every caller here handles it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return True
+        return not (msg.startswith("Failed to open stream") and KAD_PROTOCOL in msg)
+
+
 def _exp_id_or_none(key: str) -> str | None:
     try:
         return exp_id_of_key(key)
@@ -120,6 +132,10 @@ class ExperimentDHT:
             # libp2p's DHT logs a warning for every unreachable peer and every missing key.
             for name in ("libp2p.kad_dht", "libp2p.records"):
                 logging.getLogger(name).setLevel(log_level)
+            # ... and every failed KAD stream shows up as a multi-line ERROR of the host's logger.
+            host_log = logging.getLogger("libp2p.host.basic_host")
+            if not any(isinstance(f, _KadStreamFailureFilter) for f in host_log.filters):
+                host_log.addFilter(_KadStreamFailureFilter())
         self.kad = KadDHT(host, DHTMode.SERVER, strict_validation=True)
         self.kad.register_validator(NAMESPACE, ExpValidator())
         self.stats: dict[str, Any] = {

@@ -24,7 +24,7 @@ from typing import Any
 from p2p_research.sim import probe
 from p2p_research.sim.options import SimOptions
 
-STOP_GRACE_S = 20.0
+STOP_GRACE_S = 30.0
 PROC_SAMPLE_S = 2.0
 TCP_SAMPLE_S = 5.0
 READY_TIMEOUT_S = 120.0
@@ -172,6 +172,7 @@ class Simulation:
         self.slow_start: set[str] = set()
         self.experiments_ended_at: float | None = None
         self.settle_note = ""
+        self.final_status: dict[str, dict[str, Any]] = {}
 
     # --- set-up -----------------------------------------------------------------------------------
     def event(self, kind: str, node: str = "", **kw: Any) -> None:
@@ -402,6 +403,10 @@ class Simulation:
         live = [n for n in self.nodes if n.running()]
         for n in live:
             n.sample()
+        try:
+            self.final_status = probe.final_statuses({n.name: n.home for n in live if n.up()})
+        except Exception as e:  # noqa: BLE001 - stopping matters more than these counters
+            self.log(f"could not read the final statuses: {e}")
         try:
             self.sample_tcp()
         except Exception:  # noqa: BLE001 - stopping matters more than a last byte count

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2p_research.sim.launcher import STOP_GRACE_S
+from p2p_research.sim.probe import swarm_stats as probe_swarm_stats
+
 COMPLETED = ("kept", "discarded", "crash")
 
 
@@ -256,6 +259,18 @@ def collect(sim: Any) -> dict[str, Any]:
                 "swarm_sooner_by_s": _r(t_solo - t_swarm) if t_solo is not None and t_swarm is not None else None,
                 "speedup": _r(t_solo / t_swarm) if t_solo and t_swarm else None,
                 "swarm_final_val_bpb": swarm_series[-1][1] if swarm_series else None})
+    # --- the daemons' own counters at the stop (since their last start) ----------------------------
+    counters: dict[str, dict[str, Any]] = {}
+    for name, st in sim.final_status.items():
+        net = st.get("net") or {}
+        for group, d in (("net", {k: v for k, v in net.items() if not isinstance(v, dict)}),
+                         ("net_rejected", net.get("rejected") or {}), ("intake", st.get("intake") or {}),
+                         ("swarm", probe_swarm_stats(st))):
+            g = counters.setdefault(group, {})
+            for k, v in d.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    g[k] = g.get(k, 0) + v
+    peers_at_stop = [st.get("peers_connected", 0) for name, st in sim.final_status.items() if name != "solo"]  # noqa: PERF102
     duration = sim.t_end - sim.t_start
     return {
         "nodes": len(swarm),
@@ -305,9 +320,13 @@ def collect(sim: Any) -> dict[str, Any]:
                   "method": "kernel per-socket tcp_info counters (bytes_sent/bytes_received) of each daemon's "
                             "established TCP sockets, sampled with `ss -tinp` every 5 s and at stop; a lower bound "
                             "(traffic on a socket closed between two samples is missed)"},
+        "daemon_counters_at_stop": {"nodes_answering": len(sim.final_status), **counters},
+        "peers_at_stop": summary([float(p) for p in peers_at_stop]),
         "processes": procs,
         "cpu_s_total": round(sum(p["cpu_s"] for k, p in procs.items()), 1),
         "crashed_nodes": len(crashed),
+        "stop_grace_s": STOP_GRACE_S,
+        "stop_timeouts": sorted(e["node"] for e in sim.events if e["kind"] == "stop_timeout"),
         "crashes": [{"node": n.name, "info": n.crash_info} for n in crashed],
         "slow_start_nodes": sorted(sim.slow_start),
         "final_baselines": final,

@@ -44,12 +44,12 @@ class Poller:
                 self._next += 1
                 try:
                     st = probe.control(n.home, "status", timeout=2.0)
-                except (OSError, ValueError):
+                    sw = probe.swarm_stats(st)
+                    self.cache[n.name] = {"at": time.time(), "local": st["experiments"]["local"],
+                                          "val": st["baseline"]["val_bpb"], "peers": st["peers_connected"],
+                                          "verified": sw.get("verified_confirmed", 0) + sw.get("verified_refuted", 0)}
+                except Exception:  # noqa: BLE001 - a slow or changed daemon must not stop the display
                     continue
-                self.cache[n.name] = {"at": time.time(), "local": st["experiments"]["local"],
-                                      "val": st["baseline"]["val_bpb"], "peers": st["peers_connected"],
-                                      "verified": st.get("swarm", {}).get("verified_confirmed", 0)
-                                      + st.get("swarm", {}).get("verified_refuted", 0)}
             self.stop.wait(1.0)
 
     def snapshot(self) -> dict[str, Any]:

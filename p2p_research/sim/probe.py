@@ -81,3 +81,26 @@ def control(home: Path, cmd: str, args: dict[str, Any] | None = None, timeout: f
     if not resp.get("ok"):
         raise ValueError(resp.get("error", "refused"))
     return resp.get("data")
+
+
+def swarm_stats(status: dict[str, Any]) -> dict[str, Any]:
+    """The coordinator's counters in a status answer (`swarm_stats`, formerly a dict under `swarm`)."""
+    for key in ("swarm_stats", "swarm"):
+        v = status.get(key)
+        if isinstance(v, dict):
+            return v
+    return {}
+
+
+def final_statuses(homes: dict[str, Path], timeout: float = 4.0) -> dict[str, dict[str, Any]]:
+    """Every node's status at once (threads: a daemon under load may take seconds to answer)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: tuple[str, Path]) -> tuple[str, dict[str, Any] | None]:
+        try:
+            return item[0], control(item[1], "status", timeout=timeout)
+        except Exception:  # noqa: BLE001 - missing is reported as missing
+            return item[0], None
+
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        return {k: v for k, v in ex.map(one, homes.items()) if v is not None}

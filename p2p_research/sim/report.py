@@ -106,9 +106,13 @@ def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
                                          f"(n={m['gossip_latency_s']['n']})"),
         ("results delivered to every other node", f"{_f(m['propagation']['results_reaching_every_node_pct'], 1)}% "
                                                   f"(pairs {_f(m['propagation']['delivered_pairs_pct'], 1)}%)"),
+        ("connected peers per node at the stop p50 / max", f"{_f(m['peers_at_stop']['p50'], 0)} / "
+                                                            f"{_f(m['peers_at_stop']['max'], 0)}"),
         ("TCP bytes sent per experiment", _f(m["bytes_sent_per_experiment"])),
         ("CPU seconds, all nodes", m["cpu_s_total"]),
         ("crashed nodes", m["crashed_nodes"]),
+        (f"nodes that did not stop within {m.get('stop_grace_s', 30):.0f} s of SIGTERM (then SIGKILLed)",
+         len(m["stop_timeouts"])),
     ]
     for k, v in rows:
         a(f"| {k} | {v} |")
@@ -148,6 +152,13 @@ def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
         a(f"| {label} | {m['experiments_per_node'].get(name, (m.get('solo') or {}).get('experiments_completed', '-'))} "
           f"| {str(f.get('commit'))[:10]} | {_f(f.get('val_bpb'), 4)} | {p['cpu_s']} | {p['peak_rss_mb']} | "
           f"{p['tcp_bytes_sent']} | {p['restarts']} |")
+    dc = m.get("daemon_counters_at_stop") or {}
+    if dc.get("nodes_answering"):
+        a(f"\n## Daemon counters at the stop (sum over {dc['nodes_answering']} nodes that answered; since each "
+          "node's last start)\n")
+        for group in ("net", "net_rejected", "intake", "swarm"):
+            if dc.get(group):
+                a(f"- {group}: " + ", ".join(f"{k} {v}" for k, v in sorted(dc[group].items())))
     a("\n## How these are measured\n")
     a("- Experiments: every swarm node's local runs of kind `experiment` that finished kept, discarded or crash "
       "(verifications and aborted runs excluded), read from each node's ledger after the stop.")

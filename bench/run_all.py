@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Runs every benchmark under bench/ in turn and prints their figures (`make bench`)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = [
+    ("training throughput of the default target", ["bench_target.py"]),
+    ("per-experiment overhead beyond training", ["bench_overhead.py"]),
+    ("gossip propagation across daemon processes", ["bench_gossip.py", "--nodes", "5", "15", "35"]),
+]
+
+
+def main() -> int:
+    failed = 0
+    for title, cmd in BENCHES:
+        path = HERE / cmd[0]
+        if not path.exists():
+            print(f"== {title}: {cmd[0]} missing, skipped")
+            continue
+        print(f"== {title}: {' '.join(cmd)}", flush=True)
+        rc = subprocess.run([sys.executable, str(path), *cmd[1:]]).returncode
+        failed += rc != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
