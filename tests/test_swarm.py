@@ -157,6 +157,12 @@ def test_late_joiner_catches_up_and_skips_what_was_tried(tmp_path):
         t0 = time.time()
         wait_for(lambda: b.json("status")["experiments"]["from_peers"] >= len(a_ids), 30, 0.5, what="catch-up")
         assert time.time() - t0 < 15
+        # the DHT holds A's records for anyone: B finds one, signature checked
+        some = sorted(a_ids)[0]
+        rec = wait_for(lambda: (r := b.json("dht", "get", f"/exp/{some}"))["found"] and r, 60, 2.0, what="DHT record")
+        assert rec["valid"] and rec["record"]["peer"] == a.peer_id and rec["record"]["state"] == "result"
+        bad = b.cli("dht", "get", "/exp/not-hex", check=False)
+        assert bad.returncode != 0 and "invalid DHT key" in bad.stderr and "Traceback" not in bad.stderr
         wait_for(lambda: research_done(b), 90, 1.0, what="B done")
         b_ids = {e for e, s in local_experiments(b_home) if s != "aborted"}
         assert b_ids and not b_ids & a_ids, "the late joiner re-ran an experiment the swarm had tried"

@@ -54,7 +54,37 @@ def _with_fallback(home: Path, cmd: str, args: dict, fallback: Callable[[Any, An
             ledger.close()
 
 
+dht_app = typer.Typer(help="Look at the DHT of experiment records.", no_args_is_help=True)
+
+
+@dht_app.command("get")
+@one_line_errors
+def dht_get(key: str = typer.Argument(..., help="/exp/<40-hex experiment id>"), home: Optional[Path] = HomeOpt,
+            json_out: bool = JsonOpt) -> None:
+    """The decoded record the node finds for KEY, with its signature checked."""
+    data = request(resolve_home(home), "dht_get", {"key": key}, timeout=30)
+    if json_out:
+        return print_json(data)
+    if not data["found"]:
+        out.print(f"{key}: not found ({data['where']})")
+        raise typer.Exit(1)
+    if not data.get("valid"):
+        out.print(f"{key}: INVALID record ({data['error']}) from {data['where']}")
+        raise typer.Exit(1)
+    r = data["record"]
+    out.print(f"{key}  [{data['where']}]  signature ok")
+    out.print(f"state {r['state']}  status {r['status']}  by {r['peer']}")
+    out.print(f"commit {r['commit']}  val_bpb {_fmt(r['value'])}")
+    if r["state"] == "claim":
+        out.print(f"lease ends in {r['lease_until'] - time.time():.0f} s")
+    if r["receipt"]:
+        rc = r["receipt"]
+        out.print(f"receipt: protocol {rc['protocol_id'][:12]} parent {rc['parent'][:7]} seed {rc['seed']} "
+                  f"hardware {rc['hardware']} software {rc['software']}")
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(dht_app, name="dht")
     @app.command("id")
     @one_line_errors
     def id_(home: Optional[Path] = HomeOpt, json_out: bool = JsonOpt) -> None:

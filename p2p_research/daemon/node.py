@@ -312,5 +312,27 @@ class NodeDaemon:
             await self.net.publish(post)
             return {"posted": True, "ts": post.ts}
 
-        return {"id": h_id, "status": h_status, "peers": h_peers, "experiments": h_experiments, "show": h_show,
+        async def h_dht_get(args: dict) -> Any:
+            from p2p_research.wire import WireError
+            from p2p_research.wire.records import decode_record, exp_id_of_key
+
+            dht = self._dht()
+            if dht is None:
+                raise ControlError("this node runs no DHT")
+            key = str(args.get("key", ""))
+            exp_id = exp_id_of_key(key)  # ValueError with a clear message for a malformed key
+            raw, where = await dht.get_raw(key)
+            if raw is None:
+                return {"key": key, "found": False, "where": where}
+            try:
+                rec = decode_record(raw, exp_id)
+            except WireError as e:
+                return {"key": key, "found": True, "valid": False, "error": e.reason, "where": where}
+            receipt = rec.receipt_obj()
+            return {"key": key, "found": True, "valid": True, "signature": "ok", "where": where,
+                    "record": {"exp_id": rec.exp_id, "state": rec.state, "peer": rec.peer, "status": rec.status,
+                               "value": rec.value, "commit": rec.commit, "ts": rec.ts, "lease_until": rec.lease_until,
+                               "receipt": receipt.to_dict() if receipt else None}}
+
+        return {"id": h_id, "status": h_status, "dht_get": h_dht_get, "peers": h_peers, "experiments": h_experiments, "show": h_show,
                 "leaderboard": h_leaderboard, "board": h_board, "post": h_post}
