@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python bench/bench_gossip.py [--nodes 5 15 35] [--messages 20] [--rate 2] [--fanout 3]
-        [--seed 0] [--settle 5] [--parallel-starts 2] [--start-limit 180] [--deliver-timeout 30]
+        [--seed 0] [--settle 5] [--parallel-starts 2] [--start-limit 300] [--deliver-timeout 30]
         [--json OUT] [--keep]
 
 For each N: `p2p-research init` N homes in a temp dir, start node 0 with `p2p-research node start
@@ -424,7 +424,7 @@ def main() -> int:
     ap.add_argument("--fanout", type=int, default=3, help="bootstrap addresses per node (default 3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parallel-starts", type=int, default=2, help="daemons starting at once (default 2)")
-    ap.add_argument("--start-limit", type=float, default=180.0, help="max seconds to start all daemons of a swarm")
+    ap.add_argument("--start-limit", type=float, default=300.0, help="max seconds to start all daemons of a swarm")
     ap.add_argument("--settle", type=float, default=5.0, help="idle seconds between mesh and first post (default 5)")
     ap.add_argument("--deliver-timeout", type=float, default=30.0, help="max seconds to wait for delivery")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")

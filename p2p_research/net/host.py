@@ -22,15 +22,24 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 log = logging.getLogger(__name__)
 
 
-def make_host(key_pair: KeyPair) -> IHost:
-    """A host that speaks only Noise (security) and Yamux (muxer) over TCP."""
+def make_host(key_pair: KeyPair, target_peers: int = 6) -> IHost:
+    """A host that speaks only Noise (security) and Yamux (muxer) over TCP.
+
+    py-libp2p's swarm has an auto-connector of its own that dials every known peer until it holds 50-100
+    connections: on one machine that turns a sparse swarm into a full mesh whose idle upkeep grows with
+    N. Our PeerManager already dials up to `target_peers`, so libp2p's is turned off (low watermark 0),
+    and inbound growth is bounded by a generous high watermark.
+    """
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
-    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_preference="YAMUX")
+    conn = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=max(32, 4 * target_peers))
+    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_preference="YAMUX",
+                    connection_config=conn)
 
 
 def parse_listen_addr(addr: str) -> multiaddr.Multiaddr:

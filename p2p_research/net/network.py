@@ -116,7 +116,7 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
     my_id = ID.from_pubkey(cfg.key_pair.public_key)
     boot = [b for b in boot if b.peer_id != my_id]  # a node listed as its own bootstrap peer
 
-    host = make_host(cfg.key_pair)
+    host = make_host(cfg.key_pair, cfg.target_peers)
     stats = new_stats()
     send, recv = trio.open_memory_channel[Incoming](INCOMING_CAPACITY)
     peers = PeerManager(host, boot, target_peers=cfg.target_peers)

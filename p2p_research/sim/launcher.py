@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -264,7 +265,7 @@ class Simulation:
                 self.log(f"{n.name} exited by itself (code {n.proc.returncode})")
 
     def sample_tcp(self) -> None:
-        live = {n.current.pid: n for n in self.nodes if n.running() and n.current}
+        live = {n.current.pid: n for n in self.nodes if n.current and n.current.ended_at is None}
         if not live:
             return
         for (pid, local, peer), v in probe.tcp_bytes_by_socket(set(live)).items():
@@ -312,6 +313,7 @@ class Simulation:
             order = [n for n in self.nodes if n.role == "solo"] + [n for n in self.nodes if n.role == "swarm"]
             pending = list(order)
             last_proc = last_tcp = last_tick = 0.0
+            tcp_thread: threading.Thread | None = None
             while not self.interrupted:
                 now = time.time()
                 if now >= self.deadline():
@@ -337,9 +339,10 @@ class Simulation:
                     last_proc = now
                     for n in self.nodes:
                         n.sample()
-                if now - last_tcp >= TCP_SAMPLE_S:
-                    last_tcp = now
-                    self.sample_tcp()
+                if now - last_tcp >= TCP_SAMPLE_S and (tcp_thread is None or not tcp_thread.is_alive()):
+                    last_tcp = now  # `ss -p` walks /proc: off the main loop, which must keep time for churn
+                    tcp_thread = threading.Thread(target=self.sample_tcp, name="sim-tcp", daemon=True)
+                    tcp_thread.start()
                 if on_tick and now - last_tick >= 1.0:
                     last_tick = now
                     on_tick(self)
