@@ -47,7 +47,7 @@ def main() -> int:
         db = sqlite3.connect(home / "ledger.sqlite")
         rows = db.execute("SELECT kind, started_at, finished_at, training_seconds, total_seconds FROM runs ORDER BY run_id").fetchall()
     overheads, node_side, child_side = [], [], []
-    for prev, cur in zip(rows, rows[1:]):
+    for prev, cur in zip(rows, rows[1:], strict=False):
         kind, started, finished, train_s, total_s = cur
         step = finished - prev[2]                    # end of previous run -> end of this one
         overheads.append(step - train_s)

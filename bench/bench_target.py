@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from p2p_research import target
+from p2p_research import target  # noqa: E402 - after the sys.path insert above
 
 
 def load_prepare():

@@ -77,7 +77,7 @@ class NodeConfig:
     verification: VerificationSection = field(default_factory=VerificationSection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
 
-    def validate(self) -> "NodeConfig":
+    def validate(self) -> NodeConfig:
         r = self.research
         if r.proposer not in ("builtin", "command"):
             raise ConfigError(f"research.proposer must be 'builtin' or 'command', got {r.proposer!r}")

@@ -70,7 +70,7 @@ class NodeHome:
     def exists(self) -> bool:
         return self.config_path.is_file() and (self.repo / ".git").is_dir()
 
-    def require(self) -> "NodeHome":
+    def require(self) -> NodeHome:
         if not self.path.exists():
             raise HomeError(f"no node home at {self.path} (create one with: p2p-research init --home {self.path})")
         if not self.exists():
@@ -97,7 +97,7 @@ class HomeLock:
         self.what = what
         self.fd: int | None = None
 
-    def __enter__(self) -> "HomeLock":
+    def __enter__(self) -> HomeLock:
         self.home.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.home.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

@@ -27,7 +27,7 @@ class Daemon:
         self.peer_id = ""
         self.addrs: list[str] = []
 
-    def start(self, timeout: float = 60.0) -> "Daemon":
+    def start(self, timeout: float = 60.0) -> Daemon:
         self.errlog = open(self.home / "test-daemon.err", "ab")
         self.proc = subprocess.Popen([*CLI, "node", "start", "--home", str(self.home), *self.args], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=self.errlog, text=True, start_new_session=True)

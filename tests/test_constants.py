@@ -2,12 +2,18 @@ import ast
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from p2p_research.research.constants import (ConstantsError, changed_constants, constants_only_change,
-                                             read_constants, rewrite_constants)
+from p2p_research.research.constants import (
+    ConstantsError,
+    changed_constants,
+    constants_only_change,
+    read_constants,
+    rewrite_constants,
+)
 from p2p_research.research.mutate import propose_mutation
-from p2p_research.research.searchspace import SearchSpaceError, parse_search_space, check_against
+from p2p_research.research.searchspace import SearchSpaceError, check_against, parse_search_space
 from p2p_research.target import TARGET_DIR
 
 TRAIN = (TARGET_DIR / "train.py").read_text()

@@ -5,9 +5,9 @@ import stat
 
 import pygit2
 import pytest
-
 from conftest import TINY_TOKENS
 from daemon_helpers import Daemon, free_port, wait_for
+
 from p2p_research.research.init import init_home
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def test_three_daemons_gossip_results_with_objects_and_survive_a_restart(tmp_pat
             r.start(timeout=30)
     finally:
         for d in daemons:
-            rc = d.stop(signal.SIGTERM)
+            d.stop(signal.SIGTERM)
         for d in daemons:
             d.kill()
     # a clean SIGTERM stop leaves no control socket and no running run in the ledger
@@ -100,7 +100,7 @@ def test_commands_without_a_daemon(tmp_path, cache_dir):
 def test_bad_bootstrap_addresses(tmp_path, cache_dir):
     home = make_home(tmp_path / "h", cache_dir)
     d = Daemon(home.path, "--no-research", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/notapeerid")
-    with pytest.raises(AssertionError) as e:
+    with pytest.raises(AssertionError):
         d.start(timeout=30)
     assert "Traceback" not in d.stderr()
     # unreachable but well-formed: the node runs alone

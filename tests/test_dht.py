@@ -30,7 +30,9 @@ from p2p_research.wire import (
 )
 from p2p_research.wire.records import MAX_RECORD_BYTES, exp_id_of_key, select_best
 
-NO_OBJECTS = lambda oid: None
+def NO_OBJECTS(oid):
+    """An object source that has nothing."""
+    return None
 KEYS = [generate_new_ed25519_identity() for _ in range(3)]
 EXP = "e" * 40
 

@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from p2p_research.research.ids import Budget, experiment_id, is_hex40, protocol_id
 

@@ -1,6 +1,7 @@
 import math
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2p_research.store.ledger import Ledger, Run
 
@@ -55,6 +56,7 @@ def test_abort_running_and_reopen(tmp_path):
 
 def test_corrupt_ledger_is_a_clear_error(tmp_path):
     import pytest
+
     from p2p_research.store.ledger import LedgerError
 
     p = tmp_path / "bad.sqlite"

@@ -1,7 +1,8 @@
 """The loop's decisions, driven directly (sans-IO) with hypothesis."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from p2p_research.research import loop as L

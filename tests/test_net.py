@@ -17,7 +17,9 @@ from net_helpers import blob, cfg, claim, pid_of, post, recv, result, wait_mesh,
 from p2p_research.net import TransferError, open_network
 from p2p_research.wire import Claim, Result, WireError
 
-NO_OBJECTS = lambda oid: None
+def NO_OBJECTS(oid):
+    """An object source that has nothing."""
+    return None
 
 
 async def assert_no_more(net, wait: float = 1.5) -> None:

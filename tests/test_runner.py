@@ -1,7 +1,6 @@
 """The training runner with real child processes: crash, timeout, memory, NaN, no summary, cancel."""
 
 import os
-import sys
 
 import pytest
 import trio

@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import CLI, ROOT, TINY_TOKENS
+
 from p2p_research.store.ledger import Ledger
 
 NUDGE = f"{sys.executable} {ROOT / 'examples' / 'proposers' / 'nudge_constant.py'}"
@@ -67,7 +67,6 @@ def test_run_loop_keeps_logs_and_resumes(tiny_home):
 def test_same_seed_same_val_bpb(tiny_home):
     home = tiny_home.path
     cli("noise", "--home", home, "--repeats", 2, check=True)
-    import json
     ledger = Ledger(home / "ledger.sqlite")
     (noise_key,) = [k for (k,) in ledger.db.execute("SELECT key FROM meta") if k.startswith("noise:")]
     rec = ledger.get_meta(noise_key)

@@ -1,6 +1,5 @@
 """Swarm semantics with real daemons on loopback (surrogate objective, so experiments take a second)."""
 
-import json
 import shutil
 import sqlite3
 import sys
@@ -8,9 +7,9 @@ import time
 
 import pytest
 import trio
-
 from conftest import ROOT
 from daemon_helpers import Daemon, wait_for
+
 from p2p_research.research.init import init_home
 from p2p_research.target import TARGET_DIR
 
@@ -172,16 +171,17 @@ def test_late_joiner_catches_up_and_skips_what_was_tried(tmp_path):
 
 
 async def test_altered_receipt_from_a_real_peer_is_rejected(tmp_path):
+    import dataclasses
+
+    import multiaddr
     from libp2p import generate_new_ed25519_identity
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import info_from_p2p_addr
     from test_net_bad_input import raw_peer
 
     from p2p_research.net import topic_names
     from p2p_research.wire import Receipt, Result, sign_receipt
     from p2p_research.wire.receipts import peer_id_of
-    import dataclasses
-    import multiaddr
-    from libp2p.peer.id import ID
-    from libp2p.peer.peerinfo import info_from_p2p_addr
 
     home = surrogate_home(tmp_path / "n", 1)
     d = Daemon(home.path, "--no-research").start()

@@ -1,6 +1,7 @@
 """Adoption, verification and dedup decisions, driven directly (sans-IO) with hypothesis."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2p_research.daemon.coordinator import claim_winner
 from p2p_research.research.swarm import Adopt, PeerClaim, SwarmPolicy, SwarmState, Verify

@@ -33,7 +33,7 @@ def request(home: Path, cmd: str, args: dict[str, Any] | None = None, timeout: f
             if not chunk:
                 break
             buf += chunk
-    except socket.timeout:
+    except TimeoutError:
         raise CliError(f"the node daemon for {home} did not answer within {timeout:.0f} s") from None
     finally:
         s.close()

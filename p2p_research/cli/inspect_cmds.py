@@ -7,8 +7,9 @@ say so and exit non-zero; the read-only history views fall back to the ledger an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -59,7 +60,7 @@ dht_app = typer.Typer(help="Look at the DHT of experiment records.", no_args_is_
 
 @dht_app.command("get")
 @one_line_errors
-def dht_get(key: str = typer.Argument(..., help="/exp/<40-hex experiment id>"), home: Optional[Path] = HomeOpt,
+def dht_get(key: str = typer.Argument(..., help="/exp/<40-hex experiment id>"), home: Path | None = HomeOpt,
             json_out: bool = JsonOpt) -> None:
     """The decoded record the node finds for KEY, with its signature checked."""
     data = request(resolve_home(home), "dht_get", {"key": key}, timeout=30)
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(dht_app, name="dht")
     @app.command("id")
     @one_line_errors
-    def id_(home: Optional[Path] = HomeOpt, json_out: bool = JsonOpt) -> None:
+    def id_(home: Path | None = HomeOpt, json_out: bool = JsonOpt) -> None:
         """Peer id, name and bootstrap addresses of the running node."""
         data = request(resolve_home(home), "id")
         if json_out:
@@ -98,7 +99,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @one_line_errors
-    def status(home: Optional[Path] = HomeOpt, json_out: bool = JsonOpt) -> None:
+    def status(home: Path | None = HomeOpt, json_out: bool = JsonOpt) -> None:
         """The node's state: swarm, baseline and lineage, current experiment, counts, peers, uptime."""
         d = request(resolve_home(home), "status")
         if json_out:
@@ -123,7 +124,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @one_line_errors
-    def peers(home: Optional[Path] = HomeOpt, verbose: bool = typer.Option(False, "-v", "--verbose"),
+    def peers(home: Path | None = HomeOpt, verbose: bool = typer.Option(False, "-v", "--verbose"),
               json_out: bool = JsonOpt) -> None:
         """Connected peers (-v: addresses, direction, latency, agent, what each announced)."""
         data = request(resolve_home(home), "peers")
@@ -145,11 +146,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @one_line_errors
     def experiments(
-        home: Optional[Path] = HomeOpt,
-        status_: Optional[str] = typer.Option(None, "--status", help="kept | discarded | crash | baseline | running | aborted"),
-        peer: Optional[str] = typer.Option(None, "--peer", help="Peer id (prefix), or 'local'"),
-        origin: Optional[str] = typer.Option(None, "--origin", help="local | peer"),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1),
+        home: Path | None = HomeOpt,
+        status_: str | None = typer.Option(None, "--status", help="kept | discarded | crash | baseline | running | aborted"),
+        peer: str | None = typer.Option(None, "--peer", help="Peer id (prefix), or 'local'"),
+        origin: str | None = typer.Option(None, "--origin", help="local | peer"),
+        limit: int | None = typer.Option(None, "--limit", min=1),
         json_out: bool = JsonOpt,
     ) -> None:
         """Experiments run here and received from peers."""
@@ -170,7 +171,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @one_line_errors
-    def show(exp: str = typer.Argument(..., help="Experiment id or commit (prefix)"), home: Optional[Path] = HomeOpt,
+    def show(exp: str = typer.Argument(..., help="Experiment id or commit (prefix)"), home: Path | None = HomeOpt,
              json_out: bool = JsonOpt) -> None:
         """One experiment: its diff, metrics and provenance."""
         from p2p_research.daemon.views import show_view
@@ -192,7 +193,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @one_line_errors
-    def leaderboard(home: Optional[Path] = HomeOpt, limit: int = typer.Option(10, "--limit", min=1),
+    def leaderboard(home: Path | None = HomeOpt, limit: int = typer.Option(10, "--limit", min=1),
                     json_out: bool = JsonOpt) -> None:
         """Best results per protocol, with who found them."""
         from p2p_research.daemon.views import leaderboard_view
@@ -211,7 +212,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @one_line_errors
-    def board(home: Optional[Path] = HomeOpt, limit: int = typer.Option(50, "--limit", min=1), json_out: bool = JsonOpt) -> None:
+    def board(home: Path | None = HomeOpt, limit: int = typer.Option(50, "--limit", min=1), json_out: bool = JsonOpt) -> None:
         """The swarm's Markdown message board."""
         from p2p_research.daemon.views import board_view
 
@@ -227,7 +228,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @one_line_errors
     def post(text: str = typer.Argument(..., help="Markdown text ('-' reads standard input)"),
-             home: Optional[Path] = HomeOpt, json_out: bool = JsonOpt) -> None:
+             home: Path | None = HomeOpt, json_out: bool = JsonOpt) -> None:
         """Post a Markdown note to the swarm's board."""
         import sys
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -19,17 +18,17 @@ console = Console(stderr=True)
 @node_app.command("start")
 @one_line_errors
 def start(
-    home: Optional[Path] = HomeOpt,
-    listen: List[str] = typer.Option([], "--listen", help="Multiaddr to listen on (repeatable) [default: node.toml]"),
-    bootstrap: List[str] = typer.Option([], "--bootstrap", help="Bootstrap address /ip4/.../tcp/.../p2p/<id> (repeatable)"),
+    home: Path | None = HomeOpt,
+    listen: list[str] = typer.Option([], "--listen", help="Multiaddr to listen on (repeatable) [default: node.toml]"),
+    bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap address /ip4/.../tcp/.../p2p/<id> (repeatable)"),
     no_research: bool = typer.Option(False, "--no-research", help="Relay only: gossip and serve objects, train nothing"),
-    experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=1, help="Stop researching after N experiments"),
-    budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens"),
-    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds"),
-    proposer: Optional[str] = typer.Option(None, "--proposer", help="builtin | command"),
-    proposer_command: Optional[str] = typer.Option(None, "--proposer-command"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    margin: Optional[float] = typer.Option(None, "--margin"),
+    experiments: int | None = typer.Option(None, "--experiments", "-n", min=1, help="Stop researching after N experiments"),
+    budget_tokens: int | None = typer.Option(None, "--budget-tokens"),
+    budget_seconds: float | None = typer.Option(None, "--budget-seconds"),
+    proposer: str | None = typer.Option(None, "--proposer", help="builtin | command"),
+    proposer_command: str | None = typer.Option(None, "--proposer-command"),
+    seed: int | None = typer.Option(None, "--seed"),
+    margin: float | None = typer.Option(None, "--margin"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run a node daemon in the foreground: libp2p host, gossip, the research loop, a control socket."""

@@ -6,13 +6,20 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 import trio
 import typer
 from rich.console import Console
 
-from p2p_research.cli.common import CliError, HomeOpt, JsonOpt, one_line_errors, print_json, resolve_home, setup_logging
+from p2p_research.cli.common import (
+    CliError,
+    HomeOpt,
+    JsonOpt,
+    one_line_errors,
+    print_json,
+    resolve_home,
+    setup_logging,
+)
 from p2p_research.home import HomeLock, NodeHome
 
 console = Console(stderr=True)
@@ -93,9 +100,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @one_line_errors
     def init(
-        home: Optional[Path] = HomeOpt,
-        profile: Optional[str] = typer.Option(None, "--profile", help="A profile from nodes/ (or a path to a node.toml)"),
-        target: Optional[Path] = typer.Option(None, "--target", help="A folder with prepare.py, train.py, program.md "
+        home: Path | None = HomeOpt,
+        profile: str | None = typer.Option(None, "--profile", help="A profile from nodes/ (or a path to a node.toml)"),
+        target: Path | None = typer.Option(None, "--target", help="A folder with prepare.py, train.py, program.md "
                                               "[default: the embedded target]"),
         json_out: bool = JsonOpt,
     ) -> None:
@@ -113,15 +120,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @one_line_errors
     def run(
-        home: Optional[Path] = HomeOpt,
-        experiments: Optional[int] = typer.Option(None, "--experiments", "-n", min=1,
+        home: Path | None = HomeOpt,
+        experiments: int | None = typer.Option(None, "--experiments", "-n", min=1,
                                                   help="Stop after N experiments [default: run forever]"),
-        budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens", help="Token budget per run"),
-        budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Wall-clock budget per run"),
-        proposer: Optional[str] = typer.Option(None, "--proposer", help="builtin | command"),
-        proposer_command: Optional[str] = typer.Option(None, "--proposer-command", help="Agent command for --proposer command"),
-        seed: Optional[int] = typer.Option(None, "--seed"),
-        margin: Optional[float] = typer.Option(None, "--margin", help="Keep threshold in val_bpb [default: from noise]"),
+        budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Token budget per run"),
+        budget_seconds: float | None = typer.Option(None, "--budget-seconds", help="Wall-clock budget per run"),
+        proposer: str | None = typer.Option(None, "--proposer", help="builtin | command"),
+        proposer_command: str | None = typer.Option(None, "--proposer-command", help="Agent command for --proposer command"),
+        seed: int | None = typer.Option(None, "--seed"),
+        margin: float | None = typer.Option(None, "--margin", help="Keep threshold in val_bpb [default: from noise]"),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run the solo autoresearch loop: baseline, then propose, train, keep or discard, repeat."""
@@ -163,10 +170,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @one_line_errors
     def noise(
-        home: Optional[Path] = HomeOpt,
+        home: Path | None = HomeOpt,
         repeats: int = typer.Option(3, "--repeats", "-k", min=2, help="How many baseline runs (different seeds)"),
-        budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens"),
-        budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds"),
+        budget_tokens: int | None = typer.Option(None, "--budget-tokens"),
+        budget_seconds: float | None = typer.Option(None, "--budget-seconds"),
         json_out: bool = JsonOpt,
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:

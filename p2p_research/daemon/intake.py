@@ -9,7 +9,6 @@ protocol, every object checked against its id before it is written.
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
 

@@ -12,8 +12,9 @@ import hashlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
@@ -21,8 +22,8 @@ from p2p_research import __version__
 from p2p_research.config import NodeConfig
 from p2p_research.daemon import views
 from p2p_research.daemon.announce import make_claim, make_post, make_result
-from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.catchup import CATCHUP_PROTOCOL, CatchUp
+from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.coordinator import SwarmCoordinator
 from p2p_research.daemon.intake import Intake
 from p2p_research.home import HomeLock, NodeHome
@@ -116,9 +117,8 @@ class NodeDaemon:
                         else:
                             self.research_state = "relay-only"
             finally:
-                with trio.CancelScope(shield=True):
-                    ctx.ledger.abort_running("the node stopped during this run")
-                    ctx.close()
+                ctx.ledger.abort_running("the node stopped during this run")
+                ctx.close()
         log.info("node stopped")
 
     async def watch_signals(self, scope: trio.CancelScope) -> None:

@@ -19,10 +19,10 @@ from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ async def running_host(host: IHost, listen: list[multiaddr.Multiaddr]) -> AsyncI
             return
         if rest is exc:
             raise
-        raise rest
+        raise rest from None
 
 
 def peerstore_addrs(host: IHost, peer_id: ID) -> list[str]:

@@ -13,9 +13,9 @@ import math
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import trio
 
@@ -279,10 +279,9 @@ class ResearchEngine:
                 append_result(ctx.home.results_tsv, commit, None, None, "aborted", f"{description} ({run.reason})")
                 return er  # no outcome: the loop treats it as aborted
         except BaseException:
-            with trio.CancelScope(shield=True):
-                ctx.ledger.finish_run(run_id, "aborted", reason="the node stopped during this run")
-                run.status = "aborted"
-                append_result(ctx.home.results_tsv, commit, None, None, "aborted", f"{description} (aborted)")
+            ctx.ledger.finish_run(run_id, "aborted", reason="the node stopped during this run")
+            run.status = "aborted"
+            append_result(ctx.home.results_tsv, commit, None, None, "aborted", f"{description} (aborted)")
             raise
         finally:
             for name in ("train.py", "prepare.py", "program.md"):

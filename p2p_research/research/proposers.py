@@ -14,8 +14,9 @@ import os
 import random
 import signal
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 import trio
 

@@ -56,7 +56,7 @@ class Workspace:
 
     # --- creation ---------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, files: dict[str, bytes]) -> "Workspace":
+    def create(cls, path: Path, files: dict[str, bytes]) -> Workspace:
         """Create the repository with the deterministic genesis commit of `files`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

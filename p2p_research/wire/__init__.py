@@ -23,6 +23,7 @@ from .messages import (
     git_object_id,
     message_type,
 )
+from .receipts import check_result, peer_id_of, sign_receipt, verify_receipt
 from .records import (
     ExpRecord,
     decode_record,
@@ -32,7 +33,6 @@ from .records import (
     record_key,
     select_record,
 )
-from .receipts import check_result, peer_id_of, sign_receipt, verify_receipt
 
 __all__ = [
     "MAX_INLINE_OBJECT",
