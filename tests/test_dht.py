@@ -30,9 +30,12 @@ from p2p_research.wire import (
 )
 from p2p_research.wire.records import MAX_RECORD_BYTES, exp_id_of_key, select_best
 
+
 def NO_OBJECTS(oid):
     """An object source that has nothing."""
     return None
+
+
 KEYS = [generate_new_ed25519_identity() for _ in range(3)]
 EXP = "e" * 40
 
@@ -232,7 +235,7 @@ async def chain(n: int, **kw):
     """n nodes, node i bootstrapped from node i-1 only (target_peers=1: no peer-exchange mesh)."""
     async with AsyncExitStack() as stack:
         nets = []
-        for i in range(n):
+        for _i in range(n):
             boot = nets[-1].addrs() if nets else []
             nets.append(
                 await stack.enter_async_context(

@@ -17,6 +17,7 @@ from net_helpers import blob, cfg, claim, pid_of, post, recv, result, wait_mesh,
 from p2p_research.net import TransferError, open_network
 from p2p_research.wire import Claim, Result, WireError
 
+
 def NO_OBJECTS(oid):
     """An object source that has nothing."""
     return None

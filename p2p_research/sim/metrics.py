@@ -29,7 +29,9 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def summary(values: list[float]) -> dict[str, Any]:
-    r = lambda x: None if x is None else round(x, 3)
+    def r(x: float | None) -> float | None:
+        return None if x is None else round(x, 3)
+
     return {"n": len(values), "p50": r(pct(values, 50)), "p90": r(pct(values, 90)), "p99": r(pct(values, 99)),
             "max": r(max(values)) if values else None, "mean": r(sum(values) / len(values)) if values else None}
 
@@ -118,7 +120,7 @@ def collect(sim: Any) -> dict[str, Any]:
     run_s = {"experiment": 0.0, "verification": 0.0, "baseline": 0.0}
     for n in swarm:
         rs = [r for r in data[n.name].local if r["started_at"]]
-        for a, b in zip(rs, rs[1:]):
+        for a, b in zip(rs, rs[1:], strict=False):
             if a["finished_at"] and b["started_at"] and a["status"] != "aborted":
                 gaps.append(b["started_at"] - a["finished_at"])
         for r in rs:
@@ -261,7 +263,7 @@ def collect(sim: Any) -> dict[str, Any]:
                 "swarm_final_val_bpb": swarm_series[-1][1] if swarm_series else None})
     # --- the daemons' own counters at the stop (since their last start) ----------------------------
     counters: dict[str, dict[str, Any]] = {}
-    for name, st in sim.final_status.items():
+    for st in sim.final_status.values():
         net = st.get("net") or {}
         for group, d in (("net", {k: v for k, v in net.items() if not isinstance(v, dict)}),
                          ("net_rejected", net.get("rejected") or {}), ("intake", st.get("intake") or {}),
