@@ -29,6 +29,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+simulate: $(STAMP)
+	$(BIN)/p2p-research simulate --nodes 35 --duration 5m --solo-baseline --report sim-report
+
 lint: $(STAMP)
 	$(BIN)/ruff check p2p_research tests bench
 

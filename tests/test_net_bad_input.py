@@ -108,3 +108,29 @@ async def test_per_peer_rate_limit():
         assert net.stats["received"] <= 5 + int(elapsed) + 1
         assert net.stats["rejected"]["rate_limited"] >= 20 - (5 + int(elapsed) + 1)
         assert set(net.stats["rejected"]) == {"rate_limited"}
+
+
+async def test_a_malformed_pubsub_rpc_only_costs_the_sender_its_stream():
+    """A truncated protobuf RPC raised DecodeError out of libp2p's handler and took the host down."""
+    from libp2p.utils.varint import encode_uvarint
+
+    kp = generate_new_ed25519_identity()
+    async with open_network(cfg(), NO_OBJECTS_SRC) as net, raw_peer(kp) as (host, ps):
+        await _join(ps, host, net)
+        stream = await host.new_stream(ID.from_base58(net.peer_id), [PROTOCOL_ID_V12])
+        garbage = b"\x0a\xff\x01\x02"  # field 1, length 255, then 2 bytes: truncated
+        await stream.write(encode_uvarint(len(garbage)) + garbage)
+        with trio.fail_after(10):
+            while net.stats["rejected"]["malformed_rpc"] < 1:
+                await trio.sleep(0.05)
+        # the node is still up and hears a well-behaved peer
+        other = generate_new_ed25519_identity()
+        async with raw_peer(other) as (host2, ps2):
+            exp, _ = await _join(ps2, host2, net)
+            await ps2.publish(exp, claim(pid_of(other)).to_wire())
+            msg = await recv(net, 15)
+            assert msg.from_peer == pid_of(other)
+
+
+def NO_OBJECTS_SRC(oid):
+    return None

@@ -49,6 +49,7 @@ class CatchUp:
         self.deliver = deliver
         self.done_with: set[str] = set()
         self.received = 0
+        self.completed = 0  # catch-ups that ran to the end (even with nothing to send)
 
     async def handle(self, stream) -> None:
         try:
@@ -86,6 +87,7 @@ class CatchUp:
                             continue
                         await self.deliver(Incoming(msg, peer_id, time.time()))
                         n += 1
+                    self.completed += 1
                 finally:
                     await stream.close()
         except (FrameError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - best effort; gossip continues

@@ -202,8 +202,10 @@ class NodeDaemon:
             log.debug("DHT put failed: %s", e)
 
     async def dht_knows(self, exp_id: str) -> bool:
+        """The DHT is memory for nodes that were not listening: once a catch-up from a peer succeeded,
+        gossip keeps the ledger current and the (slow) lookup is skipped."""
         dht = self._dht()
-        if dht is None:
+        if dht is None or (self.catchup is not None and self.catchup.completed > 0):
             return False
         try:
             rec = await dht.get(exp_id)

@@ -93,6 +93,8 @@ class Gossip:
             spam_protection_enabled=False,
         )
         self.pubsub = Pubsub(host, self.router, allowed_topics=set(self.topic_types))
+        for protocol in self.router.get_protocols():
+            host.set_stream_handler(protocol, self._guarded_stream_handler)
         self._incoming = incoming
         self._limiter = PerPeerRateLimiter(rate_limit_per_s, rate_burst)
         self._rlog = RateLimitedLog(log)
@@ -193,6 +195,22 @@ class Gossip:
             if isinstance(msg, types):
                 return topic
         raise TypeError(f"not a wire message: {type(msg).__name__}")
+
+    async def _guarded_stream_handler(self, stream: Any) -> None:
+        """libp2p's pubsub handler lets a protobuf DecodeError (a malformed or truncated RPC from a peer)
+        escape, which takes the whole host down. One bad peer must only lose its stream."""
+        try:
+            await self.pubsub.stream_handler(stream)
+        except Exception as e:  # noqa: BLE001 - any error reading a peer's RPCs is that peer's problem
+            peer = stream.muxed_conn.peer_id
+            self._rlog.log(logging.WARNING, f"bad-rpc:{peer}", "dropped the pubsub stream of %s: %s: %s", str(peer)[:16],
+                               type(e).__name__, str(e)[:120])
+            self.stats["rejected"]["malformed_rpc"] += 1
+            try:
+                await stream.reset()
+            except Exception:  # noqa: BLE001
+                pass
+            self.pubsub._handle_dead_peer(peer)
 
     async def publish(self, msg: Message) -> None:
         """Validate like a receiver would, then publish; raise instead of libp2p's silent drops."""
