@@ -61,6 +61,7 @@ class VerificationSection:
     policy: str = "adaptive"    # always | adaptive | never
     tolerance: float = 0.0      # |re-run - claim| allowed; 0 = 2 x margin
     refuted_threshold: int = 2  # a peer refuted this often (net of confirmations) is ignored
+    quorum: int = 2             # adaptive: other nodes' confirmations that stand in for a local re-run (0: off)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class NodeConfig:
             raise ConfigError(f"research.objective must be torch or surrogate, got {r.objective!r}")
         if r.surrogate_cost_s < 0:
             raise ConfigError("research.surrogate_cost_s must be >= 0")
-        if self.verification.tolerance < 0 or self.verification.refuted_threshold < 1:
+        if self.verification.tolerance < 0 or self.verification.refuted_threshold < 1 or self.verification.quorum < 0:
             raise ConfigError("verification.tolerance must be >= 0 and refuted_threshold >= 1")
         if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
             raise ConfigError("research timeouts must be positive and threads >= 0")

@@ -112,3 +112,25 @@ def test_trust_policy_steps():
         ok, why = check_change(files, harness, code_allowed=allowed)
         assert not ok and "prepare.py" in why
     assert not check_change(files, files, code_allowed=True)[0]
+
+
+def test_quorum_of_other_nodes_replaces_a_local_rerun_but_not_for_colluders():
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    c = PeerClaim("a" * 40, "c" * 40, "QmA", 1.5, 0, 0.0)
+    s.on_peer_result(c, True, "", "kept")
+    s.on_peer_verification(c.exp_id, "QmA", "QmA", True)      # the claimant vouching for itself: ignored
+    s.on_peer_verification(c.exp_id, "QmB", "QmA", True)
+    d = s.next_decision(2.0)
+    assert isinstance(d, Verify)                               # one other confirmation is not a quorum
+    c2 = PeerClaim("b" * 40, "c" * 40, "QmA", 1.4, 0, 0.0)
+    s.on_peer_result(c2, True, "", "kept")
+    s.on_peer_verification(c2.exp_id, "QmB", "QmA", True)
+    s.on_peer_verification(c2.exp_id, "QmC", "QmA", True)
+    d = s.next_decision(2.0)
+    assert isinstance(d, Adopt) and "2 other nodes" in d.reason
+    c3 = PeerClaim("d" * 40, "c" * 40, "QmA", 1.3, 0, 0.0)
+    s.on_peer_result(c3, True, "", "kept")
+    for v in ("QmB", "QmC"):
+        s.on_peer_verification(c3.exp_id, v, "QmA", True)
+    s.on_peer_verification(c3.exp_id, "QmD", "QmA", False)     # one refutation: check it myself
+    assert isinstance(s.next_decision(2.0), Verify)

@@ -38,7 +38,8 @@ class SwarmCoordinator:
         cfg = daemon.config
         self.trust = TrustPolicy(cfg.trust.policy, frozenset(cfg.trust.trusted_peers))
         self.state = SwarmState(SwarmPolicy(daemon.peer_id, cfg.verification.policy, 0.002,
-                                            cfg.verification.tolerance, cfg.verification.refuted_threshold))
+                                            cfg.verification.tolerance, cfg.verification.refuted_threshold,
+                                            cfg.verification.quorum))
         self.accepted: set[str] = set()
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0}
@@ -119,7 +120,10 @@ class SwarmCoordinator:
                   origin="peer", peer=r.peer, parent=r.parent, val_bpb=r.value, seed=r.seed, received_at=time.time(),
                   finished_at=r.ts, description=f"{r.status} {msg.target_peer[:16]}'s claim {msg.claimed_value}",
                   hardware=r.hardware)
-        self.ctx.ledger.add_peer_run(run, r.canonical_bytes(), msg.signature, msg.public_key)
+        if self.ctx.ledger.add_peer_run(run, r.canonical_bytes(), msg.signature, msg.public_key):
+            confirmed = r.status == "confirmed" and r.value is not None and msg.claimed_value is not None and (
+                abs(r.value - msg.claimed_value) <= self.state.policy.tol)
+            self.state.on_peer_verification(r.exp_id, r.peer, msg.target_peer, confirmed)
 
     # --- dedup --------------------------------------------------------------------------------------
     async def is_known(self, exp_id: str) -> bool:

@@ -336,5 +336,13 @@ class NodeDaemon:
                                "value": rec.value, "commit": rec.commit, "ts": rec.ts, "lease_until": rec.lease_until,
                                "receipt": receipt.to_dict() if receipt else None}}
 
-        return {"id": h_id, "status": h_status, "dht_get": h_dht_get, "peers": h_peers, "experiments": h_experiments, "show": h_show,
+        async def h_drain(args: dict) -> Any:
+            """Stop proposing (the experiment in flight finishes); keep verifying and adopting peers' results."""
+            eng = self.engine
+            if eng is None or eng.loop is None:
+                return {"drained": False, "research": self.research_state}
+            eng.loop.stop("drained: no new experiments; following the swarm")
+            return {"drained": True, "research": self.research_state}
+
+        return {"id": h_id, "status": h_status, "dht_get": h_dht_get, "drain": h_drain, "peers": h_peers, "experiments": h_experiments, "show": h_show,
                 "leaderboard": h_leaderboard, "board": h_board, "post": h_post}

@@ -7,6 +7,8 @@ trust policy, and beats the current baseline by more than the margin; and, per t
   counts this node's confirmations of that peer since its last refutation (so a new peer is always
   checked, and trust grows with evidence); a refutation resets it;
 - `never`: at once.
+Under `adaptive`, replicated evidence also counts: a result that `quorum` other nodes (not the claimant,
+none of them ignored here) confirmed, and none refuted, is adopted without a local re-run.
 Each re-run is a confirmation or a refutation that is announced; a peer refuted `refuted_threshold`
 times (net of confirmations) is ignored. The coin of `adaptive` is a hash of (self, experiment), so
 decisions are reproducible and two nodes do not skip the same checks in lockstep.
@@ -65,6 +67,7 @@ class SwarmPolicy:
     margin: float = 0.002
     tolerance: float = 0.0             # 0 = 2 x margin
     refuted_threshold: int = 2
+    quorum: int = 2                    # adaptive: confirmations by other peers that replace a local re-run
 
     @property
     def tol(self) -> float:
@@ -77,6 +80,7 @@ class SwarmState:
     reputation: dict[str, Reputation] = field(default_factory=dict)
     candidates: dict[tuple[str, str], PeerClaim] = field(default_factory=dict)  # (exp_id, peer)
     settled: set[str] = field(default_factory=set)     # exp ids already verified, adopted or dismissed
+    evidence: dict[str, dict[str, bool]] = field(default_factory=dict)  # exp id -> verifier -> confirmed?
 
     def rep(self, peer: str) -> Reputation:
         return self.reputation.setdefault(peer, Reputation())
@@ -95,6 +99,18 @@ class SwarmState:
     def _coin(self, exp_id: str) -> float:
         h = hashlib.sha256(f"{self.policy.self_peer}:{exp_id}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2**64
+
+    def on_peer_verification(self, exp_id: str, verifier: str, claimant: str, confirmed: bool) -> None:
+        """Another node re-ran `exp_id`: replicated evidence (BOINC's quorum). The claimant's word about
+        its own result never counts, and neither does a verifier this node ignores."""
+        if verifier in (claimant, self.policy.self_peer):
+            return
+        self.evidence.setdefault(exp_id, {})[verifier] = confirmed
+
+    def quorum_met(self, claim: PeerClaim) -> bool:
+        votes = {v: ok for v, ok in self.evidence.get(claim.exp_id, {}).items()
+                 if v != claim.peer and not self.ignored(v)}
+        return not any(ok is False for ok in votes.values()) and sum(votes.values()) >= self.policy.quorum
 
     # --- events -----------------------------------------------------------------------------------
     def on_peer_result(self, claim: PeerClaim, trusted: bool, trust_reason: str, status: str) -> Ignore | None:
@@ -131,6 +147,9 @@ class SwarmState:
         for key in [k for k in self.candidates if k[0] == best.exp_id]:
             del self.candidates[key]
         self.settled.add(best.exp_id)
+        if self.policy.verification == "adaptive" and self.policy.quorum > 0 and self.quorum_met(best):
+            n = sum(self.evidence[best.exp_id].values())
+            return Adopt(best, best.value, f"adopted from {best.peer[:16]}: confirmed by {n} other nodes' re-runs")
         if self._coin(best.exp_id) < self.verify_probability(best.peer):
             return Verify(best)
         return Adopt(best, best.value, f"adopted from {best.peer[:16]} without re-run "
