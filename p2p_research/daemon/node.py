@@ -197,7 +197,9 @@ class NodeDaemon:
 
     async def _put(self, record: Any) -> None:
         try:
-            await self._dht().put(record)
+            # Only the peers already known: gossip told every live node, the DHT is memory for late
+            # joiners, and a lookup per put would dial most of the swarm.
+            await self._dht().put(record, lookup=False)
         except Exception as e:  # noqa: BLE001 - the DHT is memory for late joiners, never a reason to stop
             log.debug("DHT put failed: %s", e)
 

@@ -242,7 +242,12 @@ class ExperimentDHT:
 
     # --- put -------------------------------------------------------------------------------------
 
-    async def put(self, record: ExpRecord, *, timeout: float | None = None) -> int:
+    def _count_put(self, key: str, record: ExpRecord, acks: int) -> int:
+        self.stats["put_acks"] += acks
+        log.debug("dht put %s (%s): %d acks", key, record.state, acks)
+        return acks
+
+    async def put(self, record: ExpRecord, *, timeout: float | None = None, lookup: bool = True) -> int:
         """Store ``record`` locally and at the closest peers; return how many peers acknowledged it.
 
         Returns 0 without storing anything when this node already holds a more advanced record
@@ -285,20 +290,19 @@ class ExperimentDHT:
 
         with trio.move_on_after(budget):
             async with trio.open_nursery() as nursery:
-                # Store at the closest peers we know at once; a network lookup runs meanwhile and
-                # any closer peers it finds get the record too (no waiting for a slow lookup).
+                # Store at the closest peers we know at once. With `lookup`, a network lookup runs
+                # meanwhile and any closer peers it finds get the record too; without it no new
+                # connections are dialed (on one machine every new connection costs CPU that gossip needs).
                 store_at(nursery, self._local_closest(kb))
-                with trio.move_on_after(budget * 0.6):
-                    try:
-                        found = await self.kad.peer_routing.find_closest_peers_network(kb, REPLICATION)
-                    except Exception as e:
-                        found = []
-                        self._rlog.log(logging.DEBUG, "lookup", "closest-peer lookup failed: %s", e)
-                    store_at(nursery, sort_peer_ids_by_distance(kb, [p for p in found if p != self.my_id]))
-        acks = acks_box[0]
-        self.stats["put_acks"] += acks
-        log.debug("dht put %s (%s): %d acks", key, record.state, acks)
-        return acks
+                if lookup:
+                    with trio.move_on_after(budget * 0.6):
+                        try:
+                            found = await self.kad.peer_routing.find_closest_peers_network(kb, REPLICATION)
+                        except Exception as e:
+                            found = []
+                            self._rlog.log(logging.DEBUG, "lookup", "closest-peer lookup failed: %s", e)
+                        store_at(nursery, sort_peer_ids_by_distance(kb, [p for p in found if p != self.my_id]))
+        return self._count_put(key, record, acks_box[0])
 
     def _local_closest(self, kb: bytes) -> list[ID]:
         """The REPLICATION closest peers to a key among the routing table and the connected peers."""
