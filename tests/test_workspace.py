@@ -46,3 +46,23 @@ def test_set_baseline_checks_out(tmp_path):
     a.set_baseline(commit)
     assert (tmp_path / "a" / "train.py").read_bytes() == b"X = 1\n"
     assert a.baseline == commit and a.parent_of(commit) == a.genesis
+
+
+def test_incomplete_ancestry_finds_a_missing_ancestor_tree(tmp_path):
+    from p2p_research.research.objects import incomplete_ancestry
+
+    files = read_target_files()
+    a = Workspace.create(tmp_path / "a", files)
+    b = Workspace.create(tmp_path / "b", files)
+    c1 = a.commit_experiment(a.baseline, {"train.py": files["train.py"] + b"\n# 1\n"}, "one", "1" * 40)
+    c2 = a.commit_experiment(c1, {"train.py": files["train.py"] + b"\n# 2\n"}, "two", "2" * 40)
+    objs1, objs2 = a.new_objects(c1), a.new_objects(c2)
+    b.write_objects(objs2 + [o for o in objs1 if o.kind == 1])   # c1's commit but not its tree/blob
+    tree1 = [o for o in objs1 if o.kind == 2]
+    assert incomplete_ancestry(b, c2) == [tree1[0].oid]
+    with pytest.raises(WorkspaceError):
+        b.files_of(c1)
+    b.write_objects(tree1)  # the blob under it is discovered once the tree is there
+    assert incomplete_ancestry(b, c2) == [o.oid for o in objs1 if o.kind == 3]
+    b.write_objects([o for o in objs1 if o.kind == 3])
+    assert incomplete_ancestry(b, c2) == [] and b.files_of(c1)["train.py"].endswith(b"# 1\n")

@@ -14,6 +14,7 @@ from typing import Any
 
 from p2p_research.daemon.announce import make_receipt
 from p2p_research.research.engine import ResearchEngine
+from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.swarm import Adopt, Ignore, PeerClaim, Reputation, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.trust import TrustPolicy, check_lineage
 from p2p_research.store.ledger import Run
@@ -86,6 +87,9 @@ class SwarmCoordinator:
         """A peer's result whose commit is now complete locally."""
         r = msg.receipt
         if r.status not in ("kept", "baseline"):
+            return
+        if incomplete_ancestry(self.ctx.workspace, r.commit):
+            log.info("%s's result %s: its lineage is not complete here yet; not a candidate", r.peer[:16], r.exp_id[:10])
             return
         ok, reason = self.check_trust(r.commit, r.peer) if r.status == "kept" else (True, "baseline")
         if not ok:

@@ -14,7 +14,7 @@ import trio
 
 from p2p_research.net.network import Incoming, Network
 from p2p_research.research.context import ResearchContext
-from p2p_research.research.objects import missing_references
+from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.workspace import RawObject, WorkspaceError
 from p2p_research.store.ledger import Run
 from p2p_research.wire import BoardPost, Claim, Result, Verification
@@ -100,7 +100,7 @@ class Intake:
         """Fetch whatever the commit still lacks from `peer`; set its experiment ref when complete."""
         ws = self.ctx.workspace
         async with self.fetch_limit:
-            wanted = [commit] if not ws.has_object(commit) else missing_references(ws, commit)
+            wanted = incomplete_ancestry(ws, commit)
             rounds = 0
             try:
                 while wanted and rounds < MAX_FETCH_ROUNDS:
@@ -113,16 +113,12 @@ class Intake:
                         raise WorkspaceError(f"peer does not have {len(lacking)} object(s), e.g. {lacking[0]}")
                     ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in objs])
                     self.stats["fetched_objects"] += len(objs)
-                    nxt: list[str] = []
-                    for o in objs:
-                        if o.kind in (1, 2):
-                            nxt += [m for m in missing_references(ws, o.oid) if m not in nxt]
-                    wanted = nxt
+                    wanted = incomplete_ancestry(ws, commit)
             except (WorkspaceError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - a peer may vanish
                 self.stats["fetch_failures"] += 1
                 log.warning("could not complete commit %s from %s: %s", commit[:7], peer[:16], e)
                 return False
-        if ws.is_complete(commit):
+        if ws.is_complete(commit) and not incomplete_ancestry(ws, commit):
             try:
                 if ws.tree_of(commit) and self.ctx.experiment_id_of(commit) != exp_id:
                     log.warning("commit %s does not match experiment id %s; not referenced", commit[:7], exp_id[:10])
@@ -132,6 +128,9 @@ class Intake:
                 log.warning("commit %s: %s", commit[:7], e)
                 return False
             if self.on_result is not None and msg is not None and run is not None:
-                await self.on_result(msg, run)
+                try:
+                    await self.on_result(msg, run)
+                except Exception:  # noqa: BLE001 - one peer's result must never take the node down
+                    log.exception("processing %s's result %s failed", peer[:16], exp_id[:10])
             return True
         return False

@@ -177,6 +177,8 @@ class Gossip:
             try:
                 self._incoming.send_nowait(Incoming(m, source.to_base58(), time.time()))
                 self.stats["received"] += 1
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return  # the network is shutting down
             except trio.WouldBlock:
                 self.stats["queue_full"] += 1
                 self._rlog.log(logging.ERROR, "queue_full", "incoming queue full: dropped a %s", m.TYPE)

@@ -26,3 +26,23 @@ def missing_references(ws: Workspace, oid: str) -> list[str]:
             elif e.type_str == "tree":
                 out += missing_references(ws, str(e.id))
     return out
+
+
+def incomplete_ancestry(ws: Workspace, commit: str, limit: int = 500) -> list[str]:
+    """Objects missing anywhere along `commit`'s first-parent chain (commits, trees, blobs).
+
+    Adopting a commit means reading (and trust-checking) every step of its lineage, so a present
+    commit whose ancestor's tree is missing is not complete. Stops at the root or after `limit` commits.
+    """
+    out: list[str] = []
+    cur: str | None = commit
+    for _ in range(limit):
+        if cur is None:
+            break
+        if not ws.has_object(cur):
+            out.append(cur)
+            break
+        out += [m for m in missing_references(ws, cur) if m not in out]
+        obj = ws.repo[cur]
+        cur = str(obj.parent_ids[0]) if isinstance(obj, pygit2.Commit) and obj.parent_ids else None
+    return out

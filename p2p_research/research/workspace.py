@@ -106,13 +106,16 @@ class Workspace:
             return False
 
     def files_of(self, commit_id: str) -> dict[str, bytes]:
-        """The flat files of a commit's tree."""
-        tree = self.commit(commit_id).tree
-        out = {}
-        for entry in tree:
-            obj = self.repo[entry.id]
-            if isinstance(obj, pygit2.Blob):
-                out[entry.name] = obj.data
+        """The flat files of a commit's tree (WorkspaceError when objects of it are missing)."""
+        try:
+            tree = self.commit(commit_id).tree
+            out = {}
+            for entry in tree:
+                obj = self.repo[entry.id]
+                if isinstance(obj, pygit2.Blob):
+                    out[entry.name] = obj.data
+        except (pygit2.GitError, KeyError) as e:
+            raise WorkspaceError(f"commit {commit_id[:10]} is incomplete here: {e}") from None
         return out
 
     def tree_of(self, commit_id: str) -> str:
