@@ -62,7 +62,19 @@ def make_proposer(ctx, seed_offset: int = 0):
     if r.proposer == "command":
         return CommandProposer(r.proposer_command, r.proposer_timeout_s)
     # Seeded, but a restart must not replay the same sequence: mix in how many runs the ledger holds.
-    return BuiltinProposer(ctx.space, seed=r.seed * 1_000_003 + len(ctx.ledger.runs()) + seed_offset)
+    # Each node also gets its own interests: seeded weights over the knobs, so nodes of a swarm explore
+    # different directions first and seldom propose the same change of the same baseline.
+    interests = knob_interests(list(ctx.space.params), r.seed)
+    return BuiltinProposer(ctx.space, seed=r.seed * 1_000_003 + len(ctx.ledger.runs()) + seed_offset,
+                           focus=lambda: interests)
+
+
+def knob_interests(names: list[str], seed: int) -> dict[str, float]:
+    """Seeded log-normal weights over the searchable constants (a node's research interests)."""
+    import random
+
+    rng = random.Random(f"interests:{seed}")
+    return {n: rng.lognormvariate(0.0, 1.2) for n in sorted(names)}
 
 
 async def watch_stop_signals(cancel_scope: trio.CancelScope) -> None:
