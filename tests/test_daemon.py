@@ -95,6 +95,8 @@ def test_commands_without_a_daemon(tmp_path, cache_dir):
     assert r.returncode != 0
     r = d.cli("experiments", "--json", check=False)
     assert r.returncode == 0 and r.stdout.strip() == "[]"
+    r = d.cli("show", "abcdef", check=False)
+    assert r.returncode == 1 and "no experiment or commit starts with" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_bootstrap_addresses(tmp_path, cache_dir):

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from p2p_research.cli.common import HomeOpt, JsonOpt, one_line_errors, print_json, resolve_home
+from p2p_research.cli.common import CliError, HomeOpt, JsonOpt, one_line_errors, print_json, resolve_home
 from p2p_research.cli.control_client import NoDaemon, request
 from p2p_research.home import NodeHome
 
@@ -51,6 +51,8 @@ def _with_fallback(home: Path, cmd: str, args: dict, fallback: Callable[[Any, An
         ledger = Ledger(h.ledger)
         try:
             return fallback(ledger, Workspace(h.repo))
+        except ValueError as e:
+            raise CliError(str(e)) from None
         finally:
             ledger.close()
 
