@@ -124,7 +124,13 @@ class ExperimentDHT:
         poll_interval: float = POLL_INTERVAL,
         refresh_interval: float = REFRESH_INTERVAL,
         log_level: int | None = logging.ERROR,
+        auto_refresh: bool = False,
     ) -> None:
+        # Kademlia's periodic refresh looks up random ids and dials nearly every peer it learns of: on one
+        # machine that turns a sparse swarm into a full mesh and doubles each node's idle CPU (measured
+        # with bench/bench_gossip.py: 14 -> 9 peers per node and 4.7 % -> 2.3 % of a core at N=15). The
+        # routing table is filled from our connections every poll instead; `refresh()` stays callable.
+        self.auto_refresh = auto_refresh
         self.host = host
         self.my_id = host.get_id()
         self.put_timeout = put_timeout
@@ -169,7 +175,7 @@ class ExperimentDHT:
             now = trio.current_time()
             if added and next_refresh is None:
                 next_refresh = now  # the first peers joined: refresh at once
-            if next_refresh is not None and now >= next_refresh:
+            if self.auto_refresh and next_refresh is not None and now >= next_refresh:
                 await self.refresh()
                 next_refresh = trio.current_time() + interval * random.uniform(0.8, 1.2)
                 # A refresh dials nearly every peer it learns of: in a 35-process swarm on 2 cores a
