@@ -34,7 +34,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from p2p_research.daemon.control_call import call
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / ".venv" / "bin" / "p2p-research"
@@ -116,22 +117,9 @@ class Daemon:
 
     def request(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 15.0) -> Any:
         """One request on the control socket (what `p2p-research <cmd> --json` does, without the CLI start-up)."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(str(self.sock))
-            s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    break
-                buf += chunk
-        finally:
-            s.close()
-        if not buf:
+        resp = call(self.sock, cmd, args, timeout)
+        if resp is None:
             raise BenchError(f"node {self.index}: control socket closed without an answer to {cmd}")
-        resp = json.loads(buf)
         if not resp.get("ok"):
             raise BenchError(f"node {self.index}: {cmd} refused: {resp.get('error')}")
         return resp.get("data")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 from typing import Any
 
 from p2p_research.cli.common import CliError
+from p2p_research.daemon.control_call import call
 
 
 class NoDaemon(CliError):
@@ -19,27 +18,14 @@ def request(home: Path, cmd: str, args: dict[str, Any] | None = None, timeout: f
     hint = f"no node daemon is running for {home} (start one with: p2p-research node start --home {home})"
     if not path.exists():
         raise NoDaemon(hint)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        try:
-            s.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            raise NoDaemon(hint) from None
-        s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        resp = call(path, cmd, args, timeout)
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise NoDaemon(hint) from None
     except TimeoutError:
         raise CliError(f"the node daemon for {home} did not answer within {timeout:.0f} s") from None
-    finally:
-        s.close()
-    if not buf:
+    if resp is None:
         raise CliError("the node daemon closed the connection without an answer")
-    resp = json.loads(buf)
     if not resp.get("ok"):
         raise CliError(resp.get("error", "the daemon refused the request"))
     return resp.get("data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import trio
 from libp2p.network.stream.exceptions import StreamEOF
 
 WRITE_CHUNK = 64 * 1024
@@ -60,3 +61,12 @@ def unpack_small(data: bytes) -> Any:
         )  # fmt: skip
     except Exception as e:
         raise FrameError(f"not valid msgpack ({type(e).__name__})") from None
+
+
+async def reset_quietly(stream: Any, grace: float = 1.0) -> None:
+    """Reset a stream on an error path: shielded from cancellation, bounded, never raising."""
+    with trio.CancelScope(shield=True), trio.move_on_after(grace):
+        try:
+            await stream.reset()
+        except Exception:  # noqa: BLE001 - the peer may already be gone
+            pass

@@ -31,6 +31,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..wire import BoardPost, Claim, Message, Result, Verification, WireError, check_result, decode
+from .framing import reset_quietly
 from .ratelimit import PerPeerRateLimiter, RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -211,10 +212,7 @@ class Gossip:
             self._rlog.log(logging.WARNING, f"bad-rpc:{peer}", "dropped the pubsub stream of %s: %s: %s", str(peer)[:16],
                                type(e).__name__, str(e)[:120])
             self.stats["rejected"]["malformed_rpc"] += 1
-            try:
-                await stream.reset()
-            except Exception:  # noqa: BLE001
-                pass
+            await reset_quietly(stream)
             self.pubsub._handle_dead_peer(peer)
 
     async def publish(self, msg: Message) -> None:

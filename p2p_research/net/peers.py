@@ -21,7 +21,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from .framing import FrameError, frame, pack, read_exact, read_frame, unpack_small
+from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
 from .host import full_addrs, parse_peer_addr, peerstore_addrs
 from .identity import short_name
 from .ratelimit import RateLimitedLog
@@ -216,11 +216,7 @@ class PeerManager:
             self._px_backoff[s] = trio.current_time() + BACKOFF_CAP
             self._rlog.log(logging.DEBUG, f"px:{s}", "peer exchange with %s failed: %r", s, e)
             if stream is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    try:
-                        await stream.reset()
-                    except Exception:
-                        pass
+                await reset_quietly(stream)
 
     def _add_candidate(self, addr: Any) -> None:
         if not isinstance(addr, str):
@@ -290,11 +286,7 @@ class PeerManager:
                 await stream.close()
         except Exception as e:
             log.debug("peer exchange request failed: %r", e)
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await stream.reset()
-                except Exception:
-                    pass
+            await reset_quietly(stream)
 
     async def ping(self, pid: ID, timeout: float = 5.0) -> float:
         """Round-trip time in milliseconds of one 8-byte echo on an already negotiated stream."""
@@ -315,11 +307,7 @@ class PeerManager:
             return rtt
         finally:
             if stream is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    try:
-                        await stream.reset()
-                    except Exception:
-                        pass
+                await reset_quietly(stream)
 
     async def _handle_ping(self, stream: INetStream) -> None:
         try:
@@ -328,11 +316,7 @@ class PeerManager:
             with trio.move_on_after(1):
                 await stream.close()
         except Exception:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await stream.reset()
-                except Exception:
-                    pass
+            await reset_quietly(stream)
 
     async def _ping_loop(self) -> None:
         """Measure latency with libp2p ping: new peers within ~1 s, then every PING_INTERVAL."""

@@ -21,7 +21,7 @@ from libp2p.peer.id import ID
 
 from ..wire import GitObject, git_object_id
 from ..wire.messages import GIT_KINDS
-from .framing import FrameError, frame, pack, read_exact, read_frame, unpack_small, write_all
+from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small, write_all
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ class ObjectServer:
             await stream.close()
         except (FrameError, trio.TooSlowError) as e:
             log.info("objects request from %s refused: %s", _remote(stream), e)
-            await _reset(stream)
+            await reset_quietly(stream, grace=2.0)
         except Exception as e:  # stream errors from a vanished peer
             log.info("objects request from %s failed: %r", _remote(stream), e)
-            await _reset(stream)
+            await reset_quietly(stream, grace=2.0)
 
 
 def _remote(stream: INetStream) -> str:
@@ -106,14 +106,6 @@ def _remote(stream: INetStream) -> str:
         return stream.muxed_conn.peer_id.to_base58()
     except Exception:
         return "?"
-
-
-async def _reset(stream: INetStream) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(2):
-        try:
-            await stream.reset()
-        except Exception:
-            pass
 
 
 async def fetch_objects(
@@ -174,4 +166,4 @@ async def fetch_objects(
         raise TransferError(f"fetching objects from {peer_id} failed: {type(e).__name__}: {e}") from e
     finally:
         if stream is not None and not ok:
-            await _reset(stream)
+            await reset_quietly(stream, grace=2.0)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from p2p_research.daemon.control_call import call
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -64,20 +64,9 @@ def tcp_bytes_by_socket(pids: set[int]) -> dict[tuple[int, str, str], tuple[int,
 
 def control(home: Path, cmd: str, args: dict[str, Any] | None = None, timeout: float = 3.0) -> Any:
     """One request on a daemon's control socket; raises OSError/ValueError when it does not answer."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(home / "control.sock"))
-        s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
-    resp = json.loads(buf)
+    resp = call(home / "control.sock", cmd, args, timeout)
+    if resp is None:
+        raise ValueError("the daemon closed the connection without an answer")
     if not resp.get("ok"):
         raise ValueError(resp.get("error", "refused"))
     return resp.get("data")
