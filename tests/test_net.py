@@ -203,3 +203,28 @@ async def test_bootstrap_reconnects_after_drop():
         await b.host.disconnect(a_id)
         await wait_until(lambda: a_id not in b.host.get_connected_peers(), timeout=5)
         await wait_until(lambda: a_id in b.host.get_connected_peers(), timeout=15)
+
+
+async def test_results_wait_for_the_next_claim_and_travel_in_one_bundle():
+    """A result is held (up to batch_wait_s) and leaves with the sender's next claim: one gossip message."""
+    async with open_network(cfg(batch_wait_s=30.0), lambda oid: None) as a, \
+            open_network(cfg(bootstrap=a.addrs()), lambda oid: None) as b:  # fmt: skip
+        await wait_mesh(a, b)
+        before = a.stats["published"]
+        await a.publish(result(generate_new_ed25519_identity()))
+        await trio.sleep(0.3)
+        assert b.stats["received"] == 0 and a.stats["published"] == before  # still in the outbox
+        await a.publish(claim(a.peer_id, exp="c" * 40))
+        got = [await recv(b), await recv(b)]
+        assert [type(g.message).__name__ for g in got] == ["Result", "Claim"]
+        assert a.stats["published"] == before + 1 and a.stats["bundled"] == 2
+
+
+async def test_a_lone_result_leaves_after_batch_wait():
+    async with open_network(cfg(batch_wait_s=0.5), lambda oid: None) as a, \
+            open_network(cfg(bootstrap=a.addrs()), lambda oid: None) as b:  # fmt: skip
+        await wait_mesh(a, b)
+        await a.publish(result(generate_new_ed25519_identity()))
+        got = await recv(b, timeout=10)
+        assert type(got.message).__name__ == "Result"
+        assert "bundled" not in a.stats

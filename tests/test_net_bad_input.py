@@ -134,3 +134,27 @@ async def test_a_malformed_pubsub_rpc_only_costs_the_sender_its_stream():
 
 def NO_OBJECTS_SRC(oid):
     return None
+
+
+async def test_a_bundle_with_one_forged_message_is_rejected_whole():
+    """Each message inside a bundle is checked as if it came alone: one claim in another peer's name
+    rejects the bundle (nothing of it is delivered); a nested bundle does not even decode."""
+    from p2p_research.wire import Bundle
+
+    kp = generate_new_ed25519_identity()
+    me = pid_of(kp)
+    other = generate_new_ed25519_identity()
+    async with open_network(cfg(), lambda oid: None) as net, raw_peer(kp) as (host, ps):
+        exp, _ = await _join(ps, host, net)
+        forged = Bundle((result(kp), claim(pid_of(other))))
+        nested = _enc({"v": 1, "t": "bundle", "messages": [Bundle((claim(me),)).to_wire()]})
+        await ps.publish(exp, forged.to_wire())
+        await ps.publish(exp, nested)
+        with trio.fail_after(10):
+            while sum(net.stats["rejected"].values()) < 2:
+                await trio.sleep(0.05)
+        assert dict(net.stats["rejected"]) == {"peer_mismatch": 1, "malformed": 1}
+        assert net.stats["received"] == 0
+        await ps.publish(exp, Bundle((result(kp), claim(me, exp="b" * 40))).to_wire())
+        got = [await recv(net), await recv(net)]
+        assert [type(g.message).__name__ for g in got] == ["Result", "Claim"]

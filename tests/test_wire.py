@@ -89,7 +89,9 @@ def verifications(draw):
     )  # fmt: skip
 
 
-any_message = st.one_of(claims, boards, results(), verifications())
+bundles = st.lists(st.one_of(claims, results(), verifications()), min_size=1, max_size=4).map(
+    lambda ms: m.Bundle(tuple(ms)))
+any_message = st.one_of(claims, boards, results(), verifications(), bundles)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -340,3 +342,23 @@ def test_check_result_rejects_forgeries():
     # garbage key
     with pytest.raises(WireError):
         check_result(Result(r, good.signature, b"\x08\x01\x12\x01x"))
+
+
+def test_bundle_rules():
+    claim = msgpack.unpackb(_enc(_claim_dict()))
+    inner = _enc(claim)
+    ok = decode(_enc({"v": 1, "t": "bundle", "messages": [inner, inner]}))
+    assert isinstance(ok, m.Bundle) and len(ok.messages) == 2
+    board = _enc({"v": 1, "t": "board", "author": PEER, "name": "n", "text": "t", "ts": 1.0})
+    cases = {
+        "expected 1..16": [],
+        "a board cannot be bundled": [board],
+        "a bundle cannot be bundled": [_enc({"v": 1, "t": "bundle", "messages": [inner]})],
+        "bundle.messages[1]: claim.exp_id": [inner, _enc(_claim_dict(exp_id="zz"))],
+        "expected bytes": ["not bytes"],
+    }
+    for reason, msgs in cases.items():
+        with pytest.raises(WireError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+            decode(_enc({"v": 1, "t": "bundle", "messages": msgs}))
+    with pytest.raises(WireError, match="expected 1..16"):
+        decode(_enc({"v": 1, "t": "bundle", "messages": [inner] * 17}))

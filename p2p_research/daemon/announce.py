@@ -1,4 +1,5 @@
-"""Turning local runs into wire messages: claims, results with signed receipts and their git objects."""
+"""Turning local runs into wire messages: claims, results with signed receipts and their git objects
+(changed blobs as deltas against the parent's, see :func:`commit_objects`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from p2p_research import __version__
 from p2p_research.research.context import METRIC, ResearchContext
 from p2p_research.research.workspace import Workspace
 from p2p_research.store.ledger import Run
-from p2p_research.wire import BoardPost, Claim, GitObject, Receipt, Result
+from p2p_research.wire import BoardPost, Claim, DeltaObject, GitObject, Receipt, Result
 from p2p_research.wire.receipts import sign_receipt
 
 MIN_LEASE_S = 120.0            # gossip can lag by a minute on a saturated machine: a lease must outlive that
 INLINE_TOTAL = 300 * 1024     # far below the 1 MiB RPC cap and the wire's 384 KiB inline cap
 INLINE_OBJECT = 256 * 1024
+DELTA_OVERHEAD = 64           # wire bytes a delta adds over a whole object (base id, prefix, suffix, keys)
 RECEIPT_STATUS = {"kept": "kept", "discarded": "discarded", "crash": "crash", "baseline": "baseline"}
 
 
@@ -38,21 +40,40 @@ def make_receipt(ctx: ResearchContext, run: Run, peer: str, status: str | None =
         training_seconds=float(run.training_seconds or 0.0), memory_gb=float(run.memory_gb or 0.0))
 
 
-def commit_objects(ws: Workspace, commit: str) -> tuple[list[GitObject], int]:
-    """The commit's new objects, inline when small; otherwise none inline and the count to fetch."""
-    raw = ws.new_objects(commit)
-    objs = [GitObject(o.oid, o.kind, o.data) for o in raw]
-    if sum(len(o.data) for o in objs) <= INLINE_TOTAL and all(len(o.data) <= INLINE_OBJECT for o in objs):
-        return objs, len(objs)
-    return [], len(objs)
+def commit_objects(ws: Workspace, commit: str, *, deltas: bool = True
+                   ) -> tuple[list[GitObject], list[DeltaObject], int]:
+    """The commit's new objects for its Result: (whole objects, delta-encoded blobs, count of all of them).
+
+    A changed blob goes as a delta against the blob it replaces in the parent commit when that is
+    smaller (one changed constant: a few bytes instead of the whole file); commits, trees and added
+    files go whole. All of it inline when small, otherwise nothing inline and the receiver fetches.
+    """
+    pairs = ws.new_objects_with_bases(commit)
+    total = len(pairs)
+    if any(len(o.data) > INLINE_OBJECT for o, _ in pairs):
+        return [], [], total
+    objs: list[GitObject] = []
+    encoded: list[DeltaObject] = []
+    for o, base_oid in pairs:
+        if deltas and o.kind == 3 and base_oid is not None:
+            base = ws.read_object(base_oid)
+            if base is not None and base.kind == 3:
+                d = DeltaObject.from_blobs(base_oid, base.data, o.data)
+                if len(d.data) + DELTA_OVERHEAD < len(o.data):
+                    encoded.append(d)
+                    continue
+        objs.append(GitObject(o.oid, o.kind, o.data))
+    if sum(len(o.data) for o in objs) + sum(len(d.data) for d in encoded) > INLINE_TOTAL:
+        return [], [], total
+    return objs, encoded, total
 
 
 def make_result(ctx: ResearchContext, run: Run, key_pair: KeyPair, peer: str) -> Result:
     receipt = make_receipt(ctx, run, peer)
-    objects, total = commit_objects(ctx.workspace, run.commit_id)
+    objects, deltas, total = commit_objects(ctx.workspace, run.commit_id)
     return Result(receipt=receipt, signature=sign_receipt(receipt, key_pair.private_key),
                   public_key=key_pair.public_key.serialize(), objects=objects, objects_total=total,
-                  description=run.description[:500])
+                  description=run.description[:500], deltas=deltas)
 
 
 def make_post(peer: str, name: str, text: str) -> BoardPost:

@@ -2,8 +2,10 @@
 
 The network layer already checked schema, size, rate and signatures. Here each message is recorded
 idempotently (gossip replays messages after reconnects) with its provenance, and a result's commit is
-completed in the local repo, inline objects first, then fetched from the announcer over the object
-protocol, every object checked against its id before it is written.
+completed in the local repo: the objects that came with the result first (whole ones, and changed blobs
+rebuilt from their delta against the parent's blob when this node has it), then whatever is still
+missing fetched from the announcer over the object protocol, every object checked against its id
+before it is written.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from p2p_research.research.context import ResearchContext
 from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.workspace import RawObject, WorkspaceError
 from p2p_research.store.ledger import Run
-from p2p_research.wire import BoardPost, Claim, Result, Verification
+from p2p_research.wire import BoardPost, Claim, Result, Verification, WireError
 
 log = logging.getLogger("p2p_research.intake")
 
@@ -31,7 +33,7 @@ class Intake:
         self.self_peer = self_peer
         self.fetch_limit = trio.CapacityLimiter(4)
         self.stats = {"claims": 0, "results": 0, "duplicates": 0, "posts": 0, "fetched_objects": 0,
-                      "fetch_failures": 0, "rejected": 0}
+                      "fetch_failures": 0, "rejected": 0, "delta_objects": 0, "delta_fallbacks": 0}
         self.on_result = None        # async callback(Result, Run) once a result's commit is complete
         self.on_claim = None         # async callback(Claim)
         self.on_verification = None  # async callback(Verification, from_peer)
@@ -88,12 +90,47 @@ class Intake:
                               inc.received_at)
         self.stats["results"] += 1
         log.info("result from %s: %s %s val_bpb %s", r.peer[:16], r.exp_id[:10], r.status, r.value)
-        if msg.objects:
+        inline = [RawObject(o.oid, o.kind, o.data) for o in msg.objects] + self.resolve_deltas(inc, msg)
+        if inline:
             try:
-                ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in msg.objects])
+                ws.write_objects(inline)
             except WorkspaceError as e:
                 self.reject(inc, f"inline objects: {e}")
         nursery.start_soon(self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg, run)
+
+    def resolve_deltas(self, inc: Incoming, msg: Result) -> list[RawObject]:
+        """Rebuild a result's delta-encoded blobs from their bases in the local repo (checked ids).
+
+        A missing base is normal (this node lacks the parent commit's objects); a delta that does not
+        rebuild to its declared id is the announcer's fault and is rejected with the reason. Either
+        way the blob stays missing and :meth:`complete_commit` fetches it whole.
+        """
+        ws = self.ctx.workspace
+        out: list[RawObject] = []
+        for d in msg.deltas:
+            try:
+                if ws.has_object(d.oid):
+                    continue
+                base = ws.read_object(d.base)
+                if base is None:
+                    self.stats["delta_fallbacks"] += 1
+                    log.info("delta %s from %s: base %s not here; fetching it whole", d.oid[:10],
+                             inc.from_peer[:16], d.base[:10])
+                    continue
+                if base.kind != 3:
+                    raise WireError(f"base {d.base[:10]} is not a blob")
+                obj = d.apply(base.data)
+            except WireError as e:
+                self.stats["delta_fallbacks"] += 1
+                self.reject(inc, f"delta {d.oid[:10]}: {e.reason}")
+                continue
+            except Exception as e:  # noqa: BLE001 - never let one peer's delta stop the result
+                self.stats["delta_fallbacks"] += 1
+                self.reject(inc, f"delta {d.oid[:10]}: {type(e).__name__}: {e}")
+                continue
+            out.append(RawObject(obj.oid, obj.kind, obj.data))
+            self.stats["delta_objects"] += 1
+        return out
 
     async def complete_commit(self, peer: str, commit: str, exp_id: str, msg: Result | None = None,
                               run: Run | None = None) -> bool:

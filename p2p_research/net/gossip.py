@@ -30,7 +30,9 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V1
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..wire import BoardPost, Claim, Message, Result, Verification, WireError, check_result, decode
+from ..wire import BoardPost, Bundle, Claim, Message, Result, Verification, WireError, check_result, decode
+from ..wire.messages import MAX_BUNDLE
+from . import rpc_cost
 from .framing import reset_quietly
 from .ratelimit import PerPeerRateLimiter, RateLimitedLog
 
@@ -43,6 +45,7 @@ MESH_WAIT = 3.0  # seconds; heartbeat is 1 s
 OUTBOUND_HIGH_WATER = 16  # of libp2p's 32-slot per-peer outbound RPC queue
 OUTBOUND_WAIT = 2.0
 INCOMING_CAPACITY = 10_000
+BATCH_WAIT_S = 2.0  # a result or verification waits at most this long for the sender's next claim
 
 
 @dataclass
@@ -77,14 +80,16 @@ class Gossip:
         rate_burst: int,
         stats: dict[str, Any],
         on_received_from: Callable[[str], None] | None = None,
+        batch_wait_s: float = BATCH_WAIT_S,
     ) -> None:
         self.host = host
         self.my_id = host.get_id()
         self.exp_topic, self.board_topic = topic_names(swarm_id)
         self.topic_types: dict[str, tuple[type, ...]] = {
-            self.exp_topic: (Claim, Result, Verification),
+            self.exp_topic: (Claim, Result, Verification, Bundle),
             self.board_topic: (BoardPost,),
         }
+        rpc_cost.apply()  # idempotent; normally already done by make_host
         self.router = GossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
             # Every node reads each message once per mesh neighbour before dedup, and on one machine
@@ -105,6 +110,10 @@ class Gossip:
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self.stats = stats
         self._on_received_from = on_received_from
+        self.batch_wait_s = batch_wait_s
+        self._outbox: list[Message] = []
+        self._send_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
 
     # --- validation (runs inside libp2p's read loop: synchronous, never raises) --------------------
 
@@ -130,22 +139,35 @@ class Gossip:
                     m = decode(msg.data)
                 except WireError as e:
                     return self._reject("malformed", src, e.reason)
+                inner = m.messages if isinstance(m, Bundle) else (m,)
+                if not all(self._limiter.allow(src) for _ in inner[1:]):  # one token per bundled message
+                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s")
                 if not isinstance(m, allowed):
                     return self._reject("wrong_topic", src, f"{m.TYPE} on {topic}")
-                if isinstance(m, Claim) and m.peer != src:
-                    return self._reject("peer_mismatch", src, f"claim.peer={m.peer}")
-                if isinstance(m, BoardPost) and m.author != src:
-                    return self._reject("peer_mismatch", src, f"board.author={m.author}")
-                if isinstance(m, (Result, Verification)):
-                    try:
-                        check_result(m)
-                    except WireError as e:
-                        return self._reject("bad_signature", src, e.reason)
+                for one in inner:
+                    problem = self._check_from(one, src)
+                    if problem is not None:
+                        return self._reject(problem[0], src, problem[1])
                 return True
             except Exception as e:  # a validator that raises would break libp2p's read loop
                 return self._reject("validator_error", "?", f"{type(e).__name__}: {e}")
 
         return validate
+
+    @staticmethod
+    def _check_from(m: Message, src: str) -> tuple[str, str] | None:
+        """(reason, detail) when a message cannot have come from `src`: a claim or post in another
+        peer's name, or a receipt whose signature does not verify."""
+        if isinstance(m, Claim) and m.peer != src:
+            return "peer_mismatch", f"claim.peer={m.peer}"
+        if isinstance(m, BoardPost) and m.author != src:
+            return "peer_mismatch", f"board.author={m.author}"
+        if isinstance(m, (Result, Verification)):
+            try:
+                check_result(m)
+            except WireError as e:
+                return "bad_signature", e.reason
+        return None
 
     # --- receiving -------------------------------------------------------------------------------
 
@@ -175,14 +197,16 @@ class Gossip:
                 self.stats["rejected"]["malformed"] += 1
                 log.warning("undecodable message passed validation: %s", e.reason)
                 continue
-            try:
-                self._incoming.send_nowait(Incoming(m, source.to_base58(), time.time()))
-                self.stats["received"] += 1
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return  # the network is shutting down
-            except trio.WouldBlock:
-                self.stats["queue_full"] += 1
-                self._rlog.log(logging.ERROR, "queue_full", "incoming queue full: dropped a %s", m.TYPE)
+            now = time.time()
+            for one in m.messages if isinstance(m, Bundle) else (m,):
+                try:
+                    self._incoming.send_nowait(Incoming(one, source.to_base58(), now))
+                    self.stats["received"] += 1
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return  # the network is shutting down
+                except trio.WouldBlock:
+                    self.stats["queue_full"] += 1
+                    self._rlog.log(logging.ERROR, "queue_full", "incoming queue full: dropped a %s", one.TYPE)
 
     async def _wait_for_mesh(self, topic: str) -> None:
         """Wait (briefly) for the mesh when peers are subscribed but no mesh exists yet.
@@ -215,19 +239,59 @@ class Gossip:
             await reset_quietly(stream)
             self.pubsub._handle_dead_peer(peer)
 
-    async def publish(self, msg: Message) -> None:
-        """Validate like a receiver would, then publish; raise instead of libp2p's silent drops."""
-        topic = self.topic_for(msg)
+    def _checked_wire(self, msg: Message) -> bytes:
+        """Validate like a receiver would (WireError otherwise): libp2p would drop it silently."""
         data = msg.to_wire()  # WireError if invalid
         if len(data) > PUBLISH_CAP:  # unreachable with the wire caps; kept as the loud guard
             raise WireError(f"refusing to publish {len(data)} bytes: libp2p drops RPCs over 1 MiB silently")
         me = self.my_id.to_base58()
-        if isinstance(msg, Claim) and msg.peer != me:
-            raise WireError(f"claim.peer {msg.peer} is not this node ({me}): peers would reject it")
-        if isinstance(msg, BoardPost) and msg.author != me:
-            raise WireError(f"board.author {msg.author} is not this node ({me}): peers would reject it")
-        if isinstance(msg, (Result, Verification)):
-            check_result(msg)
+        for one in msg.messages if isinstance(msg, Bundle) else (msg,):
+            problem = self._check_from(one, me)
+            if problem is not None:
+                raise WireError(f"{problem[1]}: not this node ({me[:16]}), peers would reject it")
+        return data
+
+    async def publish(self, msg: Message) -> None:
+        """Validate like a receiver would, then publish; raise instead of libp2p's silent drops.
+
+        Results and verifications wait up to `batch_wait_s` in an outbox; the next claim (or the
+        timer) takes them along in one Bundle. Claims, the latency-critical part of dedup, and board
+        posts leave at once."""
+        data = self._checked_wire(msg)
+        if isinstance(msg, (Result, Verification)) and self.batch_wait_s > 0 and self._nursery is not None:
+            self._outbox.append(msg)
+            if len(self._outbox) == 1:
+                self._nursery.start_soon(self._flush_later, name="gossip-outbox")
+            elif len(self._outbox) >= MAX_BUNDLE - 1:
+                await self.flush()
+            return
+        if isinstance(msg, Claim) and self._outbox:
+            await self.flush(msg)
+            return
+        async with self._send_lock:
+            await self._send(msg, data)
+
+    async def _flush_later(self) -> None:
+        await trio.sleep(self.batch_wait_s)
+        try:
+            await self.flush()
+        except Exception as e:  # noqa: BLE001 - the receipts stay in the ledger; catch-up serves them
+            log.warning("could not publish queued messages: %s: %s", type(e).__name__, e)
+
+    async def flush(self, extra: Message | None = None) -> None:
+        """Publish the outbox (plus `extra`) now: one message, or bundles within the size cap."""
+        async with self._send_lock:
+            batch, self._outbox = self._outbox, []
+            if extra is not None:
+                batch.append(extra)
+            for group in _groups(batch):
+                out = group[0] if len(group) == 1 else Bundle(tuple(group))  # type: ignore[arg-type]
+                await self._send(out, out.to_wire())
+                if len(group) > 1:
+                    self.stats["bundled"] = self.stats.get("bundled", 0) + len(group)
+
+    async def _send(self, msg: Message, data: bytes) -> None:
+        topic = self.topic_for(msg)
         self._seen_before(data)
         await self._wait_for_mesh(topic)
         await self._wait_for_outbound_room()
@@ -257,11 +321,12 @@ async def open_gossip(
     rate_burst: int,
     stats: dict[str, Any],
     on_received_from: Callable[[str], None] | None = None,
+    batch_wait_s: float = BATCH_WAIT_S,
 ) -> AsyncIterator[Gossip]:
     """Start pubsub and the router, subscribe to both topics with validators, drain them."""
     g = Gossip(
         host, swarm_id, incoming, rate_limit_per_s=rate_limit_per_s, rate_burst=rate_burst,
-        stats=stats, on_received_from=on_received_from,
+        stats=stats, on_received_from=on_received_from, batch_wait_s=batch_wait_s,
     )  # fmt: skip
     async with background_trio_service(g.pubsub), background_trio_service(g.router):
         await g.pubsub.wait_until_ready()
@@ -270,7 +335,31 @@ async def open_gossip(
                 g.pubsub.set_topic_validator(topic, g._validator(topic), False)
                 sub = await g.pubsub.subscribe(topic)
                 nursery.start_soon(g._drain, sub, name=f"gossip-drain {topic}")
+            g._nursery = nursery
             try:
                 yield g
             finally:
+                g._nursery = None
+                if g._outbox:  # best effort: what is queued is also in the ledger, which catch-up serves
+                    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                        try:
+                            await g.flush()
+                        except Exception as e:  # noqa: BLE001
+                            log.debug("outbox not flushed at shutdown: %s", e)
                 nursery.cancel_scope.cancel()
+
+
+def _groups(batch: list[Message]) -> list[list[Message]]:
+    """Split messages, in order, into groups whose bundle fits one gossip message."""
+    budget = PUBLISH_CAP // 2  # room for bundle framing; inline objects are capped far below this
+    groups: list[list[Message]] = []
+    size = 0
+    for m in batch:
+        n = len(m.to_wire())
+        if groups and len(groups[-1]) < MAX_BUNDLE and size + n <= budget:
+            groups[-1].append(m)
+            size += n
+        else:
+            groups.append([m])
+            size = n
+    return groups

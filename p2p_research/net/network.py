@@ -25,7 +25,7 @@ from libp2p.peer.id import ID
 
 from ..wire import GitObject, Message
 from .dht import ExperimentDHT
-from .gossip import INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip, topic_names
+from .gossip import BATCH_WAIT_S, INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip, topic_names
 from .host import full_addrs, make_host, parse_listen_addr, parse_peer_addr, running_host
 from .peers import PeerManager, PeerState
 from .transfer import OBJECTS_PROTOCOL, ObjectServer, ObjectSource, TransferError
@@ -48,6 +48,7 @@ class NetConfig:
     rate_limit_per_s: float = 20.0
     rate_burst: int = 60
     dht: bool = True  # run the experiment-record DHT (``Network.dht``)
+    batch_wait_s: float = BATCH_WAIT_S  # results/verifications wait this long for a claim to ride with; 0: never
 
 
 class Network:
@@ -125,7 +126,7 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
         host.set_stream_handler(OBJECTS_PROTOCOL, server.handle)
         async with open_gossip(
             host, cfg.swarm_id, send, rate_limit_per_s=cfg.rate_limit_per_s, rate_burst=cfg.rate_burst,
-            stats=stats, on_received_from=peers.note_message_from,
+            stats=stats, on_received_from=peers.note_message_from, batch_wait_s=cfg.batch_wait_s,
         ) as gossip:  # fmt: skip
             async with trio.open_nursery() as nursery:
                 dht = None

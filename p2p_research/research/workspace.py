@@ -200,16 +200,26 @@ class Workspace:
 
     def new_objects(self, commit_id: str) -> list[RawObject]:
         """The objects a receiver that has the parent commit lacks: the commit, changed trees and blobs."""
+        return [o for o, _ in self.new_objects_with_bases(commit_id)]
+
+    def new_objects_with_bases(self, commit_id: str) -> list[tuple[RawObject, str | None]]:
+        """:meth:`new_objects`, each paired with the id of the blob it replaces at the same path in the
+        parent commit's tree, or None (the commit, trees, added files, a blob that replaces a tree).
+
+        A receiver that has the parent has that base blob, so a changed blob can travel as a delta
+        against it (wire ``DeltaObject``).
+        """
         c = self.commit(commit_id)
         parent_tree = c.parents[0].tree if c.parents else None
-        out = [self.read_object(str(c.id))]
+        out: list[tuple[RawObject | None, str | None]] = [(self.read_object(str(c.id)), None)]
         out += self._tree_delta(c.tree, parent_tree)
-        return [o for o in out if o is not None]
+        return [(o, base) for o, base in out if o is not None]
 
-    def _tree_delta(self, tree: pygit2.Tree, old: pygit2.Tree | None) -> list[RawObject | None]:
+    def _tree_delta(self, tree: pygit2.Tree, old: pygit2.Tree | None
+                    ) -> list[tuple[RawObject | None, str | None]]:
         if old is not None and tree.id == old.id:
             return []
-        out = [self.read_object(str(tree.id))]
+        out: list[tuple[RawObject | None, str | None]] = [(self.read_object(str(tree.id)), None)]
         old_entries = {e.name: e for e in old} if old is not None else {}
         for e in tree:
             prev = old_entries.get(e.name)
@@ -220,7 +230,8 @@ class Workspace:
                 prev_obj = self.repo[prev.id] if prev is not None else None
                 out += self._tree_delta(obj, prev_obj if isinstance(prev_obj, pygit2.Tree) else None)
             else:
-                out.append(self.read_object(str(e.id)))
+                base = str(prev.id) if prev is not None and prev.type_str == "blob" else None
+                out.append((self.read_object(str(e.id)), base))
         return out
 
     def write_objects(self, objects: list[RawObject]) -> None:

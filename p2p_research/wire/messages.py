@@ -2,7 +2,7 @@
 
 Every gossip message is a msgpack map ``{"v": 1, "t": "<type>", ...}``. Peers are untrusted, so
 :func:`decode` checks *everything* (types, hex ids, string caps, finite non-negative numbers, inline
-object sizes) and raises :class:`WireError` with a one-line, loggable reason for any violation --
+object and delta sizes) and raises :class:`WireError` with a one-line, loggable reason for any violation --
 never another exception type. This module is pure (no I/O, no libp2p import): signature checks
 live in :mod:`p2p_research.wire.receipts`.
 """
@@ -21,9 +21,9 @@ WIRE_VERSION = 1
 
 # --- caps -------------------------------------------------------------------------------------
 MAX_MESSAGE_BYTES = 512 * 1024  # one gossip message (libp2p drops RPCs over 1 MiB silently)
-MAX_INLINE_TOTAL = 384 * 1024  # sum of inline git object sizes in one Result
+MAX_INLINE_TOTAL = 384 * 1024  # sum of inline git object sizes plus delta data in one Result
 MAX_INLINE_OBJECT = 256 * 1024  # one inline git object
-MAX_INLINE_OBJECTS = 256  # number of inline git objects
+MAX_INLINE_OBJECTS = 256  # number of inline git objects plus deltas
 MAX_DESCRIPTION = 500  # characters
 MAX_BOARD_TEXT = 16 * 1024  # bytes of UTF-8 Markdown
 MAX_NAME = 64  # display name, characters
@@ -201,6 +201,94 @@ class GitObject:
             raise WireError(f"{where}.kind: unknown git object kind {kind}")
         data = _bytes(d, "data", where, MAX_INLINE_OBJECT)
         return cls(oid, kind, data)
+
+
+_CHUNK = 256  # bytes compared per step by the prefix/suffix scans (slice comparison runs in C)
+
+
+def _common_prefix_len(a: bytes, b: bytes, limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit``; O(limit)."""
+    n = 0
+    while n + _CHUNK <= limit and a[n : n + _CHUNK] == b[n : n + _CHUNK]:
+        n += _CHUNK
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _common_suffix_len(a: bytes, b: bytes, limit: int) -> int:
+    """Length of the common suffix of ``a`` and ``b``, at most ``limit``; O(limit)."""
+    la, lb, n = len(a), len(b), 0
+    while n + _CHUNK <= limit and a[la - n - _CHUNK : la - n] == b[lb - n - _CHUNK : lb - n]:
+        n += _CHUNK
+    while n < limit and a[la - n - 1] == b[lb - n - 1]:
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class DeltaObject:
+    """A blob sent as an edit of a blob the receiver already has (git's thin-pack idea, kept simple).
+
+    The blob ``oid`` is ``base_data[:prefix] + data + base_data[len(base_data) - suffix:]`` where
+    ``base`` is the id of the blob at the same path in the parent commit's tree: an experiment that
+    changes one constant of a 10 KB file ships a few bytes instead of the file. The result must hash
+    to ``oid`` (:meth:`apply` checks), so a forged delta is detected like a forged object. Decoding
+    cannot verify it (the base is not in the message); the receiver does when it applies it.
+    """
+
+    oid: str
+    base: str
+    prefix: int
+    suffix: int
+    data: bytes
+
+    _KEYS: ClassVar[frozenset[str]] = frozenset({"oid", "base", "prefix", "suffix", "data"})
+
+    @classmethod
+    def from_blobs(cls, base_oid: str, base_data: bytes, target: bytes) -> DeltaObject:
+        """The delta that turns blob ``base_data`` into ``target``: longest common prefix, then the
+        longest common suffix of the rest (never overlapping the prefix in either blob); O(n)."""
+        limit = min(len(base_data), len(target))
+        prefix = _common_prefix_len(base_data, target, limit)
+        suffix = _common_suffix_len(base_data, target, limit - prefix)
+        middle = bytes(target[prefix : len(target) - suffix])
+        return cls(git_object_id(3, target), base_oid, prefix, suffix, middle)
+
+    def apply(self, base_data: bytes) -> GitObject:
+        """Rebuild the blob from its base's content; WireError unless it hashes to ``oid``."""
+        if self.prefix + self.suffix > len(base_data):
+            raise WireError(
+                f"delta {self.oid}: prefix {self.prefix} + suffix {self.suffix} > base size {len(base_data)}"
+            )
+        data = base_data[: self.prefix] + self.data + base_data[len(base_data) - self.suffix :]
+        obj = GitObject(self.oid, 3, bytes(data))
+        obj.verify()
+        return obj
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "oid": self.oid, "base": self.base, "prefix": self.prefix, "suffix": self.suffix, "data": self.data,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, v: Any, where: str = "delta") -> DeltaObject:
+        d = _map(v, where, cls._KEYS)
+        oid = _hex40(d, "oid", where)
+        base = _hex40(d, "base", where)
+        if base == oid:
+            raise WireError(f"{where}: base is the object itself")
+        prefix = _int(d, "prefix", where)
+        suffix = _int(d, "suffix", where)
+        assert prefix is not None and suffix is not None
+        for key, n in (("prefix", prefix), ("suffix", suffix)):
+            if n > MAX_INLINE_OBJECT:
+                raise WireError(f"{where}.{key}: too large ({n} > {MAX_INLINE_OBJECT})")
+        data = _bytes(d, "data", where, MAX_INLINE_OBJECT)
+        size = prefix + len(data) + suffix
+        if size > MAX_INLINE_OBJECT:
+            raise WireError(f"{where}: rebuilt blob too large ({size} > {MAX_INLINE_OBJECT})")
+        return cls(oid, base, prefix, suffix, data)
 
 
 # --- receipts ------------------------------------------------------------------------------------
@@ -386,9 +474,24 @@ def _objects_from(v: Any, where: str) -> list[GitObject]:
     return objs
 
 
+def _deltas_from(v: Any, where: str) -> list[DeltaObject]:
+    if not isinstance(v, list):
+        raise WireError(f"{where}: expected a list, got {type(v).__name__}")
+    if len(v) > MAX_INLINE_OBJECTS:
+        raise WireError(f"{where}: {len(v)} deltas > {MAX_INLINE_OBJECTS}")
+    return [DeltaObject.from_dict(x, f"{where}[{i}]") for i, x in enumerate(v)]
+
+
 @dataclass(frozen=True)
 class Result(_MessageBase):
-    """A signed receipt of a finished experiment plus (when small) the git objects of its commit."""
+    """A signed receipt of a finished experiment plus (when small) the new git objects of its commit.
+
+    The objects travel as ``objects`` (whole, verified at decode) and ``deltas`` (blobs as edits of
+    the parent commit's blob at the same path, verified when the receiver applies them); whatever a
+    receiver still lacks it fetches from the announcer. ``objects_total`` counts all of the commit's
+    new objects: whole + delta-encoded + left to fetch. ``deltas`` is left off the wire when empty,
+    so such a message reads exactly as before deltas existed.
+    """
 
     TYPE: ClassVar[str] = "result"
     receipt: Receipt
@@ -397,9 +500,10 @@ class Result(_MessageBase):
     objects: list[GitObject] = field(default_factory=list)
     objects_total: int = 0
     description: str = ""
+    deltas: list[DeltaObject] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "receipt": self.receipt.to_dict(),
             "signature": self.signature,
             "public_key": self.public_key,
@@ -407,6 +511,9 @@ class Result(_MessageBase):
             "objects_total": self.objects_total,
             "description": self.description,
         }
+        if self.deltas:
+            d["deltas"] = [x.to_dict() for x in self.deltas]
+        return d
 
     @classmethod
     def from_body(cls, d: dict[str, Any]) -> Result:
@@ -419,10 +526,17 @@ class Result(_MessageBase):
         if receipt.status != "crash" and receipt.value is None:
             raise WireError("result.receipt.value: missing for a non-crash result")
         objects = _objects_from(_get(d, "objects", w), "result.objects")
+        deltas = _deltas_from(d["deltas"], "result.deltas") if "deltas" in d else []
+        inline = len(objects) + len(deltas)
+        if inline > MAX_INLINE_OBJECTS:
+            raise WireError(f"result: {inline} inline objects and deltas > {MAX_INLINE_OBJECTS}")
+        size = sum(len(o.data) for o in objects) + sum(len(x.data) for x in deltas)
+        if size > MAX_INLINE_TOTAL:
+            raise WireError(f"result: inline objects and deltas total {size} bytes > {MAX_INLINE_TOTAL}")
         total = _int(d, "objects_total", w)
         assert total is not None
-        if total < len(objects):
-            raise WireError(f"result.objects_total: {total} < {len(objects)} inline objects")
+        if total < inline:
+            raise WireError(f"result.objects_total: {total} < {inline} inline objects and deltas")
         return cls(
             receipt=receipt,
             signature=_bytes(d, "signature", w, MAX_SIGNATURE),
@@ -430,6 +544,7 @@ class Result(_MessageBase):
             objects=objects,
             objects_total=total,
             description=_str(d, "description", w, MAX_DESCRIPTION),
+            deltas=deltas,
         )
 
 
@@ -494,14 +609,59 @@ class BoardPost(_MessageBase):
         )
 
 
-Message = Claim | Result | Verification | BoardPost
+MAX_BUNDLE = 16  # messages in one bundle
+BUNDLE_TYPES = frozenset({"claim", "result", "verification"})
 
-_TYPES: dict[str, type[Any]] = {c.TYPE: c for c in (Claim, Result, Verification, BoardPost)}
+
+@dataclass(frozen=True)
+class Bundle(_MessageBase):
+    """Several experiment-topic messages of one sender in one gossip message.
+
+    Why: on a CPU-bound swarm the cost of gossip is per message (each one is signed, framed, encrypted,
+    forwarded to every mesh neighbour and checked by each receiver), not per byte. A node that finishes
+    an experiment announces its result and claims its next experiment moments later: sent together,
+    the swarm handles one message instead of two. Each inner message is a complete wire message
+    (bytes), decoded and validated exactly like one sent alone; bundles do not nest.
+    """
+
+    TYPE: ClassVar[str] = "bundle"
+    messages: tuple[Claim | Result | Verification, ...]
+
+    def body(self) -> dict[str, Any]:
+        return {"messages": [m.to_wire() for m in self.messages]}
+
+    @classmethod
+    def from_body(cls, d: dict[str, Any]) -> Bundle:
+        raw = _get(d, "messages", "bundle")
+        if not isinstance(raw, list):
+            raise WireError(f"bundle.messages: expected a list, got {type(raw).__name__}")
+        if not 1 <= len(raw) <= MAX_BUNDLE:
+            raise WireError(f"bundle.messages: {len(raw)} messages, expected 1..{MAX_BUNDLE}")
+        out = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, bytes):
+                raise WireError(f"bundle.messages[{i}]: expected bytes, got {type(item).__name__}")
+            try:
+                m = decode(item)
+            except WireError as e:
+                raise WireError(f"bundle.messages[{i}]: {e.reason}") from None
+            if m.TYPE not in BUNDLE_TYPES:
+                raise WireError(f"bundle.messages[{i}]: a {m.TYPE} cannot be bundled")
+            out.append(m)
+        return cls(tuple(out))
+
+
+Message = Claim | Result | Verification | BoardPost | Bundle
+
+_TYPES: dict[str, type[Any]] = {c.TYPE: c for c in (Claim, Result, Verification, BoardPost, Bundle)}
 _FIELDS: dict[str, frozenset[str]] = {
     "claim": frozenset({"exp_id", "protocol_id", "parent", "peer", "lease_until", "description", "ts"}),
-    "result": frozenset({"receipt", "signature", "public_key", "objects", "objects_total", "description"}),
+    "result": frozenset(
+        {"receipt", "signature", "public_key", "objects", "objects_total", "description", "deltas"}
+    ),
     "verification": frozenset({"receipt", "signature", "public_key", "target_peer", "claimed_value"}),
     "board": frozenset({"author", "name", "text", "ts"}),
+    "bundle": frozenset({"messages"}),
 }
 
 
@@ -548,5 +708,5 @@ def decode(data: bytes) -> Message:
 
 
 def message_type(msg: Message) -> str:
-    """The wire type tag ("claim", "result", "verification", "board") of a message."""
+    """The wire type tag ("claim", "result", "verification", "board", "bundle") of a message."""
     return msg.TYPE
