@@ -134,3 +134,42 @@ def test_quorum_of_other_nodes_replaces_a_local_rerun_but_not_for_colluders():
         s.on_peer_verification(c3.exp_id, v, "QmA", True)
     s.on_peer_verification(c3.exp_id, "QmD", "QmA", False)     # one refutation: check it myself
     assert isinstance(s.next_decision(2.0), Verify)
+
+
+honest_claims = st.builds(
+    PeerClaim, exp_id=st.text("0123456789abcdef", min_size=40, max_size=40), commit=st.just("c" * 40),
+    peer=st.sampled_from(PEERS[:3]), value=st.floats(1.0, 2.0), seed=st.integers(0, 3), received_at=st.just(0.0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(honest_claims, min_size=1, max_size=15, unique_by=lambda c: c.exp_id),
+       st.sampled_from(["always", "adaptive", "never"]), st.integers(0, 15), st.randoms())
+def test_following_nodes_converge_on_one_baseline(events, policy, cut, rnd):
+    """Three nodes see the same results in different orders; while experimenting each adopts only what beats
+    its baseline by the margin (so they end up split), then they follow by rank and all end on the best one."""
+    finals = set()
+    for node in range(3):
+        state = SwarmState(SwarmPolicy(f"QmNode{node}", policy, margin=0.3))
+        order = list(events)
+        rnd.shuffle(order)
+        baseline, rank = 2.5, (2.5, "0" * 40)
+
+        def truth(c, node=node):  # honest re-runs differ from the claim by noise within tolerance
+            return c.value + (hash((node, c.exp_id)) % 100 - 50) / 100 * state.policy.tol
+
+        def settle(following: bool) -> None:
+            nonlocal baseline, rank
+            while (d := state.next_decision(baseline, rank if following else None)) is not None:
+                if isinstance(d, Verify):
+                    _, d = state.on_verified(d.claim, truth(d.claim), baseline, rank if following else None)
+                if isinstance(d, Adopt):
+                    baseline, rank = d.value, (d.claim.value, d.claim.exp_id)
+
+        for i, c in enumerate(order):
+            state.on_peer_result(c, True, "", "kept")
+            if i < cut:
+                settle(following=False)
+        settle(following=True)
+        finals.add(rank)
+    best = min((c.value, c.exp_id) for c in events)
+    assert finals == {best}

@@ -42,6 +42,7 @@ class SwarmCoordinator:
                                             cfg.verification.tolerance, cfg.verification.refuted_threshold,
                                             cfg.verification.quorum))
         self.accepted: set[str] = set()
+        self.following = False  # set once this node stops proposing: adopt by rank, not by margin
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0}
         self._load_reputation()
@@ -138,6 +139,26 @@ class SwarmCoordinator:
         return await self.d.dht_knows(exp_id)
 
     # --- between experiments ----------------------------------------------------------------------
+    def baseline_rank(self) -> tuple[float, str] | None:
+        """The current baseline's place in the swarm's order: (announced value, experiment id).
+
+        The announced value is what its measurer published: ours for our own baseline, the claimant's
+        for an adopted one (our re-run of it may differ by noise, and would order nodes differently)."""
+        eng = self.engine
+        b = self.ctx.ledger.baseline(self.ctx.protocol_id)
+        if eng is None or eng.loop is None or eng.loop.baseline_value is None:
+            return None
+        if b is None or b.commit_id != eng.loop.baseline_commit:
+            return eng.loop.baseline_value, ""
+        value = b.val_bpb
+        if b.source_peer and b.source_peer != self.d.peer_id:
+            row = self.ctx.ledger.db.execute(
+                "SELECT val_bpb FROM runs WHERE exp_id=? AND peer=? AND origin='peer' AND kind='experiment'"
+                " AND val_bpb IS NOT NULL ORDER BY rowid LIMIT 1", (b.exp_id, b.source_peer)).fetchone()
+            if row is not None:
+                value = row[0]
+        return (value if value is not None else eng.loop.baseline_value), b.exp_id
+
     async def between(self) -> None:
         """Verify and adopt the best pending peer result(s) before proposing anything new."""
         eng = self.engine
@@ -145,7 +166,8 @@ class SwarmCoordinator:
             return
         for _ in range(8):
             self.state.policy.margin = eng.margin
-            decision = self.state.next_decision(eng.loop.baseline_value)
+            rank = self.baseline_rank() if self.following else None
+            decision = self.state.next_decision(eng.loop.baseline_value, rank)
             if decision is None:
                 break
             if isinstance(decision, Verify):
@@ -167,7 +189,8 @@ class SwarmCoordinator:
         er = await eng.execute(claim.commit, "verification", f"verification of {claim.peer[:16]}'s result", claim.seed,
                                claim.exp_id)
         measured = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
-        verdict, adopt = self.state.on_verified(claim, measured, eng.loop.baseline_value)
+        rank = self.baseline_rank() if self.following else None
+        verdict, adopt = self.state.on_verified(claim, measured, eng.loop.baseline_value, rank)
         self.stats[f"verified_{verdict}"] += 1
         assert er.run.run_id is not None
         self.ctx.ledger.finish_run(er.run.run_id, verdict, reason=f"claimed {claim.value:.6f}, measured "

@@ -153,7 +153,9 @@ class NodeDaemon:
         if engine.loop is None or engine.loop.baseline_value is None:
             return
         # No more experiments of its own, but the node keeps following the swarm: better baselines that
-        # peers publish are still verified and adopted, so every node ends on the swarm's best.
+        # peers publish are still verified and adopted, by rank rather than by margin, so every node
+        # ends on the swarm's best.
+        self.coordinator.following = True
         while True:
             await trio.sleep(ADOPTION_POLL_S)
             await self.coordinator.between()

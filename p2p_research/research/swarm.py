@@ -10,7 +10,14 @@ trust policy, and beats the current baseline by more than the margin; and, per t
 Under `adaptive`, replicated evidence also counts: a result that `quorum` other nodes (not the claimant,
 none of them ignored here) confirmed, and none refuted, is adopted without a local re-run.
 Each re-run is a confirmation or a refutation that is announced; a peer refuted `refuted_threshold`
-times (net of confirmations) is ignored. The coin of `adaptive` is a hash of (self, experiment), so
+times (net of confirmations) is ignored.
+
+A node that has stopped proposing (drained, or done with its `-n`) *follows* the swarm: it passes a
+`rank`, the (announced value, experiment id) of its current baseline, and then any candidate that
+ranks lower is adopted (after the same checks), however small the difference. The margin keeps noise
+out of the search while a node experiments; following by rank gives every node the same total order,
+so a quiet swarm converges on one baseline (the best announced result that survives verification)
+instead of staying split between results that are within noise of each other. The coin of `adaptive` is a hash of (self, experiment), so
 decisions are reproducible and two nodes do not skip the same checks in lockstep.
 """
 
@@ -19,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+
+
+MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
 
 
 @dataclass
@@ -80,6 +90,7 @@ class SwarmState:
     reputation: dict[str, Reputation] = field(default_factory=dict)
     candidates: dict[tuple[str, str], PeerClaim] = field(default_factory=dict)  # (exp_id, peer)
     settled: set[str] = field(default_factory=set)     # exp ids already verified, adopted or dismissed
+    confirmed: dict[str, tuple[PeerClaim, float]] = field(default_factory=dict)  # re-run OK, not adopted
     evidence: dict[str, dict[str, bool]] = field(default_factory=dict)  # exp id -> verifier -> confirmed?
 
     def rep(self, peer: str) -> Reputation:
@@ -131,17 +142,39 @@ class SwarmState:
         self.candidates.setdefault((claim.exp_id, claim.peer), claim)  # the first report wins, as in the ledger
         return None
 
-    def next_decision(self, baseline_value: float | None) -> Decision | None:
-        """The best pending candidate that would still improve the baseline, and what to do with it."""
+    def _improves(self, c: PeerClaim, baseline_value: float, rank: tuple[float, str] | None) -> bool:
+        if rank is not None:
+            return (c.value, c.exp_id) < rank
+        return baseline_value - c.value > self.policy.margin
+
+    def next_decision(self, baseline_value: float | None, rank: tuple[float, str] | None = None) -> Decision | None:
+        """The best pending candidate that would still improve the baseline, and what to do with it.
+
+        `rank` (following only): the baseline's (announced value, exp id); any candidate ranked lower
+        improves it. Candidates that do not improve the baseline now are kept: they may when following."""
         if baseline_value is None:
             return None
         best: PeerClaim | None = None
         for key, c in list(self.candidates.items()):
-            if self.ignored(c.peer) or c.exp_id in self.settled or not baseline_value - c.value > self.policy.margin:
-                del self.candidates[key]         # no longer interesting (a better baseline came along)
+            if self.ignored(c.peer) or c.exp_id in self.settled:
+                del self.candidates[key]
+                continue
+            if not self._improves(c, baseline_value, rank):
                 continue
             if best is None or (c.value, c.exp_id, c.peer) < (best.value, best.exp_id, best.peer):
                 best = c
+        if rank is not None:
+            ready = [(c, m) for c, m in self.confirmed.values()
+                     if not self.ignored(c.peer) and self._improves(c, baseline_value, rank)]
+            if ready:
+                c, measured = min(ready, key=lambda x: (x[0].value, x[0].exp_id, x[0].peer))
+                if best is None or (c.value, c.exp_id, c.peer) < (best.value, best.exp_id, best.peer):
+                    del self.confirmed[c.exp_id]
+                    return Adopt(c, measured, f"adopted from {c.peer[:16]}: the swarm's best ranked result, "
+                                              f"confirmed earlier by a local re-run ({measured:.6f})")
+        if len(self.candidates) > MAX_CANDIDATES:  # keep the best ones
+            for key in sorted(self.candidates, key=lambda k: self.candidates[k].value)[MAX_CANDIDATES:]:
+                del self.candidates[key]
         if best is None:
             return None
         for key in [k for k in self.candidates if k[0] == best.exp_id]:
@@ -155,8 +188,11 @@ class SwarmState:
         return Adopt(best, best.value, f"adopted from {best.peer[:16]} without re-run "
                                        f"({self.policy.verification}, p={self.verify_probability(best.peer):.2f})")
 
-    def on_verified(self, claim: PeerClaim, measured: float | None, baseline_value: float | None) -> tuple[str, Adopt | None]:
-        """A local re-run finished: returns ('confirmed' | 'refuted', an adoption if it still improves)."""
+    def on_verified(self, claim: PeerClaim, measured: float | None, baseline_value: float | None,
+                    rank: tuple[float, str] | None = None) -> tuple[str, Adopt | None]:
+        """A local re-run finished: returns ('confirmed' | 'refuted', an adoption if it still improves).
+
+        Following (`rank` given), a confirmed claim that ranks below the baseline is adopted."""
         r = self.rep(claim.peer)
         if measured is not None and math.isfinite(measured) and abs(measured - claim.value) <= self.policy.tol:
             r.confirmed += 1
@@ -166,7 +202,13 @@ class SwarmState:
             r.refuted += 1
             r.streak = 0
             verdict = "refuted"
-        if verdict == "confirmed" and measured is not None and (
-                baseline_value is None or baseline_value - measured > self.policy.margin):
-            return verdict, Adopt(claim, measured, f"confirmed by a local re-run ({measured:.6f} vs claimed {claim.value:.6f})")
+        if verdict == "confirmed" and measured is not None:
+            improves = baseline_value is None or (
+                (claim.value, claim.exp_id) < rank if rank is not None else baseline_value - measured > self.policy.margin)
+            if improves:
+                return verdict, Adopt(claim, measured,
+                                      f"confirmed by a local re-run ({measured:.6f} vs claimed {claim.value:.6f})")
+            self.confirmed[claim.exp_id] = (claim, measured)  # a candidate again once this node follows
+            while len(self.confirmed) > MAX_CANDIDATES:
+                del self.confirmed[next(iter(self.confirmed))]
         return verdict, None
