@@ -265,6 +265,7 @@ class NodeDaemon:
             "net": {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.net.stats.items()} if self.net else {},
             "intake": dict(self.intake.stats) if self.intake else {},
             "swarm_stats": dict(self.coordinator.stats) if self.coordinator else {},
+            "dedup": dict(self.engine.dedup_stats) if self.engine else {},
             "caught_up_results": self.catchup.received if self.catchup else 0,
         }
 

@@ -80,6 +80,9 @@ class ResearchEngine:
         self.proposer = proposer
         self.hooks = hooks or Hooks()
         self.progress = Progress()
+        # proposals dropped before running because the id was known: in the ledger (run here or
+        # announced by a peer) or claimed by another node (gossip claim or DHT record)
+        self.dedup_stats = {"known_in_ledger": 0, "claimed_elsewhere": 0}
         self.seed = ctx.config.research.seed + seed_offset
         self.peer = ""  # own peer id, set by a daemon
         self.loop: L.ResearchLoop | None = None
@@ -213,9 +216,11 @@ class ResearchEngine:
             tree = self.ctx.workspace.tree_with(baseline, {EDITABLE_FILE: train_py})
             exp_id = experiment_id(self.ctx.protocol_id, tree)
             if self.ctx.ledger.knows(exp_id):
+                self.dedup_stats["known_in_ledger"] += 1
                 return True
-            if self.hooks.is_known is not None:
-                return await self.hooks.is_known(exp_id)
+            if self.hooks.is_known is not None and await self.hooks.is_known(exp_id):
+                self.dedup_stats["claimed_elsewhere"] += 1
+                return True
             return False
         return is_known
 

@@ -267,7 +267,7 @@ def collect(sim: Any) -> dict[str, Any]:
         net = st.get("net") or {}
         for group, d in (("net", {k: v for k, v in net.items() if not isinstance(v, dict)}),
                          ("net_rejected", net.get("rejected") or {}), ("intake", st.get("intake") or {}),
-                         ("swarm", probe_swarm_stats(st))):
+                         ("swarm", probe_swarm_stats(st)), ("dedup", st.get("dedup") or {})):
             g = counters.setdefault(group, {})
             for k, v in d.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -302,10 +302,13 @@ def collect(sim: Any) -> dict[str, Any]:
         "duplicate_examples": dict(list(dup_examples.items())[:10]),
         "duplicates_avoided": {
             "yielded_in_flight": yielded,
-            "proposals_skipped_as_known": None,
+            "proposals_skipped_as_known": (sum(counters["dedup"].values()) if counters.get("dedup") else None),
+            "proposals_skipped_by_reason": counters.get("dedup") or None,
             "note": "yielded_in_flight: runs a node stopped because another node's earlier claim on the same "
-                    "experiment won. Proposals the built-in proposer discarded because the id was already known "
-                    "(ledger, claims) are not counted by the daemon, so they are not reported."},
+                    "experiment won. proposals_skipped_as_known: proposals dropped before running because the id "
+                    "was already in the node's ledger (run there or announced by a peer) or claimed by another "
+                    "node; from the daemons' `status` just before the stop (a restarted node counts since its "
+                    "restart)."},
         "verifications": ver,
         "adoptions": {"count": len(adoptions), "with_rerun": sum(a["rerun"] for a in adoptions),
                       "without_rerun": sum(not a["rerun"] for a in adoptions),

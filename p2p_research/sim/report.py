@@ -93,6 +93,10 @@ def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
         ("runs aborted (stops, kills, yields)", m["experiments_aborted"]),
         ("duplicates wasted", f"{m['duplicates_wasted']} ({m['duplicates_wasted_pct']:.2f}%)"),
         ("duplicates avoided in flight (yielded to an earlier claim)", m["duplicates_avoided"]["yielded_in_flight"]),
+        ("proposals skipped before running (id known / claimed elsewhere)",
+         "-" if not m["duplicates_avoided"].get("proposals_skipped_by_reason") else
+         f"{m['duplicates_avoided']['proposals_skipped_by_reason'].get('known_in_ledger', 0)} / "
+         f"{m['duplicates_avoided']['proposals_skipped_by_reason'].get('claimed_elsewhere', 0)}"),
         ("verifications confirmed / refuted", f"{m['verifications']['confirmed']} / {m['verifications']['refuted']}"),
         ("  of liars' claims: confirmed / refuted", f"{m['verifications']['of_liars']['confirmed']} / "
                                                     f"{m['verifications']['of_liars']['refuted']}"),
@@ -156,7 +160,7 @@ def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
     if dc.get("nodes_answering"):
         a(f"\n## Daemon counters at the stop (sum over {dc['nodes_answering']} nodes that answered; since each "
           "node's last start)\n")
-        for group in ("net", "net_rejected", "intake", "swarm"):
+        for group in ("net", "net_rejected", "intake", "swarm", "dedup"):
             if dc.get(group):
                 a(f"- {group}: " + ", ".join(f"{k} {v}" for k, v in sorted(dc[group].items())))
     a("\n## How these are measured\n")
