@@ -62,6 +62,8 @@ class VerificationSection:
     tolerance: float = 0.0      # |re-run - claim| allowed; 0 = 2 x margin
     refuted_threshold: int = 2  # a peer refuted this often (net of confirmations) is ignored
     quorum: int = 2             # adaptive: other nodes' confirmations that stand in for a local re-run (0: off)
+    replicas: int = 3           # adaptive: nodes designated (by hash) to re-run each result at once (0: all)
+    defer_s: float = 0.0        # adaptive: how long the others wait for their evidence; 0 = 4 runs, >= 60 s
 
 
 @dataclass
@@ -98,8 +100,9 @@ class NodeConfig:
             raise ConfigError(f"research.objective must be torch or surrogate, got {r.objective!r}")
         if r.surrogate_cost_s < 0:
             raise ConfigError("research.surrogate_cost_s must be >= 0")
-        if self.verification.tolerance < 0 or self.verification.refuted_threshold < 1 or self.verification.quorum < 0:
-            raise ConfigError("verification.tolerance must be >= 0 and refuted_threshold >= 1")
+        v = self.verification
+        if v.tolerance < 0 or v.refuted_threshold < 1 or v.quorum < 0 or v.replicas < 0 or v.defer_s < 0:
+            raise ConfigError("verification: tolerance, quorum, replicas and defer_s must be >= 0, refuted_threshold >= 1")
         if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
             raise ConfigError("research timeouts must be positive and threads >= 0")
         if self.trust.policy not in ("constants", "any"):

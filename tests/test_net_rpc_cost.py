@@ -233,3 +233,23 @@ async def test_two_hosts_exchange_gossip_with_the_patches(monkeypatch):
         assert rpc_cost.stats["record_skipped"] > before["record_skipped"]
         assert rpc_cost.stats["local_record_reused"] > before["local_record_reused"]
         assert rpc_cost.stats["idontwant_skipped"] > before["idontwant_skipped"]
+
+
+def test_outbound_queue_is_larger_and_drops_are_counted():
+    from libp2p.pubsub import pubsub as ps_mod
+    from libp2p.pubsub.rpc_queue import RpcQueue
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.peer.id import ID
+
+    assert rpc_cost.apply()["outbound_queue"]
+    q = RpcQueue()
+    pushed = 0
+    while q.push(rpc_pb2.RPC()):
+        pushed += 1
+    assert pushed == rpc_cost.OUTBOUND_QUEUE
+    before = dict(rpc_cost.DROPPED)
+    rpc = rpc_pb2.RPC()
+    rpc.publish.add(data=b"x")
+    ps_mod.drop_rpc(ID(b"\x00\x01"), rpc)  # what pubsub calls on a full queue
+    assert rpc_cost.DROPPED["rpcs"] == before["rpcs"] + 1
+    assert rpc_cost.DROPPED["messages"] == before["messages"] + 1

@@ -173,3 +173,38 @@ def test_following_nodes_converge_on_one_baseline(events, policy, cut, rnd):
         finals.add(rank)
     best = min((c.value, c.exp_id) for c in events)
     assert finals == {best}
+
+
+def test_designated_replicas_rerun_and_the_rest_adopt_on_their_evidence():
+    """Ten nodes, one peer's result: exactly `replicas` nodes re-run it at once; every other node waits,
+    then adopts on the quorum of their confirmations without a re-run of its own."""
+    nodes = [f"QmNode{i}" for i in range(10)]
+    claim = PeerClaim("ab" * 20, "c" * 40, "QmFinder", 1.5, 0, 100.0)
+    states = {}
+    for n in nodes:
+        s = SwarmState(SwarmPolicy(n, "adaptive", margin=0.002, quorum=2, replicas=3, defer_s=60.0))
+        for p in nodes + ["QmFinder"]:
+            s.note_peer(p)
+        s.on_peer_result(claim, True, "", "kept")
+        states[n] = s
+    first = {n: s.next_decision(2.0, now=101.0) for n, s in states.items()}
+    verifiers = [n for n, d in first.items() if isinstance(d, Verify)]
+    assert len(verifiers) == 3 and all(first[n] is None for n in nodes if n not in verifiers)
+    for v in verifiers[:2]:  # two confirmations arrive
+        for n, s in states.items():
+            s.on_peer_verification(claim.exp_id, v, claim.peer, True)
+    later = {n: states[n].next_decision(2.0, now=110.0) for n in nodes if n not in verifiers}
+    assert all(isinstance(d, Adopt) and "confirmed by 2 other nodes" in d.reason for d in later.values())
+
+
+def test_a_node_that_is_not_designated_verifies_itself_once_the_wait_is_over():
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2, replicas=1, defer_s=60.0))
+    claim = PeerClaim("cd" * 20, "c" * 40, "QmFinder", 1.5, 0, 100.0)
+    for p in [f"QmP{i}" for i in range(30)]:
+        s.note_peer(p)
+    if s.designated(claim):  # pick a claim this node is not designated for
+        claim = PeerClaim("ce" * 20, "c" * 40, "QmFinder", 1.5, 0, 100.0)
+    assert not s.designated(claim)
+    s.on_peer_result(claim, True, "", "kept")
+    assert s.next_decision(2.0, now=150.0) is None          # waiting for the designated node
+    assert isinstance(s.next_decision(2.0, now=161.0), Verify)  # no evidence came: re-run it here

@@ -40,7 +40,8 @@ class SwarmCoordinator:
         self.trust = TrustPolicy(cfg.trust.policy, frozenset(cfg.trust.trusted_peers))
         self.state = SwarmState(SwarmPolicy(daemon.peer_id, cfg.verification.policy, 0.002,
                                             cfg.verification.tolerance, cfg.verification.refuted_threshold,
-                                            cfg.verification.quorum))
+                                            cfg.verification.quorum, cfg.verification.replicas))
+        self.defer_s = cfg.verification.defer_s
         self.accepted: set[str] = set()
         self.following = False  # set once this node stops proposing: adopt by rank, not by margin
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
@@ -87,6 +88,7 @@ class SwarmCoordinator:
     async def on_result(self, msg: Result, run: Run) -> None:
         """A peer's result whose commit is now complete locally."""
         r = msg.receipt
+        self.state.note_peer(r.peer)
         if r.status not in ("kept", "baseline"):
             return
         if incomplete_ancestry(self.ctx.workspace, r.commit):
@@ -125,6 +127,7 @@ class SwarmCoordinator:
                   origin="peer", peer=r.peer, parent=r.parent, val_bpb=r.value, seed=r.seed, received_at=time.time(),
                   finished_at=r.ts, description=f"{r.status} {msg.target_peer[:16]}'s claim {msg.claimed_value}",
                   hardware=r.hardware)
+        self.state.note_peer(r.peer)
         if self.ctx.ledger.add_peer_run(run, r.canonical_bytes(), msg.signature, msg.public_key):
             confirmed = r.status == "confirmed" and r.value is not None and msg.claimed_value is not None and (
                 abs(r.value - msg.claimed_value) <= self.state.policy.tol)
@@ -166,8 +169,10 @@ class SwarmCoordinator:
             return
         for _ in range(8):
             self.state.policy.margin = eng.margin
+            # others' evidence is worth waiting for about four runs (at least a minute)
+            self.state.policy.defer_s = self.defer_s or max(60.0, 4 * (eng.expected_seconds() or 15.0))
             rank = self.baseline_rank() if self.following else None
-            decision = self.state.next_decision(eng.loop.baseline_value, rank)
+            decision = self.state.next_decision(eng.loop.baseline_value, rank, now=time.time())
             if decision is None:
                 break
             if isinstance(decision, Verify):

@@ -15,7 +15,7 @@ A py-spy profile of one node daemon in a CPU-saturated 35-process swarm on the 2
   own ``senderRecord``) to every v1.2 mesh peer for every message, whatever its size, and also for
   our own publishes.
 
-:func:`apply` installs three patches, once per process, before hosts are created
+:func:`apply` installs four patches, once per process, before hosts are created
 (``p2p_research.net.host.make_host`` and ``p2p_research.net.gossip.Gossip`` call it):
 
 1. ``record_cache`` (receive side): a peer's ``senderRecord`` bytes identical to the last ones this
@@ -34,11 +34,14 @@ A py-spy profile of one node daemon in a CPU-saturated 35-process swarm on the 2
    neither its constructor nor an attribute offers one. For a small message the IDONTWANT RPC costs
    its receiver about as much as the duplicate it might save, and it goes to every mesh peer,
    the one we got the message from included.
+4. ``outbound_queue``: a peer's outbound RPC queue holds 256 RPCs instead of 32 before libp2p drops
+   (silently) what a slow node cannot write yet, and every drop is counted (:data:`DROPPED`, shown
+   in the daemon's `status` as ``net.libp2p_dropped_rpcs``).
 
 Every patch checks that libp2p is version :data:`EXPECTED_LIBP2P` and that what it replaces exists;
 otherwise it logs a warning and leaves libp2p alone (never raises). Applying twice is a no-op.
 The environment variable ``P2P_RPC_PATCHES`` selects them (for A/B measurements, or as a kill switch):
-unset or ``all``: all three; ``none`` (or ``0``/``off``): none; else a comma-separated list of names.
+unset or ``all``: all four; ``none`` (or ``0``/``off``): none; else a comma-separated list of names.
 """
 
 from __future__ import annotations
@@ -243,6 +246,43 @@ def _apply_idontwant_threshold() -> bool:
     return True
 
 
+# --- 4. outbound queue -----------------------------------------------------------------------------
+
+OUTBOUND_QUEUE = 256  # RPCs per peer (py-libp2p: 32)
+DROPPED: dict[str, int] = {"rpcs": 0, "messages": 0}  # outbound RPCs libp2p dropped in this process
+_orig_drop: Any = None
+
+
+def drop_rpc(peer_id: Any, rpc: Any) -> None:
+    """libp2p's own drop_rpc (a debug log line), counted: a drop loses the message for that peer."""
+    DROPPED["rpcs"] += 1
+    try:
+        DROPPED["messages"] += len(rpc.publish)
+    except Exception:  # noqa: BLE001 - counting must never break sending
+        pass
+    _orig_drop(peer_id, rpc)
+
+
+def _apply_outbound_queue() -> bool:
+    """py-libp2p drops an outbound RPC silently when a peer's queue holds 32 already. A CPU-saturated
+    node falls behind its writes in bursts (a result forwarded to every mesh peer, IHAVE gossip,
+    subscriptions), and each drop loses a claim or result for that peer unless gossip repairs it
+    within its 3-heartbeat window. The queue grows to OUTBOUND_QUEUE RPCs (messages are capped at
+    512 KiB by the wire layer, and a node has ~10 peers), and every drop is counted in DROPPED."""
+    global _orig_drop
+    from libp2p.pubsub import rpc_queue
+
+    init = rpc_queue.RpcQueue.__init__
+    if init.__defaults__ is None or len(init.__defaults__) != 2 or not callable(getattr(rpc_queue, "drop_rpc", None)):
+        log.warning("rpc_cost: RpcQueue.__init__ defaults or drop_rpc not as expected; outbound queue not changed")
+        return False
+    init.__defaults__ = (max(OUTBOUND_QUEUE, init.__defaults__[0]), init.__defaults__[1])
+    if rpc_queue.drop_rpc is not drop_rpc:
+        _orig_drop = rpc_queue.drop_rpc
+        _replace_references("drop_rpc", _orig_drop, drop_rpc, ("libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub"))
+    return True
+
+
 # --- applying ------------------------------------------------------------------------------------
 
 
@@ -267,6 +307,7 @@ _PATCHES: dict[str, Callable[[], bool]] = {
     "record_cache": _apply_record_cache,
     "local_record_cache": _apply_local_record_cache,
     "idontwant_threshold": _apply_idontwant_threshold,
+    "outbound_queue": _apply_outbound_queue,
 }
 
 

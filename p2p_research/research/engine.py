@@ -167,7 +167,8 @@ class ResearchEngine:
                     return  # the swarm changed the baseline: propose from the new one
             self.progress.phase = "proposing"
             self.progress.description = ""
-            self.write_digest()
+            if getattr(self.proposer, "reads_digest", True):  # the built-in proposer never reads it
+                self.write_digest()
             result = await self.proposer.propose(self.ctx.workspace, action.baseline_commit, self._is_known_source(action.baseline_commit))
             if isinstance(result, Skip):
                 log.warning("proposal skipped: %s", result.reason)

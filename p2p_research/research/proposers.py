@@ -54,6 +54,7 @@ class Proposer(Protocol):
 
 class BuiltinProposer:
     name = "builtin"
+    reads_digest = False  # SWARM.md is for agents; rendering it before every proposal cost ~10% of a busy node
 
     def __init__(self, space: SearchSpace, seed: int, focus: Callable[[], dict[str, float]] | None = None) -> None:
         self.space = space
@@ -76,6 +77,7 @@ class BuiltinProposer:
 
 class CommandProposer:
     name = "command"
+    reads_digest = True
 
     def __init__(self, command: str, timeout_s: float, extra_env: dict[str, str] | None = None) -> None:
         self.command = command

@@ -8,7 +8,12 @@ trust policy, and beats the current baseline by more than the margin; and, per t
   checked, and trust grows with evidence); a refutation resets it;
 - `never`: at once.
 Under `adaptive`, replicated evidence also counts: a result that `quorum` other nodes (not the claimant,
-none of them ignored here) confirmed, and none refuted, is adopted without a local re-run.
+none of them ignored here) confirmed, and none refuted, is adopted without a local re-run. Who re-runs
+is decided per result, as BOINC assigns replicas: the `replicas` nodes ranked first by
+sha256(exp_id:peer) among the peers this node has heard from (the claimant excluded) re-run it at once;
+every other node waits up to `defer_s` for their evidence and only then falls back to its own coin.
+Every node computes the same ranking from (nearly) the same peer set, so a result costs about
+`replicas` re-runs instead of one per node.
 Each re-run is a confirmation or a refutation that is announced; a peer refuted `refuted_threshold`
 times (net of confirmations) is ignored.
 
@@ -78,6 +83,8 @@ class SwarmPolicy:
     tolerance: float = 0.0             # 0 = 2 x margin
     refuted_threshold: int = 2
     quorum: int = 2                    # adaptive: confirmations by other peers that replace a local re-run
+    replicas: int = 3                  # adaptive: nodes designated to re-run each result at once (0: everyone)
+    defer_s: float = 60.0              # adaptive: how long the others wait for the designated nodes' evidence
 
     @property
     def tol(self) -> float:
@@ -91,6 +98,7 @@ class SwarmState:
     candidates: dict[tuple[str, str], PeerClaim] = field(default_factory=dict)  # (exp_id, peer)
     settled: set[str] = field(default_factory=set)     # exp ids already verified, adopted or dismissed
     confirmed: dict[str, tuple[PeerClaim, float]] = field(default_factory=dict)  # re-run OK, not adopted
+    peers: set[str] = field(default_factory=set)       # peers heard from (results, verifications)
     evidence: dict[str, dict[str, bool]] = field(default_factory=dict)  # exp id -> verifier -> confirmed?
 
     def rep(self, peer: str) -> Reputation:
@@ -117,6 +125,21 @@ class SwarmState:
         if verifier in (claimant, self.policy.self_peer):
             return
         self.evidence.setdefault(exp_id, {})[verifier] = confirmed
+
+    def note_peer(self, peer: str) -> None:
+        if peer != self.policy.self_peer:
+            self.peers.add(peer)
+
+    def designated(self, claim: PeerClaim) -> bool:
+        """Whether this node is one of the `replicas` nodes that re-run `claim` at once."""
+        if self.policy.replicas <= 0:
+            return True
+        pool = {p for p in self.peers | {self.policy.self_peer} if p != claim.peer and not self.ignored(p)}
+
+        def score(p: str) -> bytes:
+            return hashlib.sha256(f"{claim.exp_id}:{p}".encode()).digest()
+
+        return self.policy.self_peer in sorted(pool, key=score)[: self.policy.replicas]
 
     def quorum_met(self, claim: PeerClaim) -> bool:
         votes = {v: ok for v, ok in self.evidence.get(claim.exp_id, {}).items()
@@ -147,11 +170,19 @@ class SwarmState:
             return (c.value, c.exp_id) < rank
         return baseline_value - c.value > self.policy.margin
 
-    def next_decision(self, baseline_value: float | None, rank: tuple[float, str] | None = None) -> Decision | None:
+    def _waits_for_evidence(self, c: PeerClaim, now: float | None) -> bool:
+        """Adaptive, not designated for `c`, and the designated nodes still have time to report."""
+        return (self.policy.verification == "adaptive" and now is not None and self.policy.quorum > 0
+                and now - c.received_at < self.policy.defer_s and not self.designated(c))
+
+    def next_decision(self, baseline_value: float | None, rank: tuple[float, str] | None = None,
+                      now: float | None = None) -> Decision | None:
         """The best pending candidate that would still improve the baseline, and what to do with it.
 
         `rank` (following only): the baseline's (announced value, exp id); any candidate ranked lower
-        improves it. Candidates that do not improve the baseline now are kept: they may when following."""
+        improves it. Candidates that do not improve the baseline now are kept: they may when following.
+        `now` enables deferral: a candidate this node is not designated to re-run is skipped (kept)
+        until its quorum is met or `defer_s` has passed since it arrived."""
         if baseline_value is None:
             return None
         best: PeerClaim | None = None
@@ -160,6 +191,8 @@ class SwarmState:
                 del self.candidates[key]
                 continue
             if not self._improves(c, baseline_value, rank):
+                continue
+            if self._waits_for_evidence(c, now) and not self.quorum_met(c):
                 continue
             if best is None or (c.value, c.exp_id, c.peer) < (best.value, best.exp_id, best.peer):
                 best = c
@@ -183,7 +216,8 @@ class SwarmState:
         if self.policy.verification == "adaptive" and self.policy.quorum > 0 and self.quorum_met(best):
             n = sum(self.evidence[best.exp_id].values())
             return Adopt(best, best.value, f"adopted from {best.peer[:16]}: confirmed by {n} other nodes' re-runs")
-        if self._coin(best.exp_id) < self.verify_probability(best.peer):
+        if self._coin(best.exp_id) < self.verify_probability(best.peer) or (
+                self.policy.verification == "adaptive" and now is not None and self.designated(best)):
             return Verify(best)
         return Adopt(best, best.value, f"adopted from {best.peer[:16]} without re-run "
                                        f"({self.policy.verification}, p={self.verify_probability(best.peer):.2f})")
