@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         max_trainings: int = typer.Option(0, "--max-trainings", min=0, help="Torch: concurrent trainings machine-wide (0: one per core)"),
         margin: float = typer.Option(-1.0, "--margin", help="Keep threshold for every node (< 0: node default)"),
         count_from: str = typer.Option("all-up", "--count-from", help="The duration counts from: all-up | first-start"),
-        settle: float = typer.Option(60.0, "--settle", min=0.0,
+        settle: float = typer.Option(180.0, "--settle", min=0.0,
                                      help="After the duration: stop experimenting and wait up to S s for adoptions to settle"),
     ) -> None:
         """Run a swarm of real node daemons on loopback; write report.json, report.md and plots."""

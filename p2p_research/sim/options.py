@@ -37,7 +37,7 @@ class SimOptions:
     budget_tokens: int = 0            # torch: the training budget (0 = the harness default)
     max_trainings: int = 0            # torch: machine-wide concurrent trainings (0 = one per core)
     count_from: str = "all-up"        # the duration counts from: all-up | first-start
-    settle_s: float = 60.0            # after the duration: drain the nodes and let adoptions settle
+    settle_s: float = 180.0           # after the duration: drain the nodes and wait (at most) for one baseline
     margin: float = -1.0              # keep threshold passed to every node (< 0: node default)
 
     def validate(self) -> SimOptions:
