@@ -6,6 +6,8 @@ its research context, and the network a fake that serves the sender's objects an
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import logging
 import time
 from pathlib import Path
@@ -38,15 +40,22 @@ def one_constant(src: bytes, old: bytes = OLD, new: bytes = NEW) -> bytes:
 class FakeNet:
     """Serves the sender's objects (or none) and records what was asked."""
 
-    def __init__(self, source: Workspace | None) -> None:
-        self.source = source
+    def __init__(self, source: Workspace | None, connected: dict[str, Workspace | None] | None = None) -> None:
+        self.source = source                  # what the announcer (any peer not in `connected`) serves
+        self.connected = connected or {}      # other connected peers and what each serves
         self.requests: list[list[str]] = []
+        self.asked: list[str] = []
+
+    def peers(self) -> list:
+        return [SimpleNamespace(peer_id=p) for p in self.connected]
 
     async def fetch_objects(self, peer_id: str, oids: list[str], *, timeout: float = 60.0) -> list[GitObject]:
         self.requests.append(list(oids))
-        if self.source is None:
+        self.asked.append(peer_id)
+        source = self.connected[peer_id] if peer_id in self.connected else self.source
+        if source is None:
             return []
-        found = [self.source.read_object(o) for o in oids]
+        found = [source.read_object(o) for o in oids]
         return [GitObject(o.oid, o.kind, o.data) for o in found if o is not None]
 
 
@@ -194,3 +203,16 @@ async def test_delta_against_a_non_blob_is_rejected(sender, ctx, caplog):
 
 def test_receiver_home_shares_the_senders_genesis(sender, ctx):
     assert Path(ctx.workspace.path).exists() and ctx.workspace.genesis == sender.genesis
+
+
+async def test_a_commit_the_announcer_cannot_serve_is_fetched_from_a_connected_peer(sender, ctx):
+    """The announcer may be gone or slow; connected peers that processed the result hold the commit."""
+    files = read_target_files()
+    c1 = sender.commit_experiment(sender.baseline, {"train.py": one_constant(files["train.py"])}, "lr", "1" * 40)
+    msg = result_for(sender, ctx, c1, deltas=False)
+    msg = Result(msg.receipt, msg.signature, msg.public_key, objects=[], objects_total=msg.objects_total,
+                 description=msg.description)  # nothing inline: everything must be fetched
+    net = FakeNet(None, connected={"QmEmpty": None, "QmHasIt": sender})
+    await deliver(ctx, net, msg)
+    assert net.asked[0] == PEER and "QmHasIt" in net.asked
+    assert ctx.workspace.is_complete(c1)

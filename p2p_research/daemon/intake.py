@@ -11,6 +11,7 @@ before it is written.
 from __future__ import annotations
 
 import logging
+import random
 
 import trio
 
@@ -24,6 +25,8 @@ from p2p_research.wire import BoardPost, Claim, Result, Verification, WireError
 log = logging.getLogger("p2p_research.intake")
 
 MAX_FETCH_ROUNDS = 256
+FETCH_FALLBACK_PEERS = 3   # connected peers asked when the announcer cannot serve a commit
+FETCH_TIMEOUT_S = 30.0
 
 
 class Intake:
@@ -98,6 +101,29 @@ class Intake:
                 self.reject(inc, f"inline objects: {e}")
         nursery.start_soon(self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg, run)
 
+    async def _fetch_from(self, source: str, commit: str) -> bool:
+        """Fetch the commit's missing ancestry from one peer (what arrives is kept even on failure)."""
+        ws = self.ctx.workspace
+        wanted = incomplete_ancestry(ws, commit)
+        rounds = 0
+        try:
+            while wanted and rounds < MAX_FETCH_ROUNDS:
+                rounds += 1
+                with trio.fail_after(FETCH_TIMEOUT_S):
+                    objs = await self.net.fetch_objects(source, wanted)
+                got = {o.oid for o in objs}
+                ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in objs])
+                self.stats["fetched_objects"] += len(objs)
+                lacking = [w for w in wanted if w not in got]
+                if lacking:
+                    raise WorkspaceError(f"peer does not have {len(lacking)} object(s), e.g. {lacking[0]}")
+                wanted = incomplete_ancestry(ws, commit)
+            return not wanted
+        except (WorkspaceError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - a peer may vanish
+            self.stats["fetch_failures"] += 1
+            log.info("could not complete commit %s from %s: %s", commit[:7], source[:16], e)
+            return False
+
     def resolve_deltas(self, inc: Incoming, msg: Result) -> list[RawObject]:
         """Rebuild a result's delta-encoded blobs from their bases in the local repo (checked ids).
 
@@ -134,27 +160,24 @@ class Intake:
 
     async def complete_commit(self, peer: str, commit: str, exp_id: str, msg: Result | None = None,
                               run: Run | None = None) -> bool:
-        """Fetch whatever the commit still lacks from `peer`; set its experiment ref when complete."""
+        """Fetch whatever the commit still lacks, from `peer` (the announcer) and, failing that, from up
+        to FETCH_FALLBACK_PEERS connected peers (they hold the commit once they have processed the
+        result, and need no new connection); set its experiment ref when complete."""
         ws = self.ctx.workspace
         async with self.fetch_limit:
-            wanted = incomplete_ancestry(ws, commit)
-            rounds = 0
-            try:
-                while wanted and rounds < MAX_FETCH_ROUNDS:
-                    rounds += 1
-                    with trio.fail_after(60):
-                        objs = await self.net.fetch_objects(peer, wanted)
-                    got = {o.oid for o in objs}
-                    lacking = [w for w in wanted if w not in got]
-                    if lacking:
-                        raise WorkspaceError(f"peer does not have {len(lacking)} object(s), e.g. {lacking[0]}")
-                    ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in objs])
-                    self.stats["fetched_objects"] += len(objs)
-                    wanted = incomplete_ancestry(ws, commit)
-            except (WorkspaceError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - a peer may vanish
-                self.stats["fetch_failures"] += 1
-                log.warning("could not complete commit %s from %s: %s", commit[:7], peer[:16], e)
-                return False
+            others = [p.peer_id for p in self.net.peers() if p.peer_id not in (peer, self.self_peer)]
+            random.shuffle(others)
+            sources = [peer, *others[:FETCH_FALLBACK_PEERS]]
+            for source in sources:
+                if not incomplete_ancestry(ws, commit):
+                    break
+                if await self._fetch_from(source, commit):
+                    break
+            else:
+                if incomplete_ancestry(ws, commit):
+                    log.warning("could not complete commit %s of %s from %d peer(s); it stays a partial result",
+                                commit[:7], exp_id[:10], len(sources))
+                    return False
         if ws.is_complete(commit) and not incomplete_ancestry(ws, commit):
             try:
                 if ws.tree_of(commit) and self.ctx.experiment_id_of(commit) != exp_id:
