@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from p2p_research import __version__
 from p2p_research.config import NodeConfig
@@ -26,6 +27,7 @@ from p2p_research.daemon.catchup import CATCHUP_PROTOCOL, CatchUp
 from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.coordinator import SwarmCoordinator
 from p2p_research.daemon.intake import Intake
+from p2p_research.daemon.taskdump import report_if_still_stopping
 from p2p_research.home import HomeLock, NodeHome
 from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
@@ -126,6 +128,7 @@ class NodeDaemon:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.warning("%s: stopping the node", signal.Signals(signum).name)
+                trio.lowlevel.spawn_system_task(report_if_still_stopping, name="stop-report")
                 scope.cancel()
                 return
 
