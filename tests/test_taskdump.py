@@ -32,3 +32,14 @@ async def test_task_tree_lists_nested_tasks():
         lines = task_tree(trio.lowlevel.current_task())
         nursery.cancel_scope.cancel()
     assert any(l.startswith("  child") for l in lines)
+
+
+def test_the_report_never_delays_a_prompt_stop():
+    import time
+
+    async def main():
+        trio.lowlevel.spawn_system_task(report_if_still_stopping, 30.0, name="stop-report")
+
+    t = time.monotonic()
+    trio.run(main)
+    assert time.monotonic() - t < 5

@@ -8,6 +8,7 @@ peer's reputation in the ledger, and resolves two nodes claiming the same experi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from p2p_research.wire.receipts import sign_receipt
 log = logging.getLogger("p2p_research.swarm")
 
 CLAIM_TIE_S = 2.0  # claims closer than this in time are simultaneous; the lower peer id wins
+OWNER_MEMORY_S = 600.0  # a peer silent this long no longer owns a share of the candidates
 
 
 def claim_winner(a: tuple[float, str], b: tuple[float, str]) -> str:
@@ -44,6 +46,7 @@ class SwarmCoordinator:
         self.defer_s = cfg.verification.defer_s
         self.accepted: set[str] = set()
         self.following = False  # set once this node stops proposing: adopt by rank, not by margin
+        self.heard: dict[str, float] = {}  # peer -> when it last announced something (claims, results)
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0}
         self._load_reputation()
@@ -89,6 +92,7 @@ class SwarmCoordinator:
         """A peer's result whose commit is now complete locally."""
         r = msg.receipt
         self.state.note_peer(r.peer)
+        self.note_heard(r.peer)
         if r.status not in ("kept", "baseline"):
             return
         if incomplete_ancestry(self.ctx.workspace, r.commit):
@@ -110,6 +114,7 @@ class SwarmCoordinator:
 
     async def on_claim(self, claim: Claim) -> None:
         """Another node claimed an experiment: if I am running the same one and it wins, I yield."""
+        self.note_heard(claim.peer)
         eng = self.engine
         if eng is None or claim.peer == self.d.peer_id or eng.progress.exp_id != claim.exp_id:
             return
@@ -134,6 +139,21 @@ class SwarmCoordinator:
             self.state.on_peer_verification(r.exp_id, r.peer, msg.target_peer, confirmed)
 
     # --- dedup --------------------------------------------------------------------------------------
+    def note_heard(self, peer: str) -> None:
+        self.heard[peer] = time.time()
+
+    def owns(self, exp_id: str) -> bool:
+        """Whether this node is the owner of `exp_id` among the nodes heard from recently: the one ranked
+        first by sha256(exp_id:peer) (rendezvous hashing). Owners partition every baseline's candidates."""
+        now = time.time()
+        pool = [p for p, t in self.heard.items() if now - t < OWNER_MEMORY_S and not self.state.ignored(p)]
+        me = self.d.peer_id
+
+        def score(p: str) -> bytes:
+            return hashlib.sha256(f"{exp_id}:{p}".encode()).digest()
+
+        return max([*pool, me], key=score) == me
+
     async def is_known(self, exp_id: str) -> bool:
         """Known elsewhere: an active claim by another node, or a DHT record (late joiners)."""
         now = time.time()

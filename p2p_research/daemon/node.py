@@ -23,7 +23,7 @@ from p2p_research import __version__
 from p2p_research.config import NodeConfig
 from p2p_research.daemon import views
 from p2p_research.daemon.announce import make_claim, make_post, make_result
-from p2p_research.daemon.catchup import CATCHUP_PROTOCOL, CatchUp
+from p2p_research.daemon.catchup import ANTI_ENTROPY_S, CATCHUP_PROTOCOL, SINCE_PROTOCOL, CatchUp
 from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.coordinator import SwarmCoordinator
 from p2p_research.daemon.intake import Intake
@@ -106,12 +106,17 @@ class NodeDaemon:
                         await nursery.start(ControlServer(self.home.control_socket, self.handlers()).serve)
                         nursery.start_soon(intake.run, nursery)
 
-                        async def deliver(inc: Any) -> None:
+                        async def deliver(inc: Any) -> bool:
+                            """Hand a relayed result to intake; whether it was new here."""
+                            before = intake.stats["results"]
                             await intake.handle(inc, nursery)
+                            return intake.stats["results"] > before
 
                         self.catchup = CatchUp(net.host, ctx.ledger, ctx.protocol_id, deliver)
                         net.host.set_stream_handler(CATCHUP_PROTOCOL, self.catchup.handle)
-                        nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()])
+                        net.host.set_stream_handler(SINCE_PROTOCOL, self.catchup.handle_since)
+                        nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()], 3,
+                                           self.anti_entropy_interval)
                         nursery.start_soon(self.write_digest_periodically)
                         if on_ready:
                             on_ready(self.identity_view())
@@ -123,6 +128,11 @@ class NodeDaemon:
                 ctx.ledger.abort_running("the node stopped during this run")
                 ctx.close()
         log.info("node stopped")
+
+    def anti_entropy_interval(self) -> float:
+        """Sync more often once this node only follows the swarm: converging is then all it does."""
+        following = self.coordinator is not None and self.coordinator.following
+        return ANTI_ENTROPY_S / 3 if following else ANTI_ENTROPY_S
 
     async def watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -143,7 +153,7 @@ class NodeDaemon:
         assert self.coordinator is not None
         self.engine = engine = ResearchEngine(self.ctx, self.make_proposer(self.ctx), Hooks(
             on_claim=self.announce_claim, on_result=self.announce_result, is_known=self.coordinator.is_known,
-            between=self.coordinator.between))
+            between=self.coordinator.between, is_mine=self.coordinator.owns))
         engine.peer = self.peer_id
         self.research_state = "running"
         try:
@@ -275,6 +285,7 @@ class NodeDaemon:
             "swarm_stats": dict(self.coordinator.stats) if self.coordinator else {},
             "dedup": dict(self.engine.dedup_stats) if self.engine else {},
             "caught_up_results": self.catchup.received if self.catchup else 0,
+            "anti_entropy": {"syncs": self.catchup.syncs, "repaired": self.catchup.repaired} if self.catchup else {},
         }
 
     def net_counters(self) -> dict[str, Any]:
@@ -285,6 +296,8 @@ class NodeDaemon:
         out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.net.stats.items()}
         out["libp2p_dropped_rpcs"] = DROPPED["rpcs"]
         out["libp2p_dropped_messages"] = DROPPED["messages"]
+        out["libp2p_drops_queue_full"] = DROPPED["queue_full"]
+        out["libp2p_drops_queue_closed"] = DROPPED["queue_closed"]
         return out
 
     def peers_view(self) -> list[dict[str, Any]]:

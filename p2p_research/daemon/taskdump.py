@@ -49,8 +49,10 @@ def task_tree(task: Any, depth: int = 0, lines: list[str] | None = None, limit: 
 
 
 async def report_if_still_stopping(delay: float = STOP_REPORT_S) -> None:
-    """Run as a system task when the stop begins: after `delay`, log what every task still awaits."""
-    with trio.CancelScope(shield=True):
-        await trio.sleep(delay)
-        lines = task_tree(trio.lowlevel.current_root_task())
-        log.warning("still stopping after %.0f s; trio tasks and what they await:\n%s", delay, "\n".join(lines))
+    """Run as a system task when the stop begins: after `delay`, log what every task still awaits.
+
+    Not shielded: a system task is outside the stopping nursery, and trio cancels it as soon as the
+    main task returns, so a prompt stop is never held up by this report."""
+    await trio.sleep(delay)
+    lines = task_tree(trio.lowlevel.current_root_task())
+    log.warning("still stopping after %.0f s; trio tasks and what they await:\n%s", delay, "\n".join(lines))

@@ -249,7 +249,7 @@ def _apply_idontwant_threshold() -> bool:
 # --- 4. outbound queue -----------------------------------------------------------------------------
 
 OUTBOUND_QUEUE = 256  # RPCs per peer (py-libp2p: 32)
-DROPPED: dict[str, int] = {"rpcs": 0, "messages": 0}  # outbound RPCs libp2p dropped in this process
+DROPPED: dict[str, int] = {"rpcs": 0, "messages": 0, "queue_full": 0, "queue_closed": 0}  # outbound RPCs dropped
 _orig_drop: Any = None
 
 
@@ -277,6 +277,15 @@ def _apply_outbound_queue() -> bool:
         log.warning("rpc_cost: RpcQueue.__init__ defaults or drop_rpc not as expected; outbound queue not changed")
         return False
     init.__defaults__ = (max(OUTBOUND_QUEUE, init.__defaults__[0]), init.__defaults__[1])
+    push = rpc_queue.RpcQueue.push
+    if not getattr(push, "_p2p_counting", False):
+        def counting_push(self: Any, rpc: Any, priority: bool = False) -> bool:
+            ok = push(self, rpc, priority)
+            if not ok:  # why: a closed queue (peer gone) is harmless, a full one loses a message
+                DROPPED["queue_closed" if getattr(self, "_closed", False) else "queue_full"] += 1
+            return ok
+        counting_push._p2p_counting = True  # type: ignore[attr-defined]
+        rpc_queue.RpcQueue.push = counting_push  # type: ignore[method-assign]
     if rpc_queue.drop_rpc is not drop_rpc:
         _orig_drop = rpc_queue.drop_rpc
         _replace_references("drop_rpc", _orig_drop, drop_rpc, ("libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub"))

@@ -65,6 +65,7 @@ class Hooks:
     on_baseline: Callable[[str, float], Awaitable[None]] | None = None           # commit, value
     is_known: Callable[[str], Awaitable[bool]] | None = None                    # exp_id -> known elsewhere?
     between: Callable[[], Awaitable[None]] | None = None                        # before each proposal (swarm work)
+    is_mine: Callable[[str], bool] | None = None                                # exp_id -> this node's to run?
 
 
 @dataclass
@@ -169,7 +170,9 @@ class ResearchEngine:
             self.progress.description = ""
             if getattr(self.proposer, "reads_digest", True):  # the built-in proposer never reads it
                 self.write_digest()
-            result = await self.proposer.propose(self.ctx.workspace, action.baseline_commit, self._is_known_source(action.baseline_commit))
+            result = await self.proposer.propose(self.ctx.workspace, action.baseline_commit,
+                                                 self._is_known_source(action.baseline_commit),
+                                                 self._is_mine_source(action.baseline_commit))
             if isinstance(result, Skip):
                 log.warning("proposal skipped: %s", result.reason)
                 self.progress.last_result = f"skipped: {result.reason}"
@@ -224,6 +227,16 @@ class ResearchEngine:
                 return True
             return False
         return is_known
+
+    def _is_mine_source(self, baseline: str) -> Callable[[bytes], bool] | None:
+        if self.hooks.is_mine is None:
+            return None
+        is_mine = self.hooks.is_mine
+
+        def mine(train_py: bytes) -> bool:
+            tree = self.ctx.workspace.tree_with(baseline, {EDITABLE_FILE: train_py})
+            return is_mine(experiment_id(self.ctx.protocol_id, tree))
+        return mine
 
     def commit_proposal(self, baseline: str, proposal: Proposal) -> tuple[str, str]:
         ws = self.ctx.workspace

@@ -44,12 +44,16 @@ class Skip:
 
 
 IsKnown = Callable[[bytes], Awaitable[bool]]
+IsMine = Callable[[bytes], bool]
+
+PREFER_TRIES = 60  # candidates examined for one this node owns before settling for another unknown one
 
 
 class Proposer(Protocol):
     name: str
 
-    async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown) -> Proposal | Skip: ...
+    async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown,
+                      is_mine: IsMine | None = None) -> Proposal | Skip: ...
 
 
 class BuiltinProposer:
@@ -61,9 +65,18 @@ class BuiltinProposer:
         self.rng = random.Random(seed)
         self.focus = focus
 
-    async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown) -> Proposal | Skip:
+    async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown,
+                      is_mine: IsMine | None = None) -> Proposal | Skip:
+        """A mutation nobody ran or claimed; in a swarm, preferably one this node owns (`is_mine`).
+
+        Ownership partitions the candidates of a baseline among the nodes (rendezvous hashing of the
+        experiment id over the peers heard from): nodes on the same baseline then propose disjoint
+        experiments even before each other's claims arrive. Only if none of PREFER_TRIES unknown
+        candidates is owned here does the node run another unknown one (claims still guard it)."""
         source = workspace.files_of(baseline)[EDITABLE_FILE].decode()
         focus = self.focus() if self.focus else None
+        fallback: Proposal | None = None
+        unknown = 0
         for _ in range(BUILTIN_TRIES):
             m = propose_mutation(source, self.space, self.rng, focus)
             if not m.changes:
@@ -71,7 +84,15 @@ class BuiltinProposer:
             data = m.source.encode()
             if await is_known(data):
                 continue
-            return Proposal(data, m.description, True)
+            proposal = Proposal(data, m.description, True)
+            if is_mine is None or is_mine(data):
+                return proposal
+            fallback = fallback or proposal
+            unknown += 1
+            if unknown >= PREFER_TRIES:
+                break
+        if fallback is not None:
+            return fallback
         return Skip(f"no unknown experiment found in {BUILTIN_TRIES} mutations of the baseline")
 
 
@@ -84,7 +105,9 @@ class CommandProposer:
         self.timeout_s = timeout_s
         self.extra_env = extra_env or {}
 
-    async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown) -> Proposal | Skip:
+    async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown,
+                      is_mine: IsMine | None = None) -> Proposal | Skip:
+        """An agent writes one change; it cannot be steered by ownership (`is_mine` is ignored)."""
         workspace.checkout_baseline()
         env = {**os.environ, **self.extra_env,
                "P2P_WORKSPACE": str(workspace.path), "P2P_PROGRAM": str(workspace.path / "program.md"),

@@ -269,11 +269,14 @@ class Ledger:
         self.db.execute("UPDATE runs SET receipt=?, signature=?, public_key=? WHERE run_id=?",
                         (receipt, signature, public_key, run_id))
 
-    def signed_runs(self, protocol_id: str, limit: int = 5000) -> list[tuple[bytes, bytes, bytes, str]]:
-        """(receipt, signature, public key, description) of every result with a receipt, newest last."""
+    def signed_runs(self, protocol_id: str, limit: int = 5000,
+                    since: float | None = None) -> list[tuple[bytes, bytes, bytes, str]]:
+        """(receipt, signature, public key, description) of every result with a receipt, newest last;
+        with `since`, only results that finished (receipt time) at or after it."""
         rows = self.db.execute(
             "SELECT receipt, signature, public_key, description FROM runs WHERE receipt IS NOT NULL AND protocol_id=?"
-            " AND kind IN ('experiment','baseline') ORDER BY run_id DESC LIMIT ?", (protocol_id, limit))
+            " AND kind IN ('experiment','baseline') AND COALESCE(finished_at, 0) >= ? ORDER BY run_id DESC LIMIT ?",
+            (protocol_id, since if since is not None else float("-inf"), limit))
         return [(r[0], r[1], r[2], r[3]) for r in rows][::-1]
 
     def run_receipt(self, run_id: int) -> tuple[bytes | None, bytes | None, bytes | None]:
