@@ -61,3 +61,9 @@ async def test_full_catch_up_and_since_sync(tmp_path):
             except Exception:  # noqa: BLE001 - a reset stream raises on read: that is the expected outcome
                 pass
         assert await client.fetch_from(a.peer_id, since=now - 100) == 2
+
+        # what the requester already holds is not sent again
+        _store(client.ledger, new[0])
+        got.clear()
+        assert await client.fetch_from(a.peer_id, since=now - 100) == 1
+        assert got == [new[1].receipt.exp_id]

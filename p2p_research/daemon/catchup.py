@@ -4,7 +4,10 @@ Two uses. A late joiner or a restarted node asks its first peers for everything 
 writes at once). A running node repairs what gossip lost (libp2p drops RPCs silently when a peer falls
 behind, measured at ~3 % of deliveries on a saturated machine): every ANTI_ENTROPY_S it asks one
 random connected peer for the results that finished since its last successful sync, minus a margin
-for gossip latency (`/1.1.0`: the requester first writes one msgpack frame `{"since": <unix time>}`).
+for gossip latency, that it does not have (`/1.1.0`: the requester first writes one msgpack frame
+`{"since": <unix time>, "have": <8-byte keys>}`, a key being the first 8 bytes of the sha256 of a
+signed receipt; the server sends only the others, so a sync costs what gossip lost, not what it
+delivered).
 
 Receipts are signed by the node that measured them, independent of the gossip envelope, so any peer can
 relay them and the receiver checks each one exactly as if it had come over gossip. Objects are not
@@ -13,6 +16,7 @@ inlined: the receiver fetches what it needs (the best lineage first) through the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -33,16 +37,25 @@ log = logging.getLogger("p2p_research.catchup")
 CATCHUP_PROTOCOL = TProtocol("/p2p-research/catchup/1.0.0")
 SINCE_PROTOCOL = TProtocol("/p2p-research/catchup/1.1.0")
 MAX_FRAME = 64 * 1024
-MAX_REQUEST = 256
+KEY_BYTES = 8
+MAX_HAVE = 8192
+MAX_REQUEST = KEY_BYTES * MAX_HAVE + 256
 MAX_RESULTS = 5000
 TIMEOUT_S = 30.0
 ANTI_ENTROPY_S = 30.0      # between two syncs with a random connected peer
 SYNC_MARGIN_S = 180.0      # a result can reach a peer this late (gossip latency under load: p99 ~2 min)
 
 
-def results_from_ledger(ledger: Ledger, protocol_id: str, since: float | None = None) -> list[bytes]:
+def receipt_key(receipt: bytes) -> bytes:
+    return hashlib.sha256(receipt).digest()[:KEY_BYTES]
+
+
+def results_from_ledger(ledger: Ledger, protocol_id: str, since: float | None = None,
+                        skip: frozenset[bytes] = frozenset()) -> list[bytes]:
     out = []
     for receipt, sig, pub, desc in ledger.signed_runs(protocol_id, MAX_RESULTS, since):
+        if skip and receipt_key(receipt) in skip:
+            continue
         try:
             msg = Result(receipt=decode_receipt(receipt), signature=sig, public_key=pub, objects=[], objects_total=0,
                          description=desc[:500])
@@ -77,16 +90,20 @@ class CatchUp:
             since = req.get("since") if isinstance(req, dict) else None
             if isinstance(since, bool) or not isinstance(since, (int, float)) or since != since:
                 raise ValueError(f"bad request {req!r:.80}")
+            have = req.get("have", b"")
+            if not isinstance(have, bytes) or len(have) % KEY_BYTES or len(have) > KEY_BYTES * MAX_HAVE:
+                raise ValueError(f"bad 'have' ({type(have).__name__}, {len(have) if isinstance(have, bytes) else '?'})")
+            skip = frozenset(have[i:i + KEY_BYTES] for i in range(0, len(have), KEY_BYTES))
         except Exception as e:  # noqa: BLE001 - a malformed request only costs its sender the stream
             log.info("catch-up: rejected a request: %s", e)
             await reset_quietly(stream)
             return
-        await self._serve(stream, float(since))
+        await self._serve(stream, float(since), skip)
 
-    async def _serve(self, stream, since: float | None) -> None:
+    async def _serve(self, stream, since: float | None, skip: frozenset[bytes] = frozenset()) -> None:
         try:
             with trio.fail_after(TIMEOUT_S):
-                for data in results_from_ledger(self.ledger, self.protocol_id, since):
+                for data in results_from_ledger(self.ledger, self.protocol_id, since, skip):
                     await write_all(stream, frame(data))
                 await write_all(stream, frame(b""))
         except Exception as e:  # noqa: BLE001 - the requester may vanish mid-stream
@@ -109,7 +126,9 @@ class CatchUp:
                 stream = await self.host.new_stream(ID.from_base58(peer_id), [proto])
                 try:
                     if since is not None:
-                        await write_all(stream, frame(msgpack.packb({"since": since})))
+                        have = b"".join(sorted({receipt_key(r) for r, _, _, _ in
+                                                self.ledger.signed_runs(self.protocol_id, MAX_HAVE, since)}))
+                        await write_all(stream, frame(msgpack.packb({"since": since, "have": have})))
                     for _ in range(MAX_RESULTS + 1):
                         data = await read_frame(stream, MAX_FRAME)
                         if not data:

@@ -84,6 +84,7 @@ class ResearchEngine:
         # proposals dropped before running because the id was known: in the ledger (run here or
         # announced by a peer) or claimed by another node (gossip claim or DHT record)
         self.dedup_stats = {"known_in_ledger": 0, "claimed_elsewhere": 0}
+        self._candidate_ids: dict[tuple[str, bytes], str] = {}
         self.seed = ctx.config.research.seed + seed_offset
         self.peer = ""  # own peer id, set by a daemon
         self.loop: L.ResearchLoop | None = None
@@ -217,8 +218,7 @@ class ResearchEngine:
 
     def _is_known_source(self, baseline: str) -> Callable[[bytes], Awaitable[bool]]:
         async def is_known(train_py: bytes) -> bool:
-            tree = self.ctx.workspace.tree_with(baseline, {EDITABLE_FILE: train_py})
-            exp_id = experiment_id(self.ctx.protocol_id, tree)
+            exp_id = self._candidate_id(baseline, train_py)
             if self.ctx.ledger.knows(exp_id):
                 self.dedup_stats["known_in_ledger"] += 1
                 return True
@@ -234,9 +234,21 @@ class ResearchEngine:
         is_mine = self.hooks.is_mine
 
         def mine(train_py: bytes) -> bool:
-            tree = self.ctx.workspace.tree_with(baseline, {EDITABLE_FILE: train_py})
-            return is_mine(experiment_id(self.ctx.protocol_id, tree))
+            return is_mine(self._candidate_id(baseline, train_py))
         return mine
+
+    def _candidate_id(self, baseline: str, train_py: bytes) -> str:
+        """The experiment id a candidate would get (a git tree write): cached, as the built-in proposer
+        asks both `is_known` and `is_mine` about the same candidates."""
+        key = (baseline, hashlib.sha1(train_py).digest())
+        exp_id = self._candidate_ids.get(key)
+        if exp_id is None:
+            tree = self.ctx.workspace.tree_with(baseline, {EDITABLE_FILE: train_py})
+            exp_id = experiment_id(self.ctx.protocol_id, tree)
+            if len(self._candidate_ids) > 4096:
+                self._candidate_ids.clear()
+            self._candidate_ids[key] = exp_id
+        return exp_id
 
     def commit_proposal(self, baseline: str, proposal: Proposal) -> tuple[str, str]:
         ws = self.ctx.workspace

@@ -371,22 +371,35 @@ class Simulation:
         """
         self.experiments_ended_at = time.time()
         self.event("drain")
-        supported = 0
-        for n in self.nodes:
-            if not n.up():
-                continue
-            try:
-                probe.control(n.home, "drain", timeout=5.0)
-                supported += 1
-            except ValueError as e:
-                self.settle_note = f"no drain: {e}"
-                self.log(f"settle skipped: the daemon does not drain ({e})")
-                return
-            except OSError:
-                continue
-        self.settle_note = f"drained {supported} nodes"
+        pending = [n for n in self.nodes if n.up()]
+        drained: list[str] = []
+
+        def drain_pending() -> bool:
+            """Send `drain` to the nodes that have not taken it yet (a busy node may time out: retried
+            on every tick); False when the daemon has no such command."""
+            for n in list(pending):
+                if not n.up():
+                    pending.remove(n)
+                    continue
+                try:
+                    probe.control(n.home, "drain", timeout=5.0)
+                except ValueError as e:
+                    self.settle_note = f"no drain: {e}"
+                    self.log(f"settle skipped: the daemon does not drain ({e})")
+                    return False
+                except OSError:
+                    continue
+                pending.remove(n)
+                drained.append(n.name)
+            self.settle_note = f"drained {len(drained)} nodes" + (f", {len(pending)} never answered" if pending else "")
+            return True
+
+        if not drain_pending():
+            return
         end = time.time() + self.opts.settle_s
         while not self.interrupted and time.time() < end:
+            if pending:
+                drain_pending()
             honest = [n for n in self.nodes if n.role == "swarm" and not n.liar and n.up()]
             commits = set()
             for n in honest:
@@ -394,7 +407,7 @@ class Simulation:
                     commits.add(probe.control(n.home, "status", timeout=3.0)["baseline"]["commit"])
                 except (OSError, ValueError, KeyError, TypeError):
                     commits.add(None)
-            if len(commits) == 1:
+            if len(commits) == 1 and not pending:
                 self.log(f"settled: every honest node on {str(next(iter(commits)))[:10]}")
                 break
             if on_tick:
