@@ -115,6 +115,7 @@ class SwarmCoordinator:
     async def on_claim(self, claim: Claim) -> None:
         """Another node claimed an experiment: if I am running the same one and it wins, I yield."""
         self.note_heard(claim.peer)
+        self.state.note_peer(claim.peer)
         eng = self.engine
         if eng is None or claim.peer == self.d.peer_id or eng.progress.exp_id != claim.exp_id:
             return

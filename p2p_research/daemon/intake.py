@@ -26,7 +26,7 @@ log = logging.getLogger("p2p_research.intake")
 
 MAX_FETCH_ROUNDS = 256
 FETCH_FALLBACK_PEERS = 3   # connected peers asked when the announcer cannot serve a commit
-FETCH_TIMEOUT_S = 30.0
+FETCH_TIMEOUT_S = 15.0
 
 
 class Intake:
@@ -36,7 +36,7 @@ class Intake:
         self.self_peer = self_peer
         self.fetch_limit = trio.CapacityLimiter(4)
         self.stats = {"claims": 0, "results": 0, "duplicates": 0, "posts": 0, "fetched_objects": 0,
-                      "fetch_failures": 0, "rejected": 0, "delta_objects": 0, "delta_fallbacks": 0}
+                      "fetch_failures": 0, "not_fetched": 0, "rejected": 0, "delta_objects": 0, "delta_fallbacks": 0}
         self.on_result = None        # async callback(Result, Run) once a result's commit is complete
         self.on_claim = None         # async callback(Claim)
         self.on_verification = None  # async callback(Verification, from_peer)
@@ -99,7 +99,10 @@ class Intake:
                 ws.write_objects(inline)
             except WorkspaceError as e:
                 self.reject(inc, f"inline objects: {e}")
-        nursery.start_soon(self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg, run)
+        # Only a kept result can become a baseline; the commit of any other is completed from what came
+        # inline, never fetched: under load, fetches for hundreds of discarded results queued ahead of
+        # the one result every node needed (measured: a best result adopted 140 s late).
+        nursery.start_soon(self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg, run, r.status == "kept")
 
     async def _fetch_from(self, source: str, commit: str) -> bool:
         """Fetch the commit's missing ancestry from one peer (what arrives is kept even on failure)."""
@@ -159,11 +162,14 @@ class Intake:
         return out
 
     async def complete_commit(self, peer: str, commit: str, exp_id: str, msg: Result | None = None,
-                              run: Run | None = None) -> bool:
+                              run: Run | None = None, fetch: bool = True) -> bool:
         """Fetch whatever the commit still lacks, from `peer` (the announcer) and, failing that, from up
         to FETCH_FALLBACK_PEERS connected peers (they hold the commit once they have processed the
         result, and need no new connection); set its experiment ref when complete."""
         ws = self.ctx.workspace
+        if not fetch and incomplete_ancestry(ws, commit):
+            self.stats["not_fetched"] += 1
+            return False
         async with self.fetch_limit:
             others = [p.peer_id for p in self.net.peers() if p.peer_id not in (peer, self.self_peer)]
             random.shuffle(others)
