@@ -254,7 +254,7 @@ def run_swarm(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         idle0 = [d.cpu_seconds() for d in daemons]
         t_idle0 = time.time()
         time.sleep(args.settle)  # nothing published: this is the swarm's idle cost
-        idle_cores = [(d.cpu_seconds() - c) / (time.time() - t_idle0) for d, c in zip(daemons, idle0)]
+        idle_cores = [(d.cpu_seconds() - c) / (time.time() - t_idle0) for d, c in zip(daemons, idle0, strict=True)]
 
         # 4. publish M posts at R per second from random nodes
         cpu_before = [d.cpu_seconds() for d in daemons]
@@ -332,7 +332,7 @@ def run_swarm(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                       "mean": statistics.fmean(lat) if lat else None},
         "cpu_s_total": summary(cpu_after),
         "idle_cpu_cores": summary(idle_cores),  # per daemon, during --settle (no posts)
-        "cpu_s_publish_phase": summary([a - b for a, b in zip(cpu_after, cpu_before)]),
+        "cpu_s_publish_phase": summary([a - b for a, b in zip(cpu_after, cpu_before, strict=True)]),
         "publish_phase_s": t_done - t_pub0,
         "peak_rss_mb": summary(rss),
         "peers_at_mesh": summary([float(x) for x in peers_at_mesh]),
@@ -387,7 +387,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     w0 = max(len(name) for name, _ in rows)
     cols = [[f(r) for r in results] for _, f in rows]
     w = max([len(c) for col in cols for c in col] + [8])
-    for (name, _), col in zip(rows, cols):
+    for (name, _), col in zip(rows, cols, strict=True):
         print(f"{name:<{w0}}  " + "  ".join(f"{c:>{w}}" for c in col))
 
 

@@ -6,11 +6,10 @@ its research context, and the network a fake that serves the sender's objects an
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -216,3 +215,24 @@ async def test_a_commit_the_announcer_cannot_serve_is_fetched_from_a_connected_p
     await deliver(ctx, net, msg)
     assert net.asked[0] == PEER and "QmHasIt" in net.asked
     assert ctx.workspace.is_complete(c1)
+
+
+async def test_a_kept_result_replayed_after_a_restart_is_offered_again(sender, ctx):
+    """Candidates live in memory: after a restart, a kept result already in the ledger must reach the
+    coordinator again when catch-up replays it (once), or the node never adopts it."""
+    c1 = sender.commit_experiment(sender.baseline, {"train.py": one_constant(read_target_files()["train.py"])},
+                                  "lr", "1" * 40)
+    msg = result_for(sender, ctx, c1)
+    await deliver(ctx, FakeNet(sender), msg)               # before the restart: recorded
+    offered = []
+
+    async def on_result(m, run):
+        offered.append(m.receipt.exp_id)
+
+    intake = Intake(ctx, FakeNet(sender), self_peer="QmSelf")  # the restarted process
+    intake.on_result, intake.wants = on_result, lambda exp_id: True
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):                                  # replayed by several peers
+            await intake.handle_result(Incoming(msg, PEER, time.time()), msg, nursery)
+    assert offered == [msg.receipt.exp_id]
+    assert intake.stats["duplicates"] == 3

@@ -236,10 +236,10 @@ async def test_two_hosts_exchange_gossip_with_the_patches(monkeypatch):
 
 
 def test_outbound_queue_is_larger_and_drops_are_counted():
-    from libp2p.pubsub import pubsub as ps_mod
-    from libp2p.pubsub.rpc_queue import RpcQueue
-    from libp2p.pubsub.pb import rpc_pb2
     from libp2p.peer.id import ID
+    from libp2p.pubsub import pubsub as ps_mod
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.rpc_queue import RpcQueue
 
     assert rpc_cost.apply()["outbound_queue"]
     q = RpcQueue()

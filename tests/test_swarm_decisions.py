@@ -154,10 +154,10 @@ def test_following_nodes_converge_on_one_baseline(events, policy, cut, rnd):
         rnd.shuffle(order)
         baseline, rank = 2.5, (2.5, "0" * 40)
 
-        def truth(c, node=node):  # honest re-runs differ from the claim by noise within tolerance
-            return c.value + (hash((node, c.exp_id)) % 100 - 50) / 100 * state.policy.tol
+        def truth(c, node=node, tol=state.policy.tol):  # honest re-runs differ from the claim by noise within tol
+            return c.value + (hash((node, c.exp_id)) % 100 - 50) / 100 * tol
 
-        def settle(following: bool) -> None:
+        def settle(following: bool, state: SwarmState = state, truth=truth) -> None:
             nonlocal baseline, rank
             while (d := state.next_decision(baseline, rank if following else None)) is not None:
                 if isinstance(d, Verify):
@@ -191,7 +191,7 @@ def test_designated_replicas_rerun_and_the_rest_adopt_on_their_evidence():
     verifiers = [n for n, d in first.items() if isinstance(d, Verify)]
     assert len(verifiers) == 3 and all(first[n] is None for n in nodes if n not in verifiers)
     for v in verifiers[:2]:  # two confirmations arrive
-        for n, s in states.items():
+        for s in states.values():
             s.on_peer_verification(claim.exp_id, v, claim.peer, True)
     later = {n: states[n].next_decision(2.0, now=110.0) for n in nodes if n not in verifiers}
     assert all(isinstance(d, Adopt) and "confirmed by 2 other nodes" in d.reason for d in later.values())

@@ -21,7 +21,7 @@ async def test_a_task_that_ignores_cancellation_is_named_with_its_line(caplog):
             trio.lowlevel.spawn_system_task(report_if_still_stopping, 0.1, name="stop-report")
             nursery.cancel_scope.cancel()
     assert "still stopping" in caplog.text
-    line = next(l for l in caplog.text.splitlines() if "slow-cleanup" in l)
+    line = next(ln for ln in caplog.text.splitlines() if "slow-cleanup" in ln)
     assert "test_taskdump.py" in line and "_holds_the_stop" in line
 
 
@@ -31,7 +31,7 @@ async def test_task_tree_lists_nested_tasks():
         await trio.sleep(0.01)
         lines = task_tree(trio.lowlevel.current_task())
         nursery.cancel_scope.cancel()
-    assert any(l.startswith("  child") for l in lines)
+    assert any(ln.startswith("  child") for ln in lines)
 
 
 def test_the_report_never_delays_a_prompt_stop():

@@ -87,6 +87,10 @@ class SwarmCoordinator:
             self.accepted.add(commit)
         return ok, reason
 
+    def wants(self, exp_id: str) -> bool:
+        """Whether a peer's kept result is still worth considering: neither settled nor pending."""
+        return exp_id not in self.state.settled and not any(k[0] == exp_id for k in self.state.candidates)
+
     # --- intake callbacks -------------------------------------------------------------------------
     async def on_result(self, msg: Result, run: Run) -> None:
         """A peer's result whose commit is now complete locally."""

@@ -40,6 +40,8 @@ class Intake:
         self.on_result = None        # async callback(Result, Run) once a result's commit is complete
         self.on_claim = None         # async callback(Claim)
         self.on_verification = None  # async callback(Verification, from_peer)
+        self.wants = None            # callback(exp_id) -> bool: would the coordinator still consider it?
+        self._reoffered: set[str] = set()
 
     async def run(self, nursery: trio.Nursery) -> None:
         async for inc in self.net.incoming:
@@ -88,6 +90,11 @@ class Intake:
         receipt_bytes = r.canonical_bytes()
         if not ledger.add_peer_run(run, receipt_bytes, msg.signature, msg.public_key):
             self.stats["duplicates"] += 1
+            # A kept result recorded before a restart is in the ledger but not among the coordinator's
+            # candidates (they live in memory): offer it again, once per process, when it is replayed.
+            if r.status == "kept" and r.exp_id not in self._reoffered and self.wants is not None and self.wants(r.exp_id):
+                self._reoffered.add(r.exp_id)
+                nursery.start_soon(self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg, run, True)
             return
         ledger.add_experiment(r.exp_id, r.protocol_id, r.parent, r.tree, r.commit, msg.description, "peer", r.peer,
                               inc.received_at)

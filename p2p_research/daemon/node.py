@@ -37,6 +37,7 @@ log = logging.getLogger("p2p_research.daemon")
 
 ADOPTION_POLL_S = 2.0
 DIGEST_INTERVAL_S = 20.0
+DHT_LOOKUP_S = 3.0
 
 
 def swarm_id_of(genesis: str, protocol_id: str) -> str:
@@ -100,6 +101,7 @@ class NodeDaemon:
                     self.coordinator = coord = SwarmCoordinator(self)
                     intake.on_result, intake.on_claim, intake.on_verification = (
                         coord.on_result, coord.on_claim, coord.on_verification)
+                    intake.wants = coord.wants
                     async with trio.open_nursery() as nursery:
                         self.nursery = nursery
                         nursery.start_soon(self.watch_signals, nursery.cancel_scope)
@@ -223,10 +225,16 @@ class NodeDaemon:
         """The DHT is memory for nodes that were not listening: once a catch-up from a peer succeeded,
         gossip keeps the ledger current and the (slow) lookup is skipped."""
         dht = self._dht()
-        if dht is None or (self.catchup is not None and self.catchup.completed > 0):
+        if dht is None or (self.catchup is not None and (self.catchup.completed > 0 or self.catchup.received > 0)):
             return False
         try:
-            rec = await dht.get(exp_id)
+            # bounded: the proposer asks about many candidates, and a lookup on a busy swarm can take
+            # seconds (measured: restarted nodes proposing nothing for minutes)
+            rec = None
+            with trio.move_on_after(DHT_LOOKUP_S) as scope:
+                rec = await dht.get(exp_id)
+            if scope.cancelled_caught:
+                return False
         except Exception as e:  # noqa: BLE001
             log.debug("DHT get failed: %s", e)
             return False

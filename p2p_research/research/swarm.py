@@ -32,7 +32,6 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-
 MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
 
 
