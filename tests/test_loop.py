@@ -96,3 +96,16 @@ class LoopMachine(RuleBasedStateMachine):
 
 TestLoopMachine = LoopMachine.TestCase
 TestLoopMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def test_adopt_waits_for_the_run_in_flight_unless_the_loop_was_stopped():
+    """A drained node follows the swarm: an action the stop abandoned must not block adoption forever."""
+    m = L.ResearchLoop("g" * 40, 2.0, margin=0.01)
+    m.next_action()
+    m.handle(L.Proposed("e1", "c1", "d"))
+    assert m.next_action() == L.RunExperiment("e1", "c1", "d")
+    with pytest.raises(L.ProtocolError):
+        m.adopt("p1", 1.9)
+    m.stop("drained")
+    m.adopt("p1", 1.9)
+    assert m.baseline_commit == "p1" and isinstance(m.next_action(), L.Done)

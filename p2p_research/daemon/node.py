@@ -174,7 +174,10 @@ class NodeDaemon:
         self.coordinator.following = True
         while True:
             await trio.sleep(ADOPTION_POLL_S)
-            await self.coordinator.between()
+            try:
+                await self.coordinator.between()
+            except Exception:  # noqa: BLE001 - following is best effort; the node stays up as a relay
+                log.exception("following the swarm failed once; trying again")
 
     async def announce_claim(self, exp_id: str, commit: str, description: str) -> None:
         assert self.ctx is not None and self.engine is not None

@@ -193,8 +193,9 @@ class ResearchLoop:
         raise ProtocolError(f"unknown event {event!r}")
 
     def adopt(self, commit: str, value: float) -> None:
-        """Switch to a better baseline found elsewhere (a peer); only between experiments."""
-        if self._pending is not None and not isinstance(self._pending, Propose):
+        """Switch to a better baseline found elsewhere (a peer); only between experiments, or once the
+        loop is done (it runs nothing then: an action stopped mid-way by `stop` is abandoned)."""
+        if self._pending is not None and not isinstance(self._pending, Propose) and self._done is None:
             raise ProtocolError("adopt while an experiment or baseline run is in flight")
         self._pending = None
         self.baseline_commit = commit

@@ -398,6 +398,7 @@ class Simulation:
             return
         end = time.time() + self.opts.settle_s
         while not self.interrupted and time.time() < end:
+            self.poll_processes()  # a node that dies while settling is a crash too
             if pending:
                 drain_pending()
             honest = [n for n in self.nodes if n.role == "swarm" and not n.liar and n.up()]
@@ -416,6 +417,7 @@ class Simulation:
         self.event("settled")
 
     def stop_all(self) -> None:
+        self.poll_processes()  # exits before the stop are crashes, not stops
         live = [n for n in self.nodes if n.running()]
         for n in live:
             n.sample()
