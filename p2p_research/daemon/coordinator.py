@@ -8,7 +8,6 @@ peer's reputation in the ledger, and resolves two nodes claiming the same experi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import Any
@@ -16,7 +15,16 @@ from typing import Any
 from p2p_research.daemon.announce import make_receipt
 from p2p_research.research.engine import ResearchEngine
 from p2p_research.research.objects import incomplete_ancestry
-from p2p_research.research.swarm import Adopt, Ignore, PeerClaim, Reputation, SwarmPolicy, SwarmState, Verify
+from p2p_research.research.swarm import (
+    Adopt,
+    Ignore,
+    PeerClaim,
+    Reputation,
+    SwarmPolicy,
+    SwarmState,
+    Verify,
+    rendezvous_order,
+)
 from p2p_research.research.trust import TrustPolicy, check_lineage
 from p2p_research.store.ledger import Run
 from p2p_research.wire import Claim, Result, Verification
@@ -152,12 +160,7 @@ class SwarmCoordinator:
         first by sha256(exp_id:peer) (rendezvous hashing). Owners partition every baseline's candidates."""
         now = time.time()
         pool = [p for p, t in self.heard.items() if now - t < OWNER_MEMORY_S and not self.state.ignored(p)]
-        me = self.d.peer_id
-
-        def score(p: str) -> bytes:
-            return hashlib.sha256(f"{exp_id}:{p}".encode()).digest()
-
-        return max([*pool, me], key=score) == me
+        return rendezvous_order(exp_id, [*pool, self.d.peer_id])[0] == self.d.peer_id
 
     async def is_known(self, exp_id: str) -> bool:
         """Known elsewhere: an active claim by another node, or a DHT record (late joiners)."""

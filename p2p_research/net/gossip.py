@@ -114,7 +114,7 @@ class Gossip:
         self.stats = stats
         self._on_received_from = on_received_from
         self.batch_wait_s = batch_wait_s
-        self._outbox: list[Message] = []
+        self._outbox: list[tuple[Message, bytes]] = []  # with each one's checked wire bytes
         self._send_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
 
@@ -262,14 +262,14 @@ class Gossip:
         posts leave at once."""
         data = self._checked_wire(msg)
         if isinstance(msg, (Result, Verification)) and self.batch_wait_s > 0 and self._nursery is not None:
-            self._outbox.append(msg)
+            self._outbox.append((msg, data))
             if len(self._outbox) == 1:
                 self._nursery.start_soon(self._flush_later, name="gossip-outbox")
             elif len(self._outbox) >= MAX_BUNDLE - 1:
                 await self.flush()
             return
         if isinstance(msg, Claim) and self._outbox:
-            await self.flush(msg)
+            await self.flush((msg, data))
             return
         async with self._send_lock:
             await self._send(msg, data)
@@ -281,17 +281,20 @@ class Gossip:
         except Exception as e:  # noqa: BLE001 - the receipts stay in the ledger; catch-up serves them
             log.warning("could not publish queued messages: %s: %s", type(e).__name__, e)
 
-    async def flush(self, extra: Message | None = None) -> None:
-        """Publish the outbox (plus `extra`) now: one message, or bundles within the size cap."""
+    async def flush(self, extra: tuple[Message, bytes] | None = None) -> None:
+        """Publish the outbox (plus `extra`, a message and its wire bytes) now: one message, or
+        bundles within the size cap."""
         async with self._send_lock:
             batch, self._outbox = self._outbox, []
             if extra is not None:
                 batch.append(extra)
             for group in _groups(batch):
-                out = group[0] if len(group) == 1 else Bundle(tuple(group))  # type: ignore[arg-type]
-                await self._send(out, out.to_wire())
-                if len(group) > 1:
-                    self.stats["bundled"] = self.stats.get("bundled", 0) + len(group)
+                if len(group) == 1:
+                    await self._send(*group[0])
+                    continue
+                bundle = Bundle(tuple(m for m, _ in group))  # type: ignore[arg-type]
+                await self._send(bundle, bundle.to_wire())
+                self.stats["bundled"] = self.stats.get("bundled", 0) + len(group)
 
     async def _send(self, msg: Message, data: bytes) -> None:
         topic = self.topic_for(msg)
@@ -352,17 +355,17 @@ async def open_gossip(
                 nursery.cancel_scope.cancel()
 
 
-def _groups(batch: list[Message]) -> list[list[Message]]:
-    """Split messages, in order, into groups whose bundle fits one gossip message."""
+def _groups(batch: list[tuple[Message, bytes]]) -> list[list[tuple[Message, bytes]]]:
+    """Split (message, wire bytes) pairs, in order, into groups whose bundle fits one gossip message."""
     budget = PUBLISH_CAP // 2  # room for bundle framing; inline objects are capped far below this
-    groups: list[list[Message]] = []
+    groups: list[list[tuple[Message, bytes]]] = []
     size = 0
-    for m in batch:
-        n = len(m.to_wire())
+    for item in batch:
+        n = len(item[1])
         if groups and len(groups[-1]) < MAX_BUNDLE and size + n <= budget:
-            groups[-1].append(m)
+            groups[-1].append(item)
             size += n
         else:
-            groups.append([m])
+            groups.append([item])
             size = n
     return groups

@@ -30,9 +30,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
+
+
+def rendezvous_order(key: str, peers: Iterable[str]) -> list[str]:
+    """Peers ranked for `key` by highest random weight, sha256(key:peer): every node that knows the same
+    peers computes the same order, so it assigns work (owners, verification replicas) without talking."""
+    return sorted(set(peers), key=lambda p: hashlib.sha256(f"{key}:{p}".encode()).digest(), reverse=True)
 
 
 @dataclass
@@ -134,11 +141,7 @@ class SwarmState:
         if self.policy.replicas <= 0:
             return True
         pool = {p for p in self.peers | {self.policy.self_peer} if p != claim.peer and not self.ignored(p)}
-
-        def score(p: str) -> bytes:
-            return hashlib.sha256(f"{claim.exp_id}:{p}".encode()).digest()
-
-        return self.policy.self_peer in sorted(pool, key=score)[: self.policy.replicas]
+        return self.policy.self_peer in rendezvous_order(claim.exp_id, pool)[: self.policy.replicas]
 
     def quorum_met(self, claim: PeerClaim) -> bool:
         votes = {v: ok for v, ok in self.evidence.get(claim.exp_id, {}).items()
