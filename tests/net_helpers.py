@@ -35,7 +35,8 @@ def post(peer: str, text: str = "# hello") -> BoardPost:
 def receipt(peer: str, **kw) -> Receipt:
     base = dict(protocol_id="ab" * 16, exp_id="1" * 40, parent="2" * 40, commit="3" * 40, tree="4" * 40,
                 metric="val_bpb", value=1.25, status="kept", budget_tokens=1000, budget_seconds=None, seed=1,
-                hardware="cpu", software="test", peer=peer, ts=time.time(), training_seconds=2.0, memory_gb=0.5)
+                hardware="cpu", software="test", peer=peer, ts=time.time(), training_seconds=2.0, memory_gb=0.5,
+                description="test result")
     base.update(kw)
     return Receipt(**base)
 
@@ -44,7 +45,7 @@ def result(kp, objects=(), **kw) -> Result:
     r = receipt(pid_of(kp), **kw)
     objs = list(objects)
     return Result(receipt=r, signature=sign_receipt(r, kp.private_key), public_key=kp.public_key.serialize(),
-                  objects=objs, objects_total=len(objs), description="test result")
+                  objects=objs, objects_total=len(objs))
 
 
 def blob(data: bytes) -> GitObject:

@@ -79,9 +79,9 @@ def result_for(ws: Workspace, ctx, commit: str, *, deltas=True, edit=None) -> Re
                 parent=ws.parent_of(commit) or commit, commit=commit, tree=ws.tree_of(commit), metric="val_bpb",
                 value=1.234, status="kept", budget_tokens=ctx.budget.tokens, budget_seconds=None, seed=7,
                 hardware="cpu x2", software="p2p-research test", peer=PEER, ts=time.time(), training_seconds=300.0,
-                memory_gb=0.5)  # fmt: skip
+                memory_gb=0.5, description="LEARNING_RATE 0.002 -> 0.003")  # fmt: skip
     msg = Result(r, sign_receipt(r, KP.private_key), KP.public_key.serialize(), objects=objs, objects_total=total,
-                 description="LEARNING_RATE 0.002 -> 0.003", deltas=ds)
+                 deltas=ds)
     back = decode(msg.to_wire())
     assert back == msg
     return back
@@ -105,10 +105,10 @@ def test_one_constant_change_is_five_times_smaller(sender):
     r = Receipt(protocol_id="ab" * 20, exp_id="e" * 40, parent=sender.baseline, commit=commit,
                 tree=sender.tree_of(commit), metric="val_bpb", value=1.2, status="kept", budget_tokens=10**6,
                 budget_seconds=None, seed=1, hardware="cpu x2", software="p2p-research test", peer=PEER, ts=1e9,
-                training_seconds=300.0, memory_gb=0.5)  # fmt: skip
+                training_seconds=300.0, memory_gb=0.5, description="lr")  # fmt: skip
     sig, pk = sign_receipt(r, KP.private_key), KP.public_key.serialize()
-    new = Result(r, sig, pk, objects=objs, objects_total=total, description="lr", deltas=ds).to_wire()
-    old = Result(r, sig, pk, objects=full_objs, objects_total=full_total, description="lr").to_wire()
+    new = Result(r, sig, pk, objects=objs, objects_total=total, deltas=ds).to_wire()
+    old = Result(r, sig, pk, objects=full_objs, objects_total=full_total).to_wire()
     assert len(new) * 5 <= len(old), (len(new), len(old))
 
 
@@ -209,8 +209,8 @@ async def test_a_commit_the_announcer_cannot_serve_is_fetched_from_a_connected_p
     files = read_target_files()
     c1 = sender.commit_experiment(sender.baseline, {"train.py": one_constant(files["train.py"])}, "lr", "1" * 40)
     msg = result_for(sender, ctx, c1, deltas=False)
-    msg = Result(msg.receipt, msg.signature, msg.public_key, objects=[], objects_total=msg.objects_total,
-                 description=msg.description)  # nothing inline: everything must be fetched
+    msg = Result(msg.receipt, msg.signature, msg.public_key, objects=[],
+                 objects_total=msg.objects_total)  # nothing inline: everything must be fetched
     net = FakeNet(None, connected={"QmEmpty": None, "QmHasIt": sender})
     await deliver(ctx, net, msg)
     assert net.asked[0] == PEER and "QmHasIt" in net.asked

@@ -63,9 +63,9 @@ async def test_rejects_each_kind_of_bad_input_and_keeps_running():
         impostor = result(other)  # validly signed by `other`, fine on its own: receipt.peer == signer
         cases = [
             (exp, b"\xc1\xc1garbage", "malformed"),
-            (exp, _enc({**msgpack.unpackb(good_claim.to_wire()), "v": 2}), "malformed"),
-            (exp, _enc({"v": 1, "t": "teapot"}), "malformed"),
-            (exp, _enc({"v": 1, "t": "board", "author": me, "name": "x", "text": "y" * 600_000, "ts": 1.0}),
+            (exp, _enc({**msgpack.unpackb(good_claim.to_wire()), "v": 3}), "malformed"),
+            (exp, _enc({"v": 2, "t": "teapot"}), "malformed"),
+            (exp, _enc({"v": 2, "t": "board", "author": me, "name": "x", "text": "y" * 600_000, "ts": 1.0}),
              "malformed"),  # oversized (600 KB > 512 KiB cap)
             (exp, forged.to_wire(), "bad_signature"),  # to_wire checks structure; the receiver checks the signature
             (exp, claim(pid_of(other)).to_wire(), "peer_mismatch"),
@@ -147,7 +147,7 @@ async def test_a_bundle_with_one_forged_message_is_rejected_whole():
     async with open_network(cfg(), lambda oid: None) as net, raw_peer(kp) as (host, ps):
         exp, _ = await _join(ps, host, net)
         forged = Bundle((result(kp), claim(pid_of(other))))
-        nested = _enc({"v": 1, "t": "bundle", "messages": [Bundle((claim(me),)).to_wire()]})
+        nested = _enc({"v": 2, "t": "bundle", "messages": [Bundle((claim(me),)).to_wire()]})
         await ps.publish(exp, forged.to_wire())
         await ps.publish(exp, nested)
         with trio.fail_after(10):

@@ -45,6 +45,7 @@ def receipts(statuses=("kept", "discarded", "baseline", "crash")):
     @st.composite
     def build(draw):
         status = draw(st.sampled_from(statuses))
+        verification = status in ("confirmed", "refuted")
         value = None if status == "crash" else draw(nonneg)
         if status in ("confirmed", "refuted"):
             value = draw(st.none() | nonneg)
@@ -55,6 +56,8 @@ def receipts(statuses=("kept", "discarded", "baseline", "crash")):
             budget_seconds=draw(st.none() | nonneg), seed=draw(st.integers(-(2**63), 2**63 - 1)),
             hardware=draw(st.text(max_size=200)), software=draw(st.text(max_size=100)),
             peer=PEER, ts=draw(nonneg), training_seconds=draw(nonneg), memory_gb=draw(nonneg),
+            description=draw(st.text(max_size=500)), target_peer=OTHER_PEER if verification else "",
+            claimed_value=draw(st.none() | nonneg) if verification else None,
         )  # fmt: skip
 
     return build()
@@ -76,7 +79,7 @@ def results(draw):
     objs = draw(st.lists(git_objects, max_size=5))
     return Result(
         receipt=r, signature=sign_receipt(r, KP.private_key), public_key=KP.public_key.serialize(),
-        objects=objs, objects_total=len(objs) + draw(st.integers(0, 10)), description=draw(short_text),
+        objects=objs, objects_total=len(objs) + draw(st.integers(0, 10)),
     )  # fmt: skip
 
 
@@ -85,7 +88,6 @@ def verifications(draw):
     r = draw(receipts(("confirmed", "refuted")))
     return Verification(
         receipt=r, signature=sign_receipt(r, KP.private_key), public_key=KP.public_key.serialize(),
-        target_peer=OTHER_PEER, claimed_value=draw(st.none() | nonneg),
     )  # fmt: skip
 
 
@@ -203,7 +205,7 @@ def _receipt(**kw) -> Receipt:
 
 
 def _claim_dict(**kw):
-    d = {"v": 1, "t": "claim", "exp_id": "a" * 40, "protocol_id": "b" * 16, "parent": "c" * 40,
+    d = {"v": 2, "t": "claim", "exp_id": "a" * 40, "protocol_id": "b" * 16, "parent": "c" * 40,
          "peer": PEER, "lease_until": 10.0, "description": "x", "ts": 1.0}  # fmt: skip
     d.update(kw)
     return d
@@ -219,7 +221,8 @@ def _enc(d) -> bytes:
         (b"\xc1", "not valid msgpack"),
         (b"", "not valid msgpack"),
         (_enc([1, 2]), "not a map"),
-        (_enc(_claim_dict(v=2)), "unknown version"),
+        (_enc(_claim_dict(v=3)), "unknown version"),
+        (_enc(_claim_dict(v=1)), "no longer accepted"),
         (_enc(_claim_dict(v=True)), "unknown version"),
         (_enc(_claim_dict(t="nope")), "unknown type"),
         (_enc({k: v for k, v in _claim_dict().items() if k != "ts"}), "missing field 'ts'"),
@@ -236,7 +239,7 @@ def _enc(d) -> bytes:
         (_enc({1: 2}), "not valid msgpack"),  # strict_map_key
         (b"\x92" + b"\x00" * 10, "not valid msgpack"),  # extra data
         (b"\x81\xa1v" + b"\xc6\x00\x10\x00\x00", "not valid msgpack"),  # truncated 1 MiB bin
-        (_enc({"v": 1, "t": "board", "author": PEER, "name": "n", "text": "x" * 20000, "ts": 1.0}), "msgpack"),
+        (_enc({"v": 2, "t": "board", "author": PEER, "name": "n", "text": "x" * 20000, "ts": 1.0}), "msgpack"),
     ],
 )
 def test_malformed(data, reason):
@@ -252,9 +255,9 @@ def test_oversized_message_rejected_before_parsing():
 
 def _result_dict(objects, total=None, receipt=None):
     r = receipt or _receipt()
-    return {"v": 1, "t": "result", "receipt": r.to_dict(), "signature": sign_receipt(r, KP.private_key),
+    return {"v": 2, "t": "result", "receipt": r.to_dict(), "signature": sign_receipt(r, KP.private_key),
             "public_key": KP.public_key.serialize(), "objects": [o.to_dict() for o in objects],
-            "objects_total": len(objects) if total is None else total, "description": ""}  # fmt: skip
+            "objects_total": len(objects) if total is None else total}  # fmt: skip
 
 
 def test_inline_object_caps():
@@ -299,7 +302,7 @@ def test_status_rules():
     with pytest.raises(WireError, match="missing"):
         decode(_enc(_result_dict([], receipt=_receipt(status="kept", value=None))))
     r = _receipt(status="kept")
-    v = Verification(receipt=r, signature=b"", public_key=b"", target_peer=PEER, claimed_value=1.0)
+    v = Verification(receipt=r, signature=b"", public_key=b"")
     with pytest.raises(WireError, match="status"):
         v.to_wire()
 
@@ -347,18 +350,18 @@ def test_check_result_rejects_forgeries():
 def test_bundle_rules():
     claim = msgpack.unpackb(_enc(_claim_dict()))
     inner = _enc(claim)
-    ok = decode(_enc({"v": 1, "t": "bundle", "messages": [inner, inner]}))
+    ok = decode(_enc({"v": 2, "t": "bundle", "messages": [inner, inner]}))
     assert isinstance(ok, m.Bundle) and len(ok.messages) == 2
-    board = _enc({"v": 1, "t": "board", "author": PEER, "name": "n", "text": "t", "ts": 1.0})
+    board = _enc({"v": 2, "t": "board", "author": PEER, "name": "n", "text": "t", "ts": 1.0})
     cases = {
         "expected 1..16": [],
         "a board cannot be bundled": [board],
-        "a bundle cannot be bundled": [_enc({"v": 1, "t": "bundle", "messages": [inner]})],
+        "a bundle cannot be bundled": [_enc({"v": 2, "t": "bundle", "messages": [inner]})],
         "bundle.messages[1]: claim.exp_id": [inner, _enc(_claim_dict(exp_id="zz"))],
         "expected bytes": ["not bytes"],
     }
     for reason, msgs in cases.items():
         with pytest.raises(WireError, match=reason.replace("[", r"\[").replace("]", r"\]")):
-            decode(_enc({"v": 1, "t": "bundle", "messages": msgs}))
+            decode(_enc({"v": 2, "t": "bundle", "messages": msgs}))
     with pytest.raises(WireError, match="expected 1..16"):
-        decode(_enc({"v": 1, "t": "bundle", "messages": [inner] * 17}))
+        decode(_enc({"v": 2, "t": "bundle", "messages": [inner] * 17}))

@@ -42,7 +42,7 @@ def _result(objects=(), deltas=(), total=None) -> Result:
     r = _receipt()
     objs, ds = list(objects), list(deltas)
     return Result(r, sign_receipt(r, KP.private_key), KP.public_key.serialize(), objects=objs,
-                  objects_total=len(objs) + len(ds) if total is None else total, description="d", deltas=ds)
+                  objects_total=len(objs) + len(ds) if total is None else total, deltas=ds)
 
 
 def _result_dict(objects=(), deltas=None, total=None) -> dict:

@@ -30,14 +30,18 @@ def make_claim(ctx: ResearchContext, peer: str, exp_id: str, commit: str, descri
                  lease_until=time.time() + lease, description=description[:500], ts=time.time())
 
 
-def make_receipt(ctx: ResearchContext, run: Run, peer: str, status: str | None = None) -> Receipt:
+def make_receipt(ctx: ResearchContext, run: Run, peer: str, status: str | None = None, *,
+                 target_peer: str = "", claimed_value: float | None = None) -> Receipt:
+    """The signed record of a run; its description (and, for a verification, whose claim of what value
+    was re-run) is inside, so no relay can rewrite what the measurer said."""
     return Receipt(
         protocol_id=ctx.protocol_id, exp_id=run.exp_id, parent=run.parent or (ctx.workspace.parent_of(run.commit_id) or run.commit_id),
         commit=run.commit_id, tree=ctx.workspace.tree_of(run.commit_id), metric=METRIC,
         value=run.val_bpb, status=status or RECEIPT_STATUS[run.status], budget_tokens=ctx.budget.tokens,
         budget_seconds=ctx.budget.seconds, seed=run.seed or 0, hardware=ctx.hardware[:200],
         software=f"p2p-research {__version__}", peer=peer, ts=run.finished_at or time.time(),
-        training_seconds=float(run.training_seconds or 0.0), memory_gb=float(run.memory_gb or 0.0))
+        training_seconds=float(run.training_seconds or 0.0), memory_gb=float(run.memory_gb or 0.0),
+        description=(run.description or "")[:500], target_peer=target_peer, claimed_value=claimed_value)
 
 
 def commit_objects(ws: Workspace, commit: str, *, deltas: bool = True
@@ -72,8 +76,7 @@ def make_result(ctx: ResearchContext, run: Run, key_pair: KeyPair, peer: str) ->
     receipt = make_receipt(ctx, run, peer)
     objects, deltas, total = commit_objects(ctx.workspace, run.commit_id)
     return Result(receipt=receipt, signature=sign_receipt(receipt, key_pair.private_key),
-                  public_key=key_pair.public_key.serialize(), objects=objects, objects_total=total,
-                  description=run.description[:500], deltas=deltas)
+                  public_key=key_pair.public_key.serialize(), objects=objects, objects_total=total, deltas=deltas)
 
 
 def make_post(peer: str, name: str, text: str) -> BoardPost:

@@ -58,8 +58,8 @@ def results_from_ledger(ledger: Ledger, protocol_id: str, since: float | None = 
         if skip and receipt_key(receipt) in skip:
             continue
         try:
-            msg = Result(receipt=decode_receipt(receipt), signature=sig, public_key=pub, objects=[], objects_total=0,
-                         description=desc[:500])
+            # the description travels inside the signed receipt: a relay cannot rewrite it
+            msg = Result(receipt=decode_receipt(receipt), signature=sig, public_key=pub, objects=[], objects_total=0)
             out.append(msg.to_wire())
         except WireError as e:
             log.debug("skipping an unsendable receipt: %s", e)

@@ -237,10 +237,10 @@ class SwarmCoordinator:
 
     async def announce_verification(self, run: Run, claim: PeerClaim, verdict: str) -> None:
         try:
-            receipt = make_receipt(self.ctx, run, self.d.peer_id, status=verdict)
+            receipt = make_receipt(self.ctx, run, self.d.peer_id, status=verdict, target_peer=claim.peer,
+                                   claimed_value=claim.value)
             sig = sign_receipt(receipt, self.d.key_pair.private_key)
-            msg = Verification(receipt=receipt, signature=sig, public_key=self.d.key_pair.public_key.serialize(),
-                               target_peer=claim.peer, claimed_value=claim.value)
+            msg = Verification(receipt=receipt, signature=sig, public_key=self.d.key_pair.public_key.serialize())
             await self.d.net.publish(msg)
         except Exception:  # noqa: BLE001 - announcing is best effort
             log.exception("could not announce a verification")

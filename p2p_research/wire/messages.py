@@ -1,6 +1,6 @@
 """Wire messages of the swarm: msgpack schemas with strict validation and size limits.
 
-Every gossip message is a msgpack map ``{"v": 1, "t": "<type>", ...}``. Peers are untrusted, so
+Every gossip message is a msgpack map ``{"v": 2, "t": "<type>", ...}``. Peers are untrusted, so
 :func:`decode` checks *everything* (types, hex ids, string caps, finite non-negative numbers, inline
 object and delta sizes) and raises :class:`WireError` with a one-line, loggable reason for any violation --
 never another exception type. This module is pure (no I/O, no libp2p import): signature checks
@@ -17,7 +17,11 @@ from typing import Any, ClassVar
 
 import msgpack
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
+#: Version 1 carried a result's description and a verification's target and claimed value outside the
+#: signed receipt, so whoever relayed a result first could rewrite them. Its messages are refused with
+#: this reason (one line, logged with the peer), never half-understood.
+OBSOLETE_VERSIONS = {1: "wire version 1 (unsigned descriptions) is no longer accepted: the peer must upgrade"}
 
 # --- caps -------------------------------------------------------------------------------------
 MAX_MESSAGE_BYTES = 512 * 1024  # one gossip message (libp2p drops RPCs over 1 MiB silently)
@@ -91,6 +95,12 @@ def _peer(d: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(v, str) or len(v) > MAX_PEER_ID or not _BASE58.fullmatch(v):
         raise WireError(f"{where}.{key}: expected a base58 peer id")
     return v
+
+
+def _optional_peer(d: dict[str, Any], key: str, where: str) -> str:
+    """A base58 peer id or "" (not applicable)."""
+    v = _get(d, key, where)
+    return v if v == "" else _peer(d, key, where)
 
 
 def _float(
@@ -319,12 +329,17 @@ class Receipt:
     ts: float
     training_seconds: float
     memory_gb: float
+    # Everything a peer says about a run is signed, shown text included (wire version 2): the
+    # description of the change, and for a verification whose result it re-ran and what that claimed.
+    description: str = ""
+    target_peer: str = ""               # verification receipts: the claimant; "" otherwise
+    claimed_value: float | None = None  # verification receipts: the value the claimant announced
 
     _KEYS: ClassVar[frozenset[str]] = frozenset(
         {
             "protocol_id", "exp_id", "parent", "commit", "tree", "metric", "value", "status",
             "budget_tokens", "budget_seconds", "seed", "hardware", "software", "peer", "ts",
-            "training_seconds", "memory_gb",
+            "training_seconds", "memory_gb", "description", "target_peer", "claimed_value",
         }
     )  # fmt: skip
 
@@ -347,6 +362,9 @@ class Receipt:
             "ts": float(self.ts),
             "training_seconds": float(self.training_seconds),
             "memory_gb": float(self.memory_gb),
+            "description": self.description,
+            "target_peer": self.target_peer,
+            "claimed_value": None if self.claimed_value is None else float(self.claimed_value),
         }
         return {k: d[k] for k in sorted(d)}
 
@@ -386,6 +404,9 @@ class Receipt:
             ts=_req_float(d, "ts", where),
             training_seconds=_req_float(d, "training_seconds", where),
             memory_gb=_req_float(d, "memory_gb", where),
+            description=_str(d, "description", where, MAX_DESCRIPTION),
+            target_peer=_optional_peer(d, "target_peer", where),
+            claimed_value=_float(d, "claimed_value", where, optional=True),
         )
 
     def validate(self, where: str = "receipt") -> None:
@@ -499,8 +520,12 @@ class Result(_MessageBase):
     public_key: bytes
     objects: list[GitObject] = field(default_factory=list)
     objects_total: int = 0
-    description: str = ""
     deltas: list[DeltaObject] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        """The change's description, as its measurer signed it (inside the receipt)."""
+        return self.receipt.description
 
     def body(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -509,7 +534,6 @@ class Result(_MessageBase):
             "public_key": self.public_key,
             "objects": [o.to_dict() for o in self.objects],
             "objects_total": self.objects_total,
-            "description": self.description,
         }
         if self.deltas:
             d["deltas"] = [x.to_dict() for x in self.deltas]
@@ -525,6 +549,8 @@ class Result(_MessageBase):
             raise WireError("result.receipt.value: a crash has no value")
         if receipt.status != "crash" and receipt.value is None:
             raise WireError("result.receipt.value: missing for a non-crash result")
+        if receipt.target_peer or receipt.claimed_value is not None:
+            raise WireError("result.receipt: target_peer/claimed_value belong to verifications")
         objects = _objects_from(_get(d, "objects", w), "result.objects")
         deltas = _deltas_from(d["deltas"], "result.deltas") if "deltas" in d else []
         inline = len(objects) + len(deltas)
@@ -543,7 +569,6 @@ class Result(_MessageBase):
             public_key=_bytes(d, "public_key", w, MAX_PUBLIC_KEY),
             objects=objects,
             objects_total=total,
-            description=_str(d, "description", w, MAX_DESCRIPTION),
             deltas=deltas,
         )
 
@@ -556,17 +581,19 @@ class Verification(_MessageBase):
     receipt: Receipt
     signature: bytes
     public_key: bytes
-    target_peer: str
-    claimed_value: float | None
+
+    @property
+    def target_peer(self) -> str:
+        """Whose result was re-run (signed, inside the receipt)."""
+        return self.receipt.target_peer
+
+    @property
+    def claimed_value(self) -> float | None:
+        """What the claimant announced (signed, inside the receipt)."""
+        return self.receipt.claimed_value
 
     def body(self) -> dict[str, Any]:
-        return {
-            "receipt": self.receipt.to_dict(),
-            "signature": self.signature,
-            "public_key": self.public_key,
-            "target_peer": self.target_peer,
-            "claimed_value": None if self.claimed_value is None else float(self.claimed_value),
-        }
+        return {"receipt": self.receipt.to_dict(), "signature": self.signature, "public_key": self.public_key}
 
     @classmethod
     def from_body(cls, d: dict[str, Any]) -> Verification:
@@ -576,12 +603,12 @@ class Verification(_MessageBase):
             raise WireError(
                 f"verification.receipt.status: {receipt.status!r} not one of {sorted(VERIFICATION_STATUSES)}"
             )
+        if not receipt.target_peer:
+            raise WireError("verification.receipt.target_peer: missing")
         return cls(
             receipt=receipt,
             signature=_bytes(d, "signature", w, MAX_SIGNATURE),
             public_key=_bytes(d, "public_key", w, MAX_PUBLIC_KEY),
-            target_peer=_peer(d, "target_peer", w),
-            claimed_value=_float(d, "claimed_value", w, optional=True),
         )
 
 
@@ -656,10 +683,8 @@ Message = Claim | Result | Verification | BoardPost | Bundle
 _TYPES: dict[str, type[Any]] = {c.TYPE: c for c in (Claim, Result, Verification, BoardPost, Bundle)}
 _FIELDS: dict[str, frozenset[str]] = {
     "claim": frozenset({"exp_id", "protocol_id", "parent", "peer", "lease_until", "description", "ts"}),
-    "result": frozenset(
-        {"receipt", "signature", "public_key", "objects", "objects_total", "description", "deltas"}
-    ),
-    "verification": frozenset({"receipt", "signature", "public_key", "target_peer", "claimed_value"}),
+    "result": frozenset({"receipt", "signature", "public_key", "objects", "objects_total", "deltas"}),
+    "verification": frozenset({"receipt", "signature", "public_key"}),
     "board": frozenset({"author", "name", "text", "ts"}),
     "bundle": frozenset({"messages"}),
 }
@@ -692,6 +717,8 @@ def decode(data: bytes) -> Message:
     if not isinstance(obj, dict):
         raise WireError(f"not a map (got {type(obj).__name__})")
     v = obj.get("v")
+    if not isinstance(v, bool) and isinstance(v, int) and v in OBSOLETE_VERSIONS:
+        raise WireError(OBSOLETE_VERSIONS[v])
     if isinstance(v, bool) or v != WIRE_VERSION:
         raise WireError(f"unknown version {v!r:.40}")
     t = obj.get("t")
