@@ -29,6 +29,7 @@ from libp2p.peer.id import ID
 
 from p2p_research.net.framing import FrameError, frame, read_frame, reset_quietly, write_all
 from p2p_research.net.gossip import Incoming
+from p2p_research.net.streams import StreamLimits
 from p2p_research.store.ledger import Ledger
 from p2p_research.wire import Result, WireError, check_result, decode, decode_receipt
 
@@ -45,6 +46,10 @@ TIMEOUT_S = 20.0           # per step (open, each frame): measured, a full catch
                            # on a saturated machine takes longer than 30 s in all
 ANTI_ENTROPY_S = 30.0      # between two syncs with a random connected peer
 SYNC_MARGIN_S = 180.0      # a result can reach a peer this late (gossip latency under load: p99 ~2 min)
+FETCH_DEADLINE_S = 300.0   # one whole catch-up or sync, however steadily a peer drips frames
+#: served behind the stream guard: one at a time per peer; a full catch-up may take minutes under load
+CATCHUP_LIMITS = StreamLimits(per_peer=1, total=4, deadline_s=FETCH_DEADLINE_S)
+SINCE_LIMITS = StreamLimits(per_peer=1, total=8, deadline_s=FETCH_DEADLINE_S)
 
 
 def receipt_key(receipt: bytes) -> bytes:
@@ -54,7 +59,7 @@ def receipt_key(receipt: bytes) -> bytes:
 def results_from_ledger(ledger: Ledger, protocol_id: str, since: float | None = None,
                         skip: frozenset[bytes] = frozenset()) -> list[bytes]:
     out = []
-    for receipt, sig, pub, desc in ledger.signed_runs(protocol_id, MAX_RESULTS, since):
+    for receipt, sig, pub, _desc in ledger.signed_runs(protocol_id, MAX_RESULTS, since):
         if skip and receipt_key(receipt) in skip:
             continue
         try:
@@ -79,6 +84,7 @@ class CatchUp:
         self.syncs = 0       # anti-entropy syncs that ran to the end
         self.repaired = 0    # results first learned from an anti-entropy sync (gossip had lost them)
         self.last_sync: float | None = None
+        self._fetched = 0
 
     async def handle(self, stream) -> None:
         await self._serve(stream, None)
@@ -87,7 +93,9 @@ class CatchUp:
         """`/1.1.0`: read the requester's `{"since": t}`, then serve like `/1.0.0` from t on."""
         try:
             with trio.fail_after(10):
-                req = msgpack.unpackb(await read_frame(stream, MAX_REQUEST), raw=False)
+                req = msgpack.unpackb(await read_frame(stream, MAX_REQUEST), raw=False, max_map_len=4,
+                                      max_array_len=0, max_str_len=16, max_bin_len=KEY_BYTES * MAX_HAVE,
+                                      max_ext_len=0)
             since = req.get("since") if isinstance(req, dict) else None
             if isinstance(since, bool) or not isinstance(since, (int, float)) or since != since:
                 raise ValueError(f"bad request {req!r:.80}")
@@ -121,44 +129,61 @@ class CatchUp:
             self.done_with.add(peer_id)
         n = 0
         try:
-            proto = CATCHUP_PROTOCOL if since is None else SINCE_PROTOCOL
-            with trio.fail_after(TIMEOUT_S):
-                stream = await self.host.new_stream(ID.from_base58(peer_id), [proto])
-            # timeouts are per step (open, each frame): a long catch-up that keeps making progress
-            # is not cut off
-            try:
-                if since is not None:
-                    have = b"".join(sorted({receipt_key(r) for r, _, _, _ in
-                                            self.ledger.signed_runs(self.protocol_id, MAX_HAVE, since)}))
-                    with trio.fail_after(TIMEOUT_S):
-                        await write_all(stream, frame(msgpack.packb({"since": since, "have": have})))
-                for _ in range(MAX_RESULTS + 1):
-                    with trio.fail_after(TIMEOUT_S):
-                        data = await read_frame(stream, MAX_FRAME)
-                    if not data:
-                        break
-                    try:
-                        msg = decode(data)
-                        if not isinstance(msg, Result):
-                            raise WireError("not a result")
-                        check_result(msg)
-                    except WireError as e:
-                        log.warning("catch-up from %s: rejected an entry: %s", peer_id[:16], e.reason)
-                        continue
-                    if await self.deliver(Incoming(msg, peer_id, time.time())) and since is not None:
-                        self.repaired += 1
-                    n += 1
-                if since is None:
-                    self.completed += 1
-                else:
-                    self.syncs += 1
-            finally:
-                await stream.close()
+            with trio.fail_after(FETCH_DEADLINE_S):
+                n = await self._fetch(peer_id, since)
         except (FrameError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - best effort; gossip continues
-            log.warning("catch-up from %s failed after %d results: %s", peer_id[:16], n, e)
+            log.warning("catch-up from %s failed after %d results: %s", peer_id[:16], self._fetched, e)
+            n = self._fetched
         self.received += n
         if n and since is None:
             log.info("caught up from %s: %d results", peer_id[:16], n)
+        return n
+
+    async def _fetch(self, peer_id: str, since: float | None) -> int:
+        """One catch-up (`since` None) or sync with one peer; per-step timeouts inside the caller's
+        overall deadline (a peer dripping frames cannot hold this task for long)."""
+        self._fetched = n = 0
+        proto = CATCHUP_PROTOCOL if since is None else SINCE_PROTOCOL
+        with trio.fail_after(TIMEOUT_S):
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [proto])
+        ok = False
+        try:
+            if since is not None:
+                have = b"".join(sorted({receipt_key(r) for r, _, _, _ in
+                                        self.ledger.signed_runs(self.protocol_id, MAX_HAVE, since)}))
+                with trio.fail_after(TIMEOUT_S):
+                    await write_all(stream, frame(msgpack.packb({"since": since, "have": have})))
+            for _ in range(MAX_RESULTS + 1):
+                with trio.fail_after(TIMEOUT_S):
+                    data = await read_frame(stream, MAX_FRAME)
+                if not data:
+                    break
+                try:
+                    msg = decode(data)
+                    if not isinstance(msg, Result):
+                        raise WireError("not a result")
+                    check_result(msg)
+                except WireError as e:
+                    log.warning("catch-up from %s: rejected an entry: %s", peer_id[:16], e.reason)
+                    continue
+                if await self.deliver(Incoming(msg, peer_id, time.time())) and since is not None:
+                    self.repaired += 1
+                n += 1
+                self._fetched = n
+            if since is None:
+                self.completed += 1
+            else:
+                self.syncs += 1
+            ok = True
+        finally:
+            if ok:
+                with trio.move_on_after(2):
+                    try:
+                        await stream.close()
+                    except Exception:  # noqa: BLE001 - everything was read already
+                        pass
+            else:
+                await reset_quietly(stream)
         return n
 
     async def run(self, connected: Callable[[], list[str]], max_peers: int = 3,

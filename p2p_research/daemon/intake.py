@@ -15,6 +15,7 @@ import random
 
 import trio
 
+from p2p_research.net.boundary import Faults, PeerTasks, contained
 from p2p_research.net.network import Incoming, Network
 from p2p_research.research.context import ResearchContext
 from p2p_research.research.objects import incomplete_ancestry
@@ -42,19 +43,24 @@ class Intake:
         self.on_verification = None  # async callback(Verification, from_peer)
         self.wants = None            # callback(exp_id) -> bool: would the coordinator still consider it?
         self._reoffered: set[str] = set()
+        #: where a peer's message that makes our code raise ends (counted in the network's stats)
+        self.faults: Faults = getattr(net, "faults", None) or Faults()
 
-    async def run(self, nursery: trio.Nursery) -> None:
+    def _tasks(self, where: trio.Nursery | PeerTasks) -> PeerTasks:
+        return where if isinstance(where, PeerTasks) else PeerTasks(where, self.faults)
+
+    async def run(self, nursery: trio.Nursery | PeerTasks) -> None:
+        """Handle every incoming message, each inside its own fault boundary; the work a message starts
+        (completing a commit, the coordinator's callbacks) runs in contained tasks too."""
+        tasks = self._tasks(nursery)
         async for inc in self.net.incoming:
-            try:
-                await self.handle(inc, nursery)
-            except Exception:  # noqa: BLE001 - one bad message must not stop intake
-                log.exception("failed to process a message from %s", inc.from_peer)
+            await contained(self.faults, inc.from_peer, "intake", self.handle, inc, tasks)
 
     def reject(self, inc: Incoming, reason: str) -> None:
         self.stats["rejected"] += 1
         log.warning("rejected %s from %s: %s", type(inc.message).__name__, inc.from_peer[:16], reason)
 
-    async def handle(self, inc: Incoming, nursery: trio.Nursery) -> None:
+    async def handle(self, inc: Incoming, nursery: trio.Nursery | PeerTasks) -> None:
         msg = inc.message
         if isinstance(msg, Claim):
             if msg.protocol_id != self.ctx.protocol_id:
@@ -75,7 +81,8 @@ class Intake:
             if self.on_verification is not None:
                 await self.on_verification(msg, inc.from_peer)
 
-    async def handle_result(self, inc: Incoming, msg: Result, nursery: trio.Nursery) -> None:
+    async def handle_result(self, inc: Incoming, msg: Result, nursery: trio.Nursery | PeerTasks) -> None:
+        tasks = self._tasks(nursery)
         r = msg.receipt
         if r.protocol_id != self.ctx.protocol_id:
             return self.reject(inc, f"result under another protocol ({r.protocol_id[:12]})")
@@ -94,7 +101,8 @@ class Intake:
             # candidates (they live in memory): offer it again, once per process, when it is replayed.
             if r.status == "kept" and r.exp_id not in self._reoffered and self.wants is not None and self.wants(r.exp_id):
                 self._reoffered.add(r.exp_id)
-                nursery.start_soon(self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg, run, True)
+                tasks.start_soon(inc.from_peer, "intake.commit", self.complete_commit, inc.from_peer, r.commit,
+                                 r.exp_id, msg, run, True)
             return
         ledger.add_experiment(r.exp_id, r.protocol_id, r.parent, r.tree, r.commit, msg.description, "peer", r.peer,
                               inc.received_at)
@@ -109,7 +117,8 @@ class Intake:
         # Only a kept result can become a baseline; the commit of any other is completed from what came
         # inline, never fetched: under load, fetches for hundreds of discarded results queued ahead of
         # the one result every node needed (measured: a best result adopted 140 s late).
-        nursery.start_soon(self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg, run, r.status == "kept")
+        tasks.start_soon(inc.from_peer, "intake.commit", self.complete_commit, inc.from_peer, r.commit, r.exp_id, msg,
+                         run, r.status == "kept")
 
     async def _fetch_from(self, source: str, commit: str) -> bool:
         """Fetch the commit's missing ancestry from one peer (what arrives is kept even on failure)."""

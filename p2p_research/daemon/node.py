@@ -23,12 +23,20 @@ from p2p_research import __version__
 from p2p_research.config import NodeConfig
 from p2p_research.daemon import views
 from p2p_research.daemon.announce import make_claim, make_post, make_result
-from p2p_research.daemon.catchup import ANTI_ENTROPY_S, CATCHUP_PROTOCOL, SINCE_PROTOCOL, CatchUp
+from p2p_research.daemon.catchup import (
+    ANTI_ENTROPY_S,
+    CATCHUP_LIMITS,
+    CATCHUP_PROTOCOL,
+    SINCE_LIMITS,
+    SINCE_PROTOCOL,
+    CatchUp,
+)
 from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.coordinator import SwarmCoordinator
 from p2p_research.daemon.intake import Intake
 from p2p_research.daemon.taskdump import report_if_still_stopping
 from p2p_research.home import HomeLock, NodeHome
+from p2p_research.net.boundary import PeerTasks, contained
 from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
 from p2p_research.store.ledger import Run
@@ -106,19 +114,21 @@ class NodeDaemon:
                     intake.wants = coord.wants
                     async with trio.open_nursery() as nursery:
                         self.nursery = nursery
+                        # every task that handles a peer's input runs inside a fault boundary
+                        peer_tasks = PeerTasks(nursery, net.faults)
                         nursery.start_soon(self.watch_signals, nursery.cancel_scope)
                         await nursery.start(ControlServer(self.home.control_socket, self.handlers()).serve)
-                        nursery.start_soon(intake.run, nursery)
+                        nursery.start_soon(intake.run, peer_tasks)
 
                         async def deliver(inc: Any) -> bool:
                             """Hand a relayed result to intake; whether it was new here."""
                             before = intake.stats["results"]
-                            await intake.handle(inc, nursery)
+                            await contained(net.faults, inc.from_peer, "catchup.entry", intake.handle, inc, peer_tasks)
                             return intake.stats["results"] > before
 
                         self.catchup = CatchUp(net.host, ctx.ledger, ctx.protocol_id, deliver)
-                        net.host.set_stream_handler(CATCHUP_PROTOCOL, self.catchup.handle)
-                        net.host.set_stream_handler(SINCE_PROTOCOL, self.catchup.handle_since)
+                        net.handle(CATCHUP_PROTOCOL, self.catchup.handle, CATCHUP_LIMITS)
+                        net.handle(SINCE_PROTOCOL, self.catchup.handle_since, SINCE_LIMITS)
                         nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()], 3,
                                            self.anti_entropy_interval)
                         nursery.start_soon(self.write_digest_periodically)

@@ -42,6 +42,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..wire import WireError
 from ..wire.records import ExpRecord, decode_record, encode_record, exp_id_of_key, record_key, select_best
 from .ratelimit import RateLimitedLog
+from .streams import StreamGuard, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,25 @@ REFRESH_MAX = 600.0  # libp2p's own period
 REFRESH_TIMEOUT = 20.0
 CORRECTION_TIMEOUT = 10.0
 REJECT_RETRY = 60.0  # seconds before retrying add_peer for a peer the routing table refused
+KAD_IDLE_S = 5.0  # an inbound KAD stream's next request must arrive within this
+#: inbound KAD streams: 2 per peer, 32 in all, each at most 30 s (a lookup needs one request per stream)
+KAD_LIMITS = StreamLimits(per_peer=2, total=32, deadline_s=30.0)
+
+
+class _DeadlineReads:
+    """A stream whose every read must complete within `idle_s` (TooSlowError otherwise, which libp2p's
+    handler treats like any read error: it resets the stream)."""
+
+    def __init__(self, stream: Any, idle_s: float) -> None:
+        self._stream = stream
+        self._idle_s = idle_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def read(self, n: int | None = None) -> bytes:
+        with trio.fail_after(self._idle_s):
+            return await self._stream.read(n)
 
 
 class ExpValidator(Validator):
@@ -125,6 +145,7 @@ class ExperimentDHT:
         refresh_interval: float = REFRESH_INTERVAL,
         log_level: int | None = logging.ERROR,
         auto_refresh: bool = False,
+        streams: StreamGuard | None = None,
     ) -> None:
         # Kademlia's periodic refresh looks up random ids and dials nearly every peer it learns of: on one
         # machine that turns a sparse swarm into a full mesh and doubles each node's idle CPU (measured
@@ -147,6 +168,7 @@ class ExperimentDHT:
                 host_log.addFilter(_KadStreamFailureFilter())
         self.kad = KadDHT(host, DHTMode.SERVER, strict_validation=True)
         self.kad.register_validator(NAMESPACE, ExpValidator())
+        self._guard_server(streams)
         self.stats: dict[str, Any] = {
             "puts": 0, "put_acks": 0, "gets": 0, "found": 0, "not_found": 0, "invalid_remote": 0,
             "corrections": 0, "refreshes": 0,
@@ -155,6 +177,38 @@ class ExperimentDHT:
         self._refused: dict[ID, float] = {}
         self._rlog = RateLimitedLog(log, interval=60.0)
         self._started = trio.Event()
+
+    # --- the server side -------------------------------------------------------------------------
+
+    def _guard_server(self, streams: StreamGuard | None) -> None:
+        """Serve KAD requests behind our stream guard instead of libp2p's handler.
+
+        py-libp2p 0.8.1's handler allows 12 inbound streams for the whole node, reads each with no
+        deadline and loops on a stream until the peer closes it: twelve idle streams from anyone
+        refused every honest lookup for as long as they stayed open (measured). Here a peer holds at
+        most KAD_LIMITS.per_peer streams, each read must arrive within KAD_IDLE_S and a stream lives at
+        most KAD_LIMITS.deadline_s; libp2p's per-stream loop (``_do_handle_stream``, which handles every
+        message kind inline) does the rest. Re-registering through ``handle_stream`` keeps
+        ``switch_mode`` from putting libp2p's handler back.
+        """
+        kad = self.kad
+        if streams is None:
+            from .boundary import Faults
+
+            streams = StreamGuard(self.host, Faults(), {})
+        serve_one = getattr(kad, "_do_handle_stream", None)
+        if serve_one is None:  # another libp2p version: keep its handler, say so once
+            log.warning("libp2p %s has no KadDHT._do_handle_stream: the DHT server runs unguarded",
+                        getattr(kad, "__module__", "?"))
+            return
+
+        async def handler(stream: Any) -> None:
+            if kad.mode == DHTMode.CLIENT:
+                await stream.close()
+                return
+            await serve_one(_DeadlineReads(stream, KAD_IDLE_S))
+
+        kad.handle_stream = streams.register(KAD_PROTOCOL, handler, KAD_LIMITS)
 
     # --- lifecycle -------------------------------------------------------------------------------
 

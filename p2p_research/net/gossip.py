@@ -1,8 +1,12 @@
 """GossipSub topics of a swarm: validation, rate limiting, dedup and prompt draining.
 
 Safety rules (each measured in LIBP2P_NOTES.md):
-- spam protection is off (it throttles our own publishes at 10 msg/s); per-peer token buckets
-  in the validator replace it;
+- spam protection is off (it throttles our own publishes at 10 msg/s); token buckets in the
+  validator replace it, per originator key (who signed) *and* per forwarder (the connection that
+  delivered it, which also gets a budget of originators it may introduce: keys cost nothing, so a
+  connection publishing under a fresh key per message is still one connection);
+- every rejection costs the forwarder score (:mod:`.peerscore`); a connection that keeps sending junk
+  is disconnected, blacklisted in pubsub and not dialed again for a doubling backoff;
 - subscription queues hold 32 messages and drop silently: a task per topic drains them into our
   own large channel at once;
 - gossip replays recent messages after a reconnect: a seen-set of message hashes makes delivery
@@ -33,8 +37,9 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..wire import BoardPost, Bundle, Claim, Message, Result, Verification, WireError, check_result, decode
 from ..wire.messages import MAX_BUNDLE
 from . import rpc_cost
-from .framing import reset_quietly
+from .peerscore import ForwarderScores
 from .ratelimit import PerPeerRateLimiter, RateLimitedLog
+from .streams import StreamGuard, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,13 @@ OUTBOUND_HIGH_WATER = 16  # of libp2p's 32-slot per-peer outbound RPC queue
 OUTBOUND_WAIT = 2.0
 INCOMING_CAPACITY = 10_000
 BATCH_WAIT_S = 2.0  # a result or verification waits at most this long for the sender's next claim
+FORWARDER_RATE_FACTOR = 10  # a connection relays many originators: 10x one originator's budget
+NEW_ORIGINATORS_PER_S = 2.0  # originators never seen before that one connection may introduce
+NEW_ORIGINATORS_BURST = 128
+KNOWN_ORIGINATORS = 20_000
+BAN_CHECK_S = 5.0
+#: pubsub streams live as long as the connection; a peer opens one per protocol
+PUBSUB_LIMITS = StreamLimits(per_peer=2, total=1024, deadline_s=None)
 
 
 @dataclass
@@ -64,7 +76,8 @@ def topic_names(swarm_id: str) -> tuple[str, str]:
 
 def new_stats() -> dict[str, Any]:
     """Counters: published, received, duplicate, queue_full, rejected (a Counter by reason)."""
-    return {"published": 0, "received": 0, "duplicate": 0, "queue_full": 0, "rejected": Counter()}
+    return {"published": 0, "received": 0, "duplicate": 0, "queue_full": 0, "rejected": Counter(),
+            "faults": Counter(), "bans": 0}
 
 
 class Gossip:
@@ -81,6 +94,7 @@ class Gossip:
         stats: dict[str, Any],
         on_received_from: Callable[[str], None] | None = None,
         batch_wait_s: float = BATCH_WAIT_S,
+        streams: StreamGuard | None = None,
     ) -> None:
         self.host = host
         self.my_id = host.get_id()
@@ -105,13 +119,22 @@ class Gossip:
             spam_protection_enabled=False,
         )
         self.pubsub = Pubsub(host, self.router, allowed_topics=set(self.topic_types))
+        self.stats = stats
+        if streams is None:
+            from .boundary import Faults
+
+            streams = StreamGuard(host, Faults(stats.setdefault("faults", Counter())), stats)
         for protocol in self.router.get_protocols():
-            host.set_stream_handler(protocol, self._guarded_stream_handler)
+            streams.register(protocol, self._pubsub_stream, PUBSUB_LIMITS)
         self._incoming = incoming
         self._limiter = PerPeerRateLimiter(rate_limit_per_s, rate_burst)
+        self._fwd_limiter = PerPeerRateLimiter(rate_limit_per_s * FORWARDER_RATE_FACTOR,
+                                               rate_burst * FORWARDER_RATE_FACTOR)
+        self._new_orig_limiter = PerPeerRateLimiter(NEW_ORIGINATORS_PER_S, NEW_ORIGINATORS_BURST)
+        self._known_originators: OrderedDict[str, None] = OrderedDict()
+        self.scores = ForwarderScores()
         self._rlog = RateLimitedLog(log)
         self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self.stats = stats
         self._on_received_from = on_received_from
         self.batch_wait_s = batch_wait_s
         self._outbox: list[tuple[Message, bytes]] = []  # with each one's checked wire bytes
@@ -120,40 +143,92 @@ class Gossip:
 
     # --- validation (runs inside libp2p's read loop: synchronous, never raises) --------------------
 
-    def _reject(self, reason: str, source: str, detail: str) -> bool:
+    def _reject(self, reason: str, source: str, detail: str, forwarder: str = "") -> bool:
         self.stats["rejected"][reason] += 1
-        self._rlog.log(logging.WARNING, f"{reason}:{source}", "rejected gossip from %s: %s (%s)", source, reason, detail)
+        via = f" via {forwarder[:20]}" if forwarder and forwarder != source else ""
+        self._rlog.log(logging.WARNING, f"{reason}:{source}", "rejected gossip from %s%s: %s (%s)", source, via,
+                       reason, detail)
+        if forwarder and forwarder != self.my_id.to_base58():
+            ban = self.scores.penalize(forwarder, reason, time.monotonic())
+            if ban is not None and self._nursery is not None:
+                self._nursery.start_soon(self._ban, forwarder, ban, reason)
         return False
+
+    def is_banned(self, peer: str) -> bool:
+        return self.scores.banned(peer, time.monotonic())
+
+    async def _ban(self, peer: str, seconds: float, reason: str) -> None:
+        """Drop a connection that kept sending messages we reject, and refuse it for `seconds`."""
+        self.stats["bans"] += 1
+        log.warning("banned peer %s for %.0f s: it kept sending rejected gossip (last: %s)", peer, seconds, reason)
+        pid = ID.from_base58(peer)
+        self.pubsub.add_to_blacklist(pid)
+        with trio.move_on_after(5):
+            try:
+                await self.host.disconnect(pid)
+            except Exception as e:  # noqa: BLE001 - it may be gone already
+                log.debug("disconnecting %s: %r", peer, e)
+
+    async def _lift_bans(self) -> None:
+        while True:
+            await trio.sleep(BAN_CHECK_S)
+            for peer in self.scores.expired_bans(time.monotonic()):
+                self.pubsub.remove_from_blacklist(ID.from_base58(peer))
+                log.info("ban of %s lifted", peer)
+
+    def _introduces(self, src: str) -> bool:
+        """Whether `src` is an originator this node has not accepted a message from yet."""
+        if src in self._known_originators:
+            self._known_originators.move_to_end(src)
+            return False
+        return True
+
+    def _know(self, src: str) -> None:
+        self._known_originators[src] = None
+        if len(self._known_originators) > KNOWN_ORIGINATORS:
+            self._known_originators.popitem(last=False)
 
     def _validator(self, topic: str) -> Callable[[ID, Any], bool]:
         allowed = self.topic_types[topic]
 
         def validate(forwarder: ID, msg: Any) -> bool:
+            fwd = ""
             try:
                 source = ID(msg.from_id)
                 if source == self.my_id:
                     return True  # our own publish, checked before publishing
                 src = source.to_base58()
-                if self._on_received_from is not None and forwarder != self.my_id:
-                    self._on_received_from(forwarder.to_base58())
+                fwd = forwarder.to_base58()
+                if forwarder != self.my_id:
+                    if self._on_received_from is not None:
+                        self._on_received_from(fwd)
+                    # the connection's budgets first: keys cost nothing, connections do
+                    if not self._fwd_limiter.allow(fwd):
+                        return self._reject("forwarder_rate_limited", src, f"connection over "
+                                            f"{self._fwd_limiter.rate}/s", fwd)
+                    if self._introduces(src) and not self._new_orig_limiter.allow(fwd):
+                        return self._reject("new_originators", src, f"connection introduced over "
+                                            f"{NEW_ORIGINATORS_PER_S}/s new keys", fwd)
                 if not self._limiter.allow(src):
-                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s")
+                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s", fwd)
                 try:
                     m = decode(msg.data)
                 except WireError as e:
-                    return self._reject("malformed", src, e.reason)
+                    reason = "obsolete_version" if "no longer accepted" in e.reason else "malformed"
+                    return self._reject(reason, src, e.reason, fwd)
                 inner = m.messages if isinstance(m, Bundle) else (m,)
                 if not all(self._limiter.allow(src) for _ in inner[1:]):  # one token per bundled message
-                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s")
+                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s", fwd)
                 if not isinstance(m, allowed):
-                    return self._reject("wrong_topic", src, f"{m.TYPE} on {topic}")
+                    return self._reject("wrong_topic", src, f"{m.TYPE} on {topic}", fwd)
                 for one in inner:
                     problem = self._check_from(one, src)
                     if problem is not None:
-                        return self._reject(problem[0], src, problem[1])
+                        return self._reject(problem[0], src, problem[1], fwd)
+                self._know(src)
                 return True
             except Exception as e:  # a validator that raises would break libp2p's read loop
-                return self._reject("validator_error", "?", f"{type(e).__name__}: {e}")
+                return self._reject("validator_error", "?", f"{type(e).__name__}: {e}", fwd)
 
         return validate
 
@@ -229,18 +304,28 @@ class Gossip:
                 return topic
         raise TypeError(f"not a wire message: {type(msg).__name__}")
 
-    async def _guarded_stream_handler(self, stream: Any) -> None:
+    async def _pubsub_stream(self, stream: Any) -> None:
         """libp2p's pubsub handler lets a protobuf DecodeError (a malformed or truncated RPC from a peer)
-        escape, which takes the whole host down. One bad peer must only lose its stream."""
+        escape, which took the whole host down. Registered behind the stream guard (its boundary logs
+        the fault and resets the stream); here the peer is also forgotten by pubsub and scored."""
+        peer = stream.muxed_conn.peer_id
+        if self.pubsub.is_peer_blacklisted(peer):
+            raise ConnectionRefusedError("banned peer")
         try:
             await self.pubsub.stream_handler(stream)
-        except Exception as e:  # noqa: BLE001 - any error reading a peer's RPCs is that peer's problem
-            peer = stream.muxed_conn.peer_id
-            self._rlog.log(logging.WARNING, f"bad-rpc:{peer}", "dropped the pubsub stream of %s: %s: %s", str(peer)[:16],
-                               type(e).__name__, str(e)[:120])
+        except Exception:
             self.stats["rejected"]["malformed_rpc"] += 1
-            await reset_quietly(stream)
+            self._handle_dead_peer(peer)
+            ban = self.scores.penalize(peer.to_base58(), "malformed", time.monotonic())
+            if ban is not None and self._nursery is not None:
+                self._nursery.start_soon(self._ban, peer.to_base58(), ban, "malformed_rpc")
+            raise
+
+    def _handle_dead_peer(self, peer: ID) -> None:
+        try:
             self.pubsub._handle_dead_peer(peer)
+        except Exception as e:  # noqa: BLE001 - libp2p's bookkeeping of a peer that is gone anyway
+            log.debug("forgetting %s: %r", peer, e)
 
     def _checked_wire(self, msg: Message) -> bytes:
         """Validate like a receiver would (WireError otherwise): libp2p would drop it silently."""
@@ -328,11 +413,12 @@ async def open_gossip(
     stats: dict[str, Any],
     on_received_from: Callable[[str], None] | None = None,
     batch_wait_s: float = BATCH_WAIT_S,
+    streams: StreamGuard | None = None,
 ) -> AsyncIterator[Gossip]:
     """Start pubsub and the router, subscribe to both topics with validators, drain them."""
     g = Gossip(
         host, swarm_id, incoming, rate_limit_per_s=rate_limit_per_s, rate_burst=rate_burst,
-        stats=stats, on_received_from=on_received_from, batch_wait_s=batch_wait_s,
+        stats=stats, on_received_from=on_received_from, batch_wait_s=batch_wait_s, streams=streams,
     )  # fmt: skip
     async with background_trio_service(g.pubsub), background_trio_service(g.router):
         await g.pubsub.wait_until_ready()
@@ -342,6 +428,7 @@ async def open_gossip(
                 sub = await g.pubsub.subscribe(topic)
                 nursery.start_soon(g._drain, sub, name=f"gossip-drain {topic}")
             g._nursery = nursery
+            nursery.start_soon(g._lift_bans, name="gossip-bans")
             try:
                 yield g
             finally:

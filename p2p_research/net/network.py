@@ -24,11 +24,13 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from ..wire import GitObject, Message
+from .boundary import Faults
 from .dht import ExperimentDHT
 from .gossip import BATCH_WAIT_S, INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip, topic_names
 from .host import full_addrs, make_host, parse_listen_addr, parse_peer_addr, running_host
 from .peers import PeerManager, PeerState
-from .transfer import OBJECTS_PROTOCOL, ObjectServer, ObjectSource, TransferError
+from .streams import StreamGuard, StreamLimits
+from .transfer import OBJECTS_LIMITS, OBJECTS_PROTOCOL, ObjectServer, ObjectSource, TransferError
 from .transfer import fetch_objects as _fetch_objects
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class Network:
 
     def __init__(
         self, host: IHost, gossip: Gossip, peers: PeerManager, incoming: trio.MemoryReceiveChannel[Incoming],
-        stats: dict[str, Any], nursery: trio.Nursery,
+        stats: dict[str, Any], nursery: trio.Nursery, faults: Faults, streams: StreamGuard,
     ) -> None:  # fmt: skip
         self.host = host
         self.peer_id: str = host.get_id().to_base58()
@@ -66,6 +68,10 @@ class Network:
         self.incoming = incoming
         self.stats = stats
         self.nursery = nursery
+        #: Offences contained at fault boundaries (counted in ``stats["faults"]``).
+        self.faults = faults
+        #: Registers stream protocols with slots, deadlines and a fault boundary.
+        self.streams = streams
         #: The experiment-record DHT (None when ``NetConfig.dht`` is False).
         self.dht: ExperimentDHT | None = None
 
@@ -87,6 +93,10 @@ class Network:
         except Exception:
             raise ValueError(f"invalid peer id {peer_id!r}") from None
         return await _fetch_objects(self.host, pid, oids, timeout=timeout)
+
+    def handle(self, protocol: str, handler: Any, limits: StreamLimits) -> None:
+        """Serve a stream protocol behind the guard (slots per peer and in total, deadline, boundary)."""
+        self.streams.register(protocol, handler, limits)
 
     def peers(self) -> list[PeerState]:
         """Connected peers (refreshed every second)."""
@@ -119,22 +129,25 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
 
     host = make_host(cfg.key_pair, cfg.target_peers)
     stats = new_stats()
+    faults = Faults(stats["faults"])
+    streams = StreamGuard(host, faults, stats)
     send, recv = trio.open_memory_channel[Incoming](INCOMING_CAPACITY)
-    peers = PeerManager(host, boot, target_peers=cfg.target_peers)
+    peers = PeerManager(host, boot, target_peers=cfg.target_peers, streams=streams)
     server = ObjectServer(object_source)
     async with running_host(host, listen):
-        host.set_stream_handler(OBJECTS_PROTOCOL, server.handle)
+        streams.register(OBJECTS_PROTOCOL, server.handle, OBJECTS_LIMITS)
         async with open_gossip(
             host, cfg.swarm_id, send, rate_limit_per_s=cfg.rate_limit_per_s, rate_burst=cfg.rate_burst,
             stats=stats, on_received_from=peers.note_message_from, batch_wait_s=cfg.batch_wait_s,
+            streams=streams,
         ) as gossip:  # fmt: skip
             async with trio.open_nursery() as nursery:
                 dht = None
                 if cfg.dht:  # before peers.run: the KAD handler must exist when identify runs
-                    dht = ExperimentDHT(host)
+                    dht = ExperimentDHT(host, streams=streams)
                     await nursery.start(dht.run)
                 await nursery.start(peers.run)
-                net = Network(host, gossip, peers, recv, stats, nursery)
+                net = Network(host, gossip, peers, recv, stats, nursery, faults, streams)
                 net.dht = dht
                 log.info("network up: %s listening on %s", net.peer_id, ", ".join(net.addrs()))
                 try:

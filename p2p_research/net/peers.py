@@ -21,10 +21,12 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from .boundary import Faults
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
 from .host import full_addrs, parse_peer_addr, peerstore_addrs
 from .identity import short_name
 from .ratelimit import RateLimitedLog
+from .streams import StreamGuard, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class PeerManager:
     _asked: set[str] = field(default_factory=set)
     _msg_counts: dict[str, int] = field(default_factory=dict)
     _px_backoff: dict[str, float] = field(default_factory=dict)  # peer -> trio time before asking again
+    streams: StreamGuard | None = None  # registers our handlers behind slots, deadlines and a boundary
 
     def __post_init__(self) -> None:
         self.my_id = self.host.get_id()
@@ -127,8 +130,11 @@ class PeerManager:
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """All peer-management tasks; cancel the enclosing scope to stop them."""
-        self.host.set_stream_handler(PEERS_PROTOCOL, self._handle_exchange)
-        self.host.set_stream_handler(PING_PROTOCOL, self._handle_ping)
+        if self.streams is None:
+            self.streams = StreamGuard(self.host, Faults(), {})
+        self.streams.register(PEERS_PROTOCOL, self._handle_exchange, StreamLimits(per_peer=1, total=32,
+                                                                                  deadline_s=EXCHANGE_TIMEOUT + 2))
+        self.streams.register(PING_PROTOCOL, self._handle_ping, StreamLimits(per_peer=1, total=64, deadline_s=7.0))
         async with trio.open_nursery() as nursery:
             for b in self.bootstrap:
                 nursery.start_soon(self._keep_bootstrap, b, name=f"bootstrap {b.peer_id}")

@@ -22,6 +22,7 @@ from libp2p.peer.id import ID
 from ..wire import GitObject, git_object_id
 from ..wire.messages import GIT_KINDS
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small, write_all
+from .streams import StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,10 @@ MAX_OBJECT = 16 * 1024 * 1024
 MAX_RESPONSE = 64 * 1024 * 1024
 REQUEST_TIMEOUT = 10.0
 FETCH_TIMEOUT = 60.0
-MAX_CONCURRENT_SERVES = 8
+#: served behind the stream guard: 2 requests per peer and 16 in all at once, each stream at most
+#: the request's read plus the response's write window; a stream over the limits is reset at once, so
+#: idle streams of one peer cannot make honest fetches wait
+OBJECTS_LIMITS = StreamLimits(per_peer=2, total=16, deadline_s=REQUEST_TIMEOUT + FETCH_TIMEOUT)
 
 FOUND, NOT_FOUND, TOO_LARGE = 0, 1, 2
 _HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -49,6 +53,8 @@ def _check_oids(oids: Any) -> list[str]:
     for o in oids:
         if not isinstance(o, str) or not _HEX40.fullmatch(o):
             raise FrameError("oids must be 40 lowercase hex chars")
+    if len(set(oids)) != len(oids):
+        raise FrameError("the request names an object more than once")
     return oids
 
 
@@ -57,7 +63,6 @@ class ObjectServer:
 
     def __init__(self, object_source: ObjectSource) -> None:
         self.object_source = object_source
-        self._slots = trio.Semaphore(MAX_CONCURRENT_SERVES)
         self.served = 0
 
     async def _lookup(self, oid: str) -> tuple[int, bytes] | None:
@@ -75,23 +80,22 @@ class ObjectServer:
 
     async def handle(self, stream: INetStream) -> None:
         try:
-            async with self._slots:
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    oids = _check_oids(unpack_small(await read_frame(stream, 64 * 1024)))
-                sent = 0
-                with trio.fail_after(FETCH_TIMEOUT):
-                    for oid in oids:
-                        found = await self._lookup(oid)
-                        if found is None:
-                            await stream.write(bytes([NOT_FOUND]))
-                            continue
-                        kind, data = found
-                        if kind not in GIT_KINDS or len(data) > MAX_OBJECT or sent + len(data) > MAX_RESPONSE:
-                            await stream.write(bytes([TOO_LARGE]))
-                            continue
-                        await write_all(stream, bytes([FOUND, kind]) + len(data).to_bytes(4, "big") + data)
-                        sent += len(data)
-                        self.served += 1
+            with trio.fail_after(REQUEST_TIMEOUT):
+                oids = _check_oids(unpack_small(await read_frame(stream, 64 * 1024)))
+            sent = 0
+            with trio.fail_after(FETCH_TIMEOUT):
+                for oid in oids:
+                    found = await self._lookup(oid)
+                    if found is None:
+                        await stream.write(bytes([NOT_FOUND]))
+                        continue
+                    kind, data = found
+                    if kind not in GIT_KINDS or len(data) > MAX_OBJECT or sent + len(data) > MAX_RESPONSE:
+                        await stream.write(bytes([TOO_LARGE]))
+                        continue
+                    await write_all(stream, bytes([FOUND, kind]) + len(data).to_bytes(4, "big") + data)
+                    sent += len(data)
+                    self.served += 1
             await stream.close()
         except (FrameError, trio.TooSlowError) as e:
             log.info("objects request from %s refused: %s", _remote(stream), e)

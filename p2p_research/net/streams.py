@@ -1,0 +1,116 @@
+"""Every inbound stream protocol is registered through :class:`StreamGuard`: slots, deadline, boundary.
+
+A stream handler that a peer can hold open, or make raise, is a lever on the whole node: py-libp2p
+runs handlers in the host's own tasks (an exception stops the host), and nothing bounds how many a
+peer may open or how long they may sit idle. The guard gives each protocol:
+
+- a fault boundary (:mod:`p2p_research.net.boundary`): an exception is counted, logged once with the
+  peer, and the stream is reset;
+- slots per peer and in total: a stream over either limit is reset at once (never queued), so a peer
+  with many idle streams holds at most ``per_peer`` slots and honest peers find the rest free;
+- a deadline for the whole stream (``deadline_s``; None for long-lived streams such as pubsub's,
+  whose reads are bounded by the protocol itself): a slow or stalled peer loses the stream.
+
+The handlers themselves read with per-frame size caps and per-frame deadlines
+(:mod:`p2p_research.net.framing`). Refusals are counted per protocol in ``stats["streams_refused"]``
+and deadlines in ``stats["streams_timed_out"]``; ``status`` shows both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from libp2p.abc import IHost, INetStream
+
+from .boundary import Faults
+from .framing import reset_quietly
+from .ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[INetStream], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    per_peer: int = 2
+    total: int = 32
+    deadline_s: float | None = 30.0
+
+
+def remote_peer(stream: Any) -> str:
+    try:
+        return stream.muxed_conn.peer_id.to_base58()
+    except Exception:  # noqa: BLE001 - a stream whose connection is already gone
+        return "?"
+
+
+class StreamGuard:
+    """Registers stream handlers on a host, each wrapped in slots, a deadline and a fault boundary."""
+
+    def __init__(self, host: IHost, faults: Faults, stats: dict[str, Any]) -> None:
+        self.host = host
+        self.faults = faults
+        self.stats = stats
+        stats.setdefault("streams_refused", Counter())
+        stats.setdefault("streams_timed_out", Counter())
+        self._open: dict[str, Counter[str]] = {}
+        self._total: Counter[str] = Counter()
+        self._rlog = RateLimitedLog(log, interval=30.0)
+        self.protocols: dict[str, StreamLimits] = {}
+
+    def busy(self, protocol: str, peer: str | None = None) -> int:
+        """Streams of `protocol` open now (of `peer`, when given)."""
+        return self._open.get(protocol, Counter())[peer] if peer is not None else self._total[protocol]
+
+    def register(self, protocol: str, handler: Handler, limits: StreamLimits) -> Handler:
+        """Serve `protocol` with `handler` behind the guard; returns the guarded handler."""
+        self.protocols[protocol] = limits
+        guarded = self.wrap(protocol, handler, limits)
+        self.host.set_stream_handler(protocol, guarded)  # type: ignore[arg-type]
+        return guarded
+
+    def wrap(self, protocol: str, handler: Handler, limits: StreamLimits) -> Handler:
+        open_by_peer = self._open.setdefault(protocol, Counter())
+
+        async def guarded(stream: INetStream) -> None:
+            peer = remote_peer(stream)
+            if self._total[protocol] >= limits.total or open_by_peer[peer] >= limits.per_peer:
+                self.stats["streams_refused"][protocol] += 1
+                self._rlog.log(logging.INFO, f"{protocol}:{peer}", "refused a %s stream from %s: %d open of %d "
+                               "for this peer, %d of %d in all", protocol, peer[:20], open_by_peer[peer],
+                               limits.per_peer, self._total[protocol], limits.total)
+                await reset_quietly(stream, grace=0.5)
+                return
+            open_by_peer[peer] += 1
+            self._total[protocol] += 1
+            try:
+                with trio.move_on_after(limits.deadline_s if limits.deadline_s is not None else float("inf")) as scope:
+                    await handler(stream)
+                if scope.cancelled_caught:
+                    self.stats["streams_timed_out"][protocol] += 1
+                    self._rlog.log(logging.INFO, f"deadline:{protocol}:{peer}", "a %s stream of %s exceeded %.0f s;"
+                                   " reset", protocol, peer[:20], limits.deadline_s)
+                    await reset_quietly(stream, grace=0.5)
+            except Exception as e:  # noqa: BLE001 - the boundary of this peer's stream
+                self.faults.record(peer, protocol, e)
+                await reset_quietly(stream, grace=0.5)
+            finally:
+                open_by_peer[peer] -= 1
+                if open_by_peer[peer] <= 0:
+                    del open_by_peer[peer]
+                self._total[protocol] -= 1
+
+        guarded.__qualname__ = f"guarded[{protocol}]"
+        guarded._p2p_guarded = True  # type: ignore[attr-defined]
+        return guarded
+
+
+def is_guarded(handler: Any) -> bool:
+    """Whether a registered handler came from :meth:`StreamGuard.wrap` (tests check every protocol)."""
+    return bool(getattr(handler, "_p2p_guarded", False))
