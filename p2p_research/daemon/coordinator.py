@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from p2p_research.daemon.announce import make_receipt
+from p2p_research.net.boundary import Faults, contained
 from p2p_research.research.engine import ResearchEngine
 from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.swarm import (
@@ -58,6 +59,8 @@ class SwarmCoordinator:
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0}
         self._load_reputation()
+        net = getattr(daemon, "net", None)
+        self.faults: Faults = getattr(net, "faults", None) or Faults()
 
     @property
     def ctx(self):
@@ -203,17 +206,26 @@ class SwarmCoordinator:
             decision = self.state.next_decision(eng.loop.baseline_value, rank, now=time.time())
             if decision is None:
                 break
-            if isinstance(decision, Verify):
-                decision = await self.verify(decision.claim)
-            if isinstance(decision, Adopt):
-                c = decision.claim
-                eng.adopt(c.commit, decision.value, decision.reason, c.exp_id, c.peer)
-                self.stats["adopted"] += 1
-                self.ctx.ledger.set_meta("last_adoption", {"exp_id": c.exp_id, "peer": c.peer, "value": decision.value,
-                                                           "announced_at": c.received_at, "adopted_at": time.time()})
-                log.info("adopted %s from %s as baseline (val_bpb %.6f): %s", c.exp_id[:10], c.peer[:16],
-                         decision.value, decision.reason)
+            # the boundary of one peer's candidate: whatever its commit makes our code raise, the
+            # candidate is dropped (settled) and research goes on
+            if isinstance(decision, Ignore):
+                break
+            await contained(self.faults, decision.claim.peer, "swarm.candidate", self._carry_out, decision)
             self._save_reputation()
+
+    async def _carry_out(self, decision: Verify | Adopt) -> None:
+        eng = self.engine
+        assert eng is not None
+        if isinstance(decision, Verify):
+            decision = await self.verify(decision.claim)
+        if isinstance(decision, Adopt):
+            c = decision.claim
+            eng.adopt(c.commit, decision.value, decision.reason, c.exp_id, c.peer)
+            self.stats["adopted"] += 1
+            self.ctx.ledger.set_meta("last_adoption", {"exp_id": c.exp_id, "peer": c.peer, "value": decision.value,
+                                                       "announced_at": c.received_at, "adopted_at": time.time()})
+            log.info("adopted %s from %s as baseline (val_bpb %.6f): %s", c.exp_id[:10], c.peer[:16],
+                     decision.value, decision.reason)
 
     async def verify(self, claim: PeerClaim) -> Adopt | None:
         eng = self.engine

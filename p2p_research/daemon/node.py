@@ -99,6 +99,9 @@ class NodeDaemon:
         with HomeLock(self.home, "a node daemon"):
             self.ctx = ctx = open_context(self.home, cfg)
             try:
+                bad = ctx.workspace.quarantine_malformed()  # objects an older version let in unchecked
+                if bad:
+                    log.warning("moved %d malformed object(s) to repo/.git/quarantine", len(bad))
                 self.key_pair = load_or_create_identity(self.home.identity)
                 self.peer_id = peer_id_of_keypair(self.key_pair)
                 self.name = cfg.node.name or short_name(self.peer_id)

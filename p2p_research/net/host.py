@@ -25,7 +25,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from . import rpc_cost
+from . import rpc_cost, upstream_guards
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def make_host(key_pair: KeyPair, target_peers: int = 6) -> IHost:
     and inbound growth is bounded by a generous high watermark.
     """
     rpc_cost.apply()  # once per process, before the first host (see rpc_cost.py)
+    upstream_guards.apply()  # caps multistream-select reads (see upstream_guards.py)
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     conn = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=max(32, 4 * target_peers))
     return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_preference="YAMUX",

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import pygit2
 
-from p2p_research.research.workspace import Workspace
+from p2p_research.research.workspace import Workspace, WorkspaceError
 
 
 def missing_references(ws: Workspace, oid: str) -> list[str]:
-    """Objects that `oid` (a commit or tree already present) refers to and the repo lacks."""
+    """Objects that `oid` (a commit or tree already present) refers to and the repo lacks.
+
+    WorkspaceError for an object that libgit2 cannot read (write_objects keeps such objects out;
+    this is the second line)."""
     try:
         obj = ws.repo[oid]
     except (KeyError, ValueError):
         return [oid]
+    except pygit2.GitError as e:
+        raise WorkspaceError(f"object {oid[:10]} cannot be read: {e}") from None
     out: list[str] = []
     if isinstance(obj, pygit2.Commit):
         refs = [str(obj.tree_id), *(str(p) for p in obj.parent_ids)]
@@ -43,6 +48,9 @@ def incomplete_ancestry(ws: Workspace, commit: str, limit: int = 500) -> list[st
             out.append(cur)
             break
         out += [m for m in missing_references(ws, cur) if m not in out]
-        obj = ws.repo[cur]
+        try:
+            obj = ws.repo[cur]
+        except pygit2.GitError as e:
+            raise WorkspaceError(f"object {cur[:10]} cannot be read: {e}") from None
         cur = str(obj.parent_ids[0]) if isinstance(obj, pygit2.Commit) and obj.parent_ids else None
     return out

@@ -10,11 +10,16 @@ on keep or adoption. The working tree always shows the baseline, so an agent edi
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
+
+from p2p_research.research.gitparse import ObjectFormatError, check_object, references
+
+log = logging.getLogger("p2p_research.workspace")
 
 GENESIS_SIGNATURE = ("p2p-research", "genesis@p2p-research.invalid", 1735689600, 0)  # 2025-01-01T00:00Z
 GENESIS_MESSAGE = "genesis: research target\n"
@@ -23,6 +28,10 @@ EXP_REF_PREFIX = "refs/p2p/exp/"
 IGNORED = ("SWARM.md", "__pycache__/", "*.pyc", "run.log")
 
 KIND_NAMES = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
+#: written to .git once every object of the repo has passed gitparse's checks (repos made by versions
+#: that only checked ids are scanned once at start)
+OBJECTS_CHECKED_MARK = "p2p-objects-checked"
+OBJECTS_CHECK_VERSION = "1"
 
 
 class WorkspaceError(Exception):
@@ -95,6 +104,8 @@ class Workspace:
             obj = self.repo[commit_id]
         except (KeyError, ValueError):
             raise WorkspaceError(f"unknown commit {commit_id}") from None
+        except pygit2.GitError as e:  # a corrupt object; gitparse keeps new ones out, the start scan old ones
+            raise WorkspaceError(f"commit {commit_id} cannot be read: {e}") from None
         if not isinstance(obj, pygit2.Commit):
             raise WorkspaceError(f"{commit_id} is not a commit")
         return obj
@@ -114,7 +125,7 @@ class Workspace:
                 obj = self.repo[entry.id]
                 if isinstance(obj, pygit2.Blob):
                     out[entry.name] = obj.data
-        except (pygit2.GitError, KeyError) as e:
+        except (pygit2.GitError, KeyError, ValueError) as e:
             raise WorkspaceError(f"commit {commit_id[:10]} is incomplete here: {e}") from None
         return out
 
@@ -194,7 +205,7 @@ class Workspace:
     def read_object(self, oid: str) -> RawObject | None:
         try:
             kind, data = self.repo.odb.read(pygit2.Oid(hex=oid))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, pygit2.GitError):
             return None
         return RawObject(oid, int(kind), bytes(data))
 
@@ -234,16 +245,71 @@ class Workspace:
                 out.append((self.read_object(str(e.id)), base))
         return out
 
+    def kind_of(self, oid: str) -> int | None:
+        """The kind of an object present here (None when absent or unreadable), without reading it whole."""
+        try:
+            return int(self.repo.odb.read_header(pygit2.Oid(hex=oid))[0])
+        except (KeyError, ValueError, pygit2.GitError, AttributeError):
+            obj = self.read_object(oid)
+            return obj.kind if obj is not None else None
+
     def write_objects(self, objects: list[RawObject]) -> None:
-        """Write received objects after checking each one's id (a corrupt or forged object is refused)."""
+        """Write received objects after checking each one: its id, that it parses as its kind (commit
+        with a tree and parents, tree with valid entries, modes and order, blob within the size cap;
+        never a tag), and that what it refers to and this repo already holds (or the batch brings)
+        has the kind it is referred to as. Nothing of a refused batch is written."""
+        batch_kinds = {o.oid: o.kind for o in objects}
         for o in objects:
             if o.kind not in KIND_NAMES:
                 raise WorkspaceError(f"object {o.oid}: unknown kind {o.kind}")
             computed = git_object_id(o.kind, o.data)
             if computed != o.oid:
                 raise WorkspaceError(f"object {o.oid}: content hashes to {computed}, refused")
+            try:
+                refs = references(o.kind, o.data)  # parses the object fully (gitparse.check_object)
+            except ObjectFormatError as e:
+                raise WorkspaceError(f"object {o.oid}: malformed {KIND_NAMES[o.kind]}: {e.reason}") from None
+            for ref, want in refs:
+                have = batch_kinds.get(ref) or self.kind_of(ref)
+                if want is not None and have is not None and have != want:
+                    raise WorkspaceError(f"object {o.oid}: refers to {ref[:10]} as a {KIND_NAMES[want]}, "
+                                         f"but it is a {KIND_NAMES.get(have, have)}")
         for o in objects:
             self.repo.odb.write(o.kind, o.data)
+
+    def quarantine_malformed(self) -> list[str]:
+        """Move objects that fail gitparse's checks (written by a version that only checked ids) out of
+        the repo, into .git/quarantine/, and drop experiment refs that point at them. Runs once per
+        repo and check version; returns the quarantined ids."""
+        git = Path(self.repo.path)
+        mark = git / OBJECTS_CHECKED_MARK
+        if mark.exists() and mark.read_text().strip() == OBJECTS_CHECK_VERSION:
+            return []
+        bad: list[str] = []
+        for oid in list(self.repo.odb):
+            try:
+                kind, data = self.repo.odb.read(oid)
+                check_object(int(kind), bytes(data))
+            except (ObjectFormatError, pygit2.GitError, KeyError, ValueError) as e:
+                bad.append(str(oid))
+                log.warning("quarantined object %s: %s", oid, getattr(e, "reason", e))
+        if bad:
+            qdir = git / "quarantine"
+            qdir.mkdir(exist_ok=True)
+            for oid in bad:
+                loose = git / "objects" / oid[:2] / oid[2:]
+                if loose.exists():
+                    loose.replace(qdir / oid)
+                else:
+                    log.error("object %s is malformed but not loose (packed); it stays, unreferenced", oid)
+            self.repo = pygit2.Repository(str(self.path))  # drop libgit2's caches of what moved
+            for name in list(self.repo.references):
+                if name.startswith(EXP_REF_PREFIX):
+                    target = str(self.repo.references[name].target)
+                    if target in bad:
+                        self.repo.references.delete(name)
+        mark.write_text(OBJECTS_CHECK_VERSION + "\n")
+        return bad
 
     def is_complete(self, commit_id: str) -> bool:
         """Whether the commit, its tree and every blob under it are present."""

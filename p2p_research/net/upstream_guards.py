@@ -1,0 +1,88 @@
+"""Guards for faults in py-libp2p 0.8.1 that a newer upstream release addresses; PyPI serves only 0.8.1.
+
+1. ``multistream``: multistream-select reads every message with a varint length prefix and no cap
+   (``MultiselectCommunicator.read`` -> ``read_delim`` -> ``read_varint_prefixed_bytes``). The first
+   negotiation (choosing the security protocol) runs on the raw TCP connection, so a stranger with
+   no key at all can send ``/multistream/1.0.0\\n`` and a length of 2^33 and have the node buffer
+   what follows (measured: +200 MB in 0.3 s from one connection), or a length of 2^40 and raise a
+   raw ``MemoryError`` out of the read. The same read negotiates every inbound stream. The guard
+   replaces the method: a message is at most :data:`MAX_MULTISTREAM_MESSAGE` bytes and one
+   negotiation reads at most :data:`MAX_MULTISTREAM_MESSAGES` messages (libp2p answers ``na`` to
+   every unknown proposal until its 10 s timeout); a violation is the ``MultiselectCommunicatorError``
+   libp2p already handles by resetting that connection or stream.
+2. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
+   checks that the host's transports are TCP alone), so the fault cannot reach them.
+
+:func:`apply` installs the guard once per process, only on libp2p :data:`EXPECTED_LIBP2P` and only when
+what it replaces exists (otherwise a warning, nothing changed), like :mod:`.rpc_cost`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXPECTED_LIBP2P = "0.8.1"
+#: longest protocol id line we read (libp2p's own ids are under 64 bytes; an `ls` reply is never read
+#: by our hosts)
+MAX_MULTISTREAM_MESSAGE = 1024
+MAX_MULTISTREAM_MESSAGES = 32
+
+_applied: dict[str, bool] = {}
+stats = {"multistream_refused": 0}
+
+
+def _guarded_read_factory(original: Any) -> Any:
+    from libp2p.exceptions import ParseError
+    from libp2p.io.exceptions import IOException
+    from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
+    from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+    async def read(self: Any) -> str:
+        """multistream-select message, at most MAX_MULTISTREAM_MESSAGE bytes, MAX_MULTISTREAM_MESSAGES
+        per communicator (one negotiation)."""
+        count = getattr(self, "_p2p_reads", 0) + 1
+        self._p2p_reads = count
+        if count > MAX_MULTISTREAM_MESSAGES:
+            stats["multistream_refused"] += 1
+            raise MultiselectCommunicatorError("too many multistream-select messages")
+        try:
+            data = await read_varint_prefixed_bytes_limited(self.read_writer, MAX_MULTISTREAM_MESSAGE)
+        except (ParseError, IOException) as e:
+            stats["multistream_refused"] += 1
+            raise MultiselectCommunicatorError(f"multistream-select read refused: {e}") from e
+        if not data.endswith(b"\n"):
+            raise MultiselectCommunicatorError("multistream-select message is not newline-terminated")
+        try:
+            return data[:-1].decode()
+        except UnicodeDecodeError as e:
+            raise MultiselectCommunicatorError("multistream-select message is not UTF-8") from e
+
+    read._p2p_original = original  # type: ignore[attr-defined]
+    return read
+
+
+def apply() -> dict[str, bool]:
+    """Install the guards (idempotent); returns which are active."""
+    if "multistream" in _applied:
+        return dict(_applied)
+    from .rpc_cost import libp2p_version
+
+    version = libp2p_version()
+    if version != EXPECTED_LIBP2P:
+        log.warning("libp2p %s is not %s: the multistream-select guard is not installed (check whether this "
+                    "version caps multistream messages itself)", version, EXPECTED_LIBP2P)
+        _applied["multistream"] = False
+        return dict(_applied)
+    try:
+        from libp2p.protocol_muxer import multiselect_communicator as mc
+
+        original = mc.MultiselectCommunicator.read
+        mc.MultiselectCommunicator.read = _guarded_read_factory(original)
+        _applied["multistream"] = True
+    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
+        log.warning("multistream-select guard not installed: %r", e)
+        _applied["multistream"] = False
+    return dict(_applied)
