@@ -64,6 +64,7 @@ class VerificationSection:
     quorum: int = 2             # adaptive: other nodes' confirmations that stand in for a local re-run (0: off)
     replicas: int = 3           # adaptive: nodes designated (by hash) to re-run each result at once (0: all)
     defer_s: float = 0.0        # adaptive: how long the others wait for their evidence; 0 = 4 runs, >= 60 s
+    vouch_after: int = 1        # own confirmations of a peer's results before its votes count (>= 1)
 
 
 @dataclass
@@ -103,6 +104,8 @@ class NodeConfig:
         v = self.verification
         if v.tolerance < 0 or v.refuted_threshold < 1 or v.quorum < 0 or v.replicas < 0 or v.defer_s < 0:
             raise ConfigError("verification: tolerance, quorum, replicas and defer_s must be >= 0, refuted_threshold >= 1")
+        if v.vouch_after < 1:
+            raise ConfigError("verification.vouch_after must be >= 1: a vote counts only from a peer this node verified")
         if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
             raise ConfigError("research timeouts must be positive and threads >= 0")
         if self.trust.policy not in ("constants", "any"):

@@ -25,9 +25,11 @@ from p2p_research.research.gitparse import (
 COMMIT, TREE, BLOB, TAG = 1, 2, 3, 4
 HEX_T = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 HEX_P = "1" * 40
+TREE_LINE = b"tree " + HEX_T.encode() + b"\n"
+PARENT_LINE = b"parent " + HEX_P.encode() + b"\n"
 AUTHOR = b"author A U Thor <a@example.com> 1735689600 +0100\n"
 COMMITTER = b"committer C O Mitter <c@example.com> 1735689601 -0230\n"
-HEAD = b"tree " + HEX_T.encode() + b"\nparent " + HEX_P.encode() + b"\n" + AUTHOR + COMMITTER
+HEAD = TREE_LINE + PARENT_LINE + AUTHOR + COMMITTER
 GOOD_COMMIT = HEAD + b"\nsubject\n\nbody\n"
 GPGSIG = b"gpgsig -----BEGIN PGP SIGNATURE-----\n \n iQEz\n -----END PGP SIGNATURE-----\n"
 HASHY = bytes(range(20))
@@ -38,14 +40,18 @@ def entry(mode: bytes, name: bytes, oid: bytes = HASHY) -> bytes:
 
 
 def with_parents(n: int) -> bytes:
-    line = b"parent " + HEX_P.encode() + b"\n"
-    return HEAD.replace(line, line * n)
+    return HEAD.replace(PARENT_LINE, PARENT_LINE * n)
 
 
-GOOD_TREE = entry(b"100644", b"a") + entry(b"40000", b"lib") + entry(b"100755", b"run.sh") + entry(b"120000", b"z")
+def many_entries(n: int) -> bytes:
+    return b"".join(entry(b"100644", b"%05d" % i) for i in range(n))
 
 
-# --- what pygit2 reports, touching every field a walk may read ------------------------------------------------
+GOOD_TREE = b"".join([entry(b"100644", b"a"), entry(b"40000", b"lib"), entry(b"100755", b"run.sh"),
+                      entry(b"120000", b"z")])
+
+
+# --- what pygit2 reports, touching every field a walk may read ---------------------------------------
 
 def pygit2_view(repo: pygit2.Repository, kind: int, data: bytes) -> ParsedCommit | tuple[TreeEntry, ...] | None:
     """Write `data` raw and read it back through pygit2; raises if pygit2 cannot read any field."""
@@ -66,13 +72,11 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> pygit2.Repository:
     return pygit2.init_repository(str(tmp_path_factory.mktemp("scratch")), bare=True)
 
 
-# --- 1. real objects made by pygit2 --------------------------------------------------------------------------
+# --- 1. real objects made by pygit2 --------------------------------------------------------------------
 
 def test_real_pygit2_objects_pass_and_parse_identically(tmp_path) -> None:
     repo = pygit2.init_repository(str(tmp_path))
     blob = repo.create_blob(b"print('hi')\n")
-    script = repo.create_blob(b"#!/bin/sh\necho hi\n")
-    target = repo.create_blob(b"lib/deeper/x.txt")
     deep = repo.TreeBuilder()
     deep.insert("x.txt", repo.create_blob(b""), pygit2.GIT_FILEMODE_BLOB)
     lib = repo.TreeBuilder()
@@ -82,12 +86,12 @@ def test_real_pygit2_objects_pass_and_parse_identically(tmp_path) -> None:
     root.insert("lib", lib.write(), pygit2.GIT_FILEMODE_TREE)
     root.insert("lib-x", blob, pygit2.GIT_FILEMODE_BLOB)  # git order: "lib-x" < "lib.py" < "lib/"
     root.insert("lib.py", blob, pygit2.GIT_FILEMODE_BLOB)
-    root.insert("run.sh", script, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE)
-    root.insert("link", target, pygit2.GIT_FILEMODE_LINK)
+    root.insert("run.sh", repo.create_blob(b"#!/bin/sh\necho hi\n"), pygit2.GIT_FILEMODE_BLOB_EXECUTABLE)
+    root.insert("link", repo.create_blob(b"lib/deeper/x.txt"), pygit2.GIT_FILEMODE_LINK)
     tree = root.write()
     empty = repo.TreeBuilder().write()
     sig = pygit2.Signature("p2p-research", "genesis@p2p-research.invalid", 1735689600, 0)
-    zoe = pygit2.Signature("Zoë Ünïcode", "zoe@p2p-research.invalid", 1735689700, -150)
+    zoe = pygit2.Signature("Zoë Ünïcode", "zoe@p2p-research.invalid", 1735689700, -150)  # a node's display name
     c1 = repo.create_commit(None, sig, sig, "genesis", empty, [])
     c2 = repo.create_commit(None, zoe, sig, "change\n", tree, [c1])
     c3 = repo.create_commit(None, sig, zoe, "merge\n\nline two\nline three\n", tree, [c1, c2], "UTF-8")
@@ -100,26 +104,27 @@ def test_real_pygit2_objects_pass_and_parse_identically(tmp_path) -> None:
         parsed = check_object(kind, data)
         obj = repo[oid]
         if kind == COMMIT:
-            assert parsed == parse_commit(data) == ParsedCommit(str(obj.tree_id), tuple(str(p) for p in obj.parent_ids))
-            assert references(kind, data) == [(str(obj.tree_id), TREE), *((str(p), COMMIT) for p in obj.parent_ids)]
+            parents = tuple(str(p) for p in obj.parent_ids)
+            assert parsed == parse_commit(data) == ParsedCommit(str(obj.tree_id), parents)
+            assert references(kind, data) == [(str(obj.tree_id), TREE), *((p, COMMIT) for p in parents)]
         elif kind == TREE:
             assert parsed == parse_tree(data) == tuple(TreeEntry(e.filemode, e.name, str(e.id)) for e in obj)
-            assert references(kind, data) == [(str(e.id), TREE if e.type_str == "tree" else BLOB) for e in obj]
+            expected = [(str(e.id), TREE if e.type_str == "tree" else BLOB) for e in obj]
+            assert references(kind, data) == expected
         else:
             assert parsed is None and references(kind, data) == []
     assert seen == {COMMIT: 4, TREE: 4, BLOB: 4}
     assert b"\nencoding UTF-8\n" in repo.odb.read(c3)[1]
     assert b"\ngpgsig " in repo.odb.read(c4)[1]
-    modes = {e.mode for e in parse_tree(repo.odb.read(tree)[1])}
-    assert modes == {0o100644, 0o100755, 0o120000, 0o40000}
+    assert {e.mode for e in parse_tree(repo.odb.read(tree)[1])} == {0o100644, 0o100755, 0o120000, 0o40000}
 
 
-# --- 2. accepted edge cases, each confirmed by pygit2 ------------------------------------------------------
+# --- 2. accepted edge cases, each confirmed by pygit2 --------------------------------------------------
 
 ACCEPTED_COMMITS = {
     "no message, no blank line": HEAD,
     "blank line, empty message": HEAD + b"\n",
-    "root commit": HEAD.replace(b"parent " + HEX_P.encode() + b"\n", b""),
+    "root commit": HEAD.replace(PARENT_LINE, b""),
     "max parents": with_parents(MAX_PARENTS),
     "empty author name": HEAD.replace(b"A U Thor ", b"") + b"\nmsg\n",
     "utf-8 author name": HEAD.replace(b"A U Thor", "Zoë".encode()) + b"\nmsg\n",
@@ -143,7 +148,7 @@ ACCEPTED_TREES = {
     "file before same-prefix dir": entry(b"100644", b"a-b") + entry(b"40000", b"a") + entry(b"100644", b"a0"),
     "spaces and unicode": entry(b"100644", b"a b") + entry(b"100644", "ñ".encode()),
     "255-byte name": entry(b"100644", b"n" * 255),
-    "max entries": b"".join(entry(b"100644", b"%05d" % i) for i in range(MAX_TREE_ENTRIES)),
+    "max entries": many_entries(MAX_TREE_ENTRIES),
 }
 
 
@@ -158,59 +163,66 @@ def test_blobs_any_bytes_up_to_the_limit() -> None:
     assert check_object(BLOB, b"\0" * MAX_BLOB) is None
 
 
-# --- 3. each malformation rejected with a specific reason ---------------------------------------------------
+# --- 3. each malformation rejected with a specific reason ----------------------------------------------
+
+def sub(old: bytes, new: bytes, data: bytes = HEAD) -> bytes:
+    assert old in data
+    return data.replace(old, new)
+
 
 REJECTED = {
     # kinds and sizes
     "tag": (TAG, GOOD_COMMIT, "tag objects are not accepted"),
-    "kind 0": (0, b"", "unknown kind"),
-    "kind 5": (5, b"", "unknown kind"),
-    "kind -1": (-1, b"", "unknown kind"),
+    "kind 0": (0, b"", "unknown kind 0"),
+    "kind 5": (5, b"", "unknown kind 5"),
+    "kind -1": (-1, b"", "unknown kind -1"),
     "huge blob": (BLOB, b"\0" * (MAX_BLOB + 1), "blob: 16777217 bytes exceeds"),
-    "huge commit": (COMMIT, GOOD_COMMIT + b"x" * MAX_COMMIT_BYTES, "commit: 65"),
-    # commit header
+    "huge commit": (COMMIT, GOOD_COMMIT + b"x" * MAX_COMMIT_BYTES, "exceeds 65536"),
+    # commit header: tree and parents
     "empty commit": (COMMIT, b"", "commit: missing tree line"),
-    "no tree line": (COMMIT, HEAD.split(b"\n", 1)[1] + b"\nx", "commit: missing tree line"),
-    "tree not first": (COMMIT, b"parent " + HEX_P.encode() + b"\ntree " + HEX_T.encode() + b"\n" + AUTHOR + COMMITTER,
-                       "commit: missing tree line"),
-    "uppercase tree hex": (COMMIT, HEAD.replace(HEX_T.encode(), HEX_T.upper().encode()), "missing tree line"),
-    "short tree hex": (COMMIT, HEAD.replace(HEX_T.encode(), HEX_T[:39].encode()), "missing tree line"),
-    "tree trailing space": (COMMIT, HEAD.replace(HEX_T.encode(), HEX_T.encode() + b" "), "missing tree line"),
+    "no tree line": (COMMIT, sub(TREE_LINE, b""), "commit: missing tree line"),
+    "tree not first": (COMMIT, PARENT_LINE + TREE_LINE + AUTHOR + COMMITTER, "commit: missing tree line"),
+    "uppercase tree hex": (COMMIT, sub(HEX_T.encode(), HEX_T.upper().encode()), "missing tree line"),
+    "short tree hex": (COMMIT, sub(HEX_T.encode(), HEX_T[:39].encode()), "missing tree line"),
+    "tree trailing space": (COMMIT, sub(HEX_T.encode(), HEX_T.encode() + b" "), "missing tree line"),
     "too many parents": (COMMIT, with_parents(MAX_PARENTS + 1), "commit: 9 parents exceeds 8"),
-    "bad parent hex": (COMMIT, HEAD.replace(b"parent " + HEX_P.encode(), b"parent xyz"), "malformed author line"),
-    "missing author": (COMMIT, HEAD.replace(AUTHOR, b""), "missing or malformed author line"),
-    "missing committer": (COMMIT, HEAD.replace(COMMITTER, b""), "missing or malformed committer line"),
-    "committer first": (COMMIT, HEAD.replace(AUTHOR + COMMITTER, COMMITTER + AUTHOR), "malformed author line"),
-    "two authors": (COMMIT, HEAD.replace(AUTHOR, AUTHOR + AUTHOR), "malformed committer line"),
-    "no email": (COMMIT, HEAD.replace(b"<a@example.com>", b"a@example.com"), "malformed author line"),
-    "email unclosed": (COMMIT, HEAD.replace(b"<c@example.com>", b"<c@example.com"), "malformed committer line"),
-    "angle in name": (COMMIT, HEAD.replace(b"A U Thor", b"A <U> Thor"), "malformed author line"),
-    "no timestamp": (COMMIT, HEAD.replace(b" 1735689600", b""), "malformed author line"),
-    "text timestamp": (COMMIT, HEAD.replace(b"1735689600", b"yesterday"), "malformed author line"),
-    "negative timestamp": (COMMIT, HEAD.replace(b"1735689600", b"-1"), "malformed author line"),
-    "21-digit timestamp": (COMMIT, HEAD.replace(b"1735689600", b"1" * 21), "malformed author line"),
-    "timestamp > int64": (COMMIT, HEAD.replace(b"1735689600", str(2**63).encode()), "author timestamp out of range"),
-    "tz without sign": (COMMIT, HEAD.replace(b"+0100", b"0100"), "malformed author line"),
-    "tz three digits": (COMMIT, HEAD.replace(b"-0230", b"-230"), "malformed committer line"),
-    "no timezone": (COMMIT, HEAD.replace(b" -0230", b""), "malformed committer line"),
-    "CR line end": (COMMIT, HEAD.replace(b"+0100\n", b"+0100\r\n"), "malformed author line"),
-    "NUL in header": (COMMIT, HEAD.replace(b"A U Thor", b"A\0Thor") + b"\nx", "commit: NUL byte in header"),
-    "non-utf8 header": (COMMIT, HEAD.replace(b"A U Thor", b"A \xff Thor") + b"\nx", "header is not valid UTF-8"),
+    "bad parent hex": (COMMIT, sub(HEX_P.encode(), b"xyz"), "malformed author line"),
+    # signatures
+    "missing author": (COMMIT, sub(AUTHOR, b""), "missing or malformed author line"),
+    "missing committer": (COMMIT, sub(COMMITTER, b""), "missing or malformed committer line"),
+    "committer first": (COMMIT, sub(AUTHOR + COMMITTER, COMMITTER + AUTHOR), "malformed author line"),
+    "two authors": (COMMIT, sub(AUTHOR, AUTHOR + AUTHOR), "malformed committer line"),
+    "no email": (COMMIT, sub(b"<a@example.com>", b"a@example.com"), "malformed author line"),
+    "email unclosed": (COMMIT, sub(b"<c@example.com>", b"<c@example.com"), "malformed committer line"),
+    "angle in name": (COMMIT, sub(b"A U Thor", b"A <U> Thor"), "malformed author line"),
+    "no timestamp": (COMMIT, sub(b" 1735689600", b""), "malformed author line"),
+    "text timestamp": (COMMIT, sub(b"1735689600", b"yesterday"), "malformed author line"),
+    "negative timestamp": (COMMIT, sub(b"1735689600", b"-1"), "malformed author line"),
+    "21-digit timestamp": (COMMIT, sub(b"1735689600", b"1" * 21), "malformed author line"),
+    "timestamp > int64": (COMMIT, sub(b"1735689600", b"%d" % 2**63), "author timestamp out of range"),
+    "tz without sign": (COMMIT, sub(b"+0100", b"0100"), "malformed author line"),
+    "tz three digits": (COMMIT, sub(b"-0230", b"-230"), "malformed committer line"),
+    "no timezone": (COMMIT, sub(b" -0230", b""), "malformed committer line"),
+    "CR line end": (COMMIT, sub(b"+0100\n", b"+0100\r\n"), "malformed author line"),
+    # header as a whole and extra headers
+    "NUL in header": (COMMIT, sub(b"A U Thor", b"A\0Thor") + b"\nx", "commit: NUL byte in header"),
+    "non-utf8 header": (COMMIT, sub(b"A U Thor", b"A \xff Thor") + b"\nx", "header is not valid UTF-8"),
     "header unterminated": (COMMIT, HEAD[:-1], "commit: header does not end with a newline"),
     "bare header word": (COMMIT, HEAD + b"junk\n\nx", "commit: malformed header line 5"),
-    "parent after committer": (COMMIT, HEAD + b"parent " + HEX_P.encode() + b"\n\nx", "misplaced 'parent' line"),
-    "tree after committer": (COMMIT, HEAD + b"tree " + HEX_T.encode() + b"\n", "misplaced 'tree' line"),
+    "parent after committer": (COMMIT, HEAD + PARENT_LINE + b"\nx", "misplaced 'parent' line"),
+    "tree after committer": (COMMIT, HEAD + TREE_LINE, "misplaced 'tree' line"),
     "unknown encoding": (COMMIT, HEAD + b"encoding foo\n\nx", "commit: unsupported encoding 'foo'"),
     "non-text codec": (COMMIT, HEAD + b"encoding rot13\n\nx", "unsupported encoding"),
     "two encodings": (COMMIT, HEAD + b"encoding utf-8\nencoding utf-8\n\nx", "duplicate encoding header"),
-    "bad utf-8 message": (COMMIT, HEAD + b"encoding UTF-8\n\n\xff\n", "does not decode as declared utf-8"),
-    # tree entries
-    "submodule": (TREE, entry(b"100644", b"a") + entry(b"160000", b"sub"), "tree: entry 1 has mode 160000 (submodule)"),
+    "bad utf-8 message": (COMMIT, HEAD + b"encoding UTF-8\n\n\xff\n", "message does not decode as declared utf-8"),
+    # tree entries: modes
+    "submodule": (TREE, entry(b"100644", b"a") + entry(b"160000", b"sub"), "entry 1 has mode 160000 (submodule)"),
     "group-writable mode": (TREE, entry(b"100664", b"a"), "tree: entry 0 has unsupported mode b'100664'"),
     "zero-padded dir mode": (TREE, entry(b"040000", b"d"), "unsupported mode b'040000'"),
     "short mode": (TREE, entry(b"644", b"a"), "unsupported mode"),
     "empty mode": (TREE, entry(b"", b"a"), "unsupported mode b''"),
     "no space": (TREE, b"100644a\0" + HASHY, "tree: entry 0 has no space between mode and name"),
+    # tree entries: names
     "empty name": (TREE, entry(b"100644", b""), "tree: entry 0 has an empty name"),
     "slash in name": (TREE, entry(b"100644", b"a/b"), "name contains '/'"),
     "dot": (TREE, entry(b"40000", b"."), "forbidden name '.'"),
@@ -220,15 +232,15 @@ REJECTED = {
     ".Git": (TREE, entry(b"40000", b".Git"), "forbidden name '.Git'"),
     "non-utf8 name": (TREE, entry(b"100644", b"\xff"), "name is not valid UTF-8"),
     "256-byte name": (TREE, entry(b"100644", b"n" * 256), "name is 256 bytes"),
+    # tree entries: order, duplicates, truncation, count
     "duplicate name": (TREE, entry(b"100644", b"a") + entry(b"100644", b"a"), "duplicate entry name 'a'"),
-    "file and dir same name": (TREE, entry(b"100644", b"a") + entry(b"40000", b"a"), "duplicate entry name 'a'"),
+    "file and dir same name": (TREE, entry(b"100644", b"a") + entry(b"40000", b"a"), "duplicate entry name"),
     "unsorted": (TREE, entry(b"100644", b"b") + entry(b"100644", b"a"), "entries not in git order at 'a'"),
     "dir sorts as name/": (TREE, entry(b"40000", b"a") + entry(b"100644", b"a-b"), "not in git order at 'a-b'"),
     "missing NUL": (TREE, b"100644 a", "tree: entry 0 is truncated"),
     "short oid": (TREE, entry(b"100644", b"a", HASHY[:19]), "tree: entry 0 is truncated"),
     "trailing byte": (TREE, GOOD_TREE + b"1", "tree: entry 4 is truncated"),
-    "too many entries": (TREE, b"".join(entry(b"100644", b"%05d" % i) for i in range(MAX_TREE_ENTRIES + 1)),
-                         "tree: more than 4096 entries"),
+    "too many entries": (TREE, many_entries(MAX_TREE_ENTRIES + 1), "tree: more than 4096 entries"),
 }
 
 
@@ -261,10 +273,10 @@ def test_error_reasons_stay_one_line_and_short() -> None:
     assert "\n" not in err.value.reason and "\r" not in err.value.reason and len(err.value.reason) < 120
 
 
-# --- 4. properties: never another exception; whatever is accepted, pygit2 reads -------------------------------
+# --- 4. properties: never another exception; whatever is accepted, pygit2 reads ------------------------
 
 def check_against_pygit2(repo: pygit2.Repository, kind: int, data: bytes) -> bool:
-    """check_object(kind, data) raises only ObjectFormatError; if it accepts, pygit2 agrees. True if accepted."""
+    """check_object raises only ObjectFormatError; if it accepts, pygit2 reads the same. True if accepted."""
     try:
         parsed = check_object(kind, data)
     except ObjectFormatError as e:
@@ -273,6 +285,10 @@ def check_against_pygit2(repo: pygit2.Repository, kind: int, data: bytes) -> boo
     if kind in (COMMIT, TREE):
         assert pygit2_view(repo, kind, data) == parsed
     return True
+
+
+def tally(accepted: bool) -> None:
+    event("accepted" if accepted else "rejected")  # shown by --hypothesis-show-statistics
 
 
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -285,7 +301,6 @@ def test_arbitrary_bytes_only_raise_object_format_error(scratch, kind: int, data
 
 
 hex40 = st.text("0123456789abcdef", min_size=40, max_size=40)
-VALID_MODES = [b"100644", b"100755", b"120000", b"40000"]
 
 
 def mostly(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy:
@@ -296,13 +311,15 @@ def mostly(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy
 @st.composite
 def near_trees(draw: st.DrawFn) -> bytes:
     """Trees built from mostly plausible parts, mostly sorted, so that many get accepted."""
-    mode = mostly(st.sampled_from(VALID_MODES), st.sampled_from([b"160000", b"040000", b"644", b"", b"100664"]))
+    mode = mostly(st.sampled_from([b"100644", b"100755", b"120000", b"40000"]),
+                  st.sampled_from([b"160000", b"040000", b"644", b"", b"100664"]))
     name = mostly(st.text(min_size=1, max_size=6).map(str.encode),
                   st.one_of(st.binary(max_size=4), st.sampled_from([b".git", b".GIT", b"..", b".", b"a/b"])))
     entries = draw(st.lists(st.tuples(mode, name, st.binary(min_size=20, max_size=20)), max_size=6))
     if draw(mostly(st.just(True), st.just(False))):
         entries.sort(key=lambda e: e[1] + (b"/" if e[0] == b"40000" else b""))
-    return b"".join(entry(*e) for e in entries) + draw(mostly(st.just(b""), st.sampled_from([b"x", b"\0", b"1 "])))
+    trailer = draw(mostly(st.just(b""), st.sampled_from([b"x", b"\0", b"1 "])))
+    return b"".join(entry(*e) for e in entries) + trailer
 
 
 @st.composite
@@ -312,11 +329,12 @@ def near_commits(draw: st.DrawFn) -> bytes:
         text = mostly(st.text(st.characters(exclude_characters="<>\n\0"), max_size=8), st.text(max_size=8))
         name, email = draw(text), draw(text)
         ts = draw(mostly(st.integers(0, 2**63 - 1), st.integers(2**63 - 2, 10**21)))
-        tz = draw(mostly(st.sampled_from(["+0000", "-0130", "+9999"]), st.sampled_from(["0000", "+00", "+00000"])))
+        tz = draw(mostly(st.sampled_from(["+0000", "-0130", "+9999"]), st.sampled_from(["0000", "+00", "+000000"])))
         return f"{role} {name} <{email}> {ts} {tz}\n".encode()
 
+    parents = draw(mostly(st.lists(hex40, max_size=3), st.lists(hex40, min_size=MAX_PARENTS, max_size=9)))
     lines = [b"tree " + draw(mostly(hex40, st.text(max_size=41))).encode() + b"\n"]
-    lines += [b"parent " + p.encode() + b"\n" for p in draw(mostly(st.lists(hex40, max_size=3), st.lists(hex40, min_size=MAX_PARENTS, max_size=MAX_PARENTS + 1)))]
+    lines += [b"parent " + p.encode() + b"\n" for p in parents]
     lines += [sig(draw(mostly(st.just("author"), st.just("committer"))))]
     lines += [sig(draw(mostly(st.just("committer"), st.just("author"))))]
     extras = [b"encoding UTF-8\n", b"encoding latin1\n", b"encoding utf8\n", b"encoding Shift_JIS\n", GPGSIG,
@@ -329,13 +347,13 @@ def near_commits(draw: st.DrawFn) -> bytes:
 @PROPERTY
 @given(data=near_trees())
 def test_generated_trees_accepted_only_if_pygit2_reads_them(scratch, data: bytes) -> None:
-    event("accepted" if check_against_pygit2(scratch, TREE, data) else "rejected")  # see --hypothesis-show-statistics
+    tally(check_against_pygit2(scratch, TREE, data))
 
 
 @PROPERTY
 @given(data=near_commits())
 def test_generated_commits_accepted_only_if_pygit2_reads_them(scratch, data: bytes) -> None:
-    event("accepted" if check_against_pygit2(scratch, COMMIT, data) else "rejected")  # see --hypothesis-show-statistics
+    tally(check_against_pygit2(scratch, COMMIT, data))
 
 
 @PROPERTY
@@ -348,11 +366,16 @@ def test_timestamps_and_encodings_agree_with_pygit2(scratch, ts: int, tz: bytes,
                                                     message: bytes) -> None:
     """The two places where libgit2/pygit2 fail on otherwise well-formed text: int64 time, named codecs."""
     data = HEAD.replace(b"1735689600 +0100", b"%d %s" % (ts, tz)) + encoding + b"\n" + message
-    event("accepted" if check_against_pygit2(scratch, COMMIT, data) else "rejected")
+    tally(check_against_pygit2(scratch, COMMIT, data))
 
 
-VALID = [(COMMIT, GOOD_COMMIT), (COMMIT, HEAD + GPGSIG + b"encoding UTF-8\n\nsigned \xc3\xa9\n"),
-         (COMMIT, ACCEPTED_COMMITS["utf-8 author name"]), (TREE, GOOD_TREE), (TREE, ACCEPTED_TREES["spaces and unicode"])]
+VALID = [
+    (COMMIT, GOOD_COMMIT),
+    (COMMIT, HEAD + GPGSIG + b"encoding UTF-8\n\nsigned \xc3\xa9\n"),
+    (COMMIT, ACCEPTED_COMMITS["utf-8 author name"]),
+    (TREE, GOOD_TREE),
+    (TREE, ACCEPTED_TREES["spaces and unicode"]),
+]
 
 
 def mutate(data: bytes, op: str, pos: int, byte: int) -> bytes:
@@ -369,7 +392,7 @@ def mutate(data: bytes, op: str, pos: int, byte: int) -> bytes:
        pos=st.integers(0, 10_000), byte=st.integers(1, 255))
 def test_single_byte_mutations(scratch, which: tuple[int, bytes], op: str, pos: int, byte: int) -> None:
     kind, data = which
-    event("accepted" if check_against_pygit2(scratch, kind, mutate(data, op, pos, byte)) else "rejected")  # see --hypothesis-show-statistics
+    tally(check_against_pygit2(scratch, kind, mutate(data, op, pos, byte)))
 
 
 @pytest.mark.parametrize(("kind", "data"), VALID[::3], ids=["commit", "tree"])

@@ -114,8 +114,15 @@ def test_trust_policy_steps():
     assert not check_change(files, files, code_allowed=True)[0]
 
 
+def earn(s: SwarmState, *peers: str) -> None:
+    """This node's own re-runs confirmed one first-announced result of each peer: their votes now count."""
+    for p in peers:
+        s.on_verified(PeerClaim(f"{hash(p) & (16**40 - 1):040x}", "c" * 40, p, 9.0, 0, 0.0), 9.0, 1.0)
+
+
 def test_quorum_of_other_nodes_replaces_a_local_rerun_but_not_for_colluders():
     s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    earn(s, "QmB", "QmC", "QmD")
     c = PeerClaim("a" * 40, "c" * 40, "QmA", 1.5, 0, 0.0)
     s.on_peer_result(c, True, "", "kept")
     s.on_peer_verification(c.exp_id, "QmA", "QmA", True)      # the claimant vouching for itself: ignored
@@ -185,6 +192,7 @@ def test_designated_replicas_rerun_and_the_rest_adopt_on_their_evidence():
         s = SwarmState(SwarmPolicy(n, "adaptive", margin=0.002, quorum=2, replicas=3, defer_s=60.0))
         for p in nodes + ["QmFinder"]:
             s.note_peer(p)
+        earn(s, *(p for p in nodes if p != n))
         s.on_peer_result(claim, True, "", "kept")
         states[n] = s
     first = {n: s.next_decision(2.0, now=101.0) for n, s in states.items()}
@@ -208,3 +216,46 @@ def test_a_node_that_is_not_designated_verifies_itself_once_the_wait_is_over():
     s.on_peer_result(claim, True, "", "kept")
     assert s.next_decision(2.0, now=150.0) is None          # waiting for the designated node
     assert isinstance(s.next_decision(2.0, now=161.0), Verify)  # no evidence came: re-run it here
+
+
+def test_votes_of_identities_this_node_never_verified_do_not_count():
+    """Sybils: a fabricated result plus confirmations from fresh keys is re-run here, not adopted."""
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2, replicas=3, defer_s=60.0))
+    lie = PeerClaim("ab" * 20, "c" * 40, "QmLiar", 0.5, 0, 100.0)
+    s.on_peer_result(lie, True, "", "kept")
+    for i in range(50):
+        s.on_peer_verification(lie.exp_id, f"QmSybil{i}", "QmLiar", True)
+    assert not s.quorum_met(lie)
+    d = s.next_decision(2.0, now=100.0 + 61)
+    assert isinstance(d, Verify) and d.claim == lie
+    verdict, adopt = s.on_verified(lie, 1.9, 2.0)
+    assert verdict == "refuted" and adopt is None
+
+
+def test_trust_is_earned_by_own_reruns_of_first_announced_results_or_configured():
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2, vouch_after=2,
+                               trusted=frozenset({"QmFriend"})))
+    assert s.vouches("QmFriend") and not s.vouches("QmB")
+    copy = PeerClaim("cd" * 20, "c" * 40, "QmB", 1.5, 0, 0.0, first=False)  # someone else's result, re-signed
+    s.on_verified(copy, 1.5, 2.0)
+    s.on_verified(copy, 1.5, 2.0)
+    assert s.rep("QmB").confirmed == 2 and not s.vouches("QmB")
+    own = PeerClaim("ce" * 20, "c" * 40, "QmB", 1.5, 0, 0.0)
+    s.on_verified(own, 1.5, 2.0)
+    assert not s.vouches("QmB")  # one of two
+    s.on_verified(own, 1.5, 2.0)
+    assert s.vouches("QmB")
+    for _ in range(6):  # refuted often enough (net of 4 confirmations) to be ignored: its votes stop counting
+        s.on_verified(PeerClaim("cf" * 20, "c" * 40, "QmB", 1.0, 0, 0.0), 1.9, 2.0)
+    assert s.ignored("QmB") and not s.vouches("QmB")
+
+
+def test_a_flood_of_votes_cannot_crowd_out_an_earned_one():
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=1))
+    earn(s, "QmGood")
+    c = PeerClaim("ab" * 20, "c" * 40, "QmA", 1.5, 0, 0.0)
+    for i in range(500):
+        s.on_peer_verification(c.exp_id, f"QmSybil{i}", "QmA", True)
+    assert len(s.evidence[c.exp_id]) <= 64
+    s.on_peer_verification(c.exp_id, "QmGood", "QmA", True)
+    assert s.evidence[c.exp_id]["QmGood"] is True and s.quorum_met(c)

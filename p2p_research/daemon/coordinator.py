@@ -51,7 +51,9 @@ class SwarmCoordinator:
         self.trust = TrustPolicy(cfg.trust.policy, frozenset(cfg.trust.trusted_peers))
         self.state = SwarmState(SwarmPolicy(daemon.peer_id, cfg.verification.policy, 0.002,
                                             cfg.verification.tolerance, cfg.verification.refuted_threshold,
-                                            cfg.verification.quorum, cfg.verification.replicas))
+                                            cfg.verification.quorum, cfg.verification.replicas,
+                                            vouch_after=cfg.verification.vouch_after,
+                                            trusted=frozenset(cfg.trust.trusted_peers)))
         self.defer_s = cfg.verification.defer_s
         self.accepted: set[str] = set()
         self.following = False  # set once this node stops proposing: adopt by rank, not by margin
@@ -83,7 +85,8 @@ class SwarmCoordinator:
 
     def reputation_of(self, peer: str) -> dict[str, Any]:
         r = self.state.reputation.get(peer, Reputation())
-        return {"confirmed": r.confirmed, "refuted": r.refuted, "ignored": self.state.ignored(peer)}
+        return {"confirmed": r.confirmed, "refuted": r.refuted, "earned": r.earned, "vouches": self.state.vouches(peer),
+                "ignored": self.state.ignored(peer)}
 
     # --- trust ------------------------------------------------------------------------------------
     def accepted_commits(self) -> set[str]:
@@ -97,6 +100,14 @@ class SwarmCoordinator:
         if ok:
             self.accepted.add(commit)
         return ok, reason
+
+    def first_announcer(self, exp_id: str) -> str | None:
+        """The peer whose result for `exp_id` this node recorded first: only that one earns trust by
+        it (a copy of another's result, re-signed, earns nothing)."""
+        row = self.ctx.ledger.db.execute(
+            "SELECT peer FROM runs WHERE exp_id=? AND origin='peer' AND kind='experiment' ORDER BY rowid LIMIT 1",
+            (exp_id,)).fetchone()
+        return row[0] if row else None
 
     def wants(self, exp_id: str) -> bool:
         """Whether a peer's kept result is still worth considering: neither settled nor pending."""
@@ -121,7 +132,8 @@ class SwarmCoordinator:
                                        (f"rejected by trust policy: {reason}", r.exp_id, r.peer))
         if r.value is None or r.status != "kept":
             return
-        claim = PeerClaim(r.exp_id, r.commit, r.peer, r.value, r.seed, run.received_at or time.time())
+        claim = PeerClaim(r.exp_id, r.commit, r.peer, r.value, r.seed, run.received_at or time.time(),
+                          first=self.first_announcer(r.exp_id) in (None, r.peer))
         ignore = self.state.on_peer_result(claim, ok, reason, r.status)
         if isinstance(ignore, Ignore) and "refuted too often" in ignore.reason:
             self.stats["ignored_peer_results"] += 1

@@ -7,8 +7,13 @@ trust policy, and beats the current baseline by more than the margin; and, per t
   counts this node's confirmations of that peer since its last refutation (so a new peer is always
   checked, and trust grows with evidence); a refutation resets it;
 - `never`: at once.
-Under `adaptive`, replicated evidence also counts: a result that `quorum` other nodes (not the claimant,
-none of them ignored here) confirmed, and none refuted, is adopted without a local re-run. Who re-runs
+Under `adaptive`, replicated evidence also counts: a result that `quorum` other nodes confirmed, and
+none refuted, is adopted without a local re-run. Trust is earned, not counted: a vote counts only
+from a *voucher*, a peer listed in `trusted` or one whose results this node's own re-runs confirmed
+`vouch_after` times, and only for results it was the first here to announce (copying someone else's
+result earns nothing). Fresh identities cost nothing, so their votes weigh nothing; an attacker's K
+identities vouch only after K x `vouch_after` results each re-run here and confirmed, which is real
+verified work (docs/security.md). Who re-runs
 is decided per result, as BOINC assigns replicas: the `replicas` nodes ranked first by
 sha256(exp_id:peer) among the peers this node has heard from (the claimant excluded) re-run it at once;
 every other node waits up to `defer_s` for their evidence and only then falls back to its own coin.
@@ -34,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
+MAX_VOTES = 64  # verifiers remembered per experiment
 
 
 def rendezvous_order(key: str, peers: Iterable[str]) -> list[str]:
@@ -47,6 +53,7 @@ class Reputation:
     confirmed: int = 0
     refuted: int = 0
     streak: int = 0        # confirmations since the last refutation
+    earned: int = 0        # confirmations of results this peer was the first here to announce
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class PeerClaim:
     value: float
     seed: int
     received_at: float
+    first: bool = True     # whether the peer was the first here to announce this experiment's result
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class SwarmPolicy:
     quorum: int = 2                    # adaptive: confirmations by other peers that replace a local re-run
     replicas: int = 3                  # adaptive: nodes designated to re-run each result at once (0: everyone)
     defer_s: float = 60.0              # adaptive: how long the others wait for the designated nodes' evidence
+    vouch_after: int = 1               # own confirmations of a peer's first-announced results before its votes count
+    trusted: frozenset[str] = frozenset()  # peers whose votes count from the start (trust.trusted_peers)
 
     @property
     def tol(self) -> float:
@@ -114,6 +124,15 @@ class SwarmState:
         r = self.reputation.get(peer)
         return r is not None and r.refuted - r.confirmed >= self.policy.refuted_threshold
 
+    def vouches(self, peer: str) -> bool:
+        """Whether `peer`'s confirmations and refutations count toward a quorum here: it is trusted by
+        configuration, or this node's own re-runs confirmed its (first-announced) results often enough,
+        and it is not ignored."""
+        if peer in self.policy.trusted:
+            return True
+        r = self.reputation.get(peer)
+        return r is not None and r.earned >= max(1, self.policy.vouch_after) and not self.ignored(peer)
+
     def verify_probability(self, peer: str) -> float:
         if self.policy.verification == "always":
             return 1.0
@@ -127,10 +146,18 @@ class SwarmState:
 
     def on_peer_verification(self, exp_id: str, verifier: str, claimant: str, confirmed: bool) -> None:
         """Another node re-ran `exp_id`: replicated evidence (BOINC's quorum). The claimant's word about
-        its own result never counts, and neither does a verifier this node ignores."""
+        its own result never counts; other votes are kept and weigh only once their verifier vouches."""
         if verifier in (claimant, self.policy.self_peer):
             return
-        self.evidence.setdefault(exp_id, {})[verifier] = confirmed
+        votes = self.evidence.setdefault(exp_id, {})
+        if verifier not in votes and len(votes) >= MAX_VOTES:  # a flood of sybil votes cannot grow memory
+            junk = next((v for v in votes if not self.vouches(v)), None)
+            if junk is None or not self.vouches(verifier):
+                return
+            del votes[junk]  # ... nor crowd out the vote of a peer that earned it
+        votes[verifier] = confirmed
+        while len(self.evidence) > MAX_CANDIDATES:
+            del self.evidence[next(iter(self.evidence))]
 
     def note_peer(self, peer: str) -> None:
         if peer != self.policy.self_peer:
@@ -145,7 +172,7 @@ class SwarmState:
 
     def quorum_met(self, claim: PeerClaim) -> bool:
         votes = {v: ok for v, ok in self.evidence.get(claim.exp_id, {}).items()
-                 if v != claim.peer and not self.ignored(v)}
+                 if v != claim.peer and self.vouches(v)}
         return not any(ok is False for ok in votes.values()) and sum(votes.values()) >= self.policy.quorum
 
     # --- events -----------------------------------------------------------------------------------
@@ -216,7 +243,7 @@ class SwarmState:
             del self.candidates[key]
         self.settled.add(best.exp_id)
         if self.policy.verification == "adaptive" and self.policy.quorum > 0 and self.quorum_met(best):
-            n = sum(self.evidence[best.exp_id].values())
+            n = sum(ok for v, ok in self.evidence[best.exp_id].items() if self.vouches(v))
             return Adopt(best, best.value, f"adopted from {best.peer[:16]}: confirmed by {n} other nodes' re-runs")
         if self._coin(best.exp_id) < self.verify_probability(best.peer) or (
                 self.policy.verification == "adaptive" and now is not None and self.designated(best)):
@@ -233,6 +260,8 @@ class SwarmState:
         if measured is not None and math.isfinite(measured) and abs(measured - claim.value) <= self.policy.tol:
             r.confirmed += 1
             r.streak += 1
+            if claim.first:
+                r.earned += 1
             verdict = "confirmed"
         else:
             r.refuted += 1
