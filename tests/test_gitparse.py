@@ -53,7 +53,10 @@ GOOD_TREE = b"".join([entry(b"100644", b"a"), entry(b"40000", b"lib"), entry(b"1
 
 # --- what pygit2 reports, touching every field a walk may read ---------------------------------------
 
-def pygit2_view(repo: pygit2.Repository, kind: int, data: bytes) -> ParsedCommit | tuple[TreeEntry, ...] | None:
+Parsed = ParsedCommit | tuple[TreeEntry, ...] | None
+
+
+def pygit2_view(repo: pygit2.Repository, kind: int, data: bytes) -> Parsed:
     """Write `data` raw and read it back through pygit2; raises if pygit2 cannot read any field."""
     obj = repo[repo.odb.write(kind, data)]
     if kind == COMMIT:
@@ -91,12 +94,12 @@ def test_real_pygit2_objects_pass_and_parse_identically(tmp_path) -> None:
     tree = root.write()
     empty = repo.TreeBuilder().write()
     sig = pygit2.Signature("p2p-research", "genesis@p2p-research.invalid", 1735689600, 0)
-    zoe = pygit2.Signature("Zoë Ünïcode", "zoe@p2p-research.invalid", 1735689700, -150)  # a node's display name
+    zoe = pygit2.Signature("Zoë Ünïcode", "zoe@p2p-research.invalid", 1735689700, -150)  # a display name
     c1 = repo.create_commit(None, sig, sig, "genesis", empty, [])
     c2 = repo.create_commit(None, zoe, sig, "change\n", tree, [c1])
     c3 = repo.create_commit(None, sig, zoe, "merge\n\nline two\nline three\n", tree, [c1, c2], "UTF-8")
     text = repo.create_commit_string(sig, sig, "signed\n", tree, [c3])
-    c4 = repo.create_commit_with_signature(text, "-----BEGIN PGP SIGNATURE-----\n\niQEz\n-----END PGP SIGNATURE-----")
+    c4 = repo.create_commit_with_signature(text, "-----BEGIN PGP SIGNATURE-----\n\niQEz\n-----END PGP-----")
     seen = {COMMIT: 0, TREE: 0, BLOB: 0}
     for oid in repo.odb:  # every object written above, whatever its kind
         kind, data = repo.odb.read(oid)
@@ -214,9 +217,9 @@ REJECTED = {
     "unknown encoding": (COMMIT, HEAD + b"encoding foo\n\nx", "commit: unsupported encoding 'foo'"),
     "non-text codec": (COMMIT, HEAD + b"encoding rot13\n\nx", "unsupported encoding"),
     "two encodings": (COMMIT, HEAD + b"encoding utf-8\nencoding utf-8\n\nx", "duplicate encoding header"),
-    "bad utf-8 message": (COMMIT, HEAD + b"encoding UTF-8\n\n\xff\n", "message does not decode as declared utf-8"),
+    "bad utf-8 message": (COMMIT, HEAD + b"encoding UTF-8\n\n\xff\n", "message does not decode as declared"),
     # tree entries: modes
-    "submodule": (TREE, entry(b"100644", b"a") + entry(b"160000", b"sub"), "entry 1 has mode 160000 (submodule)"),
+    "submodule": (TREE, entry(b"100644", b"a") + entry(b"160000", b"s"), "entry 1 has mode 160000 (sub"),
     "group-writable mode": (TREE, entry(b"100664", b"a"), "tree: entry 0 has unsupported mode b'100664'"),
     "zero-padded dir mode": (TREE, entry(b"040000", b"d"), "unsupported mode b'040000'"),
     "short mode": (TREE, entry(b"644", b"a"), "unsupported mode"),
@@ -236,7 +239,7 @@ REJECTED = {
     "duplicate name": (TREE, entry(b"100644", b"a") + entry(b"100644", b"a"), "duplicate entry name 'a'"),
     "file and dir same name": (TREE, entry(b"100644", b"a") + entry(b"40000", b"a"), "duplicate entry name"),
     "unsorted": (TREE, entry(b"100644", b"b") + entry(b"100644", b"a"), "entries not in git order at 'a'"),
-    "dir sorts as name/": (TREE, entry(b"40000", b"a") + entry(b"100644", b"a-b"), "not in git order at 'a-b'"),
+    "dir sorts as name/": (TREE, entry(b"40000", b"a") + entry(b"100644", b"a-b"), "git order at 'a-b'"),
     "missing NUL": (TREE, b"100644 a", "tree: entry 0 is truncated"),
     "short oid": (TREE, entry(b"100644", b"a", HASHY[:19]), "tree: entry 0 is truncated"),
     "trailing byte": (TREE, GOOD_TREE + b"1", "tree: entry 4 is truncated"),
@@ -326,10 +329,10 @@ def near_trees(draw: st.DrawFn) -> bytes:
 def near_commits(draw: st.DrawFn) -> bytes:
     """Commits built from mostly plausible header lines (signatures, encodings, continuations)."""
     def sig(role: str) -> bytes:
-        text = mostly(st.text(st.characters(exclude_characters="<>\n\0"), max_size=8), st.text(max_size=8))
+        text = mostly(st.text(st.characters(codec="utf-8", exclude_characters="<>\n\0"), max_size=8), st.text(max_size=8))
         name, email = draw(text), draw(text)
         ts = draw(mostly(st.integers(0, 2**63 - 1), st.integers(2**63 - 2, 10**21)))
-        tz = draw(mostly(st.sampled_from(["+0000", "-0130", "+9999"]), st.sampled_from(["0000", "+00", "+000000"])))
+        tz = draw(mostly(st.sampled_from(["+0000", "-0130", "+9999"]), st.sampled_from(["0000", "+00"])))
         return f"{role} {name} <{email}> {ts} {tz}\n".encode()
 
     parents = draw(mostly(st.lists(hex40, max_size=3), st.lists(hex40, min_size=MAX_PARENTS, max_size=9)))

@@ -14,6 +14,7 @@ from typing import Any
 
 from p2p_research.daemon.announce import make_receipt
 from p2p_research.net.boundary import Faults, contained
+from p2p_research.research.claims import ClaimBook
 from p2p_research.research.engine import ResearchEngine
 from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.swarm import (
@@ -59,10 +60,13 @@ class SwarmCoordinator:
         self.following = False  # set once this node stops proposing: adopt by rank, not by margin
         self.heard: dict[str, float] = {}  # peer -> when it last announced something (claims, results)
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
-                      "ignored_peer_results": 0, "yielded": 0}
+                      "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0}
         self._load_reputation()
         net = getattr(daemon, "net", None)
         self.faults: Faults = getattr(net, "faults", None) or Faults()
+        intake = getattr(daemon, "intake", None)
+        #: claims that count here and the yield budget; shared with intake, which admits claims
+        self.claims: ClaimBook = intake.claims if intake is not None else ClaimBook()
 
     @property
     def ctx(self):
@@ -139,8 +143,11 @@ class SwarmCoordinator:
             self.stats["ignored_peer_results"] += 1
             log.info("ignoring %s's result %s: %s", r.peer[:16], r.exp_id[:10], ignore.reason)
 
-    async def on_claim(self, claim: Claim) -> None:
-        """Another node claimed an experiment: if I am running the same one and it wins, I yield."""
+    async def on_claim(self, claim: Claim, ts: float | None = None) -> None:
+        """Another node claimed an experiment: if I am running the same one and it wins, I yield.
+
+        `ts` is the claim's time as this node's clock bounds it (intake's admission); the yield itself
+        comes out of a budget (research.claims), so no peer can take more than ~1 % of this node's runs."""
         self.note_heard(claim.peer)
         self.state.note_peer(claim.peer)
         eng = self.engine
@@ -149,8 +156,17 @@ class SwarmCoordinator:
         mine = [c for c in self.ctx.ledger.claims(claim.exp_id) if c["peer"] == self.d.peer_id]
         if not mine:
             return
-        winner = claim_winner((mine[0]["ts"], self.d.peer_id), (claim.ts, claim.peer))
-        if winner != self.d.peer_id and eng.yield_current(claim.exp_id, f"yielded to {claim.peer[:16]}'s claim"):
+        winner = claim_winner((mine[0]["ts"], self.d.peer_id), (claim.ts if ts is None else ts, claim.peer))
+        if winner == self.d.peer_id:
+            return
+        book = self.claims
+        confirmed = self.state.reputation.get(claim.peer, Reputation()).confirmed
+        if not book.may_yield_to(claim.peer, confirmed, eng.progress.experiments_done):
+            self.stats["yield_refused"] += 1
+            log.info("not yielding %s to %s: over the yield budget", claim.exp_id[:10], claim.peer[:16])
+            return
+        if eng.yield_current(claim.exp_id, f"yielded to {claim.peer[:16]}'s claim"):
+            book.note_yield(claim.peer)
             self.stats["yielded"] += 1
             log.info("yielding experiment %s to %s (simultaneous claim)", claim.exp_id[:10], claim.peer[:16])
 

@@ -17,6 +17,8 @@ import trio
 
 from p2p_research.net.boundary import Faults, PeerTasks, contained
 from p2p_research.net.network import Incoming, Network
+from p2p_research.net.ratelimit import RateLimitedLog
+from p2p_research.research.claims import ClaimBook
 from p2p_research.research.context import ResearchContext
 from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.workspace import RawObject, WorkspaceError
@@ -37,12 +39,16 @@ class Intake:
         self.self_peer = self_peer
         self.fetch_limit = trio.CapacityLimiter(4)
         self.stats = {"claims": 0, "results": 0, "duplicates": 0, "posts": 0, "fetched_objects": 0,
-                      "fetch_failures": 0, "not_fetched": 0, "rejected": 0, "delta_objects": 0, "delta_fallbacks": 0}
+                      "fetch_failures": 0, "not_fetched": 0, "rejected": 0, "delta_objects": 0, "delta_fallbacks": 0,
+                      "claims_refused": 0}
         self.on_result = None        # async callback(Result, Run) once a result's commit is complete
         self.on_claim = None         # async callback(Claim)
         self.on_verification = None  # async callback(Verification, from_peer)
         self.wants = None            # callback(exp_id) -> bool: would the coordinator still consider it?
         self._reoffered: set[str] = set()
+        self._rlog = RateLimitedLog(log)
+        #: which peers' claims count here (shared with the coordinator, which yields by it)
+        self.claims = ClaimBook()
         #: where a peer's message that makes our code raise ends (counted in the network's stats)
         self.faults: Faults = getattr(net, "faults", None) or Faults()
 
@@ -58,18 +64,25 @@ class Intake:
 
     def reject(self, inc: Incoming, reason: str) -> None:
         self.stats["rejected"] += 1
-        log.warning("rejected %s from %s: %s", type(inc.message).__name__, inc.from_peer[:16], reason)
+        kind = type(inc.message).__name__
+        self._rlog.log(logging.WARNING, f"{kind}:{inc.from_peer}:{reason[:24]}", "rejected %s from %s: %s", kind,
+                       inc.from_peer[:16], reason)
 
     async def handle(self, inc: Incoming, nursery: trio.Nursery | PeerTasks) -> None:
         msg = inc.message
         if isinstance(msg, Claim):
             if msg.protocol_id != self.ctx.protocol_id:
                 return self.reject(inc, "claim under another protocol")
-            self.ctx.ledger.add_claim(msg.exp_id, msg.peer, msg.protocol_id, msg.parent, msg.lease_until,
-                                      msg.description, msg.ts)
+            adm = self.claims.admit(msg.peer, msg.exp_id, msg.ts, msg.lease_until, inc.received_at)
+            if not adm.accepted:
+                self.stats["claims_refused"] += 1
+                return self.reject(inc, f"claim {msg.exp_id[:10]}: {adm.reason}")
+            # the claim's time and lease as this node's clock bounds them
+            self.ctx.ledger.add_claim(msg.exp_id, msg.peer, msg.protocol_id, msg.parent, adm.lease_until,
+                                      msg.description, adm.ts)
             self.stats["claims"] += 1
             if self.on_claim is not None:
-                await self.on_claim(msg)
+                await self.on_claim(msg, adm.ts)
         elif isinstance(msg, Result):
             await self.handle_result(inc, msg, nursery)
         elif isinstance(msg, BoardPost):
@@ -104,6 +117,7 @@ class Intake:
                 tasks.start_soon(inc.from_peer, "intake.commit", self.complete_commit, inc.from_peer, r.commit,
                                  r.exp_id, msg, run, True)
             return
+        self.claims.on_result(r.peer, r.exp_id)
         ledger.add_experiment(r.exp_id, r.protocol_id, r.parent, r.tree, r.commit, msg.description, "peer", r.peer,
                               inc.received_at)
         self.stats["results"] += 1

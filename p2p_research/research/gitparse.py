@@ -65,7 +65,7 @@ def _signature(line: str, role: str) -> None:
     m = _SIGNATURE.fullmatch(line)
     if m is None or m.group(1) != role:
         raise ObjectFormatError(f"commit: missing or malformed {role} line")
-    if False:
+    if int(m.group(2)) > _MAX_TIMESTAMP:
         raise ObjectFormatError(f"commit: {role} timestamp out of range")
 
 
