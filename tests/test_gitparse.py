@@ -329,7 +329,8 @@ def near_trees(draw: st.DrawFn) -> bytes:
 def near_commits(draw: st.DrawFn) -> bytes:
     """Commits built from mostly plausible header lines (signatures, encodings, continuations)."""
     def sig(role: str) -> bytes:
-        text = mostly(st.text(st.characters(codec="utf-8", exclude_characters="<>\n\0"), max_size=8), st.text(max_size=8))
+        plain = st.characters(codec="utf-8", exclude_characters="<>\n\0")
+        text = mostly(st.text(plain, max_size=8), st.text(st.characters(codec="utf-8"), max_size=8))
         name, email = draw(text), draw(text)
         ts = draw(mostly(st.integers(0, 2**63 - 1), st.integers(2**63 - 2, 10**21)))
         tz = draw(mostly(st.sampled_from(["+0000", "-0130", "+9999"]), st.sampled_from(["0000", "+00"])))
