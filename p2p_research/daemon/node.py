@@ -326,6 +326,7 @@ class NodeDaemon:
         }
 
     def net_counters(self) -> dict[str, Any]:
+        from p2p_research.net import upstream_guards
         from p2p_research.net.rpc_cost import DROPPED
 
         if not self.net:
@@ -335,6 +336,8 @@ class NodeDaemon:
         out["libp2p_dropped_messages"] = DROPPED["messages"]
         out["libp2p_drops_queue_full"] = DROPPED["queue_full"]
         out["libp2p_drops_queue_closed"] = DROPPED["queue_closed"]
+        out["multistream_refused"] = upstream_guards.stats["multistream_refused"]
+        out["banned_peers"] = len(self.net.gossip.scores.banned_peers(time.monotonic()))
         return out
 
     def peers_view(self) -> list[dict[str, Any]]:

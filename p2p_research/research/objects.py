@@ -20,17 +20,27 @@ def missing_references(ws: Workspace, oid: str) -> list[str]:
         raise WorkspaceError(f"object {oid[:10]} cannot be read: {e}") from None
     out: list[str] = []
     if isinstance(obj, pygit2.Commit):
-        refs = [str(obj.tree_id), *(str(p) for p in obj.parent_ids)]
-        out = [r for r in refs if not ws.has_object(r)]
+        refs = [(str(obj.tree_id), 2), *((str(p), 1) for p in obj.parent_ids)]
+        out = [r for r, want in refs if not _present_as(ws, r, want, oid)]
         if ws.has_object(str(obj.tree_id)):
             out += missing_references(ws, str(obj.tree_id))
     elif isinstance(obj, pygit2.Tree):
         for e in obj:
-            if not ws.has_object(str(e.id)):
+            want = 2 if e.type_str == "tree" else 3
+            if not _present_as(ws, str(e.id), want, oid):
                 out.append(str(e.id))
-            elif e.type_str == "tree":
+            elif want == 2:
                 out += missing_references(ws, str(e.id))
     return out
+
+
+def _present_as(ws: Workspace, ref: str, want: int, referrer: str) -> bool:
+    """Whether `ref` is here; WorkspaceError when it is here as another kind than `referrer` says (an
+    object can arrive after the tree that names it, so write_objects cannot always catch that)."""
+    have = ws.kind_of(ref)
+    if have is not None and have != want:
+        raise WorkspaceError(f"object {referrer[:10]} refers to {ref[:10]} as kind {want}, but it is kind {have}")
+    return have is not None
 
 
 def incomplete_ancestry(ws: Workspace, commit: str, limit: int = 500) -> list[str]:

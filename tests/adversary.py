@@ -1,0 +1,156 @@
+"""A hostile peer for tests: a real py-libp2p host that speaks the swarm's wire format and lies in it.
+
+It joins a swarm of real daemons like any node (TCP, Noise, Yamux, GossipSub on the swarm's topics) and
+can publish anything under its own key or under a fresh key per message (signed correctly, so only
+our validation can refuse it), serve forged git objects and catch-up frames, and open idle streams.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import generate_new_ed25519_identity, new_host
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2p_research.net import topic_names
+from p2p_research.wire import Claim, Receipt, Result, Verification, sign_receipt
+
+_seq = itertools.count(int(time.time() * 1000))
+
+
+def pid_of(kp: Any) -> str:
+    return ID.from_pubkey(kp.public_key).to_base58()
+
+
+@dataclass
+class Adversary:
+    host: Any
+    ps: Pubsub
+    kp: Any
+    swarm: str = ""
+    received: list[Any] = field(default_factory=list)
+
+    @property
+    def peer_id(self) -> str:
+        return pid_of(self.kp)
+
+    @property
+    def topics(self) -> tuple[str, str]:
+        return topic_names(self.swarm)
+
+    async def connect(self, addr: str) -> None:
+        await self.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+
+    def subscription(self, topic: str) -> Any:
+        """The queue of messages on a topic this host subscribed to (join subscribes to both)."""
+        return self.ps.subscribed_topics_receive[topic]
+
+    async def join(self, addr: str, swarm: str, timeout: float = 30.0) -> None:
+        """Connect to a daemon and wait until it has us in its mesh on both topics."""
+        self.swarm = swarm
+        for t in self.topics:
+            if t not in self.ps.subscribed_topics_receive:
+                await self.ps.subscribe(t)
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        await self.host.connect(info)
+        for t in self.topics:
+            await self.ps.wait_for_subscription(info.peer_id, t, timeout=timeout)
+            await self.ps.wait_for_mesh(info.peer_id, t, timeout=timeout)
+
+    async def publish(self, data: bytes, topic: str | None = None) -> None:
+        await self.ps.publish(topic or self.topics[0], data)
+
+    async def publish_as(self, kp: Any, data: bytes, topic: str | None = None) -> None:
+        """Publish through this connection a message originated and signed by another key."""
+        msg = rpc_pb2.Message(data=data, topicIDs=[topic or self.topics[0]], from_id=ID.from_pubkey(kp.public_key).to_bytes(),
+                              seqno=next(_seq).to_bytes(8, "big"))
+        msg.signature = kp.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+        msg.key = kp.public_key.serialize()
+        await self.ps.push_msg(self.ps.my_id, msg)
+
+    def serve(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+        self.host.set_stream_handler(protocol, handler)
+
+    async def open_stream(self, peer: str, protocol: str) -> Any:
+        return await self.host.new_stream(ID.from_base58(peer), [protocol])
+
+
+@asynccontextmanager
+async def honest_node(bootstrap: str, swarm: str) -> AsyncIterator[Any]:
+    """A well-behaved node of our own code (in this process) that bootstraps from `bootstrap`."""
+    from p2p_research.net import NetConfig, open_network
+
+    cfg = NetConfig(key_pair=generate_new_ed25519_identity(), swarm_id=swarm, bootstrap=[bootstrap])
+    async with open_network(cfg, lambda oid: None) as net:
+        with trio.fail_after(15):
+            while not net.peers():
+                await trio.sleep(0.1)
+        yield net
+
+
+@asynccontextmanager
+async def adversary(kp: Any = None) -> AsyncIterator[Adversary]:
+    kp = kp or generate_new_ed25519_identity()
+    host = new_host(key_pair=kp)
+    router = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID], degree=6, degree_low=4,
+                       degree_high=12, heartbeat_interval=1, spam_protection_enabled=False)  # fmt: skip
+    ps = Pubsub(host, router)
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        try:
+            async with background_trio_service(ps), background_trio_service(router):
+                await ps.wait_until_ready()
+                yield Adversary(host, ps, kp)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await host.close()
+
+
+# --- forged messages ---------------------------------------------------------------------------
+
+
+def receipt(kp: Any, *, protocol_id: str, exp_id: str, parent: str, commit: str, tree: str, value: float | None,
+            status: str = "kept", description: str = "", target_peer: str = "",
+            claimed_value: float | None = None, seed: int = 0) -> Receipt:
+    return Receipt(protocol_id=protocol_id, exp_id=exp_id, parent=parent, commit=commit, tree=tree, metric="val_bpb",
+                   value=value, status=status, budget_tokens=None, budget_seconds=None, seed=seed, hardware="cpu",
+                   software="p2p-research 0.1.0", peer=pid_of(kp), ts=time.time(), training_seconds=1.0, memory_gb=0.1,
+                   description=description, target_peer=target_peer, claimed_value=claimed_value)  # fmt: skip
+
+
+def result(kp: Any, r: Receipt, objects: list | None = None, total: int | None = None) -> Result:
+    objs = list(objects or [])
+    return Result(r, sign_receipt(r, kp.private_key), kp.public_key.serialize(), objects=objs,
+                  objects_total=len(objs) if total is None else total)
+
+
+def verification(kp: Any, of: Receipt, claimant: str, confirmed: bool = True) -> Verification:
+    r = Receipt(**{**of.to_dict(), "peer": pid_of(kp), "status": "confirmed" if confirmed else "refuted",
+                   "target_peer": claimant, "claimed_value": of.value, "ts": time.time(), "description": ""})
+    return Verification(r, sign_receipt(r, kp.private_key), kp.public_key.serialize())
+
+
+def claim(kp: Any, *, protocol_id: str, exp_id: str, parent: str, ts: float, lease_s: float = 600.0) -> Claim:
+    return Claim(exp_id=exp_id, protocol_id=protocol_id, parent=parent, peer=pid_of(kp),
+                 lease_until=time.time() + lease_s, description="mine", ts=ts)
+
+
+def fresh_keys(n: int) -> list[Any]:
+    return [generate_new_ed25519_identity() for _ in range(n)]
+
+
+def random_hex40() -> str:
+    return os.urandom(20).hex()

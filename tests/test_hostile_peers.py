@@ -1,0 +1,337 @@
+"""A hostile peer against a swarm of real daemons (separate OS processes): every cheap attack of issue 9.
+
+The swarm: a relay R, a research node V (2 experiments, then it follows the swarm) bootstrapped from R,
+and a research node W that keeps experimenting. The adversary (tests/adversary.py) is a real
+py-libp2p host in the test process speaking our wire format. After each attack: the victims are
+alive, answer `status` within 2 s, their baseline is untouched, and the rejection shows in `status`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pygit2
+import pytest
+import trio
+from adversary import (
+    adversary,
+    claim,
+    fresh_keys,
+    honest_node,
+    pid_of,
+    random_hex40,
+    receipt,
+    result,
+    verification,
+)
+from daemon_helpers import Daemon, wait_for
+from test_swarm import surrogate_home
+
+from p2p_research.daemon.announce import commit_objects
+from p2p_research.daemon.control_call import call
+from p2p_research.net.dht import KAD_PROTOCOL
+from p2p_research.net.transfer import OBJECTS_PROTOCOL
+from p2p_research.research.ids import experiment_id
+from p2p_research.research.init import init_home
+from p2p_research.research.swarm import rendezvous_order
+from p2p_research.research.workspace import Workspace
+from p2p_research.wire import GitObject, decode
+
+pytestmark = pytest.mark.slow
+
+
+class Swarm:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.daemons: list[Daemon] = []
+
+    def start(self) -> None:
+        r_home = surrogate_home(self.root / "r", 1)
+        self.r = Daemon(r_home.path, "--no-research").start()
+        self.daemons.append(self.r)
+        v_home = surrogate_home(self.root / "v", 2, cost=0.2, verification__defer_s=5.0)
+        self.v = Daemon(v_home.path, "-n", "2", "--bootstrap", self.r.addrs[0]).start()
+        self.daemons.append(self.v)
+        w_home = surrogate_home(self.root / "w", 3, cost=0.4)
+        self.w = Daemon(w_home.path, "-n", "60", "--bootstrap", self.r.addrs[0]).start()
+        self.daemons.append(self.w)
+        wait_for(lambda: self.status(self.v)["research"].startswith("done"), 120, 1.0, what="V done")
+        self.v_baseline = self.status(self.v)["baseline"]["commit"]
+
+    @staticmethod
+    def status(d: Daemon, timeout: float = 15.0) -> dict:
+        out = call(d.home / "control.sock", "status", timeout=timeout)
+        assert out is not None and out["ok"], out
+        return out["data"]
+
+    def healthy(self, d: Daemon) -> dict:
+        """Alive, `status` within 2 s, no traceback in its log."""
+        assert d.proc is not None and d.proc.poll() is None, f"daemon died: {d.stderr()[-3000:]}"
+        t0 = time.monotonic()
+        st = self.status(d, timeout=2.0)
+        assert time.monotonic() - t0 < 2.0
+        assert "Traceback" not in d.stderr(), d.stderr()[-3000:]
+        return st
+
+    def check_all(self) -> dict:
+        """Every node healthy, and every baseline in the swarm found by an honest node: the victims keep
+        following each other (V adopts W's results), never the adversary."""
+        out = {d.home.name: self.healthy(d) for d in self.daemons}
+        honest = {d.peer_id for d in self.daemons}
+        for name, s in out.items():
+            finders = {step["found_by"] for step in s["baseline"]["lineage"]}
+            assert finders <= honest | {"", None}, f"{name}'s baseline came from {finders - honest}"
+        return out
+
+    def stop(self) -> None:
+        for d in self.daemons:
+            d.stop()
+        for d in self.daemons:
+            d.kill()
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    s = Swarm(tmp_path_factory.mktemp("hostile"))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def st(swarm: Swarm, d: Daemon) -> dict:
+    return swarm.status(d)
+
+
+async def in_thread(fn, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+def liar_commit(root: Path, value_line: bytes) -> tuple[Workspace, str]:
+    """A real constants-only experiment on the swarm's genesis, made by the attacker's own workspace."""
+    home = init_home(root / f"liar-{value_line.hex()[:12]}")
+    ws = Workspace(home.repo)
+    train = ws.files_of(ws.baseline)["train.py"]
+    new = train.replace(b"LEARNING_RATE = 0.002", value_line)
+    assert new != train
+    return ws, ws.commit_experiment(ws.baseline, {"train.py": new}, "lr", "0" * 40)
+
+
+# --- 1. malformed git objects that hash to their ids ---------------------------------------------
+
+
+async def test_malformed_git_objects_reach_no_repo_and_stop_no_node(swarm):
+    """Sent to the relay only; before objects were parsed, the research node two hops away died too."""
+    s0 = await in_thread(st, swarm, swarm.r)
+    proto = s0["protocol_id"]
+    bad_commit = GitObject.from_raw(1, b"tree nonsense\nthis is not a commit\n")
+    blob = GitObject.from_raw(3, b"x = 1\n")
+    gitlink_tree = GitObject.from_raw(2, b"160000 sub\x00" + bytes.fromhex(blob.oid))
+    tree_says_dir = GitObject.from_raw(2, b"40000 train.py\x00" + bytes.fromhex(blob.oid))  # a blob as a tree
+    commits = [bad_commit]
+    served: dict[str, GitObject] = {o.oid: o for o in (bad_commit, blob, gitlink_tree, tree_says_dir)}
+    for tree in (gitlink_tree, tree_says_dir):
+        c = GitObject.from_raw(1, f"tree {tree.oid}\nparent {s0['genesis']}\nauthor a <a@b> 1 +0000\n"
+                                  f"committer a <a@b> 1 +0000\n\nx\n".encode())
+        served[c.oid] = c
+        commits.append(c)
+
+    async def serve_objects(stream):
+        from p2p_research.net.framing import read_frame, unpack_small, write_all
+
+        oids = unpack_small(await read_frame(stream, 65536))
+        for oid in oids:
+            o = served.get(oid)
+            if o is None:
+                await stream.write(b"\x01")
+            else:
+                await write_all(stream, bytes([0, o.kind]) + len(o.data).to_bytes(4, "big") + o.data)
+        await stream.close()
+
+    async with adversary() as adv:
+        adv.serve(OBJECTS_PROTOCOL, serve_objects)
+        await adv.join(swarm.r.addrs[0], s0["swarm"])
+        for i, c in enumerate(commits):
+            r = receipt(adv.kp, protocol_id=proto, exp_id=random_hex40(), parent=s0["genesis"], commit=c.oid,
+                        tree=random_hex40(), value=0.1, description=f"malformed {i}")
+            inline = [c] if i == 0 else []  # the first inline, the others fetched from us
+            await adv.publish(result(adv.kp, r, inline, total=3).to_wire())
+            await trio.sleep(0.3)
+        await trio.sleep(6)  # fetches and processing at R, gossip to V and W
+    both = await in_thread(swarm.check_all)
+    assert both["r"]["intake"]["rejected"] + both["r"]["intake"]["fetch_failures"] >= 1
+    for d in swarm.daemons:
+        repo = pygit2.Repository(str(d.home / "repo"))
+        for o in (bad_commit, gitlink_tree):  # do not parse: never written
+            assert pygit2.Oid(hex=o.oid) not in repo.odb, f"{o.oid} landed in {d.home.name}'s repo"
+        # a tree naming a blob as a subtree may land before the blob does; its commit never completes
+        refs = {str(repo.references[n].target) for n in repo.references if n.startswith("refs/p2p/exp/")}
+        assert not refs & {c.oid for c in commits}
+
+
+# --- 2. sybil confirmations ---------------------------------------------------------------------
+
+
+async def test_confirmations_from_fresh_identities_do_not_make_a_lie_the_baseline(swarm, tmp_path):
+    s0 = await in_thread(st, swarm, swarm.v)
+    proto, v_id = s0["protocol_id"], s0["peer_id"]
+    sybils = fresh_keys(12)
+    pool = [pid_of(k) for k in sybils] + [v_id]
+    for n in range(40):  # a change V is not designated to re-run at once: it must wait, then decide
+        ws, commit = liar_commit(tmp_path, f"LEARNING_RATE = 0.00{n + 21}".encode())
+        exp = experiment_id(proto, ws.tree_of(commit))
+        if v_id not in rendezvous_order(exp, pool)[:3]:
+            break
+    objs, _, total = commit_objects(ws, commit, deltas=False)
+    async with adversary() as adv:
+        await adv.join(swarm.v.addrs[0], s0["swarm"])
+        r = receipt(adv.kp, protocol_id=proto, exp_id=exp, parent=ws.parent_of(commit), commit=commit,
+                    tree=ws.tree_of(commit), value=0.05, description="LEARNING_RATE: much better, trust me")
+        for k in sybils:  # votes first: a quorum is waiting when the result lands
+            await adv.publish_as(k, verification(k, r, adv.peer_id).to_wire())
+            await trio.sleep(0.05)
+        await adv.publish(result(adv.kp, r, objs, total).to_wire())
+
+        def refuted():
+            return st(swarm, swarm.v)["swarm_stats"]["verified_refuted"] > s0["swarm_stats"]["verified_refuted"]
+
+        await in_thread(lambda: wait_for(refuted, 60, 1.0, what="V re-runs the claim and refutes it"))
+    after = await in_thread(swarm.check_all)
+    v = after["v"]
+    assert all(step["found_by"] != adv.peer_id for step in v["baseline"]["lineage"])
+
+
+# --- 3. back-dated counter-claims ---------------------------------------------------------------
+
+
+async def test_back_dated_counter_claims_take_at_most_the_yield_budget(swarm):
+    s0 = await in_thread(st, swarm, swarm.w)
+    yielded0 = s0["swarm_stats"]["yielded"]
+    done0 = s0["experiments"]["local"]
+    sybils = fresh_keys(20)
+    countered = 0
+    async with adversary() as adv:
+        await adv.join(swarm.w.addrs[0], s0["swarm"])
+        sub = adv.subscription(adv.topics[0])
+        with trio.move_on_after(40):
+            while True:
+                msg = await sub.get()
+                try:
+                    m = decode(msg.data)
+                except Exception:  # noqa: BLE001 - not ours to judge here
+                    continue
+                for one in getattr(m, "messages", (m,)):
+                    if type(one).__name__ != "Claim" or one.peer != s0["peer_id"]:
+                        continue
+                    for k in (adv.kp, sybils[countered % len(sybils)]):
+                        c = claim(k, protocol_id=one.protocol_id, exp_id=one.exp_id, parent=one.parent,
+                                  ts=one.ts - 3600)
+                        if k is adv.kp:
+                            await adv.publish(c.to_wire())
+                        else:
+                            await adv.publish_as(k, c.to_wire())
+                    countered += 1
+    after = await in_thread(swarm.check_all)
+    w = after["w"]
+    runs = w["experiments"]["local"] - done0
+    yielded = w["swarm_stats"]["yielded"] - yielded0
+    assert countered >= 10, "the attack needs W's claims"
+    assert yielded <= 2 + 0.01 * max(runs, countered), (yielded, runs, countered)
+    assert w["swarm_stats"]["yield_refused"] + w["intake"]["claims_refused"] >= 1
+
+
+# --- 4. a flood under a fresh key per message through one connection -----------------------------
+
+
+async def test_one_connection_cannot_flood_with_fresh_keys_and_is_banned(swarm):
+    s0 = await in_thread(st, swarm, swarm.v)
+    received0 = s0["net"]["received"]
+    sent = 0
+    t0 = time.monotonic()
+    async with adversary() as adv:
+        await adv.join(swarm.v.addrs[0], s0["swarm"])
+        keys = fresh_keys(600)
+        with trio.move_on_after(12):
+            for k in keys:
+                c = claim(k, protocol_id=s0["protocol_id"], exp_id=random_hex40(), parent=s0["genesis"], ts=time.time())
+                await adv.publish_as(k, c.to_wire())
+                sent += 1
+                await trio.sleep(0.01)
+    elapsed = time.monotonic() - t0
+    after = await in_thread(swarm.check_all)
+    v = after["v"]
+    accepted = v["net"]["received"] - received0
+    assert sent >= 300
+    assert accepted <= 128 + 2 * elapsed + 5, (accepted, sent, elapsed)
+    assert v["net"]["rejected"].get("new_originators", 0) >= 50
+    assert v["net"]["bans"] >= 1
+
+
+# --- 5. idle streams: KAD and objects ------------------------------------------------------------
+
+
+async def test_idle_streams_hold_no_slot_an_honest_peer_needs(swarm):
+    """Six identities each open three idle KAD and three idle object streams (libp2p's own KAD handler
+    allowed 12 for the whole node, with no read deadline): an honest peer is still served."""
+    s0 = await in_thread(st, swarm, swarm.v)
+    v_id = s0["peer_id"]
+    async with AsyncExitStack() as stack:
+        for _ in range(6):
+            adv = await stack.enter_async_context(adversary())
+            await adv.connect(swarm.v.addrs[0])
+            for proto in (KAD_PROTOCOL, OBJECTS_PROTOCOL):
+                for _ in range(3):
+                    with trio.move_on_after(5):
+                        try:
+                            await adv.open_stream(v_id, proto)
+                        except Exception:  # noqa: BLE001 - refused at once is the point
+                            pass
+        async with honest_node(swarm.v.addrs[0], s0["swarm"]) as net:
+            t0 = time.monotonic()
+            objs = await net.fetch_objects(v_id, [s0["baseline"]["commit"]], timeout=5)
+            assert [o.oid for o in objs] == [s0["baseline"]["commit"]]
+            assert time.monotonic() - t0 < 3
+            exps = [e["id"] for e in (await in_thread(lambda: swarm.v.json("experiments")))
+                    if e["origin"] == "local" and e["kind"] == "experiment"]
+            rec = None
+            with trio.move_on_after(10):
+                rec = await net.dht.get(exps[0])
+            assert rec is not None, "an honest DHT lookup was locked out"
+    v = (await in_thread(swarm.check_all))["v"]
+    refused = v["net"]["streams_refused"]
+    assert refused.get(KAD_PROTOCOL, 0) >= 6 and refused.get(OBJECTS_PROTOCOL, 0) >= 6
+
+
+# --- 6. multistream-select with an unbounded length ---------------------------------------------
+
+
+async def test_a_huge_multistream_length_prefix_costs_nothing(swarm):
+    from libp2p.utils.varint import encode_uvarint
+
+    port = int(swarm.v.addrs[0].split("/")[4])
+    rss0 = _rss_mb(swarm.v)
+    for n in (2**33, 2**40):
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        line = b"/multistream/1.0.0\n"
+        try:
+            await s.send_all(encode_uvarint(len(line)) + line + encode_uvarint(n))
+            with trio.move_on_after(3):
+                for _ in range(100):
+                    await s.send_all(b"y" * 1_000_000)
+        except trio.BrokenResourceError:
+            pass  # the node reset the connection: the point
+        finally:
+            await s.aclose()
+    v = (await in_thread(swarm.check_all))["v"]
+    assert v["net"]["multistream_refused"] >= 2
+    assert _rss_mb(swarm.v) - rss0 < 64
+
+
+def _rss_mb(d: Daemon) -> float:
+    for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
