@@ -112,7 +112,7 @@ async def in_thread(fn, *args):
 
 def liar_commit(root: Path, value_line: bytes) -> tuple[Workspace, str]:
     """A real constants-only experiment on the swarm's genesis, made by the attacker's own workspace."""
-    home = init_home(root / f"liar-{value_line.hex()[:12]}")
+    home = init_home(root / f"liar-{value_line.hex()}")
     ws = Workspace(home.repo)
     train = ws.files_of(ws.baseline)["train.py"]
     new = train.replace(b"LEARNING_RATE = 0.002", value_line)

@@ -365,3 +365,29 @@ def test_bundle_rules():
             decode(_enc({"v": 2, "t": "bundle", "messages": msgs}))
     with pytest.raises(WireError, match="expected 1..16"):
         decode(_enc({"v": 2, "t": "bundle", "messages": [inner] * 17}))
+
+
+def test_what_a_peer_says_about_its_run_is_signed_and_a_relay_cannot_rewrite_it():
+    """Wire v2: the description (and a verification's target and claimed value) is in the receipt."""
+    import dataclasses
+
+    r = _receipt(description="LEARNING_RATE 0.002 -> 0.003")
+    good = Result(r, sign_receipt(r, KP.private_key), KP.public_key.serialize())
+    check_result(decode(good.to_wire()))
+    assert decode(good.to_wire()).description == "LEARNING_RATE 0.002 -> 0.003"
+    rewritten = Result(dataclasses.replace(r, description="buy my token"), good.signature, good.public_key)
+    with pytest.raises(WireError, match="signature"):
+        check_result(decode(rewritten.to_wire()))
+    v = _receipt(status="confirmed", target_peer=OTHER_PEER, claimed_value=1.25)
+    ver = Verification(v, sign_receipt(v, KP.private_key), KP.public_key.serialize())
+    check_result(decode(ver.to_wire()))
+    for change in ({"claimed_value": 0.1}, {"target_peer": PEER}):
+        forged = Verification(dataclasses.replace(v, **change), ver.signature, ver.public_key)
+        with pytest.raises(WireError, match="signature"):
+            check_result(decode(forged.to_wire()))
+    with pytest.raises(WireError, match="target_peer"):
+        Verification(_receipt(status="confirmed"), b"", b"").to_wire()  # a verification names whose claim
+    old = msgpack.unpackb(good.to_wire())
+    old.update(v=1, description="unsigned")
+    with pytest.raises(WireError, match="no longer accepted"):
+        decode(_enc(old))

@@ -1,0 +1,82 @@
+"""Fault boundaries by construction: every protocol a peer can open is guarded; what a handler raises,
+a peer's idle streams, and a stream over its slots cost only that stream."""
+
+from __future__ import annotations
+
+import trio
+from adversary import adversary
+from net_helpers import cfg, wait_until
+
+from p2p_research.daemon.catchup import CATCHUP_LIMITS, CATCHUP_PROTOCOL
+from p2p_research.net import open_network
+from p2p_research.net.boundary import Faults, PeerTasks
+from p2p_research.net.streams import StreamLimits, is_guarded
+
+#: libp2p's own protocols (identify, its ping, ...) that py-libp2p serves with its own bounded handlers
+LIBP2P_OWN = ("/ipfs/id/", "/ipfs/ping/", "/libp2p/")
+
+
+async def test_every_protocol_of_ours_pubsub_and_kad_is_served_behind_the_guard():
+    async with open_network(cfg(), lambda oid: None) as net:
+        net.handle(CATCHUP_PROTOCOL, lambda s: trio.sleep(0), CATCHUP_LIMITS)
+        handlers = net.host.get_mux().handlers
+        ours = {p: h for p, h in handlers.items() if not str(p).startswith(LIBP2P_OWN)}
+        assert {"/p2p-research/objects/1.0.0", "/p2p-research/peers/1.0.0", "/p2p-research/ping/1.0.0",
+                "/ipfs/kad/1.0.0", "/meshsub/1.2.0", CATCHUP_PROTOCOL} <= set(map(str, ours))
+        unguarded = [p for p, h in ours.items() if not is_guarded(h)]
+        assert not unguarded, f"served without a boundary: {unguarded}"
+
+
+async def test_a_raising_handler_idle_streams_and_streams_over_the_slots_cost_only_the_stream():
+    async def broken(stream):
+        await stream.read(1)
+        raise RuntimeError("a bug of ours that a peer's byte triggers")
+
+    async def idle(stream):
+        await stream.read(1)  # waits for a byte that never comes
+        await trio.sleep_forever()
+
+    async with open_network(cfg(), lambda oid: None) as net, adversary() as adv:
+        net.handle("/test/broken/1", broken, StreamLimits(per_peer=4, total=8, deadline_s=5))
+        net.handle("/test/idle/1", idle, StreamLimits(per_peer=2, total=8, deadline_s=1.0))
+        await adv.connect(net.addrs()[0])
+        s = await adv.open_stream(net.peer_id, "/test/broken/1")
+        await s.write(b"x")
+        await wait_until(lambda: net.stats["faults"]["/test/broken/1"] == 1)
+        opened = 0
+        for _ in range(4):
+            try:
+                await adv.open_stream(net.peer_id, "/test/idle/1")
+                opened += 1
+            except Exception:  # noqa: BLE001 - a refused stream is reset during negotiation
+                pass
+        await wait_until(lambda: net.stats["streams_refused"]["/test/idle/1"] == 2)  # 2 slots per peer
+        await wait_until(lambda: net.stats["streams_timed_out"]["/test/idle/1"] == 2, timeout=5)
+        assert net.streams.busy("/test/idle/1") == 0
+        assert opened >= 2 and net.faults.by_peer[adv.peer_id] == 1
+        # and the node goes on serving
+        s = await adv.open_stream(net.peer_id, "/test/broken/1")
+        await s.write(b"x")
+        await wait_until(lambda: net.stats["faults"]["/test/broken/1"] == 2)
+
+
+async def test_peer_tasks_contain_what_they_raise_and_still_cancel():
+    faults = Faults()
+    done = []
+
+    async def bad(x):
+        raise ValueError(x)
+
+    async def slow():
+        try:
+            await trio.sleep_forever()
+        finally:
+            done.append("cancelled")
+
+    async with trio.open_nursery() as nursery:
+        tasks = PeerTasks(nursery, faults)
+        tasks.start_soon("QmPeer", "intake.commit", bad, "boom")
+        tasks.start_soon("QmPeer", "intake.commit", slow)
+        await wait_until(lambda: faults.counts["intake.commit"] == 1)
+        nursery.cancel_scope.cancel()
+    assert done == ["cancelled"] and faults.by_peer["QmPeer"] == 1
