@@ -259,3 +259,19 @@ def test_a_flood_of_votes_cannot_crowd_out_an_earned_one():
     assert len(s.evidence[c.exp_id]) <= 64
     s.on_peer_verification(c.exp_id, "QmGood", "QmA", True)
     assert s.evidence[c.exp_id]["QmGood"] is True and s.quorum_met(c)
+
+
+def test_a_refutation_by_a_voucher_forces_a_rerun_even_for_a_peer_with_a_long_streak():
+    def state():
+        s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+        earn(s, "QmGood")
+        for i in range(50):  # QmA has earned a long streak: its results are mostly adopted unchecked
+            s.on_verified(PeerClaim(f"{i:040x}", "c" * 40, "QmA", 1.0, 0, 0.0), 1.0, 0.5)
+        s.on_peer_result(lie, True, "", "kept")
+        return s
+
+    lie = PeerClaim("ab" * 20, "c" * 40, "QmA", 0.1, 0, 0.0)
+    assert isinstance(state().next_decision(2.0), Adopt)  # the streak alone: no re-run
+    s = state()
+    s.on_peer_verification(lie.exp_id, "QmGood", "QmA", False)
+    assert isinstance(s.next_decision(2.0), Verify)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 
 import trio
 
@@ -40,7 +41,7 @@ class Intake:
         self.fetch_limit = trio.CapacityLimiter(4)
         self.stats = {"claims": 0, "results": 0, "duplicates": 0, "posts": 0, "fetched_objects": 0,
                       "fetch_failures": 0, "not_fetched": 0, "rejected": 0, "delta_objects": 0, "delta_fallbacks": 0,
-                      "claims_refused": 0}
+                      "claims_refused": 0, "rejected_by": Counter()}
         self.on_result = None        # async callback(Result, Run) once a result's commit is complete
         self.on_claim = None         # async callback(Claim)
         self.on_verification = None  # async callback(Verification, from_peer)
@@ -62,8 +63,10 @@ class Intake:
         async for inc in self.net.incoming:
             await contained(self.faults, inc.from_peer, "intake", self.handle, inc, tasks)
 
-    def reject(self, inc: Incoming, reason: str) -> None:
+    def reject(self, inc: Incoming, reason: str, category: str) -> None:
+        """Count (by category, shown in `status`) and log (rate-limited, with the peer) a refusal."""
         self.stats["rejected"] += 1
+        self.stats["rejected_by"][category] += 1
         kind = type(inc.message).__name__
         self._rlog.log(logging.WARNING, f"{kind}:{inc.from_peer}:{reason[:24]}", "rejected %s from %s: %s", kind,
                        inc.from_peer[:16], reason)
@@ -72,11 +75,11 @@ class Intake:
         msg = inc.message
         if isinstance(msg, Claim):
             if msg.protocol_id != self.ctx.protocol_id:
-                return self.reject(inc, "claim under another protocol")
+                return self.reject(inc, "claim under another protocol", "other_protocol")
             adm = self.claims.admit(msg.peer, msg.exp_id, msg.ts, msg.lease_until, inc.received_at)
             if not adm.accepted:
                 self.stats["claims_refused"] += 1
-                return self.reject(inc, f"claim {msg.exp_id[:10]}: {adm.reason}")
+                return self.reject(inc, f"claim {msg.exp_id[:10]}: {adm.reason}", "claim_refused")
             # the claim's time and lease as this node's clock bounds them
             self.ctx.ledger.add_claim(msg.exp_id, msg.peer, msg.protocol_id, msg.parent, adm.lease_until,
                                       msg.description, adm.ts)
@@ -90,7 +93,7 @@ class Intake:
                 self.stats["posts"] += 1
         elif isinstance(msg, Verification):
             if msg.receipt.protocol_id != self.ctx.protocol_id:
-                return self.reject(inc, "verification under another protocol")
+                return self.reject(inc, "verification under another protocol", "other_protocol")
             if self.on_verification is not None:
                 await self.on_verification(msg, inc.from_peer)
 
@@ -98,7 +101,7 @@ class Intake:
         tasks = self._tasks(nursery)
         r = msg.receipt
         if r.protocol_id != self.ctx.protocol_id:
-            return self.reject(inc, f"result under another protocol ({r.protocol_id[:12]})")
+            return self.reject(inc, f"result under another protocol ({r.protocol_id[:12]})", "other_protocol")
         if r.peer == self.self_peer:
             return
         ledger, ws = self.ctx.ledger, self.ctx.workspace
@@ -127,7 +130,7 @@ class Intake:
             try:
                 ws.write_objects(inline)
             except WorkspaceError as e:
-                self.reject(inc, f"inline objects: {e}")
+                self.reject(inc, f"inline objects: {e}", "bad_objects")
         # Only a kept result can become a baseline; the commit of any other is completed from what came
         # inline, never fetched: under load, fetches for hundreds of discarded results queued ahead of
         # the one result every node needed (measured: a best result adopted 140 s late).
@@ -145,7 +148,14 @@ class Intake:
                 with trio.fail_after(FETCH_TIMEOUT_S):
                     objs = await self.net.fetch_objects(source, wanted)
                 got = {o.oid for o in objs}
-                ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in objs])
+                try:
+                    ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in objs])
+                except WorkspaceError as e:  # the peer served objects that do not parse: nothing written
+                    self.stats["rejected"] += 1
+                    self.stats["rejected_by"]["bad_objects"] += 1
+                    self._rlog.log(logging.WARNING, f"objects:{source}", "rejected objects served by %s: %s",
+                                   source[:16], e)
+                    raise
                 self.stats["fetched_objects"] += len(objs)
                 lacking = [w for w in wanted if w not in got]
                 if lacking:
@@ -181,11 +191,11 @@ class Intake:
                 obj = d.apply(base.data)
             except WireError as e:
                 self.stats["delta_fallbacks"] += 1
-                self.reject(inc, f"delta {d.oid[:10]}: {e.reason}")
+                self.reject(inc, f"delta {d.oid[:10]}: {e.reason}", "bad_delta")
                 continue
             except Exception as e:  # noqa: BLE001 - never let one peer's delta stop the result
                 self.stats["delta_fallbacks"] += 1
-                self.reject(inc, f"delta {d.oid[:10]}: {type(e).__name__}: {e}")
+                self.reject(inc, f"delta {d.oid[:10]}: {type(e).__name__}: {e}", "bad_delta")
                 continue
             out.append(RawObject(obj.oid, obj.kind, obj.data))
             self.stats["delta_objects"] += 1

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 #: weights of one rejected message, by the reason it was rejected
 WEIGHTS: dict[str, float] = {
     "malformed": 1.0, "bad_signature": 1.0, "peer_mismatch": 1.0, "wrong_topic": 1.0, "validator_error": 1.0,
-    "forwarder_rate_limited": 1.0, "new_originators": 1.0,
+    "forwarder_rate_limited": 1.0,
     # an honest relay may forward a little over our own per-originator budget (its buckets and ours
-    # are not in step), so that costs little
-    "rate_limited": 0.1, "obsolete_version": 0.2,
+    # are not in step), and a node joining a large swarm hears many keys it does not know yet from
+    # each relay: these cost less, so that only a connection made of them gets banned
+    "new_originators": 0.25, "rate_limited": 0.1, "obsolete_version": 0.2,
 }  # fmt: skip
 
 

@@ -170,6 +170,11 @@ class SwarmState:
         pool = {p for p in self.peers | {self.policy.self_peer} if p != claim.peer and not self.ignored(p)}
         return self.policy.self_peer in rendezvous_order(claim.exp_id, pool)[: self.policy.replicas]
 
+    def refuted_by_voucher(self, claim: PeerClaim) -> bool:
+        """A peer whose votes count here refuted it: never adopted on the claimant's streak alone."""
+        return self.policy.verification != "never" and any(
+            ok is False and v != claim.peer and self.vouches(v) for v, ok in self.evidence.get(claim.exp_id, {}).items())
+
     def quorum_met(self, claim: PeerClaim) -> bool:
         votes = {v: ok for v, ok in self.evidence.get(claim.exp_id, {}).items()
                  if v != claim.peer and self.vouches(v)}
@@ -245,7 +250,7 @@ class SwarmState:
         if self.policy.verification == "adaptive" and self.policy.quorum > 0 and self.quorum_met(best):
             n = sum(ok for v, ok in self.evidence[best.exp_id].items() if self.vouches(v))
             return Adopt(best, best.value, f"adopted from {best.peer[:16]}: confirmed by {n} other nodes' re-runs")
-        if self._coin(best.exp_id) < self.verify_probability(best.peer) or (
+        if self._coin(best.exp_id) < self.verify_probability(best.peer) or self.refuted_by_voucher(best) or (
                 self.policy.verification == "adaptive" and now is not None and self.designated(best)):
             return Verify(best)
         return Adopt(best, best.value, f"adopted from {best.peer[:16]} without re-run "
