@@ -10,9 +10,13 @@ valid encodings, and raw random bytes.
 
 Every input is predicted by an oracle (the protocol as documented, written out here or, for the
 message schemas, the pure decoders of ``p2p_research.wire``) and each test checks the victim did
-exactly that over the network: counted each gossip rejection, reset each bad stream, answered each
-good request, stored no invalid DHT record, delivered only verified objects and results. After the
-batch the victim still serves a well-formed request, its task group is alive and nothing escaped.
+exactly that over the network: counted each gossip rejection, ended each bad stream without an answer
+(in time: a victim that leaves a stream hanging fails), answered each good request exactly, stored no
+invalid DHT record, delivered only verified objects and results. After the batch the victim still
+serves a well-formed request from the same peer, its task group is alive, and faults contained at the
+stream guard's boundary stay rare (a handler that raises on a whole class of input fails the test).
+
+More fuzzing: ``P2P_FUZZ_EXAMPLES=200 pytest tests/test_fuzz_peer_inputs.py --hypothesis-show-statistics``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from typing import Any
 
 import msgpack
 import multiaddr
+import pytest
 import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from libp2p import generate_new_ed25519_identity, new_host
+from libp2p.crypto.keys import KeyPair
 from libp2p.kad_dht.common import MAX_DHT_MESSAGE_SIZE
 from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
@@ -91,7 +97,7 @@ from p2p_research.wire import (
 )
 from p2p_research.wire.messages import GIT_KINDS
 from p2p_research.wire.receipts import RECEIPT_DOMAIN
-from p2p_research.wire.records import RECORD_DOMAIN, exp_id_of_key
+from p2p_research.wire.records import MAX_LEASE_SECONDS, RECORD_DOMAIN, exp_id_of_key
 
 #: the attacker's identity in every example (messages in its name are valid from its connection)
 KP = generate_new_ed25519_identity()
@@ -101,7 +107,7 @@ SIGNERS = {kp.public_key.serialize(): kp for kp in (KP, OTHER)}
 PROTOCOL = "ab" * 16  # net_helpers.receipt's protocol id
 
 #: one example = one victim and one attacker for a whole batch (~0.5 s); P2P_FUZZ_EXAMPLES=200 fuzzes longer
-FUZZ = settings(max_examples=int(os.environ.get("P2P_FUZZ_EXAMPLES", "10")), deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("P2P_FUZZ_EXAMPLES", "8")), deadline=None,
                 suppress_health_check=list(HealthCheck))  # fmt: skip
 
 
@@ -322,6 +328,15 @@ def assert_alive(net) -> None:
     assert net.nursery.child_tasks, "the network's services are gone"
 
 
+def assert_contained(net) -> None:
+    """Faults contained at a boundary (net.faults) are survivable and allowed, but rare: more than one
+    in a batch means a handler raises on a whole class of input. The task group must be alive."""
+    assert_alive(net)
+    for place in net.faults.counts:
+        event(f"contained fault: {place}")
+    assert sum(net.faults.counts.values()) <= 1, dict(net.faults.counts)
+
+
 async def read_all(stream, timeout: float = 8.0) -> tuple[bytes, bool]:
     """Everything the victim writes until it ends the stream: (data, whether the read saw a reset; yamux
     mostly reports a reset as EOF, so the tests judge by the data). A victim that
@@ -411,6 +426,10 @@ GOSSIP_POOL, GOSSIP_SPECIALS = _gossip_pool()
 gossip_items = st.tuples(st.sampled_from(["exp", "exp", "exp", "board"]), fuzz_bytes(GOSSIP_POOL, GOSSIP_SPECIALS))
 
 
+def _inner(m) -> tuple:
+    return m.messages if isinstance(m, Bundle) else (m,)
+
+
 def gossip_oracle(topic: str, data: bytes) -> int:
     """0 if the victim must reject the message, else how many messages it delivers (a bundle's count)."""
     try:
@@ -418,7 +437,7 @@ def gossip_oracle(topic: str, data: bytes) -> int:
     except WireError:
         return 0
     allowed = (Claim, Result, Verification, Bundle) if topic == "exp" else (BoardPost,)
-    inner = m.messages if isinstance(m, Bundle) else (m,)
+    inner = _inner(m)
     if not isinstance(m, allowed) or any(Gossip._check_from(one, ME) is not None for one in inner):
         return 0
     return len(inner)
@@ -443,22 +462,25 @@ async def gossip_batch(items: list[tuple[str, bytes]]) -> None:
             timeout=15,
         )
         rejected = dict(net.stats["rejected"])
-        assert set(rejected) <= {"malformed", "obsolete_version", "wrong_topic", "peer_mismatch", "bad_signature"}, \
-            rejected  # never validator_error: the decoders raise WireError and nothing else  # fmt: skip
+        # never validator_error (the decoders raise WireError and nothing else), never a rate limit
+        assert set(rejected) <= {"malformed", "obsolete_version", "wrong_topic", "peer_mismatch", "bad_signature"}
         assert sum(rejected.values()) == want_rejected, (rejected, expected)
         for reason in rejected:
             event(f"gossip rejected: {reason}")  # --hypothesis-show-statistics shows what was reached
         event(f"gossip accepted: {len(expected) - want_rejected > 0}")
         assert net.stats["received"] == want_received and net.stats["duplicate"] == 0
-        for _ in range(want_received):  # what was delivered decodes and came from the attacker
-            inc = await recv(net, 5)
-            assert inc.from_peer == ME
+        # exactly the accepted messages were delivered (a bundle as its messages), from the attacker
+        got = [await recv(net, 5) for _ in range(want_received)]
+        assert all(inc.from_peer == ME for inc in got)
+        want = [m for (_, data), n in zip(items, expected, strict=True) if n for m in _inner(decode(data))]
+        assert sorted(repr(inc.message) for inc in got) == sorted(map(repr, want))
         # still responsive: a fresh valid claim from the same connection gets through
         fresh = claim(ME, exp=hashlib.sha1(repr(items).encode()).hexdigest())
         await ps.publish(exp, fresh.to_wire())
         inc = await recv(net, 10)
         assert inc.message == fresh and inc.from_peer == ME
-        assert net.stats["bans"] == 0 and not net.faults.counts
+        assert net.stats["bans"] == 0
+        assert_contained(net)
 
 
 @FUZZ
@@ -536,7 +558,7 @@ async def objects_server_batch(requests: list[bytes]) -> None:
                 assert got == want, f"{req[:60]!r}: {got[:80]!r} != {want[:80]!r}"
         objs = await fetch_objects(host, ID.from_base58(net.peer_id), [SERVED[0].oid, UNKNOWN[0]], timeout=5)
         assert objs == [SERVED[0]]
-        assert not net.faults.counts, dict(net.faults.counts)
+        assert_contained(net)
 
 
 @FUZZ
@@ -635,14 +657,14 @@ async def objects_client_batch(cases: list[tuple[list[str], bytes]]) -> None:
                 got = await fetch_objects(net.host, me, oids, timeout=3)
             except (TransferError, ValueError) as e:
                 got = type(e)
-            assert time.monotonic() - t0 < 3.5
+            assert time.monotonic() - t0 < 3 + 2 + 1  # its timeout, then at most reset_quietly's 2 s grace
             assert got == want, f"{oids} {resp[:60]!r}: {got} != {want}"
             if isinstance(got, list):
                 for o in got:
                     o.verify()
         answer[0] = objects_server_oracle(frame(_pack([SERVED[0].oid])))  # an honest answer
         assert await fetch_objects(net.host, me, [SERVED[0].oid], timeout=3) == [SERVED[0]]
-        assert not net.faults.counts, dict(net.faults.counts)
+        assert_contained(net)
 
 
 @FUZZ
@@ -672,7 +694,7 @@ async def test_objects_client_gives_up_on_a_dripping_server():
             raise AssertionError("a server that never finishes cannot succeed")
         except TransferError as e:
             assert "timed out" in str(e)
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 3 + 2 + 1  # its timeout, then at most reset_quietly's 2 s grace
 
 
 # --- 4. catch-up: the server (`since` requests) ---------------------------------------------------
@@ -787,13 +809,14 @@ async def since_server_batch(requests: list[bytes]) -> None:
             await wait_until(lambda: net.streams.busy(SINCE_PROTOCOL, ME) == 0)
             assert await client.fetch_from(net.peer_id, since=0.0) == len(STORED)
             assert {m.receipt for m in got_results} == {m.receipt for m in STORED}
-            assert not net.faults.counts, dict(net.faults.counts)
+            assert_contained(net)
+            client.ledger.db.close()
         ledger.db.close()
 
 
 @FUZZ
 @given(st.lists(since_requests(), min_size=5, max_size=25))
-def test_catchup_server_resets_fuzzed_since_requests_and_keeps_serving(requests):
+def test_catchup_server_refuses_fuzzed_since_requests_and_keeps_serving(requests):
     trio.run(since_server_batch, requests)
 
 
@@ -895,7 +918,7 @@ async def catchup_client_batch(answers: list[bytes]) -> None:
                 assert n == len(want) and delivered == want, f"{answer[:80]!r}: {n} {delivered} != {want}"
             current[0] = b"".join(frame(m.to_wire()) for m in STORED) + frame(b"")
             assert await catchup.fetch_from(ME) == len(STORED)
-            assert not net.faults.counts, dict(net.faults.counts)
+            assert_contained(net)
             catchup.ledger.db.close()
 
 
@@ -1063,10 +1086,39 @@ async def dht_batch(requests: list[bytes]) -> None:
             reply = _kad_reply(got)
             assert reply.type == KadMessage.MessageType.GET_VALUE and reply.record.value == v
             assert decode_record(reply.record.value, exp_id_of_key(k.decode()))
-        assert not net.faults.counts, dict(net.faults.counts)
+        assert_contained(net)
 
 
 @FUZZ
 @given(st.lists(kad_requests(), min_size=5, max_size=25))
 def test_dht_stores_no_invalid_record_from_fuzzed_kad_requests(requests):
     trio.run(dht_batch, requests)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: DHT claim records are not bounded by the receiver's clock. decode_record (wire/records.py) "
+    "caps a claim's lease only relative to its own ts (lease_until - ts <= MAX_LEASE_SECONDS), and "
+    "neither ExpValidator.validate/select (net/dht.py) nor Node's DHT check (daemon/node.py: "
+    "rec.lease_until > time.time()) compare ts or lease_until with now, so a claim dated years ahead is "
+    "stored, beats every honest claim (later lease wins) and keeps the experiment taken for years; "
+    "gossip claims are clamped by ClaimBook.admit (skew_s, max_lease_s), DHT records are not",
+)
+async def test_a_dht_claim_dated_years_ahead_cannot_squat_an_experiment():
+    """Found while fuzzing the KAD server: a signed claim record with ts ten years ahead and lease_until
+    60 s later passes every check, so one PUT from any peer holds an experiment for a decade."""
+    exp = "5" * 40
+    async with duel() as (net, host, _):
+        ahead = time.time() + 10 * 365 * 86400.0
+        squat = make_claim_record(exp, "c" * 40, ahead + 60, KP, ts=ahead)  # lease - ts = 60 s: "valid"
+        key = record_key(exp).encode()
+        got, _ = await send_request(host, net, KAD_PROTOCOL, _kad(KadMessage.MessageType.PUT_VALUE, key,
+                                                                  encode_record(squat)))  # fmt: skip
+        # the victim's own, honest claim for the experiment
+        own = KeyPair(net.host.get_private_key(), net.host.get_public_key())
+        await net.dht.put(make_claim_record(exp, "c" * 40, time.time() + 600, own), lookup=False, timeout=1)
+        rec = net.dht.get_local(exp)
+        assert rec is not None
+        assert rec.lease_until <= time.time() + MAX_LEASE_SECONDS + 3600, (
+            f"{rec.peer[:16]} holds {exp[:8]} until {rec.lease_until - time.time():.0f} s from now"
+        )

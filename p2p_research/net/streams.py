@@ -29,6 +29,7 @@ from libp2p.abc import IHost, INetStream
 
 from .boundary import Faults
 from .framing import reset_quietly
+from .host import strip_benign_teardown
 from .ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,10 @@ class StreamGuard:
                                    " reset", protocol, peer[:20], limits.deadline_s)
                     await reset_quietly(stream, grace=0.5)
             except Exception as e:  # noqa: BLE001 - the boundary of this peer's stream
-                self.faults.record(peer, protocol, e)
+                if strip_benign_teardown(e) is None:  # libp2p's own nurseries closing as the node stops
+                    log.debug("%s stream of %s ended with the host: %r", protocol, peer[:20], e)
+                else:
+                    self.faults.record(peer, protocol, e)
                 await reset_quietly(stream, grace=0.5)
             finally:
                 open_by_peer[peer] -= 1
