@@ -184,7 +184,10 @@ class SwarmCoordinator:
 
     # --- dedup --------------------------------------------------------------------------------------
     def note_heard(self, peer: str) -> None:
-        self.heard[peer] = time.time()
+        now = time.time()
+        self.heard[peer] = now
+        if len(self.heard) > 10_000:  # keys are free: forget the silent ones
+            self.heard = {p: t for p, t in self.heard.items() if now - t < OWNER_MEMORY_S}
 
     def owns(self, exp_id: str) -> bool:
         """Whether this node is the owner of `exp_id` among the nodes heard from recently: the one ranked

@@ -57,15 +57,15 @@ class ClaimBook:
 
     # --- admission ----------------------------------------------------------------------------------
     def allowance(self, peer: str) -> int:
-        return min(self.policy.max_open, self.policy.base_open + self.delivered[peer])
+        return min(self.policy.max_open, self.policy.base_open + self.delivered.get(peer, 0))
 
     def has_priority(self, peer: str) -> bool:
-        return self.lapsed[peer] <= self.policy.lapse_slack + self.delivered[peer] / 2
+        return self.lapsed.get(peer, 0) <= self.policy.lapse_slack + self.delivered.get(peer, 0) / 2
 
     def admit(self, peer: str, exp_id: str, ts: float, lease_until: float, received_at: float) -> Admission:
         """Whether a peer's claim counts here, with its time and lease bounded by this node's clock."""
         p = self.policy
-        self.expire(received_at)
+        self._expire_peer(peer, received_at)  # only the claimant's: O(its open claims), not the book's
         t = min(max(ts, received_at - p.skew_s), received_at + p.skew_s)
         lease = min(lease_until, received_at + p.max_lease_s)
         if not self.has_priority(peer):
@@ -85,7 +85,15 @@ class ClaimBook:
         else:
             self.open.move_to_end(peer)
         mine[exp_id] = lease
+        self._trim()
         return Admission(True, t, lease)
+
+    def _trim(self) -> None:
+        """Per-peer records stay bounded however many keys claim (the oldest records go first; the yield
+        budget bounds what a forgiven key can take)."""
+        for book in (self.delivered, self.lapsed, self.lapsed_ids, self.yields):
+            while len(book) > self.policy.max_peers:
+                del book[next(iter(book))]
 
     def on_result(self, peer: str, exp_id: str) -> None:
         """A result of `peer` for `exp_id` arrived: a claim honoured (even a lapsed one, late)."""
@@ -100,17 +108,22 @@ class ClaimBook:
             self.delivered[peer] += 1
 
     def expire(self, now: float) -> None:
-        """Claims whose lease passed without a result lapse."""
-        for peer, mine in list(self.open.items()):
-            gone = [e for e, until in mine.items() if until <= now]
-            for e in gone:
-                del mine[e]
-                self.lapsed[peer] += 1
-                ids = self.lapsed_ids.setdefault(peer, set())
-                if len(ids) < 256:
-                    ids.add(e)
-            if not mine:
-                del self.open[peer]
+        """Claims whose lease passed without a result lapse (every peer's)."""
+        for peer in list(self.open):
+            self._expire_peer(peer, now)
+
+    def _expire_peer(self, peer: str, now: float) -> None:
+        mine = self.open.get(peer)
+        if mine is None:
+            return
+        for e in [e for e, until in mine.items() if until <= now]:
+            del mine[e]
+            self.lapsed[peer] += 1
+            ids = self.lapsed_ids.setdefault(peer, set())
+            if len(ids) < 256:
+                ids.add(e)
+        if not mine:
+            del self.open[peer]
 
     # --- yielding -----------------------------------------------------------------------------------
     def may_yield_to(self, peer: str, confirmed_results: int, runs_finished: int) -> bool:

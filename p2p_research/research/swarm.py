@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
 MAX_VOTES = 64  # verifiers remembered per experiment
+MAX_PEERS = 10_000  # peers remembered for replica ranking (keys are free: memory must not follow them)
 
 
 def rendezvous_order(key: str, peers: Iterable[str]) -> list[str]:
@@ -160,7 +161,7 @@ class SwarmState:
             del self.evidence[next(iter(self.evidence))]
 
     def note_peer(self, peer: str) -> None:
-        if peer != self.policy.self_peer:
+        if peer != self.policy.self_peer and (peer in self.peers or len(self.peers) < MAX_PEERS):
             self.peers.add(peer)
 
     def designated(self, claim: PeerClaim) -> bool:
