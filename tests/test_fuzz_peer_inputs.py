@@ -33,7 +33,6 @@ from typing import Any
 
 import msgpack
 import multiaddr
-import pytest
 import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -1095,15 +1094,6 @@ def test_dht_stores_no_invalid_record_from_fuzzed_kad_requests(requests):
     trio.run(dht_batch, requests)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: DHT claim records are not bounded by the receiver's clock. decode_record (wire/records.py) "
-    "caps a claim's lease only relative to its own ts (lease_until - ts <= MAX_LEASE_SECONDS), and "
-    "neither ExpValidator.validate/select (net/dht.py) nor Node's DHT check (daemon/node.py: "
-    "rec.lease_until > time.time()) compare ts or lease_until with now, so a claim dated years ahead is "
-    "stored, beats every honest claim (later lease wins) and keeps the experiment taken for years; "
-    "gossip claims are clamped by ClaimBook.admit (skew_s, max_lease_s), DHT records are not",
-)
 async def test_a_dht_claim_dated_years_ahead_cannot_squat_an_experiment():
     """Found while fuzzing the KAD server: a signed claim record with ts ten years ahead and lease_until
     60 s later passes every check, so one PUT from any peer holds an experiment for a decade."""
