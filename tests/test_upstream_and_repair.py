@@ -1,0 +1,40 @@
+"""py-libp2p 0.8.1 guards (multistream-select caps, TCP-only hosts) and the start-up repair of a repo that
+an older version filled with objects that only had their ids checked."""
+
+from __future__ import annotations
+
+import pygit2
+from libp2p import generate_new_ed25519_identity
+
+from p2p_research.net import upstream_guards
+from p2p_research.net.host import make_host
+from p2p_research.research.workspace import RawObject, Workspace, WorkspaceError, git_object_id
+
+
+def test_hosts_are_tcp_only_and_multistream_reads_are_capped():
+    host = make_host(generate_new_ed25519_identity())
+    transports = host.get_network().transport_manager.get_transports()
+    assert [type(t).__name__ for t in transports] == ["TCP"]  # no QUIC: its peer-id fault cannot reach us
+    assert upstream_guards.apply() == {"multistream": True}
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+    assert getattr(MultiselectCommunicator.read, "_p2p_original", None) is not None
+
+
+def test_malformed_objects_from_an_older_version_are_quarantined_once_at_start(tmp_path):
+    ws = Workspace.create(tmp_path / "repo", {"train.py": b"LR = 1\n", "prepare.py": b"x = 1\n"})
+    bad = b"tree nonsense\nnot a commit\n"
+    oid = str(ws.repo.odb.write(pygit2.GIT_OBJECT_COMMIT, bad))  # as an older version would have
+    ws.repo.references.create("refs/p2p/exp/" + "e" * 40, pygit2.Oid(hex=oid), force=True)
+    with_bad = Workspace(tmp_path / "repo")
+    assert with_bad.quarantine_malformed() == [oid]
+    assert not with_bad.has_object(oid) and (tmp_path / "repo" / ".git" / "quarantine" / oid).exists()
+    assert "refs/p2p/exp/" + "e" * 40 not in with_bad.repo.references
+    assert with_bad.files_of(with_bad.baseline)["train.py"] == b"LR = 1\n"  # everything else intact
+    assert Workspace(tmp_path / "repo").quarantine_malformed() == []  # once per check version
+    # and it cannot come back the new way
+    try:
+        with_bad.write_objects([RawObject(git_object_id(1, bad), 1, bad)])
+        raise AssertionError("a malformed commit was written")
+    except WorkspaceError as e:
+        assert "malformed commit" in str(e)
