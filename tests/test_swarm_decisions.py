@@ -258,7 +258,7 @@ def test_a_flood_of_votes_cannot_crowd_out_an_earned_one():
         s.on_peer_verification(c.exp_id, f"QmSybil{i}", "QmA", True)
     assert len(s.evidence[c.exp_id]) <= 64
     s.on_peer_verification(c.exp_id, "QmGood", "QmA", True)
-    assert s.evidence[c.exp_id]["QmGood"] is True and s.quorum_met(c)
+    assert s.evidence[c.exp_id]["QmGood"].confirmed is True and s.quorum_met(c)
 
 
 def test_a_refutation_by_a_voucher_forces_a_rerun_even_for_a_peer_with_a_long_streak():
@@ -275,3 +275,47 @@ def test_a_refutation_by_a_voucher_forces_a_rerun_even_for_a_peer_with_a_long_st
     s = state()
     s.on_peer_verification(lie.exp_id, "QmGood", "QmA", False)
     assert isinstance(s.next_decision(2.0), Verify)
+
+
+def test_confirmations_of_one_claim_never_count_for_another_peers_claim_on_the_same_experiment():
+    """An honest result confirmed by vouchers; a fresh key announces the same experiment with a better
+    value: the confirmations were of the honest claim and value, so the copy must be re-run."""
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    earn(s, "QmV1", "QmV2")
+    honest = PeerClaim("ab" * 20, "c" * 40, "QmHonest", 0.95, 0, 0.0)
+    copy = PeerClaim("ab" * 20, "c" * 40, "QmCopier", 0.80, 0, 0.0)
+    for v in ("QmV1", "QmV2"):
+        s.on_peer_verification(honest.exp_id, v, "QmHonest", True, 0.95)
+    assert s.quorum_met(honest) and not s.quorum_met(copy)
+    wrong_value = PeerClaim("ab" * 20, "c" * 40, "QmHonest", 0.5, 0, 0.0)
+    assert not s.quorum_met(wrong_value)
+    s.on_peer_result(copy, True, "", "kept")
+    assert isinstance(s.next_decision(2.0), Verify)
+
+
+def test_a_change_that_adds_a_directory_or_a_symlink_is_rejected_by_the_trust_policy(tmp_path):
+    """files_of lists regular files only: without the mode check a subtree (say torch/__init__.py, shadowing
+    an import) rode along with a one-constant change."""
+    import pygit2
+
+    from p2p_research.research.trust import TrustPolicy, check_lineage
+    from p2p_research.research.workspace import Workspace
+
+    files = read_target_files()
+    ws = Workspace.create(tmp_path / "repo", files)
+    repo = ws.repo
+    base = repo[ws.baseline]
+    train = files["train.py"].replace(b"LEARNING_RATE = 0.002", b"LEARNING_RATE = 0.003")
+    for extra in ("tree", "link"):
+        tb = repo.TreeBuilder(base.tree)
+        tb.insert("train.py", repo.create_blob(train), pygit2.GIT_FILEMODE_BLOB)
+        if extra == "tree":
+            sub = repo.TreeBuilder()
+            sub.insert("__init__.py", repo.create_blob(b"import os\n"), pygit2.GIT_FILEMODE_BLOB)
+            tb.insert("torch", sub.write(), pygit2.GIT_FILEMODE_TREE)
+        else:
+            tb.insert("evil", repo.create_blob(b"/etc/passwd"), pygit2.GIT_FILEMODE_LINK)
+        sig = pygit2.Signature("x", "x@x", 1, 0)
+        c = str(repo.create_commit(None, sig, sig, "lr", tb.write(), [base.id]))
+        ok, why = check_lineage(ws, c, {ws.baseline}, TrustPolicy(), "QmPeer")
+        assert not ok and "not a regular file" in why, why

@@ -48,7 +48,8 @@ ANTI_ENTROPY_S = 30.0      # between two syncs with a random connected peer
 SYNC_MARGIN_S = 180.0      # a result can reach a peer this late (gossip latency under load: p99 ~2 min)
 FETCH_DEADLINE_S = 300.0   # one whole catch-up or sync, however steadily a peer drips frames
 #: served behind the stream guard: one at a time per peer; a full catch-up may take minutes under load
-CATCHUP_LIMITS = StreamLimits(per_peer=1, total=4, deadline_s=FETCH_DEADLINE_S)
+CATCHUP_LIMITS = StreamLimits(per_peer=1, total=8, deadline_s=FETCH_DEADLINE_S)
+CATCHUP_TRIES = 2          # attempts per peer before the first catch-up looks elsewhere
 SINCE_LIMITS = StreamLimits(per_peer=1, total=8, deadline_s=FETCH_DEADLINE_S)
 
 
@@ -59,6 +60,7 @@ def receipt_key(receipt: bytes) -> bytes:
 def results_from_ledger(ledger: Ledger, protocol_id: str, since: float | None = None,
                         skip: frozenset[bytes] = frozenset()) -> list[bytes]:
     out = []
+    unsendable = 0
     for receipt, sig, pub, _desc in ledger.signed_runs(protocol_id, MAX_RESULTS, since):
         if skip and receipt_key(receipt) in skip:
             continue
@@ -67,8 +69,17 @@ def results_from_ledger(ledger: Ledger, protocol_id: str, since: float | None = 
             msg = Result(receipt=decode_receipt(receipt), signature=sig, public_key=pub, objects=[], objects_total=0)
             out.append(msg.to_wire())
         except WireError as e:
+            unsendable += 1
             log.debug("skipping an unsendable receipt: %s", e)
+    if unsendable and not _warned_unsendable:
+        _warned_unsendable.append(unsendable)
+        log.warning("catch-up: %d receipt(s) in the ledger cannot be served (signed under wire version 1, "
+                    "before descriptions were signed); peers learn those results only from their finders",
+                    unsendable)
     return out
+
+
+_warned_unsendable: list[int] = []
 
 
 class CatchUp:
@@ -85,6 +96,7 @@ class CatchUp:
         self.repaired = 0    # results first learned from an anti-entropy sync (gossip had lost them)
         self.last_sync: float | None = None
         self._fetched = 0
+        self.tries: dict[str, int] = {}
 
     async def handle(self, stream) -> None:
         await self._serve(stream, None)
@@ -124,10 +136,12 @@ class CatchUp:
 
     async def fetch_from(self, peer_id: str, since: float | None = None) -> int:
         """Ask one peer for everything it knows (or what finished since `since`); returns how many valid
-        results were delivered."""
+        results were delivered. A full catch-up counts as done with that peer only once it ran to the end
+        (a refused or failed one is tried again, at most CATCHUP_TRIES times)."""
         if since is None:
-            self.done_with.add(peer_id)
+            self.tries[peer_id] = self.tries.get(peer_id, 0) + 1
         n = 0
+        completed_before = self.completed
         try:
             with trio.fail_after(FETCH_DEADLINE_S):
                 n = await self._fetch(peer_id, since)
@@ -135,6 +149,8 @@ class CatchUp:
             log.warning("catch-up from %s failed after %d results: %s", peer_id[:16], self._fetched, e)
             n = self._fetched
         self.received += n
+        if since is None and (self.completed > completed_before or self.tries[peer_id] >= CATCHUP_TRIES):
+            self.done_with.add(peer_id)
         if n and since is None:
             log.info("caught up from %s: %d results", peer_id[:16], n)
         return n
@@ -191,9 +207,9 @@ class CatchUp:
         """Catch up from the first few peers as they connect (idempotent: duplicates are ignored), then
         sync with a random connected peer every `interval()` seconds."""
         started = time.time()
-        while len(self.done_with) < max_peers and time.time() - started < 60:
-            for pid in connected():
-                if pid not in self.done_with and len(self.done_with) < max_peers:
+        while self.completed < max_peers and time.time() - started < 60:
+            for pid in connected():  # until `max_peers` catch-ups ran to the end (refused ones do not count)
+                if pid not in self.done_with and self.completed < max_peers:
                     await self.fetch_from(pid)
             await trio.sleep(1.0)
         self.last_sync = started

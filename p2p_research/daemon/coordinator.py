@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from p2p_research.daemon.announce import make_receipt
@@ -58,7 +59,9 @@ class SwarmCoordinator:
         self.defer_s = cfg.verification.defer_s
         self.accepted: set[str] = set()
         self.following = False  # set once this node stops proposing: adopt by rank, not by margin
-        self.heard: dict[str, float] = {}  # peer -> when it last announced something (claims, results)
+        # peer -> when it last announced something (claims, results), least recently first
+        self.heard: OrderedDict[str, float] = OrderedDict()
+        self._first_result: OrderedDict[str, str] = OrderedDict()  # exp id -> first peer whose result completed
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0}
         self._load_reputation()
@@ -105,13 +108,19 @@ class SwarmCoordinator:
             self.accepted.add(commit)
         return ok, reason
 
-    def first_announcer(self, exp_id: str) -> str | None:
-        """The peer whose result for `exp_id` this node recorded first: only that one earns trust by
-        it (a copy of another's result, re-signed, earns nothing)."""
-        row = self.ctx.ledger.db.execute(
-            "SELECT peer FROM runs WHERE exp_id=? AND origin='peer' AND kind='experiment' ORDER BY rowid LIMIT 1",
-            (exp_id,)).fetchone()
-        return row[0] if row else None
+    def first_announcer(self, exp_id: str, peer: str) -> str:
+        """Who found `exp_id` as far as this node can tell: the peer whose claim on it came first here
+        (a copier sees the finder's claim or result before it can copy it), else the first peer whose
+        result for it completed here (its commit checked against the id). Only the finder earns trust
+        by a confirmation (a copy of another's result, re-signed, earns nothing)."""
+        row = self.ctx.ledger.db.execute("SELECT peer FROM claims WHERE exp_id=? ORDER BY ts, rowid LIMIT 1",
+                                         (exp_id,)).fetchone()
+        if row is not None:
+            return row[0]
+        first = self._first_result.setdefault(exp_id, peer)
+        while len(self._first_result) > 20_000:
+            self._first_result.popitem(last=False)
+        return first
 
     def wants(self, exp_id: str) -> bool:
         """Whether a peer's kept result is still worth considering: neither settled nor pending."""
@@ -137,7 +146,7 @@ class SwarmCoordinator:
         if r.value is None or r.status != "kept":
             return
         claim = PeerClaim(r.exp_id, r.commit, r.peer, r.value, r.seed, run.received_at or time.time(),
-                          first=self.first_announcer(r.exp_id) in (None, r.peer))
+                          first=self.first_announcer(r.exp_id, r.peer) == r.peer)
         ignore = self.state.on_peer_result(claim, ok, reason, r.status)
         if isinstance(ignore, Ignore) and "refuted too often" in ignore.reason:
             self.stats["ignored_peer_results"] += 1
@@ -180,14 +189,14 @@ class SwarmCoordinator:
         if self.ctx.ledger.add_peer_run(run, r.canonical_bytes(), msg.signature, msg.public_key):
             confirmed = r.status == "confirmed" and r.value is not None and msg.claimed_value is not None and (
                 abs(r.value - msg.claimed_value) <= self.state.policy.tol)
-            self.state.on_peer_verification(r.exp_id, r.peer, msg.target_peer, confirmed)
+            self.state.on_peer_verification(r.exp_id, r.peer, msg.target_peer, confirmed, msg.claimed_value)
 
     # --- dedup --------------------------------------------------------------------------------------
     def note_heard(self, peer: str) -> None:
-        now = time.time()
-        self.heard[peer] = now
-        if len(self.heard) > 10_000:  # keys are free: forget the silent ones
-            self.heard = {p: t for p, t in self.heard.items() if now - t < OWNER_MEMORY_S}
+        self.heard[peer] = time.time()
+        self.heard.move_to_end(peer)
+        if len(self.heard) > 10_000:  # keys are free: the least recently heard go first
+            self.heard.popitem(last=False)
 
     def owns(self, exp_id: str) -> bool:
         """Whether this node is the owner of `exp_id` among the nodes heard from recently: the one ranked

@@ -68,7 +68,7 @@ class Intake:
         self.stats["rejected"] += 1
         self.stats["rejected_by"][category] += 1
         kind = type(inc.message).__name__
-        self._rlog.log(logging.WARNING, f"{kind}:{inc.from_peer}:{reason[:24]}", "rejected %s from %s: %s", kind,
+        self._rlog.log(logging.WARNING, f"{kind}:{inc.from_peer}:{category}", "rejected %s from %s: %s", kind,
                        inc.from_peer[:16], reason)
 
     async def handle(self, inc: Incoming, nursery: trio.Nursery | PeerTasks) -> None:

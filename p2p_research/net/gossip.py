@@ -37,7 +37,8 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..wire import BoardPost, Bundle, Claim, Message, Result, Verification, WireError, check_result, decode
 from ..wire.messages import MAX_BUNDLE
 from . import rpc_cost
-from .peerscore import ForwarderScores
+from .framing import reset_quietly
+from .peerscore import BUDGET_REASONS, ForwarderScores
 from .ratelimit import PerPeerRateLimiter, RateLimitedLog
 from .streams import StreamGuard, StreamLimits
 
@@ -143,8 +144,15 @@ class Gossip:
 
     # --- validation (runs inside libp2p's read loop: synchronous, never raises) --------------------
 
-    def _reject(self, reason: str, source: str, detail: str, forwarder: str = "") -> bool:
+    def _reject(self, reason: str, source: str, detail: str, forwarder: str = "", msg: Any = None) -> bool:
         self.stats["rejected"][reason] += 1
+        if reason in BUDGET_REASONS and msg is not None and self._nursery is not None:
+            # libp2p caches every verdict for 5 minutes by message id: an over-budget verdict must not
+            # make this node refuse the same message from an honest relay later
+            try:
+                self._nursery.start_soon(self._forget_verdict, self.pubsub._msg_id_constructor(msg))
+            except Exception as e:  # noqa: BLE001 - best effort; the message is then lost on this path only
+                log.debug("could not forget a verdict: %r", e)
         via = f" via {forwarder[:20]}" if forwarder and forwarder != source else ""
         self._rlog.log(logging.WARNING, f"{reason}:{source}", "rejected gossip from %s%s: %s (%s)", source, via,
                        reason, detail)
@@ -153,6 +161,16 @@ class Gossip:
             if ban is not None and self._nursery is not None:
                 self._nursery.start_soon(self._ban, forwarder, ban, reason)
         return False
+
+    async def _forget_verdict(self, msg_id: bytes) -> None:
+        await trio.lowlevel.checkpoint()  # libp2p stores the verdict right after the validator returns
+        try:
+            self.pubsub.validation_cache._remove(msg_id)
+            order = self.pubsub.validation_cache.access_order
+            if msg_id in order:
+                order.remove(msg_id)
+        except Exception as e:  # noqa: BLE001 - another libp2p version: say it once in debug
+            log.debug("validation cache not cleared: %r", e)
 
     def is_banned(self, peer: str) -> bool:
         return self.scores.banned(peer, time.monotonic())
@@ -205,12 +223,12 @@ class Gossip:
                     # the connection's budgets first: keys cost nothing, connections do
                     if not self._fwd_limiter.allow(fwd):
                         return self._reject("forwarder_rate_limited", src, f"connection over "
-                                            f"{self._fwd_limiter.rate}/s", fwd)
+                                            f"{self._fwd_limiter.rate}/s", fwd, msg)
                     if self._introduces(src) and not self._new_orig_limiter.allow(fwd):
                         return self._reject("new_originators", src, f"connection introduced over "
-                                            f"{NEW_ORIGINATORS_PER_S}/s new keys", fwd)
+                                            f"{NEW_ORIGINATORS_PER_S}/s new keys", fwd, msg)
                 if not self._limiter.allow(src):
-                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s", fwd)
+                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s", fwd, msg)
                 try:
                     m = decode(msg.data)
                 except WireError as e:
@@ -218,7 +236,7 @@ class Gossip:
                     return self._reject(reason, src, e.reason, fwd)
                 inner = m.messages if isinstance(m, Bundle) else (m,)
                 if not all(self._limiter.allow(src) for _ in inner[1:]):  # one token per bundled message
-                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s", fwd)
+                    return self._reject("rate_limited", src, f"over {self._limiter.rate}/s", fwd, msg)
                 if not isinstance(m, allowed):
                     return self._reject("wrong_topic", src, f"{m.TYPE} on {topic}", fwd)
                 for one in inner:
@@ -309,14 +327,17 @@ class Gossip:
         escape, which took the whole host down. Registered behind the stream guard (its boundary logs
         the fault and resets the stream); here the peer is also forgotten by pubsub and scored."""
         peer = stream.muxed_conn.peer_id
-        if self.pubsub.is_peer_blacklisted(peer):
-            raise ConnectionRefusedError("banned peer")
+        if self.pubsub.is_peer_blacklisted(peer) or self.is_banned(peer.to_base58()):
+            await reset_quietly(stream, grace=0.5)
+            return
         try:
             await self.pubsub.stream_handler(stream)
-        except Exception:
-            self.stats["rejected"]["malformed_rpc"] += 1
+        except Exception as e:
             self._handle_dead_peer(peer)
-            ban = self.scores.penalize(peer.to_base58(), "malformed", time.monotonic())
+            if not _is_decode_error(e):
+                raise  # a stream error of a departing peer; the guard decides whether it is a fault
+            self.stats["rejected"]["malformed_rpc"] += 1
+            ban = self.scores.penalize(peer.to_base58(), "malformed_rpc", time.monotonic())
             if ban is not None and self._nursery is not None:
                 self._nursery.start_soon(self._ban, peer.to_base58(), ban, "malformed_rpc")
             raise
@@ -440,6 +461,15 @@ async def open_gossip(
                         except Exception as e:  # noqa: BLE001
                             log.debug("outbox not flushed at shutdown: %s", e)
                 nursery.cancel_scope.cancel()
+
+
+def _is_decode_error(e: BaseException) -> bool:
+    """A protobuf or varint parse error: the peer sent bytes that are not a pubsub RPC."""
+    from google.protobuf.message import DecodeError
+
+    if isinstance(e, BaseExceptionGroup):
+        return any(_is_decode_error(x) for x in e.exceptions)
+    return isinstance(e, DecodeError) or type(e).__name__ in ("ParseError", "MessageTooLarge")
 
 
 def _groups(batch: list[tuple[Message, bytes]]) -> list[list[tuple[Message, bytes]]]:

@@ -141,6 +141,8 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
             stats=stats, on_received_from=peers.note_message_from, batch_wait_s=cfg.batch_wait_s,
             streams=streams,
         ) as gossip:  # fmt: skip
+            streams.is_banned = gossip.is_banned  # a banned peer is refused on every protocol, not only pubsub
+            peers.is_banned = gossip.is_banned
             async with trio.open_nursery() as nursery:
                 dht = None
                 if cfg.dht:  # before peers.run: the KAD handler must exist when identify runs

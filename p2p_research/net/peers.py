@@ -77,6 +77,7 @@ class PeerManager:
     _msg_counts: dict[str, int] = field(default_factory=dict)
     _px_backoff: dict[str, float] = field(default_factory=dict)  # peer -> trio time before asking again
     streams: StreamGuard | None = None  # registers our handlers behind slots, deadlines and a boundary
+    is_banned: Any = field(default=lambda peer: False)  # peer id -> bool: not dialed while banned
 
     def __post_init__(self) -> None:
         self.my_id = self.host.get_id()
@@ -144,6 +145,8 @@ class PeerManager:
             task_status.started()
 
     async def _dial(self, info: PeerInfo) -> None:
+        if self.is_banned(info.peer_id.to_base58()):
+            raise ConnectionRefusedError("the peer is banned for a while (it kept sending rejected gossip)")
         with trio.fail_after(DIAL_TIMEOUT):
             await self.host.connect(info)
 

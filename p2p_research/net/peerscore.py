@@ -18,15 +18,19 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-#: weights of one rejected message, by the reason it was rejected
+#: weights of one rejected message, by the reason it was rejected. Only invalid content scores: an honest
+#: relay validates with the same rules and never forwards it. Messages over a budget (per originator,
+#: per connection, new keys per connection) cost nothing here: an honest relay forwards whatever its
+#: own budgets allow (it may serve several attackers' connections at once), so scoring them would let
+#: an attacker get honest relays banned. Over-budget messages are only dropped, and forgotten by
+#: pubsub's validation cache so that another relay's copy is judged afresh. Messages of an older wire
+#: version cost nothing either: nodes not yet upgraded are not hostile.
 WEIGHTS: dict[str, float] = {
     "malformed": 1.0, "bad_signature": 1.0, "peer_mismatch": 1.0, "wrong_topic": 1.0, "validator_error": 1.0,
-    "forwarder_rate_limited": 1.0,
-    # an honest relay may forward a little over our own per-originator budget (its buckets and ours
-    # are not in step), and a node joining a large swarm hears many keys it does not know yet from
-    # each relay: these cost less, so that only a connection made of them gets banned
-    "new_originators": 0.25, "rate_limited": 0.1, "obsolete_version": 0.2,
+    "malformed_rpc": 5.0,
+    "forwarder_rate_limited": 0.0, "new_originators": 0.0, "rate_limited": 0.0, "obsolete_version": 0.0,
 }  # fmt: skip
+BUDGET_REASONS = frozenset({"forwarder_rate_limited", "new_originators", "rate_limited"})
 
 
 @dataclass
@@ -52,11 +56,9 @@ class ForwarderScores:
         if s is None:
             s = self._scores[peer] = _Score(0.0, now)
             if len(self._scores) > self.max_peers:
-                # forget the least recently scored peer that is not banned
-                for key, old in self._scores.items():
-                    if old.banned_until <= now:
-                        del self._scores[key]
-                        break
+                # forget the least recently scored peer that is not banned (the oldest ban when all are)
+                victim = next((k for k, old in self._scores.items() if old.banned_until <= now), None)
+                del self._scores[victim if victim is not None else next(iter(self._scores))]
         else:
             self._scores.move_to_end(peer)
         s.value *= math.exp(-self.decay * max(0.0, now - s.updated))
@@ -69,10 +71,13 @@ class ForwarderScores:
     def penalize(self, peer: str, reason: str, now: float) -> float | None:
         """Count one rejected message; returns the ban's length in seconds when this one crosses the
         threshold (the caller disconnects), else None."""
+        weight = WEIGHTS.get(reason, 1.0)
+        if weight <= 0:
+            return None
         s = self._get(peer, now)
         if s.banned_until > now:
             return None  # already banned; the caller has acted
-        s.value += WEIGHTS.get(reason, 1.0)
+        s.value += weight
         if s.value < self.threshold:
             return None
         length = min(self.max_ban_s, self.ban_s * 2**s.bans)

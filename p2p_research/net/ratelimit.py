@@ -76,7 +76,8 @@ class RateLimitedLog:
             return
         self._last[key] = now
         n = self._suppressed.pop(key, 0)
-        if len(self._last) > 10_000:  # bound memory under many keys
+        if len(self._last) > 10_000 or len(self._suppressed) > 10_000:  # bound memory under many keys
             self._last.clear()
+            self._suppressed.clear()
         suffix = f" ({n} similar suppressed)" if n else ""
         self.logger.log(level, msg + suffix, *args)

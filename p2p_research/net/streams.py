@@ -60,6 +60,9 @@ class StreamGuard:
         self.stats = stats
         stats.setdefault("streams_refused", Counter())
         stats.setdefault("streams_timed_out", Counter())
+        stats.setdefault("stream_errors", Counter())
+        #: peers whose streams are refused outright (gossip's bans); set by the network
+        self.is_banned: Callable[[str], bool] = lambda peer: False
         self._open: dict[str, Counter[str]] = {}
         self._total: Counter[str] = Counter()
         self._rlog = RateLimitedLog(log, interval=30.0)
@@ -81,6 +84,10 @@ class StreamGuard:
 
         async def guarded(stream: INetStream) -> None:
             peer = remote_peer(stream)
+            if self.is_banned(peer):
+                self.stats["streams_refused"][protocol] += 1
+                await reset_quietly(stream, grace=0.5)
+                return
             if self._total[protocol] >= limits.total or open_by_peer[peer] >= limits.per_peer:
                 self.stats["streams_refused"][protocol] += 1
                 self._rlog.log(logging.INFO, f"{protocol}:{peer}", "refused a %s stream from %s: %d open of %d "
@@ -101,6 +108,9 @@ class StreamGuard:
             except Exception as e:  # noqa: BLE001 - the boundary of this peer's stream
                 if strip_benign_teardown(e) is None:  # libp2p's own nurseries closing as the node stops
                     log.debug("%s stream of %s ended with the host: %r", protocol, peer[:20], e)
+                elif _is_stream_error(e):  # the peer went away or broke the stream: its loss, no bug of ours
+                    self.stats["stream_errors"][protocol] += 1
+                    log.debug("%s stream of %s failed: %r", protocol, peer[:20], e)
                 else:
                     self.faults.record(peer, protocol, e)
                 await reset_quietly(stream, grace=0.5)
@@ -113,6 +123,16 @@ class StreamGuard:
         guarded.__qualname__ = f"guarded[{protocol}]"
         guarded._p2p_guarded = True  # type: ignore[attr-defined]
         return guarded
+
+
+def _is_stream_error(e: BaseException) -> bool:
+    from libp2p.io.exceptions import IOException
+    from libp2p.stream_muxer.exceptions import MuxedStreamError
+
+    if isinstance(e, BaseExceptionGroup):
+        return all(_is_stream_error(x) for x in e.exceptions)
+    return isinstance(e, (IOException, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError,
+                          ConnectionError, EOFError))
 
 
 def is_guarded(handler: Any) -> bool:

@@ -58,6 +58,13 @@ class Reputation:
 
 
 @dataclass(frozen=True)
+class Vote:
+    claimant: str
+    claimed_value: float | None
+    confirmed: bool
+
+
+@dataclass(frozen=True)
 class PeerClaim:
     """A peer's kept result that may become the baseline."""
 
@@ -115,8 +122,9 @@ class SwarmState:
     candidates: dict[tuple[str, str], PeerClaim] = field(default_factory=dict)  # (exp_id, peer)
     settled: set[str] = field(default_factory=set)     # exp ids already verified, adopted or dismissed
     confirmed: dict[str, tuple[PeerClaim, float]] = field(default_factory=dict)  # re-run OK, not adopted
-    peers: set[str] = field(default_factory=set)       # peers heard from (results, verifications)
-    evidence: dict[str, dict[str, bool]] = field(default_factory=dict)  # exp id -> verifier -> confirmed?
+    peers: dict[str, None] = field(default_factory=dict)  # peers heard from, least recently first
+    # exp id -> verifier -> its signed vote: (whose claim it re-ran, the value that claimed, confirmed?)
+    evidence: dict[str, dict[str, Vote]] = field(default_factory=dict)
 
     def rep(self, peer: str) -> Reputation:
         return self.reputation.setdefault(peer, Reputation())
@@ -145,40 +153,54 @@ class SwarmState:
         h = hashlib.sha256(f"{self.policy.self_peer}:{exp_id}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2**64
 
-    def on_peer_verification(self, exp_id: str, verifier: str, claimant: str, confirmed: bool) -> None:
-        """Another node re-ran `exp_id`: replicated evidence (BOINC's quorum). The claimant's word about
-        its own result never counts; other votes are kept and weigh only once their verifier vouches."""
+    def on_peer_verification(self, exp_id: str, verifier: str, claimant: str, confirmed: bool,
+                             claimed_value: float | None = None) -> None:
+        """Another node re-ran `claimant`'s claim of `claimed_value` for `exp_id`: replicated evidence
+        (BOINC's quorum). A vote is about that claim only (all three are signed by the verifier): it never
+        counts for another peer's claim on the same experiment or another value. The claimant's word
+        about its own result never counts; other votes are kept and weigh only once their verifier vouches."""
         if verifier in (claimant, self.policy.self_peer):
             return
+        vote = Vote(claimant, claimed_value, confirmed)
         votes = self.evidence.setdefault(exp_id, {})
         if verifier not in votes and len(votes) >= MAX_VOTES:  # a flood of sybil votes cannot grow memory
             junk = next((v for v in votes if not self.vouches(v)), None)
             if junk is None or not self.vouches(verifier):
                 return
             del votes[junk]  # ... nor crowd out the vote of a peer that earned it
-        votes[verifier] = confirmed
+        votes[verifier] = vote
         while len(self.evidence) > MAX_CANDIDATES:
             del self.evidence[next(iter(self.evidence))]
 
     def note_peer(self, peer: str) -> None:
-        if peer != self.policy.self_peer and (peer in self.peers or len(self.peers) < MAX_PEERS):
-            self.peers.add(peer)
+        if peer == self.policy.self_peer:
+            return
+        self.peers.pop(peer, None)
+        self.peers[peer] = None  # most recently heard last
+        if len(self.peers) > MAX_PEERS:  # keys are free: the least recently heard go first
+            del self.peers[next(iter(self.peers))]
 
     def designated(self, claim: PeerClaim) -> bool:
         """Whether this node is one of the `replicas` nodes that re-run `claim` at once."""
         if self.policy.replicas <= 0:
             return True
-        pool = {p for p in self.peers | {self.policy.self_peer} if p != claim.peer and not self.ignored(p)}
+        pool = {p for p in [*self.peers, self.policy.self_peer] if p != claim.peer and not self.ignored(p)}
         return self.policy.self_peer in rendezvous_order(claim.exp_id, pool)[: self.policy.replicas]
+
+    def votes_on(self, claim: PeerClaim) -> dict[str, bool]:
+        """Votes that count for this claim: by vouchers, about this claimant's claim of (within the
+        tolerance) this value."""
+        tol = self.policy.tol
+        return {v: vote.confirmed for v, vote in self.evidence.get(claim.exp_id, {}).items()
+                if v != claim.peer and vote.claimant == claim.peer and self.vouches(v)
+                and (vote.claimed_value is None or abs(vote.claimed_value - claim.value) <= tol)}
 
     def refuted_by_voucher(self, claim: PeerClaim) -> bool:
         """A peer whose votes count here refuted it: never adopted on the claimant's streak alone."""
-        return self.policy.verification != "never" and any(
-            ok is False and v != claim.peer and self.vouches(v) for v, ok in self.evidence.get(claim.exp_id, {}).items())
+        return self.policy.verification != "never" and any(ok is False for ok in self.votes_on(claim).values())
 
     def quorum_met(self, claim: PeerClaim) -> bool:
-        votes = {v: ok for v, ok in self.evidence.get(claim.exp_id, {}).items()
-                 if v != claim.peer and self.vouches(v)}
+        votes = self.votes_on(claim)
         return not any(ok is False for ok in votes.values()) and sum(votes.values()) >= self.policy.quorum
 
     # --- events -----------------------------------------------------------------------------------
@@ -249,7 +271,7 @@ class SwarmState:
             del self.candidates[key]
         self.settled.add(best.exp_id)
         if self.policy.verification == "adaptive" and self.policy.quorum > 0 and self.quorum_met(best):
-            n = sum(ok for v, ok in self.evidence[best.exp_id].items() if self.vouches(v))
+            n = sum(self.votes_on(best).values())
             return Adopt(best, best.value, f"adopted from {best.peer[:16]}: confirmed by {n} other nodes' re-runs")
         if self._coin(best.exp_id) < self.verify_probability(best.peer) or self.refuted_by_voucher(best) or (
                 self.policy.verification == "adaptive" and now is not None and self.designated(best)):

@@ -15,6 +15,7 @@ from p2p_research.research.constants import constants_only_change
 from p2p_research.research.workspace import Workspace, WorkspaceError
 
 EDITABLE = "train.py"
+REGULAR_FILE = 0o100644  # the only mode in a target's tree (Workspace.create writes flat regular files)
 MAX_LINEAGE = 10_000
 
 
@@ -59,6 +60,10 @@ def check_lineage(ws: Workspace, commit: str, accepted: set[str], policy: TrustP
         for c in reversed(steps):
             parent = ws.parent_of(c)
             assert parent is not None
+            odd = {n: m for n, m in ws.tree_modes(c).items() if m != REGULAR_FILE}
+            if odd:  # files_of sees regular files only: a subtree or symlink would pass unseen
+                name, mode = sorted(odd.items())[0]
+                return False, f"commit {c[:7]}: {name} is not a regular file (mode {mode:o}); the target is flat"
             ok, reason = check_change(ws.files_of(parent), ws.files_of(c), policy.trusts_code_from(peer))
             if not ok:
                 return False, f"commit {c[:7]}: {reason}"
