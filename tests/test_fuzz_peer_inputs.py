@@ -34,6 +34,7 @@ from typing import Any
 import msgpack
 import multiaddr
 import trio
+from adversary import adversary
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from libp2p import generate_new_ed25519_identity, new_host
@@ -43,9 +44,6 @@ from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
-from libp2p.pubsub.pubsub import Pubsub
-from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import decode_uvarint, encode_uvarint
 from net_helpers import blob, cfg, claim, pid_of, post, receipt, recv, result, wait_until
 
@@ -295,22 +293,17 @@ async def duel(object_source=None, *, pubsub: bool = False, **net_kw):
     source = object_source or (lambda oid: None)
     config = cfg(rate_limit_per_s=1e6, rate_burst=10**6, batch_wait_s=0, **net_kw)
     async with open_network(config, source) as net:
+        if pubsub:  # the adversary host of tests/adversary.py
+            async with adversary(KP) as adv:
+                await _connect(adv.host, net)
+                yield net, adv.host, adv.ps
+                assert_alive(net)
+            return
         host = new_host(key_pair=KP)
         async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             try:
-                ps = None
-                if pubsub:
-                    router = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID], degree=6,
-                                       degree_low=4, degree_high=12, heartbeat_interval=1,
-                                       spam_protection_enabled=False)  # fmt: skip
-                    ps = Pubsub(host, router)
-                    async with background_trio_service(ps), background_trio_service(router):
-                        await ps.wait_until_ready()
-                        await _connect(host, net)
-                        yield net, host, ps
-                else:
-                    await _connect(host, net)
-                    yield net, host, ps
+                await _connect(host, net)
+                yield net, host, None
                 assert_alive(net)
             finally:
                 await host.close()
@@ -1032,7 +1025,7 @@ def dht_put_oracle(data: bytes, store: dict[bytes, bytes]) -> str:
         return "refused"
     try:
         key_str = key.decode("utf-8")
-        decode_record(value, exp_id_of_key(key_str))
+        ExpValidator().validate(key_str, value)  # the record's checks, and dated at most 5 min ahead
     except (UnicodeDecodeError, ValueError):  # WireError is a ValueError
         return "refused"
     old = store.get(key)
