@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 import msgpack
 import multiaddr
 import trio
-from libp2p import generate_new_ed25519_identity, new_host
+from adversary import adversary
+from libp2p import generate_new_ed25519_identity
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
-from libp2p.pubsub.pubsub import Pubsub
-from libp2p.tools.anyio_service import background_trio_service
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12
 from net_helpers import cfg, claim, pid_of, post, recv, result
 
 from p2p_research.net import open_network, topic_names
@@ -22,17 +21,9 @@ from p2p_research.wire import Result, sign_receipt
 
 @asynccontextmanager
 async def raw_peer(kp):
-    host = new_host(key_pair=kp)
-    router = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID], degree=6, degree_low=4,
-                       degree_high=12, heartbeat_interval=1, spam_protection_enabled=False)  # fmt: skip
-    ps = Pubsub(host, router)
-    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-        try:
-            async with background_trio_service(ps), background_trio_service(router):
-                await ps.wait_until_ready()
-                yield host, ps
-        finally:
-            await host.close()
+    """(host, pubsub) of a raw libp2p peer: the adversary host of tests/adversary.py."""
+    async with adversary(kp) as adv:
+        yield adv.host, adv.ps
 
 
 async def _join(ps, host, net):

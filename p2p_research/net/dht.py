@@ -204,9 +204,7 @@ class ExperimentDHT:
         """
         kad = self.kad
         if streams is None:
-            from .boundary import Faults
-
-            streams = StreamGuard(self.host, Faults(), {})
+            streams = StreamGuard.standalone(self.host)
         serve_one = getattr(kad, "_do_handle_stream", None)
         if serve_one is None:  # another libp2p version: keep its handler, say so once
             log.warning("libp2p %s has no KadDHT._do_handle_stream: the DHT server runs unguarded",

@@ -122,9 +122,7 @@ class Gossip:
         self.pubsub = Pubsub(host, self.router, allowed_topics=set(self.topic_types))
         self.stats = stats
         if streams is None:
-            from .boundary import Faults
-
-            streams = StreamGuard(host, Faults(stats.setdefault("faults", Counter())), stats)
+            streams = StreamGuard.standalone(host, stats)
         for protocol in self.router.get_protocols():
             streams.register(protocol, self._pubsub_stream, PUBSUB_LIMITS)
         self._incoming = incoming

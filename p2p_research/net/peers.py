@@ -21,7 +21,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from .boundary import Faults
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
 from .host import full_addrs, parse_peer_addr, peerstore_addrs
 from .identity import short_name
@@ -132,7 +131,7 @@ class PeerManager:
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """All peer-management tasks; cancel the enclosing scope to stop them."""
         if self.streams is None:
-            self.streams = StreamGuard(self.host, Faults(), {})
+            self.streams = StreamGuard.standalone(self.host)
         self.streams.register(PEERS_PROTOCOL, self._handle_exchange, StreamLimits(per_peer=1, total=32,
                                                                                   deadline_s=EXCHANGE_TIMEOUT + 2))
         self.streams.register(PING_PROTOCOL, self._handle_ping, StreamLimits(per_peer=1, total=64, deadline_s=7.0))

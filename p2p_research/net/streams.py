@@ -68,6 +68,13 @@ class StreamGuard:
         self._rlog = RateLimitedLog(log, interval=30.0)
         self.protocols: dict[str, StreamLimits] = {}
 
+    @classmethod
+    def standalone(cls, host: IHost, stats: dict[str, Any] | None = None) -> StreamGuard:
+        """A guard of its own, for a part (gossip, peers, DHT) started without a network's shared one:
+        its handlers are guarded all the same, with faults counted in `stats`."""
+        stats = {} if stats is None else stats
+        return cls(host, Faults(stats.setdefault("faults", Counter())), stats)
+
     def busy(self, protocol: str, peer: str | None = None) -> int:
         """Streams of `protocol` open now (of `peer`, when given)."""
         return self._open.get(protocol, Counter())[peer] if peer is not None else self._total[protocol]

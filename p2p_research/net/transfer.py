@@ -22,7 +22,7 @@ from libp2p.peer.id import ID
 from ..wire import GitObject, git_object_id
 from ..wire.messages import GIT_KINDS
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small, write_all
-from .streams import StreamLimits
+from .streams import StreamLimits, remote_peer
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +98,11 @@ class ObjectServer:
                     self.served += 1
             await stream.close()
         except (FrameError, trio.TooSlowError) as e:
-            log.info("objects request from %s refused: %s", _remote(stream), e)
+            log.info("objects request from %s refused: %s", remote_peer(stream), e)
             await reset_quietly(stream, grace=2.0)
         except Exception as e:  # stream errors from a vanished peer
-            log.info("objects request from %s failed: %r", _remote(stream), e)
+            log.info("objects request from %s failed: %r", remote_peer(stream), e)
             await reset_quietly(stream, grace=2.0)
-
-
-def _remote(stream: INetStream) -> str:
-    try:
-        return stream.muxed_conn.peer_id.to_base58()
-    except Exception:
-        return "?"
 
 
 async def fetch_objects(
