@@ -64,12 +64,14 @@ class Intake:
             await contained(self.faults, inc.from_peer, "intake", self.handle, inc, tasks)
 
     def reject(self, inc: Incoming, reason: str, category: str) -> None:
+        self.refuse(inc.from_peer, type(inc.message).__name__, reason, category)
+
+    def refuse(self, peer: str, what: str, reason: str, category: str) -> None:
         """Count (by category, shown in `status`) and log (rate-limited, with the peer) a refusal."""
         self.stats["rejected"] += 1
         self.stats["rejected_by"][category] += 1
-        kind = type(inc.message).__name__
-        self._rlog.log(logging.WARNING, f"{kind}:{inc.from_peer}:{category}", "rejected %s from %s: %s", kind,
-                       inc.from_peer[:16], reason)
+        self._rlog.log(logging.WARNING, f"{what}:{peer}:{category}", "rejected %s from %s: %s", what, peer[:16],
+                       reason)
 
     async def handle(self, inc: Incoming, nursery: trio.Nursery | PeerTasks) -> None:
         msg = inc.message
@@ -151,10 +153,7 @@ class Intake:
                 try:
                     ws.write_objects([RawObject(o.oid, o.kind, o.data) for o in objs])
                 except WorkspaceError as e:  # the peer served objects that do not parse: nothing written
-                    self.stats["rejected"] += 1
-                    self.stats["rejected_by"]["bad_objects"] += 1
-                    self._rlog.log(logging.WARNING, f"objects:{source}", "rejected objects served by %s: %s",
-                                   source[:16], e)
+                    self.refuse(source, "objects", str(e), "bad_objects")
                     raise
                 self.stats["fetched_objects"] += len(objs)
                 lacking = [w for w in wanted if w not in got]

@@ -5,8 +5,9 @@ Safety rules (each measured in LIBP2P_NOTES.md):
   validator replace it, per originator key (who signed) *and* per forwarder (the connection that
   delivered it, which also gets a budget of originators it may introduce: keys cost nothing, so a
   connection publishing under a fresh key per message is still one connection);
-- every rejection costs the forwarder score (:mod:`.peerscore`); a connection that keeps sending junk
-  is disconnected, blacklisted in pubsub and not dialed again for a doubling backoff;
+- invalid content costs the forwarder score (:mod:`.peerscore`; over-budget messages are only dropped,
+  and their verdict leaves libp2p's validation cache); a connection that keeps sending junk is
+  disconnected, blacklisted in pubsub, refused on every protocol and not dialed for a doubling backoff;
 - subscription queues hold 32 messages and drop silently: a task per topic drains them into our
   own large channel at once;
 - gossip replays recent messages after a reconnect: a seen-set of message hashes makes delivery
@@ -155,10 +156,14 @@ class Gossip:
         self._rlog.log(logging.WARNING, f"{reason}:{source}", "rejected gossip from %s%s: %s (%s)", source, via,
                        reason, detail)
         if forwarder and forwarder != self.my_id.to_base58():
-            ban = self.scores.penalize(forwarder, reason, time.monotonic())
-            if ban is not None and self._nursery is not None:
-                self._nursery.start_soon(self._ban, forwarder, ban, reason)
+            self._score(forwarder, reason)
         return False
+
+    def _score(self, peer: str, reason: str) -> None:
+        """Charge `peer` for one rejected message; ban it when that crosses the threshold."""
+        ban = self.scores.penalize(peer, reason, time.monotonic())
+        if ban is not None and self._nursery is not None:
+            self._nursery.start_soon(self._ban, peer, ban, reason)
 
     async def _forget_verdict(self, msg_id: bytes) -> None:
         await trio.lowlevel.checkpoint()  # libp2p stores the verdict right after the validator returns
@@ -335,9 +340,7 @@ class Gossip:
             if not _is_decode_error(e):
                 raise  # a stream error of a departing peer; the guard decides whether it is a fault
             self.stats["rejected"]["malformed_rpc"] += 1
-            ban = self.scores.penalize(peer.to_base58(), "malformed_rpc", time.monotonic())
-            if ban is not None and self._nursery is not None:
-                self._nursery.start_soon(self._ban, peer.to_base58(), ban, "malformed_rpc")
+            self._score(peer.to_base58(), "malformed_rpc")
             raise
 
     def _handle_dead_peer(self, peer: ID) -> None:
