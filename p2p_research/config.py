@@ -33,6 +33,7 @@ class ResearchSection:
     proposer_command: str = ""  # shell command run in the workspace for proposer = command
     proposer_timeout_s: float = 900.0
     margin: float = -1.0        # keep threshold in val_bpb; < 0 = from `noise` (2 sigma), else 0.002
+    train_command: str = ""     # how train.py runs: "" = this node's python; e.g. "uv run train.py", a target's interpreter
     run_timeout_s: float = 0.0  # 0 = automatic (from the baseline's duration)
     memory_limit_mb: int = 8192
     threads: int = 0            # torch threads in training; 0 = torch's default
@@ -106,6 +107,14 @@ class NodeConfig:
             raise ConfigError("verification: tolerance, quorum, replicas and defer_s must be >= 0, refuted_threshold >= 1")
         if v.vouch_after < 1:
             raise ConfigError("verification.vouch_after must be >= 1: a vote counts only from a peer this node verified")
+        if r.train_command.strip():
+            import shlex
+
+            try:
+                if not shlex.split(r.train_command):
+                    raise ValueError("empty")
+            except ValueError as e:
+                raise ConfigError(f"research.train_command is not a valid command line: {e}") from None
         if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
             raise ConfigError("research timeouts must be positive and threads >= 0")
         if self.trust.policy not in ("constants", "any"):

@@ -57,7 +57,10 @@ def test_rewrite_keeps_every_other_byte():
 
 @pytest.mark.parametrize("new, why", [
     ("A = 1\nB = 2\nprint('hi')\n", "changes code"),
-    ("A = 1\nB = 2 + 1\n", "changes"),
+    ("A = 1\nB = 2 + A\n", "changes"),
+    ("A = 1\nB = 2**10**10\n", "changes"),
+    ("A = 1\nB = len('ab')\n", "changes"),
+    ("A = 1\nB = (1, 2)\n", "kind"),
     ("A = 1\n", "changes"),
     ("A = 1\nB = 'two'\n", "kind"),
     ("A = 1\nB = float('nan')\n", "changes"),
@@ -82,3 +85,72 @@ def test_search_space_errors():
         parse_search_space("```toml search-space\n[X]\nkind = 'weird'\n```\n")
     with pytest.raises(SearchSpaceError):
         check_against(parse_search_space("```toml search-space\n[NOPE]\nkind = 'bool'\n```\n"), {"A": 1})
+
+
+AUTORESEARCH_BLOCK = """\
+ASPECT_RATIO = 64       # model_dim = depth * ASPECT_RATIO
+WINDOW_PATTERN = "SSSL" # sliding window pattern
+TOTAL_BATCH_SIZE = 2**19 # ~524K tokens per optimizer step
+EVAL_TOKENS = 40 * 524288
+ADAM_BETAS = (0.8, 0.95) # Adam beta1, beta2
+WARMUP_RATIO = 0.0
+MODEL_DIM = DEPTH * ASPECT_RATIO
+NEG = -1e-3
+"""
+
+
+def test_constant_expressions_are_constants_and_names_are_code():
+    c = read_constants(AUTORESEARCH_BLOCK)
+    assert c["TOTAL_BATCH_SIZE"] == 2**19 and c["EVAL_TOKENS"] == 40 * 524288
+    assert c["ADAM_BETAS"] == (0.8, 0.95) and c["NEG"] == -1e-3
+    assert "MODEL_DIM" not in c  # a name in it: code
+
+
+def test_rewrite_keeps_the_form_of_constant_expressions():
+    out = rewrite_constants(AUTORESEARCH_BLOCK, {"TOTAL_BATCH_SIZE": 2**20, "ADAM_BETAS": (0.9, 0.95),
+                                                 "EVAL_TOKENS": 41 * 524288})
+    assert "TOTAL_BATCH_SIZE = 2**20 # ~524K" in out
+    assert "ADAM_BETAS = (0.9, 0.95) # Adam" in out
+    assert "EVAL_TOKENS = 41 * 524288\n" in out
+    assert constants_only_change(AUTORESEARCH_BLOCK, out)[0]
+    # a value that does not fit the form is written as a literal
+    assert "TOTAL_BATCH_SIZE = 300000 #" in rewrite_constants(AUTORESEARCH_BLOCK, {"TOTAL_BATCH_SIZE": 300000})
+
+
+@pytest.mark.parametrize("new", [
+    "TOTAL_BATCH_SIZE = 524288", "TOTAL_BATCH_SIZE = 2 ** 20", "TOTAL_BATCH_SIZE = 4 * 2**18",
+    "ADAM_BETAS = (0.85, 0.99)", "EVAL_TOKENS = 20 * 524288",
+])
+def test_trust_accepts_changes_between_constant_expressions(new):
+    name = new.split(" = ")[0]
+    lines = [new if line.startswith(name + " ") else line for line in AUTORESEARCH_BLOCK.splitlines()]
+    ok, reason = constants_only_change(AUTORESEARCH_BLOCK, "\n".join(lines) + "\n")
+    assert ok, reason
+
+
+@pytest.mark.parametrize("new, why", [
+    ("ADAM_BETAS = (0.8, 0.95, 0.99)", "kind"),
+    ("ADAM_BETAS = 0.8", "kind"),
+    ("TOTAL_BATCH_SIZE = 2**ASPECT_RATIO", "code"),
+    ("WINDOW_PATTERN = 'S' * 4", "code"),          # arithmetic on strings is not a constant
+    ("TOTAL_BATCH_SIZE = 10**10**10", "code"),      # never evaluated: the exponent is bounded
+])
+def test_trust_rejects_code_and_kind_changes_in_constants(new, why):
+    name = new.split(" = ")[0]
+    lines = [new if line.startswith(name + " ") else line for line in AUTORESEARCH_BLOCK.splitlines()]
+    ok, reason = constants_only_change(AUTORESEARCH_BLOCK, "\n".join(lines) + "\n")
+    assert not ok and why in reason
+
+
+def test_hostile_expressions_are_bounded():
+    """Peers send train.py: evaluating its constants must stay cheap and never raise."""
+    deep = "A = " + "(" * 50 + "1" + ",)" * 50 + "\n"
+    chain = "A = " + " + ".join(["1"] * 50_000) + "\n"
+    for src in (deep, chain, "A = 9**9**9**9\n", "A = 2.0**5000\n", "A = 1/0\n", "A = (-8)**0.5\n",
+                "A = " + "[" * 30 + "]" * 30 + "\n"):
+        try:
+            read_constants(src)
+        except ConstantsError:
+            pass
+        ok, _ = constants_only_change("A = 1\n", src)
+        assert not ok

@@ -27,7 +27,10 @@ async def test_summary_parsed(tmp_path):
     ("raise ValueError('kaboom')", "kaboom"),
     ("import sys; print('loss is nan', file=sys.stderr); sys.exit(3)", "NaN"),
     ("print('no summary here')", "no summary"),
-    ("print('---'); print('val_bpb: nan')", "lacks"),
+    ("print('---'); print('val_bpb: nan')", "not finite"),
+    ("print('---'); print('training_seconds: 3.0')", "lacks val_bpb"),
+    # autoresearch's fast fail: FAIL at the end of the last \r step line, exit 1
+    ("import sys; print('\\rstep 00004 (1.0%) | loss: nan', end=''); print('FAIL'); sys.exit(1)", "loss diverged"),
     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "signal 9"),
 ])
 async def test_failures_have_reasons(tmp_path, code, reason):
@@ -55,3 +58,42 @@ async def test_cancel_kills_child(tmp_path):
     await trio.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+AUTORESEARCH_SUMMARY = """\
+print("---")
+print("val_bpb:          0.997900")
+print("training_seconds: 300.1")
+print("total_seconds:    325.9")
+print("peak_vram_mb:     45060.2")
+print("mfu_percent:      39.80")
+print("total_tokens_M:   499.6")
+print("num_steps:        953")
+print("num_params_M:     50.3")
+print("depth:            8")
+"""
+
+
+async def test_autoresearch_summary_is_read_under_its_own_names(tmp_path):
+    o = await _run(tmp_path, AUTORESEARCH_SUMMARY)
+    assert o.ok, o.reason
+    s = o.summary
+    assert s.val_bpb == 0.9979 and s.peak_memory_mb == 45060.2 and s.tokens == 499_600_000
+    assert s.num_params == 50_300_000 and s.num_steps == 953 and s.training_seconds == 300.1
+    assert s.metrics["mfu_percent"] == "39.80" and s.metrics["depth"] == "8"
+
+
+async def test_train_command_runs_under_the_targets_interpreter(tmp_path):
+    """A bare interpreter path gets train.py appended; the node's VIRTUAL_ENV is not passed on."""
+    import sys
+
+    from p2p_research.research.runner import train_argv
+
+    assert train_argv("") == [sys.executable, "train.py"]
+    assert train_argv("uv run train.py") == ["uv", "run", "train.py"]
+    assert train_argv("/opt/env/bin/python") == ["/opt/env/bin/python", "train.py"]
+    (tmp_path / "train.py").write_text("import os, sys\nprint(sys.argv, os.environ.get('VIRTUAL_ENV'))\n" + GOOD)
+    o = await run_training(tmp_path, {}, RunLimits(60, 1024), tmp_path / "run.log", command=train_argv(sys.executable))
+    assert o.ok and "['train.py'] None" in (tmp_path / "run.log").read_text()
+    o = await run_training(tmp_path, {}, RunLimits(60, 1024), tmp_path / "run.log", command=["/nonexistent/python", "train.py"])
+    assert not o.ok and "cannot start /nonexistent/python" in o.reason

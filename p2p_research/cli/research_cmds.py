@@ -86,25 +86,52 @@ async def watch_stop_signals(cancel_scope: trio.CancelScope) -> None:
             return
 
 
-async def render_progress(engine, console: Console) -> None:
-    """A live status line with a progress bar for the current run (estimated from past run times)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+class ResultLines:
+    """The result lines of an engine not printed yet (each experiment, adoption, skip: the last one too)."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.seen = 0
+
+    def take(self) -> list[str]:
+        p = self.progress
+        n = min(p.results - self.seen, len(p.recent))
+        self.seen = p.results
+        return list(p.recent)[len(p.recent) - n:] if n > 0 else []
+
+
+def progress_label(p, now: float | None = None) -> str:
+    """`training | LEARNING_RATE 0.002 -> 0.004 | 41 s / 300 s | best 0.991234 | 12 done, 3 kept`."""
+    now = now or time.time()
+    phase = {"baseline": "measuring the baseline", "training": "training", "proposing": "proposing"}.get(p.phase, p.phase)
+    parts = [phase]
+    if p.phase in ("baseline", "training"):
+        parts.append((p.description or p.exp_id[:10])[:60])
+        if p.budget_seconds:
+            parts.append(f"{now - p.started_at:.0f} s / {p.budget_seconds:g} s budget")
+        else:
+            expected = f" / ~{p.expected_seconds:.0f} s" if p.expected_seconds else ""
+            parts.append(f"{now - p.started_at:.0f} s{expected}")
+    best = "-" if p.best_value is None else f"{p.best_value:.6f}"
+    parts.append(f"best {best}")
+    parts.append(f"{p.experiments_done} done, {p.kept} kept")
+    return " | ".join(parts)
+
+
+async def render_progress(engine, console: Console, lines: ResultLines) -> None:
+    """A live line with a progress bar for the current run (elapsed against the budget, or against past
+    runs' durations) and every result printed above it as it comes."""
+    from rich.progress import BarColumn, Progress, TextColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+                  console=console, transient=True) as bar:
         task = bar.add_task("starting", total=1.0)
-        seen_done = 0
         while True:
             p = engine.progress
-            if p.experiments_done > seen_done:
-                seen_done = p.experiments_done
-                bar.console.print(f"[{seen_done}] {p.last_result}")
-            base = "-" if p.baseline_value is None else f"{p.baseline_value:.6f}"
-            label = {"baseline": "measuring baseline", "training": f"exp {p.exp_id[:10]}",
-                     "proposing": "proposing"}.get(p.phase, p.phase)
-            desc = f"{label} {p.description[:48]} | best {base} | done {p.experiments_done} kept {p.kept}"
+            for line in lines.take():
+                bar.console.print(f"[{p.experiments_done}] {line}", markup=False, highlight=False)
             frac = p.fraction()
-            bar.update(task, description=desc, completed=frac if frac is not None else 0.0)
+            bar.update(task, description=progress_label(p), completed=frac if frac is not None else 0.0)
             await trio.sleep(0.5)
 
 
@@ -156,10 +183,12 @@ def register(app: typer.Typer) -> None:
             console.print(f"node home {h.path} | protocol {ctx.protocol_id[:12]} | budget {ctx.budget.describe()} "
                           f"| margin {engine.margin:.6f} | proposer {cfg.research.proposer}")
 
+            lines = ResultLines(engine.progress)
+
             async def main() -> object:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(watch_stop_signals, nursery.cancel_scope)
-                    nursery.start_soon(render_progress, engine, console)
+                    nursery.start_soon(render_progress, engine, console, lines)
                     done = await engine.run(experiments)
                     nursery.cancel_scope.cancel()
                     return done
@@ -170,6 +199,8 @@ def register(app: typer.Typer) -> None:
                 done = trio.run(main)
             finally:
                 ctx.close()
+                for line in lines.take():  # the last results, which the live line may not have shown
+                    console.print(f"[{engine.progress.experiments_done}] {line}", markup=False, highlight=False)
             if done is None:
                 console.print(f"stopped after {engine.progress.experiments_done} experiments; the ledger is up to date")
                 raise typer.Exit(130)
@@ -206,7 +237,7 @@ def register(app: typer.Typer) -> None:
             async def main() -> dict | None:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(watch_stop_signals, nursery.cancel_scope)
-                    nursery.start_soon(render_progress, engine, console)
+                    nursery.start_soon(render_progress, engine, console, ResultLines(engine.progress))
                     record = await engine.measure_noise(repeats, each)
                     nursery.cancel_scope.cancel()
                     return record

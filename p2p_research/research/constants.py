@@ -1,6 +1,11 @@
 """The top-level constants of `train.py`, read and rewritten on the AST, never by regex.
 
-The same module answers the trust question "did this change alter anything but literal values of
+A constant is a top-level `UPPER_CASE = <constant expression>`: a literal (number, string, bool), a
+negated number, arithmetic on numbers (`2**19`, `40 * 524288`, `1 / 3`), or a tuple or list of those
+(`ADAM_BETAS = (0.8, 0.95)`). Anything with a name, a call or an attribute in it is code. Evaluation
+is bounded (depth, sizes, exponents), because the same code reads the train.py that peers send.
+
+The same module answers the trust question "did this change alter anything but the values of
 top-level constants?": both the built-in proposer (which must only make such changes) and the
 default trust policy for peers' changes rely on `constants_only_change`.
 """
@@ -9,43 +14,120 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
+import operator
 from dataclasses import dataclass
 
 Literal = int | float | str | bool
+Const = Literal | tuple  # a tuple/list constant is held as a tuple of its (possibly nested) values
+
+MAX_DEPTH = 8            # nesting of a constant expression
+MAX_ITEMS = 32           # elements of a tuple/list constant
+MAX_INT_BITS = 128       # |int| results (2**19 is fine; 10**10**9 is not evaluated)
+MAX_EXPONENT = 256
+MAX_STR = 1000
 
 
 class ConstantsError(ValueError):
-    """The source does not have the expected shape (does not parse, or a constant is not a literal)."""
+    """The source does not have the expected shape (does not parse, or a constant is not constant)."""
 
 
 def _is_constant_name(name: str) -> bool:
     return name.isupper() and name.replace("_", "").isalnum() and not name[0].isdigit()
 
 
-def _literal_value(node: ast.expr) -> tuple[bool, Literal | None]:
-    """A plain literal, including a negated number (`-1e-3` is a UnaryOp in the AST)."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool)):
-        return True, node.value
-    if (
-        isinstance(node, ast.UnaryOp)
-        and isinstance(node.op, (ast.USub, ast.UAdd))
-        and isinstance(node.operand, ast.Constant)
-        and isinstance(node.operand.value, (int, float))
-        and not isinstance(node.operand.value, bool)
-    ):
-        v = node.operand.value
-        return True, -v if isinstance(node.op, ast.USub) else v
-    return False, None
+class _NotConstant(Exception):
+    pass
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+
+
+def _number(v: object) -> int | float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _NotConstant
+    return v
+
+
+def _checked(v: int | float) -> int | float:
+    if isinstance(v, int) and v.bit_length() > MAX_INT_BITS:
+        raise _NotConstant
+    if isinstance(v, float) and not math.isfinite(v):
+        raise _NotConstant
+    return v
+
+
+def _eval(node: ast.expr, depth: int = 0) -> Const:
+    """The value of a constant expression; _NotConstant for anything else (names, calls, huge values)."""
+    if depth > MAX_DEPTH:
+        raise _NotConstant
+    if isinstance(node, ast.Constant):
+        v = node.value
+        if isinstance(v, bool) or isinstance(v, (int, float)):
+            return _checked(v)
+        if isinstance(v, str) and len(v) <= MAX_STR:
+            return v
+        raise _NotConstant
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _number(_eval(node.operand, depth + 1))
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a, b = _number(_eval(node.left, depth + 1)), _number(_eval(node.right, depth + 1))
+        if isinstance(node.op, ast.Pow) and (abs(b) > MAX_EXPONENT or (isinstance(a, int) and a.bit_length() * abs(b) > MAX_INT_BITS)):
+            raise _NotConstant
+        try:
+            out = _BINOPS[type(node.op)](a, b)
+        except (ArithmeticError, ValueError):
+            raise _NotConstant from None
+        if isinstance(out, complex):
+            raise _NotConstant
+        return _checked(out)
+    if isinstance(node, (ast.Tuple, ast.List)) and len(node.elts) <= MAX_ITEMS:
+        return tuple(_eval(e, depth + 1) for e in node.elts)
+    raise _NotConstant
+
+
+def constant_value(node: ast.expr) -> tuple[bool, Const | None]:
+    """(True, value) when `node` is a constant expression, else (False, None)."""
+    try:
+        return True, _eval(node)
+    except (_NotConstant, RecursionError):
+        return False, None
+
+
+@dataclass(frozen=True)
+class Form:
+    """How a constant is written, so a new value keeps its form where sensible (`2**19` -> `2**20`)."""
+
+    kind: str = "literal"             # literal | pow | mul | tuple | list
+    base: int = 0                     # pow: the literal base
+    factor: int | float = 0           # mul: the literal right-hand factor
+    items: tuple[Form, ...] = ()      # tuple | list: the form of each element
+
+
+def _form_of(node: ast.expr) -> Form:
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return Form("tuple" if isinstance(node, ast.Tuple) else "list", items=tuple(_form_of(e) for e in node.elts))
+    if isinstance(node, ast.BinOp) and isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant):
+        left, right = node.left.value, node.right.value
+        if isinstance(node.op, ast.Pow) and type(left) is int and type(right) is int and left >= 2:
+            return Form("pow", base=left)
+        if isinstance(node.op, ast.Mult) and type(right) in (int, float) and right not in (0, 0.0):
+            return Form("mul", factor=right)
+    return Form()
 
 
 @dataclass(frozen=True)
 class ConstantSite:
     name: str
-    value: Literal
+    value: Const
     lineno: int
     col: int
     end_lineno: int
     end_col: int
+    form: Form = Form()
+    text: str = ""                    # the expression as written
 
 
 def parse_source(source: str) -> ast.Module:
@@ -53,10 +135,20 @@ def parse_source(source: str) -> ast.Module:
         return ast.parse(source)
     except SyntaxError as e:
         raise ConstantsError(f"does not parse: {e.msg} (line {e.lineno})") from None
+    except (RecursionError, MemoryError, ValueError) as e:
+        raise ConstantsError(f"does not parse: {type(e).__name__}") from None
+
+
+def _target_name(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id, stmt.value
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+        return stmt.target.id, stmt.value
+    return None, None
 
 
 def constant_sites(source: str) -> dict[str, ConstantSite]:
-    """Top-level `NAME = literal` statements, by name (the last assignment wins, as in Python).
+    """Top-level `NAME = constant expression` statements, by name (the last assignment wins, as in Python).
 
     Cached by source text: the built-in proposer reads the same baseline many times per proposal
     (measured: 7% of a busy node's main thread was `ast.parse` of the same train.py)."""
@@ -67,24 +159,57 @@ def constant_sites(source: str) -> dict[str, ConstantSite]:
 def _constant_sites(source: str) -> dict[str, ConstantSite]:
     sites: dict[str, ConstantSite] = {}
     for stmt in parse_source(source).body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            name = stmt.targets[0].id
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            name = stmt.target.id
-        else:
+        name, v = _target_name(stmt)
+        if name is None or v is None or not _is_constant_name(name):
             continue
-        if not _is_constant_name(name):
-            continue
-        ok, value = _literal_value(stmt.value)
+        ok, value = constant_value(v)
         if not ok:
+            sites.pop(name, None)  # a later non-constant assignment shadows an earlier constant one
             continue
-        v = stmt.value
-        sites[name] = ConstantSite(name, value, v.lineno, v.col_offset, v.end_lineno or v.lineno, v.end_col_offset or 0)
+        sites[name] = ConstantSite(name, value, v.lineno, v.col_offset, v.end_lineno or v.lineno,  # type: ignore[arg-type]
+                                   v.end_col_offset or 0, _form_of(v), ast.get_source_segment(source, v) or "")
     return sites
 
 
-def read_constants(source: str) -> dict[str, Literal]:
+def read_constants(source: str) -> dict[str, Const]:
     return {name: site.value for name, site in constant_sites(source).items()}
+
+
+def flatten(constants: dict[str, Const]) -> dict[str, Literal]:
+    """Scalar view: `NAME` for scalars, `NAME[i]` for the elements of tuple/list constants (one level)."""
+    out: dict[str, Literal] = {}
+    for name, v in constants.items():
+        if isinstance(v, tuple):
+            for i, item in enumerate(v):
+                if not isinstance(item, tuple):
+                    out[f"{name}[{i}]"] = item
+        else:
+            out[name] = v
+    return out
+
+
+def split_key(key: str) -> tuple[str, int | None]:
+    """`NAME[1]` -> ("NAME", 1); `NAME` -> ("NAME", None)."""
+    if key.endswith("]") and "[" in key:
+        name, _, idx = key[:-1].partition("[")
+        if idx.isdigit():
+            return name, int(idx)
+    return key, None
+
+
+def apply_scalar_changes(constants: dict[str, Const], changes: dict[str, Literal]) -> dict[str, Const]:
+    """Whole-constant new values for scalar-view changes (`ADAM_BETAS[1]` -> the new tuple)."""
+    out: dict[str, Const] = {}
+    for key, value in changes.items():
+        name, idx = split_key(key)
+        if idx is None:
+            out[name] = value
+            continue
+        current = out.get(name, constants.get(name))
+        if not isinstance(current, tuple) or idx >= len(current):
+            raise ConstantsError(f"{key}: {name} is not a tuple or list constant with that element")
+        out[name] = current[:idx] + (value,) + current[idx + 1:]
+    return out
 
 
 def format_literal(value: Literal) -> str:
@@ -95,19 +220,48 @@ def format_literal(value: Literal) -> str:
     if value != value or value in (float("inf"), float("-inf")):
         raise ConstantsError(f"not a finite number: {value!r}")
     text = repr(float(value))
-    # Keep short decimal forms readable: 0.00030000000000000003 -> 3e-04 style via %g when exact enough.
+    # Keep short decimal forms readable: 0.00030000000000000003 -> 0.0003 when exact enough.
     short = f"{value:.6g}"
     if float(short) == value:
         text = short if ("." in short or "e" in short) else short + ".0"
     return text
 
 
-def rewrite_constants(source: str, changes: dict[str, Literal]) -> str:
-    """Replace the literal values of the named constants, keeping every other byte of the source."""
+def format_value(value: Const, form: Form = Form()) -> str:
+    """Source text for `value`, keeping `form` where the value fits it (a power of the same base, a
+    multiple of the same factor, a tuple stays a tuple)."""
+    if isinstance(value, tuple):
+        items = [format_value(v, form.items[i] if i < len(form.items) else Form()) for i, v in enumerate(value)]
+        if form.kind == "list":
+            return "[" + ", ".join(items) + "]"
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if form.kind == "pow" and type(value) is int and value >= 1:
+        k = round(math.log(value, form.base)) if value > 1 else 0
+        if form.base ** k == value:
+            return f"{form.base}**{k}"
+    if form.kind == "mul" and not isinstance(value, bool) and isinstance(value, (int, float)):
+        f = form.factor
+        if type(f) is int and type(value) is int and value % f == 0:
+            return f"{value // f} * {f}"
+        if isinstance(value, float):
+            q = round(value / f, 6)
+            if q * f == value:
+                return f"{format_literal(q)} * {format_literal(f)}"
+    return format_literal(value)  # type: ignore[arg-type]
+
+
+def describe_value(source: str, name: str, value: Const) -> str:
+    """How `value` reads when written for constant `name` of `source` (for descriptions)."""
+    site = constant_sites(source).get(name)
+    return format_value(value, site.form if site else Form())
+
+
+def rewrite_constants(source: str, changes: dict[str, Const]) -> str:
+    """Replace the values of the named constants, keeping their form and every other byte of the source."""
     sites = constant_sites(source)
     missing = sorted(set(changes) - set(sites))
     if missing:
-        raise ConstantsError(f"not top-level literal constants: {', '.join(missing)}")
+        raise ConstantsError(f"not top-level constants: {', '.join(missing)}")
     lines = source.splitlines(keepends=True)
     # Convert (line, col) to absolute offsets; ast columns are UTF-8 byte offsets.
     encoded = [line.encode() for line in lines]
@@ -120,68 +274,71 @@ def rewrite_constants(source: str, changes: dict[str, Literal]) -> str:
         s = sites[name]
         a = starts[s.lineno - 1] + s.col
         b = starts[s.end_lineno - 1] + s.end_col
-        edits.append((a, b, format_literal(value).encode()))
+        edits.append((a, b, format_value(value, s.form).encode()))
     for a, b, text in sorted(edits, reverse=True):
         data = data[:a] + text + data[b:]
     out = data.decode()
     got = read_constants(out)
     for name, value in changes.items():
-        if type(got[name]) is not type(value) and not (isinstance(value, float) and isinstance(got[name], float)):
-            raise ConstantsError(f"rewriting {name} changed its type")
+        if name not in got or _kind(got[name]) != _kind(value):
+            raise ConstantsError(f"rewriting {name} changed its kind")
     return out
 
 
-def _skeleton(tree: ast.Module) -> tuple[str, dict[str, Literal]]:
-    values: dict[str, Literal] = {}
+def _kind(v: Const) -> str:
+    if isinstance(v, tuple):
+        return "(" + ",".join(_kind(x) for x in v) + ")"
+    return "bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num"
+
+
+def _skeleton(tree: ast.Module) -> tuple[str, dict[str, Const]]:
+    values: dict[str, Const] = {}
     body = []
     for stmt in tree.body:
-        target = None
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            target = stmt.targets[0].id
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            target = stmt.target.id
-        if target is not None and _is_constant_name(target):
-            ok, value = _literal_value(stmt.value)  # type: ignore[arg-type]
+        target, v = _target_name(stmt)
+        if target is not None and v is not None and _is_constant_name(target):
+            ok, value = constant_value(v)
             if ok:
                 values[target] = value  # type: ignore[assignment]
                 if isinstance(stmt, ast.Assign):
                     stmt = ast.Assign(targets=stmt.targets, value=ast.Constant(value="<const>"))
-                else:
+                elif isinstance(stmt, ast.AnnAssign):
                     stmt = ast.AnnAssign(target=stmt.target, annotation=stmt.annotation,
                                          value=ast.Constant(value="<const>"), simple=stmt.simple)
+            else:
+                values.pop(target, None)
         body.append(stmt)
     return ast.dump(ast.Module(body=body, type_ignores=[]), include_attributes=False), values
 
 
 def constants_only_change(old: str, new: str) -> tuple[bool, str]:
-    """Whether `new` differs from `old` in nothing but literal values of top-level constants.
+    """Whether `new` differs from `old` in nothing but the values of top-level constants.
 
-    Returns (ok, reason). A literal may change value but not kind (an int stays a number, a str a str,
-    a bool a bool), so a change cannot, say, turn a learning rate into a string that breaks code.
+    Returns (ok, reason). A constant may change value and form (`2**19` -> `524288`) but not kind (a
+    number stays a number, a str a str, a bool a bool, a tuple a tuple of as many elements of the same
+    kinds), so a change cannot, say, turn a learning rate into a string that breaks code.
     """
     try:
         old_tree = parse_source(old)
         new_tree = parse_source(new)
+        old_skel, old_vals = _skeleton(old_tree)
+        new_skel, new_vals = _skeleton(new_tree)
     except ConstantsError as e:
         return False, f"train.py {e}"
-    old_skel, old_vals = _skeleton(old_tree)
-    new_skel, new_vals = _skeleton(new_tree)
+    except (RecursionError, MemoryError):
+        return False, "train.py is nested too deeply to check"
     if old_skel != new_skel:
-        return False, "train.py changes code, not only the literal values of top-level constants"
+        return False, "train.py changes code, not only the values of top-level constants"
     if set(old_vals) != set(new_vals):
         return False, "train.py changes which top-level constants exist"
     for name, v_old in old_vals.items():
-        v_new = new_vals[name]
-        kind_old = "bool" if isinstance(v_old, bool) else "str" if isinstance(v_old, str) else "num"
-        kind_new = "bool" if isinstance(v_new, bool) else "str" if isinstance(v_new, str) else "num"
-        if kind_old != kind_new:
-            return False, f"constant {name} changes kind ({kind_old} -> {kind_new})"
-        if isinstance(v_new, float) and (v_new != v_new or v_new in (float("inf"), float("-inf"))):
-            return False, f"constant {name} is not finite"
+        k_old, k_new = _kind(v_old), _kind(new_vals[name])
+        if k_old != k_new:
+            return False, f"constant {name} changes kind ({k_old} -> {k_new})"
     return True, "only constant values changed"
 
 
-def changed_constants(old: str, new: str) -> dict[str, tuple[Literal, Literal]]:
-    """name -> (old value, new value) for the constants whose literal differs."""
+def changed_constants(old: str, new: str) -> dict[str, tuple[Const, Const]]:
+    """name -> (old value, new value) for the constants whose value differs."""
     a, b = read_constants(old), read_constants(new)
-    return {k: (a[k], b[k]) for k in a if k in b and (a[k] != b[k] or type(a[k]) is not type(b[k]))}
+    return {k: (a[k], b[k]) for k in a if k in b and (a[k] != b[k] or _kind(a[k]) != _kind(b[k]))}

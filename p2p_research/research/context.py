@@ -6,43 +6,62 @@ node keeps comparing results under the harness its swarm agreed on even after a 
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 from p2p_research.config import NodeConfig
 from p2p_research.home import HomeError, NodeHome
-from p2p_research.research.constants import read_constants
+from p2p_research.research.constants import ConstantsError, constant_sites, read_constants
+from p2p_research.research.hardware import hardware_class
 from p2p_research.research.ids import Budget, experiment_id, protocol_id
-from p2p_research.research.searchspace import SearchSpace, SearchSpaceError, check_against, parse_search_space
+from p2p_research.research.searchspace import (
+    SearchSpace,
+    SearchSpaceError,
+    check_against,
+    has_search_space,
+    infer_search_space,
+    parse_search_space,
+)
 from p2p_research.research.workspace import Workspace, WorkspaceError
 from p2p_research.store.ledger import Ledger
 
 HARNESS_FILES = ("prepare.py",)
+# The target's environment, where it has one (autoresearch: pyproject.toml + uv.lock): copied into the
+# genesis and hashed into the protocol, since the dependency versions are part of what a result means.
+ENV_FILES = ("pyproject.toml", "uv.lock", ".python-version")
 EDITABLE_FILE = "train.py"
 PROGRAM_FILE = "program.md"
 METRIC = "val_bpb"
+BUDGET_ENV_MARKER = b"P2P_BUDGET_"  # a harness that reads the node's budget from the environment
 
 
-def harness_default_budget(prepare_source: bytes) -> int:
-    """DEFAULT_BUDGET_TOKENS of the harness, read on the AST (importing it would import torch)."""
+@dataclass(frozen=True)
+class HarnessBudget:
+    """The budget the harness declares, and whether the node may set another one."""
+
+    budget: Budget
+    source: str           # e.g. "TIME_BUDGET = 300 in prepare.py"
+    overridable: bool     # the harness reads P2P_BUDGET_TOKENS / P2P_BUDGET_SECONDS
+
+
+def harness_budget(prepare_source: bytes) -> HarnessBudget | None:
+    """The harness's declared budget, read on the AST (importing it would import torch):
+    `DEFAULT_BUDGET_TOKENS` (tokens) or autoresearch's `TIME_BUDGET` (wall-clock seconds), each a
+    positive constant expression. None when it declares neither."""
     try:
-        tree = ast.parse(prepare_source)
-    except SyntaxError as e:
+        sites = constant_sites(prepare_source.decode())
+    except (ConstantsError, UnicodeDecodeError) as e:
         raise HomeError(f"prepare.py does not parse: {e}") from None
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DEFAULT_BUDGET_TOKENS"
-                                                for t in stmt.targets):
-            try:
-                value = ast.literal_eval(stmt.value)
-            except ValueError:
-                break
-            if isinstance(value, int) and value > 0:
-                return value
-    raise HomeError("prepare.py defines no literal DEFAULT_BUDGET_TOKENS; set research.budget_tokens")
+    overridable = BUDGET_ENV_MARKER in prepare_source
+    tokens, seconds = sites.get("DEFAULT_BUDGET_TOKENS"), sites.get("TIME_BUDGET")
+    if tokens is not None and type(tokens.value) is int and tokens.value > 0:
+        return HarnessBudget(Budget(tokens=tokens.value), f"DEFAULT_BUDGET_TOKENS = {tokens.text} in prepare.py",
+                             overridable)
+    if seconds is not None and type(seconds.value) in (int, float) and seconds.value > 0:
+        return HarnessBudget(Budget(seconds=float(seconds.value)), f"TIME_BUDGET = {seconds.text} in prepare.py",
+                             overridable)
+    return None
 
 
 def data_digest(path: str) -> str:
@@ -64,19 +83,6 @@ def data_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def hardware_string() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} x{os.cpu_count()}"[:200]
-
-
 @dataclass
 class ResearchContext:
     home: NodeHome
@@ -85,8 +91,17 @@ class ResearchContext:
     ledger: Ledger
     budget: Budget
     protocol_id: str
-    space: SearchSpace
     hardware: str
+    budget_source: str = ""
+    _space: SearchSpace | None = None
+
+    @property
+    def space(self) -> SearchSpace:
+        """The built-in proposer's search space (only it needs one): program.md's block, else inferred
+        from the genesis train.py's constants. HomeError when the block is malformed."""
+        if self._space is None:
+            self._space = search_space_of(self.workspace)
+        return self._space
 
     def experiment_id_of(self, commit: str) -> str:
         return experiment_id(self.protocol_id, self.workspace.tree_of(commit))
@@ -95,11 +110,34 @@ class ResearchContext:
         self.ledger.close()
 
 
-def resolve_budget(cfg: NodeConfig, prepare_source: bytes) -> Budget:
+def resolve_budget(cfg: NodeConfig, prepare_source: bytes) -> tuple[Budget, str]:
+    """The run budget and where it comes from: node.toml where the harness lets the node set it,
+    else the harness's own declaration."""
     r = cfg.research
-    if r.budget_seconds:
-        return Budget(seconds=r.budget_seconds)
-    return Budget(tokens=r.budget_tokens or harness_default_budget(prepare_source))
+    declared = harness_budget(prepare_source)
+    wanted = Budget(seconds=r.budget_seconds) if r.budget_seconds else Budget(tokens=r.budget_tokens) if r.budget_tokens else None
+    if wanted is None:
+        if declared is None:
+            raise HomeError("prepare.py declares no budget (DEFAULT_BUDGET_TOKENS or TIME_BUDGET); "
+                            "set research.budget_tokens or research.budget_seconds")
+        return declared.budget, declared.source
+    if declared is not None and not declared.overridable and wanted != declared.budget:
+        raise HomeError(f"this harness fixes its budget ({declared.source}) and does not read the node's; "
+                        f"remove the budget setting ({wanted.describe()}) or change prepare.py")
+    return wanted, "node.toml / command line"
+
+
+def search_space_of(ws: Workspace) -> SearchSpace:
+    try:
+        genesis = ws.files_of(ws.genesis)
+        program = genesis[PROGRAM_FILE].decode()
+        if has_search_space(program):
+            space = parse_search_space(program)
+            check_against(space, read_constants(ws.files_of(ws.baseline)[EDITABLE_FILE].decode()))
+            return space
+        return infer_search_space(genesis[EDITABLE_FILE].decode())
+    except (SearchSpaceError, ConstantsError, UnicodeDecodeError, WorkspaceError) as e:
+        raise HomeError(f"search space: {e}") from None
 
 
 def open_context(home: NodeHome, config: NodeConfig | None = None) -> ResearchContext:
@@ -113,15 +151,10 @@ def open_context(home: NodeHome, config: NodeConfig | None = None) -> ResearchCo
     missing = [f for f in (*HARNESS_FILES, EDITABLE_FILE, PROGRAM_FILE) if f not in genesis_files]
     if missing:
         raise HomeError(f"the workspace's genesis lacks {', '.join(missing)}")
-    harness = {name: genesis_files[name] for name in HARNESS_FILES}
-    budget = resolve_budget(cfg, harness["prepare.py"])
-    hardware = hardware_string()
+    harness = {name: genesis_files[name] for name in (*HARNESS_FILES, *ENV_FILES) if name in genesis_files}
+    budget, budget_source = resolve_budget(cfg, harness["prepare.py"])
+    hardware = hardware_class(cfg.research.device)
     pid = protocol_id(harness, budget, METRIC, data_digest(cfg.research.data), hardware if budget.is_wall_clock else "")
-    try:
-        space = parse_search_space(genesis_files[PROGRAM_FILE].decode())
-        check_against(space, read_constants(ws.files_of(ws.baseline)[EDITABLE_FILE].decode()))
-    except (SearchSpaceError, UnicodeDecodeError) as e:
-        raise HomeError(f"search space: {e}") from None
     home.runs.mkdir(exist_ok=True)
     ledger = Ledger(home.ledger)
-    return ResearchContext(home, cfg, ws, ledger, budget, pid, space, hardware)
+    return ResearchContext(home, cfg, ws, ledger, budget, pid, hardware, budget_source)

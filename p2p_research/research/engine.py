@@ -7,14 +7,16 @@ wraps the same engine and listens to its hooks (claims and results to announce).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import shutil
 import statistics
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -24,7 +26,7 @@ from p2p_research.research import loop as L
 from p2p_research.research.context import EDITABLE_FILE, ResearchContext
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.proposers import Proposal, Proposer, Skip
-from p2p_research.research.runner import RunLimits, RunOutcome, run_training
+from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
 from p2p_research.research.surrogate import SurrogateTrainer
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result
@@ -49,6 +51,15 @@ class Progress:
     baseline_commit: str = ""
     baseline_value: float | None = None
     last_result: str = ""
+    results: int = 0                 # results so far (experiments and adoptions); `recent` holds their lines
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=256))
+    best_value: float | None = None  # the lowest val_bpb kept or adopted so far
+    budget_seconds: float | None = None  # the protocol's wall-clock budget, if it has one
+
+    def note_result(self, line: str) -> None:
+        self.last_result = line
+        self.results += 1
+        self.recent.append(line)
 
     def fraction(self, now: float | None = None) -> float | None:
         if self.phase not in ("baseline", "training") or not self.expected_seconds:
@@ -80,7 +91,7 @@ class ResearchEngine:
         self.ctx = ctx
         self.proposer = proposer
         self.hooks = hooks or Hooks()
-        self.progress = Progress()
+        self.progress = Progress(budget_seconds=ctx.budget.seconds)
         # proposals dropped before running because the id was known: in the ledger (run here or
         # announced by a peer) or claimed by another node (gossip claim or DHT record)
         self.dedup_stats = {"known_in_ledger": 0, "claimed_elsewhere": 0}
@@ -89,7 +100,8 @@ class ResearchEngine:
         self.peer = ""  # own peer id, set by a daemon
         self.loop: L.ResearchLoop | None = None
         r = ctx.config.research
-        self.trainer = SurrogateTrainer(r.surrogate_cost_s, ctx.budget.tokens) if r.objective == "surrogate" else run_training
+        self.trainer = (SurrogateTrainer(r.surrogate_cost_s, ctx.budget.tokens) if r.objective == "surrogate"
+                        else functools.partial(run_training, command=train_argv(r.train_command)))
         self.liar = ctx.config.simulation.liar
         self.current_scope: trio.CancelScope | None = None
         self.yield_reason = ""
@@ -159,6 +171,8 @@ class ResearchEngine:
             er = await self.execute(action.commit, "baseline", "baseline measurement", self.seed)
             value = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
             self.loop.handle(L.BaselineMeasured(action.commit, value, er.run.reason))
+            self.progress.note_result(f"baseline {action.commit[:7]} val_bpb {value:.6f}" if value is not None
+                                      else f"baseline {action.commit[:7]} crashed: {er.run.reason}")
             if value is not None:
                 self.set_baseline(action.commit, value, "measured locally", er.run.exp_id)
             await self._announce(er.run)
@@ -176,7 +190,7 @@ class ResearchEngine:
                                                  self._is_mine_source(action.baseline_commit))
             if isinstance(result, Skip):
                 log.warning("proposal skipped: %s", result.reason)
-                self.progress.last_result = f"skipped: {result.reason}"
+                self.progress.note_result(f"proposal skipped: {result.reason}")
                 self.loop.handle(L.ProposalSkipped(result.reason))
                 return
             exp_id, commit = self.commit_proposal(action.baseline_commit, result)
@@ -305,17 +319,17 @@ class ResearchEngine:
                 er.outcome = await self.trainer(run_dir, self.run_env(seed), limits, log_path)
             self.current_scope = None
             if scope.cancelled_caught:
+                # yielded to a peer or stopped: not a result, so not a results.tsv row (autoresearch's
+                # rows are keep, discard and crash); the ledger keeps it as aborted
                 run.status, run.reason = "aborted", self.yield_reason or "cancelled"
                 ctx.ledger.finish_run(run_id, "aborted", reason=run.reason)
-                append_result(ctx.home.results_tsv, commit, None, None, "aborted", f"{description} ({run.reason})")
                 return er  # no outcome: the loop treats it as aborted
         except BaseException:
             ctx.ledger.finish_run(run_id, "aborted", reason="the node stopped during this run")
             run.status = "aborted"
-            append_result(ctx.home.results_tsv, commit, None, None, "aborted", f"{description} (aborted)")
             raise
         finally:
-            for name in ("train.py", "prepare.py", "program.md"):
+            for name in ctx.workspace.files_of(commit):
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "__pycache__", ignore_errors=True)
         o = er.outcome
@@ -323,7 +337,8 @@ class ResearchEngine:
         fields = dict(training_seconds=s.training_seconds if s else None, total_seconds=s.total_seconds if s else o.wall_seconds,
                       memory_gb=s.memory_gb if s else None, num_params=s.num_params if s else None,
                       num_steps=s.num_steps if s else None, tokens=s.tokens if s else None,
-                      val_bpb=s.val_bpb if s else None, reason=o.reason if not o.ok else "")
+                      val_bpb=s.val_bpb if s else None, reason=o.reason if not o.ok else "",
+                      metrics=dict(s.metrics) if s else {})
         for k, v in fields.items():
             setattr(run, k, v)
         run.finished_at = time.time()
@@ -331,7 +346,7 @@ class ResearchEngine:
             run.status = "crash"
             ctx.ledger.finish_run(run_id, "crash", **fields)
             log.warning("%s %s crashed: %s (log: %s)", kind, exp_id[:10], o.reason, log_path)
-            if kind != "experiment":
+            if kind == "baseline":
                 append_result(ctx.home.results_tsv, commit, None, None, "crash", f"{description}: {o.reason}")
         elif kind == "baseline":
             run.status = "baseline"
@@ -354,7 +369,7 @@ class ResearchEngine:
         p.experiments_done += 1
         p.kept += verdict.status == "kept"
         shown = "crash" if run.val_bpb is None else f"{run.val_bpb:.6f}"
-        p.last_result = f"{verdict.status} {run.exp_id[:10]} val_bpb {shown}: {verdict.reason}"
+        p.note_result(f"{verdict.status} {run.exp_id[:10]} val_bpb {shown} | {run.description} | {verdict.reason}")
         log.info("experiment %s %s: %s (%s)", run.exp_id[:10], verdict.status, run.description, verdict.reason)
 
     def write_digest(self) -> None:
@@ -388,12 +403,27 @@ class ResearchEngine:
             return False
         self.loop.adopt(commit, value)
         self.set_baseline(commit, value, reason, exp_id, source_peer)
+        self.record_adoption(commit, value, exp_id, source_peer)
         return True
+
+    def record_adoption(self, commit: str, value: float, exp_id: str, source_peer: str) -> None:
+        """A results.tsv row for an adopted baseline (status keep, naming the peer), so autoresearch's
+        analysis shows the node's real progress: its baseline moved without a local experiment."""
+        exp = self.ctx.ledger.experiment(exp_id) or {}
+        row = self.ctx.ledger.db.execute(
+            "SELECT memory_gb FROM runs WHERE exp_id=? AND memory_gb IS NOT NULL ORDER BY origin='local' DESC, run_id"
+            " LIMIT 1", (exp_id,)).fetchone()
+        description = exp.get("description") or "a peer's result"
+        append_result(self.ctx.home.results_tsv, commit, value, row[0] if row else None, "adopted",
+                      f"{description} (adopted from {source_peer or 'a peer'})")
+        self.progress.note_result(f"adopted {exp_id[:10]} val_bpb {value:.6f} from {source_peer}: {description}")
 
     def set_baseline(self, commit: str, value: float, reason: str, exp_id: str, source_peer: str = "") -> None:
         self.ctx.ledger.record_baseline(self.ctx.protocol_id, commit, value, reason, exp_id, source_peer or self.peer)
         self.ctx.workspace.set_baseline(commit)
         self.progress.baseline_commit, self.progress.baseline_value = commit, value
+        if self.progress.best_value is None or value < self.progress.best_value:
+            self.progress.best_value = value
         log.info("baseline is now %s (val_bpb %.6f): %s", commit[:7], value, reason)
 
     # --- noise --------------------------------------------------------------------------------------

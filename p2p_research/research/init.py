@@ -1,8 +1,18 @@
-"""Creating a node home: node.toml and the workspace with its deterministic genesis commit."""
+"""Creating a node home: node.toml and the workspace with its deterministic genesis commit.
+
+`init --target DIR` takes a folder as it is, autoresearch's included: its prepare.py, train.py and
+program.md, plus its environment files (pyproject.toml, uv.lock, .python-version) where present. How
+train.py runs is detected once and written to node.toml (`research.train_command`), where the user
+sees and can change it: `uv run` for a uv project when uv is installed, else the folder's own
+`.venv` interpreter, else this node's interpreter.
+"""
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from p2p_research.config import ConfigError, NodeConfig, config_from_dict
@@ -10,6 +20,7 @@ from p2p_research.home import HomeError, NodeHome
 from p2p_research.research.workspace import Workspace
 
 TARGET_FILES = ("prepare.py", "train.py", "program.md")
+ENV_FILES = ("pyproject.toml", "uv.lock", ".python-version")
 
 
 def profiles_dir() -> Path:
@@ -46,7 +57,33 @@ def read_target(target: Path | None) -> dict[str, bytes]:
     missing = [f for f in TARGET_FILES if not (target / f).is_file()]
     if missing:
         raise HomeError(f"--target {target} lacks {', '.join(missing)}")
-    return {f: (target / f).read_bytes() for f in TARGET_FILES}
+    names = [*TARGET_FILES, *(f for f in ENV_FILES if (target / f).is_file())]
+    return {f: (target / f).read_bytes() for f in names}
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    command: str          # "" = this node's interpreter
+    why: str
+
+
+def detect_train_command(target: Path | None, which=shutil.which) -> TrainCommand:
+    """How a target's train.py should run (see the module docstring)."""
+    if target is None:
+        return TrainCommand("", "the embedded target runs under this node's interpreter")
+    target = Path(target).expanduser().resolve()
+    uv_project = (target / "pyproject.toml").is_file() or (target / "uv.lock").is_file()
+    if uv_project and which("uv"):
+        frozen = " --frozen" if (target / "uv.lock").is_file() else ""
+        return TrainCommand(f"uv run{frozen} --project {shlex.quote(str(target))} train.py",
+                            "a uv project (pyproject.toml/uv.lock) and uv is on PATH")
+    venv_python = target / ".venv" / "bin" / "python"
+    if venv_python.exists():
+        return TrainCommand(f"{shlex.quote(str(venv_python))} train.py", "the target's own .venv")
+    if uv_project:
+        return TrainCommand("", "a uv project, but uv is not on PATH and the folder has no .venv: train.py runs "
+                                "under this node's interpreter (install uv, or set research.train_command)")
+    return TrainCommand("", "no environment of its own: train.py runs under this node's interpreter")
 
 
 def init_home(path: Path, profile: str | None = None, target: Path | None = None,
@@ -58,6 +95,8 @@ def init_home(path: Path, profile: str | None = None, target: Path | None = None
         raise HomeError(f"{home.path} exists and is not empty; choose another --home")
     cfg = config or (load_profile(profile) if profile else NodeConfig())
     files = read_target(target)
+    if not cfg.research.train_command:
+        cfg.research.train_command = detect_train_command(target).command
     home.path.mkdir(parents=True, exist_ok=True)
     home.write_config(cfg)
     Workspace.create(home.repo, files)

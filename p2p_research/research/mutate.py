@@ -10,7 +10,15 @@ import math
 import random
 from dataclasses import dataclass
 
-from p2p_research.research.constants import Literal, read_constants, rewrite_constants
+from p2p_research.research.constants import (
+    Literal,
+    apply_scalar_changes,
+    describe_value,
+    flatten,
+    read_constants,
+    rewrite_constants,
+    split_key,
+)
 from p2p_research.research.searchspace import Param, SearchSpace
 
 
@@ -35,7 +43,19 @@ def mutate_value(p: Param, current: Literal, rng: random.Random) -> Literal:
     cur = float(current) if isinstance(current, (int, float)) and not isinstance(current, bool) else p.low
     assert p.low is not None and p.high is not None
     cur = _clip(cur, p)  # type: ignore[arg-type]
+    if p.step == "pow2" or (p.step == "unit" and p.kind == "int"):
+        up = cur * 2 if p.step == "pow2" else cur + 1
+        down = cur / 2 if p.step == "pow2" else cur - 1
+        options = [int(v) for v in (up, down) if p.low <= v <= p.high and v == int(v)]
+        if options:
+            return rng.choice(options)
     for _ in range(20):
+        if p.step == "complement":
+            gap = (1.0 - cur) * math.exp(rng.gauss(0.0, 0.5))
+            new = _round_sig(_clip(1.0 - gap, p))
+            if new != cur:
+                return new
+            continue
         if p.kind == "int":
             if p.log and cur > 0:
                 new: float = round(cur * math.exp(rng.gauss(0.0, 0.35)))
@@ -58,14 +78,20 @@ def mutate_value(p: Param, current: Literal, rng: random.Random) -> Literal:
     return _round_sig(rng.uniform(p.low, p.high))
 
 
+def _fits(p: Param, value: Literal) -> bool:
+    """A constant the proposer can move: a bool for a bool, a number for a range (choices take any)."""
+    if p.kind == "bool":
+        return isinstance(value, bool)
+    if p.kind == "choice":
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Mutation:
     source: str
-    changes: dict[str, tuple[Literal, Literal]]
-
-    @property
-    def description(self) -> str:
-        return "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(self.changes.items()))
+    changes: dict[str, tuple[Literal, Literal]]   # scalar view: NAME or NAME[i]
+    description: str = ""
 
 
 def propose_mutation(baseline_source: str, space: SearchSpace, rng: random.Random,
@@ -74,8 +100,9 @@ def propose_mutation(baseline_source: str, space: SearchSpace, rng: random.Rando
 
     `focus` optionally weights the names (e.g. towards constants whose changes helped before).
     """
-    current = read_constants(baseline_source)
-    names = sorted(n for n in space.params if n in current)
+    constants = read_constants(baseline_source)
+    current = flatten(constants)
+    names = sorted(n for n in space.params if n in current and _fits(space.params[n], current[n]))
     if not names:
         raise ValueError("no constant of the search space is present in train.py")
     weights = [max(1e-6, (focus or {}).get(n, 1.0)) for n in names]
@@ -87,5 +114,18 @@ def propose_mutation(baseline_source: str, space: SearchSpace, rng: random.Rando
             chosen.append(n)
     new_values = {n: mutate_value(space.params[n], current[n], rng) for n in chosen}
     changes = {n: (current[n], v) for n, v in new_values.items() if not (v == current[n] and type(v) is type(current[n]))}
-    source = rewrite_constants(baseline_source, {n: new_values[n] for n in changes})
-    return Mutation(source, changes)
+    whole = apply_scalar_changes(constants, {n: new_values[n] for n in changes})
+    source = rewrite_constants(baseline_source, whole)
+    return Mutation(source, changes, describe_changes(baseline_source, changes))
+
+
+def describe_changes(source: str, changes: dict[str, tuple[Literal, Literal]]) -> str:
+    """`LEARNING_RATE 0.002 -> 0.004; TOTAL_BATCH_SIZE 2**19 -> 2**20`, each value written as in train.py."""
+    parts = []
+    for key, (a, b) in sorted(changes.items()):
+        name, idx = split_key(key)
+        if idx is None:
+            parts.append(f"{key} {describe_value(source, name, a)} -> {describe_value(source, name, b)}")
+        else:
+            parts.append(f"{key} {a!r} -> {b!r}")
+    return "; ".join(parts)

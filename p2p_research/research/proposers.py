@@ -2,25 +2,32 @@
 
 - builtin: seeded mutations of the constants within program.md's search space, never an id the node
   already knows (the `is_known` predicate: the ledger, and in a swarm also the DHT and open claims).
-- command: an external coding agent (any CLI) run in the workspace with program.md and SWARM.md
-  beside train.py; whatever it leaves changed in train.py is the experiment. No change, a change of any
-  other file, or a train.py that does not parse is a skip with the reason, never a crash.
+- command: an external coding agent (any CLI), one-shot, in a scratch copy of the baseline with
+  program.md and SWARM.md beside train.py; what it leaves in train.py is the experiment, everything
+  else it leaves is discarded. No change, a failed agent, or a train.py that does not parse is a skip
+  with the reason, never a crash.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+import pygit2
 import trio
 
 from p2p_research.research.constants import ConstantsError, constants_only_change, parse_source
+from p2p_research.research.describe import describe_change
 from p2p_research.research.mutate import propose_mutation
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.workspace import Workspace
@@ -96,72 +103,159 @@ class BuiltinProposer:
         return Skip(f"no unknown experiment found in {BUILTIN_TRIES} mutations of the baseline")
 
 
+AGENT_PROMPT = """\
+You are proposing ONE experiment for a p2p-research node: a swarm of autoresearch nodes that train,
+compare and share changes of train.py. This folder is a scratch copy of the node's baseline:
+train.py (the swarm's current best version; the only file that may change), prepare.py (the fixed
+harness: data, evaluation, budget; never modify it), program.md (the research instructions) and
+SWARM.md (what the swarm already tried: results, negative results, experiments running now).
+
+Do exactly this:
+1. Read program.md and SWARM.md, then train.py (and prepare.py if you need to).
+2. Make exactly ONE change to train.py that you expect to lower val_bpb and that SWARM.md does not
+   show as tried. Edit train.py only; other files you create or change are discarded.
+3. Do not run train.py or any training, do not use git (no branch, commit or reset), do not write
+   results.tsv, do not install packages: the node trains your change, records it and shares it.
+4. End your reply with ONE line that describes your change (e.g. "MATRIX_LR 0.04 -> 0.06" or
+   "replace ReLU^2 with SwiGLU in the MLP"); that line becomes the experiment's description.
+
+Where program.md describes a setup, a branch, a results.tsv, or an experiment loop that runs
+forever, that does not apply here: this is a single proposal and the node runs the loop.
+"""
+
+SCRATCH_FILES_MAX = 64  # other files an agent leaves in the scratch copy: listed in the log, never used
+DIFF_PREFIXES = ("+", "-", "@@", "diff --git", "index ", "--- ", "+++ ")
+
+
 class CommandProposer:
+    """An external coding agent, one-shot, in a scratch copy of the baseline.
+
+    The agent never sees the node's repository: it works in a fresh folder (its own throwaway git
+    repository, for agents that expect one) holding the baseline's files, program.md and SWARM.md, and
+    only train.py comes back. An agent that runs git, trains, or leaves files (`.aider*`, caches,
+    logs) changes nothing of the node's. The prompt (`AGENT_PROMPT`) is in `$P2P_PROMPT` and
+    `$P2P_PROMPT_FILE`; `examples/proposers/` has adapters for Claude Code, Codex CLI and aider."""
+
     name = "command"
     reads_digest = True
 
-    def __init__(self, command: str, timeout_s: float, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, command: str, timeout_s: float, extra_env: dict[str, str] | None = None,
+                 prompt: str = AGENT_PROMPT) -> None:
         self.command = command
         self.timeout_s = timeout_s
         self.extra_env = extra_env or {}
+        self.prompt = prompt
+        self._cleaned = False
+
+    def _scratch(self, workspace: Workspace, baseline: str) -> Path:
+        if not self._cleaned:  # scratch copies a killed node left behind (one node per home: HomeLock)
+            for stale in workspace.path.parent.glob("agent-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            self._cleaned = True
+        root = Path(tempfile.mkdtemp(prefix="agent-", dir=workspace.path.parent))
+        work = root / "work"
+        work.mkdir()
+        files = workspace.files_of(baseline)
+        for name, data in files.items():
+            (work / name).write_bytes(data)
+        swarm = workspace.path / "SWARM.md"
+        if swarm.is_file():
+            shutil.copyfile(swarm, work / "SWARM.md")
+        repo = pygit2.init_repository(str(work), initial_head="main")
+        repo.index.add_all()
+        repo.index.write()
+        sig = pygit2.Signature("p2p-research node", "node@p2p-research.invalid")
+        repo.create_commit("HEAD", sig, sig, "the swarm's baseline", repo.index.write_tree(), [])
+        (root / "prompt.md").write_text(self.prompt)
+        return root
 
     async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown,
                       is_mine: IsMine | None = None) -> Proposal | Skip:
         """An agent writes one change; it cannot be steered by ownership (`is_mine` is ignored)."""
-        workspace.checkout_baseline()
-        env = {**os.environ, **self.extra_env,
-               "P2P_WORKSPACE": str(workspace.path), "P2P_PROGRAM": str(workspace.path / "program.md"),
-               "P2P_SWARM": str(workspace.path / "SWARM.md"), "P2P_BASELINE": baseline}
-        output = b""
+        root = await trio.to_thread.run_sync(self._scratch, workspace, baseline)
         try:
-            proc = await trio.lowlevel.open_process(
-                self.command, shell=True, cwd=str(workspace.path), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                with trio.move_on_after(self.timeout_s) as scope:
-                    assert proc.stdout is not None
-                    async for chunk in proc.stdout:
-                        output = (output + chunk)[-65536:]
-                    await proc.wait()
-                if scope.cancelled_caught:
-                    return Skip(f"the agent command ran past its {self.timeout_s:.0f} s limit")
-            finally:
-                if proc.returncode is None:
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    with trio.CancelScope(shield=True):
-                        await proc.wait()
-            text = output.decode("utf-8", errors="replace")
-            if proc.returncode != 0:
-                last = text.strip().splitlines()[-1:] or [""]
-                return Skip(f"the agent command failed with exit code {proc.returncode}: {last[0][:200]}")
-            changed, deleted = workspace.worktree_changes()
-            others = sorted(set(changed) - {EDITABLE_FILE}) + sorted(deleted)
-            if others:
-                return Skip(f"the agent changed files other than train.py ({', '.join(others)}); only train.py may change")
-            if EDITABLE_FILE not in changed:
-                return Skip("the agent made no change to train.py")
-            new = changed[EDITABLE_FILE]
-            try:
-                parse_source(new.decode())
-            except (ConstantsError, UnicodeDecodeError) as e:
-                return Skip(f"the proposed train.py {e}")
-            if await is_known(new):
-                return Skip("the agent proposed an experiment the swarm already knows")
-            old = workspace.files_of(baseline)[EDITABLE_FILE].decode()
-            only_constants, _ = constants_only_change(old, new.decode())
-            description = _description(text)
-            return Proposal(new, description, only_constants)
+            return await self._propose_in(root, workspace, baseline, is_known)
         finally:
-            workspace.checkout_baseline()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(functools.partial(shutil.rmtree, root, ignore_errors=True))
+
+    async def _propose_in(self, root: Path, workspace: Workspace, baseline: str, is_known: IsKnown) -> Proposal | Skip:
+        work = root / "work"
+        env = {**os.environ, **self.extra_env,
+               "P2P_WORKSPACE": str(work), "P2P_PROGRAM": str(work / "program.md"),
+               "P2P_SWARM": str(work / "SWARM.md"), "P2P_BASELINE": baseline,
+               "P2P_PROMPT": self.prompt, "P2P_PROMPT_FILE": str(root / "prompt.md")}
+        output = b""
+        proc = await trio.lowlevel.open_process(
+            self.command, shell=True, cwd=str(work), env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            with trio.move_on_after(self.timeout_s) as scope:
+                assert proc.stdout is not None
+                async for chunk in proc.stdout:
+                    output = (output + chunk)[-65536:]
+                await proc.wait()
+            if scope.cancelled_caught:
+                return Skip(f"the agent command ran past its {self.timeout_s:.0f} s limit")
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the agent and anything it left running
+            except (ProcessLookupError, PermissionError):
+                pass
+            if proc.returncode is None:
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+        text = output.decode("utf-8", errors="replace")
+        if proc.returncode != 0:
+            last = text.strip().splitlines()[-1:] or [""]
+            return Skip(f"the agent command failed with exit code {proc.returncode}: {last[0][:200]}")
+        old = workspace.files_of(baseline)[EDITABLE_FILE]
+        path = work / EDITABLE_FILE
+        if not path.is_file() or path.is_symlink():
+            return Skip("the agent removed train.py")
+        new = path.read_bytes()
+        left = _left_files(work, workspace.files_of(baseline))
+        if left:
+            log.info("the agent left %s in its scratch copy; only train.py is used", ", ".join(left))
+        if new == old:
+            return Skip("the agent made no change to train.py")
+        try:
+            new_text = new.decode()
+            parse_source(new_text)
+        except (ConstantsError, UnicodeDecodeError) as e:
+            return Skip(f"the proposed train.py {e}")
+        if await is_known(new):
+            return Skip("the agent proposed an experiment the swarm already knows")
+        only_constants, _ = constants_only_change(old.decode(), new_text)
+        description = agent_description(text) or describe_change(old.decode(), new_text)
+        return Proposal(new, description, only_constants)
 
 
-def _description(agent_output: str) -> str:
-    """The agent's last non-empty output line (a one-line summary of its change), or a default."""
+def _left_files(work: Path, baseline_files: dict[str, bytes]) -> list[str]:
+    """What the agent changed or created besides train.py (for the log; none of it is used)."""
+    out = []
+    for p in sorted(work.rglob("*")):
+        rel = p.relative_to(work)
+        if rel.parts[0] == ".git" or not p.is_file():
+            continue
+        name = str(rel)
+        if name == EDITABLE_FILE or name == "SWARM.md":
+            continue
+        if name not in baseline_files or p.read_bytes() != baseline_files[name]:
+            out.append(name)
+        if len(out) >= SCRATCH_FILES_MAX:
+            break
+    return out
+
+
+def agent_description(agent_output: str) -> str:
+    """The agent's own one-line description: its last non-empty output line, unless that is diff text,
+    markup or far too long to be one line; "" when there is none (the node then summarizes the change)."""
     for line in reversed(agent_output.strip().splitlines()):
         line = " ".join(line.split())
-        if line:
-            return line[:300]
-    return "change proposed by the agent command"
+        if not line:
+            continue
+        if line.startswith(DIFF_PREFIXES) or line.startswith("```") or len(line) > 300:
+            return ""
+        return line.strip("*_` ")[:200]
+    return ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -84,6 +85,33 @@ def _rss_mb(pid: int) -> float:
     return total
 
 
+def train_argv(train_command: str, script: str = "train.py") -> list[str]:
+    """The child's argv: this node's interpreter on `script`, or the target's own command
+    (`uv run train.py`, `/path/.venv/bin/python train.py`); a command that names no script gets it
+    appended, so a bare interpreter path works too."""
+    argv = shlex.split(train_command) if train_command.strip() else []
+    if not argv:
+        return [sys.executable, script]
+    if not any(Path(a).name == script for a in argv):
+        argv.append(script)
+    return argv
+
+
+def _failure_reason(rc: int | None, tail: str) -> str:
+    """Why a run that exited non-zero failed, in one line: a divergence (our harness exits 3;
+    autoresearch prints FAIL on a NaN or exploding loss), running out of memory, or the last error line."""
+    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+    why = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}"
+    detail = _last_error_line(tail)
+    if rc == 3:
+        return f"loss diverged (NaN/inf): {detail}" if detail else "loss diverged (NaN/inf)"
+    if any(line.endswith("FAIL") for line in lines[-3:]):  # also glued to the last \r step line
+        return f"loss diverged (train.py printed FAIL: NaN or exploding loss; {why})"
+    if any("out of memory" in line.lower() for line in lines[-20:]):
+        return f"out of memory ({why}): {detail}"
+    return f"{why}: {detail}" if detail else why
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -92,8 +120,9 @@ def _kill_group(pid: int) -> None:
 
 
 async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
-                       script: str = "train.py", python: str | None = None) -> RunOutcome:
-    """Run `python script` in `run_dir`; returns the outcome. Cancellation kills the child group."""
+                       command: list[str] | None = None) -> RunOutcome:
+    """Run `command` (default: this interpreter on train.py) in `run_dir`; returns the outcome.
+    Cancellation kills the child group."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     limit_bytes = limits.memory_limit_mb * 2**20
 
@@ -101,13 +130,19 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
         if limits.hard_address_limit:
             resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
+    argv = command or train_argv("")
     child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    if command:  # the target's own environment: not this node's virtualenv
+        child_env.pop("VIRTUAL_ENV", None)
     started = time.monotonic()
     reason = ""
     with log_path.open("wb") as logf:
-        proc = await trio.lowlevel.open_process(
-            [python or sys.executable, script], cwd=str(run_dir), env=child_env, stdin=subprocess.DEVNULL,
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, cwd=str(run_dir), env=child_env, stdin=subprocess.DEVNULL,
+                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+        except OSError as e:
+            return RunOutcome(False, None, f"cannot start {argv[0]}: {e.strerror or e}", 0.0, None, log_path)
         try:
             with trio.move_on_after(limits.time_limit_s) as scope:
                 while proc.poll() is None:
@@ -134,12 +169,7 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
     if reason:
         return RunOutcome(False, None, reason, wall, proc.returncode, log_path)
     if proc.returncode != 0:
-        rc = proc.returncode
-        why = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}"
-        detail = _last_error_line(out)
-        if rc == 3 or "nan" in detail.lower():
-            why = "loss diverged (NaN/inf)" if rc == 3 else why
-        return RunOutcome(False, None, f"{why}: {detail}" if detail else why, wall, rc, log_path)
+        return RunOutcome(False, None, _failure_reason(proc.returncode, out), wall, proc.returncode, log_path)
     try:
         summary = parse_summary(out)
     except SummaryError as e:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.metrics (every summary key as train.py printed it, JSON)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS runs (
     description      TEXT NOT NULL DEFAULT '',
     log_path         TEXT NOT NULL DEFAULT '',
     hardware         TEXT NOT NULL DEFAULT '',
+    metrics          TEXT NOT NULL DEFAULT '{}',
     receipt          BLOB,
     signature        BLOB,
     public_key       BLOB
@@ -100,7 +101,7 @@ CREATE TABLE IF NOT EXISTS meta (
 RUN_FIELDS = (
     "run_id", "exp_id", "commit_id", "parent", "protocol_id", "kind", "origin", "peer", "status", "val_bpb",
     "seed", "training_seconds", "total_seconds", "memory_gb", "num_params", "num_steps", "tokens",
-    "started_at", "finished_at", "received_at", "reason", "description", "log_path", "hardware",
+    "started_at", "finished_at", "received_at", "reason", "description", "log_path", "hardware", "metrics",
 )
 
 
@@ -134,10 +135,20 @@ class Run:
     log_path: str = ""
     hardware: str = ""
     run_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the summary's keys as printed (mfu_percent, depth, ...)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in RUN_FIELDS}
+        out = {k: getattr(self, k) for k in RUN_FIELDS}
+        out["metrics"] = json.dumps(self.metrics or {})
+        return out
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Run:
+        try:
+            metrics = json.loads(row.pop("metrics", None) or "{}")
+        except ValueError:
+            metrics = {}
+        return cls(**row, metrics=metrics if isinstance(metrics, dict) else {})
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,9 @@ class Ledger:
             if version > SCHEMA_VERSION:
                 raise LedgerError(f"ledger {self.path} has schema {version}, newer than this software ({SCHEMA_VERSION})")
             self.db.executescript(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+            if "metrics" not in columns:  # a version-1 ledger
+                self.db.execute("ALTER TABLE runs ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'")
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"ledger {self.path} is not a usable SQLite database: {e}") from None
@@ -228,6 +242,8 @@ class Ledger:
         bad = set(fields) - set(RUN_FIELDS)
         if bad:
             raise LedgerError(f"unknown run fields {sorted(bad)}")
+        if isinstance(fields.get("metrics"), dict):
+            fields["metrics"] = json.dumps(fields["metrics"])
         sets = ",".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE runs SET {sets} WHERE run_id=?", (*fields.values(), run_id))
 
@@ -263,7 +279,7 @@ class Ledger:
         sql += " ORDER BY run_id"
         if limit:
             sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY run_id"
-        return [Run(**dict(r)) for r in self.db.execute(sql, args)]
+        return [Run.from_row(dict(r)) for r in self.db.execute(sql, args)]
 
     def set_run_receipt(self, run_id: int, receipt: bytes, signature: bytes, public_key: bytes) -> None:
         self.db.execute("UPDATE runs SET receipt=?, signature=?, public_key=? WHERE run_id=?",

@@ -1,6 +1,9 @@
 """results.tsv in karpathy's autoresearch columns, so existing tooling reads a node's history.
 
 Columns: commit (short), val_bpb, memory_gb, status (keep | discard | crash), description.
+A row per local experiment, per baseline measurement (`keep`, the first row) and per adopted peer result
+(`keep`, naming the peer); runs that never finished (stopped, yielded to a peer) are not results and
+have no row, and a peer's result this node only re-ran is in the ledger, not here.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
-STATUS = {"kept": "keep", "baseline": "keep", "discarded": "discard", "crash": "crash", "aborted": "crash"}
+STATUS = {"kept": "keep", "baseline": "keep", "adopted": "keep", "discarded": "discard", "crash": "crash"}
 
 
 def _clean(text: str) -> str:
@@ -17,6 +20,8 @@ def _clean(text: str) -> str:
 
 def append_result(path: Path, commit: str, val_bpb: float | None, memory_gb: float | None, status: str,
                   description: str) -> None:
+    if status not in STATUS:
+        raise ValueError(f"not a results.tsv status: {status!r}")
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", encoding="utf-8") as f:
         if new:
