@@ -20,7 +20,7 @@ from p2p_research.cli.common import (
     resolve_home,
     setup_logging,
 )
-from p2p_research.home import HomeLock, NodeHome
+from p2p_research.home import HomeError, HomeLock, NodeHome
 
 console = Console(stderr=True)
 log = logging.getLogger("p2p_research.cli")
@@ -145,16 +145,45 @@ def register(app: typer.Typer) -> None:
                                               "[default: the embedded target]"),
         json_out: bool = JsonOpt,
     ) -> None:
-        """Create a node home: node.toml and a workspace with the deterministic genesis commit."""
-        from p2p_research.research.init import init_home
+        """Create a node home: node.toml and a workspace with the deterministic genesis commit.
+
+        `--target DIR` takes a folder as it is (an autoresearch checkout works unchanged); how its
+        train.py runs (research.train_command), its budget and the hardware class are shown."""
+        from p2p_research.research.context import open_context
+        from p2p_research.research.init import detect_train_command, init_home
         from p2p_research.research.workspace import Workspace
 
         h = init_home(resolve_home(home), profile, target)
         genesis = Workspace(h.repo).genesis
+        cfg = h.load_config()
+        detected = detect_train_command(target)
+        ctx = open_context(h, cfg)
+        try:
+            info = {"home": str(h.path), "genesis": genesis, "protocol_id": ctx.protocol_id,
+                    "files": sorted(ctx.workspace.files_of(genesis)),
+                    "train_command": cfg.research.train_command or "(this node's python) train.py",
+                    "train_command_why": detected.why, "budget": ctx.budget.describe(),
+                    "budget_source": ctx.budget_source, "hardware": ctx.hardware,
+                    "hardware_in_protocol": ctx.budget.is_wall_clock}
+            try:
+                space = ctx.space
+                info["search_space"] = {"origin": space.origin, "knobs": len(space)}
+            except HomeError as e:
+                info["search_space"] = {"error": str(e)}
+        finally:
+            ctx.close()
         if json_out:
-            print_json({"home": str(h.path), "genesis": genesis})
-        else:
-            typer.echo(f"created node home {h.path}\ngenesis commit {genesis}")
+            print_json(info)
+            return
+        typer.echo(f"created node home {h.path}\ngenesis commit {genesis} ({', '.join(info['files'])})")
+        typer.echo(f"train command  {info['train_command']}  [{detected.why}]")
+        wall = " (wall clock: the hardware class joins the protocol)" if ctx.budget.is_wall_clock else ""
+        typer.echo(f"budget         {info['budget']} from {info['budget_source']}{wall}")
+        typer.echo(f"hardware       {ctx.hardware}")
+        ss = info["search_space"]
+        typer.echo(f"search space   {ss['knobs']} knobs, {ss['origin']} (see `p2p-research knobs`)" if "knobs" in ss
+                   else f"search space   {ss['error']} (only the builtin proposer needs one)")
+        typer.echo(f"protocol       {ctx.protocol_id}")
 
     @app.command()
     @one_line_errors
@@ -257,3 +286,50 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(f"val_bpb mean {record['mean']:.6f} std {record['std']:.6f} over {len(record['values'])} runs; "
                        f"margin set to {record['margin']:.6f}")
+
+    @app.command()
+    @one_line_errors
+    def knobs(
+        home: Path | None = HomeOpt,
+        json_out: bool = JsonOpt,
+    ) -> None:
+        """The builtin proposer's search space: each knob's value in the baseline and how it moves
+        (program.md's block, else inferred from train.py), and the constants left alone, with why."""
+        from rich.table import Table
+
+        from p2p_research.research.constants import constant_sites, flatten, read_constants, split_key
+        from p2p_research.research.context import EDITABLE_FILE, open_context
+
+        h = NodeHome(resolve_home(home)).require()
+        ctx = open_context(h)
+        try:
+            space = ctx.space
+            source = ctx.workspace.files_of(ctx.workspace.baseline)[EDITABLE_FILE].decode()
+        finally:
+            ctx.close()
+        current = flatten(read_constants(source))
+        sites = constant_sites(source)
+
+        def written(key: str) -> str:
+            name, idx = split_key(key)
+            site = sites.get(name)
+            if site is None:
+                return "(not a constant in the baseline)"
+            return site.text if idx is None else repr(current.get(key))
+
+        rows = [{"name": n, "value": written(n), "kind": p.kind, "moves": p.describe(),
+                 "low": p.low, "high": p.high, "log": p.log, "step": p.step, "choices": list(p.choices)}
+                for n, p in space.params.items()]
+        left = [{"name": n, "why": why} for n, why in space.left_out]
+        if json_out:
+            print_json({"origin": space.origin, "knobs": rows, "left_out": left})
+            return
+        table = Table(title=f"search space ({space.origin}): {len(rows)} knobs")
+        for col in ("knob", "baseline value", "moves"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["name"], r["value"], r["moves"])
+        out = Console()
+        out.print(table)
+        for item in left:
+            out.print(f"not searched: {item['name']}: {item['why']}", markup=False, highlight=False)

@@ -8,7 +8,7 @@ side by side, so they cannot drift apart silently.
 Without the block (an autoresearch folder has none) the space is inferred from the constants, and only
 the built-in proposer needs it: a positive float moves by log-scale factors (within 10x of its value;
 a float in (0.5, 1) such as a beta moves its distance to 1 instead), an int to its neighbours (a power
-of two written as `2**k` or of at least 32 halves or doubles, a small int steps by one, a larger one
+of two written as `2**k` or of at least 16 halves or doubles, a small int steps by one, a larger one
 moves by log-scale factors), a bool flips. Strings and zeros are left alone: their other choices are
 never invented.
 """
@@ -135,7 +135,7 @@ def infer_param(name: str, value: Literal, written_as_pow: bool = False) -> Para
     if value == 0:
         return "zero: no scale to infer (declare a range in program.md)"
     if isinstance(value, int):
-        if _pow2(value) and (written_as_pow or value >= 32):
+        if _pow2(value) and (written_as_pow or value >= 16):
             return Param(name, "int", max(1, value // 16), value * 16, step="pow2")
         if abs(value) <= 16:
             low, high = (1, max(value * 4, value + 4)) if value > 0 else (value * 4 - 4, -1)

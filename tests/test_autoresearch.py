@@ -1,0 +1,234 @@
+"""An autoresearch folder as it is: init, the solo loop, coding agents through the adapters, two nodes.
+
+`tests/fixtures/autoresearch/` has autoresearch's shape (prepare.py with `TIME_BUDGET`, train.py with
+its hyperparameter block, `2**k` and a tuple among the constants, its exact summary block and its FAIL
+fast-fail, program.md with its branch-and-loop-forever instructions, pyproject.toml, uv.lock,
+.python-version) and trains a tiny model on CPU in a 2 s wall-clock budget. Each test gives its copy
+its own interpreter in `.venv` with a `kernels` module the node's interpreter lacks, so train.py only
+runs if the node runs it the target's way. The coding agents are scripted stand-ins
+(`tests/fake_agents/`) that parse exactly the flags the adapters in `examples/proposers/` pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pygit2
+import pytest
+from autoresearch_analysis import analyze
+from conftest import CLI, ROOT
+from daemon_helpers import Daemon, wait_for
+
+from p2p_research.home import NodeHome
+from p2p_research.research.init import detect_train_command
+
+FIXTURE = ROOT / "tests" / "fixtures" / "autoresearch"
+KERNELS = ROOT / "tests" / "fixtures" / "autoresearch_env" / "kernels"
+FAKES = ROOT / "tests" / "fake_agents"
+ADAPTERS = ROOT / "examples" / "proposers"
+
+
+def autoresearch_folder(dest: Path) -> Path:
+    """A copy of the fixture with its own interpreter in `.venv`: torch through a .pth file to this
+    interpreter's packages, plus a `kernels` module that only it has (as autoresearch's env does)."""
+    shutil.copytree(FIXTURE, dest)
+    venv = dest / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "_node_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    shutil.copytree(KERNELS, Path(site, "kernels"))
+    return dest
+
+
+def cli(*args, env=None, timeout=300, check=False) -> subprocess.CompletedProcess:
+    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                       env={**os.environ, **(env or {})})
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args}: {r.stderr[-3000:]}")
+    return r
+
+
+def init_node(tmp_path: Path, name: str, folder: Path, tolerance: float | None = None, **research) -> Path:
+    home = tmp_path / name
+    out = cli("init", "--home", home, "--target", folder, check=True).stdout
+    assert "TIME_BUDGET = 2 in prepare.py" in out, out
+    h = NodeHome(home)
+    cfg = h.load_config()
+    if shutil.which("uv"):  # the fixture's uv.lock is not installable here: use its interpreter
+        cfg.research.train_command = f"{folder / '.venv' / 'bin' / 'python'} train.py"
+    research.setdefault("threads", 1)
+    for key, value in research.items():
+        setattr(cfg.research, key, value)
+    if tolerance is not None:
+        cfg.verification.tolerance = tolerance
+    h.write_config(cfg.validate())
+    return home
+
+
+def tsv_rows(home: Path) -> list[dict]:
+    lines = (home / "results.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def local_runs(home: Path) -> list[dict]:
+    db = sqlite3.connect(f"file:{home / 'ledger.sqlite'}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    rows = [dict(r) for r in db.execute("SELECT * FROM runs WHERE origin='local' ORDER BY run_id")]
+    db.close()
+    return rows
+
+
+def agent_env(**extra) -> dict:
+    return {"PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+def test_init_takes_the_folder_as_it_is(tmp_path):
+    folder = autoresearch_folder(tmp_path / "autoresearch")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True).returncode != 0
+    home = tmp_path / "node"
+    info = json.loads(cli("init", "--home", home, "--target", folder, "--json", check=True).stdout)
+    assert info["files"] == [".python-version", "prepare.py", "program.md", "pyproject.toml", "train.py", "uv.lock"]
+    assert info["budget"] == "2 s" and info["hardware_in_protocol"] and info["hardware"]
+    expected = detect_train_command(folder).command
+    assert info["train_command"] == expected
+    if not shutil.which("uv"):
+        assert expected.endswith(".venv/bin/python train.py")
+    assert info["search_space"] == {"origin": "inferred", "knobs": 13}
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before  # the folder is untouched
+    # the knobs: inferred from the hyperparameter block, forms as written, strings and zeros left alone
+    knobs = json.loads(cli("knobs", "--home", home, "--json", check=True).stdout)
+    by_name = {k["name"]: k for k in knobs["knobs"]}
+    assert by_name["TOTAL_BATCH_SIZE"]["value"] == "2**10" and by_name["TOTAL_BATCH_SIZE"]["step"] == "pow2"
+    assert by_name["ADAM_BETAS[1]"]["step"] == "complement" and by_name["MATRIX_LR"]["log"]
+    assert {k["name"] for k in knobs["left_out"]} >= {"WINDOW_PATTERN", "WARMUP_RATIO", "FINAL_LR_FRAC"}
+    table = cli("knobs", "--home", home, check=True).stdout
+    assert "TOTAL_BATCH_SIZE" in table and "not searched: WINDOW_PATTERN" in table
+    # the harness fixes its budget: another one is a clear error, not a silent mismatch
+    r = cli("run", "--home", home, "-n", 1, "--budget-seconds", 60)
+    assert r.returncode != 0 and "fixes its budget (TIME_BUDGET = 2 in prepare.py)" in r.stderr
+
+
+def test_train_command_detection():
+    target = FIXTURE  # pyproject.toml + uv.lock, no .venv in the repository's copy
+    uv = detect_train_command(target, which=lambda name: "/usr/bin/uv")
+    assert uv.command == f"uv run --frozen --project {target} train.py"
+    assert detect_train_command(target, which=lambda name: None).command == ""
+    assert detect_train_command(None).command == ""
+
+
+def test_solo_loop_on_an_autoresearch_folder(tmp_path):
+    """The builtin proposer (inferred space) and autoresearch's summary, FAIL and results.tsv semantics."""
+    folder = autoresearch_folder(tmp_path / "autoresearch")
+    home = init_node(tmp_path, "node", folder)
+    r = cli("run", "--home", home, "-n", 2, check=True)
+    # every result is printed, the last one included
+    assert "baseline" in r.stderr and "[2] " in r.stderr, r.stderr
+    rows = tsv_rows(home)
+    assert [row["status"] for row in rows][0] == "keep" and rows[0]["description"] == "baseline measurement"
+    assert len(rows) == 3 and all(row["status"] in ("keep", "discard", "crash") for row in rows)
+    runs = local_runs(home)
+    base = runs[0]
+    metrics = json.loads(base["metrics"])
+    assert {"mfu_percent", "depth", "peak_vram_mb", "total_tokens_M", "num_params_M"} <= set(metrics)
+    assert base["tokens"] == round(float(metrics["total_tokens_M"]) * 1e6) and base["num_steps"] > 0
+    assert base["memory_gb"] == 0.0  # peak_vram_mb on CPU
+    # a diverging change (autoresearch prints FAIL and exits 1) is a crash with the reason, through the
+    # generic adapter with a plain command as the agent
+    sed = "sed -i 's/^MATRIX_LR = 0.001/MATRIX_LR = 1e6/' train.py && echo 'MATRIX_LR 0.001 -> 1e6'"
+    r = cli("run", "--home", home, "-n", 1, "--proposer", "command", "--proposer-command", f"bash {ADAPTERS / 'agent.sh'}",
+            env={"AGENT_CMD": sed})
+    assert r.returncode == 0, r.stderr
+    crash = local_runs(home)[-1]
+    assert crash["status"] == "crash" and "loss diverged" in crash["reason"] and "FAIL" in crash["reason"]
+    assert crash["description"] == "MATRIX_LR 0.001 -> 1e6"
+    assert tsv_rows(home)[-1]["status"] == "crash" and tsv_rows(home)[-1]["val_bpb"] == "0.000000"
+    # autoresearch's analysis reads it
+    result = analyze(home / "results.tsv", tmp_path / "progress.png")
+    assert result["total"] == 4 and result["baseline_bpb"] == pytest.approx(float(rows[0]["val_bpb"]))
+    assert (tmp_path / "progress.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_coding_agents_through_the_adapters(tmp_path):
+    """Claude Code, Codex CLI, aider and the generic adapter, each one-shot in a scratch copy: code and
+    constant edits arrive; git, results.tsv, caches and harness edits of the agent never do."""
+    folder = autoresearch_folder(tmp_path / "autoresearch")
+    home = init_node(tmp_path, "node", folder, proposer="command", proposer_command=f"bash {ADAPTERS / 'agent.sh'}")
+
+    def propose_with(adapter: str, **env) -> dict:
+        r = cli("run", "--home", home, "-n", 1, "--proposer-command", f"bash {ADAPTERS / adapter}",
+                env=agent_env(**env))
+        assert r.returncode == 0, r.stderr[-3000:]
+        return local_runs(home)[-1]
+
+    run = propose_with("claude_code.sh", FAKE_EDIT="lr10")          # a code edit that helps a lot
+    assert run["kind"] == "experiment" and run["description"] == "scale the matrix learning rate by 10 in setup_optimizer"
+    assert run["status"] == "kept", run
+    run = propose_with("codex.sh", FAKE_EDIT="matrix")              # a constant edit
+    assert run["description"] == "MATRIX_LR 0.001 -> 0.01" and run["status"] in ("kept", "discarded")
+    run = propose_with("aider.sh", FAKE_EDIT="note")                # its last reply line, from its history
+    assert run["description"] == "record that aider was here"
+    run = propose_with("agent.sh", AGENT_CLI="claude", FAKE_EDIT="note", FAKE_LAST_LINE="")
+    assert run["description"].startswith("code; +2 -0 lines"), run["description"]  # the node's summary
+    # nothing the agents did besides train.py reached the node
+    repo = pygit2.Repository(str(home / "repo"))
+    refs = set(repo.references)
+    assert all(r == "refs/heads/main" or r.startswith("refs/p2p/") for r in refs), refs
+    assert not any((home / "repo" / name).exists() for name in ("results.tsv", ".claude.history.md", "__pycache__"))
+    genesis_prepare = (folder / "prepare.py").read_bytes()
+    for ref in refs:
+        assert repo.revparse_single(ref).peel(pygit2.Tree)["prepare.py"].data == genesis_prepare
+    assert not list(home.glob("agent-*"))  # scratch copies are removed
+    rows = tsv_rows(home)
+    assert [row["status"] for row in rows][:2] == ["keep", "keep"] and len(rows) == 5
+    assert analyze(home / "results.tsv", tmp_path / "p.png")["counts"]["KEEP"] >= 2
+
+
+@pytest.mark.slow
+def test_two_autoresearch_nodes_share_and_adopt(tmp_path):
+    """A's agent finds a large improvement; B verifies it by re-running it and adopts it; B's
+    results.tsv shows the adoption as a keep naming A, and autoresearch's analysis plots it."""
+    folder = autoresearch_folder(tmp_path / "autoresearch")
+    # wall-clock runs on a loaded 2-core machine vary; the change is worth ~1 bpb with one thread
+    a_home = init_node(tmp_path, "a", folder, tolerance=0.4, proposer="command",
+                       proposer_command=f"bash {ADAPTERS / 'codex.sh'}")
+    b_home = init_node(tmp_path, "b", folder, tolerance=0.4)
+    env_a = agent_env(FAKE_EDIT="matrix")
+    old = os.environ.copy()
+    os.environ.update(env_a)  # the daemon inherits the PATH with the scripted agents
+    try:
+        a = Daemon(a_home, "-n", "1").start(timeout=120)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    daemons = [a]
+    try:
+        b = Daemon(b_home, "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
+        daemons.append(b)
+        wait_for(lambda: any(step["found_by"] == a.peer_id for step in b.json("status")["baseline"]["lineage"]),
+                 240, 1.0, what="B adopts A's change")
+        kept = [e for e in a.json("experiments") if e["kind"] == "experiment" and e["status"] == "kept"]
+        assert kept and kept[0]["description"] == "MATRIX_LR 0.001 -> 0.01"
+        rows = tsv_rows(b_home)
+        adopted = [row for row in rows if "adopted from " + a.peer_id in row["description"]]
+        assert adopted and adopted[0]["status"] == "keep"
+        assert adopted[0]["description"].startswith("MATRIX_LR 0.001 -> 0.01")
+        assert rows[0]["description"] == "baseline measurement"
+        result = analyze(b_home / "results.tsv", tmp_path / "b.png")
+        assert result["best_bpb"] <= float(adopted[0]["val_bpb"])
+        assert any(d.startswith("MATRIX_LR 0.001 -> 0.01") for d in result["kept_descriptions"])
+    finally:
+        for d in daemons:
+            d.stop()
+        for d in daemons:
+            d.kill()
