@@ -232,3 +232,40 @@ def test_two_autoresearch_nodes_share_and_adopt(tmp_path):
             d.stop()
         for d in daemons:
             d.kill()
+
+
+def test_harness_budget_declarations():
+    from p2p_research.home import HomeError
+    from p2p_research.research.context import harness_budget, resolve_budget
+    from p2p_research.research.ids import Budget
+
+    ar = harness_budget(b"MAX_SEQ_LEN = 2048\nTIME_BUDGET = 5 * 60  # seconds\n")
+    assert ar.budget == Budget(seconds=300.0) and not ar.overridable and ar.source == "TIME_BUDGET = 5 * 60 in prepare.py"
+    ours = harness_budget(b"DEFAULT_BUDGET_TOKENS = 500_000\nimport os\nos.environ.get('P2P_BUDGET_TOKENS')\n")
+    assert ours.budget == Budget(tokens=500_000) and ours.overridable
+    assert harness_budget(b"TIME_BUDGET = int(300)\n") is None  # a call: not a declaration
+    from p2p_research.config import NodeConfig
+
+    cfg = NodeConfig()
+    assert resolve_budget(cfg, b"TIME_BUDGET = 300\n") == (Budget(seconds=300.0), "TIME_BUDGET = 300 in prepare.py")
+    cfg.research.budget_seconds = 300.0  # the same budget, said twice: fine
+    assert resolve_budget(cfg, b"TIME_BUDGET = 300\n")[0] == Budget(seconds=300.0)
+    cfg.research.budget_seconds = 60.0
+    with pytest.raises(HomeError, match="fixes its budget"):
+        resolve_budget(cfg, b"TIME_BUDGET = 300\n")
+    with pytest.raises(HomeError, match="declares no budget"):
+        resolve_budget(NodeConfig(), b"X = 1\n")
+
+
+def test_hardware_class_names_the_accelerator():
+    from p2p_research.research.hardware import cpu_string, describe_gpus, hardware_class, visible
+
+    gpus = [("0", "GPU-aaaa", "NVIDIA H100 80GB HBM3"), ("1", "GPU-bbbb", "NVIDIA H100 80GB HBM3"),
+            ("2", "GPU-cccc", "NVIDIA A100-SXM4-40GB")]
+    assert describe_gpus(visible(gpus, None)) == "NVIDIA A100-SXM4-40GB x1 + NVIDIA H100 80GB HBM3 x2"
+    assert describe_gpus(visible(gpus, "1")) == "NVIDIA H100 80GB HBM3 x1"
+    assert describe_gpus(visible(gpus, "GPU-cc,0")) == "NVIDIA A100-SXM4-40GB x1 + NVIDIA H100 80GB HBM3 x1"
+    assert visible(gpus, "7,0") == [] and visible(gpus, "") == []  # CUDA stops at the first invalid entry
+    assert hardware_class("cpu") == cpu_string()
+    if not shutil.which("nvidia-smi"):
+        assert hardware_class("auto") == cpu_string()  # CPU protocol ids stay as they were

@@ -154,3 +154,39 @@ def test_hostile_expressions_are_bounded():
             pass
         ok, _ = constants_only_change("A = 1\n", src)
         assert not ok
+
+
+def test_declared_space_may_address_tuple_elements_and_mutations_keep_forms():
+    space = parse_search_space('```toml search-space\n["ADAM_BETAS[1]"]\nkind = "float"\nlow = 0.9\nhigh = 0.999\n'
+                               '[TOTAL_BATCH_SIZE]\nkind = "choice"\nchoices = [262144, 524288, 1048576]\n```\n')
+    check_against(space, read_constants(AUTORESEARCH_BLOCK))
+    rng = random.Random(3)
+    seen = set()
+    for _ in range(40):
+        m = propose_mutation(AUTORESEARCH_BLOCK, space, rng)
+        assert constants_only_change(AUTORESEARCH_BLOCK, m.source)[0]
+        new = read_constants(m.source)
+        assert new["ADAM_BETAS"][0] == 0.8 and 0.9 <= new["ADAM_BETAS"][1] <= 0.999
+        if "TOTAL_BATCH_SIZE" in m.changes:
+            assert f"TOTAL_BATCH_SIZE = 2**{new['TOTAL_BATCH_SIZE'].bit_length() - 1} #" in m.source
+        seen |= set(m.changes)
+    assert seen == {"ADAM_BETAS[1]", "TOTAL_BATCH_SIZE"}
+
+
+def test_inferred_space_follows_the_hyperparameter_block():
+    from p2p_research.research.searchspace import infer_search_space
+
+    src = "import os\nBEFORE = 3.0\nos.environ['X'] = '1'\n" + AUTORESEARCH_BLOCK + "x = 1\nPEAK_FLOPS = 989.5e12\n"
+    space = infer_search_space(src)
+    # MODEL_DIM (code) ends the block, so NEG after it is outside like PEAK_FLOPS and BEFORE
+    assert set(space.params) == {"ASPECT_RATIO", "TOTAL_BATCH_SIZE", "EVAL_TOKENS", "ADAM_BETAS[0]", "ADAM_BETAS[1]"}
+    left = dict(space.left_out)
+    assert all("outside" in left[n] for n in ("PEAK_FLOPS", "BEFORE", "NEG"))
+    assert "string" in left["WINDOW_PATTERN"] and "zero" in left["WARMUP_RATIO"]
+    assert space.params["TOTAL_BATCH_SIZE"].step == "pow2" and space.params["ADAM_BETAS[1]"].step == "complement"
+    rng = random.Random(5)
+    for _ in range(50):
+        m = propose_mutation(src, space, rng)
+        assert constants_only_change(src, m.source)[0], m.description
+        for key, (_, new) in m.changes.items():
+            assert space.params[key].contains(new), (key, new)

@@ -35,7 +35,7 @@ from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.coordinator import SwarmCoordinator
 from p2p_research.daemon.intake import Intake
 from p2p_research.daemon.taskdump import report_if_still_stopping
-from p2p_research.home import HomeLock, NodeHome
+from p2p_research.home import HomeError, HomeLock, NodeHome
 from p2p_research.net.boundary import PeerTasks, contained
 from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
@@ -168,7 +168,13 @@ class NodeDaemon:
     async def research_loop(self) -> None:
         assert self.ctx is not None
         assert self.coordinator is not None
-        self.engine = engine = ResearchEngine(self.ctx, self.make_proposer(self.ctx), Hooks(
+        try:
+            proposer = self.make_proposer(self.ctx)
+        except HomeError as e:  # e.g. a malformed search-space block: the node stays up as a relay
+            log.error("research not started: %s", e)
+            self.research_state = f"failed: {e}"
+            return
+        self.engine = engine = ResearchEngine(self.ctx, proposer, Hooks(
             on_claim=self.announce_claim, on_result=self.announce_result, is_known=self.coordinator.is_known,
             between=self.before_proposal, is_mine=self.coordinator.owns))
         engine.peer = self.peer_id

@@ -21,6 +21,7 @@ def run_entry(run: Run, self_peer: str) -> dict[str, Any]:
         "description": run.description, "reason": run.reason, "training_seconds": run.training_seconds,
         "memory_gb": run.memory_gb, "started_at": run.started_at, "finished_at": run.finished_at,
         "received_at": run.received_at, "hardware": run.hardware, "protocol_id": run.protocol_id,
+        "metrics": run.metrics,
     }
 
 

@@ -312,8 +312,11 @@ class ResearchEngine:
         try:
             ctx.workspace.materialize(commit, run_dir)
             r = ctx.config.research
-            limits = RunLimits(self.time_limit(), r.memory_limit_mb, hard_address_limit=r.device == "cpu" or (
-                r.device == "auto" and not Path("/dev/nvidia0").exists()))
+            # RLIMIT_AS only for this node's own interpreter on CPU: CUDA, and other runtimes a target's
+            # command may start (uv, JAX), reserve far more address space than they use; the RSS poll
+            # enforces the memory limit for them
+            limits = RunLimits(self.time_limit(), r.memory_limit_mb, hard_address_limit=not r.train_command.strip() and (
+                r.device == "cpu" or (r.device == "auto" and not Path("/dev/nvidia0").exists())))
             with trio.CancelScope() as scope:
                 self.current_scope = scope
                 er.outcome = await self.trainer(run_dir, self.run_env(seed), limits, log_path)
