@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """A plain-script "agent" for `--proposer command`: nudges one constant of train.py.
 
-It runs in the node's workspace (cwd) like any coding agent would, edits train.py in place, and prints a
-one-line description of its change as its last output line. The tests use it; it also shows the
+It runs in the scratch copy of the baseline the node makes for each proposal (cwd), like any coding agent
+would, edits train.py in place, and prints a one-line description of its change as its last output line. The tests use it; it also shows the
 contract a real agent command must follow. Usage in node.toml:
 
     [research]
     proposer = "command"
     proposer_command = "python3 /path/to/examples/proposers/nudge_constant.py"
 
-Environment it may read: P2P_PROGRAM (program.md), P2P_SWARM (SWARM.md), P2P_BASELINE (commit id).
-Set NUDGE_MODE=none to make no change, NUDGE_MODE=other to touch another file, NUDGE_MODE=broken to write
-a train.py that does not parse (the node must skip each of these cleanly).
+Environment it may read: P2P_PROGRAM (program.md), P2P_SWARM (SWARM.md), P2P_BASELINE (commit id),
+P2P_PROMPT / P2P_PROMPT_FILE (the node's one-shot prompt, which a real agent is given).
+Set NUDGE_MODE=none to make no change, NUDGE_MODE=other to touch only another file (discarded: only
+train.py comes back), NUDGE_MODE=broken to write a train.py that does not parse (the node must skip
+each of these cleanly).
 """
 
 import os
