@@ -53,8 +53,16 @@ class NetworkSection:
 
 @dataclass
 class TrustSection:
-    policy: str = "constants"   # constants | any
+    policy: str = "sandboxed"   # sandboxed (any train.py change, run only in the sandbox) | constants | any
     trusted_peers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SandboxSection:
+    mode: str = "auto"          # auto (bwrap when it works, else none) | bwrap (required) | off
+    scratch_mb: int = 2048      # the run's writable scratch (a tmpfs)
+    max_processes: int = 2048   # processes and threads the run may have (a fork bomb stops there)
+    read_only: list[str] = field(default_factory=list)  # more paths a run may read (data kept elsewhere)
 
 
 @dataclass
@@ -80,6 +88,7 @@ class NodeConfig:
     network: NetworkSection = field(default_factory=NetworkSection)
     trust: TrustSection = field(default_factory=TrustSection)
     verification: VerificationSection = field(default_factory=VerificationSection)
+    sandbox: SandboxSection = field(default_factory=SandboxSection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
 
     def validate(self) -> NodeConfig:
@@ -117,8 +126,13 @@ class NodeConfig:
                 raise ConfigError(f"research.train_command is not a valid command line: {e}") from None
         if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
             raise ConfigError("research timeouts must be positive and threads >= 0")
-        if self.trust.policy not in ("constants", "any"):
-            raise ConfigError(f"trust.policy must be 'constants' or 'any', got {self.trust.policy!r}")
+        if self.trust.policy not in ("sandboxed", "constants", "any"):
+            raise ConfigError(f"trust.policy must be sandboxed, constants or any, got {self.trust.policy!r}")
+        sb = self.sandbox
+        if sb.mode not in ("auto", "bwrap", "off"):
+            raise ConfigError(f"sandbox.mode must be auto, bwrap or off, got {sb.mode!r}")
+        if sb.scratch_mb < 16 or sb.max_processes < 16:
+            raise ConfigError("sandbox.scratch_mb and sandbox.max_processes must be at least 16")
         if self.verification.policy not in ("always", "adaptive", "never"):
             raise ConfigError(f"verification.policy must be always, adaptive or never, got {self.verification.policy!r}")
         if self.network.target_peers < 1:

@@ -110,6 +110,8 @@ def register(app: typer.Typer) -> None:
         out.print(f"[bold]{d['name']}[/] {d['peer_id']}")
         out.print(f"swarm {d['swarm']}  protocol {d['protocol_id'][:12]}  budget {d['budget']}  up {_ago(time.time() - d['uptime_s'])}")
         out.print(f"baseline {b['commit'][:7]} val_bpb {_fmt(b['val_bpb'])}  research: {d['research']}")
+        if "sandbox" in d:
+            out.print(f"sandbox  {d['sandbox']}  trust policy {d['trust_policy']}", markup=False, highlight=False)
         c = d.get("current")
         if c:
             prog = f" {100 * c['progress']:.0f}%" if c.get("progress") is not None else ""

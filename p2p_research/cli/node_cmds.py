@@ -48,6 +48,7 @@ def start(
         print(f"peer id: {info['peer_id']} ({info['name']})")
         for a in info["addrs"]:
             print(f"address: {a}")
+        print(f"sandbox: {info['sandbox']} (trust policy {info['trust_policy']})")
         print(f"control: {h.control_socket}", flush=True)
 
     try:

@@ -50,7 +50,8 @@ class SwarmCoordinator:
     def __init__(self, daemon: Any) -> None:
         self.d = daemon
         cfg = daemon.config
-        self.trust = TrustPolicy(cfg.trust.policy, frozenset(cfg.trust.trusted_peers))
+        self.trust = TrustPolicy(daemon.ctx.trust_policy if daemon.ctx is not None else "constants",
+                                 frozenset(cfg.trust.trusted_peers))
         self.state = SwarmState(SwarmPolicy(daemon.peer_id, cfg.verification.policy, 0.002,
                                             cfg.verification.tolerance, cfg.verification.refuted_threshold,
                                             cfg.verification.quorum, cfg.verification.replicas,

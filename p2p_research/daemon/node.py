@@ -99,6 +99,9 @@ class NodeDaemon:
         with HomeLock(self.home, "a node daemon"):
             self.ctx = ctx = open_context(self.home, cfg)
             try:
+                if not ctx.sandbox.available and cfg.research.objective != "surrogate":
+                    log.warning("no sandbox for training runs: %s; peers' changes are limited to constants "
+                                "(trust policy %s)", ctx.sandbox.reason, ctx.trust_policy)
                 bad = ctx.workspace.quarantine_malformed()  # objects an older version let in unchecked
                 if bad:
                     log.warning("moved %d malformed object(s) to repo/.git/quarantine", len(bad))
@@ -302,7 +305,8 @@ class NodeDaemon:
     # --- control handlers -------------------------------------------------------------------------
     def identity_view(self) -> dict[str, Any]:
         return {"peer_id": self.peer_id, "name": self.name, "addrs": self.net.addrs() if self.net else [],
-                "home": str(self.home.path)}
+                "home": str(self.home.path),
+                "sandbox": self.ctx.sandbox.describe() if self.ctx else "", "trust_policy": self.ctx.trust_policy if self.ctx else ""}
 
     def status_view(self) -> dict[str, Any]:
         assert self.ctx is not None
@@ -320,6 +324,7 @@ class NodeDaemon:
             "baseline": {"commit": b.commit_id if b else ctx.workspace.baseline, "val_bpb": b.val_bpb if b else None,
                          "lineage": views.lineage_view(ctx.ledger, ctx.protocol_id, self.peer_id)},
             "current": current, "research": self.research_state,
+            "sandbox": ctx.sandbox.describe(), "trust_policy": ctx.trust_policy,
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
             "peers_connected": len(self.net.peers()) if self.net else 0,
             "uptime_s": time.time() - self.started_at, "software": f"p2p-research {__version__}",

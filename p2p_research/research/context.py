@@ -15,6 +15,8 @@ from p2p_research.home import HomeError, NodeHome
 from p2p_research.research.constants import ConstantsError, constant_sites, read_constants
 from p2p_research.research.hardware import hardware_class
 from p2p_research.research.ids import Budget, experiment_id, protocol_id
+from p2p_research.research.sandbox import SandboxInfo
+from p2p_research.research.sandbox import detect as detect_sandbox
 from p2p_research.research.searchspace import (
     SearchSpace,
     SearchSpaceError,
@@ -93,7 +95,14 @@ class ResearchContext:
     protocol_id: str
     hardware: str
     budget_source: str = ""
+    sandbox: SandboxInfo = SandboxInfo("none", "not checked")
     _space: SearchSpace | None = None
+
+    @property
+    def trust_policy(self) -> str:
+        """The trust policy in force: `sandboxed` needs a working sandbox, else it is `constants`."""
+        p = self.config.trust.policy
+        return "constants" if p == "sandboxed" and not self.sandbox.available else p
 
     @property
     def space(self) -> SearchSpace:
@@ -155,6 +164,17 @@ def open_context(home: NodeHome, config: NodeConfig | None = None) -> ResearchCo
     budget, budget_source = resolve_budget(cfg, harness["prepare.py"])
     hardware = hardware_class(cfg.research.device)
     pid = protocol_id(harness, budget, METRIC, data_digest(cfg.research.data), hardware if budget.is_wall_clock else "")
+    sandbox = sandbox_of(cfg)
     home.runs.mkdir(exist_ok=True)
     ledger = Ledger(home.ledger)
-    return ResearchContext(home, cfg, ws, ledger, budget, pid, hardware, budget_source)
+    return ResearchContext(home, cfg, ws, ledger, budget, pid, hardware, budget_source, sandbox)
+
+
+def sandbox_of(cfg: NodeConfig) -> SandboxInfo:
+    """The sandbox runs get; sandbox.mode = bwrap makes its absence an error instead of a fallback."""
+    if cfg.research.objective == "surrogate":
+        return SandboxInfo("none", "the surrogate objective runs no code")
+    info = detect_sandbox(cfg.sandbox.mode)
+    if cfg.sandbox.mode == "bwrap" and not info.available:
+        raise HomeError(f"sandbox.mode = bwrap, but {info.reason}")
+    return info

@@ -13,6 +13,8 @@ import logging
 import math
 import shutil
 import statistics
+import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -27,6 +29,7 @@ from p2p_research.research.context import EDITABLE_FILE, ResearchContext
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.proposers import Proposal, Proposer, Skip
 from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
+from p2p_research.research.sandbox import SandboxSpec, interpreter_paths, safe_paths
 from p2p_research.research.surrogate import SurrogateTrainer
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result
@@ -105,6 +108,7 @@ class ResearchEngine:
         self.liar = ctx.config.simulation.liar
         self.current_scope: trio.CancelScope | None = None
         self.yield_reason = ""
+        self._data_ready = False
 
     # --- setup ------------------------------------------------------------------------------------
     @property
@@ -277,11 +281,56 @@ class ResearchEngine:
                                        "local", self.peer)
         return exp_id, commit
 
+    def cache_dir(self) -> Path:
+        """The harness's corpus cache, resolved here: inside the sandbox HOME is the scratch directory."""
+        r = self.ctx.config.research
+        return Path(r.cache_dir).expanduser() if r.cache_dir else Path.home() / ".cache" / "p2p-research"
+
+    def sandbox_spec(self, run_dir: Path) -> SandboxSpec | None:
+        """What a run may see (read-only) when a sandbox is in use: the interpreter(s) of the train
+        command, the data, the harness's cache, `sandbox.read_only`; never the node home or the rest of
+        the user's home."""
+        ctx = self.ctx
+        if not ctx.sandbox.available:
+            return None
+        r, sb = ctx.config.research, ctx.config.sandbox
+        argv = train_argv(r.train_command)
+        paths = interpreter_paths(argv[0])
+        if "--project" in argv[:-1]:  # uv run --project DIR: the project and its .venv
+            paths.append(Path(argv[argv.index("--project") + 1]).expanduser())
+        if r.data:
+            paths.append(Path(r.data).expanduser())
+        paths.append(self.cache_dir())
+        paths += [Path(p).expanduser() for p in sb.read_only]
+        hidden = [ctx.home.path, Path.home()]
+        gpu = r.device != "cpu" and Path("/dev/nvidia0").exists()
+        return SandboxSpec(run_dir, read_only=safe_paths(paths, hidden), scratch_mb=sb.scratch_mb,
+                           max_processes=sb.max_processes, gpu=gpu)
+
+    async def prepare_data(self) -> None:
+        """Fill the harness's corpus cache once, outside any run: runs may only read it (a hostile
+        train.py must not rewrite the data later runs are measured on). Only for a harness that keeps
+        its data in P2P_CACHE_DIR (this project's); autoresearch's data is prepared by its user."""
+        if self._data_ready or not self.ctx.sandbox.available:
+            return
+        self._data_ready = True
+        genesis = self.ctx.workspace.files_of(self.ctx.workspace.genesis)
+        if b"P2P_CACHE_DIR" not in genesis.get("prepare.py", b""):
+            return
+        self.cache_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.ctx.home.runs) as tmp:
+            (Path(tmp) / "prepare.py").write_bytes(genesis["prepare.py"])
+            outcome = await run_training(Path(tmp), self.run_env(self.seed), RunLimits(600, 8192, False),
+                                         Path(tmp) / "prepare.log", command=[sys.executable, "prepare.py"])
+            if outcome.returncode != 0:
+                log.warning("could not prepare the harness's data (%s); each run prepares its own",
+                            outcome.reason or (Path(tmp) / "prepare.log").read_text()[-300:])
+
     def run_env(self, seed: int) -> dict[str, str]:
         r = self.ctx.config.research
         env = {**self.ctx.budget.env(), "P2P_SEED": str(seed), "P2P_DEVICE": r.device}
-        if r.cache_dir:
-            env["P2P_CACHE_DIR"] = str(Path(r.cache_dir).expanduser())
+        if r.cache_dir or self.ctx.sandbox.available:
+            env["P2P_CACHE_DIR"] = str(self.cache_dir())
         if r.data:
             env["P2P_DATA"] = str(Path(r.data).expanduser())
         if r.threads:
@@ -319,7 +368,9 @@ class ResearchEngine:
                 r.device == "cpu" or (r.device == "auto" and not Path("/dev/nvidia0").exists())))
             with trio.CancelScope() as scope:
                 self.current_scope = scope
-                er.outcome = await self.trainer(run_dir, self.run_env(seed), limits, log_path)
+                await self.prepare_data()
+                er.outcome = await self.trainer(run_dir, self.run_env(seed), limits, log_path,
+                                                sandbox=self.sandbox_spec(run_dir))
             self.current_scope = None
             if scope.cancelled_caught:
                 # yielded to a peer or stopped: not a result, so not a results.tsv row (autoresearch's

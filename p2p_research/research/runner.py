@@ -21,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from p2p_research.research.sandbox import PidsCgroup, SandboxSpec, apply_limits, clean_env, wrap
 from p2p_research.research.summary import Summary, SummaryError, parse_summary
 
 log = logging.getLogger("p2p_research.runner")
@@ -65,8 +66,9 @@ def _last_error_line(text: str) -> str:
 
 
 def _rss_mb(pid: int) -> float:
-    """RSS of a process and its children (the process group leader's tree), from /proc."""
-    total = 0.0
+    """RSS of the child's process group and of all its descendants, from /proc (a sandboxed run sits
+    in a session of its own under bwrap, so its processes are found as descendants)."""
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, pgrp)
     try:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
@@ -74,14 +76,25 @@ def _rss_mb(pid: int) -> float:
             try:
                 with open(f"/proc/{entry.name}/stat", "rb") as f:
                     fields = f.read().rsplit(b")", 1)[1].split()
-                if int(fields[2]) != pid and int(entry.name) != pid:  # field 5 (pgrp) after the comm
-                    continue
-                with open(f"/proc/{entry.name}/statm", "rb") as f:
-                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+                stats[int(entry.name)] = (int(fields[1]), int(fields[2]))  # ppid, pgrp
             except (OSError, IndexError, ValueError):
                 continue
     except OSError:
         pass
+    members = {p for p, (_, pgrp) in stats.items() if pgrp == pid or p == pid}
+    grew = True
+    while grew:
+        new = {p for p, (ppid, _) in stats.items() if ppid in members and p not in members}
+        members |= new
+        grew = bool(new)
+    total = 0.0
+    page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+    for p in members:
+        try:
+            with open(f"/proc/{p}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * page_mb
+        except (OSError, IndexError, ValueError):
+            continue
     return total
 
 
@@ -120,20 +133,28 @@ def _kill_group(pid: int) -> None:
 
 
 async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
-                       command: list[str] | None = None) -> RunOutcome:
-    """Run `command` (default: this interpreter on train.py) in `run_dir`; returns the outcome.
-    Cancellation kills the child group."""
+                       command: list[str] | None = None, sandbox: SandboxSpec | None = None) -> RunOutcome:
+    """Run `command` (default: this interpreter on train.py) in `run_dir`, inside `sandbox` when one
+    is given; returns the outcome. Cancellation kills the child group (and the sandbox with it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     limit_bytes = limits.memory_limit_mb * 2**20
 
+    cgroup = PidsCgroup(sandbox.max_processes) if sandbox is not None else None
+
     def preexec() -> None:
+        if sandbox is not None:
+            apply_limits(sandbox, cgroup.path if cgroup else None)
         if limits.hard_address_limit:
             resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
     argv = command or train_argv("")
-    child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    if command:  # the target's own environment: not this node's virtualenv
-        child_env.pop("VIRTUAL_ENV", None)
+    if sandbox is not None:
+        argv = wrap(argv, sandbox)
+        child_env = clean_env(env)
+    else:
+        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        if command:  # the target's own environment: not this node's virtualenv
+            child_env.pop("VIRTUAL_ENV", None)
     started = time.monotonic()
     reason = ""
     with log_path.open("wb") as logf:
@@ -142,6 +163,8 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
                 argv, cwd=str(run_dir), env=child_env, stdin=subprocess.DEVNULL,
                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
         except OSError as e:
+            if cgroup is not None:
+                cgroup.remove()
             return RunOutcome(False, None, f"cannot start {argv[0]}: {e.strerror or e}", 0.0, None, log_path)
         try:
             with trio.move_on_after(limits.time_limit_s) as scope:
@@ -164,6 +187,9 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
                 with trio.CancelScope(shield=True):
                     await proc.wait()
             _kill_group(proc.pid)  # stray grandchildren of the group
+            if cgroup is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(cgroup.remove)
     wall = time.monotonic() - started
     out = _tail(log_path)
     if reason:

@@ -95,7 +95,8 @@ class SurrogateTrainer:
         self.cost_s = cost_s
         self.budget_tokens = budget_tokens or DEFAULT_TOKENS
 
-    async def __call__(self, run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path) -> RunOutcome:
+    async def __call__(self, run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
+                       sandbox: object = None) -> RunOutcome:  # runs no code: nothing to sandbox
         started = time.monotonic()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:

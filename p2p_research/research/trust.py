@@ -1,10 +1,12 @@
 """The trust policy: what a peer's change may be before this node runs or adopts it.
 
-Code from a peer is code execution. Default policy `constants`: compared with its parent, a commit
-may alter nothing but literal values of the top-level constants of train.py, and no other file. Peers
-listed in `trust.trusted_peers` (or every peer under policy `any`) may change train.py freely, but a
-change of the harness (prepare.py) is never an experiment, whoever sends it. Adopting a commit adopts
-its whole lineage, so every step from an already accepted commit is checked.
+Code from a peer is code execution. Under policy `sandboxed` (the default where a sandbox works: every
+run of train.py is isolated, see `research/sandbox.py`) any change of train.py may be verified and
+adopted. Under `constants` (the fallback without a sandbox) a commit may alter nothing but the values
+of the top-level constants of train.py compared with its parent. Peers listed in `trust.trusted_peers`
+(or every peer under policy `any`) may change train.py freely. Whatever the policy, only train.py may
+change: a change of the harness (prepare.py) or any other file is never an experiment, whoever sends
+it. Adopting a commit adopts its whole lineage, so every step from an already accepted commit is checked.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ MAX_LINEAGE = 10_000
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    policy: str = "constants"                 # constants | any
+    policy: str = "constants"                 # sandboxed | constants | any (the policy in force)
     trusted_peers: frozenset[str] = frozenset()
 
     def trusts_code_from(self, peer: str) -> bool:
-        return self.policy == "any" or peer in self.trusted_peers
+        return self.policy in ("any", "sandboxed") or peer in self.trusted_peers
 
 
 def check_change(old_files: dict[str, bytes], new_files: dict[str, bytes], code_allowed: bool) -> tuple[bool, str]:
@@ -37,7 +39,7 @@ def check_change(old_files: dict[str, bytes], new_files: dict[str, bytes], code_
     if others:
         return False, f"the change touches {', '.join(others)}; only train.py may change"
     if code_allowed:
-        return True, "trusted peer: any change of train.py"
+        return True, "any change of train.py allowed"
     try:
         old, new = old_files[EDITABLE].decode(), new_files[EDITABLE].decode()
     except (KeyError, UnicodeDecodeError):
@@ -69,4 +71,6 @@ def check_lineage(ws: Workspace, commit: str, accepted: set[str], policy: TrustP
                 return False, f"commit {c[:7]}: {reason}"
     except WorkspaceError as e:
         return False, str(e)
-    return True, "only constant values changed" if not policy.trusts_code_from(peer) else "trusted"
+    if not policy.trusts_code_from(peer):
+        return True, "only constant values changed"
+    return True, "code accepted: it runs only in the sandbox" if policy.policy == "sandboxed" else "trusted"

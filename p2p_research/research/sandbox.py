@@ -1,0 +1,333 @@
+"""The sandbox every training run goes through: train.py is code that agents and peers wrote.
+
+Built on bubblewrap (`bwrap`), without root:
+- its own network namespace (only a loopback of its own: the daemon's ports, its control socket and
+  every other address are unreachable), PID namespace (it cannot see or signal the daemon; when the
+  run ends every process in it dies), IPC and UTS namespaces, no new privileges;
+- a filesystem of read-only system directories (`/usr`, the `/lib`s, a few files of `/etc`), the
+  interpreter(s) the run needs, the data and the harness cache read-only, a fresh `/proc`, a minimal
+  `/dev`, and one writable scratch directory: a tmpfs of `scratch_mb` that holds the run's files and
+  is its working directory (plus a small `/tmp`). The node home (`identity.key`, `ledger.sqlite`,
+  `control.sock`, `repo/`), the user's home and everything else on the machine are simply absent;
+- a clean environment (no API keys or tokens reach it);
+- no capabilities, no further user namespaces; process, file-size and open-file limits (on top of the
+  runner's memory and time limits). The kernel applies no process limit (RLIMIT_NPROC) to root, so a
+  node running as root puts each run in a pids cgroup of its own instead, where it can make one.
+
+`detect()` checks once per process that a sandbox really starts (a real `bwrap ... true`), so a
+machine whose kernel forbids user namespaces reports why instead of failing every run. Without a
+sandbox, a node falls back to the `constants` trust policy for peers' changes and says so at start
+and in `status`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+WORKDIR = "/run/p2p-work"          # the run's scratch directory inside the sandbox
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "passwd", "group", "localtime",
+             "alternatives", "hosts", "host.conf", "gai.conf", "ssl/openssl.cnf")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+GPU_DEVICES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "dri", "nvidia-caps")
+ENV_PASS = ("LANG", "LANGUAGE", "TZ", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES",
+            "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+ENV_PASS_PREFIXES = ("LC_", "OPENBLAS_", "PYTORCH_", "TORCH_", "NCCL_")
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
+PROBE_TIMEOUT_S = 20.0
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """What this machine offers: `kind` is "bwrap" or "none"; `reason` says why there is none."""
+
+    kind: str
+    reason: str = ""
+    version: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.kind != "none"
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.version}".strip() if self.available else f"none ({self.reason})"
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """One run's sandbox: what it sees and what it may use."""
+
+    run_dir: Path                      # the run's files (train.py, prepare.py, ...): copied into the scratch tmpfs
+    read_only: tuple[Path, ...] = ()   # interpreters, data, caches, the target's environment
+    read_write: tuple[Path, ...] = ()  # only for the harness's own data preparation (never peer code)
+    scratch_mb: int = 1024
+    tmp_mb: int = 256
+    max_processes: int = 2048
+    max_open_files: int = 4096
+    gpu: bool = False
+
+
+def _bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+@functools.lru_cache(maxsize=1)
+def detect(mode: str = "auto") -> SandboxInfo:
+    """The sandbox this node can use. mode: auto | bwrap | off."""
+    if mode == "off":
+        return SandboxInfo("none", "turned off (sandbox.mode = off)")
+    if not sys.platform.startswith("linux"):
+        return SandboxInfo("none", f"no sandbox on {sys.platform} (bubblewrap needs Linux namespaces)")
+    exe = _bwrap()
+    if exe is None:
+        return SandboxInfo("none", "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` "
+                                   "(`make install` does it where it can)")
+    try:
+        version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S).stdout.split()[-1]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        version = ""
+    probe = SandboxSpec(run_dir=Path("/nonexistent"))
+    argv = wrap(["/bin/true"], probe, copy_files=False)
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=clean_env({}),
+                           preexec_fn=functools.partial(apply_limits, probe))
+    except (OSError, subprocess.SubprocessError) as e:
+        return SandboxInfo("none", f"bwrap does not start: {e}")
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+        return SandboxInfo("none", f"bwrap cannot make a sandbox here: {why[:200]} "
+                                   "(are unprivileged user namespaces disabled?)")
+    return SandboxInfo("bwrap", version=version)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for d in SYSTEM_DIRS:
+        p = Path(d)
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), d]
+        elif p.is_dir():
+            args += ["--ro-bind", d, d]
+    for name in ETC_FILES:
+        p = Path("/etc") / name
+        if p.exists():
+            args += ["--ro-bind", str(p), str(p)]
+    return args
+
+
+def _under_system(p: Path) -> bool:
+    """Already visible (read-only) through the system directories."""
+    return any(p == Path(d) or p.is_relative_to(d) for d in SYSTEM_DIRS)
+
+
+def _gpu_binds() -> list[str]:
+    args: list[str] = []
+    dev = Path("/dev")
+    for p in sorted(dev.glob("nvidia[0-9]*")) + [dev / n for n in GPU_DEVICES]:
+        if p.exists():
+            args += ["--dev-bind", str(p), str(p)]
+    if Path("/sys").is_dir():
+        args += ["--ro-bind", "/sys", "/sys"]
+    return args
+
+
+def wrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> list[str]:
+    """The bwrap command line that runs `argv` in WORKDIR inside the sandbox of `spec`.
+
+    The run's files are bound read-only into the scratch tmpfs one by one (`copy_files`), so the
+    run cannot change its own train.py or prepare.py, and can write only new files, within
+    `scratch_mb`."""
+    exe = _bwrap() or "bwrap"
+    args = [exe, "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--hostname", "sandbox"]
+    args += _system_binds()
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--perms", "1777", "--size", str(spec.tmp_mb * 2**20), "--tmpfs", "/tmp"]
+    binds = [p for p in (*spec.read_only, *spec.read_write) if not _under_system(p)]
+    # the directories leading to a bind: world-traversable (bwrap would make them 0700, and a run
+    # dropped to nobody could not reach its own interpreter)
+    parents = sorted({a for p in binds for a in p.parents if a != Path("/") and not _under_system(a)},
+                     key=lambda a: len(a.parts))
+    for d in parents:
+        args += ["--perms", "0755", "--dir", str(d)]
+    for p in spec.read_only:
+        if not _under_system(p):
+            args += ["--ro-bind-try", str(p), str(p)]
+    for p in spec.read_write:
+        args += ["--bind", str(p), str(p)]
+    args += ["--perms", "1777", "--size", str(spec.scratch_mb * 2**20), "--tmpfs", WORKDIR]
+    if copy_files and spec.run_dir.is_dir():
+        for f in sorted(spec.run_dir.iterdir()):
+            if f.is_file() and not f.is_symlink() and f.name != "run.log":
+                args += ["--ro-bind", str(f), f"{WORKDIR}/{f.name}"]
+    if spec.gpu:
+        args += _gpu_binds()
+    args += ["--chdir", WORKDIR, "--"]  # the environment is bwrap's own: `clean_env`
+    return args + argv
+
+
+def apply_limits(spec: SandboxSpec, cgroup: Path | None = None) -> None:
+    """preexec_fn: the limits the sandboxed processes inherit. RLIMIT_NPROC counts this user's
+    processes (it binds an unprivileged node; the kernel ignores it for root, hence `cgroup`)."""
+    import resource
+
+    if cgroup is not None:
+        try:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            pass
+    nproc = spec.max_processes + _processes_of(os.getuid())
+    for limit, value in ((resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_NOFILE, spec.max_open_files),
+                         (resource.RLIMIT_FSIZE, spec.scratch_mb * 2**20), (resource.RLIMIT_CORE, 0)):
+        try:
+            soft, hard = resource.getrlimit(limit)
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(limit, (value, value))
+        except (ValueError, OSError):
+            pass
+
+
+class PidsCgroup:
+    """A pids cgroup for one run, where the node may make one (root, a writable pids hierarchy, v1 or
+    v2): the process limit for a root node. `path` is None where it cannot be made."""
+
+    def __init__(self, max_processes: int) -> None:
+        self.path: Path | None = None
+        base = _pids_base()
+        if base is None:
+            return
+        path = base / f"run-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            path.mkdir()
+            (path / "pids.max").write_text(str(max_processes))
+            self.path = path
+        except OSError:
+            self.remove(path)
+
+    def remove(self, path: Path | None = None) -> None:
+        path = path or self.path
+        if path is None:
+            return
+        for _ in range(50):  # the run's processes may still be exiting
+            try:
+                path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+
+
+@functools.lru_cache(maxsize=1)
+def _pids_base() -> Path | None:
+    if not _is_root():
+        return None
+    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        if not (root / "cgroup.procs").exists():
+            continue
+        base = root / "p2p-research"
+        try:
+            base.mkdir(exist_ok=True)
+            if not (base / "pids.max").exists() and (root / "cgroup.subtree_control").exists():
+                (root / "cgroup.subtree_control").write_text("+pids")  # cgroup v2
+                (base / "cgroup.subtree_control").write_text("+pids")
+            probe = base / "probe"
+            probe.mkdir(exist_ok=True)
+            ok = (probe / "pids.max").exists()
+            probe.rmdir()
+            if ok:
+                return base
+        except OSError:
+            continue
+    return None
+
+
+def process_limit() -> str:
+    """How a run's process count is limited on this node (for `status`)."""
+    if not _is_root():
+        return "RLIMIT_NPROC"
+    return "pids cgroup" if _pids_base() is not None else "none (root without a writable pids cgroup)"
+
+
+def _processes_of(uid: int) -> int:
+    n = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    n += 1
+            except OSError:
+                continue
+    return n
+
+
+def clean_env(run_env: dict[str, str], home: str = WORKDIR) -> dict[str, str]:
+    """The run's environment: the harness's variables, locale and thread settings; nothing else
+    (no API keys, tokens or the daemon's variables)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp",
+           "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    for k, v in os.environ.items():
+        if (k in ENV_PASS or k.startswith(ENV_PASS_PREFIXES)) and not any(w in k for w in SECRET_WORDS):
+            env[k] = v
+    env.update(run_env)
+    return env
+
+
+def interpreter_paths(executable: str) -> list[Path]:
+    """What an interpreter needs to run, read-only: its virtualenv, the base installation the venv
+    points to, and the directories its site-packages' .pth files add (an editable install, a venv
+    that borrows another's packages)."""
+    exe = Path(executable)
+    if not exe.is_absolute():
+        found = shutil.which(executable)
+        if found is None:
+            return []
+        exe = Path(found)
+    out: list[Path] = [exe.parent]
+    venv = exe.parent.parent
+    cfg = venv / "pyvenv.cfg"
+    if cfg.is_file():
+        out.append(venv)
+        for line in cfg.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home" and value.strip():
+                out.append(Path(value.strip()).parent)
+        for pth in venv.glob("lib/python*/site-packages/*.pth"):
+            for line in pth.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line.startswith("/") and Path(line).is_dir():
+                    out.append(Path(line))
+    real = exe.resolve()
+    out.append(real.parent.parent)
+    return out
+
+
+def safe_paths(paths: list[Path], hidden: list[Path]) -> tuple[Path, ...]:
+    """`paths` minus any that is, or contains, a hidden one (the node home, the user's home): a
+    .pth line pointing at `/` must not expose the node's key."""
+    out: list[Path] = []
+    for p in paths:
+        try:
+            p = p.resolve()
+        except OSError:
+            continue
+        if p == Path("/") or any(h == p or h.is_relative_to(p) for h in hidden):
+            continue
+        if p not in out and p.exists():
+            out.append(p)
+    return tuple(out)
