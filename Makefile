@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOME_DIR ?= $(HOME)/.p2p-research
 
-.PHONY: install run test test-fast bench simulate lint clean
+.PHONY: install run test test-fast bench simulate lint clean sandbox-tools
 
 $(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory sandbox-tools
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
@@ -37,3 +38,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Training runs go through bubblewrap (the sandbox). Installed here where this user can (root with
+# apt-get, or passwordless sudo); otherwise a clear message, and nodes fall back to constants-only trust.
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq bubblewrap)) >/dev/null 2>&1; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then \
+	    sudo -n apt-get install -y -qq bubblewrap >/dev/null 2>&1 || true; \
+	  fi; \
+	  command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap (bwrap) is not installed and could not be installed here: training runs will not be sandboxed and peers' changes stay limited to constants (install it with your package manager: bubblewrap)"; \
+	}

@@ -159,12 +159,12 @@ def wrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> list[st
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--perms", "1777", "--size", str(spec.tmp_mb * 2**20), "--tmpfs", "/tmp"]
     binds = [p for p in (*spec.read_only, *spec.read_write) if not _under_system(p)]
-    # the directories leading to a bind: world-traversable (bwrap would make them 0700, and a run
-    # dropped to nobody could not reach its own interpreter)
+    # the directories leading to a bind: traversable, not writable (bwrap would make them 0700 and
+    # writable; without capabilities even the sandbox's root obeys 0555)
     parents = sorted({a for p in binds for a in p.parents if a != Path("/") and not _under_system(a)},
                      key=lambda a: len(a.parts))
     for d in parents:
-        args += ["--perms", "0755", "--dir", str(d)]
+        args += ["--perms", "0555", "--dir", str(d)]
     for p in spec.read_only:
         if not _under_system(p):
             args += ["--ro-bind-try", str(p), str(p)]

@@ -1,0 +1,157 @@
+"""Escape attempts: hostile train.py variants through the real runner, in the sandbox a node builds.
+
+A real daemon (node D) runs beside the node (B) whose engine runs the code. Each variant tries one
+thing; if it works it prints ESCAPED and exits 0, if it fails it exits non-zero. Every variant must be
+a crash with a reason, print no ESCAPED, leak no canary, and leave D running.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from daemon_helpers import Daemon
+
+from p2p_research.research.context import open_context
+from p2p_research.research.engine import ResearchEngine
+from p2p_research.research.init import init_home
+from p2p_research.research.proposers import BuiltinProposer
+from p2p_research.research.runner import RunLimits, run_training, train_argv
+from p2p_research.research.sandbox import detect
+
+pytestmark = pytest.mark.skipif(not detect().available, reason=f"no sandbox here: {detect().reason}")
+
+CANARY = "canary-7f3a9c-do-not-leak"
+HOME_FILE = Path.home() / f".p2p-research-escape-canary-{os.getpid()}"
+
+ATTEMPT = '''
+import os, sys, socket, ctypes, signal, time
+def escaped(what):
+    print("ESCAPED:", what, flush=True)
+    print("---"); print("val_bpb: 1.0"); sys.exit(0)
+'''
+
+VARIANTS = {
+    "read the node's identity.key": "print(open({b_key!r}).read()); escaped('identity.key')",
+    "read the node's ledger": "print(open({b_ledger!r}, 'rb').read()[:64]); escaped('ledger')",
+    "read the other daemon's key": "print(open({d_key!r}).read()); escaped('daemon key')",
+    "read a file in the user's home": "print(open({home_file!r}).read()); escaped('home file')",
+    "connect to the daemon's TCP port": "socket.create_connection(('127.0.0.1', {d_port}), timeout=2); escaped('tcp')",
+    "connect to an outside address": (
+        "routes = open('/proc/net/route').read().splitlines()[1:]\n"
+        "if routes: escaped('a route out: ' + routes[0])\n"  # never send a packet if the sandbox is broken
+        "socket.create_connection(('192.0.2.1', 9), timeout=2); escaped('outside')"),
+    "connect to the control socket": (
+        "s = socket.socket(socket.AF_UNIX); s.connect({d_sock!r}); escaped('control socket')"),
+    "write outside scratch": "open({outside!r}, 'w').write('x'); escaped('wrote outside')",
+    "write into the node's repo": "open({b_repo!r} + '/HEAD', 'a').write('x'); escaped('repo')",
+    "fill the disk": (
+        "f = open('fill.bin', 'wb')\n"
+        "for _ in range(100000): f.write(b'0' * 2**20); f.flush()\n"
+        "escaped('wrote 100 GB')"),
+    "fork bomb": (
+        "n = 0\n"
+        "while n < 5000:\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        time.sleep(60); os._exit(0)\n"
+        "    n += 1\n"
+        "escaped(f'{{n}} processes')"),
+    "leave a background process": (
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    os.execvp('sleep', ['sleep', '{marker}'])\n"
+        "time.sleep(0.5)\n"
+        "sys.exit(4)"),
+    "signal the daemon": "os.kill({d_pid}, signal.SIGKILL); escaped('killed the daemon')",
+    "ptrace the daemon": (
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.ptrace(16, {d_pid}, None, None) == 0: escaped('ptrace attach')\n"
+        "sys.exit('ptrace: errno %d' % ctypes.get_errno())"),
+    "read the daemon's environment": "print(open('/proc/{d_pid}/environ').read()); escaped('environ')",
+    "read the host's processes": (
+        "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "if len(pids) > 5: escaped(f'{{len(pids)}} processes visible')\n"
+        "sys.exit('only the sandbox: ' + ' '.join(pids))"),
+    "read API keys from the environment": (
+        "leaked = [k for k, v in os.environ.items() if k in ('ANTHROPIC_API_KEY', 'P2P_TEST_SECRET') or {canary!r} in v]\n"
+        "if leaked: escaped(str(leaked))\n"
+        "sys.exit('environment is clean')"),
+}
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("escape")
+    cache = root / "cache"
+    cache.mkdir()
+    d_home = init_home(root / "daemon")
+    d = Daemon(d_home.path, "--no-research").start()
+    b_home = init_home(root / "node")
+    cfg = b_home.load_config()
+    cfg.research.cache_dir = str(cache)
+    cfg.sandbox.scratch_mb = 64
+    cfg.sandbox.max_processes = 64
+    b_home.write_config(cfg)
+    (b_home.path / "identity.key").write_text(CANARY)  # the node running the code: its key is the canary
+    HOME_FILE.write_text(CANARY)
+    try:
+        yield root, d, d_home, b_home
+    finally:
+        HOME_FILE.unlink(missing_ok=True)
+        d.stop()
+        d.kill()
+
+
+def _format(code: str, **values) -> str:
+    return code.format(**values)
+
+
+@pytest.mark.parametrize("what", list(VARIANTS))
+def test_escape_attempt_fails(setting, what, monkeypatch):
+    root, d, d_home, b_home = setting
+    monkeypatch.setenv("P2P_TEST_SECRET", CANARY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", CANARY)
+    marker = f"{7000 + abs(hash(what)) % 1000}.{os.getpid()}"
+    values = dict(b_key=str(b_home.identity), b_ledger=str(b_home.ledger), b_repo=str(b_home.repo / ".git"),
+                  d_key=str(d_home.identity), d_sock=str(d_home.control_socket), d_pid=d.proc.pid,
+                  d_port=int(d.addrs[0].split("/tcp/")[1].split("/")[0]),
+                  outside=str(root / "escaped.txt"), marker=marker, home_file=str(HOME_FILE), canary=CANARY)
+    ctx = open_context(b_home)
+    try:
+        engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=1))
+        run_dir = ctx.home.runs / f"escape-{abs(hash(what))}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "train.py").write_text(ATTEMPT + _format(VARIANTS[what], **values) + "\n")
+        spec = engine.sandbox_spec(run_dir)
+        assert spec is not None
+        started = time.monotonic()
+        outcome = trio.run(run_training, run_dir, engine.run_env(0), RunLimits(30, 1024, False),
+                           run_dir / "run.log", train_argv(""), spec)
+    finally:
+        ctx.close()
+    log = (run_dir / "run.log").read_text(errors="replace")
+    print(f"\n{what}: {outcome.reason}")
+    assert not outcome.ok and outcome.reason, (what, outcome, log[-2000:])
+    assert "ESCAPED" not in log, log[-2000:]
+    assert CANARY not in log
+    assert time.monotonic() - started < 30, "the attempt should fail fast, not run into the time limit"
+    assert not (root / "escaped.txt").exists()
+    assert (b_home.identity.read_text() == CANARY) and d.proc.poll() is None
+    assert d.json("status")["peer_id"] == d.peer_id  # the daemon answers
+    # nothing the run started outlives it
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
+    assert left.returncode == 1, f"a process outlived the run: {left.stdout}"
+    big = [p for p in root.rglob("*") if p.is_file() and p.stat().st_size > 2**20]
+    assert not big, big
+
+
+def test_the_sandbox_is_reported(setting):
+    _, d, _, _ = setting
+    status = d.json("status")
+    assert status["sandbox"].startswith("bwrap") and status["trust_policy"] == "sandboxed"
+    assert "sandbox  bwrap" in d.cli("status").stdout
