@@ -22,12 +22,13 @@ RECEIPT_STATUS = {"kept": "kept", "discarded": "discarded", "crash": "crash", "b
 
 
 def make_claim(ctx: ResearchContext, peer: str, exp_id: str, commit: str, description: str,
-               expected_seconds: float | None) -> Claim:
+               expected_seconds: float | None, semantic_id: str = "") -> Claim:
     """A lease of about three budgets: long enough to finish, short enough that a dead claimer frees it."""
     lease = max(MIN_LEASE_S, 3 * (expected_seconds or ctx.budget.seconds or 600.0))
     parent = ctx.workspace.parent_of(commit) or ""
     return Claim(exp_id=exp_id, protocol_id=ctx.protocol_id, parent=parent, peer=peer,
-                 lease_until=time.time() + lease, description=description[:500], ts=time.time())
+                 lease_until=time.time() + lease, description=description[:500], ts=time.time(),
+                 semantic_id=semantic_id)
 
 
 def make_receipt(ctx: ResearchContext, run: Run, peer: str, status: str | None = None, *,

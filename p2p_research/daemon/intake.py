@@ -22,6 +22,7 @@ from p2p_research.net.ratelimit import RateLimitedLog
 from p2p_research.research.claims import ClaimBook
 from p2p_research.research.context import ResearchContext
 from p2p_research.research.objects import incomplete_ancestry
+from p2p_research.research.semantic import semantic_id
 from p2p_research.research.workspace import RawObject, WorkspaceError
 from p2p_research.store.ledger import Run
 from p2p_research.wire import BoardPost, Claim, Result, Verification, WireError
@@ -63,6 +64,16 @@ class Intake:
         async for inc in self.net.incoming:
             await contained(self.faults, inc.from_peer, "intake", self.handle, inc, tasks)
 
+    def note_code_key(self, exp_id: str, commit: str) -> None:
+        """Record a peer experiment's code key once its files are here, so an agent's reworded copy of
+        it is known (research/semantic.py)."""
+        ws = self.ctx.workspace
+        try:
+            if ws.is_complete(commit) and self.ctx.experiment_id_of(commit) == exp_id:
+                self.ctx.ledger.set_semantic_id(exp_id, semantic_id(self.ctx.protocol_id, ws.files_of(commit)))
+        except WorkspaceError:
+            pass
+
     def reject(self, inc: Incoming, reason: str, category: str) -> None:
         self.refuse(inc.from_peer, type(inc.message).__name__, reason, category)
 
@@ -84,7 +95,7 @@ class Intake:
                 return self.reject(inc, f"claim {msg.exp_id[:10]}: {adm.reason}", "claim_refused")
             # the claim's time and lease as this node's clock bounds them
             self.ctx.ledger.add_claim(msg.exp_id, msg.peer, msg.protocol_id, msg.parent, adm.lease_until,
-                                      msg.description, adm.ts)
+                                      msg.description, adm.ts, msg.semantic_id)
             self.stats["claims"] += 1
             if self.on_claim is not None:
                 await self.on_claim(msg, adm.ts)
@@ -133,6 +144,7 @@ class Intake:
                 ws.write_objects(inline)
             except WorkspaceError as e:
                 self.reject(inc, f"inline objects: {e}", "bad_objects")
+        self.note_code_key(r.exp_id, r.commit)
         # Only a kept result can become a baseline; the commit of any other is completed from what came
         # inline, never fetched: under load, fetches for hundreds of discarded results queued ahead of
         # the one result every node needed (measured: a best result adopted 140 s late).
@@ -229,6 +241,7 @@ class Intake:
                     log.warning("commit %s does not match experiment id %s; not referenced", commit[:7], exp_id[:10])
                     return False
                 ws.set_experiment_ref(exp_id, commit)
+                self.note_code_key(exp_id, commit)
             except WorkspaceError as e:
                 log.warning("commit %s: %s", commit[:7], e)
                 return False

@@ -209,14 +209,18 @@ class NodeDaemon:
         assert self.coordinator is not None
         await self.coordinator.between()
 
-    async def announce_claim(self, exp_id: str, commit: str, description: str) -> None:
+    async def announce_claim(self, exp_id: str, commit: str, description: str, semantic_id: str = "",
+                             by_code: bool = False) -> None:
         assert self.ctx is not None and self.engine is not None
-        claim = make_claim(self.ctx, self.peer_id, exp_id, commit, description, self.engine.expected_seconds())
+        claim = make_claim(self.ctx, self.peer_id, exp_id, commit, description, self.engine.expected_seconds(),
+                           semantic_id)
         self.ctx.ledger.add_claim(claim.exp_id, claim.peer, claim.protocol_id, claim.parent, claim.lease_until,
-                                  claim.description, claim.ts)
+                                  claim.description, claim.ts, claim.semantic_id)
         await self.net.publish(claim)
 
         self.put_dht_claim(claim, commit)
+        if by_code and semantic_id:  # an agent's edit: late joiners find its code key in the DHT too
+            self.put_dht_claim(claim, commit, key_id=semantic_id)
 
     async def announce_result(self, run: Run) -> None:
         assert self.ctx is not None
@@ -230,13 +234,15 @@ class NodeDaemon:
     def _dht(self) -> Any:
         return getattr(self.net, "dht", None) if self.net is not None else None
 
-    def put_dht_claim(self, claim: Any, commit: str) -> None:
+    def put_dht_claim(self, claim: Any, commit: str, key_id: str = "") -> None:
+        """The claim's DHT record, under its experiment id (or, with `key_id`, its code key)."""
         dht = self._dht()
         if dht is None or self.nursery is None:
             return
         from p2p_research.wire.records import make_claim_record
 
-        self.nursery.start_soon(self._put, make_claim_record(claim.exp_id, commit, claim.lease_until, self.key_pair))
+        self.nursery.start_soon(self._put, make_claim_record(key_id or claim.exp_id, commit, claim.lease_until,
+                                                             self.key_pair))
 
     def put_dht_result(self, msg: Any) -> None:
         dht = self._dht()

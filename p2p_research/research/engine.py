@@ -30,6 +30,7 @@ from p2p_research.research.ids import experiment_id
 from p2p_research.research.proposers import Proposal, Proposer, Skip
 from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
 from p2p_research.research.sandbox import SandboxSpec, interpreter_paths, safe_paths
+from p2p_research.research.semantic import semantic_id
 from p2p_research.research.surrogate import SurrogateTrainer
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result
@@ -74,7 +75,7 @@ class Progress:
 class Hooks:
     """Callbacks a daemon sets to announce what the engine does; all optional."""
 
-    on_claim: Callable[[str, str, str], Awaitable[None]] | None = None          # exp_id, commit, description
+    on_claim: Callable[..., Awaitable[None]] | None = None   # exp_id, commit, description, semantic_id=
     on_result: Callable[[Run], Awaitable[None]] | None = None
     on_baseline: Callable[[str, float], Awaitable[None]] | None = None           # commit, value
     is_known: Callable[[str], Awaitable[bool]] | None = None                    # exp_id -> known elsewhere?
@@ -97,7 +98,8 @@ class ResearchEngine:
         self.progress = Progress(budget_seconds=ctx.budget.seconds)
         # proposals dropped before running because the id was known: in the ledger (run here or
         # announced by a peer) or claimed by another node (gossip claim or DHT record)
-        self.dedup_stats = {"known_in_ledger": 0, "claimed_elsewhere": 0}
+        self.dedup_stats = {"known_in_ledger": 0, "claimed_elsewhere": 0, "same_code": 0}
+        self._baseline_files: tuple[str, dict[str, bytes]] = ("", {})
         self._candidate_ids: dict[tuple[str, bytes], str] = {}
         self.seed = ctx.config.research.seed + seed_offset
         self.peer = ""  # own peer id, set by a daemon
@@ -230,21 +232,43 @@ class ResearchEngine:
         exp_id = self.ctx.experiment_id_of(commit)
         parent = ws.parent_of(commit) or ""
         if self.ctx.ledger.add_experiment(exp_id, self.ctx.protocol_id, parent, ws.tree_of(commit), commit,
-                                          description, origin, proposer or self.peer):
+                                          description, origin, proposer or self.peer,
+                                          semantic_id=self.semantic_of_commit(commit)):
             ws.set_experiment_ref(exp_id, commit)
         return exp_id
 
     def _is_known_source(self, baseline: str) -> Callable[[bytes], Awaitable[bool]]:
+        by_code = self.proposer.name != "builtin"
+
         async def is_known(train_py: bytes) -> bool:
             exp_id = self._candidate_id(baseline, train_py)
             if self.ctx.ledger.knows(exp_id):
                 self.dedup_stats["known_in_ledger"] += 1
                 return True
+            # an agent's edit may be a known program written differently (formatting, comments): its
+            # code key, recorded or claimed (the builtin proposer writes canonical literals, so its
+            # candidates never differ in form alone, and it asks about hundreds per proposal)
+            semantic = self.semantic_of(baseline, train_py) if by_code else ""
+            if semantic and self.ctx.ledger.same_code(semantic, active_at=time.time()):
+                self.dedup_stats["same_code"] += 1
+                return True
             if self.hooks.is_known is not None and await self.hooks.is_known(exp_id):
                 self.dedup_stats["claimed_elsewhere"] += 1
                 return True
+            if semantic and self.hooks.is_known is not None and await self.hooks.is_known(semantic):
+                self.dedup_stats["same_code"] += 1
+                return True
             return False
         return is_known
+
+    def semantic_of(self, baseline: str, train_py: bytes) -> str:
+        """The code key of the baseline's files with this train.py (research/semantic.py)."""
+        if self._baseline_files[0] != baseline:
+            self._baseline_files = (baseline, self.ctx.workspace.files_of(baseline))
+        return semantic_id(self.ctx.protocol_id, {**self._baseline_files[1], EDITABLE_FILE: train_py})
+
+    def semantic_of_commit(self, commit: str) -> str:
+        return semantic_id(self.ctx.protocol_id, self.ctx.workspace.files_of(commit))
 
     def _is_mine_source(self, baseline: str) -> Callable[[bytes], bool] | None:
         if self.hooks.is_mine is None:
@@ -278,7 +302,7 @@ class ResearchEngine:
         commit = ws.commit_experiment(baseline, {EDITABLE_FILE: proposal.train_py}, message, exp_id,
                                       author=(name, f"{self.peer or 'local'}@p2p-research.invalid"))
         self.ctx.ledger.add_experiment(exp_id, self.ctx.protocol_id, baseline, tree, commit, proposal.description,
-                                       "local", self.peer)
+                                       "local", self.peer, semantic_id=self.semantic_of(baseline, proposal.train_py))
         return exp_id, commit
 
     def cache_dir(self) -> Path:
@@ -356,7 +380,8 @@ class ResearchEngine:
         p.phase, p.exp_id, p.commit, p.description = ("baseline" if kind == "baseline" else "training"), exp_id, commit, description
         p.started_at, p.expected_seconds = time.time(), expected
         if kind == "experiment" and self.hooks.on_claim:
-            await self.hooks.on_claim(exp_id, commit, description)
+            await self.hooks.on_claim(exp_id, commit, description, semantic_id=self.semantic_of_commit(commit),
+                                      by_code=self.proposer.name != "builtin")
         er = ExperimentRun(run)
         try:
             ctx.workspace.materialize(commit, run_dir)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: runs.metrics (every summary key as train.py printed it, JSON)
+SCHEMA_VERSION = 3  # 2: runs.metrics (every summary key as printed); 3: semantic ids (code dedup)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     description TEXT NOT NULL DEFAULT '',
     origin      TEXT NOT NULL CHECK (origin IN ('local', 'peer')),
     proposer    TEXT NOT NULL DEFAULT '',
-    first_seen  REAL NOT NULL
+    first_seen  REAL NOT NULL,
+    semantic_id TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS claims (
     lease_until REAL NOT NULL,
     description TEXT NOT NULL DEFAULT '',
     ts          REAL NOT NULL,
+    semantic_id TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (exp_id, peer)
 );
 CREATE TABLE IF NOT EXISTS posts (
@@ -181,6 +183,11 @@ class Ledger:
             columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
             if "metrics" not in columns:  # a version-1 ledger
                 self.db.execute("ALTER TABLE runs ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'")
+            for table in ("experiments", "claims"):  # a version-1 or -2 ledger
+                if "semantic_id" not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN semantic_id TEXT NOT NULL DEFAULT ''")
+            self.db.execute("CREATE INDEX IF NOT EXISTS experiments_semantic ON experiments(semantic_id)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS claims_semantic ON claims(semantic_id)")
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"ledger {self.path} is not a usable SQLite database: {e}") from None
@@ -199,14 +206,32 @@ class Ledger:
 
     # --- experiments ------------------------------------------------------------------------------
     def add_experiment(self, exp_id: str, protocol_id: str, parent: str, tree: str, commit_id: str,
-                       description: str, origin: str, proposer: str = "", first_seen: float | None = None) -> bool:
+                       description: str, origin: str, proposer: str = "", first_seen: float | None = None,
+                       semantic_id: str = "") -> bool:
         """Register an experiment; returns False when it was already known (first report wins)."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO experiments(exp_id, protocol_id, parent, tree, commit_id, description, origin,"
-            " proposer, first_seen) VALUES(?,?,?,?,?,?,?,?,?)",
-            (exp_id, protocol_id, parent, tree, commit_id, description, origin, proposer, first_seen or time.time()),
+            " proposer, first_seen, semantic_id) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            (exp_id, protocol_id, parent, tree, commit_id, description, origin, proposer, first_seen or time.time(),
+             semantic_id),
         )
+        if cur.rowcount != 1 and semantic_id:
+            self.set_semantic_id(exp_id, semantic_id)
         return cur.rowcount == 1
+
+    def set_semantic_id(self, exp_id: str, semantic_id: str) -> None:
+        self.db.execute("UPDATE experiments SET semantic_id=? WHERE exp_id=? AND semantic_id=''", (semantic_id, exp_id))
+
+    def same_code(self, semantic_id: str, active_at: float | None = None) -> str | None:
+        """An experiment with this code already known (recorded, or claimed and still leased at
+        `active_at`); its id, else None."""
+        if not semantic_id:
+            return None
+        row = self.db.execute("SELECT exp_id FROM experiments WHERE semantic_id=? LIMIT 1", (semantic_id,)).fetchone()
+        if row is None and active_at is not None:
+            row = self.db.execute("SELECT exp_id FROM claims WHERE semantic_id=? AND lease_until>? LIMIT 1",
+                                  (semantic_id, active_at)).fetchone()
+        return row[0] if row else None
 
     def knows(self, exp_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM experiments WHERE exp_id=?", (exp_id,)).fetchone() is not None
@@ -311,12 +336,13 @@ class Ledger:
 
     # --- claims (leases on experiments, local and peers') ---------------------------------------
     def add_claim(self, exp_id: str, peer: str, protocol_id: str, parent: str, lease_until: float,
-                  description: str, ts: float) -> None:
+                  description: str, ts: float, semantic_id: str = "") -> None:
         """Record a claim; a newer claim of the same peer on the same id renews its lease."""
         self.db.execute(
-            "INSERT INTO claims(exp_id, peer, protocol_id, parent, lease_until, description, ts) VALUES(?,?,?,?,?,?,?)"
+            "INSERT INTO claims(exp_id, peer, protocol_id, parent, lease_until, description, ts, semantic_id)"
+            " VALUES(?,?,?,?,?,?,?,?)"
             " ON CONFLICT(exp_id, peer) DO UPDATE SET lease_until=max(lease_until, excluded.lease_until),"
-            " ts=max(ts, excluded.ts)", (exp_id, peer, protocol_id, parent, lease_until, description, ts))
+            " ts=max(ts, excluded.ts)", (exp_id, peer, protocol_id, parent, lease_until, description, ts, semantic_id))
 
     def claims(self, exp_id: str | None = None, active_at: float | None = None) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM claims", []

@@ -455,9 +455,10 @@ class Claim(_MessageBase):
     lease_until: float
     description: str
     ts: float
+    semantic_id: str = ""  # the code key (research/semantic.py); omitted when empty, so older nodes read it
 
     def body(self) -> dict[str, Any]:
-        return {
+        out = {
             "exp_id": self.exp_id,
             "protocol_id": self.protocol_id,
             "parent": self.parent,
@@ -466,6 +467,9 @@ class Claim(_MessageBase):
             "description": self.description,
             "ts": float(self.ts),
         }
+        if self.semantic_id:
+            out["semantic_id"] = self.semantic_id
+        return out
 
     @classmethod
     def from_body(cls, d: dict[str, Any]) -> Claim:
@@ -478,6 +482,7 @@ class Claim(_MessageBase):
             lease_until=_req_float(d, "lease_until", w),
             description=_str(d, "description", w, MAX_DESCRIPTION),
             ts=_req_float(d, "ts", w),
+            semantic_id=_hex40(d, "semantic_id", w) if "semantic_id" in d else "",
         )
 
 
@@ -682,7 +687,7 @@ Message = Claim | Result | Verification | BoardPost | Bundle
 
 _TYPES: dict[str, type[Any]] = {c.TYPE: c for c in (Claim, Result, Verification, BoardPost, Bundle)}
 _FIELDS: dict[str, frozenset[str]] = {
-    "claim": frozenset({"exp_id", "protocol_id", "parent", "peer", "lease_until", "description", "ts"}),
+    "claim": frozenset({"exp_id", "protocol_id", "parent", "peer", "lease_until", "description", "ts", "semantic_id"}),
     "result": frozenset({"receipt", "signature", "public_key", "objects", "objects_total", "deltas"}),
     "verification": frozenset({"receipt", "signature", "public_key"}),
     "board": frozenset({"author", "name", "text", "ts"}),

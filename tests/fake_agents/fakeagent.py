@@ -8,6 +8,9 @@ the node. FAKE_EDIT picks the change:
   lr10      code: scales the matrix learning rate by 10 in the optimizer setup (a large improvement)
   matrix    constant: MATRIX_LR 0.001 -> 0.01 (the same improvement, as a constant edit)
   note      code: appends a harmless statement (trains the same)
+  lr10fmt   the same program as lr10, spelt differently
+  boom      code: fails after training (boomfmt: the same program, spelt differently)
+  slow      code: sleeps 20 s after training (slowfmt: the same program, spelt differently)
   none      no change
 FAKE_LAST_LINE overrides the final line (empty: print none).
 """
@@ -22,6 +25,9 @@ from pathlib import Path
 
 EDITS = {
     "lr10": ("matrix_lr=MATRIX_LR,", "matrix_lr=MATRIX_LR * 10,", "scale the matrix learning rate by 10 in setup_optimizer"),
+    # the same program as lr10, written differently (spacing, parentheses, a comment)
+    "lr10fmt": ("matrix_lr=MATRIX_LR,", "matrix_lr = (MATRIX_LR*10) ,  # ten times larger",
+                "multiply the matrix LR by ten"),
     "matrix": ("MATRIX_LR = 0.001", "MATRIX_LR = 0.01", "MATRIX_LR 0.001 -> 0.01"),
 }
 
@@ -50,6 +56,14 @@ def act(agent: str, prompt: str) -> str:
             print(f"{agent}: cannot apply {mode}: {old!r} not in train.py", file=sys.stderr)
             sys.exit(4)
         src = src.replace(old, new, 1)
+    elif mode in ("boom", "boomfmt"):  # one program, two spellings: a run that fails at the end
+        src += ("\nraise SystemExit('deliberate failure')\n" if mode == "boom"
+                else "\n# fail on purpose\nraise SystemExit(  'deliberate failure'  )\n")
+        line = "fail at the end"
+    elif mode in ("slow", "slowfmt"):  # one program, two spellings: a run that takes 20 s more
+        src += ("\nimport time as _t\n_t.sleep(20)\n" if mode == "slow"
+                else "\n# wait a little\nimport time as _t\n_t.sleep( 20 )\n")
+        line = "wait 20 s after training"
     elif mode == "note":
         n = len(re.findall(r"^_agent_note_", src, re.M))
         src += f"\n_agent_note_{n} = {agent!r}\n"
