@@ -9,6 +9,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     ("training throughput of the default target", ["bench_target.py"]),
     ("per-experiment overhead beyond training", ["bench_overhead.py"]),
+    ("training sandbox: start-up cost, same val_bpb inside and out", ["bench_sandbox.py"]),
     ("gossip propagation across daemon processes", ["bench_gossip.py", "--nodes", "5", "15", "35"]),
 ]
 

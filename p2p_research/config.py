@@ -59,7 +59,7 @@ class TrustSection:
 
 @dataclass
 class SandboxSection:
-    mode: str = "auto"          # auto (bwrap when it works, else none) | bwrap (required) | off
+    mode: str = "auto"          # auto (bubblewrap, else namespaces, else none) | bwrap | namespaces | off
     scratch_mb: int = 2048      # the run's writable scratch (a tmpfs)
     max_processes: int = 2048   # processes and threads the run may have (a fork bomb stops there)
     read_only: list[str] = field(default_factory=list)  # more paths a run may read (data kept elsewhere)
@@ -129,8 +129,8 @@ class NodeConfig:
         if self.trust.policy not in ("sandboxed", "constants", "any"):
             raise ConfigError(f"trust.policy must be sandboxed, constants or any, got {self.trust.policy!r}")
         sb = self.sandbox
-        if sb.mode not in ("auto", "bwrap", "off"):
-            raise ConfigError(f"sandbox.mode must be auto, bwrap or off, got {sb.mode!r}")
+        if sb.mode not in ("auto", "bwrap", "namespaces", "off"):
+            raise ConfigError(f"sandbox.mode must be auto, bwrap, namespaces or off, got {sb.mode!r}")
         if sb.scratch_mb < 16 or sb.max_processes < 16:
             raise ConfigError("sandbox.scratch_mb and sandbox.max_processes must be at least 16")
         if self.verification.policy not in ("always", "adaptive", "never"):

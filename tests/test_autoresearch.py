@@ -322,3 +322,17 @@ def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
             d.stop()
         for d in daemons:
             d.kill()
+
+
+def test_init_finds_the_harness_data_folder_for_the_sandbox(tmp_path):
+    from p2p_research.research.init import harness_data_dirs
+
+    src = b'CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")\nX = ".cache"\n'
+    assert harness_data_dirs(src) == ["~/.cache/autoresearch"]
+    assert harness_data_dirs(b"def cache_dir(): return Path.home() / '.cache' / 'p2p-research'\n") == []
+    folder = tmp_path / "ar"
+    shutil.copytree(FIXTURE, folder)
+    prep = folder / "prepare.py"
+    prep.write_text(prep.read_text() + '\nDATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")\n')
+    info = json.loads(cli("init", "--home", tmp_path / "node", "--target", folder, "--json", check=True).stdout)
+    assert info["sandbox_read_only"] == ["~/.cache/autoresearch"]

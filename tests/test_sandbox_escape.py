@@ -7,6 +7,7 @@ a crash with a reason, print no ESCAPED, leak no canary, and leave D running.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -23,13 +24,15 @@ from p2p_research.research.proposers import BuiltinProposer
 from p2p_research.research.runner import RunLimits, run_training, train_argv
 from p2p_research.research.sandbox import detect
 
-pytestmark = pytest.mark.skipif(not detect().available, reason=f"no sandbox here: {detect().reason}")
+BACKENDS = [kind for kind in ("bwrap", "namespaces") if detect(kind).available]
+pytestmark = pytest.mark.skipif(not BACKENDS, reason=f"no sandbox here: {detect().reason}")
 
 CANARY = "canary-7f3a9c-do-not-leak"
 HOME_FILE = Path.home() / f".p2p-research-escape-canary-{os.getpid()}"
 
 ATTEMPT = '''
 import os, sys, socket, ctypes, signal, time
+print("ATTEMPTING", flush=True)  # the sandbox started and ran this code
 def escaped(what):
     print("ESCAPED:", what, flush=True)
     print("---"); print("val_bpb: 1.0"); sys.exit(0)
@@ -111,8 +114,9 @@ def _format(code: str, **values) -> str:
     return code.format(**values)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("what", list(VARIANTS))
-def test_escape_attempt_fails(setting, what, monkeypatch):
+def test_escape_attempt_fails(setting, what, backend, monkeypatch):
     root, d, d_home, b_home = setting
     monkeypatch.setenv("P2P_TEST_SECRET", CANARY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", CANARY)
@@ -124,19 +128,21 @@ def test_escape_attempt_fails(setting, what, monkeypatch):
     ctx = open_context(b_home)
     try:
         engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=1))
-        run_dir = ctx.home.runs / f"escape-{abs(hash(what))}"
+        run_dir = ctx.home.runs / f"escape-{backend}-{abs(hash(what))}"
         run_dir.mkdir(parents=True)
         (run_dir / "train.py").write_text(ATTEMPT + _format(VARIANTS[what], **values) + "\n")
         spec = engine.sandbox_spec(run_dir)
         assert spec is not None
+        spec = dataclasses.replace(spec, kind=backend)
         started = time.monotonic()
         outcome = trio.run(run_training, run_dir, engine.run_env(0), RunLimits(30, 1024, False),
                            run_dir / "run.log", train_argv(""), spec)
     finally:
         ctx.close()
     log = (run_dir / "run.log").read_text(errors="replace")
-    print(f"\n{what}: {outcome.reason}")
+    print(f"\n{backend}: {what}: {outcome.reason}")
     assert not outcome.ok and outcome.reason, (what, outcome, log[-2000:])
+    assert "ATTEMPTING" in log, log[-2000:]
     assert "ESCAPED" not in log, log[-2000:]
     assert CANARY not in log
     assert time.monotonic() - started < 30, "the attempt should fail fast, not run into the time limit"

@@ -164,7 +164,8 @@ def register(app: typer.Typer) -> None:
                     "train_command": cfg.research.train_command or "(this node's python) train.py",
                     "train_command_why": detected.why, "budget": ctx.budget.describe(),
                     "budget_source": ctx.budget_source, "hardware": ctx.hardware,
-                    "hardware_in_protocol": ctx.budget.is_wall_clock}
+                    "hardware_in_protocol": ctx.budget.is_wall_clock, "sandbox": ctx.sandbox.describe(),
+                    "sandbox_read_only": list(cfg.sandbox.read_only), "trust_policy": ctx.trust_policy}
             try:
                 space = ctx.space
                 info["search_space"] = {"origin": space.origin, "knobs": len(space)}
@@ -180,6 +181,8 @@ def register(app: typer.Typer) -> None:
         wall = " (wall clock: the hardware class joins the protocol)" if ctx.budget.is_wall_clock else ""
         typer.echo(f"budget         {info['budget']} from {info['budget_source']}{wall}")
         typer.echo(f"hardware       {ctx.hardware}")
+        extra = f"; runs also read {', '.join(cfg.sandbox.read_only)}" if cfg.sandbox.read_only else ""
+        typer.echo(f"sandbox        {info['sandbox']} (trust policy {ctx.trust_policy}){extra}")
         ss = info["search_space"]
         typer.echo(f"search space   {ss['knobs']} knobs, {ss['origin']} (see `p2p-research knobs`)" if "knobs" in ss
                    else f"search space   {ss['error']} (only the builtin proposer needs one)")

@@ -175,6 +175,6 @@ def sandbox_of(cfg: NodeConfig) -> SandboxInfo:
     if cfg.research.objective == "surrogate":
         return SandboxInfo("none", "the surrogate objective runs no code")
     info = detect_sandbox(cfg.sandbox.mode)
-    if cfg.sandbox.mode == "bwrap" and not info.available:
-        raise HomeError(f"sandbox.mode = bwrap, but {info.reason}")
+    if cfg.sandbox.mode in ("bwrap", "namespaces") and not info.available:
+        raise HomeError(f"sandbox.mode = {cfg.sandbox.mode}, but {info.reason}")
     return info

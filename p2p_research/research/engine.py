@@ -329,7 +329,7 @@ class ResearchEngine:
         hidden = [ctx.home.path, Path.home()]
         gpu = r.device != "cpu" and Path("/dev/nvidia0").exists()
         return SandboxSpec(run_dir, read_only=safe_paths(paths, hidden), scratch_mb=sb.scratch_mb,
-                           max_processes=sb.max_processes, gpu=gpu)
+                           max_processes=sb.max_processes, gpu=gpu, kind=ctx.sandbox.kind)
 
     async def prepare_data(self) -> None:
         """Fill the harness's corpus cache once, outside any run: runs may only read it (a hostile

@@ -3,12 +3,13 @@
 `init --target DIR` takes a folder as it is, autoresearch's included: its prepare.py, train.py and
 program.md, plus its environment files (pyproject.toml, uv.lock, .python-version) where present. How
 train.py runs is detected once and written to node.toml (`research.train_command`), where the user
-sees and can change it: `uv run` for a uv project when uv is installed, else the folder's own
-`.venv` interpreter, else this node's interpreter.
+sees and can change it: the folder's own `.venv` interpreter (what `uv run` runs once the project
+is synced), else `uv run` for a uv project when uv is installed, else this node's interpreter.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import tomllib
@@ -73,17 +74,27 @@ def detect_train_command(target: Path | None, which=shutil.which) -> TrainComman
         return TrainCommand("", "the embedded target runs under this node's interpreter")
     target = Path(target).expanduser().resolve()
     uv_project = (target / "pyproject.toml").is_file() or (target / "uv.lock").is_file()
+    venv_python = target / ".venv" / "bin" / "python"
+    if venv_python.exists():  # what `uv run` runs once synced, without uv's own checks in the sandbox
+        return TrainCommand(f"{shlex.quote(str(venv_python))} train.py", "the target's own .venv")
     if uv_project and which("uv"):
         frozen = " --frozen" if (target / "uv.lock").is_file() else ""
         return TrainCommand(f"uv run{frozen} --project {shlex.quote(str(target))} train.py",
-                            "a uv project (pyproject.toml/uv.lock) and uv is on PATH")
-    venv_python = target / ".venv" / "bin" / "python"
-    if venv_python.exists():
-        return TrainCommand(f"{shlex.quote(str(venv_python))} train.py", "the target's own .venv")
+                            "a uv project (pyproject.toml/uv.lock) with no .venv yet, and uv is on PATH")
     if uv_project:
         return TrainCommand("", "a uv project, but uv is not on PATH and the folder has no .venv: train.py runs "
                                 "under this node's interpreter (install uv, or set research.train_command)")
     return TrainCommand("", "no environment of its own: train.py runs under this node's interpreter")
+
+
+CACHE_DIR_RE = re.compile(r"""["']\.cache["']\s*,\s*["']([\w.-]+)["']""")
+
+
+def harness_data_dirs(prepare_source: bytes) -> list[str]:
+    """Folders under ~/.cache a harness keeps its data in (autoresearch: `os.path.join(...expanduser("~"),
+    ".cache", "autoresearch")`): runs read them inside the sandbox, where the home is not visible."""
+    names = CACHE_DIR_RE.findall(prepare_source.decode(errors="replace"))
+    return [f"~/.cache/{n}" for n in dict.fromkeys(names) if n != "p2p-research"]
 
 
 def init_home(path: Path, profile: str | None = None, target: Path | None = None,
@@ -97,6 +108,9 @@ def init_home(path: Path, profile: str | None = None, target: Path | None = None
     files = read_target(target)
     if not cfg.research.train_command:
         cfg.research.train_command = detect_train_command(target).command
+    for d in harness_data_dirs(files["prepare.py"]):
+        if d not in cfg.sandbox.read_only:
+            cfg.sandbox.read_only.append(d)
     home.path.mkdir(parents=True, exist_ok=True)
     home.write_config(cfg)
     Workspace.create(home.repo, files)

@@ -8,6 +8,7 @@ Its output goes to a log file per run; the summary block at the end is parsed, a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -190,6 +191,10 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
             if cgroup is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(cgroup.remove)
+            if sandbox is not None and sandbox.kind == "namespaces":
+                (run_dir / ".nsbox.json").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (run_dir / ".nsbox-root").rmdir()
     wall = time.monotonic() - started
     out = _tail(log_path)
     if reason:

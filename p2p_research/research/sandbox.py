@@ -75,19 +75,51 @@ class SandboxSpec:
     max_processes: int = 2048
     max_open_files: int = 4096
     gpu: bool = False
+    kind: str = "bwrap"                # bwrap | namespaces (research/nsbox.py)
 
 
 def _bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=4)
 def detect(mode: str = "auto") -> SandboxInfo:
-    """The sandbox this node can use. mode: auto | bwrap | off."""
+    """The sandbox this node can use. mode: auto (bubblewrap, else namespaces) | bwrap | namespaces | off."""
     if mode == "off":
         return SandboxInfo("none", "turned off (sandbox.mode = off)")
     if not sys.platform.startswith("linux"):
-        return SandboxInfo("none", f"no sandbox on {sys.platform} (bubblewrap needs Linux namespaces)")
+        return SandboxInfo("none", f"no sandbox on {sys.platform} (it needs Linux namespaces)")
+    if mode == "namespaces":
+        return _detect_namespaces()
+    info = _detect_bwrap()
+    if info.available or mode == "bwrap":
+        return info
+    fallback = _detect_namespaces()
+    if fallback.available:
+        return fallback
+    return SandboxInfo("none", f"{info.reason}; {fallback.reason}")
+
+
+def _detect_namespaces() -> SandboxInfo:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return SandboxInfo("none", "unshare (util-linux) is not installed")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = SandboxSpec(run_dir=Path(tmp), kind="namespaces")
+        try:
+            r = subprocess.run(wrap(["/bin/true"], probe), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                               env=clean_env({}), preexec_fn=functools.partial(apply_limits, probe))
+        except (OSError, subprocess.SubprocessError) as e:
+            return SandboxInfo("none", f"namespaces: {e}")
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+        return SandboxInfo("none", f"namespaces cannot make a sandbox here: {why[:200]}")
+    return SandboxInfo("namespaces", version="unshare + pivot_root")
+
+
+def _detect_bwrap() -> SandboxInfo:
     exe = _bwrap()
     if exe is None:
         return SandboxInfo("none", "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` "
@@ -97,7 +129,7 @@ def detect(mode: str = "auto") -> SandboxInfo:
     except (OSError, subprocess.SubprocessError, IndexError):
         version = ""
     probe = SandboxSpec(run_dir=Path("/nonexistent"))
-    argv = wrap(["/bin/true"], probe, copy_files=False)
+    argv = wrap_bwrap(["/bin/true"], probe, copy_files=False)
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=clean_env({}),
                            preexec_fn=functools.partial(apply_limits, probe))
@@ -145,7 +177,55 @@ def _gpu_binds() -> list[str]:
     return args
 
 
+def _run_files(spec: SandboxSpec) -> list[Path]:
+    if not spec.run_dir.is_dir():
+        return []
+    return [f for f in sorted(spec.run_dir.iterdir()) if f.is_file() and not f.is_symlink()
+            and f.name != "run.log" and not f.name.startswith(".nsbox")]
+
+
 def wrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> list[str]:
+    """The command line that runs `argv` in WORKDIR inside the sandbox of `spec`."""
+    if spec.kind == "namespaces":
+        return wrap_namespaces(argv, spec)
+    return wrap_bwrap(argv, spec, copy_files)
+
+
+def wrap_namespaces(argv: list[str], spec: SandboxSpec) -> list[str]:
+    """unshare's new user, mount, PID, network, IPC and UTS namespaces, and `nsbox.py` inside them to
+    build the same filesystem bwrap would (its spec goes into a file in the run directory)."""
+    import json
+
+    binds = [p for p in (*spec.read_only, *spec.read_write) if not _under_system(p)]
+    parents = sorted({str(a) for p in binds for a in p.parents if a != Path("/") and not _under_system(a)}, key=len)
+    system, symlinks = [], []
+    for d in SYSTEM_DIRS:
+        p = Path(d)
+        if p.is_symlink():
+            symlinks.append([os.readlink(p), d])
+        elif p.is_dir():
+            system.append(d)
+    devices = []
+    if spec.gpu:
+        dev = Path("/dev")
+        devices = [str(p) for p in sorted(dev.glob("nvidia[0-9]*")) + [dev / n for n in GPU_DEVICES] if p.exists()]
+    root = spec.run_dir / ".nsbox-root"
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {"root": str(root), "system": system, "symlinks": symlinks,
+           "etc": [str(Path("/etc") / n) for n in ETC_FILES if (Path("/etc") / n).exists()],
+           "dirs": parents, "read_only": [str(p) for p in spec.read_only if not _under_system(p)],
+           "read_write": [str(p) for p in spec.read_write], "devices": devices, "sys": spec.gpu,
+           "tmp_bytes": spec.tmp_mb * 2**20, "scratch_bytes": spec.scratch_mb * 2**20, "workdir": WORKDIR,
+           "files": [[str(f), f.name] for f in _run_files(spec)]}
+    spec_path = spec.run_dir / ".nsbox.json"
+    spec_path.write_text(json.dumps(doc))
+    unshare = shutil.which("unshare") or "unshare"
+    return [unshare, "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
+            "--kill-child", "--", sys.executable, "-I", str(Path(__file__).with_name("nsbox.py")), str(spec_path),
+            "--", *argv]
+
+
+def wrap_bwrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> list[str]:
     """The bwrap command line that runs `argv` in WORKDIR inside the sandbox of `spec`.
 
     The run's files are bound read-only into the scratch tmpfs one by one (`copy_files`), so the
@@ -171,10 +251,9 @@ def wrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> list[st
     for p in spec.read_write:
         args += ["--bind", str(p), str(p)]
     args += ["--perms", "1777", "--size", str(spec.scratch_mb * 2**20), "--tmpfs", WORKDIR]
-    if copy_files and spec.run_dir.is_dir():
-        for f in sorted(spec.run_dir.iterdir()):
-            if f.is_file() and not f.is_symlink() and f.name != "run.log":
-                args += ["--ro-bind", str(f), f"{WORKDIR}/{f.name}"]
+    if copy_files:
+        for f in _run_files(spec):
+            args += ["--ro-bind", str(f), f"{WORKDIR}/{f.name}"]
     if spec.gpu:
         args += _gpu_binds()
     args += ["--chdir", WORKDIR, "--"]  # the environment is bwrap's own: `clean_env`
@@ -313,7 +392,11 @@ def interpreter_paths(executable: str) -> list[Path]:
                 if line.startswith("/") and Path(line).is_dir():
                     out.append(Path(line))
     real = exe.resolve()
-    out.append(real.parent.parent)
+    if real.name.startswith("python"):  # an interpreter: its installation (lib/pythonX.Y beside bin/)
+        out.append(real.parent.parent)
+    else:  # any other tool (uv): the file itself, not the folder it sits in (~/.local/bin)
+        out[0] = exe
+        out.append(real)
     return out
 
 

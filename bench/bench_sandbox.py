@@ -1,0 +1,107 @@
+"""Benchmark of the training sandbox: its start-up cost, and whether a seed gives the same val_bpb in it.
+
+Usage:
+    .venv/bin/python bench/bench_sandbox.py [--repeats 10] [--budget-tokens N] [--threads N] [--skip-target]
+
+1. Start-up: a trivial train.py (prints a summary, imports nothing) run `--repeats` times with and
+   without the sandbox, alternating, through the real runner (`run_training`) with the spec a node
+   builds (`ResearchEngine.sandbox_spec`). The median difference is what the sandbox adds to a run.
+2. The default target, seed 0, once outside and once inside the sandbox: val_bpb must be identical,
+   and the start-up cost is set against that run's wall time (the default budget unless
+   `--budget-tokens` says otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from p2p_research.research.context import open_context  # noqa: E402
+from p2p_research.research.engine import ResearchEngine  # noqa: E402
+from p2p_research.research.init import init_home  # noqa: E402
+from p2p_research.research.proposers import BuiltinProposer  # noqa: E402
+from p2p_research.research.runner import RunLimits, run_training, train_argv  # noqa: E402
+from p2p_research.research.sandbox import detect, process_limit  # noqa: E402
+
+TRIVIAL = "print('---'); print('val_bpb: 1.0')\n"
+
+
+def run(engine, run_dir: Path, sandboxed: bool, limit_s: float = 3600) -> tuple[float, object]:
+    spec = engine.sandbox_spec(run_dir) if sandboxed else None
+    t0 = time.perf_counter()
+    outcome = trio.run(run_training, run_dir, engine.run_env(0), RunLimits(limit_s, 8192, False),
+                       run_dir / "run.log", train_argv(""), spec)
+    return time.perf_counter() - t0, outcome
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--budget-tokens", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--skip-target", action="store_true")
+    args = ap.parse_args()
+    info = detect()
+    if not info.available:
+        print(f"no sandbox here: {info.reason}")
+        return 1
+    print(f"sandbox: {info.describe()}, process limit: {process_limit()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        home = init_home(Path(tmp) / "home")
+        cfg = home.load_config()
+        cfg.research.cache_dir = str(Path(tmp) / "cache")
+        if args.budget_tokens:
+            cfg.research.budget_tokens = args.budget_tokens
+        if args.threads:
+            cfg.research.threads = args.threads
+        home.write_config(cfg)
+        ctx = open_context(home)
+        engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
+        trio.run(engine.prepare_data)
+
+        trivial = home.runs / "trivial"
+        trivial.mkdir(parents=True)
+        (trivial / "train.py").write_text(TRIVIAL)
+        run(engine, trivial, True)  # warm the page cache for both
+        plain, boxed = [], []
+        for _ in range(args.repeats):
+            plain.append(run(engine, trivial, False)[0])
+            boxed.append(run(engine, trivial, True)[0])
+        p, b = statistics.median(plain), statistics.median(boxed)
+        print(f"start-up, trivial train.py, median of {args.repeats}: outside {1000 * p:.1f} ms, "
+              f"inside {1000 * b:.1f} ms, sandbox adds {1000 * (b - p):.1f} ms")
+        if args.skip_target:
+            ctx.close()
+            return 0
+
+        values = {}
+        for label, sandboxed in (("outside", False), ("inside", True)):
+            run_dir = home.runs / f"target-{label}"
+            ctx.workspace.materialize(ctx.workspace.genesis, run_dir)
+            wall, outcome = run(engine, run_dir, sandboxed)
+            if not outcome.ok:
+                print(f"{label}: the run failed: {outcome.reason}")
+                ctx.close()
+                return 1
+            values[label] = (outcome.summary.val_bpb, wall)
+            print(f"default target ({ctx.budget.describe()}, seed 0) {label} the sandbox: "
+                  f"val_bpb {outcome.summary.val_bpb:.6f}, wall {wall:.1f} s")
+        ctx.close()
+        same = values["outside"][0] == values["inside"][0]
+        share = 100 * (b - p) / values["outside"][1]
+        print(f"same val_bpb inside and outside: {'yes' if same else 'NO'}; "
+              f"start-up cost = {share:.2f} % of the run's wall time")
+        return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
