@@ -161,3 +161,18 @@ def test_the_sandbox_is_reported(setting):
     status = d.json("status")
     assert status["sandbox"].startswith("bwrap") and status["trust_policy"] == "sandboxed"
     assert "sandbox  bwrap" in d.cli("status").stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_long_run_survives_the_runner_thread(tmp_path, backend):
+    """A sandboxed run outlives the worker thread that started it (trio's idle threads exit after
+    10 s; bwrap's --die-with-parent followed that thread and SIGKILLed every run past ~10 s)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.py").write_text("import time\ntime.sleep(14)\nprint('---')\nprint('val_bpb: 1.0')\n")
+    from p2p_research.research.sandbox import SandboxSpec, interpreter_paths, safe_paths
+
+    spec = SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(os.sys.executable), [Path.home()]), kind=backend)
+    outcome = trio.run(run_training, run_dir, {}, RunLimits(60, 1024, False), run_dir / "run.log", train_argv(""), spec)
+    assert outcome.ok, outcome.reason

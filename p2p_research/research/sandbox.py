@@ -233,8 +233,13 @@ def wrap_bwrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> l
     `scratch_mb`."""
     exe = _bwrap() or "bwrap"
     args = [exe, "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--hostname", "sandbox"]
+            "--unshare-uts", "--unshare-cgroup-try", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
+            "--as-pid-1"]
+    # --as-pid-1: the command is PID 1 of its namespace, so when it ends the kernel kills whatever it
+    # left (bwrap's own reaper outlived a setsid()'d child). No --die-with-parent: its death signal
+    # follows the *thread* that started bwrap, and trio starts processes from a worker thread that
+    # exits when idle (measured: every run longer than ~10 s was SIGKILLed). The runner kills bwrap's
+    # process group instead, and the namespace with it.
     args += _system_binds()
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--perms", "1777", "--size", str(spec.tmp_mb * 2**20), "--tmpfs", "/tmp"]
