@@ -2,6 +2,7 @@
 
 Usage:
     .venv/bin/python bench/bench_sandbox.py [--repeats 10] [--budget-tokens N] [--threads N] [--skip-target]
+                                            [--backend bwrap|namespaces]
 
 1. Start-up: a trivial train.py (prints a summary, imports nothing) run `--repeats` times with and
    without the sandbox, alternating, through the real runner (`run_training`) with the spec a node
@@ -50,6 +51,7 @@ def main() -> int:
     ap.add_argument("--budget-tokens", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip-target", action="store_true")
+    ap.add_argument("--backend", choices=["bwrap", "namespaces"], help="for the target run [default: the node's]")
     args = ap.parse_args()
     info = detect()
     if not info.available:
@@ -85,7 +87,7 @@ def main() -> int:
             costs[backend] = b - p
             print(f"start-up ({backend}), trivial train.py, median of {args.repeats}: outside {1000 * p:.1f} ms, "
                   f"inside {1000 * b:.1f} ms, sandbox adds {1000 * (b - p):.1f} ms")
-        backend = info.kind
+        backend = args.backend or info.kind
         if args.skip_target:
             ctx.close()
             return 0
