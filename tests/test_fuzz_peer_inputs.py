@@ -354,9 +354,12 @@ async def send_request(host, net, protocol: str, data: bytes) -> tuple[bytes, bo
     with trio.fail_after(10):
         stream = await host.new_stream(ID.from_base58(net.peer_id), [protocol])
     try:
-        if data:
-            await write_all(stream, data)
-        await stream.close_write()
+        try:
+            if data:
+                await write_all(stream, data)
+            await stream.close_write()
+        except (StreamError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the victim may refuse (reset) a request before all of it is written: read what it said
         return await read_all(stream)
     finally:
         await reset_quietly(stream)

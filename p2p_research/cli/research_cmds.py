@@ -213,7 +213,8 @@ def register(app: typer.Typer) -> None:
             ctx = open_context(h, cfg)
             engine = ResearchEngine(ctx, make_proposer(ctx))
             console.print(f"node home {h.path} | protocol {ctx.protocol_id[:12]} | budget {ctx.budget.describe()} "
-                          f"| margin {engine.margin:.6f} | proposer {cfg.research.proposer}")
+                          f"| margin {engine.margin:.6f} | proposer {cfg.research.proposer} "
+                          f"| sandbox {ctx.sandbox.describe()}", markup=False, highlight=False)
 
             lines = ResultLines(engine.progress)
 
