@@ -1,5 +1,6 @@
 """Several node daemons as separate OS processes on loopback (issue: node daemon)."""
 
+import json
 import signal
 import stat
 
@@ -115,3 +116,21 @@ def test_bad_bootstrap_addresses(tmp_path, cache_dir):
         assert d.json("status")["peers_connected"] == 0
     finally:
         d.stop()
+
+
+def test_a_restart_keeps_the_address(tmp_path):
+    """The bootstrap address a node prints stays valid: /tcp/0 becomes a port the node remembers."""
+    from p2p_research.research.init import init_home
+
+    home = init_home(tmp_path / "relay")
+    first = Daemon(home.path, "--no-research").start()
+    addrs = first.addrs
+    assert json.loads(first.cli("id", "--json").stdout)["addrs"] == addrs
+    first.stop()
+    second = Daemon(home.path, "--no-research").start()
+    try:
+        assert second.addrs == addrs
+        assert json.loads(second.cli("id", "--json").stdout)["addrs"] == addrs
+    finally:
+        second.stop()
+        second.kill()

@@ -22,6 +22,7 @@ import trio.lowlevel
 from p2p_research import __version__
 from p2p_research.config import NodeConfig
 from p2p_research.daemon import views
+from p2p_research.daemon.address import stable_listen
 from p2p_research.daemon.announce import make_claim, make_post, make_result
 from p2p_research.daemon.catchup import (
     ANTI_ENTROPY_S,
@@ -97,6 +98,7 @@ class NodeDaemon:
         for a in bootstrap:
             parse_peer_addr(a)
         with HomeLock(self.home, "a node daemon"):
+            listen = stable_listen(listen, self.home.path / "listen.json")  # the same port after a restart
             self.ctx = ctx = open_context(self.home, cfg)
             try:
                 if not ctx.sandbox.available and cfg.research.objective != "surrogate":

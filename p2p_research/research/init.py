@@ -25,8 +25,8 @@ ENV_FILES = ("pyproject.toml", "uv.lock", ".python-version")
 
 
 def profiles_dir() -> Path:
-    """The project's `nodes/` folder of ready profiles (next to the package in a checkout)."""
-    return Path(__file__).resolve().parents[2] / "nodes"
+    """The ready profiles, shipped inside the package (so `init --profile laptop` works from a wheel)."""
+    return Path(__file__).resolve().parents[1] / "profiles"
 
 
 def list_profiles() -> list[str]:

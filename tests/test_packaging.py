@@ -1,0 +1,38 @@
+"""What a `pip install` of the built wheel gets: the embedded target and the ready profiles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_wheel_ships_the_profiles_and_init_profile_works_from_it(tmp_path):
+    dist = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                        str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = dist.glob("p2p_research-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("laptop.toml", "relay.toml", "research.toml"):
+        assert f"p2p_research/profiles/{f}" in names
+    for f in ("prepare.py", "train.py", "program.md"):
+        assert f"p2p_research/target/{f}" in names
+    # installed as a wheel installs it (unpacked, no checkout beside it), the profile is found
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    r = subprocess.run([sys.executable, "-m", "p2p_research", "init", "--home", str(tmp_path / "home"), "--profile",
+                        "laptop", "--json"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    toml = (tmp_path / "home" / "node.toml").read_text()
+    assert "threads = 1" in toml and "budget_tokens = 250000" in toml
+    r = subprocess.run([sys.executable, "-c", "import p2p_research; print(p2p_research.__file__)"], capture_output=True,
+                       text=True, cwd=tmp_path, env=env)
+    assert r.stdout.startswith(str(site))
