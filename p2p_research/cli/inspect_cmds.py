@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from p2p_research.cli.common import CliError, HomeOpt, JsonOpt, one_line_errors, print_json, resolve_home
@@ -242,3 +243,32 @@ def register(app: typer.Typer) -> None:
         if json_out:
             return print_json(data)
         out.print("posted")
+
+    @app.command()
+    @one_line_errors
+    def doctor(home: Path | None = HomeOpt, json_out: bool = JsonOpt) -> None:
+        """Check this machine and node: reachability, bootstrap peers, sandbox, torch and GPUs, disk,
+        clock skew against peers, protocol and budget; every problem with a one-line fix."""
+        from p2p_research.doctor import run_checks
+
+        path = resolve_home(home)
+        status = None
+        try:
+            status = request(path, "status", timeout=5.0)
+            status["addrs"] = request(path, "id", timeout=5.0).get("addrs", [])
+        except NoDaemon:
+            pass
+        checks = run_checks(path, status)
+        failed = any(c.status == "fail" for c in checks)
+        if json_out:
+            print_json({"ok": not failed, "daemon_running": status is not None, "checks": [c.as_dict() for c in checks]})
+        else:
+            marks = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+            for c in checks:
+                out.print(f"{marks[c.status]} {c.name:<12} {escape(c.detail)}")
+                if c.hint:
+                    out.print(f"     {'':<12} fix: {escape(c.hint)}")
+            if status is None:
+                out.print("(no daemon running: reachability and peers are checked when one is)")
+        if failed:
+            raise typer.Exit(1)

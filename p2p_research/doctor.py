@@ -1,0 +1,188 @@
+"""`p2p-research doctor`: what stands between this machine and a useful node, each with a fix.
+
+Every check returns a `Check` (ok | warn | fail, what it found, and for a problem a one-line hint).
+The checks read the node home, this machine and, when a daemon runs, its status over the control
+socket; none of them changes anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+FREE_DISK_WARN_GB = 5.0
+SKEW_WARN_S = 30.0
+BOOTSTRAP_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str          # ok | warn | fail
+    detail: str
+    hint: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def classify_address(addr: str) -> str:
+    """public | private | local, from a multiaddr's IP (`/ip4/10.0.0.2/tcp/4001/...` -> private)."""
+    parts = addr.split("/")
+    try:
+        ip = ipaddress.ip_address(parts[2])
+    except (IndexError, ValueError):
+        return "unknown"
+    if ip.is_loopback:
+        return "local"
+    if ip.is_unspecified:
+        return "all interfaces"
+    return "private" if ip.is_private or ip.is_link_local else "public"
+
+
+def reachability(addrs: list[str]) -> Check:
+    kinds = {classify_address(a) for a in addrs}
+    shown = ", ".join(addrs[:3]) or "none"
+    if not addrs:
+        return Check("reachability", "warn", "no daemon running: its addresses are unknown",
+                     "start the node: p2p-research node start")
+    if "public" in kinds:
+        return Check("reachability", "ok", f"public: {shown}")
+    if kinds <= {"local"}:
+        return Check("reachability", "warn", f"local only: {shown} (other machines cannot connect)",
+                     "listen on all interfaces: network.listen = [\"/ip4/0.0.0.0/tcp/0\"] in node.toml")
+    return Check("reachability", "warn", f"private: {shown} (reachable inside this network; from outside only "
+                 "through a forwarded port)", "forward the TCP port on your router, or join through a public node")
+
+
+def bootstrap_reachable(addrs: list[str], connect: Callable[[str, int], None] | None = None) -> list[Check]:
+    """A TCP connection to each bootstrap address (the handshake and peer id are the daemon's job)."""
+    def tcp(host: str, port: int) -> None:
+        with socket.create_connection((host, port), timeout=BOOTSTRAP_TIMEOUT_S):
+            pass
+
+    connect = connect or tcp
+    out = []
+    for a in addrs:
+        parts = a.split("/")
+        try:
+            host, port = parts[2], int(parts[4])
+        except (IndexError, ValueError):
+            out.append(Check("bootstrap", "fail", f"{a}: not /ip4/<host>/tcp/<port>/p2p/<id>",
+                             "fix network.bootstrap in node.toml"))
+            continue
+        try:
+            connect(host, port)
+            out.append(Check("bootstrap", "ok", f"{host}:{port} accepts connections"))
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+            out.append(Check("bootstrap", "fail", f"{host}:{port} unreachable: {why}",
+                             "is that node running, and its address current? ask its owner for `p2p-research id`"))
+    return out
+
+
+def clock_skew(samples: list[tuple[str, float]]) -> Check:
+    """Median (received - sent) per peer from recent results; beyond 30 s this node's clock (or the
+    peer's) is off, and claims are clamped to this node's clock."""
+    by_peer: dict[str, list[float]] = {}
+    for peer, d in samples:
+        by_peer.setdefault(peer, []).append(d)
+    if not by_peer:
+        return Check("clock", "ok", "no results from peers yet to compare clocks with")
+    skews = {p: statistics.median(v) for p, v in by_peer.items()}
+    overall = statistics.median(skews.values())
+    off = {p: s for p, s in skews.items() if abs(s) > SKEW_WARN_S}
+    if abs(overall) > SKEW_WARN_S:
+        return Check("clock", "warn", f"this clock differs from most peers' by {overall:+.0f} s",
+                     "enable time sync: timedatectl set-ntp true")
+    if off:
+        p, s = max(off.items(), key=lambda kv: abs(kv[1]))
+        return Check("clock", "ok", f"{len(off)} peer(s) off by more than {SKEW_WARN_S:.0f} s (e.g. {p[:16]}: {s:+.0f} s); "
+                     "this clock agrees with the others")
+    return Check("clock", "ok", f"within {max(abs(s) for s in skews.values()):.1f} s of {len(skews)} peer(s)")
+
+
+def free_disk(path: Path) -> Check:
+    free = shutil.disk_usage(path).free / 2**30
+    if free < FREE_DISK_WARN_GB:
+        return Check("disk", "warn", f"{free:.1f} GB free at {path}", "free some space: run logs live in <home>/runs")
+    return Check("disk", "ok", f"{free:.1f} GB free at {path}")
+
+
+TORCH_PROBE = ("import json, torch\n"
+               "cuda = torch.cuda.is_available()\n"
+               "print(json.dumps({'torch': torch.__version__, 'cuda': cuda, "
+               "'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []}))\n")
+
+
+def torch_devices(python: str) -> Check:
+    """What the train command's interpreter sees (torch there, not in the node's own, matters)."""
+    try:
+        r = subprocess.run([python, "-c", TORCH_PROBE], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return Check("torch", "fail", f"{python}: {e}", "check research.train_command in node.toml")
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return Check("torch", "fail", f"{python}: {last[:200]}", "install torch for the train command's interpreter")
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    if info["gpus"]:
+        return Check("torch", "ok", f"torch {info['torch']}, CUDA: {', '.join(info['gpus'])}")
+    return Check("torch", "ok", f"torch {info['torch']}, CPU only (no CUDA device visible)")
+
+
+def sandbox_check(info: Any, trust_policy: str) -> Check:
+    if info.available:
+        return Check("sandbox", "ok", f"{info.describe()}; trust policy {trust_policy}")
+    hint = ("install bubblewrap (apt-get install bubblewrap), or allow unprivileged user namespaces "
+            "(sysctl kernel.unprivileged_userns_clone=1; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)")
+    return Check("sandbox", "warn", f"none: {info.reason}; peers' changes limited to constants", hint)
+
+
+def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[str] | None = None) -> list[Check]:
+    """Every check, for a node home (and its running daemon's `status`, when there is one)."""
+    from p2p_research.home import HomeError, NodeHome
+    from p2p_research.research.context import open_context
+    from p2p_research.research.runner import train_argv
+
+    checks: list[Check] = []
+    home = NodeHome(home_path)
+    if not home.exists():
+        return [Check("home", "fail", f"no node home at {home_path}", f"p2p-research init --home {home_path}")]
+    try:
+        cfg = home.load_config()
+        ctx = open_context(home, cfg)
+    except (HomeError, ValueError) as e:
+        return [Check("home", "fail", str(e), "fix node.toml (every key is in the README), or init a new home")]
+    try:
+        checks.append(Check("protocol", "ok", f"{ctx.protocol_id[:12]}: budget {ctx.budget.describe()} "
+                            f"({ctx.budget_source}), hardware {ctx.hardware}"))
+        checks.append(sandbox_check(ctx.sandbox, ctx.trust_policy))
+        argv = train_argv(cfg.research.train_command)
+        python = argv[0] if Path(argv[0]).name.startswith("python") else sys.executable
+        if cfg.research.enabled and cfg.research.objective == "torch":
+            checks.append(torch_devices(python))
+        checks.append(free_disk(home.path))
+        samples = [(r[0], r[1]) for r in ctx.ledger.db.execute(
+            "SELECT peer, received_at - finished_at FROM runs WHERE origin='peer' AND received_at IS NOT NULL"
+            " AND finished_at IS NOT NULL ORDER BY run_id DESC LIMIT 500")]
+    finally:
+        ctx.close()
+    addrs = (status or {}).get("addrs", [])
+    checks.append(reachability(addrs))
+    if status is not None:
+        n = status.get("peers_connected", 0)
+        checks.append(Check("peers", "ok" if n else "warn", f"{n} connected",
+                            "" if n else "give a bootstrap address: p2p-research node start --bootstrap /ip4/.../p2p/<id>"))
+    for c in bootstrap_reachable(bootstrap if bootstrap is not None else cfg.network.bootstrap):
+        checks.append(c)
+    checks.append(clock_skew(samples))
+    return checks

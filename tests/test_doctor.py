@@ -1,0 +1,69 @@
+"""`p2p-research doctor`: each check on real inputs (sockets, a daemon, the ledger), and the CLI."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+from conftest import CLI, ROOT
+from daemon_helpers import Daemon, free_port
+
+from p2p_research.doctor import bootstrap_reachable, classify_address, clock_skew, reachability
+from p2p_research.research.init import init_home
+
+
+def test_addresses_are_classified():
+    assert classify_address("/ip4/127.0.0.1/tcp/4001/p2p/x") == "local"
+    assert classify_address("/ip4/192.168.1.7/tcp/4001") == "private"
+    assert classify_address("/ip4/8.8.8.8/tcp/4001") == "public"
+    assert reachability(["/ip4/127.0.0.1/tcp/1"]).status == "warn"
+    assert "0.0.0.0" in reachability(["/ip4/127.0.0.1/tcp/1"]).hint
+    assert reachability(["/ip4/8.8.8.8/tcp/1", "/ip4/127.0.0.1/tcp/1"]).status == "ok"
+
+
+def test_bootstrap_checks_connect_for_real():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        dead = free_port()
+        checks = bootstrap_reachable([f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWA", f"/ip4/127.0.0.1/tcp/{dead}/p2p/12D3KooWB",
+                                      "/dns/nowhere"])
+    assert [c.status for c in checks] == ["ok", "fail", "fail"]
+    assert "refused" in checks[1].detail.lower() and checks[1].hint
+
+
+def test_clock_skew_is_judged_against_most_peers():
+    assert clock_skew([]).status == "ok"
+    assert clock_skew([("a", 1.0), ("b", 2.0)]).status == "ok"
+    assert clock_skew([("a", 95.0), ("b", 91.0), ("c", 90.0)]).status == "warn"  # this clock is off
+    one_off = clock_skew([("a", 1.0), ("b", 2.0), ("c", 600.0)])
+    assert one_off.status == "ok" and "1 peer(s) off" in one_off.detail
+
+
+def test_doctor_with_a_running_node_and_a_dead_bootstrap(tmp_path):
+    home = init_home(tmp_path / "node")
+    cfg = home.load_config()
+    cfg.research.enabled = False
+    cfg.network.bootstrap = [f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/12D3KooWGzh6iHnEqBCTUWy6QGJ1bnHKbo6hzUYZ4n6sYJRZDhC2"]
+    home.write_config(cfg)
+    d = Daemon(home.path, "--no-research").start()
+    try:
+        r = subprocess.run([*CLI, "doctor", "--home", str(home.path), "--json"], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT)
+        report = json.loads(r.stdout)
+        assert report["daemon_running"] and not report["ok"] and r.returncode == 1
+        by_name = {}
+        for c in report["checks"]:
+            by_name.setdefault(c["name"], []).append(c)
+        assert by_name["bootstrap"][0]["status"] == "fail" and by_name["bootstrap"][0]["hint"]
+        assert by_name["reachability"][0]["detail"].startswith("local only")
+        assert by_name["sandbox"][0]["status"] in ("ok", "warn") and by_name["protocol"][0]["status"] == "ok"
+        assert by_name["peers"][0]["status"] == "warn"
+        text = subprocess.run([*CLI, "doctor", "--home", str(home.path)], capture_output=True, text=True, timeout=120,
+                              cwd=ROOT).stdout
+        assert "FAIL bootstrap" in text and "fix:" in text
+    finally:
+        d.stop()
+        d.kill()
