@@ -134,3 +134,38 @@ def test_a_restart_keeps_the_address(tmp_path):
     finally:
         second.stop()
         second.kill()
+
+
+def test_network_events_are_one_line_each_with_the_cause(tmp_path):
+    """A dead bootstrap, a wrong peer id, a peer leaving: one line each that says what happened,
+    and none of libp2p's per-attempt ERROR lines."""
+    import time
+
+    from p2p_research.research.init import init_home
+
+    homes = [init_home(tmp_path / n) for n in ("a", "dead", "wrong", "ok")]
+    a = Daemon(homes[0].path, "--no-research").start()
+    wrong_id = "12D3KooWGzh6iHnEqBCTUWy6QGJ1bnHKbo6hzUYZ4n6sYJRZDhC2"
+    dead_port = free_port()
+    tcp = a.addrs[0].split("/p2p/")[0]
+    others = [Daemon(homes[1].path, "--no-research", "--bootstrap", f"/ip4/127.0.0.1/tcp/{dead_port}/p2p/{wrong_id}"),
+              Daemon(homes[2].path, "--no-research", "--bootstrap", f"{tcp}/p2p/{wrong_id}"),
+              Daemon(homes[3].path, "--no-research", "--bootstrap", a.addrs[0])]
+    try:
+        for d in others:
+            d.start()
+        wait_for(lambda: "peer id mismatch" in others[1].stderr() and "unreachable" in others[0].stderr()
+                 and "peer connected" in others[2].stderr(), 30, what="the first attempts")
+        a.stop()
+        wait_for(lambda: " left (" + a.peer_id in others[2].stderr(), 30, what="the peer leaving")
+        time.sleep(2)
+    finally:
+        for d in [a, *others]:
+            d.stop()
+            d.kill()
+    dead, wrong, ok = (d.stderr() for d in others)
+    assert f"bootstrap /ip4/127.0.0.1/tcp/{dead_port}/p2p/{wrong_id} unreachable: connection refused; retrying in" in dead
+    assert f"peer id mismatch (expected {wrong_id}, got {a.peer_id}); retrying in" in wrong
+    for log in (dead, wrong, ok):
+        assert "ERROR   libp2p" not in log, log[-3000:]
+    assert ok.count(f" left ({a.peer_id})") == 1

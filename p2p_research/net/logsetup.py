@@ -10,6 +10,36 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 #: libp2p loggers set ``propagate=False`` and log heavily under churn; they get their own level.
 NOISY_LOGGERS = ("libp2p", "multiaddr", "aioquic", "zeroconf", "httpx", "async_service")
 
+#: libp2p's ERRORs for a failed dial, one per address and attempt: the node says it once, with the
+#: cause, in its own line ("bootstrap X unreachable: connection refused; retrying in 4 s")
+DIAL_NOISE = ("Failed to open TCP stream", "failed to upgrade security for peer", "fail to open connection to peer")
+LIBP2P_REPEAT_S = 60.0
+
+
+class Libp2pNoise(logging.Filter):
+    """One line per network event: drop libp2p's per-attempt dial errors (our own line reports the
+    cause) and let any other libp2p message through at most once a minute per message template."""
+
+    def __init__(self, repeat_s: float = LIBP2P_REPEAT_S) -> None:
+        super().__init__()
+        self.repeat_s = repeat_s
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] not in NOISY_LOGGERS:
+            return True
+        msg = str(record.msg)
+        if msg.startswith(DIAL_NOISE):
+            return False
+        key = (record.name, msg[:80])
+        now = record.created
+        if now - self._last.get(key, -1e18) < self.repeat_s:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
 
 def configure_logging(
     level: int | str = logging.INFO,
@@ -26,8 +56,10 @@ def configure_logging(
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile:
         handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
+    noise = Libp2pNoise()
     for h in handlers:
         h.setFormatter(fmt)
+        h.addFilter(noise)
         h._p2p_research = True  # type: ignore[attr-defined]
 
     def install(logger: logging.Logger, lvl: int | str) -> None:

@@ -21,6 +21,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from .dialerror import explain
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
 from .host import full_addrs, parse_peer_addr, peerstore_addrs
 from .identity import short_name
@@ -107,7 +108,7 @@ class PeerManager:
         now = time.time()
         current = {pid.to_base58(): pid for pid in conns}
         for gone in set(self._peers) - set(current):
-            log.info("peer disconnected: %s (%s)", short_name(gone), gone)
+            log.info("peer %s left (%s)", short_name(gone), gone)
             del self._peers[gone]
             self._asked.discard(gone)
         for s, pid in current.items():
@@ -164,10 +165,14 @@ class PeerManager:
                 backoff = BACKOFF_START
                 self._changed.set()
             except Exception as e:  # TooSlowError, SwarmException, OSError...: retry later
-                self._rlog.log(
-                    logging.WARNING, f"boot:{pid}", "bootstrap peer %s unreachable (%s); retrying in %.0fs",
-                    pid, type(e).__name__, backoff,
-                )  # fmt: skip
+                why = explain(e)
+                where = f"{info.addrs[0]}/p2p/{pid}" if info.addrs else str(pid)
+                if why.startswith("peer id mismatch"):
+                    self._rlog.log(logging.WARNING, f"boot:{pid}", "bootstrap %s: %s; retrying in %.0f s",
+                                   where, why, backoff)
+                else:
+                    self._rlog.log(logging.WARNING, f"boot:{pid}", "bootstrap %s unreachable: %s; retrying in %.0f s",
+                                   where, why, backoff)
                 await trio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, BACKOFF_CAP)
 
