@@ -169,3 +169,31 @@ def test_network_events_are_one_line_each_with_the_cause(tmp_path):
     for log in (dead, wrong, ok):
         assert "ERROR   libp2p" not in log, log[-3000:]
     assert ok.count(f" left ({a.peer_id})") == 1
+
+
+def test_peers_on_another_protocol_are_named_and_explained(tmp_path):
+    """Two nodes with different budgets share nothing; each says so once, in words, and `peers`
+    shows the other's protocol and budget."""
+    from p2p_research.research.init import init_home
+
+    a_home, b_home = init_home(tmp_path / "a"), init_home(tmp_path / "b")
+    cfg = b_home.load_config()
+    cfg.research.budget_tokens = 20000
+    b_home.write_config(cfg)
+    a = Daemon(a_home.path, "--no-research").start()
+    b = Daemon(b_home.path, "--no-research", "--bootstrap", a.addrs[0]).start()
+    try:
+        wait_for(lambda: b.json("status")["other_protocols"] and a.json("status")["other_protocols"], 30,
+                 what="both learn the other's protocol")
+        note = b.json("status")["protocol_note"]
+        assert "1 connected peer(s) run another protocol (budget 500000 tokens; ours 20000 tokens)" in note
+        (peer,) = a.json("peers")
+        assert peer["same_protocol"] is False and peer["budget"] == "20000 tokens"
+        table = a.cli("peers").stdout
+        assert "other (20000" in table and "protocol" in table
+        assert "1 connected peer(s) run another protocol" in " ".join(a.cli("status").stdout.split())
+    finally:
+        for d in (a, b):
+            d.stop()
+            d.kill()
+    assert b.stderr().count("runs another protocol") == 1

@@ -87,6 +87,13 @@ def dht_get(key: str = typer.Argument(..., help="/exp/<40-hex experiment id>"), 
                   f"hardware {rc['hardware']} software {rc['software']}")
 
 
+def _protocol_cell(p: dict) -> str:
+    """`same` or `other (20000 tokens)`: whether a peer's results count here."""
+    if p.get("same_protocol") is None:
+        return "?"
+    return "same" if p["same_protocol"] else f"other ({p.get('budget') or '?'})"
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(dht_app, name="dht")
     @app.command("id")
@@ -113,6 +120,8 @@ def register(app: typer.Typer) -> None:
         out.print(f"baseline {b['commit'][:7]} val_bpb {_fmt(b['val_bpb'])}  research: {d['research']}")
         if "sandbox" in d:
             out.print(f"sandbox  {d['sandbox']}  trust policy {d['trust_policy']}", markup=False, highlight=False)
+        if d.get("protocol_note"):
+            out.print(f"note     {d['protocol_note']}", markup=False, highlight=False)
         c = d.get("current")
         if c:
             prog = f" {100 * c['progress']:.0f}%" if c.get("progress") is not None else ""
@@ -136,12 +145,13 @@ def register(app: typer.Typer) -> None:
         if json_out:
             return print_json(data)
         t = Table()
-        cols = ["name", "peer id", "direction", "latency", "results"] + (["addresses", "agent", "best"] if verbose else [])
+        cols = ["name", "peer id", "direction", "latency", "results", "protocol"] + (["addresses", "agent", "best"] if verbose else [])
         for col in cols:
             t.add_column(col)
         for p in data:
             row = [p["name"], p["peer_id"] if verbose else p["peer_id"][:16], p["direction"],
-                   "-" if p["latency_ms"] is None else f"{p['latency_ms']:.1f} ms", str(p["announced"]["results"])]
+                   "-" if p["latency_ms"] is None else f"{p['latency_ms']:.1f} ms", str(p["announced"]["results"]),
+                   _protocol_cell(p)]
             if verbose:
                 row += ["\n".join(p["addrs"]), p.get("agent_version") or "-", _fmt(p["announced"].get("best_val_bpb"))]
             t.add_row(*row)

@@ -112,7 +112,8 @@ class NodeDaemon:
                 self.name = cfg.node.name or short_name(self.peer_id)
                 swarm = swarm_id_of(ctx.workspace.genesis, ctx.protocol_id)
                 net_cfg = NetConfig(key_pair=self.key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
-                                    target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s)
+                                    target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s,
+                                    about={"swarm": swarm, "protocol": ctx.protocol_id, "budget": ctx.budget.describe()})
                 async with open_network(net_cfg, self.object_source) as net:
                     self.net = net
                     self.intake = intake = Intake(ctx, net, self.peer_id)
@@ -333,6 +334,7 @@ class NodeDaemon:
                          "lineage": views.lineage_view(ctx.ledger, ctx.protocol_id, self.peer_id)},
             "current": current, "research": self.research_state,
             "sandbox": ctx.sandbox.describe(), "trust_policy": ctx.trust_policy,
+            **self.protocol_view(),
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
             "peers_connected": len(self.net.peers()) if self.net else 0,
             "uptime_s": time.time() - self.started_at, "software": f"p2p-research {__version__}",
@@ -359,6 +361,25 @@ class NodeDaemon:
         out["banned_peers"] = len(self.net.gossip.scores.banned_peers(time.monotonic()))
         return out
 
+    def protocol_view(self) -> dict[str, Any]:
+        """Peers on another protocol, and in words why their results do not count here."""
+        assert self.ctx is not None
+        others: dict[str, dict[str, Any]] = {}
+        for p in self.net.peers() if self.net else []:
+            about = p.about or {}
+            proto = about.get("protocol")
+            if proto and proto != self.ctx.protocol_id:
+                o = others.setdefault(proto, {"protocol": proto, "budget": about.get("budget", "?"), "peers": []})
+                o["peers"].append(p.peer_id)
+        note = ""
+        if others:
+            n = sum(len(o["peers"]) for o in others.values())
+            budgets = ", ".join(sorted({o["budget"] for o in others.values()}))
+            note = (f"{n} connected peer(s) run another protocol (budget {budgets}; ours {self.ctx.budget.describe()}): "
+                    "their results do not count here. Nodes share results only with the same target, budget and data"
+                    f"{' and hardware class' if self.ctx.budget.is_wall_clock else ''}.")
+        return {"other_protocols": list(others.values()), "protocol_note": note}
+
     def peers_view(self) -> list[dict[str, Any]]:
         assert self.ctx is not None
         announced = views.peer_announcements(self.ctx.ledger)
@@ -367,6 +388,10 @@ class NodeDaemon:
             d = {k: getattr(p, k) for k in ("peer_id", "name", "addrs", "direction", "connected_since", "latency_ms",
                                               "agent_version", "messages_received", "bootstrap")}
             d["announced"] = announced.get(p.peer_id, {"results": 0, "best_val_bpb": None})
+            about = p.about or {}
+            d["protocol"] = about.get("protocol", "")
+            d["budget"] = about.get("budget", "")
+            d["same_protocol"] = None if not about.get("protocol") else about["protocol"] == self.ctx.protocol_id
             if self.coordinator is not None:
                 d["reputation"] = self.coordinator.reputation_of(p.peer_id)
             out.append(d)

@@ -51,6 +51,7 @@ class NetConfig:
     rate_burst: int = 60
     dht: bool = True  # run the experiment-record DHT (``Network.dht``)
     batch_wait_s: float = BATCH_WAIT_S  # results/verifications wait this long for a claim to ride with; 0: never
+    about: dict[str, str] = field(default_factory=dict)  # swarm, protocol, budget: told to peers in exchanges
 
 
 class Network:
@@ -132,7 +133,7 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
     faults = Faults(stats["faults"])
     streams = StreamGuard(host, faults, stats)
     send, recv = trio.open_memory_channel[Incoming](INCOMING_CAPACITY)
-    peers = PeerManager(host, boot, target_peers=cfg.target_peers, streams=streams)
+    peers = PeerManager(host, boot, target_peers=cfg.target_peers, streams=streams, about=dict(cfg.about))
     server = ObjectServer(object_source)
     async with running_host(host, listen):
         streams.register(OBJECTS_PROTOCOL, server.handle, OBJECTS_LIMITS)

@@ -34,6 +34,7 @@ PEERS_PROTOCOL = TProtocol("/p2p-research/peers/1.0.0")
 #: libp2p's own ping reports whole milliseconds (0 on loopback); ours times one 8-byte echo.
 PING_PROTOCOL = TProtocol("/p2p-research/ping/1.0.0")
 MAX_EXCHANGE = 32
+ABOUT_KEYS = ("swarm", "protocol", "budget")
 DIAL_TIMEOUT = 10.0
 EXCHANGE_TIMEOUT = 5.0
 BACKOFF_START = 1.0
@@ -56,6 +57,7 @@ class PeerState:
     agent_version: str | None = None
     messages_received: int = 0  # first deliveries of gossip messages forwarded by this peer
     bootstrap: bool = False
+    about: dict[str, str] | None = None  # its swarm, protocol and budget, from the peer exchange
 
 
 @dataclass
@@ -78,6 +80,8 @@ class PeerManager:
     _px_backoff: dict[str, float] = field(default_factory=dict)  # peer -> trio time before asking again
     streams: StreamGuard | None = None  # registers our handlers behind slots, deadlines and a boundary
     is_banned: Any = field(default=lambda peer: False)  # peer id -> bool: not dialed while banned
+    about: dict[str, str] = field(default_factory=dict)  # this node's swarm, protocol, budget (sent in exchanges)
+    _abouts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.my_id = self.host.get_id()
@@ -123,6 +127,7 @@ class PeerManager:
                     peer_id=s, name=short_name(s), addrs=[], direction=direction, connected_since=now,
                     messages_received=self._msg_counts.get(s, 0), bootstrap=s in self._bootstrap_ids,
                 )  # fmt: skip
+                st.about = self._abouts.get(s)
                 self._peers[s] = st
                 log.info("peer connected: %s (%s, %s)", st.name, s, direction)
             st.addrs = self._addrs_of(pid)
@@ -216,8 +221,10 @@ class PeerManager:
         try:
             with trio.fail_after(EXCHANGE_TIMEOUT):
                 stream = await self.host.new_stream(pid, [PEERS_PROTOCOL])
-                await stream.write(frame(pack({"addrs": full_addrs(self.host)[:8]})))
+                await stream.write(frame(pack({"addrs": full_addrs(self.host)[:8], "about": self.about})))
                 reply = unpack_small(await read_frame(stream, 64 * 1024))
+            if isinstance(reply, dict):
+                self._note_about(s, reply.get("about"))
             addrs = reply.get("peers") if isinstance(reply, dict) else None
             if not isinstance(addrs, list):
                 raise FrameError("reply without a peer list")
@@ -268,11 +275,34 @@ class PeerManager:
                 if c.failures > 8:
                     del self._candidates[s]
 
+    def _note_about(self, peer: str, value: Any) -> None:
+        """A peer's swarm, protocol and budget as it says them (peer input: strings, bounded), and one
+        line, once, when its protocol differs from ours: its results will not count here."""
+        if not isinstance(value, dict):
+            return
+        about = {k: v for k, v in value.items() if k in ABOUT_KEYS and isinstance(v, str) and len(v) <= 80
+                 and v.isprintable()}
+        if not about:
+            return
+        first = peer not in self._abouts
+        if len(self._abouts) >= 1024 and first:
+            self._abouts.pop(next(iter(self._abouts)))
+        self._abouts[peer] = about
+        st = self._peers.get(peer)
+        if st is not None:
+            st.about = about
+        mine, theirs = self.about.get("protocol"), about.get("protocol")
+        if first and mine and theirs and theirs != mine:
+            log.info("peer %s (%s) runs another protocol (budget %s; ours %s): its results do not count here",
+                     short_name(peer), peer, about.get("budget", "?"), self.about.get("budget", "?"))
+
     async def _handle_exchange(self, stream: INetStream) -> None:
         try:
             remote = stream.muxed_conn.peer_id
             with trio.fail_after(EXCHANGE_TIMEOUT):
                 req = unpack_small(await read_frame(stream, 64 * 1024))
+                if isinstance(req, dict):
+                    self._note_about(remote.to_base58(), req.get("about"))
                 own = req.get("addrs") if isinstance(req, dict) else None
                 if isinstance(own, list):
                     good = []
@@ -294,7 +324,7 @@ class PeerManager:
                         out.append(addrs[0])
                     if len(out) >= MAX_EXCHANGE:
                         break
-                await stream.write(frame(pack({"peers": out})))
+                await stream.write(frame(pack({"peers": out, "about": self.about})))
             with trio.move_on_after(1):
                 await stream.close()
         except Exception as e:
