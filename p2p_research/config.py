@@ -36,7 +36,8 @@ class ResearchSection:
     train_command: str = ""     # how train.py runs: "" = this node's python; e.g. "uv run train.py", a target's interpreter
     run_timeout_s: float = 0.0  # 0 = automatic (from the baseline's duration)
     memory_limit_mb: int = 8192
-    threads: int = 0            # torch threads in training; 0 = torch's default
+    threads: int = 0            # torch threads in training; 0 = torch's default (split between CPU workers)
+    workers: int = 0            # experiments at once; 0 = one per visible GPU, else one
     device: str = "auto"        # auto | cpu | cuda
     cache_dir: str = ""         # "" = ~/.cache/p2p-research
     objective: str = "torch"    # torch | surrogate (scores the constants without training; simulations)
@@ -126,6 +127,8 @@ class NodeConfig:
                 raise ConfigError(f"research.train_command is not a valid command line: {e}") from None
         if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
             raise ConfigError("research timeouts must be positive and threads >= 0")
+        if not 0 <= r.workers <= 64:
+            raise ConfigError(f"research.workers must be 0 (one per GPU) to 64, got {r.workers}")
         if self.trust.policy not in ("sandboxed", "constants", "any"):
             raise ConfigError(f"trust.policy must be sandboxed, constants or any, got {self.trust.policy!r}")
         sb = self.sandbox

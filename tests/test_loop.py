@@ -109,3 +109,21 @@ def test_adopt_waits_for_the_run_in_flight_unless_the_loop_was_stopped():
     m.stop("drained")
     m.adopt("p1", 1.9)
     assert m.baseline_commit == "p1" and isinstance(m.next_action(), L.Done)
+
+
+def test_a_sibling_workers_better_baseline_is_taken_between_experiments():
+    """Workers of one node share a baseline: an offer is taken at once when idle, else when the
+    experiment in flight ends, and that experiment is judged against the better of the two."""
+    loop = L.ResearchLoop("base", 1.0, margin=0.01)
+    first = loop.next_action()
+    assert isinstance(first, L.Propose)
+    loop.offer("sib", 0.9)  # idle (about to propose): taken at once
+    assert loop.baseline_commit == "sib" and loop.next_action() == L.Propose("sib")
+    loop.handle(L.Proposed("e1", "c1", "x"))
+    loop.offer("sib2", 0.8)  # in flight: waits
+    assert loop.baseline_commit == "sib"
+    verdict = loop.handle(L.ExperimentFinished("e1", "c1", 0.85, ""))
+    assert verdict.status == "discarded"  # better than its own baseline (0.9), not than the sibling's (0.8)
+    assert loop.next_action() == L.Propose("sib2") and loop.baseline_value == 0.8
+    loop.offer("worse", 0.95)  # never a step back
+    assert loop.baseline_commit == "sib2"

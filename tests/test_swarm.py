@@ -220,3 +220,40 @@ async def test_altered_receipt_from_a_real_peer_is_rejected(tmp_path):
     finally:
         d.stop()
         d.kill()
+
+
+def test_a_two_worker_node_runs_two_experiments_at_once_without_duplicates(tmp_path):
+    """research.workers = 2: two experiments in flight at once, sharing the ledger (no id twice),
+    the baseline (one measurement) and every kept result; `status` shows both workers."""
+    home = surrogate_home(tmp_path / "w", 5, cost=2.0, research__workers=2)
+    d = Daemon(home.path, "-n", "4").start()
+    try:
+        wait_for(lambda: len(d.json("status")["workers"]) == 2 and all(
+            w["phase"] == "training" for w in d.json("status")["workers"]), 60, 0.2, what="both workers training")
+        wait_for(lambda: research_done(d), 120, 1.0, what="both workers done")
+        workers = d.json("status")["workers"]
+        assert [w["experiments_done"] for w in workers] == [4, 4]
+    finally:
+        stop_all([d])
+    db = sqlite3.connect(f"file:{home.ledger}?mode=ro", uri=True)
+    runs = db.execute("SELECT exp_id, kind, started_at, finished_at FROM runs WHERE origin='local' ORDER BY started_at").fetchall()
+    db.close()
+    assert sum(1 for r in runs if r[1] == "baseline") == 1  # worker 1 starts from worker 0's baseline
+    exps = [r for r in runs if r[1] == "experiment"]
+    assert len(exps) == 8 and len({r[0] for r in exps}) == 8, "an experiment ran twice"
+    overlapping = sum(1 for a, b in zip(exps, exps[1:], strict=False) if b[2] < a[3])
+    assert overlapping >= 3, "the two workers should run at the same time"
+
+
+def test_worker_devices():
+    from p2p_research.config import NodeConfig
+    from p2p_research.daemon.workers import worker_envs
+
+    cfg = NodeConfig()
+    assert worker_envs(cfg, gpus=["0", "1", "2"]) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("0", "1", "2")]
+    assert worker_envs(cfg, gpus=[]) == [{}]
+    cfg.research.workers = 2
+    assert worker_envs(cfg, gpus=[], cpus=8) == [{"P2P_THREADS": "4", "OMP_NUM_THREADS": "4"}] * 2
+    assert worker_envs(cfg, gpus=["3"]) == [{"CUDA_VISIBLE_DEVICES": "3"}] * 2
+    cfg.research.device = "cpu"
+    assert worker_envs(cfg, cpus=2) == [{"P2P_THREADS": "1", "OMP_NUM_THREADS": "1"}] * 2

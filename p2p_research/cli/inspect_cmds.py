@@ -120,6 +120,11 @@ def register(app: typer.Typer) -> None:
         out.print(f"baseline {b['commit'][:7]} val_bpb {_fmt(b['val_bpb'])}  research: {d['research']}")
         if "sandbox" in d:
             out.print(f"sandbox  {d['sandbox']}  trust policy {d['trust_policy']}", markup=False, highlight=False)
+        if len(d.get("workers") or []) > 1:
+            for w in d["workers"]:
+                dev = ", ".join(f"{k}={v}" for k, v in w["device"].items()) or "default device"
+                out.print(f"worker {w['worker']} {w['phase']} {w['exp_id'][:10]} {w['description'][:50]} ({dev}; "
+                          f"{w['experiments_done']} done, {w['kept']} kept)", markup=False, highlight=False)
         if d.get("protocol_note"):
             out.print(f"note     {d['protocol_note']}", markup=False, highlight=False)
         c = d.get("current")

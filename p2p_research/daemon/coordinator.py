@@ -160,8 +160,10 @@ class SwarmCoordinator:
         comes out of a budget (research.claims), so no peer can take more than ~1 % of this node's runs."""
         self.note_heard(claim.peer)
         self.state.note_peer(claim.peer)
-        eng = self.engine
-        if eng is None or claim.peer == self.d.peer_id or eng.progress.exp_id != claim.exp_id:
+        running = [e for e in getattr(self.d, "engines", None) or [self.engine] if e is not None
+                   and e.progress.exp_id == claim.exp_id]
+        eng = running[0] if running else None
+        if eng is None or claim.peer == self.d.peer_id:
             return
         mine = [c for c in self.ctx.ledger.claims(claim.exp_id) if c["peer"] == self.d.peer_id]
         if not mine:
@@ -234,9 +236,10 @@ class SwarmCoordinator:
                 value = row[0]
         return (value if value is not None else eng.loop.baseline_value), b.exp_id
 
-    async def between(self) -> None:
-        """Verify and adopt the best pending peer result(s) before proposing anything new."""
-        eng = self.engine
+    async def between(self, eng: ResearchEngine | None = None) -> None:
+        """Verify and adopt the best pending peer result(s) before proposing anything new (on `eng`,
+        the worker that asks; worker 0 by default)."""
+        eng = eng or self.engine
         if eng is None or eng.loop is None:
             return
         for _ in range(8):
@@ -251,14 +254,14 @@ class SwarmCoordinator:
             # candidate is dropped (settled) and research goes on
             if isinstance(decision, Ignore):
                 break
-            await contained(self.faults, decision.claim.peer, "swarm.candidate", self._carry_out, decision)
+            await contained(self.faults, decision.claim.peer, "swarm.candidate", self._carry_out, decision, eng)
             self._save_reputation()
 
-    async def _carry_out(self, decision: Verify | Adopt) -> None:
-        eng = self.engine
+    async def _carry_out(self, decision: Verify | Adopt, eng: ResearchEngine | None = None) -> None:
+        eng = eng or self.engine
         assert eng is not None
         if isinstance(decision, Verify):
-            decision = await self.verify(decision.claim)
+            decision = await self.verify(decision.claim, eng)
         if isinstance(decision, Adopt):
             c = decision.claim
             eng.adopt(c.commit, decision.value, decision.reason, c.exp_id, c.peer)
@@ -268,8 +271,8 @@ class SwarmCoordinator:
             log.info("adopted %s from %s as baseline (val_bpb %.6f): %s", c.exp_id[:10], c.peer[:16],
                      decision.value, decision.reason)
 
-    async def verify(self, claim: PeerClaim) -> Adopt | None:
-        eng = self.engine
+    async def verify(self, claim: PeerClaim, eng: ResearchEngine | None = None) -> Adopt | None:
+        eng = eng or self.engine
         assert eng is not None and eng.loop is not None
         log.info("verifying %s's claim %s (val_bpb %.6f)", claim.peer[:16], claim.exp_id[:10], claim.value)
         er = await eng.execute(claim.commit, "verification", f"verification of {claim.peer[:16]}'s result", claim.seed,

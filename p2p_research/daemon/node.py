@@ -8,6 +8,7 @@ aborted), close the host and leave the ledger consistent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import signal
@@ -36,6 +37,7 @@ from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.coordinator import SwarmCoordinator
 from p2p_research.daemon.intake import Intake
 from p2p_research.daemon.taskdump import report_if_still_stopping
+from p2p_research.daemon.workers import worker_envs
 from p2p_research.home import HomeError, HomeLock, NodeHome
 from p2p_research.net.boundary import PeerTasks, contained
 from p2p_research.research.context import ResearchContext, open_context
@@ -65,14 +67,16 @@ class DaemonOptions:
 
 class NodeDaemon:
     def __init__(self, home: NodeHome, config: NodeConfig, options: DaemonOptions,
-                 make_proposer: Callable[[ResearchContext], Any]) -> None:
+                 make_proposer: Callable[..., Any]) -> None:
         self.home = home
         self.config = config
         self.options = options
         self.make_proposer = make_proposer
         self.started_at = time.time()
         self.ctx: ResearchContext | None = None
-        self.engine: ResearchEngine | None = None
+        self.engine: ResearchEngine | None = None       # worker 0 (verifications when following, status)
+        self.engines: list[ResearchEngine] = []         # every worker
+        self._between_lock = trio.Lock()
         self.net: Any = None
         self.intake: Intake | None = None
         self.peer_id = ""
@@ -180,13 +184,26 @@ class NodeDaemon:
             log.error("research not started: %s", e)
             self.research_state = f"failed: {e}"
             return
-        self.engine = engine = ResearchEngine(self.ctx, proposer, Hooks(
-            on_claim=self.announce_claim, on_result=self.announce_result, is_known=self.coordinator.is_known,
-            between=self.before_proposal, is_mine=self.coordinator.owns))
-        engine.peer = self.peer_id
+        envs = worker_envs(self.config)
+        engines: list[ResearchEngine] = []
+        for i, env in enumerate(envs):
+            worker_proposer = proposer if i == 0 else self.make_proposer(self.ctx, seed_offset=7919 * i)
+            eng = ResearchEngine(self.ctx, worker_proposer, Hooks(
+                on_claim=self.announce_claim, on_result=self.announce_result, is_known=self.coordinator.is_known,
+                between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns),
+                worker=i, worker_env=env)
+            eng.peer = self.peer_id
+            engines.append(eng)
+        for eng in engines:
+            eng.siblings = [e for e in engines if e is not eng]
+        self.engines = engines
+        self.engine = engine = engines[0]
         self.research_state = "running"
+        if len(engines) > 1:
+            log.info("%d workers: %s", len(engines), "; ".join(
+                f"worker {i}: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "default") for i, env in enumerate(envs)))
         try:
-            done = await engine.run(self.options.max_experiments)
+            done = await self.run_workers(engines)
         except Exception as e:  # noqa: BLE001 - the node stays up as a relay and keeps its ledger
             log.exception("research loop failed")
             self.research_state = f"failed: {e}"
@@ -206,11 +223,36 @@ class NodeDaemon:
             except Exception:  # noqa: BLE001 - following is best effort; the node stays up as a relay
                 log.exception("following the swarm failed once; trying again")
 
-    async def before_proposal(self) -> None:
-        """Swarm work between experiments (verify, adopt); a fresh DHT lookup budget for the proposal."""
+    async def run_workers(self, engines: list[ResearchEngine]) -> Any:
+        """Worker 0 measures the baseline; the others start from it, each on its own device, sharing
+        the ledger (dedup), the claims and every new baseline. Returns worker 0's Done."""
+        if len(engines) == 1:
+            return await engines[0].run(self.options.max_experiments)
+        results: dict[int, Any] = {}
+        per_worker = self.options.max_experiments
+
+        async def one(eng: ResearchEngine) -> None:
+            results[eng.worker] = await eng.run(per_worker)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, engines[0])
+            while engines[0].loop is None or engines[0].loop.baseline_value is None:
+                if 0 in results:  # the baseline failed: the others would fail the same way
+                    return results[0]
+                await trio.sleep(0.2)
+            for eng in engines[1:]:
+                nursery.start_soon(one, eng)
+        return results[0]
+
+    async def before_proposal(self, worker: int = 0) -> None:
+        """Swarm work between experiments (verify, adopt); a fresh DHT lookup budget for the proposal.
+        One worker at a time: another that finds it busy goes on proposing instead of waiting a run."""
         self._dht_lookups_left = DHT_LOOKUPS_PER_PROPOSAL
         assert self.coordinator is not None
-        await self.coordinator.between()
+        if self._between_lock.locked():
+            return
+        async with self._between_lock:
+            await self.coordinator.between(self.engines[worker] if worker < len(self.engines) else None)
 
     async def announce_claim(self, exp_id: str, commit: str, description: str, semantic_id: str = "",
                              by_code: bool = False) -> None:
@@ -341,7 +383,8 @@ class NodeDaemon:
             "net": self.net_counters(),
             "intake": dict(self.intake.stats) if self.intake else {},
             "swarm_stats": dict(self.coordinator.stats) if self.coordinator else {},
-            "dedup": dict(self.engine.dedup_stats) if self.engine else {},
+            "dedup": {k: sum(e.dedup_stats.get(k, 0) for e in self.engines) for k in (self.engine.dedup_stats if self.engine else {})},
+            "workers": [views.worker_view(e) for e in self.engines],
             "caught_up_results": self.catchup.received if self.catchup else 0,
             "anti_entropy": {"syncs": self.catchup.syncs, "repaired": self.catchup.repaired} if self.catchup else {},
         }
@@ -458,10 +501,11 @@ class NodeDaemon:
 
         async def h_drain(args: dict) -> Any:
             """Stop proposing (the experiment in flight finishes); keep verifying and adopting peers' results."""
-            eng = self.engine
-            if eng is None or eng.loop is None:
+            loops = [e.loop for e in self.engines if e.loop is not None]
+            if not loops:
                 return {"drained": False, "research": self.research_state}
-            eng.loop.stop("drained: no new experiments; following the swarm")
+            for loop in loops:
+                loop.stop("drained: no new experiments; following the swarm")
             return {"drained": True, "research": self.research_state}
 
         return {"id": h_id, "status": h_status, "dht_get": h_dht_get, "drain": h_drain, "peers": h_peers, "experiments": h_experiments, "show": h_show,

@@ -6,6 +6,7 @@ of each view, so `--json` output is the same either way.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from p2p_research.research.workspace import Workspace, WorkspaceError
@@ -90,3 +91,11 @@ def peer_announcements(ledger: Ledger) -> dict[str, dict[str, Any]]:
     for row in ledger.db.execute("SELECT peer, COUNT(*) AS n FROM claims GROUP BY peer"):
         out.setdefault(row["peer"], {"results": 0, "best_val_bpb": None, "last_received_at": None})["claims"] = row["n"]
     return out
+
+
+def worker_view(engine: Any) -> dict[str, Any]:
+    """One worker's state for `status`: what it runs, on which device, how far it got."""
+    p = engine.progress
+    return {"worker": engine.worker, "phase": p.phase, "exp_id": p.exp_id, "description": p.description,
+            "elapsed_s": time.time() - p.started_at if p.started_at and p.phase in ("baseline", "training") else None,
+            "device": dict(engine.worker_env), "experiments_done": p.experiments_done, "kept": p.kept}

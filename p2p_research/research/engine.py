@@ -91,8 +91,11 @@ class ExperimentRun:
 
 class ResearchEngine:
     def __init__(self, ctx: ResearchContext, proposer: Proposer, hooks: Hooks | None = None,
-                 seed_offset: int = 0) -> None:
+                 seed_offset: int = 0, worker: int = 0, worker_env: dict[str, str] | None = None) -> None:
         self.ctx = ctx
+        self.worker = worker                      # this engine's index among the node's workers
+        self.worker_env = worker_env or {}        # its device: CUDA_VISIBLE_DEVICES, or its share of the cores
+        self.siblings: list[ResearchEngine] = []  # the node's other workers: they share each new baseline
         self.proposer = proposer
         self.hooks = hooks or Hooks()
         self.progress = Progress(budget_seconds=ctx.budget.seconds)
@@ -359,6 +362,7 @@ class ResearchEngine:
             env["P2P_DATA"] = str(Path(r.data).expanduser())
         if r.threads:
             env["P2P_THREADS"] = str(r.threads)
+        env.update(self.worker_env)
         return env
 
     async def execute(self, commit: str, kind: str, description: str, seed: int,
@@ -498,6 +502,11 @@ class ResearchEngine:
         self.progress.note_result(f"adopted {exp_id[:10]} val_bpb {value:.6f} from {source_peer}: {description}")
 
     def set_baseline(self, commit: str, value: float, reason: str, exp_id: str, source_peer: str = "") -> None:
+        for sibling in self.siblings:  # the node's other workers propose from it as soon as they can
+            if sibling.loop is not None:
+                sibling.loop.offer(commit, value)
+                if sibling.progress.best_value is None or value < sibling.progress.best_value:
+                    sibling.progress.best_value = value
         self.ctx.ledger.record_baseline(self.ctx.protocol_id, commit, value, reason, exp_id, source_peer or self.peer)
         self.ctx.workspace.set_baseline(commit)
         self.progress.baseline_commit, self.progress.baseline_value = commit, value

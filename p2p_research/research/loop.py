@@ -119,6 +119,7 @@ class ResearchLoop:
     _pending: Action | None = None
     _done: Done | None = None
     history: list[Verdict] = field(default_factory=list)
+    _offered: tuple[str, float] | None = None  # a better baseline another worker of this node found
 
     def __post_init__(self) -> None:
         if not (self.margin >= 0 and math.isfinite(self.margin)):
@@ -128,6 +129,8 @@ class ResearchLoop:
     def next_action(self) -> Action:
         if self._done is not None:
             return self._done
+        if self._pending is None or isinstance(self._pending, Propose):
+            self._take_offer()
         if self._pending is not None:
             return self._pending
         if self.baseline_value is None:
@@ -181,7 +184,9 @@ class ResearchLoop:
             self._pending = None
             self.experiments_done += 1
             assert self.baseline_value is not None
-            status, reason = decide_keep(self.baseline_value, event.value, self.margin)
+            # kept only if it beats the best baseline this node knows now (another worker's may be better)
+            best = self.baseline_value if self._offered is None else min(self.baseline_value, self._offered[1])
+            status, reason = decide_keep(best, event.value, self.margin)
             if event.value is None and event.reason:
                 reason = event.reason
             verdict = Verdict(event.exp_id, status, reason, status == "kept")
@@ -191,6 +196,25 @@ class ResearchLoop:
             self.history.append(verdict)
             return verdict
         raise ProtocolError(f"unknown event {event!r}")
+
+    def offer(self, commit: str, value: float) -> None:
+        """A better baseline from another worker of this node: taken at once between experiments, else
+        when the one in flight ends (its result must beat this one to be kept)."""
+        if self.baseline_value is not None and value >= self.baseline_value and self._offered is None:
+            return
+        if self._offered is None or value < self._offered[1]:
+            self._offered = (commit, value)
+        if self._pending is None or isinstance(self._pending, Propose):
+            self._take_offer()
+
+    def _take_offer(self) -> None:
+        if self._offered is None or self.baseline_value is None:
+            return
+        commit, value = self._offered
+        self._offered = None
+        if value < self.baseline_value:
+            self._pending = None
+            self.baseline_commit, self.baseline_value = commit, value
 
     def adopt(self, commit: str, value: float) -> None:
         """Switch to a better baseline found elsewhere (a peer); only between experiments, or once the

@@ -73,6 +73,9 @@ def build(spec: dict) -> None:
         os.symlink(target, root + link)
     for src in spec["system"] + spec["etc"]:
         bind(root, src)
+    # /tmp first: binds below it (a venv under /tmp) go on top of it, not under it
+    os.makedirs(root + "/tmp", exist_ok=True)
+    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={spec['tmp_bytes']}")
     for d in spec["dirs"]:  # leading to binds: traversable, not writable (root here still may, with caps)
         os.makedirs(root + d, exist_ok=True)
         os.chmod(root + d, 0o555)
@@ -99,8 +102,6 @@ def build(spec: dict) -> None:
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if spec["sys"]:
         bind(root, "/sys")
-    os.makedirs(root + "/tmp", exist_ok=True)
-    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={spec['tmp_bytes']}")
     work = root + spec["workdir"]
     os.makedirs(work, exist_ok=True)
     mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={spec['scratch_bytes']}")

@@ -123,6 +123,7 @@ Where program.md describes a setup, a branch, a results.tsv, or an experiment lo
 forever, that does not apply here: this is a single proposal and the node runs the loop.
 """
 
+_CLEANED_HOMES: set[str] = set()
 SCRATCH_FILES_MAX = 64  # other files an agent leaves in the scratch copy: listed in the log, never used
 DIFF_PREFIXES = ("+", "-", "@@", "diff --git", "index ", "--- ", "+++ ")
 
@@ -145,13 +146,13 @@ class CommandProposer:
         self.timeout_s = timeout_s
         self.extra_env = extra_env or {}
         self.prompt = prompt
-        self._cleaned = False
 
     def _scratch(self, workspace: Workspace, baseline: str) -> Path:
-        if not self._cleaned:  # scratch copies a killed node left behind (one node per home: HomeLock)
+        home = str(workspace.path.parent)
+        if home not in _CLEANED_HOMES:  # scratch copies a killed node left behind (one node per home:
+            _CLEANED_HOMES.add(home)    # HomeLock), once per process: the node's other workers' are live
             for stale in workspace.path.parent.glob("agent-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            self._cleaned = True
         root = Path(tempfile.mkdtemp(prefix="agent-", dir=workspace.path.parent))
         work = root / "work"
         work.mkdir()

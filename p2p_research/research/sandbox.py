@@ -161,6 +161,15 @@ def _system_binds() -> list[str]:
     return args
 
 
+OWN_MOUNTS = (Path("/tmp"), Path("/dev"), Path("/proc"), Path("/run"))  # the sandbox's own, not 0555 parents
+
+
+def _parents(binds: list[Path]) -> list[Path]:
+    """The directories leading to the binds, shallowest first, minus / and the sandbox's own mounts."""
+    out = {a for p in binds for a in p.parents if a != Path("/") and not _under_system(a) and a not in OWN_MOUNTS}
+    return sorted(out, key=lambda a: len(a.parts))
+
+
 def _under_system(p: Path) -> bool:
     """Already visible (read-only) through the system directories."""
     return any(p == Path(d) or p.is_relative_to(d) for d in SYSTEM_DIRS)
@@ -197,7 +206,7 @@ def wrap_namespaces(argv: list[str], spec: SandboxSpec) -> list[str]:
     import json
 
     binds = [p for p in (*spec.read_only, *spec.read_write) if not _under_system(p)]
-    parents = sorted({str(a) for p in binds for a in p.parents if a != Path("/") and not _under_system(a)}, key=len)
+    parents = [str(p) for p in _parents(binds)]
     system, symlinks = [], []
     for d in SYSTEM_DIRS:
         p = Path(d)
@@ -246,8 +255,7 @@ def wrap_bwrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> l
     binds = [p for p in (*spec.read_only, *spec.read_write) if not _under_system(p)]
     # the directories leading to a bind: traversable, not writable (bwrap would make them 0700 and
     # writable; without capabilities even the sandbox's root obeys 0555)
-    parents = sorted({a for p in binds for a in p.parents if a != Path("/") and not _under_system(a)},
-                     key=lambda a: len(a.parts))
+    parents = _parents(binds)
     for d in parents:
         args += ["--perms", "0555", "--dir", str(d)]
     for p in spec.read_only:
