@@ -117,3 +117,16 @@ def test_strip_benign_teardown():
     real = ValueError("mine")
     assert strip_benign_teardown(ExceptionGroup("x", [ExceptionGroup("y", [real]), benign])) is real
     assert strip_benign_teardown(real) is real
+
+
+def test_libp2p_storms_are_one_line(tmp_path, restore_logging):
+    logfile = tmp_path / "node.log"
+    hs = configure_logging("INFO", str(logfile))
+    lp = logging.getLogger("libp2p.network.swarm")
+    for _ in range(10):
+        lp.error("stream reset by peer 12D3KooWA")
+        logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: all attempts failed")
+    for h in hs:
+        h.flush()
+    text = logfile.read_text()
+    assert text.count("stream reset by peer") == 1 and "Failed to open TCP stream" not in text

@@ -26,6 +26,13 @@ class Libp2pNoise(logging.Filter):
         self._last: dict[tuple[str, str], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        decided = getattr(record, "_p2p_noise", None)  # one record, several handlers: one decision
+        if decided is None:
+            decided = self._decide(record)
+            record._p2p_noise = decided  # type: ignore[attr-defined]
+        return decided
+
+    def _decide(self, record: logging.LogRecord) -> bool:
         if record.name.split(".")[0] not in NOISY_LOGGERS:
             return True
         msg = str(record.msg)
