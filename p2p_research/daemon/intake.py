@@ -40,6 +40,8 @@ class Intake:
         self.net = net
         self.self_peer = self_peer
         self.fetch_limit = trio.CapacityLimiter(4)
+        # code keys of peers' experiments: only a node whose proposer is an agent asks about them
+        self.code_keys = ctx.config.research.enabled and ctx.config.research.proposer == "command"
         self.stats = {"claims": 0, "results": 0, "duplicates": 0, "posts": 0, "fetched_objects": 0,
                       "fetch_failures": 0, "not_fetched": 0, "rejected": 0, "delta_objects": 0, "delta_fallbacks": 0,
                       "claims_refused": 0, "rejected_by": Counter()}
@@ -67,6 +69,8 @@ class Intake:
     def note_code_key(self, exp_id: str, commit: str) -> None:
         """Record a peer experiment's code key once its files are here, so an agent's reworded copy of
         it is known (research/semantic.py)."""
+        if not self.code_keys:
+            return
         ws = self.ctx.workspace
         try:
             if ws.is_complete(commit) and self.ctx.experiment_id_of(commit) == exp_id:
