@@ -20,9 +20,10 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.args = args
+        self.env = env  # added to this process's environment for the daemon (e.g. a PATH with scripted agents)
         self.proc: subprocess.Popen | None = None
         self.peer_id = ""
         self.addrs: list[str] = []
@@ -30,7 +31,8 @@ class Daemon:
     def start(self, timeout: float = 60.0) -> Daemon:
         self.errlog = open(self.home / "test-daemon.err", "ab")
         self.proc = subprocess.Popen([*CLI, "node", "start", "--home", str(self.home), *self.args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=self.errlog, text=True, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=self.errlog, text=True, start_new_session=True,
+                                     env={**os.environ, **self.env} if self.env else None)
         deadline = time.time() + timeout
         assert self.proc.stdout is not None
         self.addrs = []

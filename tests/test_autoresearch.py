@@ -203,14 +203,7 @@ def test_two_autoresearch_nodes_share_and_adopt(tmp_path):
     a_home = init_node(tmp_path, "a", folder, tolerance=1.0, proposer="command",
                        proposer_command=f"bash {ADAPTERS / 'codex.sh'}")
     b_home = init_node(tmp_path, "b", folder, tolerance=1.0)
-    env_a = agent_env(FAKE_EDIT="matrix")
-    old = os.environ.copy()
-    os.environ.update(env_a)  # the daemon inherits the PATH with the scripted agents
-    try:
-        a = Daemon(a_home, "-n", "1").start(timeout=120)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    a = Daemon(a_home, "-n", "1", env=agent_env(FAKE_EDIT="matrix")).start(timeout=120)
     daemons = [a]
     try:
         b = Daemon(b_home, "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
@@ -290,13 +283,7 @@ def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
     cfg = h.load_config()
     cfg.sandbox.mode = "off"
     h.write_config(cfg)
-    old = os.environ.copy()
-    os.environ.update(agent_env(FAKE_EDIT="lr10"))
-    try:
-        a = Daemon(a_home, "-n", "1").start(timeout=120)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    a = Daemon(a_home, "-n", "1", env=agent_env(FAKE_EDIT="lr10")).start(timeout=120)
     daemons = [a]
     try:
         b = Daemon(b_home, "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from daemon_helpers import Daemon, wait_for
 from test_autoresearch import ADAPTERS, agent_env, autoresearch_folder, cli, init_node, local_runs
@@ -88,22 +86,17 @@ def test_a_peer_claim_on_the_same_code_stops_a_reworded_copy(tmp_path):
     folder = autoresearch_folder(tmp_path / "autoresearch")
     a_home = init_node(tmp_path, "a", folder, proposer="command", proposer_command=f"bash {ADAPTERS / 'codex.sh'}")
     b_home = init_node(tmp_path, "b", folder, proposer="command", proposer_command=f"bash {ADAPTERS / 'codex.sh'}")
-    old = os.environ.copy()
     daemons = []
     try:
-        os.environ.update(agent_env(FAKE_EDIT="slow"))
-        a = Daemon(a_home, "-n", "1").start(timeout=120)
+        a = Daemon(a_home, "-n", "1", env=agent_env(FAKE_EDIT="slow")).start(timeout=120)
         daemons.append(a)
         wait_for(lambda: (a.json("status").get("current") or {}).get("phase") == "training"
                  and a.json("status")["current"]["description"].startswith("wait"), 90, 0.5, what="A runs its slow edit")
-        os.environ.update(agent_env(FAKE_EDIT="slowfmt"))
-        b = Daemon(b_home, "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
+        b = Daemon(b_home, "-n", "1", "--bootstrap", a.addrs[0], env=agent_env(FAKE_EDIT="slowfmt")).start(timeout=120)
         daemons.append(b)
         wait_for(lambda: b.json("status")["dedup"]["same_code"] >= 1, 60, 0.5, what="B skips the reworded copy")
         assert not [r for r in local_runs(b_home) if r["kind"] == "experiment" and "wait" in r["description"]]
     finally:
-        os.environ.clear()
-        os.environ.update(old)
         for d in daemons:
             d.stop()
         for d in daemons:

@@ -11,16 +11,17 @@ from __future__ import annotations
 import os
 
 from p2p_research.config import NodeConfig
-from p2p_research.research.hardware import nvidia_gpus
+from p2p_research.research.hardware import nvidia_gpus, visible_devices
 
 
 def visible_gpu_ids() -> list[str]:
-    """The CUDA device ids a child may be given, honouring this node's own CUDA_VISIBLE_DEVICES."""
-    rows = nvidia_gpus() or []
-    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if mask is None:
-        return [index for index, _, _ in rows]
-    return [e.strip() for e in mask.split(",") if e.strip()]
+    """The CUDA device indices a child may be given: the GPUs this node's own CUDA_VISIBLE_DEVICES
+    leaves visible, read as the hardware class reads them (a child's mask replaces the node's, so
+    it gets absolute indices)."""
+    rows, mask = nvidia_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    if rows is None:  # no nvidia-smi to map the mask with: its entries as given
+        return [e.strip() for e in (mask or "").split(",") if e.strip()]
+    return [index for index, _, _ in visible_devices(rows, mask)]
 
 
 def worker_envs(cfg: NodeConfig, gpus: list[str] | None = None, cpus: int | None = None) -> list[dict[str, str]]:

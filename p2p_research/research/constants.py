@@ -147,6 +147,14 @@ def _target_name(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
     return None, None
 
 
+def assigned_constant(stmt: ast.stmt) -> str | None:
+    """The name a top-level statement assigns a constant expression to (`LR = 2**-9`), else None."""
+    name, v = _target_name(stmt)
+    if name is None or v is None or not _is_constant_name(name) or not constant_value(v)[0]:
+        return None
+    return name
+
+
 def constant_sites(source: str) -> dict[str, ConstantSite]:
     """Top-level `NAME = constant expression` statements, by name (the last assignment wins, as in Python).
 

@@ -241,7 +241,7 @@ class ResearchEngine:
         return exp_id
 
     def _is_known_source(self, baseline: str) -> Callable[[bytes], Awaitable[bool]]:
-        by_code = self.proposer.name != "builtin"
+        by_code = self.uses_code_keys
 
         async def is_known(train_py: bytes) -> bool:
             exp_id = self._candidate_id(baseline, train_py)
@@ -392,12 +392,13 @@ class ResearchEngine:
         p.phase, p.exp_id, p.commit, p.description = ("baseline" if kind == "baseline" else "training"), exp_id, commit, description
         p.started_at, p.expected_seconds = time.time(), expected
         if kind == "experiment" and self.hooks.on_claim:
-            by_code = self.proposer.name != "builtin"
+            by_code = self.uses_code_keys
             await self.hooks.on_claim(exp_id, commit, description,
                                       semantic_id=self.semantic_of_commit(commit) if by_code else "", by_code=by_code)
         er = ExperimentRun(run)
+        materialized: list[str] = []
         try:
-            ctx.workspace.materialize(commit, run_dir)
+            materialized = ctx.workspace.materialize(commit, run_dir)
             r = ctx.config.research
             # RLIMIT_AS only for this node's own interpreter on CPU: CUDA, and other runtimes a target's
             # command may start (uv, JAX), reserve far more address space than they use; the RSS poll
@@ -421,7 +422,7 @@ class ResearchEngine:
             run.status = "aborted"
             raise
         finally:
-            for name in ctx.workspace.files_of(commit):
+            for name in materialized:
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "__pycache__", ignore_errors=True)
         o = er.outcome

@@ -30,19 +30,24 @@ def cpu_string() -> str:
     return f"{model} x{os.cpu_count()}"[:200]
 
 
-def visible(devices: list[tuple[str, str, str]], cuda_visible: str | None) -> list[str]:
-    """Names of the (index, uuid, name) devices that `CUDA_VISIBLE_DEVICES` leaves visible, in its order.
+def visible_devices(devices: list[tuple[str, str, str]], cuda_visible: str | None) -> list[tuple[str, str, str]]:
+    """The (index, uuid, name) devices that `CUDA_VISIBLE_DEVICES` leaves visible, in its order.
 
     Unset: all of them. Entries are indices or (prefixes of) UUIDs; CUDA stops at the first invalid one."""
     if cuda_visible is None:
-        return [name for _, _, name in devices]
-    out: list[str] = []
+        return list(devices)
+    out: list[tuple[str, str, str]] = []
     for entry in (e.strip() for e in cuda_visible.split(",")):
         match = [d for d in devices if entry and (d[0] == entry or d[1].startswith(entry))]
         if not match:
             break
-        out.append(match[0][2])
+        out.append(match[0])
     return out
+
+
+def visible(devices: list[tuple[str, str, str]], cuda_visible: str | None) -> list[str]:
+    """Names of the devices `CUDA_VISIBLE_DEVICES` leaves visible (see `visible_devices`)."""
+    return [name for _, _, name in visible_devices(devices, cuda_visible)]
 
 
 def nvidia_gpus() -> list[tuple[str, str, str]] | None:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from p2p_research.config import ConfigError, NodeConfig, config_from_dict
 from p2p_research.home import HomeError, NodeHome
+from p2p_research.research.context import ENV_FILES
 from p2p_research.research.workspace import Workspace
 
 TARGET_FILES = ("prepare.py", "train.py", "program.md")
-ENV_FILES = ("pyproject.toml", "uv.lock", ".python-version")
 
 
 def profiles_dir() -> Path:

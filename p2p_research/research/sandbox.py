@@ -100,22 +100,27 @@ def detect(mode: str = "auto") -> SandboxInfo:
     return SandboxInfo("none", f"{info.reason}; {fallback.reason}")
 
 
+def _probe(spec: SandboxSpec) -> str | None:
+    """Start a real sandbox of `spec` running /bin/true; None when it works, else why not."""
+    try:
+        r = subprocess.run(wrap(["/bin/true"], spec), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                           env=clean_env({}), preexec_fn=functools.partial(apply_limits, spec))
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"does not start: {e}"
+    if r.returncode != 0:
+        return (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1][:200]
+    return None
+
+
 def _detect_namespaces() -> SandboxInfo:
-    unshare = shutil.which("unshare")
-    if unshare is None:
+    if shutil.which("unshare") is None:
         return SandboxInfo("none", "unshare (util-linux) is not installed")
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        probe = SandboxSpec(run_dir=Path(tmp), kind="namespaces")
-        try:
-            r = subprocess.run(wrap(["/bin/true"], probe), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
-                               env=clean_env({}), preexec_fn=functools.partial(apply_limits, probe))
-        except (OSError, subprocess.SubprocessError) as e:
-            return SandboxInfo("none", f"namespaces: {e}")
-    if r.returncode != 0:
-        why = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
-        return SandboxInfo("none", f"namespaces cannot make a sandbox here: {why[:200]}")
+        why = _probe(SandboxSpec(run_dir=Path(tmp), kind="namespaces"))
+    if why is not None:
+        return SandboxInfo("none", f"namespaces cannot make a sandbox here: {why}")
     return SandboxInfo("namespaces", version="unshare + pivot_root")
 
 
@@ -128,17 +133,9 @@ def _detect_bwrap() -> SandboxInfo:
         version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S).stdout.split()[-1]
     except (OSError, subprocess.SubprocessError, IndexError):
         version = ""
-    probe = SandboxSpec(run_dir=Path("/nonexistent"))
-    argv = wrap_bwrap(["/bin/true"], probe, copy_files=False)
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=clean_env({}),
-                           preexec_fn=functools.partial(apply_limits, probe))
-    except (OSError, subprocess.SubprocessError) as e:
-        return SandboxInfo("none", f"bwrap does not start: {e}")
-    if r.returncode != 0:
-        why = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
-        return SandboxInfo("none", f"bwrap cannot make a sandbox here: {why[:200]} "
-                                   "(are unprivileged user namespaces disabled?)")
+    why = _probe(SandboxSpec(run_dir=Path("/nonexistent")))
+    if why is not None:
+        return SandboxInfo("none", f"bwrap cannot make a sandbox here: {why} (are unprivileged user namespaces disabled?)")
     return SandboxInfo("bwrap", version=version)
 
 
@@ -146,18 +143,35 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _system_binds() -> list[str]:
-    args: list[str] = []
+def _system_layout() -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """What both backends show of the system, read-only: (directories, symlinks as (target, path) for
+    a merged /usr, the /etc files)."""
+    dirs: list[str] = []
+    links: list[tuple[str, str]] = []
     for d in SYSTEM_DIRS:
         p = Path(d)
         if p.is_symlink():
-            args += ["--symlink", os.readlink(p), d]
+            links.append((os.readlink(p), d))
         elif p.is_dir():
-            args += ["--ro-bind", d, d]
-    for name in ETC_FILES:
-        p = Path("/etc") / name
-        if p.exists():
-            args += ["--ro-bind", str(p), str(p)]
+            dirs.append(d)
+    etc = [str(Path("/etc") / n) for n in ETC_FILES if (Path("/etc") / n).exists()]
+    return dirs, links, etc
+
+
+def _gpu_devices() -> list[str]:
+    dev = Path("/dev")
+    return [str(p) for p in sorted(dev.glob("nvidia[0-9]*")) + [dev / n for n in GPU_DEVICES] if p.exists()]
+
+
+def _system_binds() -> list[str]:
+    dirs, links, etc = _system_layout()
+    args: list[str] = []
+    for target, path in links:
+        args += ["--symlink", target, path]
+    for d in dirs:
+        args += ["--ro-bind", d, d]
+    for f in etc:
+        args += ["--ro-bind", f, f]
     return args
 
 
@@ -177,10 +191,8 @@ def _under_system(p: Path) -> bool:
 
 def _gpu_binds() -> list[str]:
     args: list[str] = []
-    dev = Path("/dev")
-    for p in sorted(dev.glob("nvidia[0-9]*")) + [dev / n for n in GPU_DEVICES]:
-        if p.exists():
-            args += ["--dev-bind", str(p), str(p)]
+    for p in _gpu_devices():
+        args += ["--dev-bind", p, p]
     if Path("/sys").is_dir():
         args += ["--ro-bind", "/sys", "/sys"]
     return args
@@ -193,11 +205,11 @@ def _run_files(spec: SandboxSpec) -> list[Path]:
             and f.name != "run.log" and not f.name.startswith(".nsbox")]
 
 
-def wrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> list[str]:
+def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     """The command line that runs `argv` in WORKDIR inside the sandbox of `spec`."""
     if spec.kind == "namespaces":
         return wrap_namespaces(argv, spec)
-    return wrap_bwrap(argv, spec, copy_files)
+    return wrap_bwrap(argv, spec)
 
 
 def wrap_namespaces(argv: list[str], spec: SandboxSpec) -> list[str]:
@@ -207,21 +219,11 @@ def wrap_namespaces(argv: list[str], spec: SandboxSpec) -> list[str]:
 
     binds = [p for p in (*spec.read_only, *spec.read_write) if not _under_system(p)]
     parents = [str(p) for p in _parents(binds)]
-    system, symlinks = [], []
-    for d in SYSTEM_DIRS:
-        p = Path(d)
-        if p.is_symlink():
-            symlinks.append([os.readlink(p), d])
-        elif p.is_dir():
-            system.append(d)
-    devices = []
-    if spec.gpu:
-        dev = Path("/dev")
-        devices = [str(p) for p in sorted(dev.glob("nvidia[0-9]*")) + [dev / n for n in GPU_DEVICES] if p.exists()]
+    system, symlinks, etc = _system_layout()
+    devices = _gpu_devices() if spec.gpu else []
     root = spec.run_dir / ".nsbox-root"
     root.mkdir(parents=True, exist_ok=True)
-    doc = {"root": str(root), "system": system, "symlinks": symlinks,
-           "etc": [str(Path("/etc") / n) for n in ETC_FILES if (Path("/etc") / n).exists()],
+    doc = {"root": str(root), "system": system, "symlinks": [list(link) for link in symlinks], "etc": etc,
            "dirs": parents, "read_only": [str(p) for p in spec.read_only if not _under_system(p)],
            "read_write": [str(p) for p in spec.read_write], "devices": devices, "sys": spec.gpu,
            "tmp_bytes": spec.tmp_mb * 2**20, "scratch_bytes": spec.scratch_mb * 2**20, "workdir": WORKDIR,
@@ -234,10 +236,10 @@ def wrap_namespaces(argv: list[str], spec: SandboxSpec) -> list[str]:
             "--", *argv]
 
 
-def wrap_bwrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> list[str]:
+def wrap_bwrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     """The bwrap command line that runs `argv` in WORKDIR inside the sandbox of `spec`.
 
-    The run's files are bound read-only into the scratch tmpfs one by one (`copy_files`), so the
+    The run's files are bound read-only into the scratch tmpfs one by one, so the
     run cannot change its own train.py or prepare.py, and can write only new files, within
     `scratch_mb`."""
     exe = _bwrap() or "bwrap"
@@ -264,9 +266,8 @@ def wrap_bwrap(argv: list[str], spec: SandboxSpec, copy_files: bool = True) -> l
     for p in spec.read_write:
         args += ["--bind", str(p), str(p)]
     args += ["--perms", "1777", "--size", str(spec.scratch_mb * 2**20), "--tmpfs", WORKDIR]
-    if copy_files:
-        for f in _run_files(spec):
-            args += ["--ro-bind", str(f), f"{WORKDIR}/{f.name}"]
+    for f in _run_files(spec):
+        args += ["--ro-bind", str(f), f"{WORKDIR}/{f.name}"]
     if spec.gpu:
         args += _gpu_binds()
     args += ["--chdir", WORKDIR, "--"]  # the environment is bwrap's own: `clean_env`

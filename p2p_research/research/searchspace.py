@@ -15,7 +15,6 @@ never invented.
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 import tomllib
@@ -159,17 +158,13 @@ def hyperparameter_block(source: str) -> list[str]:
     """The names in the longest contiguous run of top-level constant assignments (comments and blank
     lines do not break a run). autoresearch's "Hyperparameters" block is such a run; a constant elsewhere
     (`H100_BF16_PEAK_FLOPS`, used for reporting) is not a knob unless program.md declares it."""
-    from p2p_research.research.constants import constant_value, parse_source
+    from p2p_research.research.constants import assigned_constant, parse_source
 
     best: list[str] = []
     run: list[str] = []
     for stmt in parse_source(source).body:
-        name = None
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            name, value = stmt.targets[0].id, stmt.value
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            name, value = stmt.target.id, stmt.value
-        if name is not None and name.isupper() and constant_value(value)[0]:
+        name = assigned_constant(stmt)
+        if name is not None:
             run.append(name)
             if len(run) > len(best):
                 best = list(run)

@@ -203,11 +203,14 @@ class Workspace:
                 deleted.append(path)
         return changed, deleted
 
-    def materialize(self, commit_id: str, dest: Path) -> None:
-        """Write a commit's files into `dest` (a run directory), so training never touches the worktree."""
+    def materialize(self, commit_id: str, dest: Path) -> list[str]:
+        """Write a commit's files into `dest` (a run directory), so training never touches the worktree;
+        returns their names (the caller removes them after the run)."""
         dest.mkdir(parents=True, exist_ok=True)
-        for name, data in self.files_of(commit_id).items():
+        files = self.files_of(commit_id)
+        for name, data in files.items():
             (dest / name).write_bytes(data)
+        return list(files)
 
     # --- object exchange ------------------------------------------------------------------------
     def read_object(self, oid: str) -> RawObject | None:
