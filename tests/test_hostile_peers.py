@@ -348,3 +348,51 @@ def _rss_mb(d: Daemon) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def test_a_hostile_about_in_the_peer_exchange_changes_nothing(tmp_path):
+    """The peer exchange's `about` (swarm, protocol, budget) is peer input: junk types, a thousand keys,
+    huge and control-character strings are dropped or bounded, and the node stays up and answers."""
+    from libp2p.network.stream.exceptions import StreamError
+
+    from p2p_research.net.framing import FrameError, frame, pack, read_frame, reset_quietly
+    from p2p_research.net.peers import PEERS_PROTOCOL
+
+    home = init_home(tmp_path / "v")
+    d = Daemon(home.path, "--no-research").start()
+    junk = [
+        "not a map", 12, None, ["protocol", "x"],
+        {f"k{i}": "v" for i in range(1000)},
+        {"protocol": "a" * 100_000, "budget": 5, "swarm": {"nested": "map"}},
+        {"protocol": "\x1b[31mred\x00", "budget": "9 tokens\n", "swarm": ""},
+        {"protocol": "f" * 40, "budget": "1 tokens", "extra": "ignored"},  # well-formed: kept, bounded
+    ]
+
+    async def send_all() -> None:
+        async with adversary() as adv:
+            await adv.connect(d.addrs[0])
+            for about in junk:
+                with trio.fail_after(10):
+                    stream = await adv.open_stream(d.peer_id, PEERS_PROTOCOL)
+                    try:
+                        await stream.write(frame(pack({"addrs": [], "about": about})))
+                        await read_frame(stream, 64 * 1024)
+                    except (FrameError, StreamError):
+                        pass  # refused (an oversized frame is reset unanswered): that is allowed
+                    finally:
+                        await reset_quietly(stream)
+                await trio.sleep(0.2)  # one exchange stream per peer at a time
+            with trio.fail_after(10):
+                while not any(p["peer_id"] == adv.peer_id and p["protocol"] for p in d.json("peers")):
+                    await trio.sleep(0.2)
+            (mine,) = [p for p in d.json("peers") if p["peer_id"] == adv.peer_id]
+            assert mine["protocol"] == "f" * 40 and mine["budget"] == "1 tokens" and mine["same_protocol"] is False
+
+    try:
+        trio.run(send_all)
+        status = d.json("status")
+        assert status["peer_id"] == d.peer_id and d.proc.poll() is None
+        assert all(len(o["protocol"]) <= 80 for o in status["other_protocols"])
+    finally:
+        d.stop()
+        d.kill()
