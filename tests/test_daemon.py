@@ -176,12 +176,14 @@ def test_peers_on_another_protocol_are_named_and_explained(tmp_path):
     shows the other's protocol and budget."""
     from p2p_research.research.init import init_home
 
-    a_home, b_home = init_home(tmp_path / "a"), init_home(tmp_path / "b")
+    from test_swarm import surrogate_home
+
+    a_home, b_home = surrogate_home(tmp_path / "a", 1), surrogate_home(tmp_path / "b", 2)
     cfg = b_home.load_config()
     cfg.research.budget_tokens = 20000
     b_home.write_config(cfg)
-    a = Daemon(a_home.path, "--no-research").start()
-    b = Daemon(b_home.path, "--no-research", "--bootstrap", a.addrs[0]).start()
+    a = Daemon(a_home.path, "-n", "1").start()   # research nodes: a relay serves every protocol
+    b = Daemon(b_home.path, "-n", "1", "--bootstrap", a.addrs[0]).start()
     try:
         wait_for(lambda: b.json("status")["other_protocols"] and a.json("status")["other_protocols"], 30,
                  what="both learn the other's protocol")

@@ -88,7 +88,9 @@ def dht_get(key: str = typer.Argument(..., help="/exp/<40-hex experiment id>"), 
 
 
 def _protocol_cell(p: dict) -> str:
-    """`same` or `other (20000 tokens)`: whether a peer's results count here."""
+    """`same` or `other (20000 tokens)`: whether a peer's results count here; `relay` for a relay."""
+    if p.get("role") == "relay":
+        return "relay (any swarm)"
     if p.get("same_protocol") is None:
         return "?"
     return "same" if p["same_protocol"] else f"other ({p.get('budget') or '?'})"
@@ -116,8 +118,11 @@ def register(app: typer.Typer) -> None:
             return print_json(d)
         b = d["baseline"]
         out.print(f"[bold]{d['name']}[/] {d['peer_id']}")
-        out.print(f"swarm {d['swarm']}  protocol {d['protocol_id'][:12]}  budget {d['budget']}  up {_ago(time.time() - d['uptime_s'])}")
-        out.print(f"baseline {b['commit'][:7]} val_bpb {_fmt(b['val_bpb'])}  research: {d['research']}")
+        if d.get("role") == "relay":
+            out.print(f"relay: serves every swarm its peers use  up {_ago(time.time() - d['uptime_s'])}")
+        else:
+            out.print(f"swarm {d['swarm']}  protocol {d['protocol_id'][:12]}  budget {d['budget']}  up {_ago(time.time() - d['uptime_s'])}")
+            out.print(f"baseline {b['commit'][:7]} val_bpb {_fmt(b['val_bpb'])}  research: {d['research']}")
         if "sandbox" in d:
             out.print(f"sandbox  {d['sandbox']}  trust policy {d['trust_policy']}", markup=False, highlight=False)
         if len(d.get("workers") or []) > 1:
@@ -133,7 +138,17 @@ def register(app: typer.Typer) -> None:
             out.print(f"current  {c['phase']} {c['exp_id'][:10]} {c['description'][:60]}{prog}")
         e = d["experiments"]
         out.print(f"experiments: {e['local']} local, {e['from_peers']} from peers; peers connected: {d['peers_connected']}")
-        if b["lineage"]:
+        if d.get("role") == "relay" and d.get("swarms"):
+            t = Table(title="swarms served")
+            for col in ("swarm", "peers", "protocol", "budget", "results", "best val_bpb"):
+                t.add_column(col, no_wrap=col in ("swarm", "protocol", "budget"), min_width=16 if col == "swarm" else None)
+            for sw in d["swarms"]:
+                for i, p in enumerate(sw["protocols"] or [{"protocol": "", "budget": "", "results": 0, "best": None}]):
+                    first = i == 0
+                    t.add_row(sw["swarm"] or "(no peer now)" if first else "", str(sw["peers"]) if first else "",
+                              p["protocol"][:12], p["budget"], str(p["results"]), _fmt(p["best"]))
+            out.print(t)
+        if b["lineage"] and d.get("role") != "relay":
             t = Table(title="baseline lineage")
             for col in ("commit", "val_bpb", "found by", "why"):
                 t.add_column(col)

@@ -7,7 +7,8 @@ random connected peer for the results that finished since its last successful sy
 for gossip latency, that it does not have (`/1.1.0`: the requester first writes one msgpack frame
 `{"since": <unix time>, "have": <8-byte keys>}`, a key being the first 8 bytes of the sha256 of a
 signed receipt; the server sends only the others, so a sync costs what gossip lost, not what it
-delivered).
+delivered). The request may name one `"protocol"`: a relay stores many swarms' results and a
+research node wants its own only. A full catch-up is the same request from time 0.
 
 Receipts are signed by the node that measured them, independent of the gossip envelope, so any peer can
 relay them and the receiver checks each one exactly as if it had come over gossip. Objects are not
@@ -57,7 +58,7 @@ def receipt_key(receipt: bytes) -> bytes:
     return hashlib.sha256(receipt).digest()[:KEY_BYTES]
 
 
-def results_from_ledger(ledger: Ledger, protocol_id: str, since: float | None = None,
+def results_from_ledger(ledger: Ledger, protocol_id: str | None, since: float | None = None,
                         skip: frozenset[bytes] = frozenset()) -> list[bytes]:
     out = []
     unsendable = 0
@@ -83,7 +84,10 @@ _warned_unsendable: list[int] = []
 
 
 class CatchUp:
-    def __init__(self, host, ledger: Ledger, protocol_id: str,
+    """`protocol_id` is what this node wants and serves by default: its own protocol, or None (a
+    relay) for every protocol it stores."""
+
+    def __init__(self, host, ledger: Ledger, protocol_id: str | None,
                  deliver: Callable[[Incoming], Awaitable[bool | None]]) -> None:
         self.host = host
         self.ledger = ledger
@@ -106,7 +110,7 @@ class CatchUp:
         try:
             with trio.fail_after(10):
                 req = msgpack.unpackb(await read_frame(stream, MAX_REQUEST), raw=False, max_map_len=4,
-                                      max_array_len=0, max_str_len=16, max_bin_len=KEY_BYTES * MAX_HAVE,
+                                      max_array_len=0, max_str_len=64, max_bin_len=KEY_BYTES * MAX_HAVE,
                                       max_ext_len=0)
             since = req.get("since") if isinstance(req, dict) else None
             if isinstance(since, bool) or not isinstance(since, (int, float)) or since != since:
@@ -115,15 +119,21 @@ class CatchUp:
             if not isinstance(have, bytes) or len(have) % KEY_BYTES or len(have) > KEY_BYTES * MAX_HAVE:
                 raise ValueError(f"bad 'have' ({type(have).__name__}, {len(have) if isinstance(have, bytes) else '?'})")
             skip = frozenset(have[i:i + KEY_BYTES] for i in range(0, len(have), KEY_BYTES))
+            protocol = req.get("protocol", self.protocol_id)
+            if protocol is not None and not isinstance(protocol, str):
+                raise ValueError(f"bad 'protocol' ({type(protocol).__name__})")
         except Exception as e:  # noqa: BLE001 - a malformed request only costs its sender the stream
             log.info("catch-up: rejected a request: %s", e)
             await reset_quietly(stream)
             return
-        await self._serve(stream, float(since), skip)
+        await self._serve(stream, float(since), skip, protocol)
 
-    async def _serve(self, stream, since: float | None, skip: frozenset[bytes] = frozenset()) -> None:
+    async def _serve(self, stream, since: float | None, skip: frozenset[bytes] = frozenset(),
+                     protocol: str | None = None) -> None:
+        if protocol is None and since is None:
+            protocol = self.protocol_id  # /1.0.0 asks for no protocol: what this node lives in
         try:
-            for data in [*results_from_ledger(self.ledger, self.protocol_id, since, skip), b""]:
+            for data in [*results_from_ledger(self.ledger, protocol, since, skip), b""]:
                 with trio.fail_after(TIMEOUT_S):  # per frame: a slow but live requester gets everything
                     await write_all(stream, frame(data))
         except Exception as e:  # noqa: BLE001 - the requester may vanish mid-stream
@@ -159,16 +169,17 @@ class CatchUp:
         """One catch-up (`since` None) or sync with one peer; per-step timeouts inside the caller's
         overall deadline (a peer dripping frames cannot hold this task for long)."""
         self._fetched = n = 0
-        proto = CATCHUP_PROTOCOL if since is None else SINCE_PROTOCOL
         with trio.fail_after(TIMEOUT_S):
-            stream = await self.host.new_stream(ID.from_base58(peer_id), [proto])
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [SINCE_PROTOCOL])
         ok = False
         try:
-            if since is not None:
-                have = b"".join(sorted({receipt_key(r) for r, _, _, _ in
-                                        self.ledger.signed_runs(self.protocol_id, MAX_HAVE, since)}))
-                with trio.fail_after(TIMEOUT_S):
-                    await write_all(stream, frame(msgpack.packb({"since": since, "have": have})))
+            have = b"".join(sorted({receipt_key(r) for r, _, _, _ in
+                                    self.ledger.signed_runs(self.protocol_id, MAX_HAVE, since)}))
+            req: dict = {"since": since or 0.0, "have": have}
+            if self.protocol_id is not None:
+                req["protocol"] = self.protocol_id
+            with trio.fail_after(TIMEOUT_S):
+                await write_all(stream, frame(msgpack.packb(req)))
             for _ in range(MAX_RESULTS + 1):
                 with trio.fail_after(TIMEOUT_S):
                     data = await read_frame(stream, MAX_FRAME)

@@ -21,6 +21,7 @@ from p2p_research.net.network import Incoming, Network
 from p2p_research.net.ratelimit import RateLimitedLog
 from p2p_research.research.claims import ClaimBook
 from p2p_research.research.context import ResearchContext
+from p2p_research.research.ids import experiment_id
 from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.workspace import RawObject, WorkspaceError
@@ -35,10 +36,14 @@ FETCH_TIMEOUT_S = 15.0
 
 
 class Intake:
-    def __init__(self, ctx: ResearchContext, net: Network, self_peer: str) -> None:
+    def __init__(self, ctx: ResearchContext, net: Network, self_peer: str, *, any_protocol: bool = False) -> None:
         self.ctx = ctx
         self.net = net
         self.self_peer = self_peer
+        #: a relay keeps every swarm's results (to serve them); a research node only its protocol's
+        self.any_protocol = any_protocol
+        #: protocols seen on each swarm's topic (a relay's `status` names them; bounded by the swarm cap)
+        self.swarm_protocols: dict[str, set[str]] = {}
         self.fetch_limit = trio.CapacityLimiter(4)
         # code keys of peers' experiments: only a node whose proposer is an agent asks about them
         self.code_keys = ctx.config.research.enabled and ctx.config.research.proposer == "command"
@@ -88,10 +93,19 @@ class Intake:
         self._rlog.log(logging.WARNING, f"{what}:{peer}:{category}", "rejected %s from %s: %s", what, peer[:16],
                        reason)
 
+    def _note_swarm(self, inc: Incoming, protocol: str) -> None:
+        if inc.swarm:
+            seen = self.swarm_protocols.setdefault(inc.swarm, set())
+            if len(seen) < 8:
+                seen.add(protocol)
+
     async def handle(self, inc: Incoming, nursery: trio.Nursery | PeerTasks) -> None:
         msg = inc.message
         if isinstance(msg, Claim):
+            self._note_swarm(inc, msg.protocol_id)
             if msg.protocol_id != self.ctx.protocol_id:
+                if self.any_protocol:  # a relay forwards claims (gossip did); dedup is the DHT's job
+                    return None
                 return self.reject(inc, "claim under another protocol", "other_protocol")
             adm = self.claims.admit(msg.peer, msg.exp_id, msg.ts, msg.lease_until, inc.received_at)
             if not adm.accepted:
@@ -110,6 +124,8 @@ class Intake:
                 self.stats["posts"] += 1
         elif isinstance(msg, Verification):
             if msg.receipt.protocol_id != self.ctx.protocol_id:
+                if self.any_protocol:
+                    return None
                 return self.reject(inc, "verification under another protocol", "other_protocol")
             if self.on_verification is not None:
                 await self.on_verification(msg, inc.from_peer)
@@ -117,7 +133,9 @@ class Intake:
     async def handle_result(self, inc: Incoming, msg: Result, nursery: trio.Nursery | PeerTasks) -> None:
         tasks = self._tasks(nursery)
         r = msg.receipt
-        if r.protocol_id != self.ctx.protocol_id:
+        self._note_swarm(inc, r.protocol_id)
+        foreign = r.protocol_id != self.ctx.protocol_id
+        if foreign and not self.any_protocol:
             return self.reject(inc, f"result under another protocol ({r.protocol_id[:12]})", "other_protocol")
         if r.peer == self.self_peer:
             return
@@ -241,7 +259,8 @@ class Intake:
                     return False
         if ws.is_complete(commit) and not incomplete_ancestry(ws, commit):
             try:
-                if ws.tree_of(commit) and self.ctx.experiment_id_of(commit) != exp_id:
+                protocol = run.protocol_id if run is not None else self.ctx.protocol_id
+                if ws.tree_of(commit) and experiment_id(protocol, ws.tree_of(commit)) != exp_id:
                     log.warning("commit %s does not match experiment id %s; not referenced", commit[:7], exp_id[:10])
                     return False
                 ws.set_experiment_ref(exp_id, commit)
@@ -249,7 +268,8 @@ class Intake:
             except WorkspaceError as e:
                 log.warning("commit %s: %s", commit[:7], e)
                 return False
-            if self.on_result is not None and msg is not None and run is not None:
+            if (self.on_result is not None and msg is not None and run is not None
+                    and run.protocol_id == self.ctx.protocol_id):  # a relay only stores other swarms' results
                 try:
                     await self.on_result(msg, run)
                 except Exception:  # noqa: BLE001 - one peer's result must never take the node down

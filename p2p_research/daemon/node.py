@@ -87,6 +87,7 @@ class NodeDaemon:
         self.catchup: CatchUp | None = None
         self.nursery: trio.Nursery | None = None
         self._dht_lookups_left = DHT_LOOKUPS_PER_PROPOSAL
+        self._protocol_swarm: dict[str, str] = {}
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -115,12 +116,15 @@ class NodeDaemon:
                 self.peer_id = peer_id_of_keypair(self.key_pair)
                 self.name = cfg.node.name or short_name(self.peer_id)
                 swarm = swarm_id_of(ctx.workspace.genesis, ctx.protocol_id)
+                relay = self.relay
+                about = ({"role": "relay"} if relay else
+                         {"swarm": swarm, "protocol": ctx.protocol_id, "budget": ctx.budget.describe(), "role": "research"})
                 net_cfg = NetConfig(key_pair=self.key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
                                     target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s,
-                                    about={"swarm": swarm, "protocol": ctx.protocol_id, "budget": ctx.budget.describe()})
+                                    about=about, serve_any_swarm=relay)
                 async with open_network(net_cfg, self.object_source) as net:
                     self.net = net
-                    self.intake = intake = Intake(ctx, net, self.peer_id)
+                    self.intake = intake = Intake(ctx, net, self.peer_id, any_protocol=relay)
                     self.coordinator = coord = SwarmCoordinator(self)
                     intake.on_result, intake.on_claim, intake.on_verification = (
                         coord.on_result, coord.on_claim, coord.on_verification)
@@ -139,7 +143,8 @@ class NodeDaemon:
                             await contained(net.faults, inc.from_peer, "catchup.entry", intake.handle, inc, peer_tasks)
                             return intake.stats["results"] > before
 
-                        self.catchup = CatchUp(net.host, ctx.ledger, ctx.protocol_id, deliver)
+                        # a relay asks for and serves every protocol it stores
+                        self.catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id, deliver)
                         net.handle(CATCHUP_PROTOCOL, self.catchup.handle, CATCHUP_LIMITS)
                         net.handle(SINCE_PROTOCOL, self.catchup.handle_since, SINCE_LIMITS)
                         nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()], 3,
@@ -147,7 +152,7 @@ class NodeDaemon:
                         nursery.start_soon(self.write_digest_periodically)
                         if on_ready:
                             on_ready(self.identity_view())
-                        if self.options.research and cfg.research.enabled:
+                        if not relay:
                             nursery.start_soon(self.research_loop)
                         else:
                             self.research_state = "relay-only"
@@ -155,6 +160,11 @@ class NodeDaemon:
                 ctx.ledger.abort_running("the node stopped during this run")
                 ctx.close()
         log.info("node stopped")
+
+    @property
+    def relay(self) -> bool:
+        """A node that trains nothing serves every swarm its peers use (not only its home's protocol)."""
+        return not (self.options.research and self.config.research.enabled)
 
     def anti_entropy_interval(self) -> float:
         """Sync more often once this node only follows the swarm: converging is then all it does."""
@@ -374,7 +384,8 @@ class NodeDaemon:
             "protocol_id": ctx.protocol_id, "genesis": ctx.workspace.genesis, "budget": ctx.budget.describe(),
             "baseline": {"commit": b.commit_id if b else ctx.workspace.baseline, "val_bpb": b.val_bpb if b else None,
                          "lineage": views.lineage_view(ctx.ledger, ctx.protocol_id, self.peer_id)},
-            "current": current, "research": self.research_state,
+            "current": current, "research": self.research_state, "role": "relay" if self.relay else "research",
+            "swarms": self.swarms_view(),
             "sandbox": ctx.sandbox.describe(), "trust_policy": ctx.trust_policy,
             **self.protocol_view(),
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
@@ -386,6 +397,7 @@ class NodeDaemon:
             "dedup": {k: sum(e.dedup_stats.get(k, 0) for e in self.engines) for k in (self.engine.dedup_stats if self.engine else {})},
             "workers": [views.worker_view(e) for e in self.engines],
             "caught_up_results": self.catchup.received if self.catchup else 0,
+            "dht": {"records": dht.local_count(), "routing_table": dht.routing_table_size()} if (dht := self._dht()) else {},
             "anti_entropy": {"syncs": self.catchup.syncs, "repaired": self.catchup.repaired} if self.catchup else {},
         }
 
@@ -404,9 +416,73 @@ class NodeDaemon:
         out["banned_peers"] = len(self.net.gossip.scores.banned_peers(time.monotonic()))
         return out
 
+    def swarms_view(self) -> list[dict[str, Any]]:
+        """The swarms this node serves (peers using each, the protocols seen on it, stored results and
+        best), then protocols stored here whose swarm no connected peer uses now (learned by catch-up)."""
+        from p2p_research.research.ids import Budget
+        from p2p_research.wire import WireError, decode_receipt
+
+        assert self.ctx is not None
+        ctx = self.ctx
+        summary = ctx.ledger.protocol_summary()
+        budgets: dict[str, str] = {}
+        for proto, receipt in ctx.ledger.sample_receipts().items():
+            try:
+                r = decode_receipt(receipt)
+                budgets[proto] = Budget(r.budget_tokens, r.budget_seconds).describe()
+            except (WireError, ValueError):
+                pass
+        for p in self.net.peers() if self.net else []:
+            about = p.about or {}
+            if about.get("protocol") and about.get("budget"):
+                budgets.setdefault(about["protocol"], about["budget"])
+        budgets[ctx.protocol_id] = ctx.budget.describe()
+
+        def entry(proto: str) -> dict[str, Any]:
+            s = summary.get(proto, {"results": 0, "best": None})
+            return {"protocol": proto, "budget": budgets.get(proto, "?"), "results": s["results"], "best": s["best"]}
+
+        seen_protocols = {k: set(v) for k, v in (self.intake.swarm_protocols if self.intake else {}).items()}
+        for proto in summary:  # protocols learned by catch-up: their swarm follows from their genesis
+            swarm = self._swarm_of_protocol(proto)
+            if swarm:
+                seen_protocols.setdefault(swarm, set()).add(proto)
+        out: list[dict[str, Any]] = []
+        listed: set[str] = set()
+        for sw in self.net.swarms() if self.net else []:
+            protos = sorted(seen_protocols.get(sw["swarm"], ()))
+            if sw["own"] and not self.relay:
+                protos = [ctx.protocol_id]
+            listed.update(protos)
+            out.append({**sw, "protocols": [entry(p) for p in protos]})
+        rest: dict[str, list[dict[str, Any]]] = {}  # stored, but no connected peer uses their swarm now
+        for p in sorted(summary):
+            if p not in listed and (self.relay or p == ctx.protocol_id):
+                rest.setdefault(self._swarm_of_protocol(p), []).append(entry(p))
+        out += [{"swarm": sw, "peers": 0, "own": False, "protocols": ps} for sw, ps in sorted(rest.items())]
+        return out
+
+    def _swarm_of_protocol(self, proto: str) -> str:
+        """The swarm id of a stored protocol, from the genesis its results descend from ("" while
+        none of its commits is complete here). Cached: a protocol's genesis never changes."""
+        from p2p_research.research.objects import root_of
+
+        assert self.ctx is not None
+        if proto not in self._protocol_swarm:
+            for commit in self.ctx.ledger.commits_of(proto):
+                genesis = root_of(self.ctx.workspace, commit)
+                if genesis:
+                    self._protocol_swarm[proto] = swarm_id_of(genesis, proto)
+                    break
+            else:
+                return ""
+        return self._protocol_swarm[proto]
+
     def protocol_view(self) -> dict[str, Any]:
         """Peers on another protocol, and in words why their results do not count here."""
         assert self.ctx is not None
+        if self.relay:  # a relay counts every protocol: nothing to explain
+            return {"other_protocols": [], "protocol_note": ""}
         others: dict[str, dict[str, Any]] = {}
         for p in self.net.peers() if self.net else []:
             about = p.about or {}
@@ -434,6 +510,7 @@ class NodeDaemon:
             about = p.about or {}
             d["protocol"] = about.get("protocol", "")
             d["budget"] = about.get("budget", "")
+            d["role"] = about.get("role", "")
             d["same_protocol"] = None if not about.get("protocol") else about["protocol"] == self.ctx.protocol_id
             if self.coordinator is not None:
                 d["reputation"] = self.coordinator.reputation_of(p.peer_id)

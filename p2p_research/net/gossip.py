@@ -42,6 +42,14 @@ from .framing import reset_quietly
 from .peerscore import BUDGET_REASONS, ForwarderScores
 from .ratelimit import PerPeerRateLimiter, RateLimitedLog
 from .streams import StreamGuard, StreamLimits
+from .topics import (
+    MAX_SUBSCRIPTIONS_PER_PEER,
+    TopicFilter,
+    swarm_peer_counts,
+    swarms_to_join,
+    swarms_to_leave,
+    topic_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ NEW_ORIGINATORS_PER_S = 2.0  # originators never seen before that one connection
 NEW_ORIGINATORS_BURST = 128
 KNOWN_ORIGINATORS = 20_000
 BAN_CHECK_S = 5.0
+FOLLOW_SWARMS_S = 2.0  # how often a relay looks at the swarms its peers announce
 #: pubsub streams live as long as the connection; a peer opens one per protocol
 PUBSUB_LIMITS = StreamLimits(per_peer=2, total=1024, deadline_s=None)
 
@@ -69,11 +78,7 @@ class Incoming:
     message: Message
     from_peer: str  # gossip source: the originator's peer id (authenticated by the envelope signature)
     received_at: float
-
-
-def topic_names(swarm_id: str) -> tuple[str, str]:
-    """(experiments topic, board topic) of a swarm."""
-    return f"/p2p-research/{swarm_id}/exp/1", f"/p2p-research/{swarm_id}/board/1"
+    swarm: str = ""  # the swarm whose topic carried it ("" when it came another way, e.g. catch-up)
 
 
 def new_stats() -> dict[str, Any]:
@@ -83,7 +88,12 @@ def new_stats() -> dict[str, Any]:
 
 
 class Gossip:
-    """Pubsub + GossipSub router for one swarm's two topics, with our validation on top."""
+    """Pubsub + GossipSub router for a swarm's two topics, with our validation on top.
+
+    A research node publishes and listens in its own swarm only. With ``serve_any_swarm`` (a relay)
+    it also joins the swarms its peers announce (:mod:`.topics` decides which), so it forwards,
+    stores and serves their messages too.
+    """
 
     def __init__(
         self,
@@ -97,14 +107,19 @@ class Gossip:
         on_received_from: Callable[[str], None] | None = None,
         batch_wait_s: float = BATCH_WAIT_S,
         streams: StreamGuard | None = None,
+        serve_any_swarm: bool = False,
     ) -> None:
         self.host = host
         self.my_id = host.get_id()
+        self.swarm_id = swarm_id
+        self.serve_any_swarm = serve_any_swarm
         self.exp_topic, self.board_topic = topic_names(swarm_id)
-        self.topic_types: dict[str, tuple[type, ...]] = {
-            self.exp_topic: (Claim, Result, Verification, Bundle),
-            self.board_topic: (BoardPost,),
-        }
+        self.topic_types: dict[str, tuple[type, ...]] = {}
+        self.topic_swarm: dict[str, str] = {}
+        #: joined swarms -> when a connected peer last used each (for leaving idle ones)
+        self.swarms: dict[str, float] = {}
+        self._drain_scopes: dict[str, trio.CancelScope] = {}
+        self.topic_filter = TopicFilter(open=serve_any_swarm)
         rpc_cost.apply()  # idempotent; normally already done by make_host
         self.router = GossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
@@ -120,7 +135,11 @@ class Gossip:
             heartbeat_interval=2,
             spam_protection_enabled=False,
         )
-        self.pubsub = Pubsub(host, self.router, allowed_topics=set(self.topic_types))
+        self.pubsub = Pubsub(host, self.router, allowed_topics=set(),
+                             max_subscriptions_per_peer=MAX_SUBSCRIPTIONS_PER_PEER)
+        # libp2p freezes allowed_topics into a frozenset; ours grows with the swarms this node joins
+        # and, on a relay, admits any swarm-shaped topic (that is how it learns which swarms exist)
+        self.pubsub.allowed_topics = self.topic_filter  # type: ignore[assignment]
         self.stats = stats
         if streams is None:
             streams = StreamGuard.standalone(host, stats)
@@ -280,7 +299,65 @@ class Gossip:
             self._seen.popitem(last=False)
         return False
 
-    async def _drain(self, sub: Any) -> None:
+    # --- swarms ----------------------------------------------------------------------------------
+
+    async def join(self, swarm_id: str) -> bool:
+        """Subscribe to a swarm's two topics with validators and drain them; False if already joined."""
+        if swarm_id in self.swarms or self._nursery is None:
+            return False
+        self.swarms[swarm_id] = time.time()
+        exp, board = topic_names(swarm_id)
+        for topic, types in ((exp, (Claim, Result, Verification, Bundle)), (board, (BoardPost,))):
+            self.topic_types[topic] = types
+            self.topic_swarm[topic] = swarm_id
+            self.topic_filter.joined.add(topic)
+            self.pubsub.set_topic_validator(topic, self._validator(topic), False)
+            sub = await self.pubsub.subscribe(topic)
+            scope = trio.CancelScope()
+            self._drain_scopes[topic] = scope
+            self._nursery.start_soon(self._drain_in, scope, sub, swarm_id, name=f"gossip-drain {topic}")
+        if swarm_id != self.swarm_id:
+            log.info("serving swarm %s (%d peer(s) use it)", swarm_id, self.swarm_peers().get(swarm_id, 0))
+        return True
+
+    async def leave(self, swarm_id: str) -> None:
+        """Unsubscribe from a swarm this node no longer serves (never its own)."""
+        if swarm_id == self.swarm_id or self.swarms.pop(swarm_id, None) is None:
+            return
+        for topic in topic_names(swarm_id):
+            scope = self._drain_scopes.pop(topic, None)
+            if scope is not None:
+                scope.cancel()
+            self.topic_filter.joined.discard(topic)
+            self.topic_types.pop(topic, None)
+            self.topic_swarm.pop(topic, None)
+            self.pubsub.remove_topic_validator(topic)
+            await self.pubsub.unsubscribe(topic)
+        log.info("left swarm %s: no connected peer has used it for a while", swarm_id)
+
+    def swarm_peers(self) -> dict[str, int]:
+        """Connected peers per swarm they announced (joined or not)."""
+        return swarm_peer_counts(self.pubsub.peer_topics)
+
+    async def follow_swarms(self) -> None:
+        """A relay's task: join the swarms peers use (most-used first, up to the cap), leave idle ones."""
+        while True:
+            seen = self.swarm_peers()
+            now = time.time()
+            for s in self.swarms:
+                if seen.get(s, 0) > 0:
+                    self.swarms[s] = now
+            for s in swarms_to_leave(self.swarms, seen, self.swarms, now, keep=[self.swarm_id]):
+                await self.leave(s)
+            for s in swarms_to_join(self.swarms, seen):
+                await self.join(s)
+            await trio.sleep(FOLLOW_SWARMS_S)
+
+    async def _drain_in(self, scope: trio.CancelScope, sub: Any, swarm_id: str) -> None:
+        with scope:
+            await self._drain(sub, swarm_id)
+
+    async def _drain(self, sub: Any, swarm_id: str = "") -> None:
         """Move messages out of libp2p's 32-slot subscription queue as fast as they come."""
         while True:
             msg = await sub.get()
@@ -299,7 +376,7 @@ class Gossip:
             now = time.time()
             for one in m.messages if isinstance(m, Bundle) else (m,):
                 try:
-                    self._incoming.send_nowait(Incoming(one, source.to_base58(), now))
+                    self._incoming.send_nowait(Incoming(one, source.to_base58(), now, swarm_id))
                     self.stats["received"] += 1
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     return  # the network is shutting down
@@ -436,21 +513,24 @@ async def open_gossip(
     on_received_from: Callable[[str], None] | None = None,
     batch_wait_s: float = BATCH_WAIT_S,
     streams: StreamGuard | None = None,
+    serve_any_swarm: bool = False,
 ) -> AsyncIterator[Gossip]:
-    """Start pubsub and the router, subscribe to both topics with validators, drain them."""
+    """Start pubsub and the router, subscribe to the swarm's topics with validators, drain them (and,
+    with `serve_any_swarm`, follow the swarms peers use)."""
     g = Gossip(
         host, swarm_id, incoming, rate_limit_per_s=rate_limit_per_s, rate_burst=rate_burst,
         stats=stats, on_received_from=on_received_from, batch_wait_s=batch_wait_s, streams=streams,
+        serve_any_swarm=serve_any_swarm,
     )  # fmt: skip
     async with background_trio_service(g.pubsub), background_trio_service(g.router):
         await g.pubsub.wait_until_ready()
         async with trio.open_nursery() as nursery:
-            for topic in g.topic_types:
-                g.pubsub.set_topic_validator(topic, g._validator(topic), False)
-                sub = await g.pubsub.subscribe(topic)
-                nursery.start_soon(g._drain, sub, name=f"gossip-drain {topic}")
             g._nursery = nursery
+            if not serve_any_swarm:  # a relay joins its home's swarm too, but only once a peer uses it
+                await g.join(swarm_id)
             nursery.start_soon(g._lift_bans, name="gossip-bans")
+            if serve_any_swarm:
+                nursery.start_soon(g.follow_swarms, name="gossip-swarms")
             try:
                 yield g
             finally:

@@ -26,10 +26,11 @@ from libp2p.peer.id import ID
 from ..wire import GitObject, Message
 from .boundary import Faults
 from .dht import ExperimentDHT
-from .gossip import BATCH_WAIT_S, INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip, topic_names
+from .gossip import BATCH_WAIT_S, INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip
 from .host import full_addrs, make_host, parse_listen_addr, parse_peer_addr, running_host
 from .peers import PeerManager, PeerState
 from .streams import StreamGuard, StreamLimits
+from .topics import topic_names
 from .transfer import OBJECTS_LIMITS, OBJECTS_PROTOCOL, ObjectServer, ObjectSource, TransferError
 from .transfer import fetch_objects as _fetch_objects
 
@@ -52,6 +53,7 @@ class NetConfig:
     dht: bool = True  # run the experiment-record DHT (``Network.dht``)
     batch_wait_s: float = BATCH_WAIT_S  # results/verifications wait this long for a claim to ride with; 0: never
     about: dict[str, str] = field(default_factory=dict)  # swarm, protocol, budget: told to peers in exchanges
+    serve_any_swarm: bool = False  # a relay: also join, forward and store the swarms peers use
 
 
 class Network:
@@ -99,6 +101,13 @@ class Network:
         """Serve a stream protocol behind the guard (slots per peer and in total, deadline, boundary)."""
         self.streams.register(protocol, handler, limits)
 
+    def swarms(self) -> list[dict[str, Any]]:
+        """The swarms this node serves, with how many connected peers use each (its own first)."""
+        seen = self.gossip.swarm_peers()
+        own = self.gossip.swarm_id
+        return [{"swarm": s, "peers": seen.get(s, 0), "own": s == own}
+                for s in sorted(self.gossip.swarms, key=lambda s: (s != own, -seen.get(s, 0), s))]
+
     def peers(self) -> list[PeerState]:
         """Connected peers (refreshed every second)."""
         return self.peer_manager.peers()
@@ -140,7 +149,7 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
         async with open_gossip(
             host, cfg.swarm_id, send, rate_limit_per_s=cfg.rate_limit_per_s, rate_burst=cfg.rate_burst,
             stats=stats, on_received_from=peers.note_message_from, batch_wait_s=cfg.batch_wait_s,
-            streams=streams,
+            streams=streams, serve_any_swarm=cfg.serve_any_swarm,
         ) as gossip:  # fmt: skip
             streams.is_banned = gossip.is_banned  # a banned peer is refused on every protocol, not only pubsub
             peers.is_banned = gossip.is_banned

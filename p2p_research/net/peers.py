@@ -34,7 +34,7 @@ PEERS_PROTOCOL = TProtocol("/p2p-research/peers/1.0.0")
 #: libp2p's own ping reports whole milliseconds (0 on loopback); ours times one 8-byte echo.
 PING_PROTOCOL = TProtocol("/p2p-research/ping/1.0.0")
 MAX_EXCHANGE = 32
-ABOUT_KEYS = ("swarm", "protocol", "budget")
+ABOUT_KEYS = ("swarm", "protocol", "budget", "role")
 DIAL_TIMEOUT = 10.0
 EXCHANGE_TIMEOUT = 5.0
 BACKOFF_START = 1.0

@@ -64,3 +64,22 @@ def incomplete_ancestry(ws: Workspace, commit: str, limit: int = 500) -> list[st
             raise WorkspaceError(f"object {cur[:10]} cannot be read: {e}") from None
         cur = str(obj.parent_ids[0]) if isinstance(obj, pygit2.Commit) and obj.parent_ids else None
     return out
+
+
+def root_of(ws: Workspace, commit: str, limit: int = 10_000) -> str | None:
+    """The root commit (genesis) at the end of `commit`'s first-parent chain, or None when part of
+    the chain is not here (or longer than `limit`)."""
+    cur = commit
+    for _ in range(limit):
+        if not ws.has_object(cur):
+            return None
+        try:
+            obj = ws.repo[cur]
+        except pygit2.GitError:
+            return None
+        if not isinstance(obj, pygit2.Commit):
+            return None
+        if not obj.parent_ids:
+            return cur
+        cur = str(obj.parent_ids[0])
+    return None

@@ -310,19 +310,37 @@ class Ledger:
         self.db.execute("UPDATE runs SET receipt=?, signature=?, public_key=? WHERE run_id=?",
                         (receipt, signature, public_key, run_id))
 
-    def signed_runs(self, protocol_id: str, limit: int = 5000,
+    def signed_runs(self, protocol_id: str | None, limit: int = 5000,
                     since: float | None = None) -> list[tuple[bytes, bytes, bytes, str]]:
         """(receipt, signature, public key, description) of every result with a receipt, newest last;
-        with `since`, only results that finished (receipt time) at or after it."""
+        with `since`, only results that finished (receipt time) at or after it; protocol None: all."""
         rows = self.db.execute(
-            "SELECT receipt, signature, public_key, description FROM runs WHERE receipt IS NOT NULL AND protocol_id=?"
+            "SELECT receipt, signature, public_key, description FROM runs WHERE receipt IS NOT NULL"
+            " AND (? IS NULL OR protocol_id=?)"
             " AND kind IN ('experiment','baseline') AND COALESCE(finished_at, 0) >= ? ORDER BY run_id DESC LIMIT ?",
-            (protocol_id, since if since is not None else float("-inf"), limit))
+            (protocol_id, protocol_id, since if since is not None else float("-inf"), limit))
         return [(r[0], r[1], r[2], r[3]) for r in rows][::-1]
 
     def run_receipt(self, run_id: int) -> tuple[bytes | None, bytes | None, bytes | None]:
         row = self.db.execute("SELECT receipt, signature, public_key FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return (row[0], row[1], row[2]) if row else (None, None, None)
+
+    def protocol_summary(self) -> dict[str, dict[str, float | int | None]]:
+        """Per protocol: how many results this ledger holds and the best val_bpb among them."""
+        return {p: {"results": n, "best": best} for p, n, best in self.db.execute(
+            "SELECT protocol_id, COUNT(*), MIN(CASE WHEN status IN ('kept','discarded','baseline','confirmed')"
+            " THEN val_bpb END) FROM runs WHERE kind IN ('experiment','baseline') GROUP BY protocol_id")}
+
+    def commits_of(self, protocol_id: str, limit: int = 3) -> list[str]:
+        """A few commits of a protocol's results, kept ones first (their lineage is the one fetched)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT commit_id FROM runs WHERE protocol_id=? AND commit_id IS NOT NULL AND commit_id != ''"
+            " ORDER BY status='kept' DESC, run_id DESC LIMIT ?", (protocol_id, limit))]
+
+    def sample_receipts(self) -> dict[str, bytes]:
+        """One signed receipt per protocol (what a relay reads a foreign protocol's budget from)."""
+        return {p: r for p, r in self.db.execute(
+            "SELECT protocol_id, MAX(receipt) FROM runs WHERE receipt IS NOT NULL GROUP BY protocol_id")}
 
     def counts(self) -> dict[str, int]:
         out = {"local": 0, "peer": 0}

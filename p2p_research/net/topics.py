@@ -1,0 +1,85 @@
+"""Swarm topics: their names, which ones a node accepts subscriptions to, and which ones a relay joins.
+
+A research node lives in one swarm (its genesis and protocol). A relay lives in whichever swarms its
+peers use: it learns them from the subscriptions peers announce (GossipSub tells every connected
+peer which topics it subscribed to) and joins them, so it forwards their messages, stores their
+results and serves them to late joiners. Every choice here is a pure function, so the rules that
+bound what a hostile peer can make a relay do are tested without a network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+#: a swarm id is 1..64 lowercase hex characters (16 in practice: see daemon.node.swarm_id_of)
+TOPIC_RE = re.compile(r"/p2p-research/([0-9a-f]{1,64})/(exp|board)/1")
+#: the most swarms a relay serves at once (each costs two subscriptions, a mesh and a drain task)
+MAX_SWARMS = 32
+#: a peer announcing more topics than this is ignored beyond it (libp2p keeps a set per topic)
+MAX_SUBSCRIPTIONS_PER_PEER = 2 * MAX_SWARMS + 8
+
+
+def topic_names(swarm_id: str) -> tuple[str, str]:
+    """(experiments topic, board topic) of a swarm."""
+    return f"/p2p-research/{swarm_id}/exp/1", f"/p2p-research/{swarm_id}/board/1"
+
+
+def swarm_of_topic(topic: str) -> str | None:
+    """The swarm id of one of our topics, else None (any other string a peer announces)."""
+    m = TOPIC_RE.fullmatch(topic)
+    return m.group(1) if m else None
+
+
+@dataclass
+class TopicFilter:
+    """Which topics' subscriptions libp2p records for peers (its ``Pubsub.allowed_topics``).
+
+    A research node records only its own swarm's topics. A relay also records any topic shaped like
+    a swarm topic, since that is how it learns which swarms its peers use; libp2p caps how many
+    topics one peer may announce (``max_subscriptions_per_peer``), so the record stays bounded.
+    """
+
+    joined: set[str] = field(default_factory=set)
+    open: bool = False
+
+    def __contains__(self, topic: object) -> bool:
+        if not isinstance(topic, str):
+            return False
+        return topic in self.joined or (self.open and swarm_of_topic(topic) is not None)
+
+
+def swarm_peer_counts(peer_topics: Mapping[str, Iterable[object]]) -> dict[str, int]:
+    """Connected peers per swarm, from libp2p's topic -> subscribed peers map (experiment topics)."""
+    out: dict[str, int] = {}
+    for topic, peers in peer_topics.items():
+        swarm = swarm_of_topic(topic)
+        if swarm is not None and topic.endswith("/exp/1"):
+            out[swarm] = len(list(peers))
+    return out
+
+
+def swarms_to_join(joined: Iterable[str], seen: Mapping[str, int], cap: int = MAX_SWARMS) -> list[str]:
+    """Swarms a relay should join now, most-used first, without going over `cap` in all.
+
+    `seen` maps the swarms peers announce to how many connected peers use each. A swarm nobody
+    connected uses is not joined; once the cap is reached nothing more is joined (a peer announcing
+    dozens of made-up swarms fills at most the free places, and a real swarm, used by more peers,
+    comes first in the order).
+    """
+    have = set(joined)
+    free = cap - len(have)
+    if free <= 0:
+        return []
+    candidates = sorted((s for s, n in seen.items() if n > 0 and s not in have), key=lambda s: (-seen[s], s))
+    return candidates[:free]
+
+
+def swarms_to_leave(joined: Iterable[str], seen: Mapping[str, int], idle_since: Mapping[str, float], now: float,
+                    keep: Iterable[str] = (), idle_s: float = 600.0) -> list[str]:
+    """Joined swarms no connected peer has used for `idle_s` (their places go to swarms in use);
+    `keep` (the node's own swarm) is never left."""
+    kept = set(keep)
+    return sorted(s for s in joined if s not in kept and seen.get(s, 0) == 0
+                  and now - idle_since.get(s, now) >= idle_s)
