@@ -174,7 +174,6 @@ def test_network_events_are_one_line_each_with_the_cause(tmp_path):
 def test_peers_on_another_protocol_are_named_and_explained(tmp_path):
     """Two nodes with different budgets share nothing; each says so once, in words, and `peers`
     shows the other's protocol and budget."""
-    from p2p_research.research.init import init_home
 
     from test_swarm import surrogate_home
 

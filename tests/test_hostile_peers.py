@@ -396,3 +396,47 @@ def test_a_hostile_about_in_the_peer_exchange_changes_nothing(tmp_path):
     finally:
         d.stop()
         d.kill()
+
+
+def test_a_peer_announcing_made_up_swarms_cannot_crowd_a_real_swarm_out_of_a_relay(tmp_path):
+    """A real peer subscribes to 200 made-up swarm topics (and junk topics) at a relay before any honest
+    node arrives: the relay joins at most MAX_SWARMS of them, then gives a research node's swarm a
+    place at once (one peer with one swarm outweighs one peer with dozens), stays up and stores the
+    research node's results."""
+    from p2p_research.net.topics import MAX_SWARMS, topic_names
+
+    relay = Daemon(init_home(tmp_path / "relay").path, "--no-research").start()
+    research = None
+
+    async def flood_then_watch() -> None:
+        nonlocal research
+        async with adversary() as adv:
+            for i in range(200):
+                await adv.ps.subscribe(topic_names(f"{i:016x}")[0])
+            for junk in ("/p2p-research/NOTHEX/exp/1", "/x" * 500, "/p2p-research/ab/exp/9"):
+                await adv.ps.subscribe(junk)
+            await adv.connect(relay.addrs[0])
+            with trio.fail_after(30):
+                while len(relay.json("status")["swarms"]) < MAX_SWARMS:
+                    await trio.sleep(0.5)
+            home = surrogate_home(tmp_path / "v", 1, cost=0.3)
+            research = Daemon(home.path, "--bootstrap", relay.addrs[0], "-n", "3").start()
+            swarm = research.json("status")["swarm"]
+            with trio.fail_after(60):
+                while not any(s["swarm"] == swarm for s in relay.json("status")["swarms"]):
+                    await trio.sleep(0.5)
+            st = relay.json("status")
+            assert len(st["swarms"]) <= MAX_SWARMS + 1   # + stored protocols whose swarm nobody uses now
+            assert all(s["swarm"] != "" or s["peers"] == 0 for s in st["swarms"])
+            with trio.fail_after(90):
+                while not any(e["peer"] == research.peer_id for e in relay.json("experiments")):
+                    await trio.sleep(0.5)
+
+    try:
+        trio.run(flood_then_watch)
+        assert relay.proc.poll() is None and relay.json("status")["peer_id"] == relay.peer_id
+    finally:
+        for d in (relay, research):
+            if d is not None:
+                d.stop()
+                d.kill()

@@ -17,6 +17,8 @@ from p2p_research.net.topics import (
     MAX_SWARMS,
     TopicFilter,
     swarm_peer_counts,
+    swarm_to_replace,
+    swarm_weights,
     swarms_to_join,
     swarms_to_leave,
     topic_names,
@@ -36,15 +38,25 @@ def test_topic_filter_admits_swarm_topics_only_when_open():
 
 
 def test_swarms_to_join_most_used_first_within_the_cap():
-    seen = {"a": 1, "b": 5, "c": 0, "d": 3}
+    seen = {"a": 1.0, "b": 5.0, "c": 0.0, "d": 3.0}
     assert swarms_to_join([], seen) == ["b", "d", "a"]           # nobody uses c
     assert swarms_to_join(["b"], seen) == ["d", "a"]
     assert swarms_to_join(["x", "y"], seen, cap=3) == ["b"]
     assert swarms_to_join(["x", "y", "z"], seen, cap=3) == []
-    # a peer announcing hundreds of made-up swarms fills at most the free places
-    flood = {f"{i:04x}": 1 for i in range(500)} | {"real": 9}
-    chosen = swarms_to_join([], flood)
-    assert len(chosen) == MAX_SWARMS and chosen[0] == "real"
+
+
+def test_a_peer_announcing_many_swarms_weighs_little():
+    topics = {topic_names(f"{i:04x}")[0]: {"hostile"} for i in range(100)}
+    topics[topic_names("beef")[0]] = {"honest", "relay"}
+    topics[topic_names("cafe")[0]] = {"relay"}
+    w = swarm_weights(topics)
+    assert w["beef"] == pytest.approx(1.5) and w["cafe"] == pytest.approx(0.5) and w["0001"] == pytest.approx(0.01)
+    # at the cap, full of the hostile peer's swarms: the real one takes a place, one swap at a time
+    joined = [f"{i:04x}" for i in range(MAX_SWARMS)]
+    out, into = swarm_to_replace(joined, w)
+    assert into == "beef" and out in joined
+    assert swarm_to_replace(joined, w, keep=joined) is None      # the own swarm is never left
+    assert swarm_to_replace([*joined[:-1], "beef"], {"beef": 1.0, "cafe": 1.5} | dict.fromkeys(joined, 1.0)) is None
 
 
 def test_swarms_to_leave_idle_ones_never_the_own():

@@ -46,6 +46,8 @@ from .topics import (
     MAX_SUBSCRIPTIONS_PER_PEER,
     TopicFilter,
     swarm_peer_counts,
+    swarm_to_replace,
+    swarm_weights,
     swarms_to_join,
     swarms_to_leave,
     topic_names,
@@ -349,7 +351,11 @@ class Gossip:
                     self.swarms[s] = now
             for s in swarms_to_leave(self.swarms, seen, self.swarms, now, keep=[self.swarm_id]):
                 await self.leave(s)
-            for s in swarms_to_join(self.swarms, seen):
+            weights = swarm_weights(self.pubsub.peer_topics)
+            swap = swarm_to_replace(self.swarms, weights, keep=[self.swarm_id])
+            if swap is not None:
+                await self.leave(swap[0])
+            for s in swarms_to_join(self.swarms, weights):
                 await self.join(s)
             await trio.sleep(FOLLOW_SWARMS_S)
 

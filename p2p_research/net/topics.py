@@ -60,20 +60,54 @@ def swarm_peer_counts(peer_topics: Mapping[str, Iterable[object]]) -> dict[str, 
     return out
 
 
-def swarms_to_join(joined: Iterable[str], seen: Mapping[str, int], cap: int = MAX_SWARMS) -> list[str]:
+def swarm_weights(peer_topics: Mapping[str, Iterable[object]]) -> dict[str, float]:
+    """How much connected peers use each swarm: a peer counts 1 spread over the swarms it announces.
+
+    A research node (one swarm) gives its swarm a whole vote; a relay announcing ten swarms gives each
+    a tenth; a hostile peer announcing dozens of made-up swarms gives each almost nothing, so it cannot
+    push a real swarm out of a relay's places.
+    """
+    per_peer: dict[object, list[str]] = {}
+    for topic, peers in peer_topics.items():
+        swarm = swarm_of_topic(topic)
+        if swarm is not None and topic.endswith("/exp/1"):
+            for p in peers:
+                per_peer.setdefault(p, []).append(swarm)
+    out: dict[str, float] = {}
+    for swarms in per_peer.values():
+        for s in swarms:
+            out[s] = out.get(s, 0.0) + 1.0 / len(swarms)
+    return out
+
+
+def swarms_to_join(joined: Iterable[str], weights: Mapping[str, float], cap: int = MAX_SWARMS) -> list[str]:
     """Swarms a relay should join now, most-used first, without going over `cap` in all.
 
-    `seen` maps the swarms peers announce to how many connected peers use each. A swarm nobody
-    connected uses is not joined; once the cap is reached nothing more is joined (a peer announcing
-    dozens of made-up swarms fills at most the free places, and a real swarm, used by more peers,
-    comes first in the order).
+    `weights` says how much connected peers use each swarm (:func:`swarm_weights`). A swarm nobody
+    connected uses is not joined; once the cap is reached nothing more is joined here (see
+    :func:`swarm_to_replace`).
     """
     have = set(joined)
     free = cap - len(have)
     if free <= 0:
         return []
-    candidates = sorted((s for s, n in seen.items() if n > 0 and s not in have), key=lambda s: (-seen[s], s))
+    candidates = sorted((s for s, w in weights.items() if w > 0 and s not in have), key=lambda s: (-weights[s], s))
     return candidates[:free]
+
+
+def swarm_to_replace(joined: Iterable[str], weights: Mapping[str, float], keep: Iterable[str] = (),
+                     cap: int = MAX_SWARMS, factor: float = 2.0) -> tuple[str, str] | None:
+    """At the cap, (swarm to leave, swarm to join) when a swarm not joined is used `factor` times more
+    than the least-used joined one (never `keep`); one swap per call, so the set cannot flap."""
+    have = set(joined)
+    if len(have) < cap:
+        return None
+    kept = set(keep)
+    leavable = sorted((s for s in have if s not in kept), key=lambda s: (weights.get(s, 0.0), s))
+    waiting = sorted((s for s, w in weights.items() if w > 0 and s not in have), key=lambda s: (-weights[s], s))
+    if leavable and waiting and weights[waiting[0]] > factor * weights.get(leavable[0], 0.0):
+        return leavable[0], waiting[0]
+    return None
 
 
 def swarms_to_leave(joined: Iterable[str], seen: Mapping[str, int], idle_since: Mapping[str, float], now: float,
