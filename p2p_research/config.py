@@ -50,6 +50,8 @@ class NetworkSection:
     bootstrap: list[str] = field(default_factory=list)
     target_peers: int = 6
     rate_limit_per_s: float = 20.0
+    nat: str = "auto"             # auto (AutoNAT, relay reservations, hole punching off loopback) | off
+    relay_service: str = "auto"   # auto (on for relays: --no-research) | on | off: relay others' connections
 
 
 @dataclass
@@ -142,6 +144,10 @@ class NodeConfig:
             raise ConfigError("network.target_peers must be at least 1")
         if self.network.rate_limit_per_s <= 0:
             raise ConfigError("network.rate_limit_per_s must be positive")
+        if self.network.nat not in ("auto", "off"):
+            raise ConfigError(f"network.nat must be auto or off, got {self.network.nat!r}")
+        if self.network.relay_service not in ("auto", "on", "off"):
+            raise ConfigError(f"network.relay_service must be auto, on or off, got {self.network.relay_service!r}")
         return self
 
 

@@ -49,17 +49,36 @@ def classify_address(addr: str) -> str:
     return "private" if ip.is_private or ip.is_link_local else "public"
 
 
-def reachability(addrs: list[str]) -> Check:
-    kinds = {classify_address(a) for a in addrs}
-    shown = ", ".join(addrs[:3]) or "none"
+def reachability(addrs: list[str], nat: dict[str, Any] | None = None) -> Check:
+    """From the daemon's AutoNAT verdicts when it has them (peers dialing it back), else from its addresses."""
+    nat = nat or {}
+    listen = [a for a in addrs if "/p2p-circuit" not in a]
+    kinds = {classify_address(a) for a in listen}
+    shown = ", ".join(listen[:3]) or "none"
     if not addrs:
         return Check("reachability", "warn", "no daemon running: its addresses are unknown",
                      "start the node: p2p-research node start")
-    if "public" in kinds:
-        return Check("reachability", "ok", f"public: {shown}")
+    status = nat.get("status")
+    port = next((a.split("/tcp/")[1].split("/")[0] for a in listen if "/tcp/" in a), "?")
+    if status == "public":
+        return Check("reachability", "ok", f"public: {nat.get('reachable_by', 0)} peer(s) dialed back {shown}")
+    if status == "private" and nat.get("relayed"):
+        relayed = nat.get("relayed_addrs", [])
+        return Check("reachability", "ok", f"relayed: behind NAT, reachable through {len(relayed)} relay(s): "
+                     f"{', '.join(relayed[:2])}; direct connections are tried by hole punching",
+                     f"for direct connections from anywhere, forward TCP port {port} on your router")
+    if status == "private":
+        return Check("reachability", "warn", f"private: no peer could dial back {shown}, and no relay holds a slot "
+                     "for this node yet", f"forward TCP port {port} on your router, or bootstrap from a relay "
+                     "(a node on a public address started with --no-research)")
     if kinds <= {"local"}:
         return Check("reachability", "warn", f"local only: {shown} (other machines cannot connect)",
-                     "listen on all interfaces: network.listen = [\"/ip4/0.0.0.0/tcp/0\"] in node.toml")
+                     "listen on all interfaces: network.listen = [\"/ip4/0.0.0.0/tcp/4001\"] in node.toml")
+    if status == "unknown":
+        return Check("reachability", "warn", f"not known yet: no peer has answered a dial-back request ({shown})",
+                     "connect to peers (--bootstrap); the node asks them to dial it back")
+    if "public" in kinds:
+        return Check("reachability", "ok", f"public: {shown}")
     return Check("reachability", "warn", f"private: {shown} (reachable inside this network; from outside only "
                  "through a forwarded port)", "forward the TCP port on your router, or join through a public node")
 
@@ -177,7 +196,7 @@ def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[s
     finally:
         ctx.close()
     addrs = (status or {}).get("addrs", [])
-    checks.append(reachability(addrs))
+    checks.append(reachability(addrs, (status or {}).get("reachability")))
     if status is not None:
         n = status.get("peers_connected", 0)
         checks.append(Check("peers", "ok" if n else "warn", f"{n} connected",

@@ -20,9 +20,10 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()) -> None:
         self.home = home
         self.args = args
+        self.wrap = wrap  # a command the daemon runs under, e.g. ("ip", "netns", "exec", "home1")
         self.env = env  # added to this process's environment for the daemon (e.g. a PATH with scripted agents)
         self.proc: subprocess.Popen | None = None
         self.peer_id = ""
@@ -30,7 +31,7 @@ class Daemon:
 
     def start(self, timeout: float = 60.0) -> Daemon:
         self.errlog = open(self.home / "test-daemon.err", "ab")
-        self.proc = subprocess.Popen([*CLI, "node", "start", "--home", str(self.home), *self.args], cwd=ROOT,
+        self.proc = subprocess.Popen([*self.wrap, *CLI, "node", "start", "--home", str(self.home), *self.args], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=self.errlog, text=True, start_new_session=True,
                                      env={**os.environ, **self.env} if self.env else None)
         deadline = time.time() + timeout

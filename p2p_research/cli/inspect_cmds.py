@@ -125,6 +125,16 @@ def register(app: typer.Typer) -> None:
             out.print(f"baseline {b['commit'][:7]} val_bpb {_fmt(b['val_bpb'])}  research: {d['research']}")
         if "sandbox" in d:
             out.print(f"sandbox  {d['sandbox']}  trust policy {d['trust_policy']}", markup=False, highlight=False)
+        r = d.get("reachability") or {}
+        if r:
+            line = f"reach    {r['status']}"
+            if r.get("relayed"):
+                line += f", relayed via {len(r['relayed_addrs'])} relay(s): {', '.join(r['relayed_addrs'])}"
+            if r.get("upgraded"):
+                line += f"; {r['upgraded']} relayed connection(s) upgraded to direct"
+            if r.get("relay_service"):
+                line += f"; relay service on ({r['reservations_held']} reservation(s) held)"
+            out.print(line, markup=False, highlight=False)
         if len(d.get("workers") or []) > 1:
             for w in d["workers"]:
                 dev = ", ".join(f"{k}={v}" for k, v in w["device"].items()) or "default device"
@@ -169,7 +179,8 @@ def register(app: typer.Typer) -> None:
         for col in cols:
             t.add_column(col)
         for p in data:
-            row = [p["name"], p["peer_id"] if verbose else p["peer_id"][:16], p["direction"],
+            direction = p["direction"] + (" (relayed)" if p.get("connection") == "relayed" else "")
+            row = [p["name"], p["peer_id"] if verbose else p["peer_id"][:16], direction,
                    "-" if p["latency_ms"] is None else f"{p['latency_ms']:.1f} ms", str(p["announced"]["results"]),
                    _protocol_cell(p)]
             if verbose:

@@ -121,7 +121,9 @@ class NodeDaemon:
                          {"swarm": swarm, "protocol": ctx.protocol_id, "budget": ctx.budget.describe(), "role": "research"})
                 net_cfg = NetConfig(key_pair=self.key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
                                     target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s,
-                                    about=about, serve_any_swarm=relay)
+                                    about=about, serve_any_swarm=relay, nat=cfg.network.nat == "auto",
+                                    relay_service=cfg.network.relay_service == "on"
+                                    or (cfg.network.relay_service == "auto" and relay))
                 async with open_network(net_cfg, self.object_source) as net:
                     self.net = net
                     self.intake = intake = Intake(ctx, net, self.peer_id, any_protocol=relay)
@@ -385,6 +387,7 @@ class NodeDaemon:
             "baseline": {"commit": b.commit_id if b else ctx.workspace.baseline, "val_bpb": b.val_bpb if b else None,
                          "lineage": views.lineage_view(ctx.ledger, ctx.protocol_id, self.peer_id)},
             "current": current, "research": self.research_state, "role": "relay" if self.relay else "research",
+            "reachability": self.net.nat.view() if self.net is not None and self.net.nat is not None else {},
             "swarms": self.swarms_view(),
             "sandbox": ctx.sandbox.describe(), "trust_policy": ctx.trust_policy,
             **self.protocol_view(),
@@ -511,6 +514,7 @@ class NodeDaemon:
             d["protocol"] = about.get("protocol", "")
             d["budget"] = about.get("budget", "")
             d["role"] = about.get("role", "")
+            d["connection"] = p.connection
             d["same_protocol"] = None if not about.get("protocol") else about["protocol"] == self.ctx.protocol_id
             if self.coordinator is not None:
                 d["reputation"] = self.coordinator.reputation_of(p.peer_id)

@@ -13,6 +13,11 @@ NOISY_LOGGERS = ("libp2p", "multiaddr", "aioquic", "zeroconf", "httpx", "async_s
 #: libp2p's ERRORs for a failed dial, one per address and attempt: the node says it once, with the
 #: cause, in its own line ("bootstrap X unreachable: connection refused; retrying in 4 s")
 DIAL_NOISE = ("Failed to open TCP stream", "failed to upgrade security for peer", "fail to open connection to peer")
+#: the circuit relay's ERRORs when a client closes its reservation stream or a relayed connection
+#: ends (e.g. replaced by a direct one): normal events, reported by our own lines in net/nat.py
+RELAY_NOISE = ("Error reading from hop stream", "Unexpected error reading from stream", "Error relaying data",
+               "Unexpected error handling hop stream", "Error sending status message",
+               "Error handling reservation request")
 LIBP2P_REPEAT_S = 60.0
 
 
@@ -37,6 +42,8 @@ class Libp2pNoise(logging.Filter):
             return True
         msg = str(record.msg)
         if msg.startswith(DIAL_NOISE):
+            return False
+        if record.name.startswith("libp2p.relay") and msg.startswith(RELAY_NOISE):
             return False
         key = (record.name, msg[:80])
         now = record.created

@@ -28,7 +28,9 @@ from .boundary import Faults
 from .dht import ExperimentDHT
 from .gossip import BATCH_WAIT_S, INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip
 from .host import full_addrs, make_host, parse_listen_addr, parse_peer_addr, running_host
+from .nat import NatTraversal
 from .peers import PeerManager, PeerState
+from .reachability import is_loopback_only
 from .streams import StreamGuard, StreamLimits
 from .topics import topic_names
 from .transfer import OBJECTS_LIMITS, OBJECTS_PROTOCOL, ObjectServer, ObjectSource, TransferError
@@ -54,6 +56,8 @@ class NetConfig:
     batch_wait_s: float = BATCH_WAIT_S  # results/verifications wait this long for a claim to ride with; 0: never
     about: dict[str, str] = field(default_factory=dict)  # swarm, protocol, budget: told to peers in exchanges
     serve_any_swarm: bool = False  # a relay: also join, forward and store the swarms peers use
+    nat: bool = True  # AutoNAT, relay reservations and hole punching (off loopback-only addresses)
+    relay_service: bool = False  # relay other peers' connections (circuit relay v2 HOP, with limits)
 
 
 class Network:
@@ -77,6 +81,8 @@ class Network:
         self.streams = streams
         #: The experiment-record DHT (None when ``NetConfig.dht`` is False).
         self.dht: ExperimentDHT | None = None
+        #: Reachability: AutoNAT, relay reservations, circuit dials, DCUtR.
+        self.nat: NatTraversal | None = None
 
     def addrs(self) -> list[str]:
         """Full bootstrap-form addresses ``/ip4/.../tcp/.../p2p/<id>``."""
@@ -113,8 +119,11 @@ class Network:
         return self.peer_manager.peers()
 
     async def connect(self, addr: str) -> None:
-        """Dial a peer by bootstrap address once (no retries); raises on failure."""
+        """Dial a peer by bootstrap address once (no retries; relayed addresses too); raises on failure."""
         info = parse_peer_addr(addr)
+        if self.nat is not None:
+            await self.nat.dial(info)
+            return
         with trio.fail_after(10):
             await self.host.connect(info)
 
@@ -158,9 +167,15 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
                 if cfg.dht:  # before peers.run: the KAD handler must exist when identify runs
                     dht = ExperimentDHT(host, streams=streams)
                     await nursery.start(dht.run)
+                nat = NatTraversal(host, streams, relay_service=cfg.relay_service,
+                                   active=cfg.nat and not is_loopback_only([str(a) for a in listen]),
+                                   on_addrs_changed=peers.readvertise)
+                await nursery.start(nat.run)
+                peers.dialer = nat.dial
                 await nursery.start(peers.run)
                 net = Network(host, gossip, peers, recv, stats, nursery, faults, streams)
                 net.dht = dht
+                net.nat = nat
                 log.info("network up: %s listening on %s", net.peer_id, ", ".join(net.addrs()))
                 try:
                     yield net

@@ -34,6 +34,7 @@ PEERS_PROTOCOL = TProtocol("/p2p-research/peers/1.0.0")
 #: libp2p's own ping reports whole milliseconds (0 on loopback); ours times one 8-byte echo.
 PING_PROTOCOL = TProtocol("/p2p-research/ping/1.0.0")
 MAX_EXCHANGE = 32
+ADDRS_PER_PEER = 3  # in an exchange: a direct address and up to two relayed ones
 ABOUT_KEYS = ("swarm", "protocol", "budget", "role")
 DIAL_TIMEOUT = 10.0
 EXCHANGE_TIMEOUT = 5.0
@@ -58,6 +59,22 @@ class PeerState:
     messages_received: int = 0  # first deliveries of gossip messages forwarded by this peer
     bootstrap: bool = False
     about: dict[str, str] | None = None  # its swarm, protocol and budget, from the peer exchange
+    connection: str = "direct"  # "direct" | "relayed" (through a circuit relay)
+
+
+def exchange_addrs(addrs: list[str]) -> list[str]:
+    """What a peer exchange hands out for one peer: its first direct address and its relayed ones
+    (a peer behind NAT is reachable only through those), at most ADDRS_PER_PEER."""
+    direct = [a for a in addrs if "/p2p-circuit" not in a][:1]
+    relayed = [a for a in addrs if "/p2p-circuit" in a]
+    return (direct + relayed)[:ADDRS_PER_PEER]
+
+
+def _relayed(conn: Any) -> bool:
+    try:
+        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
+    except Exception:  # noqa: BLE001 - a connection being torn down
+        return False
 
 
 @dataclass
@@ -82,6 +99,8 @@ class PeerManager:
     is_banned: Any = field(default=lambda peer: False)  # peer id -> bool: not dialed while banned
     about: dict[str, str] = field(default_factory=dict)  # this node's swarm, protocol, budget (sent in exchanges)
     _abouts: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: connects to a peer (direct addresses, then relayed ones); the network sets the NAT-aware one
+    dialer: Any = None
 
     def __post_init__(self) -> None:
         self.my_id = self.host.get_id()
@@ -131,6 +150,7 @@ class PeerManager:
                 self._peers[s] = st
                 log.info("peer connected: %s (%s, %s)", st.name, s, direction)
             st.addrs = self._addrs_of(pid)
+            st.connection = "direct" if any(not _relayed(c) for c in conns[pid]) else "relayed"
 
     # --- loops -----------------------------------------------------------------------------------
 
@@ -149,9 +169,17 @@ class PeerManager:
             nursery.start_soon(self._ping_loop, name="peers-ping")
             task_status.started()
 
+    def readvertise(self) -> None:
+        """This node's addresses changed (e.g. a relayed one): tell every peer in the next exchange."""
+        self._asked.clear()
+        self._changed.set()
+
     async def _dial(self, info: PeerInfo) -> None:
         if self.is_banned(info.peer_id.to_base58()):
             raise ConnectionRefusedError("the peer is banned for a while (it kept sending rejected gossip)")
+        if self.dialer is not None:  # relayed addresses need the circuit transport
+            await self.dialer(info, DIAL_TIMEOUT)
+            return
         with trio.fail_after(DIAL_TIMEOUT):
             await self.host.connect(info)
 
@@ -228,7 +256,7 @@ class PeerManager:
             addrs = reply.get("peers") if isinstance(reply, dict) else None
             if not isinstance(addrs, list):
                 raise FrameError("reply without a peer list")
-            for a in addrs[:MAX_EXCHANGE]:
+            for a in addrs[:MAX_EXCHANGE * ADDRS_PER_PEER]:
                 self._add_candidate(a)
             with trio.move_on_after(1):
                 await stream.close()
@@ -252,6 +280,10 @@ class PeerManager:
             self._candidates[s] = _Candidate(info)
             if len(self._candidates) > 1000:
                 self._candidates.pop(next(iter(self._candidates)))
+        else:  # a peer's addresses arrive one string each: direct ones and relayed ones, up to 8
+            known = self._candidates[s].info
+            if len(known.addrs) < 8 and str(info.addrs[0]) not in {str(a) for a in known.addrs}:
+                known.addrs.append(info.addrs[0])
 
     async def _dial_candidates(self) -> None:
         conns = self.host.get_network().connections
@@ -271,7 +303,8 @@ class PeerManager:
             except Exception as e:
                 c.failures += 1
                 c.next_try = trio.current_time() + min(BACKOFF_CAP * 4, BACKOFF_START * 2**c.failures)
-                self._rlog.log(logging.DEBUG, f"cand:{s}", "dial of exchanged peer %s failed: %r", s, e)
+                self._rlog.log(logging.DEBUG, f"cand:{s}", "dial of exchanged peer %s (%s) failed: %r", s,
+                               ", ".join(str(a) for a in c.info.addrs), e)
                 if c.failures > 8:
                     del self._candidates[s]
 
@@ -314,15 +347,14 @@ class PeerManager:
                             pass
                     if good:
                         self._announced[remote.to_base58()] = good
-                        self._add_candidate(good[0])
+                        for a in exchange_addrs(good):
+                            self._add_candidate(a)
                 out: list[str] = []
                 for pid in list(self.host.get_network().connections):
                     if pid == remote:
                         continue
-                    addrs = self._addrs_of(pid)
-                    if addrs:
-                        out.append(addrs[0])
-                    if len(out) >= MAX_EXCHANGE:
+                    out += exchange_addrs(self._addrs_of(pid))
+                    if len(out) >= MAX_EXCHANGE * ADDRS_PER_PEER:
                         break
                 await stream.write(frame(pack({"peers": out, "about": self.about})))
             with trio.move_on_after(1):

@@ -1,0 +1,333 @@
+"""Reachability behind NAT with py-libp2p's circuit relay v2, DCUtR and AutoNAT (0.8.1), made safe.
+
+What runs on every node (``NatTraversal``):
+- the circuit relay STOP handler (accept connections relayed to us) and, on relay-capable nodes, the
+  HOP service with limits (:data:`RELAY_LIMITS`): a relay serves reservations and circuits;
+- an AutoNAT server that really dials back, and, off loopback, a client that asks up to three
+  peers to dial it back and so learns whether it is public or private;
+- when private: reservations on up to two relays among its peers, and ``/p2p-circuit`` addresses
+  announced (identify, signed peer record, peer exchange);
+- DCUtR: a relayed connection is upgraded to a direct one where the NATs allow (a direct dial, or a
+  TCP hole punch), and the relayed one is then closed.
+
+What 0.8.1 gets wrong, measured (see docs/security.md), and what this module does about it:
+- its AutoNAT server dials back with ``host.connect``, which returns at once for a connected peer:
+  every requester is told "reachable". :class:`DialBackAutoNAT` opens a new connection instead;
+- a reservation is granted to the peer id named *in the request*: one peer could fill every slot
+  under made-up ids. :class:`GuardedRelayProtocol` grants it to the connection's peer only;
+- ``host.connect`` drops circuit addresses: :meth:`NatTraversal.dial` dials them through the relay;
+- a transport with the CLIENT role reserves a slot before every dial: dialing uses a STOP-only one;
+- the relay's and DCUtR's stream handlers are registered behind our stream guard (slots, boundary).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.host.autonat import AutoNATService
+from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID
+from libp2p.host.autonat.pb.autonat_pb2 import Message as AutoNATMessage
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import issue_and_cache_local_record
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL_ID
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
+from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID, CircuitV2Protocol
+from libp2p.relay.circuit_v2.resources import RelayLimits
+from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.tools.anyio_service import background_trio_service
+
+from .host import peerstore_addrs
+from .identity import short_name
+from .reachability import circuit_addr, dial_back_claims, judge, relay_dial_addr, relays_to_reserve
+from .streams import StreamGuard, StreamLimits
+
+log = logging.getLogger(__name__)
+
+#: what a relay grants: circuits live an hour and carry 256 MiB at most; 128 reservations in all
+#: (one per connected peer: the connection limit bounds them too), 16 circuits per reserving peer
+RELAY_LIMITS = RelayLimits(duration=3600, data=256 * 1024 * 1024, max_circuit_conns=16, max_reservations=128,
+                           reservation_ttl=600)
+#: circuit streams carry a relayed connection for its whole life: no deadline, bounded counts
+HOP_LIMITS = StreamLimits(per_peer=8, total=256, deadline_s=None)
+STOP_LIMITS = StreamLimits(per_peer=32, total=256, deadline_s=None)
+DCUTR_LIMITS = StreamLimits(per_peer=1, total=16, deadline_s=30.0)
+AUTONAT_LIMITS = StreamLimits(per_peer=1, total=4, deadline_s=20.0)
+DIAL_BACK_TIMEOUT_S = 4.0
+AUTONAT_QUERY_TIMEOUT_S = 15.0
+AUTONAT_SERVERS = 3
+AUTONAT_RECHECK_S = 300.0
+CIRCUIT_DIAL_TIMEOUT_S = 15.0
+DIRECT_FIRST_S = 3.0
+RESERVE_TIMEOUT_S = 15.0
+
+
+def is_relayed(conn: Any) -> bool:
+    try:
+        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
+    except Exception:  # noqa: BLE001 - a connection being torn down
+        return False
+
+
+class DialBackAutoNAT(AutoNATService):
+    """AutoNAT whose server dials the requester back on a *new* connection (0.8.1 reuses the existing
+    one and so answers "reachable" to everyone), closing it once the dial succeeded."""
+
+    async def _try_dial(self, peer_id: ID, addrs: list[bytes]) -> bytes | None:  # type: ignore[override]
+        net = self.host.get_network()
+        for raw in addrs[:4]:
+            try:
+                addr = multiaddr.Multiaddr(raw)
+            except Exception:  # noqa: BLE001 - the requester's bytes
+                continue
+            if "/p2p-circuit" in str(addr):
+                continue
+            conn = None
+            try:
+                with trio.fail_after(DIAL_BACK_TIMEOUT_S):
+                    conn = await net.dial_addr(addr, peer_id)
+                return bytes(raw)
+            except Exception:  # noqa: BLE001 - unreachable: that is the answer
+                continue
+            finally:
+                if conn is not None:
+                    with trio.move_on_after(2):
+                        try:
+                            await conn.close()
+                        except Exception:  # noqa: BLE001
+                            pass
+        return None
+
+
+class GuardedRelayProtocol(CircuitV2Protocol):
+    """Circuit relay v2 whose reservations belong to the connection's peer, whatever the request says."""
+
+    async def _handle_reserve(self, stream: Any, msg: Any) -> None:
+        msg.peer.id = stream.muxed_conn.peer_id.to_bytes()
+        await super()._handle_reserve(stream, msg)
+
+
+class NatTraversal:
+    """AutoNAT, relay reservations, circuit dials and DCUtR for one host. ``active`` is False on a node
+    that listens on loopback only (nobody outside could reach it anyway): then only the STOP handler
+    and the AutoNAT server run."""
+
+    def __init__(self, host: IHost, streams: StreamGuard, *, relay_service: bool, active: bool,
+                 on_addrs_changed: Callable[[], None] | None = None) -> None:
+        self.host = host
+        self.streams = streams
+        self.relay_service = relay_service
+        self.active = active
+        self.on_addrs_changed = on_addrs_changed
+        self.protocol = GuardedRelayProtocol(host, limits=RELAY_LIMITS, allow_hop=relay_service)
+        # reserving needs the CLIENT role; dialing must not have it (it would reserve before each dial)
+        self._reserver = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT))
+        self._dialer = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP))
+        self.autonat = DialBackAutoNAT(host, serve=False)  # type: ignore[arg-type]
+        self.dcutr = DCUtRProtocol(host, dial_timeout=3)
+        self.verdicts: dict[str, tuple[bool, float]] = {}
+        self.circuits: dict[str, str] = {}        # relay peer id -> our address through it
+        self.refused: dict[str, float] = {}       # relay peer id -> when it refused or failed a reservation
+        self.stats = {"upgraded": 0, "relayed_dials": 0, "reservations": 0, "dial_backs_asked": 0}
+        self._status = "unknown" if active else "local"
+        self._nursery: trio.Nursery | None = None
+        original = host.get_addrs
+
+        def get_addrs() -> list[multiaddr.Multiaddr]:
+            """Listen addresses plus relayed ones: identify and the signed peer record announce both."""
+            return [*original(), *(multiaddr.Multiaddr(c) for c in self.circuits.values())]
+
+        self._listen_addrs = original
+        host.get_addrs = get_addrs  # type: ignore[method-assign]
+
+    # --- views -----------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """local (loopback only) / unknown / public / private."""
+        return self._status
+
+    def view(self) -> dict[str, Any]:
+        return {"status": self._status, "relayed": bool(self.circuits), "relayed_addrs": sorted(self.circuits.values()),
+                "relay_service": self.relay_service, "dial_backs": len(self.verdicts),
+                "reachable_by": sum(1 for ok, _ in self.verdicts.values() if ok),
+                "reservations_held": self._reservations_held(), **self.stats}
+
+    def _reservations_held(self) -> int:
+        try:
+            return len(self.protocol.resource_manager._reservations) if self.relay_service else 0
+        except Exception:  # noqa: BLE001 - another libp2p version
+            return 0
+
+    # --- running ---------------------------------------------------------------------------------
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with background_trio_service(self.protocol):
+            await self.protocol.event_started.wait()
+            # re-register libp2p's handlers behind the guard (the service registered them bare)
+            if self.relay_service:
+                self.streams.register(HOP_PROTOCOL_ID, self.protocol._handle_hop_stream, HOP_LIMITS)
+            self.streams.register(STOP_PROTOCOL_ID, self.protocol._handle_stop_stream, STOP_LIMITS)
+            self.streams.register(AUTONAT_PROTOCOL_ID, self.autonat.handle_stream, AUTONAT_LIMITS)
+            if not self.active:
+                task_status.started()
+                await trio.sleep_forever()
+            async with background_trio_service(self.dcutr):
+                await self.dcutr.event_started.wait()
+                self.streams.register(DCUTR_PROTOCOL_ID, self.dcutr._handle_dcutr_stream, DCUTR_LIMITS)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._autonat_loop, name="nat-autonat")
+                    nursery.start_soon(self._reservation_loop, name="nat-reservations")
+                    nursery.start_soon(self._prune_relayed_loop, name="nat-prune")
+                    task_status.started()
+                    await trio.sleep_forever()
+
+    async def dial(self, info: PeerInfo, timeout: float = 10.0) -> None:
+        """Connect to a peer: its direct addresses first, then through a relay (``/p2p-circuit``)."""
+        direct = [a for a in info.addrs if "/p2p-circuit" not in str(a)]
+        relayed = [a for a in info.addrs if "/p2p-circuit" in str(a)]
+        error: BaseException | None = None
+        if direct or not relayed:
+            try:  # a peer that has relayed addresses is probably behind NAT: its direct ones get less time
+                with trio.fail_after(DIRECT_FIRST_S if relayed else timeout):
+                    await self.host.connect(PeerInfo(info.peer_id, direct))
+                return
+            except Exception as e:  # noqa: BLE001 - try the relays next
+                error = e
+        for a in relayed[:4]:
+            try:
+                with trio.fail_after(CIRCUIT_DIAL_TIMEOUT_S):
+                    await self._dialer.dial(multiaddr.Multiaddr(f"{a}/p2p/{info.peer_id.to_base58()}"))
+                self.stats["relayed_dials"] += 1
+                return
+            except Exception as e:  # noqa: BLE001
+                error = e
+        raise error if error is not None else ConnectionError("no address to dial")
+
+    # --- AutoNAT ---------------------------------------------------------------------------------
+
+    def _direct_peers_with(self, protocol: str) -> list[ID]:
+        out = []
+        ps = self.host.get_peerstore()
+        for pid, conns in list(self.host.get_network().connections.items()):
+            if not any(not is_relayed(c) for c in conns):
+                continue
+            try:
+                if protocol in (ps.get_protocols(pid) or []):
+                    out.append(pid)
+            except Exception:  # noqa: BLE001 - not identified yet
+                continue
+        return out
+
+    def _observed(self) -> list[str]:
+        mgr = getattr(self.host, "_observed_addr_manager", None)
+        try:
+            return [str(a) for a in mgr.addrs(min_observers=1)] if mgr is not None else []
+        except Exception:  # noqa: BLE001 - private API of 0.8.1
+            return []
+
+    async def _autonat_loop(self) -> None:
+        while True:
+            servers = self._direct_peers_with(AUTONAT_PROTOCOL_ID)
+            random.shuffle(servers)
+            claims = dial_back_claims([str(a) for a in self._listen_addrs()], self._observed())
+            for pid in servers[:AUTONAT_SERVERS]:
+                try:
+                    self.stats["dial_backs_asked"] += 1
+                    code, _ = await self.autonat.query_server(
+                        pid, [multiaddr.Multiaddr(c).to_bytes() for c in claims], timeout=AUTONAT_QUERY_TIMEOUT_S)
+                except Exception as e:  # noqa: BLE001 - the peer left or cannot serve: ask another later
+                    log.debug("dial-back request to %s failed: %r", pid, e)
+                    continue
+                if code in (AutoNATMessage.OK, AutoNATMessage.E_DIAL_ERROR):
+                    self.verdicts[pid.to_base58()] = (code == AutoNATMessage.OK, time.time())
+            status = judge(self.verdicts, time.time())
+            if status != self._status:
+                reached = sum(1 for ok, _ in self.verdicts.values() if ok)
+                log.info("reachability: %s (%d of %d peer(s) could dial back %s)", status, reached,
+                         len(self.verdicts), ", ".join(claims) or "-")
+                self._status = status
+            await trio.sleep(5.0 if status == "unknown" else AUTONAT_RECHECK_S)
+
+    # --- reservations ----------------------------------------------------------------------------
+
+    async def _reservation_loop(self) -> None:
+        while True:
+            await trio.sleep(2.0)
+            connected = self.host.get_network().connections
+            changed = False
+            for rid in list(self.circuits):
+                if ID.from_base58(rid) not in connected:
+                    log.info("relay %s left: no longer reachable through it", short_name(rid))
+                    del self.circuits[rid]
+                    changed = True
+            offering = [p.to_base58() for p in self._direct_peers_with(HOP_PROTOCOL_ID)]
+            for rid in relays_to_reserve(self._status, offering, self.circuits, self.refused, time.time()):
+                changed |= await self._reserve(rid)
+            if changed:
+                self._announce()
+
+    async def _reserve(self, rid: str) -> bool:
+        pid = ID.from_base58(rid)
+        stream = None
+        ok = False
+        try:
+            with trio.fail_after(RESERVE_TIMEOUT_S):
+                stream = await self.host.new_stream(pid, [HOP_PROTOCOL_ID])
+                assert self._nursery is not None
+                ok = await self._reserver.reserve(stream, pid, self._nursery)
+        except Exception as e:  # noqa: BLE001 - refused or gone: try another relay
+            log.debug("reservation on %s failed: %r", rid, e)
+        finally:
+            if stream is not None:
+                with trio.move_on_after(2):
+                    try:
+                        await stream.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+        addr = relay_dial_addr(peerstore_addrs(self.host, pid)) if ok else None
+        if not ok or addr is None:
+            self.refused[rid] = time.time()
+            log.info("relay %s refused a reservation; trying others", short_name(rid))
+            return False
+        self.circuits[rid] = circuit_addr(addr, rid, self.host.get_id().to_base58())
+        self.stats["reservations"] += 1
+        log.info("reachable through relay %s: %s", short_name(rid), self.circuits[rid])
+        return True
+
+    def _announce(self) -> None:
+        """Re-sign the peer record at once (a cached one would carry the old addresses) and tell peers."""
+        try:
+            issue_and_cache_local_record(self.host)
+        except Exception as e:  # noqa: BLE001
+            log.debug("peer record not re-signed: %r", e)
+        if self.on_addrs_changed is not None:
+            self.on_addrs_changed()
+
+    # --- DCUtR -----------------------------------------------------------------------------------
+
+    async def _prune_relayed_loop(self) -> None:
+        """Once a peer is reached directly, close the relayed connection (it costs the relay)."""
+        while True:
+            await trio.sleep(3.0)
+            for pid, conns in list(self.host.get_network().connections.items()):
+                relayed = [c for c in conns if is_relayed(c)]
+                if relayed and len(relayed) < len(conns):
+                    self.stats["upgraded"] += 1
+                    log.info("peer %s: direct connection established; closing the relayed one", short_name(pid.to_base58()))
+                    for c in relayed:
+                        with trio.move_on_after(2):
+                            try:
+                                await c.close()
+                            except Exception:  # noqa: BLE001
+                                pass

@@ -1,0 +1,103 @@
+"""Decisions about reachability behind NAT, as pure functions (the I/O is in :mod:`.nat`).
+
+A node learns whether others can dial it by asking peers to dial it back (AutoNAT): any peer that
+reached it makes it *public*; peers that all failed make it *private*. A private node reserves a slot on
+up to :data:`WANTED_RELAYS` relays and announces ``<relay>/p2p-circuit/p2p/<self>`` addresses, so
+peers reach it through a relay and then try a direct connection (DCUtR hole punching).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+WANTED_RELAYS = 2
+#: a verdict is forgotten after this long (a laptop moves between networks)
+VERDICT_TTL_S = 30 * 60.0
+
+
+def judge(verdicts: Mapping[str, tuple[bool, float]], now: float, ttl: float = VERDICT_TTL_S) -> str:
+    """public / private / unknown from the peers' recent dial-back verdicts (server -> (reached, when)).
+
+    One peer that reached us is proof enough of a public address; "private" needs every recent verdict
+    to be a failure (a peer that lies "unreachable" cannot outvote one that dialed us)."""
+    recent = [ok for ok, t in verdicts.values() if now - t <= ttl]
+    if not recent:
+        return "unknown"
+    return "public" if any(recent) else "private"
+
+
+def _ip_of(addr: str) -> str | None:
+    parts = addr.split("/")
+    for i, p in enumerate(parts[:-1]):
+        if p in ("ip4", "ip6"):
+            return parts[i + 1]
+    return None
+
+
+def _tcp_port(addr: str) -> int | None:
+    parts = addr.split("/")
+    for i, p in enumerate(parts[:-1]):
+        if p == "tcp":
+            try:
+                return int(parts[i + 1])
+            except ValueError:
+                return None
+    return None
+
+
+def is_loopback_only(addrs: Iterable[str]) -> bool:
+    """Whether a node listens only on loopback (nothing outside this machine could dial it)."""
+    ips = [_ip_of(a) for a in addrs if "/p2p-circuit" not in a]
+    ips = [ip for ip in ips if ip]
+    try:
+        return bool(ips) and all(ipaddress.ip_address(ip).is_loopback for ip in ips)
+    except ValueError:
+        return False
+
+
+def dial_back_claims(listen: Iterable[str], observed: Iterable[str]) -> list[str]:
+    """Addresses to ask a peer to dial back: each listen address, and each IP peers observed us at
+    with each listen port (behind a port-preserving NAT or a forwarded port, that is where we are)."""
+    listen = [a for a in listen if "/p2p-circuit" not in a]
+    ports = sorted({p for a in listen if (p := _tcp_port(a))})
+    out: list[str] = []
+    for a in listen:
+        ip = _ip_of(a)
+        if ip and ":" not in ip and not ipaddress.ip_address(ip).is_unspecified:
+            out.append(f"/ip4/{ip}/tcp/{_tcp_port(a)}")
+    for o in observed:
+        ip = _ip_of(o)
+        if not ip or ":" in ip:
+            continue
+        for port in ports:
+            out.append(f"/ip4/{ip}/tcp/{port}")
+    return list(dict.fromkeys(out))[:8]
+
+
+def relay_dial_addr(addrs: Iterable[str]) -> str | None:
+    """The address of a relay to build circuit addresses on: a non-loopback one when there is one
+    (a circuit through 127.0.0.1 only works on the relay's own machine)."""
+    direct = [a.split("/p2p/")[0] for a in addrs if "/p2p-circuit" not in a and _ip_of(a)]
+    if not direct:
+        return None
+    outside = [a for a in direct if not ipaddress.ip_address(_ip_of(a) or "0.0.0.0").is_loopback]
+    return (outside or direct)[0]
+
+
+def circuit_addr(relay_addr: str, relay_id: str, me: str) -> str:
+    return f"{relay_addr}/p2p/{relay_id}/p2p-circuit/p2p/{me}"
+
+
+def relays_to_reserve(status: str, offering: Iterable[str], reserved: Iterable[str],
+                      failed: Mapping[str, float], now: float, want: int = WANTED_RELAYS,
+                      retry_s: float = 120.0) -> list[str]:
+    """Which connected relay-offering peers to reserve a slot on now: only when private, up to `want`
+    in all, skipping peers that refused us less than `retry_s` ago."""
+    if status != "private":
+        return []
+    have = set(reserved)
+    free = want - len(have)
+    if free <= 0:
+        return []
+    return [p for p in sorted(offering) if p not in have and now - failed.get(p, -1e18) >= retry_s][:free]
