@@ -67,3 +67,32 @@ async def test_full_catch_up_and_since_sync(tmp_path):
         got.clear()
         assert await client.fetch_from(a.peer_id, since=now - 100) == 1
         assert got == [new[1].receipt.exp_id]
+
+
+async def test_a_catch_up_names_its_protocol_and_a_relay_asks_for_all(tmp_path):
+    """A relay stores several swarms' results: a research node's catch-up gets its own protocol's only;
+    a relay (protocol None) gets every protocol."""
+    kp = generate_new_ed25519_identity()
+    other = "cd" * 16
+    mine = [result(kp, exp_id=f"{i:040x}", protocol_id=PROTOCOL) for i in range(3)]
+    theirs = [result(kp, exp_id=f"{i + 50:040x}", protocol_id=other) for i in range(2)]
+    relay_ledger = Ledger(tmp_path / "relay.sqlite")
+    for m in mine + theirs:
+        _store(relay_ledger, m)
+    got: dict[str, list] = {"research": [], "relay": []}
+
+    def deliver_to(who: str):
+        async def deliver(inc) -> bool:
+            got[who].append(inc.message.receipt.protocol_id)
+            return True
+        return deliver
+
+    async with open_network(cfg(), lambda oid: None) as a, \
+            open_network(cfg(bootstrap=a.addrs()), lambda oid: None) as b:  # fmt: skip
+        await wait_mesh(a, b)
+        server = CatchUp(a.host, relay_ledger, None, deliver_to("server"))
+        a.host.set_stream_handler(SINCE_PROTOCOL, server.handle_since)
+        research = CatchUp(b.host, Ledger(tmp_path / "b.sqlite"), PROTOCOL, deliver_to("research"))
+        assert await research.fetch_from(a.peer_id) == 3 and set(got["research"]) == {PROTOCOL}
+        late_relay = CatchUp(b.host, Ledger(tmp_path / "c.sqlite"), None, deliver_to("relay"))
+        assert await late_relay.fetch_from(a.peer_id) == 5 and set(got["relay"]) == {PROTOCOL, other}

@@ -48,7 +48,6 @@ from libp2p.utils.varint import decode_uvarint, encode_uvarint
 from net_helpers import blob, cfg, claim, pid_of, post, receipt, recv, result, wait_until
 
 from p2p_research.daemon.catchup import (
-    CATCHUP_PROTOCOL,
     KEY_BYTES,
     MAX_FRAME,
     MAX_HAVE,
@@ -732,6 +731,8 @@ def since_requests(draw) -> bytes:
             {"since": 0, "have": b"\x00" * 7}, {"since": 0, "have": "x" * 8}, {"since": 0, "have": [b"\x00" * 8]},
             {"since": 0, "have": b"\x00" * (KEY_BYTES * (MAX_HAVE + 1))}, {"since": float("inf")},
             {"since": float("-inf")}, {"since": 0, "a": 1, "b": 2, "c": 3, "d": 4}, {1: 0}, [0],
+            {"since": 0, "protocol": PROTOCOL}, {"since": 0, "protocol": "f" * 40}, {"since": 0, "protocol": 7},
+            {"since": 0, "protocol": "p" * 65}, {"since": 0, "protocol": None}, {"since": 0, "protocol": b"x"},
         ])))  # fmt: skip
         try:
             return frame(_pack(req))
@@ -754,7 +755,7 @@ def since_oracle(req: bytes, ledger: Ledger) -> list[bytes] | None:
     if n > MAX_REQUEST or len(req) - 4 < n:
         return None
     try:
-        obj = msgpack.unpackb(req[4 : 4 + n], raw=False, max_map_len=4, max_array_len=0, max_str_len=16,
+        obj = msgpack.unpackb(req[4 : 4 + n], raw=False, max_map_len=4, max_array_len=0, max_str_len=64,
                               max_bin_len=KEY_BYTES * MAX_HAVE, max_ext_len=0)  # fmt: skip
     except Exception:  # noqa: BLE001 - whatever msgpack refuses
         return None
@@ -766,7 +767,10 @@ def since_oracle(req: bytes, ledger: Ledger) -> list[bytes] | None:
     if not isinstance(have, bytes) or len(have) % KEY_BYTES or len(have) > KEY_BYTES * MAX_HAVE:
         return None
     skip = frozenset(have[i : i + KEY_BYTES] for i in range(0, len(have), KEY_BYTES))
-    return [*results_from_ledger(ledger, PROTOCOL, float(since), skip), b""]
+    protocol = obj.get("protocol", PROTOCOL)  # a request may name the protocol it wants
+    if protocol is not None and not isinstance(protocol, str):
+        return None
+    return [*results_from_ledger(ledger, protocol, float(since), skip), b""]
 
 
 def _frames(data: bytes) -> list[bytes]:
@@ -900,7 +904,7 @@ async def catchup_client_batch(answers: list[bytes]) -> None:
             return True
 
         async with duel(dht=False) as (net, host, _):
-            host.set_stream_handler(CATCHUP_PROTOCOL, lying_server)
+            host.set_stream_handler(SINCE_PROTOCOL, lying_server)  # what the client asks (since 0: all)
             catchup = CatchUp(net.host, Ledger(Path(tmp) / "victim.sqlite"), PROTOCOL, deliver)
             for answer in answers:
                 current[0] = answer
