@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOME_DIR ?= $(HOME)/.p2p-research
 
-.PHONY: install run test test-fast bench simulate lint clean sandbox-tools
+.PHONY: install run test test-fast bench simulate lint clean sandbox-tools nat-test-tools
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory sandbox-tools
@@ -21,7 +21,7 @@ run: $(STAMP)
 	test -f $(HOME_DIR)/node.toml || $(BIN)/p2p-research init --home $(HOME_DIR) --profile research
 	$(BIN)/p2p-research node start --home $(HOME_DIR)
 
-test: $(STAMP)
+test: $(STAMP) nat-test-tools
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -49,4 +49,13 @@ sandbox-tools:
 	    sudo -n apt-get install -y -qq bubblewrap >/dev/null 2>&1 || true; \
 	  fi; \
 	  command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap (bwrap) is not installed and could not be installed here: training runs will not be sandboxed and peers' changes stay limited to constants (install it with your package manager: bubblewrap)"; \
+	}
+
+# The NAT test builds home routers out of network namespaces: it needs iproute2 and iptables (and root).
+nat-test-tools:
+	@command -v iptables >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq iptables iproute2 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq iptables iproute2)) >/dev/null 2>&1; \
+	  fi; \
+	  command -v iptables >/dev/null 2>&1 || echo "note: iptables is not installed and could not be installed here (it needs root and apt-get): the NAT test across network namespaces is skipped"; \
 	}

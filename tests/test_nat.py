@@ -38,11 +38,14 @@ def missing_tools() -> str:
     for tool in ("ip", "iptables"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install iproute2 iptables; .ci/run installs them)"
+    probe = f"{PREFIX}probe"
     try:
-        sh("ip", "netns", "add", f"{PREFIX}probe")
-        sh("ip", "netns", "del", f"{PREFIX}probe")
+        sh("ip", "netns", "add", probe)
+        sh("ip", "netns", "exec", probe, "iptables", "-t", "nat", "-A", "POSTROUTING", "-j", "MASQUERADE")
     except (subprocess.CalledProcessError, OSError) as e:
-        return f"network namespaces are not available here: {e}"
+        return f"network namespaces with NAT are not available here: {getattr(e, 'stderr', '') or e}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
     return ""
 
 
