@@ -440,3 +440,87 @@ def test_a_peer_announcing_made_up_swarms_cannot_crowd_a_real_swarm_out_of_a_rel
             if d is not None:
                 d.stop()
                 d.kill()
+
+
+def test_hostile_relay_reservations_dial_backs_and_junk_change_nothing(tmp_path):
+    """Against a relay daemon, from a real peer: 20 reservations under made-up peer ids (0.8.1 would
+    grant each a slot), a dial-back request aimed at a third party's address, and junk bytes on every
+    NAT protocol. The relay holds at most the attacker's own reservation, dials no third party, and
+    stays up and answers."""
+    import socket
+
+    from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID
+    from libp2p.host.autonat.pb.autonat_pb2 import Message as AutoNATMessage
+    from libp2p.peer.id import ID
+    from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL_ID
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
+    from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
+    from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID
+    from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
+    from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+
+    from p2p_research.net.framing import reset_quietly
+
+    relay = Daemon(init_home(tmp_path / "relay").path, "--no-research").start()
+    bystander = socket.socket()
+    bystander.bind(("127.0.0.2", 0))  # a third party the attacker would like the relay to dial
+    bystander.listen(8)
+    bystander.setblocking(False)
+    target = f"/ip4/127.0.0.2/tcp/{bystander.getsockname()[1]}"
+    verdicts: list[int] = []
+
+    async def attack() -> None:
+        async with adversary() as adv:
+            await adv.connect(relay.addrs[0])
+            pid = ID.from_base58(relay.peer_id)
+            for kp in fresh_keys(20):
+                with trio.fail_after(10):
+                    try:  # the relay may also refuse the stream: HOP streams are limited per peer
+                        stream = await adv.host.new_stream(pid, [HOP_PROTOCOL_ID])
+                        msg = HopMessage(type=HopMessage.RESERVE)
+                        msg.peer.id = ID.from_pubkey(kp.public_key).to_bytes()
+                        await write_delimited_msg(stream, msg)
+                        await read_delimited_msg(stream, HopMessage)
+                        await stream.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+            with trio.fail_after(30):
+                req = AutoNATMessage()
+                req.type = AutoNATMessage.DIAL
+                req.dial.peer.id = ID.from_base58(adv.peer_id).to_bytes()
+                req.dial.peer.addrs.append(__import__("multiaddr").Multiaddr(target).to_bytes())
+                stream = await adv.host.new_stream(pid, [AUTONAT_PROTOCOL_ID])
+                await stream.write(encode_varint_prefixed(req.SerializeToString()))
+                resp = AutoNATMessage()
+                resp.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 4096))
+                verdicts.append(resp.dialResponse.status)
+                await reset_quietly(stream)
+            for proto in (HOP_PROTOCOL_ID, STOP_PROTOCOL_ID, AUTONAT_PROTOCOL_ID, DCUTR_PROTOCOL_ID):
+                for junk in (b"\xff" * 64, b"\x05\x08\x01\x12\x01", b"\x80" * 10):
+                    with trio.fail_after(10):
+                        try:
+                            stream = await adv.host.new_stream(pid, [proto])
+                            await stream.write(junk)
+                            with trio.move_on_after(1):
+                                await stream.read(100)
+                        except Exception:  # noqa: BLE001 - a reset is a fine answer to junk
+                            pass
+                        finally:
+                            await reset_quietly(stream)
+
+    try:
+        trio.run(attack)
+        st = relay.json("status")
+        assert st["peer_id"] == relay.peer_id and relay.proc.poll() is None
+        assert st["reachability"]["relay_service"] and st["reachability"]["reservations_held"] <= 1
+        assert verdicts and verdicts[0] != AutoNATMessage.OK
+        try:
+            bystander.accept()
+            raise AssertionError("the relay dialed a third party for a peer")
+        except BlockingIOError:
+            pass
+    finally:
+        bystander.close()
+        relay.stop()
+        relay.kill()
+    assert "Traceback" not in relay.stderr()
