@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOME_DIR ?= $(HOME)/.p2p-research
 
-.PHONY: install run test test-fast bench simulate lint clean sandbox-tools nat-test-tools
+.PHONY: install run test test-fast bench simulate lint clean sandbox-tools nat-test-tools browser-tools
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory sandbox-tools
@@ -21,7 +21,7 @@ run: $(STAMP)
 	test -f $(HOME_DIR)/node.toml || $(BIN)/p2p-research init --home $(HOME_DIR) --profile research
 	$(BIN)/p2p-research node start --home $(HOME_DIR)
 
-test: $(STAMP) nat-test-tools
+test: $(STAMP) nat-test-tools browser-tools
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -58,4 +58,13 @@ nat-test-tools:
 	    (apt-get install -y -qq iptables iproute2 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq iptables iproute2)) >/dev/null 2>&1; \
 	  fi; \
 	  command -v iptables >/dev/null 2>&1 || echo "note: iptables is not installed and could not be installed here (it needs root and apt-get): the NAT test across network namespaces is skipped"; \
+	}
+
+# The dashboard test drives a real headless Chromium through chromedriver (Debian: chromium, chromium-driver).
+browser-tools:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)) >/dev/null 2>&1; \
+	  fi; \
+	  command -v chromedriver >/dev/null 2>&1 || echo "note: chromium and chromium-driver are not installed and could not be installed here (they need root and apt-get): the dashboard's browser test is skipped"; \
 	}

@@ -52,6 +52,7 @@ class NetworkSection:
     rate_limit_per_s: float = 20.0
     nat: str = "auto"             # auto (AutoNAT, relay reservations, hole punching off loopback) | off
     relay_service: str = "auto"   # auto (on for relays: --no-research) | on | off: relay others' connections
+    dashboard: str = ""           # "" off; HOST:PORT serves the web dashboard and /metrics (127.0.0.1:8642)
 
 
 @dataclass
@@ -146,6 +147,13 @@ class NodeConfig:
             raise ConfigError("network.rate_limit_per_s must be positive")
         if self.network.nat not in ("auto", "off"):
             raise ConfigError(f"network.nat must be auto or off, got {self.network.nat!r}")
+        if self.network.dashboard:
+            from p2p_research.dashboard.serve import parse_addr
+
+            try:
+                parse_addr(self.network.dashboard)
+            except ValueError as e:
+                raise ConfigError(f"network.dashboard: {e}") from None
         if self.network.relay_service not in ("auto", "on", "off"):
             raise ConfigError(f"network.relay_service must be auto, on or off, got {self.network.relay_service!r}")
         return self

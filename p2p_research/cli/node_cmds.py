@@ -29,6 +29,11 @@ def start(
     proposer_command: str | None = typer.Option(None, "--proposer-command"),
     seed: int | None = typer.Option(None, "--seed"),
     margin: float | None = typer.Option(None, "--margin"),
+    dashboard: bool = typer.Option(False, "--dashboard", help="Serve the web dashboard and /metrics "
+                                   "(network.dashboard, else 127.0.0.1:8642 or a free port)"),
+    dashboard_addr: str | None = typer.Option(None, "--dashboard-addr", metavar="HOST:PORT",
+                                              help="Serve the dashboard here (implies --dashboard; beyond "
+                                              "loopback, posting needs the token in <home>/dashboard.token)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run a node daemon in the foreground: libp2p host, gossip, the research loop, a control socket."""
@@ -42,13 +47,20 @@ def start(
     cfg = apply_loop_overrides(h.load_config(), budget_tokens, budget_seconds, proposer, proposer_command, seed, margin)
     h.logs.mkdir(exist_ok=True)
     configure_logging("DEBUG" if verbose else "INFO", str(h.logs / "node.log"))
-    daemon = NodeDaemon(h, cfg, DaemonOptions(list(listen), list(bootstrap), not no_research, experiments), make_proposer)
+    from p2p_research.dashboard.serve import DEFAULT_ADDR
+
+    board_addr = dashboard_addr or (cfg.network.dashboard or DEFAULT_ADDR if dashboard else cfg.network.dashboard)
+    daemon = NodeDaemon(h, cfg, DaemonOptions(list(listen), list(bootstrap), not no_research, experiments,
+                                              dashboard=board_addr or None), make_proposer)
 
     def ready(info: dict) -> None:
         print(f"peer id: {info['peer_id']} ({info['name']})")
         for a in info["addrs"]:
             print(f"address: {a}")
         print(f"sandbox: {info['sandbox']} (trust policy {info['trust_policy']})")
+        if info.get("dashboard"):
+            print(f"dashboard: {info['dashboard']}" + (" (posting needs the token in "
+                  f"{h.path / 'dashboard.token'})" if info.get("dashboard_token") else ""))
         print(f"control: {h.control_socket}", flush=True)
 
     try:

@@ -63,6 +63,7 @@ class DaemonOptions:
     bootstrap: list[str] = field(default_factory=list)
     research: bool = True
     max_experiments: int | None = None
+    dashboard: str | None = None  # HOST:PORT of the web dashboard and /metrics; None: off
 
 
 class NodeDaemon:
@@ -88,6 +89,7 @@ class NodeDaemon:
         self.nursery: trio.Nursery | None = None
         self._dht_lookups_left = DHT_LOOKUPS_PER_PROPOSAL
         self._protocol_swarm: dict[str, str] = {}
+        self.dashboard: Any = None  # the dashboard's bound socket (dashboard.serve.Bound) when it is on
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -104,6 +106,10 @@ class NodeDaemon:
             parse_peer_addr(a)
         with HomeLock(self.home, "a node daemon"):
             listen = stable_listen(listen, self.home.path / "listen.json")  # the same port after a restart
+            if self.options.dashboard:  # bound before anything starts: a bad address is a one-line error
+                from p2p_research.dashboard.serve import bind
+
+                self.dashboard = bind(self.options.dashboard, self.home.path / "dashboard.token")
             self.ctx = ctx = open_context(self.home, cfg)
             try:
                 if not ctx.sandbox.available and cfg.research.objective != "surrogate":
@@ -137,6 +143,8 @@ class NodeDaemon:
                         peer_tasks = PeerTasks(nursery, net.faults)
                         nursery.start_soon(self.watch_signals, nursery.cancel_scope)
                         await nursery.start(ControlServer(self.home.control_socket, self.handlers()).serve)
+                        if self.dashboard is not None:
+                            await nursery.start(self.serve_dashboard)
                         nursery.start_soon(intake.run, peer_tasks)
 
                         async def deliver(inc: Any) -> bool:
@@ -366,9 +374,23 @@ class NodeDaemon:
             await trio.sleep(DIGEST_INTERVAL_S)
 
     # --- control handlers -------------------------------------------------------------------------
+    async def serve_dashboard(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The web dashboard and /metrics, on this loop, over the control handlers (read-only views)."""
+        from p2p_research.dashboard.app import make_app
+        from p2p_research.dashboard.metrics import NodeCollector, registry_for
+        from p2p_research.dashboard.serve import serve
+
+        assert self.ctx is not None
+        metrics = registry_for(NodeCollector(self.status_view, self.ctx.ledger))
+        app = make_app(self.handlers(), token=self.dashboard.token, metrics=metrics)
+        log.info("dashboard: %s", self.dashboard.url)
+        await serve(app, self.dashboard, task_status=task_status)
+
     def identity_view(self) -> dict[str, Any]:
         return {"peer_id": self.peer_id, "name": self.name, "addrs": self.net.addrs() if self.net else [],
                 "home": str(self.home.path),
+                "dashboard": self.dashboard.url if self.dashboard is not None else None,
+                "dashboard_token": self.dashboard is not None and self.dashboard.token is not None,
                 "sandbox": self.ctx.sandbox.describe() if self.ctx else "", "trust_policy": self.ctx.trust_policy if self.ctx else ""}
 
     def status_view(self) -> dict[str, Any]:

@@ -51,7 +51,32 @@ def show_view(ledger: Ledger, ws: Workspace, prefix: str, self_peer: str = "") -
     except WorkspaceError:
         diff = ""
     return {"experiment": {**exp, "id": exp["exp_id"], "commit": exp["commit_id"]},
-            "runs": runs, "diff": diff, "have_objects": bool(diff) or ws.is_complete(exp["commit_id"])}
+            "runs": runs, "diff": diff, "have_objects": bool(diff) or ws.is_complete(exp["commit_id"]),
+            "receipts": signed_receipts(ledger, exp["exp_id"])}
+
+
+def signed_receipts(ledger: Ledger, exp_id: str) -> list[dict[str, Any]]:
+    """The signed receipts of an experiment's runs, each checked again here: what the measurer signed
+    (protocol, parent, commit, value, seed, hardware, software, time) and whether the signature holds."""
+    from p2p_research.wire import Result, WireError, check_result, decode_receipt
+
+    out = []
+    for run in ledger.runs(exp_id=exp_id):
+        if run.run_id is None:
+            continue
+        receipt, sig, pub = ledger.run_receipt(run.run_id)
+        if not receipt or not sig or not pub:
+            continue
+        try:
+            r = decode_receipt(receipt)
+            check_result(Result(receipt=r, signature=sig, public_key=pub, objects=[], objects_total=0))
+            ok = "valid"
+        except WireError as e:
+            out.append({"run": run.run_id, "signature": f"INVALID: {e.reason}"})
+            continue
+        out.append({"run": run.run_id, "signature": ok, "signed_by": r.peer, "receipt": r.to_dict(),
+                    "signature_hex": sig.hex()})
+    return out
 
 
 def leaderboard_view(ledger: Ledger, self_peer: str = "", limit: int = 10) -> dict[str, list[dict[str, Any]]]:

@@ -1,0 +1,153 @@
+"""The dashboard and /metrics against a real daemon, the page driven by a real headless Chromium.
+
+Chromium and its driver come from Debian (`chromium`, `chromium-driver`: `make browser-tools`, run by
+`make test`); selenium drives them. With `P2P_SCREENSHOT_DIR` set, the browser test also saves the
+screenshots kept in docs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from daemon_helpers import Daemon, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from test_swarm import stop_all, surrogate_home
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def post(url: str, text: str, token: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps({"text": text}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def metrics(url: str) -> dict[str, float]:
+    status, body = get(url + "metrics")
+    assert status == 200
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            key = s.name + "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"
+            out[key] = s.value
+    return out
+
+
+def local_experiments(m: dict[str, float]) -> float:
+    return sum(v for k, v in m.items() if k.startswith("p2p_research_experiments_total{") and "origin=local" in k)
+
+
+@pytest.mark.slow
+def test_metrics_parse_and_move_and_posting_beyond_loopback_needs_the_token(tmp_path):
+    home = surrogate_home(tmp_path / "n", 1, cost=1.0)
+    d = Daemon(home.path, "-n", "30", "--dashboard-addr", "0.0.0.0:0").start()
+    try:
+        url = d.json("id")["dashboard"]
+        assert url.startswith("http://0.0.0.0:")
+        url = url.replace("0.0.0.0", "127.0.0.1")
+        first = wait_for(lambda: (m := metrics(url)) and local_experiments(m) >= 1 and m, 60, what="a first experiment")
+        assert first["p2p_research_peers{}"] == 0
+        assert any(k.startswith("p2p_research_run_duration_seconds_bucket") for k in first)
+        assert any(k.startswith("p2p_research_gossip_messages_total") for k in first)
+        wait_for(lambda: local_experiments(metrics(url)) > local_experiments(first), 60,
+                 what="the experiments counter moves")
+        status, body = get(url + "api/state")
+        assert status == 200 and json.loads(body)["status"]["peer_id"] == d.peer_id
+        # beyond loopback, anything that changes state needs the token
+        code, answer = post(url + "api/board", "no token")
+        assert code == 403 and "token" in answer["error"]
+        token = (home.path / "dashboard.token").read_text().strip()
+        assert oct((home.path / "dashboard.token").stat().st_mode & 0o777) == "0o600"
+        code, answer = post(url + "api/board", "with **the** token", token)
+        assert code == 200 and answer["posted"]
+        assert any("with **the** token" in p["text"] for p in d.json("board"))
+        code, _ = post(url + "api/board", "x" * 20000, token)
+        assert code in (400, 413)
+    finally:
+        stop_all([d])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver are not installed "
+                    "(apt-get install chromium chromium-driver; `make browser-tools` does it as root)")
+def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    homes = [surrogate_home(tmp_path / n, seed, cost=1.0) for n, seed in (("a", 1), ("b", 2))]
+    a = Daemon(homes[0].path, "-n", "60", "--dashboard").start()
+    b = Daemon(homes[1].path, "-n", "60", "--bootstrap", a.addrs[0]).start()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1800"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        url = a.json("id")["dashboard"]
+        assert url.startswith("http://127.0.0.1:")
+        driver.get(url)
+        wait_for(lambda: driver.find_element(By.ID, "node-id").text == a.peer_id, 30, what="the node id on the page")
+        baseline = wait_for(lambda: driver.find_element(By.ID, "baseline-val").text not in ("", "-")
+                            and driver.find_element(By.ID, "baseline-val").text, 60, what="the baseline val_bpb")
+        steps = {round(s["val_bpb"], 6) for s in a.json("status")["baseline"]["lineage"]}
+        assert round(float(baseline), 6) in steps   # one of the node's baselines (it may have moved on since)
+        driver.execute_script("window.__sameDocument = 42")
+        rows = len(driver.find_elements(By.CSS_SELECTOR, "#experiments tbody tr"))
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#experiments tbody tr")) > rows, 60,
+                 what="a new result on the page without a reload")
+        wait_for(lambda: any(b.peer_id[:16] in r.text for r in driver.find_elements(By.CSS_SELECTOR, "#peers tbody tr")),
+                 30, what="the peer in the peers table")
+        assert driver.execute_script("return window.__sameDocument") == 42   # never reloaded
+        assert driver.find_element(By.ID, "live").text == "live"
+        shots = os.environ.get("P2P_SCREENSHOT_DIR")
+        if shots:  # docs/: let the curve grow for a while first
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            time.sleep(float(os.environ.get("P2P_SCREENSHOT_WAIT", "45")))
+            driver.execute_script("window.scrollTo(0, 0)")
+            time.sleep(1)
+            driver.save_screenshot(str(Path(shots) / "dashboard.png"))
+        # click through to a finished experiment: its diff and its signed receipt, checked again
+        done = [r for r in driver.find_elements(By.CSS_SELECTOR, "#experiments tbody tr")
+                if r.find_elements(By.CSS_SELECTOR, "td.kept, td.discarded")]
+        done[0].click()
+        wait_for(lambda: driver.find_element(By.ID, "detail-diff").text.strip(), 20, what="the diff of an experiment")
+        receipts = wait_for(lambda: driver.find_element(By.ID, "detail-receipts").text, 20, what="the receipt")
+        assert '"signature": "valid"' in receipts and '"seed"' in receipts
+        if shots:
+            time.sleep(1)
+            driver.save_screenshot(str(Path(shots) / "dashboard-experiment.png"))
+        # post to the board from the page; it reaches the other node
+        driver.find_element(By.ID, "post-text").send_keys("from the **dashboard** <script>alert(1)</script>")
+        driver.find_element(By.CSS_SELECTOR, "#post-form button").click()
+        wait_for(lambda: any("from the **dashboard**" in p["text"] for p in b.json("board")), 30,
+                 what="the post at the other node")
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#board .post b"), 20, what="the post rendered")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#board script")   # peer text is escaped
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
+        stop_all([a, b])
