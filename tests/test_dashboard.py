@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_swarm import stop_all, surrogate_home
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NO_BROWSER = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver; " \
+             "`make browser-tools` does it as root)"
 DRIVER = shutil.which("chromedriver")
 
 
@@ -89,22 +91,27 @@ def test_metrics_parse_and_move_and_posting_beyond_loopback_needs_the_token(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver are not installed "
-                    "(apt-get install chromium chromium-driver; `make browser-tools` does it as root)")
-def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
+def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    homes = [surrogate_home(tmp_path / n, seed, cost=1.0) for n, seed in (("a", 1), ("b", 2))]
-    a = Daemon(homes[0].path, "-n", "60", "--dashboard").start()
-    b = Daemon(homes[1].path, "-n", "60", "--bootstrap", a.addrs[0]).start()
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1800"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    return webdriver.Chrome(service=Service(DRIVER), options=opts)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=NO_BROWSER)
+def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    homes = [surrogate_home(tmp_path / n, seed, cost=1.0) for n, seed in (("a", 1), ("b", 2))]
+    a = Daemon(homes[0].path, "-n", "60", "--dashboard").start()
+    b = Daemon(homes[1].path, "-n", "60", "--bootstrap", a.addrs[0]).start()
+    driver = browser()
     try:
         url = a.json("id")["dashboard"]
         assert url.startswith("http://127.0.0.1:")
@@ -151,3 +158,67 @@ def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
     finally:
         driver.quit()
         stop_all([a, b])
+
+
+@pytest.mark.slow
+def test_simulate_dashboard_serves_the_swarm_live_and_the_report_keeps_it(tmp_path):
+    """`simulate --dashboard`: the swarm's page answers while it runs (every node, curves, counters); the
+    report links a self-contained copy, which a real browser renders with every node's curve."""
+    import subprocess
+
+    from conftest import ROOT
+    from test_simulate import SIM, leftover_processes
+
+    rep = tmp_path / "report"
+    p = subprocess.Popen([*SIM, "--nodes", "3", "--duration", "30s", "--cost", "2", "--settle", "30",
+                          "--dashboard-addr", "127.0.0.1:0", "--report", str(rep)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        assert p.stdout is not None
+        url = None
+        for line in p.stdout:
+            if "dashboard: http" in line:
+                url = line.split("dashboard: ")[1].split()[0]
+                break
+        assert url, "no dashboard URL printed"
+
+        def live():
+            status, body = get(url + "api/state")
+            d = json.loads(body)
+            ok = (status == 200 and len(d["nodes"]) == 4 and all(n["up"] for n in d["nodes"])
+                  and len(d["curves"]["nodes"]) >= 2 and d["summary"]["experiments"] > 0)
+            return d if ok else None
+        d = wait_for(live, 60, what="the live swarm page with every node and their curves")
+        assert {n["role"] for n in d["nodes"]} == {"swarm", "solo"}
+        status, page = get(url)
+        assert status == 200 and b"sim.js" in page
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    md = (rep / "report.md").read_text()
+    assert "[dashboard.html](dashboard.html)" in md and url in md
+    html = (rep / "dashboard.html").read_text()
+    assert "window.__SIM_STATE__" in html and "/static/" not in html   # self-contained: opens from the folder
+    assert leftover_processes(str(rep)) == []
+    if not (CHROMIUM and DRIVER):
+        pytest.skip(NO_BROWSER)
+    from selenium.webdriver.common.by import By
+
+    driver = browser()
+    try:
+        driver.get((rep / "dashboard.html").as_uri())
+        wait_for(lambda: driver.find_elements(By.ID, "swarm-curve"), 20, what="the swarm's curve")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "path.node-curve")) == 3
+        assert driver.find_elements(By.ID, "solo-curve")
+        assert int(driver.find_element(By.ID, "experiments").text) > 0
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")) == 4
+        shots = os.environ.get("P2P_SCREENSHOT_DIR")
+        if shots:
+            driver.save_screenshot(str(Path(shots) / "dashboard-simulation.png"))
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()

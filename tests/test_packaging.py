@@ -24,6 +24,8 @@ def test_the_wheel_ships_the_profiles_and_init_profile_works_from_it(tmp_path):
         assert f"p2p_research/profiles/{f}" in names
     for f in ("prepare.py", "train.py", "program.md"):
         assert f"p2p_research/target/{f}" in names
+    for f in ("index.html", "app.js", "style.css"):  # the dashboard works offline from the wheel
+        assert f"p2p_research/dashboard/static/{f}" in names
     # installed as a wheel installs it (unpacked, no checkout beside it), the profile is found
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

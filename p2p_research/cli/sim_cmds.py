@@ -35,6 +35,10 @@ def register(app: typer.Typer) -> None:
         count_from: str = typer.Option("all-up", "--count-from", help="The duration counts from: all-up | first-start"),
         settle: float = typer.Option(180.0, "--settle", min=0.0,
                                      help="After the duration: stop experimenting and wait up to S s for adoptions to settle"),
+        dashboard: bool = typer.Option(False, "--dashboard", help="Serve a live page of the whole swarm "
+                                       "(127.0.0.1:8642 or a free port); the report keeps a copy"),
+        dashboard_addr: str | None = typer.Option(None, "--dashboard-addr", metavar="HOST:PORT",
+                                                  help="Serve the swarm's page here (implies --dashboard)"),
     ) -> None:
         """Run a swarm of real node daemons on loopback; write report.json, report.md and plots."""
         import time
@@ -61,6 +65,16 @@ def register(app: typer.Typer) -> None:
             raise CliError(str(e), 2) from None
         display = Display(sim)
         sim.log = display.log
+        page = None
+        if dashboard or dashboard_addr:
+            from p2p_research.dashboard.serve import DEFAULT_ADDR
+            from p2p_research.sim.dashboard import SimDashboard
+
+            try:
+                page = SimDashboard(display.poller, dashboard_addr or DEFAULT_ADDR, sim.root / "dashboard.token").start()
+            except ValueError as e:
+                raise CliError(str(e), 2) from None
+            display.log(f"dashboard: {page.url}")
         display.log(f"{nodes} nodes{' + 1 solo' if solo_baseline else ''}, {opts.duration_s:.0f} s, "
                     f"{objective}, homes under {sim.root / 'nodes'}")
         try:
@@ -70,8 +84,15 @@ def register(app: typer.Typer) -> None:
             display.log(f"stopped every node; writing the report in {sim.root}")
             try:
                 m = collect(sim)
+                live = None
+                if page is not None:
+                    from p2p_research.sim.dashboard import sim_state
+
+                    live = sim_state(display.poller)
+                    page.close()
+                    m["dashboard"] = {"url": page.url}
                 md = write_report(m, sim.root, ["p2p-research", "simulate", *sys.argv[2:]] if len(sys.argv) > 1
-                                  else ["p2p-research", "simulate"])
+                                  else ["p2p-research", "simulate"], dashboard_state=live)
                 display.log(f"report: {md}")
                 for c in m["checks"]:
                     display.log(f"{'PASS' if c['passed'] else 'FAIL'} {c['criterion']}: {c['figure']}")

@@ -36,10 +36,32 @@ EXPERIMENTS_SHOWN = 400
 MAX_POST_BYTES = 16 * 1024
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "index.html": "text/html; charset=utf-8"}
+SIM_STATIC = {"sim.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+              "sim.html": "text/html; charset=utf-8"}
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data, default=str), status_code=status, media_type="application/json")
+
+
+def _event_stream(get: Callable[[], Awaitable[Any]], interval_s: float) -> Response:
+    """Server-Sent Events: the state whenever it changes (checked every `interval_s`), a comment as
+    keep-alive otherwise. Starlette stops the generator when the browser goes away."""
+    async def stream() -> AsyncIterator[str]:
+        last, quiet = "", 0.0
+        while True:
+            data = json.dumps(await get(), default=str, separators=(",", ":"))
+            if data != last:
+                last, quiet = data, 0.0
+                yield f"event: state\ndata: {data}\n\n"
+            elif quiet >= KEEPALIVE_S:
+                quiet = 0.0
+                yield ": keepalive\n\n"
+            await trio.sleep(interval_s)
+            quiet += interval_s
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def _static(name: str) -> bytes:
@@ -74,21 +96,7 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
         return _json(await snapshot(handlers))
 
     async def events(request: Request) -> Response:
-        async def stream() -> AsyncIterator[str]:
-            last, quiet = "", 0.0
-            while True:
-                data = json.dumps(await snapshot(handlers), default=str, separators=(",", ":"))
-                if data != last:
-                    last, quiet = data, 0.0
-                    yield f"event: state\ndata: {data}\n\n"
-                elif quiet >= KEEPALIVE_S:
-                    quiet = 0.0
-                    yield ": keepalive\n\n"
-                await trio.sleep(event_interval_s)
-                quiet += event_interval_s
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _event_stream(lambda: snapshot(handlers), event_interval_s)
 
     async def experiment(request: Request) -> Response:
         try:
@@ -121,3 +129,38 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
         Route("/api/experiment/{exp}", experiment), Route("/api/board", post, methods=["POST"]),
         Route("/metrics", prometheus),
     ])
+
+
+def make_sim_app(state: Callable[[], dict[str, Any]], *, event_interval_s: float = EVENT_INTERVAL_S) -> Starlette:
+    """The simulation's page: every node's curve, the swarm's best, the solo node, live counters.
+    `state` is read on this loop; it must be cheap and thread-safe (the simulation's poller's cache)."""
+    pages = {name: _static(name) for name in SIM_STATIC}
+
+    async def page(request: Request) -> Response:
+        name = request.path_params.get("name", "sim.html")
+        if name not in pages:
+            return Response("not found", status_code=404)
+        return Response(pages[name], media_type=SIM_STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    async def current() -> dict[str, Any]:
+        return state()
+
+    async def api_state(request: Request) -> Response:
+        return _json(state())
+
+    async def events(request: Request) -> Response:
+        return _event_stream(current, event_interval_s)
+
+    return Starlette(routes=[Route("/", page), Route("/static/{name}", page), Route("/api/state", api_state),
+                             Route("/api/events", events)])
+
+
+def static_sim_page(state: dict[str, Any]) -> str:
+    """The simulation page as one self-contained file with its final state (the report links to it)."""
+    html = _static("sim.html").decode()
+    css = _static("style.css").decode()
+    js = _static("sim.js").decode()
+    data = json.dumps(state, default=str).replace("</", "<\\/")
+    html = html.replace('<link rel="stylesheet" href="/static/style.css">', f"<style>\n{css}</style>")
+    return html.replace('<script src="/static/sim.js"></script>',
+                        f"<script>window.__SIM_STATE__ = {data};</script>\n<script>\n{js}</script>")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import secrets
 import socket
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ async def serve(app: Any, bound: Bound, task_status: Any = trio.TASK_STATUS_IGNO
     from hypercorn.trio import serve as hypercorn_serve
 
     config = Config()
-    config.bind = [f"fd://{bound.sock.fileno()}"]
+    # hypercorn closes the descriptor it is handed: give it a duplicate, so ours is closed exactly once
+    config.bind = [f"fd://{os.dup(bound.sock.fileno())}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("p2p_research.dashboard.http")
     config.graceful_timeout = 1.0

@@ -24,6 +24,8 @@ class Poller:
     def __init__(self, sim: Any) -> None:
         self.sim = sim
         self.cache: dict[str, dict[str, Any]] = {}
+        #: each node's baseline val_bpb when it changed, [seconds since the start, value] (the dashboard's curves)
+        self.history: dict[str, list[list[float]]] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sim-poller", daemon=True)
         self._next = 0
@@ -48,9 +50,18 @@ class Poller:
                     self.cache[n.name] = {"at": time.time(), "local": st["experiments"]["local"],
                                           "val": st["baseline"]["val_bpb"], "peers": st["peers_connected"],
                                           "verified": sw.get("verified_confirmed", 0) + sw.get("verified_refuted", 0)}
+                    self._record(n.name, st["baseline"]["val_bpb"])
                 except Exception:  # noqa: BLE001 - a slow or changed daemon must not stop the display
                     continue
             self.stop.wait(1.0)
+
+    def _record(self, name: str, val: float | None) -> None:
+        if val is None:
+            return
+        h = self.history.setdefault(name, [])
+        if not h or h[-1][1] != val:
+            h.append([round(time.time() - self.sim.t_start, 2), val])
+            del h[:-2000]
 
     def snapshot(self) -> dict[str, Any]:
         sim = self.sim

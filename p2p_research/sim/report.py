@@ -41,9 +41,13 @@ def checks(m: dict[str, Any]) -> list[tuple[str, bool, str]]:
     return out
 
 
-def write_report(m: dict[str, Any], folder: Path, argv: list[str]) -> Path:
+def write_report(m: dict[str, Any], folder: Path, argv: list[str], dashboard_state: dict[str, Any] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     series = m.pop("series")
+    if m.get("dashboard") is not None:  # the page served during the run, kept with its final state
+        from p2p_research.sim.dashboard import final_state, write_static
+
+        m["dashboard"]["file"] = write_static(folder, final_state(m, series, dashboard_state)).name
     m["command"] = " ".join(shlex.quote(a) for a in argv)
     m["checks"] = [{"criterion": c, "passed": ok, "figure": f} for c, ok, f in checks(m)]
     (folder / "report.json").write_text(json.dumps(m, indent=1, default=str))
@@ -70,6 +74,9 @@ def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
     a = L.append
     a(f"# Simulation report: {m['nodes']} nodes, {m['duration_s']:.0f} s, {m['objective']} objective\n")
     a(f"Command: `{m['command']}`\n")
+    if m.get("dashboard"):
+        a(f"Dashboard: live at {m['dashboard']['url']} during the run; its final state: "
+          f"[{m['dashboard']['file']}]({m['dashboard']['file']}) (every node's curve, the solo node, the counters).\n")
     a(f"Duration counted from {m['duration_counted_from']}; all nodes were up after {_f(m['startup_s'], 1)} s; "
       f"experiment window {m['window_s']:.0f} s; whole run {m['duration_s']:.0f} s"
       + (f"; settle after the window: {m['settle']['note']}" if m["settle"]["note"] else "")
