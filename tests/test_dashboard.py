@@ -45,6 +45,17 @@ def post(url: str, text: str, token: str | None = None) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def http_status(host: str, port: int, path: str) -> int:
+    import http.client
+
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        c.request("GET", path)
+        return c.getresponse().status
+    finally:
+        c.close()
+
+
 def metrics(url: str) -> dict[str, float]:
     status, body = get(url + "metrics")
     assert status == 200
@@ -86,6 +97,25 @@ def test_metrics_parse_and_move_and_posting_beyond_loopback_needs_the_token(tmp_
         assert any("with **the** token" in p["text"] for p in d.json("board"))
         code, _ = post(url + "api/board", "x" * 20000, token)
         assert code in (400, 413)
+        # live views are bounded: the 17th open event stream is refused, and a closed one frees a slot
+        import http.client
+
+        host, port = url.split("//")[1].rstrip("/").split(":")
+        conns = []
+        for _ in range(16):
+            c = http.client.HTTPConnection(host, int(port), timeout=10)
+            c.request("GET", "/api/events")
+            assert c.getresponse().status == 200
+            conns.append(c)
+        extra = http.client.HTTPConnection(host, int(port), timeout=10)
+        extra.request("GET", "/api/events")
+        assert extra.getresponse().status == 503
+        extra.close()
+        conns.pop().close()
+        wait_for(lambda: get(url + "api/state")[0] == 200 and http_status(host, int(port), "/api/events") == 200, 20,
+                 what="a freed stream slot")
+        for c in conns:
+            c.close()
     finally:
         stop_all([d])
 

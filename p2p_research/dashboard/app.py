@@ -34,6 +34,7 @@ EVENT_INTERVAL_S = 1.0
 KEEPALIVE_S = 15.0
 EXPERIMENTS_SHOWN = 400
 MAX_POST_BYTES = 16 * 1024
+MAX_STREAMS = 16
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "index.html": "text/html; charset=utf-8"}
 SIM_STATIC = {"sim.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
@@ -44,24 +45,48 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data, default=str), status_code=status, media_type="application/json")
 
 
-def _event_stream(get: Callable[[], Awaitable[Any]], interval_s: float) -> Response:
+class StreamSlots:
+    """At most `limit` live event streams: each costs a snapshot a second (a page left open in many tabs,
+    or someone reaching a non-loopback dashboard, must not take the node's CPU)."""
+
+    def __init__(self, limit: int = MAX_STREAMS) -> None:
+        self.limit = limit
+        self.open = 0
+
+
+def _event_stream(get: Callable[[], Awaitable[Any]], interval_s: float, slots: StreamSlots | None = None) -> Response:
     """Server-Sent Events: the state whenever it changes (checked every `interval_s`), a comment as
     keep-alive otherwise. Starlette stops the generator when the browser goes away."""
+    if slots is not None and slots.open >= slots.limit:
+        return Response("too many live views of this node; close one", status_code=503)
+
     async def stream() -> AsyncIterator[str]:
-        last, quiet = "", 0.0
-        while True:
-            data = json.dumps(await get(), default=str, separators=(",", ":"))
-            if data != last:
-                last, quiet = data, 0.0
-                yield f"event: state\ndata: {data}\n\n"
-            elif quiet >= KEEPALIVE_S:
-                quiet = 0.0
-                yield ": keepalive\n\n"
-            await trio.sleep(interval_s)
-            quiet += interval_s
+        if slots is not None:
+            slots.open += 1
+        try:
+            async for chunk in _changes(get, interval_s):
+                yield chunk
+        finally:
+            if slots is not None:
+                slots.open -= 1
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _changes(get: Callable[[], Awaitable[Any]], interval_s: float) -> AsyncIterator[str]:
+    """The SSE chunks: the state whenever it changed since the last one, a keep-alive comment otherwise."""
+    last, quiet = "", 0.0
+    while True:
+        data = json.dumps(await get(), default=str, separators=(",", ":"))
+        if data != last:
+            last, quiet = data, 0.0
+            yield f"event: state\ndata: {data}\n\n"
+        elif quiet >= KEEPALIVE_S:
+            quiet = 0.0
+            yield ": keepalive\n\n"
+        await trio.sleep(interval_s)
+        quiet += interval_s
 
 
 def _static(name: str) -> bytes:
@@ -85,6 +110,7 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
              event_interval_s: float = EVENT_INTERVAL_S) -> Starlette:
     """`token`: required on state-changing requests (None: this dashboard listens on loopback only)."""
     pages = {name: _static(name) for name in STATIC}
+    slots = StreamSlots()
 
     async def page(request: Request) -> Response:
         name = request.path_params.get("name", "index.html")
@@ -96,7 +122,7 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
         return _json(await snapshot(handlers))
 
     async def events(request: Request) -> Response:
-        return _event_stream(lambda: snapshot(handlers), event_interval_s)
+        return _event_stream(lambda: snapshot(handlers), event_interval_s, slots)
 
     async def experiment(request: Request) -> Response:
         try:
@@ -135,6 +161,7 @@ def make_sim_app(state: Callable[[], dict[str, Any]], *, event_interval_s: float
     """The simulation's page: every node's curve, the swarm's best, the solo node, live counters.
     `state` is read on this loop; it must be cheap and thread-safe (the simulation's poller's cache)."""
     pages = {name: _static(name) for name in SIM_STATIC}
+    slots = StreamSlots()
 
     async def page(request: Request) -> Response:
         name = request.path_params.get("name", "sim.html")
@@ -149,7 +176,7 @@ def make_sim_app(state: Callable[[], dict[str, Any]], *, event_interval_s: float
         return _json(state())
 
     async def events(request: Request) -> Response:
-        return _event_stream(current, event_interval_s)
+        return _event_stream(current, event_interval_s, slots)
 
     return Starlette(routes=[Route("/", page), Route("/static/{name}", page), Route("/api/state", api_state),
                              Route("/api/events", events)])

@@ -31,7 +31,8 @@ function renderHeader(st, id) {
     ? [`relay: serves every swarm its peers use`]
     : [`swarm ${st.swarm}`, `protocol ${String(st.protocol_id || "").slice(0, 12)}`, `budget ${st.budget}`,
        `baseline <b id="baseline-val">${fmt(st.baseline && st.baseline.val_bpb)}</b>`, `research: ${st.research}`];
-  parts.push(`peers ${st.peers_connected}`, `reach ${reach.status || "?"}${reach.relayed ? " (relayed)" : ""}`,
+  const seen = new Set((Array.isArray(state.experiments) ? state.experiments : []).filter((e) => e.origin === "peer").map((e) => e.peer));
+  parts.push(`peers ${st.peers_connected} connected, swarm ${seen.size + 1} node(s) seen`, `reach ${reach.status || "?"}${reach.relayed ? " (relayed)" : ""}`,
              `up ${duration(st.uptime_s)}`);
   $("summary").innerHTML = parts.map((p) => (p.includes("<b") ? p : esc(p))).join(" · ");
 }
