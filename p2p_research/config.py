@@ -42,6 +42,7 @@ class ResearchSection:
     cache_dir: str = ""         # "" = ~/.cache/p2p-research
     objective: str = "torch"    # torch | surrogate (scores the constants without training; simulations)
     surrogate_cost_s: float = 20.0  # simulated seconds per surrogate run
+    combine: bool = True        # propose kept results that branched off the baseline's lineage, merged onto it
 
 
 @dataclass

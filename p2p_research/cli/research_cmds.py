@@ -65,8 +65,13 @@ def make_proposer(ctx, seed_offset: int = 0):
     # Each node also gets its own interests: seeded weights over the knobs, so nodes of a swarm explore
     # different directions first and seldom propose the same change of the same baseline.
     interests = knob_interests(list(ctx.space.params), r.seed)
+    from p2p_research.research.combine import Win
+
+    def wins() -> list[Win]:  # kept results to combine with the baseline when they branched off it
+        return [Win(**w) for w in ctx.ledger.kept_wins(ctx.protocol_id)]
+
     return BuiltinProposer(ctx.space, seed=r.seed * 1_000_003 + len(ctx.ledger.runs()) + seed_offset,
-                           focus=lambda: interests)
+                           focus=lambda: interests, wins=wins if r.combine else None)
 
 
 def knob_interests(names: list[str], seed: int) -> dict[str, float]:

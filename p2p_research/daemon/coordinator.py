@@ -11,11 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from p2p_research.config import NodeConfig
 from p2p_research.daemon.announce import make_receipt
 from p2p_research.net.boundary import Faults, contained
 from p2p_research.research.claims import ClaimBook
+from p2p_research.research.context import ResearchContext
 from p2p_research.research.engine import ResearchEngine
 from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.swarm import (
@@ -46,13 +50,33 @@ def claim_winner(a: tuple[float, str], b: tuple[float, str]) -> str:
     return min(a[1], b[1])
 
 
+@dataclass
+class CoordinatorDeps:
+    """What the coordinator needs from the node, named: no reference back to the daemon.
+
+    `engine` returns worker 0 (None until research starts), `engines` every worker; `publish` sends a wire message to the
+    swarm; `dht_knows` asks the DHT whether an experiment is known; `claims` is shared with intake,
+    which admits claims by the same book."""
+
+    peer_id: str
+    key_pair: Any
+    ctx: ResearchContext
+    config: NodeConfig
+    engine: Callable[[], ResearchEngine | None]
+    engines: Callable[[], list[ResearchEngine]]
+    publish: Callable[[Any], Awaitable[None]]
+    dht_knows: Callable[[str], Awaitable[bool]]
+    faults: Faults = field(default_factory=Faults)
+    claims: ClaimBook = field(default_factory=ClaimBook)
+
+
 class SwarmCoordinator:
-    def __init__(self, daemon: Any) -> None:
-        self.d = daemon
-        cfg = daemon.config
-        self.trust = TrustPolicy(daemon.ctx.trust_policy if daemon.ctx is not None else "constants",
-                                 frozenset(cfg.trust.trusted_peers))
-        self.state = SwarmState(SwarmPolicy(daemon.peer_id, cfg.verification.policy, 0.002,
+    def __init__(self, deps: CoordinatorDeps) -> None:
+        self.deps = deps
+        self.peer_id = deps.peer_id
+        cfg = deps.config
+        self.trust = TrustPolicy(deps.ctx.trust_policy, frozenset(cfg.trust.trusted_peers))
+        self.state = SwarmState(SwarmPolicy(deps.peer_id, cfg.verification.policy, 0.002,
                                             cfg.verification.tolerance, cfg.verification.refuted_threshold,
                                             cfg.verification.quorum, cfg.verification.replicas,
                                             vouch_after=cfg.verification.vouch_after,
@@ -66,19 +90,17 @@ class SwarmCoordinator:
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0}
         self._load_reputation()
-        net = getattr(daemon, "net", None)
-        self.faults: Faults = getattr(net, "faults", None) or Faults()
-        intake = getattr(daemon, "intake", None)
+        self.faults: Faults = deps.faults
         #: claims that count here and the yield budget; shared with intake, which admits claims
-        self.claims: ClaimBook = intake.claims if intake is not None else ClaimBook()
+        self.claims: ClaimBook = deps.claims
 
     @property
-    def ctx(self):
-        return self.d.ctx
+    def ctx(self) -> ResearchContext:
+        return self.deps.ctx
 
     @property
     def engine(self) -> ResearchEngine | None:
-        return self.d.engine
+        return self.deps.engine()
 
     # --- persistence ------------------------------------------------------------------------------
     def _load_reputation(self) -> None:
@@ -160,16 +182,16 @@ class SwarmCoordinator:
         comes out of a budget (research.claims), so no peer can take more than ~1 % of this node's runs."""
         self.note_heard(claim.peer)
         self.state.note_peer(claim.peer)
-        running = [e for e in getattr(self.d, "engines", None) or [self.engine] if e is not None
+        running = [e for e in self.deps.engines() or [self.engine] if e is not None
                    and e.progress.exp_id == claim.exp_id]
         eng = running[0] if running else None
-        if eng is None or claim.peer == self.d.peer_id:
+        if eng is None or claim.peer == self.peer_id:
             return
-        mine = [c for c in self.ctx.ledger.claims(claim.exp_id) if c["peer"] == self.d.peer_id]
+        mine = [c for c in self.ctx.ledger.claims(claim.exp_id) if c["peer"] == self.peer_id]
         if not mine:
             return
-        winner = claim_winner((mine[0]["ts"], self.d.peer_id), (claim.ts if ts is None else ts, claim.peer))
-        if winner == self.d.peer_id:
+        winner = claim_winner((mine[0]["ts"], self.peer_id), (claim.ts if ts is None else ts, claim.peer))
+        if winner == self.peer_id:
             return
         book = self.claims
         confirmed = self.state.reputation.get(claim.peer, Reputation()).confirmed
@@ -206,14 +228,14 @@ class SwarmCoordinator:
         first by sha256(exp_id:peer) (rendezvous hashing). Owners partition every baseline's candidates."""
         now = time.time()
         pool = [p for p, t in self.heard.items() if now - t < OWNER_MEMORY_S and not self.state.ignored(p)]
-        return rendezvous_order(exp_id, [*pool, self.d.peer_id])[0] == self.d.peer_id
+        return rendezvous_order(exp_id, [*pool, self.peer_id])[0] == self.peer_id
 
     async def is_known(self, exp_id: str) -> bool:
         """Known elsewhere: an active claim by another node, or a DHT record (late joiners)."""
         now = time.time()
-        if any(c["peer"] != self.d.peer_id for c in self.ctx.ledger.claims(exp_id, active_at=now)):
+        if any(c["peer"] != self.peer_id for c in self.ctx.ledger.claims(exp_id, active_at=now)):
             return True
-        return await self.d.dht_knows(exp_id)
+        return await self.deps.dht_knows(exp_id)
 
     # --- between experiments ----------------------------------------------------------------------
     def baseline_rank(self) -> tuple[float, str] | None:
@@ -228,7 +250,7 @@ class SwarmCoordinator:
         if b is None or b.commit_id != eng.loop.baseline_commit:
             return eng.loop.baseline_value, ""
         value = b.val_bpb
-        if b.source_peer and b.source_peer != self.d.peer_id:
+        if b.source_peer and b.source_peer != self.peer_id:
             row = self.ctx.ledger.db.execute(
                 "SELECT val_bpb FROM runs WHERE exp_id=? AND peer=? AND origin='peer' AND kind='experiment'"
                 " AND val_bpb IS NOT NULL ORDER BY rowid LIMIT 1", (b.exp_id, b.source_peer)).fetchone()
@@ -293,10 +315,10 @@ class SwarmCoordinator:
 
     async def announce_verification(self, run: Run, claim: PeerClaim, verdict: str) -> None:
         try:
-            receipt = make_receipt(self.ctx, run, self.d.peer_id, status=verdict, target_peer=claim.peer,
+            receipt = make_receipt(self.ctx, run, self.peer_id, status=verdict, target_peer=claim.peer,
                                    claimed_value=claim.value)
-            sig = sign_receipt(receipt, self.d.key_pair.private_key)
-            msg = Verification(receipt=receipt, signature=sig, public_key=self.d.key_pair.public_key.serialize())
-            await self.d.net.publish(msg)
+            sig = sign_receipt(receipt, self.deps.key_pair.private_key)
+            msg = Verification(receipt=receipt, signature=sig, public_key=self.deps.key_pair.public_key.serialize())
+            await self.deps.publish(msg)
         except Exception:  # noqa: BLE001 - announcing is best effort
             log.exception("could not announce a verification")

@@ -34,7 +34,7 @@ from p2p_research.daemon.catchup import (
     CatchUp,
 )
 from p2p_research.daemon.control import ControlError, ControlServer
-from p2p_research.daemon.coordinator import SwarmCoordinator
+from p2p_research.daemon.coordinator import CoordinatorDeps, SwarmCoordinator
 from p2p_research.daemon.intake import Intake
 from p2p_research.daemon.taskdump import report_if_still_stopping
 from p2p_research.daemon.workers import worker_envs
@@ -133,7 +133,10 @@ class NodeDaemon:
                 async with open_network(net_cfg, self.object_source) as net:
                     self.net = net
                     self.intake = intake = Intake(ctx, net, self.peer_id, any_protocol=relay)
-                    self.coordinator = coord = SwarmCoordinator(self)
+                    self.coordinator = coord = SwarmCoordinator(CoordinatorDeps(
+                        peer_id=self.peer_id, key_pair=self.key_pair, ctx=ctx, config=cfg,
+                        engine=lambda: self.engine, engines=lambda: self.engines, publish=net.publish, dht_knows=self.dht_knows,
+                        faults=net.faults, claims=intake.claims))
                     intake.on_result, intake.on_claim, intake.on_verification = (
                         coord.on_result, coord.on_claim, coord.on_verification)
                     intake.wants = coord.wants

@@ -26,6 +26,7 @@ from typing import Protocol
 import pygit2
 import trio
 
+from p2p_research.research.combine import Win, candidates, first_parent_ancestry, merged_train_py
 from p2p_research.research.constants import ConstantsError, constants_only_change, parse_source
 from p2p_research.research.describe import describe_change
 from p2p_research.research.mutate import propose_mutation
@@ -67,10 +68,35 @@ class BuiltinProposer:
     name = "builtin"
     reads_digest = False  # SWARM.md is for agents; rendering it before every proposal cost ~10% of a busy node
 
-    def __init__(self, space: SearchSpace, seed: int, focus: Callable[[], dict[str, float]] | None = None) -> None:
+    def __init__(self, space: SearchSpace, seed: int, focus: Callable[[], dict[str, float]] | None = None,
+                 wins: Callable[[], list[Win]] | None = None) -> None:
         self.space = space
         self.rng = random.Random(seed)
         self.focus = focus
+        #: kept results to combine with the baseline (research/combine.py); None: no combinations
+        self.wins = wins
+        self.stats = {"combinations": 0}
+
+    async def _combination(self, workspace: Workspace, baseline: str, source: str, is_known: IsKnown,
+                           is_mine: IsMine | None) -> Proposal | None:
+        """A win that branched off the baseline's lineage, applied onto the baseline: the first such
+        combination nobody ran or claimed that this node owns (others are left to their owners)."""
+        if self.wins is None:
+            return None
+        wins = candidates(self.wins(), first_parent_ancestry(workspace, baseline))
+        for w in wins:
+            data = merged_train_py(workspace, w.parent, baseline, w.commit)
+            if data is None or await is_known(data) or (is_mine is not None and not is_mine(data)):
+                continue
+            try:
+                text = data.decode()
+                parse_source(text)
+            except (ConstantsError, UnicodeDecodeError):
+                continue
+            self.stats["combinations"] += 1
+            description = f"combine {w.exp_id[:10]}: {describe_change(source, text)}"
+            return Proposal(data, description, constants_only_change(source, text)[0])
+        return None
 
     async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown,
                       is_mine: IsMine | None = None) -> Proposal | Skip:
@@ -81,6 +107,9 @@ class BuiltinProposer:
         experiments even before each other's claims arrive. Only if none of PREFER_TRIES unknown
         candidates is owned here does the node run another unknown one (claims still guard it)."""
         source = workspace.files_of(baseline)[EDITABLE_FILE].decode()
+        combined = await self._combination(workspace, baseline, source, is_known, is_mine)
+        if combined is not None:
+            return combined
         focus = self.focus() if self.focus else None
         fallback: Proposal | None = None
         unknown = 0

@@ -54,7 +54,7 @@ def read_ledger(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
     db.row_factory = sqlite3.Row
     try:
         cols = ("run_id, exp_id, commit_id, parent, kind, origin, peer, status, val_bpb, started_at, finished_at,"
-                " received_at, reason")
+                " received_at, reason, description")
         runs = [dict(r) for r in db.execute(f"SELECT {cols} FROM runs ORDER BY run_id")]
         bases = [dict(r) for r in db.execute(
             "SELECT id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines ORDER BY id")]
@@ -133,6 +133,11 @@ def collect(sim: Any) -> dict[str, Any]:
             by_status[r["status"]] = by_status.get(r["status"], 0) + 1
             runs_of.setdefault(r["exp_id"], []).append(n.name)
     total = sum(per_node.values())
+    combos: dict[str, int] = {}  # combinations of wins (research/combine.py), by status
+    for n in swarm:
+        for r in completed(data[n.name]):
+            if (r.get("description") or "").startswith("combine "):
+                combos[r["status"]] = combos.get(r["status"], 0) + 1
     wasted = sum(len(v) - 1 for v in runs_of.values())
     dup_examples = {k[:12]: v for k, v in runs_of.items() if len(v) > 1}
     yielded = sum(1 for n in swarm for r in data[n.name].local
@@ -296,6 +301,7 @@ def collect(sim: Any) -> dict[str, Any]:
         "experiments_completed_honest": sum(per_node[n.name] for n in honest),
         "experiments_per_node": per_node,
         "experiments_by_status": by_status,
+        "combinations": {"run": sum(combos.values()), "by_status": combos},
         "experiments_aborted": aborted,
         "duplicates_wasted": wasted,
         "duplicates_wasted_pct": round(100 * wasted / total, 3) if total else 0.0,

@@ -95,6 +95,8 @@ def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
          f"{_f(m['gap_between_runs_s']['p50'], 1)} / {_f(m['gap_between_runs_s']['p90'], 1)} / "
          f"{_f(m['gap_between_runs_s']['max'], 1)}"),
         ("experiments by status", ", ".join(f"{k} {v}" for k, v in sorted(m["experiments_by_status"].items()))),
+        ("combinations of wins run (kept)", f"{m.get('combinations', {}).get('run', 0)} "
+                                            f"({m.get('combinations', {}).get('by_status', {}).get('kept', 0)})"),
         ("experiments per node (min / max)", f"{min(m['experiments_per_node'].values(), default=0)} / "
                                              f"{max(m['experiments_per_node'].values(), default=0)}"),
         ("runs aborted (stops, kills, yields)", m["experiments_aborted"]),

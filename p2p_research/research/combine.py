@@ -1,0 +1,118 @@
+"""Combining wins: two improvements found independently on the same baseline, proposed together.
+
+When two nodes keep different changes of one baseline, a swarm adopts one and the other's gain is lost
+until someone happens to propose it again. Here a node looks at kept results that branched off its
+baseline's lineage without being adopted into it, and proposes each one's change applied onto the
+current baseline: a three-way merge of train.py (the win's parent, the baseline, the win), which
+succeeds when the two changes touch disjoint constants or disjoint code regions. The combination is an
+experiment like any other: its id is the hash of its tree, so every node that computes the same
+combination computes the same id, and claims, the DHT and ownership dedup it across the swarm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pygit2
+
+from p2p_research.research.constants import (
+    ConstantsError,
+    changed_constants,
+    constants_only_change,
+    read_constants,
+    rewrite_constants,
+)
+from p2p_research.research.workspace import Workspace, WorkspaceError
+
+EDITABLE_FILE = "train.py"
+MAX_CANDIDATES = 8
+MAX_ANCESTRY = 10_000
+
+
+@dataclass(frozen=True)
+class Win:
+    """A kept result: its commit, the baseline it improved on (parent), how good it was."""
+
+    exp_id: str
+    commit: str
+    parent: str
+    val_bpb: float
+    description: str
+
+
+def candidates(wins: Iterable[Win], ancestry: Iterable[str], limit: int = MAX_CANDIDATES) -> list[Win]:
+    """Wins that branched off the baseline's lineage and were not adopted into it, best first.
+
+    `ancestry`: the baseline and its first-parent ancestors. A win whose parent is the baseline itself
+    is not a combination (it is a plain candidate for adoption) and is left out too."""
+    anc = list(ancestry)
+    on_line = set(anc)
+    baseline = anc[0] if anc else None
+    out = [w for w in wins if w.parent in on_line and w.commit not in on_line and w.parent != baseline]
+    return sorted(out, key=lambda w: (w.val_bpb, w.exp_id))[:limit]
+
+
+def merge_constants(parent: str, baseline: str, win: str) -> str | None:
+    """Constants the win changed (from its parent), set in the baseline, when the baseline still has the
+    parent's value for each of them (disjoint knobs); None when the win changed code, or a knob overlaps.
+    A line-based merge would call two changes of adjacent lines a conflict; knobs are not lines."""
+    try:
+        only, _ = constants_only_change(parent, win)
+        if not only:
+            return None
+        changes = changed_constants(parent, win)
+        before, now = read_constants(parent), read_constants(baseline)
+    except ConstantsError:
+        return None
+    if not changes or any(name not in now or now[name] != before.get(name) for name in changes):
+        return None
+    merged = rewrite_constants(baseline, {name: new for name, (_, new) in changes.items()})
+    return None if merged == baseline else merged
+
+
+def merged_train_py(ws: Workspace, parent: str, baseline: str, win: str) -> bytes | None:
+    """train.py with the win's change (parent -> win) applied onto the baseline, or None when the
+    changes overlap, a commit is missing here, or nothing changes. Constants-only wins merge knob by
+    knob; code changes by a three-way merge of train.py (disjoint code regions)."""
+    try:
+        texts = [ws.files_of(c)[EDITABLE_FILE].decode() for c in (parent, baseline, win)]
+    except (KeyError, ValueError, UnicodeDecodeError, pygit2.GitError, WorkspaceError):
+        return None
+    by_knob = merge_constants(*texts)
+    if by_knob is not None:
+        return by_knob.encode()
+    repo = ws.repo
+    try:
+        trees = [repo[c].peel(pygit2.Tree) for c in (parent, baseline, win)]
+        index = repo.merge_trees(*trees)
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+    if index.conflicts is not None:
+        return None
+    try:
+        entry = index[EDITABLE_FILE]
+    except KeyError:
+        return None
+    data = repo[entry.id].read_raw()
+    try:
+        base = repo[trees[1][EDITABLE_FILE].id].read_raw()
+    except KeyError:
+        return None
+    return None if data == base else data
+
+
+def first_parent_ancestry(ws: Workspace, commit: str, limit: int = MAX_ANCESTRY) -> list[str]:
+    """The commit and its first-parent ancestors that are here, newest first."""
+    out = []
+    cur: str | None = commit
+    while cur is not None and len(out) < limit:
+        try:
+            obj = ws.repo[cur]
+        except (KeyError, ValueError):
+            break
+        if not isinstance(obj, pygit2.Commit):
+            break
+        out.append(cur)
+        cur = str(obj.parent_ids[0]) if obj.parent_ids else None
+    return out

@@ -1,0 +1,124 @@
+"""Combining wins: kept results that branched off the baseline's lineage, merged onto the baseline."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2p_research.research.combine import Win, candidates, first_parent_ancestry, merged_train_py
+from p2p_research.research.constants import read_constants, rewrite_constants
+from p2p_research.research.proposers import BuiltinProposer, Proposal
+from p2p_research.research.searchspace import parse_search_space
+from p2p_research.research.workspace import Workspace
+from p2p_research.store.ledger import Ledger, Run
+from p2p_research.target import TARGET_DIR, read_target_files
+
+TRAIN = (TARGET_DIR / "train.py").read_text()
+
+
+def changed(source: str, **values) -> str:
+    return rewrite_constants(source, values)
+
+
+def workspace(tmp_path) -> Workspace:
+    return Workspace.create(tmp_path / "repo", read_target_files())
+
+
+def commit(ws: Workspace, parent: str, source: str, n: int) -> str:
+    return ws.commit_experiment(parent, {"train.py": source.encode()}, f"exp {n}", f"{n:040x}")
+
+
+def test_candidates_are_wins_off_the_lineage_best_first():
+    lineage = ["b2", "b1", "g"]  # baseline first
+    wins = [Win("e1", "b1", "g", 1.5, ""),            # adopted: on the lineage
+            Win("e2", "w2", "g", 1.48, ""),           # branched off g: a candidate
+            Win("e3", "w3", "b1", 1.47, ""),          # branched off b1: a candidate, better
+            Win("e4", "w4", "b2", 1.4, ""),           # on the baseline itself: adoption, not combination
+            Win("e5", "w5", "elsewhere", 1.3, "")]    # another lineage
+    assert [w.exp_id for w in candidates(wins, lineage)] == ["e3", "e2"]
+
+
+def test_disjoint_changes_merge_and_overlapping_ones_do_not(tmp_path):
+    ws = workspace(tmp_path)
+    g = ws.genesis
+    consts = read_constants(TRAIN)
+    lr, wd = consts["LEARNING_RATE"], consts["WEIGHT_DECAY"]
+    a = commit(ws, g, changed(TRAIN, LEARNING_RATE=lr * 1.5), 1)          # adopted: the baseline
+    b = commit(ws, g, changed(TRAIN, WEIGHT_DECAY=wd * 2), 2)             # another win on g
+    c = commit(ws, g, changed(TRAIN, LEARNING_RATE=lr * 0.5), 3)          # the same knob as a
+    merged = merged_train_py(ws, g, a, b)
+    assert merged is not None
+    got = read_constants(merged.decode())
+    assert got["LEARNING_RATE"] == lr * 1.5 and got["WEIGHT_DECAY"] == wd * 2
+    assert merged_train_py(ws, g, a, c) is None           # overlapping: no combination
+    assert merged_train_py(ws, g, a, a) is None           # nothing new
+    assert merged_train_py(ws, g, a, "f" * 40) is None    # not here
+    assert first_parent_ancestry(ws, a) == [a, g]
+
+
+async def test_the_builtin_proposer_proposes_the_combination_first_and_only_once(tmp_path):
+    ws = workspace(tmp_path)
+    g = ws.genesis
+    consts = read_constants(TRAIN)
+    a = commit(ws, g, changed(TRAIN, LEARNING_RATE=consts["LEARNING_RATE"] * 1.5), 1)
+    b = commit(ws, g, changed(TRAIN, WEIGHT_DECAY=consts["WEIGHT_DECAY"] * 2), 2)
+    wins = [Win("e1", a, g, 1.50, "LEARNING_RATE up"), Win("e2", b, g, 1.51, "WEIGHT_DECAY up")]
+    space = parse_search_space((TARGET_DIR / "program.md").read_text())
+    known: set[bytes] = set()
+
+    async def is_known(data: bytes) -> bool:
+        return data in known
+
+    p = BuiltinProposer(space, seed=1, wins=lambda: wins)
+    first = await p.propose(ws, a, is_known)
+    assert isinstance(first, Proposal) and first.description.startswith("combine e2")
+    assert "WEIGHT_DECAY" in first.description and first.constants_only
+    known.add(first.train_py)
+    second = await p.propose(ws, a, is_known)   # the combination is known now: an ordinary mutation
+    assert isinstance(second, Proposal) and not second.description.startswith("combine")
+    # a combination another node owns is left to it
+    other = BuiltinProposer(space, seed=1, wins=lambda: wins)
+    third = await other.propose(ws, a, lambda data: is_known(b""), is_mine=lambda data: data != first.train_py)
+    assert isinstance(third, Proposal) and not third.description.startswith("combine")
+
+
+def test_kept_wins_leave_out_peers_this_node_refuted(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite")
+    now = time.time()
+
+    def run(exp, origin, peer, status, kind="experiment", val=1.5):
+        r = Run(exp_id=exp, commit_id=exp[:1] * 40, protocol_id="p", kind=kind, status=status, origin=origin,
+                peer=peer, parent="0" * 40, val_bpb=val, finished_at=now)
+        if origin == "peer":
+            assert ledger.add_peer_run(r)
+        else:
+            ledger.finish_run(ledger.start_run(r), status, val_bpb=val)
+
+    run("a" * 40, "local", "", "kept", val=1.45)
+    run("b" * 40, "peer", "honest", "kept", val=1.40)
+    run("c" * 40, "peer", "liar", "kept", val=1.10)
+    run("d" * 40, "peer", "liar", "kept", val=1.00)
+    run("d" * 40, "local", "", "refuted", kind="verification", val=1.6)   # this node caught one lie
+    assert [w["exp_id"][0] for w in ledger.kept_wins("p")] == ["b", "a"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["LEARNING_RATE", "WEIGHT_DECAY", "BETA1", "GRAD_CLIP", "MIN_LR_FRAC"]),
+       st.sampled_from(["LEARNING_RATE", "WEIGHT_DECAY", "BETA1", "GRAD_CLIP", "MIN_LR_FRAC"]),
+       st.floats(1.1, 3.0), st.floats(1.1, 3.0))
+def test_a_merge_applies_exactly_both_changes_or_none(tmp_path_factory, k1, k2, f1, f2):
+    ws = workspace(tmp_path_factory.mktemp("ws"))
+    g = ws.genesis
+    base = read_constants(TRAIN)
+    a = commit(ws, g, changed(TRAIN, **{k1: round(base[k1] * f1, 6)}), 1)
+    b = commit(ws, g, changed(TRAIN, **{k2: round(base[k2] * f2, 6)}), 2)
+    merged = merged_train_py(ws, g, a, b)
+    if k1 == k2:  # the same knob: never combined
+        assert merged is None
+        return
+    assert merged is not None
+    got = read_constants(merged.decode())
+    want = dict(base, **{k1: round(base[k1] * f1, 6), k2: round(base[k2] * f2, 6)})
+    assert got == want
