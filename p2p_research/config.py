@@ -52,7 +52,7 @@ class NetworkSection:
     target_peers: int = 6
     rate_limit_per_s: float = 20.0
     nat: str = "auto"             # auto (AutoNAT, relay reservations, hole punching off loopback) | off
-    relay_service: str = "auto"   # auto (on for relays: --no-research) | on | off: relay others' connections
+    relay_service: str = "auto"   # auto (relays, and nodes AutoNAT finds public) | on | off: relay others' connections
     dashboard: str = ""           # "" off; HOST:PORT serves the web dashboard and /metrics (127.0.0.1:8642)
 
 

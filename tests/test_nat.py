@@ -9,7 +9,8 @@ What must hold: each home node learns it is private (peers' dial-backs fail), re
 relay and announces a relayed address; the relay learns it is public and holds both reservations; the
 two homes reach each other through the relay, then DCUtR gives them a direct connection (the
 masquerading routers keep the source port, so a TCP hole punch works) and the relayed one is closed;
-results flow; `doctor` says "relayed".
+results flow; `doctor` says "relayed". A research node on a public address finds itself public and
+offers relaying, and the homes reserve their second slot on it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from test_swarm import stop_all, surrogate_home
 from p2p_research.research.init import init_home
 
 PREFIX = f"p2pt{os.getpid() % 10000}"
-WAN, R1, R2, H1, H2 = (f"{PREFIX}{n}" for n in ("w", "r1", "r2", "h1", "h2"))
+WAN, PUB, R1, R2, H1, H2 = (f"{PREFIX}{n}" for n in ("w", "p", "r1", "r2", "h1", "h2"))
 
 
 def sh(*args: str) -> None:
@@ -50,12 +51,20 @@ def missing_tools() -> str:
 
 
 def build_topology() -> None:
-    for ns in (WAN, R1, R2, H1, H2):
+    for ns in (WAN, PUB, R1, R2, H1, H2):
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
     sh("ip", "-n", WAN, "link", "add", "br0", "type", "bridge")
     sh("ip", "-n", WAN, "link", "set", "br0", "up")
     sh("ip", "-n", WAN, "addr", "add", "10.77.0.1/24", "dev", "br0")
+    # a public research node in a namespace of its own on the WAN bridge
+    sh("ip", "link", "add", f"{PREFIX}pe", "type", "veth", "peer", "name", f"{PREFIX}pb")
+    sh("ip", "link", "set", f"{PREFIX}pe", "netns", PUB)
+    sh("ip", "link", "set", f"{PREFIX}pb", "netns", WAN)
+    sh("ip", "-n", WAN, "link", "set", f"{PREFIX}pb", "master", "br0")
+    sh("ip", "-n", WAN, "link", "set", f"{PREFIX}pb", "up")
+    sh("ip", "-n", PUB, "addr", "add", "10.77.0.2/24", "dev", f"{PREFIX}pe")
+    sh("ip", "-n", PUB, "link", "set", f"{PREFIX}pe", "up")
     for i, (router, home) in enumerate(((R1, H1), (R2, H2)), start=1):
         wan_end, br_end, lan_end, home_end = f"{PREFIX}w{i}", f"{PREFIX}b{i}", f"{PREFIX}l{i}", f"{PREFIX}e{i}"
         sh("ip", "link", "add", wan_end, "type", "veth", "peer", "name", br_end)
@@ -83,7 +92,7 @@ def build_topology() -> None:
 
 
 def tear_down() -> None:
-    for ns in (H1, H2, R1, R2, WAN):
+    for ns in (H1, H2, R1, R2, PUB, WAN):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
@@ -119,6 +128,10 @@ def test_two_homes_behind_nat_meet_through_a_relay_and_connect_directly(tmp_path
                                 wrap=in_ns(ns)).start())
         daemons += homes
         a, b = homes
+        # a research node on a public address: it finds itself public and offers relaying (kubo's default)
+        public = Daemon(surrogate_home(tmp_path / "public", 3, cost=0.5).path, "--listen", "/ip4/10.77.0.2/tcp/4001",
+                        "--bootstrap", boot, "-n", "200", wrap=in_ns(PUB)).start()
+        daemons.append(public)
 
         def relayed(d):
             r = d.json("status")["reachability"]
@@ -126,12 +139,18 @@ def test_two_homes_behind_nat_meet_through_a_relay_and_connect_directly(tmp_path
 
         for d in (a, b):
             r = wait_for(lambda d=d: relayed(d), 60, what="a home node learns it is private and reserves a relay slot")
-            (addr,) = r["relayed_addrs"]
-            assert addr == f"{boot}/p2p-circuit/p2p/{d.peer_id}"
+            assert f"{boot}/p2p-circuit/p2p/{d.peer_id}" in r["relayed_addrs"] or wait_for(
+                lambda d=d: f"{boot}/p2p-circuit/p2p/{d.peer_id}" in d.json("status")["reachability"]["relayed_addrs"],
+                30, what="a slot on the relay")
+            assert all(x.endswith(f"/p2p-circuit/p2p/{d.peer_id}") for x in r["relayed_addrs"])
             assert any(x.endswith("/p2p-circuit/p2p/" + d.peer_id) for x in d.json("id")["addrs"])
         st = wait_for(lambda: (s := relay.json("status")["reachability"])["status"] == "public" and s, 60,
                       what="the relay learns it is public")
         assert st["relay_service"] and st["reservations_held"] == 2
+        pub = wait_for(lambda: (s := public.json("status")["reachability"])["status"] == "public"
+                       and s["relay_service"] and s["reservations_held"] >= 1 and s, 90,
+                       what="the public research node offers relaying and a home reserves a slot on it")
+        assert not pub["relayed"]
 
         # the homes find each other (peer exchange through the relay hands out relayed addresses),
         # connect through the relay, then DCUtR gives them a direct connection and the relayed one closes

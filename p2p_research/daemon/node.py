@@ -128,8 +128,8 @@ class NodeDaemon:
                 net_cfg = NetConfig(key_pair=self.key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
                                     target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s,
                                     about=about, serve_any_swarm=relay, nat=cfg.network.nat == "auto",
-                                    relay_service=cfg.network.relay_service == "on"
-                                    or (cfg.network.relay_service == "auto" and relay))
+                                    relay_service={"on": True, "off": False}.get(cfg.network.relay_service,
+                                                                                 True if relay else None))
                 async with open_network(net_cfg, self.object_source) as net:
                     self.net = net
                     self.intake = intake = Intake(ctx, net, self.peer_id, any_protocol=relay)

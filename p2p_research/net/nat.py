@@ -121,14 +121,17 @@ class NatTraversal:
     that listens on loopback only (nobody outside could reach it anyway): then only the STOP handler
     and the AutoNAT server run."""
 
-    def __init__(self, host: IHost, streams: StreamGuard, *, relay_service: bool, active: bool,
+    def __init__(self, host: IHost, streams: StreamGuard, *, relay_service: bool | None, active: bool,
                  on_addrs_changed: Callable[[], None] | None = None) -> None:
+        """`relay_service`: True relays from the start, False never, None once AutoNAT finds this node
+        public (as kubo does: a node others can dial helps those who cannot)."""
         self.host = host
         self.streams = streams
-        self.relay_service = relay_service
+        self.relay_service = bool(relay_service)
+        self._relay_when_public = relay_service is None
         self.active = active
         self.on_addrs_changed = on_addrs_changed
-        self.protocol = GuardedRelayProtocol(host, limits=RELAY_LIMITS, allow_hop=relay_service)
+        self.protocol = GuardedRelayProtocol(host, limits=RELAY_LIMITS, allow_hop=self.relay_service)
         # reserving needs the CLIENT role; dialing must not have it (it would reserve before each dial)
         self._reserver = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT))
         self._dialer = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP))
@@ -257,7 +260,29 @@ class NatTraversal:
                 log.info("reachability: %s (%d of %d peer(s) could dial back %s)", status, reached,
                          len(self.verdicts), ", ".join(claims) or "-")
                 self._status = status
+                if status == "public" and self._relay_when_public and not self.relay_service:
+                    await self._offer_relay_service()
             await trio.sleep(5.0 if status == "unknown" else AUTONAT_RECHECK_S)
+
+    async def _offer_relay_service(self) -> None:
+        """Start relaying for peers behind NAT (with RELAY_LIMITS) and tell connected peers at once."""
+        self.protocol.allow_hop = True
+        self.streams.register(HOP_PROTOCOL_ID, self.protocol._handle_hop_stream, HOP_LIMITS)
+        self.relay_service = True
+        log.info("public: offering relay service to peers behind NAT (at most %d reservations)",
+                 RELAY_LIMITS.max_reservations)
+        await self._push_identify()
+
+    async def _push_identify(self) -> None:
+        """Tell connected peers our protocols and addresses now (identify push), best effort."""
+        push = getattr(self.host, "_push_identify_to_all_peers", None)
+        if push is None:
+            return
+        with trio.move_on_after(10):
+            try:
+                await push()
+            except Exception as e:  # noqa: BLE001 - peers learn it at their next identify anyway
+                log.debug("identify push failed: %r", e)
 
     # --- reservations ----------------------------------------------------------------------------
 
@@ -276,6 +301,7 @@ class NatTraversal:
                 changed |= await self._reserve(rid)
             if changed:
                 self._announce()
+                await self._push_identify()
 
     async def _reserve(self, rid: str) -> bool:
         pid = ID.from_base58(rid)

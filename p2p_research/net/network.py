@@ -57,7 +57,7 @@ class NetConfig:
     about: dict[str, str] = field(default_factory=dict)  # swarm, protocol, budget: told to peers in exchanges
     serve_any_swarm: bool = False  # a relay: also join, forward and store the swarms peers use
     nat: bool = True  # AutoNAT, relay reservations and hole punching (off loopback-only addresses)
-    relay_service: bool = False  # relay other peers' connections (circuit relay v2 HOP, with limits)
+    relay_service: bool | None = False  # relay others' connections (circuit relay v2 HOP, with limits); None: once public
 
 
 class Network:
