@@ -343,17 +343,28 @@ class NatTraversal:
     # --- DCUtR -----------------------------------------------------------------------------------
 
     async def _prune_relayed_loop(self) -> None:
-        """Once a peer is reached directly, close the relayed connection (it costs the relay)."""
+        """Once a peer is reached directly, close the relayed connection (it costs the relay), and count
+        the upgrade: also when DCUtR or the peer closed the relayed one first."""
+        relayed_only: set[ID] = set()
         while True:
-            await trio.sleep(3.0)
-            for pid, conns in list(self.host.get_network().connections.items()):
+            await trio.sleep(1.0)
+            conns_by_peer = dict(self.host.get_network().connections.items())
+            for pid in list(relayed_only):
+                if pid not in conns_by_peer:
+                    relayed_only.discard(pid)  # gone: nothing was upgraded
+            for pid, conns in conns_by_peer.items():
                 relayed = [c for c in conns if is_relayed(c)]
-                if relayed and len(relayed) < len(conns):
+                direct = len(conns) - len(relayed)
+                if relayed and not direct:
+                    relayed_only.add(pid)
+                    continue
+                if direct and pid in relayed_only:
+                    relayed_only.discard(pid)
                     self.stats["upgraded"] += 1
-                    log.info("peer %s: direct connection established; closing the relayed one", short_name(pid.to_base58()))
-                    for c in relayed:
-                        with trio.move_on_after(2):
-                            try:
-                                await c.close()
-                            except Exception:  # noqa: BLE001
-                                pass
+                    log.info("peer %s: direct connection established (was relayed)", short_name(pid.to_base58()))
+                for c in relayed if direct else []:
+                    with trio.move_on_after(2):
+                        try:
+                            await c.close()
+                        except Exception:  # noqa: BLE001
+                            pass
