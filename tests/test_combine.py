@@ -101,7 +101,10 @@ def test_kept_wins_leave_out_peers_this_node_refuted(tmp_path):
     run("c" * 40, "peer", "liar", "kept", val=1.10)
     run("d" * 40, "peer", "liar", "kept", val=1.00)
     run("d" * 40, "local", "", "refuted", kind="verification", val=1.6)   # this node caught one lie
-    assert [w["exp_id"][0] for w in ledger.kept_wins("p")] == ["b", "a"]
+    run("d" * 40, "peer", "other-verifier", "refuted", kind="verification", val=1.6)  # so did another peer
+    run("e" * 40, "peer", "other-verifier", "kept", val=1.42)             # who is not a liar for it
+    assert [(w["exp_id"][0], w["peer"]) for w in ledger.kept_wins("p")] == [("b", "honest"), ("e", "other-verifier"),
+                                                                           ("a", "")]
 
 
 @settings(max_examples=25, deadline=None)
@@ -122,3 +125,29 @@ def test_a_merge_applies_exactly_both_changes_or_none(tmp_path_factory, k1, k2, 
     got = read_constants(merged.decode())
     want = dict(base, **{k1: round(base[k1] * f1, 6), k2: round(base[k2] * f2, 6)})
     assert got == want
+
+
+async def test_a_peers_code_change_is_combined_only_where_its_code_may_run(tmp_path):
+    """Without a sandbox (trust policy `constants`) a peer's code change must never reach a local run by
+    way of a combination; its constants-only wins still combine."""
+    ws = workspace(tmp_path)
+    g = ws.genesis
+    consts = read_constants(TRAIN)
+    a = commit(ws, g, changed(TRAIN, LEARNING_RATE=consts["LEARNING_RATE"] * 1.5), 1)
+    code = TRAIN.replace("def main(", "import os  # a peer's code\n\n\ndef main(", 1)
+    assert code != TRAIN
+    b = commit(ws, g, code, 2)
+    wins = [Win("e2", b, g, 1.4, "code", peer="12D3KooWpeer")]
+    space = parse_search_space((TARGET_DIR / "program.md").read_text())
+
+    async def unknown(data: bytes) -> bool:
+        return False
+
+    strict = await BuiltinProposer(space, seed=1, wins=lambda: wins, code_from=lambda peer: False).propose(ws, a, unknown)
+    assert not strict.description.startswith("combine")
+    sandboxed = await BuiltinProposer(space, seed=1, wins=lambda: wins, code_from=lambda peer: True).propose(ws, a, unknown)
+    assert sandboxed.description.startswith("combine e2") and not sandboxed.constants_only
+    assert b"import os  # a peer's code" in sandboxed.train_py
+    mine = [Win("e2", b, g, 1.4, "code", peer="")]   # this node's own code change: no trust needed
+    own = await BuiltinProposer(space, seed=1, wins=lambda: mine, code_from=lambda peer: False).propose(ws, a, unknown)
+    assert own.description.startswith("combine e2")

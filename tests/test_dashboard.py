@@ -145,6 +145,19 @@ def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
     try:
         url = a.json("id")["dashboard"]
         assert url.startswith("http://127.0.0.1:")
+        # loopback needs no token, but a foreign web page cannot post or read through it: a "simple"
+        # cross-site POST (no JSON content type), a foreign Origin, or a rebound Host name are refused
+        for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/json", "Origin": "http://evil.example"},
+                        {"Content-Type": "application/json", "Host": "evil.example"}):
+            req = urllib.request.Request(url + "api/board", data=b'{"text": "csrf"}', method="POST", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=10)
+            assert e.value.code == 403
+        req = urllib.request.Request(url + "api/state", headers={"Host": "evil.example:80"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 403
+        assert not any("csrf" in p["text"] for p in a.json("board"))
         driver.get(url)
         wait_for(lambda: driver.find_element(By.ID, "node-id").text == a.peer_id, 30, what="the node id on the page")
         baseline = wait_for(lambda: driver.find_element(By.ID, "baseline-val").text not in ("", "-")

@@ -365,7 +365,7 @@ def test_a_hostile_about_in_the_peer_exchange_changes_nothing(tmp_path):
         {f"k{i}": "v" for i in range(1000)},
         {"protocol": "a" * 100_000, "budget": 5, "swarm": {"nested": "map"}},
         {"protocol": "\x1b[31mred\x00", "budget": "9 tokens\n", "swarm": ""},
-        {"protocol": "f" * 40, "budget": "1 tokens", "extra": "ignored"},  # well-formed: kept, bounded
+        {"protocol": "f" * 40, "budget": "[/]1 tokens", "extra": "ignored"},  # well-formed: kept, bounded
     ]
 
     async def send_all() -> None:
@@ -386,13 +386,16 @@ def test_a_hostile_about_in_the_peer_exchange_changes_nothing(tmp_path):
                 while not any(p["peer_id"] == adv.peer_id and p["protocol"] for p in d.json("peers")):
                     await trio.sleep(0.2)
             (mine,) = [p for p in d.json("peers") if p["peer_id"] == adv.peer_id]
-            assert mine["protocol"] == "f" * 40 and mine["budget"] == "1 tokens" and mine["same_protocol"] is False
+            assert mine["protocol"] == "f" * 40 and mine["budget"] == "[/]1 tokens" and mine["same_protocol"] is False
 
     try:
         trio.run(send_all)
         status = d.json("status")
         assert status["peer_id"] == d.peer_id and d.proc.poll() is None
         assert all(len(o["protocol"]) <= 80 for o in status["other_protocols"])
+        # the peer's words reach the tables as text, never as markup (Rich raised on "[/]")
+        assert "[/]" in d.cli("peers").stdout
+        d.cli("status")
     finally:
         d.stop()
         d.kill()

@@ -139,3 +139,19 @@ def test_a_relay_without_a_budget_serves_a_swarm_with_another_budget_to_a_late_j
     finally:
         stop_all(daemons)
     assert "result under another protocol" not in relay.stderr()
+
+
+def test_relays_do_not_keep_a_swarm_alive_for_each_other():
+    """A swarm only relays announce (one repeating another's, after its last research node left) weighs
+    little and counts as unused: it is left after the idle time, so made-up swarms die out."""
+    from p2p_research.net.topics import RELAY_VOTE
+
+    exp = topic_names("beef")[0]
+    topics = {exp: {"relay-b", "relay-c"}}
+    is_relay = {"relay-b", "relay-c"}.__contains__
+    assert swarm_weights(topics, is_relay)["beef"] == pytest.approx(2 * RELAY_VOTE)
+    used = swarm_peer_counts(topics, lambda p: not is_relay(p))
+    assert used == {"beef": 0}
+    assert swarms_to_leave(["beef"], used, {"beef": 0.0}, now=601.0) == ["beef"]
+    topics[exp].add("research-node")
+    assert swarm_peer_counts(topics, lambda p: not is_relay(p)) == {"beef": 1}

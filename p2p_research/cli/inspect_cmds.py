@@ -93,7 +93,7 @@ def _protocol_cell(p: dict) -> str:
         return "relay (any swarm)"
     if p.get("same_protocol") is None:
         return "?"
-    return "same" if p["same_protocol"] else f"other ({p.get('budget') or '?'})"
+    return "same" if p["same_protocol"] else f"other ({escape(p.get('budget') or '?')})"  # the peer's words
 
 
 def register(app: typer.Typer) -> None:
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
         c = d.get("current")
         if c:
             prog = f" {100 * c['progress']:.0f}%" if c.get("progress") is not None else ""
-            out.print(f"current  {c['phase']} {c['exp_id'][:10]} {c['description'][:60]}{prog}")
+            out.print(f"current  {c['phase']} {c['exp_id'][:10]} {escape(c['description'][:60])}{prog}")
         e = d["experiments"]
         out.print(f"experiments: {e['local']} local, {e['from_peers']} from peers; peers connected: {d['peers_connected']}")
         if d.get("role") == "relay" and d.get("swarms"):
@@ -156,14 +156,14 @@ def register(app: typer.Typer) -> None:
                 for i, p in enumerate(sw["protocols"] or [{"protocol": "", "budget": "", "results": 0, "best": None}]):
                     first = i == 0
                     t.add_row(sw["swarm"] or "(no peer now)" if first else "", str(sw["peers"]) if first else "",
-                              p["protocol"][:12], p["budget"], str(p["results"]), _fmt(p["best"]))
+                              escape(p["protocol"][:12]), escape(p["budget"]), str(p["results"]), _fmt(p["best"]))
             out.print(t)
         if b["lineage"] and d.get("role") != "relay":
             t = Table(title="baseline lineage")
             for col in ("commit", "val_bpb", "found by", "why"):
                 t.add_column(col)
             for step in b["lineage"]:
-                t.add_row(step["commit"][:7], _fmt(step["val_bpb"]), step["found_by"][:16], step["reason"][:60])
+                t.add_row(step["commit"][:7], _fmt(step["val_bpb"]), step["found_by"][:16], escape(step["reason"][:60]))
             out.print(t)
 
     @app.command()
@@ -184,7 +184,8 @@ def register(app: typer.Typer) -> None:
                    "-" if p["latency_ms"] is None else f"{p['latency_ms']:.1f} ms", str(p["announced"]["results"]),
                    _protocol_cell(p)]
             if verbose:
-                row += ["\n".join(p["addrs"]), p.get("agent_version") or "-", _fmt(p["announced"].get("best_val_bpb"))]
+                row += [escape("\n".join(p["addrs"])), escape(p.get("agent_version") or "-"),
+                        _fmt(p["announced"].get("best_val_bpb"))]
             t.add_row(*row)
         out.print(t)
         out.print(f"{len(data)} peer(s) connected")
@@ -212,7 +213,7 @@ def register(app: typer.Typer) -> None:
             t.add_column(col)
         for e in data:
             t.add_row(e["id"][:10], e["commit"][:7], ("local" if e["origin"] == "local" else e["peer"][:12]),
-                      e["status"], _fmt(e["val_bpb"]), e["description"][:60])
+                      e["status"], _fmt(e["val_bpb"]), escape(e["description"][:60]))
         out.print(t)
 
     @app.command()
@@ -227,7 +228,7 @@ def register(app: typer.Typer) -> None:
             return print_json(data)
         e = data["experiment"]
         out.print(f"experiment {e['id']}\ncommit     {e['commit']}\nparent     {e['parent']}\n"
-                  f"proposed   by {e['proposer'] or 'local'} ({e['origin']})\n{e['description']}")
+                  f"proposed   by {escape(e['proposer'] or 'local')} ({e['origin']})\n{escape(e['description'])}")
         t = Table(title="runs")
         for col in ("kind", "peer", "status", "val_bpb", "train s", "received"):
             t.add_column(col)
@@ -253,7 +254,7 @@ def register(app: typer.Typer) -> None:
             for col in ("#", "val_bpb", "id", "commit", "found by", "description"):
                 t.add_column(col)
             for i, r in enumerate(rows, 1):
-                t.add_row(str(i), _fmt(r["val_bpb"]), r["id"][:10], r["commit"][:7], r["found_by"][:16], r["description"][:50])
+                t.add_row(str(i), _fmt(r["val_bpb"]), r["id"][:10], r["commit"][:7], r["found_by"][:16], escape(r["description"][:50]))
             out.print(t)
 
     @app.command()

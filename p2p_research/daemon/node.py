@@ -385,7 +385,9 @@ class NodeDaemon:
 
         assert self.ctx is not None
         metrics = registry_for(NodeCollector(self.status_view, self.ctx.ledger))
-        app = make_app(self.handlers(), token=self.dashboard.token, metrics=metrics)
+        loopback = self.dashboard.token is None
+        app = make_app(self.handlers(), token=self.dashboard.token, metrics=metrics,
+                       loopback_port=self.dashboard.port if loopback else None)
         log.info("dashboard: %s", self.dashboard.url)
         await serve(app, self.dashboard, task_status=task_status)
 

@@ -41,6 +41,10 @@ SIM_STATIC = {"sim.js": "text/javascript; charset=utf-8", "style.css": "text/css
               "sim.html": "text/html; charset=utf-8"}
 
 
+async def _metrics_now(metrics: Callable[[], bytes] | None) -> bytes:
+    return metrics() if metrics is not None else b""
+
+
 def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data, default=str), status_code=status, media_type="application/json")
 
@@ -59,10 +63,10 @@ def _event_stream(get: Callable[[], Awaitable[Any]], interval_s: float, slots: S
     keep-alive otherwise. Starlette stops the generator when the browser goes away."""
     if slots is not None and slots.open >= slots.limit:
         return Response("too many live views of this node; close one", status_code=503)
+    if slots is not None:
+        slots.open += 1  # taken at admission: requests arriving together cannot all pass the check
 
     async def stream() -> AsyncIterator[str]:
-        if slots is not None:
-            slots.open += 1
         try:
             async for chunk in _changes(get, interval_s):
                 yield chunk
@@ -106,31 +110,85 @@ async def snapshot(handlers: dict[str, Handler]) -> dict[str, Any]:
     return out
 
 
+class Shared:
+    """One snapshot per interval, however many pages are open (each costs several ledger queries)."""
+
+    def __init__(self, get: Callable[[], Awaitable[Any]], max_age_s: float) -> None:
+        self.get = get
+        self.max_age_s = max_age_s
+        self._at = -1e18
+        self._value: Any = None
+        self._lock = trio.Lock()
+
+    async def __call__(self) -> Any:
+        async with self._lock:
+            if trio.current_time() - self._at >= self.max_age_s:
+                self._value = await self.get()
+                self._at = trio.current_time()
+            return self._value
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def host_allowed(request: Request, loopback_port: int | None) -> bool:
+    """On a loopback dashboard, only loopback Host names (a web page elsewhere cannot read or post
+    through DNS rebinding), and no foreign Origin on writes. Beyond loopback the token guards writes."""
+    if loopback_port is None:
+        return True
+    host = request.headers.get("host", "")
+    if host.endswith("]") or ":" not in host:
+        name, port = host, ""
+    else:
+        name, _, port = host.rpartition(":")
+    if name not in LOOPBACK_NAMES or (port and port != str(loopback_port)):
+        return False
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in {f"http://{n}:{loopback_port}" for n in LOOPBACK_NAMES}:
+        return False
+    return True
+
+
 def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callable[[], bytes] | None = None,
-             event_interval_s: float = EVENT_INTERVAL_S) -> Starlette:
-    """`token`: required on state-changing requests (None: this dashboard listens on loopback only)."""
+             event_interval_s: float = EVENT_INTERVAL_S, loopback_port: int | None = None) -> Starlette:
+    """`token`: required on state-changing requests (None: this dashboard listens on loopback only,
+    where `loopback_port` is its port: Host and Origin are checked instead)."""
     pages = {name: _static(name) for name in STATIC}
     slots = StreamSlots()
+    shared = Shared(lambda: snapshot(handlers), event_interval_s)
+    scrape = Shared(lambda: _metrics_now(metrics), 5.0) if metrics is not None else None
 
     async def page(request: Request) -> Response:
+        if not host_allowed(request, loopback_port):
+            return Response("forbidden host", status_code=403)
         name = request.path_params.get("name", "index.html")
         if name not in pages:
             return Response("not found", status_code=404)
         return Response(pages[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
     async def state(request: Request) -> Response:
-        return _json(await snapshot(handlers))
+        if not host_allowed(request, loopback_port):
+            return Response("forbidden host", status_code=403)
+        return _json(await shared())
 
     async def events(request: Request) -> Response:
-        return _event_stream(lambda: snapshot(handlers), event_interval_s, slots)
+        if not host_allowed(request, loopback_port):
+            return Response("forbidden host", status_code=403)
+        return _event_stream(shared, event_interval_s, slots)
 
     async def experiment(request: Request) -> Response:
+        if not host_allowed(request, loopback_port):
+            return Response("forbidden host", status_code=403)
         try:
             return _json(await handlers["show"]({"exp": request.path_params["exp"]}))
         except Exception as e:  # noqa: BLE001 - a ControlError or ValueError: say it
             return JSONResponse({"error": str(e)}, status_code=404)
 
     async def post(request: Request) -> Response:
+        # a JSON body only: a cross-site "simple" request cannot send it without a CORS preflight
+        if not host_allowed(request, loopback_port) or \
+                request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"error": "posting needs a same-origin JSON request"}, status_code=403)
         if token is not None:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), token.encode()):
@@ -146,9 +204,11 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
             return JSONResponse({"error": str(e)}, status_code=400)
 
     async def prometheus(request: Request) -> Response:
-        if metrics is None:
+        if scrape is None:
             return Response("no metrics", status_code=404)
-        return Response(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        if not host_allowed(request, loopback_port):
+            return Response("forbidden host", status_code=403)
+        return Response(await scrape(), media_type="text/plain; version=0.0.4; charset=utf-8")  # at most one per 5 s
 
     return Starlette(routes=[
         Route("/", page), Route("/static/{name}", page), Route("/api/state", state), Route("/api/events", events),

@@ -78,7 +78,9 @@ def bind(addr: str, token_file: Path, *, fall_back: bool = True) -> Bound:
             token = token_file.read_text().strip() or None
         if token is None:
             token = secrets.token_urlsafe(24)
-            token_file.write_text(token + "\n")
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
         token_file.chmod(0o600)
     return Bound(sock, host, sock.getsockname()[1], token)
 

@@ -122,6 +122,8 @@ class Gossip:
         self.swarms: dict[str, float] = {}
         self._drain_scopes: dict[str, trio.CancelScope] = {}
         self.topic_filter = TopicFilter(open=serve_any_swarm)
+        #: whether a peer is a relay (from the peer exchange); set by the network
+        self.is_relay: Callable[[str], bool] = lambda peer: False
         rpc_cost.apply()  # idempotent; normally already done by make_host
         self.router = GossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
@@ -341,23 +343,39 @@ class Gossip:
         """Connected peers per swarm they announced (joined or not)."""
         return swarm_peer_counts(self.pubsub.peer_topics)
 
+    def _relay(self, peer: object) -> bool:
+        try:
+            return self.is_relay(peer.to_base58() if isinstance(peer, ID) else str(peer))
+        except Exception:  # noqa: BLE001 - an unknown peer is not a relay
+            return False
+
     async def follow_swarms(self) -> None:
         """A relay's task: join the swarms peers use (most-used first, up to the cap), leave idle ones."""
         while True:
-            seen = self.swarm_peers()
-            now = time.time()
-            for s in self.swarms:
-                if seen.get(s, 0) > 0:
-                    self.swarms[s] = now
-            for s in swarms_to_leave(self.swarms, seen, self.swarms, now, keep=[self.swarm_id]):
-                await self.leave(s)
-            weights = swarm_weights(self.pubsub.peer_topics)
-            swap = swarm_to_replace(self.swarms, weights, keep=[self.swarm_id])
-            if swap is not None:
-                await self.leave(swap[0])
-            for s in swarms_to_join(self.swarms, weights):
-                await self.join(s)
+            try:
+                await self._follow_once()
+            except (trio.Cancelled, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - libp2p's subscribe/unsubscribe; the node goes on
+                self._rlog.log(logging.WARNING, "follow", "following the swarms peers use failed: %s: %s",
+                               type(e).__name__, e)
             await trio.sleep(FOLLOW_SWARMS_S)
+
+    async def _follow_once(self) -> None:
+        # a swarm stays while a research node uses it; relays only repeat what their peers announce
+        used = swarm_peer_counts(self.pubsub.peer_topics, lambda p: not self._relay(p))
+        now = time.time()
+        for s in self.swarms:
+            if used.get(s, 0) > 0:
+                self.swarms[s] = now
+        for s in swarms_to_leave(self.swarms, used, self.swarms, now, keep=[self.swarm_id]):
+            await self.leave(s)
+        weights = swarm_weights(self.pubsub.peer_topics, self._relay)
+        swap = swarm_to_replace(self.swarms, weights, keep=[self.swarm_id])
+        if swap is not None:
+            await self.leave(swap[0])
+        for s in swarms_to_join(self.swarms, weights):
+            await self.join(s)
 
     async def _drain_in(self, scope: trio.CancelScope, sub: Any, swarm_id: str) -> None:
         with scope:
@@ -403,9 +421,11 @@ class Gossip:
     # --- publishing ------------------------------------------------------------------------------
 
     def topic_for(self, msg: Message) -> str:
-        for topic, types in self.topic_types.items():
-            if isinstance(msg, types):
-                return topic
+        """This node's own swarm's topic for a message (a relay publishes, e.g. a board post, only there)."""
+        if isinstance(msg, BoardPost):
+            return self.board_topic
+        if isinstance(msg, (Claim, Result, Verification, Bundle)):
+            return self.exp_topic
         raise TypeError(f"not a wire message: {type(msg).__name__}")
 
     async def _pubsub_stream(self, stream: Any) -> None:

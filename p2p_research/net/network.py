@@ -161,6 +161,7 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
             streams=streams, serve_any_swarm=cfg.serve_any_swarm,
         ) as gossip:  # fmt: skip
             streams.is_banned = gossip.is_banned  # a banned peer is refused on every protocol, not only pubsub
+            gossip.is_relay = lambda peer: peers.role_of(peer) == "relay"
             peers.is_banned = gossip.is_banned
             async with trio.open_nursery() as nursery:
                 dht = None

@@ -169,6 +169,10 @@ class PeerManager:
             nursery.start_soon(self._ping_loop, name="peers-ping")
             task_status.started()
 
+    def role_of(self, peer: str) -> str:
+        """What a peer said it is in the peer exchange ("relay", "research" or "")."""
+        return (self._abouts.get(peer) or {}).get("role", "")
+
     def readvertise(self) -> None:
         """This node's addresses changed (e.g. a relayed one): tell every peer in the next exchange."""
         self._asked.clear()

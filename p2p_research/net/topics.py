@@ -10,7 +10,7 @@ bound what a hostile peer can make a relay do are tested without a network.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 #: a swarm id is 1..64 lowercase hex characters (16 in practice: see daemon.node.swarm_id_of)
@@ -50,22 +50,28 @@ class TopicFilter:
         return topic in self.joined or (self.open and swarm_of_topic(topic) is not None)
 
 
-def swarm_peer_counts(peer_topics: Mapping[str, Iterable[object]]) -> dict[str, int]:
-    """Connected peers per swarm, from libp2p's topic -> subscribed peers map (experiment topics)."""
+#: a relay's vote counts this much of a research node's: relays repeat what their peers announce
+RELAY_VOTE = 0.25
+
+
+def swarm_peer_counts(peer_topics: Mapping[str, Iterable[object]],
+                      counts: Callable[[object], bool] = lambda peer: True) -> dict[str, int]:
+    """Connected peers per swarm (those `counts` accepts), from libp2p's topic -> subscribed peers map."""
     out: dict[str, int] = {}
     for topic, peers in peer_topics.items():
         swarm = swarm_of_topic(topic)
         if swarm is not None and topic.endswith("/exp/1"):
-            out[swarm] = len(list(peers))
+            out[swarm] = sum(1 for p in peers if counts(p))
     return out
 
 
-def swarm_weights(peer_topics: Mapping[str, Iterable[object]]) -> dict[str, float]:
+def swarm_weights(peer_topics: Mapping[str, Iterable[object]],
+                  is_relay: Callable[[object], bool] = lambda peer: False) -> dict[str, float]:
     """How much connected peers use each swarm: a peer counts 1 spread over the swarms it announces.
 
     A research node (one swarm) gives its swarm a whole vote; a relay announcing ten swarms gives each
-    a tenth; a hostile peer announcing dozens of made-up swarms gives each almost nothing, so it cannot
-    push a real swarm out of a relay's places.
+    a tenth of RELAY_VOTE; a hostile peer announcing dozens of made-up swarms gives each almost nothing,
+    so it cannot push a real swarm out of a relay's places.
     """
     per_peer: dict[object, list[str]] = {}
     for topic, peers in peer_topics.items():
@@ -74,9 +80,10 @@ def swarm_weights(peer_topics: Mapping[str, Iterable[object]]) -> dict[str, floa
             for p in peers:
                 per_peer.setdefault(p, []).append(swarm)
     out: dict[str, float] = {}
-    for swarms in per_peer.values():
+    for peer, swarms in per_peer.items():
+        vote = RELAY_VOTE if is_relay(peer) else 1.0
         for s in swarms:
-            out[s] = out.get(s, 0.0) + 1.0 / len(swarms)
+            out[s] = out.get(s, 0.0) + vote / len(swarms)
     return out
 
 
@@ -113,7 +120,8 @@ def swarm_to_replace(joined: Iterable[str], weights: Mapping[str, float], keep: 
 def swarms_to_leave(joined: Iterable[str], seen: Mapping[str, int], idle_since: Mapping[str, float], now: float,
                     keep: Iterable[str] = (), idle_s: float = 600.0) -> list[str]:
     """Joined swarms no connected peer has used for `idle_s` (their places go to swarms in use);
-    `keep` (the node's own swarm) is never left."""
+    `keep` (the node's own swarm) is never left. `seen` should count research nodes only: relays
+    repeating each other's subscriptions would otherwise keep a made-up swarm alive among them."""
     kept = set(keep)
     return sorted(s for s in joined if s not in kept and seen.get(s, 0) == 0
                   and now - idle_since.get(s, now) >= idle_s)

@@ -39,9 +39,10 @@ class Win:
     parent: str
     val_bpb: float
     description: str
+    peer: str = ""  # "" for this node's own
 
 
-def candidates(wins: Iterable[Win], ancestry: Iterable[str], limit: int = MAX_CANDIDATES) -> list[Win]:
+def candidates(wins: Iterable[Win], ancestry: Iterable[str], limit: int = 4 * MAX_CANDIDATES) -> list[Win]:
     """Wins that branched off the baseline's lineage and were not adopted into it, best first.
 
     `ancestry`: the baseline and its first-parent ancestors. A win whose parent is the baseline itself
@@ -71,10 +72,11 @@ def merge_constants(parent: str, baseline: str, win: str) -> str | None:
     return None if merged == baseline else merged
 
 
-def merged_train_py(ws: Workspace, parent: str, baseline: str, win: str) -> bytes | None:
+def merged_train_py(ws: Workspace, parent: str, baseline: str, win: str, code: bool = True) -> bytes | None:
     """train.py with the win's change (parent -> win) applied onto the baseline, or None when the
     changes overlap, a commit is missing here, or nothing changes. Constants-only wins merge knob by
-    knob; code changes by a three-way merge of train.py (disjoint code regions)."""
+    knob; code changes by a three-way merge of train.py (disjoint code regions), only with `code`
+    (a peer's code runs here only where the trust policy lets that peer's code run: the sandbox)."""
     try:
         texts = [ws.files_of(c)[EDITABLE_FILE].decode() for c in (parent, baseline, win)]
     except (KeyError, ValueError, UnicodeDecodeError, pygit2.GitError, WorkspaceError):
@@ -82,6 +84,8 @@ def merged_train_py(ws: Workspace, parent: str, baseline: str, win: str) -> byte
     by_knob = merge_constants(*texts)
     if by_knob is not None:
         return by_knob.encode()
+    if not code:
+        return None
     repo = ws.repo
     try:
         trees = [repo[c].peel(pygit2.Tree) for c in (parent, baseline, win)]

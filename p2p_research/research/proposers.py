@@ -54,6 +54,7 @@ class Skip:
 IsKnown = Callable[[bytes], Awaitable[bool]]
 IsMine = Callable[[bytes], bool]
 
+MAX_MERGES = 8  # combinations merged per proposal (the rest next time: merges are cached per baseline)
 PREFER_TRIES = 60  # candidates examined for one this node owns before settling for another unknown one
 
 
@@ -69,13 +70,19 @@ class BuiltinProposer:
     reads_digest = False  # SWARM.md is for agents; rendering it before every proposal cost ~10% of a busy node
 
     def __init__(self, space: SearchSpace, seed: int, focus: Callable[[], dict[str, float]] | None = None,
-                 wins: Callable[[], list[Win]] | None = None) -> None:
+                 wins: Callable[[], list[Win]] | None = None,
+                 code_from: Callable[[str], bool] = lambda peer: False) -> None:
         self.space = space
         self.rng = random.Random(seed)
         self.focus = focus
         #: kept results to combine with the baseline (research/combine.py); None: no combinations
         self.wins = wins
+        #: whether a peer's code changes may be merged (the trust policy: sandboxed or trusted peers);
+        #: otherwise a peer's win is combined only when it changed constants
+        self.code_from = code_from
         self.stats = {"combinations": 0}
+        self._ancestry: tuple[str, list[str]] = ("", [])
+        self._merged: dict[tuple[str, str], bytes | None] = {}
 
     async def _combination(self, workspace: Workspace, baseline: str, source: str, is_known: IsKnown,
                            is_mine: IsMine | None) -> Proposal | None:
@@ -83,10 +90,20 @@ class BuiltinProposer:
         combination nobody ran or claimed that this node owns (others are left to their owners)."""
         if self.wins is None:
             return None
-        wins = candidates(self.wins(), first_parent_ancestry(workspace, baseline))
-        for w in wins:
-            data = merged_train_py(workspace, w.parent, baseline, w.commit)
-            if data is None or await is_known(data) or (is_mine is not None and not is_mine(data)):
+        if self._ancestry[0] != baseline:  # walked once per baseline; merges cached per (win, baseline)
+            self._ancestry = (baseline, first_parent_ancestry(workspace, baseline))
+            self._merged.clear()
+        merges = 0
+        for w in candidates(self.wins(), self._ancestry[1]):
+            key = (w.commit, baseline)
+            if key not in self._merged:
+                if merges >= MAX_MERGES:
+                    break
+                merges += 1
+                self._merged[key] = merged_train_py(workspace, w.parent, baseline, w.commit,
+                                                    code=not w.peer or self.code_from(w.peer))
+            data = self._merged[key]
+            if data is None or (is_mine is not None and not is_mine(data)) or await is_known(data):
                 continue
             try:
                 text = data.decode()

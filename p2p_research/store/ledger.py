@@ -335,13 +335,15 @@ class Ledger:
         """Kept experiments of a protocol, best first: this node's, and peers' unless this node's own
         re-run refuted a claim of that peer (a liar's "wins" are not worth combining)."""
         rows = self.db.execute(
-            "SELECT r.exp_id, r.commit_id AS commit_id, r.parent, MIN(r.val_bpb) AS val_bpb, r.description FROM runs r"
+            "SELECT r.exp_id, r.commit_id AS commit_id, r.parent, MIN(r.val_bpb) AS val_bpb, r.description,"
+            " CASE WHEN r.origin='local' THEN '' ELSE r.peer END FROM runs r"
             " WHERE r.protocol_id=? AND r.kind='experiment' AND r.status='kept' AND r.val_bpb IS NOT NULL"
             " AND (r.origin='local' OR r.peer NOT IN (SELECT p.peer FROM runs v JOIN runs p ON p.exp_id=v.exp_id"
-            "   AND p.origin='peer' WHERE v.kind='verification' AND v.origin='local' AND v.status='refuted'))"
+            "   AND p.origin='peer' AND p.kind='experiment'"
+            "   WHERE v.kind='verification' AND v.origin='local' AND v.status='refuted'))"
             " GROUP BY r.exp_id ORDER BY val_bpb LIMIT ?", (protocol_id, limit))
-        return [{"exp_id": r[0], "commit": r[1], "parent": r[2], "val_bpb": r[3], "description": r[4] or ""}
-                for r in rows]
+        return [{"exp_id": r[0], "commit": r[1], "parent": r[2], "val_bpb": r[3], "description": r[4] or "",
+                 "peer": r[5] or ""} for r in rows]
 
     def commits_of(self, protocol_id: str, limit: int = 3) -> list[str]:
         """A few commits of a protocol's results, kept ones first (their lineage is the one fetched)."""
