@@ -68,6 +68,8 @@ AUTONAT_SERVERS = 3
 AUTONAT_RECHECK_S = 300.0
 CIRCUIT_DIAL_TIMEOUT_S = 15.0
 DIRECT_FIRST_S = 3.0
+MAX_RELAYED_TRIED = 2
+RESERVATION_REFRESH_S = RELAY_LIMITS.reservation_ttl / 2  # renewed by us, under our timeouts
 RESERVE_TIMEOUT_S = 15.0
 
 
@@ -140,6 +142,7 @@ class NatTraversal:
         self.verdicts: dict[str, tuple[bool, float]] = {}
         self.circuits: dict[str, str] = {}        # relay peer id -> our address through it
         self.refused: dict[str, float] = {}       # relay peer id -> when it refused or failed a reservation
+        self._reserved_at: dict[str, float] = {}  # relay peer id -> when our reservation was last granted
         self.stats = {"upgraded": 0, "relayed_dials": 0, "reservations": 0, "dial_backs_asked": 0}
         self._status = "unknown" if active else "local"
         self._nursery: trio.Nursery | None = None
@@ -198,23 +201,25 @@ class NatTraversal:
     async def dial(self, info: PeerInfo, timeout: float = 10.0) -> None:
         """Connect to a peer: its direct addresses first, then through a relay (``/p2p-circuit``)."""
         direct = [a for a in info.addrs if "/p2p-circuit" not in str(a)]
-        relayed = [a for a in info.addrs if "/p2p-circuit" in str(a)]
+        relayed = [a for a in info.addrs if "/p2p-circuit" in str(a)][:MAX_RELAYED_TRIED]
         error: BaseException | None = None
-        if direct or not relayed:
-            try:  # a peer that has relayed addresses is probably behind NAT: its direct ones get less time
-                with trio.fail_after(DIRECT_FIRST_S if relayed else timeout):
-                    await self.host.connect(PeerInfo(info.peer_id, direct))
-                return
-            except Exception as e:  # noqa: BLE001 - try the relays next
-                error = e
-        for a in relayed[:4]:
-            try:
-                with trio.fail_after(CIRCUIT_DIAL_TIMEOUT_S):
-                    await self._dialer.dial(multiaddr.Multiaddr(f"{a}/p2p/{info.peer_id.to_base58()}"))
-                self.stats["relayed_dials"] += 1
-                return
-            except Exception as e:  # noqa: BLE001
-                error = e
+        # one deadline for the whole dial: peer exchange hands out many candidates, dialed one by one
+        with trio.fail_after(timeout + (CIRCUIT_DIAL_TIMEOUT_S * len(relayed) if relayed else 0)):
+            if direct or not relayed:
+                try:  # a peer that has relayed addresses is probably behind NAT: its direct ones get less time
+                    with trio.fail_after(DIRECT_FIRST_S if relayed else timeout):
+                        await self.host.connect(PeerInfo(info.peer_id, direct))
+                    return
+                except Exception as e:  # noqa: BLE001 - try the relays next
+                    error = e
+            for a in relayed:
+                try:
+                    with trio.fail_after(CIRCUIT_DIAL_TIMEOUT_S):
+                        await self._dialer.dial(multiaddr.Multiaddr(f"{a}/p2p/{info.peer_id.to_base58()}"))
+                    self.stats["relayed_dials"] += 1
+                    return
+                except Exception as e:  # noqa: BLE001
+                    error = e
         raise error if error is not None else ConnectionError("no address to dial")
 
     # --- AutoNAT ---------------------------------------------------------------------------------
@@ -295,9 +300,19 @@ class NatTraversal:
                 if ID.from_base58(rid) not in connected:
                     log.info("relay %s left: no longer reachable through it", short_name(rid))
                     del self.circuits[rid]
+                    self._reserved_at.pop(rid, None)
                     changed = True
+            # a reservation lapses unless renewed (a relay that restarted or forgot us would leave a dead
+            # address announced): renew each one ourselves, under our own timeout
+            for rid, at in list(self._reserved_at.items()):
+                if rid in self.circuits and time.time() - at >= RESERVATION_REFRESH_S:
+                    if not await self._reserve(rid):
+                        self.circuits.pop(rid, None)
+                        self._reserved_at.pop(rid, None)
+                        changed = True
             offering = [p.to_base58() for p in self._direct_peers_with(HOP_PROTOCOL_ID)]
-            for rid in relays_to_reserve(self._status, offering, self.circuits, self.refused, time.time()):
+            for rid in relays_to_reserve(self._status, offering, self.circuits, self.refused, time.time(),
+                                         seed=self.host.get_id().to_base58()):
                 changed |= await self._reserve(rid)
             if changed:
                 self._announce()
@@ -321,15 +336,33 @@ class NatTraversal:
                         await stream.close()
                     except Exception:  # noqa: BLE001
                         pass
-        addr = relay_dial_addr(peerstore_addrs(self.host, pid)) if ok else None
+        addr = relay_dial_addr(peerstore_addrs(self.host, pid), self._connected_ip(pid)) if ok else None
         if not ok or addr is None:
             self.refused[rid] = time.time()
             log.info("relay %s refused a reservation; trying others", short_name(rid))
             return False
+        renewal = rid in self.circuits
         self.circuits[rid] = circuit_addr(addr, rid, self.host.get_id().to_base58())
-        self.stats["reservations"] += 1
-        log.info("reachable through relay %s: %s", short_name(rid), self.circuits[rid])
+        self._reserved_at[rid] = time.time()
+        if not renewal:
+            self.stats["reservations"] += 1
+            log.info("reachable through relay %s: %s", short_name(rid), self.circuits[rid])
         return True
+
+    def _connected_ip(self, pid: ID) -> str | None:
+        """The IP of our direct connection to a peer (its remote address), when there is one."""
+        for c in self.host.get_network().connections.get(pid, []) or []:
+            if is_relayed(c):
+                continue
+            try:
+                for a in c.get_transport_addresses():
+                    ip = next((a.value_for_protocol(p) for p in ("ip4", "ip6")
+                               if p in [x.name for x in a.protocols()]), None)
+                    if ip:
+                        return ip
+            except Exception:  # noqa: BLE001 - a connection being torn down
+                continue
+        return None
 
     def _announce(self) -> None:
         """Re-sign the peer record at once (a cached one would carry the old addresses) and tell peers."""

@@ -9,6 +9,7 @@ peers reach it through a relay and then try a direct connection (DCUtR hole punc
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections.abc import Iterable, Mapping
 
 WANTED_RELAYS = 2
@@ -19,12 +20,17 @@ VERDICT_TTL_S = 30 * 60.0
 def judge(verdicts: Mapping[str, tuple[bool, float]], now: float, ttl: float = VERDICT_TTL_S) -> str:
     """public / private / unknown from the peers' recent dial-back verdicts (server -> (reached, when)).
 
-    One peer that reached us is proof enough of a public address; "private" needs every recent verdict
-    to be a failure (a peer that lies "unreachable" cannot outvote one that dialed us)."""
+    Public needs two servers that reached us (one, when only one ever answered): a single lying
+    server cannot make a node behind NAT skip its relay. Private needs every recent verdict to be a
+    failure: a server lying "unreachable" cannot hide a public node behind a relay either. Mixed
+    verdicts with one success stay unknown until another server answers."""
     recent = [ok for ok, t in verdicts.values() if now - t <= ttl]
     if not recent:
         return "unknown"
-    return "public" if any(recent) else "private"
+    reached = sum(recent)
+    if reached >= min(2, len(recent)):
+        return "public"
+    return "private" if reached == 0 else "unknown"
 
 
 def _ip_of(addr: str) -> str | None:
@@ -75,12 +81,20 @@ def dial_back_claims(listen: Iterable[str], observed: Iterable[str]) -> list[str
     return list(dict.fromkeys(out))[:8]
 
 
-def relay_dial_addr(addrs: Iterable[str]) -> str | None:
-    """The address of a relay to build circuit addresses on: a non-loopback one when there is one
-    (a circuit through 127.0.0.1 only works on the relay's own machine)."""
+def relay_dial_addr(addrs: Iterable[str], connected_ip: str | None = None) -> str | None:
+    """The address of a relay to build circuit addresses on: one on the IP this node reached it at (what
+    the relay advertises may be a LAN or container address, or someone else's), else a non-loopback
+    one (a circuit through 127.0.0.1 only works on the relay's own machine)."""
     direct = [a.split("/p2p/")[0] for a in addrs if "/p2p-circuit" not in a and _ip_of(a)]
     if not direct:
         return None
+    if connected_ip:
+        same = [a for a in direct if _ip_of(a) == connected_ip]
+        if same:
+            return same[0]
+        # it advertises another address (e.g. a LAN one behind a forwarded port): the IP we reached, its port
+        ip_kind = "ip6" if ":" in connected_ip else "ip4"
+        return f"/{ip_kind}/{connected_ip}/tcp/{_tcp_port(direct[0])}"
     outside = [a for a in direct if not ipaddress.ip_address(_ip_of(a) or "0.0.0.0").is_loopback]
     return (outside or direct)[0]
 
@@ -91,7 +105,7 @@ def circuit_addr(relay_addr: str, relay_id: str, me: str) -> str:
 
 def relays_to_reserve(status: str, offering: Iterable[str], reserved: Iterable[str],
                       failed: Mapping[str, float], now: float, want: int = WANTED_RELAYS,
-                      retry_s: float = 120.0) -> list[str]:
+                      retry_s: float = 120.0, seed: str = "") -> list[str]:
     """Which connected relay-offering peers to reserve a slot on now: only when private, up to `want`
     in all, skipping peers that refused us less than `retry_s` ago."""
     if status != "private":
@@ -100,4 +114,8 @@ def relays_to_reserve(status: str, offering: Iterable[str], reserved: Iterable[s
     free = want - len(have)
     if free <= 0:
         return []
-    return [p for p in sorted(offering) if p not in have and now - failed.get(p, -1e18) >= retry_s][:free]
+    # in a seeded-random order, not by peer id: an attacker grinding a low id must not become everyone's relay
+    rng = random.Random(f"{seed}:{now // retry_s}")
+    pool = [p for p in sorted(offering) if p not in have and now - failed.get(p, -1e18) >= retry_s]
+    rng.shuffle(pool)
+    return pool[:free]

@@ -1,0 +1,50 @@
+"""Reachability decisions (pure): AutoNAT verdicts, dial-back claims, relay choice, relay addresses."""
+
+from __future__ import annotations
+
+from p2p_research.net.reachability import (
+    circuit_addr,
+    dial_back_claims,
+    is_loopback_only,
+    judge,
+    relay_dial_addr,
+    relays_to_reserve,
+)
+
+
+def test_judge_needs_two_servers_for_public_and_all_failures_for_private():
+    now = 1000.0
+    assert judge({}, now) == "unknown"
+    assert judge({"a": (True, now)}, now) == "public"                      # the only server that answered
+    assert judge({"a": (True, now), "b": (False, now)}, now) == "unknown"   # one liar cannot decide
+    assert judge({"a": (True, now), "b": (True, now), "c": (False, now)}, now) == "public"
+    assert judge({"a": (False, now), "b": (False, now)}, now) == "private"
+    assert judge({"a": (True, now - 4000), "b": (False, now)}, now) == "private"  # old verdicts expire
+
+
+def test_dial_back_claims_pair_observed_ips_with_listen_ports():
+    claims = dial_back_claims(["/ip4/192.168.1.2/tcp/4001", "/ip4/0.0.0.0/tcp/4001"],
+                              ["/ip4/10.77.0.11/tcp/53312", "/ip6/::1/tcp/1"])
+    assert claims == ["/ip4/192.168.1.2/tcp/4001", "/ip4/10.77.0.11/tcp/4001"]
+    assert is_loopback_only(["/ip4/127.0.0.1/tcp/1"]) and not is_loopback_only(["/ip4/10.0.0.1/tcp/1"])
+
+
+def test_relays_are_chosen_only_when_private_in_a_random_order_without_recent_refusals():
+    offering = [f"12D3KooW{c}" for c in "ABCDEFGH"]
+    assert relays_to_reserve("public", offering, [], {}, 0.0) == []
+    chosen = relays_to_reserve("private", offering, [], {}, 0.0, seed="me")
+    assert len(chosen) == 2 and set(chosen) <= set(offering)
+    picks = {tuple(relays_to_reserve("private", offering, [], {}, 0.0, seed=f"node{i}")) for i in range(20)}
+    assert len(picks) > 3            # not everyone's relay is the peer with the lowest id
+    assert relays_to_reserve("private", offering, offering[:2], {}, 0.0) == []
+    assert relays_to_reserve("private", offering[:1], [], {offering[0]: 50.0}, 100.0) == []       # refused lately
+    assert relays_to_reserve("private", offering[:1], [], {offering[0]: 50.0}, 500.0) == offering[:1]
+
+
+def test_relay_addresses_follow_the_connection_not_only_what_the_relay_advertises():
+    advertised = ["/ip4/127.0.0.1/tcp/4001/p2p/R", "/ip4/172.17.0.2/tcp/4001/p2p/R", "/ip4/10.77.0.1/tcp/4001/p2p/R"]
+    assert relay_dial_addr(advertised) == "/ip4/172.17.0.2/tcp/4001"          # first non-loopback
+    assert relay_dial_addr(advertised, "10.77.0.1") == "/ip4/10.77.0.1/tcp/4001"
+    assert relay_dial_addr(["/ip4/192.168.0.5/tcp/4001"], "203.0.113.9") == "/ip4/203.0.113.9/tcp/4001"
+    assert relay_dial_addr(["/ip4/10.77.0.1/tcp/4001/p2p/R/p2p-circuit/p2p/X"]) is None
+    assert circuit_addr("/ip4/10.77.0.1/tcp/4001", "R", "X") == "/ip4/10.77.0.1/tcp/4001/p2p/R/p2p-circuit/p2p/X"
