@@ -10,7 +10,7 @@ from libp2p import generate_new_ed25519_identity
 from libp2p.peer.id import ID
 from net_helpers import cfg, result, wait_mesh
 
-from p2p_research.daemon.catchup import CATCHUP_PROTOCOL, SINCE_PROTOCOL, CatchUp
+from p2p_research.daemon.catchup import CATCHUP_PROTOCOL, PROTOCOL_SINCE, SINCE_PROTOCOL, CatchUp
 from p2p_research.net import open_network
 from p2p_research.net.framing import frame, write_all
 from p2p_research.store.ledger import Ledger, Run
@@ -91,8 +91,16 @@ async def test_a_catch_up_names_its_protocol_and_a_relay_asks_for_all(tmp_path):
             open_network(cfg(bootstrap=a.addrs()), lambda oid: None) as b:  # fmt: skip
         await wait_mesh(a, b)
         server = CatchUp(a.host, relay_ledger, None, deliver_to("server"))
-        a.host.set_stream_handler(SINCE_PROTOCOL, server.handle_since)
+        a.host.set_stream_handler(PROTOCOL_SINCE, server.handle_since)
         research = CatchUp(b.host, Ledger(tmp_path / "b.sqlite"), PROTOCOL, deliver_to("research"))
         assert await research.fetch_from(a.peer_id) == 3 and set(got["research"]) == {PROTOCOL}
         late_relay = CatchUp(b.host, Ledger(tmp_path / "c.sqlite"), None, deliver_to("relay"))
         assert await late_relay.fetch_from(a.peer_id) == 5 and set(got["relay"]) == {PROTOCOL, other}
+        # a node of the previous version speaks 1.1.0 only (no "protocol" in requests): the client falls
+        # back to it and is served what that node lives in
+        a.host.remove_stream_handler(PROTOCOL_SINCE)
+        old = CatchUp(a.host, relay_ledger, PROTOCOL, deliver_to("server"))
+        a.host.set_stream_handler(SINCE_PROTOCOL, old.handle_since)
+        got["research"].clear()
+        again = CatchUp(b.host, Ledger(tmp_path / "d.sqlite"), PROTOCOL, deliver_to("research"))
+        assert await again.fetch_from(a.peer_id) == 3 and set(got["research"]) == {PROTOCOL}

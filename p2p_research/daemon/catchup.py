@@ -38,6 +38,9 @@ log = logging.getLogger("p2p_research.catchup")
 
 CATCHUP_PROTOCOL = TProtocol("/p2p-research/catchup/1.0.0")
 SINCE_PROTOCOL = TProtocol("/p2p-research/catchup/1.1.0")
+#: 1.1.0 plus an optional "protocol" in the request (a relay stores many); nodes of the previous version
+#: speak 1.1.0 only, and its request carries no "protocol" (their strings were capped at 16 bytes)
+PROTOCOL_SINCE = TProtocol("/p2p-research/catchup/1.2.0")
 MAX_FRAME = 64 * 1024
 KEY_BYTES = 8
 MAX_HAVE = 8192
@@ -170,13 +173,13 @@ class CatchUp:
         overall deadline (a peer dripping frames cannot hold this task for long)."""
         self._fetched = n = 0
         with trio.fail_after(TIMEOUT_S):
-            stream = await self.host.new_stream(ID.from_base58(peer_id), [SINCE_PROTOCOL])
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [PROTOCOL_SINCE, SINCE_PROTOCOL])
         ok = False
         try:
             have = b"".join(sorted({receipt_key(r) for r, _, _, _ in
                                     self.ledger.signed_runs(self.protocol_id, MAX_HAVE, since)}))
             req: dict = {"since": since or 0.0, "have": have}
-            if self.protocol_id is not None:
+            if self.protocol_id is not None and stream.get_protocol() == PROTOCOL_SINCE:
                 req["protocol"] = self.protocol_id
             with trio.fail_after(TIMEOUT_S):
                 await write_all(stream, frame(msgpack.packb(req)))

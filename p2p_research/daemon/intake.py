@@ -33,6 +33,7 @@ log = logging.getLogger("p2p_research.intake")
 MAX_FETCH_ROUNDS = 256
 FETCH_FALLBACK_PEERS = 3   # connected peers asked when the announcer cannot serve a commit
 FETCH_TIMEOUT_S = 15.0
+MAX_PROTOCOLS = 64  # protocols a relay stores results of (its own included)
 
 
 class Intake:
@@ -44,6 +45,7 @@ class Intake:
         self.any_protocol = any_protocol
         #: protocols seen on each swarm's topic (a relay's `status` names them; bounded by the swarm cap)
         self.swarm_protocols: dict[str, set[str]] = {}
+        self._protocols: set[str] | None = None  # protocols stored here (a relay's bound), read lazily
         self.fetch_limit = trio.CapacityLimiter(4)
         # code keys of peers' experiments: only a node whose proposer is an agent asks about them
         self.code_keys = ctx.config.research.enabled and ctx.config.research.proposer == "command"
@@ -93,6 +95,17 @@ class Intake:
         self._rlog.log(logging.WARNING, f"{what}:{peer}:{category}", "rejected %s from %s: %s", what, peer[:16],
                        reason)
 
+    def _room_for(self, protocol: str) -> bool:
+        """A relay stores at most MAX_PROTOCOLS protocols: made-up ones cannot fill its disk without end."""
+        if self._protocols is None:
+            self._protocols = set(self.ctx.ledger.protocol_summary())
+        if protocol in self._protocols:
+            return True
+        if len(self._protocols) >= MAX_PROTOCOLS:
+            return False
+        self._protocols.add(protocol)
+        return True
+
     def _note_swarm(self, inc: Incoming, protocol: str) -> None:
         if inc.swarm:
             seen = self.swarm_protocols.setdefault(inc.swarm, set())
@@ -137,6 +150,8 @@ class Intake:
         foreign = r.protocol_id != self.ctx.protocol_id
         if foreign and not self.any_protocol:
             return self.reject(inc, f"result under another protocol ({r.protocol_id[:12]})", "other_protocol")
+        if foreign and not self._room_for(r.protocol_id):
+            return self.reject(inc, f"this relay already stores {MAX_PROTOCOLS} protocols", "too_many_protocols")
         if r.peer == self.self_peer:
             return
         ledger, ws = self.ctx.ledger, self.ctx.workspace

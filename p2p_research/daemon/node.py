@@ -29,6 +29,7 @@ from p2p_research.daemon.catchup import (
     ANTI_ENTROPY_S,
     CATCHUP_LIMITS,
     CATCHUP_PROTOCOL,
+    PROTOCOL_SINCE,
     SINCE_LIMITS,
     SINCE_PROTOCOL,
     CatchUp,
@@ -89,6 +90,7 @@ class NodeDaemon:
         self.nursery: trio.Nursery | None = None
         self._dht_lookups_left = DHT_LOOKUPS_PER_PROPOSAL
         self._protocol_swarm: dict[str, str] = {}
+        self._protocol_unknown: dict[str, float] = {}  # protocol -> when its genesis was last not found
         self.dashboard: Any = None  # the dashboard's bound socket (dashboard.serve.Bound) when it is on
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -160,6 +162,7 @@ class NodeDaemon:
                         self.catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id, deliver)
                         net.handle(CATCHUP_PROTOCOL, self.catchup.handle, CATCHUP_LIMITS)
                         net.handle(SINCE_PROTOCOL, self.catchup.handle_since, SINCE_LIMITS)
+                        net.handle(PROTOCOL_SINCE, self.catchup.handle_since, SINCE_LIMITS)
                         nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()], 3,
                                            self.anti_entropy_interval)
                         nursery.start_soon(self.write_digest_periodically)
@@ -499,12 +502,15 @@ class NodeDaemon:
 
         assert self.ctx is not None
         if proto not in self._protocol_swarm:
+            if time.time() - self._protocol_unknown.get(proto, -1e18) < 60:
+                return ""  # looked for recently and not found: not again on every status call
             for commit in self.ctx.ledger.commits_of(proto):
-                genesis = root_of(self.ctx.workspace, commit)
+                genesis = root_of(self.ctx.workspace, commit, limit=2000)
                 if genesis:
                     self._protocol_swarm[proto] = swarm_id_of(genesis, proto)
                     break
             else:
+                self._protocol_unknown[proto] = time.time()
                 return ""
         return self._protocol_swarm[proto]
 

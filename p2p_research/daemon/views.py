@@ -28,7 +28,11 @@ def run_entry(run: Run, self_peer: str) -> dict[str, Any]:
 
 def experiments_view(ledger: Ledger, self_peer: str = "", *, status: str | None = None, peer: str | None = None,
                      origin: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    runs = [r for r in ledger.runs(status=status, origin=origin) if r.kind in ("experiment", "baseline")]
+    runs = []
+    if limit and peer is None:  # the newest ones only (the dashboard asks every second): bounded in SQL
+        runs = [r for r in ledger.runs(status=status, origin=origin, limit=3 * limit) if r.kind in ("experiment", "baseline")]
+    if len(runs) < (limit or 0) or not limit or peer is not None:
+        runs = [r for r in ledger.runs(status=status, origin=origin) if r.kind in ("experiment", "baseline")]
     if peer is not None:
         runs = [r for r in runs if (r.peer or self_peer).startswith(peer) or (peer == "local" and r.origin == "local")]
     if limit:

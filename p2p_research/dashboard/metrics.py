@@ -21,7 +21,6 @@ from p2p_research.store.ledger import Ledger
 
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600)
 ADOPTION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 3600)
-LEDGER_ROWS = 20_000  # the newest runs read per scrape (bounded work for a long-lived node)
 
 
 def _histogram(name: str, doc: str, values: list[float], buckets: tuple[float, ...]) -> HistogramMetricFamily:
@@ -43,57 +42,59 @@ class NodeCollector:
     def collect(self) -> Iterator[Metric]:
         st = self.status()
         db = self.ledger.db
-        rows = db.execute(
-            "SELECT origin, kind, status, training_seconds, started_at, finished_at, metrics, reason FROM runs"
-            " ORDER BY run_id DESC LIMIT ?", (LEDGER_ROWS,)).fetchall()
-
-        exp = CounterMetricFamily("p2p_research_experiments", "Experiments recorded, by origin and status",
+        final = "('kept','discarded','crash','baseline','confirmed','refuted','aborted')"
+        exp = CounterMetricFamily("p2p_research_experiments", "Experiments recorded, by origin and final status",
                                   labels=["origin", "status"])
-        kinds = CounterMetricFamily("p2p_research_runs", "Runs of this node, by kind (experiment, baseline, "
-                                    "verification) and status", labels=["kind", "status"])
-        by_exp: dict[tuple[str, str], int] = {}
-        by_kind: dict[tuple[str, str], int] = {}
-        durations: list[float] = []
-        failures = sandbox_failures = 0
-        tokens_per_s = None
-        for origin, kind, status, secs, started, finished, metrics, reason in rows:
-            if kind == "experiment":
-                by_exp[(origin, status)] = by_exp.get((origin, status), 0) + 1
-            if origin != "local":
-                continue
-            by_kind[(kind, status)] = by_kind.get((kind, status), 0) + 1
-            if started and finished and status != "running":
-                durations.append(max(0.0, finished - started))
-            if status == "crash":
-                failures += 1
-                sandbox_failures += "sandbox" in (reason or "").lower()
-            if tokens_per_s is None and secs and metrics and status in ("kept", "discarded", "baseline", "confirmed"):
-                try:
-                    tokens = json.loads(metrics).get("tokens")
-                    if isinstance(tokens, (int, float)) and secs > 0:
-                        tokens_per_s = tokens / secs
-                except ValueError:
-                    pass
-        for (origin, status), n in sorted(by_exp.items()):
+        for origin, status, n in db.execute(
+                f"SELECT origin, status, COUNT(*) FROM runs WHERE kind='experiment' AND status IN {final}"
+                " GROUP BY origin, status ORDER BY origin, status"):
             exp.add_metric([origin, status], n)
-        for (kind, status), n in sorted(by_kind.items()):
-            kinds.add_metric([kind, status], n)
         yield exp
+        kinds = CounterMetricFamily("p2p_research_runs", "This node's finished runs, by kind (experiment, baseline, "
+                                    "verification) and status", labels=["kind", "status"])
+        for kind, status, n in db.execute(
+                f"SELECT kind, status, COUNT(*) FROM runs WHERE origin='local' AND status IN {final}"
+                " GROUP BY kind, status ORDER BY kind, status"):
+            kinds.add_metric([kind, status], n)
         yield kinds
-        yield _histogram("p2p_research_run_duration_seconds", "Wall-clock duration of this node's runs",
-                         durations, RUN_BUCKETS)
+        running = GaugeMetricFamily("p2p_research_runs_running", "This node's runs in progress", labels=["kind"])
+        for kind, n in db.execute("SELECT kind, COUNT(*) FROM runs WHERE origin='local' AND status='running'"
+                                  " GROUP BY kind"):
+            running.add_metric([kind], n)
+        yield running
+        # a histogram over the whole ledger (one pass in SQL): monotonic, as Prometheus expects
+        cases = ", ".join(f"SUM(CASE WHEN finished_at - started_at <= {b} THEN 1 ELSE 0 END)" for b in RUN_BUCKETS)
+        row = db.execute(f"SELECT {cases}, COUNT(*), COALESCE(SUM(finished_at - started_at), 0) FROM runs"
+                         f" WHERE origin='local' AND status IN {final} AND started_at IS NOT NULL"
+                         " AND finished_at IS NOT NULL").fetchone()
+        yield HistogramMetricFamily(
+            "p2p_research_run_duration_seconds", "Wall-clock duration of this node's finished runs",
+            buckets=[(str(b), row[i] or 0) for i, b in enumerate(RUN_BUCKETS)] + [("+Inf", row[-2] or 0)],
+            sum_value=float(row[-1] or 0.0))
+        sandbox_failures, failures = db.execute(
+            "SELECT COALESCE(SUM(LOWER(reason) LIKE '%sandbox%'), 0), COUNT(*) FROM runs"
+            " WHERE origin='local' AND status='crash'").fetchone()
         fail = CounterMetricFamily("p2p_research_run_failures", "This node's runs that crashed", labels=["cause"])
         fail.add_metric(["sandbox"], sandbox_failures)
         fail.add_metric(["other"], failures - sandbox_failures)
         yield fail
-        if tokens_per_s is not None:
-            yield GaugeMetricFamily("p2p_research_training_tokens_per_second",
-                                    "Training throughput of this node's latest finished run", value=tokens_per_s)
+        last = db.execute("SELECT training_seconds, metrics FROM runs WHERE origin='local' AND training_seconds > 0"
+                          " AND status IN ('kept','discarded','baseline','confirmed') ORDER BY run_id DESC LIMIT 1"
+                          ).fetchone()
+        if last is not None:
+            try:
+                tokens = json.loads(last[1] or "{}").get("tokens")
+                if isinstance(tokens, (int, float)) and not isinstance(tokens, bool):
+                    yield GaugeMetricFamily("p2p_research_training_tokens_per_second",
+                                            "Training throughput of this node's latest finished run",
+                                            value=tokens / last[0])
+            except (ValueError, AttributeError):
+                pass
 
         delays = [max(0.0, adopted - found) for adopted, found in db.execute(
-            "SELECT b.adopted_at, r.finished_at FROM baselines b JOIN runs r ON r.commit_id = b.commit_id"
+            "SELECT b.adopted_at, MIN(r.finished_at) FROM baselines b JOIN runs r ON r.commit_id = b.commit_id"
             " AND r.kind IN ('experiment','baseline') WHERE b.adopted_at IS NOT NULL AND r.finished_at IS NOT NULL"
-            " GROUP BY b.rowid")]
+            " GROUP BY b.id")]
         yield _histogram("p2p_research_adoption_delay_seconds", "From a result's finish (its receipt time) to "
                          "this node adopting it as baseline", delays, ADOPTION_BUCKETS)
 
