@@ -27,6 +27,7 @@ from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2p_research.net import topic_names
+from p2p_research.net.host import strip_benign_teardown
 from p2p_research.wire import Claim, Receipt, Result, Verification, sign_receipt
 
 _seq = itertools.count(int(time.time() * 1000))
@@ -109,14 +110,22 @@ async def adversary(kp: Any = None) -> AsyncIterator[Adversary]:
     router = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID], degree=6, degree_low=4,
                        degree_high=12, heartbeat_interval=1, spam_protection_enabled=False)  # fmt: skip
     ps = Pubsub(host, router)
-    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-        try:
-            async with background_trio_service(ps), background_trio_service(router):
-                await ps.wait_until_ready()
-                yield Adversary(host, ps, kp)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await host.close()
+    try:
+        async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            try:
+                async with background_trio_service(ps), background_trio_service(router):
+                    await ps.wait_until_ready()
+                    yield Adversary(host, ps, kp)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await host.close()
+    except BaseException as exc:  # libp2p's own teardown race ("Nursery is closed"), as in net/host.py
+        rest = strip_benign_teardown(exc)
+        if rest is None:
+            return
+        if rest is exc:
+            raise
+        raise rest from None
 
 
 # --- forged messages ---------------------------------------------------------------------------
