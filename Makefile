@@ -42,29 +42,12 @@ clean:
 # Training runs go through bubblewrap (the sandbox). Installed here where this user can (root with
 # apt-get, or passwordless sudo); otherwise a clear message, and nodes fall back to constants-only trust.
 sandbox-tools:
-	@command -v bwrap >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq bubblewrap)) >/dev/null 2>&1; \
-	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then \
-	    sudo -n apt-get install -y -qq bubblewrap >/dev/null 2>&1 || true; \
-	  fi; \
-	  command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap (bwrap) is not installed and could not be installed here: training runs will not be sandboxed and peers' changes stay limited to constants (install it with your package manager: bubblewrap)"; \
-	}
+	@sh scripts/ensure-packages.sh "bwrap" "bubblewrap" "bubblewrap (bwrap) is not installed and could not be installed here: training runs will not be sandboxed and peers' changes stay limited to constants (install it with your package manager: bubblewrap)"
 
 # The NAT test builds home routers out of network namespaces: it needs iproute2 and iptables (and root).
 nat-test-tools:
-	@command -v iptables >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get install -y -qq iptables iproute2 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq iptables iproute2)) >/dev/null 2>&1; \
-	  fi; \
-	  command -v iptables >/dev/null 2>&1 || echo "note: iptables is not installed and could not be installed here (it needs root and apt-get): the NAT test across network namespaces is skipped"; \
-	}
+	@sh scripts/ensure-packages.sh "iptables ip" "iptables iproute2" "iptables is not installed and could not be installed here (it needs root and apt-get): the NAT test across network namespaces is skipped"
 
 # The dashboard test drives a real headless Chromium through chromedriver (Debian: chromium, chromium-driver).
 browser-tools:
-	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)) >/dev/null 2>&1; \
-	  fi; \
-	  command -v chromedriver >/dev/null 2>&1 || echo "note: chromium and chromium-driver are not installed and could not be installed here (they need root and apt-get): the dashboard's browser test is skipped"; \
-	}
+	@sh scripts/ensure-packages.sh "chromium chromedriver" "chromium chromium-driver" "chromium and chromium-driver are not installed and could not be installed here (they need root and apt-get): the dashboard's browser test is skipped"

@@ -7,8 +7,9 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p_research.research.combine import Win, candidates, first_parent_ancestry, merged_train_py
+from p2p_research.research.combine import Win, candidates, merged_train_py
 from p2p_research.research.constants import read_constants, rewrite_constants
+from p2p_research.research.objects import first_parent_ancestry, root_of
 from p2p_research.research.proposers import BuiltinProposer, Proposal
 from p2p_research.research.searchspace import parse_search_space
 from p2p_research.research.workspace import Workspace
@@ -55,7 +56,8 @@ def test_disjoint_changes_merge_and_overlapping_ones_do_not(tmp_path):
     assert merged_train_py(ws, g, a, c) is None           # overlapping: no combination
     assert merged_train_py(ws, g, a, a) is None           # nothing new
     assert merged_train_py(ws, g, a, "f" * 40) is None    # not here
-    assert first_parent_ancestry(ws, a) == [a, g]
+    assert first_parent_ancestry(ws, a) == [a, g] and root_of(ws, a) == g
+    assert root_of(ws, "f" * 40) is None
 
 
 async def test_the_builtin_proposer_proposes_the_combination_first_and_only_once(tmp_path):

@@ -93,6 +93,19 @@ async def _changes(get: Callable[[], Awaitable[Any]], interval_s: float) -> Asyn
         quiet += interval_s
 
 
+def _pages(types: dict[str, str], index: str) -> Callable[[Request], Awaitable[Response]]:
+    """A handler serving the packaged files named in `types` (read once, into memory), `index` at "/"."""
+    pages = {name: _static(name) for name in types}
+
+    async def page(request: Request) -> Response:
+        name = request.path_params.get("name", index)
+        if name not in pages:
+            return Response("not found", status_code=404)
+        return Response(pages[name], media_type=types[name], headers={"Cache-Control": "no-cache"})
+
+    return page
+
+
 def _static(name: str) -> bytes:
     return resources.files("p2p_research.dashboard").joinpath("static", name).read_bytes()
 
@@ -153,18 +166,16 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
              event_interval_s: float = EVENT_INTERVAL_S, loopback_port: int | None = None) -> Starlette:
     """`token`: required on state-changing requests (None: this dashboard listens on loopback only,
     where `loopback_port` is its port: Host and Origin are checked instead)."""
-    pages = {name: _static(name) for name in STATIC}
     slots = StreamSlots()
     shared = Shared(lambda: snapshot(handlers), event_interval_s)
     scrape = Shared(lambda: _metrics_now(metrics), 5.0) if metrics is not None else None
 
+    static_page = _pages(STATIC, "index.html")
+
     async def page(request: Request) -> Response:
         if not host_allowed(request, loopback_port):
             return Response("forbidden host", status_code=403)
-        name = request.path_params.get("name", "index.html")
-        if name not in pages:
-            return Response("not found", status_code=404)
-        return Response(pages[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+        return await static_page(request)
 
     async def state(request: Request) -> Response:
         if not host_allowed(request, loopback_port):
@@ -220,14 +231,9 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
 def make_sim_app(state: Callable[[], dict[str, Any]], *, event_interval_s: float = EVENT_INTERVAL_S) -> Starlette:
     """The simulation's page: every node's curve, the swarm's best, the solo node, live counters.
     `state` is read on this loop; it must be cheap and thread-safe (the simulation's poller's cache)."""
-    pages = {name: _static(name) for name in SIM_STATIC}
     slots = StreamSlots()
 
-    async def page(request: Request) -> Response:
-        name = request.path_params.get("name", "sim.html")
-        if name not in pages:
-            return Response("not found", status_code=404)
-        return Response(pages[name], media_type=SIM_STATIC[name], headers={"Cache-Control": "no-cache"})
+    page = _pages(SIM_STATIC, "sim.html")
 
     async def current() -> dict[str, Any]:
         return state()

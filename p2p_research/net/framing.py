@@ -63,6 +63,15 @@ def unpack_small(data: bytes) -> Any:
         raise FrameError(f"not valid msgpack ({type(e).__name__})") from None
 
 
+async def close_quietly(resource: Any, grace: float = 2.0) -> None:
+    """Close a stream or connection we are done with: bounded, never raising (the peer may be gone)."""
+    with trio.move_on_after(grace):
+        try:
+            await resource.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 async def reset_quietly(stream: Any, grace: float = 1.0) -> None:
     """Reset a stream on an error path: shielded from cancellation, bounded, never raising."""
     with trio.CancelScope(shield=True), trio.move_on_after(grace):

@@ -84,6 +84,14 @@ def full_addrs(host: IHost) -> list[str]:
     return out
 
 
+def is_relayed(conn: Any) -> bool:
+    """Whether a connection runs through a circuit relay (its transport address has /p2p-circuit)."""
+    try:
+        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
+    except Exception:  # noqa: BLE001 - a connection being torn down
+        return False
+
+
 def peer_id_str(peer_id: ID) -> str:
     return peer_id.to_base58()
 

@@ -46,7 +46,8 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
-from .host import peerstore_addrs
+from .framing import close_quietly
+from .host import is_relayed, peerstore_addrs
 from .identity import short_name
 from .reachability import circuit_addr, dial_back_claims, judge, relay_dial_addr, relays_to_reserve
 from .streams import StreamGuard, StreamLimits
@@ -73,13 +74,6 @@ RESERVATION_REFRESH_S = RELAY_LIMITS.reservation_ttl / 2  # renewed by us, under
 RESERVE_TIMEOUT_S = 15.0
 
 
-def is_relayed(conn: Any) -> bool:
-    try:
-        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
-    except Exception:  # noqa: BLE001 - a connection being torn down
-        return False
-
-
 class DialBackAutoNAT(AutoNATService):
     """AutoNAT whose server dials the requester back on a *new* connection (0.8.1 reuses the existing
     one and so answers "reachable" to everyone), closing it once the dial succeeded."""
@@ -102,11 +96,7 @@ class DialBackAutoNAT(AutoNATService):
                 continue
             finally:
                 if conn is not None:
-                    with trio.move_on_after(2):
-                        try:
-                            await conn.close()
-                        except Exception:  # noqa: BLE001
-                            pass
+                    await close_quietly(conn)
         return None
 
 
@@ -331,11 +321,7 @@ class NatTraversal:
             log.debug("reservation on %s failed: %r", rid, e)
         finally:
             if stream is not None:
-                with trio.move_on_after(2):
-                    try:
-                        await stream.close()
-                    except Exception:  # noqa: BLE001
-                        pass
+                await close_quietly(stream)
         addr = relay_dial_addr(peerstore_addrs(self.host, pid), self._connected_ip(pid)) if ok else None
         if not ok or addr is None:
             self.refused[rid] = time.time()
@@ -396,8 +382,4 @@ class NatTraversal:
                     self.stats["upgraded"] += 1
                     log.info("peer %s: direct connection established (was relayed)", short_name(pid.to_base58()))
                 for c in relayed if direct else []:
-                    with trio.move_on_after(2):
-                        try:
-                            await c.close()
-                        except Exception:  # noqa: BLE001
-                            pass
+                    await close_quietly(c)

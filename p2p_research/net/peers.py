@@ -23,7 +23,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from .dialerror import explain
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
-from .host import full_addrs, parse_peer_addr, peerstore_addrs
+from .host import full_addrs, is_relayed, parse_peer_addr, peerstore_addrs
 from .identity import short_name
 from .ratelimit import RateLimitedLog
 from .streams import StreamGuard, StreamLimits
@@ -68,13 +68,6 @@ def exchange_addrs(addrs: list[str]) -> list[str]:
     direct = [a for a in addrs if "/p2p-circuit" not in a][:1]
     relayed = [a for a in addrs if "/p2p-circuit" in a]
     return (direct + relayed)[:ADDRS_PER_PEER]
-
-
-def _relayed(conn: Any) -> bool:
-    try:
-        return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
-    except Exception:  # noqa: BLE001 - a connection being torn down
-        return False
 
 
 @dataclass
@@ -150,7 +143,7 @@ class PeerManager:
                 self._peers[s] = st
                 log.info("peer connected: %s (%s, %s)", st.name, s, direction)
             st.addrs = self._addrs_of(pid)
-            st.connection = "direct" if any(not _relayed(c) for c in conns[pid]) else "relayed"
+            st.connection = "direct" if any(not is_relayed(c) for c in conns[pid]) else "relayed"
 
     # --- loops -----------------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from p2p_research.research.workspace import Workspace, WorkspaceError
 
 EDITABLE_FILE = "train.py"
 MAX_CANDIDATES = 8
-MAX_ANCESTRY = 10_000
 
 
 @dataclass(frozen=True)
@@ -104,19 +103,3 @@ def merged_train_py(ws: Workspace, parent: str, baseline: str, win: str, code: b
     except KeyError:
         return None
     return None if data == base else data
-
-
-def first_parent_ancestry(ws: Workspace, commit: str, limit: int = MAX_ANCESTRY) -> list[str]:
-    """The commit and its first-parent ancestors that are here, newest first."""
-    out = []
-    cur: str | None = commit
-    while cur is not None and len(out) < limit:
-        try:
-            obj = ws.repo[cur]
-        except (KeyError, ValueError):
-            break
-        if not isinstance(obj, pygit2.Commit):
-            break
-        out.append(cur)
-        cur = str(obj.parent_ids[0]) if obj.parent_ids else None
-    return out

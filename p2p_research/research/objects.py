@@ -66,20 +66,26 @@ def incomplete_ancestry(ws: Workspace, commit: str, limit: int = 500) -> list[st
     return out
 
 
+def first_parent_ancestry(ws: Workspace, commit: str, limit: int = 10_000) -> list[str]:
+    """The commit and its first-parent ancestors that are here, newest first (stops at a missing one)."""
+    out = []
+    cur: str | None = commit
+    while cur is not None and len(out) < limit:
+        try:
+            obj = ws.repo[cur]
+        except (KeyError, ValueError):
+            break
+        if not isinstance(obj, pygit2.Commit):
+            break
+        out.append(cur)
+        cur = str(obj.parent_ids[0]) if obj.parent_ids else None
+    return out
+
+
 def root_of(ws: Workspace, commit: str, limit: int = 10_000) -> str | None:
     """The root commit (genesis) at the end of `commit`'s first-parent chain, or None when part of
     the chain is not here (or longer than `limit`)."""
-    cur = commit
-    for _ in range(limit):
-        if not ws.has_object(cur):
-            return None
-        try:
-            obj = ws.repo[cur]
-        except pygit2.GitError:
-            return None
-        if not isinstance(obj, pygit2.Commit):
-            return None
-        if not obj.parent_ids:
-            return cur
-        cur = str(obj.parent_ids[0])
-    return None
+    chain = first_parent_ancestry(ws, commit, limit)
+    if not chain or ws.repo[chain[-1]].parent_ids:
+        return None
+    return chain[-1]

@@ -26,10 +26,11 @@ from typing import Protocol
 import pygit2
 import trio
 
-from p2p_research.research.combine import Win, candidates, first_parent_ancestry, merged_train_py
+from p2p_research.research.combine import Win, candidates, merged_train_py
 from p2p_research.research.constants import ConstantsError, constants_only_change, parse_source
 from p2p_research.research.describe import describe_change
 from p2p_research.research.mutate import propose_mutation
+from p2p_research.research.objects import first_parent_ancestry
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.workspace import Workspace
 

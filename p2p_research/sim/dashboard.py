@@ -16,6 +16,7 @@ import trio
 
 from p2p_research.dashboard.app import make_sim_app, static_sim_page
 from p2p_research.dashboard.serve import Bound, bind, serve
+from p2p_research.sim.metrics import swarm_best_over_time
 
 log = logging.getLogger("p2p_research.sim")
 
@@ -32,12 +33,7 @@ def sim_state(poller: Any) -> dict[str, Any]:
                       "verified": c.get("verified")})
     history = {name: list(points) for name, points in list(poller.history.items())}
     swarm_names = {n.name for n in sim.nodes if n.role == "swarm" and not getattr(n, "liar", False)}
-    swarm: list[list[float]] = []
-    best = None
-    for t, v in sorted(p for name, pts in history.items() if name in swarm_names for p in pts):
-        if best is None or v < best:
-            best = v
-            swarm.append([t, v])
+    swarm = swarm_best_over_time([[tuple(p) for p in pts] for name, pts in history.items() if name in swarm_names])
     summary = poller.snapshot()
     return {"summary": summary, "nodes": nodes,
             "curves": {"nodes": {k: v for k, v in history.items() if k in swarm_names}, "swarm": swarm,
