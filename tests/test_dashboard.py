@@ -45,6 +45,21 @@ def post(url: str, text: str, token: str | None = None) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def test_a_dashboard_address_this_machine_lacks_is_one_line_error(tmp_path):
+    import subprocess
+
+    from conftest import CLI, ROOT
+
+    from p2p_research.research.init import init_home
+
+    home = init_home(tmp_path / "n")
+    for addr, why in (("10.255.255.1:9", "unavailable"), ("nonsense", "invalid dashboard address")):
+        r = subprocess.run([*CLI, "node", "start", "--home", str(home.path), "--dashboard-addr", addr], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert why in r.stderr.strip().splitlines()[-1]
+
+
 def http_status(host: str, port: int, path: str) -> int:
     import http.client
 

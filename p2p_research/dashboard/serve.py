@@ -7,6 +7,7 @@ handed the socket as ``fd://``.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -63,13 +64,16 @@ def bind(addr: str, token_file: Path, *, fall_back: bool = True) -> Bound:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-    except OSError as e:
-        if not fall_back or port == 0:
-            sock.close()
-            raise ValueError(f"dashboard address {host}:{port} unavailable: {e.strerror or e}") from None
-        log.warning("dashboard port %d is in use; using a free one", port)
-        sock.bind((host, 0))
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or not fall_back or port == 0:
+                raise
+            log.warning("dashboard port %d is in use; using a free one", port)
+            sock.bind((host, 0))
+    except OSError as e:  # e.g. an address this machine does not have
+        sock.close()
+        raise ValueError(f"dashboard address {host}:{port} unavailable: {e.strerror or e}") from None
     sock.listen(128)
     sock.setblocking(False)
     token = None
