@@ -8,6 +8,8 @@ alive, answer `status` within 2 s, their baseline is untouched, and the rejectio
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -26,6 +28,7 @@ from adversary import (
     result,
     verification,
 )
+from conftest import CLI, ROOT
 from daemon_helpers import Daemon, wait_for
 from test_swarm import surrogate_home
 
@@ -394,7 +397,9 @@ def test_a_hostile_about_in_the_peer_exchange_changes_nothing(tmp_path):
         assert status["peer_id"] == d.peer_id and d.proc.poll() is None
         assert all(len(o["protocol"]) <= 80 for o in status["other_protocols"])
         # the peer's words reach the tables as text, never as markup (Rich raised on "[/]")
-        assert "[/]" in d.cli("peers").stdout
+        wide = subprocess.run([*CLI, "peers", "--home", str(home.path)], capture_output=True, text=True, timeout=60,
+                              cwd=ROOT, env={**os.environ, "COLUMNS": "250"})  # a table as wide as it needs
+        assert wide.returncode == 0 and "[/]" in wide.stdout, wide.stderr[-2000:]
         d.cli("status")
     finally:
         d.stop()

@@ -117,6 +117,9 @@ def test_a_relay_without_a_budget_serves_a_swarm_with_another_budget_to_a_late_j
         # the research nodes see no "another protocol" warning about the relay
         assert a.json("status")["protocol_note"] == ""
         kept = [e for e in found.values() if e["status"] == "kept"]
+        relay_repo = pygit2.Repository(str(relay_home.repo))
+        for e in kept:  # the relay can serve only what it holds: let it finish fetching before they go
+            wait_for(lambda e=e: relay_repo.get(e["commit"]), 60, what=f"kept commit {e['commit'][:7]} at the relay")
 
         stop_all([a, b])
         daemons = [relay]
