@@ -38,7 +38,7 @@ from p2p_research.net.dht import KAD_PROTOCOL
 from p2p_research.net.transfer import OBJECTS_PROTOCOL
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.init import init_home
-from p2p_research.research.swarm import rendezvous_order
+from p2p_research.research.swarm import assignment_order
 from p2p_research.research.workspace import Workspace
 from p2p_research.wire import GitObject, decode
 
@@ -186,7 +186,7 @@ async def test_confirmations_from_fresh_identities_do_not_make_a_lie_the_baselin
     for n in range(40):  # a change V is not designated to re-run at once: it must wait, then decide
         ws, commit = liar_commit(tmp_path, f"LEARNING_RATE = 0.00{n + 21}".encode())
         exp = experiment_id(proto, ws.tree_of(commit))
-        if v_id not in rendezvous_order(exp, pool)[:3]:
+        if v_id not in assignment_order(exp, pool)[:3]:
             break
     objs, _, total = commit_objects(ws, commit, deltas=False)
     async with adversary() as adv:

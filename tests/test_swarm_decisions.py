@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p_research.daemon.coordinator import claim_winner
+from p2p_research.research.claims import claim_winner
 from p2p_research.research.swarm import Adopt, PeerClaim, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.trust import check_change
 from p2p_research.target import read_target_files

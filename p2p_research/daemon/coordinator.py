@@ -18,10 +18,11 @@ from typing import Any
 from p2p_research.config import NodeConfig
 from p2p_research.daemon.announce import make_receipt
 from p2p_research.net.boundary import Faults, contained
-from p2p_research.research.claims import ClaimBook
+from p2p_research.research.claims import ClaimBook, claim_winner
 from p2p_research.research.context import ResearchContext
 from p2p_research.research.engine import ResearchEngine
 from p2p_research.research.objects import incomplete_ancestry
+from p2p_research.research.ownership import Ownership
 from p2p_research.research.swarm import (
     Adopt,
     Ignore,
@@ -30,7 +31,6 @@ from p2p_research.research.swarm import (
     SwarmPolicy,
     SwarmState,
     Verify,
-    rendezvous_order,
 )
 from p2p_research.research.trust import TrustPolicy, check_lineage
 from p2p_research.store.ledger import Run
@@ -38,17 +38,6 @@ from p2p_research.wire import Claim, Result, Verification
 from p2p_research.wire.receipts import sign_receipt
 
 log = logging.getLogger("p2p_research.swarm")
-
-CLAIM_TIE_S = 2.0  # claims closer than this in time are simultaneous; the lower peer id wins
-OWNER_MEMORY_S = 600.0  # a peer silent this long no longer owns a share of the candidates
-
-
-def claim_winner(a: tuple[float, str], b: tuple[float, str]) -> str:
-    """Deterministic winner of two claims (ts, peer) on one experiment: the earlier, else the lower peer id."""
-    if abs(a[0] - b[0]) > CLAIM_TIE_S:
-        return a[1] if a[0] < b[0] else b[1]
-    return min(a[1], b[1])
-
 
 @dataclass
 class CoordinatorDeps:
@@ -84,8 +73,8 @@ class SwarmCoordinator:
         self.defer_s = cfg.verification.defer_s
         self.accepted: set[str] = set()
         self.following = False  # set once this node stops proposing: adopt by rank, not by margin
-        # peer -> when it last announced something (claims, results), least recently first
-        self.heard: OrderedDict[str, float] = OrderedDict()
+        #: the peers heard recently (claims, results), on the ring that assigns candidates to owners
+        self.owners = Ownership(deps.peer_id)
         self._first_result: OrderedDict[str, str] = OrderedDict()  # exp id -> first peer whose result completed
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0}
@@ -218,17 +207,12 @@ class SwarmCoordinator:
 
     # --- dedup --------------------------------------------------------------------------------------
     def note_heard(self, peer: str) -> None:
-        self.heard[peer] = time.time()
-        self.heard.move_to_end(peer)
-        if len(self.heard) > 10_000:  # keys are free: the least recently heard go first
-            self.heard.popitem(last=False)
+        self.owners.note(peer, time.time())
 
     def owns(self, exp_id: str) -> bool:
-        """Whether this node is the owner of `exp_id` among the nodes heard from recently: the one ranked
-        first by sha256(exp_id:peer) (rendezvous hashing). Owners partition every baseline's candidates."""
-        now = time.time()
-        pool = [p for p, t in self.heard.items() if now - t < OWNER_MEMORY_S and not self.state.ignored(p)]
-        return rendezvous_order(exp_id, [*pool, self.peer_id])[0] == self.peer_id
+        """Whether this node owns `exp_id` among the nodes heard from recently (research/ownership.py):
+        owners partition every baseline's candidates."""
+        return self.owners.owns(exp_id, time.time(), self.state.ignored)
 
     async def is_known(self, exp_id: str) -> bool:
         """Known elsewhere: an active claim by another node, or a DHT record (late joiners)."""

@@ -136,3 +136,13 @@ class ClaimBook:
 
     def note_yield(self, peer: str) -> None:
         self.yields[peer] += 1
+
+
+CLAIM_TIE_S = 2.0  # claims closer than this in time are simultaneous; the lower peer id wins
+
+
+def claim_winner(a: tuple[float, str], b: tuple[float, str]) -> str:
+    """Deterministic winner of two claims (ts, peer) on one experiment: the earlier, else the lower peer id."""
+    if abs(a[0] - b[0]) > CLAIM_TIE_S:
+        return a[1] if a[0] < b[0] else b[1]
+    return min(a[1], b[1])

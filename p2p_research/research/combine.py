@@ -65,10 +65,22 @@ def merge_constants(parent: str, baseline: str, win: str) -> str | None:
         before, now = read_constants(parent), read_constants(baseline)
     except ConstantsError:
         return None
-    if not changes or any(name not in now or now[name] != before.get(name) for name in changes):
+    knobs = merge_knobs(before, now, {name: new for name, (_, new) in changes.items()})
+    if knobs is None:
         return None
-    merged = rewrite_constants(baseline, {name: new for name, (_, new) in changes.items()})
+    merged = rewrite_constants(baseline, knobs)
     return None if merged == baseline else merged
+
+
+def merge_knobs(parent: dict, baseline: dict, changes: dict) -> dict | None:
+    """The decision of a knob-by-knob merge (pure): the win's `changes` (name -> new value, relative to
+    `parent`) apply to `baseline` when the baseline still has the parent's value of every one of them;
+    None when a knob overlaps (the baseline moved it too) or nothing would change."""
+    if not changes or any(name not in baseline or baseline[name] != parent.get(name) for name in changes):
+        return None
+    if all(baseline[name] == new and type(baseline[name]) is type(new) for name, new in changes.items()):
+        return None
+    return dict(changes)
 
 
 def merged_train_py(ws: Workspace, parent: str, baseline: str, win: str, code: bool = True) -> bytes | None:

@@ -94,13 +94,12 @@ class Mutation:
     description: str = ""
 
 
-def propose_mutation(baseline_source: str, space: SearchSpace, rng: random.Random,
-                     focus: dict[str, float] | None = None) -> Mutation:
-    """Change one constant (sometimes two) of the baseline, within the search space.
+def choose_changes(constants: dict, space: SearchSpace, rng: random.Random,
+                   focus: dict[str, float] | None = None) -> dict[str, tuple[Literal, Literal]]:
+    """The decision of a mutation: which scalar constants change, and to what (old, new) (pure, no source).
 
-    `focus` optionally weights the names (e.g. towards constants whose changes helped before).
-    """
-    constants = read_constants(baseline_source)
+    Kept apart from the rewrite of train.py so that the discrete-event simulator (sim/des) draws the
+    very same mutations from the same random stream without writing sources."""
     current = flatten(constants)
     names = sorted(n for n in space.params if n in current and _fits(space.params[n], current[n]))
     if not names:
@@ -113,8 +112,18 @@ def propose_mutation(baseline_source: str, space: SearchSpace, rng: random.Rando
         if n not in chosen:
             chosen.append(n)
     new_values = {n: mutate_value(space.params[n], current[n], rng) for n in chosen}
-    changes = {n: (current[n], v) for n, v in new_values.items() if not (v == current[n] and type(v) is type(current[n]))}
-    whole = apply_scalar_changes(constants, {n: new_values[n] for n in changes})
+    return {n: (current[n], v) for n, v in new_values.items() if not (v == current[n] and type(v) is type(current[n]))}
+
+
+def propose_mutation(baseline_source: str, space: SearchSpace, rng: random.Random,
+                     focus: dict[str, float] | None = None) -> Mutation:
+    """Change one constant (sometimes two) of the baseline, within the search space.
+
+    `focus` optionally weights the names (e.g. towards constants whose changes helped before).
+    """
+    constants = read_constants(baseline_source)
+    changes = choose_changes(constants, space, rng, focus)
+    whole = apply_scalar_changes(constants, {n: new for n, (_, new) in changes.items()})
     source = rewrite_constants(baseline_source, whole)
     return Mutation(source, changes, describe_changes(baseline_source, changes))
 

@@ -14,8 +14,9 @@ from a *voucher*, a peer listed in `trusted` or one whose results this node's ow
 result earns nothing). Fresh identities cost nothing, so their votes weigh nothing; an attacker's K
 identities vouch only after K x `vouch_after` results each re-run here and confirmed, which is real
 verified work (docs/security.md). Who re-runs
-is decided per result, as BOINC assigns replicas: the `replicas` nodes ranked first by
-sha256(exp_id:peer) among the peers this node has heard from (the claimant excluded) re-run it at once;
+is decided per result, as BOINC assigns replicas: the `replicas` nodes met first clockwise from
+sha256(exp_id) on the ring of peers this node has heard from (research/ownership.py; the claimant
+excluded) re-run it at once;
 every other node waits up to `defer_s` for their evidence and only then falls back to its own coin.
 Every node computes the same ranking from (nearly) the same peer set, so a result costs about
 `replicas` re-runs instead of one per node.
@@ -35,18 +36,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from p2p_research.research.ownership import HashRing, assignment_order
+
+__all__ = ["assignment_order"]  # the reference order of `designated`, for tests
 
 MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
 MAX_VOTES = 64  # verifiers remembered per experiment
 MAX_PEERS = 10_000  # peers remembered for replica ranking (keys are free: memory must not follow them)
-
-
-def rendezvous_order(key: str, peers: Iterable[str]) -> list[str]:
-    """Peers ranked for `key` by highest random weight, sha256(key:peer): every node that knows the same
-    peers computes the same order, so it assigns work (owners, verification replicas) without talking."""
-    return sorted(set(peers), key=lambda p: hashlib.sha256(f"{key}:{p}".encode()).digest(), reverse=True)
 
 
 @dataclass
@@ -123,6 +121,7 @@ class SwarmState:
     settled: set[str] = field(default_factory=set)     # exp ids already verified, adopted or dismissed
     confirmed: dict[str, tuple[PeerClaim, float]] = field(default_factory=dict)  # re-run OK, not adopted
     peers: dict[str, None] = field(default_factory=dict)  # peers heard from, least recently first
+    ring: HashRing = field(default_factory=HashRing)     # the same peers, on the assignment ring
     # exp id -> verifier -> its signed vote: (whose claim it re-ran, the value that claimed, confirmed?)
     evidence: dict[str, dict[str, Vote]] = field(default_factory=dict)
 
@@ -177,15 +176,21 @@ class SwarmState:
             return
         self.peers.pop(peer, None)
         self.peers[peer] = None  # most recently heard last
+        self.ring.add(peer)
         if len(self.peers) > MAX_PEERS:  # keys are free: the least recently heard go first
-            del self.peers[next(iter(self.peers))]
+            old = next(iter(self.peers))
+            del self.peers[old]
+            self.ring.remove(old)
 
     def designated(self, claim: PeerClaim) -> bool:
         """Whether this node is one of the `replicas` nodes that re-run `claim` at once."""
         if self.policy.replicas <= 0:
             return True
-        pool = {p for p in [*self.peers, self.policy.self_peer] if p != claim.peer and not self.ignored(p)}
-        return self.policy.self_peer in rendezvous_order(claim.exp_id, pool)[: self.policy.replicas]
+        me = self.policy.self_peer
+        self.ring.add(me)
+        chosen = self.ring.first(claim.exp_id, self.policy.replicas,
+                                 lambda p: p != claim.peer and (p == me or (p in self.peers and not self.ignored(p))))
+        return me in chosen
 
     def votes_on(self, claim: PeerClaim) -> dict[str, bool]:
         """Votes that count for this claim: by vouchers, about this claimant's claim of (within the

@@ -1,0 +1,69 @@
+"""The assignment ring (research/ownership.py): owners and replicas agree with the reference order."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2p_research.research.ownership import HashRing, Ownership, assignment_order
+from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState
+
+peer_names = st.lists(st.text("abcdef0123456789", min_size=1, max_size=6), min_size=1, max_size=40, unique=True)
+
+
+@given(peer_names, st.text(min_size=1, max_size=12), st.lists(st.integers(0, 39), max_size=10))
+@settings(max_examples=200, deadline=None)
+def test_the_incremental_ring_walks_in_the_reference_order(peers, key, removals):
+    ring = HashRing()
+    for p in peers:
+        ring.add(p)
+    ring.add(peers[0])  # adding twice changes nothing
+    gone = {peers[i] for i in removals if i < len(peers)}
+    for p in gone:
+        ring.remove(p)
+    left = [p for p in peers if p not in gone]
+    assert list(ring.walk(key)) == assignment_order(key, left)
+    assert len(ring) == len(left)
+
+
+@given(peer_names, st.lists(st.text("0123456789abcdef", min_size=8, max_size=8), min_size=1, max_size=30))
+@settings(max_examples=100, deadline=None)
+def test_every_node_names_the_same_single_owner(peers, keys):
+    """Nodes that heard from the same peers agree on each key's owner: exactly one of them owns it."""
+    nodes = {p: Ownership(p) for p in peers}
+    for o in nodes.values():
+        for p in peers:
+            o.note(p, 100.0)
+    for k in keys:
+        owners = [me for me, o in nodes.items() if o.owns(k, 101.0)]
+        assert owners == [assignment_order(k, peers)[0]]
+
+
+def test_a_silent_peer_leaves_the_ring_and_an_ignored_one_owns_nothing():
+    o = Ownership("me", memory_s=600.0)
+    o.note("other", 0.0)
+    keys = [f"k{i}" for i in range(200)]
+    theirs = [k for k in keys if not o.owns(k, 10.0)]
+    assert theirs and len(theirs) < len(keys)  # both own a share
+    assert all(o.owns(k, 10.0, ignored=lambda p: p == "other") for k in theirs)
+    assert all(o.owns(k, 601.0) for k in keys) and "other" not in o.ring  # silent for 600 s
+
+
+def test_memory_of_heard_peers_is_bounded():
+    o = Ownership("me", max_peers=50)
+    for i in range(1000):
+        o.note(f"p{i}", float(i) / 1000)
+    assert len(o.heard) == 50 and len(o.ring) == 51
+
+
+@given(peer_names, st.integers(1, 5))
+@settings(max_examples=100, deadline=None)
+def test_replicas_are_the_first_peers_on_the_ring_without_the_claimant(peers, replicas):
+    claimant = "claimant"
+    claim = PeerClaim("ab" * 20, "c" * 40, claimant, 1.5, 0, 100.0)
+    chosen = assignment_order(claim.exp_id, peers)[:replicas]
+    for me in peers:
+        s = SwarmState(SwarmPolicy(me, "adaptive", replicas=replicas))
+        for p in [*peers, claimant]:
+            s.note_peer(p)
+        assert s.designated(claim) == (me in chosen)
