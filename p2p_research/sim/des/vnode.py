@@ -1,0 +1,467 @@
+"""A virtual node: the daemon's research and swarm decisions, driven in virtual time.
+
+The decisions are the project's own: `research.loop.ResearchLoop` (keep or discard, baselines),
+`research.swarm.SwarmState` (verification replicas, quorum, adoption, following by rank),
+`research.claims` (claim ties and the yield budget), `research.ownership` (who proposes what),
+`research.mutate.choose_changes` (the built-in proposer's mutations) and `research.combine` (which
+wins combine, knob by knob). What the daemon does with I/O (git commits, training, gossip) is replaced
+by its cost in time: a run takes `cost_s` and scores the surrogate objective of its constants, a
+message reaches each node when the world's network model says. The order of steps is the engine's and
+the coordinator's: between experiments, verify and adopt (up to 8 decisions), then propose (a
+combination this node owns, else a mutation, preferring owned ones), claim, run, announce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2p_research.research import loop as L
+from p2p_research.research.claims import ClaimBook, claim_winner
+from p2p_research.research.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
+from p2p_research.research.combine import Win, candidates, merge_knobs
+from p2p_research.research.constants import apply_scalar_changes
+from p2p_research.research.mutate import choose_changes
+from p2p_research.research.ownership import Ownership
+from p2p_research.research.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TRIES
+from p2p_research.research.searchspace import SearchSpace
+from p2p_research.research.surrogate import noisy_value
+from p2p_research.research.swarm import Adopt, Ignore, PeerClaim, SwarmPolicy, SwarmState, Verify
+from p2p_research.sim.des.world import Message, Proc, Process, World, peer_name  # noqa: F401
+
+ADOPTION_POLL_S = 2.0      # daemon/node.py: an idle (following) node looks at candidates this often
+DHT_LOOKUPS_PER_PROPOSAL = 5
+LEASE_RUNS = 3.0           # a claim is a lease of about 3 budgets
+MAX_WINS = 200             # store/ledger.py kept_wins: the best 200
+
+
+def exp_id_of(constants: dict) -> str:
+    """Content addressing: the same constants are the same experiment, whoever proposes them."""
+    return hashlib.sha1(repr(sorted(constants.items())).encode()).hexdigest()
+
+
+def commit_of(exp_id: str, parent: str) -> str:
+    return hashlib.sha1(f"{exp_id}:{parent}".encode()).hexdigest()
+
+
+@dataclass
+class Shared:
+    """What every virtual node shares: the search space, the objective, and the commits made so far."""
+
+    space: SearchSpace
+    genesis: dict
+    budget_tokens: int
+    cost_s: float
+    margin: float
+    verification: str
+    combine: bool = True
+    window_end: float = math.inf    # nodes stop proposing at this time and follow the swarm
+    settle_end: float = math.inf
+    constants: dict[str, dict] = field(default_factory=dict)   # commit -> constants
+    parent: dict[str, str] = field(default_factory=dict)        # commit -> parent commit
+    exp_of: dict[str, str] = field(default_factory=dict)        # commit -> experiment id
+    values: dict[tuple[str, int], float | None] = field(default_factory=dict)
+
+    GENESIS = "0" * 40
+
+    def __post_init__(self) -> None:
+        self.constants[self.GENESIS] = dict(self.genesis)
+        self.parent[self.GENESIS] = ""
+        self.exp_of[self.GENESIS] = exp_id_of(self.genesis)
+
+    def value(self, commit: str, seed: int) -> float | None:
+        key = (commit, seed)
+        if key not in self.values:
+            self.values[key] = noisy_value(self.constants[commit], seed, self.budget_tokens)
+        return self.values[key]
+
+    def commit(self, constants: dict, parent: str) -> tuple[str, str]:
+        exp = exp_id_of(constants)
+        c = commit_of(exp, parent)
+        if c not in self.constants:
+            self.constants[c], self.parent[c], self.exp_of[c] = constants, parent, exp
+        return exp, c
+
+
+@dataclass
+class Stats:
+    """What one node did, for the report."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)          # every local run
+    baselines: list[tuple[float, float]] = field(default_factory=list)  # (t, value) each time it improved
+    final: tuple[str, float | None, int] = ("", None, -1)               # commit, value, source node
+    adoptions: list[dict[str, Any]] = field(default_factory=list)
+    dedup: dict[str, int] = field(default_factory=lambda: {"known_in_ledger": 0, "claimed_elsewhere": 0})
+    yielded: int = 0
+    dht_lookups: int = 0
+    gaps: list[float] = field(default_factory=list)
+
+
+class VirtualNode:
+    def __init__(self, world: World, shared: Shared, index: int, seed: int, liar: bool = False,
+                 solo: bool = False, policy: dict[str, Any] | None = None) -> None:
+        self.world, self.shared, self.index = world, shared, index
+        self.name = peer_name(index) if not solo else "solo"
+        self.seed, self.liar, self.solo = seed, liar, solo
+        self.rng = random.Random(seed * 1_000_003)
+        irng = random.Random(f"interests:{seed}")
+        self.interests = {n: irng.lognormvariate(0.0, 1.2) for n in sorted(shared.space.params)}
+        self.loop = L.ResearchLoop(Shared.GENESIS, None, shared.margin)
+        p = policy or {}
+        self.state = SwarmState(SwarmPolicy(self.name, shared.verification, shared.margin, 0.0,
+                                            p.get("refuted_threshold", 2), p.get("quorum", 2), p.get("replicas", 3),
+                                            vouch_after=p.get("vouch_after", 1)))
+        self.flooding = world.announce == "all" and not solo
+        if self.flooding:  # every node hears every node within seconds: one shared view of the swarm
+            self.state.peers, self.state.ring = world.peers, world.ring
+        self.owners = Ownership(self.name)
+        self.claims = ClaimBook()
+        self.stats = Stats()
+        self.local: set[str] = set()           # experiment ids this node ran or claimed
+        self.heard: set[str] = set()           # experiment ids of flooded results delivered here
+        self.wins: list[Win] = []
+        self._ptr = 0
+        self._waiting: list[tuple[float, Message]] = []
+        self._ancestry: tuple[str, list[str]] = ("", [])
+        self._merged: dict[tuple[str, str], dict | None] = {}
+        self.baseline_source = -1               # node index whose result the baseline is (-1: own)
+        self.rank_value: float | None = None    # the announced value of the baseline (following)
+        self.baseline_exp = ""
+        self.following = False
+        self.proc: Proc | None = None
+        self.running: tuple[str, Message, float] | None = None  # exp id, own claim, finish time
+        self.started_at = 0.0
+        self.last_run_end: float | None = None
+        self._lookups_left = 0
+
+    # --- the process ------------------------------------------------------------------------------
+    def start(self, at: float) -> None:
+        self.started_at = at
+        self.proc = self.world.spawn(self.life(), at)
+
+    def life(self) -> Process:
+        sh, w = self.shared, self.world
+        while True:
+            until = w.down_until(self.index, w.t)
+            if until is not None:  # killed: back after the restart, from the ledger's state
+                yield until - w.t
+                continue
+            action = self.loop.next_action()
+            if isinstance(action, L.Done):
+                return
+            if isinstance(action, L.MeasureBaseline):
+                self._run_started()
+                yield sh.cost_s
+                value = sh.value(action.commit, self.seed)
+                self._run_ended("baseline", action.commit, value)
+                self.loop.handle(L.BaselineMeasured(action.commit, value))
+                if value is not None:
+                    self._note_baseline(value, -1, sh.exp_of[action.commit], value)
+                    self._publish("baseline", sh.exp_of[action.commit], action.commit, "baseline", value)
+                continue
+            if isinstance(action, L.Propose):
+                if w.t >= sh.window_end:
+                    yield from self.follow()
+                    return
+                yield from self.between()
+                if self.loop.next_action() != action:
+                    continue
+                self._lookups_left = DHT_LOOKUPS_PER_PROPOSAL if not self.flooding else 0
+                cost = w.net.own_work_s
+                w.own_work(w.t, cost)
+                yield w.cpu_wait(w.t, cost)
+                proposal, lookup_s = self.propose(action.baseline_commit)
+                if lookup_s:
+                    yield lookup_s
+                if proposal is None:
+                    self.loop.handle(L.ProposalSkipped("no unknown experiment"))
+                    continue
+                exp, commit, description = proposal
+                self.loop.handle(L.Proposed(exp, commit, description))
+                continue
+            if isinstance(action, L.RunExperiment):
+                yield from self.experiment(action)
+
+    def experiment(self, action: L.RunExperiment) -> Process:
+        sh, w = self.shared, self.world
+        claim = self._publish("claim", action.exp_id, action.commit)
+        self.local.add(action.exp_id)
+        finish = w.t + sh.cost_s
+        assert self.proc is not None
+        self.proc.interrupted = False
+        self.running = (action.exp_id, claim, finish)
+        self._watch_claims(action.exp_id, claim, finish)
+        self._run_started()
+        yield sh.cost_s
+        self.running = None
+        if self.proc.interrupted:
+            self.proc.interrupted = False
+            self.loop.handle(L.ExperimentAborted(action.exp_id))
+            self._run_ended("aborted", action.commit, None, action.description)
+            return
+        value = sh.value(action.commit, self.seed)
+        if self.liar and self.loop.baseline_value is not None:
+            value = self.loop.baseline_value - 0.01 - 0.02 * ((int(action.exp_id[:8], 16) % 100) / 100)
+        verdict = self.loop.handle(L.ExperimentFinished(action.exp_id, action.commit, value))
+        assert verdict is not None
+        self._run_ended(verdict.status, action.commit, value, action.description)
+        self._publish("result", action.exp_id, action.commit, verdict.status, value)
+        if verdict.status == "kept" and value is not None:
+            self._note_baseline(value, -1, action.exp_id, value)
+            self.wins.append(Win(action.exp_id, action.commit, sh.parent[action.commit], value, action.description))
+
+    def follow(self) -> Process:
+        """Done proposing: adopt by rank until the settle ends, so the swarm converges on one baseline."""
+        self.following = True
+        while self.world.t < self.shared.settle_end:
+            yield from self.between()
+            yield ADOPTION_POLL_S
+
+    # --- between experiments: verify and adopt ------------------------------------------------------
+    def between(self) -> Process:
+        sh, w = self.shared, self.world
+        self.pull()
+        for _ in range(8):
+            self.state.policy.defer_s = max(60.0, 4 * sh.cost_s)
+            rank = (self.rank_value, self.baseline_exp) if self.following and self.rank_value is not None else None
+            decision = self.state.next_decision(self.loop.baseline_value, rank, now=w.t)
+            if decision is None or isinstance(decision, Ignore):
+                return
+            if isinstance(decision, Verify):
+                c = decision.claim
+                self._run_started()
+                yield sh.cost_s
+                measured = sh.value(c.commit, c.seed)
+                self._run_ended("verification", c.commit, measured, target=c.peer)
+                rank = (self.rank_value, self.baseline_exp) if self.following and self.rank_value is not None else None
+                verdict, adopt = self.state.on_verified(c, measured, self.loop.baseline_value, rank)
+                self.stats.runs[-1]["status"] = verdict
+                self._publish("verification", c.exp_id, c.commit, verdict, measured, target=int(c.peer[1:]),
+                              claimed=c.value)
+                if adopt is None:
+                    continue
+                decision = adopt
+            assert isinstance(decision, Adopt)
+            c = decision.claim
+            self.loop.adopt(c.commit, decision.value)
+            source = int(c.peer[1:])
+            self._note_baseline(decision.value, source, c.exp_id, c.value)
+            self.stats.adoptions.append({"t": w.t, "exp_id": c.exp_id, "from": source, "value": decision.value,
+                                         "announced_at": self._announced_at(c), "received_at": c.received_at,
+                                         "rerun": decision.reason.startswith("confirmed by a local")})
+            self.pull()
+
+    def _announced_at(self, c: PeerClaim) -> float:
+        for m in self.world.results.get(c.exp_id, ()):
+            if peer_name(m.peer) == c.peer:
+                return m.t
+        return c.received_at
+
+    def pull(self) -> None:
+        """Take in the flooded messages (kept results, verifications, baselines) that reached this node."""
+        if self.solo:
+            return
+        w, now = self.world, self.world.t
+        fresh = w.flooded[self._ptr:]
+        self._ptr = len(w.flooded)
+        pending = [(w.delivery(m, self.index) if at == math.inf else at, m) for at, m in self._waiting]
+        pending += [(w.delivery(m, self.index), m) for m in fresh if m.peer != self.index]
+        self._waiting = []
+        for at, m in pending:
+            if at == math.inf and m.sent == math.inf:  # still in its sender's outbox
+                self._waiting.append((at, m))
+                continue
+            if at > now:
+                self._waiting.append((at, m))
+                continue
+            self._receive(m, at)
+
+    def _receive(self, m: Message, at: float) -> None:
+        peer = peer_name(m.peer)
+        if not self.flooding:
+            self.owners.note(peer, at)
+            self.state.note_peer(peer)
+        if m.kind == "verification":
+            confirmed = m.status == "confirmed" and m.value is not None and m.claimed is not None and (
+                abs(m.value - m.claimed) <= self.state.policy.tol)
+            self.state.on_peer_verification(m.exp_id, peer, peer_name(m.target), confirmed, m.claimed)
+            return
+        if m.kind != "result" or m.status != "kept" or m.value is None:
+            return
+        self.heard.add(m.exp_id)
+        first = self.world.first_claim.get(m.exp_id, m.peer) == m.peer
+        self.state.on_peer_result(PeerClaim(m.exp_id, m.commit, peer, m.value, m.seed, at, first=first), True, "", "kept")
+        if self.shared.combine:
+            self.wins.append(Win(m.exp_id, m.commit, m.parent, m.value, "", peer))
+            if len(self.wins) > 2 * MAX_WINS:
+                self.wins = sorted(self.wins, key=lambda x: (x.val_bpb, x.exp_id))[:MAX_WINS]
+
+    # --- proposing ----------------------------------------------------------------------------------
+    def propose(self, baseline: str) -> tuple[tuple[str, str, str] | None, float]:
+        """(exp id, commit, description) of the next experiment, or None; and the DHT lookup time spent."""
+        sh = self.shared
+        consts = sh.constants[baseline]
+        spent = [0.0]
+        combined = self._combination(baseline, consts, spent) if sh.combine else None
+        if combined is not None:
+            return combined, spent[0]
+        fallback = None
+        unknown = 0
+        for _ in range(BUILTIN_TRIES):
+            changes = choose_changes(consts, sh.space, self.rng, self.interests)
+            if not changes:
+                continue
+            new = {**consts, **apply_scalar_changes(consts, {n: v for n, (_, v) in changes.items()})}
+            exp = exp_id_of(new)
+            if self.known(exp, spent):
+                continue
+            if self.mine(exp):
+                return self._make(new, baseline, "mutation"), spent[0]
+            fallback = fallback or new
+            unknown += 1
+            if unknown >= PREFER_TRIES:
+                break
+        if fallback is not None:
+            return self._make(fallback, baseline, "mutation"), spent[0]
+        return None, spent[0]
+
+    def _make(self, constants: dict, baseline: str, description: str) -> tuple[str, str, str]:
+        exp, commit = self.shared.commit(constants, baseline)
+        return exp, commit, description
+
+    def _combination(self, baseline: str, consts: dict, spent: list[float]) -> tuple[str, str, str] | None:
+        sh = self.shared
+        if self._ancestry[0] != baseline:
+            chain, c = [], baseline
+            while c:
+                chain.append(c)
+                c = sh.parent.get(c, "")
+            self._ancestry = (baseline, chain)
+            self._merged.clear()
+        wins = [x for x in self.wins if not x.peer or self.state.rep(x.peer).refuted == 0]
+        merges = 0
+        for win in candidates(wins, self._ancestry[1], 4 * MAX_WINS_COMBINED):
+            key = (win.commit, baseline)
+            if key not in self._merged:
+                if merges >= MAX_MERGES:
+                    break
+                merges += 1
+                parent_c, win_c = sh.constants[win.parent], sh.constants[win.commit]
+                changes = {k: v for k, v in win_c.items() if parent_c.get(k) != v or type(parent_c.get(k)) is not type(v)}
+                knobs = merge_knobs(parent_c, consts, changes)
+                self._merged[key] = None if knobs is None else {**consts, **knobs}
+            new = self._merged[key]
+            if new is None:
+                continue
+            exp = exp_id_of(new)
+            if not self.mine(exp) or self.known(exp, spent):
+                continue
+            return self._make(new, baseline, "combination")
+        return None
+
+    def known(self, exp: str, spent: list[float]) -> bool:
+        """The engine's `is_known`: in this node's ledger, or claimed or announced elsewhere as far as it
+        can tell (flooded claims and results that reached it; else a bounded number of DHT lookups)."""
+        if exp in self.local or exp in self.heard:
+            self.stats.dedup["known_in_ledger"] += 1
+            return True
+        if self.solo:
+            return False
+        w, now = self.world, self.world.t
+        lease = LEASE_RUNS * self.shared.cost_s
+        if self.flooding:
+            for m in w.results.get(exp, ()):
+                if w.delivery(m, self.index) <= now:
+                    self.stats.dedup["known_in_ledger"] += 1
+                    return True
+            for m in w.claims.get(exp, ()):
+                if m.peer != self.index and now < m.t + lease and w.delivery(m, self.index) <= now:
+                    self.stats.dedup["claimed_elsewhere"] += 1
+                    return True
+            return False
+        if self._lookups_left <= 0:
+            return False
+        self._lookups_left -= 1
+        self.stats.dht_lookups += 1
+        spent[0] += w.dht_lookup(now)
+        if any(m.peer != self.index and w.in_dht(m, now) for m in w.results.get(exp, ())) or any(
+                m.peer != self.index and now < m.t + lease and w.in_dht(m, now) for m in w.claims.get(exp, ())):
+            self.stats.dedup["claimed_elsewhere"] += 1
+            return True
+        return False
+
+    def mine(self, exp: str) -> bool:
+        if self.solo:
+            return True
+        if self.flooding:
+            found = self.world.ring.first(exp, 1, lambda p: not self.state.ignored(p))
+            return not found or found[0] == self.name
+        return self.owners.owns(exp, self.world.t, self.state.ignored)
+
+    # --- claims and yields ----------------------------------------------------------------------------
+    def _watch_claims(self, exp: str, mine: Message, finish: float) -> None:
+        """Claims on the same experiment that cross mine: whoever loses the tie yields when the winner's
+        claim reaches it (the coordinator's `on_claim`)."""
+        w = self.world
+        if self.solo:
+            return
+        for other in w.claims.get(exp, ()):
+            if other.peer == self.index:
+                continue
+            node = w.nodes[other.peer]
+            # their claim reaches me while I run: I yield if it wins
+            at = w.delivery(other, self.index) if self.flooding else math.inf
+            if w.t <= at < finish and claim_winner((mine.t, self.name), (other.t, node.name)) == node.name:
+                w.at(at, lambda n=node, o=other: self.on_claim(o, n))
+            # mine reaches them while they run it
+            if node.running is not None and node.running[0] == exp and self.flooding:
+                at2 = w.delivery(mine, other.peer)
+                if at2 < node.running[2] and claim_winner((other.t, node.name), (mine.t, self.name)) == self.name:
+                    w.at(at2, lambda n=node, me=mine: n.on_claim(me, self))
+
+    def on_claim(self, claim: Message, claimant: VirtualNode) -> None:
+        if self.running is None or self.running[0] != claim.exp_id or self.proc is None:
+            return
+        confirmed = self.state.reputation.get(claimant.name)
+        if not self.claims.may_yield_to(claimant.name, confirmed.confirmed if confirmed else 0,
+                                        sum(r["kind"] == "experiment" for r in self.stats.runs)):
+            return
+        self.claims.note_yield(claimant.name)
+        self.stats.yielded += 1
+        self.running = None
+        self.proc.interrupt(self.world.t)
+
+    def kill(self) -> None:
+        """SIGKILL: the experiment in flight is lost (recorded as aborted); the node is down until it restarts."""
+        if self.running is not None and self.proc is not None:
+            self.running = None
+            self.proc.interrupt(self.world.t)
+
+    # --- bookkeeping ----------------------------------------------------------------------------------
+    def _publish(self, kind: str, exp: str, commit: str, status: str = "", value: float | None = None,
+                 target: int = -1, claimed: float | None = None) -> Message:
+        if self.solo:
+            return Message(-1, kind, self.index, self.world.t, exp, status, value, commit)
+        return self.world.publish(Message(0, kind, self.index, self.world.t, exp, status, value, commit,
+                                          self.shared.parent.get(commit, ""), self.seed, target, claimed))
+
+    def _run_started(self) -> None:
+        if self.last_run_end is not None:
+            self.stats.gaps.append(self.world.t - self.last_run_end)
+        self._run_t0 = self.world.t
+
+    def _run_ended(self, status: str, commit: str, value: float | None, description: str = "", target: str = "") -> None:
+        kind = {"baseline": "baseline", "verification": "verification"}.get(status, "experiment")
+        self.stats.runs.append({"kind": kind, "status": status, "exp_id": self.shared.exp_of[commit],
+                                "t0": self._run_t0, "t1": self.world.t, "value": value,
+                                "combination": description == "combination", "target": target})
+        self.last_run_end = self.world.t
+
+    def _note_baseline(self, value: float, source: int, exp: str, announced: float) -> None:
+        self.baseline_source, self.baseline_exp, self.rank_value = source, exp, announced
+        best = self.stats.baselines[-1][1] if self.stats.baselines else math.inf
+        if value < best:
+            self.stats.baselines.append((self.world.t, value))
