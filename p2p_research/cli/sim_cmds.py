@@ -39,9 +39,33 @@ def register(app: typer.Typer) -> None:
                                        "(127.0.0.1:8642 or a free port); the report keeps a copy"),
         dashboard_addr: str | None = typer.Option(None, "--dashboard-addr", metavar="HOST:PORT",
                                                   help="Serve the swarm's page here (implies --dashboard)"),
+        engine: str = typer.Option("process", "--engine", help="process (real daemons, one OS process each) | "
+                                   "des (virtual nodes in virtual time over a modelled network: thousands of nodes)"),
+        announce: str = typer.Option("all", "--announce", help="des: what is flooded: all (claims and every result, "
+                                     "today's protocol) | kept (kept results and verifications; the rest via the DHT)"),
+        cores: float = typer.Option(0.0, "--cores", min=0.0, help="des: cores of one machine all nodes share "
+                                    "(0: one machine per node)"),
+        hop_latency_ms: float = typer.Option(-1.0, "--hop-latency-ms", help="des: median latency of one hop "
+                                             "(default 40 ms, or 1 ms with --cores: loopback)"),
+        loss: float = typer.Option(0.0, "--loss", min=0.0, max=0.99, help="des: share of messages a node misses"),
+        nat_share: float = typer.Option(0.0, "--nat-share", min=0.0, max=1.0, help="des: share of nodes behind NAT"),
+        combine: bool = typer.Option(True, "--combine/--no-combine", help="des: combine parallel wins (research.combine)"),
     ) -> None:
-        """Run a swarm of real node daemons on loopback; write report.json, report.md and plots."""
+        """Run a swarm (real daemons on loopback, or virtual nodes); write report.json, report.md and plots."""
         import time
+
+        if engine not in ("process", "des"):
+            raise CliError("--engine must be process or des", 2)
+        if engine == "des":
+            if dashboard or dashboard_addr:
+                raise CliError("--dashboard needs --engine process (virtual time runs faster than a page)", 2)
+            if objective != "surrogate":
+                raise CliError("--engine des runs the surrogate objective only", 2)
+            _run_des(nodes=nodes, duration=duration, churn=churn, churn_downtime=churn_downtime, liars=liars, seed=seed,
+                     report=report, cost=cost, solo=solo_baseline, verification=verification, start_rate=start_rate,
+                     margin=margin, settle=settle, announce=announce, cores=cores, hop_latency_ms=hop_latency_ms,
+                     loss=loss, nat_share=nat_share, combine=combine)
+            return
 
         from p2p_research.sim.launcher import Simulation
         from p2p_research.sim.metrics import collect
@@ -101,3 +125,45 @@ def register(app: typer.Typer) -> None:
                 raise
         if sim.interrupted:
             raise typer.Exit(130)
+
+
+def _run_des(*, nodes: int, duration: str, churn: float, churn_downtime: float, liars: int, seed: int,
+             report: Path | None, cost: float, solo: bool, verification: str, start_rate: float, margin: float,
+             settle: float, announce: str, cores: float, hop_latency_ms: float, loss: float, nat_share: float,
+             combine: bool) -> None:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from p2p_research.sim.des.model import NetModel
+    from p2p_research.sim.des.report import write_des_report
+    from p2p_research.sim.des.run import DesOptions, DesSimulation
+    from p2p_research.sim.options import parse_duration
+
+    folder = report or Path(f"sim-report-{time.strftime('%Y%m%d-%H%M%S')}")
+    if folder.exists() and any(folder.iterdir()):
+        raise CliError(f"{folder} is not empty", 2)
+    latency = hop_latency_ms / 1000 if hop_latency_ms >= 0 else (0.001 if cores else 0.040)
+    try:
+        opts = DesOptions(nodes=nodes, duration_s=parse_duration(duration), seed=seed, cost_s=cost, churn=churn,
+                          churn_downtime_s=churn_downtime, liars=liars, verification=verification, solo=solo,
+                          settle_s=settle, margin=margin, start_rate=start_rate, announce=announce, combine=combine,
+                          net=NetModel(hop_latency_s=latency, cores=cores, loss=loss, nat_share=nat_share))
+        sim = DesSimulation(opts)
+    except ValueError as e:
+        raise CliError(str(e), 2) from None
+    console = Console(stderr=True)
+    with Progress(TextColumn("virtual time"), BarColumn(), TextColumn("{task.fields[t]:.0f} / {task.total:.0f} s"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("des", total=1.0, t=0.0)
+
+        def progress(t: float, end: float) -> None:
+            bar.update(task, completed=t, total=end, t=t)
+        m = sim.run(progress)
+    md = write_des_report(m, folder, ["p2p-research", "simulate", *sys.argv[2:]] if len(sys.argv) > 1
+                          else ["p2p-research", "simulate", "--engine", "des"])
+    typer.echo(f"{nodes} virtual nodes, {m['window_s']:.0f} s window, {m['experiments_completed']} experiments, "
+               f"{m['wall_s']} s of wall time; report: {md}")
+    for c in m["checks"]:
+        typer.echo(f"{'PASS' if c['passed'] else 'FAIL'} {c['criterion']}: {c['figure']}")

@@ -94,17 +94,26 @@ class Mutation:
     description: str = ""
 
 
-def choose_changes(constants: dict, space: SearchSpace, rng: random.Random,
-                   focus: dict[str, float] | None = None) -> dict[str, tuple[Literal, Literal]]:
-    """The decision of a mutation: which scalar constants change, and to what (old, new) (pure, no source).
+@dataclass(frozen=True)
+class Choices:
+    """What a mutation of one baseline may change: its scalar constants and the weighted names (the part
+    of `choose_changes` that depends on the baseline only, so a caller may reuse it per baseline)."""
 
-    Kept apart from the rewrite of train.py so that the discrete-event simulator (sim/des) draws the
-    very same mutations from the same random stream without writing sources."""
+    current: dict[str, Literal]
+    names: list[str]
+    weights: list[float]
+
+
+def prepare_choices(constants: dict, space: SearchSpace, focus: dict[str, float] | None = None) -> Choices:
     current = flatten(constants)
     names = sorted(n for n in space.params if n in current and _fits(space.params[n], current[n]))
     if not names:
         raise ValueError("no constant of the search space is present in train.py")
-    weights = [max(1e-6, (focus or {}).get(n, 1.0)) for n in names]
+    return Choices(current, names, [max(1e-6, (focus or {}).get(n, 1.0)) for n in names])
+
+
+def draw_changes(choices: Choices, space: SearchSpace, rng: random.Random) -> dict[str, tuple[Literal, Literal]]:
+    current, names, weights = choices.current, choices.names, choices.weights
     k = 1 if rng.random() < 0.7 or len(names) < 2 else 2
     chosen: list[str] = []
     while len(chosen) < k:
@@ -113,6 +122,15 @@ def choose_changes(constants: dict, space: SearchSpace, rng: random.Random,
             chosen.append(n)
     new_values = {n: mutate_value(space.params[n], current[n], rng) for n in chosen}
     return {n: (current[n], v) for n, v in new_values.items() if not (v == current[n] and type(v) is type(current[n]))}
+
+
+def choose_changes(constants: dict, space: SearchSpace, rng: random.Random,
+                   focus: dict[str, float] | None = None) -> dict[str, tuple[Literal, Literal]]:
+    """The decision of a mutation: which scalar constants change, and to what (old, new) (pure, no source).
+
+    Kept apart from the rewrite of train.py so that the discrete-event simulator (sim/des) draws the
+    very same mutations from the same random stream without writing sources."""
+    return draw_changes(prepare_choices(constants, space, focus), space, rng)
 
 
 def propose_mutation(baseline_source: str, space: SearchSpace, rng: random.Random,

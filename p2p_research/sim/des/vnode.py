@@ -24,8 +24,7 @@ from p2p_research.research.claims import ClaimBook, claim_winner
 from p2p_research.research.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
 from p2p_research.research.combine import Win, candidates, merge_knobs
 from p2p_research.research.constants import apply_scalar_changes
-from p2p_research.research.mutate import choose_changes
-from p2p_research.research.ownership import Ownership
+from p2p_research.research.mutate import draw_changes, prepare_choices
 from p2p_research.research.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TRIES
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.surrogate import noisy_value
@@ -33,7 +32,8 @@ from p2p_research.research.swarm import Adopt, Ignore, PeerClaim, SwarmPolicy, S
 from p2p_research.sim.des.world import Message, Proc, Process, World, peer_name  # noqa: F401
 
 ADOPTION_POLL_S = 2.0      # daemon/node.py: an idle (following) node looks at candidates this often
-DHT_LOOKUPS_PER_PROPOSAL = 5
+DHT_LOOKUPS_PER_PROPOSAL = 16  # announce=kept: the DHT is the only record of claims (net/dht.py lookups)
+PRESENCE_S = 300.0         # announce=kept: each node's presence message
 LEASE_RUNS = 3.0           # a claim is a lease of about 3 budgets
 MAX_WINS = 200             # store/ledger.py kept_wins: the best 200
 
@@ -64,6 +64,7 @@ class Shared:
     parent: dict[str, str] = field(default_factory=dict)        # commit -> parent commit
     exp_of: dict[str, str] = field(default_factory=dict)        # commit -> experiment id
     values: dict[tuple[str, int], float | None] = field(default_factory=dict)
+    _mutations: dict[tuple, tuple[dict, str]] = field(default_factory=dict)
 
     GENESIS = "0" * 40
 
@@ -77,6 +78,18 @@ class Shared:
         if key not in self.values:
             self.values[key] = noisy_value(self.constants[commit], seed, self.budget_tokens)
         return self.values[key]
+
+    def mutated(self, baseline: str, consts: dict, changes: dict) -> tuple[dict, str]:
+        """The constants of `baseline` with `changes`, and their experiment id (cached: nodes on one
+        baseline draw the same few hundred candidates again and again)."""
+        key = (baseline, tuple(sorted((k, repr(v)) for k, (_, v) in changes.items())))
+        hit = self._mutations.get(key)
+        if hit is None:
+            new = {**consts, **apply_scalar_changes(consts, {n: v for n, (_, v) in changes.items()})}
+            hit = self._mutations[key] = (new, exp_id_of(new))
+            if len(self._mutations) > 500_000:
+                self._mutations.clear()
+        return hit
 
     def commit(self, constants: dict, parent: str) -> tuple[str, str]:
         exp = exp_id_of(constants)
@@ -115,9 +128,8 @@ class VirtualNode:
                                             p.get("refuted_threshold", 2), p.get("quorum", 2), p.get("replicas", 3),
                                             vouch_after=p.get("vouch_after", 1)))
         self.flooding = world.announce == "all" and not solo
-        if self.flooding:  # every node hears every node within seconds: one shared view of the swarm
+        if not solo:  # every node hears every node (its claims, or its presence): one shared view of the swarm
             self.state.peers, self.state.ring = world.peers, world.ring
-        self.owners = Ownership(self.name)
         self.claims = ClaimBook()
         self.stats = Stats()
         self.local: set[str] = set()           # experiment ids this node ran or claimed
@@ -127,6 +139,7 @@ class VirtualNode:
         self._waiting: list[tuple[float, Message]] = []
         self._ancestry: tuple[str, list[str]] = ("", [])
         self._merged: dict[tuple[str, str], dict | None] = {}
+        self._choices: tuple[str, Any] = ("", None)
         self.baseline_source = -1               # node index whose result the baseline is (-1: own)
         self.rank_value: float | None = None    # the announced value of the baseline (following)
         self.baseline_exp = ""
@@ -141,6 +154,17 @@ class VirtualNode:
     def start(self, at: float) -> None:
         self.started_at = at
         self.proc = self.world.spawn(self.life(), at)
+        if not self.flooding and not self.solo:
+            self.world.spawn(self.presence(), at)
+
+    def presence(self) -> Process:
+        """announce=kept: claims no longer tell every node who is active, so each node floods a small
+        presence message every PRESENCE_S (ownership and replicas need the swarm's membership)."""
+        w = self.world
+        while w.t < self.shared.settle_end:
+            if w.down_until(self.index, w.t) is None:
+                w.publish(Message(0, "presence", self.index, w.t))
+            yield PRESENCE_S
 
     def life(self) -> Process:
         sh, w = self.shared, self.world
@@ -239,8 +263,11 @@ class VirtualNode:
                 rank = (self.rank_value, self.baseline_exp) if self.following and self.rank_value is not None else None
                 verdict, adopt = self.state.on_verified(c, measured, self.loop.baseline_value, rank)
                 self.stats.runs[-1]["status"] = verdict
+                # announce=kept: a confirmation floods only from the designated replicas (the votes others
+                # wait for); a refutation always does
+                local = not self.flooding and verdict == "confirmed" and not self.state.designated(c)
                 self._publish("verification", c.exp_id, c.commit, verdict, measured, target=int(c.peer[1:]),
-                              claimed=c.value)
+                              claimed=c.value, local=local)
                 if adopt is None:
                     continue
                 decision = adopt
@@ -281,10 +308,9 @@ class VirtualNode:
 
     def _receive(self, m: Message, at: float) -> None:
         peer = peer_name(m.peer)
-        if not self.flooding:
-            self.owners.note(peer, at)
-            self.state.note_peer(peer)
         if m.kind == "verification":
+            if m.exp_id in self.state.settled:  # evidence is consulted for pending candidates only
+                return
             confirmed = m.status == "confirmed" and m.value is not None and m.claimed is not None and (
                 abs(m.value - m.claimed) <= self.state.policy.tol)
             self.state.on_peer_verification(m.exp_id, peer, peer_name(m.target), confirmed, m.claimed)
@@ -308,24 +334,29 @@ class VirtualNode:
         combined = self._combination(baseline, consts, spent) if sh.combine else None
         if combined is not None:
             return combined, spent[0]
-        fallback = None
-        unknown = 0
+        if self._choices[0] != baseline:
+            self._choices = (baseline, prepare_choices(consts, sh.space, self.interests))
+        choices = self._choices[1]
+        # the builtin proposer's order, with the (possibly remote) check last: a candidate this node owns
+        # is taken unless it is known; else the first of PREFER_TRIES others that is not known
+        others: list[tuple[dict, str]] = []
         for _ in range(BUILTIN_TRIES):
-            changes = choose_changes(consts, sh.space, self.rng, self.interests)
+            changes = draw_changes(choices, sh.space, self.rng)
             if not changes:
                 continue
-            new = {**consts, **apply_scalar_changes(consts, {n: v for n, (_, v) in changes.items()})}
-            exp = exp_id_of(new)
-            if self.known(exp, spent):
+            new, exp = sh.mutated(baseline, consts, changes)
+            if self.known_here(exp):
                 continue
             if self.mine(exp):
+                if self.known(exp, spent):
+                    continue
                 return self._make(new, baseline, "mutation"), spent[0]
-            fallback = fallback or new
-            unknown += 1
-            if unknown >= PREFER_TRIES:
+            others.append((new, exp))
+            if len(others) >= PREFER_TRIES:
                 break
-        if fallback is not None:
-            return self._make(fallback, baseline, "mutation"), spent[0]
+        for new, exp in others:
+            if not self.known(exp, spent):
+                return self._make(new, baseline, "mutation"), spent[0]
         return None, spent[0]
 
     def _make(self, constants: dict, baseline: str, description: str) -> tuple[str, str, str]:
@@ -357,16 +388,21 @@ class VirtualNode:
             if new is None:
                 continue
             exp = exp_id_of(new)
-            if not self.mine(exp) or self.known(exp, spent):
+            if self.known_here(exp) or not self.mine(exp) or self.known(exp, spent):
                 continue
             return self._make(new, baseline, "combination")
         return None
 
+    def known_here(self, exp: str) -> bool:
+        if exp in self.local or exp in self.heard:
+            self.stats.dedup["known_in_ledger"] += 1
+            return True
+        return False
+
     def known(self, exp: str, spent: list[float]) -> bool:
         """The engine's `is_known`: in this node's ledger, or claimed or announced elsewhere as far as it
         can tell (flooded claims and results that reached it; else a bounded number of DHT lookups)."""
-        if exp in self.local or exp in self.heard:
-            self.stats.dedup["known_in_ledger"] += 1
+        if self.known_here(exp):
             return True
         if self.solo:
             return False
@@ -382,8 +418,8 @@ class VirtualNode:
                     self.stats.dedup["claimed_elsewhere"] += 1
                     return True
             return False
-        if self._lookups_left <= 0:
-            return False
+        if self._lookups_left <= 0:  # not checked: not worth running a candidate nobody vouched is new
+            return True
         self._lookups_left -= 1
         self.stats.dht_lookups += 1
         spent[0] += w.dht_lookup(now)
@@ -396,10 +432,8 @@ class VirtualNode:
     def mine(self, exp: str) -> bool:
         if self.solo:
             return True
-        if self.flooding:
-            found = self.world.ring.first(exp, 1, lambda p: not self.state.ignored(p))
-            return not found or found[0] == self.name
-        return self.owners.owns(exp, self.world.t, self.state.ignored)
+        found = self.world.ring.first(exp, 1, lambda p: not self.state.ignored(p))
+        return not found or found[0] == self.name
 
     # --- claims and yields ----------------------------------------------------------------------------
     def _watch_claims(self, exp: str, mine: Message, finish: float) -> None:
@@ -442,8 +476,10 @@ class VirtualNode:
 
     # --- bookkeeping ----------------------------------------------------------------------------------
     def _publish(self, kind: str, exp: str, commit: str, status: str = "", value: float | None = None,
-                 target: int = -1, claimed: float | None = None) -> Message:
-        if self.solo:
+                 target: int = -1, claimed: float | None = None, local: bool = False) -> Message:
+        if self.solo or local:
+            if not self.solo:
+                self.world.load.by_kind[f"{kind} (not announced)"] += 1
             return Message(-1, kind, self.index, self.world.t, exp, status, value, commit)
         return self.world.publish(Message(0, kind, self.index, self.world.t, exp, status, value, commit,
                                           self.shared.parent.get(commit, ""), self.seed, target, claimed))

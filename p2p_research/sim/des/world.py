@@ -50,6 +50,7 @@ class Message:
     claimed: float | None = None
     flooded: bool = True  # sent over gossip (else stored in the DHT only)
     sent: float = math.inf  # when it left in a gossip publish (results wait in the outbox, net/gossip.py)
+    wait: float = 0.0       # CPU queue per hop when it left
 
 
 @dataclass
@@ -87,6 +88,8 @@ class World:
         self._backlog_bin = -1
         self.utilisation: dict[int, float] = {}   # second -> a daemon's CPU utilisation
         self.outbox: dict[int, list[Message]] = defaultdict(list)
+        self._demand: dict[int, float] = {}
+        self._mean_hops = math.log(max(2, n - 1)) / math.log(max(2, net.mesh_degree)) if n > 2 else 0.5
         self.processes = n + 1  # daemons sharing the machine when `cores` > 0 (the solo node included)
         self.nodes: list[Any] = []  # the virtual nodes, by index (vnode.VirtualNode)
 
@@ -111,6 +114,15 @@ class World:
     # --- load and delay ---------------------------------------------------------------------------
     def demand(self, t: float) -> float:
         """A daemon's CPU demand in cores at `t` (the average of the last LOAD_WINDOW_S)."""
+        b1 = int(t)
+        if b1 < int(self.t):  # a past second: its counters are final
+            cached = self._demand.get(b1)
+            if cached is None:
+                cached = self._demand[b1] = self._demand_at(t)
+            return cached
+        return self._demand_at(t)
+
+    def _demand_at(self, t: float) -> float:
         b1 = int(t)
         bins = range(max(0, b1 - int(LOAD_WINDOW_S) + 1), b1 + 1)
         span = max(1.0, min(LOAD_WINDOW_S, t)) if t > 0 else 1.0
@@ -149,10 +161,10 @@ class World:
         if m.peer == node or m.sent == math.inf:
             return math.inf
         net = self.net
-        u = mix(m.seq, node)
-        hops = net.hops(self.n, u - 0.5) + (1 if node in self.nat or m.peer in self.nat else 0)
-        latency = sum(net.hop_delay(mix(m.seq * 7 + h, node)) for h in range(hops))
-        t = m.sent + latency + hops * self.cpu_wait(m.sent, net.cpu_per_publish_s)
+        hops = max(1, int(self._mean_hops + mix(m.seq, node) - 0.5)) + (1 if node in self.nat or m.peer in self.nat else 0)
+        # the sum of `hops` log-normal hop latencies, drawn as one log-normal of the same median and mean
+        latency = hops * net.hop_delay(mix(m.seq * 7, node), hops)
+        t = m.sent + latency + hops * m.wait
         if net.loss and mix(m.seq * 13, node) < net.loss:
             t += net.anti_entropy_s * (0.5 + mix(m.seq * 17, node))
         for start, until in self.down.get(node, ()):
@@ -171,12 +183,12 @@ class World:
     def publish(self, m: Message) -> Message:
         m.seq = len(self.messages)
         self.messages.append(m)
-        flood = self.announce == "all" or m.kind in ("verification", "baseline") or (
+        flood = self.announce == "all" or m.kind in ("verification", "baseline", "presence") or (
             m.kind == "result" and m.status == "kept")
         m.flooded = flood
         if flood:
             self.load.by_kind[m.kind] += 1
-            if m.kind == "claim":  # leaves at once, with whatever waits in the outbox
+            if m.kind in ("claim", "presence"):  # leaves at once, with whatever waits in the outbox
                 self._flush(m.peer, m)
             else:
                 box = self.outbox[m.peer]
@@ -187,8 +199,8 @@ class World:
             m.sent = m.t
             self.load.dht_rpcs[int(m.t)] += self.net.dht_rpcs_per_lookup(self.n) + self.net.dht_k
             self.load.by_kind[f"{m.kind} (DHT)"] += 1
-        if m.kind in ("verification", "baseline") or (m.kind == "result" and m.status == "kept"):
-            self.flooded.append(m)
+        if m.kind == "verification" or (m.kind == "result" and m.status == "kept"):
+            self.flooded.append(m)  # what a node's swarm state takes in (baselines and presence only load it)
         if m.kind == "claim":
             self.claims[m.exp_id].append(m)
             self.first_claim.setdefault(m.exp_id, m.peer)
@@ -207,8 +219,9 @@ class World:
             batch.append(extra)
         if not batch:
             return
+        wait = self.cpu_wait(self.t, self.net.cpu_per_publish_s)
         for m in batch:
-            m.sent = self.t
+            m.sent, m.wait = self.t, wait
         self.load.publishes[int(self.t)] += 1
 
     def dht_lookup(self, t: float) -> float:

@@ -1,0 +1,105 @@
+"""The discrete-event simulator (sim/des): small swarms in virtual time, no network, seconds each."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+from test_simulate import SIM
+
+from p2p_research.sim.des.model import NetModel
+from p2p_research.sim.des.run import DesOptions, DesSimulation
+from p2p_research.sim.des.world import Message, World
+
+# the keys of the process report that the checks, the plots and readers use
+PROCESS_KEYS = {
+    "nodes", "solo_node", "duration_s", "requested_duration_s", "duration_counted_from", "startup_s", "objective",
+    "cost_s", "churn", "liars", "seed", "verification", "experiments_completed", "experiments_completed_in_window",
+    "window_s", "settle", "gap_between_runs_s", "run_seconds_by_kind", "experiments_completed_honest",
+    "experiments_per_node", "experiments_by_status", "combinations", "experiments_aborted", "duplicates_wasted",
+    "duplicates_wasted_pct", "duplicates_avoided", "verifications", "adoptions", "gossip_latency_s", "propagation",
+    "crashed_nodes", "stop_timeouts", "crashes", "churn_events", "liar_nodes", "honest_on_fabricated_baseline",
+    "convergence", "final_baselines", "solo",
+}
+
+
+def run(**kw) -> dict:
+    kw.setdefault("net", NetModel(cores=2, hop_latency_s=0.001))
+    return DesSimulation(DesOptions(**kw)).run()
+
+
+def test_the_35_node_default_meets_the_process_runs_acceptance_figures():
+    """The default swarm (35 nodes, 5 minutes, surrogate cost 15 s) on the modelled 2-core machine."""
+    m = run()
+    assert PROCESS_KEYS <= set(m)
+    assert m["experiments_completed_in_window"] >= 333
+    assert m["convergence"]["all_on_same_baseline"]
+    assert m["duplicates_wasted_pct"] < 1.0
+    assert m["solo"]["speedup"] > 1 and m["combinations"]["run"] > 0
+    assert m["verifications"]["confirmed"] > 0 and m["verifications"]["refuted"] == 0
+    assert m["series"]["swarm"] and m["series"]["solo"]
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_another():
+    a, b, c = run(nodes=8, duration_s=90), run(nodes=8, duration_s=90), run(nodes=8, duration_s=90, seed=1)
+    assert a["experiments_completed"] == b["experiments_completed"]
+    assert a["convergence"]["best_commit"] == b["convergence"]["best_commit"]
+    assert a["convergence"]["best_commit"] != c["convergence"]["best_commit"]
+
+
+def test_liars_are_refuted_and_never_become_an_honest_baseline():
+    m = run(nodes=12, duration_s=150, liars=2)
+    assert m["verifications"]["of_liars"]["refuted"] > 0
+    assert not m["honest_on_fabricated_baseline"]
+    assert m["adoptions"]["from_liars_without_rerun"] == 0
+    assert m["convergence"]["all_on_same_baseline"]
+
+
+def test_announcing_only_kept_results_cuts_each_nodes_gossip_and_uses_the_dht():
+    full = run(nodes=40, duration_s=120, net=NetModel())
+    sparse = run(nodes=40, duration_s=120, net=NetModel(), announce="kept")
+    assert sparse["load"]["inbound_gossip_messages_per_node_s"] < full["load"]["inbound_gossip_messages_per_node_s"] / 2
+    assert sparse["load"]["dht_rpcs_per_node_s"] > 0 and full["load"]["dht_rpcs_per_node_s"] == 0
+    assert "claim (DHT)" in sparse["load"]["messages_by_kind"]
+    assert sparse["duplicates_wasted_pct"] < 5.0
+    assert sparse["convergence"]["all_on_same_baseline"]
+
+
+def test_a_killed_node_loses_its_run_catches_up_and_resumes():
+    m = run(nodes=10, duration_s=150, churn=0.2, churn_downtime_s=10)
+    assert len(m["churn_events"]) == 2
+    assert all(e["experiments_after_restart"] > 0 for e in m["churn_events"])
+    assert m["convergence"]["all_on_same_baseline"]
+
+
+def test_delivery_follows_the_model_nat_loss_and_downtime():
+    w = World(100, NetModel(hop_latency_s=0.05, loss=0.0))
+    w.nat = {7}
+    w.t = 10.0
+    msgs = [w.publish(Message(0, "claim", p % 50, 10.0, f"e{p}")) for p in range(200)]
+    plain = [w.delivery(m, 60) - 10.0 for m in msgs]
+    nat = [w.delivery(m, 7) - 10.0 for m in msgs if m.peer != 7]
+    assert all(0 < d < 5 for d in plain)
+    assert sum(nat) / len(nat) > sum(plain) / len(plain)  # one more hop, through a relay
+    assert w.delivery(msgs[0], msgs[0].peer) == math.inf  # not to itself
+    w.down[60].append((10.0, 40.0))
+    assert all(w.delivery(m, 60) == 40.0 + w.net.catch_up_s for m in msgs)
+    lossy = World(100, NetModel(loss=0.5))
+    lossy.t = 0.0
+    late = [lossy.delivery(lossy.publish(Message(0, "claim", 1, 0.0, f"x{i}")), 2) for i in range(100)]
+    assert sum(t > 20 for t in late) > 20  # missed, then delivered by anti-entropy
+
+
+def test_simulate_engine_des_writes_the_report(tmp_path):
+    rep = tmp_path / "rep"
+    p = subprocess.run([*SIM, "--engine", "des", "--nodes", "6", "--duration", "60s", "--cores", "2",
+                        "--report", str(rep)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((rep / "report.json").read_text())
+    assert m["engine"] == "des" and m["nodes"] == 6 and PROCESS_KEYS <= set(m)
+    assert (rep / "report.md").read_text().startswith("# Discrete-event simulation: 6 virtual nodes")
+    assert (rep / "best_over_time.png").stat().st_size > 1000
+    bad = subprocess.run([*SIM, "--engine", "des", "--dashboard", "--report", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--engine process" in bad.stderr
