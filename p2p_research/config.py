@@ -54,6 +54,10 @@ class NetworkSection:
     nat: str = "auto"             # auto (AutoNAT, relay reservations, hole punching off loopback) | off
     relay_service: str = "auto"   # auto (relays, and nodes AutoNAT finds public) | on | off: relay others' connections
     dashboard: str = ""           # "" off; HOST:PORT serves the web dashboard and /metrics (127.0.0.1:8642)
+    # what is flooded to the swarm: all (claims and every result) | kept (kept results, baselines, the
+    # replicas' confirmations, refutations, presence; claims and other results go to the DHT) | auto (all
+    # until more than 100 peers were heard in 10 minutes, then kept): per-node load stops growing with N
+    announce: str = "auto"
 
 
 @dataclass
@@ -155,6 +159,8 @@ class NodeConfig:
                 parse_addr(self.network.dashboard)
             except ValueError as e:
                 raise ConfigError(f"network.dashboard: {e}") from None
+        if self.network.announce not in ("auto", "all", "kept"):
+            raise ConfigError(f"network.announce must be auto, all or kept, got {self.network.announce!r}")
         if self.network.relay_service not in ("auto", "on", "off"):
             raise ConfigError(f"network.relay_service must be auto, on or off, got {self.network.relay_service!r}")
         return self

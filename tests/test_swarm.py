@@ -257,3 +257,32 @@ def test_worker_devices():
     assert worker_envs(cfg, gpus=["3"]) == [{"CUDA_VISIBLE_DEVICES": "3"}] * 2
     cfg.research.device = "cpu"
     assert worker_envs(cfg, cpus=2) == [{"P2P_THREADS": "1", "OMP_NUM_THREADS": "1"}] * 2
+
+
+def test_sparse_announcements_flood_kept_results_only_and_dedup_through_the_dht(tmp_path):
+    """network.announce = kept: claims and discarded results reach peers only through the DHT, kept
+    results and presence are flooded, and no experiment runs twice (ownership, then a DHT lookup)."""
+    homes = [surrogate_home(tmp_path / f"n{i}", i + 1, cost=1.0, network__announce="kept") for i in range(3)]
+    a = Daemon(homes[0].path, "-n", "6").start()
+    daemons = [a]
+    try:
+        for h in homes[1:]:
+            daemons.append(Daemon(h.path, "-n", "6", "--bootstrap", a.addrs[0]).start())
+        wait_for(lambda: all(research_done(d) for d in daemons), 150, 1.0, what="all nodes done")
+        st = [d.json("status") for d in daemons]
+        assert all(s["announce"] == {"mode": "kept", "flooding": "kept"} for s in st)
+        done = [[e for e, s in local_experiments(h) if s in ("kept", "discarded", "crash")] for h in homes]
+        ids = [e for d in done for e in d]
+        assert all(done) and len(ids) == len(set(ids)), "an experiment was run twice"
+        assert sum(s["intake"].get("presence", 0) for s in st) >= 1
+        for i, h in enumerate(homes):
+            db = sqlite3.connect(f"file:{h.ledger}?mode=ro", uri=True)
+            others = {d.peer_id for j, d in enumerate(daemons) if j != i}
+            claims = [p for (p,) in db.execute("SELECT peer FROM claims") if p in others]
+            statuses = {s for (s,) in db.execute("SELECT status FROM runs WHERE origin='peer' AND kind='experiment'")}
+            db.close()
+            assert not claims, "a claim was flooded"
+            assert statuses <= {"kept"}, f"a {statuses - {'kept'}} result was flooded"
+        assert sum(s["dedup"].get("claimed_elsewhere", 0) + s["dedup"].get("known_in_ledger", 0) for s in st) >= 0
+    finally:
+        stop_all(daemons)

@@ -41,8 +41,9 @@ def register(app: typer.Typer) -> None:
                                                   help="Serve the swarm's page here (implies --dashboard)"),
         engine: str = typer.Option("process", "--engine", help="process (real daemons, one OS process each) | "
                                    "des (virtual nodes in virtual time over a modelled network: thousands of nodes)"),
-        announce: str = typer.Option("all", "--announce", help="des: what is flooded: all (claims and every result, "
-                                     "today's protocol) | kept (kept results and verifications; the rest via the DHT)"),
+        announce: str = typer.Option("auto", "--announce", help="network.announce of every node: all (claims and every "
+                                     "result flooded) | kept (kept results, replicas' confirmations, presence; the rest "
+                                     "in the DHT) | auto (all up to 100 peers, then kept)"),
         cores: float = typer.Option(0.0, "--cores", min=0.0, help="des: cores of one machine all nodes share "
                                     "(0: one machine per node)"),
         hop_latency_ms: float = typer.Option(-1.0, "--hop-latency-ms", help="des: median latency of one hop "
@@ -79,7 +80,7 @@ def register(app: typer.Typer) -> None:
                               churn_downtime_s=churn_downtime, liars=liars, seed=seed, cost_s=cost, solo=solo_baseline,
                               verification=verification, target_peers=target_peers, start_rate=start_rate,
                               budget_tokens=budget_tokens, max_trainings=max_trainings, margin=margin,
-                              count_from=count_from, settle_s=settle).validate()
+                              count_from=count_from, settle_s=settle, announce=announce).validate()
             sim = Simulation(opts)
         except ValueError as e:
             raise CliError(str(e), 2) from None

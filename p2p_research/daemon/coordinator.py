@@ -18,6 +18,7 @@ from typing import Any
 from p2p_research.config import NodeConfig
 from p2p_research.daemon.announce import make_receipt
 from p2p_research.net.boundary import Faults, contained
+from p2p_research.research import flooding
 from p2p_research.research.claims import ClaimBook, claim_winner
 from p2p_research.research.context import ResearchContext
 from p2p_research.research.engine import ResearchEngine
@@ -57,6 +58,7 @@ class CoordinatorDeps:
     dht_knows: Callable[[str], Awaitable[bool]]
     faults: Faults = field(default_factory=Faults)
     claims: ClaimBook = field(default_factory=ClaimBook)
+    sparse: Callable[[], bool] = lambda: False  # research/flooding.py: whether confirmations go to replicas only
 
 
 class SwarmCoordinator:
@@ -205,6 +207,12 @@ class SwarmCoordinator:
                 abs(r.value - msg.claimed_value) <= self.state.policy.tol)
             self.state.on_peer_verification(r.exp_id, r.peer, msg.target_peer, confirmed, msg.claimed_value)
 
+    def on_presence(self, peer: str) -> None:
+        """A member of the swarm is alive (network.announce = kept floods no claims): it keeps its share
+        of the candidates and may be a verification replica."""
+        self.note_heard(peer)
+        self.state.note_peer(peer)
+
     # --- dedup --------------------------------------------------------------------------------------
     def note_heard(self, peer: str) -> None:
         self.owners.note(peer, time.time())
@@ -294,7 +302,8 @@ class SwarmCoordinator:
         (log.info if verdict == "confirmed" else log.warning)(
             "%s %s's claim %s: claimed %.6f, measured %s", verdict, claim.peer[:16], claim.exp_id[:10], claim.value,
             "crash" if measured is None else f"{measured:.6f}")
-        await self.announce_verification(er.run, claim, verdict)
+        if flooding.floods_verification(self.deps.sparse(), verdict, self.state.designated(claim)):
+            await self.announce_verification(er.run, claim, verdict)
         return adopt
 
     async def announce_verification(self, run: Run, claim: PeerClaim, verdict: str) -> None:

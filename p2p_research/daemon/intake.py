@@ -26,7 +26,7 @@ from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.workspace import RawObject, WorkspaceError
 from p2p_research.store.ledger import Run
-from p2p_research.wire import BoardPost, Claim, Result, Verification, WireError
+from p2p_research.wire import BoardPost, Claim, Presence, Result, Verification, WireError
 
 log = logging.getLogger("p2p_research.intake")
 
@@ -55,6 +55,7 @@ class Intake:
         self.on_result = None        # async callback(Result, Run) once a result's commit is complete
         self.on_claim = None         # async callback(Claim)
         self.on_verification = None  # async callback(Verification, from_peer)
+        self.on_presence = None      # callback(peer): a member of this swarm is alive
         self.wants = None            # callback(exp_id) -> bool: would the coordinator still consider it?
         self._reoffered: set[str] = set()
         self._rlog = RateLimitedLog(log)
@@ -142,6 +143,14 @@ class Intake:
                 return self.reject(inc, "verification under another protocol", "other_protocol")
             if self.on_verification is not None:
                 await self.on_verification(msg, inc.from_peer)
+        elif isinstance(msg, Presence):
+            if msg.protocol_id != self.ctx.protocol_id:
+                if self.any_protocol:
+                    return None
+                return self.reject(inc, "presence under another protocol", "other_protocol")
+            self.stats["presence"] = self.stats.get("presence", 0) + 1
+            if self.on_presence is not None:
+                self.on_presence(msg.peer)
 
     async def handle_result(self, inc: Incoming, msg: Result, nursery: trio.Nursery | PeerTasks) -> None:
         tasks = self._tasks(nursery)

@@ -41,6 +41,7 @@ from p2p_research.daemon.taskdump import report_if_still_stopping
 from p2p_research.daemon.workers import worker_envs
 from p2p_research.home import HomeError, HomeLock, NodeHome
 from p2p_research.net.boundary import PeerTasks, contained
+from p2p_research.research import flooding
 from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
 from p2p_research.store.ledger import Run
@@ -138,9 +139,10 @@ class NodeDaemon:
                     self.coordinator = coord = SwarmCoordinator(CoordinatorDeps(
                         peer_id=self.peer_id, key_pair=self.key_pair, ctx=ctx, config=cfg,
                         engine=lambda: self.engine, engines=lambda: self.engines, publish=net.publish, dht_knows=self.dht_knows,
-                        faults=net.faults, claims=intake.claims))
+                        faults=net.faults, claims=intake.claims, sparse=self.sparse))
                     intake.on_result, intake.on_claim, intake.on_verification = (
                         coord.on_result, coord.on_claim, coord.on_verification)
+                    intake.on_presence = coord.on_presence
                     intake.wants = coord.wants
                     async with trio.open_nursery() as nursery:
                         self.nursery = nursery
@@ -159,7 +161,8 @@ class NodeDaemon:
                             return intake.stats["results"] > before
 
                         # a relay asks for and serves every protocol it stores
-                        self.catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id, deliver)
+                        self.catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id, deliver,
+                                               serves=lambda status: flooding.floods_result(self.sparse(), status))
                         net.handle(CATCHUP_PROTOCOL, self.catchup.handle, CATCHUP_LIMITS)
                         net.handle(SINCE_PROTOCOL, self.catchup.handle_since, SINCE_LIMITS)
                         net.handle(PROTOCOL_SINCE, self.catchup.handle_since, SINCE_LIMITS)
@@ -170,6 +173,7 @@ class NodeDaemon:
                             on_ready(self.identity_view())
                         if not relay:
                             nursery.start_soon(self.research_loop)
+                            nursery.start_soon(self.announce_presence)
                         else:
                             self.research_state = "relay-only"
             finally:
@@ -273,7 +277,7 @@ class NodeDaemon:
     async def before_proposal(self, worker: int = 0) -> None:
         """Swarm work between experiments (verify, adopt); a fresh DHT lookup budget for the proposal.
         One worker at a time: another that finds it busy goes on proposing instead of waiting a run."""
-        self._dht_lookups_left = DHT_LOOKUPS_PER_PROPOSAL
+        self._dht_lookups_left = flooding.DHT_LOOKUPS_SPARSE if self.sparse() else DHT_LOOKUPS_PER_PROPOSAL
         assert self.coordinator is not None
         if self._between_lock.locked():
             return
@@ -287,7 +291,8 @@ class NodeDaemon:
                            semantic_id)
         self.ctx.ledger.add_claim(claim.exp_id, claim.peer, claim.protocol_id, claim.parent, claim.lease_until,
                                   claim.description, claim.ts, claim.semantic_id)
-        await self.net.publish(claim)
+        if flooding.floods_claim(self.sparse()):
+            await self.net.publish(claim)
 
         self.put_dht_claim(claim, commit)
         if by_code and semantic_id:  # an agent's edit: late joiners find its code key in the DHT too
@@ -298,8 +303,33 @@ class NodeDaemon:
         msg = make_result(self.ctx, run, self.key_pair, self.peer_id)
         if run.run_id is not None:
             self.ctx.ledger.set_run_receipt(run.run_id, msg.receipt.canonical_bytes(), msg.signature, msg.public_key)
-        await self.net.publish(msg)
+        if flooding.floods_result(self.sparse(), msg.receipt.status):
+            await self.net.publish(msg)
         self.put_dht_result(msg)
+
+    def sparse(self) -> bool:
+        """Whether this node floods only kept results (research/flooding.py): network.announce, and for
+        `auto` the number of peers heard within the last ten minutes."""
+        heard = 0
+        if self.coordinator is not None:
+            self.coordinator.owners.expire(time.time())
+            heard = len(self.coordinator.owners.heard)
+        return flooding.sparse(self.config.network.announce, heard)
+
+    async def announce_presence(self) -> None:
+        """While sparse, a presence message every PRESENCE_S: claims no longer tell every node who is active."""
+        from p2p_research.wire import Presence
+
+        assert self.ctx is not None
+        while True:
+            if self.sparse() and self.net.peers():  # once connected: a message with no mesh would go nowhere
+                try:
+                    await self.net.publish(Presence(self.peer_id, self.ctx.protocol_id, time.time()))
+                except Exception as e:  # noqa: BLE001 - best effort, like every announcement
+                    log.warning("could not announce presence: %s: %s", type(e).__name__, e)
+                await trio.sleep(flooding.PRESENCE_S)
+            else:
+                await trio.sleep(2.0)
 
     # --- DHT (memory for late joiners; gossip already told every live node) -----------------------
     def _dht(self) -> Any:
@@ -313,7 +343,7 @@ class NodeDaemon:
         from p2p_research.wire.records import make_claim_record
 
         self.nursery.start_soon(self._put, make_claim_record(key_id or claim.exp_id, commit, claim.lease_until,
-                                                             self.key_pair))
+                                                             self.key_pair), self.sparse())
 
     def put_dht_result(self, msg: Any) -> None:
         dht = self._dht()
@@ -321,13 +351,14 @@ class NodeDaemon:
             return
         from p2p_research.wire.records import make_result_record
 
-        self.nursery.start_soon(self._put, make_result_record(msg.receipt, msg.signature, self.key_pair))
+        self.nursery.start_soon(self._put, make_result_record(msg.receipt, msg.signature, self.key_pair), self.sparse())
 
-    async def _put(self, record: Any) -> None:
+    async def _put(self, record: Any, lookup: bool = False) -> None:
         try:
-            # Only the peers already known: gossip told every live node, the DHT is memory for late
-            # joiners, and a lookup per put would dial most of the swarm.
-            await self._dht().put(record, lookup=False)
+            # Flooding: only the peers already known (gossip told every live node, the DHT is memory for
+            # late joiners, and a lookup per put would dial most of the swarm). Sparse: the DHT is the
+            # record other nodes ask, so the put looks up the closest nodes.
+            await self._dht().put(record, lookup=lookup)
         except Exception as e:  # noqa: BLE001 - the DHT is memory for late joiners, never a reason to stop
             log.debug("DHT put failed: %s", e)
 
@@ -337,7 +368,8 @@ class NodeDaemon:
         DHT_LOOKUPS_PER_PROPOSAL lookups per proposal (measured: restarted nodes in a churn run spent
         minutes proposing, one bounded lookup per candidate, before their first catch-up)."""
         dht = self._dht()
-        if dht is None or (self.catchup is not None and (self.catchup.completed > 0 or self.catchup.received > 0)):
+        caught_up = self.catchup is not None and (self.catchup.completed > 0 or self.catchup.received > 0)
+        if dht is None or (caught_up and not self.sparse()):  # sparse: claims are only in the DHT
             return False
         if self._dht_lookups_left <= 0:
             return False
@@ -423,6 +455,7 @@ class NodeDaemon:
             **self.protocol_view(),
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
             "peers_connected": len(self.net.peers()) if self.net else 0,
+            "announce": {"mode": self.config.network.announce, "flooding": "kept" if self.sparse() else "all"},
             "uptime_s": time.time() - self.started_at, "software": f"p2p-research {__version__}",
             "net": self.net_counters(),
             "intake": dict(self.intake.stats) if self.intake else {},

@@ -35,7 +35,18 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V1
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..wire import BoardPost, Bundle, Claim, Message, Result, Verification, WireError, check_result, decode
+from ..wire import (
+    BoardPost,
+    Bundle,
+    Claim,
+    Message,
+    Presence,
+    Result,
+    Verification,
+    WireError,
+    check_result,
+    decode,
+)
 from ..wire.messages import MAX_BUNDLE
 from . import rpc_cost
 from .framing import reset_quietly
@@ -280,8 +291,8 @@ class Gossip:
     def _check_from(m: Message, src: str) -> tuple[str, str] | None:
         """(reason, detail) when a message cannot have come from `src`: a claim or post in another
         peer's name, or a receipt whose signature does not verify."""
-        if isinstance(m, Claim) and m.peer != src:
-            return "peer_mismatch", f"claim.peer={m.peer}"
+        if isinstance(m, (Claim, Presence)) and m.peer != src:
+            return "peer_mismatch", f"{m.TYPE}.peer={m.peer}"
         if isinstance(m, BoardPost) and m.author != src:
             return "peer_mismatch", f"board.author={m.author}"
         if isinstance(m, (Result, Verification)):
@@ -311,7 +322,7 @@ class Gossip:
             return False
         self.swarms[swarm_id] = time.time()
         exp, board = topic_names(swarm_id)
-        for topic, types in ((exp, (Claim, Result, Verification, Bundle)), (board, (BoardPost,))):
+        for topic, types in ((exp, (Claim, Result, Verification, Bundle, Presence)), (board, (BoardPost,))):
             self.topic_types[topic] = types
             self.topic_swarm[topic] = swarm_id
             self.topic_filter.joined.add(topic)
@@ -424,7 +435,7 @@ class Gossip:
         """This node's own swarm's topic for a message (a relay publishes, e.g. a board post, only there)."""
         if isinstance(msg, BoardPost):
             return self.board_topic
-        if isinstance(msg, (Claim, Result, Verification, Bundle)):
+        if isinstance(msg, (Claim, Result, Verification, Bundle, Presence)):
             return self.exp_topic
         raise TypeError(f"not a wire message: {type(msg).__name__}")
 

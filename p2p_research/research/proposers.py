@@ -129,24 +129,27 @@ class BuiltinProposer:
         if combined is not None:
             return combined
         focus = self.focus() if self.focus else None
-        fallback: Proposal | None = None
-        unknown = 0
+        # Whether a candidate is known may cost a DHT lookup (network.announce = kept: claims live there),
+        # so it is asked of candidates this node owns first, and of the others only if none of those is new.
+        others: list[Proposal] = []
         for _ in range(BUILTIN_TRIES):
             m = propose_mutation(source, self.space, self.rng, focus)
             if not m.changes:
                 continue
             data = m.source.encode()
+            proposal = Proposal(data, m.description, True)
+            if is_mine is not None and not is_mine(data):
+                if all(o.train_py != data for o in others):
+                    others.append(proposal)
+                if len(others) >= PREFER_TRIES:
+                    break
+                continue
             if await is_known(data):
                 continue
-            proposal = Proposal(data, m.description, True)
-            if is_mine is None or is_mine(data):
+            return proposal
+        for proposal in others:
+            if not await is_known(proposal.train_py):
                 return proposal
-            fallback = fallback or proposal
-            unknown += 1
-            if unknown >= PREFER_TRIES:
-                break
-        if fallback is not None:
-            return fallback
         return Skip(f"no unknown experiment found in {BUILTIN_TRIES} mutations of the baseline")
 
 

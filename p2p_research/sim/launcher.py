@@ -223,6 +223,7 @@ class Simulation:
             cfg.network.listen = [f"/ip4/127.0.0.1/tcp/{node.port}"]
             cfg.network.bootstrap = list(node.bootstrap)
             cfg.network.target_peers = o.target_peers
+            cfg.network.announce = o.announce
             cfg.verification.policy = o.verification
             cfg.simulation.liar = node.liar
             home_obj.write_config(cfg)

@@ -39,6 +39,7 @@ class SimOptions:
     count_from: str = "all-up"        # the duration counts from: all-up | first-start
     settle_s: float = 180.0           # after the duration: drain the nodes and wait (at most) for one baseline
     margin: float = -1.0              # keep threshold passed to every node (< 0: node default)
+    announce: str = "auto"            # network.announce of every node: auto | all | kept (research/flooding.py)
 
     def validate(self) -> SimOptions:
         if self.nodes < 1:
@@ -55,6 +56,8 @@ class SimOptions:
             raise ValueError("--liars must be at least 0 and fewer than --nodes")
         if self.cost_s < 0:
             raise ValueError("--cost must be >= 0")
+        if self.announce not in ("auto", "all", "kept"):
+            raise ValueError("--announce must be auto, all or kept")
         if self.verification not in ("always", "adaptive", "never"):
             raise ValueError("--verification must be always, adaptive or never")
         if self.count_from not in ("all-up", "first-start"):

@@ -641,6 +641,27 @@ class BoardPost(_MessageBase):
         )
 
 
+@dataclass(frozen=True)
+class Presence(_MessageBase):
+    """"I am researching under ``protocol_id``": a node that floods only kept results (network.announce =
+    kept) sends this every few minutes, so every node still knows the swarm's members, the pool that
+    ownership and verification replicas are assigned over (research/ownership.py). A few dozen bytes
+    per node per five minutes, where a claim per experiment was the bulk of each node's inbound load."""
+
+    TYPE: ClassVar[str] = "presence"
+    peer: str
+    protocol_id: str
+    ts: float
+
+    def body(self) -> dict[str, Any]:
+        return {"peer": self.peer, "protocol_id": self.protocol_id, "ts": float(self.ts)}
+
+    @classmethod
+    def from_body(cls, d: dict[str, Any]) -> Presence:
+        w = "presence"
+        return cls(peer=_peer(d, "peer", w), protocol_id=_protocol_id(d, "protocol_id", w), ts=_req_float(d, "ts", w))
+
+
 MAX_BUNDLE = 16  # messages in one bundle
 BUNDLE_TYPES = frozenset({"claim", "result", "verification"})
 
@@ -683,15 +704,16 @@ class Bundle(_MessageBase):
         return cls(tuple(out))
 
 
-Message = Claim | Result | Verification | BoardPost | Bundle
+Message = Claim | Result | Verification | BoardPost | Bundle | Presence
 
-_TYPES: dict[str, type[Any]] = {c.TYPE: c for c in (Claim, Result, Verification, BoardPost, Bundle)}
+_TYPES: dict[str, type[Any]] = {c.TYPE: c for c in (Claim, Result, Verification, BoardPost, Bundle, Presence)}
 _FIELDS: dict[str, frozenset[str]] = {
     "claim": frozenset({"exp_id", "protocol_id", "parent", "peer", "lease_until", "description", "ts", "semantic_id"}),
     "result": frozenset({"receipt", "signature", "public_key", "objects", "objects_total", "deltas"}),
     "verification": frozenset({"receipt", "signature", "public_key"}),
     "board": frozenset({"author", "name", "text", "ts"}),
     "bundle": frozenset({"messages"}),
+    "presence": frozenset({"peer", "protocol_id", "ts"}),
 }
 
 

@@ -51,6 +51,8 @@ class NetModel:
     bytes_per_publish: float = 22_600.0
     #: bytes of one DHT request and its answer
     bytes_per_dht_rpc: float = 1_500.0
+    #: a node's inbound bandwidth (bytes/s): 100 Mbit/s
+    bandwidth_bytes_s: float = 12.5e6
     #: cores of the machine all nodes share; 0: one machine per node, each daemon with one core
     cores: float = 0.0
     #: share of messages a node misses (then gets by anti-entropy, every `anti_entropy_s`)

@@ -46,7 +46,7 @@ class DesOptions:
     margin: float = -1.0
     start_rate: float = 3.0
     budget_tokens: int = 500_000   # the embedded target's DEFAULT_BUDGET_TOKENS
-    announce: str = "all"          # all | kept (world.py)
+    announce: str = "auto"         # auto | all | kept (research/flooding.py; world.py)
     combine: bool = True
     net: NetModel = field(default_factory=NetModel)
 
@@ -57,8 +57,8 @@ class DesOptions:
             raise ValueError("--duration must be positive")
         if not 0 <= self.liars < self.nodes:
             raise ValueError("--liars must be at least 0 and fewer than --nodes")
-        if self.announce not in ("all", "kept"):
-            raise ValueError("--announce must be all or kept")
+        if self.announce not in ("auto", "all", "kept"):
+            raise ValueError("--announce must be auto, all or kept")
         if self.verification not in ("always", "adaptive", "never"):
             raise ValueError("--verification must be always, adaptive or never")
         if self.net.cores < 0 or not 0 <= self.net.loss < 1 or not 0 <= self.net.nat_share <= 1:
@@ -199,7 +199,7 @@ class DesSimulation:
             "duration_counted_from": "when every node was up (start-up excluded)",
             "startup_s": round(self.all_up, 1), "interrupted": None,
             "objective": "surrogate", "cost_s": o.cost_s, "fanout": None, "churn": o.churn, "liars": o.liars,
-            "seed": o.seed, "verification": o.verification, "announce": o.announce,
+            "seed": o.seed, "verification": o.verification, "announce": w.announce,
             "experiments_completed": len(exps), "experiments_completed_in_window": len(in_window),
             "window_s": round(w1 - w0, 1),
             "settle": {"requested_s": o.settle_s, "note": (f"converged {self.settled_at - w1:.0f} s after the window"
@@ -241,7 +241,7 @@ class DesSimulation:
             "solo": solo_info,
             "load": self.load_figures(),
             "time_to_target_s": {f"{v:.2f}": _r(first_time_at_or_below(swarm_series, v)) for v in TARGETS},
-            "model": asdict(o.net) | {"announce": o.announce},
+            "model": asdict(o.net) | {"announce": w.announce},
             "wall_s": round(self.wall_s, 1),
         }
         m["series"] = series

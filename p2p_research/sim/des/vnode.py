@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2p_research.research import flooding
 from p2p_research.research import loop as L
 from p2p_research.research.claims import ClaimBook, claim_winner
 from p2p_research.research.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
@@ -32,8 +33,8 @@ from p2p_research.research.swarm import Adopt, Ignore, PeerClaim, SwarmPolicy, S
 from p2p_research.sim.des.world import Message, Proc, Process, World, peer_name  # noqa: F401
 
 ADOPTION_POLL_S = 2.0      # daemon/node.py: an idle (following) node looks at candidates this often
-DHT_LOOKUPS_PER_PROPOSAL = 16  # announce=kept: the DHT is the only record of claims (net/dht.py lookups)
-PRESENCE_S = 300.0         # announce=kept: each node's presence message
+DHT_LOOKUPS_PER_PROPOSAL = flooding.DHT_LOOKUPS_SPARSE
+PRESENCE_S = flooding.PRESENCE_S
 LEASE_RUNS = 3.0           # a claim is a lease of about 3 budgets
 MAX_WINS = 200             # store/ledger.py kept_wins: the best 200
 
@@ -265,7 +266,7 @@ class VirtualNode:
                 self.stats.runs[-1]["status"] = verdict
                 # announce=kept: a confirmation floods only from the designated replicas (the votes others
                 # wait for); a refutation always does
-                local = not self.flooding and verdict == "confirmed" and not self.state.designated(c)
+                local = not flooding.floods_verification(not self.flooding, verdict, self.state.designated(c))
                 self._publish("verification", c.exp_id, c.commit, verdict, measured, target=int(c.peer[1:]),
                               claimed=c.value, local=local)
                 if adopt is None:
@@ -418,8 +419,8 @@ class VirtualNode:
                     self.stats.dedup["claimed_elsewhere"] += 1
                     return True
             return False
-        if self._lookups_left <= 0:  # not checked: not worth running a candidate nobody vouched is new
-            return True
+        if self._lookups_left <= 0:  # as the daemon: past the budget a candidate counts as new
+            return False
         self._lookups_left -= 1
         self.stats.dht_lookups += 1
         spent[0] += w.dht_lookup(now)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2p_research.research import flooding
 from p2p_research.research.ownership import HashRing
 from p2p_research.sim.des.model import NetModel, mix, queue_delay
 
@@ -65,8 +66,10 @@ class Load:
 
 class World:
     def __init__(self, n: int, net: NetModel, announce: str = "all", seed: int = 0) -> None:
-        if announce not in ("all", "kept"):
-            raise ValueError("announce must be all or kept")
+        if announce not in flooding.MODES:
+            raise ValueError(f"announce must be one of {', '.join(flooding.MODES)}")
+        # `auto` turns sparse once a node hears more than AUTO_SPARSE_PEERS peers: at once, for a swarm that large
+        announce = "kept" if flooding.sparse(announce, n - 1) else "all"
         self.n = n                      # swarm nodes (the solo node is outside the network)
         self.net = net
         self.announce = announce
@@ -151,6 +154,16 @@ class World:
             self.utilisation[self._backlog_bin] = r
             self._backlog = max(0.0, self._backlog + (r - 1.0) * BIN_S)
 
+    def link_wait(self, t: float) -> float:
+        """Time one copy of a message spends on a node's inbound link at `t`, queue included (M/M/1 at
+        the link's utilisation by the swarm's publishes)."""
+        net = self.net
+        b1 = int(t)
+        pubs = sum(self.load.publishes.get(b, 0) for b in range(max(0, b1 - int(LOAD_WINDOW_S) + 1), b1 + 1))
+        span = max(1.0, min(LOAD_WINDOW_S, t)) if t > 0 else 1.0
+        utilisation = pubs * net.bytes_per_publish / span / net.bandwidth_bytes_s
+        return queue_delay(net.bytes_per_publish / max(1.0, net.amplification) / net.bandwidth_bytes_s, utilisation)
+
     def cpu_wait(self, t: float, service_s: float) -> float:
         """How long a piece of work of `service_s` CPU seconds takes at a daemon at `t`, queue included
         (M/M/1 at the utilisation of the daemon's core, or of the shared machine)."""
@@ -183,8 +196,10 @@ class World:
     def publish(self, m: Message) -> Message:
         m.seq = len(self.messages)
         self.messages.append(m)
-        flood = self.announce == "all" or m.kind in ("verification", "baseline", "presence") or (
-            m.kind == "result" and m.status == "kept")
+        is_sparse = self.announce == "kept"
+        flood = (m.kind == "claim" and flooding.floods_claim(is_sparse)) or (
+            m.kind in ("result", "baseline") and flooding.floods_result(is_sparse, m.status)) or m.kind in (
+            "verification", "presence")  # an unflooded confirmation never reaches publish (vnode.py)
         m.flooded = flood
         if flood:
             self.load.by_kind[m.kind] += 1
@@ -197,7 +212,7 @@ class World:
                     self.at(m.t + BATCH_WAIT_S, lambda p=m.peer: self._flush(p))
         else:  # a DHT put: a lookup for the k closest nodes, then k stores
             m.sent = m.t
-            self.load.dht_rpcs[int(m.t)] += self.net.dht_rpcs_per_lookup(self.n) + self.net.dht_k
+            self.load.dht_rpcs[int(m.t)] += self.net.dht_rpcs_per_lookup(self.n) + min(self.net.dht_k, max(1, self.n - 1))
             self.load.by_kind[f"{m.kind} (DHT)"] += 1
         if m.kind == "verification" or (m.kind == "result" and m.status == "kept"):
             self.flooded.append(m)  # what a node's swarm state takes in (baselines and presence only load it)
@@ -219,7 +234,7 @@ class World:
             batch.append(extra)
         if not batch:
             return
-        wait = self.cpu_wait(self.t, self.net.cpu_per_publish_s)
+        wait = self.cpu_wait(self.t, self.net.cpu_per_publish_s) + self.link_wait(self.t)
         for m in batch:
             m.sent, m.wait = self.t, wait
         self.load.publishes[int(self.t)] += 1

@@ -1,0 +1,45 @@
+"""What a node floods to the whole swarm, and what it only stores in the DHT (pure decisions).
+
+Flooding every claim and every result gives each node an inbound load proportional to the swarm: at
+N nodes running one experiment per `cost` seconds, N/cost claims and N/cost results per second reach
+every node (docs/scale.md: 80 messages/s per node at 300 nodes, a whole core at ~1,000). Most of it
+is worth little to a node far away: a claim matters only to a node about to propose the same
+candidate, and ownership (research/ownership.py) already keeps nodes apart; a discarded result
+matters only to a node that would re-run it. So, `sparse`:
+- claims and results that were not kept go to the DHT only (the k nodes closest to the experiment's
+  key), where a node asks about a candidate it is about to run;
+- kept results and baselines are flooded (every node may adopt them; they get rarer as the swarm
+  converges);
+- a confirmation is flooded by the `replicas` designated re-runners only (the votes every other node
+  waits for); other confirmations stay local; a refutation is always flooded (rare, and it protects
+  others from a liar);
+- each node floods a small presence message every PRESENCE_S, so every node still knows the members
+  that ownership and replicas are assigned over.
+`auto` floods everything while the swarm is small (every view complete: SWARM.md, dashboards) and
+turns sparse once a node has heard from more than AUTO_SPARSE_PEERS peers within ten minutes.
+"""
+
+from __future__ import annotations
+
+MODES = ("auto", "all", "kept")
+AUTO_SPARSE_PEERS = 100
+PRESENCE_S = 300.0
+DHT_LOOKUPS_SPARSE = 16  # per proposal: the DHT is then the only record of other nodes' claims
+
+
+def sparse(mode: str, peers_heard: int) -> bool:
+    if mode not in MODES:
+        raise ValueError(f"announce mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode == "kept" or (mode == "auto" and peers_heard > AUTO_SPARSE_PEERS)
+
+
+def floods_claim(is_sparse: bool) -> bool:
+    return not is_sparse
+
+
+def floods_result(is_sparse: bool, status: str) -> bool:
+    return not is_sparse or status in ("kept", "baseline")
+
+
+def floods_verification(is_sparse: bool, verdict: str, designated: bool) -> bool:
+    return not is_sparse or verdict != "confirmed" or designated
