@@ -6,9 +6,10 @@ the same literal, and hence the same experiment id, more often: dedup works on e
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from p2p_research.research.constants import (
     Literal,
@@ -102,6 +103,11 @@ class Choices:
     current: dict[str, Literal]
     names: list[str]
     weights: list[float]
+    cum_weights: list[float] = field(default_factory=list)  # what random.choices computes from `weights`
+
+    def __post_init__(self) -> None:
+        if not self.cum_weights:
+            self.cum_weights.extend(itertools.accumulate(self.weights))
 
 
 def prepare_choices(constants: dict, space: SearchSpace, focus: dict[str, float] | None = None) -> Choices:
@@ -113,11 +119,11 @@ def prepare_choices(constants: dict, space: SearchSpace, focus: dict[str, float]
 
 
 def draw_changes(choices: Choices, space: SearchSpace, rng: random.Random) -> dict[str, tuple[Literal, Literal]]:
-    current, names, weights = choices.current, choices.names, choices.weights
+    current, names = choices.current, choices.names
     k = 1 if rng.random() < 0.7 or len(names) < 2 else 2
     chosen: list[str] = []
     while len(chosen) < k:
-        n = rng.choices(names, weights)[0]
+        n = rng.choices(names, cum_weights=choices.cum_weights)[0]
         if n not in chosen:
             chosen.append(n)
     new_values = {n: mutate_value(space.params[n], current[n], rng) for n in chosen}

@@ -73,6 +73,14 @@ class HashRing:
 
     def first(self, key: str, count: int, accept: Callable[[str], bool] = lambda p: True) -> list[str]:
         """The first `count` accepted peers clockwise from `key`."""
+        pts = self._points
+        if count == 1 and pts:  # the common question, without a generator
+            start = bisect.bisect_left(pts, (point(key), ""))
+            for i in range(len(pts)):
+                p = pts[(start + i) % len(pts)][1]
+                if accept(p):
+                    return [p]
+            return []
         out: list[str] = []
         for p in self.walk(key):
             if accept(p):

@@ -34,6 +34,7 @@ decisions are reproducible and two nodes do not skip the same checks in lockstep
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -124,6 +125,10 @@ class SwarmState:
     ring: HashRing = field(default_factory=HashRing)     # the same peers, on the assignment ring
     # exp id -> verifier -> its signed vote: (whose claim it re-ran, the value that claimed, confirmed?)
     evidence: dict[str, dict[str, Vote]] = field(default_factory=dict)
+    # the candidates' keys in the order decisions look at them, (value, exp id, peer): the first that
+    # improves the baseline and is not waiting is the best, so a decision stops there instead of
+    # scanning every pending candidate (thousands in a large swarm); stale entries are skipped
+    _order: list[tuple[float, str, str]] = field(default_factory=list)
 
     def rep(self, peer: str) -> Reputation:
         return self.reputation.setdefault(peer, Reputation())
@@ -224,7 +229,10 @@ class SwarmState:
             return Ignore("no finite value")
         if claim.exp_id in self.settled:
             return Ignore("already settled")
-        self.candidates.setdefault((claim.exp_id, claim.peer), claim)  # the first report wins, as in the ledger
+        key = (claim.exp_id, claim.peer)
+        if key not in self.candidates:  # the first report wins, as in the ledger
+            self.candidates[key] = claim
+            bisect.insort(self._order, (claim.value, claim.exp_id, claim.peer))
         return None
 
     def _improves(self, c: PeerClaim, baseline_value: float, rank: tuple[float, str] | None) -> bool:
@@ -248,16 +256,24 @@ class SwarmState:
         if baseline_value is None:
             return None
         best: PeerClaim | None = None
-        for key, c in list(self.candidates.items()):
+        stale = 0
+        for _value, exp_id, peer in self._order:  # best first: improving is monotone in this order
+            c = self.candidates.get((exp_id, peer))
+            if c is None:
+                stale += 1
+                continue
             if self.ignored(c.peer) or c.exp_id in self.settled:
-                del self.candidates[key]
+                del self.candidates[(exp_id, peer)]
+                stale += 1
                 continue
             if not self._improves(c, baseline_value, rank):
-                continue
+                break
             if self._waits_for_evidence(c, now) and not self.quorum_met(c):
                 continue
-            if best is None or (c.value, c.exp_id, c.peer) < (best.value, best.exp_id, best.peer):
-                best = c
+            best = c
+            break
+        if stale > 64 and stale > len(self._order) // 4:
+            self._reorder()
         if rank is not None:
             ready = [(c, m) for c, m in self.confirmed.values()
                      if not self.ignored(c.peer) and self._improves(c, baseline_value, rank)]
@@ -267,9 +283,12 @@ class SwarmState:
                     del self.confirmed[c.exp_id]
                     return Adopt(c, measured, f"adopted from {c.peer[:16]}: the swarm's best ranked result, "
                                               f"confirmed earlier by a local re-run ({measured:.6f})")
-        if len(self.candidates) > MAX_CANDIDATES:  # keep the best ones
+        if len(self.candidates) > MAX_CANDIDATES:  # keep the best live ones
+            for key in [k for k, c in self.candidates.items() if self.ignored(c.peer) or c.exp_id in self.settled]:
+                del self.candidates[key]
             for key in sorted(self.candidates, key=lambda k: self.candidates[k].value)[MAX_CANDIDATES:]:
                 del self.candidates[key]
+            self._reorder()
         if best is None:
             return None
         for key in [k for k in self.candidates if k[0] == best.exp_id]:
@@ -283,6 +302,9 @@ class SwarmState:
             return Verify(best)
         return Adopt(best, best.value, f"adopted from {best.peer[:16]} without re-run "
                                        f"({self.policy.verification}, p={self.verify_probability(best.peer):.2f})")
+
+    def _reorder(self) -> None:
+        self._order = sorted((c.value, c.exp_id, c.peer) for c in self.candidates.values())
 
     def on_verified(self, claim: PeerClaim, measured: float | None, baseline_value: float | None,
                     rank: tuple[float, str] | None = None) -> tuple[str, Adopt | None]:

@@ -39,8 +39,10 @@ class NetModel:
     #: CPU one publish costs each daemon, all copies included (docs/bench-gossip.md: 15.0 ms per posted
     #: message per daemon with the RPC patches, N = 15)
     cpu_per_publish_s: float = 0.015
-    #: a DHT request served (put or get hop): a small RPC on an existing connection
-    cpu_per_dht_rpc_s: float = 0.004
+    #: CPU of one DHT request at each end (calibrated on the real 35-process run with network.announce =
+    #: kept, docs/scale.md: ~350 CPU s more than gossip alone for ~36,000 requests; py-libp2p's requests
+    #: carry signed peer records and often a new connection)
+    cpu_per_dht_rpc_s: float = 0.005
     #: a daemon's idle CPU, share of a core (docs/bench-gossip.md: 1.6-2.2 % with 4-9 connections)
     idle_cpu: float = 0.02
     #: CPU of a node's own work around a run: propose (dedup checks), commit, ledger (docs/bench-overhead.md:
@@ -49,8 +51,8 @@ class NetModel:
     #: bytes each daemon receives per publish, all copies and control traffic (measured in the 35-process run
     #: of docs/simulation.md: 625 MB sent by 35 daemons for 789 publishes)
     bytes_per_publish: float = 22_600.0
-    #: bytes of one DHT request and its answer
-    bytes_per_dht_rpc: float = 1_500.0
+    #: bytes each end receives per DHT request (the same calibration: ~700 MB for ~36,000 requests)
+    bytes_per_dht_rpc: float = 10_000.0
     #: a node's inbound bandwidth (bytes/s): 100 Mbit/s
     bandwidth_bytes_s: float = 12.5e6
     #: cores of the machine all nodes share; 0: one machine per node, each daemon with one core
