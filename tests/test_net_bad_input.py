@@ -16,7 +16,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12
 from net_helpers import cfg, claim, pid_of, post, recv, result
 
 from p2p_research.net import open_network, topic_names
-from p2p_research.wire import Result, sign_receipt
+from p2p_research.wire import Presence, Result, sign_receipt
 
 
 @asynccontextmanager
@@ -60,6 +60,7 @@ async def test_rejects_each_kind_of_bad_input_and_keeps_running():
              "malformed"),  # oversized (600 KB > 512 KiB cap)
             (exp, forged.to_wire(), "bad_signature"),  # to_wire checks structure; the receiver checks the signature
             (exp, claim(pid_of(other)).to_wire(), "peer_mismatch"),
+            (exp, Presence(pid_of(other), "b" * 16, time.time()).to_wire(), "peer_mismatch"),  # a member in another's name
             (board, post(pid_of(other)).to_wire(), "peer_mismatch"),
             (board, good_claim.to_wire(), "wrong_topic"),
         ]
@@ -75,11 +76,12 @@ async def test_rejects_each_kind_of_bad_input_and_keeps_running():
         # still running, and valid messages (including someone else's validly signed result) pass
         await ps.publish(exp, good_claim.to_wire())
         await ps.publish(exp, impostor.to_wire())
-        got = [await recv(net), await recv(net)]
-        assert {type(g.message).__name__ for g in got} == {"Claim", "Result"}
+        await ps.publish(exp, Presence(me, "b" * 16, time.time()).to_wire())
+        got = [await recv(net), await recv(net), await recv(net)]
+        assert {type(g.message).__name__ for g in got} == {"Claim", "Result", "Presence"}
         assert all(g.from_peer == me for g in got)
         assert dict(net.stats["rejected"]) == expected
-        assert net.stats["received"] == 2
+        assert net.stats["received"] == 3
 
 
 async def test_per_peer_rate_limit():

@@ -391,3 +391,20 @@ def test_what_a_peer_says_about_its_run_is_signed_and_a_relay_cannot_rewrite_it(
     old.update(v=1, description="unsigned")
     with pytest.raises(WireError, match="no longer accepted"):
         decode(_enc(old))
+
+
+def test_presence_round_trips_and_rejects_junk():
+    import msgpack
+
+    from p2p_research.wire import Presence, WireError, decode
+
+    p = Presence("12D3KooWA8EXV3KjBxEU5EnsPfneLx84vMWAtTBQBeyooN82KSuS", "ab" * 16, 1700000000.0)
+    assert decode(p.to_wire()) == p
+    d = msgpack.unpackb(p.to_wire())
+    for bad in ({k: v for k, v in d.items() if k != "ts"}, {**d, "extra": 1}, {**d, "peer": "not a peer id"},
+                {**d, "protocol_id": 7}):
+        try:
+            decode(msgpack.packb(bad, use_bin_type=True))
+        except WireError:
+            continue
+        raise AssertionError(f"accepted {bad}")
