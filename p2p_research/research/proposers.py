@@ -120,10 +120,11 @@ class BuiltinProposer:
                       is_mine: IsMine | None = None) -> Proposal | Skip:
         """A mutation nobody ran or claimed; in a swarm, preferably one this node owns (`is_mine`).
 
-        Ownership partitions the candidates of a baseline among the nodes (rendezvous hashing of the
-        experiment id over the peers heard from): nodes on the same baseline then propose disjoint
-        experiments even before each other's claims arrive. Only if none of PREFER_TRIES unknown
-        candidates is owned here does the node run another unknown one (claims still guard it)."""
+        Ownership partitions the candidates of a baseline among the nodes (a consistent-hash ring of the
+        peers heard from, research/ownership.py): nodes on the same baseline then propose disjoint
+        experiments even before each other's claims arrive. Only if none of 200 candidates is both owned
+        and unknown does the node run the first unknown of PREFER_TRIES others (claims, or the DHT, still
+        guard it)."""
         source = workspace.files_of(baseline)[EDITABLE_FILE].decode()
         combined = await self._combination(workspace, baseline, source, is_known, is_mine)
         if combined is not None:

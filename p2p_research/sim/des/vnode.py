@@ -30,7 +30,7 @@ from p2p_research.research.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TR
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.surrogate import noisy_value
 from p2p_research.research.swarm import Adopt, Ignore, PeerClaim, SwarmPolicy, SwarmState, Verify
-from p2p_research.sim.des.world import Message, Proc, Process, World, peer_name  # noqa: F401
+from p2p_research.sim.des.world import Message, Proc, Process, World, peer_name
 
 ADOPTION_POLL_S = 2.0      # daemon/node.py: an idle (following) node looks at candidates this often
 DHT_LOOKUPS_PER_PROPOSAL = flooding.DHT_LOOKUPS_SPARSE
