@@ -67,3 +67,16 @@ def test_replicas_are_the_first_peers_on_the_ring_without_the_claimant(peers, re
         for p in [*peers, claimant]:
             s.note_peer(p)
         assert s.designated(claim) == (me in chosen)
+
+
+def test_sparse_flooding_decisions():
+    """research/flooding.py: what a node floods, and how often a member of a huge swarm says it is there."""
+    from p2p_research.research import flooding as f
+
+    assert not f.sparse("auto", 100) and f.sparse("auto", 101) and f.sparse("kept", 0) and not f.sparse("all", 10**6)
+    assert f.floods_claim(False) and not f.floods_claim(True)
+    assert [f.floods_result(True, s) for s in ("kept", "baseline", "discarded", "crash")] == [True, True, False, False]
+    assert f.floods_verification(True, "refuted", False) and f.floods_verification(True, "confirmed", True)
+    assert not f.floods_verification(True, "confirmed", False) and f.floods_verification(False, "confirmed", False)
+    assert f.presence_interval(35) == f.PRESENCE_S and f.presence_interval(10_000) == 5_000
+    assert f.member_memory(10_000) > f.presence_interval(10_000)  # a member is not forgotten between its messages

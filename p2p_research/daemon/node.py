@@ -44,6 +44,7 @@ from p2p_research.net.boundary import PeerTasks, contained
 from p2p_research.research import flooding
 from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
+from p2p_research.research.ownership import OWNER_MEMORY_S
 from p2p_research.store.ledger import Run
 
 log = logging.getLogger("p2p_research.daemon")
@@ -312,8 +313,11 @@ class NodeDaemon:
         `auto` the number of peers heard within the last ten minutes."""
         heard = 0
         if self.coordinator is not None:
-            self.coordinator.owners.expire(time.time())
-            heard = len(self.coordinator.owners.heard)
+            owners = self.coordinator.owners
+            owners.expire(time.time())
+            heard = len(owners.heard)
+            # members announce themselves less often in a very large swarm: remember them for longer
+            owners.memory_s = max(OWNER_MEMORY_S, flooding.member_memory(heard))
         return flooding.sparse(self.config.network.announce, heard)
 
     async def announce_presence(self) -> None:
@@ -327,7 +331,8 @@ class NodeDaemon:
                     await self.net.publish(Presence(self.peer_id, self.ctx.protocol_id, time.time()))
                 except Exception as e:  # noqa: BLE001 - best effort, like every announcement
                     log.warning("could not announce presence: %s: %s", type(e).__name__, e)
-                await trio.sleep(flooding.PRESENCE_S)
+                heard = len(self.coordinator.owners.heard) if self.coordinator is not None else 0
+                await trio.sleep(flooding.presence_interval(heard))
             else:
                 await trio.sleep(2.0)
 

@@ -13,8 +13,10 @@ matters only to a node that would re-run it. So, `sparse`:
 - a confirmation is flooded by the `replicas` designated re-runners only (the votes every other node
   waits for); other confirmations stay local; a refutation is always flooded (rare, and it protects
   others from a liar);
-- each node floods a small presence message every PRESENCE_S, so every node still knows the members
-  that ownership and replicas are assigned over.
+- each node floods a small presence message every `presence_interval` (5 minutes, longer in a swarm
+  so large that the presence messages would add up to more than PRESENCE_PER_S per second), so every
+  node still knows the members that ownership and replicas are assigned over (a peer stays a member
+  for 2.5 intervals).
 `auto` floods everything while the swarm is small (every view complete: SWARM.md, dashboards) and
 turns sparse once a node has heard from more than AUTO_SPARSE_PEERS peers within ten minutes.
 """
@@ -27,6 +29,20 @@ PRESENCE_S = 300.0
 # per proposal: the DHT is then the only record of other nodes' claims (docs/scale.md: 16 lookups left
 # 1.4 % of experiments duplicated at 300 nodes over 20 minutes, 64 left 0.4 %, at the same load)
 DHT_LOOKUPS_SPARSE = 64
+
+
+PRESENCE_PER_S = 2.0  # swarm-wide presence messages per second at most: 8 copies/s, ~12 % of a core per node
+
+
+def presence_interval(peers_heard: int) -> float:
+    """How often a sparse node announces its presence: every 5 minutes, or so that the whole swarm sends
+    at most PRESENCE_PER_S per second (one message per node per N / 2 seconds: 83 minutes at 10,000)."""
+    return max(PRESENCE_S, peers_heard / PRESENCE_PER_S)
+
+
+def member_memory(peers_heard: int) -> float:
+    """How long a silent peer stays a member (owns candidates, may be a replica): 2.5 presence intervals."""
+    return 2.5 * presence_interval(peers_heard)
 
 
 def sparse(mode: str, peers_heard: int) -> bool:

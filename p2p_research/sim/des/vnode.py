@@ -34,7 +34,6 @@ from p2p_research.sim.des.world import Message, Proc, Process, World, peer_name
 
 ADOPTION_POLL_S = 2.0      # daemon/node.py: an idle (following) node looks at candidates this often
 DHT_LOOKUPS_PER_PROPOSAL = flooding.DHT_LOOKUPS_SPARSE
-PRESENCE_S = flooding.PRESENCE_S
 LEASE_RUNS = 3.0           # a claim is a lease of about 3 budgets
 MAX_WINS = 200             # store/ledger.py kept_wins: the best 200
 
@@ -160,12 +159,12 @@ class VirtualNode:
 
     def presence(self) -> Process:
         """announce=kept: claims no longer tell every node who is active, so each node floods a small
-        presence message every PRESENCE_S (ownership and replicas need the swarm's membership)."""
+        presence message every `flooding.presence_interval` (ownership and replicas need the members)."""
         w = self.world
         while w.t < self.shared.settle_end:
             if w.down_until(self.index, w.t) is None:
                 w.publish(Message(0, "presence", self.index, w.t))
-            yield PRESENCE_S
+            yield flooding.presence_interval(w.n - 1)
 
     def life(self) -> Process:
         sh, w = self.shared, self.world
