@@ -91,6 +91,21 @@ def plot(rows: list[dict], out: Path) -> list[str]:
     return files
 
 
+def table(rows: list[dict]) -> str:
+    """The runs as a Markdown table (docs/scale.md)."""
+    cols = [("nodes", "N"), ("announce", "announce"), ("wall_s", "wall s"), ("experiments_per_node_h", "exp/node/h"),
+            ("inbound_messages_per_node_s", "in msg/s/node"), ("dht_rpcs_per_node_s", "of which DHT"),
+            ("inbound_kib_per_node_s", "in KiB/s/node"), ("cpu_cores_per_node", "CPU cores/node"),
+            ("cpu_utilisation_max", "CPU max"), ("duplicates_wasted_pct", "dup %"),
+            ("verification_overhead", "re-run/exp time"), ("adoption_delay_p50_s", "adopt p50 s"),
+            ("gossip_latency_p50_s", "gossip p50 s"), ("time_to_1_50_s", "to 1.50 s"),
+            ("converged_after_s", "one baseline after s")]
+    out = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for r in sorted(rows, key=lambda r: (r["nodes"], r["announce"])):
+        out.append("| " + " | ".join("-" if r.get(k) is None else str(r[k]) for k, _ in cols) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, nargs="+", default=[35, 100, 300])
@@ -99,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=180.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT-<figure>.png")
+    ap.add_argument("--table", action="store_true", help="print OUT.json's runs as a Markdown table and plot them")
     args = ap.parse_args(argv)
+    if args.table:
+        rows = json.loads((args.out.parent / f"{args.out.name}.json").read_text())["runs"]
+        print(table(rows))
+        plot(rows, args.out)
+        return 0
     rows = []
     if args.out is not None and (args.out.parent / f"{args.out.name}.json").exists():
         rows = json.loads((args.out.parent / f"{args.out.name}.json").read_text())["runs"]  # add to earlier sizes

@@ -53,6 +53,7 @@ ADOPTION_POLL_S = 2.0
 DIGEST_INTERVAL_S = 20.0
 DHT_LOOKUP_S = 3.0
 DHT_LOOKUPS_PER_PROPOSAL = 5
+DHT_PROPOSAL_S = 15.0  # DHT lookups one proposal may spend (each one is bounded by DHT_LOOKUP_S too)
 
 
 def swarm_id_of(genesis: str, protocol_id: str) -> str:
@@ -91,6 +92,7 @@ class NodeDaemon:
         self.catchup: CatchUp | None = None
         self.nursery: trio.Nursery | None = None
         self._dht_lookups_left = DHT_LOOKUPS_PER_PROPOSAL
+        self._dht_deadline = time.monotonic() + DHT_PROPOSAL_S
         self._protocol_swarm: dict[str, str] = {}
         self._protocol_unknown: dict[str, float] = {}  # protocol -> when its genesis was last not found
         self.dashboard: Any = None  # the dashboard's bound socket (dashboard.serve.Bound) when it is on
@@ -279,6 +281,7 @@ class NodeDaemon:
         """Swarm work between experiments (verify, adopt); a fresh DHT lookup budget for the proposal.
         One worker at a time: another that finds it busy goes on proposing instead of waiting a run."""
         self._dht_lookups_left = flooding.DHT_LOOKUPS_SPARSE if self.sparse() else DHT_LOOKUPS_PER_PROPOSAL
+        self._dht_deadline = time.monotonic() + DHT_PROPOSAL_S
         assert self.coordinator is not None
         if self._between_lock.locked():
             return
@@ -376,7 +379,7 @@ class NodeDaemon:
         caught_up = self.catchup is not None and (self.catchup.completed > 0 or self.catchup.received > 0)
         if dht is None or (caught_up and not self.sparse()):  # sparse: claims are only in the DHT
             return False
-        if self._dht_lookups_left <= 0:
+        if self._dht_lookups_left <= 0 or time.monotonic() > self._dht_deadline:  # a slow DHT must not stall research
             return False
         self._dht_lookups_left -= 1
         try:
