@@ -34,9 +34,9 @@ FIGURES = {
 }
 
 
-def one(n: int, announce: str, duration: float, seed: int, settle: float) -> dict:
+def one(n: int, announce: str, duration: float, seed: int, settle: float, start_rate: float = 3.0) -> dict:
     sim = DesSimulation(DesOptions(nodes=n, duration_s=duration, seed=seed, announce=announce, settle_s=settle,
-                                   solo=False, net=NetModel()))
+                                   solo=False, start_rate=start_rate, net=NetModel()))
     m = sim.run()
     load = m["load"]
     return {
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=600.0, help="experiment window per run (virtual s)")
     ap.add_argument("--settle", type=float, default=180.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start-rate", type=float, default=3.0, help="nodes started per second (3: all 1,000 in 333 s)")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT-<figure>.png")
     ap.add_argument("--table", action="store_true", help="print OUT.json's runs as a Markdown table and plot them")
     args = ap.parse_args(argv)
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.nodes:
             for announce in args.announce:
                 t = time.monotonic()
-                r = one(n, announce, args.duration, args.seed, args.settle)
+                r = one(n, announce, args.duration, args.seed, args.settle, args.start_rate)
+                r["start_rate"] = args.start_rate
                 rows = [x for x in rows if (x["nodes"], x["announce"]) != (n, announce)] + [r]
                 print(f"N={n:>6} announce={announce:<4} wall {time.monotonic() - t:7.1f} s | in/node/s "
                       f"{r['inbound_messages_per_node_s']:>8} ({r['inbound_kib_per_node_s']} KiB) | cpu {r['cpu_cores_per_node']} "

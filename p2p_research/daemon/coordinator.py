@@ -75,6 +75,7 @@ class SwarmCoordinator:
         self.defer_s = cfg.verification.defer_s
         self.accepted: set[str] = set()
         self.following = False  # set once this node stops proposing: adopt by rank, not by margin
+        self.last_presence = 0.0  # when a sparse peer last said it is alive (research/flooding.py)
         #: the peers heard recently (claims, results), on the ring that assigns candidates to owners
         self.owners = Ownership(deps.peer_id)
         self._first_result: OrderedDict[str, str] = OrderedDict()  # exp id -> first peer whose result completed
@@ -212,6 +213,7 @@ class SwarmCoordinator:
         of the candidates and may be a verification replica."""
         self.note_heard(peer)
         self.state.note_peer(peer)
+        self.last_presence = time.time()  # some peers flood no claims: dedup must ask the DHT too
 
     # --- dedup --------------------------------------------------------------------------------------
     def note_heard(self, peer: str) -> None:

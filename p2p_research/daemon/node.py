@@ -377,7 +377,10 @@ class NodeDaemon:
         minutes proposing, one bounded lookup per candidate, before their first catch-up)."""
         dht = self._dht()
         caught_up = self.catchup is not None and (self.catchup.completed > 0 or self.catchup.received > 0)
-        if dht is None or (caught_up and not self.sparse()):  # sparse: claims are only in the DHT
+        # sparse peers (this node, or others that announce presence) put their claims only in the DHT
+        sparse_near = self.sparse() or (self.coordinator is not None and
+                                        time.time() - self.coordinator.last_presence < flooding.PRESENCE_S * 2)
+        if dht is None or (caught_up and not sparse_near):
             return False
         if self._dht_lookups_left <= 0 or time.monotonic() > self._dht_deadline:  # a slow DHT must not stall research
             return False
