@@ -54,7 +54,7 @@ class NetworkSection:
     nat: str = "auto"             # auto (AutoNAT, relay reservations, hole punching off loopback) | off
     relay_service: str = "auto"   # auto (relays, and nodes AutoNAT finds public) | on | off: relay others' connections
     dashboard: str = ""           # "" off; HOST:PORT serves the web dashboard and /metrics (127.0.0.1:8642)
-    # what is flooded to the swarm: all (claims and every result) | kept (kept results, baselines, the
+    # what is flooded to the swarm: all (claims and every result) | kept (kept results, the
     # replicas' confirmations, refutations, presence; claims and other results go to the DHT) | auto (all
     # until more than 100 peers were heard in 10 minutes, then kept): per-node load stops growing with N
     announce: str = "auto"

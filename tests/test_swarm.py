@@ -279,7 +279,8 @@ def test_sparse_announcements_flood_kept_results_only_and_dedup_through_the_dht(
             db = sqlite3.connect(f"file:{h.ledger}?mode=ro", uri=True)
             others = {d.peer_id for j, d in enumerate(daemons) if j != i}
             claims = [p for (p,) in db.execute("SELECT peer FROM claims") if p in others]
-            statuses = {s for (s,) in db.execute("SELECT status FROM runs WHERE origin='peer' AND kind='experiment'")}
+            statuses = {s for (s,) in db.execute("SELECT status FROM runs WHERE origin='peer' AND kind IN "
+                                                 "('experiment', 'baseline')")}
             db.close()
             assert not claims, "a claim was flooded"
             assert statuses <= {"kept"}, f"a {statuses - {'kept'}} result was flooded"

@@ -8,8 +8,9 @@ candidate, and ownership (research/ownership.py) already keeps nodes apart; a di
 matters only to a node that would re-run it. So, `sparse`:
 - claims and results that were not kept go to the DHT only (the k nodes closest to the experiment's
   key), where a node asks about a candidate it is about to run;
-- kept results and baselines are flooded (every node may adopt them; they get rarer as the swarm
-  converges);
+- kept results are flooded (every node may adopt them; they get rarer as the swarm converges);
+  measurements of a baseline are not (nobody adopts them, and every node of a swarm that starts at
+  once measures the genesis: 10,000 of them in a minute saturated every node in the simulator);
 - a confirmation is flooded by the `replicas` designated re-runners only (the votes every other node
   waits for); other confirmations stay local; a refutation is always flooded (rare, and it protects
   others from a liar);
@@ -56,7 +57,7 @@ def floods_claim(is_sparse: bool) -> bool:
 
 
 def floods_result(is_sparse: bool, status: str) -> bool:
-    return not is_sparse or status in ("kept", "baseline")
+    return not is_sparse or status == "kept"
 
 
 def floods_verification(is_sparse: bool, verdict: str, designated: bool) -> bool:

@@ -10,7 +10,7 @@ down (then delivered by its catch-up). Deliveries are computed when a node looks
 Two protocols are modelled (`announce`):
 - `all` (the protocol of the real daemon today): claims and every result are flooded to the swarm, so
   every node's inbound load grows with N;
-- `kept`: only kept results, verifications and baselines are flooded; claims and other results go to
+- `kept`: only kept results, verifications and presence are flooded; claims and other results go to
   the DHT (put to k nodes), and a node asks the DHT about a candidate before it runs it.
 """
 
