@@ -75,7 +75,7 @@ def plot(rows: list[dict], out: Path) -> list[str]:
             pts = sorted((r["nodes"], r[key]) for r in rows if r["announce"] == announce and r.get(key) is not None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
-                        label={"all": "announce all (today)", "kept": "announce kept"}[announce])
+                        label={"all": "announce all (flooding)", "kept": "announce kept (sparse)"}[announce])
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
