@@ -59,6 +59,7 @@ class CoordinatorDeps:
     faults: Faults = field(default_factory=Faults)
     claims: ClaimBook = field(default_factory=ClaimBook)
     sparse: Callable[[], bool] = lambda: False  # research/flooding.py: whether confirmations go to replicas only
+    owners: Ownership | None = None             # the peers heard recently (shared with the announcer); None: own
 
 
 class SwarmCoordinator:
@@ -75,9 +76,8 @@ class SwarmCoordinator:
         self.defer_s = cfg.verification.defer_s
         self.accepted: set[str] = set()
         self.following = False  # set once this node stops proposing: adopt by rank, not by margin
-        self.last_presence = 0.0  # when a sparse peer last said it is alive (research/flooding.py)
         #: the peers heard recently (claims, results), on the ring that assigns candidates to owners
-        self.owners = Ownership(deps.peer_id)
+        self.owners = deps.owners if deps.owners is not None else Ownership(deps.peer_id)
         self._first_result: OrderedDict[str, str] = OrderedDict()  # exp id -> first peer whose result completed
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0}
@@ -213,7 +213,6 @@ class SwarmCoordinator:
         of the candidates and may be a verification replica."""
         self.note_heard(peer)
         self.state.note_peer(peer)
-        self.last_presence = time.time()  # some peers flood no claims: dedup must ask the DHT too
 
     # --- dedup --------------------------------------------------------------------------------------
     def note_heard(self, peer: str) -> None:

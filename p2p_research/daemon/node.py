@@ -24,7 +24,8 @@ from p2p_research import __version__
 from p2p_research.config import NodeConfig
 from p2p_research.daemon import views
 from p2p_research.daemon.address import stable_listen
-from p2p_research.daemon.announce import make_claim, make_post, make_result
+from p2p_research.daemon.announce import make_post
+from p2p_research.daemon.announcer import Announcer, AnnouncerDeps
 from p2p_research.daemon.catchup import (
     ANTI_ENTROPY_S,
     CATCHUP_LIMITS,
@@ -41,19 +42,14 @@ from p2p_research.daemon.taskdump import report_if_still_stopping
 from p2p_research.daemon.workers import worker_envs
 from p2p_research.home import HomeError, HomeLock, NodeHome
 from p2p_research.net.boundary import PeerTasks, contained
-from p2p_research.research import flooding
 from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
-from p2p_research.research.ownership import OWNER_MEMORY_S
-from p2p_research.store.ledger import Run
+from p2p_research.research.ownership import Ownership
 
 log = logging.getLogger("p2p_research.daemon")
 
 ADOPTION_POLL_S = 2.0
 DIGEST_INTERVAL_S = 20.0
-DHT_LOOKUP_S = 3.0
-DHT_LOOKUPS_PER_PROPOSAL = 5
-DHT_PROPOSAL_S = 15.0  # DHT lookups one proposal may spend (each one is bounded by DHT_LOOKUP_S too)
 
 
 def swarm_id_of(genesis: str, protocol_id: str) -> str:
@@ -91,8 +87,7 @@ class NodeDaemon:
         self.coordinator: SwarmCoordinator | None = None
         self.catchup: CatchUp | None = None
         self.nursery: trio.Nursery | None = None
-        self._dht_lookups_left = DHT_LOOKUPS_PER_PROPOSAL
-        self._dht_deadline = time.monotonic() + DHT_PROPOSAL_S
+        self.announcer: Announcer | None = None  # what this node tells the swarm, and asks the DHT
         self._protocol_swarm: dict[str, str] = {}
         self._protocol_unknown: dict[str, float] = {}  # protocol -> when its genesis was last not found
         self.dashboard: Any = None  # the dashboard's bound socket (dashboard.serve.Bound) when it is on
@@ -136,49 +131,59 @@ class NodeDaemon:
                                     about=about, serve_any_swarm=relay, nat=cfg.network.nat == "auto",
                                     relay_service={"on": True, "off": False}.get(cfg.network.relay_service,
                                                                                  True if relay else None))
-                async with open_network(net_cfg, self.object_source) as net:
-                    self.net = net
+                async with open_network(net_cfg, self.object_source) as net, trio.open_nursery() as nursery:
+                    self.net, self.nursery = net, nursery
                     self.intake = intake = Intake(ctx, net, self.peer_id, any_protocol=relay)
+                    owners = Ownership(self.peer_id)  # the peers heard recently: shared by the two below
+                    catchup: CatchUp | None = None
+                    self.announcer = announcer = Announcer(AnnouncerDeps(
+                        ctx=ctx, net=net, key_pair=self.key_pair, peer_id=self.peer_id, mode=cfg.network.announce,
+                        owners=owners, start_soon=nursery.start_soon,
+                        expected_seconds=lambda: self.engine.expected_seconds() if self.engine else None,
+                        caught_up=lambda: catchup is not None and (catchup.completed > 0 or catchup.received > 0)))
                     self.coordinator = coord = SwarmCoordinator(CoordinatorDeps(
                         peer_id=self.peer_id, key_pair=self.key_pair, ctx=ctx, config=cfg,
-                        engine=lambda: self.engine, engines=lambda: self.engines, publish=net.publish, dht_knows=self.dht_knows,
-                        faults=net.faults, claims=intake.claims, sparse=self.sparse))
+                        engine=lambda: self.engine, engines=lambda: self.engines, publish=net.publish,
+                        dht_knows=announcer.dht_knows, faults=net.faults, claims=intake.claims,
+                        sparse=announcer.sparse, owners=owners))
                     intake.on_result, intake.on_claim, intake.on_verification = (
                         coord.on_result, coord.on_claim, coord.on_verification)
-                    intake.on_presence = coord.on_presence
+
+                    def on_presence(peer: str) -> None:
+                        coord.on_presence(peer)
+                        announcer.on_presence()
+                    intake.on_presence = on_presence
                     intake.wants = coord.wants
-                    async with trio.open_nursery() as nursery:
-                        self.nursery = nursery
-                        # every task that handles a peer's input runs inside a fault boundary
-                        peer_tasks = PeerTasks(nursery, net.faults)
-                        nursery.start_soon(self.watch_signals, nursery.cancel_scope)
-                        await nursery.start(ControlServer(self.home.control_socket, self.handlers()).serve)
-                        if self.dashboard is not None:
-                            await nursery.start(self.serve_dashboard)
-                        nursery.start_soon(intake.run, peer_tasks)
+                    # every task that handles a peer's input runs inside a fault boundary
+                    peer_tasks = PeerTasks(nursery, net.faults)
+                    nursery.start_soon(self.watch_signals, nursery.cancel_scope)
+                    await nursery.start(ControlServer(self.home.control_socket, self.handlers()).serve)
+                    if self.dashboard is not None:
+                        await nursery.start(self.serve_dashboard)
+                    nursery.start_soon(intake.run, peer_tasks)
 
-                        async def deliver(inc: Any) -> bool:
-                            """Hand a relayed result to intake; whether it was new here."""
-                            before = intake.stats["results"]
-                            await contained(net.faults, inc.from_peer, "catchup.entry", intake.handle, inc, peer_tasks)
-                            return intake.stats["results"] > before
+                    async def deliver(inc: Any) -> bool:
+                        """Hand a relayed result to intake; whether it was new here."""
+                        before = intake.stats["results"]
+                        await contained(net.faults, inc.from_peer, "catchup.entry", intake.handle, inc, peer_tasks)
+                        return intake.stats["results"] > before
 
-                        # a relay asks for and serves every protocol it stores
-                        self.catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id, deliver,
-                                               serves=lambda status: flooding.floods_result(self.sparse(), status))
-                        net.handle(CATCHUP_PROTOCOL, self.catchup.handle, CATCHUP_LIMITS)
-                        net.handle(SINCE_PROTOCOL, self.catchup.handle_since, SINCE_LIMITS)
-                        net.handle(PROTOCOL_SINCE, self.catchup.handle_since, SINCE_LIMITS)
-                        nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()], 3,
-                                           self.anti_entropy_interval)
-                        nursery.start_soon(self.write_digest_periodically)
-                        if on_ready:
-                            on_ready(self.identity_view())
-                        if not relay:
-                            nursery.start_soon(self.research_loop)
-                            nursery.start_soon(self.announce_presence)
-                        else:
-                            self.research_state = "relay-only"
+                    # a relay asks for and serves every protocol it stores
+                    self.catchup = catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id,
+                                                     deliver, serves=announcer.serves)
+                    net.handle(CATCHUP_PROTOCOL, self.catchup.handle, CATCHUP_LIMITS)
+                    net.handle(SINCE_PROTOCOL, self.catchup.handle_since, SINCE_LIMITS)
+                    net.handle(PROTOCOL_SINCE, self.catchup.handle_since, SINCE_LIMITS)
+                    nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()], 3,
+                                       self.anti_entropy_interval)
+                    nursery.start_soon(self.write_digest_periodically)
+                    if on_ready:
+                        on_ready(self.identity_view())
+                    if not relay:
+                        nursery.start_soon(self.research_loop)
+                        nursery.start_soon(announcer.announce_presence)
+                    else:
+                        self.research_state = "relay-only"
             finally:
                 ctx.ledger.abort_running("the node stopped during this run")
                 ctx.close()
@@ -222,7 +227,8 @@ class NodeDaemon:
         for i, env in enumerate(envs):
             worker_proposer = proposer if i == 0 else self.make_proposer(self.ctx, seed_offset=7919 * i)
             eng = ResearchEngine(self.ctx, worker_proposer, Hooks(
-                on_claim=self.announce_claim, on_result=self.announce_result, is_known=self.coordinator.is_known,
+                on_claim=self.announcer.announce_claim, on_result=self.announcer.announce_result,
+                is_known=self.coordinator.is_known,
                 between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns),
                 worker=i, worker_env=env)
             eng.peer = self.peer_id
@@ -280,127 +286,16 @@ class NodeDaemon:
     async def before_proposal(self, worker: int = 0) -> None:
         """Swarm work between experiments (verify, adopt); a fresh DHT lookup budget for the proposal.
         One worker at a time: another that finds it busy goes on proposing instead of waiting a run."""
-        self._dht_lookups_left = flooding.DHT_LOOKUPS_SPARSE if self.sparse() else DHT_LOOKUPS_PER_PROPOSAL
-        self._dht_deadline = time.monotonic() + DHT_PROPOSAL_S
-        assert self.coordinator is not None
+        assert self.coordinator is not None and self.announcer is not None
+        self.announcer.new_proposal()
         if self._between_lock.locked():
             return
         async with self._between_lock:
             await self.coordinator.between(self.engines[worker] if worker < len(self.engines) else None)
 
-    async def announce_claim(self, exp_id: str, commit: str, description: str, semantic_id: str = "",
-                             by_code: bool = False) -> None:
-        assert self.ctx is not None and self.engine is not None
-        claim = make_claim(self.ctx, self.peer_id, exp_id, commit, description, self.engine.expected_seconds(),
-                           semantic_id)
-        self.ctx.ledger.add_claim(claim.exp_id, claim.peer, claim.protocol_id, claim.parent, claim.lease_until,
-                                  claim.description, claim.ts, claim.semantic_id)
-        if flooding.floods_claim(self.sparse()):
-            await self.net.publish(claim)
-
-        self.put_dht_claim(claim, commit)
-        if by_code and semantic_id:  # an agent's edit: late joiners find its code key in the DHT too
-            self.put_dht_claim(claim, commit, key_id=semantic_id)
-
-    async def announce_result(self, run: Run) -> None:
-        assert self.ctx is not None
-        msg = make_result(self.ctx, run, self.key_pair, self.peer_id)
-        if run.run_id is not None:
-            self.ctx.ledger.set_run_receipt(run.run_id, msg.receipt.canonical_bytes(), msg.signature, msg.public_key)
-        if flooding.floods_result(self.sparse(), msg.receipt.status):
-            await self.net.publish(msg)
-        self.put_dht_result(msg)
-
-    def sparse(self) -> bool:
-        """Whether this node floods only kept results (research/flooding.py): network.announce, and for
-        `auto` the number of peers heard within the last ten minutes."""
-        heard = 0
-        if self.coordinator is not None:
-            owners = self.coordinator.owners
-            owners.expire(time.time())
-            heard = len(owners.heard)
-            # members announce themselves less often in a very large swarm: remember them for longer
-            owners.memory_s = max(OWNER_MEMORY_S, flooding.member_memory(heard))
-        return flooding.sparse(self.config.network.announce, heard)
-
-    async def announce_presence(self) -> None:
-        """While sparse, a presence message every PRESENCE_S: claims no longer tell every node who is active."""
-        from p2p_research.wire import Presence
-
-        assert self.ctx is not None
-        while True:
-            if self.sparse() and self.net.peers():  # once connected: a message with no mesh would go nowhere
-                try:
-                    await self.net.publish(Presence(self.peer_id, self.ctx.protocol_id, time.time()))
-                except Exception as e:  # noqa: BLE001 - best effort, like every announcement
-                    log.warning("could not announce presence: %s: %s", type(e).__name__, e)
-                heard = len(self.coordinator.owners.heard) if self.coordinator is not None else 0
-                await trio.sleep(flooding.presence_interval(heard))
-            else:
-                await trio.sleep(2.0)
-
-    # --- DHT (memory for late joiners; gossip already told every live node) -----------------------
+    # --- DHT ---------------------------------------------------------------------------------------
     def _dht(self) -> Any:
         return getattr(self.net, "dht", None) if self.net is not None else None
-
-    def put_dht_claim(self, claim: Any, commit: str, key_id: str = "") -> None:
-        """The claim's DHT record, under its experiment id (or, with `key_id`, its code key)."""
-        dht = self._dht()
-        if dht is None or self.nursery is None:
-            return
-        from p2p_research.wire.records import make_claim_record
-
-        self.nursery.start_soon(self._put, make_claim_record(key_id or claim.exp_id, commit, claim.lease_until,
-                                                             self.key_pair), self.sparse())
-
-    def put_dht_result(self, msg: Any) -> None:
-        dht = self._dht()
-        if dht is None or self.nursery is None:
-            return
-        from p2p_research.wire.records import make_result_record
-
-        self.nursery.start_soon(self._put, make_result_record(msg.receipt, msg.signature, self.key_pair), self.sparse())
-
-    async def _put(self, record: Any, lookup: bool = False) -> None:
-        try:
-            # Flooding: only the peers already known (gossip told every live node, the DHT is memory for
-            # late joiners, and a lookup per put would dial most of the swarm). Sparse: the DHT is the
-            # record other nodes ask, so the put looks up the closest nodes.
-            await self._dht().put(record, lookup=lookup)
-        except Exception as e:  # noqa: BLE001 - the DHT is memory for late joiners, never a reason to stop
-            log.debug("DHT put failed: %s", e)
-
-    async def dht_knows(self, exp_id: str) -> bool:
-        """The DHT is memory for nodes that were not listening: once a catch-up from a peer delivered,
-        gossip keeps the ledger current and the (slow) lookup is skipped. Until then at most
-        DHT_LOOKUPS_PER_PROPOSAL lookups per proposal (measured: restarted nodes in a churn run spent
-        minutes proposing, one bounded lookup per candidate, before their first catch-up)."""
-        dht = self._dht()
-        caught_up = self.catchup is not None and (self.catchup.completed > 0 or self.catchup.received > 0)
-        # sparse peers (this node, or others that announce presence) put their claims only in the DHT
-        sparse_near = self.sparse() or (self.coordinator is not None and
-                                        time.time() - self.coordinator.last_presence < flooding.PRESENCE_S * 2)
-        if dht is None or (caught_up and not sparse_near):
-            return False
-        if self._dht_lookups_left <= 0 or time.monotonic() > self._dht_deadline:  # a slow DHT must not stall research
-            return False
-        self._dht_lookups_left -= 1
-        try:
-            # bounded: the proposer asks about many candidates, and a lookup on a busy swarm can take
-            # seconds (measured: restarted nodes proposing nothing for minutes)
-            rec = None
-            with trio.move_on_after(DHT_LOOKUP_S) as scope:
-                rec = await dht.get(exp_id)
-            if scope.cancelled_caught:
-                return False
-        except Exception as e:  # noqa: BLE001
-            log.debug("DHT get failed: %s", e)
-            return False
-        if rec is None:
-            return False
-        if rec.state == "claim":
-            return rec.peer != self.peer_id and rec.lease_until > time.time()
-        return True
 
     async def write_digest_periodically(self) -> None:
         """Keep SWARM.md current for agents (and humans) reading the workspace."""
@@ -466,7 +361,8 @@ class NodeDaemon:
             **self.protocol_view(),
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
             "peers_connected": len(self.net.peers()) if self.net else 0,
-            "announce": {"mode": self.config.network.announce, "flooding": "kept" if self.sparse() else "all"},
+            "announce": {"mode": self.config.network.announce,
+                         "flooding": "kept" if self.announcer is not None and self.announcer.sparse() else "all"},
             "uptime_s": time.time() - self.started_at, "software": f"p2p-research {__version__}",
             "net": self.net_counters(),
             "intake": dict(self.intake.stats) if self.intake else {},
