@@ -11,6 +11,8 @@ BENCHES = [
     ("per-experiment overhead beyond training", ["bench_overhead.py"]),
     ("training sandbox: start-up cost, same val_bpb inside and out", ["bench_sandbox.py"]),
     ("gossip propagation across daemon processes", ["bench_gossip.py", "--nodes", "5", "15", "35"]),
+    ("the swarm from 35 to 1,000 nodes (discrete-event simulator)",
+     ["bench_des_scale.py", "--nodes", "35", "100", "300", "1000", "--duration", "600"]),
 ]
 
 
