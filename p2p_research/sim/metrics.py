@@ -87,6 +87,20 @@ def swarm_best_over_time(series: list[list[tuple[float, float]]]) -> list[tuple[
     return out
 
 
+def solo_comparison(solo_series: list[tuple[float, float]], swarm_series: list[tuple[float, float]]) -> dict[str, Any]:
+    """When the solo node and the swarm first reached the solo node's final value, and the ratio ({} when
+    the solo node has no value)."""
+    if not solo_series:
+        return {}
+    target = solo_series[-1][1]
+    t_solo = first_time_at_or_below(solo_series, target)
+    t_swarm = first_time_at_or_below(swarm_series, target)
+    return {"final_val_bpb": target, "solo_reached_at_s": _r(t_solo), "swarm_reached_at_s": _r(t_swarm),
+            "swarm_sooner_by_s": _r(t_solo - t_swarm) if t_solo is not None and t_swarm is not None else None,
+            "speedup": _r(t_solo / t_swarm) if t_solo and t_swarm else None,
+            "swarm_final_val_bpb": swarm_series[-1][1] if swarm_series else None}
+
+
 def first_time_at_or_below(series: list[tuple[float, float]], value: float) -> float | None:
     for t, v in series:
         if v <= value + 1e-12:
@@ -257,15 +271,7 @@ def collect(sim: Any) -> dict[str, Any]:
         sb = data[solo.name].baselines[-1] if data[solo.name].baselines else None
         solo_info = {"peer_id": solo.peer_id, "experiments_completed": len(completed(data[solo.name])),
                      "final_baseline": {"commit": sb["commit_id"] if sb else None, "val_bpb": sb["val_bpb"] if sb else None}}
-        if solo_series:
-            target = solo_series[-1][1]
-            t_solo = first_time_at_or_below(solo_series, target)
-            t_swarm = first_time_at_or_below(swarm_series, target)
-            solo_info.update({
-                "final_val_bpb": target, "solo_reached_at_s": _r(t_solo), "swarm_reached_at_s": _r(t_swarm),
-                "swarm_sooner_by_s": _r(t_solo - t_swarm) if t_solo is not None and t_swarm is not None else None,
-                "speedup": _r(t_solo / t_swarm) if t_solo and t_swarm else None,
-                "swarm_final_val_bpb": swarm_series[-1][1] if swarm_series else None})
+        solo_info.update(solo_comparison(solo_series, swarm_series))
     # --- the daemons' own counters at the stop (since their last start) ----------------------------
     counters: dict[str, dict[str, Any]] = {}
     for st in sim.final_status.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def checks(m: dict[str, Any]) -> list[tuple[str, bool, str]]:
     return out
 
 
-def write_report(m: dict[str, Any], folder: Path, argv: list[str], dashboard_state: dict[str, Any] | None = None) -> Path:
+def write_report(m: dict[str, Any], folder: Path, argv: list[str], dashboard_state: dict[str, Any] | None = None,
+                 render: Callable[[dict[str, Any], dict[str, str]], str] | None = None) -> Path:
+    """report.json, series.json, the plots and report.md (`render`: its Markdown; the process run's by default)."""
     folder.mkdir(parents=True, exist_ok=True)
     series = m.pop("series")
     if m.get("dashboard") is not None:  # the page served during the run, kept with its final state
@@ -57,7 +60,7 @@ def write_report(m: dict[str, Any], folder: Path, argv: list[str], dashboard_sta
     except Exception as e:  # noqa: BLE001 - the figures must not cost the report
         files = {}
         m["plot_error"] = str(e)
-    (folder / "report.md").write_text(render_md(m, files))
+    (folder / "report.md").write_text((render or render_md)(m, files))
     return folder / "report.md"
 
 

@@ -68,12 +68,14 @@ class NetModel:
     #: seconds a restarted node needs to catch up on what it missed (catch-up protocol, one peer)
     catch_up_s: float = 5.0
 
-    def hops(self, n: int, u: float) -> int:
-        """Hops a flooded message takes to one node of an n-node mesh of degree D: about log_D(n), +-1."""
-        if n <= 2:
-            return 1
-        mean = math.log(n - 1) / math.log(max(2, self.mesh_degree))
-        return max(1, int(mean + u))
+    def mean_hops(self, n: int) -> float:
+        """Mean hops of a flooded message to one node of an n-node mesh of degree D: log_D(n - 1)."""
+        return math.log(n - 1) / math.log(max(2, self.mesh_degree)) if n > 2 else 0.5
+
+    @staticmethod
+    def hops(mean: float, u: float) -> int:
+        """Hops to one node (u uniform in [0, 1)): the mean rounded up or down, at least one."""
+        return max(1, int(mean + u - 0.5))
 
     def hop_delay(self, u: float, hops: int = 1) -> float:
         """The mean latency of `hops` hops (u uniform in [0, 1)): a log-normal around the median, its

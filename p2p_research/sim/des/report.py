@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import shlex
 from pathlib import Path
 from typing import Any
 
-from p2p_research.sim.plots import write_plots
-from p2p_research.sim.report import _f, checks
+from p2p_research.sim.report import _f, write_report
 
 
 def write_des_report(m: dict[str, Any], folder: Path, argv: list[str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    series = m.pop("series")
-    m["command"] = " ".join(shlex.quote(a) for a in argv)
-    m["checks"] = [{"criterion": c, "passed": ok, "figure": f} for c, ok, f in checks(m)]
-    (folder / "report.json").write_text(json.dumps(m, indent=1, default=str))
-    (folder / "series.json").write_text(json.dumps(series))
-    try:
-        files = write_plots({**m, "series": series}, folder)
-    except Exception as e:  # noqa: BLE001 - the figures must not cost the report
-        files = {}
-        m["plot_error"] = str(e)
-    md = folder / "report.md"
-    md.write_text(render_md(m, files))
-    return md
+    return write_report(m, folder, argv, render=render_md)
 
 
 def render_md(m: dict[str, Any], files: dict[str, str]) -> str:

@@ -24,7 +24,13 @@ from p2p_research.research.searchspace import parse_search_space
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.vnode import Shared, VirtualNode
 from p2p_research.sim.des.world import World
-from p2p_research.sim.metrics import first_time_at_or_below, summary, swarm_best_over_time
+from p2p_research.sim.metrics import (
+    _r,
+    first_time_at_or_below,
+    solo_comparison,
+    summary,
+    swarm_best_over_time,
+)
 
 STARTUP_CPU_S = 1.1   # a daemon's start-up (imports, keys) on an idle core (docs/bench-gossip.md)
 SERIES_NODES = 60     # per-node curves kept for the plot (all of them below that)
@@ -179,14 +185,7 @@ class DesSimulation:
             solo_exps = [r for r in s.stats.runs if r["kind"] == "experiment" and r["status"] != "aborted"]
             solo_info = {"peer_id": s.name, "experiments_completed": len(solo_exps),
                          "final_baseline": {"commit": s.loop.baseline_commit, "val_bpb": s.loop.baseline_value}}
-            if s.stats.baselines:
-                target = s.stats.baselines[-1][1]
-                t_solo = first_time_at_or_below(s.stats.baselines, target)
-                t_swarm = first_time_at_or_below(swarm_series, target)
-                solo_info.update({"final_val_bpb": target, "solo_reached_at_s": _r(t_solo), "swarm_reached_at_s": _r(t_swarm),
-                                  "swarm_sooner_by_s": _r(t_solo - t_swarm) if t_solo is not None and t_swarm is not None else None,
-                                  "speedup": _r(t_solo / t_swarm) if t_solo and t_swarm else None,
-                                  "swarm_final_val_bpb": swarm_series[-1][1] if swarm_series else None})
+            solo_info.update(solo_comparison(s.stats.baselines, swarm_series))
         gaps = [g for n in self.nodes for g in n.stats.gaps]
         dedup = Counter()
         for n in self.nodes:
@@ -294,6 +293,3 @@ class DesSimulation:
 ADOPTION_GRACE = 5.0
 TARGETS = (1.56, 1.54, 1.52, 1.50, 1.48)
 
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 1)

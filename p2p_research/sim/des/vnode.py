@@ -105,7 +105,6 @@ class Stats:
 
     runs: list[dict[str, Any]] = field(default_factory=list)          # every local run
     baselines: list[tuple[float, float]] = field(default_factory=list)  # (t, value) each time it improved
-    final: tuple[str, float | None, int] = ("", None, -1)               # commit, value, source node
     adoptions: list[dict[str, Any]] = field(default_factory=list)
     dedup: dict[str, int] = field(default_factory=lambda: {"known_in_ledger": 0, "claimed_elsewhere": 0})
     yielded: int = 0
@@ -146,13 +145,11 @@ class VirtualNode:
         self.following = False
         self.proc: Proc | None = None
         self.running: tuple[str, Message, float] | None = None  # exp id, own claim, finish time
-        self.started_at = 0.0
         self.last_run_end: float | None = None
         self._lookups_left = 0
 
     # --- the process ------------------------------------------------------------------------------
     def start(self, at: float) -> None:
-        self.started_at = at
         self.proc = self.world.spawn(self.life(), at)
         if not self.flooding and not self.solo:
             self.world.spawn(self.presence(), at)

@@ -92,7 +92,7 @@ class World:
         self.utilisation: dict[int, float] = {}   # second -> a daemon's CPU utilisation
         self.outbox: dict[int, list[Message]] = defaultdict(list)
         self._demand: dict[int, float] = {}
-        self._mean_hops = math.log(max(2, n - 1)) / math.log(max(2, net.mesh_degree)) if n > 2 else 0.5
+        self._mean_hops = net.mean_hops(n)
         self.processes = n + 1  # daemons sharing the machine when `cores` > 0 (the solo node included)
         self.nodes: list[Any] = []  # the virtual nodes, by index (vnode.VirtualNode)
 
@@ -125,17 +125,18 @@ class World:
             return cached
         return self._demand_at(t)
 
-    def _demand_at(self, t: float) -> float:
+    @staticmethod
+    def _rate(counts: dict[int, Any], t: float) -> float:
+        """Per second over the LOAD_WINDOW_S up to `t` (shorter at the start) of per-second `counts`."""
         b1 = int(t)
-        bins = range(max(0, b1 - int(LOAD_WINDOW_S) + 1), b1 + 1)
         span = max(1.0, min(LOAD_WINDOW_S, t)) if t > 0 else 1.0
-        net = self.net
-        pubs = sum(self.load.publishes.get(b, 0) for b in bins)
-        rpcs = sum(self.load.dht_rpcs.get(b, 0) for b in bins)
-        own = sum(self.load.own_work.get(b, 0.0) for b in bins)
-        per_node = (pubs * net.cpu_per_publish_s + 2 * rpcs * net.cpu_per_dht_rpc_s / max(1, self.n)
-                    + own / max(1, self.n)) / span
-        return net.idle_cpu + per_node
+        return sum(counts.get(b, 0) for b in range(max(0, b1 - int(LOAD_WINDOW_S) + 1), b1 + 1)) / span
+
+    def _demand_at(self, t: float) -> float:
+        net, load, n = self.net, self.load, max(1, self.n)
+        return net.idle_cpu + (self._rate(load.publishes, t) * net.cpu_per_publish_s
+                               + 2 * self._rate(load.dht_rpcs, t) * net.cpu_per_dht_rpc_s / n
+                               + self._rate(load.own_work, t) / n)
 
     def capacity(self) -> float:
         """Cores one daemon has: its own (one machine per node) or its share of the shared machine."""
@@ -158,10 +159,7 @@ class World:
         """Time one copy of a message spends on a node's inbound link at `t`, queue included (M/M/1 at
         the link's utilisation by the swarm's publishes)."""
         net = self.net
-        b1 = int(t)
-        pubs = sum(self.load.publishes.get(b, 0) for b in range(max(0, b1 - int(LOAD_WINDOW_S) + 1), b1 + 1))
-        span = max(1.0, min(LOAD_WINDOW_S, t)) if t > 0 else 1.0
-        utilisation = pubs * net.bytes_per_publish / span / net.bandwidth_bytes_s
+        utilisation = self._rate(self.load.publishes, t) * net.bytes_per_publish / net.bandwidth_bytes_s
         return queue_delay(net.bytes_per_publish / max(1.0, net.amplification) / net.bandwidth_bytes_s, utilisation)
 
     def cpu_wait(self, t: float, service_s: float) -> float:
@@ -174,7 +172,7 @@ class World:
         if m.peer == node or m.sent == math.inf:
             return math.inf
         net = self.net
-        hops = max(1, int(self._mean_hops + mix(m.seq, node) - 0.5)) + (1 if node in self.nat or m.peer in self.nat else 0)
+        hops = net.hops(self._mean_hops, mix(m.seq, node)) + (1 if node in self.nat or m.peer in self.nat else 0)
         # the sum of `hops` log-normal hop latencies, drawn as one log-normal of the same median and mean
         latency = hops * net.hop_delay(mix(m.seq * 7, node), hops)
         t = m.sent + latency + hops * m.wait
@@ -289,6 +287,3 @@ def peer_name(i: int) -> str:
     """A virtual node's peer id (stable, sortable, distinct)."""
     return f"v{i:05d}"
 
-
-def record(m: Message) -> dict[str, Any]:
-    return {k: getattr(m, k) for k in ("seq", "kind", "peer", "t", "exp_id", "status", "value")}
