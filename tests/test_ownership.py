@@ -80,3 +80,12 @@ def test_sparse_flooding_decisions():
     assert not f.floods_verification(True, "confirmed", False) and f.floods_verification(False, "confirmed", False)
     assert f.presence_interval(35) == f.PRESENCE_S and f.presence_interval(10_000) == 5_000
     assert f.member_memory(10_000) > f.presence_interval(10_000)  # a member is not forgotten between its messages
+    from p2p_research.research.ownership import OWNER_MEMORY_S, Ownership
+    assert f.member_memory_for("all")(10_000) == OWNER_MEMORY_S == f.member_memory_for("auto")(100)
+    assert f.member_memory_for("auto")(101) == f.member_memory_for("kept")(101) == f.member_memory(101)
+    o = Ownership("me", f.member_memory_for("kept"))
+    o.note("other", 0.0)
+    o.expire(700.0)
+    assert "other" in o.heard  # 750 s while sparse, where a flooding node forgets after 600 s
+    o.expire(751.0)
+    assert "other" not in o.heard

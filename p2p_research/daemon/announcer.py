@@ -18,7 +18,7 @@ import trio
 from p2p_research.daemon.announce import make_claim, make_result
 from p2p_research.research import flooding
 from p2p_research.research.context import ResearchContext
-from p2p_research.research.ownership import OWNER_MEMORY_S, Ownership
+from p2p_research.research.ownership import Ownership
 from p2p_research.store.ledger import Run
 
 log = logging.getLogger("p2p_research.daemon")
@@ -59,10 +59,7 @@ class Announcer:
         `auto` the number of peers heard within the last ten minutes."""
         owners = self.deps.owners
         owners.expire(time.time())
-        heard = len(owners.heard)
-        # members announce themselves less often in a very large swarm: remember them for longer
-        owners.memory_s = max(OWNER_MEMORY_S, flooding.member_memory(heard))
-        return flooding.sparse(self.deps.mode, heard)
+        return flooding.sparse(self.deps.mode, len(owners.heard))
 
     def serves(self, status: str) -> bool:
         """Catch-up serves what this node floods: else anti-entropy would carry every result everywhere."""

@@ -42,6 +42,7 @@ from p2p_research.daemon.taskdump import report_if_still_stopping
 from p2p_research.daemon.workers import worker_envs
 from p2p_research.home import HomeError, HomeLock, NodeHome
 from p2p_research.net.boundary import PeerTasks, contained
+from p2p_research.research import flooding
 from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
 from p2p_research.research.ownership import Ownership
@@ -134,7 +135,9 @@ class NodeDaemon:
                 async with open_network(net_cfg, self.object_source) as net, trio.open_nursery() as nursery:
                     self.net, self.nursery = net, nursery
                     self.intake = intake = Intake(ctx, net, self.peer_id, any_protocol=relay)
-                    owners = Ownership(self.peer_id)  # the peers heard recently: shared by the two below
+                    # the peers heard recently, shared by the two below; a sparse swarm's members speak
+                    # only by presence messages, so they are remembered for longer there
+                    owners = Ownership(self.peer_id, flooding.member_memory_for(cfg.network.announce))
                     catchup: CatchUp | None = None
                     self.announcer = announcer = Announcer(AnnouncerDeps(
                         ctx=ctx, net=net, key_pair=self.key_pair, peer_id=self.peer_id, mode=cfg.network.announce,

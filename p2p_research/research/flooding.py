@@ -24,6 +24,10 @@ turns sparse once a node has heard from more than AUTO_SPARSE_PEERS peers within
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from p2p_research.research.ownership import OWNER_MEMORY_S
+
 MODES = ("auto", "all", "kept")
 AUTO_SPARSE_PEERS = 100
 PRESENCE_S = 300.0
@@ -44,6 +48,14 @@ def presence_interval(peers_heard: int) -> float:
 def member_memory(peers_heard: int) -> float:
     """How long a silent peer stays a member (owns candidates, may be a replica): 2.5 presence intervals."""
     return 2.5 * presence_interval(peers_heard)
+
+
+def member_memory_for(mode: str) -> Callable[[int], float]:
+    """`Ownership`'s memory under announce `mode`: 2.5 presence intervals while sparse (members speak only
+    by presence), else ownership's own OWNER_MEMORY_S (every claim tells who is active)."""
+    def memory(peers_heard: int) -> float:
+        return member_memory(peers_heard) if sparse(mode, peers_heard) else OWNER_MEMORY_S
+    return memory
 
 
 def sparse(mode: str, peers_heard: int) -> bool:

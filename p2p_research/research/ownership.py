@@ -94,9 +94,12 @@ class Ownership:
     """The owners of candidate experiments among the peers heard within `memory_s`, and this node.
 
     The driver notes each peer it hears from (`note`) with its own clock; `owns` answers for a time
-    `now`. A peer silent for `memory_s` leaves the ring (its share passes to its successor)."""
+    `now`. A peer silent for `memory_s` leaves the ring (its share passes to its successor); `memory_s`
+    may be a function of how many peers are remembered (research/flooding.py: members of a very large
+    sparse swarm announce themselves less often)."""
 
-    def __init__(self, self_peer: str, memory_s: float = OWNER_MEMORY_S, max_peers: int = MAX_HEARD) -> None:
+    def __init__(self, self_peer: str, memory_s: float | Callable[[int], float] = OWNER_MEMORY_S,
+                 max_peers: int = MAX_HEARD) -> None:
         self.self_peer = self_peer
         self.memory_s = memory_s
         self.max_peers = max_peers
@@ -114,9 +117,10 @@ class Ownership:
             self.ring.remove(old)
 
     def expire(self, now: float) -> None:
+        memory = self.memory_s(len(self.heard)) if callable(self.memory_s) else self.memory_s
         while self.heard:
             peer, t = next(iter(self.heard.items()))
-            if now - t < self.memory_s:
+            if now - t < memory:
                 break
             del self.heard[peer]
             self.ring.remove(peer)
