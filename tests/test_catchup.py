@@ -104,3 +104,19 @@ async def test_a_catch_up_names_its_protocol_and_a_relay_asks_for_all(tmp_path):
         got["research"].clear()
         again = CatchUp(b.host, Ledger(tmp_path / "d.sqlite"), PROTOCOL, deliver_to("research"))
         assert await again.fetch_from(a.peer_id) == 3 and set(got["research"]) == {PROTOCOL}
+
+
+def test_a_sparse_node_serves_only_what_it_floods(tmp_path):
+    """network.announce = kept: catch-up serves kept results only, chosen in the query (the newest
+    MAX_RESULTS are the newest kept ones, not the newest of everything, filtered afterwards)."""
+    from p2p_research.daemon.catchup import results_from_ledger
+    from p2p_research.research.flooding import served_statuses
+    from p2p_research.wire import decode
+
+    kp = generate_new_ed25519_identity()
+    ledger = Ledger(tmp_path / "a.sqlite")
+    for i, status in enumerate(["kept", "discarded", "discarded", "kept", "discarded"]):
+        _store(ledger, result(kp, exp_id=f"{i:040x}", status=status, ts=time.time() - i))
+    served = [decode(d).receipt.status for d in results_from_ledger(ledger, PROTOCOL, None, statuses=served_statuses(True))]
+    assert served == ["kept", "kept"]
+    assert len(results_from_ledger(ledger, PROTOCOL, None, statuses=served_statuses(False))) == 5

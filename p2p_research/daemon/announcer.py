@@ -61,9 +61,10 @@ class Announcer:
         owners.expire(time.time())
         return flooding.sparse(self.deps.mode, len(owners.heard))
 
-    def serves(self, status: str) -> bool:
-        """Catch-up serves what this node floods: else anti-entropy would carry every result everywhere."""
-        return flooding.floods_result(self.sparse(), status)
+    def serves(self) -> frozenset[str] | None:
+        """The result statuses catch-up serves: what this node floods (else anti-entropy would carry
+        every result everywhere); None: all."""
+        return flooding.served_statuses(self.sparse())
 
     def on_presence(self) -> None:
         self.last_presence = time.time()

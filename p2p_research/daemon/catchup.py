@@ -63,19 +63,16 @@ def receipt_key(receipt: bytes) -> bytes:
 
 def results_from_ledger(ledger: Ledger, protocol_id: str | None, since: float | None = None,
                         skip: frozenset[bytes] = frozenset(),
-                        serves: Callable[[str], bool] | None = None) -> list[bytes]:
-    """Signed results to serve; `serves(status)` filters them (a sparse node serves what it would flood)."""
+                        statuses: frozenset[str] | None = None) -> list[bytes]:
+    """Signed results to serve; `statuses` limits them (a sparse node serves what it would flood)."""
     out = []
     unsendable = 0
-    for receipt, sig, pub, _desc in ledger.signed_runs(protocol_id, MAX_RESULTS, since):
+    for receipt, sig, pub, _desc in ledger.signed_runs(protocol_id, MAX_RESULTS, since, statuses):
         if skip and receipt_key(receipt) in skip:
             continue
         try:
             # the description travels inside the signed receipt: a relay cannot rewrite it
-            r = decode_receipt(receipt)
-            if serves is not None and not serves(r.status):
-                continue
-            msg = Result(receipt=r, signature=sig, public_key=pub, objects=[], objects_total=0)
+            msg = Result(receipt=decode_receipt(receipt), signature=sig, public_key=pub, objects=[], objects_total=0)
             out.append(msg.to_wire())
         except WireError as e:
             unsendable += 1
@@ -97,10 +94,10 @@ class CatchUp:
 
     def __init__(self, host, ledger: Ledger, protocol_id: str | None,
                  deliver: Callable[[Incoming], Awaitable[bool | None]],
-                 serves: Callable[[str], bool] | None = None) -> None:
+                 serves: Callable[[], frozenset[str] | None] = lambda: None) -> None:
         self.host = host
-        #: which results (by status) this node serves: under network.announce = kept, only what it floods,
-        #: else anti-entropy would carry every result to every node after all
+        #: the result statuses this node serves (None: all): under network.announce = kept, only what it
+        #: floods, else anti-entropy would carry every result to every node after all
         self.serves = serves
         self.ledger = ledger
         self.protocol_id = protocol_id
@@ -145,7 +142,7 @@ class CatchUp:
         if protocol is None and since is None:
             protocol = self.protocol_id  # /1.0.0 asks for no protocol: what this node lives in
         try:
-            for data in [*results_from_ledger(self.ledger, protocol, since, skip, self.serves), b""]:
+            for data in [*results_from_ledger(self.ledger, protocol, since, skip, self.serves()), b""]:
                 with trio.fail_after(TIMEOUT_S):  # per frame: a slow but live requester gets everything
                     await write_all(stream, frame(data))
         except Exception as e:  # noqa: BLE001 - the requester may vanish mid-stream

@@ -68,8 +68,16 @@ def floods_claim(is_sparse: bool) -> bool:
     return not is_sparse
 
 
+FLOODED_WHEN_SPARSE = frozenset({"kept"})  # the result statuses a sparse node floods (and serves by catch-up)
+
+
 def floods_result(is_sparse: bool, status: str) -> bool:
-    return not is_sparse or status == "kept"
+    return not is_sparse or status in FLOODED_WHEN_SPARSE
+
+
+def served_statuses(is_sparse: bool) -> frozenset[str] | None:
+    """The result statuses catch-up serves: what the node floods (None: every one)."""
+    return FLOODED_WHEN_SPARSE if is_sparse else None
 
 
 def floods_verification(is_sparse: bool, verdict: str, designated: bool) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,15 +310,18 @@ class Ledger:
         self.db.execute("UPDATE runs SET receipt=?, signature=?, public_key=? WHERE run_id=?",
                         (receipt, signature, public_key, run_id))
 
-    def signed_runs(self, protocol_id: str | None, limit: int = 5000,
-                    since: float | None = None) -> list[tuple[bytes, bytes, bytes, str]]:
+    def signed_runs(self, protocol_id: str | None, limit: int = 5000, since: float | None = None,
+                    statuses: Collection[str] | None = None) -> list[tuple[bytes, bytes, bytes, str]]:
         """(receipt, signature, public key, description) of every result with a receipt, newest last;
-        with `since`, only results that finished (receipt time) at or after it; protocol None: all."""
+        with `since`, only results that finished (receipt time) at or after it; protocol None: all;
+        `statuses`: only results with one of these statuses."""
+        only = sorted(statuses) if statuses is not None else []
         rows = self.db.execute(
             "SELECT receipt, signature, public_key, description FROM runs WHERE receipt IS NOT NULL"
             " AND (? IS NULL OR protocol_id=?)"
+            + (f" AND status IN ({','.join('?' * len(only))})" if statuses is not None else "") +
             " AND kind IN ('experiment','baseline') AND COALESCE(finished_at, 0) >= ? ORDER BY run_id DESC LIMIT ?",
-            (protocol_id, protocol_id, since if since is not None else float("-inf"), limit))
+            (protocol_id, protocol_id, *only, since if since is not None else float("-inf"), limit))
         return [(r[0], r[1], r[2], r[3]) for r in rows][::-1]
 
     def run_receipt(self, run_id: int) -> tuple[bytes | None, bytes | None, bytes | None]:
