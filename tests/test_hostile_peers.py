@@ -38,7 +38,7 @@ from p2p_research.net.dht import KAD_PROTOCOL
 from p2p_research.net.transfer import OBJECTS_PROTOCOL
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.init import init_home
-from p2p_research.research.swarm import assignment_order
+from p2p_research.research.ownership import assignment_order
 from p2p_research.research.workspace import Workspace
 from p2p_research.wire import GitObject, decode
 

@@ -298,7 +298,7 @@ class NodeDaemon:
 
     # --- DHT ---------------------------------------------------------------------------------------
     def _dht(self) -> Any:
-        return getattr(self.net, "dht", None) if self.net is not None else None
+        return self.announcer.dht() if self.announcer is not None else None
 
     async def write_digest_periodically(self) -> None:
         """Keep SWARM.md current for agents (and humans) reading the workspace."""

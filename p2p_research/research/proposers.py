@@ -132,7 +132,7 @@ class BuiltinProposer:
         focus = self.focus() if self.focus else None
         # Whether a candidate is known may cost a DHT lookup (network.announce = kept: claims live there),
         # so it is asked of candidates this node owns first, and of the others only if none of those is new.
-        others: list[Proposal] = []
+        others: dict[bytes, Proposal] = {}  # in the order drawn
         for _ in range(BUILTIN_TRIES):
             m = propose_mutation(source, self.space, self.rng, focus)
             if not m.changes:
@@ -140,15 +140,14 @@ class BuiltinProposer:
             data = m.source.encode()
             proposal = Proposal(data, m.description, True)
             if is_mine is not None and not is_mine(data):
-                if all(o.train_py != data for o in others):
-                    others.append(proposal)
+                others.setdefault(data, proposal)
                 if len(others) >= PREFER_TRIES:
                     break
                 continue
             if await is_known(data):
                 continue
             return proposal
-        for proposal in others:
+        for proposal in others.values():
             if not await is_known(proposal.train_py):
                 return proposal
         return Skip(f"no unknown experiment found in {BUILTIN_TRIES} mutations of the baseline")

@@ -39,9 +39,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from p2p_research.research.ownership import HashRing, assignment_order
-
-__all__ = ["assignment_order"]  # the reference order of `designated`, for tests
+from p2p_research.research.ownership import HashRing
 
 MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
 MAX_VOTES = 64  # verifiers remembered per experiment
@@ -192,7 +190,7 @@ class SwarmState:
         if self.policy.replicas <= 0:
             return True
         me = self.policy.self_peer
-        self.ring.add(me)
+        self.ring.add(me)  # a driver may give the state a ring of its own (the simulator shares one)
         chosen = self.ring.first(claim.exp_id, self.policy.replicas,
                                  lambda p: p != claim.peer and (p == me or (p in self.peers and not self.ignored(p))))
         return me in chosen
