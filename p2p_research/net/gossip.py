@@ -66,6 +66,8 @@ from .topics import (
 
 log = logging.getLogger(__name__)
 
+EXP_TYPES = (Claim, Result, Verification, Bundle, Presence)  # what a swarm's experiment topic carries
+
 LIBP2P_RPC_CAP = 1024 * 1024  # libp2p silently drops a publish whose RPC exceeds this
 PUBLISH_CAP = LIBP2P_RPC_CAP - 16 * 1024  # room for the envelope (from, seqno, signature, key, topic)
 SEEN_CAPACITY = 100_000
@@ -322,7 +324,7 @@ class Gossip:
             return False
         self.swarms[swarm_id] = time.time()
         exp, board = topic_names(swarm_id)
-        for topic, types in ((exp, (Claim, Result, Verification, Bundle, Presence)), (board, (BoardPost,))):
+        for topic, types in ((exp, EXP_TYPES), (board, (BoardPost,))):
             self.topic_types[topic] = types
             self.topic_swarm[topic] = swarm_id
             self.topic_filter.joined.add(topic)
@@ -435,7 +437,7 @@ class Gossip:
         """This node's own swarm's topic for a message (a relay publishes, e.g. a board post, only there)."""
         if isinstance(msg, BoardPost):
             return self.board_topic
-        if isinstance(msg, (Claim, Result, Verification, Bundle, Presence)):
+        if isinstance(msg, EXP_TYPES):
             return self.exp_topic
         raise TypeError(f"not a wire message: {type(msg).__name__}")
 
