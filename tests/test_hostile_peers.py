@@ -40,7 +40,7 @@ from p2p_research.research.ids import experiment_id
 from p2p_research.research.init import init_home
 from p2p_research.research.ownership import assignment_order
 from p2p_research.research.workspace import Workspace
-from p2p_research.wire import GitObject, decode
+from p2p_research.wire import GitObject, Presence, decode
 
 pytestmark = pytest.mark.slow
 
@@ -205,6 +205,32 @@ async def test_confirmations_from_fresh_identities_do_not_make_a_lie_the_baselin
     after = await in_thread(swarm.check_all)
     v = after["v"]
     assert all(step["found_by"] != adv.peer_id for step in v["baseline"]["lineage"])
+
+
+async def test_presence_from_sybils_another_protocol_or_in_another_name_changes_nothing(swarm):
+    """Presence (network.announce = kept) is the cheapest message a peer can send: from a dozen fresh
+    keys, under a made-up protocol, and in another peer's name. The node stays up, answers, keeps its
+    baseline; the forgery is dropped by gossip, the foreign protocol by intake, the sybils only join the
+    ring of members (bounded)."""
+    s0 = await in_thread(st, swarm, swarm.v)
+    proto, v_id = s0["protocol_id"], s0["peer_id"]
+    sybils = fresh_keys(12)
+    async with adversary() as adv:
+        await adv.join(swarm.v.addrs[0], s0["swarm"])
+        for k in sybils:
+            await adv.publish_as(k, Presence(pid_of(k), proto, time.time()).to_wire())
+            await trio.sleep(0.05)
+        await adv.publish(Presence(adv.peer_id, "cd" * 16, time.time()).to_wire())  # not this swarm's protocol
+        await adv.publish(Presence(v_id, proto, time.time()).to_wire())             # in the victim's own name
+
+        def seen():
+            v = st(swarm, swarm.v)
+            return (v["intake"].get("presence", 0) > s0["intake"].get("presence", 0)
+                    and v["intake"]["rejected_by"].get("other_protocol", 0) > s0["intake"]["rejected_by"].get("other_protocol", 0)
+                    and v["net"]["rejected"].get("peer_mismatch", 0) > s0["net"]["rejected"].get("peer_mismatch", 0))
+
+        await in_thread(lambda: wait_for(seen, 30, 0.5, what="V takes the presences and rejects the two others"))
+    await in_thread(swarm.check_all)  # alive, answering, every baseline found by an honest node
 
 
 # --- 3. back-dated counter-claims ---------------------------------------------------------------
