@@ -43,6 +43,9 @@ class ResearchSection:
     objective: str = "torch"    # torch | surrogate (scores the constants without training; simulations)
     surrogate_cost_s: float = 20.0  # simulated seconds per surrogate run
     combine: bool = True        # propose kept results that branched off the baseline's lineage, merged onto it
+    # who measures the genesis before experimenting: shared (about a quarter of a fresh swarm; the
+    # others experiment at once, research/genesis.py) | each (every node, as a solo node does)
+    genesis: str = "shared"
 
 
 @dataclass
@@ -159,6 +162,8 @@ class NodeConfig:
                 parse_addr(self.network.dashboard)
             except ValueError as e:
                 raise ConfigError(f"network.dashboard: {e}") from None
+        if self.research.genesis not in ("shared", "each"):
+            raise ConfigError(f"research.genesis must be shared or each, got {self.research.genesis!r}")
         if self.network.announce not in ("auto", "all", "kept"):
             raise ConfigError(f"network.announce must be auto, all or kept, got {self.network.announce!r}")
         if self.network.relay_service not in ("auto", "on", "off"):

@@ -127,3 +127,124 @@ def test_a_sibling_workers_better_baseline_is_taken_between_experiments():
     assert loop.next_action() == L.Propose("sib2") and loop.baseline_value == 0.8
     loop.offer("worse", 0.95)  # never a step back
     assert loop.baseline_commit == "sib2"
+
+
+# --- the genesis measured by peers (measure_first=False) ---------------------------------------------
+def _first_experiment(m: L.ResearchLoop, value: float | None) -> L.Verdict | None:
+    a = m.next_action()
+    assert a == L.Propose("g"), "a node that does not measure first experiments at once"
+    m.handle(L.Proposed("e1", "c1", "d"))
+    assert m.next_action() == L.RunExperiment("e1", "c1", "d")
+    return m.handle(L.ExperimentFinished("e1", "c1", value))
+
+
+def test_a_learned_value_keeps_a_result_that_beats_it():
+    m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    assert _first_experiment(m, 1.5) is None            # held: no value yet
+    assert m.next_action() == L.AwaitBaseline("g")
+    v = m.handle(L.BaselineLearned("g", 1.6))
+    assert v is not None and v.status == "kept" and "as peers measured it" in v.reason
+    assert (m.baseline_commit, m.baseline_value) == ("c1", 1.5)  # the node's own value, never the peers'
+    assert m.next_action() == L.Propose("c1")
+    assert [h.exp_id for h in m.history] == ["e1"]
+
+
+def test_a_learned_value_never_discards_the_node_measures_first():
+    """A peer claiming the genesis is far better than it is cannot make a node throw its result away."""
+    m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    assert _first_experiment(m, 1.5) is None
+    assert m.handle(L.BaselineLearned("g", 0.5)) is None  # a lie (or a truth) that would discard: not used
+    assert m.next_action() == L.MeasureBaseline("g")
+    v = m.handle(L.BaselineMeasured("g", 1.6))
+    assert v is not None and v.status == "kept" and v.exp_id == "e1" and m.baseline_value == 1.5
+    m2 = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    _first_experiment(m2, 1.595)
+    m2.handle(L.BaselineLearned("g", 1.6))
+    m2.next_action()
+    v = m2.handle(L.BaselineMeasured("g", 1.6))
+    assert v.status == "discarded" and (m2.baseline_commit, m2.baseline_value) == ("g", 1.6)
+
+
+def test_no_value_from_peers_the_node_measures_itself_then_decides():
+    m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    _first_experiment(m, 1.7)
+    assert m.next_action() == L.AwaitBaseline("g")
+    m.handle(L.BaselineUnavailable("g"))
+    assert m.next_action() == L.MeasureBaseline("g")
+    v = m.handle(L.BaselineMeasured("g", 1.6))
+    assert v.status == "discarded" and m.baseline_value == 1.6 and m.next_action() == L.Propose("g")
+
+
+def test_a_value_learned_during_the_first_run_decides_at_its_end_and_crashes_need_none():
+    m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    m.next_action()
+    m.handle(L.Proposed("e1", "c1", "d"))
+    m.handle(L.BaselineLearned("g", 1.6))             # arrives while the experiment runs
+    v = m.handle(L.ExperimentFinished("e1", "c1", 1.55))
+    assert v.status == "kept"
+    m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    v = _first_experiment(m, None)
+    assert v.status == "crash" and m.next_action() == L.AwaitBaseline("g")
+    m.handle(L.BaselineLearned("g", 1.6))               # nothing held: no verdict, and no value adopted
+    assert m.next_action() == L.MeasureBaseline("g") and m.baseline_value is None
+
+
+def test_late_or_foreign_news_is_ignored_and_wrong_order_is_loud():
+    m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    _first_experiment(m, 1.5)
+    assert m.handle(L.BaselineLearned("other", 1.6)) is None and m.next_action() == L.AwaitBaseline("g")
+    with pytest.raises(L.ProtocolError):
+        m.handle(L.BaselineUnavailable("other"))
+    with pytest.raises(L.ProtocolError):
+        m.handle(L.BaselineLearned("g", float("nan")))
+    m.handle(L.BaselineLearned("g", 1.6))
+    assert m.handle(L.BaselineLearned("g", 9.0)) is None and m.baseline_value == 1.5
+
+
+class SharedGenesisMachine(RuleBasedStateMachine):
+    """Any interleaving of peers' values (honest or lies), waits and runs: every experiment gets exactly
+    one verdict; a discard is only ever decided against the node's own measurement; the baseline value
+    is always one this node measured."""
+
+    def __init__(self):
+        super().__init__()
+        self.m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+        self.n = 0
+        self.finished: list[str] = []
+        self.own: set[float] = set()
+
+    @rule(v=st.none() | values, learned=st.none() | values)
+    def step(self, v, learned):
+        if learned is not None:
+            self.m.handle(L.BaselineLearned(self.m.baseline_commit, learned))
+        a = self.m.next_action()
+        if isinstance(a, L.MeasureBaseline):
+            self.m.handle(L.BaselineMeasured(a.commit, v))
+            if v is not None:
+                self.own.add(v)
+        elif isinstance(a, L.AwaitBaseline):
+            self.m.handle(L.BaselineUnavailable(a.commit))
+        elif isinstance(a, L.Propose):
+            self.n += 1
+            self.m.handle(L.Proposed(f"e{self.n}", f"c{self.n}", ""))
+        elif isinstance(a, L.RunExperiment):
+            self.finished.append(a.exp_id)
+            self.m.handle(L.ExperimentFinished(a.exp_id, a.commit, v))
+            if v is not None:
+                self.own.add(v)
+
+    @invariant()
+    def sound(self):
+        decided = [h.exp_id for h in self.m.history]
+        assert len(decided) == len(set(decided))
+        held = [self.m._held.exp_id] if self.m._held is not None else []
+        assert sorted(decided + held) == sorted(self.finished)
+        assert len(held) <= 1
+        assert self.m.baseline_value is None or self.m.baseline_value in self.own
+        for h in self.m.history:
+            if h.status == "discarded":
+                assert "as peers measured it" not in h.reason
+
+
+TestSharedGenesisMachine = SharedGenesisMachine.TestCase
+TestSharedGenesisMachine.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)

@@ -51,6 +51,8 @@ def register(app: typer.Typer) -> None:
         loss: float = typer.Option(0.0, "--loss", min=0.0, max=0.99, help="des: share of messages a node misses"),
         nat_share: float = typer.Option(0.0, "--nat-share", min=0.0, max=1.0, help="des: share of nodes behind NAT"),
         combine: bool = typer.Option(True, "--combine/--no-combine", help="des: combine parallel wins (research.combine)"),
+        genesis: str = typer.Option("shared", "--genesis", help="research.genesis of every node: shared (about a "
+                                    "quarter measure the genesis first, the rest experiment at once) | each"),
     ) -> None:
         """Run a swarm (real daemons on loopback, or virtual nodes); write report.json, report.md and plots."""
         import time
@@ -65,7 +67,7 @@ def register(app: typer.Typer) -> None:
             _run_des(nodes=nodes, duration=duration, churn=churn, churn_downtime=churn_downtime, liars=liars, seed=seed,
                      report=report, cost=cost, solo=solo_baseline, verification=verification, start_rate=start_rate,
                      margin=margin, settle=settle, announce=announce, cores=cores, hop_latency_ms=hop_latency_ms,
-                     loss=loss, nat_share=nat_share, combine=combine)
+                     loss=loss, nat_share=nat_share, combine=combine, genesis=genesis)
             return
 
         from p2p_research.sim.launcher import Simulation
@@ -131,7 +133,7 @@ def register(app: typer.Typer) -> None:
 def _run_des(*, nodes: int, duration: str, churn: float, churn_downtime: float, liars: int, seed: int,
              report: Path | None, cost: float, solo: bool, verification: str, start_rate: float, margin: float,
              settle: float, announce: str, cores: float, hop_latency_ms: float, loss: float, nat_share: float,
-             combine: bool) -> None:
+             combine: bool, genesis: str) -> None:
     import time
 
     from rich.console import Console
@@ -150,6 +152,7 @@ def _run_des(*, nodes: int, duration: str, churn: float, churn_downtime: float, 
         opts = DesOptions(nodes=nodes, duration_s=parse_duration(duration), seed=seed, cost_s=cost, churn=churn,
                           churn_downtime_s=churn_downtime, liars=liars, verification=verification, solo=solo,
                           settle_s=settle, margin=margin, start_rate=start_rate, announce=announce, combine=combine,
+                          genesis=genesis,
                           net=NetModel(hop_latency_s=latency, cores=cores, loss=loss, nat_share=nat_share))
         sim = DesSimulation(opts)
     except ValueError as e:

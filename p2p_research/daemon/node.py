@@ -235,6 +235,10 @@ class NodeDaemon:
                 between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns),
                 worker=i, worker_env=env)
             eng.peer = self.peer_id
+            # research.genesis = shared: peers measure the genesis for a node that floods to them (it hears
+            # theirs); one without peers to ask, or in a sparse swarm, measures it as a solo node does
+            eng.share_genesis = (i == 0 and self.config.research.genesis == "shared" and bool(self.config.network.bootstrap)
+                                 and not self.announcer.sparse())
             engines.append(eng)
         for eng in engines:
             eng.siblings = [e for e in engines if e is not eng]

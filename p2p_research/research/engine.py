@@ -24,6 +24,7 @@ from pathlib import Path
 import trio
 
 from p2p_research import __version__
+from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
 from p2p_research.research.context import EDITABLE_FILE, ResearchContext
 from p2p_research.research.ids import experiment_id
@@ -114,6 +115,10 @@ class ResearchEngine:
         self.current_scope: trio.CancelScope | None = None
         self.yield_reason = ""
         self._data_ready = False
+        # research.genesis = shared: set by a daemon whose peers hear its announcements (it floods); the
+        # node then measures the genesis first only if its ticket says so (research/genesis.py)
+        self.share_genesis = False
+        self._held: ExperimentRun | None = None  # a finished experiment whose verdict waits for the genesis
 
     # --- setup ------------------------------------------------------------------------------------
     @property
@@ -165,7 +170,12 @@ class ResearchEngine:
         self.recover()
         commit, value = self.current_baseline()
         self.ensure_registered(commit, "baseline")
-        self.loop = L.ResearchLoop(commit, value, self.margin, max_experiments)
+        # a simulated liar lies about every experiment, so it needs the genesis value before its first
+        measure_first = (value is not None or not self.share_genesis or self.liar
+                         or G.measures_first(self.peer, commit, True))
+        if not measure_first:
+            log.info("the genesis %s is measured by peers: experimenting at once", commit[:7])
+        self.loop = L.ResearchLoop(commit, value, self.margin, max_experiments, measure_first=measure_first)
         self.progress.baseline_commit, self.progress.baseline_value = commit, value
         while True:
             action = self.loop.next_action()
@@ -179,12 +189,15 @@ class ResearchEngine:
         if isinstance(action, L.MeasureBaseline):
             er = await self.execute(action.commit, "baseline", "baseline measurement", self.seed)
             value = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
-            self.loop.handle(L.BaselineMeasured(action.commit, value, er.run.reason))
+            held = self.loop.handle(L.BaselineMeasured(action.commit, value, er.run.reason))
             self.progress.note_result(f"baseline {action.commit[:7]} val_bpb {value:.6f}" if value is not None
                                       else f"baseline {action.commit[:7]} crashed: {er.run.reason}")
             if value is not None:
                 self.set_baseline(action.commit, value, "measured locally", er.run.exp_id)
             await self._announce(er.run)
+            await self._decided(held)
+        elif isinstance(action, L.AwaitBaseline):
+            await self._await_baseline(action.commit)
         elif isinstance(action, L.Propose):
             if self.hooks.between is not None:
                 await self.hooks.between()
@@ -213,12 +226,52 @@ class ResearchEngine:
             value = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
             if self.liar and self.loop.baseline_value is not None:
                 value = self.fabricate(er, self.loop.baseline_value)
+            if self.loop.baseline_value is None and (learned := self.peers_value(self.loop.baseline_commit)) is not None:
+                self.loop.handle(L.BaselineLearned(self.loop.baseline_commit, learned))
+            self._held = er
             verdict = self.loop.handle(L.ExperimentFinished(action.exp_id, action.commit, value, er.run.reason))
-            assert verdict is not None
-            self.record_verdict(er, verdict)
-            if verdict.advance_baseline and value is not None:
-                self.set_baseline(action.commit, value, verdict.reason, action.exp_id)
-            await self._announce(er.run)
+            if verdict is None:
+                log.info("experiment %s waits for the genesis value (val_bpb %s)", action.exp_id[:10], value)
+                self.progress.phase = "waiting"
+                return
+            await self._decided(verdict)
+
+    async def _decided(self, verdict: L.Verdict | None) -> None:
+        """Record and announce the verdict of the experiment that waited for it (or just finished)."""
+        er, self._held = self._held, None
+        if verdict is None or er is None:
+            self._held = er
+            return
+        assert er.run.exp_id == verdict.exp_id
+        self.record_verdict(er, verdict)
+        if verdict.advance_baseline and er.run.val_bpb is not None:
+            self.set_baseline(er.run.commit_id, er.run.val_bpb, verdict.reason, er.run.exp_id)
+        await self._announce(er.run)
+
+    async def _await_baseline(self, commit: str) -> None:
+        """The first experiment waits for the genesis value its peers measure while it ran; if no two of
+        them agree within a share of a run's time, the node measures it itself (the loop's next action)."""
+        assert self.loop is not None
+        self.progress.phase = "waiting"
+        held_s = self._held.run.total_seconds if self._held is not None else None
+        with trio.move_on_after(G.await_s(held_s)):
+            while (value := self.peers_value(commit)) is None:
+                await trio.sleep(0.25)
+        if value is None:
+            log.info("no agreed value of the genesis %s from peers: measuring it here", commit[:7])
+            self.loop.handle(L.BaselineUnavailable(commit))
+            return
+        verdict = self.loop.handle(L.BaselineLearned(commit, value))
+        if verdict is None:
+            log.info("peers measured the genesis %s at %.6f: not enough to keep; measuring it here", commit[:7], value)
+        await self._decided(verdict)
+
+    def peers_value(self, commit: str) -> float | None:
+        """The genesis value that measurements by distinct peers (signed runs in the ledger) agree on."""
+        exp_id = self.ctx.experiment_id_of(commit)
+        measured = {r.peer: r.val_bpb for r in self.ctx.ledger.runs(exp_id=exp_id, origin="peer", kind="baseline")
+                    if r.val_bpb is not None and r.peer and r.peer != self.peer and r.protocol_id == self.ctx.protocol_id}
+        return G.agreed_value(measured, 2 * self.margin)
 
     async def _announce(self, run: Run) -> None:
         """Tell the daemon (if any) about a finished run; a failure to announce never stops research."""

@@ -5,6 +5,15 @@ here. The driver (solo `run` or the daemon) carries out each action and reports 
 next event. Tests and hypothesis drive this class directly.
 
     start -> MeasureBaseline -> (Propose -> RunExperiment -> keep/discard)* -> Done
+
+A swarm node need not measure the genesis before its first experiment (`measure_first=False`): a few
+peers measure it while the node runs its first experiment at once, so the swarm's first kept results
+come one run sooner. The value peers report (`BaselineLearned`) is trusted only to keep: a result that
+beats it by more than the margin is kept (the baseline is then the result, with the node's own value);
+anything else waits for the node's own measurement, so a lie about the genesis can make a node keep one
+result it should not have, but never discard one, and never leaves a value nobody here measured:
+
+    start -> Propose -> RunExperiment -> [AwaitBaseline] -> kept, or MeasureBaseline -> keep/discard -> ...
 """
 
 from __future__ import annotations
@@ -36,12 +45,19 @@ class RunExperiment:
 
 
 @dataclass(frozen=True)
+class AwaitBaseline:
+    """Wait a little for the baseline's value from peers (report BaselineLearned, or BaselineUnavailable)."""
+
+    commit: str
+
+
+@dataclass(frozen=True)
 class Done:
     reason: str
     error: bool = False
 
 
-Action = MeasureBaseline | Propose | RunExperiment | Done
+Action = MeasureBaseline | Propose | RunExperiment | AwaitBaseline | Done
 
 
 # --- events (what happened) ------------------------------------------------------------------------
@@ -50,6 +66,22 @@ class BaselineMeasured:
     commit: str
     value: float | None          # None: the run failed
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class BaselineLearned:
+    """The baseline's value as peers measured it (the driver decides whom to believe); used only to keep."""
+
+    commit: str
+    value: float
+    source: str = "peers"
+
+
+@dataclass(frozen=True)
+class BaselineUnavailable:
+    """No value came while waiting: the node measures the baseline itself."""
+
+    commit: str
 
 
 @dataclass(frozen=True)
@@ -77,7 +109,8 @@ class ExperimentAborted:
     exp_id: str
 
 
-Event = BaselineMeasured | Proposed | ProposalSkipped | ExperimentFinished | ExperimentAborted
+Event = (BaselineMeasured | BaselineLearned | BaselineUnavailable | Proposed | ProposalSkipped | ExperimentFinished
+         | ExperimentAborted)
 
 
 # --- outcomes the driver records -------------------------------------------------------------------
@@ -120,6 +153,10 @@ class ResearchLoop:
     _done: Done | None = None
     history: list[Verdict] = field(default_factory=list)
     _offered: tuple[str, float] | None = None  # a better baseline another worker of this node found
+    measure_first: bool = True   # False: experiment at once while peers measure the genesis
+    _held: ExperimentFinished | None = None  # a result whose verdict waits for the baseline's value
+    _learned: float | None = None  # the peers' value of the baseline (keeps, never discards)
+    _waited: bool = False        # AwaitBaseline was answered, or a learned value did not keep: measure
 
     def __post_init__(self) -> None:
         if not (self.margin >= 0 and math.isfinite(self.margin)):
@@ -134,7 +171,12 @@ class ResearchLoop:
         if self._pending is not None:
             return self._pending
         if self.baseline_value is None:
-            self._pending = MeasureBaseline(self.baseline_commit)
+            if not self.measure_first and self._held is None and self.experiments_done == 0:
+                self._pending = Propose(self.baseline_commit)
+            elif not self.measure_first and not self._waited and self._learned is None:
+                self._pending = AwaitBaseline(self.baseline_commit)
+            else:
+                self._pending = MeasureBaseline(self.baseline_commit)
         elif self.max_experiments is not None and self.experiments_done >= self.max_experiments:
             self._done = Done(f"completed {self.experiments_done} experiments")
             return self._done
@@ -157,6 +199,21 @@ class ResearchLoop:
                     self._done = Done(f"the baseline run failed {self.baseline_failures} times: {event.reason}", error=True)
                 return None
             self.baseline_value = event.value
+            return self._decide_held()
+        if isinstance(event, BaselineLearned):
+            if event.commit != self.baseline_commit or self.baseline_value is not None or self._learned is not None:
+                return None  # late news: the loop has a value, has learned one, or moved on
+            if not (math.isfinite(event.value) and event.value > 0):
+                raise ProtocolError(f"not a value: {event!r}")
+            self._learned = event.value
+            if isinstance(pending, AwaitBaseline):
+                self._pending = None
+            return self._keep_held()
+        if isinstance(event, BaselineUnavailable):
+            if not isinstance(pending, AwaitBaseline) or pending.commit != event.commit:
+                raise ProtocolError(f"unexpected {event!r} while waiting for {pending!r}")
+            self._pending = None
+            self._waited = True
             return None
         if isinstance(event, Proposed):
             if not isinstance(pending, Propose):
@@ -183,19 +240,42 @@ class ResearchLoop:
                 raise ProtocolError(f"unexpected {event!r} while waiting for {pending!r}")
             self._pending = None
             self.experiments_done += 1
-            assert self.baseline_value is not None
-            # kept only if it beats the best baseline this node knows now (another worker's may be better)
-            best = self.baseline_value if self._offered is None else min(self.baseline_value, self._offered[1])
-            status, reason = decide_keep(best, event.value, self.margin)
-            if event.value is None and event.reason:
-                reason = event.reason
-            verdict = Verdict(event.exp_id, status, reason, status == "kept")
-            if verdict.advance_baseline:
-                self.baseline_commit = event.commit
-                self.baseline_value = event.value
-            self.history.append(verdict)
-            return verdict
+            if self.baseline_value is None:
+                if event.value is None or not math.isfinite(event.value):
+                    return self._record(event, self.baseline_value)  # a crash needs no baseline
+                self._held = event
+                return self._keep_held()
+            return self._record(event, self.baseline_value)
         raise ProtocolError(f"unknown event {event!r}")
+
+    def _keep_held(self) -> Verdict | None:
+        """Keep the held result if it beats the peers' value of the baseline; else measure it here."""
+        if self._held is None or self._learned is None:
+            return None
+        if decide_keep(self._learned, self._held.value, self.margin)[0] != "kept":
+            self._waited = True
+            return None
+        held, self._held = self._held, None
+        return self._record(held, self._learned, " (against the baseline's value as peers measured it)")
+
+    def _decide_held(self) -> Verdict | None:
+        held, self._held = self._held, None
+        return None if held is None else self._record(held, self.baseline_value)
+
+    def _record(self, event: ExperimentFinished, baseline: float | None, note: str = "") -> Verdict:
+        # kept only if it beats the best baseline this node knows now (another worker's may be better)
+        best = math.inf if baseline is None else baseline
+        if self._offered is not None:
+            best = min(best, self._offered[1])
+        status, reason = decide_keep(best, event.value, self.margin)
+        if event.value is None and event.reason:
+            reason = event.reason
+        verdict = Verdict(event.exp_id, status, reason + note, status == "kept")
+        if verdict.advance_baseline:
+            self.baseline_commit = event.commit
+            self.baseline_value = event.value
+        self.history.append(verdict)
+        return verdict
 
     def offer(self, commit: str, value: float) -> None:
         """A better baseline from another worker of this node: taken at once between experiments, else

@@ -54,6 +54,7 @@ class DesOptions:
     budget_tokens: int = 500_000   # the embedded target's DEFAULT_BUDGET_TOKENS
     announce: str = "auto"         # auto | all | kept (research/flooding.py; world.py)
     combine: bool = True
+    genesis: str = "shared"        # research.genesis: shared | each
     net: NetModel = field(default_factory=NetModel)
 
     def validate(self) -> DesOptions:
@@ -63,6 +64,8 @@ class DesOptions:
             raise ValueError("--duration must be positive")
         if not 0 <= self.liars < self.nodes:
             raise ValueError("--liars must be at least 0 and fewer than --nodes")
+        if self.genesis not in ("shared", "each"):
+            raise ValueError("--genesis must be shared or each")
         if self.announce not in ("auto", "all", "kept"):
             raise ValueError("--announce must be auto, all or kept")
         if self.verification not in ("always", "adaptive", "never"):
@@ -84,7 +87,8 @@ class DesSimulation:
         self.opts = o = opts.validate()
         genesis, space = embedded_target()
         margin = o.margin if o.margin >= 0 else 0.002
-        self.shared = Shared(space, genesis, o.budget_tokens, o.cost_s, margin, o.verification, combine=o.combine)
+        self.shared = Shared(space, genesis, o.budget_tokens, o.cost_s, margin, o.verification, combine=o.combine,
+                             shared_genesis=o.genesis == "shared")
         self.world = w = World(o.nodes, o.net, o.announce, o.seed)
         rng = random.Random(o.seed)
         liars = set(rng.sample(range(1, o.nodes), o.liars)) if o.liars else set()

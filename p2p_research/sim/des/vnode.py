@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2p_research.research import flooding
+from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
 from p2p_research.research.claims import ClaimBook, claim_winner
 from p2p_research.research.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
@@ -58,6 +59,7 @@ class Shared:
     margin: float
     verification: str
     combine: bool = True
+    shared_genesis: bool = True     # research.genesis = shared: most nodes experiment before measuring it
     window_end: float = math.inf    # nodes stop proposing at this time and follow the swarm
     settle_end: float = math.inf
     constants: dict[str, dict] = field(default_factory=dict)   # commit -> constants
@@ -121,12 +123,16 @@ class VirtualNode:
         self.rng = random.Random(seed * 1_000_003)
         irng = random.Random(f"interests:{seed}")
         self.interests = {n: irng.lognormvariate(0.0, 1.2) for n in sorted(shared.space.params)}
-        self.loop = L.ResearchLoop(Shared.GENESIS, None, shared.margin)
+        self.flooding = world.announce == "all" and not solo
+        # as the engine: a node that hears peers' measurements (flooding) mostly leaves the genesis to them
+        # (a liar lies about every experiment, so it needs the genesis value before its first)
+        measure_first = not shared.shared_genesis or not self.flooding or liar or G.measures_first(
+            self.name, Shared.GENESIS, has_peers=not solo)
+        self.loop = L.ResearchLoop(Shared.GENESIS, None, shared.margin, measure_first=measure_first)
         p = policy or {}
         self.state = SwarmState(SwarmPolicy(self.name, shared.verification, shared.margin, 0.0,
                                             p.get("refuted_threshold", 2), p.get("quorum", 2), p.get("replicas", 3),
                                             vouch_after=p.get("vouch_after", 1)))
-        self.flooding = world.announce == "all" and not solo
         if not solo:  # every node hears every node (its claims, or its presence): one shared view of the swarm
             self.state.peers, self.state.ring = world.peers, world.ring
         self.claims = ClaimBook()
@@ -147,6 +153,7 @@ class VirtualNode:
         self.running: tuple[str, Message, float] | None = None  # exp id, own claim, finish time
         self.last_run_end: float | None = None
         self._lookups_left = 0
+        self._held: tuple[L.RunExperiment, float | None] | None = None  # the run whose verdict waits
 
     # --- the process ------------------------------------------------------------------------------
     def start(self, at: float) -> None:
@@ -178,10 +185,20 @@ class VirtualNode:
                 yield sh.cost_s
                 value = sh.value(action.commit, self.seed)
                 self._run_ended("baseline", action.commit, value)
-                self.loop.handle(L.BaselineMeasured(action.commit, value))
+                held = self.loop.handle(L.BaselineMeasured(action.commit, value))
                 if value is not None:
                     self._note_baseline(value, -1, sh.exp_of[action.commit], value)
                     self._publish("baseline", sh.exp_of[action.commit], action.commit, "baseline", value)
+                self._decided(held)
+                continue
+            if isinstance(action, L.AwaitBaseline):
+                deadline = w.t + G.await_s(sh.cost_s)
+                while (value := self.learned(action.commit)) is None and w.t < deadline:
+                    yield min(0.25, deadline - w.t)
+                if value is None:
+                    self.loop.handle(L.BaselineUnavailable(action.commit))
+                else:
+                    self._decided(self.loop.handle(L.BaselineLearned(action.commit, value)))
                 continue
             if isinstance(action, L.Propose):
                 if w.t >= sh.window_end:
@@ -226,13 +243,36 @@ class VirtualNode:
         value = sh.value(action.commit, self.seed)
         if self.liar and self.loop.baseline_value is not None:
             value = self.loop.baseline_value - 0.01 - 0.02 * ((int(action.exp_id[:8], 16) % 100) / 100)
-        verdict = self.loop.handle(L.ExperimentFinished(action.exp_id, action.commit, value))
-        assert verdict is not None
-        self._run_ended(verdict.status, action.commit, value, action.description)
+        if self.loop.baseline_value is None and (learned := self.learned(self.loop.baseline_commit)) is not None:
+            self.loop.handle(L.BaselineLearned(self.loop.baseline_commit, learned))
+        self._run_ended("running", action.commit, value, action.description)
+        self._held = (action, value)
+        self._decided(self.loop.handle(L.ExperimentFinished(action.exp_id, action.commit, value)))
+
+    def _decided(self, verdict: L.Verdict | None) -> None:
+        """Record and announce an experiment's verdict (when it ends, or once the genesis value is known)."""
+        if verdict is None or self._held is None:
+            return
+        sh = self.shared
+        action, value = self._held
+        assert verdict.exp_id == action.exp_id
+        self._held = None
+        for r in reversed(self.stats.runs):
+            if r["exp_id"] == action.exp_id and r["status"] == "running":
+                r["status"] = verdict.status
+                break
         self._publish("result", action.exp_id, action.commit, verdict.status, value)
         if verdict.status == "kept" and value is not None:
             self._note_baseline(value, -1, action.exp_id, value)
             self.wins.append(Win(action.exp_id, action.commit, sh.parent[action.commit], value, action.description))
+
+    def learned(self, commit: str) -> float | None:
+        """The genesis value that peers' measurements delivered here agree on (research/genesis.py)."""
+        w = self.world
+        measured = {peer_name(m.peer): m.value for m in w.results.get(self.shared.exp_of[commit], ())
+                    if m.kind == "baseline" and m.value is not None and m.peer != self.index
+                    and w.delivery(m, self.index) <= w.t}
+        return G.agreed_value(measured, self.state.policy.tol)
 
     def follow(self) -> Process:
         """Done proposing: adopt by rank until the settle ends, so the swarm converges on one baseline."""

@@ -1,0 +1,57 @@
+"""Who measures the genesis baseline first, and which value of it peers agree on (pure, no I/O).
+
+Every node used to measure the genesis before its first experiment: with runs of one budget each, the
+swarm's first results came two runs after the start, and the whole swarm spent its first run measuring
+one number. Now a node that has peers measures it first only if its ticket (a hash of its peer id and
+the genesis commit) falls below `MEASURER_SHARE`; the others start an experiment at once and judge it
+against the value the measurers announce (`research/loop.py`: such a value only ever keeps).
+
+A node cannot choose another's ticket, and a lie about the genesis value is bounded by the loop's rule
+(docs/security.md); `agreed_value` still asks for `AGREEING` distinct peers within the verification
+tolerance, so that a single peer cannot even make a node keep a result it should not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+
+MEASURER_SHARE = 0.25   # about a quarter of a fresh swarm measures the genesis (35 nodes: ~9)
+AGREEING = 2            # distinct peers whose measurements must agree
+AWAIT_SHARE = 0.2       # after its first run, a node waits this share of the run's time for their value
+AWAIT_MIN_S, AWAIT_MAX_S = 2.0, 60.0
+
+
+def ticket(peer_id: str, commit: str) -> float:
+    """A number in [0, 1) fixed by the peer id and the commit: nobody picks another node's share."""
+    digest = hashlib.sha256(f"genesis:{commit}:{peer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def measures_first(peer_id: str, commit: str, has_peers: bool, share: float = MEASURER_SHARE) -> bool:
+    """Whether this node measures the genesis before experimenting. Alone it must; in a swarm, about
+    `share` of the nodes do (and any node measures it later if no agreed value comes)."""
+    return not has_peers or ticket(peer_id, commit) < share
+
+
+def agreed_value(values: Mapping[str, float], tol: float, quorum: int = AGREEING) -> float | None:
+    """The lowest value (the hardest to beat) of the lowest group of at least `quorum` distinct peers'
+    measurements that lie within `tol` of each other; None when no such group exists yet."""
+    vs = sorted(v for v in values.values() if isinstance(v, float) and math.isfinite(v) and v > 0)
+    j = 0
+    for i, v in enumerate(vs):
+        j = max(j, i)
+        while j + 1 < len(vs) and vs[j + 1] - v <= tol:
+            j += 1
+        if j - i + 1 >= quorum:
+            return v
+    return None
+
+
+def await_s(run_seconds: float | None) -> float:
+    """How long a node waits for the measurers' value after its first run before measuring itself: they
+    started with it, so their value is due about when its run ends."""
+    if run_seconds is None or not math.isfinite(run_seconds) or run_seconds <= 0:
+        return AWAIT_MIN_S
+    return min(AWAIT_MAX_S, max(AWAIT_MIN_S, AWAIT_SHARE * run_seconds))
