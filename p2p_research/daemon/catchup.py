@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +30,7 @@ from libp2p.peer.id import ID
 from p2p_research.net.framing import FrameError, frame, read_frame, reset_quietly, write_all
 from p2p_research.net.gossip import Incoming
 from p2p_research.net.streams import StreamLimits
+from p2p_research.research.catchup_plan import CatchUpPlan
 from p2p_research.store.ledger import Ledger
 from p2p_research.wire import Result, WireError, check_result, decode, decode_receipt
 
@@ -48,12 +48,10 @@ MAX_REQUEST = KEY_BYTES * MAX_HAVE + 256
 MAX_RESULTS = 5000
 TIMEOUT_S = 20.0           # per step (open, each frame): measured, a full catch-up of ~430 results
                            # on a saturated machine takes longer than 30 s in all
-ANTI_ENTROPY_S = 30.0      # between two syncs with a random connected peer
-SYNC_MARGIN_S = 180.0      # a result can reach a peer this late (gossip latency under load: p99 ~2 min)
+ANTI_ENTROPY_S = 30.0      # between two syncs with a connected peer (research/catchup_plan.py chooses)
 FETCH_DEADLINE_S = 300.0   # one whole catch-up or sync, however steadily a peer drips frames
 #: served behind the stream guard: one at a time per peer; a full catch-up may take minutes under load
 CATCHUP_LIMITS = StreamLimits(per_peer=1, total=8, deadline_s=FETCH_DEADLINE_S)
-CATCHUP_TRIES = 2          # attempts per peer before the first catch-up looks elsewhere
 SINCE_LIMITS = StreamLimits(per_peer=1, total=8, deadline_s=FETCH_DEADLINE_S)
 
 
@@ -102,14 +100,12 @@ class CatchUp:
         self.ledger = ledger
         self.protocol_id = protocol_id
         self.deliver = deliver
-        self.done_with: set[str] = set()
         self.received = 0
         self.completed = 0  # catch-ups that ran to the end (even with nothing to send)
         self.syncs = 0       # anti-entropy syncs that ran to the end
         self.repaired = 0    # results first learned from an anti-entropy sync (gossip had lost them)
-        self.last_sync: float | None = None
         self._fetched = 0
-        self.tries: dict[str, int] = {}
+        self.plan = CatchUpPlan(time.time())  # whom to ask, and from when (replaced when `run` starts)
 
     async def handle(self, stream) -> None:
         await self._serve(stream, None)
@@ -157,8 +153,6 @@ class CatchUp:
         """Ask one peer for everything it knows (or what finished since `since`); returns how many valid
         results were delivered. A full catch-up counts as done with that peer only once it ran to the end
         (a refused or failed one is tried again, at most CATCHUP_TRIES times)."""
-        if since is None:
-            self.tries[peer_id] = self.tries.get(peer_id, 0) + 1
         n = 0
         completed_before = self.completed
         try:
@@ -168,8 +162,8 @@ class CatchUp:
             log.warning("catch-up from %s failed after %d results: %s", peer_id[:16], self._fetched, e)
             n = self._fetched
         self.received += n
-        if since is None and (self.completed > completed_before or self.tries[peer_id] >= CATCHUP_TRIES):
-            self.done_with.add(peer_id)
+        if since is None:
+            self.plan.on_catchup(peer_id, self.completed > completed_before)
         if n and since is None:
             log.info("caught up from %s: %d results", peer_id[:16], n)
         return n
@@ -225,21 +219,20 @@ class CatchUp:
     async def run(self, connected: Callable[[], list[str]], max_peers: int = 3,
                   interval: Callable[[], float] = lambda: ANTI_ENTROPY_S) -> None:
         """Catch up from the first few peers as they connect (idempotent: duplicates are ignored), then
-        sync with a random connected peer every `interval()` seconds."""
-        started = time.time()
-        while self.completed < max_peers and time.time() - started < 60:
-            for pid in connected():  # until `max_peers` catch-ups ran to the end (refused ones do not count)
-                if pid not in self.done_with and self.completed < max_peers:
-                    await self.fetch_from(pid)
+        sync with one connected peer every `interval()` seconds; `self.plan` decides whom, and since when."""
+        plan = self.plan = CatchUpPlan(time.time(), max_peers)
+        while plan.catching_up(time.time()):
+            for pid in plan.catchup_peers(connected()):  # refused ones do not count; each is tried twice
+                await self.fetch_from(pid)
             await trio.sleep(1.0)
-        self.last_sync = started
+        plan.last_sync = plan.started
         while True:
             await trio.sleep(interval())
-            peers = connected()
-            if not peers:
+            choice = plan.next_sync(connected())
+            if choice is None:
                 continue
+            peer, since = choice
             t = time.time()
             before = self.syncs
-            await self.fetch_from(random.choice(peers), since=self.last_sync - SYNC_MARGIN_S)
-            if self.syncs > before:
-                self.last_sync = t
+            await self.fetch_from(peer, since=since)
+            plan.on_sync(peer, t, self.syncs > before)

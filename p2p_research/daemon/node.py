@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.lowlevel
@@ -47,6 +47,9 @@ from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
 from p2p_research.research.ownership import Ownership
 
+if TYPE_CHECKING:  # libp2p loads only when a node starts
+    from p2p_research.net.network import Network
+
 log = logging.getLogger("p2p_research.daemon")
 
 ADOPTION_POLL_S = 2.0
@@ -67,6 +70,29 @@ class DaemonOptions:
     dashboard: str | None = None  # HOST:PORT of the web dashboard and /metrics; None: off
 
 
+def is_relay(options: DaemonOptions, config: NodeConfig) -> bool:
+    """A node that trains nothing serves every swarm its peers use (not only its home's protocol)."""
+    return not (options.research and config.research.enabled)
+
+
+def object_source(ctx: ResearchContext, oid: str) -> tuple[int, bytes] | None:
+    """A git object of this node's workspace, for peers that fetch it."""
+    obj = ctx.workspace.read_object(oid)
+    return (obj.kind, obj.data) if obj else None
+
+
+@dataclass
+class Workers:
+    """The research engines of a node, one per device; empty until research starts (and on a relay)."""
+
+    engines: list[ResearchEngine] = field(default_factory=list)
+
+    @property
+    def engine(self) -> ResearchEngine | None:
+        """Worker 0: verifications when following, and what `status` shows."""
+        return self.engines[0] if self.engines else None
+
+
 class NodeDaemon:
     def __init__(self, home: NodeHome, config: NodeConfig, options: DaemonOptions,
                  make_proposer: Callable[..., Any]) -> None:
@@ -75,23 +101,7 @@ class NodeDaemon:
         self.options = options
         self.make_proposer = make_proposer
         self.started_at = time.time()
-        self.ctx: ResearchContext | None = None
-        self.engine: ResearchEngine | None = None       # worker 0 (verifications when following, status)
-        self.engines: list[ResearchEngine] = []         # every worker
-        self._between_lock = trio.Lock()
-        self.net: Any = None
-        self.intake: Intake | None = None
-        self.peer_id = ""
-        self.name = ""
-        self.key_pair: Any = None
-        self.research_state = "off"
-        self.coordinator: SwarmCoordinator | None = None
-        self.catchup: CatchUp | None = None
-        self.nursery: trio.Nursery | None = None
-        self.announcer: Announcer | None = None  # what this node tells the swarm, and asks the DHT
-        self._protocol_swarm: dict[str, str] = {}
-        self._protocol_unknown: dict[str, float] = {}  # protocol -> when its genesis was last not found
-        self.dashboard: Any = None  # the dashboard's bound socket (dashboard.serve.Bound) when it is on
+        self.node: RunningNode | None = None  # the running node, once its parts are up (None before and after)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -108,11 +118,12 @@ class NodeDaemon:
             parse_peer_addr(a)
         with HomeLock(self.home, "a node daemon"):
             listen = stable_listen(listen, self.home.path / "listen.json")  # the same port after a restart
+            dashboard: Any = None  # the dashboard's bound socket (dashboard.serve.Bound) when it is on
             if self.options.dashboard:  # bound before anything starts: a bad address is a one-line error
                 from p2p_research.dashboard.serve import bind
 
-                self.dashboard = bind(self.options.dashboard, self.home.path / "dashboard.token")
-            self.ctx = ctx = open_context(self.home, cfg)
+                dashboard = bind(self.options.dashboard, self.home.path / "dashboard.token")
+            ctx = open_context(self.home, cfg)
             try:
                 if not ctx.sandbox.available and cfg.research.objective != "surrogate":
                     log.warning("no sandbox for training runs: %s; peers' changes are limited to constants "
@@ -120,33 +131,34 @@ class NodeDaemon:
                 bad = ctx.workspace.quarantine_malformed()  # objects an older version let in unchecked
                 if bad:
                     log.warning("moved %d malformed object(s) to repo/.git/quarantine", len(bad))
-                self.key_pair = load_or_create_identity(self.home.identity)
-                self.peer_id = peer_id_of_keypair(self.key_pair)
-                self.name = cfg.node.name or short_name(self.peer_id)
+                key_pair = load_or_create_identity(self.home.identity)
+                peer_id = peer_id_of_keypair(key_pair)
+                name = cfg.node.name or short_name(peer_id)
                 swarm = swarm_id_of(ctx.workspace.genesis, ctx.protocol_id)
-                relay = self.relay
+                relay = is_relay(self.options, cfg)
                 about = ({"role": "relay"} if relay else
                          {"swarm": swarm, "protocol": ctx.protocol_id, "budget": ctx.budget.describe(), "role": "research"})
-                net_cfg = NetConfig(key_pair=self.key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
+                net_cfg = NetConfig(key_pair=key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
                                     target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s,
                                     about=about, serve_any_swarm=relay, nat=cfg.network.nat == "auto",
                                     relay_service={"on": True, "off": False}.get(cfg.network.relay_service,
                                                                                  True if relay else None))
-                async with open_network(net_cfg, self.object_source) as net, trio.open_nursery() as nursery:
-                    self.net, self.nursery = net, nursery
-                    self.intake = intake = Intake(ctx, net, self.peer_id, any_protocol=relay)
+                async with open_network(net_cfg, functools.partial(object_source, ctx)) as net, \
+                        trio.open_nursery() as nursery:
+                    intake = Intake(ctx, net, peer_id, any_protocol=relay)
                     # the peers heard recently, shared by the two below; a sparse swarm's members speak
                     # only by presence messages, so they are remembered for longer there
-                    owners = Ownership(self.peer_id, flooding.member_memory_for(cfg.network.announce))
+                    owners = Ownership(peer_id, flooding.member_memory_for(cfg.network.announce))
+                    workers = Workers()  # filled when research starts
                     catchup: CatchUp | None = None
-                    self.announcer = announcer = Announcer(AnnouncerDeps(
-                        ctx=ctx, net=net, key_pair=self.key_pair, peer_id=self.peer_id, mode=cfg.network.announce,
+                    announcer = Announcer(AnnouncerDeps(
+                        ctx=ctx, net=net, key_pair=key_pair, peer_id=peer_id, mode=cfg.network.announce,
                         owners=owners, start_soon=nursery.start_soon,
-                        expected_seconds=lambda: self.engine.expected_seconds() if self.engine else None,
+                        expected_seconds=lambda: workers.engine.expected_seconds() if workers.engine else None,
                         caught_up=lambda: catchup is not None and (catchup.completed > 0 or catchup.received > 0)))
-                    self.coordinator = coord = SwarmCoordinator(CoordinatorDeps(
-                        peer_id=self.peer_id, key_pair=self.key_pair, ctx=ctx, config=cfg,
-                        engine=lambda: self.engine, engines=lambda: self.engines, publish=net.publish,
+                    coord = SwarmCoordinator(CoordinatorDeps(
+                        peer_id=peer_id, key_pair=key_pair, ctx=ctx, config=cfg,
+                        engine=lambda: workers.engine, engines=lambda: workers.engines, publish=net.publish,
                         dht_knows=announcer.dht_knows, faults=net.faults, claims=intake.claims,
                         sparse=announcer.sparse, owners=owners))
                     intake.on_result, intake.on_claim, intake.on_verification = (
@@ -160,10 +172,6 @@ class NodeDaemon:
                     # every task that handles a peer's input runs inside a fault boundary
                     peer_tasks = PeerTasks(nursery, net.faults)
                     nursery.start_soon(self.watch_signals, nursery.cancel_scope)
-                    await nursery.start(ControlServer(self.home.control_socket, self.handlers()).serve)
-                    if self.dashboard is not None:
-                        await nursery.start(self.serve_dashboard)
-                    nursery.start_soon(intake.run, peer_tasks)
 
                     async def deliver(inc: Any) -> bool:
                         """Hand a relayed result to intake; whether it was new here."""
@@ -172,35 +180,35 @@ class NodeDaemon:
                         return intake.stats["results"] > before
 
                     # a relay asks for and serves every protocol it stores
-                    self.catchup = catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id,
-                                                     deliver, serves=announcer.serves)
-                    net.handle(CATCHUP_PROTOCOL, self.catchup.handle, CATCHUP_LIMITS)
-                    net.handle(SINCE_PROTOCOL, self.catchup.handle_since, SINCE_LIMITS)
-                    net.handle(PROTOCOL_SINCE, self.catchup.handle_since, SINCE_LIMITS)
-                    nursery.start_soon(self.catchup.run, lambda: [p.peer_id for p in net.peers()], 3,
-                                       self.anti_entropy_interval)
-                    nursery.start_soon(self.write_digest_periodically)
+                    catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id, deliver,
+                                      serves=announcer.serves)
+                    self.node = node = RunningNode(
+                        home=self.home, config=cfg, options=self.options, make_proposer=self.make_proposer,
+                        started_at=self.started_at, peer_id=peer_id, name=name, dashboard=dashboard,
+                        ctx=ctx, net=net, intake=intake, announcer=announcer, coordinator=coord, catchup=catchup,
+                        workers=workers)
+                    await nursery.start(ControlServer(self.home.control_socket, node.handlers()).serve)
+                    if dashboard is not None:
+                        await nursery.start(node.serve_dashboard)
+                    nursery.start_soon(intake.run, peer_tasks)
+                    net.handle(CATCHUP_PROTOCOL, catchup.handle, CATCHUP_LIMITS)
+                    net.handle(SINCE_PROTOCOL, catchup.handle_since, SINCE_LIMITS)
+                    net.handle(PROTOCOL_SINCE, catchup.handle_since, SINCE_LIMITS)
+                    nursery.start_soon(catchup.run, lambda: [p.peer_id for p in net.peers()], 3,
+                                       node.anti_entropy_interval)
+                    nursery.start_soon(node.write_digest_periodically)
                     if on_ready:
-                        on_ready(self.identity_view())
+                        on_ready(node.identity_view())
                     if not relay:
-                        nursery.start_soon(self.research_loop)
+                        nursery.start_soon(node.research_loop)
                         nursery.start_soon(announcer.announce_presence)
                     else:
-                        self.research_state = "relay-only"
+                        node.research_state = "relay-only"
             finally:
+                self.node = None
                 ctx.ledger.abort_running("the node stopped during this run")
                 ctx.close()
         log.info("node stopped")
-
-    @property
-    def relay(self) -> bool:
-        """A node that trains nothing serves every swarm its peers use (not only its home's protocol)."""
-        return not (self.options.research and self.config.research.enabled)
-
-    def anti_entropy_interval(self) -> float:
-        """Sync more often once this node only follows the swarm: converging is then all it does."""
-        following = self.coordinator is not None and self.coordinator.following
-        return ANTI_ENTROPY_S / 3 if following else ANTI_ENTROPY_S
 
     async def watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -210,15 +218,48 @@ class NodeDaemon:
                 scope.cancel()
                 return
 
-    def object_source(self, oid: str) -> tuple[int, bytes] | None:
-        assert self.ctx is not None
-        obj = self.ctx.workspace.read_object(oid)
-        return (obj.kind, obj.data) if obj else None
+
+class RunningNode:
+    """A node whose parts are up: the research loop, the swarm work between experiments, the views and
+    the control handlers. Every part is built once by `NodeDaemon.run` and handed in typed; none is
+    ever None here (the workers are, until research starts, and on a relay)."""
+
+    def __init__(self, *, home: NodeHome, config: NodeConfig, options: DaemonOptions, make_proposer: Callable[..., Any],
+                 started_at: float, peer_id: str, name: str, dashboard: Any, ctx: ResearchContext, net: Network,
+                 intake: Intake, announcer: Announcer, coordinator: SwarmCoordinator, catchup: CatchUp,
+                 workers: Workers) -> None:
+        self.home, self.config, self.options, self.make_proposer = home, config, options, make_proposer
+        self.started_at, self.peer_id, self.name = started_at, peer_id, name
+        self.dashboard = dashboard  # the dashboard's bound socket (dashboard.serve.Bound) when it is on
+        self.ctx, self.net, self.intake = ctx, net, intake
+        self.announcer = announcer      # what this node tells the swarm, and asks the DHT
+        self.coordinator = coordinator  # verification and adoption between experiments
+        self.catchup = catchup
+        self.workers = workers
+        self.research_state = "off"
+        self._between_lock = trio.Lock()
+        self._protocol_swarm: dict[str, str] = {}
+        self._protocol_unknown: dict[str, float] = {}  # protocol -> when its genesis was last not found
+
+    @property
+    def relay(self) -> bool:
+        return is_relay(self.options, self.config)
+
+    @property
+    def engine(self) -> ResearchEngine | None:
+        return self.workers.engine
+
+    @property
+    def engines(self) -> list[ResearchEngine]:
+        return self.workers.engines
+
+    def anti_entropy_interval(self) -> float:
+        """Sync more often once this node only follows the swarm: converging is then all it does."""
+        following = self.coordinator.following
+        return ANTI_ENTROPY_S / 3 if following else ANTI_ENTROPY_S
 
     # --- research ---------------------------------------------------------------------------------
     async def research_loop(self) -> None:
-        assert self.ctx is not None
-        assert self.coordinator is not None
         try:
             proposer = self.make_proposer(self.ctx)
         except HomeError as e:  # e.g. a malformed search-space block: the node stays up as a relay
@@ -237,13 +278,14 @@ class NodeDaemon:
             eng.peer = self.peer_id
             # research.genesis = shared: peers measure the genesis for a node that floods to them (it hears
             # theirs); one without peers to ask, or in a sparse swarm, measures it as a solo node does
-            eng.share_genesis = (i == 0 and self.config.research.genesis == "shared" and bool(self.config.network.bootstrap)
+            eng.share_genesis = (i == 0 and self.config.research.genesis == "shared"
+                                 and bool(self.options.bootstrap or self.config.network.bootstrap)
                                  and not self.announcer.sparse())
             engines.append(eng)
         for eng in engines:
             eng.siblings = [e for e in engines if e is not eng]
-        self.engines = engines
-        self.engine = engine = engines[0]
+        self.workers.engines = engines
+        engine = engines[0]
         self.research_state = "running"
         if len(engines) > 1:
             log.info("%d workers: %s", len(engines), "; ".join(
@@ -293,7 +335,6 @@ class NodeDaemon:
     async def before_proposal(self, worker: int = 0) -> None:
         """Swarm work between experiments (verify, adopt); a fresh DHT lookup budget for the proposal.
         One worker at a time: another that finds it busy goes on proposing instead of waiting a run."""
-        assert self.coordinator is not None and self.announcer is not None
         self.announcer.new_proposal()
         if self._between_lock.locked():
             return
@@ -302,7 +343,7 @@ class NodeDaemon:
 
     # --- DHT ---------------------------------------------------------------------------------------
     def _dht(self) -> Any:
-        return self.announcer.dht() if self.announcer is not None else None
+        return self.announcer.dht()
 
     async def write_digest_periodically(self) -> None:
         """Keep SWARM.md current for agents (and humans) reading the workspace."""
@@ -310,7 +351,6 @@ class NodeDaemon:
 
         last: tuple = ()
         while True:
-            assert self.ctx is not None
             # Rendering reads the whole ledger (measured: ~10% of a busy node's CPU every 5 s), so only
             # when runs or baselines changed; an agent proposer gets a fresh one before each proposal.
             key = tuple(self.ctx.ledger.db.execute(
@@ -331,7 +371,6 @@ class NodeDaemon:
         from p2p_research.dashboard.metrics import NodeCollector, registry_for
         from p2p_research.dashboard.serve import serve
 
-        assert self.ctx is not None
         metrics = registry_for(NodeCollector(self.status_view, self.ctx.ledger))
         loopback = self.dashboard.token is None
         app = make_app(self.handlers(), token=self.dashboard.token, metrics=metrics,
@@ -340,14 +379,13 @@ class NodeDaemon:
         await serve(app, self.dashboard, task_status=task_status)
 
     def identity_view(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "name": self.name, "addrs": self.net.addrs() if self.net else [],
+        return {"peer_id": self.peer_id, "name": self.name, "addrs": self.net.addrs(),
                 "home": str(self.home.path),
                 "dashboard": self.dashboard.url if self.dashboard is not None else None,
                 "dashboard_token": self.dashboard is not None and self.dashboard.token is not None,
-                "sandbox": self.ctx.sandbox.describe() if self.ctx else "", "trust_policy": self.ctx.trust_policy if self.ctx else ""}
+                "sandbox": self.ctx.sandbox.describe(), "trust_policy": self.ctx.trust_policy}
 
     def status_view(self) -> dict[str, Any]:
-        assert self.ctx is not None
         ctx = self.ctx
         b = ctx.ledger.baseline(ctx.protocol_id)
         current = None
@@ -362,31 +400,29 @@ class NodeDaemon:
             "baseline": {"commit": b.commit_id if b else ctx.workspace.baseline, "val_bpb": b.val_bpb if b else None,
                          "lineage": views.lineage_view(ctx.ledger, ctx.protocol_id, self.peer_id)},
             "current": current, "research": self.research_state, "role": "relay" if self.relay else "research",
-            "reachability": self.net.nat.view() if self.net is not None and self.net.nat is not None else {},
+            "reachability": self.net.nat.view() if self.net.nat is not None else {},
             "swarms": self.swarms_view(),
             "sandbox": ctx.sandbox.describe(), "trust_policy": ctx.trust_policy,
             **self.protocol_view(),
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
-            "peers_connected": len(self.net.peers()) if self.net else 0,
+            "peers_connected": len(self.net.peers()),
             "announce": {"mode": self.config.network.announce,
-                         "flooding": "kept" if self.announcer is not None and self.announcer.sparse() else "all"},
+                         "flooding": "kept" if self.announcer.sparse() else "all"},
             "uptime_s": time.time() - self.started_at, "software": f"p2p-research {__version__}",
             "net": self.net_counters(),
-            "intake": dict(self.intake.stats) if self.intake else {},
-            "swarm_stats": dict(self.coordinator.stats) if self.coordinator else {},
+            "intake": dict(self.intake.stats),
+            "swarm_stats": dict(self.coordinator.stats),
             "dedup": {k: sum(e.dedup_stats.get(k, 0) for e in self.engines) for k in (self.engine.dedup_stats if self.engine else {})},
             "workers": [views.worker_view(e) for e in self.engines],
-            "caught_up_results": self.catchup.received if self.catchup else 0,
+            "caught_up_results": self.catchup.received,
             "dht": {"records": dht.local_count(), "routing_table": dht.routing_table_size()} if (dht := self._dht()) else {},
-            "anti_entropy": {"syncs": self.catchup.syncs, "repaired": self.catchup.repaired} if self.catchup else {},
+            "anti_entropy": {"syncs": self.catchup.syncs, "repaired": self.catchup.repaired},
         }
 
     def net_counters(self) -> dict[str, Any]:
         from p2p_research.net import upstream_guards
         from p2p_research.net.rpc_cost import DROPPED
 
-        if not self.net:
-            return {}
         out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.net.stats.items()}
         out["libp2p_dropped_rpcs"] = DROPPED["rpcs"]
         out["libp2p_dropped_messages"] = DROPPED["messages"]
@@ -402,7 +438,6 @@ class NodeDaemon:
         from p2p_research.research.ids import Budget
         from p2p_research.wire import WireError, decode_receipt
 
-        assert self.ctx is not None
         ctx = self.ctx
         summary = ctx.ledger.protocol_summary()
         budgets: dict[str, str] = {}
@@ -412,7 +447,7 @@ class NodeDaemon:
                 budgets[proto] = Budget(r.budget_tokens, r.budget_seconds).describe()
             except (WireError, ValueError):
                 pass
-        for p in self.net.peers() if self.net else []:
+        for p in self.net.peers():
             about = p.about or {}
             if about.get("protocol") and about.get("budget"):
                 budgets.setdefault(about["protocol"], about["budget"])
@@ -422,14 +457,14 @@ class NodeDaemon:
             s = summary.get(proto, {"results": 0, "best": None})
             return {"protocol": proto, "budget": budgets.get(proto, "?"), "results": s["results"], "best": s["best"]}
 
-        seen_protocols = {k: set(v) for k, v in (self.intake.swarm_protocols if self.intake else {}).items()}
+        seen_protocols = {k: set(v) for k, v in self.intake.swarm_protocols.items()}
         for proto in summary:  # protocols learned by catch-up: their swarm follows from their genesis
             swarm = self._swarm_of_protocol(proto)
             if swarm:
                 seen_protocols.setdefault(swarm, set()).add(proto)
         out: list[dict[str, Any]] = []
         listed: set[str] = set()
-        for sw in self.net.swarms() if self.net else []:
+        for sw in self.net.swarms():
             protos = sorted(seen_protocols.get(sw["swarm"], ()))
             if sw["own"] and not self.relay:
                 protos = [ctx.protocol_id]
@@ -447,7 +482,6 @@ class NodeDaemon:
         none of its commits is complete here). Cached: a protocol's genesis never changes."""
         from p2p_research.research.objects import root_of
 
-        assert self.ctx is not None
         if proto not in self._protocol_swarm:
             if time.time() - self._protocol_unknown.get(proto, -1e18) < 60:
                 return ""  # looked for recently and not found: not again on every status call
@@ -463,11 +497,10 @@ class NodeDaemon:
 
     def protocol_view(self) -> dict[str, Any]:
         """Peers on another protocol, and in words why their results do not count here."""
-        assert self.ctx is not None
         if self.relay:  # a relay counts every protocol: nothing to explain
             return {"other_protocols": [], "protocol_note": ""}
         others: dict[str, dict[str, Any]] = {}
-        for p in self.net.peers() if self.net else []:
+        for p in self.net.peers():
             about = p.about or {}
             proto = about.get("protocol")
             if proto and proto != self.ctx.protocol_id:
@@ -483,7 +516,6 @@ class NodeDaemon:
         return {"other_protocols": list(others.values()), "protocol_note": note}
 
     def peers_view(self) -> list[dict[str, Any]]:
-        assert self.ctx is not None
         announced = views.peer_announcements(self.ctx.ledger)
         out = []
         for p in self.net.peers():
@@ -496,13 +528,11 @@ class NodeDaemon:
             d["role"] = about.get("role", "")
             d["connection"] = p.connection
             d["same_protocol"] = None if not about.get("protocol") else about["protocol"] == self.ctx.protocol_id
-            if self.coordinator is not None:
-                d["reputation"] = self.coordinator.reputation_of(p.peer_id)
+            d["reputation"] = self.coordinator.reputation_of(p.peer_id)
             out.append(d)
         return out
 
     def handlers(self) -> dict[str, Any]:
-        assert self.ctx is not None
         ctx = self.ctx
 
         async def h_id(args: dict) -> Any:

@@ -1,0 +1,51 @@
+"""Whom a node asks for missed results, and from when (pure: research/catchup_plan.py)."""
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2p_research.research.catchup_plan import CATCHUP_TRIES, FIRST_WINDOW_S, SYNC_MARGIN_S, CatchUpPlan
+
+
+def test_first_catchups_from_distinct_peers_each_tried_at_most_twice():
+    plan = CatchUpPlan(started=1000.0, max_peers=2)
+    assert plan.catchup_peers(["a", "b", "c"]) == ["a", "b"]
+    plan.on_catchup("a", completed=False)           # refused: tried again
+    assert plan.catchup_peers(["a", "b", "c"]) == ["a", "b"]
+    plan.on_catchup("a", completed=False)           # twice: given up
+    assert "a" in plan.done_with and plan.tries["a"] == CATCHUP_TRIES
+    plan.on_catchup("b", completed=True)
+    assert plan.catchup_peers(["a", "b", "c"]) == ["c"]
+    plan.on_catchup("c", completed=True)
+    assert not plan.catching_up(1001.0) and plan.catchup_peers(["d"]) == []
+    late = CatchUpPlan(started=1000.0)
+    assert late.catching_up(1000.0 + FIRST_WINDOW_S - 1) and not late.catching_up(1000.0 + FIRST_WINDOW_S)
+
+
+def test_syncs_ask_every_neighbour_before_any_twice_and_from_the_last_good_sync():
+    plan = CatchUpPlan(started=1000.0, rng=random.Random(1))
+    assert plan.next_sync([]) is None
+    peers = ["p1", "p2", "p3", "p4"]
+    asked = []
+    t = 1100.0
+    for _ in range(8):
+        peer, since = plan.next_sync(peers)
+        assert since == (plan.last_sync or plan.started) - SYNC_MARGIN_S
+        asked.append(peer)
+        plan.on_sync(peer, t, ok=peer != "p3")
+        t += 30
+    assert sorted(asked[:4]) == peers and sorted(asked[4:]) == peers
+    assert plan.last_sync == max(t0 for p, t0 in plan.asked_at.items() if p != "p3")
+
+
+@given(st.lists(st.sampled_from([f"p{i}" for i in range(6)]), min_size=1, max_size=6, unique=True),
+       st.integers(0, 40), st.integers(0, 2**32))
+def test_the_next_sync_is_a_connected_peer_asked_least_recently(connected, rounds, seed):
+    plan = CatchUpPlan(started=0.0, rng=random.Random(seed))
+    for i in range(rounds):
+        peer, _ = plan.next_sync(connected)
+        assert peer in connected
+        oldest = min(plan.asked_at.get(p, float("-inf")) for p in connected)
+        assert plan.asked_at.get(peer, float("-inf")) == oldest
+        plan.on_sync(peer, float(i), ok=bool(i % 2))
