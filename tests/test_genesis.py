@@ -37,5 +37,5 @@ def test_one_peer_or_disagreeing_peers_give_nothing_and_junk_is_ignored():
 
 def test_the_wait_follows_the_run_length_within_bounds():
     assert G.await_s(None) == G.AWAIT_MIN_S
-    assert G.await_s(15.0) == 3.0
+    assert G.await_s(15.0) == 7.5
     assert G.await_s(3600.0) == G.AWAIT_MAX_S

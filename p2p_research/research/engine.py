@@ -271,7 +271,7 @@ class ResearchEngine:
         exp_id = self.ctx.experiment_id_of(commit)
         measured = {r.peer: r.val_bpb for r in self.ctx.ledger.runs(exp_id=exp_id, origin="peer", kind="baseline")
                     if r.val_bpb is not None and r.peer and r.peer != self.peer and r.protocol_id == self.ctx.protocol_id}
-        return G.agreed_value(measured, 2 * self.margin)
+        return G.agreed_value(measured, G.agree_tol(self.margin))
 
     async def _announce(self, run: Run) -> None:
         """Tell the daemon (if any) about a finished run; a failure to announce never stops research."""

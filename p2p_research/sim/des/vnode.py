@@ -272,7 +272,7 @@ class VirtualNode:
         measured = {peer_name(m.peer): m.value for m in w.results.get(self.shared.exp_of[commit], ())
                     if m.kind == "baseline" and m.value is not None and m.peer != self.index
                     and w.delivery(m, self.index) <= w.t}
-        return G.agreed_value(measured, self.state.policy.tol)
+        return G.agreed_value(measured, G.agree_tol(self.shared.margin))
 
     def follow(self) -> Process:
         """Done proposing: adopt by rank until the settle ends, so the swarm converges on one baseline."""
