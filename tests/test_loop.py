@@ -248,3 +248,29 @@ class SharedGenesisMachine(RuleBasedStateMachine):
 
 TestSharedGenesisMachine = SharedGenesisMachine.TestCase
 TestSharedGenesisMachine.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
+
+
+def test_a_drain_while_a_result_waits_judges_it_first_then_stops():
+    """A drained node stops proposing, but the result in hand still gets its verdict (and the node its
+    genesis value, so that it can follow the swarm)."""
+    m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    _first_experiment(m, 1.7)
+    m.stop("drained")
+    assert m.next_action() == L.AwaitBaseline("g")
+    m.handle(L.BaselineUnavailable("g"))
+    assert m.next_action() == L.MeasureBaseline("g")
+    v = m.handle(L.BaselineMeasured("g", 1.6))
+    assert v.status == "discarded" and m.baseline_value == 1.6
+    assert isinstance(m.next_action(), L.Done)
+
+
+def test_a_genesis_that_cannot_be_measured_ends_the_loop_with_the_result_unjudged():
+    m = L.ResearchLoop("g", None, margin=0.01, measure_first=False)
+    _first_experiment(m, 1.7)
+    m.next_action()
+    m.handle(L.BaselineUnavailable("g"))
+    for _ in range(L.MAX_BASELINE_FAILURES):
+        assert m.next_action() == L.MeasureBaseline("g")
+        assert m.handle(L.BaselineMeasured("g", None, "boom")) is None
+    d = m.next_action()
+    assert isinstance(d, L.Done) and d.error and m._held is not None  # the engine records it as aborted

@@ -76,6 +76,8 @@ def test_sparse_flooding_decisions():
     assert not f.sparse("auto", 100) and f.sparse("auto", 101) and f.sparse("kept", 0) and not f.sparse("all", 10**6)
     assert f.floods_claim(False) and not f.floods_claim(True)
     assert [f.floods_result(True, s) for s in ("kept", "baseline", "discarded", "crash")] == [True, False, False, False]
+    # a genesis measurement made for peers that skipped theirs is flooded even by a sparse node
+    assert [f.floods_result(True, s, for_peers=True) for s in ("baseline", "discarded")] == [True, False]
     assert f.floods_verification(True, "refuted", False) and f.floods_verification(True, "confirmed", True)
     assert not f.floods_verification(True, "confirmed", False) and f.floods_verification(False, "confirmed", False)
     assert f.presence_interval(35) == f.PRESENCE_S and f.presence_interval(10_000) == 5_000

@@ -223,12 +223,14 @@ class CatchUp:
         plan = self.plan = CatchUpPlan(time.time(), max_peers)
         while plan.catching_up(time.time()):
             for pid in plan.catchup_peers(connected()):  # refused ones do not count; each is tried twice
+                if not plan.catching_up(time.time()):
+                    break
                 await self.fetch_from(pid)
             await trio.sleep(1.0)
         plan.last_sync = plan.started
         while True:
             await trio.sleep(interval())
-            choice = plan.next_sync(connected())
+            choice = plan.next_sync(connected(), time.time())
             if choice is None:
                 continue
             peer, since = choice

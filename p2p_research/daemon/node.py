@@ -155,6 +155,8 @@ class NodeDaemon:
                         ctx=ctx, net=net, key_pair=key_pair, peer_id=peer_id, mode=cfg.network.announce,
                         owners=owners, start_soon=nursery.start_soon,
                         expected_seconds=lambda: workers.engine.expected_seconds() if workers.engine else None,
+                        measured_for_peers=lambda run: (run.kind == "baseline" and workers.engine is not None
+                                                        and workers.engine.measures_for_peers == run.commit_id),
                         caught_up=lambda: catchup is not None and (catchup.completed > 0 or catchup.received > 0)))
                     coord = SwarmCoordinator(CoordinatorDeps(
                         peer_id=peer_id, key_pair=key_pair, ctx=ctx, config=cfg,
@@ -278,7 +280,8 @@ class RunningNode:
             eng.peer = self.peer_id
             # research.genesis = shared: peers measure the genesis for a node that floods to them (it hears
             # theirs); one without peers to ask, or in a sparse swarm, measures it as a solo node does
-            eng.share_genesis = (i == 0 and self.config.research.genesis == "shared"
+            # (a node of several workers measures first: its others start once worker 0 has a value)
+            eng.share_genesis = (len(envs) == 1 and self.config.research.genesis == "shared"
                                  and bool(self.options.bootstrap or self.config.network.bootstrap)
                                  and not self.announcer.sparse())
             engines.append(eng)

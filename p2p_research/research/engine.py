@@ -118,6 +118,7 @@ class ResearchEngine:
         # research.genesis = shared: set by a daemon whose peers hear its announcements (it floods); the
         # node then measures the genesis first only if its ticket says so (research/genesis.py)
         self.share_genesis = False
+        self.measures_for_peers = ""  # the genesis this node measures first for peers that skip it
         self._held: ExperimentRun | None = None  # a finished experiment whose verdict waits for the genesis
 
     # --- setup ------------------------------------------------------------------------------------
@@ -175,12 +176,19 @@ class ResearchEngine:
                          or G.measures_first(self.peer, commit, True))
         if not measure_first:
             log.info("the genesis %s is measured by peers: experimenting at once", commit[:7])
+        elif value is None and self.share_genesis and not self.liar:
+            self.measures_for_peers = commit
         self.loop = L.ResearchLoop(commit, value, self.margin, max_experiments, measure_first=measure_first)
         self.progress.baseline_commit, self.progress.baseline_value = commit, value
         while True:
             action = self.loop.next_action()
             if isinstance(action, L.Done):
                 self.progress.phase = "done"
+                if self._held is not None:  # the genesis could not be measured: nothing to judge it by
+                    er, self._held = self._held, None
+                    er.run.status = "aborted"
+                    assert er.run.run_id is not None
+                    self.ctx.ledger.finish_run(er.run.run_id, "aborted", reason=f"not judged: {action.reason}")
                 return action
             await self.step(action)
 
@@ -253,7 +261,7 @@ class ResearchEngine:
         them agree within a share of a run's time, the node measures it itself (the loop's next action)."""
         assert self.loop is not None
         self.progress.phase = "waiting"
-        held_s = self._held.run.total_seconds if self._held is not None else None
+        held_s = self._held.run.total_seconds if self._held is not None else self.expected_seconds()
         with trio.move_on_after(G.await_s(held_s)):
             while (value := self.peers_value(commit)) is None:
                 await trio.sleep(0.25)

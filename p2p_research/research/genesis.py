@@ -7,8 +7,8 @@ the genesis commit) falls below `MEASURER_SHARE`; the others start an experiment
 against the value the measurers announce (`research/loop.py`: such a value only ever keeps).
 
 A node cannot choose another's ticket, and a lie about the genesis value is bounded by the loop's rule
-(docs/security.md); `agreed_value` still asks for `AGREEING` distinct peers within the verification
-tolerance, so that a single peer cannot even make a node keep a result it should not.
+(docs/security.md); `agreed_value` still asks for `AGREEING` distinct peers (keys) within `agree_tol`,
+so that a single key cannot even make a node keep a result it should not.
 """
 
 from __future__ import annotations

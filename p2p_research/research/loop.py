@@ -164,7 +164,8 @@ class ResearchLoop:
 
     # The one question the driver asks.
     def next_action(self) -> Action:
-        if self._done is not None:
+        # a stop (drain) ends the loop once the result in hand is judged: it may still need the genesis
+        if self._done is not None and (self._held is None or self._done.error):
             return self._done
         if self._pending is None or isinstance(self._pending, Propose):
             self._take_offer()
@@ -177,6 +178,8 @@ class ResearchLoop:
                 self._pending = AwaitBaseline(self.baseline_commit)
             else:
                 self._pending = MeasureBaseline(self.baseline_commit)
+        elif self._done is not None:
+            return self._done
         elif self.max_experiments is not None and self.experiments_done >= self.max_experiments:
             self._done = Done(f"completed {self.experiments_done} experiments")
             return self._done

@@ -273,10 +273,12 @@ class Ledger:
         self.db.execute(f"UPDATE runs SET {sets} WHERE run_id=?", (*fields.values(), run_id))
 
     def abort_running(self, reason: str = "interrupted") -> int:
-        """Mark local runs left `running` by a stop as `aborted` (called at start and on shutdown)."""
+        """Mark local runs left `running` by a stop as `aborted` (called at start and on shutdown), and
+        experiments that ended but were never judged (`done`: a first result waiting for the genesis
+        value when the node stopped)."""
         cur = self.db.execute(
-            "UPDATE runs SET status='aborted', reason=?, finished_at=? WHERE status='running' AND origin='local'",
-            (reason, time.time()))
+            "UPDATE runs SET status='aborted', reason=?, finished_at=COALESCE(finished_at, ?) WHERE origin='local' AND"
+            " (status='running' OR (status='done' AND kind='experiment'))", (reason, time.time()))
         return cur.rowcount
 
     def add_peer_run(self, run: Run, receipt: bytes | None = None, signature: bytes | None = None,
