@@ -17,7 +17,7 @@ from libp2p import generate_new_ed25519_identity
 from libp2p.peer.id import ID
 
 from p2p_research.daemon.announce import commit_objects
-from p2p_research.daemon.intake import Intake
+from p2p_research.daemon.intake import FETCH_RETRY_S, Intake
 from p2p_research.net.network import Incoming
 from p2p_research.research.context import open_context
 from p2p_research.research.ids import experiment_id
@@ -160,15 +160,18 @@ async def test_forged_delta_is_rejected_and_fetched_whole(sender, ctx, caplog):
     assert ctx.workspace.is_complete(commit) and ctx.workspace.files_of(commit)["train.py"] == new_train
 
 
-async def test_forged_delta_from_a_peer_without_the_object_leaves_it_incomplete(sender, ctx, caplog):
+async def test_forged_delta_from_a_peer_without_the_object_leaves_it_incomplete(sender, ctx, caplog, autojump_clock):
+    """A kept commit nobody serves is fetched again after 5, 20 and 60 s (a stream that failed to open
+    under load must not leave it partial for good), then left partial."""
     commit = sender.commit_experiment(sender.baseline, {"train.py": one_constant(read_target_files()["train.py"])},
                                       "lr", "e" * 40)
     forged = lambda d: DeltaObject(d.oid, d.base, d.prefix + 10**4, d.suffix, d.data)  # noqa: E731
     msg = result_for(sender, ctx, commit, edit=forged)
     with caplog.at_level(logging.WARNING, logger="p2p_research.intake"):
         intake = await deliver(ctx, FakeNet(None), msg)
-    assert "base size" in caplog.text and "could not complete commit" in caplog.text
-    assert intake.stats["rejected"] == 1 and intake.stats["fetch_failures"] == 1
+    assert "base size" in caplog.text and "could not complete commit" in caplog.text and "in 4 tries" in caplog.text
+    assert intake.stats["rejected"] == 1 and intake.stats["fetch_failures"] == 1 + len(FETCH_RETRY_S)
+    assert not intake._retrying
     assert not ctx.workspace.is_complete(commit)
 
 
@@ -236,3 +239,24 @@ async def test_a_kept_result_replayed_after_a_restart_is_offered_again(sender, c
             await intake.handle_result(Incoming(msg, PEER, time.time()), msg, nursery)
     assert offered == [msg.receipt.exp_id]
     assert intake.stats["duplicates"] == 3
+
+
+class FailsOnce(FakeNet):
+    """A stream that fails to open once (as under load), then serves."""
+
+    async def fetch_objects(self, peer_id: str, oids: list[str], *, timeout: float = 60.0) -> list[GitObject]:
+        if not self.requests:
+            self.requests.append(list(oids))
+            raise OSError("failed to open a stream to peer")
+        return await super().fetch_objects(peer_id, oids, timeout=timeout)
+
+
+async def test_a_kept_commit_whose_first_fetch_failed_is_completed_later(sender, ctx, autojump_clock):
+    commit = sender.commit_experiment(sender.baseline, {"train.py": one_constant(read_target_files()["train.py"])},
+                                      "lr", "e" * 40)
+    msg = result_for(sender, ctx, commit, deltas=False)
+    msg = Result(msg.receipt, msg.signature, msg.public_key, objects=[], objects_total=msg.objects_total)
+    net = FailsOnce(sender)
+    intake = await deliver(ctx, net, msg)
+    assert len(net.requests) >= 2 and intake.stats["fetch_failures"] == 1
+    assert ctx.workspace.is_complete(commit) and not intake._retrying

@@ -31,6 +31,8 @@ from p2p_research.wire import BoardPost, Claim, Presence, Result, Verification, 
 log = logging.getLogger("p2p_research.intake")
 
 MAX_FETCH_ROUNDS = 256
+FETCH_RETRY_S = (5.0, 20.0, 60.0)  # pauses before fetching a kept commit again after every source failed
+MAX_RETRYING = 32
 FETCH_FALLBACK_PEERS = 3   # connected peers asked when the announcer cannot serve a commit
 FETCH_TIMEOUT_S = 15.0
 MAX_PROTOCOLS = 64  # protocols a relay stores results of (its own included)
@@ -47,6 +49,7 @@ class Intake:
         self.swarm_protocols: dict[str, set[str]] = {}
         self._protocols: set[str] | None = None  # protocols stored here (a relay's bound), read lazily
         self.fetch_limit = trio.CapacityLimiter(4)
+        self._retrying: set[str] = set()  # kept commits waiting to be fetched again
         # code keys of peers' experiments: only a node whose proposer is an agent asks about them
         self.code_keys = ctx.config.research.enabled and ctx.config.research.proposer == "command"
         self.stats = {"claims": 0, "results": 0, "duplicates": 0, "posts": 0, "fetched_objects": 0,
@@ -267,20 +270,34 @@ class Intake:
         if not fetch and incomplete_ancestry(ws, commit):
             self.stats["not_fetched"] += 1
             return False
-        async with self.fetch_limit:
-            others = [p.peer_id for p in self.net.peers() if p.peer_id not in (peer, self.self_peer)]
-            random.shuffle(others)
-            sources = [peer, *others[:FETCH_FALLBACK_PEERS]]
-            for source in sources:
-                if not incomplete_ancestry(ws, commit):
-                    break
-                if await self._fetch_from(source, commit):
-                    break
-            else:
-                if incomplete_ancestry(ws, commit):
-                    log.warning("could not complete commit %s of %s from %d peer(s); it stays a partial result",
-                                commit[:7], exp_id[:10], len(sources))
-                    return False
+        for attempt, pause in enumerate((*FETCH_RETRY_S, None)):
+            async with self.fetch_limit:
+                others = [p.peer_id for p in self.net.peers() if p.peer_id not in (peer, self.self_peer)]
+                random.shuffle(others)
+                sources = [peer, *others[:FETCH_FALLBACK_PEERS]]
+                for source in sources:
+                    if not incomplete_ancestry(ws, commit):
+                        break
+                    if await self._fetch_from(source, commit):
+                        break
+            if not incomplete_ancestry(ws, commit):
+                break
+            if pause is None or (commit not in self._retrying and len(self._retrying) >= MAX_RETRYING):
+                self._retrying.discard(commit)
+                log.warning("could not complete commit %s of %s from %d peer(s) in %d tries; it stays a partial result",
+                            commit[:7], exp_id[:10], len(sources), attempt + 1)
+                return False
+            # a kept result is what peers adopt and build on: a stream that failed to open under load
+            # (measured: once, on a busy machine) must not leave it partial for good; at most
+            # MAX_RETRYING commits wait at once, so a peer announcing objects it never serves costs
+            # no more than before
+            self._retrying.add(commit)
+            try:
+                await trio.sleep(pause)
+            except BaseException:
+                self._retrying.discard(commit)
+                raise
+        self._retrying.discard(commit)
         if ws.is_complete(commit) and not incomplete_ancestry(ws, commit):
             try:
                 protocol = run.protocol_id if run is not None else self.ctx.protocol_id
