@@ -10,7 +10,14 @@
    negotiation reads at most :data:`MAX_MULTISTREAM_MESSAGES` messages (libp2p answers ``na`` to
    every unknown proposal until its 10 s timeout); a violation is the ``MultiselectCommunicatorError``
    libp2p already handles by resetting that connection or stream.
-2. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
+2. ``pubsub teardown``: blacklisting a peer (our bans do, `net/peerscore.py`) starts
+   ``Pubsub._teardown_if_connected``, which awaits ``stream.reset()`` and then ``del self.peers[peer]``.
+   If the peer's connection closes meanwhile, libp2p's own dead-peer handler has already removed it,
+   the ``del`` raises ``KeyError`` inside pubsub's service manager, and that takes the host (and the
+   node) down: a peer that gets itself banned and disconnects at the right moment crashed the daemon
+   (seen once in `test_hostile_peers.py` under a full test run). The guard replaces the method with one
+   that removes the entry only if it is still there.
+3. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
    checks that the host's transports are TCP alone), so the fault cannot reach them.
 
 :func:`apply` installs the guard once per process, only on libp2p :data:`EXPECTED_LIBP2P` and only when
@@ -31,6 +38,20 @@ MAX_MULTISTREAM_MESSAGE = 1024
 MAX_MULTISTREAM_MESSAGES = 32
 
 _applied: dict[str, bool] = {}
+
+
+async def _safe_teardown_if_connected(self: Any, peer_id: Any) -> None:
+    """``Pubsub._teardown_if_connected`` without the race: close their stream and forget them, whether or
+    not another task forgot them while the reset was awaited."""
+    stream = self.peers.get(peer_id)
+    if stream is not None:
+        try:
+            await stream.reset()
+        except Exception:  # noqa: BLE001 - as upstream: the stream may be gone already
+            pass
+        if self.peers.get(peer_id) is stream:
+            del self.peers[peer_id]
+    self._forget_all_subscriptions(peer_id)
 stats = {"multistream_refused": 0}
 
 
@@ -85,4 +106,14 @@ def apply() -> dict[str, bool]:
     except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
         log.warning("multistream-select guard not installed: %r", e)
         _applied["multistream"] = False
+    try:
+        from libp2p.pubsub.pubsub import Pubsub
+
+        if not hasattr(Pubsub, "_teardown_if_connected") or not hasattr(Pubsub, "_forget_all_subscriptions"):
+            raise AttributeError("Pubsub._teardown_if_connected or _forget_all_subscriptions is missing")
+        Pubsub._teardown_if_connected = _safe_teardown_if_connected
+        _applied["pubsub_teardown"] = True
+    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
+        log.warning("pubsub teardown guard not installed: %r", e)
+        _applied["pubsub_teardown"] = False
     return dict(_applied)
