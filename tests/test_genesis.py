@@ -7,8 +7,8 @@ from p2p_research.research import genesis as G
 
 
 def test_alone_a_node_always_measures_and_in_a_swarm_about_a_share_does():
-    assert G.measures_first("peer", "c" * 40, has_peers=False)
-    n = sum(G.measures_first(f"peer{i}", "c" * 40, has_peers=True) for i in range(4000))
+    assert G.measures_first("peer", "c" * 40, shares=False)
+    n = sum(G.measures_first(f"peer{i}", "c" * 40, shares=True) for i in range(4000))
     assert 0.2 < n / 4000 < 0.3
     # the ticket is fixed by the identity and the commit, and differs per commit
     assert G.ticket("p", "a") == G.ticket("p", "a") != G.ticket("p", "b")

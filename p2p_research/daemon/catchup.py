@@ -227,8 +227,7 @@ class CatchUp:
                     break
                 await self.fetch_from(pid)
             await trio.sleep(1.0)
-        plan.last_sync = plan.started
-        while True:
+        while True:  # the first sync asks from the start on (the plan's `last_sync` is unset until then)
             await trio.sleep(interval())
             choice = plan.next_sync(connected(), time.time())
             if choice is None:

@@ -270,34 +270,31 @@ class Intake:
         if not fetch and incomplete_ancestry(ws, commit):
             self.stats["not_fetched"] += 1
             return False
-        for attempt, pause in enumerate((*FETCH_RETRY_S, None)):
-            async with self.fetch_limit:
-                others = [p.peer_id for p in self.net.peers() if p.peer_id not in (peer, self.self_peer)]
-                random.shuffle(others)
-                sources = [peer, *others[:FETCH_FALLBACK_PEERS]]
-                for source in sources:
-                    if not incomplete_ancestry(ws, commit):
-                        break
-                    if await self._fetch_from(source, commit):
-                        break
-            if not incomplete_ancestry(ws, commit):
-                break
-            if pause is None or (commit not in self._retrying and len(self._retrying) >= MAX_RETRYING):
-                self._retrying.discard(commit)
-                log.warning("could not complete commit %s of %s from %d peer(s) in %d tries; it stays a partial result",
-                            commit[:7], exp_id[:10], len(sources), attempt + 1)
-                return False
-            # a kept result is what peers adopt and build on: a stream that failed to open under load
-            # (measured: once, on a busy machine) must not leave it partial for good; at most
-            # MAX_RETRYING commits wait at once, so a peer announcing objects it never serves costs
-            # no more than before
-            self._retrying.add(commit)
-            try:
+        try:
+            for attempt, pause in enumerate((*FETCH_RETRY_S, None)):
+                async with self.fetch_limit:
+                    others = [p.peer_id for p in self.net.peers() if p.peer_id not in (peer, self.self_peer)]
+                    random.shuffle(others)
+                    sources = [peer, *others[:FETCH_FALLBACK_PEERS]]
+                    for source in sources:
+                        if not incomplete_ancestry(ws, commit):
+                            break
+                        if await self._fetch_from(source, commit):
+                            break
+                if not incomplete_ancestry(ws, commit):
+                    break
+                if pause is None or (commit not in self._retrying and len(self._retrying) >= MAX_RETRYING):
+                    log.warning("could not complete commit %s of %s from %d peer(s) in %d tries; it stays a partial "
+                                "result", commit[:7], exp_id[:10], len(sources), attempt + 1)
+                    return False
+                # a kept result is what peers adopt and build on: a stream that failed to open under load
+                # (measured: once, on a busy machine) must not leave it partial for good; at most
+                # MAX_RETRYING commits wait at once, so a peer announcing objects it never serves costs
+                # no more than before
+                self._retrying.add(commit)
                 await trio.sleep(pause)
-            except BaseException:
-                self._retrying.discard(commit)
-                raise
-        self._retrying.discard(commit)
+        finally:
+            self._retrying.discard(commit)
         if ws.is_complete(commit) and not incomplete_ancestry(ws, commit):
             try:
                 protocol = run.protocol_id if run is not None else self.ctx.protocol_id

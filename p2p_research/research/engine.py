@@ -172,12 +172,12 @@ class ResearchEngine:
         commit, value = self.current_baseline()
         self.ensure_registered(commit, "baseline")
         # a simulated liar lies about every experiment, so it needs the genesis value before its first
-        measure_first = (value is not None or not self.share_genesis or self.liar
-                         or G.measures_first(self.peer, commit, True))
-        if not measure_first:
-            log.info("the genesis %s is measured by peers: experimenting at once", commit[:7])
-        elif value is None and self.share_genesis and not self.liar:
+        shares = value is None and self.share_genesis and not self.liar
+        measure_first = G.measures_first(self.peer, commit, shares)
+        if shares and measure_first:
             self.measures_for_peers = commit
+        elif shares:
+            log.info("the genesis %s is measured by peers: experimenting at once", commit[:7])
         self.loop = L.ResearchLoop(commit, value, self.margin, max_experiments, measure_first=measure_first)
         self.progress.baseline_commit, self.progress.baseline_value = commit, value
         while True:

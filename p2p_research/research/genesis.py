@@ -30,10 +30,11 @@ def ticket(peer_id: str, commit: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def measures_first(peer_id: str, commit: str, has_peers: bool, share: float = MEASURER_SHARE) -> bool:
-    """Whether this node measures the genesis before experimenting. Alone it must; in a swarm, about
+def measures_first(peer_id: str, commit: str, shares: bool, share: float = MEASURER_SHARE) -> bool:
+    """Whether this node measures the genesis before experimenting. One that cannot leave it to peers
+    (`shares` false: alone, not hearing their measurements, or configured so) must; in a swarm, about
     `share` of the nodes do (and any node measures it later if no agreed value comes)."""
-    return not has_peers or ticket(peer_id, commit) < share
+    return not shares or ticket(peer_id, commit) < share
 
 
 def agree_tol(margin: float) -> float:

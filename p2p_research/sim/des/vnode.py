@@ -126,8 +126,7 @@ class VirtualNode:
         self.flooding = world.announce == "all" and not solo
         # as the engine: a node that hears peers' measurements (flooding) mostly leaves the genesis to them
         # (a liar lies about every experiment, so it needs the genesis value before its first)
-        measure_first = not shared.shared_genesis or not self.flooding or liar or G.measures_first(
-            self.name, Shared.GENESIS, has_peers=not solo)
+        measure_first = G.measures_first(self.name, Shared.GENESIS, shared.shared_genesis and self.flooding and not liar)
         self.loop = L.ResearchLoop(Shared.GENESIS, None, shared.margin, measure_first=measure_first)
         p = policy or {}
         self.state = SwarmState(SwarmPolicy(self.name, shared.verification, shared.margin, 0.0,
