@@ -38,7 +38,9 @@ def test_options_validate(tmp_path):
         SimOptions(report=tmp_path, nodes=3, liars=3).validate()
     with pytest.raises(ValueError):
         SimOptions(report=tmp_path, churn=1.5).validate()
-    SimOptions(report=tmp_path, nodes=3, liars=2, churn=0.2).validate()
+    with pytest.raises(ValueError, match="--genesis must be shared or each"):
+        SimOptions(report=tmp_path, genesis="some").validate()
+    SimOptions(report=tmp_path, nodes=3, liars=2, churn=0.2, genesis="each").validate()
 
 
 def test_percentiles_and_series():

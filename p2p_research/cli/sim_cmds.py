@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
                               churn_downtime_s=churn_downtime, liars=liars, seed=seed, cost_s=cost, solo=solo_baseline,
                               verification=verification, target_peers=target_peers, start_rate=start_rate,
                               budget_tokens=budget_tokens, max_trainings=max_trainings, margin=margin,
-                              count_from=count_from, settle_s=settle, announce=announce).validate()
+                              count_from=count_from, settle_s=settle, announce=announce,
+                              genesis=genesis).validate()
             sim = Simulation(opts)
         except ValueError as e:
             raise CliError(str(e), 2) from None

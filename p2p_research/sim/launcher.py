@@ -224,6 +224,7 @@ class Simulation:
             cfg.network.bootstrap = list(node.bootstrap)
             cfg.network.target_peers = o.target_peers
             cfg.network.announce = o.announce
+            cfg.research.genesis = o.genesis
             cfg.verification.policy = o.verification
             cfg.simulation.liar = node.liar
             home_obj.write_config(cfg)

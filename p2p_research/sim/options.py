@@ -40,6 +40,7 @@ class SimOptions:
     settle_s: float = 180.0           # after the duration: drain the nodes and wait (at most) for one baseline
     margin: float = -1.0              # keep threshold passed to every node (< 0: node default)
     announce: str = "auto"            # network.announce of every node: auto | all | kept (research/flooding.py)
+    genesis: str = "shared"           # research.genesis of every node: shared | each (research/genesis.py)
 
     def validate(self) -> SimOptions:
         if self.nodes < 1:
@@ -58,6 +59,8 @@ class SimOptions:
             raise ValueError("--cost must be >= 0")
         if self.announce not in ("auto", "all", "kept"):
             raise ValueError("--announce must be auto, all or kept")
+        if self.genesis not in ("shared", "each"):
+            raise ValueError("--genesis must be shared or each")
         if self.verification not in ("always", "adaptive", "never"):
             raise ValueError("--verification must be always, adaptive or never")
         if self.count_from not in ("all-up", "first-start"):
