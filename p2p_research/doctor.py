@@ -158,9 +158,10 @@ def torch_devices(python: str) -> Check:
     return Check("torch", "ok", f"torch {info['torch']}, CPU only (no CUDA device visible)")
 
 
-def sandbox_check(info: Any, trust_policy: str) -> Check:
+def sandbox_check(info: Any, trust_policy: str, peers_code: str = "") -> Check:
     if info.available:
-        return Check("sandbox", "ok", f"{info.describe()}; trust policy {trust_policy}")
+        return Check("sandbox", "ok", f"{info.describe()}; trust policy {trust_policy}"
+                     + (f"; peers' code: {peers_code}" if peers_code else ""))
     hint = ("install bubblewrap (apt-get install bubblewrap), or allow unprivileged user namespaces "
             "(sysctl kernel.unprivileged_userns_clone=1; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)")
     return Check("sandbox", "warn", f"none: {info.reason}; peers' changes limited to constants", hint)
@@ -184,7 +185,7 @@ def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[s
     try:
         checks.append(Check("protocol", "ok", f"{ctx.protocol_id[:12]}: budget {ctx.budget.describe()} "
                             f"({ctx.budget_source}), hardware {ctx.hardware}"))
-        checks.append(sandbox_check(ctx.sandbox, ctx.trust_policy))
+        checks.append(sandbox_check(ctx.sandbox, ctx.trust_policy, ctx.trust().peers_code()))
         argv = train_argv(cfg.research.train_command)
         python = argv[0] if Path(argv[0]).name.startswith("python") else sys.executable
         if cfg.research.enabled and cfg.research.objective == "torch":

@@ -125,6 +125,8 @@ def register(app: typer.Typer) -> None:
             out.print(f"baseline {b['commit'][:7]} val_bpb {_fmt(b['val_bpb'])}  research: {d['research']}")
         if "sandbox" in d:
             out.print(f"sandbox  {d['sandbox']}  trust policy {d['trust_policy']}", markup=False, highlight=False)
+            if d.get("peers_code"):
+                out.print(f"peers' code  {d['peers_code']}", markup=False, highlight=False)
         r = d.get("reachability") or {}
         if r:
             line = f"reach    {r['status']}"

@@ -57,7 +57,7 @@ def start(
         print(f"peer id: {info['peer_id']} ({info['name']})")
         for a in info["addrs"]:
             print(f"address: {a}")
-        print(f"sandbox: {info['sandbox']} (trust policy {info['trust_policy']})")
+        print(f"sandbox: {info['sandbox']} (trust policy {info['trust_policy']}; peers' code: {info['peers_code']})")
         if info.get("dashboard"):
             print(f"dashboard: {info['dashboard']}" + (" (posting needs the token in "
                   f"{h.path / 'dashboard.token'})" if info.get("dashboard_token") else ""))

@@ -70,9 +70,7 @@ def make_proposer(ctx, seed_offset: int = 0):
     def wins() -> list[Win]:  # kept results to combine with the baseline when they branched off it
         return [Win(**w) for w in ctx.ledger.kept_wins(ctx.protocol_id)]
 
-    from p2p_research.research.trust import TrustPolicy
-
-    trust = TrustPolicy(ctx.trust_policy, frozenset(ctx.config.trust.trusted_peers))
+    trust = ctx.trust()
     return BuiltinProposer(ctx.space, seed=r.seed * 1_000_003 + len(ctx.ledger.runs()) + seed_offset,
                            focus=lambda: interests, wins=wins if r.combine else None, code_from=trust.trusts_code_from)
 

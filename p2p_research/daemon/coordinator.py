@@ -33,7 +33,7 @@ from p2p_research.research.swarm import (
     SwarmState,
     Verify,
 )
-from p2p_research.research.trust import TrustPolicy, check_lineage
+from p2p_research.research.trust import check_lineage
 from p2p_research.store.ledger import Run
 from p2p_research.wire import Claim, Result, Verification
 from p2p_research.wire.receipts import sign_receipt
@@ -67,7 +67,7 @@ class SwarmCoordinator:
         self.deps = deps
         self.peer_id = deps.peer_id
         cfg = deps.config
-        self.trust = TrustPolicy(deps.ctx.trust_policy, frozenset(cfg.trust.trusted_peers))
+        self.trust = deps.ctx.trust()
         self.state = SwarmState(SwarmPolicy(deps.peer_id, cfg.verification.policy, 0.002,
                                             cfg.verification.tolerance, cfg.verification.refuted_threshold,
                                             cfg.verification.quorum, cfg.verification.replicas,

@@ -386,7 +386,8 @@ class RunningNode:
                 "home": str(self.home.path),
                 "dashboard": self.dashboard.url if self.dashboard is not None else None,
                 "dashboard_token": self.dashboard is not None and self.dashboard.token is not None,
-                "sandbox": self.ctx.sandbox.describe(), "trust_policy": self.ctx.trust_policy}
+                "sandbox": self.ctx.sandbox.describe(), "trust_policy": self.ctx.trust_policy,
+                "peers_code": self.ctx.trust().peers_code()}
 
     def status_view(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -406,6 +407,7 @@ class RunningNode:
             "reachability": self.net.nat.view() if self.net.nat is not None else {},
             "swarms": self.swarms_view(),
             "sandbox": ctx.sandbox.describe(), "trust_policy": ctx.trust_policy,
+            "peers_code": ctx.trust().peers_code(),
             **self.protocol_view(),
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
             "peers_connected": len(self.net.peers()),

@@ -25,6 +25,7 @@ from p2p_research.research.searchspace import (
     infer_search_space,
     parse_search_space,
 )
+from p2p_research.research.trust import TrustPolicy
 from p2p_research.research.workspace import Workspace, WorkspaceError
 from p2p_research.store.ledger import Ledger
 
@@ -103,6 +104,16 @@ class ResearchContext:
         """The trust policy in force: `sandboxed` needs a working sandbox, else it is `constants`."""
         p = self.config.trust.policy
         return "constants" if p == "sandboxed" and not self.sandbox.available else p
+
+    @property
+    def harness_measures(self) -> bool:
+        """Whether this node measures every run itself from a handed-over model (`harness/`), so a
+        run's printed val_bpb is only its claim. Until it does, peers' code stays constants-only."""
+        return False
+
+    def trust(self) -> TrustPolicy:
+        """The trust policy in force, with what this node's harness can check."""
+        return TrustPolicy(self.trust_policy, frozenset(self.config.trust.trusted_peers), self.harness_measures)
 
     @property
     def space(self) -> SearchSpace:

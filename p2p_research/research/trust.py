@@ -1,10 +1,14 @@
 """The trust policy: what a peer's change may be before this node runs or adopts it.
 
-Code from a peer is code execution. Under policy `sandboxed` (the default where a sandbox works: every
-run of train.py is isolated, see `research/sandbox.py`) any change of train.py may be verified and
-adopted. Under `constants` (the fallback without a sandbox) a commit may alter nothing but the values
-of the top-level constants of train.py compared with its parent. Peers listed in `trust.trusted_peers`
-(or every peer under policy `any`) may change train.py freely. Whatever the policy, only train.py may
+Code from a peer is code execution, and it is also a claim about its own number: a train.py prints its
+val_bpb, so code that may run may also lie about what it measured. The sandbox (`research/sandbox.py`)
+bounds what the code can touch, not what it claims. So under policy `sandboxed` (the default where a
+sandbox works) a change of train.py by a peer not in `trust.trusted_peers` may be verified and adopted
+only where this node's harness measures every run itself from a handed-over model (`harness/`), never
+from what the run prints; where it cannot, such a change is held to constants, as under `constants`
+(the fallback without a sandbox): a commit may alter nothing but the values of the top-level
+constants of train.py compared with its parent. Peers listed in `trust.trusted_peers` (or every peer
+under policy `any`) may change train.py freely. Whatever the policy, only train.py may
 change: a change of the harness (prepare.py) or any other file is never an experiment, whoever sends
 it. Adopting a commit adopts its whole lineage, so every step from an already accepted commit is checked.
 """
@@ -25,9 +29,23 @@ MAX_LINEAGE = 10_000
 class TrustPolicy:
     policy: str = "constants"                 # sandboxed | constants | any (the policy in force)
     trusted_peers: frozenset[str] = frozenset()
+    harness_measures: bool = False            # this node measures every run itself (harness/measure.py)
 
     def trusts_code_from(self, peer: str) -> bool:
-        return self.policy in ("any", "sandboxed") or peer in self.trusted_peers
+        if self.policy == "any" or peer in self.trusted_peers:
+            return True
+        return self.policy == "sandboxed" and self.harness_measures
+
+    def peers_code(self) -> str:
+        """What a change of train.py by an untrusted peer may be here, in words (status, doctor)."""
+        if self.policy == "any":
+            return "any change (trust.policy = any)"
+        if self.policy == "sandboxed" and self.harness_measures:
+            return "any change: it runs in the sandbox and this node's harness measures its model"
+        if self.policy == "sandboxed":
+            return ("constants only: this node's harness cannot measure a run's model here, and a run's "
+                    "own val_bpb is only its claim")
+        return "constants only (trust.policy = constants)"
 
 
 def check_change(old_files: dict[str, bytes], new_files: dict[str, bytes], code_allowed: bool) -> tuple[bool, str]:
@@ -73,4 +91,6 @@ def check_lineage(ws: Workspace, commit: str, accepted: set[str], policy: TrustP
         return False, str(e)
     if not policy.trusts_code_from(peer):
         return True, "only constant values changed"
-    return True, "code accepted: it runs only in the sandbox" if policy.policy == "sandboxed" else "trusted"
+    if peer in policy.trusted_peers or policy.policy == "any":
+        return True, "trusted"
+    return True, "code accepted: it runs only in the sandbox, and this node's harness measures it"
