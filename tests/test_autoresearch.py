@@ -127,7 +127,8 @@ def test_train_command_detection():
 
 
 def test_solo_loop_on_an_autoresearch_folder(tmp_path):
-    """The builtin proposer (inferred space) and autoresearch's summary, FAIL and results.tsv semantics."""
+    """The builtin proposer (inferred space) and autoresearch's summary, FAIL and results.tsv semantics;
+    the model is handed over at autoresearch's own evaluate_bpb call and measured by the node."""
     folder = autoresearch_folder(tmp_path / "autoresearch")
     home = init_node(tmp_path, "node", folder)
     r = cli("run", "--home", home, "-n", 2, check=True)
@@ -142,6 +143,9 @@ def test_solo_loop_on_an_autoresearch_folder(tmp_path):
     assert {"mfu_percent", "depth", "peak_vram_mb", "total_tokens_M", "num_params_M"} <= set(metrics)
     assert base["tokens"] == round(float(metrics["total_tokens_M"]) * 1e6) and base["num_steps"] > 0
     assert base["memory_gb"] == 0.0  # peak_vram_mb on CPU
+    # autoresearch's train.py runs unchanged, and this node's harness measured what it handed over
+    assert metrics["measured_by"] == "harness", metrics
+    assert abs(float(metrics["reported_val_bpb"]) - base["val_bpb"]) < 1e-3
     # a diverging change (autoresearch prints FAIL and exits 1) is a crash with the reason, through the
     # generic adapter with a plain command as the agent
     sed = "sed -i 's/^MATRIX_LR = 0.001/MATRIX_LR = 1e6/' train.py && echo 'MATRIX_LR 0.001 -> 1e6'"

@@ -297,12 +297,13 @@ class SwarmCoordinator:
         verdict, adopt = self.state.on_verified(claim, measured, eng.loop.baseline_value, rank)
         self.stats[f"verified_{verdict}"] += 1
         assert er.run.run_id is not None
+        why = f" ({er.outcome.reason})" if measured is None and er.outcome is not None and er.outcome.reason else ""
         self.ctx.ledger.finish_run(er.run.run_id, verdict, reason=f"claimed {claim.value:.6f}, measured "
-                                   f"{'crash' if measured is None else f'{measured:.6f}'}")
+                                   f"{'crash' if measured is None else f'{measured:.6f}'}{why}"[:500])
         er.run.status = verdict
         (log.info if verdict == "confirmed" else log.warning)(
-            "%s %s's claim %s: claimed %.6f, measured %s", verdict, claim.peer[:16], claim.exp_id[:10], claim.value,
-            "crash" if measured is None else f"{measured:.6f}")
+            "%s %s's claim %s: claimed %.6f, measured %s%s", verdict, claim.peer[:16], claim.exp_id[:10], claim.value,
+            "crash" if measured is None else f"{measured:.6f}", why)
         if flooding.floods_verification(self.deps.sparse(), verdict, self.state.designated(claim)):
             await self.announce_verification(er.run, claim, verdict)
         return adopt

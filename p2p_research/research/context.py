@@ -108,8 +108,24 @@ class ResearchContext:
     @property
     def harness_measures(self) -> bool:
         """Whether this node measures every run itself from a handed-over model (`harness/`), so a
-        run's printed val_bpb is only its claim. Until it does, peers' code stays constants-only."""
-        return False
+        run's printed val_bpb is only its claim: real training, and a pinned harness with the
+        `evaluate_bpb` call the hand-over wraps. Otherwise peers' code stays constants-only."""
+        from p2p_research.harness.measure import supports_handover
+
+        if self.config.research.objective != "torch":
+            return False
+        return supports_handover(self.workspace.files_of(self.workspace.genesis).get("prepare.py", b""))
+
+    def private_seed(self) -> int:
+        """This node's private split (harness/evaluate.py): drawn once, kept in the ledger, never
+        given to a training run, so no run can have seen the windows it names."""
+        seed = self.ledger.get_meta("private_split_seed")
+        if not isinstance(seed, int):
+            import secrets
+
+            seed = secrets.randbits(62)
+            self.ledger.set_meta("private_split_seed", seed)
+        return seed
 
     def trust(self) -> TrustPolicy:
         """The trust policy in force, with what this node's harness can check."""

@@ -7,6 +7,7 @@ wraps the same engine and listens to its hooks (claims and results to announce).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -24,6 +25,8 @@ from pathlib import Path
 import trio
 
 from p2p_research import __version__
+from p2p_research.harness.measure import HarnessSpec, HarnessTrainer
+from p2p_research.harness.verdict import does_not_generalise
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
 from p2p_research.research.context import EDITABLE_FILE, ResearchContext
@@ -110,6 +113,7 @@ class ResearchEngine:
         self.loop: L.ResearchLoop | None = None
         r = ctx.config.research
         self.trainer = (SurrogateTrainer(r.surrogate_cost_s, ctx.budget.tokens) if r.objective == "surrogate"
+                        else self._harness_trainer() if ctx.harness_measures
                         else functools.partial(run_training, command=train_argv(r.train_command)))
         self.liar = ctx.config.simulation.liar
         self.current_scope: trio.CancelScope | None = None
@@ -122,6 +126,17 @@ class ResearchEngine:
         self._held: ExperimentRun | None = None  # a finished experiment whose verdict waits for the genesis
 
     # --- setup ------------------------------------------------------------------------------------
+    def _harness_trainer(self) -> HarnessTrainer:
+        """Training whose model this node's pinned harness measures (harness/measure.py)."""
+        ctx = self.ctx
+        genesis = ctx.workspace.files_of(ctx.workspace.genesis)
+        r = ctx.config.research
+        return HarnessTrainer(HarnessSpec(prepare_py=genesis.get("prepare.py", b""),
+                                          genesis_train_py=genesis.get("train.py", b""),
+                                          train_command=r.train_command, private_seed=ctx.private_seed(),
+                                          budget_seconds=ctx.budget.seconds,
+                                          max_handover_mb=max(64, r.memory_limit_mb // 2)))
+
     @property
     def margin(self) -> float:
         cfg = self.ctx.config.research
@@ -486,7 +501,7 @@ class ResearchEngine:
             for name in materialized:
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "__pycache__", ignore_errors=True)
-        o = er.outcome
+        o = er.outcome = self._judge_generalisation(er.outcome, kind, parent)
         s = o.summary
         fields = dict(training_seconds=s.training_seconds if s else None, total_seconds=s.total_seconds if s else o.wall_seconds,
                       memory_gb=s.memory_gb if s else None, num_params=s.num_params if s else None,
@@ -509,6 +524,20 @@ class ResearchEngine:
         else:
             ctx.ledger.finish_run(run_id, "done" if kind == "experiment" else kind, **fields)
         return er
+
+    def _judge_generalisation(self, o: RunOutcome, kind: str, parent: str) -> RunOutcome:
+        """A gain that does not carry over to this node's private split is refuted like a crash
+        (harness/verdict.py): the model fits the validation windows, not the task."""
+        if not (o.ok and o.summary and o.private_bpb is not None and kind in ("experiment", "verification")):
+            return o
+        ref = self.ctx.ledger.harness_values(parent, self.ctx.protocol_id) if parent else None
+        if ref is None:
+            return o
+        why = does_not_generalise(ref[0], ref[1], o.summary.val_bpb, o.private_bpb, self.margin)
+        if why is None:
+            return o
+        log.warning("%s refuted: %s", kind, why)
+        return dataclasses.replace(o, ok=False, summary=None, reason=why)
 
     def record_verdict(self, er: ExperimentRun, verdict: L.Verdict) -> None:
         run = er.run

@@ -45,6 +45,12 @@ class RunOutcome:
     wall_seconds: float
     returncode: int | None
     log_path: Path
+    # who measured summary.val_bpb: "harness" (this node, from the handed-over model: harness/) or
+    # "self" (the run's printed value); the printed value is kept apart when the harness measured
+    measured_by: str = "self"
+    reported_val_bpb: float | None = None
+    private_bpb: float | None = None       # the harness's value on this node's private split
+    false_report: bool = False              # the run printed a value its own model does not have
 
 
 def _tail(path: Path, n: int = 4000) -> str:

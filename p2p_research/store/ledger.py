@@ -308,6 +308,22 @@ class Ledger:
             sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY run_id"
         return [Run.from_row(dict(r)) for r in self.db.execute(sql, args)]
 
+    def harness_values(self, commit_id: str, protocol_id: str) -> tuple[float, float] | None:
+        """(val_bpb, private_bpb) of the newest local run of `commit_id` that this node's harness
+        measured with its private split (harness/verdict.does_not_generalise compares against it)."""
+        rows = self.db.execute(
+            "SELECT val_bpb, metrics FROM runs WHERE commit_id=? AND protocol_id=? AND origin='local' "
+            "AND val_bpb IS NOT NULL AND status NOT IN ('crash', 'aborted', 'running', 'refuted') "
+            "ORDER BY run_id DESC LIMIT 20", (commit_id, protocol_id))
+        for value, metrics in rows:
+            try:
+                m = json.loads(metrics or "{}")
+                if isinstance(m, dict) and m.get("measured_by") == "harness" and m.get("private_bpb"):
+                    return float(value), float(m["private_bpb"])
+            except (ValueError, TypeError):
+                continue
+        return None
+
     def set_run_receipt(self, run_id: int, receipt: bytes, signature: bytes, public_key: bytes) -> None:
         self.db.execute("UPDATE runs SET receipt=?, signature=?, public_key=? WHERE run_id=?",
                         (receipt, signature, public_key, run_id))

@@ -1,0 +1,249 @@
+"""Runs a training with its model handed over, then measures that model with this node's harness.
+
+`HarnessTrainer` has the runner's signature (`run_training`), so the engine uses it for every run:
+baselines, experiments, verifications and noise runs. The two processes:
+
+1. the training: train.py under `p2p_handover.py` (harness/handover.py) in the usual sandbox, plus one
+   writable folder, the hand-over folder. The node watches it from outside: the moment a complete
+   hand-over (`meta.json`) appears is the node's clock, not the run's, and the files are copied out at
+   once (later writes change nothing);
+2. the evaluation: `p2p_evaluate.py` (harness/evaluate.py) beside this node's pinned prepare.py (from
+   the genesis commit, never the run's) and the copied hand-over, read-only, in a sandbox of its own
+   with its own time and memory limits, and the node's private split seed in its environment.
+
+The outcome's val_bpb is the evaluator's; train.py's printed value stays in the metrics as
+`reported_val_bpb` and is judged against it (harness/verdict.py). A run that hands nothing over is
+measured by nobody: its outcome says why (`measured_by = "self"`), and only code that
+`verdict.self_report_allowed` lets through may be kept on its own word.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from p2p_research.harness import verdict
+from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
+from p2p_research.research.sandbox import SandboxSpec
+
+log = logging.getLogger("p2p_research.harness")
+
+HANDOVER_SCRIPT = "p2p_handover.py"
+EVALUATE_SCRIPT = "p2p_evaluate.py"
+HANDOVER_FILES = ("program.json", "state_dict.pt", "constants.pt", "meta.json")
+MAX_HANDOVER_FILES = 16
+WATCH_S = 0.25
+EVAL_TIME_FLOOR_S = 120.0
+MEASURE_PREFIX = "P2P-MEASURE "
+
+
+@dataclass(frozen=True)
+class HarnessSpec:
+    """What the node measures with: its pinned harness and what only it knows."""
+
+    prepare_py: bytes                 # the genesis commit's prepare.py
+    genesis_train_py: bytes           # the genesis commit's train.py (what may go on its own word)
+    train_command: str = ""           # the target's interpreter command ("" = this node's)
+    private_seed: int | None = None   # the node's private split (never in a training's environment)
+    budget_seconds: float | None = None
+    max_handover_mb: int = 2048
+    eval_time_limit_s: float | None = None   # None: a quarter of the run's limit, at least 120 s
+    handover_slack_s: float | None = None    # None: verdict.HANDOVER_SLACK_S / _FRACTION
+
+
+def supports_handover(prepare_py: bytes) -> bool:
+    """Whether a harness has the evaluation call the hand-over wraps (this project's and autoresearch's)."""
+    return b"def evaluate_bpb" in prepare_py
+
+
+def script_argv(train_command: str, script: str, *extra: str) -> list[str]:
+    """The target's command with train.py replaced by `script` (and `extra` after it): the same
+    interpreter and environment as training, so the hand-over and the evaluator see the same torch."""
+    argv = train_argv(train_command)
+    for i, a in enumerate(argv):
+        if Path(a).name == "train.py":
+            return [*argv[:i], script, *extra, *argv[i + 1:]]
+    return [*argv, script, *extra]
+
+
+def _folder_bytes(folder: Path) -> tuple[int, int]:
+    files = [p for p in folder.iterdir()] if folder.is_dir() else []
+    return len(files), sum(p.stat().st_size for p in files if p.is_file() and not p.is_symlink())
+
+
+def _snapshot(src: Path, dest: Path, max_bytes: int) -> str | None:
+    """Copy a complete hand-over out of the run's reach; the reason when it cannot be taken."""
+    count, size = _folder_bytes(src)
+    if count > MAX_HANDOVER_FILES:
+        return f"the hand-over folder holds {count} entries (at most {MAX_HANDOVER_FILES})"
+    if size > max_bytes:
+        return f"the handed-over model is {size / 2**20:.0f} MiB (at most {max_bytes / 2**20:.0f} MiB)"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in HANDOVER_FILES:
+        p = src / name
+        if p.is_symlink() or not p.is_file():
+            return f"the hand-over lacks {name}"
+        shutil.copyfile(p, dest / name, follow_symlinks=False)
+    return None
+
+
+def _measure_line(log_path: Path) -> dict | None:
+    try:
+        text = log_path.read_bytes()[-64 * 1024:].decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in reversed(text.splitlines()):
+        if line.startswith(MEASURE_PREFIX):
+            try:
+                doc = json.loads(line[len(MEASURE_PREFIX):])
+            except ValueError:
+                return None
+            return doc if isinstance(doc, dict) else None
+    return None
+
+
+def _with(outcome: RunOutcome, **changes) -> RunOutcome:
+    return dataclasses.replace(outcome, **changes)
+
+
+class HarnessTrainer:
+    """The engine's trainer where the harness measures (see the module's docstring)."""
+
+    def __init__(self, spec: HarnessSpec, runner=run_training) -> None:
+        self.spec = spec
+        self.runner = runner
+
+    async def __call__(self, run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
+                       sandbox: SandboxSpec | None = None) -> RunOutcome:
+        spec = self.spec
+        handover = run_dir / "handover"
+        taken = run_dir / "handover-taken"
+        for d in (handover, taken):
+            shutil.rmtree(d, ignore_errors=True)
+        handover.mkdir(parents=True)
+        (run_dir / HANDOVER_SCRIPT).write_bytes(Path(__file__).with_name("handover.py").read_bytes())
+        train_sandbox = (dataclasses.replace(sandbox, read_write=(*sandbox.read_write, handover))
+                         if sandbox is not None else None)
+        argv = script_argv(spec.train_command, HANDOVER_SCRIPT, "train.py")
+        seen: dict[str, object] = {}
+        started = time.monotonic()
+
+        def take() -> None:
+            seen["refused"] = _snapshot(handover, taken, spec.max_handover_mb * 2**20)
+
+        async def watch() -> None:
+            # the node's own clock on the hand-over, and a copy the run cannot change afterwards
+            # (meta.json is written last, so an honest hand-over is complete when it appears)
+            while not (handover / "meta.json").exists():
+                await trio.sleep(WATCH_S)
+            seen["after_s"] = time.monotonic() - started
+            await trio.to_thread.run_sync(take)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                outcome = await self.runner(run_dir, {**env, "P2P_HANDOVER": str(handover)}, limits, log_path,
+                                            command=argv, sandbox=train_sandbox)
+                nursery.cancel_scope.cancel()
+            if "after_s" not in seen and (handover / "meta.json").exists():  # written in the last instant
+                seen["after_s"] = time.monotonic() - started
+            if "after_s" in seen and "refused" not in seen:
+                take()
+            reported = outcome.summary.val_bpb if outcome.summary else None
+            if not outcome.ok:
+                return outcome
+            why_not = self._why_no_handover(handover, seen)
+            if why_not is None:
+                why_not = verdict.late_handover(seen.get("after_s"), spec.budget_seconds,  # type: ignore[arg-type]
+                                                 spec.handover_slack_s)
+                if why_not is not None:
+                    return _with(outcome, ok=False, summary=None, reason=why_not)
+            if why_not is not None:
+                return self._unmeasured(outcome, run_dir, why_not)
+            measured = await self._evaluate(run_dir, taken, env, limits, sandbox)
+            if "error" in measured:
+                return _with(outcome, ok=False, summary=None,
+                             reason=f"the harness refused the handed-over model: {measured['error']}")
+            value = measured["val_bpb"]
+            lie = verdict.false_report(reported, value)
+            metrics = {**outcome.summary.metrics, "reported_val_bpb": f"{reported:.6f}" if reported is not None else "",
+                       "measured_by": "harness"}
+            if measured.get("private_bpb") is not None:
+                metrics["private_bpb"] = f"{measured['private_bpb']:.6f}"
+            summary = dataclasses.replace(outcome.summary, val_bpb=value, metrics=metrics)
+            if lie is not None:
+                return _with(outcome, ok=False, summary=None, reason=lie, reported_val_bpb=reported,
+                             measured_by="harness", false_report=True)
+            return _with(outcome, summary=summary, reported_val_bpb=reported, measured_by="harness",
+                         private_bpb=measured.get("private_bpb"))
+        finally:
+            for d in (handover, taken, run_dir / "evaluate"):
+                shutil.rmtree(d, ignore_errors=True)
+            (run_dir / HANDOVER_SCRIPT).unlink(missing_ok=True)
+
+    def _why_no_handover(self, handover: Path, seen: dict) -> str | None:
+        if seen.get("refused"):
+            return str(seen["refused"])
+        if "after_s" in seen:
+            return None
+        refused = handover / "refused.txt"
+        if refused.is_file() and not refused.is_symlink():
+            return "no model was handed over: " + refused.read_bytes()[:300].decode("utf-8", "replace").strip()
+        return "no model was handed over (train.py never called the harness's evaluate_bpb)"
+
+    def _unmeasured(self, outcome: RunOutcome, run_dir: Path, why: str) -> RunOutcome:
+        """No model to measure: the run's own word stands only for the genesis's code."""
+        try:
+            train_py = (run_dir / "train.py").read_bytes()
+        except OSError:
+            train_py = b""
+        reported = outcome.summary.val_bpb if outcome.summary else None
+        if verdict.self_report_allowed(self.spec.genesis_train_py, train_py):
+            log.info("run measured by itself: %s", why)
+            metrics = {**outcome.summary.metrics, "measured_by": "self", "unmeasured_because": why[:200]}
+            return _with(outcome, summary=dataclasses.replace(outcome.summary, metrics=metrics),
+                         reported_val_bpb=reported, measured_by="self")
+        return _with(outcome, ok=False, summary=None, reported_val_bpb=reported,
+                     reason=f"the harness cannot measure this code's model, and its own val_bpb is only a claim: {why}")
+
+    async def _evaluate(self, run_dir: Path, taken: Path, env: dict[str, str], limits: RunLimits,
+                        sandbox: SandboxSpec | None) -> dict:
+        spec = self.spec
+        eval_dir = run_dir / "evaluate"
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        eval_dir.mkdir()
+        (eval_dir / "prepare.py").write_bytes(spec.prepare_py)
+        (eval_dir / EVALUATE_SCRIPT).write_bytes(Path(__file__).with_name("evaluate.py").read_bytes())
+        eval_env = {k: v for k, v in env.items() if k != "P2P_HANDOVER"}
+        if spec.private_seed is not None:
+            eval_env["P2P_PRIVATE_SEED"] = str(spec.private_seed)
+        eval_sandbox = (dataclasses.replace(sandbox, run_dir=eval_dir, read_only=(*sandbox.read_only, taken),
+                                            read_write=()) if sandbox is not None else None)
+        eval_time = spec.eval_time_limit_s or max(EVAL_TIME_FLOOR_S, limits.time_limit_s / 4)
+        eval_limits = RunLimits(eval_time, limits.memory_limit_mb, limits.hard_address_limit)
+        log_path = run_dir / "evaluate.log"
+        argv = script_argv(spec.train_command, EVALUATE_SCRIPT, str(taken))
+        if not spec.train_command.strip():
+            argv = [sys.executable, EVALUATE_SCRIPT, str(taken)]
+        outcome = await self.runner(eval_dir, eval_env, eval_limits, log_path, command=argv, sandbox=eval_sandbox)
+        doc = _measure_line(log_path)
+        if doc is None:
+            # the evaluator ran out of time or memory on this model, or crashed: refuse the model
+            return {"error": f"the evaluation did not finish: {outcome.reason} (log: {log_path})"}
+        if "error" in doc:
+            return {"error": str(doc["error"])[:300]}
+        value = doc.get("val_bpb")
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return {"error": "the evaluation gave no value"}
+        private = doc.get("private_bpb")
+        return {"val_bpb": float(value),
+                "private_bpb": float(private) if isinstance(private, (int, float)) and math.isfinite(private) else None}

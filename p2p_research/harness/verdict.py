@@ -1,0 +1,71 @@
+"""What the node concludes from its own measurement of a run (pure).
+
+The harness's value is the number; what train.py printed is only its claim. These functions say when
+the claim is a lie, when a run's code may go without the harness's measurement, when a gain on the
+validation windows fails to carry over to the node's private split, and when a model came too late.
+"""
+
+from __future__ import annotations
+
+from p2p_research.research.constants import ConstantsError, constants_only_change
+
+# A self-report and the harness's value of the same model on the same windows agree to float
+# reordering (measured: identical to 6 decimals on CPU); bf16 on a GPU moves the third decimal.
+LIE_TOLERANCE_BPB = 0.005
+# Slack on a wall-clock budget before the hand-over: interpreter start, data, model build, export.
+HANDOVER_SLACK_S = 30.0
+HANDOVER_SLACK_FRACTION = 0.25
+
+
+def false_report(reported: float | None, measured: float) -> str | None:
+    """Why the run's printed val_bpb is a lie about its own model, or None when it agrees (or there
+    is none: a run that printed nothing claimed nothing)."""
+    if reported is None or abs(reported - measured) <= LIE_TOLERANCE_BPB:
+        return None
+    return (f"train.py reported val_bpb {reported:.6f}, but this node's harness measured its model at "
+            f"{measured:.6f}: a false report")
+
+
+def self_report_allowed(genesis_train_py: bytes, train_py: bytes) -> bool:
+    """A run may go unmeasured (its printed value taken) only if its code is the genesis's own with
+    other constant values: that code hands its model over unless the genesis itself cannot, and it
+    can patch nothing. Any other code must hand its model over to be believed."""
+    if train_py == genesis_train_py:
+        return True
+    try:
+        return constants_only_change(genesis_train_py.decode(), train_py.decode())[0]
+    except (UnicodeDecodeError, ConstantsError, RecursionError, SyntaxError, ValueError):
+        return False
+
+
+def does_not_generalise(parent_public: float | None, parent_private: float | None, public: float,
+                        private: float | None, margin: float) -> str | None:
+    """Why a gain on the public validation windows is refuted: it does not carry over to windows of
+    the node's private split (same documents' distribution, a stream no run can have read). Both
+    values of the parent come from this node's own harness on the same private windows, so the
+    comparison is paired. None when the gain carries over, or when either private value is missing."""
+    if parent_public is None or parent_private is None or private is None:
+        return None
+    gain = parent_public - public
+    private_gain = parent_private - private
+    if gain <= margin:
+        return None  # no gain claimed beyond noise: nothing to generalise
+    allowed = max(2 * margin, 0.5 * gain)
+    if gain - private_gain > allowed:
+        return (f"its gain on the validation windows ({gain:.4f} bpb) does not carry over to this node's "
+                f"private split ({private_gain:+.4f} bpb): it fits the validation data, not the task")
+    return None
+
+
+def late_handover(after_s: float | None, budget_seconds: float | None, slack_s: float | None = None) -> str | None:
+    """Why a model handed over after a wall-clock budget (plus slack) is refused: training longer than
+    the swarm's budget must win nothing. A token budget cannot be checked from outside (the run owns
+    its data loader): the run's time limit bounds it."""
+    if after_s is None or budget_seconds is None:
+        return None
+    slack = slack_s if slack_s is not None else max(HANDOVER_SLACK_S, HANDOVER_SLACK_FRACTION * budget_seconds)
+    limit = budget_seconds + slack
+    if after_s > limit:
+        return (f"the model was handed over {after_s:.0f} s after the run started, past the budget of "
+                f"{budget_seconds:g} s (+{limit - budget_seconds:.0f} s slack): it trained too long")
+    return None

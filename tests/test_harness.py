@@ -1,0 +1,272 @@
+"""The harness owns the number: hostile train.py variants through the real hand-over and evaluator.
+
+Each variant is a train.py a peer could publish. It runs exactly as a node runs it (HarnessTrainer
+around the real runner, in the sandbox the engine builds, with the node's pinned prepare.py), and the
+node must refuse it with a reason: a fabricated summary, a patched evaluation, a patched print or torch
+function, a model that looks ahead, hand-overs that are pickles, malformed, oversized, late or slow to
+evaluate, and a model that memorises the validation windows. An honest tiny model is measured, and the
+harness's value equals what it printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from p2p_research.harness import verdict
+from p2p_research.harness.measure import HarnessSpec, HarnessTrainer, script_argv
+from p2p_research.research.context import open_context
+from p2p_research.research.engine import ResearchEngine
+from p2p_research.research.init import init_home
+from p2p_research.research.proposers import BuiltinProposer
+from p2p_research.research.runner import RunLimits
+
+LIMITS = RunLimits(180, 4096, True)
+
+# A tiny causal model (a bigram: embedding -> head) trained for a few steps on the train split; the
+# variants below change one thing each.
+TINY = '''
+import os, sys, math
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import prepare
+from prepare import evaluate_bpb, load_data, print_summary, setup
+
+class Tiny(nn.Module):
+    def __init__(self, lookahead=False):
+        super().__init__()
+        self.emb = nn.Embedding(256, 32)
+        self.head = nn.Linear(32, 256)
+        self.lookahead = lookahead
+        self.max_seq_len = 64
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        if self.lookahead:  # every position sees the mean of the tokens after it
+            x = x + x.flip(1).cumsum(1).flip(1) / idx.size(1)
+        return self.head(x)
+
+def train(model, data, steps=30):
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, data.numel() - 65, (16,), generator=gen)
+        batch = data[starts[:, None] + torch.arange(65)].long()
+        loss = F.cross_entropy(model(batch[:, :-1]).reshape(-1, 256), batch[:, 1:].reshape(-1))
+        loss.backward(); opt.step(); opt.zero_grad()
+    return model
+
+def report(value):
+    print_summary(val_bpb=value, training_seconds=1.0, num_params=1, num_steps=30, tokens=30 * 16 * 64, device="cpu")
+
+device, seed = setup()
+train_data, _ = load_data("cpu")
+'''
+
+# A k-gram lookup model built from a byte string: causal (position t sees tokens <= t), and it
+# memorises whatever text it is built from. Built from the train split it generalises; built from
+# the validation split it is a near-perfect copy of the validation windows and nothing more.
+KGRAM = '''
+class KGram(nn.Module):
+    def __init__(self, text, k=6, buckets=1 << 16):
+        super().__init__()
+        self.k, self.buckets, self.max_seq_len = k, buckets, 256
+        data = torch.tensor(list(text), dtype=torch.long)
+        counts = torch.full((buckets, 256), 0.05)
+        h = self.hashes(data[None, :-1])[0]
+        counts.index_put_((h, data[1:]), torch.ones(h.numel()), accumulate=True)
+        self.register_buffer("table", (counts / counts.sum(1, keepdim=True)).log())
+
+    def hashes(self, idx):
+        h = torch.zeros_like(idx)
+        for j in range(self.k):
+            shifted = F.pad(idx, (j, 0))[:, : idx.size(1)]
+            h = (h * 257 + shifted + 1) % 1000003
+        return h % self.buckets
+
+    def forward(self, idx):
+        return F.embedding(self.hashes(idx), self.table)
+'''
+
+VARIANTS: dict[str, tuple[str, str]] = {
+    # name: (train.py body after TINY, what the refusal must say)
+    "prints a fabricated summary without training": (
+        "report(0.20)\n", "cannot measure this code's model"),
+    "replaces the harness's evaluate_bpb": (
+        "prepare.evaluate_bpb = lambda *a, **k: 0.30\n"
+        "report(prepare.evaluate_bpb(train(Tiny(), train_data)))\n", "cannot measure this code's model"),
+    "patches builtins.print to rewrite the summary": (
+        "import builtins\n_print = builtins.print\n"
+        "def lying(*a, **k):\n"
+        "    if a and isinstance(a[0], str) and a[0].startswith('val_bpb:'): a = ('val_bpb:          0.250000',)\n"
+        "    _print(*a, **k)\n"
+        "builtins.print = lying\n"
+        "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n", "a false report"),
+    "patches torch's cross_entropy during the evaluation": (
+        "model = train(Tiny(), train_data)\n"
+        "F.cross_entropy = lambda *a, **k: torch.tensor(0.01)\n"
+        "report(evaluate_bpb(model, 'cpu', max_seq_len=64))\n", "a false report"),
+    "looks ahead (non-causal)": (
+        "report(evaluate_bpb(train(Tiny(lookahead=True), train_data), 'cpu', max_seq_len=64))\n", "looks ahead"),
+    "hands over a pickle of objects": (
+        "import json, pickle\nout = os.environ['P2P_HANDOVER']\n"
+        "class Boom:\n"
+        "    def __reduce__(self): return (os.system, ('touch ' + {marker!r},))\n"
+        "open(out + '/program.json', 'wb').write(b'{{}}')\n"
+        "torch.save({{}}, out + '/constants.pt')\n"
+        "open(out + '/state_dict.pt', 'wb').write(pickle.dumps({{'w': Boom()}}))\n"
+        "json.dump({{'input_shape': [32, 64], 'args': ['cpu'], 'kwargs': {{'max_seq_len': 64}}}}, open(out + '/meta.json', 'w'))\n"
+        "report(0.20)\n", "not a plain file of tensors"),
+    "hands over a malformed program": (
+        "import json\nout = os.environ['P2P_HANDOVER']\n"
+        "open(out + '/program.json', 'wb').write(b'{{\"not\": \"a program\"')\n"
+        "torch.save({{}}, out + '/constants.pt'); torch.save({{}}, out + '/state_dict.pt')\n"
+        "json.dump({{'input_shape': [32, 64], 'args': ['cpu'], 'kwargs': {{}}}}, open(out + '/meta.json', 'w'))\n"
+        "report(0.20)\n", "does not load"),
+    "exits after writing only a fake meta.json": (
+        "import json\nout = os.environ['P2P_HANDOVER']\n"
+        "json.dump({{'input_shape': [32, 64]}}, open(out + '/meta.json', 'w'))\n"
+        "report(0.20)\n", "lacks program.json"),
+    "hands over an oversized folder": (
+        "open(os.environ['P2P_HANDOVER'] + '/ballast.bin', 'wb').write(b'0' * (3 << 20))\n"
+        "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n", "MiB (at most 2 MiB)"),
+}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """A node home with the default target; its engine builds the sandbox spec runs get."""
+    home = init_home(tmp_path_factory.mktemp("harness") / "node")
+    ctx = open_context(home, home.load_config())
+    engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
+    yield home, ctx, engine
+    ctx.ledger.close()
+
+
+def _trainer(ctx, engine, **changes) -> HarnessTrainer:
+    base = engine._harness_trainer().spec
+    return HarnessTrainer(dataclasses.replace(base, **changes))
+
+
+async def _run(node, tmp_path: Path, body: str, **changes):
+    home, ctx, engine = node
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    genesis = ctx.workspace.files_of(ctx.workspace.genesis)
+    (run_dir / "prepare.py").write_bytes(genesis["prepare.py"])
+    (run_dir / "train.py").write_text(TINY + KGRAM + body)
+    await engine.prepare_data()
+    env = engine.run_env(0)
+    trainer = _trainer(ctx, engine, **changes)
+    return await trainer(run_dir, env, LIMITS, run_dir / "run.log", sandbox=engine.sandbox_spec(run_dir))
+
+
+async def test_an_honest_tiny_model_is_measured_by_the_harness_and_agrees_with_its_report(node, tmp_path):
+    o = await _run(node, tmp_path, "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n")
+    assert o.ok, o.reason
+    assert o.measured_by == "harness" and o.summary.metrics["measured_by"] == "harness"
+    assert abs(o.summary.val_bpb - o.reported_val_bpb) < 1e-4
+    assert o.private_bpb is not None and abs(o.private_bpb - o.summary.val_bpb) < 0.5
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+async def test_a_hostile_train_py_is_refused_with_the_reason(node, tmp_path, name):
+    marker = tmp_path / "unpickled"
+    body, expected = VARIANTS[name]
+    o = await _run(node, tmp_path, body.format(marker=str(marker)), max_handover_mb=2)
+    assert not o.ok and o.summary is None, f"{name}: accepted at {o.summary and o.summary.val_bpb}"
+    assert expected in o.reason, f"{name}: {o.reason}"
+    assert not marker.exists()  # nothing of the run's was unpickled by the node
+
+
+async def test_a_pickle_hand_over_is_never_unpickled_even_without_a_sandbox(node, tmp_path):
+    """The sandbox would contain a pickle's payload; the evaluator must not need it to."""
+    home, ctx, engine = node
+    marker = tmp_path / "unpickled"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "prepare.py").write_bytes(ctx.workspace.files_of(ctx.workspace.genesis)["prepare.py"])
+    body, _ = VARIANTS["hands over a pickle of objects"]
+    (run_dir / "train.py").write_text(TINY + body.format(marker=str(marker)))
+    await engine.prepare_data()
+    o = await _trainer(ctx, engine)(run_dir, engine.run_env(0), LIMITS, run_dir / "run.log", sandbox=None)
+    assert not o.ok and "not a plain file of tensors" in o.reason, o.reason
+    assert not marker.exists()
+
+
+async def test_a_model_handed_over_after_the_budget_is_refused(node, tmp_path):
+    o = await _run(node, tmp_path, "import time\ntime.sleep(2.5)\n"
+                   "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n",
+                   budget_seconds=0.5, handover_slack_s=1.0)
+    assert not o.ok and "past the budget" in o.reason, o.reason
+
+
+async def test_a_model_slow_to_evaluate_is_refused_within_the_evaluator_s_limit(node, tmp_path):
+    """The run hands over a model that is cheap to export but far too slow to evaluate, then claims."""
+    body = textwrap.dedent('''
+        import p2p_handover
+        class Slow(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(256, 2048)
+                self.w = nn.Parameter(torch.randn(2048, 2048) / 50)
+                self.head = nn.Linear(2048, 256)
+            def forward(self, idx):
+                x = self.emb(idx)
+                for _ in range(400):
+                    x = torch.tanh(x @ self.w)
+                return self.head(x)
+        p2p_handover.OUT = os.environ['P2P_HANDOVER']
+        p2p_handover._export(Slow().eval(), torch.zeros(32, 256, dtype=torch.long), ('cpu',), {})
+        report(0.20)
+    ''')
+    o = await _run(node, tmp_path, body, eval_time_limit_s=8)
+    assert not o.ok and "did not finish" in o.reason and "time limit" in o.reason, o.reason
+
+
+async def test_a_model_that_memorises_the_validation_windows_does_not_generalise(node, tmp_path):
+    """Both k-gram models are causal, honest about their numbers and call the harness's own evaluation;
+    the one built from the validation split scores far better there, and not on the private split."""
+    home, ctx, engine = node
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    honest = await _run(node, tmp_path / "a", "train_bytes, _ = prepare.split_bytes()\n"
+                        "report(evaluate_bpb(KGram(train_bytes[-300_000:]), 'cpu', max_seq_len=256))\n")
+    cheat = await _run(node, tmp_path / "b", "_, val_bytes = prepare.split_bytes()\n"
+                       "report(evaluate_bpb(KGram(val_bytes), 'cpu', max_seq_len=256))\n")
+    assert honest.ok and cheat.ok, (honest.reason, cheat.reason)
+    assert cheat.summary.val_bpb < honest.summary.val_bpb - 0.3  # the lie works on the public windows
+    why = verdict.does_not_generalise(honest.summary.val_bpb, honest.private_bpb, cheat.summary.val_bpb,
+                                      cheat.private_bpb, margin=0.01)
+    assert why is not None and "does not carry over" in why
+    # an honest gain carries over: the same model built from more training text
+    assert verdict.does_not_generalise(honest.summary.val_bpb + 0.2, honest.private_bpb + 0.2,
+                                       honest.summary.val_bpb, honest.private_bpb, 0.01) is None
+
+
+def test_verdicts():
+    assert verdict.false_report(None, 3.0) is None
+    assert verdict.false_report(3.001, 3.0) is None
+    assert "false report" in verdict.false_report(0.3, 3.0)
+    assert verdict.late_handover(None, 300) is None and verdict.late_handover(500, None) is None
+    assert verdict.late_handover(320, 300) is None and "past the budget" in verdict.late_handover(400, 300)
+    assert verdict.does_not_generalise(None, 1.0, 0.5, 0.5, 0.01) is None
+    assert verdict.does_not_generalise(1.0, 1.0, 0.995, 1.2, 0.01) is None  # no gain beyond the margin
+    assert verdict.does_not_generalise(1.0, 1.1, 0.9, 1.02, 0.01) is None   # 0.1 public, 0.08 private
+    assert verdict.does_not_generalise(1.0, 1.1, 0.9, 1.1, 0.01) is not None
+    genesis = b"LR = 0.1\nprint(LR)\n"
+    assert verdict.self_report_allowed(genesis, genesis)
+    assert verdict.self_report_allowed(genesis, b"LR = 0.2\nprint(LR)\n")
+    assert not verdict.self_report_allowed(genesis, b"LR = 0.2\nprint('val_bpb: 0.1')\n")
+    assert not verdict.self_report_allowed(genesis, b"\xff")
+
+
+def test_the_hand_over_and_the_evaluator_use_the_target_s_interpreter():
+    assert script_argv("", "p2p_evaluate.py", "/h")[1:] == ["p2p_evaluate.py", "/h"]
+    assert script_argv("uv run train.py", "p2p_handover.py", "train.py") == ["uv", "run", "p2p_handover.py", "train.py"]
+    assert script_argv("/v/bin/python", "p2p_evaluate.py", "/h") == ["/v/bin/python", "p2p_evaluate.py", "/h"]
+
