@@ -131,6 +131,33 @@ VARIANTS: dict[str, tuple[str, str]] = {
         "import json\nout = os.environ['P2P_HANDOVER']\n"
         "json.dump({{'input_shape': [32, 64]}}, open(out + '/meta.json', 'w'))\n"
         "report(0.20)\n", "lacks program.json"),
+    "hides code in the program's symbolic shapes and guards": (
+        "import json, p2p_handover\np2p_handover.OUT = out = os.environ['P2P_HANDOVER']\n"
+        "p2p_handover._export(train(Tiny(), train_data).eval(), torch.zeros(32, 64, dtype=torch.long), ('cpu',), {{'max_seq_len': 64}})\n"
+        "doc = json.load(open(out + '/program.json'))\n"
+        "doc['range_constraints'] = {{'s0': {{'min_val': 1, 'max_val': \"__import__('os').system('touch {marker}')\"}}}}\n"
+        "doc['guards_code'] = [\"__import__('os').system('touch {marker}')\"]\n"
+        "json.dump(doc, open(out + '/program.json', 'w'))\n"
+        "report(0.20)\n", "only static shapes are measured"),
+    "zeroes its input in place (the harness's targets share its memory)": (
+        "import p2p_handover\np2p_handover.OUT = os.environ['P2P_HANDOVER']\n"
+        "class Zero(Tiny):\n"
+        "    def forward(self, idx):\n"
+        "        idx.zero_()\n"
+        "        return super().forward(idx)\n"
+        "p2p_handover._export(Zero().eval(), torch.zeros(32, 64, dtype=torch.long), ('cpu',), {{'max_seq_len': 64}})\n"
+        "report(0.20)\n", "aten::zero_"),
+    "counts its calls in a buffer to pass the probe": (
+        "import p2p_handover\np2p_handover.OUT = os.environ['P2P_HANDOVER']\n"
+        "class Counter(Tiny):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(lookahead=True)\n"
+        "        self.register_buffer('calls', torch.zeros(()))\n"
+        "    def forward(self, idx):\n"
+        "        self.calls.add_(1)\n"
+        "        return super().forward(idx) * (self.calls > 5)\n"
+        "p2p_handover._export(Counter().eval(), torch.zeros(32, 64, dtype=torch.long), ('cpu',), {{'max_seq_len': 64}})\n"
+        "report(0.20)\n", "aten::add_, which the evaluator does not run"),
     "hands over an oversized folder": (
         "open(os.environ['P2P_HANDOVER'] + '/ballast.bin', 'wb').write(b'0' * (3 << 20))\n"
         "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n", "MiB (at most 2 MiB)"),

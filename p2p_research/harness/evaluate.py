@@ -5,14 +5,16 @@ file and the node's pinned prepare.py (from the swarm's genesis, never the run's
 of the run but the hand-over folder, read-only. No code of train.py runs here:
 
 - the weights are read with `torch.load(weights_only=True)` (tensors only; a pickle of objects is
-  refused) and handed, as dicts, to torch's ExportedProgram deserializer with the graph (JSON);
-  `torch.export.load` is never used (it falls back to unpickling);
-- the graph may only call ATen operations (and tuple indexing); operations that read files, print,
-  draw random numbers or run subgraphs are refused by name;
+  refused); `torch.export.load` is never used (it falls back to unpickling);
+- the graph (the exported program's JSON) is read as data and run by `Program`, an interpreter of
+  allowed, non-mutating ATen operations; torch's deserializer never sees it (it evaluates symbolic
+  shapes with sympy, executes guard code and generates Python from names in the document). The graph
+  is a pure function of the token tensor: no state between calls, no writes to its input (a copy);
 - logits come from the graph, the log-softmax from here: a model cannot hand back unnormalised scores
   that look like probabilities;
-- a perturbation probe: on random positions t, changing every token after t must leave the logits at
-  positions <= t unchanged; a model that looks ahead is refused;
+- a perturbation probe while scoring: on the first harness call and a random share of the others,
+  the tokens after a random position t are replaced by another window's tail, and the logits at
+  positions <= t must not move; a model that looks ahead is refused;
 - the value is the pinned harness's own `evaluate_bpb`, called with an adapter around the graph;
 - with P2P_PRIVATE_SEED (the node's secret), also the value on windows of a corpus the same harness
   generates from that seed: a split the run could not have seen (see harness/verdict.py).
@@ -30,21 +32,29 @@ import sys
 import time
 
 MAX_DIM = 1 << 16
-PROBE_POSITIONS = 4
-PROBE_TOLERANCE = 1e-4  # relative to the logits' scale; float reordering stays far below it
+MAX_NODES = 100_000
+PROBE_FIRST = True          # every evaluation probes its first call, and each later one with PROBE_CHANCE
+PROBE_CHANCE = 0.3
+PROBE_TOLERANCE = 1e-4      # relative to the logits' scale; float reordering stays far below it
 PRIVATE_CORPUS_BYTES = 700_000  # its val split holds about EVAL_WINDOWS windows without overlap
-ALLOWED_BUILTINS = {"getitem"}  # operator.getitem: indexing a tuple of outputs
-REFUSED_OPS = {
-    # reading files or printing: the evaluator's data are readable here
-    "from_file", "_print", "print", "save", "load", "_nested_from_padded",
-    # randomness: a measurement must be repeatable
-    "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "bernoulli",
-    "bernoulli_", "normal", "normal_", "multinomial", "uniform_", "exponential_", "geometric_",
-    "cauchy_", "log_normal_", "random_", "poisson", "rrelu", "rrelu_with_noise", "native_dropout",
-    "fused_dropout", "_fused_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
-    # data-dependent shapes and host synchronisation the probe cannot bound
-    "_local_scalar_dense", "item", "nonzero", "unique", "_unique2",
-}
+NAME = r"[A-Za-z_][A-Za-z0-9_]{0,200}"
+TARGET = r"torch\.ops\.aten\.([a-z0-9_]+)\.([A-Za-z0-9_]+)"
+# Pure operations a language model is made of. Anything else is refused by name: reading files,
+# printing, randomness, uninitialised memory, raw strides, in-place writes, custom and higher-order ops.
+ALLOWED_OPS = frozenset("""
+    _assert_tensor_metadata _log_softmax _softmax _to_copy _unsafe_view abs add addmm alias all amax amin
+    any arange argmax argmin baddbmm bitwise_and bitwise_not bitwise_or bitwise_xor bmm cat ceil chunk clamp
+    clamp_max clamp_min clone constant_pad_nd contiguous copy cos cosh cumsum detach div dropout einsum
+    elu embedding eq erf exp expand expand_as expm1 flatten flip floor floor_divide fmod full full_like gather
+    ge gelu glu gt hardtanh index index_select isfinite isinf isnan layer_norm le leaky_relu lerp lift_fresh_copy
+    linalg_vector_norm linear log log1p log2 log_softmax logical_and logical_not logical_or logsumexp lt
+    masked_fill matmul max maximum mean min minimum mm mul narrow native_layer_norm ne neg new_full new_ones
+    new_zeros norm ones ones_like outer pad permute pow prod reciprocal relu remainder repeat repeat_interleave
+    reshape rms_norm roll rsqrt rsub scalar_tensor scaled_dot_product_attention
+    _scaled_dot_product_flash_attention_for_cpu select sigmoid sign silu sin sinh slice softmax softplus split
+    split_with_sizes sqrt square squeeze stack std sub sum t tanh topk transpose tril triu type_as unbind
+    unflatten unsqueeze var view where zeros zeros_like
+""".split())
 
 
 class Refused(Exception):
@@ -55,48 +65,161 @@ def _emit(doc):
     print("P2P-MEASURE " + json.dumps(doc), flush=True)
 
 
+def _first_line(e):
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
 def _load_tensors(path, torch):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
-        raise Refused(f"{os.path.basename(path)} is not a plain file of tensors: {type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        raise Refused(f"{os.path.basename(path)} is not a plain file of tensors: {_first_line(e)}") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise Refused(f"{os.path.basename(path)} holds something other than named tensors")
     return obj
 
 
-def _check_ops(ep):
-    """Only ATen operations outside REFUSED_OPS, and tuple indexing; no subgraphs, no custom ops."""
-    import operator
+class Program:
+    """The handed-over graph, read as data and run by this interpreter: torch's own deserializer is
+    never given the run's JSON (it evaluates symbolic shapes with sympy, executes guard code and
+    generates Python from names). Each node calls one allowed, non-mutating ATen overload on values
+    of the kinds below; the inputs are the weights (by name) and one token tensor; the output is one
+    tensor. The graph is a pure function: it cannot keep state between calls or write to its input."""
 
-    import torch
+    def __init__(self, doc, state, constants, torch):
+        import re
 
-    for node in ep.graph_module.graph.nodes:
-        if node.op == "get_attr":
-            value = getattr(ep.graph_module, str(node.target), None)
-            if isinstance(value, torch.fx.GraphModule):
-                raise Refused(f"the graph holds a subgraph ({node.target}): control flow is not measured")
-        if node.op != "call_function":
-            continue
-        target = node.target
-        if target is operator.getitem:
-            continue
-        if not isinstance(target, torch._ops.OpOverload):
-            raise Refused(f"the graph calls {getattr(target, '__name__', type(target).__name__)[:80]}, not an ATen operation")
-        namespace = target.namespace
-        name = target._schema.name.split("::")[-1]
-        if namespace != "aten":
-            raise Refused(f"the graph calls {namespace}::{name}: only ATen operations are measured")
-        if name in REFUSED_OPS or name.rstrip("_") in REFUSED_OPS:
-            raise Refused(f"the graph calls aten::{name}, which the evaluator does not run")
-        if name == "dropout" and len(node.args) > 2 and node.args[2]:
-            raise Refused("the graph runs dropout in training mode: a measurement must be repeatable")
+        self.torch = torch
+        from torch._export.serde import serialize as serde
+
+        self.dtypes = serde._SERIALIZE_TO_TORCH_DTYPE
+        self.layouts = serde._SERIALIZE_TO_TORCH_LAYOUT
+        self.formats = serde._SERIALIZE_TO_TORCH_MEMORY_FORMAT
+        if not isinstance(doc, dict) or not isinstance(doc.get("graph_module"), dict):
+            raise Refused("program.json is not an exported program")
+        if doc.get("range_constraints") or doc.get("guards_code"):
+            raise Refused("the exported program has symbolic shapes or guards; only static shapes are measured")
+        gm = doc["graph_module"]
+        graph, signature = gm.get("graph") or {}, gm.get("signature") or {}
+        for key in ("sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values"):
+            if graph.get(key):
+                raise Refused(f"the graph holds {key}: only tensors and constants are measured")
+        self.inputs = []  # (name, tensor or None for the tokens)
+        user = 0
+        for spec in signature.get("input_specs") or []:
+            (kind, body), = spec.items() if isinstance(spec, dict) and len(spec) == 1 else (("?", None),)
+            if kind == "user_input":
+                self.inputs.append((self._name(body["arg"]["as_tensor"]["name"]), None))
+                user += 1
+            elif kind == "parameter":
+                self.inputs.append((self._name(body["arg"]["name"]), self._weight(state, body["parameter_name"])))
+            elif kind == "buffer":
+                source = state if body.get("persistent") else constants
+                self.inputs.append((self._name(body["arg"]["name"]), self._weight(source, body["buffer_name"])))
+            elif kind == "tensor_constant":
+                self.inputs.append((self._name(body["arg"]["name"]), self._weight(constants, body["tensor_constant_name"])))
+            else:
+                raise Refused(f"the graph takes a {kind[:40]} input: only weights and one token tensor are measured")
+        if user != 1:
+            raise Refused(f"the graph takes {user} token inputs, not one")
+        outputs = signature.get("output_specs") or []
+        if len(outputs) != 1 or "user_output" not in outputs[0]:
+            kinds = [next(iter(o), "?") for o in outputs if isinstance(o, dict)]
+            raise Refused(f"the graph's outputs are {kinds[:4]}: it must return logits and change nothing "
+                          "(no mutated buffers or inputs)")
+        self.output = self._name(outputs[0]["user_output"]["arg"]["as_tensor"]["name"])
+        nodes = graph.get("nodes") or []
+        if len(nodes) > MAX_NODES:
+            raise Refused(f"the graph has {len(nodes)} nodes (at most {MAX_NODES})")
+        self.nodes = []
+        for node in nodes:
+            m = re.fullmatch(TARGET, str(node.get("target", ""))[:300])
+            if m is None:
+                raise Refused(f"the graph calls {str(node.get('target'))[:80]}, not an ATen operation")
+            name, overload = m.groups()
+            if name not in ALLOWED_OPS:
+                raise Refused(f"the graph calls aten::{name}, which the evaluator does not run")
+            packet = getattr(torch.ops.aten, name, None)
+            if packet is None or overload not in packet.overloads():
+                raise Refused(f"aten::{name}.{overload} does not exist here")
+            op = getattr(packet, overload)
+            if op._schema.is_mutable:
+                raise Refused(f"the graph calls aten::{name}.{overload}, which writes to its inputs")
+            if name == "dropout" and any(i.get("name") == "train" and i.get("arg") != {"as_bool": False}
+                                         for i in node.get("inputs") or []):
+                raise Refused("the graph runs dropout in training mode: a measurement must be repeatable")
+            self.nodes.append((op, node.get("inputs") or [], node.get("outputs") or []))
+
+    def _name(self, value):
+        import re
+
+        if not isinstance(value, str) or re.fullmatch(NAME, value) is None:
+            raise Refused(f"the graph names a value {str(value)[:40]!r}")
+        return value
+
+    def _weight(self, source, key):
+        if key not in source:
+            raise Refused(f"the hand-over lacks the weight {str(key)[:80]}")
+        return source[key]
+
+    def _arg(self, arg, env):
+        (kind, v), = arg.items() if isinstance(arg, dict) and len(arg) == 1 else (("?", None),)
+        if kind == "as_none":
+            return None
+        if kind == "as_tensor":
+            return env[self._name(v["name"])]
+        if kind == "as_tensors":
+            return [env[self._name(t["name"])] for t in v]
+        if kind == "as_optional_tensors":
+            return [None if "as_none" in t else env[self._name(t["as_tensor"]["name"])] for t in v]
+        if kind in ("as_int", "as_float", "as_bool", "as_string"):
+            want = {"as_int": int, "as_float": (int, float), "as_bool": bool, "as_string": str}[kind]
+            if not isinstance(v, want):
+                raise Refused(f"a {kind} argument holds {type(v).__name__}")
+            return v
+        if kind in ("as_ints", "as_floats", "as_bools"):
+            if not isinstance(v, list) or len(v) > 64:
+                raise Refused(f"a {kind} argument is not a short list")
+            return list(v)
+        if kind == "as_scalar_type":
+            return self.dtypes[v]
+        if kind == "as_layout":
+            return self.layouts[v]
+        if kind == "as_memory_format":
+            return self.formats[v]
+        if kind == "as_device":
+            return self.torch.device("cpu")
+        raise Refused(f"the graph passes an argument of kind {kind[:40]}")
+
+    def __call__(self, x):
+        env = {}
+        for name, tensor in self.inputs:
+            env[name] = x.clone() if tensor is None else tensor  # a copy: the harness's targets share x's memory
+        for op, inputs, outputs in self.nodes:
+            args, kwargs = [], {}
+            for i in inputs:
+                value = self._arg(i.get("arg"), env)
+                if i.get("kind") == 2:
+                    kwargs[str(i.get("name"))] = value
+                else:
+                    args.append(value)
+            result = op(*args, **kwargs)
+            if len(outputs) == 1 and "as_tensor" in outputs[0]:
+                env[self._name(outputs[0]["as_tensor"]["name"])] = result
+            elif len(outputs) == 1 and "as_tensors" in outputs[0]:
+                for t, r in zip(outputs[0]["as_tensors"], result, strict=True):
+                    env[self._name(t["name"])] = r
+            elif outputs and not all("as_none" in o for o in outputs):
+                if len(outputs) != len(result):
+                    raise Refused("a node's outputs do not match its operation")
+                for o, r in zip(outputs, result, strict=True):
+                    if "as_tensor" in o:
+                        env[self._name(o["as_tensor"]["name"])] = r
+        return env[self.output]
 
 
 def _load_program(folder, torch):
-    from torch._export.serde.serialize import SerializedArtifact, deserialize
-
     with open(os.path.join(folder, "meta.json"), "rb") as f:
         meta = json.loads(f.read(64 * 1024))
     shape = meta.get("input_shape")
@@ -104,40 +227,42 @@ def _load_program(folder, torch):
         raise Refused(f"the model's input shape {str(shape)[:60]} is not (batch, time)")
     state = _load_tensors(os.path.join(folder, "state_dict.pt"), torch)
     constants = _load_tensors(os.path.join(folder, "constants.pt"), torch)
-    with open(os.path.join(folder, "program.json"), "rb") as f:
-        program = f.read()
-    example = torch.zeros(shape, dtype=torch.long)
     try:
-        ep = deserialize(SerializedArtifact(program, state, constants, ((example,), {})))
-    except Exception as e:
-        raise Refused(f"the exported program does not load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    _check_ops(ep)
-    try:
-        module = ep.module()
-    except Exception as e:
-        raise Refused(f"the exported program does not build: {type(e).__name__}: {str(e)[:200]}") from None
-    return module, meta, shape
+        with open(os.path.join(folder, "program.json"), "rb") as f:
+            doc = json.loads(f.read())
+        program = Program(doc, state, constants, torch)
+    except Refused:
+        raise
+    except Exception as e:  # a malformed document: KeyError, TypeError, ValueError, ...
+        raise Refused(f"the exported program does not load: {_first_line(e)}") from None
+    return program, meta, shape
 
 
 class _Logits:
-    """Calls the graph and checks what comes back: finite logits of shape (batch, time, vocab)."""
+    """Calls the graph and checks what comes back: finite logits of shape (batch, time, vocab). It
+    also probes causality while scoring: on the first call and on a random share of the others it runs
+    the same windows again with every token after a random position t replaced by another window's
+    tail, and the logits up to t must not move. The graph is a pure function of its input, so it
+    cannot tell a probe from a scored call, nor count calls."""
 
-    def __init__(self, module, torch):
+    def __init__(self, module, torch, seed):
         self.module = module
         self.torch = torch
         self.vocab = None
+        self.calls = 0
+        self.probes = 0
+        self.gen = torch.Generator().manual_seed(seed)
 
-    def __call__(self, x):
+    def _run(self, x):
+        torch = self.torch
         try:
             out = self.module(x)
         except Refused:
             raise
         except Exception as e:  # the graph's own failure (a shape it was not exported for, ...)
-            raise Refused(f"the model fails on an input of {tuple(x.shape)}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
+            raise Refused(f"the model fails on an input of {tuple(x.shape)}: {_first_line(e)}") from None
         if isinstance(out, (tuple, list)):
             out = out[0] if out else None
-        torch = self.torch
         if not isinstance(out, torch.Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != tuple(x.shape):
             raise Refused(f"the model returns {getattr(out, 'shape', type(out).__name__)} for an input of "
                           f"{tuple(x.shape)}, not logits of (batch, time, vocab)")
@@ -148,6 +273,28 @@ class _Logits:
         out = out.float()
         if not bool(torch.isfinite(out).all()):
             raise Refused("the model returns logits that are not finite")
+        return out
+
+    def __call__(self, x):
+        torch = self.torch
+        out = self._run(x)
+        self.calls += 1
+        seq = x.size(1)
+        probe = seq >= 2 and ((PROBE_FIRST and self.calls == 1)
+                              or float(torch.rand((), generator=self.gen)) < PROBE_CHANCE)
+        if probe:
+            self.probes += 1
+            t = int(torch.randint(0, seq - 1, (), generator=self.gen))
+            other = x.roll(1, dims=0) if x.size(0) > 1 else torch.randint(0, int(x.max()) + 1, x.shape, generator=self.gen)
+            spliced = x.clone()
+            spliced[:, t + 1:] = other[:, t + 1:]
+            if x.size(0) == 1 or bool((spliced[:, t + 1:] != x[:, t + 1:]).any()):
+                after = self._run(spliced)
+                scale = float(out[:, : t + 1].abs().max()) + 1.0
+                diff = float((after[:, : t + 1] - out[:, : t + 1]).abs().max())
+                if diff > PROBE_TOLERANCE * scale:
+                    raise Refused(f"the model looks ahead: its prediction at position {t} changed by {diff:.3g} "
+                                  f"when only later tokens changed")
         return out
 
 
@@ -168,36 +315,6 @@ def _adapter(logits, seq_len, torch):
             return F.nll_loss(logp.view(-1, logp.size(-1)), y.reshape(-1), ignore_index=-1, reduction=reduction)
 
     return Adapter()
-
-
-def _probe_causality(logits, shape, torch):
-    """The prediction at t must not depend on tokens after t, at PROBE_POSITIONS random positions."""
-    seq = shape[1]
-    if seq < 2:
-        return
-    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-    batch = min(shape[0], 2)
-    x = torch.randint(0, 256, (batch, seq), generator=gen)
-    try:
-        base = logits(x)
-    except Refused:  # exported for one batch size only
-        batch = shape[0]
-        x = torch.randint(0, 256, (batch, seq), generator=gen)
-        base = logits(x)
-    vocab = base.size(-1)
-    if vocab > 256:  # a larger vocabulary: draw from all of it
-        x = torch.randint(0, vocab, (batch, seq), generator=gen)
-        base = logits(x)
-    scale = float(base.abs().max()) + 1.0
-    for _ in range(PROBE_POSITIONS):
-        t = int(torch.randint(0, seq - 1, (1,), generator=gen))
-        y = x.clone()
-        y[:, t + 1:] = torch.randint(0, vocab, (batch, seq - t - 1), generator=gen)
-        after = logits(y)
-        diff = float((after[:, : t + 1] - base[:, : t + 1]).abs().max())
-        if diff > PROBE_TOLERANCE * scale:
-            raise Refused(f"the model looks ahead: its prediction at position {t} changed by {diff:.3g} "
-                          f"when only later tokens changed")
 
 
 def _harness_call(prepare, adapter, meta, device):
@@ -271,9 +388,8 @@ def main():
     torch.manual_seed(0)
     try:
         module, meta, shape = _load_program(folder, torch)
-        logits = _Logits(module, torch)
+        logits = _Logits(module, torch, int.from_bytes(os.urandom(8), "little"))
         with torch.no_grad():
-            _probe_causality(logits, shape, torch)
             seq = shape[1]
             adapter = _adapter(logits, seq, torch)
             value = float(_harness_call(prepare, adapter, meta, device))
@@ -284,7 +400,7 @@ def main():
     except Refused as e:
         _emit({"error": str(e)})
         return
-    _emit({"val_bpb": value, "private_bpb": private, "input_shape": shape,
+    _emit({"val_bpb": value, "private_bpb": private, "input_shape": shape, "probes": logits.probes,
            "handed_over_after_s": meta.get("handed_over_after_s"), "seconds": time.monotonic() - started})
 
 
