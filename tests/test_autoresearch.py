@@ -269,17 +269,17 @@ def test_hardware_class_names_the_accelerator():
 
 
 @pytest.mark.slow
-def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
-    """A's agent edits code; B (sandbox on, trust policy `sandboxed`) re-runs it in the sandbox, its
-    harness measures the handed-over model, confirms it and adopts it; C (sandbox forced off)
-    rejects it as code and says why."""
+def test_a_peer_s_code_edit_to_autoresearch_stays_constants_only(tmp_path):
+    """A's agent edits code; B (sandbox on, trust policy `sandboxed`) measures every run with its
+    harness, but autoresearch's data has no split a run cannot read (a peer's model could fit the
+    validation windows unnoticed), so B holds peers' code to constants and says why; C (sandbox
+    forced off) rejects it as code too. The code edit travels where the harness has a private split:
+    tests/test_harness_daemons.py."""
     from p2p_research.research.sandbox import detect
 
     if not detect().available:
         pytest.skip(f"no sandbox here: {detect().reason}")
     folder = autoresearch_folder(tmp_path / "autoresearch")
-    # three wall-clock runs at once on 2 cores get far fewer steps than one alone (measured: A's 1.91
-    # re-ran as 0.98 on B): the tolerance here is about that load, the test about where code may run
     a_home = init_node(tmp_path, "a", folder, tolerance=1.5, proposer="command",
                        proposer_command=f"bash {ADAPTERS / 'claude_code.sh'}")
     b_home = init_node(tmp_path, "b", folder, tolerance=1.5)
@@ -295,22 +295,18 @@ def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
         c = Daemon(c_home, "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
         daemons += [b, c]
         b_status = b.json("status")
-        assert b_status["trust_policy"] == "sandboxed" and b_status["peers_code"].startswith("any change"), b_status
+        assert b_status["trust_policy"] == "sandboxed" and b_status["peers_code"].startswith("constants only")
         c_status = c.json("status")
         assert c_status["trust_policy"] == "constants" and "turned off" in c_status["sandbox"]
-        wait_for(lambda: any(step["found_by"] == a.peer_id for step in b.json("status")["baseline"]["lineage"]),
-                 240, 1.0, what="B adopts A's code edit")
+        for node in (b, c):
+            wait_for(lambda node=node: node.json("status")["swarm_stats"]["trust_rejected"] >= 1, 240,
+                     what="the code edit is held to constants")
         kept = [e for e in a.json("experiments") if e["kind"] == "experiment" and e["status"] == "kept"]
         exp = kept[0]["id"]
-        shown = b.json("show", exp[:12])
-        assert "matrix_lr=MATRIX_LR * 10" in shown["diff"]
-        local = [r for r in shown["runs"] if r["origin"] == "local" and r["kind"] == "verification"]
-        assert local and local[0]["status"] == "confirmed", shown["runs"]
-        assert local[0]["metrics"]["measured_by"] == "harness", local[0]
-        wait_for(lambda: c.json("status")["swarm_stats"]["trust_rejected"] >= 1, 60, what="C rejects it")
-        peer_run = [r for r in c.json("show", exp[:12])["runs"] if r["origin"] == "peer"][0]
-        assert "rejected by trust policy" in peer_run["reason"] and "changes code" in peer_run["reason"]
-        assert all(step["found_by"] != a.peer_id for step in c.json("status")["baseline"]["lineage"])
+        for node in (b, c):
+            peer_run = [r for r in node.json("show", exp[:12])["runs"] if r["origin"] == "peer"][0]
+            assert "rejected by trust policy" in peer_run["reason"] and "changes code" in peer_run["reason"]
+            assert all(step["found_by"] != a.peer_id for step in node.json("status")["baseline"]["lineage"])
     finally:
         for d in daemons:
             d.stop()

@@ -1,4 +1,9 @@
-"""A hostile peer publishes lying train.py code to a real daemon that trains for real.
+"""Peers' code against real daemons that train for real, where the harness owns the number.
+
+An honest code edit travels: A's agent changes train.py's code, B re-runs it, B's harness measures
+the handed-over model, B confirms and adopts it.
+
+A hostile peer publishes lying train.py code:
 
 The victim V is a daemon (its own OS process) with the default target, real torch training on a tiny
 budget, the sandbox, and `verification.policy = always`. The adversary (tests/adversary.py) is a real
@@ -11,11 +16,14 @@ the adversary's reputation on V shows the refutations.
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 import trio
-from adversary import adversary, receipt, result
+from adversary import adversary, fresh_keys, pid_of, receipt, result
 from daemon_helpers import Daemon, wait_for
 
 from p2p_research.daemon.announce import commit_objects
@@ -45,14 +53,53 @@ LIES = {
 }
 
 
-def victim_home(path: Path):
+def victim_home(path: Path, **research):
     home = init_home(path)
     cfg = home.load_config()
     cfg.research.budget_tokens = BUDGET_TOKENS
     cfg.research.genesis = "each"
+    for k, v in research.items():
+        setattr(cfg.research, k, v)
     cfg.verification.policy = "always"
     home.write_config(cfg)
     return home
+
+
+# the agent's edit: a learning rate that an 8-step budget rewards, and a line of code (not a constant)
+AGENT_SCRIPT = (
+    "import re\n"
+    "src = open('train.py').read()\n"
+    "src = re.sub(r'^LEARNING_RATE = [0-9.eE+-]+', 'LEARNING_RATE = 0.01', src, count=1, flags=re.MULTILINE)\n"
+    "src = src.replace('def main():', 'def main():\\n    torch.set_printoptions(precision=4)  # code, not a constant', 1)\n"
+    "open('train.py', 'w').write(src)\n"
+    "print('LEARNING_RATE 0.002 -> 0.01, plus a line of code')\n")
+
+
+def test_an_honest_code_edit_is_measured_by_the_verifier_s_harness_and_adopted(tmp_path):
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT_SCRIPT)
+    a = Daemon(victim_home(tmp_path / "a", proposer="command", proposer_command=f"{sys.executable} {agent}").path,
+               "-n", "1").start(timeout=120)
+    daemons = [a]
+    try:
+        b = Daemon(victim_home(tmp_path / "b").path, "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
+        daemons.append(b)
+        wait_for(lambda: any(e["kind"] == "experiment" and e["status"] in ("kept", "discarded", "crash")
+                             for e in a.json("experiments")), 300, 2.0, what="A's agent experiment")
+        kept = [e for e in a.json("experiments") if e["kind"] == "experiment" and e["status"] == "kept"]
+        assert kept, a.json("experiments")
+        wait_for(lambda: any(step["found_by"] == a.peer_id for step in b.json("status")["baseline"]["lineage"]),
+                 300, 2.0, what="B adopts A's code edit")
+        shown = b.json("show", kept[0]["id"][:12])
+        assert "torch.set_printoptions" in shown["diff"]
+        local = [r for r in shown["runs"] if r["origin"] == "local" and r["kind"] == "verification"]
+        assert local and local[0]["status"] == "confirmed", shown["runs"]
+        assert local[0]["metrics"]["measured_by"] == "harness" and "private_bpb" in local[0]["metrics"], local[0]
+    finally:
+        for d in daemons:
+            d.stop()
+        for d in daemons:
+            d.kill()
 
 
 def lying_commit(root: Path, name: str) -> tuple[Workspace, str]:
@@ -72,41 +119,39 @@ def test_lying_code_from_a_peer_is_refuted_by_the_harness_and_never_adopted(tmp_
         assert s0["peers_code"].startswith("any change"), s0["peers_code"]
         proto, swarm = s0["protocol_id"], s0["swarm"]
 
-        async def attack() -> dict:
+        async def attack() -> list[str]:
+            liars = fresh_keys(len(LIES))  # one key each: a key refuted twice is ignored after that
             async with adversary() as adv:
                 await adv.join(v.addrs[0], swarm)
-                for name, (_, value) in LIES.items():
+                for kp, (name, (_, value)) in zip(liars, LIES.items(), strict=True):
                     ws, commit = lying_commit(tmp_path, name)
                     objs, _, total = commit_objects(ws, commit, deltas=False)
-                    r = receipt(adv.kp, protocol_id=proto, exp_id=experiment_id(proto, ws.tree_of(commit)),
+                    r = receipt(kp, protocol_id=proto, exp_id=experiment_id(proto, ws.tree_of(commit)),
                                 parent=ws.parent_of(commit), commit=commit, tree=ws.tree_of(commit), value=value,
                                 description=name)
-                    await adv.publish(result(adv.kp, r, objs, total).to_wire())
-                    await trio.sleep(0.5)
+                    await adv.publish_as(kp, result(kp, r, objs, total).to_wire())
+                    await trio.sleep(1.0)
 
                 def refuted_all() -> bool:
                     st = v.json("status")["swarm_stats"]
                     return st["verified_refuted"] - s0["swarm_stats"]["verified_refuted"] >= len(LIES)
 
                 await trio.to_thread.run_sync(lambda: wait_for(refuted_all, 420, 2.0, what="V refutes every lie"))
-                mine = [p for p in v.json("peers") if p["peer_id"] == adv.peer_id]
-                return {"peer_id": adv.peer_id, "reputation": mine[0].get("reputation") if mine else None}
+            return [pid_of(k) for k in liars]
 
-        seen = trio.run(attack)
+        liars = trio.run(attack)
         st = v.json("status")
         assert v.proc.poll() is None and st["swarm_stats"]["adopted"] == s0["swarm_stats"]["adopted"]
-        assert all(step["found_by"] != seen["peer_id"] for step in st["baseline"]["lineage"])
+        assert all(step["found_by"] not in liars for step in st["baseline"]["lineage"])
         assert st["baseline"]["val_bpb"] > 1.0  # none of 0.2, 0.3, 0.0145
-        rep = seen["reputation"]
-        assert rep is not None and rep["refuted"] >= len(LIES) and rep["confirmed"] == 0, rep
-        # each refutation says why, in V's ledger
-        verifications = [r for e in v.json("experiments", "--origin", "peer") for r in [e]
-                         if e["peer"] == seen["peer_id"]]
-        assert len(verifications) >= len(LIES)
-        reasons = []
-        for e in verifications:
-            runs = v.json("show", e["id"][:12])["runs"]
-            reasons += [r["reason"] for r in runs if r["origin"] == "local" and r["kind"] == "verification"]
+        db = sqlite3.connect(f"file:{v.home / 'ledger.sqlite'}?mode=ro", uri=True)
+        rows = db.execute("SELECT peer, status, reason FROM runs WHERE origin='local' AND kind='verification'").fetchall()
+        reputation = json.loads(db.execute("SELECT value FROM meta WHERE key='reputation'").fetchone()[0])
+        db.close()
+        for liar in liars:  # each liar's reputation on V shows the refutation
+            assert reputation[liar]["refuted"] >= 1 and reputation[liar]["confirmed"] == 0, reputation.get(liar)
+        reasons = [reason for _, status, reason in rows if status == "refuted"]
+        assert len(reasons) >= len(LIES), rows
         assert any("cannot measure this code's model" in r for r in reasons), reasons
         assert any("false report" in r for r in reasons), reasons
     finally:

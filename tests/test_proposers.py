@@ -49,3 +49,21 @@ async def test_without_an_owned_candidate_it_runs_another_unknown_one(tmp_path):
 
     r = await BuiltinProposer(space, seed=1).propose(ws, ws.baseline, unknown, lambda d: False)
     assert isinstance(r, Proposal)
+
+
+async def test_a_baseline_without_knobs_is_a_skip_with_the_reason_not_an_error(tmp_path):
+    """An adopted train.py may have none of the search space's constants (a peer rewrote it): the
+    proposer says so and research goes on (combinations, peers' results), it does not raise."""
+    from p2p_research.research.proposers import Skip
+
+    files = read_target_files()
+    ws = Workspace.create(tmp_path / "ws", files)
+    space = parse_search_space(files["program.md"].decode())
+    bare = b"import prepare\nprint('---')\nprint('val_bpb: 1.0')\n"
+    commit = ws.commit_experiment(ws.baseline, {"train.py": bare}, "no knobs", "0" * 40)
+
+    async def unknown(data: bytes) -> bool:
+        return False
+
+    r = await BuiltinProposer(space, seed=1).propose(ws, commit, unknown)
+    assert isinstance(r, Skip) and "nothing to mutate" in r.reason, r

@@ -52,7 +52,7 @@ ALLOWED_OPS = frozenset("""
     new_zeros norm ones ones_like outer pad permute pow prod reciprocal relu remainder repeat repeat_interleave
     reshape rms_norm roll rsqrt rsub scalar_tensor scaled_dot_product_attention
     _scaled_dot_product_flash_attention_for_cpu select sigmoid sign silu sin sinh slice softmax softplus split
-    split_with_sizes sqrt square squeeze stack std sub sum t tanh topk transpose tril triu type_as unbind
+    split_with_sizes sqrt square squeeze stack std sub sum t tanh to topk transpose tril triu type_as unbind
     unflatten unsqueeze var view where zeros zeros_like
 """.split())
 

@@ -23,7 +23,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -65,6 +67,11 @@ def supports_handover(prepare_py: bytes) -> bool:
     return b"def evaluate_bpb" in prepare_py
 
 
+def supports_private_split(prepare_py: bytes) -> bool:
+    """Whether the harness generates its corpus the way evaluate._private_corpus redraws it."""
+    return all(name in prepare_py for name in (b"class _World", b"class _Rng", b"_DOC_KINDS", b"CORPUS_SEED"))
+
+
 def script_argv(train_command: str, script: str, *extra: str) -> list[str]:
     """The target's command with train.py replaced by `script` (and `extra` after it): the same
     interpreter and environment as training, so the hand-over and the evaluator see the same torch."""
@@ -76,39 +83,80 @@ def script_argv(train_command: str, script: str, *extra: str) -> list[str]:
 
 
 def _folder_bytes(folder: Path) -> tuple[int, int]:
-    files = [p for p in folder.iterdir()] if folder.is_dir() else []
-    return len(files), sum(p.stat().st_size for p in files if p.is_file() and not p.is_symlink())
+    """Entries and bytes in the hand-over folder, without following anything the run put there."""
+    count = size = 0
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                count += 1
+                if count > MAX_HANDOVER_FILES:
+                    break
+                try:
+                    size += entry.stat(follow_symlinks=False).st_blocks * 512 if entry.is_file(follow_symlinks=False) else 0
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return count, size
+
+
+def _copy_capped(src: Path, dest: Path, budget: int) -> int:
+    """Copy one regular file the run wrote, never following a link and never more than `budget`
+    bytes (it may still be growing); returns the bytes copied."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{src.name} is not a regular file")
+        copied = 0
+        with open(dest, "wb") as out:
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return copied
+                copied += len(chunk)
+                if copied > budget:
+                    raise OverflowError
+                out.write(chunk)
+    finally:
+        os.close(fd)
 
 
 def _snapshot(src: Path, dest: Path, max_bytes: int) -> str | None:
     """Copy a complete hand-over out of the run's reach; the reason when it cannot be taken."""
     count, size = _folder_bytes(src)
     if count > MAX_HANDOVER_FILES:
-        return f"the hand-over folder holds {count} entries (at most {MAX_HANDOVER_FILES})"
+        return f"the hand-over folder holds more than {MAX_HANDOVER_FILES} entries"
     if size > max_bytes:
         return f"the handed-over model is {size / 2**20:.0f} MiB (at most {max_bytes / 2**20:.0f} MiB)"
     dest.mkdir(parents=True, exist_ok=True)
+    budget = max_bytes
     for name in HANDOVER_FILES:
-        p = src / name
-        if p.is_symlink() or not p.is_file():
+        try:
+            budget -= _copy_capped(src / name, dest / name, budget)
+        except OverflowError:
+            return f"the handed-over model is over {max_bytes / 2**20:.0f} MiB"
+        except FileNotFoundError:
             return f"the hand-over lacks {name}"
-        shutil.copyfile(p, dest / name, follow_symlinks=False)
+        except OSError as e:
+            return f"the hand-over's {name} cannot be read: {e.strerror or e}"
     return None
 
 
 def _measure_line(log_path: Path) -> dict | None:
+    """The evaluator's one result line; None unless there is exactly one (anything the graph made
+    torch print cannot add a second that counts)."""
     try:
-        text = log_path.read_bytes()[-64 * 1024:].decode("utf-8", "replace")
+        text = log_path.read_bytes()[-256 * 1024:].decode("utf-8", "replace")
     except OSError:
         return None
-    for line in reversed(text.splitlines()):
-        if line.startswith(MEASURE_PREFIX):
-            try:
-                doc = json.loads(line[len(MEASURE_PREFIX):])
-            except ValueError:
-                return None
-            return doc if isinstance(doc, dict) else None
-    return None
+    lines = [line for line in text.splitlines() if line.startswith(MEASURE_PREFIX)]
+    if len(lines) != 1:
+        return None
+    try:
+        doc = json.loads(lines[0][len(MEASURE_PREFIX):])
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _with(outcome: RunOutcome, **changes) -> RunOutcome:
@@ -140,20 +188,31 @@ class HarnessTrainer:
         def take() -> None:
             seen["refused"] = _snapshot(handover, taken, spec.max_handover_mb * 2**20)
 
-        async def watch() -> None:
+        async def watch(run_scope: trio.CancelScope) -> None:
             # the node's own clock on the hand-over, and a copy the run cannot change afterwards
-            # (meta.json is written last, so an honest hand-over is complete when it appears)
+            # (meta.json is written last, so an honest hand-over is complete when it appears); the
+            # folder is the one place the run can write outside its tmpfs, so it is bounded as it grows
+            limit = spec.max_handover_mb * 2**20
             while not (handover / "meta.json").exists():
+                count, size = await trio.to_thread.run_sync(_folder_bytes, handover)
+                if count > MAX_HANDOVER_FILES or size > limit:
+                    seen["overflow"] = (f"the run wrote more than {MAX_HANDOVER_FILES} entries or "
+                                        f"{limit / 2**20:.0f} MiB into the hand-over folder")
+                    run_scope.cancel()
+                    return
                 await trio.sleep(WATCH_S)
             seen["after_s"] = time.monotonic() - started
             await trio.to_thread.run_sync(take)
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch)
-                outcome = await self.runner(run_dir, {**env, "P2P_HANDOVER": str(handover)}, limits, log_path,
-                                            command=argv, sandbox=train_sandbox)
+                with trio.CancelScope() as run_scope:
+                    nursery.start_soon(watch, run_scope)
+                    outcome = await self.runner(run_dir, {**env, "P2P_HANDOVER": str(handover)}, limits, log_path,
+                                                command=argv, sandbox=train_sandbox)
                 nursery.cancel_scope.cancel()
+            if "overflow" in seen:
+                return RunOutcome(False, None, str(seen["overflow"]), time.monotonic() - started, None, log_path)
             if "after_s" not in seen and (handover / "meta.json").exists():  # written in the last instant
                 seen["after_s"] = time.monotonic() - started
             if "after_s" in seen and "refused" not in seen:
@@ -195,9 +254,16 @@ class HarnessTrainer:
             return str(seen["refused"])
         if "after_s" in seen:
             return None
-        refused = handover / "refused.txt"
-        if refused.is_file() and not refused.is_symlink():
-            return "no model was handed over: " + refused.read_bytes()[:300].decode("utf-8", "replace").strip()
+        try:
+            fd = os.open(handover / "refused.txt", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                said = os.read(fd, 300) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+            finally:
+                os.close(fd)
+            if said:
+                return "no model was handed over: " + said.decode("utf-8", "replace").strip()
+        except OSError:
+            pass
         return "no model was handed over (train.py never called the harness's evaluate_bpb)"
 
     def _unmeasured(self, outcome: RunOutcome, run_dir: Path, why: str) -> RunOutcome:
@@ -235,7 +301,7 @@ class HarnessTrainer:
         if not spec.train_command.strip():
             argv = [sys.executable, EVALUATE_SCRIPT, str(taken)]
         outcome = await self.runner(eval_dir, eval_env, eval_limits, log_path, command=argv, sandbox=eval_sandbox)
-        doc = _measure_line(log_path)
+        doc = _measure_line(log_path) if outcome.returncode == 0 and not outcome.reason.startswith(("time", "memory")) else None
         if doc is None:
             # the evaluator ran out of time or memory on this model, or crashed: refuse the model
             return {"error": f"the evaluation did not finish: {outcome.reason} (log: {log_path})"}

@@ -41,17 +41,18 @@ def self_report_allowed(genesis_train_py: bytes, train_py: bytes) -> bool:
 def does_not_generalise(parent_public: float | None, parent_private: float | None, public: float,
                         private: float | None, margin: float) -> str | None:
     """Why a gain on the public validation windows is refuted: it does not carry over to windows of
-    the node's private split (same documents' distribution, a stream no run can have read). Both
-    values of the parent come from this node's own harness on the same private windows, so the
-    comparison is paired. None when the gain carries over, or when either private value is missing."""
+    the node's private split (the same documents' distribution, drawn from a stream no run can have
+    read). The reference is an ancestor this node measured itself on the same private windows, so the
+    comparison is paired. A gain beyond the margin must keep at least half of itself, less half a
+    margin, on the private split: a model fitted to the validation windows keeps none of it. None when
+    the gain carries over, when there is no gain beyond the margin, or when a value is missing."""
     if parent_public is None or parent_private is None or private is None:
         return None
     gain = parent_public - public
     private_gain = parent_private - private
     if gain <= margin:
         return None  # no gain claimed beyond noise: nothing to generalise
-    allowed = max(2 * margin, 0.5 * gain)
-    if gain - private_gain > allowed:
+    if private_gain < 0.5 * gain - 0.5 * margin:
         return (f"its gain on the validation windows ({gain:.4f} bpb) does not carry over to this node's "
                 f"private split ({private_gain:+.4f} bpb): it fits the validation data, not the task")
     return None

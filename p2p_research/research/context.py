@@ -109,12 +109,22 @@ class ResearchContext:
     def harness_measures(self) -> bool:
         """Whether this node measures every run itself from a handed-over model (`harness/`), so a
         run's printed val_bpb is only its claim: real training, and a pinned harness with the
-        `evaluate_bpb` call the hand-over wraps. Otherwise peers' code stays constants-only."""
+        `evaluate_bpb` call the hand-over wraps."""
         from p2p_research.harness.measure import supports_handover
 
         if self.config.research.objective != "torch":
             return False
         return supports_handover(self.workspace.files_of(self.workspace.genesis).get("prepare.py", b""))
+
+    @property
+    def has_private_split(self) -> bool:
+        """Whether the harness can draw windows no run can have read (harness/evaluate.py): this
+        project's generated corpus. A user's own data (`research.data`) and autoresearch's are
+        readable by every run, so a model fitted to their validation windows would go unnoticed."""
+        from p2p_research.harness.measure import supports_private_split
+
+        return (self.harness_measures and not self.config.research.data
+                and supports_private_split(self.workspace.files_of(self.workspace.genesis).get("prepare.py", b"")))
 
     def private_seed(self) -> int:
         """This node's private split (harness/evaluate.py): drawn once, kept in the ledger, never
@@ -129,7 +139,8 @@ class ResearchContext:
 
     def trust(self) -> TrustPolicy:
         """The trust policy in force, with what this node's harness can check."""
-        return TrustPolicy(self.trust_policy, frozenset(self.config.trust.trusted_peers), self.harness_measures)
+        return TrustPolicy(self.trust_policy, frozenset(self.config.trust.trusted_peers), self.harness_measures,
+                           self.has_private_split)
 
     @property
     def space(self) -> SearchSpace:

@@ -133,7 +133,8 @@ class ResearchEngine:
         r = ctx.config.research
         return HarnessTrainer(HarnessSpec(prepare_py=genesis.get("prepare.py", b""),
                                           genesis_train_py=genesis.get("train.py", b""),
-                                          train_command=r.train_command, private_seed=ctx.private_seed(),
+                                          train_command=r.train_command,
+                                          private_seed=ctx.private_seed() if ctx.has_private_split else None,
                                           budget_seconds=ctx.budget.seconds,
                                           max_handover_mb=max(64, r.memory_limit_mb // 2)))
 
@@ -230,9 +231,13 @@ class ResearchEngine:
             self.progress.description = ""
             if getattr(self.proposer, "reads_digest", True):  # the built-in proposer never reads it
                 self.write_digest()
-            result = await self.proposer.propose(self.ctx.workspace, action.baseline_commit,
-                                                 self._is_known_source(action.baseline_commit),
-                                                 self._is_mine_source(action.baseline_commit))
+            try:
+                result = await self.proposer.propose(self.ctx.workspace, action.baseline_commit,
+                                                     self._is_known_source(action.baseline_commit),
+                                                     self._is_mine_source(action.baseline_commit))
+            except Exception as e:  # noqa: BLE001 - a proposer's failure is a skipped proposal, never the end of research
+                log.exception("the proposer failed on baseline %s", action.baseline_commit[:7])
+                result = Skip(f"the proposer failed: {type(e).__name__}: {str(e)[:200]}")
             if isinstance(result, Skip):
                 log.warning("proposal skipped: %s", result.reason)
                 self.progress.note_result(f"proposal skipped: {result.reason}")
@@ -530,14 +535,28 @@ class ResearchEngine:
         (harness/verdict.py): the model fits the validation windows, not the task."""
         if not (o.ok and o.summary and o.private_bpb is not None and kind in ("experiment", "verification")):
             return o
-        ref = self.ctx.ledger.harness_values(parent, self.ctx.protocol_id) if parent else None
+        ref = self._measured_ancestor(parent)
         if ref is None:
+            log.info("%s not checked against the private split: no ancestor was measured here", kind)
             return o
         why = does_not_generalise(ref[0], ref[1], o.summary.val_bpb, o.private_bpb, self.margin)
         if why is None:
             return o
         log.warning("%s refuted: %s", kind, why)
         return dataclasses.replace(o, ok=False, summary=None, reason=why)
+
+    def _measured_ancestor(self, commit: str) -> tuple[float, float] | None:
+        """(val_bpb, private_bpb) of the nearest first-parent ancestor this node's harness measured
+        (a peer chooses a commit's parent, and may put unmeasured commits between)."""
+        ws, ledger = self.ctx.workspace, self.ctx.ledger
+        for _ in range(10_000):
+            if not commit:
+                return None
+            ref = ledger.harness_values(commit, self.ctx.protocol_id)
+            if ref is not None:
+                return ref
+            commit = ws.parent_of(commit) or ""
+        return None
 
     def record_verdict(self, er: ExperimentRun, verdict: L.Verdict) -> None:
         run = er.run

@@ -27,9 +27,14 @@ import pygit2
 import trio
 
 from p2p_research.research.combine import Win, candidates, merged_train_py
-from p2p_research.research.constants import ConstantsError, constants_only_change, parse_source
+from p2p_research.research.constants import (
+    ConstantsError,
+    constants_only_change,
+    parse_source,
+    read_constants,
+)
 from p2p_research.research.describe import describe_change
-from p2p_research.research.mutate import propose_mutation
+from p2p_research.research.mutate import prepare_choices, propose_mutation
 from p2p_research.research.objects import first_parent_ancestry
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.workspace import Workspace
@@ -130,6 +135,11 @@ class BuiltinProposer:
         if combined is not None:
             return combined
         focus = self.focus() if self.focus else None
+        try:
+            prepare_choices(read_constants(source), self.space, focus)
+        except (ValueError, ConstantsError) as e:  # an adopted program without this space's knobs
+            return Skip(f"nothing to mutate in the baseline's train.py ({e}); combinations and peers' "
+                        "results still come")
         # Whether a candidate is known may cost a DHT lookup (network.announce = kept: claims live there),
         # so it is asked of candidates this node owns first, and of the others only if none of those is new.
         others: dict[bytes, Proposal] = {}  # in the order drawn

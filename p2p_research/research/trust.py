@@ -30,18 +30,22 @@ class TrustPolicy:
     policy: str = "constants"                 # sandboxed | constants | any (the policy in force)
     trusted_peers: frozenset[str] = frozenset()
     harness_measures: bool = False            # this node measures every run itself (harness/measure.py)
+    private_split: bool = False               # ... and on windows no run can have read (a split of its own)
 
     def trusts_code_from(self, peer: str) -> bool:
         if self.policy == "any" or peer in self.trusted_peers:
             return True
-        return self.policy == "sandboxed" and self.harness_measures
+        return self.policy == "sandboxed" and self.harness_measures and self.private_split
 
     def peers_code(self) -> str:
         """What a change of train.py by an untrusted peer may be here, in words (status, doctor)."""
         if self.policy == "any":
             return "any change (trust.policy = any)"
-        if self.policy == "sandboxed" and self.harness_measures:
+        if self.policy == "sandboxed" and self.harness_measures and self.private_split:
             return "any change: it runs in the sandbox and this node's harness measures its model"
+        if self.policy == "sandboxed" and self.harness_measures:
+            return ("constants only: this node's harness measures every run, but this target's data has no "
+                    "split the runs cannot read, so a model fitted to the validation windows would pass")
         if self.policy == "sandboxed":
             return ("constants only: this node's harness cannot measure a run's model here, and a run's "
                     "own val_bpb is only its claim")
