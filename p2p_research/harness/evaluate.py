@@ -42,7 +42,7 @@ TARGET = r"torch\.ops\.aten\.([a-z0-9_]+)\.([A-Za-z0-9_]+)"
 # Pure operations a language model is made of. Anything else is refused by name: reading files,
 # printing, randomness, uninitialised memory, raw strides, in-place writes, custom and higher-order ops.
 ALLOWED_OPS = frozenset("""
-    _assert_tensor_metadata _log_softmax _softmax _to_copy _unsafe_view abs add addmm alias all amax amin
+    __and__ __or__ __xor__ __invert__ _assert_tensor_metadata _log_softmax _softmax _to_copy _unsafe_view abs add addmm alias all amax amin
     any arange argmax argmin baddbmm bitwise_and bitwise_not bitwise_or bitwise_xor bmm cat ceil chunk clamp
     clamp_max clamp_min clone constant_pad_nd contiguous copy cos cosh cumsum detach div dropout einsum
     elu embedding eq erf exp expand expand_as expm1 flatten flip floor floor_divide fmod full full_like gather

@@ -230,8 +230,7 @@ class HarnessTrainer:
                 return self._unmeasured(outcome, run_dir, why_not)
             measured = await self._evaluate(run_dir, taken, env, limits, sandbox)
             if "error" in measured:
-                return _with(outcome, ok=False, summary=None,
-                             reason=f"the harness refused the handed-over model: {measured['error']}")
+                return self._unmeasured(outcome, run_dir, f"the harness refused the handed-over model: {measured['error']}")
             value = measured["val_bpb"]
             lie = verdict.false_report(reported, value)
             metrics = {**outcome.summary.metrics, "reported_val_bpb": f"{reported:.6f}" if reported is not None else "",
@@ -267,7 +266,9 @@ class HarnessTrainer:
         return "no model was handed over (train.py never called the harness's evaluate_bpb)"
 
     def _unmeasured(self, outcome: RunOutcome, run_dir: Path, why: str) -> RunOutcome:
-        """No model to measure: the run's own word stands only for the genesis's code."""
+        """No model measured (none handed over, or the evaluator refused it): the run's own word stands
+        only for the genesis's code with other constants, which runs the pinned harness as it is (a
+        target whose model uses operations the evaluator does not run still researches on its own)."""
         try:
             train_py = (run_dir / "train.py").read_bytes()
         except OSError:
@@ -278,6 +279,8 @@ class HarnessTrainer:
             metrics = {**outcome.summary.metrics, "measured_by": "self", "unmeasured_because": why[:200]}
             return _with(outcome, summary=dataclasses.replace(outcome.summary, metrics=metrics),
                          reported_val_bpb=reported, measured_by="self")
+        if why.startswith("the harness refused"):
+            return _with(outcome, ok=False, summary=None, reported_val_bpb=reported, reason=why)
         return _with(outcome, ok=False, summary=None, reported_val_bpb=reported,
                      reason=f"the harness cannot measure this code's model, and its own val_bpb is only a claim: {why}")
 
