@@ -91,11 +91,12 @@ class Program:
         import re
 
         self.torch = torch
-        from torch._export.serde import serialize as serde
-
-        self.dtypes = serde._SERIALIZE_TO_TORCH_DTYPE
-        self.layouts = serde._SERIALIZE_TO_TORCH_LAYOUT
-        self.formats = serde._SERIALIZE_TO_TORCH_MEMORY_FORMAT
+        # torch._export.serde.schema's numbering (importing serde itself costs most of a second)
+        self.dtypes = {1: torch.uint8, 2: torch.int8, 3: torch.int16, 4: torch.int32, 5: torch.int64,
+                       6: torch.float16, 7: torch.float32, 8: torch.float64, 12: torch.bool, 13: torch.bfloat16}
+        self.layouts = {7: torch.strided}
+        self.formats = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d,
+                        4: torch.preserve_format}
         if not isinstance(doc, dict) or not isinstance(doc.get("graph_module"), dict):
             raise Refused("program.json is not an exported program")
         if doc.get("range_constraints") or doc.get("guards_code"):
@@ -182,12 +183,11 @@ class Program:
             if not isinstance(v, list) or len(v) > 64:
                 raise Refused(f"a {kind} argument is not a short list")
             return list(v)
-        if kind == "as_scalar_type":
-            return self.dtypes[v]
-        if kind == "as_layout":
-            return self.layouts[v]
-        if kind == "as_memory_format":
-            return self.formats[v]
+        if kind in ("as_scalar_type", "as_layout", "as_memory_format"):
+            table = {"as_scalar_type": self.dtypes, "as_layout": self.layouts, "as_memory_format": self.formats}[kind]
+            if v not in table:
+                raise Refused(f"the graph uses {kind[3:]} {str(v)[:20]}, which the evaluator does not run")
+            return table[v]
         if kind == "as_device":
             return self.torch.device("cpu")
         raise Refused(f"the graph passes an argument of kind {kind[:40]}")

@@ -188,7 +188,18 @@ class HarnessTrainer:
         def take() -> None:
             seen["refused"] = _snapshot(handover, taken, spec.max_handover_mb * 2**20)
 
-        async def watch(run_scope: trio.CancelScope) -> None:
+        measured: dict = {}
+        evaluated = trio.Event()
+
+        async def evaluate() -> None:
+            # starts as soon as the hand-over is taken: the evaluator's start-up overlaps the run's
+            # own evaluation and exit
+            try:
+                measured.update(await self._evaluate(run_dir, taken, env, limits, sandbox))
+            finally:
+                evaluated.set()
+
+        async def watch(run_scope: trio.CancelScope, evaluations: trio.Nursery) -> None:
             # the node's own clock on the hand-over, and a copy the run cannot change afterwards
             # (meta.json is written last, so an honest hand-over is complete when it appears); the
             # folder is the one place the run can write outside its tmpfs, so it is bounded as it grows
@@ -203,34 +214,31 @@ class HarnessTrainer:
                 await trio.sleep(WATCH_S)
             seen["after_s"] = time.monotonic() - started
             await trio.to_thread.run_sync(take)
+            if seen["refused"] is None:
+                seen["evaluating"] = True
+                evaluations.start_soon(evaluate)
 
         try:
-            async with trio.open_nursery() as nursery:
-                with trio.CancelScope() as run_scope:
-                    nursery.start_soon(watch, run_scope)
-                    outcome = await self.runner(run_dir, {**env, "P2P_HANDOVER": str(handover)}, limits, log_path,
-                                                command=argv, sandbox=train_sandbox)
-                nursery.cancel_scope.cancel()
-            if "overflow" in seen:
-                return RunOutcome(False, None, str(seen["overflow"]), time.monotonic() - started, None, log_path)
-            if "after_s" not in seen and (handover / "meta.json").exists():  # written in the last instant
-                seen["after_s"] = time.monotonic() - started
-            if "after_s" in seen and "refused" not in seen:
-                take()
+            async with trio.open_nursery() as evaluations:
+                outcome: RunOutcome | None = None  # stays None when the watcher stops the run
+                async with trio.open_nursery() as nursery:
+                    with trio.CancelScope() as run_scope:
+                        nursery.start_soon(watch, run_scope, evaluations)
+                        outcome = await self.runner(run_dir, {**env, "P2P_HANDOVER": str(handover)}, limits,
+                                                    log_path, command=argv, sandbox=train_sandbox)
+                    nursery.cancel_scope.cancel()
+                result = self._without_model(outcome, handover, taken, seen, started, log_path, run_dir)
+                if result is not None:
+                    evaluations.cancel_scope.cancel()  # an evaluation under way is of no use now
+                    return result
+                if "evaluating" not in seen:
+                    seen["evaluating"] = True
+                    evaluations.start_soon(evaluate)  # handed over in the run's last instant
+                await evaluated.wait()
             reported = outcome.summary.val_bpb if outcome.summary else None
-            if not outcome.ok:
-                return outcome
-            why_not = self._why_no_handover(handover, seen)
-            if why_not is None:
-                why_not = verdict.late_handover(seen.get("after_s"), spec.budget_seconds,  # type: ignore[arg-type]
-                                                 spec.handover_slack_s)
-                if why_not is not None:
-                    return _with(outcome, ok=False, summary=None, reason=why_not)
-            if why_not is not None:
-                return self._unmeasured(outcome, run_dir, why_not)
-            measured = await self._evaluate(run_dir, taken, env, limits, sandbox)
-            if "error" in measured:
-                return self._unmeasured(outcome, run_dir, f"the harness refused the handed-over model: {measured['error']}")
+            if "error" in measured or "val_bpb" not in measured:
+                why = measured.get("error", "the evaluation gave no value")
+                return self._unmeasured(outcome, run_dir, f"the harness refused the handed-over model: {why}")
             value = measured["val_bpb"]
             lie = verdict.false_report(reported, value)
             metrics = {**outcome.summary.metrics, "reported_val_bpb": f"{reported:.6f}" if reported is not None else "",
@@ -247,6 +255,27 @@ class HarnessTrainer:
             for d in (handover, taken, run_dir / "evaluate"):
                 shutil.rmtree(d, ignore_errors=True)
             (run_dir / HANDOVER_SCRIPT).unlink(missing_ok=True)
+
+    def _without_model(self, outcome: RunOutcome | None, handover: Path, taken: Path, seen: dict, started: float,
+                       log_path: Path, run_dir: Path) -> RunOutcome | None:
+        """The outcome when there is no model to measure (the run failed, handed nothing over, too
+        much or too late); None when the evaluation decides."""
+        if "overflow" in seen or outcome is None:
+            why = str(seen.get("overflow", "the run was stopped"))
+            return RunOutcome(False, None, why, time.monotonic() - started, None, log_path)
+        if "after_s" not in seen and (handover / "meta.json").exists():  # written in the last instant
+            seen["after_s"] = time.monotonic() - started
+            seen["refused"] = _snapshot(handover, taken, self.spec.max_handover_mb * 2**20)
+        if not outcome.ok:
+            return outcome
+        why_not = self._why_no_handover(handover, seen)
+        if why_not is not None:
+            return self._unmeasured(outcome, run_dir, why_not)
+        late = verdict.late_handover(seen.get("after_s"), self.spec.budget_seconds,  # type: ignore[arg-type]
+                                     self.spec.handover_slack_s)
+        if late is not None:
+            return _with(outcome, ok=False, summary=None, reason=late)
+        return None
 
     def _why_no_handover(self, handover: Path, seen: dict) -> str | None:
         if seen.get("refused"):
