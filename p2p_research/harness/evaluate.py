@@ -34,7 +34,7 @@ import time
 MAX_DIM = 1 << 16
 MAX_NODES = 100_000
 PROBE_FIRST = True          # every evaluation probes its first call, and each later one with PROBE_CHANCE
-PROBE_CHANCE = 0.3
+PROBE_CHANCE = 0.2
 PROBE_TOLERANCE = 1e-4      # relative to the logits' scale; float reordering stays far below it
 PRIVATE_CORPUS_BYTES = 700_000  # its val split holds about EVAL_WINDOWS windows without overlap
 NAME = r"[A-Za-z_][A-Za-z0-9_]{0,200}"
@@ -374,6 +374,7 @@ def _private_bpb(prepare, adapter, meta, device, seed):
 
 def main():
     started = time.monotonic()
+    marks = {}
     folder = sys.argv[1]
     device = os.environ.get("P2P_DEVICE", "cpu")
     device = "cpu" if device in ("", "auto") else device
@@ -387,12 +388,15 @@ def main():
         torch.set_num_threads(int(threads))
     torch.manual_seed(0)
     try:
+        marks["imported"] = time.monotonic() - started
         module, meta, shape = _load_program(folder, torch)
+        marks["loaded"] = time.monotonic() - started
         logits = _Logits(module, torch, int.from_bytes(os.urandom(8), "little"))
         with torch.no_grad():
             seq = shape[1]
             adapter = _adapter(logits, seq, torch)
             value = float(_harness_call(prepare, adapter, meta, device))
+            marks["public"] = time.monotonic() - started
             if not math.isfinite(value):
                 raise Refused(f"the harness measured a val_bpb that is not finite ({value})")
             seed = os.environ.get("P2P_PRIVATE_SEED", "").strip()
@@ -400,7 +404,7 @@ def main():
     except Refused as e:
         _emit({"error": str(e)})
         return
-    _emit({"val_bpb": value, "private_bpb": private, "input_shape": shape, "probes": logits.probes,
+    _emit({"val_bpb": value, "private_bpb": private, "input_shape": shape, "probes": logits.probes, "marks": marks,
            "handed_over_after_s": meta.get("handed_over_after_s"), "seconds": time.monotonic() - started})
 
 
