@@ -335,3 +335,40 @@ def test_every_knob_of_the_default_target_exports_to_a_graph_the_evaluator_runs(
         train = importlib.reload(train)
     sys.modules.pop("train", None)
     sys.modules.pop("prepare", None)
+
+
+async def test_a_liar_s_win_reaching_a_node_inside_a_combination_is_refused(tmp_path):
+    """A peer's kept win (its train.py skips the harness's evaluation and prints 0.30) branched off the
+    genesis; this node's baseline has moved on. The builtin proposer merges the win's code onto the
+    baseline, and the node runs the combination as its own experiment: the harness gets no model from
+    it, and the code is not the genesis's, so the run is a crash with the reason, never a keep at 0.30."""
+    from p2p_research.research.combine import Win
+
+    home = init_home(tmp_path / "node")
+    cfg = home.load_config()
+    cfg.research.budget_tokens = 16_384
+    home.write_config(cfg)
+    ctx = open_context(home, cfg)
+    ws = ctx.workspace
+    genesis = ws.genesis
+    train = ws.files_of(genesis)["train.py"]
+    lie = train.replace(b"val_bpb = evaluate_bpb(model, device, max_seq_len=SEQ_LEN)", b"val_bpb = 0.30", 1)
+    liar = ws.commit_experiment(genesis, {"train.py": lie}, "a better evaluation", "0" * 40)
+    mine = ws.commit_experiment(genesis, {"train.py": train.replace(b"LEARNING_RATE = 0.002", b"LEARNING_RATE = 0.003")},
+                                "LEARNING_RATE 0.002 -> 0.003", "0" * 40)
+    win = Win(exp_id="e" * 40, commit=liar, parent=genesis, val_bpb=0.30, description="lie", peer="12D3KooWLiar")
+    proposer = BuiltinProposer(ctx.space, seed=0, wins=lambda: [win], code_from=ctx.trust().trusts_code_from)
+    engine = ResearchEngine(ctx, proposer)
+
+    async def unknown(data: bytes) -> bool:
+        return False
+
+    proposal = await proposer.propose(ws, mine, unknown)
+    assert proposal.description.startswith("combine") and b"val_bpb = 0.30" in proposal.train_py
+    assert b"LEARNING_RATE = 0.003" in proposal.train_py
+    _, commit = engine.commit_proposal(mine, proposal)
+    er = await engine.execute(commit, "experiment", proposal.description, seed=0)
+    assert er.outcome is not None and not er.outcome.ok, er.outcome
+    assert "cannot measure this code's model" in er.outcome.reason
+    assert er.run.val_bpb is None
+    ctx.ledger.close()
