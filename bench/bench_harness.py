@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -35,20 +32,8 @@ from p2p_research.research.init import init_home  # noqa: E402
 from p2p_research.research.proposers import BuiltinProposer  # noqa: E402
 from p2p_research.research.runner import RunLimits, run_training, train_argv  # noqa: E402
 
-FIXTURE = ROOT / "tests" / "fixtures" / "autoresearch"
-KERNELS = ROOT / "tests" / "fixtures" / "autoresearch_env" / "kernels"
-
-
-def autoresearch_copy(dest: Path) -> Path:
-    """The fixture with an interpreter of its own, as tests/test_autoresearch.py builds it."""
-    shutil.copytree(FIXTURE, dest)
-    venv = dest / ".venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "_node_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    shutil.copytree(KERNELS, Path(site, "kernels"))
-    return dest
+sys.path.insert(0, str(ROOT / "tests"))
+from test_autoresearch import autoresearch_folder  # noqa: E402  (the fixture with its own interpreter)
 
 
 def engine_for(home_dir: Path, target: Path | None, budget_tokens: int) -> ResearchEngine:
@@ -116,7 +101,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(bench("default target", engine_for(Path(tmp) / "node", None, args.budget_tokens), args.repeats))
         if not args.skip_autoresearch:
-            folder = autoresearch_copy(Path(tmp) / "autoresearch")
+            folder = autoresearch_folder(Path(tmp) / "autoresearch")
             rows.append(bench("autoresearch fixture", engine_for(Path(tmp) / "ar", folder, 0), args.repeats))
     print()
     print("| target | runs | plain run (median) | measured run (median) | overhead median [min, max] | evaluator process | harness vs printed |")

@@ -28,6 +28,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -37,8 +38,8 @@ PROBE_FIRST = True          # every evaluation probes its first call, and each l
 PROBE_CHANCE = 0.2
 PROBE_TOLERANCE = 1e-4      # relative to the logits' scale; float reordering stays far below it
 PRIVATE_CORPUS_BYTES = 700_000  # its val split holds about EVAL_WINDOWS windows without overlap
-NAME = r"[A-Za-z_][A-Za-z0-9_]{0,200}"
-TARGET = r"torch\.ops\.aten\.([a-z0-9_]+)\.([A-Za-z0-9_]+)"
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
+TARGET = re.compile(r"torch\.ops\.aten\.([a-z0-9_]+)\.([A-Za-z0-9_]+)")
 # Pure operations a language model is made of. Anything else is refused by name: reading files,
 # printing, randomness, uninitialised memory, raw strides, in-place writes, custom and higher-order ops.
 ALLOWED_OPS = frozenset("""
@@ -88,8 +89,6 @@ class Program:
     tensor. The graph is a pure function: it cannot keep state between calls or write to its input."""
 
     def __init__(self, doc, state, constants, torch, device="cpu"):
-        import re
-
         self.torch = torch
         self.device = torch.device(device)
         # torch._export.serde.schema's numbering (importing serde itself costs most of a second)
@@ -136,7 +135,7 @@ class Program:
             raise Refused(f"the graph has {len(nodes)} nodes (at most {MAX_NODES})")
         self.nodes = []
         for node in nodes:
-            m = re.fullmatch(TARGET, str(node.get("target", ""))[:300])
+            m = TARGET.fullmatch(str(node.get("target", ""))[:300])
             if m is None:
                 raise Refused(f"the graph calls {str(node.get('target'))[:80]}, not an ATen operation")
             name, overload = m.groups()
@@ -154,9 +153,7 @@ class Program:
             self.nodes.append((op, node.get("inputs") or [], node.get("outputs") or []))
 
     def _name(self, value):
-        import re
-
-        if not isinstance(value, str) or re.fullmatch(NAME, value) is None:
+        if not isinstance(value, str) or NAME.fullmatch(value) is None:
             raise Refused(f"the graph names a value {str(value)[:40]!r}")
         return value
 

@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,7 +247,7 @@ class HarnessTrainer:
             summary = dataclasses.replace(outcome.summary, val_bpb=value, metrics=metrics)
             if lie is not None:
                 return _with(outcome, ok=False, summary=None, reason=lie, reported_val_bpb=reported,
-                             measured_by="harness", false_report=True)
+                             measured_by="harness")
             return _with(outcome, summary=summary, reported_val_bpb=reported, measured_by="harness",
                          private_bpb=measured.get("private_bpb"))
         finally:
@@ -330,10 +329,8 @@ class HarnessTrainer:
         eval_limits = RunLimits(eval_time, limits.memory_limit_mb, limits.hard_address_limit)
         log_path = run_dir / "evaluate.log"
         argv = script_argv(spec.train_command, EVALUATE_SCRIPT, str(taken))
-        if not spec.train_command.strip():
-            argv = [sys.executable, EVALUATE_SCRIPT, str(taken)]
         outcome = await self.runner(eval_dir, eval_env, eval_limits, log_path, command=argv, sandbox=eval_sandbox)
-        doc = _measure_line(log_path) if outcome.returncode == 0 and not outcome.reason.startswith(("time", "memory")) else None
+        doc = _measure_line(log_path) if outcome.returncode == 0 else None  # killed for time or memory: < 0
         if doc is None:
             # the evaluator ran out of time or memory on this model, or crashed: refuse the model
             return {"error": f"the evaluation did not finish: {outcome.reason} (log: {log_path})"}

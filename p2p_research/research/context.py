@@ -6,6 +6,7 @@ node keeps comparing results under the harness its swarm agreed on even after a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,11 @@ class ResearchContext:
         p = self.config.trust.policy
         return "constants" if p == "sandboxed" and not self.sandbox.available else p
 
+    @functools.cached_property
+    def genesis_prepare(self) -> bytes:
+        """The pinned harness (the genesis commit's prepare.py): it never changes for a node home."""
+        return self.workspace.files_of(self.workspace.genesis).get("prepare.py", b"")
+
     @property
     def harness_measures(self) -> bool:
         """Whether this node measures every run itself from a handed-over model (`harness/`), so a
@@ -114,7 +120,7 @@ class ResearchContext:
 
         if self.config.research.objective != "torch":
             return False
-        return supports_handover(self.workspace.files_of(self.workspace.genesis).get("prepare.py", b""))
+        return supports_handover(self.genesis_prepare)
 
     @property
     def has_private_split(self) -> bool:
@@ -124,7 +130,7 @@ class ResearchContext:
         from p2p_research.harness.measure import supports_private_split
 
         return (self.harness_measures and not self.config.research.data
-                and supports_private_split(self.workspace.files_of(self.workspace.genesis).get("prepare.py", b"")))
+                and supports_private_split(self.genesis_prepare))
 
     def private_seed(self) -> int:
         """This node's private split (harness/evaluate.py): drawn once, kept in the ledger, never

@@ -50,7 +50,6 @@ class RunOutcome:
     measured_by: str = "self"
     reported_val_bpb: float | None = None
     private_bpb: float | None = None       # the harness's value on this node's private split
-    false_report: bool = False              # the run printed a value its own model does not have
 
 
 def _tail(path: Path, n: int = 4000) -> str:
