@@ -4,13 +4,15 @@ Each variant is a train.py a peer could publish. It runs exactly as a node runs 
 around the real runner, in the sandbox the engine builds, with the node's pinned prepare.py), and the
 node must refuse it with a reason: a fabricated summary, a patched evaluation, a patched print or torch
 function, a model that looks ahead, hand-overs that are pickles, malformed, oversized, late or slow to
-evaluate, and a model that memorises the validation windows. An honest tiny model is measured, and the
-harness's value equals what it printed.
+evaluate, and a model that memorises the validation windows (regenerated from the public corpus's code:
+the run has no validation data of its own). An honest tiny model is measured, and the harness's value
+is what it printed; patching the evaluation inside the run changes nothing (it no longer evaluates).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import textwrap
 from pathlib import Path
 
@@ -106,10 +108,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
         "    _print(*a, **k)\n"
         "builtins.print = lying\n"
         "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n", "a false report"),
-    "patches torch's cross_entropy during the evaluation": (
-        "model = train(Tiny(), train_data)\n"
-        "F.cross_entropy = lambda *a, **k: torch.tensor(0.01)\n"
-        "report(evaluate_bpb(model, 'cpu', max_seq_len=64))\n", "a false report"),
     "looks ahead (non-causal)": (
         "report(evaluate_bpb(train(Tiny(lookahead=True), train_data), 'cpu', max_seq_len=64))\n", "looks ahead"),
     "hands over a pickle of objects": (
@@ -175,7 +173,7 @@ def node(tmp_path_factory):
 
 
 def _trainer(ctx, engine, **changes) -> HarnessTrainer:
-    base = engine._harness_trainer().spec
+    base = engine.trainer.spec  # with the training split prepare_data wrote
     return HarnessTrainer(dataclasses.replace(base, **changes))
 
 
@@ -208,6 +206,35 @@ async def test_a_hostile_train_py_is_refused_with_the_reason(node, tmp_path, nam
     assert not o.ok and o.summary is None, f"{name}: accepted at {o.summary and o.summary.val_bpb}"
     assert expected in o.reason, f"{name}: {o.reason}"
     assert not marker.exists()  # nothing of the run's was unpickled by the node
+
+
+async def test_patching_the_evaluation_inside_the_run_changes_nothing(node, tmp_path):
+    """The run no longer evaluates: it hands over and prints the node's value, whatever it patched."""
+    o = await _run(node, tmp_path, "model = train(Tiny(), train_data)\n"
+                   "F.cross_entropy = lambda *a, **k: torch.tensor(0.01)\n"
+                   "report(evaluate_bpb(model, 'cpu', max_seq_len=64))\n")
+    assert o.ok and o.measured_by == "harness", o.reason
+    assert o.summary.val_bpb > 3.0 and abs(o.reported_val_bpb - o.summary.val_bpb) < 1e-5
+
+
+async def test_a_run_of_peers_code_does_not_see_the_validation_data(node, tmp_path):
+    """The corpus and the user's data are not in its sandbox; the harness's validation split there is
+    zeros, and the training bytes are exactly the node's."""
+    body = textwrap.dedent('''
+        import hashlib
+        _, val = prepare.split_bytes()
+        if set(val) != {0} or os.path.exists(prepare.corpus_cache_path()):
+            raise SystemExit("saw the validation data")
+        print("train sha", hashlib.sha256(bytes(train_data.tolist())).hexdigest())
+        report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))
+    ''')
+    o = await _run(node, tmp_path, body)
+    assert o.ok and o.measured_by == "harness", o.reason
+    home, ctx, engine = node
+    (corpus,) = engine.cache_dir().glob("corpus-*.txt")
+    data = corpus.read_bytes()
+    here = hashlib.sha256(data[:-max(int(len(data) * 0.05), 4 * 257)]).hexdigest()
+    assert f"train sha {here}" in o.log_path.read_text()
 
 
 async def test_a_pickle_hand_over_is_never_unpickled_even_without_a_sandbox(node, tmp_path):
@@ -263,7 +290,9 @@ async def test_a_model_that_memorises_the_validation_windows_does_not_generalise
     (tmp_path / "b").mkdir()
     honest = await _run(node, tmp_path / "a", "train_bytes, _ = prepare.split_bytes()\n"
                         "report(evaluate_bpb(KGram(train_bytes[-300_000:]), 'cpu', max_seq_len=256))\n")
-    cheat = await _run(node, tmp_path / "b", "_, val_bytes = prepare.split_bytes()\n"
+    # the run has no validation data; it regenerates the public corpus with the harness's own code
+    cheat = await _run(node, tmp_path / "b", "data = prepare.generate_corpus()\n"
+                       "val_bytes = data[-max(int(len(data) * prepare.VAL_FRACTION), 4 * (prepare.EVAL_CONTEXT + 1)):]\n"
                        "report(evaluate_bpb(KGram(val_bytes), 'cpu', max_seq_len=256))\n")
     assert honest.ok and cheat.ok, (honest.reason, cheat.reason)
     assert cheat.summary.val_bpb < honest.summary.val_bpb - 0.3  # the lie works on the public windows

@@ -45,6 +45,24 @@ MAX_HANDOVER_FILES = 16
 WATCH_S = 0.25
 EVAL_TIME_FLOOR_S = 120.0
 MEASURE_PREFIX = "P2P-MEASURE "
+MEASURED_FILE = "measured.json"     # the node's value, written back for the waiting run (handover.py)
+HAND_BACK_WAIT_S = 60.0             # how much longer than the evaluator's limit the run waits for it
+
+# Run by the node (its own pinned harness, no sandbox) beside the genesis's prepare.py: writes the
+# training bytes alone to a folder named by their hash in the cache and prints that folder.
+TRAIN_SPLIT_SCRIPT = """\
+import hashlib, os, sys
+from pathlib import Path
+import prepare
+train, _ = prepare.split_bytes()
+folder = Path(sys.argv[1]) / ("train-split-" + hashlib.sha256(train).hexdigest()[:16])
+if not (folder / "train.bin").is_file():
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ("train.bin.%d.tmp" % os.getpid())
+    tmp.write_bytes(train)
+    os.replace(tmp, folder / "train.bin")
+print(folder)
+"""
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,10 @@ class HarnessSpec:
     max_handover_mb: int = 2048
     eval_time_limit_s: float | None = None   # None: a quarter of the run's limit, at least 120 s
     handover_slack_s: float | None = None    # None: verdict.HANDOVER_SLACK_S / _FRACTION
+    # the training bytes alone (a folder with train.bin, engine._write_train_split), and what a run
+    # whose code may not go on its own word then does not see: the corpus, the user's data
+    train_split: Path | None = None
+    evaluation_data: tuple[Path, ...] = ()
 
 
 def supports_handover(prepare_py: bytes) -> bool:
@@ -69,6 +91,12 @@ def supports_handover(prepare_py: bytes) -> bool:
 def supports_private_split(prepare_py: bytes) -> bool:
     """Whether the harness generates its corpus the way evaluate._private_corpus redraws it."""
     return all(name in prepare_py for name in (b"class _World", b"class _Rng", b"_DOC_KINDS", b"CORPUS_SEED"))
+
+
+def supports_train_split(prepare_py: bytes) -> bool:
+    """Whether the harness splits one byte stream into training and validation the way
+    handover._withhold_validation replaces (this project's)."""
+    return all(name in prepare_py for name in (b"def split_bytes", b"def load_text", b"EVAL_CONTEXT"))
 
 
 def script_argv(train_command: str, script: str, *extra: str) -> list[str]:
@@ -141,6 +169,23 @@ def _snapshot(src: Path, dest: Path, max_bytes: int) -> str | None:
     return None
 
 
+def _hand_back(folder_fd: int, doc: dict) -> None:
+    """Write the node's value into the run's hand-over folder for the waiting run. The folder is the
+    run's: nothing in it is followed (a new file made with O_EXCL | O_NOFOLLOW, renamed over
+    whatever the run put under the name), and the folder is the one the node made (an fd opened
+    before the run started)."""
+    tmp = f".{MEASURED_FILE}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder_fd)
+        try:
+            os.write(fd, json.dumps(doc).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, MEASURED_FILE, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    except OSError as e:  # the run filled or broke its own folder: it gets no value, and falls back
+        log.info("could not hand the measured value back to the run: %s", e)
+
+
 def _measure_line(log_path: Path) -> dict | None:
     """The evaluator's one result line; None unless there is exactly one (anything the graph made
     torch print cannot add a second that counts)."""
@@ -178,9 +223,17 @@ class HarnessTrainer:
             shutil.rmtree(d, ignore_errors=True)
         handover.mkdir(parents=True)
         (run_dir / HANDOVER_SCRIPT).write_bytes(Path(__file__).with_name("handover.py").read_bytes())
+        run_env = {**env, "P2P_HANDOVER": str(handover),
+                   "P2P_HANDOVER_WAIT_S": str(int(self._eval_time(limits) + HAND_BACK_WAIT_S))}
         train_sandbox = (dataclasses.replace(sandbox, read_write=(*sandbox.read_write, handover))
                          if sandbox is not None else None)
+        if train_sandbox is not None and self._withholds_validation(run_dir):
+            assert spec.train_split is not None
+            kept = tuple(p for p in train_sandbox.read_only if p not in spec.evaluation_data)
+            train_sandbox = dataclasses.replace(train_sandbox, read_only=(*kept, spec.train_split))
+            run_env["P2P_TRAIN_SPLIT"] = str(spec.train_split / "train.bin")
         argv = script_argv(spec.train_command, HANDOVER_SCRIPT, "train.py")
+        folder_fd = os.open(handover, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         seen: dict[str, object] = {}
         started = time.monotonic()
 
@@ -197,6 +250,9 @@ class HarnessTrainer:
                 measured.update(await self._evaluate(run_dir, taken, env, limits, sandbox))
             finally:
                 evaluated.set()
+                # the run waits in the harness's evaluate_bpb for this value (handover.py)
+                _hand_back(folder_fd, measured if "val_bpb" in measured or "error" in measured
+                           else {"error": "the evaluation was stopped"})
 
         async def watch(run_scope: trio.CancelScope, evaluations: trio.Nursery) -> None:
             # the node's own clock on the hand-over, and a copy the run cannot change afterwards
@@ -216,6 +272,8 @@ class HarnessTrainer:
             if seen["refused"] is None:
                 seen["evaluating"] = True
                 evaluations.start_soon(evaluate)
+            else:
+                _hand_back(folder_fd, {"error": str(seen["refused"])})
 
         try:
             async with trio.open_nursery() as evaluations:
@@ -223,9 +281,12 @@ class HarnessTrainer:
                 async with trio.open_nursery() as nursery:
                     with trio.CancelScope() as run_scope:
                         nursery.start_soon(watch, run_scope, evaluations)
-                        outcome = await self.runner(run_dir, {**env, "P2P_HANDOVER": str(handover)}, limits,
-                                                    log_path, command=argv, sandbox=train_sandbox)
+                        outcome = await self.runner(run_dir, run_env, limits, log_path, command=argv,
+                                                    sandbox=train_sandbox)
                     nursery.cancel_scope.cancel()
+                if outcome is not None and not outcome.ok and "error" in measured:
+                    # a run that had no validation data of its own fails when the harness refuses its model
+                    return _with(outcome, reason=f"the harness refused the handed-over model: {measured['error']}")
                 result = self._without_model(outcome, handover, taken, seen, started, log_path, run_dir)
                 if result is not None:
                     evaluations.cancel_scope.cancel()  # an evaluation under way is of no use now
@@ -251,9 +312,25 @@ class HarnessTrainer:
             return _with(outcome, summary=summary, reported_val_bpb=reported, measured_by="harness",
                          private_bpb=measured.get("private_bpb"))
         finally:
+            os.close(folder_fd)
             for d in (handover, taken, run_dir / "evaluate"):
                 shutil.rmtree(d, ignore_errors=True)
             (run_dir / HANDOVER_SCRIPT).unlink(missing_ok=True)
+
+    def _eval_time(self, limits: RunLimits) -> float:
+        return self.spec.eval_time_limit_s or max(EVAL_TIME_FLOOR_S, limits.time_limit_s / 4)
+
+    def _withholds_validation(self, run_dir: Path) -> bool:
+        """Whether this run trains without the validation data: wherever the node has the training
+        split, for any code but the genesis's own with other constants (which may still be kept on
+        its own word, so it keeps the harness's in-process evaluation as a fallback)."""
+        if self.spec.train_split is None:
+            return False
+        try:
+            train_py = (run_dir / "train.py").read_bytes()
+        except OSError:
+            return True
+        return not verdict.self_report_allowed(self.spec.genesis_train_py, train_py)
 
     def _without_model(self, outcome: RunOutcome | None, handover: Path, taken: Path, seen: dict, started: float,
                        log_path: Path, run_dir: Path) -> RunOutcome | None:
@@ -325,7 +402,7 @@ class HarnessTrainer:
             eval_env["P2P_PRIVATE_SEED"] = str(spec.private_seed)
         eval_sandbox = (dataclasses.replace(sandbox, run_dir=eval_dir, read_only=(*sandbox.read_only, taken),
                                             read_write=()) if sandbox is not None else None)
-        eval_time = spec.eval_time_limit_s or max(EVAL_TIME_FLOOR_S, limits.time_limit_s / 4)
+        eval_time = self._eval_time(limits)
         eval_limits = RunLimits(eval_time, limits.memory_limit_mb, limits.hard_address_limit)
         log_path = run_dir / "evaluate.log"
         argv = script_argv(spec.train_command, EVALUATE_SCRIPT, str(taken))

@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 
 from p2p_research import __version__
-from p2p_research.harness.measure import HarnessSpec, HarnessTrainer
+from p2p_research.harness.measure import TRAIN_SPLIT_SCRIPT, HarnessSpec, HarnessTrainer, supports_train_split
 from p2p_research.harness.verdict import does_not_generalise
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
@@ -441,6 +441,27 @@ class ResearchEngine:
             if outcome.returncode != 0:
                 log.warning("could not prepare the harness's data (%s); each run prepares its own",
                             outcome.reason or (Path(tmp) / "prepare.log").read_text()[-300:])
+                return
+            if isinstance(self.trainer, HarnessTrainer) and supports_train_split(genesis["prepare.py"]):
+                await self._write_train_split(Path(tmp), genesis["prepare.py"])
+
+    async def _write_train_split(self, tmp: Path, prepare_py: bytes) -> None:
+        """The training bytes alone, in a folder of their own in the cache: what a run whose code this
+        node cannot take on its word may read instead of the whole corpus (harness/handover.py), so
+        the validation split is not in its sandbox."""
+        r = self.ctx.config.research
+        (tmp / "split.py").write_text(TRAIN_SPLIT_SCRIPT)
+        out = tmp / "split.out"
+        outcome = await run_training(tmp, self.run_env(self.seed), RunLimits(600, 8192, False), out,
+                                     command=[sys.executable, "split.py", str(self.cache_dir())])
+        folder = Path(out.read_text().strip().splitlines()[-1]) if outcome.returncode == 0 else None
+        if folder is None or not (folder / "train.bin").is_file():
+            log.warning("could not write the training split (%s): runs of peers' code see the validation "
+                        "data", outcome.reason or out.read_text()[-300:])
+            return
+        withheld = [self.cache_dir()] + ([Path(r.data).expanduser()] if r.data else [])
+        self.trainer.spec = dataclasses.replace(self.trainer.spec, train_split=folder,
+                                                evaluation_data=tuple(withheld))
 
     def run_env(self, seed: int) -> dict[str, str]:
         r = self.ctx.config.research
