@@ -1,7 +1,7 @@
 """Benchmark of the harness's own measurement: what the hand-over and the separate evaluation add to a run.
 
 Usage:
-    .venv/bin/python bench/bench_harness.py [--repeats 3] [--budget-tokens N] [--skip-autoresearch]
+    .venv/bin/python bench/bench_harness.py [--repeats 3] [--budget-tokens N] [--skip-autoresearch] [--private]
 
 For the default target (its default budget unless --budget-tokens) and for the autoresearch-shaped test
 fixture, each run goes once through the plain runner (train.py prints its value) and once through
@@ -26,6 +26,7 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from p2p_research.harness.measure import PRIVATE_BELOW  # noqa: E402
 from p2p_research.research.context import open_context  # noqa: E402
 from p2p_research.research.engine import ResearchEngine  # noqa: E402
 from p2p_research.research.init import init_home  # noqa: E402
@@ -48,22 +49,25 @@ def engine_for(home_dir: Path, target: Path | None, budget_tokens: int) -> Resea
     return ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
 
 
-def one(engine: ResearchEngine, measured: bool) -> tuple[float, object]:
+def one(engine: ResearchEngine, measured: bool, private: bool) -> tuple[float, object]:
     ctx = engine.ctx
     run_dir = Path(tempfile.mkdtemp(dir=ctx.home.runs))
     ctx.workspace.materialize(ctx.workspace.genesis, run_dir)
     trio.run(engine.prepare_data)
     limits = RunLimits(3600, 8192, not ctx.config.research.train_command)
     if measured:
-        trainer = engine._harness_trainer()
+        trainer = engine.trainer  # with the training split prepare_data wrote, as a node runs it
     else:
         cmd = train_argv(ctx.config.research.train_command)
 
         async def trainer(*a, **k):
             return await run_training(*a, command=cmd, **k)
 
+    env = engine.run_env(0)
+    if measured and not private:  # most runs: an experiment whose value decides no gain (engine._measure_env)
+        env[PRIVATE_BELOW] = "-inf"
     t0 = time.perf_counter()
-    outcome = trio.run(lambda: trainer(run_dir, engine.run_env(0), limits, run_dir / "run.log",
+    outcome = trio.run(lambda: trainer(run_dir, env, limits, run_dir / "run.log",
                                        sandbox=engine.sandbox_spec(run_dir)))
     wall = time.perf_counter() - t0
     if not outcome.ok:
@@ -71,11 +75,11 @@ def one(engine: ResearchEngine, measured: bool) -> tuple[float, object]:
     return wall, outcome
 
 
-def bench(name: str, engine: ResearchEngine, repeats: int) -> dict:
+def bench(name: str, engine: ResearchEngine, repeats: int, private: bool) -> dict:
     plain, harness, same, evals = [], [], [], []
     for i in range(repeats):
         for measured in (False, True) if i % 2 == 0 else (True, False):
-            wall, o = one(engine, measured)
+            wall, o = one(engine, measured, private)
             (harness if measured else plain).append(wall)
             if measured:
                 same.append(abs(o.summary.val_bpb - o.reported_val_bpb))
@@ -96,13 +100,17 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-tokens", type=int, default=0)
     ap.add_argument("--skip-autoresearch", action="store_true")
+    ap.add_argument("--private", action="store_true",
+                    help="measure the private split on every run, as for a baseline or a gain (default: as "
+                         "for an experiment that gains nothing, where it decides nothing)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(bench("default target", engine_for(Path(tmp) / "node", None, args.budget_tokens), args.repeats))
+        rows.append(bench("default target", engine_for(Path(tmp) / "node", None, args.budget_tokens), args.repeats,
+                          args.private))
         if not args.skip_autoresearch:
             folder = autoresearch_folder(Path(tmp) / "autoresearch")
-            rows.append(bench("autoresearch fixture", engine_for(Path(tmp) / "ar", folder, 0), args.repeats))
+            rows.append(bench("autoresearch fixture", engine_for(Path(tmp) / "ar", folder, 0), args.repeats, args.private))
     print()
     print("| target | runs | plain run (median) | measured run (median) | overhead median [min, max] | evaluator process | harness vs printed |")
     print("|---|---|---|---|---|---|---|")

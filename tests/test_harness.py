@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from p2p_research.harness import verdict
-from p2p_research.harness.measure import HarnessTrainer, script_argv
+from p2p_research.harness.measure import PRIVATE_BELOW, HarnessTrainer, script_argv
 from p2p_research.research.context import open_context
 from p2p_research.research.engine import ResearchEngine
 from p2p_research.research.init import init_home
@@ -177,7 +177,7 @@ def _trainer(ctx, engine, **changes) -> HarnessTrainer:
     return HarnessTrainer(dataclasses.replace(base, **changes))
 
 
-async def _run(node, tmp_path: Path, body: str, **changes):
+async def _run(node, tmp_path: Path, body: str, env_extra: dict | None = None, **changes):
     home, ctx, engine = node
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -185,7 +185,7 @@ async def _run(node, tmp_path: Path, body: str, **changes):
     (run_dir / "prepare.py").write_bytes(genesis["prepare.py"])
     (run_dir / "train.py").write_text(TINY + KGRAM + body)
     await engine.prepare_data()
-    env = engine.run_env(0)
+    env = {**engine.run_env(0), **(env_extra or {})}
     trainer = _trainer(ctx, engine, **changes)
     return await trainer(run_dir, env, LIMITS, run_dir / "run.log", sandbox=engine.sandbox_spec(run_dir))
 
@@ -196,6 +196,26 @@ async def test_an_honest_tiny_model_is_measured_by_the_harness_and_agrees_with_i
     assert o.measured_by == "harness" and o.summary.metrics["measured_by"] == "harness"
     assert abs(o.summary.val_bpb - o.reported_val_bpb) < 1e-4
     assert o.private_bpb is not None and abs(o.private_bpb - o.summary.val_bpb) < 0.5
+
+
+def test_the_private_split_is_measured_only_where_it_can_decide(node, monkeypatch):
+    """A baseline is the reference (always); a noise run judges nothing (never); an experiment or a
+    verification only below its nearest measured ancestor's value less half a margin."""
+    home, ctx, engine = node
+    assert PRIVATE_BELOW not in engine._measure_env(0, "baseline", "")
+    assert engine._measure_env(0, "noise", "")[PRIVATE_BELOW] == "-inf"
+    monkeypatch.setattr(engine, "_measured_ancestor", lambda parent: (1.5, 1.6) if parent == "p" else None)
+    below = float(engine._measure_env(0, "experiment", "p")[PRIVATE_BELOW])
+    assert below == pytest.approx(1.5 - 0.5 * engine.margin)
+    assert engine._measure_env(0, "verification", "q")[PRIVATE_BELOW] == "-inf"
+
+
+async def test_an_experiment_that_decides_no_gain_skips_the_private_split(node, tmp_path):
+    o = await _run(node, tmp_path, "print('below seen:', os.environ.get('P2P_PRIVATE_BELOW'))\n"
+                   "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n",
+                   env_extra={PRIVATE_BELOW: "-inf"})
+    assert o.ok and o.measured_by == "harness" and o.private_bpb is None, o.reason
+    assert "below seen: None" in o.log_path.read_text()  # the run never sees it
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

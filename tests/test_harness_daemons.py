@@ -44,11 +44,12 @@ LIES = {
     "replaces the evaluation with a constant": (
         lambda src: src.replace(b"val_bpb = evaluate_bpb(model, device, max_seq_len=SEQ_LEN)", b"val_bpb = 0.30", 1),
         0.30),
-    # calls the harness's evaluation but with torch's cross-entropy patched to almost nothing
-    "patches cross_entropy before the evaluation": (
+    # hands its model over (the harness measures it), then prints a value of its choosing; patching
+    # torch's cross-entropy before the evaluation no longer changes anything: the run does not evaluate
+    "hands over, then prints another value": (
         lambda src: src.replace(b"val_bpb = evaluate_bpb(model, device, max_seq_len=SEQ_LEN)",
                                 b"F.cross_entropy = lambda *a, **k: torch.tensor(0.01) * a[0].new_ones(()).sum()\n"
-                                b"    val_bpb = evaluate_bpb(model, device, max_seq_len=SEQ_LEN)", 1),
+                                b"    val_bpb = evaluate_bpb(model, device, max_seq_len=SEQ_LEN) * 0 + 0.0145", 1),
         0.0145),
 }
 

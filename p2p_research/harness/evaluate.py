@@ -370,6 +370,30 @@ def _private_bpb(prepare, adapter, meta, device, seed):
         prepare.load_text = public
 
 
+READY = "ready"  # written by the node into the (read-only here) hand-over copy once it is complete
+
+
+def _wait_ready(folder):
+    """Started with the training run, the evaluator has torch imported by the time the model is handed
+    over; it waits for the node's marker that the copy is complete (the node ends it otherwise)."""
+    deadline = time.monotonic() + float(os.environ.get("P2P_EVALUATE_WAIT_S", "0") or 0)
+    while not os.path.exists(os.path.join(folder, READY)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _private_wanted(value):
+    """The private split decides only a gain beyond the margin over a measured ancestor: the node
+    names the value below which that is (P2P_PRIVATE_BELOW; absent: always, as for a baseline)."""
+    below = os.environ.get("P2P_PRIVATE_BELOW", "").strip()
+    try:
+        return not below or value < float(below)
+    except ValueError:
+        return True
+
+
 def main():
     started = time.monotonic()
     marks = {}
@@ -387,8 +411,12 @@ def main():
     if threads.isdigit() and int(threads) > 0:
         torch.set_num_threads(int(threads))
     torch.manual_seed(0)
+    marks["imported"] = time.monotonic() - started
+    if not _wait_ready(folder):
+        _emit({"error": "no hand-over came"})
+        return
+    started = time.monotonic()  # the marks count from the hand-over
     try:
-        marks["imported"] = time.monotonic() - started
         module, meta, shape = _load_program(folder, torch, device)
         marks["loaded"] = time.monotonic() - started
         logits = _Logits(module, torch, int.from_bytes(os.urandom(8), "little"))
@@ -400,7 +428,9 @@ def main():
             if not math.isfinite(value):
                 raise Refused(f"the harness measured a val_bpb that is not finite ({value})")
             seed = os.environ.get("P2P_PRIVATE_SEED", "").strip()
-            private = _private_bpb(prepare, adapter, meta, device, int(seed)) if seed.isdigit() else None
+            private = (_private_bpb(prepare, adapter, meta, device, int(seed))
+                       if seed.isdigit() and _private_wanted(value) else None)
+            marks["private"] = time.monotonic() - started
     except Refused as e:
         _emit({"error": str(e)})
         return

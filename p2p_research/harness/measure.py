@@ -45,6 +45,8 @@ MAX_HANDOVER_FILES = 16
 WATCH_S = 0.25
 EVAL_TIME_FLOOR_S = 120.0
 MEASURE_PREFIX = "P2P-MEASURE "
+PRIVATE_BELOW = "P2P_PRIVATE_BELOW"  # the evaluator measures the private split only below this value
+READY_FILE = "ready"               # evaluate.READY: the node's copy of the hand-over is complete
 MEASURED_FILE = "measured.json"     # the node's value, written back for the waiting run (handover.py)
 HAND_BACK_WAIT_S = 60.0             # how much longer than the evaluator's limit the run waits for it
 
@@ -223,7 +225,7 @@ class HarnessTrainer:
             shutil.rmtree(d, ignore_errors=True)
         handover.mkdir(parents=True)
         (run_dir / HANDOVER_SCRIPT).write_bytes(Path(__file__).with_name("handover.py").read_bytes())
-        run_env = {**env, "P2P_HANDOVER": str(handover),
+        run_env = {**{k: v for k, v in env.items() if k != PRIVATE_BELOW}, "P2P_HANDOVER": str(handover),
                    "P2P_HANDOVER_WAIT_S": str(int(self._eval_time(limits) + HAND_BACK_WAIT_S))}
         train_sandbox = (dataclasses.replace(sandbox, read_write=(*sandbox.read_write, handover))
                          if sandbox is not None else None)
@@ -234,27 +236,37 @@ class HarnessTrainer:
             run_env["P2P_TRAIN_SPLIT"] = str(spec.train_split / "train.bin")
         argv = script_argv(spec.train_command, HANDOVER_SCRIPT, "train.py")
         folder_fd = os.open(handover, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        taken.mkdir()
         seen: dict[str, object] = {}
         started = time.monotonic()
+        eval_time = self._eval_time(limits)
+        measured: dict = {}
+        evaluated = trio.Event()
+        eval_scope = trio.CancelScope()
 
         def take() -> None:
             seen["refused"] = _snapshot(handover, taken, spec.max_handover_mb * 2**20)
 
-        measured: dict = {}
-        evaluated = trio.Event()
+        def release() -> None:
+            """The copy is complete: the waiting evaluator measures it, within its own time limit."""
+            seen["evaluating"] = True
+            (taken / READY_FILE).write_bytes(b"")
+            eval_scope.deadline = trio.current_time() + eval_time
 
         async def evaluate() -> None:
-            # starts as soon as the hand-over is taken: the evaluator's start-up overlaps the run's
-            # own evaluation and exit
+            # started with the run, so torch is imported by the time the model comes (evaluate.py waits)
             try:
-                measured.update(await self._evaluate(run_dir, taken, env, limits, sandbox))
+                with eval_scope:
+                    measured.update(await self._evaluate(run_dir, taken, env, limits, sandbox))
+                if eval_scope.cancelled_caught and "evaluating" in seen:
+                    measured["error"] = f"the evaluation did not finish: time limit ({eval_time:.0f} s)"
             finally:
                 evaluated.set()
                 # the run waits in the harness's evaluate_bpb for this value (handover.py)
                 _hand_back(folder_fd, measured if "val_bpb" in measured or "error" in measured
                            else {"error": "the evaluation was stopped"})
 
-        async def watch(run_scope: trio.CancelScope, evaluations: trio.Nursery) -> None:
+        async def watch(run_scope: trio.CancelScope) -> None:
             # the node's own clock on the hand-over, and a copy the run cannot change afterwards
             # (meta.json is written last, so an honest hand-over is complete when it appears); the
             # folder is the one place the run can write outside its tmpfs, so it is bounded as it grows
@@ -270,17 +282,18 @@ class HarnessTrainer:
             seen["after_s"] = time.monotonic() - started
             await trio.to_thread.run_sync(take)
             if seen["refused"] is None:
-                seen["evaluating"] = True
-                evaluations.start_soon(evaluate)
+                release()
             else:
+                eval_scope.cancel()
                 _hand_back(folder_fd, {"error": str(seen["refused"])})
 
         try:
             async with trio.open_nursery() as evaluations:
+                evaluations.start_soon(evaluate)
                 outcome: RunOutcome | None = None  # stays None when the watcher stops the run
                 async with trio.open_nursery() as nursery:
                     with trio.CancelScope() as run_scope:
-                        nursery.start_soon(watch, run_scope, evaluations)
+                        nursery.start_soon(watch, run_scope)
                         outcome = await self.runner(run_dir, run_env, limits, log_path, command=argv,
                                                     sandbox=train_sandbox)
                     nursery.cancel_scope.cancel()
@@ -289,11 +302,10 @@ class HarnessTrainer:
                     return _with(outcome, reason=f"the harness refused the handed-over model: {measured['error']}")
                 result = self._without_model(outcome, handover, taken, seen, started, log_path, run_dir)
                 if result is not None:
-                    evaluations.cancel_scope.cancel()  # an evaluation under way is of no use now
+                    eval_scope.cancel()  # an evaluation under way, or waiting, is of no use now
                     return result
                 if "evaluating" not in seen:
-                    seen["evaluating"] = True
-                    evaluations.start_soon(evaluate)  # handed over in the run's last instant
+                    release()  # handed over in the run's last instant
                 await evaluated.wait()
             reported = outcome.summary.val_bpb if outcome.summary else None
             if "error" in measured or "val_bpb" not in measured:
@@ -398,12 +410,14 @@ class HarnessTrainer:
         (eval_dir / "prepare.py").write_bytes(spec.prepare_py)
         (eval_dir / EVALUATE_SCRIPT).write_bytes(Path(__file__).with_name("evaluate.py").read_bytes())
         eval_env = {k: v for k, v in env.items() if k != "P2P_HANDOVER"}
+        eval_env["P2P_EVALUATE_WAIT_S"] = str(int(limits.time_limit_s + HAND_BACK_WAIT_S))
         if spec.private_seed is not None:
             eval_env["P2P_PRIVATE_SEED"] = str(spec.private_seed)
         eval_sandbox = (dataclasses.replace(sandbox, run_dir=eval_dir, read_only=(*sandbox.read_only, taken),
                                             read_write=()) if sandbox is not None else None)
-        eval_time = self._eval_time(limits)
-        eval_limits = RunLimits(eval_time, limits.memory_limit_mb, limits.hard_address_limit)
+        # it waits through the training, then has its own limit from the hand-over (__call__'s deadline)
+        eval_limits = RunLimits(limits.time_limit_s + HAND_BACK_WAIT_S + self._eval_time(limits),
+                                limits.memory_limit_mb, limits.hard_address_limit)
         log_path = run_dir / "evaluate.log"
         argv = script_argv(spec.train_command, EVALUATE_SCRIPT, str(taken))
         outcome = await self.runner(eval_dir, eval_env, eval_limits, log_path, command=argv, sandbox=eval_sandbox)

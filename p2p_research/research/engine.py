@@ -25,7 +25,13 @@ from pathlib import Path
 import trio
 
 from p2p_research import __version__
-from p2p_research.harness.measure import TRAIN_SPLIT_SCRIPT, HarnessSpec, HarnessTrainer, supports_train_split
+from p2p_research.harness.measure import (
+    PRIVATE_BELOW,
+    TRAIN_SPLIT_SCRIPT,
+    HarnessSpec,
+    HarnessTrainer,
+    supports_train_split,
+)
 from p2p_research.harness.verdict import does_not_generalise
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
@@ -510,7 +516,7 @@ class ResearchEngine:
             with trio.CancelScope() as scope:
                 self.current_scope = scope
                 await self.prepare_data()
-                er.outcome = await self.trainer(run_dir, self.run_env(seed), limits, log_path,
+                er.outcome = await self.trainer(run_dir, self._measure_env(seed, kind, parent), limits, log_path,
                                                 sandbox=self.sandbox_spec(run_dir))
             self.current_scope = None
             if scope.cancelled_caught:
@@ -550,6 +556,19 @@ class ResearchEngine:
         else:
             ctx.ledger.finish_run(run_id, "done" if kind == "experiment" else kind, **fields)
         return er
+
+    def _measure_env(self, seed: int, kind: str, parent: str) -> dict[str, str]:
+        """The run's environment, and for the harness the value below which its private split can
+        decide anything (_judge_generalisation): a baseline's is always measured (it is the reference),
+        a noise run's never, an experiment's or verification's only for a gain beyond the margin over
+        the nearest measured ancestor (none: nothing to judge against)."""
+        env = self.run_env(seed)
+        if not isinstance(self.trainer, HarnessTrainer) or kind == "baseline":
+            return env
+        ref = self._measured_ancestor(parent) if kind in ("experiment", "verification") else None
+        # half a margin of slack: the margin may shrink (a noise run) before the run is judged
+        env[PRIVATE_BELOW] = repr(ref[0] - 0.5 * self.margin) if ref is not None else "-inf"
+        return env
 
     def _judge_generalisation(self, o: RunOutcome, kind: str, parent: str) -> RunOutcome:
         """A gain that does not carry over to this node's private split is refuted like a crash

@@ -71,10 +71,9 @@ def _last_error_line(text: str) -> str:
     return ""
 
 
-def _rss_mb(pid: int) -> float:
-    """RSS of the child's process group and of all its descendants, from /proc (a sandboxed run sits
-    in a session of its own under bwrap, so its processes are found as descendants)."""
-    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, pgrp)
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, pgrp) of every process, from /proc."""
+    stats: dict[int, tuple[int, int]] = {}
     try:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
@@ -87,12 +86,25 @@ def _rss_mb(pid: int) -> float:
                 continue
     except OSError:
         pass
+    return stats
+
+
+def _members(pid: int) -> set[int]:
+    """The child's process group and all its descendants (a sandboxed run sits in a session of its own
+    under bwrap, so its processes are found as descendants, not by group)."""
+    stats = _process_table()
     members = {p for p, (_, pgrp) in stats.items() if pgrp == pid or p == pid}
     grew = True
     while grew:
         new = {p for p, (ppid, _) in stats.items() if ppid in members and p not in members}
         members |= new
         grew = bool(new)
+    return members
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of the child's process group and of all its descendants."""
+    members = _members(pid)
     total = 0.0
     page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
     for p in members:
@@ -138,6 +150,19 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL the child's group and every descendant, all found before any dies. Killing bwrap's group
+    alone is not enough: bwrap starts the command in a new session (`--new-session`) as PID 1 of its
+    namespace, which ignores every signal but SIGKILL from outside, and once bwrap is gone the command
+    is reparented out of reach and trains on (the same holds for the namespaces backend's reaper)."""
+    for p in sorted(_members(pid)):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _kill_group(pid)
+
+
 async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
                        command: list[str] | None = None, sandbox: SandboxSpec | None = None) -> RunOutcome:
     """Run `command` (default: this interpreter on train.py) in `run_dir`, inside `sandbox` when one
@@ -177,22 +202,22 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
                 while proc.poll() is None:
                     if _rss_mb(proc.pid) > limits.memory_limit_mb:
                         reason = f"memory limit exceeded ({limits.memory_limit_mb} MB)"
-                        _kill_group(proc.pid)
+                        kill_tree(proc.pid)
                         break
                     with trio.move_on_after(RSS_POLL_S):
                         await proc.wait()
             if scope.cancelled_caught:
                 reason = f"time limit exceeded ({limits.time_limit_s:.0f} s)"
-                _kill_group(proc.pid)
+                kill_tree(proc.pid)
             with trio.CancelScope(shield=True):
                 await proc.wait()
         finally:
             # Cancelled (Ctrl+C, daemon stop) or any error: never leave the child running.
             if proc.returncode is None:
-                _kill_group(proc.pid)
+                kill_tree(proc.pid)
                 with trio.CancelScope(shield=True):
                     await proc.wait()
-            _kill_group(proc.pid)  # stray grandchildren of the group
+            kill_tree(proc.pid)  # stray grandchildren of the group
             if cgroup is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(cgroup.remove)
