@@ -10,6 +10,7 @@ returns, no process with the run's token remains.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import uuid
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from daemon_helpers import Daemon, wait_for
 
+from p2p_research.research.init import init_home
+from p2p_research.research.run_guard import RUN_DIR_ENV
 from p2p_research.research.runner import RunLimits, run_training
 from p2p_research.research.sandbox import SandboxSpec, detect, interpreter_paths, safe_paths
 
@@ -91,3 +95,61 @@ async def test_no_process_of_a_run_outlives_it(tmp_path, backend, how):
         assert outcome is not None and not outcome.ok and how in outcome.reason, (outcome, log)
     left = await trio.to_thread.run_sync(_gone, token)
     assert not left, f"{how} ({backend or 'no sandbox'}): processes {left} of the run are still there"
+
+
+def _run_processes(home: Path) -> dict[int, bytes]:
+    """pid -> cmdline of every process of a run of the node at `home` (run_guard's marks)."""
+    prefix = f"{RUN_DIR_ENV}={(home / 'runs').resolve()}/".encode()
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    if any(item.startswith(prefix) for item in f.read().split(b"\0")):
+                        with open(f"/proc/{entry.name}/cmdline", "rb") as c:
+                            found[int(entry.name)] = c.read()
+            except OSError:
+                continue
+    return found
+
+
+def _training(home: Path) -> bool:
+    return any(b"train.py" in cmd and b"bwrap" not in cmd and WATCHDOG_MARK not in cmd
+               for cmd in _run_processes(home).values())
+
+
+WATCHDOG_MARK = b"os.pidfd_open(parent)"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BACKENDS, reason="no sandbox here")
+def test_a_stopped_or_killed_node_leaves_no_run_behind(tmp_path):
+    """A real daemon with its genesis run under way: stopped (SIGTERM), SIGKILLed (the watchdog ends
+    the run), and SIGKILLed together with the run's watchdog (the next start ends what is left)."""
+    home = init_home(tmp_path / "node")
+    d = Daemon(home.path)
+    for how in ("stopped", "killed", "killed with its watchdog"):
+        d.start(timeout=120)
+        wait_for(lambda: _training(home.path), 120, 0.2, what=f"a run under way ({how})")
+        if how == "stopped":
+            assert d.stop() is not None
+        elif how == "killed":
+            d.kill()
+        else:
+            watchdogs = [p for p, cmd in _run_processes(home.path).items() if WATCHDOG_MARK in cmd]
+            assert watchdogs
+            for p in watchdogs:  # stopped first: neither it nor the node can clean up after the other
+                os.kill(p, signal.SIGSTOP)
+            d.kill()
+            for p in watchdogs:
+                os.kill(p, signal.SIGKILL)
+            time.sleep(1.0)
+            assert _training(home.path)  # nothing ended the run: the next start must
+            d.start(timeout=120)
+            wait_for(lambda: "left running by an earlier life" in d.stderr(), 60, 0.2, what="the leftover ended")
+            d.stop()
+        deadline = time.monotonic() + 10
+        while _run_processes(home.path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = {p: cmd[-80:] for p, cmd in _run_processes(home.path).items()}
+        assert not left, f"{how}: {left}"

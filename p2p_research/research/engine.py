@@ -38,6 +38,7 @@ from p2p_research.research import loop as L
 from p2p_research.research.context import EDITABLE_FILE, ResearchContext
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.proposers import Proposal, Proposer, Skip
+from p2p_research.research.run_guard import end_leftovers
 from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
 from p2p_research.research.sandbox import SandboxSpec, interpreter_paths, safe_paths
 from p2p_research.research.semantic import semantic_id
@@ -167,6 +168,10 @@ class ResearchEngine:
         return b.commit_id, b.val_bpb
 
     def recover(self) -> int:
+        ended = end_leftovers(self.ctx.home.runs)
+        if ended:
+            log.warning("ended %d process(es) left running by an earlier life of this node: %s", len(ended),
+                        " ".join(map(str, ended)))
         n = self.ctx.ledger.abort_running("the node stopped during this run")
         if n:
             log.warning("recorded %d interrupted run(s) as aborted", n)

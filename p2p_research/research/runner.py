@@ -22,6 +22,7 @@ from pathlib import Path
 
 import trio
 
+from p2p_research.research.run_guard import OWNER_ENV, RUN_DIR_ENV, guarded, owner_mark
 from p2p_research.research.sandbox import PidsCgroup, SandboxSpec, apply_limits, clean_env, wrap
 from p2p_research.research.summary import Summary, SummaryError, parse_summary
 
@@ -150,17 +151,32 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def kill_tree(pid: int) -> None:
+async def _end(proc: trio.Process) -> None:
+    """Kill everything under the run's watchdog, let it reap its child and exit (so nothing is left a
+    zombie under init), and kill it too if it has not within a second."""
+    with trio.CancelScope(shield=True):
+        kill_tree(proc.pid, root=False)
+        with trio.move_on_after(1.0):
+            await proc.wait()
+        if proc.returncode is None:
+            kill_tree(proc.pid)
+            await proc.wait()
+
+
+def kill_tree(pid: int, root: bool = True) -> None:
     """SIGKILL the child's group and every descendant, all found before any dies. Killing bwrap's group
     alone is not enough: bwrap starts the command in a new session (`--new-session`) as PID 1 of its
     namespace, which ignores every signal but SIGKILL from outside, and once bwrap is gone the command
     is reparented out of reach and trains on (the same holds for the namespaces backend's reaper)."""
     for p in sorted(_members(pid)):
+        if p == pid and not root:
+            continue
         try:
             os.kill(p, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    _kill_group(pid)
+    if root:
+        _kill_group(pid)
 
 
 async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
@@ -179,13 +195,16 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
             resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
     argv = command or train_argv("")
+    # whose run this is: the watchdog ends it if this node dies, a later life of the node if both died
+    marks = {OWNER_ENV: owner_mark(), RUN_DIR_ENV: str(run_dir.resolve())}
     if sandbox is not None:
         argv = wrap(argv, sandbox)
-        child_env = clean_env(env)
+        child_env = clean_env({**env, **marks})
     else:
-        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        child_env = {**os.environ, **env, **marks, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         if command:  # the target's own environment: not this node's virtualenv
             child_env.pop("VIRTUAL_ENV", None)
+    argv = guarded(argv)
     started = time.monotonic()
     reason = ""
     with log_path.open("wb") as logf:
@@ -202,21 +221,19 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
                 while proc.poll() is None:
                     if _rss_mb(proc.pid) > limits.memory_limit_mb:
                         reason = f"memory limit exceeded ({limits.memory_limit_mb} MB)"
-                        kill_tree(proc.pid)
+                        await _end(proc)
                         break
                     with trio.move_on_after(RSS_POLL_S):
                         await proc.wait()
             if scope.cancelled_caught:
                 reason = f"time limit exceeded ({limits.time_limit_s:.0f} s)"
-                kill_tree(proc.pid)
+                await _end(proc)
             with trio.CancelScope(shield=True):
                 await proc.wait()
         finally:
             # Cancelled (Ctrl+C, daemon stop) or any error: never leave the child running.
             if proc.returncode is None:
-                kill_tree(proc.pid)
-                with trio.CancelScope(shield=True):
-                    await proc.wait()
+                await _end(proc)
             kill_tree(proc.pid)  # stray grandchildren of the group
             if cgroup is not None:
                 with trio.CancelScope(shield=True):
