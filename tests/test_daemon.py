@@ -118,6 +118,27 @@ def test_bad_bootstrap_addresses(tmp_path, cache_dir):
         d.stop()
 
 
+def test_a_listen_port_in_use_stops_the_node_with_one_line(tmp_path, cache_dir):
+    """libp2p only logs an ERROR for a port it cannot bind, and the node trained unreachable."""
+    import socket
+    import subprocess
+
+    from conftest import CLI, ROOT
+
+    home = make_home(tmp_path / "h", cache_dir)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = subprocess.run([*CLI, "node", "start", "--home", str(home.path), "--no-research",
+                            "--listen", f"/ip4/127.0.0.1/tcp/{port}"], capture_output=True, text=True, timeout=60,
+                           cwd=ROOT)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "cannot listen" in line]
+    assert len(errors) == 1 and f"/tcp/{port}: the port is in use" in errors[0], r.stderr
+    assert "listening on" not in r.stdout + r.stderr
+
+
 def test_a_restart_keeps_the_address(tmp_path):
     """The bootstrap address a node prints stays valid: /tcp/0 becomes a port the node remembers."""
     from p2p_research.research.init import init_home

@@ -47,12 +47,14 @@ def test_baseline_failures_and_skips_end_with_error():
         m.next_action()
         m.handle(L.BaselineMeasured("g", None, "boom"))
     d = m.next_action()
-    assert isinstance(d, L.Done) and d.error and "boom" in d.reason
+    assert isinstance(d, L.Done) and d.error and "boom" in d.reason and not d.resumable
     m = L.ResearchLoop("g", 1.0)
     for _ in range(L.MAX_CONSECUTIVE_SKIPS):
         m.next_action()
         m.handle(L.ProposalSkipped("nothing"))
-    assert isinstance(m.next_action(), L.Done)
+    d = m.next_action()
+    # nothing to propose from this baseline: the daemon follows the swarm and resumes on a new one
+    assert isinstance(d, L.Done) and d.resumable
 
 
 class LoopMachine(RuleBasedStateMachine):

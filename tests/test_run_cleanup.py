@@ -124,17 +124,20 @@ WATCHDOG_MARK = b"os.pidfd_open(parent)"
 @pytest.mark.slow
 @pytest.mark.skipif(not BACKENDS, reason="no sandbox here")
 def test_a_stopped_or_killed_node_leaves_no_run_behind(tmp_path):
-    """A real daemon with its genesis run under way: stopped (SIGTERM), SIGKILLed (the watchdog ends
-    the run), and SIGKILLed together with the run's watchdog (the next start ends what is left)."""
+    """A real daemon with its genesis run under way: stopped (SIGTERM), SIGKILLed and crashed (SIGABRT:
+    the watchdog ends the run), and SIGKILLed together with the run's watchdog (the next start ends
+    what is left)."""
     home = init_home(tmp_path / "node")
     d = Daemon(home.path)
-    for how in ("stopped", "killed", "killed with its watchdog"):
+    for how in ("stopped", "killed", "crashed", "killed with its watchdog"):
         d.start(timeout=120)
         wait_for(lambda: _training(home.path), 120, 0.2, what=f"a run under way ({how})")
         if how == "stopped":
             assert d.stop() is not None
         elif how == "killed":
             d.kill()
+        elif how == "crashed":  # a crash in C: no Python cleanup runs
+            assert d.stop(signal.SIGABRT) == -signal.SIGABRT
         else:
             watchdogs = [p for p, cmd in _run_processes(home.path).items() if WATCHDOG_MARK in cmd]
             assert watchdogs

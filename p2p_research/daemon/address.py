@@ -9,6 +9,7 @@ port is used as given.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -18,6 +19,26 @@ from pathlib import Path
 log = logging.getLogger("p2p_research.daemon")
 
 TCP_ZERO = re.compile(r"^(/ip[46]/([^/]+))/tcp/0(/.*)?$")
+TCP_PORT = re.compile(r"^/ip[46]/([^/]+)/tcp/([0-9]+)(/.*)?$")
+
+
+def check_listen(addrs: list[str]) -> None:
+    """ValueError, in one line, for an explicit TCP port this node cannot listen on. libp2p only logs
+    an ERROR and goes on, so a node would print "listening on" with nothing after it and train where
+    no peer can reach it."""
+    for a in addrs:
+        m = TCP_PORT.match(a)
+        if m is None or m.group(2) == "0":
+            continue
+        family = socket.AF_INET6 if a.startswith("/ip6/") else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((m.group(1), int(m.group(2))))
+            except OSError as e:
+                why = "the port is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+                raise ValueError(f"cannot listen on {a}: {why} (choose another --listen, or /tcp/0 for a "
+                                 "port of the node's own)") from None
 
 
 def _free(host: str, port: int, family: int) -> bool:
@@ -47,6 +68,7 @@ def load(path: Path) -> dict[str, int]:
 def stable_listen(addrs: list[str], state: Path) -> list[str]:
     """`addrs` with each `/tcp/0` replaced by the port this node remembers for it (or a new free one,
     remembered at once)."""
+    check_listen(addrs)
     remembered = load(state)
     out: list[str] = []
     for a in addrs:

@@ -293,26 +293,41 @@ class RunningNode:
         if len(engines) > 1:
             log.info("%d workers: %s", len(engines), "; ".join(
                 f"worker {i}: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "default") for i, env in enumerate(envs)))
-        try:
-            done = await self.run_workers(engines)
-        except Exception as e:  # noqa: BLE001 - the node stays up as a relay and keeps its ledger
-            log.exception("research loop failed")
-            self.research_state = f"failed: {e}"
-            return
-        self.research_state = f"done: {done.reason}"
-        (log.error if done.error else log.info)("research loop ended: %s", done.reason)
-        if engine.loop is None or engine.loop.baseline_value is None:
-            return
-        # No more experiments of its own, but the node keeps following the swarm: better baselines that
-        # peers publish are still verified and adopted, by rank rather than by margin, so every node
-        # ends on the swarm's best.
-        self.coordinator.following = True
         while True:
-            await trio.sleep(ADOPTION_POLL_S)
             try:
-                await self.coordinator.between()
-            except Exception:  # noqa: BLE001 - following is best effort; the node stays up as a relay
-                log.exception("following the swarm failed once; trying again")
+                done = await self.run_workers(engines)
+            except Exception as e:  # noqa: BLE001 - the node stays up as a relay and keeps its ledger
+                log.exception("research loop failed")
+                self.research_state = f"failed: {e}"
+                return
+            self.research_state = f"done: {done.reason}"
+            (log.error if done.error else log.info)("research loop ended: %s", done.reason)
+            if engine.loop is None or engine.loop.baseline_value is None:
+                return
+            if not await self.follow(done.resumable):
+                return
+            log.info("the baseline changed: research resumes from %s", engine.current_baseline()[0][:7])
+            self.research_state = "running"
+
+    async def follow(self, until_new_baseline: bool) -> bool:
+        """No more experiments of its own, but the node keeps following the swarm: better baselines that
+        peers publish are still verified and adopted, by rank rather than by margin, so every node ends
+        on the swarm's best. Research that ended for want of anything to propose from its baseline
+        resumes once another is adopted (True)."""
+        start = self.ctx.ledger.baseline(self.ctx.protocol_id)
+        self.coordinator.following = True
+        try:
+            while True:
+                await trio.sleep(ADOPTION_POLL_S)
+                try:
+                    await self.coordinator.between()
+                except Exception:  # noqa: BLE001 - following is best effort; the node stays up as a relay
+                    log.exception("following the swarm failed once; trying again")
+                now = self.ctx.ledger.baseline(self.ctx.protocol_id)
+                if until_new_baseline and now is not None and (start is None or now.commit_id != start.commit_id):
+                    return True
+        finally:
+            self.coordinator.following = False
 
     async def run_workers(self, engines: list[ResearchEngine]) -> Any:
         """Worker 0 measures the baseline; the others start from it, each on its own device, sharing

@@ -55,6 +55,7 @@ class AwaitBaseline:
 class Done:
     reason: str
     error: bool = False
+    resumable: bool = False  # nothing to propose from this baseline: another baseline may have some
 
 
 Action = MeasureBaseline | Propose | RunExperiment | AwaitBaseline | Done
@@ -231,7 +232,7 @@ class ResearchLoop:
             self.consecutive_skips += 1
             if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
                 self._done = Done(f"the proposer produced no experiment {self.consecutive_skips} times in a row: "
-                                  f"{event.reason}", error=True)
+                                  f"{event.reason}", error=True, resumable=True)
             return None
         if isinstance(event, ExperimentAborted):
             if not isinstance(pending, RunExperiment) or pending.exp_id != event.exp_id:
