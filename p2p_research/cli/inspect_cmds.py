@@ -148,6 +148,8 @@ def register(app: typer.Typer) -> None:
         if c:
             prog = f" {100 * c['progress']:.0f}%" if c.get("progress") is not None else ""
             out.print(f"current  {c['phase']} {c['exp_id'][:10]} {escape(c['description'][:60])}{prog}")
+            if c.get("waiting_for"):
+                out.print(f"waiting  for {c['waiting_for']}", markup=False, highlight=False)
         e = d["experiments"]
         out.print(f"experiments: {e['local']} local, {e['from_peers']} from peers; peers connected: {d['peers_connected']}")
         if d.get("role") == "relay" and d.get("swarms"):

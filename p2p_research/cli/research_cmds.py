@@ -111,6 +111,8 @@ def progress_label(p, now: float | None = None) -> str:
     now = now or time.time()
     phase = {"baseline": "measuring the baseline", "training": "training", "proposing": "proposing"}.get(p.phase, p.phase)
     parts = [phase]
+    if p.phase == "waiting" and p.waiting_for:
+        parts.append(f"for {p.waiting_for}")
     if p.phase in ("baseline", "training"):
         parts.append((p.description or p.exp_id[:10])[:60])
         if p.budget_seconds:

@@ -275,7 +275,8 @@ class RunningNode:
             eng = ResearchEngine(self.ctx, worker_proposer, Hooks(
                 on_claim=self.announcer.announce_claim, on_result=self.announcer.announce_result,
                 is_known=self.coordinator.is_known,
-                between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns),
+                between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns,
+                researchers=self.researchers),
                 worker=i, worker_env=env)
             eng.peer = self.peer_id
             # research.genesis = shared: peers measure the genesis for a node that floods to them (it hears
@@ -408,10 +409,11 @@ class RunningNode:
         ctx = self.ctx
         b = ctx.ledger.baseline(ctx.protocol_id)
         current = None
-        if self.engine is not None and self.engine.progress.phase in ("baseline", "training", "proposing"):
+        if self.engine is not None and self.engine.progress.phase in ("baseline", "training", "proposing", "waiting"):
             p = self.engine.progress
             current = {"phase": p.phase, "exp_id": p.exp_id, "commit": p.commit, "description": p.description,
-                       "elapsed_s": time.time() - p.started_at if p.started_at else None, "progress": p.fraction()}
+                       "elapsed_s": time.time() - p.started_at if p.started_at else None, "progress": p.fraction(),
+                       "waiting_for": p.waiting_for if p.phase == "waiting" else ""}
         counts = ctx.ledger.counts()
         return {
             "peer_id": self.peer_id, "name": self.name, "swarm": swarm_id_of(ctx.workspace.genesis, ctx.protocol_id),
@@ -514,6 +516,13 @@ class RunningNode:
                 self._protocol_unknown[proto] = time.time()
                 return ""
         return self._protocol_swarm[proto]
+
+    def researchers(self) -> int:
+        """Other peers of this protocol this node hears from: those connected (relays aside) or heard
+        through the mesh within the ownership memory (the genesis rule needs two that agree)."""
+        connected = {p.peer_id for p in self.net.peers()
+                     if (p.about or {}).get("protocol") == self.ctx.protocol_id and (p.about or {}).get("role") != "relay"}
+        return len(connected | set(self.coordinator.heard_peers()))
 
     def protocol_view(self) -> dict[str, Any]:
         """Peers on another protocol, and in words why their results do not count here."""

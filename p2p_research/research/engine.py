@@ -70,6 +70,7 @@ class Progress:
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=256))
     best_value: float | None = None  # the lowest val_bpb kept or adopted so far
     budget_seconds: float | None = None  # the protocol's wall-clock budget, if it has one
+    waiting_for: str = ""            # while phase == "waiting": what for, in words (status, run, dashboard)
 
     def note_result(self, line: str) -> None:
         self.last_result = line
@@ -92,6 +93,7 @@ class Hooks:
     is_known: Callable[[str], Awaitable[bool]] | None = None                    # exp_id -> known elsewhere?
     between: Callable[[], Awaitable[None]] | None = None                        # before each proposal (swarm work)
     is_mine: Callable[[str], bool] | None = None                                # exp_id -> this node's to run?
+    researchers: Callable[[], int] | None = None  # other peers of this protocol it hears (the genesis rule)
 
 
 @dataclass
@@ -293,9 +295,19 @@ class ResearchEngine:
         assert self.loop is not None
         self.progress.phase = "waiting"
         held_s = self._held.run.total_seconds if self._held is not None else self.expected_seconds()
-        with trio.move_on_after(G.await_s(held_s)):
-            while (value := self.peers_value(commit)) is None:
-                await trio.sleep(0.25)
+        wait_s = G.await_s(held_s)
+        deadline = time.monotonic() + wait_s
+        value = self.peers_value(commit)
+        while value is None and time.monotonic() < deadline:
+            others = self.hooks.researchers() if self.hooks.researchers is not None else G.AGREEING
+            if others < G.AGREEING:  # the rule cannot be met: do not wait for it
+                log.info("only %d other peer(s) of this protocol: measuring the genesis %s here", others, commit[:7])
+                break
+            self.progress.waiting_for = (f"the genesis value from peers ({G.AGREEING} must agree; {others} peers "
+                                         f"heard; {deadline - time.monotonic():.0f} s more at most)")
+            await trio.sleep(0.25)
+            value = self.peers_value(commit)
+        self.progress.waiting_for = ""
         if value is None:
             log.info("no agreed value of the genesis %s from peers: measuring it here", commit[:7])
             self.loop.handle(L.BaselineUnavailable(commit))
