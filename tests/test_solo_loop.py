@@ -144,3 +144,34 @@ def test_bad_input_is_one_line(tmp_path):
     (tmp_path / "h" / "node.toml").write_text("[research]\n")
     r = cli("run", "--home", tmp_path / "h", "--budget-tokens", 5, "--budget-seconds", 3)
     assert r.returncode != 0 and "not both" in r.stderr
+
+
+def test_an_adopted_row_describes_the_change_from_the_previous_baseline(tmp_path):
+    """A lineage of two steps (N_LAYER, then LEARNING_RATE) adopted at once: the row names both, not
+    only the last step's description (analysis.ipynb credits the gain to the row's description)."""
+    from p2p_research.research import loop as L
+    from p2p_research.research.context import open_context
+    from p2p_research.research.engine import ResearchEngine
+    from p2p_research.research.init import init_home
+    from p2p_research.research.proposers import BuiltinProposer
+
+    home = init_home(tmp_path / "n")
+    ctx = open_context(home, home.load_config())
+    try:
+        engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
+        ws = ctx.workspace
+        genesis = ws.baseline
+        train = ws.files_of(genesis)["train.py"]
+        step1 = ws.commit_experiment(genesis, {"train.py": train.replace(b"N_LAYER = 4 ", b"N_LAYER = 6 ")},
+                                     "N_LAYER 4 -> 6", "0" * 40)
+        step2 = ws.commit_experiment(step1, {"train.py": ws.files_of(step1)["train.py"].replace(
+            b"LEARNING_RATE = 0.002 ", b"LEARNING_RATE = 0.003 ")}, "LEARNING_RATE 0.002 -> 0.003", "0" * 40)
+        exp_id = engine.ensure_registered(step2, "LEARNING_RATE 0.002 -> 0.003", origin="peer")
+        engine.loop = L.ResearchLoop(genesis, 1.9)
+        assert engine.adopt(step2, 1.8, "better", exp_id, "peerX")
+        last = read_tsv(home.path)[-1]
+        assert last["status"] == "adopted" or "adopted" in last["description"], last
+        assert "N_LAYER 4 -> 6" in last["description"] and "LEARNING_RATE 0.002 -> 0.003" in last["description"], last
+        assert "peerX" in last["description"]
+    finally:
+        ctx.ledger.close()

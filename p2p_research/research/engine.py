@@ -36,6 +36,7 @@ from p2p_research.harness.verdict import does_not_generalise
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
 from p2p_research.research.context import EDITABLE_FILE, ResearchContext
+from p2p_research.research.describe import describe_change
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.proposers import Proposal, Proposer, Skip
 from p2p_research.research.run_guard import end_leftovers
@@ -660,19 +661,35 @@ class ResearchEngine:
         """Make a peer's commit the baseline (the swarm coordinator decided); only between experiments."""
         if self.loop is None:
             return False
+        previous = self.loop.baseline_commit
         self.loop.adopt(commit, value)
         self.set_baseline(commit, value, reason, exp_id, source_peer)
-        self.record_adoption(commit, value, exp_id, source_peer)
+        self.record_adoption(commit, value, exp_id, source_peer, previous)
         return True
 
-    def record_adoption(self, commit: str, value: float, exp_id: str, source_peer: str) -> None:
+    def change_from(self, previous: str, commit: str) -> str:
+        """What changed in the editable file from `previous` to `commit`, in words ("" when nothing
+        can be said): an adopted lineage may hold many steps, and its last step's description names
+        only one of them."""
+        if not previous or previous == commit:
+            return ""
+        try:
+            old = self.ctx.workspace.files_of(previous).get(EDITABLE_FILE, b"").decode("utf-8", "replace")
+            new = self.ctx.workspace.files_of(commit).get(EDITABLE_FILE, b"").decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - a description is never worth failing an adoption
+            return ""
+        return describe_change(old, new) if old != new else ""
+
+    def record_adoption(self, commit: str, value: float, exp_id: str, source_peer: str, previous: str = "") -> None:
         """A results.tsv row for an adopted baseline (status keep, naming the peer), so autoresearch's
-        analysis shows the node's real progress: its baseline moved without a local experiment."""
+        analysis shows the node's real progress: its baseline moved without a local experiment. The
+        row describes the change from this node's previous baseline (analysis.ipynb credits the gain
+        to it), not only the lineage's last step."""
         exp = self.ctx.ledger.experiment(exp_id) or {}
         row = self.ctx.ledger.db.execute(
             "SELECT memory_gb FROM runs WHERE exp_id=? AND memory_gb IS NOT NULL ORDER BY origin='local' DESC, run_id"
             " LIMIT 1", (exp_id,)).fetchone()
-        description = exp.get("description") or "a peer's result"
+        description = self.change_from(previous, commit) or exp.get("description") or "a peer's result"
         append_result(self.ctx.home.results_tsv, commit, value, row[0] if row else None, "adopted",
                       f"{description} (adopted from {source_peer or 'a peer'})")
         self.progress.note_result(f"adopted {exp_id[:10]} val_bpb {value:.6f} from {source_peer}: {description}")
