@@ -129,6 +129,11 @@ def test_command_proposer(tiny_home):
                 "--verbose", env={"NUDGE_MODE": mode}, timeout=120)
         assert r.returncode == 1 and words in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+    # each skip is one line in `run` (it was a warning and a result line)
+    r = cli("run", "--home", home, "-n", 1, "--proposer", "command", "--proposer-command", NUDGE,
+            env={"NUDGE_MODE": "none"}, timeout=120)
+    said = (r.stdout + r.stderr).count("proposal skipped")
+    assert r.returncode == 1 and said == 10, r.stdout + r.stderr
     import pygit2
     repo = pygit2.Repository(str(home / "repo"))
     assert not {p for p, f in repo.status().items() if not f & pygit2.GIT_STATUS_IGNORED}

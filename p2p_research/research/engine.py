@@ -250,10 +250,11 @@ class ResearchEngine:
                                                      self._is_known_source(action.baseline_commit),
                                                      self._is_mine_source(action.baseline_commit))
             except Exception as e:  # noqa: BLE001 - a proposer's failure is a skipped proposal, never the end of research
-                log.exception("the proposer failed on baseline %s", action.baseline_commit[:7])
+                log.debug("the proposer failed on baseline %s", action.baseline_commit[:7], exc_info=True)
                 result = Skip(f"the proposer failed: {type(e).__name__}: {str(e)[:200]}")
             if isinstance(result, Skip):
-                log.warning("proposal skipped: %s", result.reason)
+                # once: the daemon's log shows it at INFO, `run` as a result line (a warning was both)
+                log.info("proposal skipped: %s", result.reason)
                 self.progress.note_result(f"proposal skipped: {result.reason}")
                 self.loop.handle(L.ProposalSkipped(result.reason))
                 return
