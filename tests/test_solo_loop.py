@@ -180,3 +180,48 @@ def test_an_adopted_row_describes_the_change_from_the_previous_baseline(tmp_path
         assert "peerX" in last["description"]
     finally:
         ctx.ledger.close()
+
+
+def test_get_takes_the_winner_home_to_a_folder_or_a_branch(tiny_home, tmp_path):
+    import json
+
+    import pygit2
+
+    home = tiny_home.path
+    cli("run", "--home", home, "-n", 1, check=True)
+    status = json.loads(cli("get", "--home", home, "--to", tmp_path, "--json", check=True).stdout)
+    from p2p_research.research.workspace import Workspace
+    best = Workspace(home / "repo").files_of(status["commit"])["train.py"]
+    assert (tmp_path / "train.py").read_bytes() == best and status["val_bpb"] is not None
+    # a different train.py of the user's is kept unless --force
+    (tmp_path / "train.py").write_text("# my own edits\n")
+    r = cli("get", "--home", home, "--to", tmp_path)
+    assert r.returncode == 1 and "exists and differs" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    cli("get", "--home", home, "--to", tmp_path, "--force", check=True)
+    assert (tmp_path / "train.py").read_bytes() == best
+    # an autoresearch checkout (the folder inside a repository): a branch, the working tree untouched
+    repo_dir = tmp_path / "checkout"
+    folder = repo_dir / "autoresearch"
+    folder.mkdir(parents=True)
+    (folder / "train.py").write_text("# theirs\n")
+    (folder / "prepare.py").write_text("# the harness\n")
+    repo = pygit2.init_repository(str(repo_dir))
+    repo.index.add_all()
+    repo.index.write()
+    sig = pygit2.Signature("u", "u@example.org")
+    repo.create_commit("HEAD", sig, sig, "start", repo.index.write_tree(), [])
+    head = str(repo.head.target)
+    r = cli("get", "--home", home, "--to", folder, "--branch", "p2p/best", check=True)
+    assert "branch p2p/best" in r.stdout
+    repo = pygit2.Repository(str(repo_dir))
+    commit = repo.references["refs/heads/p2p/best"].peel(pygit2.Commit)
+    assert repo[commit.tree["autoresearch"].id]["train.py"].data == best
+    assert repo[commit.tree["autoresearch"].id]["prepare.py"].data == b"# the harness\n"
+    assert [str(p) for p in commit.parent_ids] == [head] and str(repo.head.target) == head
+    assert "Lineage, genesis first:" in commit.message and "val_bpb" in commit.message
+    assert (folder / "train.py").read_text() == "# theirs\n"
+    # the branch that is checked out is refused: the working tree would be left behind
+    r = cli("get", "--home", home, "--to", folder, "--branch", repo.head.shorthand)
+    assert r.returncode == 1 and "checked out" in r.stderr, r.stderr
+    r = cli("get", "nope", "--home", home, "--to", tmp_path)
+    assert r.returncode == 1 and "no experiment or commit starts with" in r.stderr
