@@ -158,6 +158,19 @@ def torch_devices(python: str) -> Check:
     return Check("torch", "ok", f"torch {info['torch']}, CPU only (no CUDA device visible)")
 
 
+def preflight_checks(train_command: str, files: dict[str, bytes], device: str) -> list[Check]:
+    """What the research engine checks before its first run (research/preflight.py): the imports of
+    train.py and prepare.py, the device train.py asks for, the data its harness caches."""
+    from p2p_research.research import preflight
+
+    local = {Path(n).stem for n in files if n.endswith(".py")}
+    problems = preflight.check(train_command, files, local, device=device)
+    if not problems:
+        return [Check("pre-flight", "ok", "the train command finds every module train.py and prepare.py import"
+                      + ("" if device == "cpu" else ", the device train.py asks for") + " and the harness's data")]
+    return [Check(p.what, "fail", p.message, p.fix) for p in problems]
+
+
 def sandbox_check(info: Any, trust_policy: str, peers_code: str = "") -> Check:
     if info.available:
         return Check("sandbox", "ok", f"{info.describe()}; trust policy {trust_policy}"
@@ -190,6 +203,8 @@ def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[s
         python = argv[0] if Path(argv[0]).name.startswith("python") else sys.executable
         if cfg.research.enabled and cfg.research.objective == "torch":
             checks.append(torch_devices(python))
+            checks += preflight_checks(cfg.research.train_command, ctx.workspace.files_of(ctx.workspace.genesis),
+                                       cfg.research.device)
         checks.append(free_disk(home.path))
         samples = [(r[0], r[1]) for r in ctx.ledger.db.execute(
             "SELECT peer, received_at - finished_at FROM runs WHERE origin='peer' AND received_at IS NOT NULL"

@@ -326,3 +326,57 @@ def test_init_finds_the_harness_data_folder_for_the_sandbox(tmp_path):
     prep.write_text(prep.read_text() + '\nDATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")\n')
     info = json.loads(cli("init", "--home", tmp_path / "node", "--target", folder, "--json", check=True).stdout)
     assert info["sandbox_read_only"] == ["~/.cache/autoresearch"]
+
+
+def test_what_cannot_run_fails_before_the_first_run_with_its_fix(tmp_path):
+    """autoresearch's folder under an interpreter without its `kernels` module: doctor names it, and
+    research stops before any run with one line and the fix (it crashed twice and left two rows)."""
+    folder = autoresearch_folder(tmp_path / "ar")
+    home = init_node(tmp_path, "n", folder)
+    h = NodeHome(home)
+    cfg = h.load_config()
+    cfg.research.train_command = f"{sys.executable} train.py"  # the node's own: no `kernels` there
+    h.write_config(cfg)
+    r = cli("doctor", "--home", home)
+    assert "imports kernels" in r.stdout and "uv sync" in r.stdout, r.stdout
+    r = cli("run", "--home", home, "-n", 1, timeout=120)
+    assert r.returncode == 1 and "imports kernels" in r.stderr and "fix:" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (home / "results.tsv").exists() or not tsv_rows(home)  # no crash rows: nothing ran
+    # with its own environment the same folder passes
+    cfg.research.train_command = f"{folder / '.venv' / 'bin' / 'python'} train.py"
+    h.write_config(cfg)
+    assert "pre-flight" in cli("doctor", "--home", home).stdout
+
+
+def test_preflight_rules(tmp_path):
+    from p2p_research.research import loop as L
+    from p2p_research.research import preflight as P
+
+    src = {"train.py": b"import os\nimport torch\nfrom kernels import get_kernel\nimport prepare\n"
+                       b"try:\n    import wandb\nexcept ImportError:\n    wandb = None\n"
+                       b"if True:\n    import numpy.linalg\n"}
+    assert P.imported_modules(src, {"prepare", "train"}) == ["kernels", "numpy", "os", "torch"]
+    assert P.needs_cuda({"train.py": b'device = torch.device("cuda")\n'})
+    assert not P.needs_cuda({"train.py": b'device = "cuda" if torch.cuda.is_available() else "cpu"\n'})
+    ar_prepare = b'CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")\n'
+    p = P.data_problem(ar_prepare, home=tmp_path)
+    assert p is not None and "uv run prepare.py" in p.fix
+    (tmp_path / ".cache/autoresearch/data").mkdir(parents=True)
+    (tmp_path / ".cache/autoresearch/data/shard_00000.parquet").write_bytes(b"x")
+    (tmp_path / ".cache/autoresearch/tokenizer").mkdir()
+    assert P.data_problem(ar_prepare, home=tmp_path) is None
+    assert P.data_problem(b"print('no cache here')", home=tmp_path) is None
+    assert "uv sync" in P.will_repeat("exit code 1: ModuleNotFoundError: No module named 'kernels'")
+    assert P.will_repeat("AssertionError: Torch not compiled with CUDA enabled") is not None
+    assert P.will_repeat("out of memory (killed by signal 9)") is None
+    # a failure that will repeat ends research at once, with the fix; another is retried
+    m = L.ResearchLoop("g", None)
+    m.next_action()
+    m.handle(L.BaselineMeasured("g", None, "No module named 'kernels'", "uv sync"))
+    d = m.next_action()
+    assert isinstance(d, L.Done) and d.error and "fix: uv sync" in d.reason
+    m = L.ResearchLoop("g", None)
+    m.next_action()
+    m.handle(L.BaselineMeasured("g", None, "out of memory"))
+    assert isinstance(m.next_action(), L.MeasureBaseline)

@@ -35,6 +35,7 @@ from p2p_research.harness.measure import (
 from p2p_research.harness.verdict import does_not_generalise
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
+from p2p_research.research import preflight
 from p2p_research.research.context import EDITABLE_FILE, ResearchContext
 from p2p_research.research.describe import describe_change
 from p2p_research.research.ids import experiment_id
@@ -129,6 +130,7 @@ class ResearchEngine:
         self.current_scope: trio.CancelScope | None = None
         self.yield_reason = ""
         self._data_ready = False
+        self._preflight_done = False
         # research.genesis = shared: set by a daemon whose peers hear its announcements (it floods); the
         # node then measures the genesis first only if its ticket says so (research/genesis.py)
         self.share_genesis = False
@@ -170,6 +172,19 @@ class ResearchEngine:
             ws.set_baseline(b.commit_id)
         return b.commit_id, b.val_bpb
 
+    async def preflight(self) -> list[preflight.Problem]:
+        """What would fail every run the same way, before the first (research/preflight.py); once per
+        engine, for torch targets run by a train command (a surrogate or in-process objective needs none)."""
+        ctx = self.ctx
+        r = ctx.config.research
+        if self._preflight_done or r.objective != "torch":
+            return []
+        self._preflight_done = True
+        files = ctx.workspace.files_of(ctx.workspace.genesis)
+        local = {Path(n).stem for n in files if n.endswith(".py")}
+        return await trio.to_thread.run_sync(
+            lambda: preflight.check(r.train_command, files, local, device=r.device))
+
     def recover(self) -> int:
         ended = end_leftovers(self.ctx.home.runs)
         if ended:
@@ -199,6 +214,12 @@ class ResearchEngine:
     # --- the loop ---------------------------------------------------------------------------------
     async def run(self, max_experiments: int | None = None) -> L.Done:
         self.recover()
+        problems = await self.preflight()
+        if problems:
+            for p in problems:
+                log.error("%s", p.line())
+            self.progress.phase = "done"
+            return L.Done("; ".join(p.line() for p in problems), error=True)
         commit, value = self.current_baseline()
         self.ensure_registered(commit, "baseline")
         # a simulated liar lies about every experiment, so it needs the genesis value before its first
@@ -227,7 +248,8 @@ class ResearchEngine:
         if isinstance(action, L.MeasureBaseline):
             er = await self.execute(action.commit, "baseline", "baseline measurement", self.seed)
             value = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
-            held = self.loop.handle(L.BaselineMeasured(action.commit, value, er.run.reason))
+            fix = preflight.will_repeat(er.run.reason or "") if value is None else None
+            held = self.loop.handle(L.BaselineMeasured(action.commit, value, er.run.reason, fix or ""))
             self.progress.note_result(f"baseline {action.commit[:7]} val_bpb {value:.6f}" if value is not None
                                       else f"baseline {action.commit[:7]} crashed: {er.run.reason}")
             if value is not None:

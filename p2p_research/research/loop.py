@@ -67,6 +67,7 @@ class BaselineMeasured:
     commit: str
     value: float | None          # None: the run failed
     reason: str = ""
+    fix: str = ""                # a failure another try cannot change, and what changes it: no retry
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,9 @@ class ResearchLoop:
             self._pending = None
             if event.value is None or not math.isfinite(event.value):
                 self.baseline_failures += 1
-                if self.baseline_failures >= MAX_BASELINE_FAILURES:
+                if event.fix:
+                    self._done = Done(f"the baseline run failed: {event.reason}; fix: {event.fix}", error=True)
+                elif self.baseline_failures >= MAX_BASELINE_FAILURES:
                     self._done = Done(f"the baseline run failed {self.baseline_failures} times: {event.reason}", error=True)
                 return None
             self.baseline_value = event.value
