@@ -244,3 +244,23 @@ def test_a_node_joining_a_one_peer_swarm_measures_the_genesis_at_once(tmp_path, 
             b.stop()
     finally:
         a.stop()
+
+
+def test_the_daemon_says_how_a_run_goes_and_every_flag_is_described(tmp_path, cache_dir):
+    """`node start` printed nothing between a run's start and its end (5 minutes for autoresearch)."""
+    import typer.main
+
+    from p2p_research.cli.app import app
+
+    start = typer.main.get_command(app).commands["node"].commands["start"]
+    undescribed = [p.name for p in start.params if getattr(p, "help", None) in (None, "")]
+    assert not undescribed, undescribed
+    home = make_home(tmp_path / "h", cache_dir, budget_tokens=400_000)
+    d = Daemon(home.path, "--progress-every", "1").start()
+    try:
+        wait_for(lambda: "progress: measuring the baseline" in d.stderr() or "progress: training" in d.stderr(),
+                 60, 0.5, what="a progress line")
+        line = next(x for x in d.stderr().splitlines() if "progress: " in x)
+        assert " | best " in line and " done, " in line, line
+    finally:
+        d.stop()

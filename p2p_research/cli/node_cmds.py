@@ -23,18 +23,25 @@ def start(
     bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap address /ip4/.../tcp/.../p2p/<id> (repeatable)"),
     no_research: bool = typer.Option(False, "--no-research", help="Relay only: gossip and serve objects, train nothing"),
     experiments: int | None = typer.Option(None, "--experiments", "-n", min=1, help="Stop researching after N experiments"),
-    budget_tokens: int | None = typer.Option(None, "--budget-tokens"),
-    budget_seconds: float | None = typer.Option(None, "--budget-seconds"),
+    budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Training budget in tokens (part of "
+                                             "the protocol: only nodes with the same budget share results)"),
+    budget_seconds: float | None = typer.Option(None, "--budget-seconds", help="Training budget in wall-clock "
+                                                "seconds (part of the protocol, with the hardware class)"),
     proposer: str | None = typer.Option(None, "--proposer", help="builtin | command"),
-    proposer_command: str | None = typer.Option(None, "--proposer-command"),
-    seed: int | None = typer.Option(None, "--seed"),
-    margin: float | None = typer.Option(None, "--margin"),
+    proposer_command: str | None = typer.Option(None, "--proposer-command", help="Agent command for --proposer "
+                                                "command (docs/autoresearch.md)"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the training runs and the builtin proposer"),
+    margin: float | None = typer.Option(None, "--margin", help="Keep a result only if it beats the baseline by "
+                                        "more than this (0: any improvement, autoresearch's rule) [default: "
+                                        "2 sigma of the measured noise, else 0.002]"),
+    progress_every: float = typer.Option(60.0, "--progress-every", metavar="SECONDS", min=0,
+                                         help="A one-line progress log every SECONDS while a run goes on (0: off)"),
     dashboard: bool = typer.Option(False, "--dashboard", help="Serve the web dashboard and /metrics "
                                    "(network.dashboard, else 127.0.0.1:8642 or a free port)"),
     dashboard_addr: str | None = typer.Option(None, "--dashboard-addr", metavar="HOST:PORT",
                                               help="Serve the dashboard here (implies --dashboard; beyond "
                                               "loopback, posting needs the token in <home>/dashboard.token)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr"),
 ) -> None:
     """Run a node daemon in the foreground: libp2p host, gossip, the research loop, a control socket."""
     import trio
@@ -51,7 +58,8 @@ def start(
 
     board_addr = dashboard_addr or (cfg.network.dashboard or DEFAULT_ADDR if dashboard else cfg.network.dashboard)
     daemon = NodeDaemon(h, cfg, DaemonOptions(list(listen), list(bootstrap), not no_research, experiments,
-                                              dashboard=board_addr or None), make_proposer)
+                                              dashboard=board_addr or None,
+                                              progress_every_s=progress_every or None), make_proposer)
 
     def ready(info: dict) -> None:
         print(f"peer id: {info['peer_id']} ({info['name']})")

@@ -108,22 +108,7 @@ class ResultLines:
 
 def progress_label(p, now: float | None = None) -> str:
     """`training | LEARNING_RATE 0.002 -> 0.004 | 41 s / 300 s | best 0.991234 | 12 done, 3 kept`."""
-    now = now or time.time()
-    phase = {"baseline": "measuring the baseline", "training": "training", "proposing": "proposing"}.get(p.phase, p.phase)
-    parts = [phase]
-    if p.phase == "waiting" and p.waiting_for:
-        parts.append(f"for {p.waiting_for}")
-    if p.phase in ("baseline", "training"):
-        parts.append((p.description or p.exp_id[:10])[:60])
-        if p.budget_seconds:
-            parts.append(f"{now - p.started_at:.0f} s / {p.budget_seconds:g} s budget")
-        else:
-            expected = f" / ~{p.expected_seconds:.0f} s" if p.expected_seconds else ""
-            parts.append(f"{now - p.started_at:.0f} s{expected}")
-    best = "-" if p.best_value is None else f"{p.best_value:.6f}"
-    parts.append(f"best {best}")
-    parts.append(f"{p.experiments_done} done, {p.kept} kept")
-    return " | ".join(parts)
+    return p.label(now)
 
 
 async def render_progress(engine, console: Console, lines: ResultLines) -> None:

@@ -68,6 +68,7 @@ class DaemonOptions:
     research: bool = True
     max_experiments: int | None = None
     dashboard: str | None = None  # HOST:PORT of the web dashboard and /metrics; None: off
+    progress_every_s: float | None = 60.0  # a one-line progress log while research goes on; None: off
 
 
 def is_relay(options: DaemonOptions, config: NodeConfig) -> bool:
@@ -203,6 +204,8 @@ class NodeDaemon:
                         on_ready(node.identity_view())
                     if not relay:
                         nursery.start_soon(node.research_loop)
+                        if self.options.progress_every_s:
+                            nursery.start_soon(node.log_progress, self.options.progress_every_s)
                         nursery.start_soon(announcer.announce_presence)
                     else:
                         node.research_state = "relay-only"
@@ -309,6 +312,17 @@ class RunningNode:
                 return
             log.info("the baseline changed: research resumes from %s", engine.current_baseline()[0][:7])
             self.research_state = "running"
+
+    async def log_progress(self, every_s: float) -> None:
+        """The daemon's terminal (or log file) is not silent for a whole run (autoresearch's are 5
+        minutes): one line every `every_s` while a worker measures, trains or waits, the same words as
+        `run`'s live line."""
+        while True:
+            await trio.sleep(every_s)
+            for eng in self.workers.engines:
+                if eng.progress.phase in ("baseline", "training", "waiting"):
+                    prefix = f"worker {eng.worker}: " if len(self.workers.engines) > 1 else ""
+                    log.info("progress: %s%s", prefix, eng.progress.label())
 
     async def follow(self, until_new_baseline: bool) -> bool:
         """No more experiments of its own, but the node keeps following the swarm: better baselines that

@@ -74,6 +74,27 @@ class Progress:
     budget_seconds: float | None = None  # the protocol's wall-clock budget, if it has one
     waiting_for: str = ""            # while phase == "waiting": what for, in words (status, run, dashboard)
 
+    def label(self, now: float | None = None) -> str:
+        """`training | LEARNING_RATE 0.002 -> 0.004 | 41 s / 300 s | best 0.991234 | 12 done, 3 kept`: the
+        live line of `run` and the daemon's progress log."""
+        now = now or time.time()
+        phase = {"baseline": "measuring the baseline", "training": "training",
+                 "proposing": "proposing"}.get(self.phase, self.phase)
+        parts = [phase]
+        if self.phase == "waiting" and self.waiting_for:
+            parts.append(f"for {self.waiting_for}")
+        if self.phase in ("baseline", "training"):
+            parts.append((self.description or self.exp_id[:10])[:60])
+            if self.budget_seconds:
+                parts.append(f"{now - self.started_at:.0f} s / {self.budget_seconds:g} s budget")
+            else:
+                expected = f" / ~{self.expected_seconds:.0f} s" if self.expected_seconds else ""
+                parts.append(f"{now - self.started_at:.0f} s{expected}")
+        best = "-" if self.best_value is None else f"{self.best_value:.6f}"
+        parts.append(f"best {best}")
+        parts.append(f"{self.experiments_done} done, {self.kept} kept")
+        return " | ".join(parts)
+
     def note_result(self, line: str) -> None:
         self.last_result = line
         self.results += 1
