@@ -225,3 +225,34 @@ def test_get_takes_the_winner_home_to_a_folder_or_a_branch(tiny_home, tmp_path):
     assert r.returncode == 1 and "checked out" in r.stderr, r.stderr
     r = cli("get", "nope", "--home", home, "--to", tmp_path)
     assert r.returncode == 1 and "no experiment or commit starts with" in r.stderr
+
+
+def test_the_keep_rule_is_said_where_autoresearch_users_look(tmp_path):
+    """init says it; a near miss's results.tsv row says why it was not kept; margin 0 keeps any gain."""
+    from p2p_research.research import loop as L
+    from p2p_research.research.context import open_context
+    from p2p_research.research.engine import ExperimentRun, ResearchEngine
+    from p2p_research.research.init import init_home
+    from p2p_research.research.proposers import BuiltinProposer
+    from p2p_research.store.ledger import Run
+
+    r = cli("init", "--home", tmp_path / "i", check=True)
+    assert "keep rule" in r.stdout and "research.margin = 0" in r.stdout
+    assert L.decide_keep(1.0, 0.9999, 0.0)[0] == "kept"  # margin 0: autoresearch's rule
+    home = init_home(tmp_path / "n")
+    ctx = open_context(home, home.load_config())
+    try:
+        engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
+        commit = ctx.workspace.baseline
+        exp_id = engine.ensure_registered(commit, "LEARNING_RATE 0.002 -> 0.0021")
+        run = Run(exp_id=exp_id, commit_id=commit, protocol_id=ctx.protocol_id, kind="experiment", status="running",
+                  origin="local", peer="me", parent="", seed=0, description="LEARNING_RATE 0.002 -> 0.0021")
+        run.run_id = ctx.ledger.start_run(run)
+        run.val_bpb = 1.999
+        status, reason = L.decide_keep(2.0, 1.999, 0.002)
+        engine.record_verdict(ExperimentRun(run), L.Verdict(exp_id, status, reason, False))
+        row = read_tsv(home.path)[-1]
+        assert row["status"] == "discard" and "near miss" in row["description"], row
+        assert "within the noise margin" in row["description"] and "research.margin = 0" in row["description"]
+    finally:
+        ctx.ledger.close()

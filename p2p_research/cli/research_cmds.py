@@ -106,6 +106,17 @@ class ResultLines:
         return list(p.recent)[len(p.recent) - n:] if n > 0 else []
 
 
+def keep_rule(margin: float) -> str:
+    """The keep rule in words, where autoresearch users look first (init, the docs)."""
+    if margin == 0:
+        return "any improvement of val_bpb is kept (research.margin = 0: autoresearch's rule)"
+    if margin > 0:
+        return (f"kept only if val_bpb improves by more than {margin:g} (research.margin); autoresearch keeps "
+                "any improvement: research.margin = 0")
+    return ("kept only if val_bpb improves by more than the noise margin: 2 sigma of the run-to-run spread that "
+            "`p2p-research noise` measures, 0.002 until then (autoresearch keeps any improvement: research.margin = 0)")
+
+
 def progress_label(p, now: float | None = None) -> str:
     """`training | LEARNING_RATE 0.002 -> 0.004 | 41 s / 300 s | best 0.991234 | 12 done, 3 kept`."""
     return p.label(now)
@@ -166,6 +177,7 @@ def register(app: typer.Typer) -> None:
                 info["search_space"] = {"error": str(e)}
         finally:
             ctx.close()
+        info["keep_rule"] = keep_rule(cfg.research.margin)
         if json_out:
             print_json(info)
             return
@@ -180,6 +192,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"search space   {ss['knobs']} knobs, {ss['origin']} (see `p2p-research knobs`)" if "knobs" in ss
                    else f"search space   {ss['error']} (only the builtin proposer needs one)")
         typer.echo(f"protocol       {ctx.protocol_id}")
+        typer.echo(f"keep rule      {keep_rule(cfg.research.margin)}")
 
     @app.command()
     @one_line_errors
@@ -191,9 +204,10 @@ def register(app: typer.Typer) -> None:
         budget_seconds: float | None = typer.Option(None, "--budget-seconds", help="Wall-clock budget per run"),
         proposer: str | None = typer.Option(None, "--proposer", help="builtin | command"),
         proposer_command: str | None = typer.Option(None, "--proposer-command", help="Agent command for --proposer command"),
-        seed: int | None = typer.Option(None, "--seed"),
-        margin: float | None = typer.Option(None, "--margin", help="Keep threshold in val_bpb [default: from noise]"),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        seed: int | None = typer.Option(None, "--seed", help="Seed of the training runs and the builtin proposer"),
+        margin: float | None = typer.Option(None, "--margin", help="Keep threshold in val_bpb (0: any improvement, "
+                                            "autoresearch's rule) [default: 2 sigma of `noise`, else 0.002]"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr"),
     ) -> None:
         """Run the solo autoresearch loop: baseline, then propose, train, keep or discard, repeat."""
         from p2p_research.research.context import open_context

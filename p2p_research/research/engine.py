@@ -173,6 +173,8 @@ class ResearchEngine:
 
     @property
     def margin(self) -> float:
+        """research.margin when set (0: autoresearch's rule, any improvement); else 2 sigma of the noise
+        `noise` measured; else L.DEFAULT_MARGIN."""
         cfg = self.ctx.config.research
         if cfg.margin >= 0:
             return cfg.margin
@@ -667,8 +669,12 @@ class ResearchEngine:
             run.reason = verdict.reason
         assert run.run_id is not None
         self.ctx.ledger.finish_run(run.run_id, verdict.status, reason=run.reason, finished_at=run.finished_at)
+        description = run.description
+        if verdict.status == "discarded" and "within the noise margin" in verdict.reason:
+            # autoresearch keeps any improvement; a reader of results.tsv must see why this one was not
+            description += f" [near miss: {verdict.reason}; research.margin = 0 keeps any improvement]"
         append_result(self.ctx.home.results_tsv, run.commit_id, run.val_bpb, run.memory_gb, verdict.status,
-                      run.description)
+                      description)
         p = self.progress
         p.experiments_done += 1
         p.kept += verdict.status == "kept"
