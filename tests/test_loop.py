@@ -276,3 +276,8 @@ def test_a_genesis_that_cannot_be_measured_ends_the_loop_with_the_result_unjudge
         assert m.handle(L.BaselineMeasured("g", None, "boom")) is None
     d = m.next_action()
     assert isinstance(d, L.Done) and d.error and m._held is not None  # the engine records it as aborted
+
+
+def test_an_unchanged_value_is_said_in_words():
+    assert L.decide_keep(1.0, 1.0, 0.002) == ("discarded", "val_bpb unchanged")
+    assert L.decide_keep(1.0, 1.5, 0.002)[1] == "val_bpb worse by 0.500000"

@@ -59,6 +59,7 @@ def start(
     board_addr = dashboard_addr or (cfg.network.dashboard or DEFAULT_ADDR if dashboard else cfg.network.dashboard)
     daemon = NodeDaemon(h, cfg, DaemonOptions(list(listen), list(bootstrap), not no_research, experiments,
                                               dashboard=board_addr or None,
+                                              dashboard_fall_back=dashboard_addr is None,
                                               progress_every_s=progress_every or None), make_proposer)
 
     def ready(info: dict) -> None:

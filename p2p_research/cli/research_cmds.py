@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
     @one_line_errors
     def init(
         home: Path | None = HomeOpt,
-        profile: str | None = typer.Option(None, "--profile", help="A profile from nodes/ (or a path to a node.toml)"),
+        profile: str | None = typer.Option(None, "--profile", help="A ready profile (laptop, relay, research: p2p_research/profiles/) or a path to a node.toml"),
         target: Path | None = typer.Option(None, "--target", help="A folder with prepare.py, train.py, program.md "
                                               "[default: the embedded target]"),
         json_out: bool = JsonOpt,

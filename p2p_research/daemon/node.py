@@ -68,6 +68,7 @@ class DaemonOptions:
     research: bool = True
     max_experiments: int | None = None
     dashboard: str | None = None  # HOST:PORT of the web dashboard and /metrics; None: off
+    dashboard_fall_back: bool = True  # a busy default port falls back to a free one; an asked-for one is an error
     progress_every_s: float | None = 60.0  # a one-line progress log while research goes on; None: off
 
 
@@ -123,7 +124,8 @@ class NodeDaemon:
             if self.options.dashboard:  # bound before anything starts: a bad address is a one-line error
                 from p2p_research.dashboard.serve import bind
 
-                dashboard = bind(self.options.dashboard, self.home.path / "dashboard.token")
+                dashboard = bind(self.options.dashboard, self.home.path / "dashboard.token",
+                                 fall_back=self.options.dashboard_fall_back)
             ctx = open_context(self.home, cfg)
             try:
                 if not ctx.sandbox.available and cfg.research.objective != "surrogate":

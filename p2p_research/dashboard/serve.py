@@ -71,9 +71,10 @@ def bind(addr: str, token_file: Path, *, fall_back: bool = True) -> Bound:
                 raise
             log.warning("dashboard port %d is in use; using a free one", port)
             sock.bind((host, 0))
-    except OSError as e:  # e.g. an address this machine does not have
+    except OSError as e:  # e.g. an address this machine does not have, or a port asked for that is in use
         sock.close()
-        raise ValueError(f"dashboard address {host}:{port} unavailable: {e.strerror or e}") from None
+        why = "the port is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise ValueError(f"dashboard address {host}:{port} unavailable: {why}") from None
     sock.listen(128)
     sock.setblocking(False)
     token = None

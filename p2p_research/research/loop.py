@@ -135,6 +135,8 @@ def decide_keep(baseline: float, value: float | None, margin: float) -> tuple[st
         return "kept", f"improves val_bpb by {gain:.6f} (> margin {margin:.6f})"
     if gain > 0:
         return "discarded", f"improves val_bpb by {gain:.6f}, within the noise margin {margin:.6f}"
+    if gain == 0:
+        return "discarded", "val_bpb unchanged"
     return "discarded", f"val_bpb worse by {-gain:.6f}"
 
 
