@@ -190,3 +190,12 @@ def test_inferred_space_follows_the_hyperparameter_block():
         assert constants_only_change(src, m.source)[0], m.description
         for key, (_, new) in m.changes.items():
             assert space.params[key].contains(new), (key, new)
+
+
+def test_a_string_constant_keeps_its_quote_style():
+    """autoresearch writes WINDOW_PATTERN = "SSSL"; a proposal rewrote it as 'SSLL'."""
+    from p2p_research.research.constants import rewrite_constants
+
+    src = 'WINDOW_PATTERN = "SSSL"\nOTHER = \'abc\'\nPAIR = ("a", 1)\nQUOTED = "x"\n'
+    out = rewrite_constants(src, {"WINDOW_PATTERN": "SSLL", "OTHER": "x", "PAIR": ("b", 2), "QUOTED": 'say "hi"'})
+    assert out == 'WINDOW_PATTERN = "SSLL"\nOTHER = \'x\'\nPAIR = ("b", 2)\nQUOTED = \'say "hi"\'\n'

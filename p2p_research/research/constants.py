@@ -104,11 +104,17 @@ class Form:
     base: int = 0                     # pow: the literal base
     factor: int | float = 0           # mul: the literal right-hand factor
     items: tuple[Form, ...] = ()      # tuple | list: the form of each element
+    quote: str = ""                   # a string literal's quote (a new value keeps the source's style)
 
 
-def _form_of(node: ast.expr) -> Form:
+def _form_of(node: ast.expr, source: str = "") -> Form:
     if isinstance(node, (ast.Tuple, ast.List)):
-        return Form("tuple" if isinstance(node, ast.Tuple) else "list", items=tuple(_form_of(e) for e in node.elts))
+        return Form("tuple" if isinstance(node, ast.Tuple) else "list",
+                    items=tuple(_form_of(e, source) for e in node.elts))
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and source:
+        text = ast.get_source_segment(source, node) or ""
+        if text[:1] in ("'", '"') and text[:3] not in ('"""', "'''"):
+            return Form(quote=text[0])
     if isinstance(node, ast.BinOp) and isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant):
         left, right = node.left.value, node.right.value
         if isinstance(node.op, ast.Pow) and type(left) is int and type(right) is int and left >= 2:
@@ -186,7 +192,7 @@ def _constant_sites(source: str) -> dict[str, ConstantSite]:
             sites.pop(name, None)  # a later non-constant assignment shadows an earlier constant one
             continue
         sites[name] = ConstantSite(name, value, v.lineno, v.col_offset, v.end_lineno or v.lineno,  # type: ignore[arg-type]
-                                   v.end_col_offset or 0, _form_of(v), _segment(lines, v))
+                                   v.end_col_offset or 0, _form_of(v, source), _segment(lines, v))
     return sites
 
 
@@ -266,6 +272,9 @@ def format_value(value: Const, form: Form = Form()) -> str:
             q = round(value / f, 6)
             if q * f == value:
                 return f"{format_literal(q)} * {format_literal(f)}"
+    if isinstance(value, str) and form.quote == '"' and '"' not in value and "\\" not in value \
+            and value.isprintable():
+        return f'"{value}"'
     return format_literal(value)  # type: ignore[arg-type]
 
 
