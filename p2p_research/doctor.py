@@ -102,8 +102,13 @@ def bootstrap_reachable(addrs: list[str], connect: Callable[[str, int], None] | 
         try:
             connect(host, port)
             out.append(Check("bootstrap", "ok", f"{host}:{port} accepts connections"))
+        except ConnectionRefusedError:
+            out.append(Check("bootstrap", "fail", f"{host}:{port} refuses connections: the host answers, but "
+                             "nothing listens on that port",
+                             "that node is not running there, or listens on another port: ask its owner for "
+                             "`p2p-research id`"))
         except OSError as e:
-            why = e.strerror or type(e).__name__
+            why = "no answer within the timeout" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
             out.append(Check("bootstrap", "fail", f"{host}:{port} unreachable: {why}",
                              "is that node running, and its address current? ask its owner for `p2p-research id`"))
     return out
@@ -217,6 +222,9 @@ def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[s
         n = status.get("peers_connected", 0)
         checks.append(Check("peers", "ok" if n else "warn", f"{n} connected",
                             "" if n else "give a bootstrap address: p2p-research node start --bootstrap /ip4/.../p2p/<id>"))
+        if status.get("protocol_note"):  # connected, but their results do not count here
+            checks.append(Check("protocol peers", "warn", status["protocol_note"],
+                                "give every node the same target, budget and data (node.toml [research])"))
     for c in bootstrap_reachable(bootstrap if bootstrap is not None else cfg.network.bootstrap):
         checks.append(c)
     checks.append(clock_skew(samples))

@@ -31,7 +31,19 @@ def test_bootstrap_checks_connect_for_real():
         checks = bootstrap_reachable([f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWA", f"/ip4/127.0.0.1/tcp/{dead}/p2p/12D3KooWB",
                                       "/dns/nowhere"])
     assert [c.status for c in checks] == ["ok", "fail", "fail"]
-    assert "refused" in checks[1].detail.lower() and checks[1].hint
+    assert "refuses connections" in checks[1].detail and "nothing listens" in checks[1].detail and checks[1].hint
+
+
+def test_peers_on_another_protocol_are_a_problem_doctor_names(tmp_path):
+    from p2p_research.doctor import run_checks
+    from p2p_research.research.init import init_home
+
+    home = init_home(tmp_path / "n")
+    note = "1 connected peer(s) run another protocol (budget 20000 tokens; ours 500000 tokens): ..."
+    checks = run_checks(home.path, {"peers_connected": 1, "protocol_note": note, "addrs": []}, bootstrap=[])
+    (c,) = [c for c in checks if c.name == "protocol peers"]
+    assert c.status == "warn" and "another protocol" in c.detail and c.hint
+    assert any(c.name == "pre-flight" and c.status == "ok" for c in checks)
 
 
 def test_clock_skew_is_judged_against_most_peers():
