@@ -63,3 +63,22 @@ def test_corrupt_ledger_is_a_clear_error(tmp_path):
     p.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(LedgerError):
         Ledger(p)
+
+
+def test_the_leaderboard_ranks_kept_results_and_says_each_status(tmp_path):
+    """A discarded result with a low value (it lost to its own, lower baseline) is not ranked first."""
+    from p2p_research.daemon.views import leaderboard_view
+    from p2p_research.store.ledger import Ledger, Run
+
+    led = Ledger(tmp_path / "l.sqlite")
+    try:
+        for exp, value, status in (("g" * 40, 1.9, "baseline"), ("a" * 40, 1.5, "kept"), ("b" * 40, 1.4, "discarded")):
+            led.add_experiment(exp, "p", "", "t" + exp[:3], "c" + exp[1:], f"exp {exp[0]}", "local")
+            rid = led.start_run(Run(exp_id=exp, commit_id="c" + exp[1:], protocol_id="p", kind="experiment",
+                                    status="running", origin="local", peer="me", parent="", seed=0, description=""))
+            led.finish_run(rid, status, val_bpb=value)
+        rows = leaderboard_view(led, "me")["p"]
+        assert [(r["rank"], r["status"], r["val_bpb"]) for r in rows] == [
+            (1, "kept", 1.5), (2, "baseline", 1.9), (None, "discarded", 1.4)]
+    finally:
+        led.close()

@@ -255,10 +255,11 @@ def register(app: typer.Typer) -> None:
             return print_json(data)
         for protocol, rows in data.items():
             t = Table(title=f"protocol {protocol[:12]}")
-            for col in ("#", "val_bpb", "id", "commit", "found by", "description"):
-                t.add_column(col)
-            for i, r in enumerate(rows, 1):
-                t.add_row(str(i), _fmt(r["val_bpb"]), r["id"][:10], r["commit"][:7], r["found_by"][:16], escape(r["description"][:50]))
+            for col in ("#", "val_bpb", "status", "id", "found by", "description"):
+                t.add_column(col, no_wrap=col != "description")
+            for r in rows:
+                t.add_row(str(r["rank"]) if r.get("rank") else "-", _fmt(r["val_bpb"]), r.get("status", ""),
+                          r["id"][:8], r["found_by"][:12], escape(r["description"][:60]))
             out.print(t)
 
     @app.command()

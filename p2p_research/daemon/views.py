@@ -84,20 +84,26 @@ def signed_receipts(ledger: Ledger, exp_id: str) -> list[dict[str, Any]]:
 
 
 def leaderboard_view(ledger: Ledger, self_peer: str = "", limit: int = 10) -> dict[str, list[dict[str, Any]]]:
-    """Best results per protocol (lowest val_bpb first), one line per experiment, with who found it."""
+    """Best results per protocol, one line per experiment, with who found it and its status. Kept
+    results (kept, confirmed by a verifier, or a baseline) are ranked by val_bpb; a discarded one is
+    listed after them unranked (it may have a low value and still have lost to its own baseline)."""
     out: dict[str, list[dict[str, Any]]] = {}
     rows = ledger.db.execute(
-        "SELECT protocol_id, exp_id, MIN(val_bpb) AS best, COUNT(*) AS runs FROM runs"
+        "SELECT protocol_id, exp_id, MIN(val_bpb) AS best, COUNT(*) AS runs,"
+        " MAX(status IN ('kept','confirmed','baseline')) AS kept, MAX(status = 'baseline') AS base FROM runs"
         " WHERE val_bpb IS NOT NULL AND status IN ('kept','discarded','baseline','confirmed') GROUP BY protocol_id, exp_id"
-        " ORDER BY protocol_id, best")
+        " ORDER BY protocol_id, kept DESC, best")
     for r in rows:
         lst = out.setdefault(r["protocol_id"], [])
         if len(lst) >= limit:
             continue
         exp = ledger.experiment(r["exp_id"]) or {}
         finder = exp.get("proposer") or self_peer or "local"
-        lst.append({"id": r["exp_id"], "commit": exp.get("commit_id", ""), "val_bpb": r["best"], "runs": r["runs"],
-                    "found_by": finder, "origin": exp.get("origin", ""), "description": exp.get("description", "")})
+        status = "baseline" if r["base"] else "kept" if r["kept"] else "discarded"
+        rank = sum(1 for x in lst if x["rank"] is not None) + 1 if r["kept"] else None
+        lst.append({"rank": rank, "status": status, "id": r["exp_id"], "commit": exp.get("commit_id", ""),
+                    "val_bpb": r["best"], "runs": r["runs"], "found_by": finder, "origin": exp.get("origin", ""),
+                    "description": exp.get("description", "")})
     return out
 
 
