@@ -82,3 +82,45 @@ def test_the_leaderboard_ranks_kept_results_and_says_each_status(tmp_path):
             (1, "kept", 1.5), (2, "baseline", 1.9), (None, "discarded", 1.4)]
     finally:
         led.close()
+
+
+def test_the_swarm_view_and_its_results_tsv(tmp_path):
+    """Three finders: each node's best over time, kept results by finder, the knobs that paid, and a
+    swarm-wide results.tsv that autoresearch's analysis reads."""
+    from autoresearch_analysis import analyze
+
+    from p2p_research.research.swarm_view import results_tsv, rows_of, view
+    from p2p_research.store.ledger import Ledger, Run
+
+    led = Ledger(tmp_path / "l.sqlite")
+    runs = [("me", "g", "", "baseline", 2.0, "baseline", "baseline"),
+            ("peerA", "a", "g", "experiment", 1.9, "kept", "LEARNING_RATE 0.002 -> 0.003"),
+            ("peerB", "b", "a", "experiment", 1.95, "discarded", "N_LAYER 4 -> 6"),
+            ("me", "a", "g", "verification", 1.91, "confirmed", "LEARNING_RATE 0.002 -> 0.003"),
+            ("peerB", "c", "a", "experiment", 1.8, "kept", "N_LAYER 4 -> 5; WARMUP 0.1 -> 0.2"),
+            ("peerA", "d", "c", "experiment", None, "crash", "code: GPT.forward; +3 -1 lines")]
+    try:
+        for i, (peer, exp, parent, kind, value, status, desc) in enumerate(runs):
+            led.add_experiment(exp * 40, "p", parent * 40, "t" + exp, exp * 40, desc, "peer")
+            rid = led.start_run(Run(exp_id=exp * 40, commit_id=exp * 40, protocol_id="p", kind=kind, status="running",
+                                    origin="local" if peer == "me" else "peer", peer=peer, parent=parent * 40,
+                                    seed=0, description=desc))
+            led.finish_run(rid, status, val_bpb=value, finished_at=1000.0 + i)
+        rows = rows_of(led, "p")
+    finally:
+        led.close()
+    v = view(rows, "me")
+    assert [n["peer"] for n in v["nodes"]] == ["peerB", "peerA", "me"]
+    assert {n["peer"]: n["kept"] for n in v["nodes"]} == {"peerB": 1, "peerA": 1, "me": 0}
+    knobs = {k["knob"]: k for k in v["knobs"]}
+    assert knobs["N_LAYER"]["tried"] == 2 and knobs["N_LAYER"]["kept"] == 1
+    assert abs(knobs["N_LAYER"]["gain"] - 0.1) < 1e-9 and abs(knobs["LEARNING_RATE"]["gain"] - 0.1) < 1e-9
+    assert v["knobs"][0]["knob"] in ("LEARNING_RATE", "N_LAYER", "WARMUP")
+    assert [b for _, b in v["swarm_best_over_time"]] == [2.0, 1.9, 1.8]
+    tsv = tmp_path / "swarm.tsv"
+    tsv.write_text(results_tsv(rows))
+    lines = tsv.read_text().splitlines()
+    assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription" and len(lines) == 6  # verification left out
+    assert "[by peerB]" in lines[3]
+    stats = analyze(tsv, tmp_path / "progress.png")
+    assert stats  # autoresearch's notebook logic reads it

@@ -225,6 +225,11 @@ def test_get_takes_the_winner_home_to_a_folder_or_a_branch(tiny_home, tmp_path):
     assert r.returncode == 1 and "checked out" in r.stderr, r.stderr
     r = cli("get", "nope", "--home", home, "--to", tmp_path)
     assert r.returncode == 1 and "no experiment or commit starts with" in r.stderr
+    # the swarm at a glance (here a swarm of one): the tables, --json and a results.tsv for analysis.ipynb
+    view = json.loads(cli("swarm", "--home", home, "--json", "--tsv", tmp_path / "swarm.tsv", check=True).stdout)
+    assert view["nodes"] and view["runs"] >= 2 and view["swarm_best_over_time"]
+    assert (tmp_path / "swarm.tsv").read_text().startswith("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n")
+    assert "what paid" in cli("swarm", "--home", home, check=True).stdout
 
 
 def test_the_keep_rule_is_said_where_autoresearch_users_look(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from p2p_research import __version__
-from p2p_research.cli import get_cmd, inspect_cmds, research_cmds, sim_cmds
+from p2p_research.cli import get_cmd, inspect_cmds, research_cmds, sim_cmds, swarm_cmd
 from p2p_research.cli.node_cmds import node_app
 
 app = typer.Typer(name="p2p-research", help="Autonomous ML research on a peer-to-peer swarm.",
@@ -28,4 +28,5 @@ research_cmds.register(app)
 app.add_typer(node_app, name="node")
 inspect_cmds.register(app)
 get_cmd.register(app)
+swarm_cmd.register(app)
 sim_cmds.register(app)
