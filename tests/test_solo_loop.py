@@ -121,6 +121,12 @@ def test_command_proposer(tiny_home):
     (exp,) = ledger.runs(kind="experiment")
     assert exp.description.startswith("LEARNING_RATE")
     ledger.close()
+    # the agent's output is kept beside the run's log, and both are found from the experiment's id
+    shown = cli("show", exp.exp_id[:10], "--home", home, check=True).stdout
+    assert "agent.log" in shown and "run.log" in shown and "p2p-research logs" in shown, shown
+    assert "val_bpb" in cli("logs", exp.exp_id[:10], "--home", home, "-f", check=True).stdout
+    agent = cli("logs", exp.exp_id[:10], "--home", home, "--agent", check=True).stdout
+    assert exp.description in agent, agent
     # no change, a change outside train.py, unparseable code: clear skips, never a crash; the harness stays intact
     # (a change outside train.py happens in the agent's scratch copy: it is discarded, so only the
     # train.py it did not change counts)
@@ -129,11 +135,12 @@ def test_command_proposer(tiny_home):
                 "--verbose", env={"NUDGE_MODE": mode}, timeout=120)
         assert r.returncode == 1 and words in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
-    # each skip is one line in `run` (it was a warning and a result line)
+    # each skip is one line in `run` (it was a warning and a result line); the agent's output is kept
     r = cli("run", "--home", home, "-n", 1, "--proposer", "command", "--proposer-command", NUDGE,
             env={"NUDGE_MODE": "none"}, timeout=120)
     said = (r.stdout + r.stderr).count("proposal skipped")
     assert r.returncode == 1 and said == 10, r.stdout + r.stderr
+    assert len(list((home / "logs" / "agents").glob("*.log"))) >= 10
     import pygit2
     repo = pygit2.Repository(str(home / "repo"))
     assert not {p for p, f in repo.status().items() if not f & pygit2.GIT_STATUS_IGNORED}

@@ -6,6 +6,7 @@ say so and exit non-zero; the read-only history views fall back to the ledger an
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -240,7 +241,55 @@ def register(app: typer.Typer) -> None:
             t.add_row(r["kind"], ("local" if r["origin"] == "local" else r["peer"][:12]), r["status"], _fmt(r["val_bpb"]),
                       _fmt(r["training_seconds"], 1), _ago(r["received_at"]) if r["received_at"] else "-")
         out.print(t)
+        for r in data["runs"]:
+            if r.get("log"):
+                out.print(f"{r['kind']} log: {r['log']}" + (f"  agent: {r['agent_log']}" if r.get("agent_log") else "")
+                          + f"  (p2p-research logs {e['id'][:10]} [-f])", markup=False, highlight=False)
         out.print(data["diff"] or "(no diff: objects not present locally)", markup=False, highlight=False)
+
+    @app.command()
+    @one_line_errors
+    def logs(exp: str = typer.Argument(..., help="Experiment id or commit (prefix)"), home: Path | None = HomeOpt,
+             follow: bool = typer.Option(False, "--follow", "-f", help="Follow the log while the run goes on"),
+             agent: bool = typer.Option(False, "--agent", help="The output of the agent that wrote its code"),
+             kind: str | None = typer.Option(None, "--kind", help="experiment | verification | baseline | noise "
+                                             "[default: the newest local run]")) -> None:
+        """A local run's log (train.py's output), or its agent's output; -f follows it live."""
+        from p2p_research.store.ledger import Ledger
+
+        h = NodeHome(resolve_home(home)).require()
+        ledger = Ledger(h.ledger)
+        try:
+            found = {m["exp_id"] for m in ledger.find_experiments(exp)} if len(exp) >= 4 else set()
+            if len(found) != 1:
+                raise CliError(f"no experiment or commit starts with {exp!r}" if not found
+                               else f"{exp!r} is ambiguous ({len(found)} experiments); give more characters")
+            runs = [r for r in ledger.runs(exp_id=found.pop()) if r.origin == "local" and r.log_path
+                    and (kind is None or r.kind == kind)]
+            if not runs:
+                raise CliError(f"no local run of {exp} has a log here (a peer's result has none on this node)")
+            run = max(runs, key=lambda r: r.run_id or 0)
+            path = Path(run.log_path).with_name("agent.log") if agent else Path(run.log_path)
+            if not path.is_file():
+                raise CliError(f"{path} is not there" + (" (its code did not come from an agent)" if agent else
+                                                         " (the run's folder was cleaned up)"))
+            pos = 0
+            while True:
+                with path.open("rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos = f.tell()
+                if chunk:
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                if not follow:
+                    return
+                row = ledger.db.execute("SELECT status FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
+                if row is None or row["status"] != "running":
+                    return
+                time.sleep(0.5)
+        finally:
+            ledger.close()
 
     @app.command()
     @one_line_errors

@@ -7,6 +7,7 @@ of each view, so `--json` output is the same either way.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from p2p_research.research.workspace import Workspace, WorkspaceError
@@ -22,8 +23,16 @@ def run_entry(run: Run, self_peer: str) -> dict[str, Any]:
         "description": run.description, "reason": run.reason, "training_seconds": run.training_seconds,
         "memory_gb": run.memory_gb, "started_at": run.started_at, "finished_at": run.finished_at,
         "received_at": run.received_at, "hardware": run.hardware, "protocol_id": run.protocol_id,
-        "metrics": run.metrics,
+        "metrics": run.metrics, "log": run.log_path or "", "agent_log": _agent_log(run.log_path),
     }
+
+
+def _agent_log(log_path: str | None) -> str:
+    """The agent's output beside a local run's log, where the run's code came from an agent."""
+    if not log_path:
+        return ""
+    agent = Path(log_path).with_name("agent.log")
+    return str(agent) if agent.is_file() else ""
 
 
 def experiments_view(ledger: Ledger, self_peer: str = "", *, status: str | None = None, peer: str | None = None,

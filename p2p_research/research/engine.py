@@ -119,6 +119,11 @@ class Hooks:
     researchers: Callable[[], int] | None = None  # other peers of this protocol it hears (the genesis rule)
 
 
+AGENT_LOG = "agent.log"       # beside run.log: the output of the agent that proposed the run's code
+MAX_TRANSCRIPT = 64 * 1024
+MAX_SKIP_TRANSCRIPTS = 50
+
+
 @dataclass
 class ExperimentRun:
     run: Run
@@ -152,6 +157,7 @@ class ResearchEngine:
         self.yield_reason = ""
         self._data_ready = False
         self._preflight_done = False
+        self._transcripts: dict[str, bytes] = {}  # commit -> the agent's output, until its run starts
         # research.genesis = shared: set by a daemon whose peers hear its announcements (it floods); the
         # node then measures the genesis first only if its ticket says so (research/genesis.py)
         self.share_genesis = False
@@ -207,6 +213,20 @@ class ResearchEngine:
         local = {Path(n).stem for n in files if n.endswith(".py")}
         return await trio.to_thread.run_sync(
             lambda: preflight.check(r.train_command, files, local, device=r.device))
+
+    def _keep_transcript(self, transcript: bytes) -> Path | None:
+        """A skipped proposal's agent output, in <home>/logs/agents/ (the newest MAX_SKIP_TRANSCRIPTS)."""
+        folder = self.ctx.home.path / "logs" / "agents"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.worker}-{time.monotonic_ns() % 10**6:06d}.log"
+            path.write_bytes(transcript[-MAX_TRANSCRIPT:])
+            for old in sorted(folder.glob("*.log"))[:-MAX_SKIP_TRANSCRIPTS]:
+                old.unlink(missing_ok=True)
+            return path
+        except OSError as e:
+            log.debug("could not keep the agent's output: %s", e)
+            return None
 
     def recover(self) -> int:
         ended = end_leftovers(self.ctx.home.runs)
@@ -297,13 +317,17 @@ class ResearchEngine:
             except Exception as e:  # noqa: BLE001 - a proposer's failure is a skipped proposal, never the end of research
                 log.debug("the proposer failed on baseline %s", action.baseline_commit[:7], exc_info=True)
                 result = Skip(f"the proposer failed: {type(e).__name__}: {str(e)[:200]}")
+            transcript = getattr(self.proposer, "last_transcript", b"")
             if isinstance(result, Skip):
                 # once: the daemon's log shows it at INFO, `run` as a result line (a warning was both)
-                log.info("proposal skipped: %s", result.reason)
+                where = self._keep_transcript(transcript) if transcript else None
+                log.info("proposal skipped: %s%s", result.reason, f" (the agent's output: {where})" if where else "")
                 self.progress.note_result(f"proposal skipped: {result.reason}")
                 self.loop.handle(L.ProposalSkipped(result.reason))
                 return
             exp_id, commit = self.commit_proposal(action.baseline_commit, result)
+            if result.transcript:
+                self._transcripts[commit] = result.transcript  # written beside the run's log by execute
             self.loop.handle(L.Proposed(exp_id, commit, result.description))
         elif isinstance(action, L.RunExperiment):
             er = await self.execute(action.commit, "experiment", action.description, self.seed)
@@ -557,6 +581,10 @@ class ResearchEngine:
         run_id = ctx.ledger.start_run(run)
         run_dir = ctx.home.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id:05d}-{exp_id[:10]}"
         log_path = run_dir / "run.log"
+        transcript = self._transcripts.pop(commit, b"")
+        if transcript:  # the agent that wrote this experiment, beside the run's own log
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / AGENT_LOG).write_bytes(transcript[-MAX_TRANSCRIPT:])
         run.log_path = str(log_path)
         ctx.ledger.finish_run(run_id, "running", log_path=run.log_path, finished_at=None)
         expected = self.expected_seconds()

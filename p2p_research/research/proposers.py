@@ -50,6 +50,7 @@ class Proposal:
     train_py: bytes
     description: str
     constants_only: bool
+    transcript: bytes = b""   # the agent's stdout and stderr (the last 64 KiB), kept beside the run's log
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class CommandProposer:
 
     name = "command"
     reads_digest = True
+    last_transcript: bytes = b""  # the last agent's output, also for a proposal that was skipped
 
     def __init__(self, command: str, timeout_s: float, extra_env: dict[str, str] | None = None,
                  prompt: str = AGENT_PROMPT) -> None:
@@ -267,6 +269,7 @@ class CommandProposer:
                 with trio.CancelScope(shield=True):
                     await proc.wait()
         text = output.decode("utf-8", errors="replace")
+        self.last_transcript = output
         if proc.returncode != 0:
             last = text.strip().splitlines()[-1:] or [""]
             return Skip(f"the agent command failed with exit code {proc.returncode}: {last[0][:200]}")
@@ -289,7 +292,7 @@ class CommandProposer:
             return Skip("the agent proposed an experiment the swarm already knows")
         only_constants, _ = constants_only_change(old.decode(), new_text)
         description = agent_description(text) or describe_change(old.decode(), new_text)
-        return Proposal(new, description, only_constants)
+        return Proposal(new, description, only_constants, transcript=output)
 
 
 def _left_files(work: Path, baseline_files: dict[str, bytes]) -> list[str]:
