@@ -142,4 +142,5 @@ def worker_view(engine: Any) -> dict[str, Any]:
     p = engine.progress
     return {"worker": engine.worker, "phase": p.phase, "exp_id": p.exp_id, "description": p.description,
             "elapsed_s": time.time() - p.started_at if p.started_at and p.phase in ("baseline", "training") else None,
-            "device": dict(engine.worker_env), "experiments_done": p.experiments_done, "kept": p.kept}
+            "device": dict(engine.worker_env), "experiments_done": p.experiments_done, "kept": p.kept,
+            "waiting_for": p.waiting_for if p.phase == "waiting" else ""}

@@ -96,6 +96,7 @@ function renderCurrent(st) {
     const dev = Object.entries(w.device || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "default device";
     return `<div><b>worker ${esc(w.worker)}</b> <span class="muted">${esc(dev)}</span> — ${esc(w.phase || cur.phase || "idle")}
       <span class="mono">${short(w.exp_id || cur.exp_id)}</span> ${esc((w.description || cur.description || "").slice(0, 120))}
+      ${(w.waiting_for || cur.waiting_for) ? `<div class="muted small">waiting for ${esc(w.waiting_for || cur.waiting_for)}</div>` : ""}
       <div class="muted small">elapsed ${duration(w.elapsed_s ?? cur.elapsed_s)} of budget ${esc(budget)}${frac !== null ? ` · ${(100 * frac).toFixed(0)}%` : ""}
       · ${esc(w.experiments_done ?? "-")} done, ${esc(w.kept ?? "-")} kept</div>
       <div class="bar"><div style="width:${frac !== null ? (100 * frac).toFixed(1) : 0}%"></div></div></div>`;
