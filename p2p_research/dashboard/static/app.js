@@ -207,7 +207,8 @@ async function showExperiment(id) {
   const e = d.experiment;
   $("detail-meta").innerHTML = `<div class="kv"><div>commit</div><div class="mono">${esc(e.commit)}</div><div>parent</div>
     <div class="mono">${esc(e.parent)}</div><div>proposed by</div><div class="mono">${esc(e.origin === "local" ? "this node" : e.proposer || "a peer")}</div>
-    <div>runs</div><div>${(d.runs || []).map((r) => `${esc(r.kind)} ${esc(r.status)} ${fmt(r.val_bpb)} by ${r.origin === "local" ? "this node" : short(r.peer, 16)}`).join("<br>")}</div>
+    <div>runs</div><div>${(d.runs || []).map((r) => `${esc(r.kind)} ${esc(r.status)} ${fmt(r.val_bpb)} by ${r.origin === "local" ? "this node" : short(r.peer, 16)}`
+      + (r.log ? ` <span class="muted small mono">log ${esc(r.log)}${r.agent_log ? ` · agent ${esc(r.agent_log)}` : ""} (p2p-research logs ${short(e.id, 10)} -f)</span>` : "")).join("<br>")}</div>
     <div>change</div><div>${esc(e.description)}</div></div>`;
   $("detail-diff").innerHTML = (d.diff || "(objects not here)").split("\n").map((l) => {
     const cls = l.startsWith("+") ? "add" : l.startsWith("-") ? "del" : l.startsWith("@@") ? "hunk" : "";
