@@ -280,8 +280,7 @@ class RunningNode:
             eng = ResearchEngine(self.ctx, worker_proposer, Hooks(
                 on_claim=self.announcer.announce_claim, on_result=self.announcer.announce_result,
                 is_known=self.coordinator.is_known,
-                between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns,
-                researchers=self.researchers),
+                between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns),
                 worker=i, worker_env=env)
             eng.peer = self.peer_id
             # research.genesis = shared: peers measure the genesis for a node that floods to them (it hears
@@ -299,21 +298,26 @@ class RunningNode:
         if len(engines) > 1:
             log.info("%d workers: %s", len(engines), "; ".join(
                 f"worker {i}: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "default") for i, env in enumerate(envs)))
+        try:
+            done = await self.run_workers(engines)
+        except Exception as e:  # noqa: BLE001 - the node stays up as a relay and keeps its ledger
+            log.exception("research loop failed")
+            self.research_state = f"failed: {e}"
+            return
+        self.research_state = f"done: {done.reason}"
+        (log.error if done.error else log.info)("research loop ended: %s", done.reason)
+        if engine.loop is None or engine.loop.baseline_value is None:
+            return
+        # No more experiments of its own, but the node keeps following the swarm: better baselines that
+        # peers publish are still verified and adopted, by rank rather than by margin, so every node
+        # ends on the swarm's best.
+        self.coordinator.following = True
         while True:
+            await trio.sleep(ADOPTION_POLL_S)
             try:
-                done = await self.run_workers(engines)
-            except Exception as e:  # noqa: BLE001 - the node stays up as a relay and keeps its ledger
-                log.exception("research loop failed")
-                self.research_state = f"failed: {e}"
-                return
-            self.research_state = f"done: {done.reason}"
-            (log.error if done.error else log.info)("research loop ended: %s", done.reason)
-            if engine.loop is None or engine.loop.baseline_value is None:
-                return
-            if not await self.follow(done.resumable):
-                return
-            log.info("the baseline changed: research resumes from %s", engine.current_baseline()[0][:7])
-            self.research_state = "running"
+                await self.coordinator.between()
+            except Exception:  # noqa: BLE001 - following is best effort; the node stays up as a relay
+                log.exception("following the swarm failed once; trying again")
 
     async def log_progress(self, every_s: float) -> None:
         """The daemon's terminal (or log file) is not silent for a whole run (autoresearch's are 5
@@ -325,26 +329,6 @@ class RunningNode:
                 if eng.progress.phase in ("baseline", "training", "waiting"):
                     prefix = f"worker {eng.worker}: " if len(self.workers.engines) > 1 else ""
                     log.info("progress: %s%s", prefix, eng.progress.label())
-
-    async def follow(self, until_new_baseline: bool) -> bool:
-        """No more experiments of its own, but the node keeps following the swarm: better baselines that
-        peers publish are still verified and adopted, by rank rather than by margin, so every node ends
-        on the swarm's best. Research that ended for want of anything to propose from its baseline
-        resumes once another is adopted (True)."""
-        start = self.ctx.ledger.baseline(self.ctx.protocol_id)
-        self.coordinator.following = True
-        try:
-            while True:
-                await trio.sleep(ADOPTION_POLL_S)
-                try:
-                    await self.coordinator.between()
-                except Exception:  # noqa: BLE001 - following is best effort; the node stays up as a relay
-                    log.exception("following the swarm failed once; trying again")
-                now = self.ctx.ledger.baseline(self.ctx.protocol_id)
-                if until_new_baseline and now is not None and (start is None or now.commit_id != start.commit_id):
-                    return True
-        finally:
-            self.coordinator.following = False
 
     async def run_workers(self, engines: list[ResearchEngine]) -> Any:
         """Worker 0 measures the baseline; the others start from it, each on its own device, sharing
@@ -532,13 +516,6 @@ class RunningNode:
                 self._protocol_unknown[proto] = time.time()
                 return ""
         return self._protocol_swarm[proto]
-
-    def researchers(self) -> int:
-        """Other peers of this protocol this node hears from: those connected (relays aside) or heard
-        through the mesh within the ownership memory (the genesis rule needs two that agree)."""
-        connected = {p.peer_id for p in self.net.peers()
-                     if (p.about or {}).get("protocol") == self.ctx.protocol_id and (p.about or {}).get("role") != "relay"}
-        return len(connected | set(self.coordinator.heard_peers()))
 
     def protocol_view(self) -> dict[str, Any]:
         """Peers on another protocol, and in words why their results do not count here."""
