@@ -126,25 +126,23 @@ def test_a_listen_port_in_use_stops_the_node_with_one_line(tmp_path, cache_dir):
     from conftest import CLI, ROOT
 
     home = make_home(tmp_path / "h", cache_dir)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        r = subprocess.run([*CLI, "node", "start", "--home", str(home.path), "--no-research",
-                            "--listen", f"/ip4/127.0.0.1/tcp/{port}"], capture_output=True, text=True, timeout=60,
-                           cwd=ROOT)
+
+    def start_with_port_taken(flag: str, value: str) -> tuple[subprocess.CompletedProcess, int]:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            return subprocess.run([*CLI, "node", "start", "--home", str(home.path), "--no-research",
+                                   flag, value.format(port=port)], capture_output=True, text=True, timeout=60,
+                                  cwd=ROOT), port
+
+    r, port = start_with_port_taken("--listen", "/ip4/127.0.0.1/tcp/{port}")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     errors = [line for line in r.stderr.splitlines() if "cannot listen" in line]
     assert len(errors) == 1 and f"/tcp/{port}: the port is in use" in errors[0], r.stderr
     assert "listening on" not in r.stdout + r.stderr
     # an asked-for dashboard port in use is an error too (a busy default one falls back to a free one)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        r = subprocess.run([*CLI, "node", "start", "--home", str(home.path), "--no-research",
-                            "--dashboard-addr", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
-                           cwd=ROOT)
+    r, port = start_with_port_taken("--dashboard-addr", "127.0.0.1:{port}")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert f"dashboard address 127.0.0.1:{port} unavailable: the port is in use" in r.stderr, r.stderr
 
