@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from p2p_research.harness import verdict
-from p2p_research.harness.measure import PRIVATE_BELOW, HarnessTrainer, script_argv
+from p2p_research.harness.measure import ANCESTOR_CPU, PRIVATE_BELOW, HarnessTrainer, script_argv
 from p2p_research.research.context import open_context
 from p2p_research.research.engine import ResearchEngine
 from p2p_research.research.init import init_home
@@ -279,6 +279,46 @@ async def test_a_model_handed_over_after_the_budget_is_refused(node, tmp_path):
     assert not o.ok and "past the budget" in o.reason, o.reason
 
 
+async def test_a_model_trained_past_a_token_budget_is_refused_by_its_compute(node, tmp_path):
+    """The run owns its data loader, so the tokens it trains on are not countable from outside; the
+    CPU its processes spend is (the kernel counts it). Held to its ancestor's CPU under a token
+    budget, a run that trains several budgets long is refused, and an honest one is not."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    honest = "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n"
+    parent = await _run(node, tmp_path / "a", honest)
+    assert parent.ok and parent.cpu_seconds and parent.cpu_seconds > 0.5, (parent.reason, parent.cpu_seconds)
+    assert float(parent.summary.metrics["cpu_s"]) == pytest.approx(parent.cpu_seconds, abs=0.01)
+    limit = {ANCESTOR_CPU: repr(parent.cpu_seconds)}
+    longer = await _run(node, tmp_path / "b", textwrap.dedent(f'''
+        import time
+        print("ancestor cpu seen:", os.environ.get({ANCESTOR_CPU!r}))
+        model, until = Tiny(), time.process_time() + 2 * {parent.cpu_seconds!r}
+        while time.process_time() < until:  # trains on, whatever the budget says
+            train(model, train_data, steps=20)
+        report(evaluate_bpb(model, 'cpu', max_seq_len=64))
+    '''), env_extra=limit)
+    assert not longer.ok and "trained past the budget" in longer.reason, longer.reason
+    assert "ancestor cpu seen: None" in longer.log_path.read_text()  # the run never sees its limit
+    again = await _run(node, tmp_path / "c", honest, env_extra=limit)
+    assert again.ok and again.measured_by == "harness", (again.reason, again.cpu_seconds, parent.cpu_seconds)
+
+
+def test_the_compute_reference_is_the_nearest_ancestor_run_here_under_a_token_budget(node, monkeypatch):
+    home, ctx, engine = node
+    assert ctx.budget.tokens is not None
+    monkeypatch.setattr(engine, "_measured_ancestor", lambda parent: None)
+    monkeypatch.setattr(engine, "_ancestor_cpu", lambda parent: 12.5 if parent == "p" else None)
+    assert engine._measure_env(0, "experiment", "p")[ANCESTOR_CPU] == "12.5"
+    assert engine._measure_env(0, "verification", "p")[ANCESTOR_CPU] == "12.5"
+    assert ANCESTOR_CPU not in engine._measure_env(0, "experiment", "q")  # nothing measured: no limit
+    assert ANCESTOR_CPU not in engine._measure_env(0, "noise", "p")
+    assert ANCESTOR_CPU not in engine._measure_env(0, "baseline", "p")
+    monkeypatch.setattr(ctx, "budget", dataclasses.replace(ctx.budget, tokens=None, seconds=60.0))
+    assert ANCESTOR_CPU not in engine._measure_env(0, "experiment", "p")  # a wall-clock budget bounds it
+
+
 async def test_a_model_slow_to_evaluate_is_refused_within_the_evaluator_s_limit(node, tmp_path):
     """The run hands over a model that is cheap to export but far too slow to evaluate, then claims."""
     body = textwrap.dedent('''
@@ -326,6 +366,8 @@ async def test_a_model_that_memorises_the_validation_windows_does_not_generalise
 
 def test_verdicts():
     assert verdict.false_report(None, 3.0) is None
+    assert verdict.over_compute(None, 10.0) is None and verdict.over_compute(14.9, 10.0) is None
+    assert "trained past the budget" in verdict.over_compute(15.1, 10.0)
     assert verdict.false_report(3.001, 3.0) is None
     assert "false report" in verdict.false_report(0.3, 3.0)
     assert verdict.late_handover(None, 300) is None and verdict.late_handover(500, None) is None

@@ -124,3 +124,24 @@ def test_the_swarm_view_and_its_results_tsv(tmp_path):
     assert "[by peerB]" in lines[3]
     stats = analyze(tsv, tmp_path / "progress.png")
     assert stats  # autoresearch's notebook logic reads it
+
+
+def test_a_run_s_cpu_seconds_are_the_reference_for_its_descendants(tmp_path):
+    """The newest local run of a commit that came to a value gives its CPU seconds; a crash, a peer's
+    run or a run without the figure does not."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    commit = "c" * 40
+
+    def add(status, origin="local", cpu=None, val=1.5):
+        rid = ledger.start_run(Run(exp_id="e" * 40, commit_id=commit, protocol_id="p", kind="experiment",
+                                   status="running", origin=origin))
+        ledger.finish_run(rid, status, val_bpb=val, metrics={"cpu_s": cpu} if cpu else {})
+
+    assert ledger.run_cpu_seconds(commit, "p") is None
+    add("done", cpu="4.00")
+    add("crash", cpu="99.0", val=None)
+    add("done", origin="peer", cpu="0.5")
+    add("done")
+    assert ledger.run_cpu_seconds(commit, "p") == 4.0
+    assert ledger.run_cpu_seconds(commit, "other") is None
+    ledger.close()

@@ -46,6 +46,8 @@ WATCH_S = 0.1
 EVAL_TIME_FLOOR_S = 120.0
 MEASURE_PREFIX = "P2P-MEASURE "
 PRIVATE_BELOW = "P2P_PRIVATE_BELOW"  # the evaluator measures the private split only below this value
+ANCESTOR_CPU = "P2P_ANCESTOR_CPU_S"  # CPU seconds of the nearest ancestor measured here (token budgets)
+NODE_ONLY_ENV = (PRIVATE_BELOW, ANCESTOR_CPU)  # what the node tells its harness, never the training
 READY_FILE = "ready"               # evaluate.READY: the node's copy of the hand-over is complete
 MEASURED_FILE = "measured.json"     # the node's value, written back for the waiting run (handover.py)
 HAND_BACK_WAIT_S = 60.0             # how much longer than the evaluator's limit the run waits for it
@@ -205,6 +207,19 @@ def _measure_line(log_path: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _cpu_metric(outcome: RunOutcome) -> dict[str, str]:
+    """The run's CPU seconds, kept with its value: the reference its descendants' compute is held to."""
+    return {"cpu_s": f"{outcome.cpu_seconds:.2f}"} if outcome.cpu_seconds else {}
+
+
 def _with(outcome: RunOutcome, **changes) -> RunOutcome:
     return dataclasses.replace(outcome, **changes)
 
@@ -225,7 +240,8 @@ class HarnessTrainer:
             shutil.rmtree(d, ignore_errors=True)
         handover.mkdir(parents=True)
         (run_dir / HANDOVER_SCRIPT).write_bytes(Path(__file__).with_name("handover.py").read_bytes())
-        run_env = {**{k: v for k, v in env.items() if k != PRIVATE_BELOW}, "P2P_HANDOVER": str(handover),
+        ancestor_cpu = _float_or_none(env.get(ANCESTOR_CPU))
+        run_env = {**{k: v for k, v in env.items() if k not in NODE_ONLY_ENV}, "P2P_HANDOVER": str(handover),
                    "P2P_HANDOVER_WAIT_S": str(int(self._eval_time(limits) + HAND_BACK_WAIT_S))}
         train_sandbox = (dataclasses.replace(sandbox, read_write=(*sandbox.read_write, handover))
                          if sandbox is not None else None)
@@ -312,9 +328,14 @@ class HarnessTrainer:
                 why = measured.get("error", "the evaluation gave no value")
                 return self._unmeasured(outcome, run_dir, f"the harness refused the handed-over model: {why}")
             value = measured["val_bpb"]
+            over = (verdict.over_compute(outcome.cpu_seconds, ancestor_cpu)
+                    if not self._may_self_report(run_dir) else None)
+            if over is not None:
+                return _with(outcome, ok=False, summary=None, reason=over, reported_val_bpb=reported,
+                             measured_by="harness")
             lie = verdict.false_report(reported, value)
             metrics = {**outcome.summary.metrics, "reported_val_bpb": f"{reported:.6f}" if reported is not None else "",
-                       "measured_by": "harness"}
+                       "measured_by": "harness", **_cpu_metric(outcome)}
             if measured.get("private_bpb") is not None:
                 metrics["private_bpb"] = f"{measured['private_bpb']:.6f}"
             summary = dataclasses.replace(outcome.summary, val_bpb=value, metrics=metrics)
@@ -336,13 +357,16 @@ class HarnessTrainer:
         """Whether this run trains without the validation data: wherever the node has the training
         split, for any code but the genesis's own with other constants (which may still be kept on
         its own word, so it keeps the harness's in-process evaluation as a fallback)."""
-        if self.spec.train_split is None:
-            return False
+        return self.spec.train_split is not None and not self._may_self_report(run_dir)
+
+    def _may_self_report(self, run_dir: Path) -> bool:
+        """Whether the run's code is the genesis's own with other constants: it runs the pinned
+        harness as it is, keeps its budget by its own loop, and may go on its own word."""
         try:
             train_py = (run_dir / "train.py").read_bytes()
         except OSError:
-            return True
-        return not verdict.self_report_allowed(self.spec.genesis_train_py, train_py)
+            return False
+        return verdict.self_report_allowed(self.spec.genesis_train_py, train_py)
 
     def _without_model(self, outcome: RunOutcome | None, handover: Path, taken: Path, seen: dict, started: float,
                        log_path: Path, run_dir: Path) -> RunOutcome | None:
@@ -386,14 +410,11 @@ class HarnessTrainer:
         """No model measured (none handed over, or the evaluator refused it): the run's own word stands
         only for the genesis's code with other constants, which runs the pinned harness as it is (a
         target whose model uses operations the evaluator does not run still researches on its own)."""
-        try:
-            train_py = (run_dir / "train.py").read_bytes()
-        except OSError:
-            train_py = b""
         reported = outcome.summary.val_bpb if outcome.summary else None
-        if verdict.self_report_allowed(self.spec.genesis_train_py, train_py):
+        if self._may_self_report(run_dir):
             log.info("run measured by itself: %s", why)
-            metrics = {**outcome.summary.metrics, "measured_by": "self", "unmeasured_because": why[:200]}
+            metrics = {**outcome.summary.metrics, "measured_by": "self", "unmeasured_because": why[:200],
+                       **_cpu_metric(outcome)}
             return _with(outcome, summary=dataclasses.replace(outcome.summary, metrics=metrics),
                          reported_val_bpb=reported, measured_by="self")
         if why.startswith("the harness refused"):
@@ -409,7 +430,7 @@ class HarnessTrainer:
         eval_dir.mkdir()
         (eval_dir / "prepare.py").write_bytes(spec.prepare_py)
         (eval_dir / EVALUATE_SCRIPT).write_bytes(Path(__file__).with_name("evaluate.py").read_bytes())
-        eval_env = {k: v for k, v in env.items() if k != "P2P_HANDOVER"}
+        eval_env = {k: v for k, v in env.items() if k not in ("P2P_HANDOVER", ANCESTOR_CPU)}
         eval_env["P2P_EVALUATE_WAIT_S"] = str(int(limits.time_limit_s + HAND_BACK_WAIT_S))
         if spec.private_seed is not None:
             eval_env["P2P_PRIVATE_SEED"] = str(spec.private_seed)

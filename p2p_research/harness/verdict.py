@@ -15,6 +15,10 @@ LIE_TOLERANCE_BPB = 0.005
 # Slack on a wall-clock budget before the hand-over: interpreter start, data, model build, export.
 HANDOVER_SLACK_S = 30.0
 HANDOVER_SLACK_FRACTION = 0.25
+# Under a token budget, code other than the genesis's may spend this many times the CPU time its
+# nearest ancestor measured here spent: room for an honest change's cost and for the machine's
+# noise (CPU time, unlike wall time, barely moves with load), not for training several budgets long.
+COMPUTE_SLACK = 1.5
 
 
 def false_report(reported: float | None, measured: float) -> str | None:
@@ -60,8 +64,8 @@ def does_not_generalise(parent_public: float | None, parent_private: float | Non
 
 def late_handover(after_s: float | None, budget_seconds: float | None, slack_s: float | None = None) -> str | None:
     """Why a model handed over after a wall-clock budget (plus slack) is refused: training longer than
-    the swarm's budget must win nothing. A token budget cannot be checked from outside (the run owns
-    its data loader): the run's time limit bounds it."""
+    the swarm's budget must win nothing. A token budget is checked by the compute spent instead
+    (over_compute): the run owns its data loader."""
     if after_s is None or budget_seconds is None:
         return None
     slack = slack_s if slack_s is not None else max(HANDOVER_SLACK_S, HANDOVER_SLACK_FRACTION * budget_seconds)
@@ -69,4 +73,23 @@ def late_handover(after_s: float | None, budget_seconds: float | None, slack_s: 
     if after_s > limit:
         return (f"the model was handed over {after_s:.0f} s after the run started, past the budget of "
                 f"{budget_seconds:g} s (+{limit - budget_seconds:.0f} s slack): it trained too long")
+    return None
+
+
+def over_compute(cpu_s: float | None, ancestor_cpu_s: float | None, slack: float = COMPUTE_SLACK) -> str | None:
+    """Why a model is refused for the compute spent before it was handed over, under a token budget.
+
+    The run owns its data loader, so the tokens it trained on cannot be counted from outside; the CPU
+    time of its processes can (the kernel counts it, research/runner._cpu_seconds). The reference is
+    the nearest ancestor this node ran itself under the same budget: training several budgets long
+    costs several times its CPU. A model that merely grows is bounded too, by `slack` per kept
+    generation, which each generation must earn with a verified gain. None when within, or when
+    either figure is missing (nothing to compare: the run's time limit still bounds it)."""
+    if cpu_s is None or ancestor_cpu_s is None or ancestor_cpu_s <= 0:
+        return None
+    limit = slack * ancestor_cpu_s
+    if cpu_s > limit:
+        return (f"the run spent {cpu_s:.1f} CPU-s before its model was measured, over {slack:g}x the "
+                f"{ancestor_cpu_s:.1f} CPU-s of its ancestor under the same token budget: it trained past "
+                f"the budget")
     return None

@@ -26,6 +26,7 @@ import trio
 
 from p2p_research import __version__
 from p2p_research.harness.measure import (
+    ANCESTOR_CPU,
     PRIVATE_BELOW,
     TRAIN_SPLIT_SCRIPT,
     HarnessSpec,
@@ -655,7 +656,23 @@ class ResearchEngine:
         ref = self._measured_ancestor(parent) if kind in ("experiment", "verification") else None
         # half a margin of slack: the margin may shrink (a noise run) before the run is judged
         env[PRIVATE_BELOW] = repr(ref[0] - 0.5 * self.margin) if ref is not None else "-inf"
+        if kind in ("experiment", "verification") and self.ctx.budget.tokens is not None:
+            cpu = self._ancestor_cpu(parent)
+            if cpu is not None:  # the harness holds code other than the genesis's to it (over_compute)
+                env[ANCESTOR_CPU] = repr(cpu)
         return env
+
+    def _ancestor_cpu(self, commit: str) -> float | None:
+        """CPU seconds of the nearest first-parent ancestor this node ran to a value itself."""
+        ws, ledger = self.ctx.workspace, self.ctx.ledger
+        for _ in range(10_000):
+            if not commit:
+                return None
+            cpu = ledger.run_cpu_seconds(commit, self.ctx.protocol_id)
+            if cpu is not None:
+                return cpu
+            commit = ws.parent_of(commit) or ""
+        return None
 
     def _judge_generalisation(self, o: RunOutcome, kind: str, parent: str) -> RunOutcome:
         """A gain that does not carry over to this node's private split is refuted like a crash

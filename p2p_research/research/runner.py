@@ -51,6 +51,9 @@ class RunOutcome:
     measured_by: str = "self"
     reported_val_bpb: float | None = None
     private_bpb: float | None = None       # the harness's value on this node's private split
+    # CPU seconds the run's processes used, counted by the kernel and read from outside (/proc):
+    # what the run cannot choose about its own compute (harness/verdict.over_compute)
+    cpu_seconds: float | None = None
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -103,9 +106,9 @@ def _members(pid: int) -> set[int]:
     return members
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, members: set[int] | None = None) -> float:
     """RSS of the child's process group and of all its descendants."""
-    members = _members(pid)
+    members = _members(pid) if members is None else members
     total = 0.0
     page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
     for p in members:
@@ -115,6 +118,26 @@ def _rss_mb(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(members: set[int]) -> float:
+    """CPU time (user + system) of these processes and of the children each has reaped, as the
+    kernel counts it: the run cannot lower it from inside. A child reaped by a member is folded into
+    that member's own counts, so the sum over a tree only grows while the tree lives (the caller
+    keeps the largest sample). Not counted: a child that lives and dies between two samples under a
+    parent that ignores SIGCHLD (the kernel discards its times); a cgroup's cpu.stat would count it."""
+    total = 0
+    for p in members:
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / _CLK_TCK
 
 
 def train_argv(train_command: str, script: str = "train.py") -> list[str]:
@@ -207,6 +230,7 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
     argv = guarded(argv)
     started = time.monotonic()
     reason = ""
+    cpu = 0.0
     with log_path.open("wb") as logf:
         try:
             proc = await trio.lowlevel.open_process(
@@ -219,7 +243,9 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
         try:
             with trio.move_on_after(limits.time_limit_s) as scope:
                 while proc.poll() is None:
-                    if _rss_mb(proc.pid) > limits.memory_limit_mb:
+                    members = _members(proc.pid)
+                    cpu = max(cpu, _cpu_seconds(members))
+                    if _rss_mb(proc.pid, members) > limits.memory_limit_mb:
                         reason = f"memory limit exceeded ({limits.memory_limit_mb} MB)"
                         await _end(proc)
                         break
@@ -245,11 +271,12 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
     wall = time.monotonic() - started
     out = _tail(log_path)
     if reason:
-        return RunOutcome(False, None, reason, wall, proc.returncode, log_path)
+        return RunOutcome(False, None, reason, wall, proc.returncode, log_path, cpu_seconds=cpu)
     if proc.returncode != 0:
-        return RunOutcome(False, None, _failure_reason(proc.returncode, out), wall, proc.returncode, log_path)
+        return RunOutcome(False, None, _failure_reason(proc.returncode, out), wall, proc.returncode, log_path,
+                          cpu_seconds=cpu)
     try:
         summary = parse_summary(out)
     except SummaryError as e:
-        return RunOutcome(False, None, str(e), wall, proc.returncode, log_path)
-    return RunOutcome(True, summary, "ok", wall, proc.returncode, log_path)
+        return RunOutcome(False, None, str(e), wall, proc.returncode, log_path, cpu_seconds=cpu)
+    return RunOutcome(True, summary, "ok", wall, proc.returncode, log_path, cpu_seconds=cpu)

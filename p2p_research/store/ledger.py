@@ -324,6 +324,23 @@ class Ledger:
                 continue
         return None
 
+    def run_cpu_seconds(self, commit_id: str, protocol_id: str) -> float | None:
+        """CPU seconds of the newest local run of `commit_id` that came to a value (its `cpu_s`,
+        counted by the runner from outside): harness/verdict.over_compute holds descendants to it."""
+        rows = self.db.execute(
+            "SELECT metrics FROM runs WHERE commit_id=? AND protocol_id=? AND origin='local' "
+            "AND val_bpb IS NOT NULL AND status NOT IN ('crash', 'aborted', 'running', 'refuted') "
+            "ORDER BY run_id DESC LIMIT 20", (commit_id, protocol_id))
+        for (metrics,) in rows:
+            try:
+                m = json.loads(metrics or "{}")
+                cpu = float(m["cpu_s"]) if isinstance(m, dict) and m.get("cpu_s") else None
+            except (ValueError, TypeError):
+                continue
+            if cpu is not None and cpu > 0:
+                return cpu
+        return None
+
     def set_run_receipt(self, run_id: int, receipt: bytes, signature: bytes, public_key: bytes) -> None:
         self.db.execute("UPDATE runs SET receipt=?, signature=?, public_key=? WHERE run_id=?",
                         (receipt, signature, public_key, run_id))
