@@ -1,6 +1,7 @@
 """Several node daemons as separate OS processes on loopback (issue: node daemon)."""
 
 import json
+import re
 import signal
 import stat
 
@@ -245,5 +246,117 @@ def test_the_daemon_says_how_a_run_goes_and_every_flag_is_described(tmp_path, ca
                  60, 0.5, what="a progress line")
         line = next(x for x in d.stderr().splitlines() if "progress: " in x)
         assert " | best " in line and " done, " in line, line
+        assert "\x1b[" not in d.stderr()   # not a terminal: no live line drawn with control codes
     finally:
         d.stop()
+
+
+CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What a terminal shows (scrollback included) for `raw`: a small emulator of what rich's live
+    display writes (carriage return, line feed, erase line, cursor up); other control codes are ignored."""
+    lines, row, col, i = [""], 0, 0, 0
+    while i < len(raw):
+        m = CSI.match(raw, i)
+        if m:
+            arg, op = m.groups()
+            if op == "K":
+                lines[row] = lines[row][:col] if arg in ("", "0") else ""
+            elif op == "A":
+                row = max(0, row - int(arg or 1))
+            i = m.end()
+            continue
+        c = raw[i]
+        if c == "\r":
+            col = 0
+        elif c == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif c >= " ":
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + c + line[col + 1:]
+            col += 1
+        i += 1
+    return lines
+
+
+def test_on_a_terminal_the_daemon_shows_a_live_progress_line(tmp_path):
+    """On a terminal (a pseudo-terminal here) the daemon draws a live line updated in place instead of
+    the periodic progress line, which goes to node.log only; log lines printed meanwhile stay whole."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+    import threading
+    import time
+
+    from conftest import CLI, ROOT
+    from test_swarm import surrogate_home
+
+    home = surrogate_home(tmp_path / "h", 1, cost=2.0)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    p = subprocess.Popen([*CLI, "node", "start", "--home", str(home.path), "--progress-every", "1", "-n", "30"],
+                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, start_new_session=True,
+                         env={**os.environ, "TERM": "xterm-256color", "NO_COLOR": "1"})
+    os.close(slave)
+    out = bytearray()
+
+    def drain() -> None:  # keep reading: a full pty would block the daemon
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the daemon closed the terminal
+                return
+            if not chunk:
+                return
+            out.extend(chunk)
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    text = lambda: out.decode(errors="replace")  # noqa: E731
+    try:
+        wait_for(lambda: text().count(" | best ") >= 4, 90, 0.5, what="the live line, redrawn")
+        log_at = text().find(" | best ")
+        wait_for(lambda: " INFO " in text()[log_at:] and "experiment " in text()[log_at:], 90, 0.5,
+                 what="a log line printed while the live line is shown")
+        wait_for(lambda: "progress: " in (home.logs / "node.log").read_text(), 30, 0.5,
+                 what="the periodic line in node.log")
+        time.sleep(1)
+        raw = text()
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+        reader.join(10)
+        os.close(master)
+    assert "progress: " not in raw   # the terminal gets the live line instead of the periodic one
+    assert "\r" in raw and "\x1b[2K" in raw   # drawn in place (carriage return, erase line)
+    shown = screen_lines(raw)
+    assert any(LOG_LINE.match(ln) and " INFO " in ln and "experiment " in ln for ln in shown), shown[-20:]
+    assert_whole_lines(shown)
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def assert_whole_lines(shown: list[str]) -> None:
+    """Every line on the screen is one whole log line, the live line alone, or a line the daemon
+    printed at start: nothing written into the middle of another."""
+    live = [ln for ln in shown if " | best " in ln]
+    for ln in shown:
+        if ln in live:
+            assert not LOG_LINE.search(ln), f"a log line inside the live line: {ln!r}"
+        elif LOG_LINE.match(ln):
+            assert not LOG_LINE.search(ln, 1), f"two log lines in one: {ln!r}"
+        else:
+            assert ln.strip() == "" or ln.split(":")[0] in ("peer id", "address", "sandbox", "control", "dashboard"), ln
+    assert len(live) <= 1, live   # one live line (the run may have ended and cleared it)

@@ -185,6 +185,12 @@ def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
                  what="a new result on the page without a reload")
         wait_for(lambda: any(b.peer_id[:16] in r.text for r in driver.find_elements(By.CSS_SELECTOR, "#peers tbody tr")),
                  30, what="the peer in the peers table")
+        # the swarm at a glance: both nodes, from the daemon's own `swarm` view
+        wait_for(lambda: {a.peer_id, b.peer_id} <= {n["peer"] for n in json.loads(get(url + "api/swarm")[1])["nodes"]},
+                 60, what="both nodes in /api/swarm")
+        wait_for(lambda: (texts := [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#swarm-nodes tbody tr")])
+                 and any(t.startswith("this node") for t in texts) and any(t.startswith(b.peer_id[:16]) for t in texts),
+                 30, what="both nodes in the swarm panel")
         assert driver.execute_script("return window.__sameDocument") == 42   # never reloaded
         assert driver.find_element(By.ID, "live").text == "live"
         shots = os.environ.get("P2P_SCREENSHOT_DIR")
@@ -280,3 +286,144 @@ def test_simulate_dashboard_serves_the_swarm_live_and_the_report_keeps_it(tmp_pa
         assert not errors, errors
     finally:
         driver.quit()
+
+
+# three finders, as in test_ledger's swarm view: (peer, exp, parent, kind, val_bpb, status, description)
+SWARM_RUNS = [("me", "g", "", "baseline", 2.0, "baseline", "baseline"),
+              ("peerA", "a", "g", "experiment", 1.9, "kept", "LEARNING_RATE 0.002 -> 0.003"),
+              ("peerB", "b", "a", "experiment", 1.95, "discarded", "N_LAYER 4 -> 6"),
+              ("peerB", "c", "a", "experiment", 1.8, "kept", "N_LAYER 4 -> 5; WARMUP 0.1 -> 0.2"),
+              ("peerA", "d", "c", "experiment", None, "crash", "code: GPT.forward; +3 -1 lines"),
+              ("peerA", "e", "c", "experiment", 1.75, "kept", "WARMUP 0.1 -> 0.3")]
+
+
+def swarm_ledger(path: Path) -> Path:
+    """A ledger holding results of three nodes ("me" is the node serving the dashboard)."""
+    from p2p_research.store.ledger import Ledger, Run
+
+    led = Ledger(path)
+    try:
+        for i, (peer, exp, parent, kind, value, status, desc) in enumerate(SWARM_RUNS):
+            led.add_experiment(exp * 40, "p", parent * 40, "t" + exp, exp * 40, desc, "peer")
+            rid = led.start_run(Run(exp_id=exp * 40, commit_id=exp * 40, protocol_id="p", kind=kind, status="running",
+                                    origin="local" if peer == "me" else "peer", peer=peer, parent=parent * 40,
+                                    seed=0, description=desc))
+            led.finish_run(rid, status, val_bpb=value, finished_at=time.time() - 600 + 60 * i)
+    finally:
+        led.close()
+    return path
+
+
+class ServedApp:
+    """The dashboard app on a real socket, served by hypercorn on trio in a thread of the test (no daemon):
+    `handlers` is called there, so what it opens (a ledger) belongs to that thread."""
+
+    def __init__(self, make_handlers, tmp_path: Path) -> None:
+        import threading
+
+        self.make_handlers, self.tmp_path = make_handlers, tmp_path
+        self.url = ""
+        self._ready = threading.Event()
+        self._stop = None
+        self._token = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import trio
+
+        from p2p_research.dashboard.app import make_app
+        from p2p_research.dashboard.serve import bind, serve
+
+        async def main() -> None:
+            bound = bind("127.0.0.1:0", self.tmp_path / "dashboard.token", fall_back=False)
+            self.url, self._token = bound.url, trio.lowlevel.current_trio_token()
+            async with trio.open_nursery() as nursery:
+                self._stop = nursery.cancel_scope
+                await nursery.start(serve, make_app(self.make_handlers(), token=None, loopback_port=bound.port), bound)
+                self._ready.set()
+
+        try:
+            trio.run(main)
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            self._error = e
+            self._ready.set()
+
+    def __enter__(self) -> ServedApp:
+        self._thread.start()
+        assert self._ready.wait(30) and self._error is None, self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import trio
+
+        if self._stop is not None:
+            trio.from_thread.run_sync(self._stop.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+
+def swarm_handlers(ledger_path: Path) -> dict:
+    """The daemon's views, the swarm from a real ledger (through swarm_view, as the daemon's `swarm`
+    handler does), the rest as a node that just started."""
+    from p2p_research.research.swarm_view import of_ledger
+    from p2p_research.store.ledger import Ledger
+
+    held: dict[str, Ledger] = {}
+
+    async def swarm(args: dict) -> dict:
+        led = held.setdefault("ledger", Ledger(ledger_path))
+        return of_ledger(led, "p", "me")
+
+    async def const(value):
+        return value
+
+    status = {"peer_id": "me", "name": "me", "swarm": "s", "protocol_id": "p", "budget": "400000 tokens",
+              "research": "idle", "baseline": {"val_bpb": 1.75, "lineage": []}, "peers_connected": 0,
+              "workers": [], "uptime_s": 1.0}
+    return {"id": lambda a: const({"peer_id": "me"}), "status": lambda a: const(status),
+            "peers": lambda a: const([]), "experiments": lambda a: const([]), "board": lambda a: const([]),
+            "swarm": swarm}
+
+
+def test_the_swarm_at_a_glance_endpoint_and_panel(tmp_path):
+    """`/api/swarm` answers what `p2p-research swarm` shows for a ledger with three nodes' results (each
+    node's best, kept results by finder, the knobs that paid, the swarm's best over time), and a real
+    browser renders the panel with those rows."""
+    ledger = swarm_ledger(tmp_path / "l.sqlite")
+    with ServedApp(lambda: swarm_handlers(ledger), tmp_path) as served:
+        status, body = get(served.url + "api/swarm")
+        assert status == 200, body
+        v = json.loads(body)
+        assert v["protocol_id"] == "p" and v["runs"] == 6 and v["kept"] == 3
+        assert [(n["peer"], n["kept"], n["best"], n["self"]) for n in v["nodes"]] == [
+            ("peerA", 2, 1.75, False), ("peerB", 1, 1.8, False), ("me", 0, 2.0, True)]
+        assert [b for _, b in v["swarm_best_over_time"]] == [2.0, 1.9, 1.8, 1.75]
+        knobs = {k["knob"]: k for k in v["knobs"]}
+        assert (knobs["N_LAYER"]["tried"], knobs["N_LAYER"]["kept"]) == (2, 1)
+        assert abs(knobs["WARMUP"]["gain"] - 0.15) < 1e-9 and v["knobs"][0]["knob"] == "WARMUP"
+        assert get(served.url.replace("127.0.0.1", "localhost") + "api/swarm")[0] == 200
+        if not (CHROMIUM and DRIVER):
+            pytest.skip(NO_BROWSER)
+        from selenium.webdriver.common.by import By
+
+        driver = browser()
+        try:
+            driver.get(served.url)
+
+            def rows(table: str) -> list[str]:
+                return [r.text for r in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
+            nodes = wait_for(lambda: len(rows("swarm-nodes")) == 3 and rows("swarm-nodes"), 30,
+                             what="the swarm's nodes on the page")
+            assert nodes[0].split()[:4] == ["peerA", "3", "1.750000", "2"], nodes
+            assert nodes[2].startswith("this node") and "2.000000" in nodes[2], nodes
+            assert [r.split()[:3] for r in rows("swarm-finders")] == [["peerA", "2", "67%"], ["peerB", "1", "33%"]]
+            knob_rows = rows("swarm-knobs")
+            assert knob_rows[0].split()[:4] == ["WARMUP", "2", "2", "0.150000"], knob_rows
+            assert any(r.startswith("N_LAYER 2 1 0.100000") for r in knob_rows), knob_rows
+            assert driver.find_elements(By.ID, "swarm-best-line")
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#swarm-chart path.node-best")) == 3
+            assert "3 node(s), 6 results, 3 kept, best 1.750000" in driver.find_element(By.ID, "swarm-summary").text
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert not errors, errors
+        finally:
+            driver.quit()

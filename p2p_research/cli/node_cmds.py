@@ -35,7 +35,8 @@ def start(
                                         "more than this (0: any improvement, autoresearch's rule) [default: "
                                         "2 sigma of the measured noise, else 0.002]"),
     progress_every: float = typer.Option(60.0, "--progress-every", metavar="SECONDS", min=0,
-                                         help="A one-line progress log every SECONDS while a run goes on (0: off)"),
+                                         help="A one-line progress log every SECONDS while a run goes on; on a "
+                                         "terminal, a live line updated in place instead (0: off)"),
     dashboard: bool = typer.Option(False, "--dashboard", help="Serve the web dashboard and /metrics "
                                    "(network.dashboard, else 127.0.0.1:8642 or a free port)"),
     dashboard_addr: str | None = typer.Option(None, "--dashboard-addr", metavar="HOST:PORT",
@@ -46,6 +47,7 @@ def start(
     """Run a node daemon in the foreground: libp2p host, gossip, the research loop, a control socket."""
     import trio
 
+    from p2p_research.cli.live_line import run_daemon, wants_live
     from p2p_research.daemon.node import DaemonOptions, NodeDaemon
     from p2p_research.net.identity import IdentityError
     from p2p_research.net.logsetup import configure_logging
@@ -53,7 +55,8 @@ def start(
     h = NodeHome(resolve_home(home)).require()
     cfg = apply_loop_overrides(h.load_config(), budget_tokens, budget_seconds, proposer, proposer_command, seed, margin)
     h.logs.mkdir(exist_ok=True)
-    configure_logging("DEBUG" if verbose else "INFO", str(h.logs / "node.log"))
+    live = console if wants_live(progress_every) else None  # logs and the live line share one console
+    configure_logging("DEBUG" if verbose else "INFO", str(h.logs / "node.log"), console=live)
     from p2p_research.dashboard.serve import DEFAULT_ADDR
 
     board_addr = dashboard_addr or (cfg.network.dashboard or DEFAULT_ADDR if dashboard else cfg.network.dashboard)
@@ -73,6 +76,6 @@ def start(
         print(f"control: {h.control_socket}", flush=True)
 
     try:
-        trio.run(daemon.run, ready)
+        trio.run(run_daemon, daemon, ready, live)
     except (ValueError, IdentityError) as e:
         raise CliError(str(e), 2) from None

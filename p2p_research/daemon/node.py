@@ -322,13 +322,16 @@ class RunningNode:
     async def log_progress(self, every_s: float) -> None:
         """The daemon's terminal (or log file) is not silent for a whole run (autoresearch's are 5
         minutes): one line every `every_s` while a worker measures, trains or waits, the same words as
-        `run`'s live line."""
+        `run`'s live line. Marked as the progress line: a terminal that shows the live line
+        (cli/live_line.py) leaves it to the log file."""
+        from p2p_research.net.logsetup import PROGRESS
+
         while True:
             await trio.sleep(every_s)
             for eng in self.workers.engines:
                 if eng.progress.phase in ("baseline", "training", "waiting"):
                     prefix = f"worker {eng.worker}: " if len(self.workers.engines) > 1 else ""
-                    log.info("progress: %s%s", prefix, eng.progress.label())
+                    log.info("progress: %s%s", prefix, eng.progress.label(), extra={PROGRESS: True})
 
     async def run_workers(self, engines: list[ResearchEngine]) -> Any:
         """Worker 0 measures the baseline; the others start from it, each on its own device, sharing
@@ -576,6 +579,12 @@ class RunningNode:
         async def h_leaderboard(args: dict) -> Any:
             return views.leaderboard_view(ctx.ledger, self.peer_id, int(args.get("limit", 10)))
 
+        async def h_swarm(args: dict) -> Any:
+            """The whole swarm at a glance (what `p2p-research swarm` shows), for the dashboard."""
+            from p2p_research.research.swarm_view import of_ledger
+
+            return of_ledger(ctx.ledger, ctx.protocol_id, self.peer_id)
+
         async def h_board(args: dict) -> Any:
             return views.board_view(ctx.ledger, int(args.get("limit", 50)))
 
@@ -622,4 +631,4 @@ class RunningNode:
             return {"drained": True, "research": self.research_state}
 
         return {"id": h_id, "status": h_status, "dht_get": h_dht_get, "drain": h_drain, "peers": h_peers, "experiments": h_experiments, "show": h_show,
-                "leaderboard": h_leaderboard, "board": h_board, "post": h_post}
+                "leaderboard": h_leaderboard, "swarm": h_swarm, "board": h_board, "post": h_post}

@@ -4,6 +4,8 @@
 - `GET /api/state` one snapshot (identity, status, peers, experiments, board); `GET /api/events` the same
   snapshot as Server-Sent Events whenever it changes (the page never reloads);
 - `GET /api/experiment/<id>` an experiment's diff and signed receipt;
+- `GET /api/swarm` the whole swarm at a glance (research/swarm_view.py, what `p2p-research swarm` shows):
+  every node's best over time, kept results by finder, the knobs that paid, the swarm's best over time;
 - `POST /api/board` a board post: open on loopback, and with the dashboard token beyond it (anyone
   who can reach the port could otherwise post in this node's name);
 - `GET /metrics` Prometheus text format.
@@ -31,6 +33,7 @@ log = logging.getLogger("p2p_research.dashboard")
 
 Handler = Callable[[dict], Awaitable[Any]]
 EVENT_INTERVAL_S = 1.0
+SWARM_MAX_AGE_S = 5.0  # the swarm view reads every result of the protocol: one read per 5 s, however many pages
 KEEPALIVE_S = 15.0
 EXPERIMENTS_SHOWN = 400
 MAX_POST_BYTES = 16 * 1024
@@ -123,6 +126,14 @@ async def snapshot(handlers: dict[str, Handler]) -> dict[str, Any]:
     return out
 
 
+async def _swarm_now(handlers: dict[str, Handler]) -> dict[str, Any]:
+    """The swarm view from the daemon's `swarm` handler; a failure is an answer the page can show."""
+    try:
+        return await handlers["swarm"]({})
+    except Exception as e:  # noqa: BLE001 - the page shows the error; the node stays up
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 class Shared:
     """One snapshot per interval, however many pages are open (each costs several ledger queries)."""
 
@@ -169,6 +180,7 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
     slots = StreamSlots()
     shared = Shared(lambda: snapshot(handlers), event_interval_s)
     scrape = Shared(lambda: _metrics_now(metrics), 5.0) if metrics is not None else None
+    swarm_now = Shared(lambda: _swarm_now(handlers), SWARM_MAX_AGE_S)
 
     static_page = _pages(STATIC, "index.html")
 
@@ -194,6 +206,12 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
             return _json(await handlers["show"]({"exp": request.path_params["exp"]}))
         except Exception as e:  # noqa: BLE001 - a ControlError or ValueError: say it
             return JSONResponse({"error": str(e)}, status_code=404)
+
+    async def swarm(request: Request) -> Response:
+        if not host_allowed(request, loopback_port):
+            return Response("forbidden host", status_code=403)
+        data = await swarm_now()
+        return _json(data, 500 if "error" in data else 200)
 
     async def post(request: Request) -> Response:
         # a JSON body only: a cross-site "simple" request cannot send it without a CORS preflight
@@ -223,7 +241,8 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
 
     return Starlette(routes=[
         Route("/", page), Route("/static/{name}", page), Route("/api/state", state), Route("/api/events", events),
-        Route("/api/experiment/{exp}", experiment), Route("/api/board", post, methods=["POST"]),
+        Route("/api/experiment/{exp}", experiment), Route("/api/swarm", swarm),
+        Route("/api/board", post, methods=["POST"]),
         Route("/metrics", prometheus),
     ])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -19,6 +20,9 @@ RELAY_NOISE = ("Error reading from hop stream", "Unexpected error reading from s
                "Unexpected error handling hop stream", "Error sending status message",
                "Error handling reservation request")
 LIBP2P_REPEAT_S = 60.0
+#: a record logged with ``extra={PROGRESS: True}`` is the daemon's periodic progress line: where a
+#: terminal shows the live line instead, only the log file gets it
+PROGRESS = "p2p_progress"
 
 
 class Libp2pNoise(logging.Filter):
@@ -55,19 +59,41 @@ class Libp2pNoise(logging.Filter):
         return True
 
 
+class ConsoleHandler(logging.Handler):
+    """Log lines printed through a rich Console, so that a live line the same console shows stays
+    whole: rich clears the live line, prints the log line above it and draws the live line again (a
+    plain StreamHandler would write into the middle of it). The periodic progress line is left out:
+    the live line says the same, in place."""
+
+    def __init__(self, console: Any) -> None:
+        super().__init__()
+        self.console = console
+        self.addFilter(lambda record: not getattr(record, PROGRESS, False))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # soft_wrap: the terminal wraps a long line, rich inserts no line breaks of its own
+            self.console.print(self.format(record), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging never raises into the caller
+            self.handleError(record)
+
+
 def configure_logging(
     level: int | str = logging.INFO,
     logfile: str | None = None,
     *,
     libp2p_level: int | str = logging.ERROR,
+    console: Any = None,
 ) -> list[logging.Handler]:
     """Send ``p2p_research`` logs to stderr (and ``logfile``) in one format; tame libp2p to ``libp2p_level``.
 
+    ``console``: a rich Console on stderr that shows a live line; the log lines go through it
+    (``ConsoleHandler``) instead of straight to stderr.
     Idempotent: handlers installed by a previous call are replaced, not duplicated.
     Returns the handlers (tests may inspect or remove them).
     """
     fmt = logging.Formatter(FORMAT)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [ConsoleHandler(console) if console is not None else logging.StreamHandler(sys.stderr)]
     if logfile:
         handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
     noise = Libp2pNoise()

@@ -44,7 +44,15 @@ def rows_of(ledger: Ledger, protocol_id: str) -> list[Row]:
                 r["memory_gb"], float(r["at"] or 0), r["description"] or "") for r in cur]
 
 
+def of_ledger(ledger: Ledger, protocol_id: str, self_peer: str = "") -> dict[str, Any]:
+    """`view` of everything `ledger` holds under `protocol_id`, with the protocol named: what the
+    daemon's `swarm` control call and the dashboard's /api/swarm answer."""
+    return {**view(rows_of(ledger, protocol_id), self_peer), "protocol_id": protocol_id}
+
+
 def view(rows: list[Row], self_peer: str = "") -> dict[str, Any]:
+    """Each node's best over time and kept count, the knobs ranked by what they gained, and the
+    swarm's best over time (`self_peer` marks this node's row)."""
     best_of_commit: dict[str, float] = {}
     for r in rows:
         if r.val_bpb is not None and r.status in KEPT + ("discarded",):

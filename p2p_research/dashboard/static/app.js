@@ -9,6 +9,9 @@ const short = (s, n = 10) => esc(String(s ?? "").slice(0, n));
 const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
 let state = null;
 let selected = null;
+let swarm = null;       // /api/swarm: the whole swarm at a glance (research/swarm_view.py)
+let swarmAt = 0;        // when it was last asked for (ms): at most once per SWARM_EVERY_MS
+const SWARM_EVERY_MS = 5000;
 
 function ago(t) {
   if (!t) return "-";
@@ -178,6 +181,81 @@ function renderBoard(posts) {
     || '<div class="muted">no posts yet</div>';
 }
 
+// The whole swarm at a glance: the same data as `p2p-research swarm` (computed by the node, drawn here).
+async function loadSwarm() {
+  swarmAt = Date.now();
+  try {
+    const r = await fetch("/api/swarm");
+    swarm = await r.json();
+  } catch (e) {
+    return;
+  }
+  renderSwarm();
+}
+
+const nodeName = (n) => (n.self ? "this node" : short(n.peer, 16));
+
+function stepPath(points, X, Y, until) {
+  let d = `M ${X(points[0][0])} ${Y(points[0][1])}`;
+  for (const [t, v] of points.slice(1)) d += ` H ${X(t)} V ${Y(v)}`;
+  return `${d} H ${X(until)}`;
+}
+
+function renderSwarmChart(sw) {
+  const svg = $("swarm-chart");
+  const W = Math.max(300, svg.clientWidth || 900), H = 200, L = 56, R = 10, T = 10, B = 24;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const best = sw.swarm_best_over_time || [];
+  const nodes = (sw.nodes || []).filter((n) => (n.best_over_time || []).length).slice(0, 12);
+  if (!best.length) {
+    svg.innerHTML = `<text x="${W / 2}" y="${H / 2}" fill="#8a96a3" text-anchor="middle">no kept results in the swarm yet</text>`;
+    return;
+  }
+  const pts = nodes.flatMap((n) => n.best_over_time).concat(best);
+  const now = Math.max(Date.now() / 1000, ...pts.map((p) => p[0]));
+  const x0 = Math.min(...pts.map((p) => p[0])), x1 = now + 1e-9;
+  const y0 = Math.min(...pts.map((p) => p[1])), y1 = Math.max(...pts.map((p) => p[1])) + 1e-9;
+  const X = (t) => L + ((t - x0) / (x1 - x0 || 1)) * (W - L - R);
+  const Y = (v) => T + (1 - (v - y0) / (y1 - y0 || 1)) * (H - T - B);
+  let out = "";
+  for (let i = 0; i <= 3; i++) {
+    const v = y0 + ((y1 - y0) * i) / 3;
+    out += `<line x1="${L}" x2="${W - R}" y1="${Y(v)}" y2="${Y(v)}" stroke="#1e2630"/>`;
+    out += `<text x="${L - 4}" y="${Y(v) + 4}" fill="#8a96a3" font-size="11" text-anchor="end">${v.toFixed(4)}</text>`;
+  }
+  for (const n of nodes) {
+    out += `<path class="node-best" d="${stepPath(n.best_over_time, X, Y, now)}" fill="none" stroke="#8a96a3" stroke-width="1" opacity="0.6"><title>${nodeName(n)} best ${fmt(n.best)}</title></path>`;
+  }
+  out += `<path id="swarm-best-line" d="${stepPath(best, X, Y, now)}" fill="none" stroke="#4fb3ff" stroke-width="2.5"/>`;
+  for (const [t, v] of best) out += `<circle cx="${X(t)}" cy="${Y(v)}" r="3" fill="#4fb3ff"><title>${fmt(v)} at ${esc(new Date(t * 1000).toLocaleTimeString())}</title></circle>`;
+  out += `<text x="${L}" y="${H - 6}" fill="#8a96a3" font-size="11">${esc(new Date(x0 * 1000).toLocaleTimeString())}</text>`;
+  out += `<text x="${W - R}" y="${H - 6}" fill="#8a96a3" font-size="11" text-anchor="end">now</text>`;
+  svg.innerHTML = out;
+}
+
+function renderSwarm() {
+  if (!swarm) return;
+  if (swarm.error) {
+    $("swarm-summary").textContent = swarm.error;
+    return;
+  }
+  const nodes = swarm.nodes || [];
+  const best = (swarm.swarm_best_over_time || []).slice(-1)[0];
+  $("swarm-summary").textContent = `${nodes.length} node(s), ${swarm.runs} results, ${swarm.kept} kept`
+    + (best ? `, best ${fmt(best[1])}` : "");
+  renderSwarmChart(swarm);
+  $("swarm-nodes").querySelector("tbody").innerHTML = nodes.slice(0, 50).map((n) => `<tr><td class="mono">${nodeName(n)}</td>
+    <td>${esc(n.runs)}</td><td>${fmt(n.best)}</td><td>${esc((n.best_over_time || []).length)} time(s)</td></tr>`).join("");
+  const finders = nodes.filter((n) => n.kept > 0).sort((a, b) => b.kept - a.kept);
+  const kept = finders.reduce((s, n) => s + n.kept, 0) || 1;
+  $("swarm-finders").querySelector("tbody").innerHTML = finders.slice(0, 50).map((n) => `<tr><td class="mono">${nodeName(n)}</td>
+    <td>${esc(n.kept)}</td><td>${((100 * n.kept) / kept).toFixed(0)}%</td></tr>`).join("")
+    || '<tr><td colspan="3" class="muted">no kept results yet</td></tr>';
+  $("swarm-knobs").querySelector("tbody").innerHTML = (swarm.knobs || []).slice(0, 20).map((k) => `<tr><td class="mono">${esc(k.knob)}</td>
+    <td>${esc(k.tried)}</td><td>${esc(k.kept)}</td><td>${fmt(k.gain)}</td></tr>`).join("")
+    || '<tr><td colspan="4" class="muted">no named changes yet</td></tr>';
+}
+
 function render() {
   if (!state) return;
   const st = state.status || {};
@@ -190,6 +268,7 @@ function render() {
   renderExperiments(exps);
   renderPeers(Array.isArray(state.peers) ? state.peers : []);
   renderBoard(Array.isArray(state.board) ? state.board : []);
+  if (Date.now() - swarmAt >= SWARM_EVERY_MS) loadSwarm();  // the state changed: results may have come in
 }
 
 async function showExperiment(id) {
