@@ -230,6 +230,31 @@ def test_peers_on_another_protocol_are_named_and_explained(tmp_path):
     assert b.stderr().count("runs another protocol") == 1
 
 
+def test_a_node_joining_a_one_peer_swarm_measures_the_genesis_at_once(tmp_path, cache_dir):
+    """research.genesis = shared needs two peers that agree: with one peer the node waited for them
+    after its first run (half a run, up to G.AWAIT_MAX_S: a minute for autoresearch) for nothing."""
+    from p2p_research.net.identity import load_or_create_identity, peer_id_of_keypair
+    from p2p_research.research import genesis as G
+
+    port = free_port()
+    a = Daemon(make_home(tmp_path / "a", cache_dir).path, "--listen", f"/ip4/127.0.0.1/tcp/{port}").start()
+    try:
+        wait_for(lambda: a.json("status")["baseline"]["val_bpb"] is not None, 120, 0.5, what="A measures its genesis")
+        genesis = a.json("status")["genesis"]
+        for i in range(40):  # a node whose ticket says: run an experiment first, peers measure the genesis
+            home = make_home(tmp_path / f"b{i}", cache_dir)
+            if not G.measures_first(peer_id_of_keypair(load_or_create_identity(home.identity)), genesis, True):
+                break
+        b = Daemon(home.path, "--bootstrap", a.addrs[0]).start()
+        try:
+            wait_for(lambda: b.json("status")["baseline"]["val_bpb"] is not None, 120, 0.5, what="B's genesis value")
+            assert "only 1 other peer(s) of this protocol: measuring the genesis" in b.stderr(), b.stderr()[-2000:]
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
 def test_the_daemon_says_how_a_run_goes_and_every_flag_is_described(tmp_path, cache_dir):
     """`node start` printed nothing between a run's start and its end (5 minutes for autoresearch)."""
     import typer.main

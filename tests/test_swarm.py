@@ -81,6 +81,11 @@ def test_tiny_search_space_no_experiment_runs_twice(tmp_path):
         assert done_a and done_b
         assert len(set(done_a)) == len(done_a) and len(set(done_b)) == len(done_b)
         assert not set(done_a) & set(done_b), "an experiment was run by both nodes"
+        # B joined A (connected, caught up on A's claims and results) before it proposed anything
+        log = b.stderr()
+        first = min(i for i in (log.find("experimenting at once"), log.find("baseline is now"), log.find(" claim"))
+                    if i >= 0)
+        assert 0 <= log.find("connected to bootstrap peer") < first, log[:3000]
     finally:
         stop_all(daemons)
 

@@ -218,6 +218,11 @@ class SwarmCoordinator:
     def note_heard(self, peer: str) -> None:
         self.owners.note(peer, time.time())
 
+    def heard_peers(self) -> list[str]:
+        """The peers heard from recently (claims, results, presence) on this protocol."""
+        self.owners.expire(time.time())
+        return list(self.owners.heard)
+
     def owns(self, exp_id: str) -> bool:
         """Whether this node owns `exp_id` among the nodes heard from recently (research/ownership.py):
         owners partition every baseline's candidates."""

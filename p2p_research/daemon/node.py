@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # libp2p loads only when a node starts
 log = logging.getLogger("p2p_research.daemon")
 
 ADOPTION_POLL_S = 2.0
+JOIN_WAIT_S = 10.0  # how long a node given bootstrap peers waits to join before its first proposal
 DIGEST_INTERVAL_S = 20.0
 
 
@@ -280,7 +281,8 @@ class RunningNode:
             eng = ResearchEngine(self.ctx, worker_proposer, Hooks(
                 on_claim=self.announcer.announce_claim, on_result=self.announcer.announce_result,
                 is_known=self.coordinator.is_known,
-                between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns),
+                between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns,
+                researchers=self.researchers),
                 worker=i, worker_env=env)
             eng.peer = self.peer_id
             # research.genesis = shared: peers measure the genesis for a node that floods to them (it hears
@@ -298,26 +300,44 @@ class RunningNode:
         if len(engines) > 1:
             log.info("%d workers: %s", len(engines), "; ".join(
                 f"worker {i}: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "default") for i, env in enumerate(envs)))
-        try:
-            done = await self.run_workers(engines)
-        except Exception as e:  # noqa: BLE001 - the node stays up as a relay and keeps its ledger
-            log.exception("research loop failed")
-            self.research_state = f"failed: {e}"
-            return
-        self.research_state = f"done: {done.reason}"
-        (log.error if done.error else log.info)("research loop ended: %s", done.reason)
-        if engine.loop is None or engine.loop.baseline_value is None:
-            return
-        # No more experiments of its own, but the node keeps following the swarm: better baselines that
-        # peers publish are still verified and adopted, by rank rather than by margin, so every node
-        # ends on the swarm's best.
-        self.coordinator.following = True
+        await self.join_first(engine)
         while True:
-            await trio.sleep(ADOPTION_POLL_S)
             try:
-                await self.coordinator.between()
-            except Exception:  # noqa: BLE001 - following is best effort; the node stays up as a relay
-                log.exception("following the swarm failed once; trying again")
+                done = await self.run_workers(engines)
+            except Exception as e:  # noqa: BLE001 - the node stays up as a relay and keeps its ledger
+                log.exception("research loop failed")
+                self.research_state = f"failed: {e}"
+                return
+            self.research_state = f"done: {done.reason}"
+            (log.error if done.error else log.info)("research loop ended: %s", done.reason)
+            if engine.loop is None or engine.loop.baseline_value is None:
+                return
+            if not await self.follow(done.resumable):
+                return
+            log.info("the baseline changed: research resumes from %s", engine.current_baseline()[0][:7])
+            self.research_state = "running"
+
+    async def join_first(self, engine: ResearchEngine) -> None:
+        """A node given bootstrap peers proposes nothing before it has joined them: connected, and one
+        catch-up of their claims and results done (or JOIN_WAIT_S passed). Otherwise its first
+        experiment can start before the claim or the result of a peer that already ran it arrives, and
+        one experiment runs twice (a tiny search space made it likely: both nodes pick the same few)."""
+        if not (self.options.bootstrap or self.config.network.bootstrap):
+            return
+        deadline = time.monotonic() + JOIN_WAIT_S
+        progress = engine.progress
+        while time.monotonic() < deadline and not self.joined():
+            progress.phase = "waiting"
+            progress.waiting_for = (f"joining the swarm: {len(self.net.peers())} peer(s) connected, catching up "
+                                    f"on their results ({deadline - time.monotonic():.0f} s more at most)")
+            await trio.sleep(0.1)
+        if not self.joined():
+            log.info("research starts before joining the swarm: no catch-up from a peer in %.0f s", JOIN_WAIT_S)
+        progress.phase, progress.waiting_for = "starting", ""
+
+    def joined(self) -> bool:
+        """Connected to a peer and caught up from one at least once (even with nothing to receive)."""
+        return bool(self.net.peers()) and (self.catchup.completed > 0 or self.catchup.received > 0)
 
     async def log_progress(self, every_s: float) -> None:
         """The daemon's terminal (or log file) is not silent for a whole run (autoresearch's are 5
@@ -332,6 +352,26 @@ class RunningNode:
                 if eng.progress.phase in ("baseline", "training", "waiting"):
                     prefix = f"worker {eng.worker}: " if len(self.workers.engines) > 1 else ""
                     log.info("progress: %s%s", prefix, eng.progress.label(), extra={PROGRESS: True})
+
+    async def follow(self, until_new_baseline: bool) -> bool:
+        """No more experiments of its own, but the node keeps following the swarm: better baselines that
+        peers publish are still verified and adopted, by rank rather than by margin, so every node ends
+        on the swarm's best. Research that ended for want of anything to propose from its baseline
+        resumes once another is adopted (True)."""
+        start = self.ctx.ledger.baseline(self.ctx.protocol_id)
+        self.coordinator.following = True
+        try:
+            while True:
+                await trio.sleep(ADOPTION_POLL_S)
+                try:
+                    await self.coordinator.between()
+                except Exception:  # noqa: BLE001 - following is best effort; the node stays up as a relay
+                    log.exception("following the swarm failed once; trying again")
+                now = self.ctx.ledger.baseline(self.ctx.protocol_id)
+                if until_new_baseline and now is not None and (start is None or now.commit_id != start.commit_id):
+                    return True
+        finally:
+            self.coordinator.following = False
 
     async def run_workers(self, engines: list[ResearchEngine]) -> Any:
         """Worker 0 measures the baseline; the others start from it, each on its own device, sharing
@@ -519,6 +559,13 @@ class RunningNode:
                 self._protocol_unknown[proto] = time.time()
                 return ""
         return self._protocol_swarm[proto]
+
+    def researchers(self) -> int:
+        """Other peers of this protocol this node hears from: those connected (relays aside) or heard
+        through the mesh within the ownership memory (the genesis rule needs two that agree)."""
+        connected = {p.peer_id for p in self.net.peers()
+                     if (p.about or {}).get("protocol") == self.ctx.protocol_id and (p.about or {}).get("role") != "relay"}
+        return len(connected | set(self.coordinator.heard_peers()))
 
     def protocol_view(self) -> dict[str, Any]:
         """Peers on another protocol, and in words why their results do not count here."""
