@@ -61,13 +61,19 @@ def stop_all(daemons):
         d.kill()
 
 
-def test_tiny_search_space_no_experiment_runs_twice(tmp_path):
+def tiny_target(tmp_path):
+    """The default target with a search space of three knobs: eight experiments per baseline."""
     target = tmp_path / "target"
     shutil.copytree(TARGET_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
     program = (target / "program.md").read_text()
     start = program.index("```toml search-space")
     end = program.index("```", start + 10) + 3
     (target / "program.md").write_text(program[:start] + TINY_SPACE + program[end:])
+    return target
+
+
+def test_tiny_search_space_no_experiment_runs_twice(tmp_path):
+    target = tiny_target(tmp_path)
     a_home = surrogate_home(tmp_path / "a", 1, target, cost=1.0)
     b_home = surrogate_home(tmp_path / "b", 2, target, cost=1.0)
     a = Daemon(a_home.path, "-n", "5").start()
@@ -86,6 +92,32 @@ def test_tiny_search_space_no_experiment_runs_twice(tmp_path):
         first = min(i for i in (log.find("experimenting at once"), log.find("baseline is now"), log.find(" claim"))
                     if i >= 0)
         assert 0 <= log.find("connected to bootstrap peer") < first, log[:3000]
+    finally:
+        stop_all(daemons)
+
+
+def test_research_that_ran_out_of_proposals_resumes_on_an_adopted_baseline(tmp_path):
+    """B tries its whole tiny search space and stops proposing, but keeps following the swarm; when it
+    adopts A's better baseline (a code change from a peer it trusts) it researches again from there."""
+    from p2p_research.net.identity import load_or_create_identity, peer_id_of_keypair
+
+    target = tiny_target(tmp_path)
+    a_home = surrogate_home(tmp_path / "a", 1, target, cost=0.5, research__proposer="command",
+                            research__proposer_command=AGENT)
+    a_peer = peer_id_of_keypair(load_or_create_identity(a_home.identity))
+    b_home = surrogate_home(tmp_path / "b", 2, target, cost=0.5, trust__trusted_peers=[a_peer],
+                            verification__policy="never")
+    b = Daemon(b_home.path, "-n", "50").start()
+    daemons = [b]
+    try:
+        wait_for(lambda: "no experiment 10 times in a row" in b.stderr(), 120, 1.0, what="B runs out of proposals")
+        before = {e for e, _ in local_experiments(b_home)}
+        a = Daemon(a_home.path, "-n", "1", "--bootstrap", b.addrs[0]).start()
+        daemons.append(a)
+        wait_for(lambda: any(step["found_by"] == a_peer for step in b.json("status")["baseline"]["lineage"]), 120,
+                 1.0, what="B adopts A's change")
+        wait_for(lambda: "research resumes from" in b.stderr(), 30, 0.5, what="B resumes")
+        wait_for(lambda: {e for e, _ in local_experiments(b_home)} - before, 60, 1.0, what="B's experiments on A's baseline")
     finally:
         stop_all(daemons)
 

@@ -309,7 +309,10 @@ class RunningNode:
                 self.research_state = f"failed: {e}"
                 return
             self.research_state = f"done: {done.reason}"
-            (log.error if done.error else log.info)("research loop ended: %s", done.reason)
+            if done.resumable:  # nothing left to propose from this baseline: not an error, and not the end
+                log.info("research loop ended: %s; it resumes when a new baseline is adopted", done.reason)
+            else:
+                (log.error if done.error else log.info)("research loop ended: %s", done.reason)
             if engine.loop is None or engine.loop.baseline_value is None:
                 return
             if not await self.follow(done.resumable):
