@@ -8,7 +8,8 @@ A hostile peer publishes lying train.py code:
 The victim V is a daemon (its own OS process) with the default target, real torch training on a tiny
 budget, the sandbox, and `verification.policy = always`. The adversary (tests/adversary.py) is a real
 py-libp2p host in the test process: it joins V's swarm and publishes signed, well-formed results whose
-commits change train.py's code, each claiming a great val_bpb. Before the harness owned the number,
+commits change train.py's code, each claiming a great val_bpb (one of them honestly: it trained
+sixteen budgets long, which V sees from the CPU its re-run took). Before the harness owned the number,
 V's re-run of each "confirmed" it and V adopted it. Now V re-runs each in the sandbox, its own
 harness measures (or fails to get) the model, and V refutes every one, adopts none, stays up, and
 the adversary's reputation on V shows the refutations.
@@ -51,6 +52,12 @@ LIES = {
                                 b"F.cross_entropy = lambda *a, **k: torch.tensor(0.01) * a[0].new_ones(()).sum()\n"
                                 b"    val_bpb = evaluate_bpb(model, device, max_seq_len=SEQ_LEN) * 0 + 0.0145", 1),
         0.0145),
+    # trains sixteen budgets long, hands its model over and reports the harness's honest value: the
+    # number is true, the budget is not (the verifier counts the compute it took from outside)
+    "trains sixteen budgets long": (
+        lambda src: src.replace(b"    budget = get_budget()\n",
+                                b"    budget = get_budget()\n    budget = type(budget)(tokens=budget.tokens * 16, seconds=None)\n", 1),
+        1.2),
 }
 
 
@@ -144,7 +151,7 @@ def test_lying_code_from_a_peer_is_refuted_by_the_harness_and_never_adopted(tmp_
         st = v.json("status")
         assert v.proc.poll() is None and st["swarm_stats"]["adopted"] == s0["swarm_stats"]["adopted"]
         assert all(step["found_by"] not in liars for step in st["baseline"]["lineage"])
-        assert st["baseline"]["val_bpb"] > 1.0  # none of 0.2, 0.3, 0.0145
+        assert st["baseline"]["val_bpb"] > 1.0  # none of 0.2, 0.3, 0.0145, and not the long run's
         db = sqlite3.connect(f"file:{v.home / 'ledger.sqlite'}?mode=ro", uri=True)
         rows = db.execute("SELECT peer, status, reason FROM runs WHERE origin='local' AND kind='verification'").fetchall()
         reputation = json.loads(db.execute("SELECT value FROM meta WHERE key='reputation'").fetchone()[0])
@@ -155,6 +162,7 @@ def test_lying_code_from_a_peer_is_refuted_by_the_harness_and_never_adopted(tmp_
         assert len(reasons) >= len(LIES), rows
         assert any("cannot measure this code's model" in r for r in reasons), reasons
         assert any("false report" in r for r in reasons), reasons
+        assert any("trained past the budget" in r for r in reasons), reasons
     finally:
         v.stop()
         v.kill()
