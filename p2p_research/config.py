@@ -32,7 +32,10 @@ class ResearchSection:
     proposer: str = "builtin"   # builtin | command
     proposer_command: str = ""  # shell command run in the workspace for proposer = command
     proposer_timeout_s: float = 900.0
-    margin: float = -1.0        # keep threshold in val_bpb; < 0 = from `noise` (2 sigma), else 0.002
+    margin: float = -1.0        # keep threshold in val_bpb; < 0 = 2 sigma of the measured noise, else 0.002
+    # with an automatic margin, a node that measured the genesis itself runs it this many more times at
+    # other seeds (its first runs, once per protocol) and keeps 2 sigma of the spread; 0 = only `noise`
+    noise_runs: int = 2
     train_command: str = ""     # how train.py runs: "" = this node's python; e.g. "uv run train.py", a target's interpreter
     run_timeout_s: float = 0.0  # 0 = automatic (from the baseline's duration)
     memory_limit_mb: int = 8192
@@ -43,6 +46,9 @@ class ResearchSection:
     objective: str = "torch"    # torch | surrogate (scores the constants without training; simulations)
     surrogate_cost_s: float = 20.0  # simulated seconds per surrogate run
     combine: bool = True        # propose kept results that branched off the baseline's lineage, merged onto it
+    # follow sibling protocols (the same genesis, another budget or hardware class) and propose their kept
+    # changes as ideas, measured and judged here (research/ideas.py)
+    ideas: bool = True
     # who measures the genesis before experimenting: shared (about a quarter of a fresh swarm; the
     # others experiment at once, research/genesis.py) | each (every node, as a solo node does)
     genesis: str = "shared"

@@ -27,5 +27,6 @@ def tiny_home(tmp_path, cache_dir):
     cfg.research.budget_tokens = TINY_TOKENS
     cfg.research.cache_dir = str(cache_dir)
     cfg.research.threads = 1
+    cfg.research.noise_runs = 0  # the tests that measure the noise ask for it
     home.write_config(cfg)
     return home

@@ -65,6 +65,7 @@ def init_node(tmp_path: Path, name: str, folder: Path, tolerance: float | None =
     if shutil.which("uv"):  # the fixture's uv.lock is not installable here: use its interpreter
         cfg.research.train_command = f"{folder / '.venv' / 'bin' / 'python'} train.py"
     research.setdefault("threads", 1)
+    research.setdefault("noise_runs", 0)
     for key, value in research.items():
         setattr(cfg.research, key, value)
     if tolerance is not None:

@@ -21,6 +21,7 @@ def make_home(path, cache_dir, **research):
     cfg.research.budget_tokens = TINY_TOKENS
     cfg.research.cache_dir = str(cache_dir)
     cfg.research.threads = 1
+    cfg.research.noise_runs = 0
     for k, v in research.items():
         setattr(cfg.research, k, v)
     home.write_config(cfg)

@@ -99,6 +99,7 @@ def setting(tmp_path_factory):
     cfg.research.cache_dir = str(cache)
     cfg.sandbox.scratch_mb = 64
     cfg.sandbox.max_processes = 64
+    cfg.research.noise_runs = 0
     b_home.write_config(cfg)
     (b_home.path / "identity.key").write_text(CANARY)  # the node running the code: its key is the canary
     HOME_FILE.write_text(CANARY)

@@ -64,6 +64,36 @@ def test_run_loop_keeps_logs_and_resumes(tiny_home):
     ledger.close()
 
 
+def test_the_noise_is_measured_on_the_first_runs(tiny_home):
+    """With an automatic margin, the node's first runs measure its noise: the genesis at two more seeds,
+    2 sigma of the spread of the three is the margin its first experiment is judged by (the fixed
+    0.002 knows nothing of this machine, target or budget)."""
+    home = tiny_home.path
+    cfg = tiny_home.load_config()
+    cfg.research.noise_runs = 2
+    tiny_home.write_config(cfg)
+    r = cli("run", "--home", home, "-n", 1, check=True)
+    ledger = Ledger(home / "ledger.sqlite")
+    try:
+        noise = ledger.runs(kind="noise")
+        assert [n.seed for n in noise] == [1000, 1001] and all(n.val_bpb is not None for n in noise)
+        (key,) = [k for (k,) in ledger.db.execute("SELECT key FROM meta") if k.startswith("noise:")]
+        rec = ledger.get_meta(key)
+        base = ledger.runs(kind="baseline")[0]
+        assert rec["source"] == "auto" and rec["values"] == [base.val_bpb, *(n.val_bpb for n in noise)]
+        assert rec["margin"] == pytest.approx(2 * rec["std"]) and rec["margin"] > 0
+        (exp,) = ledger.runs(kind="experiment")
+        assert f"{rec['margin']:.6f}" in exp.reason or exp.status == "crash", exp.reason
+    finally:
+        ledger.close()
+    assert "keep margin is now" in r.stderr
+    # measured once per protocol: a restart does not measure it again
+    cli("run", "--home", home, "-n", 1, check=True)
+    ledger = Ledger(home / "ledger.sqlite")
+    assert len(ledger.runs(kind="noise")) == 2
+    ledger.close()
+
+
 def test_same_seed_same_val_bpb(tiny_home):
     home = tiny_home.path
     cli("noise", "--home", home, "--repeats", 2, check=True)

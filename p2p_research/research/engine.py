@@ -299,6 +299,8 @@ class ResearchEngine:
             if value is not None:
                 self.set_baseline(action.commit, value, "measured locally", er.run.exp_id)
             await self._announce(er.run)
+            if value is not None and self._wants_auto_noise(action.commit):
+                await self.auto_noise(action.commit, value)
             await self._decided(held)
         elif isinstance(action, L.AwaitBaseline):
             await self._await_baseline(action.commit)
@@ -803,6 +805,51 @@ class ResearchEngine:
         log.info("baseline is now %s (val_bpb %.6f): %s", commit[:7], value, reason)
 
     # --- noise --------------------------------------------------------------------------------------
+    def _wants_auto_noise(self, commit: str) -> bool:
+        """Whether this node measures its noise now: the margin is automatic (research.margin < 0),
+        nothing measured it for this protocol yet, the baseline just measured is the genesis, and the
+        runs are real training (a surrogate's noise is known by construction)."""
+        r = self.ctx.config.research
+        return (r.margin < 0 and r.noise_runs > 0 and r.objective == "torch" and self.worker == 0
+                and commit == self.ctx.workspace.genesis
+                and not self.ctx.ledger.get_meta(f"noise:{self.ctx.protocol_id}"))
+
+    async def auto_noise(self, commit: str, first: float) -> dict | None:
+        """The keep margin from this node's first runs: the genesis it just measured, run
+        research.noise_runs more times at other seeds; 2 sigma of the spread of all of them, as `noise`
+        would store. The fixed default margin knows nothing of this machine, target or budget (a tiny
+        budget's seeds differ by far more than 0.002). A failed run leaves the default margin."""
+        repeats = self.ctx.config.research.noise_runs
+        values = [first]
+        self.progress.note_result(f"measuring the noise: the genesis {repeats} more times at other seeds")
+        log.info("measuring this node's noise: the genesis %s %d more times at other seeds (research.noise_runs)",
+                 commit[:7], repeats)
+        for i in range(repeats):
+            seed = self.seed + 1000 + i
+            er = await self.execute(commit, "noise", f"noise run {i + 1}/{repeats} (seed {seed})", seed)
+            v = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
+            if v is None or not math.isfinite(v):
+                log.warning("noise run %d/%d failed (%s): the keep margin stays %g", i + 1, repeats,
+                            er.run.reason or "no value", self.margin)
+                return None
+            values.append(v)
+        record = self._noise_record(commit, values, "auto")
+        if self.loop is not None:  # it judges from now on, the first experiment included
+            self.loop.margin = record["margin"]
+        said = (f"noise: the genesis at {len(values)} seeds gave val_bpb "
+                f"{', '.join(f'{v:.6f}' for v in values)}; the keep margin is now {record['margin']:.6f} (2 sigma)")
+        self.progress.note_result(said)
+        log.info("%s", said)
+        return record
+
+    def _noise_record(self, commit: str, values: list[float], source: str) -> dict:
+        std = statistics.stdev(values)
+        record = {"commit": commit, "values": values, "mean": statistics.fmean(values), "std": std,
+                  "margin": 2 * std, "measured_at": time.time(), "software": __version__, "source": source,
+                  "digest": hashlib.sha256(repr(values).encode()).hexdigest()[:12]}
+        self.ctx.ledger.set_meta(f"noise:{self.ctx.protocol_id}", record)
+        return record
+
     async def measure_noise(self, repeats: int, on_each: Callable[[int, float | None], None] | None = None) -> dict:
         """Run the baseline `repeats` times with different seeds; store the spread and the margin (2 sigma)."""
         if repeats < 2:
@@ -821,9 +868,4 @@ class ResearchEngine:
                 on_each(i, v)
         if len(values) < 2:
             raise RuntimeError(f"only {len(values)} of {repeats} noise runs succeeded; see the logs under {self.ctx.home.runs}")
-        std = statistics.stdev(values)
-        record = {"commit": commit, "values": values, "mean": statistics.fmean(values), "std": std,
-                  "margin": 2 * std, "measured_at": time.time(), "software": __version__,
-                  "digest": hashlib.sha256(repr(values).encode()).hexdigest()[:12]}
-        self.ctx.ledger.set_meta(f"noise:{self.ctx.protocol_id}", record)
-        return record
+        return self._noise_record(commit, values, "noise")
