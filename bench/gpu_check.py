@@ -119,6 +119,7 @@ def swarm_step(tmp: Path, budget_tokens: int, device: str, timeout_s: float = 30
             cfg = home.load_config()
             cfg.research.budget_tokens = budget_tokens
             cfg.research.device = device
+            cfg.research.noise_runs = 0  # a check of the swarm, not of the noise: no extra runs
             home.write_config(cfg)
             homes.append(home.path)
         a = subprocess.Popen([*CLI, "node", "start", "--home", str(homes[0]), "--listen", f"/ip4/127.0.0.1/tcp/{port}"],
