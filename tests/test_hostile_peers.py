@@ -9,6 +9,7 @@ alive, answer `status` within 2 s, their baseline is untouched, and the rejectio
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import time
 from contextlib import AsyncExitStack
@@ -562,3 +563,94 @@ def test_hostile_relay_reservations_dial_backs_and_junk_change_nothing(tmp_path)
         relay.stop()
         relay.kill()
     assert "Traceback" not in relay.stderr()
+
+
+def test_a_peer_announcing_sibling_protocols_holds_one_place_at_most_and_a_wrong_swarm_none(tmp_path):
+    """A research node follows sibling protocols (the same genesis, another protocol) that connected peers
+    announce in the peer exchange. One hostile connection announces a swarm of another genesis (never
+    followed), then ten made-up protocols one after another with this genesis's swarm: the node follows at
+    most one at a time (the one announced now). On it, a discarded result is refused with its reason and
+    a kept one is stored under its own protocol, never this node's. When the peer leaves, so does the
+    sibling; the node stays up throughout."""
+    from libp2p.network.stream.exceptions import StreamError
+    from libp2p.peer.id import ID
+
+    from p2p_research.net.framing import FrameError, frame, pack, read_frame, reset_quietly
+    from p2p_research.net.peers import PEERS_PROTOCOL
+    from p2p_research.research.ids import swarm_id_of
+
+    home = surrogate_home(tmp_path / "v", 1, cost=0.5)
+    d = Daemon(home.path, "-n", "2").start()
+    st0 = d.json("status")
+    genesis, own = st0["genesis"], st0["protocol_id"]
+    made_up = [random_hex40() for _ in range(10)]
+    most: list[int] = [0]
+
+    async def followed() -> list[str]:
+        sibs = (await in_thread(d.json, "status"))["siblings"]
+        most[0] = max(most[0], len(sibs))
+        return [s["protocol"] for s in sibs]
+
+    async def announce(adv, about: dict) -> None:
+        with trio.fail_after(10):
+            stream = await adv.open_stream(d.peer_id, PEERS_PROTOCOL)
+            try:
+                await stream.write(frame(pack({"addrs": [], "about": about})))
+                await read_frame(stream, 64 * 1024)
+            except (FrameError, StreamError):
+                pass
+            finally:
+                await reset_quietly(stream)
+
+    async def attack() -> None:
+        async with adversary() as adv:
+            await adv.connect(d.addrs[0])
+            other_genesis = swarm_id_of("8" * 40, made_up[0])
+            await announce(adv, {"protocol": made_up[0], "swarm": other_genesis, "budget": "1 s", "role": "research"})
+            for _ in range(10):  # five looks of the follower
+                assert await followed() == []
+                await trio.sleep(0.5)
+            for p in made_up:
+                await announce(adv, {"protocol": p, "swarm": swarm_id_of(genesis, p), "budget": "1 s",
+                                     "role": "research"})
+                await followed()
+                await trio.sleep(0.5)
+            last = made_up[-1]
+            with trio.fail_after(15):
+                while await followed() != [last]:
+                    await trio.sleep(0.3)
+            adv.swarm = swarm_id_of(genesis, last)
+            await adv.ps.subscribe(adv.topics[0])
+            await adv.ps.wait_for_mesh(ID.from_base58(d.peer_id), adv.topics[0], timeout=30)
+            kp = adv.kp
+            for status in ("discarded", "kept"):
+                r = receipt(kp, protocol_id=last, exp_id=random_hex40(), parent=genesis, commit=random_hex40(),
+                            tree=random_hex40(), value=0.5, status=status)
+                await adv.publish(result(kp, r).to_wire())
+            with trio.fail_after(20):
+                while True:
+                    st = await in_thread(d.json, "status")
+                    if st["intake"]["rejected_by"].get("sibling_not_kept", 0) >= 1 and st["intake"].get(
+                            "sibling_results", 0) >= 1:
+                        break
+                    await trio.sleep(0.3)
+        with trio.fail_after(15):  # the peer left: nobody announces its protocol any more
+            while await followed():
+                await trio.sleep(0.3)
+
+    try:
+        trio.run(attack)
+        assert most[0] == 1, f"one connection held {most[0]} sibling places"
+        st = d.json("status")
+        assert st["peer_id"] == d.peer_id and d.proc.poll() is None and st["protocol_id"] == own
+        assert {b["commit"] for b in st["baseline"]["lineage"]} and all(
+            step["found_by"] != "" for step in st["baseline"]["lineage"])
+        db = sqlite3.connect(f"file:{home.ledger}?mode=ro", uri=True)
+        rows = db.execute("SELECT protocol_id, status FROM runs WHERE origin='peer'").fetchall()
+        bases = {p for (p,) in db.execute("SELECT protocol_id FROM baselines")}
+        db.close()
+        assert rows == [(made_up[-1], "kept")] and bases == {own}
+        assert "Traceback" not in d.stderr()
+    finally:
+        d.stop()
+        d.kill()

@@ -324,3 +324,71 @@ def test_sparse_announcements_flood_kept_results_only_and_dedup_through_the_dht(
         assert sum(s["dedup"].get("claimed_elsewhere", 0) + s["dedup"].get("known_in_ledger", 0) for s in st) >= 0
     finally:
         stop_all(daemons)
+
+
+def test_ideas_cross_protocols_of_one_genesis_and_numbers_never_do(tmp_path):
+    """A (the default budget) and B (another budget: another protocol, as another GPU model is under a
+    wall-clock budget) share the genesis. A keeps results; B learns A's protocol from the peer exchange,
+    follows it, receives A's kept results (catch-up, then gossip), proposes one as an idea under its own
+    protocol and judges it by its own measurement. B's baselines and leaderboard hold B's protocol
+    only; `swarm --json` shows the idea, where it came from with its gain there, and B's verdict."""
+    a_home = surrogate_home(tmp_path / "a", 4, cost=0.5)  # seed 4 keeps its third experiment (and more)
+    b_home = surrogate_home(tmp_path / "b", 2, cost=0.5, research__budget_tokens=20000)
+    a = Daemon(a_home.path, "-n", "8").start()
+    daemons = [a]
+    try:
+        p = a.json("status")["protocol_id"]
+        wait_for(lambda: any(s == "kept" for _, s in local_experiments(a_home)), 90, 0.5, what="A keeps a result")
+        b = Daemon(b_home.path, "-n", "10", "--bootstrap", a.addrs[0]).start()
+        daemons.append(b)
+        q = b.json("status")["protocol_id"]
+        assert p != q and a.json("status")["genesis"] == b.json("status")["genesis"]
+        wait_for(lambda: [s["protocol"] for s in b.json("status")["siblings"]] == [p], 30, 0.5,
+                 what="B follows A's protocol")
+        assert "tried here as ideas" in b.json("status")["protocol_note"]
+
+        def judged_idea():
+            ideas = b.json("swarm")["across_hardware"]["ideas"]
+            return [i for i in ideas if i["from_protocol"] == p and i["status_here"] in ("kept", "discarded", "crash")]
+
+        (idea, *_) = wait_for(judged_idea, 120, 1.0, what="B runs one of A's kept changes as an idea")
+        wait_for(lambda: research_done(a) and research_done(b), 150, 1.0, what="both done")
+    finally:
+        stop_all(daemons)
+    a_db = sqlite3.connect(f"file:{a_home.ledger}?mode=ro", uri=True)
+    b_db = sqlite3.connect(f"file:{b_home.ledger}?mode=ro", uri=True)
+    try:
+        # the idea is A's kept change, and its gain there is A's own numbers
+        src = a_db.execute("SELECT parent, val_bpb FROM runs WHERE exp_id=? AND origin='local' AND status='kept'",
+                           (idea["from_exp"],)).fetchone()
+        assert src is not None, "the idea is not one of A's kept results"
+        (parent_there,) = a_db.execute("SELECT val_bpb FROM runs WHERE commit_id=? AND origin='local' AND status IN "
+                                       "('kept', 'baseline') ORDER BY run_id LIMIT 1", (src[0],)).fetchone()
+        assert idea["gain_there"] is not None and abs(idea["gain_there"] - (parent_there - src[1])) < 1e-9
+        assert idea["from_budget"] == "500000 tokens" and idea["description"].startswith(
+            f"idea {idea['from_exp'][:10]} from {p[:12]} (500000 tokens): ")
+        # B ran it under its own protocol and judged it by its own measurement against its own baseline
+        (exp_protocol, exp_parent) = b_db.execute("SELECT protocol_id, parent FROM experiments WHERE exp_id=?",
+                                                  (idea["exp_id"],)).fetchone()
+        assert exp_protocol == q
+        (value_here,) = b_db.execute("SELECT val_bpb FROM runs WHERE exp_id=? AND origin='local' AND kind='experiment'",
+                                     (idea["exp_id"],)).fetchone()
+        assert value_here == idea["val_bpb_here"] and value_here != src[1]
+        (base_here,) = b_db.execute("SELECT val_bpb FROM baselines WHERE protocol_id=? AND commit_id=? ORDER BY id DESC",
+                                    (q, exp_parent)).fetchone()
+        if idea["status_here"] != "crash":
+            assert abs(idea["gain_here"] - (base_here - value_here)) < 1e-9
+        # no number of A's protocol is in B's baselines or B's leaderboard of its protocol
+        assert {r[0] for r in b_db.execute("SELECT DISTINCT protocol_id FROM baselines")} == {q}
+        own_values = {r[0] for r in b_db.execute("SELECT val_bpb FROM runs WHERE origin='local' AND protocol_id=?", (q,))}
+        assert all(v in own_values for (v,) in b_db.execute("SELECT val_bpb FROM baselines"))
+        a_ids = {r[0] for r in b_db.execute("SELECT exp_id FROM runs WHERE protocol_id=?", (p,))}
+        assert a_ids and all(s in ("kept", "baseline") for (s,) in b_db.execute(
+            "SELECT status FROM runs WHERE protocol_id=?", (p,))), "B stored a discarded result of A's protocol"
+        assert not b_db.execute("SELECT 1 FROM runs WHERE protocol_id=? AND origin='local'", (p,)).fetchone()
+    finally:
+        a_db.close()
+        b_db.close()
+    board = Daemon(b_home.path).json("leaderboard")
+    assert not {e["id"] for e in board[q]} & a_ids
+    assert "Traceback" not in b.stderr() and "Traceback" not in a.stderr()

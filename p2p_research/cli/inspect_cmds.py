@@ -145,6 +145,9 @@ def register(app: typer.Typer) -> None:
                           f"{w['experiments_done']} done, {w['kept']} kept)", markup=False, highlight=False)
         if d.get("protocol_note"):
             out.print(f"note     {d['protocol_note']}", markup=False, highlight=False)
+        if d.get("siblings"):  # protocols of this genesis whose kept changes are tried here as ideas
+            out.print("ideas    from " + ", ".join(f"{s['protocol'][:12]} ({s['budget']})" for s in d["siblings"]),
+                      markup=False, highlight=False)
         c = d.get("current")
         if c:
             prog = f" {100 * c['progress']:.0f}%" if c.get("progress") is not None else ""

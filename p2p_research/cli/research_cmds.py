@@ -70,9 +70,20 @@ def make_proposer(ctx, seed_offset: int = 0):
     def wins() -> list[Win]:  # kept results to combine with the baseline when they branched off it
         return [Win(**w) for w in ctx.ledger.kept_wins(ctx.protocol_id)]
 
+    from p2p_research.research.ideas import Idea, ideas_of
+    from p2p_research.research.ids import experiment_id
+
+    def ideas() -> list[Idea]:  # sibling protocols' kept changes (same genesis, other budget or hardware)
+        return ideas_of(ctx.ledger, ctx.protocol_id)
+
+    def on_idea(idea: Idea, baseline: str, train_py: bytes) -> None:  # the experiment it becomes, and whence
+        exp_id = experiment_id(ctx.protocol_id, ctx.workspace.tree_with(baseline, {"train.py": train_py}))
+        ctx.ledger.add_idea(exp_id, idea.exp_id, idea.protocol, idea.peer, idea.label, idea.gain_there)
+
     trust = ctx.trust()
     return BuiltinProposer(ctx.space, seed=r.seed * 1_000_003 + len(ctx.ledger.runs()) + seed_offset,
-                           focus=lambda: interests, wins=wins if r.combine else None, code_from=trust.trusts_code_from)
+                           focus=lambda: interests, wins=wins if r.combine else None, code_from=trust.trusts_code_from,
+                           ideas=ideas if r.ideas else None, on_idea=on_idea)
 
 
 def knob_interests(names: list[str], seed: int) -> dict[str, float]:

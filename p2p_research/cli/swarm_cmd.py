@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
                                               "results.tsv (autoresearch's columns) that analysis.ipynb reads"),
               limit: int = typer.Option(15, "--limit", min=1, help="Rows per table")) -> None:
         """Every node's best, kept results by finder, which knobs paid, the swarm's best over time."""
+        from p2p_research.research.ideas import ideas_view
         from p2p_research.research.swarm_view import results_tsv, rows_of, view
         from p2p_research.store.ledger import Ledger
 
@@ -34,9 +35,10 @@ def register(app: typer.Typer) -> None:
             if row is None:
                 raise CliError("this node has no baseline yet: nothing of its swarm to show")
             rows = rows_of(ledger, row["protocol_id"])
+            ideas = ideas_view(ledger, row["protocol_id"])
         finally:
             ledger.close()
-        data = view(rows)
+        data = {**view(rows), "across_hardware": ideas}
         if tsv is not None:
             tsv.expanduser().write_text(results_tsv(rows))
         if json_out:
@@ -54,6 +56,8 @@ def register(app: typer.Typer) -> None:
         for knob in data["knobs"][:limit]:
             k.add_row(escape(knob["knob"]), str(knob["tried"]), str(knob["kept"]), f"{knob['gain']:.6f}")
         out.print(k)
+        if ideas["ideas"]:
+            out.print(ideas_table(ideas, limit))
         steps = data["swarm_best_over_time"]
         if steps:
             first = steps[0][0]
@@ -61,3 +65,20 @@ def register(app: typer.Typer) -> None:
             out.print(f"swarm best over time: {line}", markup=False, highlight=False)
         if tsv is not None:
             out.print(f"wrote {tsv} ({time.strftime('%H:%M:%S')})", markup=False, highlight=False)
+
+
+def _gain(x: float | None) -> str:
+    return "?" if x is None else f"{x:+.6f}"
+
+
+def ideas_table(ideas: dict, limit: int) -> Table:
+    """Ideas across hardware: each sibling protocol's change tried here, its gain there, its verdict here."""
+    held = sum(1 for i in ideas["ideas"] if i["held"])
+    t = Table(title=f"ideas across hardware ({len(ideas['ideas'])} tried here, {held} held): gains are "
+                    "each protocol's own, never compared")
+    for col in ("from protocol", "budget there", "gain there", "here", "gain here", "change"):
+        t.add_column(col, no_wrap=col != "change")
+    for i in ideas["ideas"][-limit:]:
+        t.add_row(i["from_protocol"][:12], escape(i["from_budget"]), _gain(i["gain_there"]), i["status_here"],
+                  _gain(i["gain_here"]), escape(i["description"][:70]))
+    return t

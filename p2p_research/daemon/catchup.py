@@ -31,6 +31,7 @@ from p2p_research.net.framing import FrameError, frame, read_frame, reset_quietl
 from p2p_research.net.gossip import Incoming
 from p2p_research.net.streams import StreamLimits
 from p2p_research.research.catchup_plan import CatchUpPlan
+from p2p_research.research.siblings import SIBLING_STATUSES
 from p2p_research.store.ledger import Ledger
 from p2p_research.wire import Result, WireError, check_result, decode, decode_receipt
 
@@ -127,18 +128,22 @@ class CatchUp:
             protocol = req.get("protocol", self.protocol_id)
             if protocol is not None and not isinstance(protocol, str):
                 raise ValueError(f"bad 'protocol' ({type(protocol).__name__})")
+            kept = req.get("kept", False) is True  # a sibling protocol's node wants its kept changes only
         except Exception as e:  # noqa: BLE001 - a malformed request only costs its sender the stream
             log.info("catch-up: rejected a request: %s", e)
             await reset_quietly(stream)
             return
-        await self._serve(stream, float(since), skip, protocol)
+        await self._serve(stream, float(since), skip, protocol, kept)
 
     async def _serve(self, stream, since: float | None, skip: frozenset[bytes] = frozenset(),
-                     protocol: str | None = None) -> None:
+                     protocol: str | None = None, kept: bool = False) -> None:
         if protocol is None and since is None:
             protocol = self.protocol_id  # /1.0.0 asks for no protocol: what this node lives in
+        served = self.serves()
+        if kept:  # kept results and the baselines they were judged against (their gain)
+            served = SIBLING_STATUSES if served is None else served & SIBLING_STATUSES
         try:
-            for data in [*results_from_ledger(self.ledger, protocol, since, skip, self.serves()), b""]:
+            for data in [*results_from_ledger(self.ledger, protocol, since, skip, served), b""]:
                 with trio.fail_after(TIMEOUT_S):  # per frame: a slow but live requester gets everything
                     await write_all(stream, frame(data))
         except Exception as e:  # noqa: BLE001 - the requester may vanish mid-stream
@@ -168,19 +173,40 @@ class CatchUp:
             log.info("caught up from %s: %d results", peer_id[:16], n)
         return n
 
-    async def _fetch(self, peer_id: str, since: float | None) -> int:
-        """One catch-up (`since` None) or sync with one peer; per-step timeouts inside the caller's
-        overall deadline (a peer dripping frames cannot hold this task for long)."""
+    async def fetch_sibling(self, peer_id: str, protocol: str) -> int:
+        """Ask one peer for the kept results of a sibling protocol it lives in (and the baselines they
+        were judged against), once, when this node starts to follow that protocol: its ideas from
+        before then. Counts as no catch-up of this node's own swarm. Returns how many were delivered."""
+        try:
+            with trio.fail_after(FETCH_DEADLINE_S):
+                n = await self._fetch(peer_id, None, sibling=protocol)
+        except (FrameError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - best effort; gossip continues
+            log.info("sibling catch-up of %s from %s failed after %d results: %s", protocol[:12], peer_id[:16],
+                     self._fetched, e)
+            return self._fetched
+        if n:
+            log.info("caught up on %d kept result(s) of sibling protocol %s from %s", n, protocol[:12], peer_id[:16])
+        return n
+
+    async def _fetch(self, peer_id: str, since: float | None, sibling: str | None = None) -> int:
+        """One catch-up (`since` None) or sync with one peer, or (`sibling`) a catch-up of a sibling
+        protocol's kept results; per-step timeouts inside the caller's overall deadline (a peer
+        dripping frames cannot hold this task for long)."""
         self._fetched = n = 0
         with trio.fail_after(TIMEOUT_S):
             stream = await self.host.new_stream(ID.from_base58(peer_id), [PROTOCOL_SINCE, SINCE_PROTOCOL])
         ok = False
         try:
+            if sibling is not None and stream.get_protocol() != PROTOCOL_SINCE:
+                raise FrameError("the peer cannot name a protocol in a catch-up (an older version)")
+            protocol = sibling or self.protocol_id
             have = b"".join(sorted({receipt_key(r) for r, _, _, _ in
-                                    self.ledger.signed_runs(self.protocol_id, MAX_HAVE, since)}))
+                                    self.ledger.signed_runs(protocol, MAX_HAVE, since)}))
             req: dict = {"since": since or 0.0, "have": have}
-            if self.protocol_id is not None and stream.get_protocol() == PROTOCOL_SINCE:
-                req["protocol"] = self.protocol_id
+            if protocol is not None and stream.get_protocol() == PROTOCOL_SINCE:
+                req["protocol"] = protocol
+            if sibling is not None:
+                req["kept"] = True
             with trio.fail_after(TIMEOUT_S):
                 await write_all(stream, frame(msgpack.packb(req)))
             for _ in range(MAX_RESULTS + 1):
@@ -200,7 +226,9 @@ class CatchUp:
                     self.repaired += 1
                 n += 1
                 self._fetched = n
-            if since is None:
+            if sibling is not None:
+                pass  # not a catch-up of this node's own swarm: `joined` and the plan must not count it
+            elif since is None:
                 self.completed += 1
             else:
                 self.syncs += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import trio
 
@@ -24,6 +25,7 @@ from p2p_research.research.context import ResearchContext
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.objects import incomplete_ancestry
 from p2p_research.research.semantic import semantic_id
+from p2p_research.research.siblings import SIBLING_STATUSES
 from p2p_research.research.workspace import RawObject, WorkspaceError
 from p2p_research.store.ledger import Run
 from p2p_research.wire import BoardPost, Claim, Presence, Result, Verification, WireError
@@ -48,6 +50,8 @@ class Intake:
         #: protocols seen on each swarm's topic (a relay's `status` names them; bounded by the swarm cap)
         self.swarm_protocols: dict[str, set[str]] = {}
         self._protocols: set[str] | None = None  # protocols stored here (a relay's bound), read lazily
+        #: whether a protocol is a sibling this node follows (research/siblings.py; set by the daemon)
+        self.is_sibling: Callable[[str], bool] = lambda protocol: False
         self.fetch_limit = trio.CapacityLimiter(4)
         self._retrying: set[str] = set()  # kept commits waiting to be fetched again
         # code keys of peers' experiments: only a node whose proposer is an agent asks about them
@@ -92,12 +96,11 @@ class Intake:
     def reject(self, inc: Incoming, reason: str, category: str) -> None:
         self.refuse(inc.from_peer, type(inc.message).__name__, reason, category)
 
-    def refuse(self, peer: str, what: str, reason: str, category: str) -> None:
+    def refuse(self, peer: str, what: str, reason: str, category: str, level: int = logging.WARNING) -> None:
         """Count (by category, shown in `status`) and log (rate-limited, with the peer) a refusal."""
         self.stats["rejected"] += 1
         self.stats["rejected_by"][category] += 1
-        self._rlog.log(logging.WARNING, f"{what}:{peer}:{category}", "rejected %s from %s: %s", what, peer[:16],
-                       reason)
+        self._rlog.log(level, f"{what}:{peer}:{category}", "rejected %s from %s: %s", what, peer[:16], reason)
 
     def _room_for(self, protocol: str) -> bool:
         """A relay stores at most MAX_PROTOCOLS protocols: made-up ones cannot fill its disk without end."""
@@ -123,6 +126,8 @@ class Intake:
             if msg.protocol_id != self.ctx.protocol_id:
                 if self.any_protocol:  # a relay forwards claims (gossip did); dedup is the DHT's job
                     return None
+                if self._sibling_traffic(msg.protocol_id):
+                    return None
                 return self.reject(inc, "claim under another protocol", "other_protocol")
             adm = self.claims.admit(msg.peer, msg.exp_id, msg.ts, msg.lease_until, inc.received_at)
             if not adm.accepted:
@@ -141,28 +146,40 @@ class Intake:
                 self.stats["posts"] += 1
         elif isinstance(msg, Verification):
             if msg.receipt.protocol_id != self.ctx.protocol_id:
-                if self.any_protocol:
+                if self.any_protocol or self._sibling_traffic(msg.receipt.protocol_id):
                     return None
                 return self.reject(inc, "verification under another protocol", "other_protocol")
             if self.on_verification is not None:
                 await self.on_verification(msg, inc.from_peer)
         elif isinstance(msg, Presence):
             if msg.protocol_id != self.ctx.protocol_id:
-                if self.any_protocol:
+                if self.any_protocol or self._sibling_traffic(msg.protocol_id):
                     return None
                 return self.reject(inc, "presence under another protocol", "other_protocol")
             self.stats["presence"] = self.stats.get("presence", 0) + 1
             if self.on_presence is not None:
                 self.on_presence(msg.peer)
 
+    def _sibling_traffic(self, protocol: str) -> bool:
+        """A sibling's claims, verifications and presence come with its topic; they concern its own
+        swarm only, and are counted, not refused."""
+        if not self.is_sibling(protocol):
+            return False
+        self.stats["sibling_ignored"] = self.stats.get("sibling_ignored", 0) + 1
+        return True
+
     async def handle_result(self, inc: Incoming, msg: Result, nursery: trio.Nursery | PeerTasks) -> None:
         tasks = self._tasks(nursery)
         r = msg.receipt
         self._note_swarm(inc, r.protocol_id)
         foreign = r.protocol_id != self.ctx.protocol_id
-        if foreign and not self.any_protocol:
+        sibling = foreign and not self.any_protocol and self.is_sibling(r.protocol_id)
+        if foreign and not self.any_protocol and not sibling:
             return self.reject(inc, f"result under another protocol ({r.protocol_id[:12]})", "other_protocol")
-        if foreign and not self._room_for(r.protocol_id):
+        if sibling and r.status not in SIBLING_STATUSES:  # honest traffic of a topic joined: counted, logged quietly
+            return self.refuse(inc.from_peer, "Result", f"a {r.status} result of sibling protocol {r.protocol_id[:12]}: "
+                               "only kept changes cross protocols", "sibling_not_kept", level=logging.DEBUG)
+        if foreign and not sibling and not self._room_for(r.protocol_id):
             return self.reject(inc, f"this relay already stores {MAX_PROTOCOLS} protocols", "too_many_protocols")
         if r.peer == self.self_peer:
             return
@@ -182,11 +199,15 @@ class Intake:
                 tasks.start_soon(inc.from_peer, "intake.commit", self.complete_commit, inc.from_peer, r.commit,
                                  r.exp_id, msg, run, True)
             return
-        self.claims.on_result(r.peer, r.exp_id)
+        if sibling:  # an idea to try here (research/ideas.py); its number stays with its protocol
+            self.stats["sibling_results"] = self.stats.get("sibling_results", 0) + 1
+        else:
+            self.claims.on_result(r.peer, r.exp_id)
         ledger.add_experiment(r.exp_id, r.protocol_id, r.parent, r.tree, r.commit, msg.description, "peer", r.peer,
                               inc.received_at)
         self.stats["results"] += 1
-        log.info("result from %s: %s %s val_bpb %s", r.peer[:16], r.exp_id[:10], r.status, r.value)
+        log.info("result from %s: %s %s val_bpb %s%s", r.peer[:16], r.exp_id[:10], r.status, r.value,
+                 f" (sibling protocol {r.protocol_id[:12]})" if sibling else "")
         inline = [RawObject(o.oid, o.kind, o.data) for o in msg.objects] + self.resolve_deltas(inc, msg)
         if inline:
             try:

@@ -9,7 +9,6 @@ aborted), close the host and leave the ledger consistent.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import signal
 import time
@@ -38,6 +37,7 @@ from p2p_research.daemon.catchup import (
 from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.coordinator import CoordinatorDeps, SwarmCoordinator
 from p2p_research.daemon.intake import Intake
+from p2p_research.daemon.siblings import SiblingFollower
 from p2p_research.daemon.taskdump import report_if_still_stopping
 from p2p_research.daemon.workers import worker_envs
 from p2p_research.home import HomeError, HomeLock, NodeHome
@@ -45,7 +45,9 @@ from p2p_research.net.boundary import PeerTasks, contained
 from p2p_research.research import flooding
 from p2p_research.research.context import ResearchContext, open_context
 from p2p_research.research.engine import Hooks, ResearchEngine
+from p2p_research.research.ids import swarm_id_of
 from p2p_research.research.ownership import Ownership
+from p2p_research.research.siblings import SiblingBook
 
 if TYPE_CHECKING:  # libp2p loads only when a node starts
     from p2p_research.net.network import Network
@@ -55,11 +57,6 @@ log = logging.getLogger("p2p_research.daemon")
 ADOPTION_POLL_S = 2.0
 JOIN_WAIT_S = 10.0  # how long a node given bootstrap peers waits to join before its first proposal
 DIGEST_INTERVAL_S = 20.0
-
-
-def swarm_id_of(genesis: str, protocol_id: str) -> str:
-    """Topics are scoped to the genesis commit and the protocol: only comparable results share a swarm."""
-    return hashlib.sha256(f"{genesis}:{protocol_id}".encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -188,11 +185,16 @@ class NodeDaemon:
                     # a relay asks for and serves every protocol it stores
                     catchup = CatchUp(net.host, ctx.ledger, None if relay else ctx.protocol_id, deliver,
                                       serves=announcer.serves)
+                    # sibling protocols (same genesis, another budget or hardware): their kept changes are ideas
+                    siblings = (SiblingBook(ctx.workspace.genesis, ctx.protocol_id)
+                                if not relay and cfg.research.ideas else None)
+                    if siblings is not None:
+                        intake.is_sibling = siblings.__contains__
                     self.node = node = RunningNode(
                         home=self.home, config=cfg, options=self.options, make_proposer=self.make_proposer,
                         started_at=self.started_at, peer_id=peer_id, name=name, dashboard=dashboard,
                         ctx=ctx, net=net, intake=intake, announcer=announcer, coordinator=coord, catchup=catchup,
-                        workers=workers)
+                        workers=workers, siblings=siblings)
                     await nursery.start(ControlServer(self.home.control_socket, node.handlers()).serve)
                     if dashboard is not None:
                         await nursery.start(node.serve_dashboard)
@@ -205,6 +207,12 @@ class NodeDaemon:
                     nursery.start_soon(node.write_digest_periodically)
                     if on_ready:
                         on_ready(node.identity_view())
+                    if siblings is not None:
+                        follower = SiblingFollower(
+                            siblings, abouts=lambda: [(p.peer_id, p.about) for p in net.peers()],
+                            join=functools.partial(net.join_swarm, board=False), leave=net.leave_swarm,
+                            catch_up=catchup.fetch_sibling)
+                        nursery.start_soon(follower.run, peer_tasks)
                     if not relay:
                         nursery.start_soon(node.research_loop)
                         if self.options.progress_every_s:
@@ -235,7 +243,7 @@ class RunningNode:
     def __init__(self, *, home: NodeHome, config: NodeConfig, options: DaemonOptions, make_proposer: Callable[..., Any],
                  started_at: float, peer_id: str, name: str, dashboard: Any, ctx: ResearchContext, net: Network,
                  intake: Intake, announcer: Announcer, coordinator: SwarmCoordinator, catchup: CatchUp,
-                 workers: Workers) -> None:
+                 workers: Workers, siblings: SiblingBook | None = None) -> None:
         self.home, self.config, self.options, self.make_proposer = home, config, options, make_proposer
         self.started_at, self.peer_id, self.name = started_at, peer_id, name
         self.dashboard = dashboard  # the dashboard's bound socket (dashboard.serve.Bound) when it is on
@@ -244,6 +252,7 @@ class RunningNode:
         self.coordinator = coordinator  # verification and adoption between experiments
         self.catchup = catchup
         self.workers = workers
+        self.siblings = siblings  # sibling protocols followed for ideas (None: a relay, or research.ideas off)
         self.research_state = "off"
         self._between_lock = trio.Lock()
         self._protocol_swarm: dict[str, str] = {}
@@ -472,6 +481,7 @@ class RunningNode:
             "sandbox": ctx.sandbox.describe(), "trust_policy": ctx.trust_policy,
             "peers_code": ctx.trust().peers_code(),
             **self.protocol_view(),
+            "siblings": self.siblings.view() if self.siblings is not None else [],
             "experiments": {"local": counts["local"], "from_peers": counts["peer"]},
             "peers_connected": len(self.net.peers()),
             "announce": {"mode": self.config.network.announce,
@@ -588,6 +598,12 @@ class RunningNode:
             note = (f"{n} connected peer(s) run another protocol (budget {budgets}; ours {self.ctx.budget.describe()}): "
                     "their results do not count here. Nodes share results only with the same target, budget and data"
                     f"{' and hardware class' if self.ctx.budget.is_wall_clock else ''}.")
+            for o in others.values():
+                o["sibling"] = self.siblings is not None and o["protocol"] in self.siblings
+            followed = [o for o in others.values() if o["sibling"]]
+            if followed:
+                note += (f" {len(followed)} of their protocols share this genesis: their kept changes are tried here "
+                         "as ideas, measured and judged under this node's protocol (`swarm` shows which held).")
         return {"other_protocols": list(others.values()), "protocol_note": note}
 
     def peers_view(self) -> list[dict[str, Any]]:

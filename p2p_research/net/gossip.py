@@ -318,13 +318,14 @@ class Gossip:
 
     # --- swarms ----------------------------------------------------------------------------------
 
-    async def join(self, swarm_id: str) -> bool:
-        """Subscribe to a swarm's two topics with validators and drain them; False if already joined."""
+    async def join(self, swarm_id: str, board: bool = True) -> bool:
+        """Subscribe to a swarm's two topics (without `board`: its experiments topic only, as a research
+        node follows a sibling protocol) with validators and drain them; False if already joined."""
         if swarm_id in self.swarms or self._nursery is None:
             return False
         self.swarms[swarm_id] = time.time()
-        exp, board = topic_names(swarm_id)
-        for topic, types in ((exp, EXP_TYPES), (board, (BoardPost,))):
+        exp, board_topic = topic_names(swarm_id)
+        for topic, types in ((exp, EXP_TYPES), (board_topic, (BoardPost,)))[:2 if board else 1]:
             self.topic_types[topic] = types
             self.topic_swarm[topic] = swarm_id
             self.topic_filter.joined.add(topic)
@@ -333,7 +334,7 @@ class Gossip:
             scope = trio.CancelScope()
             self._drain_scopes[topic] = scope
             self._nursery.start_soon(self._drain_in, scope, sub, swarm_id, name=f"gossip-drain {topic}")
-        if swarm_id != self.swarm_id:
+        if swarm_id != self.swarm_id and board:  # a sibling's topic alone: its follower says why
             log.info("serving swarm %s (%d peer(s) use it)", swarm_id, self.swarm_peers().get(swarm_id, 0))
         return True
 
@@ -342,6 +343,8 @@ class Gossip:
         if swarm_id == self.swarm_id or self.swarms.pop(swarm_id, None) is None:
             return
         for topic in topic_names(swarm_id):
+            if topic not in self.topic_types:  # a sibling's board topic: never joined
+                continue
             scope = self._drain_scopes.pop(topic, None)
             if scope is not None:
                 scope.cancel()

@@ -114,6 +114,17 @@ class Network:
         return [{"swarm": s, "peers": seen.get(s, 0), "own": s == own}
                 for s in sorted(self.gossip.swarms, key=lambda s: (s != own, -seen.get(s, 0), s))]
 
+    async def join_swarm(self, swarm_id: str, board: bool = True) -> bool:
+        """Also listen to another swarm's topics (without `board`: its experiments topic only); its
+        messages are validated and budgeted like the node's own and arrive in `incoming` with that swarm."""
+        if not isinstance(swarm_id, str) or not _SWARM_ID.fullmatch(swarm_id):
+            raise ValueError(f"invalid swarm id {swarm_id!r}")
+        return await self.gossip.join(swarm_id, board=board)
+
+    async def leave_swarm(self, swarm_id: str) -> None:
+        """Stop listening to a swarm joined with `join_swarm` (never the node's own)."""
+        await self.gossip.leave(swarm_id)
+
     def peers(self) -> list[PeerState]:
         """Connected peers (refreshed every second)."""
         return self.peer_manager.peers()

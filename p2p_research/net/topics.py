@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-#: a swarm id is 1..64 lowercase hex characters (16 in practice: see daemon.node.swarm_id_of)
+#: a swarm id is 1..64 lowercase hex characters (16 in practice: see research.ids.swarm_id_of)
 TOPIC_RE = re.compile(r"/p2p-research/([0-9a-f]{1,64})/(exp|board)/1")
 #: the most swarms a relay serves at once (each costs two subscriptions, a mesh and a drain task)
 MAX_SWARMS = 32

@@ -44,7 +44,7 @@ def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: 
         lines.append("(no baseline measured yet)")
     lines += ["", "## Recent results", "", "| experiment | by | status | val_bpb | change |", "|---|---|---|---|---|"]
     for r in ledger.runs(kind="experiment", limit=25)[::-1]:
-        if r.status == "running":
+        if r.status == "running" or r.protocol_id != protocol_id:  # a sibling protocol's numbers mean nothing here
             continue
         who = "this node" if r.origin == "local" else r.peer[:12]
         lines.append(f"| `{r.exp_id[:10]}` | {who} | {r.status} | {_v(r.val_bpb)} | {r.description[:80]} |")

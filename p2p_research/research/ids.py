@@ -84,5 +84,11 @@ def experiment_id(protocol: str, tree_id: str) -> str:
     return _h40(b"p2p-research-experiment/1", protocol.encode(), tree_id.encode())
 
 
+def swarm_id_of(genesis: str, protocol_id: str) -> str:
+    """Topics are scoped to the genesis commit and the protocol: only comparable results share a swarm.
+    A peer's claim that its protocol shares this node's genesis is checked by recomputing this."""
+    return hashlib.sha256(f"{genesis}:{protocol_id}".encode()).hexdigest()[:16]
+
+
 def is_hex40(value: str) -> bool:
     return bool(HEX40.match(value))

@@ -34,6 +34,7 @@ from p2p_research.research.constants import (
     read_constants,
 )
 from p2p_research.research.describe import describe_change
+from p2p_research.research.ideas import Idea, idea_description
 from p2p_research.research.mutate import prepare_choices, propose_mutation
 from p2p_research.research.objects import first_parent_ancestry
 from p2p_research.research.searchspace import SearchSpace
@@ -61,8 +62,11 @@ class Skip:
 IsKnown = Callable[[bytes], Awaitable[bool]]
 IsMine = Callable[[bytes], bool]
 
-MAX_MERGES = 8  # combinations merged per proposal (the rest next time: merges are cached per baseline)
+MAX_MERGES = 8  # combinations and ideas merged per proposal (the rest next time: merges are cached per baseline)
 PREFER_TRIES = 60  # candidates examined for one this node owns before settling for another unknown one
+#: at most one proposal in IDEA_EVERY is a sibling protocol's idea: which ideas come, and the gains there
+#: that order them, are a peer's word, so peers can steer at most this share of a node's runs
+IDEA_EVERY = 4
 
 
 class Proposer(Protocol):
@@ -72,13 +76,24 @@ class Proposer(Protocol):
                       is_mine: IsMine | None = None) -> Proposal | Skip: ...
 
 
+def _completeness(workspace: Workspace, commit: str) -> bool | None:
+    """Whether a commit is here in full (False while a peer's objects are still arriving); None when an
+    object of it cannot be read (a peer's malformed object: git raises on it)."""
+    try:
+        return workspace.is_complete(commit)
+    except (pygit2.GitError, KeyError, ValueError):
+        return None
+
+
 class BuiltinProposer:
     name = "builtin"
     reads_digest = False  # SWARM.md is for agents; rendering it before every proposal cost ~10% of a busy node
 
     def __init__(self, space: SearchSpace, seed: int, focus: Callable[[], dict[str, float]] | None = None,
                  wins: Callable[[], list[Win]] | None = None,
-                 code_from: Callable[[str], bool] = lambda peer: False) -> None:
+                 code_from: Callable[[str], bool] = lambda peer: False,
+                 ideas: Callable[[], list[Idea]] | None = None,
+                 on_idea: Callable[[Idea, str, bytes], None] | None = None) -> None:
         self.space = space
         self.rng = random.Random(seed)
         self.focus = focus
@@ -87,9 +102,47 @@ class BuiltinProposer:
         #: whether a peer's code changes may be merged (the trust policy: sandboxed or trusted peers);
         #: otherwise a peer's win is combined only when it changed constants
         self.code_from = code_from
-        self.stats = {"combinations": 0}
+        #: sibling protocols' kept changes to try here (research/ideas.py); None: none
+        self.ideas = ideas
+        #: told (idea, baseline, train.py) when an idea is proposed, so its provenance is recorded
+        self.on_idea = on_idea
+        self.stats = {"combinations": 0, "ideas": 0}
         self._ancestry: tuple[str, list[str]] = ("", [])
         self._merged: dict[tuple[str, str], bytes | None] = {}
+        self._merges_left = MAX_MERGES
+        self._since_idea = IDEA_EVERY  # proposals since the last idea (the first may be one)
+
+    def _on_baseline(self, workspace: Workspace, baseline: str) -> None:
+        """Walk the lineage once per baseline; merges are cached per (change, baseline)."""
+        if self._ancestry[0] != baseline:
+            self._ancestry = (baseline, first_parent_ancestry(workspace, baseline))
+            self._merged.clear()
+
+    def _merge(self, workspace: Workspace, parent: str, baseline: str, commit: str, code: bool) -> bytes | None:
+        """A change (parent -> commit) applied onto the baseline, cached; None while either commit is
+        incomplete here, or once this proposal's MAX_MERGES fresh merges are spent (the rest next time)."""
+        key = (commit, baseline)
+        if key not in self._merged:
+            here = [_completeness(workspace, c) for c in (commit, parent)]
+            if None in here:  # a peer's unreadable object: never mergeable
+                self._merged[key] = None
+            if self._merges_left <= 0 or not all(here):
+                return None  # a peer's commit still arriving is merged once it is here, not cached as "no"
+            self._merges_left -= 1
+            self._merged[key] = merged_train_py(workspace, parent, baseline, commit, code=code)
+        return self._merged[key]
+
+    async def _usable(self, data: bytes | None, is_known: IsKnown, is_mine: IsMine | None) -> str | None:
+        """The merged train.py as text when it is a candidate this node should run: owned here, known
+        nowhere, and parseable."""
+        if data is None or (is_mine is not None and not is_mine(data)) or await is_known(data):
+            return None
+        try:
+            text = data.decode()
+            parse_source(text)
+        except (ConstantsError, UnicodeDecodeError):
+            return None
+        return text
 
     async def _combination(self, workspace: Workspace, baseline: str, source: str, is_known: IsKnown,
                            is_mine: IsMine | None) -> Proposal | None:
@@ -97,29 +150,34 @@ class BuiltinProposer:
         combination nobody ran or claimed that this node owns (others are left to their owners)."""
         if self.wins is None:
             return None
-        if self._ancestry[0] != baseline:  # walked once per baseline; merges cached per (win, baseline)
-            self._ancestry = (baseline, first_parent_ancestry(workspace, baseline))
-            self._merged.clear()
-        merges = 0
         for w in candidates(self.wins(), self._ancestry[1]):
-            key = (w.commit, baseline)
-            if key not in self._merged:
-                if merges >= MAX_MERGES:
-                    break
-                merges += 1
-                self._merged[key] = merged_train_py(workspace, w.parent, baseline, w.commit,
-                                                    code=not w.peer or self.code_from(w.peer))
-            data = self._merged[key]
-            if data is None or (is_mine is not None and not is_mine(data)) or await is_known(data):
-                continue
-            try:
-                text = data.decode()
-                parse_source(text)
-            except (ConstantsError, UnicodeDecodeError):
+            data = self._merge(workspace, w.parent, baseline, w.commit, code=not w.peer or self.code_from(w.peer))
+            text = await self._usable(data, is_known, is_mine)
+            if data is None or text is None:
                 continue
             self.stats["combinations"] += 1
             description = f"combine {w.exp_id[:10]}: {describe_change(source, text)}"
             return Proposal(data, description, constants_only_change(source, text)[0])
+        return None
+
+    async def _idea(self, workspace: Workspace, baseline: str, source: str, is_known: IsKnown,
+                    is_mine: IsMine | None) -> Proposal | None:
+        """A sibling protocol's kept change, relative to its own parent, applied onto this baseline
+        (the same merge and trust rule as a combination: a peer's code only where its code may run).
+        Its numbers stay there: the experiment is measured and judged here like any other."""
+        if self.ideas is None or self._since_idea < IDEA_EVERY:
+            return None
+        for idea in self.ideas():
+            data = self._merge(workspace, idea.parent, baseline, idea.commit, code=self.code_from(idea.peer))
+            text = await self._usable(data, is_known, is_mine)
+            if data is None or text is None:
+                continue
+            self.stats["ideas"] += 1
+            self._since_idea = 0
+            if self.on_idea is not None:
+                self.on_idea(idea, baseline, data)
+            return Proposal(data, idea_description(idea, describe_change(source, text)),
+                            constants_only_change(source, text)[0])
         return None
 
     async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown,
@@ -132,9 +190,13 @@ class BuiltinProposer:
         and unknown does the node run the first unknown of PREFER_TRIES others (claims, or the DHT, still
         guard it)."""
         source = workspace.files_of(baseline)[EDITABLE_FILE].decode()
-        combined = await self._combination(workspace, baseline, source, is_known, is_mine)
-        if combined is not None:
-            return combined
+        self._on_baseline(workspace, baseline)
+        self._merges_left = MAX_MERGES
+        self._since_idea += 1
+        for found in (self._combination, self._idea):
+            merged = await found(workspace, baseline, source, is_known, is_mine)
+            if merged is not None:
+                return merged
         focus = self.focus() if self.focus else None
         try:
             prepare_choices(read_constants(source), self.space, focus)

@@ -1,6 +1,7 @@
 """The whole swarm at a glance, from what this node's ledger holds (its own runs and every result its
 peers announced): each node's best over time, kept results by finder, which knobs and changes paid,
-and a swarm-wide results.tsv in autoresearch's format that analysis.ipynb reads.
+ideas from sibling protocols and whether they held here, and a swarm-wide results.tsv in autoresearch's
+format that analysis.ipynb reads.
 
 Pure over the rows it is given (`rows_of` reads them from the ledger); `swarm` and the dashboard
 show it.
@@ -45,9 +46,13 @@ def rows_of(ledger: Ledger, protocol_id: str) -> list[Row]:
 
 
 def of_ledger(ledger: Ledger, protocol_id: str, self_peer: str = "") -> dict[str, Any]:
-    """`view` of everything `ledger` holds under `protocol_id`, with the protocol named: what the
-    daemon's `swarm` control call and the dashboard's /api/swarm answer."""
-    return {**view(rows_of(ledger, protocol_id), self_peer), "protocol_id": protocol_id}
+    """`view` of everything `ledger` holds under `protocol_id`, with the protocol named, and the ideas
+    tried here that came from sibling protocols (research/ideas.py: which held on which hardware): what
+    the daemon's `swarm` control call and the dashboard's /api/swarm answer."""
+    from p2p_research.research.ideas import ideas_view
+
+    return {**view(rows_of(ledger, protocol_id), self_peer), "protocol_id": protocol_id,
+            "across_hardware": ideas_view(ledger, protocol_id)}
 
 
 def view(rows: list[Row], self_peer: str = "") -> dict[str, Any]:

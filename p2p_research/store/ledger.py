@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 3  # 2: runs.metrics (every summary key as printed); 3: semantic ids (code dedup)
+# (the `ideas` table came later without a new version: older software ignores it, so a ledger it holds
+# still opens there)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -94,6 +96,16 @@ CREATE TABLE IF NOT EXISTS posts (
     origin      TEXT NOT NULL,
     UNIQUE (author, ts, text)
 );
+CREATE TABLE IF NOT EXISTS ideas (
+    exp_id          TEXT PRIMARY KEY,
+    source_exp      TEXT NOT NULL,
+    source_protocol TEXT NOT NULL,
+    source_peer     TEXT NOT NULL DEFAULT '',
+    source_label    TEXT NOT NULL DEFAULT '',
+    gain_there      REAL,
+    proposed_at     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ideas_source ON ideas(source_exp);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -382,6 +394,52 @@ class Ledger:
             " GROUP BY r.exp_id ORDER BY val_bpb LIMIT ?", (protocol_id, limit))
         return [{"exp_id": r[0], "commit": r[1], "parent": r[2], "val_bpb": r[3], "description": r[4] or "",
                  "peer": r[5] or ""} for r in rows]
+
+    def sibling_wins(self, protocol_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Peers' kept experiments of protocols other than `protocol_id` (a research node stores only its
+        siblings': daemon/intake.py) that no experiment here came from yet, newest first, each with the
+        value its finder's swarm measured for its parent (the finder's own measurement first) and its
+        signed receipt (what its budget and hardware are read from)."""
+        rows = self.db.execute(
+            "SELECT r.exp_id, r.commit_id, r.parent, r.protocol_id, r.peer, r.val_bpb, r.description, r.receipt,"
+            " COALESCE((SELECT p.val_bpb FROM runs p WHERE p.protocol_id=r.protocol_id AND p.commit_id=r.parent"
+            "  AND p.val_bpb IS NOT NULL AND p.status IN ('kept','baseline','confirmed') AND p.peer=r.peer"
+            "  ORDER BY p.run_id LIMIT 1),"
+            " (SELECT p.val_bpb FROM runs p WHERE p.protocol_id=r.protocol_id AND p.commit_id=r.parent"
+            "  AND p.val_bpb IS NOT NULL AND p.status IN ('kept','baseline','confirmed') ORDER BY p.run_id LIMIT 1))"
+            " AS parent_value"
+            " FROM runs r WHERE r.protocol_id!=? AND r.origin='peer' AND r.kind='experiment' AND r.status='kept'"
+            " AND r.val_bpb IS NOT NULL AND r.exp_id NOT IN (SELECT source_exp FROM ideas)"
+            " ORDER BY r.run_id DESC LIMIT ?", (protocol_id, limit))
+        out: dict[str, dict[str, Any]] = {}  # one per experiment (two peers may have announced it)
+        for r in rows:
+            out.setdefault(r[0], {"exp_id": r[0], "commit": r[1], "parent": r[2], "protocol": r[3], "peer": r[4] or "",
+                                  "value": r[5], "description": r[6] or "", "receipt": r[7], "parent_value": r[8]})
+        return list(out.values())
+
+    def add_idea(self, exp_id: str, source_exp: str, source_protocol: str, source_peer: str, source_label: str,
+                 gain_there: float | None) -> None:
+        """Record that experiment `exp_id` here is a sibling protocol's kept change (`source_exp`)."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO ideas(exp_id, source_exp, source_protocol, source_peer, source_label, gain_there,"
+            " proposed_at) VALUES(?,?,?,?,?,?,?)",
+            (exp_id, source_exp, source_protocol, source_peer, source_label, gain_there, time.time()))
+
+    def idea_rows(self, protocol_id: str) -> list[dict[str, Any]]:
+        """Each idea tried here with how it fared: its newest local run (status, value) and the value of
+        the baseline it was judged against, this node's own measurement (never the sibling's)."""
+        rows = self.db.execute(
+            "SELECT i.exp_id, i.source_exp, i.source_protocol, i.source_peer, i.source_label, i.gain_there,"
+            " i.proposed_at, e.description, e.parent,"
+            " (SELECT r.status FROM runs r WHERE r.exp_id=i.exp_id AND r.origin='local' AND r.kind='experiment'"
+            "  ORDER BY r.run_id DESC LIMIT 1) AS status,"
+            " (SELECT r.val_bpb FROM runs r WHERE r.exp_id=i.exp_id AND r.origin='local' AND r.kind='experiment'"
+            "  ORDER BY r.run_id DESC LIMIT 1) AS value,"
+            " (SELECT b.val_bpb FROM baselines b WHERE b.protocol_id=? AND b.commit_id=e.parent"
+            "  ORDER BY b.id DESC LIMIT 1) AS parent_value"
+            " FROM ideas i JOIN experiments e ON e.exp_id=i.exp_id WHERE e.protocol_id=? ORDER BY i.proposed_at",
+            (protocol_id, protocol_id))
+        return [dict(r) for r in rows]
 
     def commits_of(self, protocol_id: str, limit: int = 3) -> list[str]:
         """A few commits of a protocol's results, kept ones first (their lineage is the one fetched)."""

@@ -254,6 +254,12 @@ function renderSwarm() {
   $("swarm-knobs").querySelector("tbody").innerHTML = (swarm.knobs || []).slice(0, 20).map((k) => `<tr><td class="mono">${esc(k.knob)}</td>
     <td>${esc(k.tried)}</td><td>${esc(k.kept)}</td><td>${fmt(k.gain)}</td></tr>`).join("")
     || '<tr><td colspan="4" class="muted">no named changes yet</td></tr>';
+  const ideas = ((swarm.across_hardware || {}).ideas || []).slice(-30).reverse();
+  const gain = (v) => (v === null || v === undefined ? "?" : (v >= 0 ? "+" : "") + fmt(v));
+  $("swarm-ideas").querySelector("tbody").innerHTML = ideas.map((i) => `<tr><td class="mono">${short(i.from_protocol, 12)}</td>
+    <td>${esc(i.from_budget)}</td><td>${gain(i.gain_there)}</td><td>${esc(i.status_here)}</td><td>${gain(i.gain_here)}</td>
+    <td>${esc(String(i.description || "").slice(0, 90))}</td></tr>`).join("")
+    || '<tr><td colspan="6" class="muted">no ideas from sibling protocols tried yet</td></tr>';
 }
 
 function render() {
