@@ -124,8 +124,9 @@ def keep_rule(margin: float) -> str:
     if margin > 0:
         return (f"kept only if val_bpb improves by more than {margin:g} (research.margin); autoresearch keeps "
                 "any improvement: research.margin = 0")
-    return ("kept only if val_bpb improves by more than the noise margin: 2 sigma of the run-to-run spread that "
-            "`p2p-research noise` measures, 0.002 until then (autoresearch keeps any improvement: research.margin = 0)")
+    return ("kept only if val_bpb improves by more than the noise margin: 2 sigma of the run-to-run spread, "
+            "measured on the node's first runs (the genesis at research.noise_runs more seeds) or by "
+            "`p2p-research noise`, 0.002 until then (autoresearch keeps any improvement: research.margin = 0)")
 
 
 def progress_label(p, now: float | None = None) -> str:
