@@ -1,7 +1,8 @@
 """Benchmark of the harness's own measurement: what the hand-over and the separate evaluation add to a run.
 
 Usage:
-    .venv/bin/python bench/bench_harness.py [--repeats 3] [--budget-tokens N] [--skip-autoresearch] [--private]
+    .venv/bin/python bench/bench_harness.py [--repeats 3] [--budget-tokens N] [--skip-default | --skip-autoresearch]
+                                            [--private]
 
 For the default target (its default budget unless --budget-tokens) and for the autoresearch-shaped test
 fixture, each run goes once through the plain runner (train.py prints its value) and once through
@@ -99,6 +100,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-tokens", type=int, default=0)
+    ap.add_argument("--skip-default", action="store_true")
     ap.add_argument("--skip-autoresearch", action="store_true")
     ap.add_argument("--private", action="store_true",
                     help="measure the private split on every run, as for a baseline or a gain (default: as "
@@ -106,8 +108,9 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(bench("default target", engine_for(Path(tmp) / "node", None, args.budget_tokens), args.repeats,
-                          args.private))
+        if not args.skip_default:
+            rows.append(bench("default target", engine_for(Path(tmp) / "node", None, args.budget_tokens),
+                              args.repeats, args.private))
         if not args.skip_autoresearch:
             folder = autoresearch_folder(Path(tmp) / "autoresearch")
             rows.append(bench("autoresearch fixture", engine_for(Path(tmp) / "ar", folder, 0), args.repeats, args.private))

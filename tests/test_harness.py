@@ -196,6 +196,8 @@ async def test_an_honest_tiny_model_is_measured_by_the_harness_and_agrees_with_i
     assert o.measured_by == "harness" and o.summary.metrics["measured_by"] == "harness"
     assert abs(o.summary.val_bpb - o.reported_val_bpb) < 1e-4
     assert o.private_bpb is not None and abs(o.private_bpb - o.summary.val_bpb) < 0.5
+    # recorded by the hand-over's dispatch mode (not torch.export): see the recording's own tests
+    assert '"handover": "recorded"' in (tmp_path / "run" / "evaluate.log").read_text()
 
 
 def test_the_private_split_is_measured_only_where_it_can_decide(node, monkeypatch):
@@ -205,6 +207,7 @@ def test_the_private_split_is_measured_only_where_it_can_decide(node, monkeypatc
     assert PRIVATE_BELOW not in engine._measure_env(0, "baseline", "")
     assert engine._measure_env(0, "noise", "")[PRIVATE_BELOW] == "-inf"
     monkeypatch.setattr(engine, "_measured_ancestor", lambda parent: (1.5, 1.6) if parent == "p" else None)
+    monkeypatch.setattr(engine, "_ancestor_cpu", lambda parent: None)  # "p" and "q" are no commits
     below = float(engine._measure_env(0, "experiment", "p")[PRIVATE_BELOW])
     assert below == pytest.approx(1.5 - 0.5 * engine.margin)
     assert engine._measure_env(0, "verification", "q")[PRIVATE_BELOW] == "-inf"
@@ -320,7 +323,8 @@ def test_the_compute_reference_is_the_nearest_ancestor_run_here_under_a_token_bu
 
 
 async def test_a_model_slow_to_evaluate_is_refused_within_the_evaluator_s_limit(node, tmp_path):
-    """The run hands over a model that is cheap to export but far too slow to evaluate, then claims."""
+    """The run hands over a model that is cheap to export but far too slow to evaluate, then claims
+    (exported: the recording would run the model's forward in the run, for as long as it takes)."""
     body = textwrap.dedent('''
         import p2p_handover
         class Slow(nn.Module):
@@ -335,6 +339,9 @@ async def test_a_model_slow_to_evaluate_is_refused_within_the_evaluator_s_limit(
                     x = torch.tanh(x @ self.w)
                 return self.head(x)
         p2p_handover.OUT = os.environ['P2P_HANDOVER']
+        def cheap(*a):  # the export traces without computing; the recording would run it here
+            raise p2p_handover._Unrecordable('exported')
+        p2p_handover._record = cheap
         p2p_handover._export(Slow().eval(), torch.zeros(32, 256, dtype=torch.long), ('cpu',), {})
         report(0.20)
     ''')
@@ -426,6 +433,162 @@ def test_every_knob_of_the_default_target_exports_to_a_graph_the_evaluator_runs(
         train = importlib.reload(train)
     sys.modules.pop("train", None)
     sys.modules.pop("prepare", None)
+
+
+def _through_the_evaluator(doc, state, constants):
+    import io
+    import json
+
+    import torch
+
+    from p2p_research.harness import evaluate as E
+
+    b1, b2 = io.BytesIO(), io.BytesIO()
+    torch.save(state, b1)
+    torch.save(constants, b2)
+    b1.seek(0)
+    b2.seek(0)
+    return E.Program(json.loads(json.dumps(doc)), torch.load(b1, weights_only=True),
+                     torch.load(b2, weights_only=True), torch)
+
+
+def test_every_knob_of_the_default_target_is_recorded_as_the_evaluator_runs_it(monkeypatch):
+    """The hand-over records the forward's ATen calls in the evaluator's format (torch.export's
+    import and tracing cost most of a second per run): each knob's graph passes the evaluator's
+    checks and gives the model's logits, bit for bit (the same kernels)."""
+    import importlib
+    import sys
+
+    import torch
+
+    from p2p_research.harness import handover
+    from p2p_research.target import TARGET_DIR
+
+    monkeypatch.syspath_prepend(str(TARGET_DIR))
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    train = importlib.import_module("train")
+    choices = [("ACTIVATION", a) for a in ("gelu", "relu", "silu", "relu2")] + [
+        ("NORM", "rmsnorm"), ("POS_EMB", "learned"), ("POS_EMB", "none"), ("QK_NORM", True), ("BIAS", True),
+        ("TIE_EMBEDDINGS", False), ("DROPOUT", 0.1)]
+    x = torch.randint(0, 256, (4, 32))
+    for name, value in choices:
+        monkeypatch.setattr(train, name, value)
+        model = train.GPT(1, 32, 2, 32).eval()
+        program = _through_the_evaluator(*handover._record(model, x))
+        with torch.no_grad():
+            assert torch.equal(program(x), model(x)), (name, value)
+        monkeypatch.undo()
+        monkeypatch.syspath_prepend(str(TARGET_DIR))
+        train = importlib.reload(train)
+    sys.modules.pop("train", None)
+    sys.modules.pop("prepare", None)
+
+
+def test_what_the_recording_cannot_take_is_exported_as_before(tmp_path, monkeypatch):
+    """In-place writes on intermediates become their out-of-place twins; anything else the recording
+    cannot say (a write to a weight, a value read back into Python, work the dispatcher does not see,
+    more than one output) goes to torch.export, as every hand-over did before, and is measured or
+    refused as it was then. A failed recording leaves the model as it was."""
+    import json
+
+    import torch
+    import torch.nn as nn
+
+    from p2p_research.harness import evaluate as E
+    from p2p_research.harness import handover
+
+    class Base(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(256, 16), nn.Linear(16, 256)
+            self.register_buffer("calls", torch.zeros(()))
+            self.plain = torch.linspace(0, 1, 16)  # not a buffer: a constant of the graph
+
+    class InPlace(Base):
+        def forward(self, idx):
+            h = self.emb(idx) * 1.0
+            h.add_(1)
+            h *= self.plain
+            return self.head(h) + torch.tensor([0.5])
+
+    class Counter(Base):
+        def forward(self, idx):
+            self.calls.add_(1)
+            return self.head(self.emb(idx))
+
+    class ZeroInput(Base):
+        def forward(self, idx):
+            idx.zero_()
+            return self.head(self.emb(idx))
+
+    class Item(Base):
+        def forward(self, idx):
+            h = self.emb(idx)
+            return self.head(h / h.abs().max().item())
+
+    class Unseen(Base):  # numpy writes into a tensor torch made: no operation the dispatcher sees
+        def forward(self, idx):
+            h = self.emb(idx)
+            out = torch.zeros_like(h)
+            out.numpy()[:] = h.detach().numpy() * 2
+            return self.head(out)
+
+    class Pair(Base):
+        def forward(self, idx):
+            return self.head(self.emb(idx)), None
+
+    x = torch.randint(0, 256, (4, 8))
+    model = InPlace().eval()
+    program = _through_the_evaluator(*handover._record(model, x))
+    with torch.no_grad():
+        assert torch.equal(program(x), model(x))
+    # under the harness's autocast (bf16 on a GPU) the casts are in the graph, and autocast stays on
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        doc, state, constants = handover._record(model, x)
+        assert torch.is_autocast_enabled("cpu")
+        expected = model(x)
+    assert {"as_scalar_type": 13} in [i["arg"] for n in doc["graph_module"]["graph"]["nodes"] for i in n["inputs"]]
+    assert torch.equal(_through_the_evaluator(doc, state, constants)(x), expected)
+    for cls, why in ((Counter, "aten.add_.Tensor, which writes"), (ZeroInput, "aten.zero_.default, which writes"),
+                     (Item, "read back into Python"), (Unseen, "the dispatcher does not see"),
+                     (Pair, "returns a tuple")):
+        model, tokens = cls().eval(), x.clone()
+        with pytest.raises(handover._Unrecordable, match=why):
+            handover._record(model, tokens)
+        assert float(model.calls) == 0.0 and torch.equal(tokens, x), cls.__name__  # not run
+    monkeypatch.setattr(handover, "OUT", str(tmp_path))
+    handover._export(Counter().eval(), x, ("cpu",), {})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["method"].startswith("exported (_Unrecordable: the forward calls aten.add_.Tensor"), meta
+    with pytest.raises(E.Refused, match="aten::add_"):
+        E._load_program(str(tmp_path), torch)
+
+
+def test_the_recording_imports_neither_dynamo_nor_the_export(tmp_path):
+    """The point of the recording: a run that never compiles pays no torch._dynamo import at the
+    hand-over (torch.optim imports it at the first step; this run has no optimizer, so any import
+    would show)."""
+    import subprocess
+    import sys
+
+    from p2p_research.harness import handover
+
+    code = textwrap.dedent(f"""
+        import json, sys
+        import torch
+        sys.path.insert(0, {str(Path(handover.__file__).parent)!r})
+        import handover
+        handover.OUT = {str(tmp_path)!r}
+        model = torch.nn.Sequential(torch.nn.Embedding(256, 8), torch.nn.Linear(8, 256)).eval()
+        before = set(sys.modules)
+        handover._export(model, torch.zeros(2, 16, dtype=torch.long), ("cpu",), {{}})
+        print(json.load(open({str(tmp_path / "meta.json")!r}))["method"], "torch._dynamo" in sys.modules,
+              sorted(m for m in set(sys.modules) - before
+                     if m.startswith(("torch._dynamo", "torch.export", "torch._export", "torch._functorch", "sympy"))))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["recorded", "False", "[]"], out.stdout
 
 
 async def test_a_liar_s_win_reaching_a_node_inside_a_combination_is_refused(tmp_path):

@@ -6,10 +6,11 @@ of the run but the hand-over folder, read-only. No code of train.py runs here:
 
 - the weights are read with `torch.load(weights_only=True)` (tensors only; a pickle of objects is
   refused); `torch.export.load` is never used (it falls back to unpickling);
-- the graph (the exported program's JSON) is read as data and run by `Program`, an interpreter of
-  allowed, non-mutating ATen operations; torch's deserializer never sees it (it evaluates symbolic
-  shapes with sympy, executes guard code and generates Python from names in the document). The graph
-  is a pure function of the token tensor: no state between calls, no writes to its input (a copy);
+- the graph (program.json: the hand-over's recording of the forward, or torch.export's program, in
+  one schema) is read as data and run by `Program`, an interpreter of allowed, non-mutating ATen
+  operations; torch's deserializer never sees it (it evaluates symbolic shapes with sympy, executes
+  guard code and generates Python from names in the document). The graph is a pure function of the
+  token tensor: no state between calls, no writes to its input (a copy);
 - logits come from the graph, the log-softmax from here: a model cannot hand back unnormalised scores
   that look like probabilities;
 - a perturbation probe while scoring: on the first harness call and a random share of the others,
@@ -81,6 +82,10 @@ def _load_tensors(path, torch):
     return obj
 
 
+# how a node's argument or output is held once read (Program._arg, Program._outputs)
+_VALUE, _LIST, _TENSOR, _TENSORS, _OPTIONAL_TENSORS = "value", "list", "tensor", "tensors", "optional tensors"
+
+
 class Program:
     """The handed-over graph, read as data and run by this interpreter: torch's own deserializer is
     never given the run's JSON (it evaluates symbolic shapes with sympy, executes guard code and
@@ -150,7 +155,7 @@ class Program:
             if name == "dropout" and any(i.get("name") == "train" and i.get("arg") != {"as_bool": False}
                                          for i in node.get("inputs") or []):
                 raise Refused("the graph runs dropout in training mode: a measurement must be repeatable")
-            self.nodes.append((op, node.get("inputs") or [], node.get("outputs") or []))
+            self.nodes.append((op, *self._inputs(node.get("inputs") or []), self._outputs(node.get("outputs") or [])))
 
     def _name(self, value):
         if not isinstance(value, str) or NAME.fullmatch(value) is None:
@@ -162,58 +167,88 @@ class Program:
             raise Refused(f"the hand-over lacks the weight {str(key)[:80]}")
         return source[key].to(self.device)
 
-    def _arg(self, arg, env):
+    def _inputs(self, inputs):
+        """A node's arguments, read and checked once at load, not at every batch (decoding them per call
+        made the interpreter half again as slow as the model itself): each is (how it is held, what)."""
+        args, kwargs = [], []
+        if not isinstance(inputs, list):
+            raise Refused("a node's inputs are not a list")
+        for i in inputs:
+            arg = self._arg(i.get("arg"))
+            if i.get("kind") == 2:
+                kwargs.append((str(i.get("name")), arg))
+            else:
+                args.append(arg)
+        return args, kwargs
+
+    def _arg(self, arg):
         (kind, v), = arg.items() if isinstance(arg, dict) and len(arg) == 1 else (("?", None),)
         if kind == "as_none":
-            return None
+            return _VALUE, None
         if kind == "as_tensor":
-            return env[self._name(v["name"])]
+            return _TENSOR, self._name(v["name"])
         if kind == "as_tensors":
-            return [env[self._name(t["name"])] for t in v]
+            return _TENSORS, [self._name(t["name"]) for t in v]
         if kind == "as_optional_tensors":
-            return [None if "as_none" in t else env[self._name(t["as_tensor"]["name"])] for t in v]
+            return _OPTIONAL_TENSORS, [None if "as_none" in t else self._name(t["as_tensor"]["name"]) for t in v]
         if kind in ("as_int", "as_float", "as_bool", "as_string"):
             want = {"as_int": int, "as_float": (int, float), "as_bool": bool, "as_string": str}[kind]
             if not isinstance(v, want):
                 raise Refused(f"a {kind} argument holds {type(v).__name__}")
-            return v
+            return _VALUE, v
         if kind in ("as_ints", "as_floats", "as_bools"):
             if not isinstance(v, list) or len(v) > 64:
                 raise Refused(f"a {kind} argument is not a short list")
-            return list(v)
+            return _LIST, list(v)
         if kind in ("as_scalar_type", "as_layout", "as_memory_format"):
             table = {"as_scalar_type": self.dtypes, "as_layout": self.layouts, "as_memory_format": self.formats}[kind]
             if v not in table:
                 raise Refused(f"the graph uses {kind[3:]} {str(v)[:20]}, which the evaluator does not run")
-            return table[v]
+            return _VALUE, table[v]
         if kind == "as_device":
-            return self.device  # the evaluator's device, whatever the run was on
+            return _VALUE, self.device  # the evaluator's device, whatever the run was on
         raise Refused(f"the graph passes an argument of kind {kind[:40]}")
+
+    def _outputs(self, outputs):
+        """Where a node's results go, by name, read once at load."""
+        if not isinstance(outputs, list):
+            raise Refused("a node's outputs are not a list")
+        if len(outputs) == 1 and "as_tensor" in outputs[0]:
+            return _TENSOR, self._name(outputs[0]["as_tensor"]["name"])
+        if len(outputs) == 1 and "as_tensors" in outputs[0]:
+            return _TENSORS, [self._name(t["name"]) for t in outputs[0]["as_tensors"]]
+        if outputs and not all("as_none" in o for o in outputs):
+            return _OPTIONAL_TENSORS, [self._name(o["as_tensor"]["name"]) if "as_tensor" in o else None for o in outputs]
+        return _VALUE, None
 
     def __call__(self, x):
         env = {}
         for name, tensor in self.inputs:
             env[name] = x.clone() if tensor is None else tensor  # a copy: the harness's targets share x's memory
-        for op, inputs, outputs in self.nodes:
-            args, kwargs = [], {}
-            for i in inputs:
-                value = self._arg(i.get("arg"), env)
-                if i.get("kind") == 2:
-                    kwargs[str(i.get("name"))] = value
-                else:
-                    args.append(value)
-            result = op(*args, **kwargs)
-            if len(outputs) == 1 and "as_tensor" in outputs[0]:
-                env[self._name(outputs[0]["as_tensor"]["name"])] = result
-            elif len(outputs) == 1 and "as_tensors" in outputs[0]:
-                for t, r in zip(outputs[0]["as_tensors"], result, strict=True):
-                    env[self._name(t["name"])] = r
-            elif outputs and not all("as_none" in o for o in outputs):
-                if len(outputs) != len(result):
+
+        def value(arg):
+            kind, v = arg
+            if kind is _TENSOR:
+                return env[v]
+            if kind is _VALUE:
+                return v
+            if kind is _LIST:
+                return list(v)
+            return [None if n is None else env[n] for n in v]
+
+        for op, args, kwargs, (kind, names) in self.nodes:
+            result = op(*[value(a) for a in args], **{k: value(a) for k, a in kwargs})
+            if kind is _TENSOR:
+                env[names] = result
+            elif kind is _TENSORS:
+                for name, r in zip(names, result, strict=True):
+                    env[name] = r
+            elif kind is _OPTIONAL_TENSORS:
+                if len(names) != len(result):
                     raise Refused("a node's outputs do not match its operation")
-                for o, r in zip(outputs, result, strict=True):
-                    if "as_tensor" in o:
-                        env[self._name(o["as_tensor"]["name"])] = r
+                for name, r in zip(names, result, strict=True):
+                    if name is not None:
+                        env[name] = r
         return env[self.output]
 
 
@@ -370,6 +405,7 @@ def _private_bpb(prepare, adapter, meta, device, seed):
         prepare.load_text = public
 
 
+READY_POLL_S = 0.005  # on the critical path once the model comes (a stat per poll while the run trains)
 READY = "ready"  # written by the node into the (read-only here) hand-over copy once it is complete
 
 
@@ -380,7 +416,7 @@ def _wait_ready(folder):
     while not os.path.exists(os.path.join(folder, READY)):
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.02)
+        time.sleep(READY_POLL_S)
     return True
 
 
@@ -442,7 +478,8 @@ def main():
         return
     _emit({"val_bpb": value, "private_bpb": private, "input_shape": shape, "probes": logits.probes, "marks": marks,
            "handed_over_after_s": meta.get("handed_over_after_s"),
-           "export_s": [meta.get("export_import_s"), meta.get("export_s")], "seconds": time.monotonic() - started})
+           "export_s": [meta.get("export_import_s"), meta.get("export_s")], "handover": str(meta.get("method", ""))[:200],
+           "seconds": time.monotonic() - started})
 
 
 if __name__ == "__main__":
