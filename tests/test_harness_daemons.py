@@ -93,9 +93,12 @@ def test_an_honest_code_edit_is_measured_by_the_verifier_s_harness_and_adopted(t
     try:
         b = Daemon(victim_home(tmp_path / "b").path, "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
         daemons.append(b)
-        wait_for(lambda: any(e["kind"] == "experiment" and e["status"] in ("kept", "discarded", "crash")
+        # A's own (agent) experiment: B's builtin one reaches A's list too, and may finish first
+        wait_for(lambda: any(e["kind"] == "experiment" and e["origin"] == "local"
+                             and e["status"] in ("kept", "discarded", "crash")
                              for e in a.json("experiments")), 300, 2.0, what="A's agent experiment")
-        kept = [e for e in a.json("experiments") if e["kind"] == "experiment" and e["status"] == "kept"]
+        kept = [e for e in a.json("experiments") if e["kind"] == "experiment" and e["origin"] == "local"
+                and e["status"] == "kept"]
         assert kept, a.json("experiments")
         wait_for(lambda: any(step["found_by"] == a.peer_id for step in b.json("status")["baseline"]["lineage"]),
                  300, 2.0, what="B adopts A's code edit")
