@@ -166,7 +166,8 @@ def test_lying_code_from_a_peer_is_refuted_by_the_harness_and_never_adopted(tmp_
         assert len(reasons) >= len(LIES), rows
         assert any("cannot measure this code's model" in r for r in reasons), reasons
         assert any("false report" in r for r in reasons), reasons
-        assert any("trained past the budget" in r for r in reasons), reasons
+        # the long run is refused from outside: by its compute, or (on a loaded machine) by its time limit
+        assert any("trained past the budget" in r or "time limit exceeded" in r for r in reasons), reasons
     finally:
         v.stop()
         v.kill()
