@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -48,6 +49,8 @@ from p2p_research.research.semantic import semantic_id
 from p2p_research.research.surrogate import SurrogateTrainer
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("p2p_research.engine")
 
@@ -671,15 +674,7 @@ class ResearchEngine:
 
     def _ancestor_cpu(self, commit: str) -> float | None:
         """CPU seconds of the nearest first-parent ancestor this node ran to a value itself."""
-        ws, ledger = self.ctx.workspace, self.ctx.ledger
-        for _ in range(10_000):
-            if not commit:
-                return None
-            cpu = ledger.run_cpu_seconds(commit, self.ctx.protocol_id)
-            if cpu is not None:
-                return cpu
-            commit = ws.parent_of(commit) or ""
-        return None
+        return self._nearest_ancestor(commit, self.ctx.ledger.run_cpu_seconds)
 
     def _judge_generalisation(self, o: RunOutcome, kind: str, parent: str) -> RunOutcome:
         """A gain that does not carry over to this node's private split is refuted like a crash
@@ -699,13 +694,18 @@ class ResearchEngine:
     def _measured_ancestor(self, commit: str) -> tuple[float, float] | None:
         """(val_bpb, private_bpb) of the nearest first-parent ancestor this node's harness measured
         (a peer chooses a commit's parent, and may put unmeasured commits between)."""
-        ws, ledger = self.ctx.workspace, self.ctx.ledger
+        return self._nearest_ancestor(commit, self.ctx.ledger.harness_values)
+
+    def _nearest_ancestor(self, commit: str, lookup: Callable[[str, str], _T | None]) -> _T | None:
+        """`lookup(commit, protocol)` of the nearest first-parent ancestor (the commit included) for
+        which it is not None, walking at most 10,000 commits."""
+        ws = self.ctx.workspace
         for _ in range(10_000):
             if not commit:
                 return None
-            ref = ledger.harness_values(commit, self.ctx.protocol_id)
-            if ref is not None:
-                return ref
+            found = lookup(commit, self.ctx.protocol_id)
+            if found is not None:
+                return found
             commit = ws.parent_of(commit) or ""
         return None
 
