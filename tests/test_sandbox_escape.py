@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -177,3 +178,39 @@ def test_a_long_run_survives_the_runner_thread(tmp_path, backend):
     spec = SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(os.sys.executable), [Path.home()]), kind=backend)
     outcome = trio.run(run_training, run_dir, {}, RunLimits(60, 1024, False), run_dir / "run.log", train_argv(""), spec)
     assert outcome.ok, outcome.reason
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_data_under_home_shows_under_the_run_s_home_and_a_masked_file_reads_nothing(tmp_path, backend):
+    """A harness that finds its data through `~` (autoresearch's ~/.cache/autoresearch) finds it in the
+    sandbox, whose HOME is the scratch directory; a masked file (the validation shard, for peers'
+    code) gives nothing, at its own path and through `~`, and the rest of its folder is intact."""
+    from p2p_research.research.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
+
+    user_home = tmp_path / "home"
+    data = user_home / ".cache" / "harness" / "data"
+    data.mkdir(parents=True)
+    (data / "shard_0.txt").write_text("training text")
+    (data / "shard_9.txt").write_text(CANARY)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.py").write_text(textwrap.dedent(f'''
+        import os
+        for where in ({str(data / "shard_9.txt")!r}, os.path.expanduser("~/.cache/harness/data/shard_9.txt")):
+            try:
+                print("read", repr(open(where).read()))
+            except OSError as e:
+                print("refused", type(e).__name__)
+        print("train", open(os.path.expanduser("~/.cache/harness/data/shard_0.txt")).read())
+        print("listed", sorted(os.listdir(os.path.expanduser("~/.cache/harness/data"))))
+        print("---"); print("val_bpb: 1.0")
+    '''))
+    cache = user_home / ".cache" / "harness"
+    spec = SandboxSpec(run_dir, read_only=(*safe_paths(interpreter_paths(os.sys.executable), [Path.home()]), cache),
+                       kind=backend, home_views=home_views((cache,), user_home), masked=(data / "shard_9.txt",))
+    outcome = trio.run(run_training, run_dir, {}, RunLimits(60, 1024, False), run_dir / "run.log", train_argv(""), spec)
+    log = (run_dir / "run.log").read_text()
+    assert outcome.ok, (outcome.reason, log[-2000:])
+    assert CANARY not in log
+    assert "train training text" in log and "listed ['shard_0.txt', 'shard_9.txt']" in log, log
+    assert log.count("refused") + log.count("read ''") == 2, log

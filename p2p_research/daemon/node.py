@@ -139,6 +139,8 @@ class NodeDaemon:
                 relay = is_relay(self.options, cfg)
                 about = ({"role": "relay"} if relay else
                          {"swarm": swarm, "protocol": ctx.protocol_id, "budget": ctx.budget.describe(), "role": "research"})
+                if not relay:
+                    await hold_out_private_shard(ctx)
                 net_cfg = NetConfig(key_pair=key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
                                     target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s,
                                     about=about, serve_any_swarm=relay, nat=cfg.network.nat == "auto",
@@ -233,6 +235,24 @@ class NodeDaemon:
                 trio.lowlevel.spawn_system_task(report_if_still_stopping, name="stop-report")
                 scope.cancel()
                 return
+
+
+async def hold_out_private_shard(ctx: ResearchContext) -> None:
+    """autoresearch's data (harness/shards.py): the private shard that lets this node take peers' code
+    is fetched before the node hears any peer, so no result that arrives at start is held to constants
+    for want of it. Once per node home; a node that cannot fetch it says why and starts without it."""
+    from p2p_research.harness import shards
+    from p2p_research.research.runner import run_training
+
+    if not (ctx.harness_measures and ctx.sandbox.available and ctx.trust_policy == "sandboxed"
+            and not ctx.config.research.data and shards.supports_shards(ctx.genesis_prepare)):
+        return
+    done = shards.load(ctx.home.path)
+    if done is not None and done.private_dir is not None:
+        return
+    log.info("holding out a private shard of the harness's data for checking peers' code (first start only)")
+    await shards.prepare(ctx.home.path, ctx.genesis_prepare, ctx.config.research.train_command, ctx.private_seed(),
+                         {}, run_training)
 
 
 class RunningNode:

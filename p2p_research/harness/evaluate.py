@@ -392,8 +392,21 @@ def _private_corpus(prepare, seed):
 
 
 def _private_bpb(prepare, adapter, meta, device, seed):
-    """The same harness on windows of the private corpus (this project's harness only: a user's own
-    data, and autoresearch's, have no part a run cannot read)."""
+    """The same harness on windows no run can have read: autoresearch's on the node's private shard
+    ($P2P_PRIVATE_DATA holds it under the validation shard's name: the harness's own loader reads it
+    as its "val" split), this project's on the private corpus. A user's own data has neither."""
+    shards = os.environ.get("P2P_PRIVATE_DATA", "").strip()
+    if shards and hasattr(prepare, "DATA_DIR") and hasattr(prepare, "VAL_FILENAME"):
+        if not os.path.isfile(os.path.join(shards, prepare.VAL_FILENAME)):
+            return None
+        public_dir = prepare.DATA_DIR
+        prepare.DATA_DIR = shards
+        try:
+            return _harness_call(prepare, adapter, meta, device)
+        finally:
+            prepare.DATA_DIR = public_dir
+    if seed is None:
+        return None
     corpus = _private_corpus(prepare, seed)
     if corpus is None:
         return None
@@ -470,8 +483,8 @@ def main():
             if not math.isfinite(value):
                 raise Refused(f"the harness measured a val_bpb that is not finite ({value})")
             seed = os.environ.get("P2P_PRIVATE_SEED", "").strip()
-            private = (_private_bpb(prepare, adapter, meta, device, int(seed))
-                       if seed.isdigit() and _private_wanted(value) else None)
+            wanted = (seed.isdigit() or os.environ.get("P2P_PRIVATE_DATA")) and _private_wanted(value)
+            private = _private_bpb(prepare, adapter, meta, device, int(seed) if seed.isdigit() else None) if wanted else None
             marks["private"] = time.monotonic() - started
     except Refused as e:
         _emit({"error": str(e)})

@@ -10,8 +10,8 @@ measures the handed-over model in a process of its own and writes the value back
 (autoresearch's train.py runs unchanged) and the run does not evaluate twice.
 
 Where the node withholds the validation data from the run ($P2P_TRAIN_SPLIT: the training bytes
-alone, for this project's harness), the harness's validation split is replaced here by zeros of the
-same shape: the hand-over only needs the shapes of the harness's calls, never the data. If the model
+alone, for this project's harness; $P2P_WITHHOLD_VAL: autoresearch's validation shard is unreadable
+in the sandbox), the harness's validation split is replaced here by zeros of the same shape: the hand-over only needs the shapes of the harness's calls, never the data. If the model
 cannot be handed over, or the node's evaluator refuses it, the harness's own evaluation runs here as
 before (and fails where the validation data is withheld: the node says why).
 
@@ -32,6 +32,7 @@ import time
 _STARTED = time.monotonic()
 OUT = os.environ.get("P2P_HANDOVER", "")
 TRAIN_SPLIT = os.environ.get("P2P_TRAIN_SPLIT", "")
+WITHHELD = bool(TRAIN_SPLIT or os.environ.get("P2P_WITHHOLD_VAL"))  # the run has no validation data
 MAX_ARG_CHARS = 200
 MEASURED = "measured.json"
 POLL_S = 0.005  # the run waits only from the hand-over to the value: a fifth of a second on a short run
@@ -440,7 +441,28 @@ def _release_memory():
 def _withhold_validation(prepare):
     """This project's harness, with the training bytes alone ($P2P_TRAIN_SPLIT): the validation split
     becomes zeros of the harness's own minimum size, so its evaluation still calls the model with the
-    shapes the evaluator will use."""
+    shapes the evaluator will use. autoresearch's ($P2P_WITHHOLD_VAL): its loader's "val" split
+    becomes batches of zeros of the shape asked for (the shard itself is unreadable here)."""
+    if not TRAIN_SPLIT:
+        loader = prepare.make_dataloader
+
+        def make_dataloader(tokenizer, B, T, split, *args, **kwargs):
+            if split != "val":
+                return loader(tokenizer, B, T, split, *args, **kwargs)
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+
+            def zeros():
+                while True:
+                    x = torch.zeros((B, T), dtype=torch.long, device=device)
+                    yield x, torch.zeros_like(x), 1
+
+            return zeros()
+
+        make_dataloader.__doc__ = loader.__doc__
+        prepare.make_dataloader = make_dataloader
+        return
     with open(TRAIN_SPLIT, "rb") as f:
         train = f.read()
     stand_in = bytes(4 * (prepare.EVAL_CONTEXT + 1))
@@ -453,20 +475,20 @@ def _wrap_harness():
 
     original = prepare.evaluate_bpb
     calls = []
-    if TRAIN_SPLIT:
+    if WITHHELD:
         _withhold_validation(prepare)
 
     def evaluate_bpb(model, *args, **kwargs):
         calls.append(True)
         if len(calls) > 1:
-            if TRAIN_SPLIT:
+            if WITHHELD:
                 raise RuntimeError("the harness evaluates once: the model was handed over at the first "
                                    "evaluate_bpb call, and this run has no validation data")
             return original(model, *args, **kwargs)
         register = getattr(model, "register_forward_pre_hook", None)
         if register is None:
             _fail(f"the model is a {type(model).__name__}, not a torch.nn.Module: it cannot be exported")
-            if TRAIN_SPLIT:
+            if WITHHELD:
                 raise RuntimeError("the model cannot be handed over (not a torch.nn.Module), and this run "
                                    "has no validation data to evaluate it itself")
             return original(model, *args, **kwargs)
@@ -487,7 +509,7 @@ def _wrap_harness():
 
         handle = register(hook, with_kwargs=True)
         try:
-            if TRAIN_SPLIT:
+            if WITHHELD:
                 original(model, *args, **kwargs)  # on zeros: only a hand-over comes out of it
                 raise RuntimeError("the model was not handed over (see the hand-over's reason), and this "
                                    "run has no validation data to evaluate it itself")
@@ -500,7 +522,7 @@ def _wrap_harness():
         value, why = _measured(float(os.environ.get("P2P_HANDOVER_WAIT_S", "600")))
         if value is not None:
             return value
-        if TRAIN_SPLIT:
+        if WITHHELD:
             raise RuntimeError(f"the node's harness refused the handed-over model ({why}), and this run "
                                "has no validation data to evaluate it itself")
         print(f"p2p_handover: the node did not measure the model ({why}); the harness evaluates it here",
@@ -523,7 +545,7 @@ def main():
             _wrap_harness()
         except Exception as e:
             _fail(f"the harness's evaluate_bpb cannot be wrapped: {type(e).__name__}: {e}")
-            if TRAIN_SPLIT:  # without the wrapper the harness would look for data this run does not have
+            if WITHHELD:  # without the wrapper the harness would look for data this run does not have
                 print(f"p2p_handover: cannot withhold the validation data: {e}", file=sys.stderr)
                 raise SystemExit(1) from None
     runpy.run_path(script, run_name="__main__")

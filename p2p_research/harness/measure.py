@@ -85,6 +85,10 @@ class HarnessSpec:
     # whose code may not go on its own word then does not see: the corpus, the user's data
     train_split: Path | None = None
     evaluation_data: tuple[Path, ...] = ()
+    # autoresearch's shape (harness/shards.py): the validation shard such a run must not read, and
+    # the folder holding this node's private shard (the evaluator's only)
+    withheld_files: tuple[Path, ...] = ()
+    private_data: Path | None = None
 
 
 def supports_handover(prepare_py: bytes) -> bool:
@@ -246,10 +250,13 @@ class HarnessTrainer:
         train_sandbox = (dataclasses.replace(sandbox, read_write=(*sandbox.read_write, handover))
                          if sandbox is not None else None)
         if train_sandbox is not None and self._withholds_validation(run_dir):
-            assert spec.train_split is not None
-            kept = tuple(p for p in train_sandbox.read_only if p not in spec.evaluation_data)
-            train_sandbox = dataclasses.replace(train_sandbox, read_only=(*kept, spec.train_split))
-            run_env["P2P_TRAIN_SPLIT"] = str(spec.train_split / "train.bin")
+            if spec.train_split is not None:
+                kept = tuple(p for p in train_sandbox.read_only if p not in spec.evaluation_data)
+                train_sandbox = dataclasses.replace(train_sandbox, read_only=(*kept, spec.train_split))
+                run_env["P2P_TRAIN_SPLIT"] = str(spec.train_split / "train.bin")
+            else:
+                train_sandbox = dataclasses.replace(train_sandbox, masked=(*train_sandbox.masked, *spec.withheld_files))
+                run_env["P2P_WITHHOLD_VAL"] = "1"
         argv = script_argv(spec.train_command, HANDOVER_SCRIPT, "train.py")
         folder_fd = os.open(handover, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         taken.mkdir()
@@ -357,7 +364,8 @@ class HarnessTrainer:
         """Whether this run trains without the validation data: wherever the node has the training
         split, for any code but the genesis's own with other constants (which may still be kept on
         its own word, so it keeps the harness's in-process evaluation as a fallback)."""
-        return self.spec.train_split is not None and not self._may_self_report(run_dir)
+        has = self.spec.train_split is not None or bool(self.spec.withheld_files)
+        return has and not self._may_self_report(run_dir)
 
     def _may_self_report(self, run_dir: Path) -> bool:
         """Whether the run's code is the genesis's own with other constants: it runs the pinned
@@ -434,7 +442,10 @@ class HarnessTrainer:
         eval_env["P2P_EVALUATE_WAIT_S"] = str(int(limits.time_limit_s + HAND_BACK_WAIT_S))
         if spec.private_seed is not None:
             eval_env["P2P_PRIVATE_SEED"] = str(spec.private_seed)
-        eval_sandbox = (dataclasses.replace(sandbox, run_dir=eval_dir, read_only=(*sandbox.read_only, taken),
+        private = (spec.private_data,) if spec.private_data is not None else ()
+        if private:
+            eval_env["P2P_PRIVATE_DATA"] = str(spec.private_data)
+        eval_sandbox = (dataclasses.replace(sandbox, run_dir=eval_dir, read_only=(*sandbox.read_only, taken, *private),
                                             read_write=()) if sandbox is not None else None)
         # it waits through the training, then has its own limit from the hand-over (__call__'s deadline)
         eval_limits = RunLimits(limits.time_limit_s + HAND_BACK_WAIT_S + self._eval_time(limits),

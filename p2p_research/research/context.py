@@ -125,12 +125,20 @@ class ResearchContext:
     @property
     def has_private_split(self) -> bool:
         """Whether the harness can draw windows no run can have read (harness/evaluate.py): this
-        project's generated corpus. A user's own data (`research.data`) and autoresearch's are
-        readable by every run, so a model fitted to their validation windows would go unnoticed."""
+        project's generated corpus, or autoresearch's data once the node holds out a private shard
+        (harness/shards.py). A user's own data (`research.data`) has none, so a model fitted to its
+        validation windows would go unnoticed."""
+        from p2p_research.harness import shards
         from p2p_research.harness.measure import supports_private_split
 
-        return (self.harness_measures and not self.config.research.data
-                and supports_private_split(self.genesis_prepare))
+        if not self.harness_measures or self.config.research.data:
+            return False
+        if supports_private_split(self.genesis_prepare):
+            return True
+        if not shards.supports_shards(self.genesis_prepare):
+            return False
+        split = shards.load(self.home.path)
+        return split is not None and split.private_dir is not None
 
     def private_seed(self) -> int:
         """This node's private split (harness/evaluate.py): drawn once, kept in the ledger, never

@@ -26,6 +26,7 @@ from typing import TypeVar
 import trio
 
 from p2p_research import __version__
+from p2p_research.harness import shards
 from p2p_research.harness.measure import (
     ANCESTOR_CPU,
     PRIVATE_BELOW,
@@ -44,7 +45,7 @@ from p2p_research.research.ids import experiment_id
 from p2p_research.research.proposers import Proposal, Proposer, Skip
 from p2p_research.research.run_guard import end_leftovers
 from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
-from p2p_research.research.sandbox import SandboxSpec, interpreter_paths, safe_paths
+from p2p_research.research.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.surrogate import SurrogateTrainer
 from p2p_research.store.ledger import Run
@@ -520,8 +521,22 @@ class ResearchEngine:
         paths += [Path(p).expanduser() for p in sb.read_only]
         hidden = [ctx.home.path, Path.home()]
         gpu = r.device != "cpu" and Path("/dev/nvidia0").exists()
-        return SandboxSpec(run_dir, read_only=safe_paths(paths, hidden), scratch_mb=sb.scratch_mb,
-                           max_processes=sb.max_processes, gpu=gpu, kind=ctx.sandbox.kind)
+        read_only = safe_paths(paths, hidden)
+        # inside, HOME is the scratch directory: what the harness finds through `~` is shown there too
+        views = home_views(tuple(p for p in read_only if p in self._home_data_dirs()))
+        return SandboxSpec(run_dir, read_only=read_only, scratch_mb=sb.scratch_mb, max_processes=sb.max_processes,
+                           gpu=gpu, kind=ctx.sandbox.kind, home_views=views)
+
+    def _home_data_dirs(self) -> set[Path]:
+        """The harness's data folders under `~` (sandbox.read_only entries written as ~/...)."""
+        out = set()
+        for p in self.ctx.config.sandbox.read_only:
+            if str(p).startswith("~"):
+                try:
+                    out.add(Path(p).expanduser().resolve())
+                except OSError:
+                    continue
+        return out
 
     async def prepare_data(self) -> None:
         """Fill the harness's corpus cache once, outside any run: runs may only read it (a hostile
@@ -531,6 +546,9 @@ class ResearchEngine:
             return
         self._data_ready = True
         genesis = self.ctx.workspace.files_of(self.ctx.workspace.genesis)
+        if isinstance(self.trainer, HarnessTrainer) and shards.supports_shards(genesis.get("prepare.py", b"")):
+            await self._hold_out_shards(genesis["prepare.py"])
+            return
         if b"P2P_CACHE_DIR" not in genesis.get("prepare.py", b""):
             return
         self.cache_dir().mkdir(parents=True, exist_ok=True)
@@ -544,6 +562,19 @@ class ResearchEngine:
                 return
             if isinstance(self.trainer, HarnessTrainer) and supports_train_split(genesis["prepare.py"]):
                 await self._write_train_split(Path(tmp), genesis["prepare.py"])
+
+    async def _hold_out_shards(self, prepare_py: bytes) -> None:
+        """autoresearch's data (harness/shards.py): runs of code that may not go on its own word do not
+        read the validation shard, and the evaluator measures gains again on a private shard."""
+        assert isinstance(self.trainer, HarnessTrainer)
+        ctx = self.ctx
+        split = await shards.prepare(ctx.home.path, prepare_py, ctx.config.research.train_command,
+                                     ctx.private_seed(), self.run_env(self.seed), run_training)
+        if split is None:
+            return
+        self.trainer.spec = dataclasses.replace(
+            self.trainer.spec, withheld_files=(split.val_shard,), private_data=split.private_dir,
+            private_seed=ctx.private_seed() if split.private_dir is not None else self.trainer.spec.private_seed)
 
     async def _write_train_split(self, tmp: Path, prepare_py: bytes) -> None:
         """The training bytes alone, in a folder of their own in the cache: what a run whose code this

@@ -107,6 +107,12 @@ def build(spec: dict) -> None:
     mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={spec['scratch_bytes']}")
     for src, name in spec["files"]:
         bind(root, src, f"{spec['workdir']}/{name}")
+    for src, dst in spec.get("views", []):  # read-only paths under the user's home, under the run's HOME
+        if os.path.exists(src):
+            bind(root, src, dst)
+    for point in spec.get("masked", []):  # files the run must not read: an empty file over each
+        if os.path.exists(root + point):
+            bind(root, "/dev/null", point)
     # pivot into the new root and let go of the old one
     os.chdir(root)
     os.mkdir(".old")

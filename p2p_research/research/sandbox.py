@@ -76,6 +76,31 @@ class SandboxSpec:
     max_open_files: int = 4096
     gpu: bool = False
     kind: str = "bwrap"                # bwrap | namespaces (research/nsbox.py)
+    # read-only paths that also appear under the run's HOME (WORKDIR) at the place they have under the
+    # user's: a harness that finds its data through `~` (autoresearch's ~/.cache/autoresearch) finds it
+    home_views: tuple[tuple[Path, str], ...] = ()
+    # files inside the read-only binds the run must not read (autoresearch's validation shard, for
+    # code that may not go on its own word): covered by an unreadable empty file, wherever they appear
+    masked: tuple[Path, ...] = ()
+
+
+def home_views(paths: tuple[Path, ...], home: Path | None = None) -> tuple[tuple[Path, str], ...]:
+    """Each of `paths` under the user's home, with where it appears under the sandbox's HOME."""
+    home = (home or Path.home()).resolve()
+    return tuple((p, f"{WORKDIR}/{p.relative_to(home)}") for p in paths if p != home and p.is_relative_to(home))
+
+
+def _mask_points(spec: SandboxSpec) -> list[str]:
+    """Where each masked file appears in the sandbox: its own path, and its place in a home view."""
+    out: list[str] = []
+    for m in spec.masked:
+        if not m.is_file():
+            continue
+        out.append(str(m))
+        for src, dst in spec.home_views:
+            if m.is_relative_to(src):
+                out.append(f"{dst}/{m.relative_to(src)}")
+    return out
 
 
 def _bwrap() -> str | None:
@@ -227,7 +252,8 @@ def wrap_namespaces(argv: list[str], spec: SandboxSpec) -> list[str]:
            "dirs": parents, "read_only": [str(p) for p in spec.read_only if not _under_system(p)],
            "read_write": [str(p) for p in spec.read_write], "devices": devices, "sys": spec.gpu,
            "tmp_bytes": spec.tmp_mb * 2**20, "scratch_bytes": spec.scratch_mb * 2**20, "workdir": WORKDIR,
-           "files": [[str(f), f.name] for f in _run_files(spec)]}
+           "files": [[str(f), f.name] for f in _run_files(spec)],
+           "views": [[str(src), dst] for src, dst in spec.home_views], "masked": _mask_points(spec)}
     spec_path = spec.run_dir / ".nsbox.json"
     spec_path.write_text(json.dumps(doc))
     unshare = shutil.which("unshare") or "unshare"
@@ -268,6 +294,10 @@ def wrap_bwrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     args += ["--perms", "1777", "--size", str(spec.scratch_mb * 2**20), "--tmpfs", WORKDIR]
     for f in _run_files(spec):
         args += ["--ro-bind", str(f), f"{WORKDIR}/{f.name}"]
+    for src, dst in spec.home_views:
+        args += ["--ro-bind-try", str(src), dst]
+    for point in _mask_points(spec):
+        args += ["--ro-bind", "/dev/null", point]
     if spec.gpu:
         args += _gpu_binds()
     args += ["--chdir", WORKDIR, "--"]  # the environment is bwrap's own: `clean_env`
