@@ -179,3 +179,23 @@ async def test_a_model_fitted_to_the_validation_shard_does_not_carry_over_to_the
     why = verdict.does_not_generalise(honest.summary.val_bpb, honest.private_bpb, cheat.summary.val_bpb,
                                       cheat.private_bpb, margin=0.01)
     assert why is not None and "does not carry over" in why, (honest, cheat)
+
+
+async def test_a_verifier_that_took_the_genesis_from_peers_measures_it_before_judging_code(node):
+    """A node that never measured an ancestor itself (it took the genesis value from peers) has
+    nothing to hold a gain against on the private split; before it measures a code change it
+    measures the genesis, whose code is the harness's own, and the memoriser is refuted."""
+    from p2p_research.research.proposers import Proposal
+
+    home, ctx, engine, folder = node
+    await engine.prepare_data()
+    genesis = ctx.workspace.genesis
+    assert engine._measured_ancestor(genesis) is None
+    memoriser = KGRAM + ("report(evaluate_bpb(KGram(prepare.shard_documents(prepare.VAL_SHARD)[:60], k=12, alpha=1e-3, "
+                         "window=MAX_SEQ_LEN + 1), Tokenizer(), 32))\n")
+    exp_id, commit = engine.commit_proposal(genesis, Proposal(train_py=memoriser.encode(), description="a memoriser", constants_only=False))
+    er = await engine.execute(commit, "verification", "verification of a peer's result", 0, exp_id)
+    runs = ctx.ledger.runs()
+    assert [(r.commit_id, r.kind) for r in runs[-2:]] == [(genesis, "baseline"), (commit, "verification")], runs
+    assert runs[-2].metrics.get("private_bpb"), runs[-2].metrics
+    assert not er.outcome.ok and "does not carry over" in er.outcome.reason, er.outcome

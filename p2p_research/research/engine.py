@@ -35,7 +35,7 @@ from p2p_research.harness.measure import (
     HarnessTrainer,
     supports_train_split,
 )
-from p2p_research.harness.verdict import does_not_generalise
+from p2p_research.harness.verdict import does_not_generalise, self_report_allowed
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
 from p2p_research.research import preflight
@@ -610,8 +610,11 @@ class ResearchEngine:
                       exp_id: str | None = None) -> ExperimentRun:
         """Train `commit` once and record the run (baseline, experiment, verification or noise)."""
         ctx = self.ctx
-        exp_id = exp_id or ctx.experiment_id_of(commit)
         parent = ctx.workspace.parent_of(commit) or ""
+        if kind in ("experiment", "verification") and self._needs_reference(commit, parent):
+            await self.execute(ctx.workspace.genesis, "baseline", "the genesis, measured here as the reference "
+                               "for checking code changes on the private split", self.seed)
+        exp_id = exp_id or ctx.experiment_id_of(commit)
         run = Run(exp_id=exp_id, commit_id=commit, protocol_id=ctx.protocol_id, kind=kind, status="running",
                   origin="local", peer=self.peer, parent=parent, seed=seed, description=description,
                   hardware=ctx.hardware)
@@ -685,6 +688,22 @@ class ResearchEngine:
         else:
             ctx.ledger.finish_run(run_id, "done" if kind == "experiment" else kind, **fields)
         return er
+
+    def _needs_reference(self, commit: str, parent: str) -> bool:
+        """Whether a code change is about to be measured with no ancestor measured here on the private
+        split (a node that took the genesis value from peers): without one, a gain that only fits the
+        validation data could not be told from a real one (_judge_generalisation), so the genesis,
+        whose code is the harness's own, is measured first. Once per node: its value stays in the ledger."""
+        trainer = self.trainer
+        if not isinstance(trainer, HarnessTrainer) or (trainer.spec.private_seed is None and trainer.spec.private_data is None):
+            return False
+        if self._measured_ancestor(parent) is not None:
+            return False
+        try:
+            train_py = self.ctx.workspace.files_of(commit).get(EDITABLE_FILE, b"")
+        except Exception:  # noqa: BLE001 - the run itself reports an incomplete commit
+            return False
+        return not self_report_allowed(trainer.spec.genesis_train_py, train_py)
 
     def _measure_env(self, seed: int, kind: str, parent: str) -> dict[str, str]:
         """The run's environment, and for the harness the value below which its private split can
