@@ -375,6 +375,10 @@ def test_verdicts():
     assert verdict.false_report(None, 3.0) is None
     assert verdict.over_compute(None, 10.0) is None and verdict.over_compute(14.9, 10.0) is None
     assert verdict.over_compute(39.9, 10.0) is None and "trained past the budget" in verdict.over_compute(40.1, 10.0)
+    # starting up (2 CPU-s here) is in every run: the slack multiplies the rest, not it
+    assert verdict.over_compute(10.0, 3.0) is None and "past the budget" in verdict.over_compute(10.0, 3.0, startup_cpu_s=2.0)
+    assert verdict.over_compute(5.9, 3.0, startup_cpu_s=2.0) is None
+    assert verdict.over_compute(4.7, 3.0, startup_cpu_s=50.0) is None  # the floor is at most 80 % of the reference
     assert verdict.false_report(3.001, 3.0) is None
     assert "false report" in verdict.false_report(0.3, 3.0)
     assert verdict.late_handover(None, 300) is None and verdict.late_handover(500, None) is None

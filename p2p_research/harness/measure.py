@@ -40,6 +40,7 @@ log = logging.getLogger("p2p_research.harness")
 
 HANDOVER_SCRIPT = "p2p_handover.py"
 EVALUATE_SCRIPT = "p2p_evaluate.py"
+STARTUP_SCRIPT = "p2p_startup.py"
 HANDOVER_FILES = ("program.json", "state_dict.pt", "constants.pt", "meta.json")
 MAX_HANDOVER_FILES = 16
 WATCH_S = 0.1
@@ -234,6 +235,22 @@ class HarnessTrainer:
     def __init__(self, spec: HarnessSpec, runner=run_training) -> None:
         self.spec = spec
         self.runner = runner
+        self.startup_cpu_s: float | None = None  # what any run spends to start (over_compute's floor)
+
+    async def _startup_cpu(self, run_dir: Path) -> float:
+        """CPU seconds the target's interpreter takes to start and import torch, measured once: the
+        part of every run that the compute check's slack should not multiply (verdict.over_compute)."""
+        folder = run_dir / "startup"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STARTUP_SCRIPT).write_text("import torch\n")
+        try:
+            o = await self.runner(folder, {}, RunLimits(120, 4096, False), folder / "startup.log",
+                                  command=script_argv(self.spec.train_command, STARTUP_SCRIPT))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        value = o.cpu_seconds if o.returncode == 0 and o.cpu_seconds else 0.0
+        log.info("starting the target's interpreter with torch takes %.2f CPU-s", value)
+        return value
 
     async def __call__(self, run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
                        sandbox: SandboxSpec | None = None) -> RunOutcome:
@@ -245,6 +262,8 @@ class HarnessTrainer:
         handover.mkdir(parents=True)
         (run_dir / HANDOVER_SCRIPT).write_bytes(Path(__file__).with_name("handover.py").read_bytes())
         ancestor_cpu = _float_or_none(env.get(ANCESTOR_CPU))
+        if ancestor_cpu is not None and self.startup_cpu_s is None:
+            self.startup_cpu_s = await self._startup_cpu(run_dir)
         run_env = {**{k: v for k, v in env.items() if k not in NODE_ONLY_ENV}, "P2P_HANDOVER": str(handover),
                    "P2P_HANDOVER_WAIT_S": str(int(self._eval_time(limits) + HAND_BACK_WAIT_S))}
         train_sandbox = (dataclasses.replace(sandbox, read_write=(*sandbox.read_write, handover))
@@ -335,7 +354,7 @@ class HarnessTrainer:
                 why = measured.get("error", "the evaluation gave no value")
                 return self._unmeasured(outcome, run_dir, f"the harness refused the handed-over model: {why}")
             value = measured["val_bpb"]
-            over = (verdict.over_compute(outcome.cpu_seconds, ancestor_cpu)
+            over = (verdict.over_compute(outcome.cpu_seconds, ancestor_cpu, startup_cpu_s=self.startup_cpu_s or 0.0)
                     if not self._may_self_report(run_dir) else None)
             if over is not None:
                 return _with(outcome, ok=False, summary=None, reason=over, reported_val_bpb=reported,

@@ -77,20 +77,25 @@ def late_handover(after_s: float | None, budget_seconds: float | None, slack_s: 
     return None
 
 
-def over_compute(cpu_s: float | None, ancestor_cpu_s: float | None, slack: float = COMPUTE_SLACK) -> str | None:
+def over_compute(cpu_s: float | None, ancestor_cpu_s: float | None, slack: float = COMPUTE_SLACK,
+                 startup_cpu_s: float = 0.0) -> str | None:
     """Why a model is refused for the compute spent before it was handed over, under a token budget.
 
     The run owns its data loader, so the tokens it trained on cannot be counted from outside; the CPU
     time of its processes can (the kernel counts it, research/runner._cpu_seconds). The reference is
     the nearest ancestor this node ran itself under the same budget: training several budgets long
     costs several times its CPU. A model that merely grows is bounded too, by `slack` per kept
-    generation, which each generation must earn with a verified gain. None when within, or when
-    either figure is missing (nothing to compare: the run's time limit still bounds it)."""
+    generation, which each generation must earn with a verified gain. `startup_cpu_s` is what starting
+    the interpreter and importing torch costs every run (measured by the node, harness/measure.py):
+    the slack applies to the rest, so a tiny budget, where starting up is most of a run, is not
+    slack enough for sixteen budgets of training. None when within, or when either figure is missing
+    (nothing to compare: the run's time limit still bounds it)."""
     if cpu_s is None or ancestor_cpu_s is None or ancestor_cpu_s <= 0:
         return None
-    limit = slack * ancestor_cpu_s
+    floor = min(max(startup_cpu_s, 0.0), 0.8 * ancestor_cpu_s)  # never more than most of the reference
+    limit = floor + slack * (ancestor_cpu_s - floor)
     if cpu_s > limit:
         return (f"the run spent {cpu_s:.1f} CPU-s before its model was measured, over {slack:g}x the "
-                f"{ancestor_cpu_s:.1f} CPU-s of its ancestor under the same token budget: it trained past "
-                f"the budget")
+                f"{ancestor_cpu_s:.1f} CPU-s of its ancestor under the same token budget (beyond the "
+                f"{floor:.1f} CPU-s every run takes to start): it trained past the budget")
     return None
