@@ -145,3 +145,36 @@ def test_a_run_s_cpu_seconds_are_the_reference_for_its_descendants(tmp_path):
     assert ledger.run_cpu_seconds(commit, "p") == 4.0
     assert ledger.run_cpu_seconds(commit, "other") is None
     ledger.close()
+
+
+def test_the_inspection_tables_are_readable_at_80_columns(tmp_path):
+    """experiments, leaderboard and doctor in an 80-column terminal: no line is wider, and a
+    description keeps its words whole (the commit column makes room for it)."""
+    import os
+    import subprocess
+
+    from conftest import CLI, ROOT
+
+    from p2p_research.research.init import init_home
+
+    home = init_home(tmp_path / "node")
+    led = Ledger(home.ledger)
+    long = "LEARNING_RATE 0.002 -> 0.00193; TIE_EMBEDDINGS True -> False; WARMUP_FRAC 0.05 -> 0.1"
+    try:
+        for exp, value, status in (("g" * 40, 1.9, "baseline"), ("a" * 40, 1.5, "kept"), ("b" * 40, 1.4, "discarded")):
+            led.add_experiment(exp, "p", "", "t" + exp[:3], "c" + exp[1:], long, "local")
+            rid = led.start_run(Run(exp_id=exp, commit_id="c" + exp[1:], protocol_id="p", kind="experiment",
+                                    status="running", origin="local", peer="me", parent="", seed=0, description=long))
+            led.finish_run(rid, status, val_bpb=value)
+    finally:
+        led.close()
+    env = {**os.environ, "COLUMNS": "80", "LINES": "50"}
+    for args in (["experiments"], ["leaderboard"], ["doctor"]):
+        r = subprocess.run([*CLI, *args, "--home", str(home.path)], capture_output=True, text=True, cwd=ROOT,
+                           env=env, timeout=120)
+        lines = r.stdout.splitlines()
+        assert lines and max(len(line) for line in lines) <= 80, (args, r.stdout, r.stderr)
+        if args != ["doctor"]:  # wrapped at spaces, never inside a word or number
+            assert all(word in r.stdout for word in long.split()[:7]), r.stdout
+        if args == ["experiments"]:
+            assert "LEARNING_RATE 0.002 -> 0.00193;" in r.stdout, r.stdout

@@ -217,11 +217,14 @@ def register(app: typer.Typer) -> None:
         if json_out:
             return print_json(data)
         t = Table()
-        for col in ("id", "commit", "peer", "status", "val_bpb", "description"):
-            t.add_column(col)
+        wide = out.width >= 100  # at 80 columns the commit (in `show`) gives its room to the description
+        for col in ("id", "commit", "peer", "status", "val_bpb", "description") if wide else (
+                "id", "peer", "status", "val_bpb", "description"):
+            t.add_column(col, no_wrap=col != "description")
         for e in data:
-            t.add_row(e["id"][:10], e["commit"][:7], ("local" if e["origin"] == "local" else e["peer"][:12]),
-                      e["status"], _fmt(e["val_bpb"]), escape(e["description"][:60]))
+            cells = [e["id"][:10], e["commit"][:7], ("local" if e["origin"] == "local" else e["peer"][:12]),
+                     e["status"], _fmt(e["val_bpb"]), escape(e["description"][:60])]
+            t.add_row(*(cells if wide else cells[:1] + cells[2:]))
         out.print(t)
 
     @app.command()
@@ -362,11 +365,17 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json({"ok": not failed, "daemon_running": status is not None, "checks": [c.as_dict() for c in checks]})
         else:
-            marks = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+            marks = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+            # a grid, so a long detail wraps under itself (readable at 80 columns), not under the marks
+            grid = Table.grid(padding=(0, 1))
+            grid.add_column(no_wrap=True, min_width=4)
+            grid.add_column(no_wrap=True, min_width=12)
+            grid.add_column(overflow="fold")
             for c in checks:
-                out.print(f"{marks[c.status]} {c.name:<12} {escape(c.detail)}")
+                grid.add_row(marks[c.status], c.name, escape(c.detail))
                 if c.hint:
-                    out.print(f"     {'':<12} fix: {escape(c.hint)}")
+                    grid.add_row("", "", f"fix: {escape(c.hint)}")
+            out.print(grid)
             if status is None:
                 out.print("(no daemon running: reachability and peers are checked when one is)")
         if failed:
