@@ -43,7 +43,8 @@ EVALUATE_SCRIPT = "p2p_evaluate.py"
 STARTUP_SCRIPT = "p2p_startup.py"
 HANDOVER_FILES = ("program.json", "state_dict.pt", "constants.pt", "meta.json")
 MAX_HANDOVER_FILES = 16
-WATCH_S = 0.1
+WATCH_S = 0.02          # the hand-over folder, while the run trains (a scandir per poll)
+RESULT_POLL_S = 0.01    # the evaluator's log, from the hand-over to its result line
 EVAL_TIME_FLOOR_S = 120.0
 MEASURE_PREFIX = "P2P-MEASURE "
 PRIVATE_BELOW = "P2P_PRIVATE_BELOW"  # the evaluator measures the private split only below this value
@@ -212,6 +213,18 @@ def _measure_line(log_path: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _result_of(doc: dict) -> dict:
+    """The evaluator's result line as the node takes it: a value (and the private split's), or why not."""
+    if "error" in doc:
+        return {"error": str(doc["error"])[:300]}
+    value = doc.get("val_bpb")
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return {"error": "the evaluation gave no value"}
+    private = doc.get("private_bpb")
+    return {"val_bpb": float(value),
+            "private_bpb": float(private) if isinstance(private, (int, float)) and math.isfinite(private) else None}
+
+
 def _float_or_none(text: str | None) -> float | None:
     try:
         value = float(text) if text else None
@@ -295,18 +308,37 @@ class HarnessTrainer:
             (taken / READY_FILE).write_bytes(b"")
             eval_scope.deadline = trio.current_time() + eval_time
 
+        def finish(result: dict) -> None:
+            """The value is known (or why not): the run waits in the harness's evaluate_bpb for it
+            (handover.py). Once, by whichever comes first: the result line, or the evaluator's end."""
+            if evaluated.is_set():
+                return
+            measured.update(result)
+            evaluated.set()
+            _hand_back(folder_fd, measured if "val_bpb" in measured or "error" in measured
+                       else {"error": "the evaluation was stopped"})
+
         async def evaluate() -> None:
             # started with the run, so torch is imported by the time the model comes (evaluate.py waits)
+            result: dict = {}
             try:
                 with eval_scope:
-                    measured.update(await self._evaluate(run_dir, taken, env, limits, sandbox))
+                    result = await self._evaluate(run_dir, taken, env, limits, sandbox)
                 if eval_scope.cancelled_caught and "evaluating" in seen:
-                    measured["error"] = f"the evaluation did not finish: time limit ({eval_time:.0f} s)"
+                    result = {"error": f"the evaluation did not finish: time limit ({eval_time:.0f} s)"}
             finally:
-                evaluated.set()
-                # the run waits in the harness's evaluate_bpb for this value (handover.py)
-                _hand_back(folder_fd, measured if "val_bpb" in measured or "error" in measured
-                           else {"error": "the evaluation was stopped"})
+                finish(result)
+
+        async def read_early() -> None:
+            # the result line is complete before the evaluator's sandbox is reaped: take it then
+            log_path = run_dir / "evaluate.log"
+            while not evaluated.is_set():
+                if "evaluating" in seen:
+                    doc = await trio.to_thread.run_sync(_measure_line, log_path)
+                    if doc is not None:
+                        finish(_result_of(doc))
+                        return
+                await trio.sleep(RESULT_POLL_S)
 
         async def watch(run_scope: trio.CancelScope) -> None:
             # the node's own clock on the hand-over, and a copy the run cannot change afterwards
@@ -332,6 +364,7 @@ class HarnessTrainer:
         try:
             async with trio.open_nursery() as evaluations:
                 evaluations.start_soon(evaluate)
+                evaluations.start_soon(read_early)
                 outcome: RunOutcome | None = None  # stays None when the watcher stops the run
                 async with trio.open_nursery() as nursery:
                     with trio.CancelScope() as run_scope:
@@ -476,11 +509,4 @@ class HarnessTrainer:
         if doc is None:
             # the evaluator ran out of time or memory on this model, or crashed: refuse the model
             return {"error": f"the evaluation did not finish: {outcome.reason} (log: {log_path})"}
-        if "error" in doc:
-            return {"error": str(doc["error"])[:300]}
-        value = doc.get("val_bpb")
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            return {"error": "the evaluation gave no value"}
-        private = doc.get("private_bpb")
-        return {"val_bpb": float(value),
-                "private_bpb": float(private) if isinstance(private, (int, float)) and math.isfinite(private) else None}
+        return _result_of(doc)
