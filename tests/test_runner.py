@@ -97,3 +97,23 @@ async def test_train_command_runs_under_the_targets_interpreter(tmp_path):
     assert o.ok and "['train.py'] None" in (tmp_path / "run.log").read_text()
     o = await run_training(tmp_path, {}, RunLimits(60, 1024), tmp_path / "run.log", command=["/nonexistent/python", "train.py"])
     assert not o.ok and "cannot start /nonexistent/python" in o.reason
+
+
+async def test_cpu_of_children_the_kernel_reaps_is_still_counted(tmp_path):
+    """A parent that ignores SIGCHLD has its children reaped by the kernel, which discards their CPU
+    times (they never reach the parent's cutime): a run that trains in such children must not look
+    cheap. Four children burn 1 CPU-s each; the parent only sleeps."""
+    code = (
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+        "for _ in range(4):\n"
+        "    if os.fork() == 0:\n"
+        "        end = time.process_time() + 1.0\n"
+        "        while time.process_time() < end: pass\n"
+        "        os._exit(0)\n"
+        "    time.sleep(1.5)\n"
+        "print('---'); print('val_bpb: 1.0')\n")
+    o = await _run(tmp_path, code)
+    assert o.ok, o.reason
+    # each child is sampled alive at least once per 0.5 s: at most that much of each goes unseen
+    assert o.cpu_seconds is not None and o.cpu_seconds >= 2.0, o.cpu_seconds

@@ -82,7 +82,7 @@ def over_compute(cpu_s: float | None, ancestor_cpu_s: float | None, slack: float
     """Why a model is refused for the compute spent before it was handed over, under a token budget.
 
     The run owns its data loader, so the tokens it trained on cannot be counted from outside; the CPU
-    time of its processes can (the kernel counts it, research/runner._cpu_seconds). The reference is
+    time of its processes can (the kernel counts it, research/runner.CpuMeter). The reference is
     the nearest ancestor this node ran itself under the same budget: training several budgets long
     costs several times its CPU. A model that merely grows is bounded too, by `slack` per kept
     generation, which each generation must earn with a verified gain. `startup_cpu_s` is what starting

@@ -123,21 +123,44 @@ def _rss_mb(pid: int, members: set[int] | None = None) -> float:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(members: set[int]) -> float:
-    """CPU time (user + system) of these processes and of the children each has reaped, as the
-    kernel counts it: the run cannot lower it from inside. A child reaped by a member is folded into
-    that member's own counts, so the sum over a tree only grows while the tree lives (the caller
-    keeps the largest sample). Not counted: a child that lives and dies between two samples under a
-    parent that ignores SIGCHLD (the kernel discards its times); a cgroup's cpu.stat would count it."""
-    total = 0
-    for p in members:
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / _CLK_TCK
+class CpuMeter:
+    """CPU time (user + system) a run's processes spent, as the kernel counts it, sampled from /proc:
+    the run cannot lower it from inside. Two counts, and the larger is the run's:
+
+    - the tree: each live process's own time plus what it reaped of its children (a child reaped by a
+      member is folded into that member's counts), the largest sum seen;
+    - the processes: each process's own time at its last sample, for every process seen alive, dead
+      ones included. A parent that ignores SIGCHLD has its children reaped by the kernel, which then
+      discards their times: the tree's count loses them, this one keeps all it sampled.
+
+    What neither sees: the part of a process's time after its last sample (under half a second each),
+    and a process that lives and dies between two samples; a cgroup's CPU accounting would count both."""
+
+    def __init__(self) -> None:
+        self.tree_peak = 0
+        self.live: dict[tuple[int, int], int] = {}   # (pid, start time) -> its own ticks at the last sample
+        self.dead = 0                                  # own ticks of processes no longer seen
+
+    def sample(self, members: set[int]) -> float:
+        tree = 0
+        seen: dict[tuple[int, int], int] = {}
+        for p in members:
+            try:
+                with open(f"/proc/{p}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+                seen[(p, int(fields[19]))] = utime + stime
+                tree += utime + stime + cutime + cstime
+            except (OSError, IndexError, ValueError):
+                continue
+        self.dead += sum(ticks for key, ticks in self.live.items() if key not in seen)
+        self.live = seen
+        self.tree_peak = max(self.tree_peak, tree)
+        return self.seconds
+
+    @property
+    def seconds(self) -> float:
+        return max(self.tree_peak, self.dead + sum(self.live.values())) / _CLK_TCK
 
 
 def train_argv(train_command: str, script: str = "train.py") -> list[str]:
@@ -230,6 +253,7 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
     argv = guarded(argv)
     started = time.monotonic()
     reason = ""
+    meter = CpuMeter()
     cpu = 0.0
     with log_path.open("wb") as logf:
         try:
@@ -244,7 +268,7 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
             with trio.move_on_after(limits.time_limit_s) as scope:
                 while proc.poll() is None:
                     members = _members(proc.pid)
-                    cpu = max(cpu, _cpu_seconds(members))
+                    cpu = meter.sample(members)
                     if _rss_mb(proc.pid, members) > limits.memory_limit_mb:
                         reason = f"memory limit exceeded ({limits.memory_limit_mb} MB)"
                         await _end(proc)
