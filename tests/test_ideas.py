@@ -279,3 +279,25 @@ async def test_an_unreadable_commit_of_a_peer_is_no_idea_and_stops_no_proposal(t
     for _ in range(2):
         got = await p.propose(ws, g, unknown)
         assert isinstance(got, Proposal) and not got.description.startswith("idea ")
+
+
+def test_an_agent_reads_the_ideas_from_other_hardware_with_their_patch_in_swarm_md(tmp_path):
+    """Agents propose from SWARM.md (their scratch copy has no history to diff): the sibling's kept
+    changes are listed there with where they held, their gain there and the patch itself."""
+    from p2p_research.research.digest import render_swarm_md
+
+    ws = workspace(tmp_path)
+    g = ws.genesis
+    consts = read_constants(TRAIN)
+    there = commit(ws, g, rewrite_constants(TRAIN, {"LEARNING_RATE": consts["LEARNING_RATE"] * 1.5}), 2)
+    ledger = Ledger(tmp_path / "l.sqlite")
+    h100 = proto(1)
+    peer_run(ledger, h100, "b" * 40, g, g, 1.50, status="baseline", kind="baseline")
+    peer_run(ledger, h100, "c" * 40, there, g, 1.40)
+    peer_run(ledger, h100, "d" * 40, "9" * 40, g, 1.45)  # its objects are not here: listed without a patch
+    md = render_swarm_md(ledger, OWN, diff_of=ws.diff)
+    section = md.split("## Ideas from other hardware", 1)[1].split("## Open claims", 1)[0]
+    assert f"`{'c' * 10}` on 300 s on NVIDIA H100 80GB HBM3 x1: change cccc (improved val_bpb by 0.1000 there)" in section
+    assert f"`{'d' * 10}`" in section and section.count("```diff") == 1
+    assert f"+LEARNING_RATE = {consts['LEARNING_RATE'] * 1.5}" in section, section
+    assert "## Ideas from other hardware" not in render_swarm_md(ledger, h100, diff_of=ws.diff)  # h100's own: none

@@ -8,6 +8,7 @@ open claims, so nobody repeats what the swarm already tried.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from p2p_research.store.ledger import Ledger
 
@@ -28,7 +29,10 @@ def negative_results(ledger: Ledger, protocol_id: str, limit: int = 30) -> list[
     return [dict(r) for r in rows]
 
 
-def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: float | None = None) -> str:
+def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: float | None = None,
+                    diff_of: Callable[[str], str] | None = None) -> str:
+    """`diff_of(commit)`: the commit's change as a patch ("" when its objects are not here), for the
+    ideas from other hardware (an agent's scratch copy has no history to diff)."""
     now = now or time.time()
     lines = ["# SWARM.md", "", "What this node knows of the swarm's research (rewritten as news arrives). "
              "Read it before proposing: do not repeat what was tried.", ""]
@@ -52,6 +56,7 @@ def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: 
     lines += ["", "## Negative results", "", "| change | nodes | runs | best val_bpb |", "|---|---|---|---|"]
     for n in neg:
         lines.append(f"| {(n['description'] or n['exp_id'][:10])[:80]} | {n['nodes']} | {n['runs']} | {_v(n['best'])} |")
+    lines += _ideas_section(ledger, protocol_id, diff_of)
     claims = ledger.claims(active_at=now)
     lines += ["", "## Open claims (being run now)", ""]
     for c in claims:
@@ -60,3 +65,31 @@ def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: 
     if not claims:
         lines.append("(none)")
     return "\n".join(lines) + "\n"
+
+
+def _ideas_section(ledger: Ledger, protocol_id: str, diff_of: Callable[[str], str] | None,
+                   limit: int = 8, max_patch: int = 3000) -> list[str]:
+    """Kept changes of sibling protocols (the same genesis under another budget or hardware,
+    research/ideas.py): an agent may try one here. Their numbers are another protocol's and decide
+    nothing here; each comes with its patch where this node has its objects."""
+    from p2p_research.research.ideas import ideas_of
+
+    ideas = ideas_of(ledger, protocol_id)[:limit]
+    if not ideas:
+        return []
+    out = ["", "## Ideas from other hardware", "",
+           "Kept elsewhere (another budget or GPU model of this genesis): worth trying here, but their numbers "
+           "are not this swarm's.", ""]
+    for i in ideas:
+        gain = "gain unknown" if i.gain_there is None else f"improved val_bpb by {i.gain_there:.4f} there"
+        out.append(f"- `{i.exp_id[:10]}` on {i.label[:40]}: {(i.description or '-')[:100]} ({gain})")
+        patch = ""
+        if diff_of is not None:
+            try:
+                patch = diff_of(i.commit)
+            except Exception:  # noqa: BLE001 - objects not (yet) fetched: the description stays
+                patch = ""
+        if patch:
+            cut = patch if len(patch) <= max_patch else patch[:max_patch] + "\n... (patch cut)\n"
+            out += ["", "```diff", cut.rstrip("\n"), "```", ""]
+    return out

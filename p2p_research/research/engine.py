@@ -785,7 +785,7 @@ class ResearchEngine:
 
         path = self.ctx.workspace.path / "SWARM.md"
         tmp = self.ctx.workspace.path / ".git" / "SWARM.md.tmp"  # outside the worktree an agent sees
-        tmp.write_text(render_swarm_md(self.ctx.ledger, self.ctx.protocol_id, self.peer))
+        tmp.write_text(render_swarm_md(self.ctx.ledger, self.ctx.protocol_id, self.peer, diff_of=self.ctx.workspace.diff))
         tmp.replace(path)
 
     def yield_current(self, exp_id: str, reason: str) -> bool:
