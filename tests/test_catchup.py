@@ -120,3 +120,28 @@ def test_a_sparse_node_serves_only_what_it_floods(tmp_path):
     served = [decode(d).receipt.status for d in results_from_ledger(ledger, PROTOCOL, None, statuses=served_statuses(True))]
     assert served == ["kept", "kept"]
     assert len(results_from_ledger(ledger, PROTOCOL, None, statuses=served_statuses(False))) == 5
+
+
+def test_a_full_catch_up_carries_the_server_s_own_live_claims_only(tmp_path):
+    """Gossip does not replay: a node that joins after a claim was announced hears of it in its
+    catch-up. A server vouches only for its own claims (the stream's peer is authenticated), live
+    ones, of the protocol asked for."""
+    import time
+
+    from p2p_research.daemon.catchup import own_claims
+    from p2p_research.store.ledger import Ledger
+    from p2p_research.wire import Claim, decode
+
+    led = Ledger(tmp_path / "l.sqlite")
+    now = time.time()
+    me, other = "12D3KooWGzh6iHnEqBCTUWy6QGJ1bnHKbo6hzUYZ4n6sYJRZDhC2", "12D3KooWother"
+    p, q = "1" * 40, "2" * 40
+    led.add_claim("a" * 40, me, p, "0" * 40, now + 100, "mine, live", now, "5" * 40)
+    led.add_claim("b" * 40, me, p, "0" * 40, now - 1, "mine, expired", now - 200)
+    led.add_claim("c" * 40, other, p, "0" * 40, now + 100, "another peer's", now)
+    led.add_claim("d" * 40, me, q, "0" * 40, now + 100, "mine, another protocol", now)
+    try:
+        claims = [decode(f) for f in own_claims(led, me, p, now)]
+    finally:
+        led.close()
+    assert [(type(c), c.exp_id, c.semantic_id) for c in claims] == [(Claim, "a" * 40, "5" * 40)]

@@ -33,7 +33,7 @@ from p2p_research.net.streams import StreamLimits
 from p2p_research.research.catchup_plan import CatchUpPlan
 from p2p_research.research.siblings import SIBLING_STATUSES
 from p2p_research.store.ledger import Ledger
-from p2p_research.wire import Result, WireError, check_result, decode, decode_receipt
+from p2p_research.wire import Claim, Result, WireError, check_result, decode, decode_receipt
 
 log = logging.getLogger("p2p_research.catchup")
 
@@ -47,6 +47,7 @@ KEY_BYTES = 8
 MAX_HAVE = 8192
 MAX_REQUEST = KEY_BYTES * MAX_HAVE + 256
 MAX_RESULTS = 5000
+MAX_CLAIMS = 64            # a node's own live claims in one catch-up (its workers run a few at once)
 TIMEOUT_S = 20.0           # per step (open, each frame): measured, a full catch-up of ~430 results
                            # on a saturated machine takes longer than 30 s in all
 ANTI_ENTROPY_S = 30.0      # between two syncs with a connected peer (research/catchup_plan.py chooses)
@@ -85,6 +86,23 @@ def results_from_ledger(ledger: Ledger, protocol_id: str | None, since: float | 
 
 
 _warned_unsendable: list[int] = []
+
+
+def own_claims(ledger: Ledger, peer_id: str, protocol_id: str, now: float) -> list[bytes]:
+    """This node's own live claims, as it announced them: a node that joins after the announcement
+    hears of them in its catch-up (gossip does not replay), so it does not run the same experiment.
+    Only its own: the stream's peer is authenticated, a relayed claim would not be."""
+    out = []
+    for c in ledger.claims(active_at=now):
+        if c["peer"] != peer_id or c["protocol_id"] != protocol_id:
+            continue
+        try:
+            out.append(Claim(exp_id=c["exp_id"], protocol_id=c["protocol_id"], parent=c["parent"], peer=c["peer"],
+                             lease_until=c["lease_until"], description=c["description"], ts=c["ts"],
+                             semantic_id=c["semantic_id"] or "").to_wire())
+        except WireError as e:
+            log.debug("skipping an unsendable claim: %s", e)
+    return out[:MAX_CLAIMS]
 
 
 class CatchUp:
@@ -142,8 +160,13 @@ class CatchUp:
         served = self.serves()
         if kept:  # kept results and the baselines they were judged against (their gain)
             served = SIBLING_STATUSES if served is None else served & SIBLING_STATUSES
+        frames = results_from_ledger(self.ledger, protocol, since, skip, served)
+        if not since and not kept and protocol is not None and protocol == self.protocol_id:
+            # a full catch-up (a node joining): also what this node is running now (only there: an
+            # older node logs each claim as "not a result", once at its start, not at every sync)
+            frames += own_claims(self.ledger, self.host.get_id().to_base58(), protocol, time.time())
         try:
-            for data in [*results_from_ledger(self.ledger, protocol, since, skip, served), b""]:
+            for data in [*frames, b""]:
                 with trio.fail_after(TIMEOUT_S):  # per frame: a slow but live requester gets everything
                     await write_all(stream, frame(data))
         except Exception as e:  # noqa: BLE001 - the requester may vanish mid-stream
@@ -216,6 +239,11 @@ class CatchUp:
                     break
                 try:
                     msg = decode(data)
+                    if isinstance(msg, Claim) and sibling is None:
+                        if msg.peer != peer_id:  # a peer serves its own claims only (own_claims)
+                            raise WireError("a claim of another peer")
+                        await self.deliver(Incoming(msg, peer_id, time.time()))
+                        continue
                     if not isinstance(msg, Result):
                         raise WireError("not a result")
                     check_result(msg)
