@@ -315,6 +315,7 @@ class HarnessTrainer:
                 return
             measured.update(result)
             evaluated.set()
+            log.debug("the node's value is back %.3f s after the run started", time.monotonic() - started)
             _hand_back(folder_fd, measured if "val_bpb" in measured or "error" in measured
                        else {"error": "the evaluation was stopped"})
 
@@ -371,6 +372,7 @@ class HarnessTrainer:
                         nursery.start_soon(watch, run_scope)
                         outcome = await self.runner(run_dir, run_env, limits, log_path, command=argv,
                                                     sandbox=train_sandbox)
+                        log.debug("the run ended %.3f s after it started", time.monotonic() - started)
                     nursery.cancel_scope.cancel()
                 if outcome is not None and not outcome.ok and "error" in measured:
                     # a run that had no validation data of its own fails when the harness refuses its model
