@@ -185,6 +185,22 @@ def sandbox_check(info: Any, trust_policy: str, peers_code: str = "") -> Check:
     return Check("sandbox", "warn", f"none: {info.reason}; peers' changes limited to constants", hint)
 
 
+def private_shard_check(home_path: Path, prepare_py: bytes, measures: bool) -> Check | None:
+    """autoresearch's data (harness/shards.py): whether the node holds a private shard, without which
+    peers' code stays constants-only. None for a harness without shards."""
+    from p2p_research.harness import shards
+
+    if not measures or not shards.supports_shards(prepare_py):
+        return None
+    split = shards.load(home_path)
+    if split is not None and split.private_dir is not None:
+        return Check("private split", "ok", f"shard {split.index} held out (the evaluator's only; no run sees it); "
+                     f"runs of peers' code do not read {split.val_shard.name}")
+    return Check("private split", "warn", "no private shard yet: peers' code stays constants-only",
+                 "start the node with network access: it downloads one shard you did not (once), with prepare.py's "
+                 "own download_single_shard; with every shard downloaded there is none to hold out")
+
+
 def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[str] | None = None) -> list[Check]:
     """Every check, for a node home (and its running daemon's `status`, when there is one)."""
     from p2p_research.home import HomeError, NodeHome
@@ -204,6 +220,9 @@ def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[s
         checks.append(Check("protocol", "ok", f"{ctx.protocol_id[:12]}: budget {ctx.budget.describe()} "
                             f"({ctx.budget_source}), hardware {ctx.hardware}"))
         checks.append(sandbox_check(ctx.sandbox, ctx.trust_policy, ctx.trust().peers_code()))
+        shard = private_shard_check(home.path, ctx.genesis_prepare, ctx.harness_measures and ctx.sandbox.available)
+        if shard is not None:
+            checks.append(shard)
         argv = train_argv(cfg.research.train_command)
         python = argv[0] if Path(argv[0]).name.startswith("python") else sys.executable
         if cfg.research.enabled and cfg.research.objective == "torch":

@@ -108,9 +108,15 @@ async def _run(node, run_dir: Path, train_py: str, env_extra: dict | None = None
 
 
 async def test_the_node_holds_out_a_private_shard_and_trusts_peers_code_with_it(node):
+    from p2p_research.doctor import private_shard_check
+
     home, ctx, engine, folder = node
     assert not ctx.has_private_split  # nothing held out yet: peers' code would stay constants-only
+    before = private_shard_check(home.path, ctx.genesis_prepare, True)
+    assert before is not None and before.status == "warn" and "network" in before.hint
     await engine.prepare_data()
+    after = private_shard_check(home.path, ctx.genesis_prepare, True)
+    assert after is not None and after.status == "ok" and "shard_04096.jsonl" in after.detail
     split = shards.load(home.path)
     assert split is not None and split.private_dir is not None and split.index is not None
     assert split.val_shard == Path.home() / ".cache" / "autoresearch-fixture" / "data" / "shard_04096.jsonl"
