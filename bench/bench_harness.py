@@ -35,7 +35,7 @@ from p2p_research.research.proposers import BuiltinProposer  # noqa: E402
 from p2p_research.research.runner import RunLimits, run_training, train_argv  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
-from test_autoresearch import autoresearch_folder  # noqa: E402  (the fixture with its own interpreter)
+from autoresearch_helpers import autoresearch_folder  # noqa: E402  (the fixture with its own interpreter)
 
 
 def engine_for(home_dir: Path, target: Path | None, budget_tokens: int) -> ResearchEngine:

@@ -92,3 +92,25 @@ def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "co
             last = e
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def surrogate_home(path, seed, target=None, cost=0.5, **sections):
+    from p2p_research.research.init import init_home
+
+    home = init_home(path, target=target)
+    cfg = home.load_config()
+    cfg.research.objective = "surrogate"
+    cfg.research.surrogate_cost_s = cost
+    cfg.research.seed = seed
+    for dotted, value in sections.items():
+        section, key = dotted.split("__")
+        setattr(getattr(cfg, section), key, value)
+    home.write_config(cfg)
+    return home
+
+
+def stop_all(daemons):
+    for d in daemons:
+        d.stop()
+    for d in daemons:
+        d.kill()

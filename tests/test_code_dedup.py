@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from autoresearch_helpers import ADAPTERS, agent_env, autoresearch_folder, cli, init_node, local_runs
 from daemon_helpers import Daemon, wait_for
-from test_autoresearch import ADAPTERS, agent_env, autoresearch_folder, cli, init_node, local_runs
 
 from p2p_research.research.semantic import semantic_id
 from p2p_research.store.ledger import Ledger

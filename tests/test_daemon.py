@@ -8,7 +8,7 @@ import stat
 import pygit2
 import pytest
 from conftest import TINY_TOKENS
-from daemon_helpers import Daemon, free_port, wait_for
+from daemon_helpers import Daemon, free_port, surrogate_home, wait_for
 
 from p2p_research.research.init import init_home
 
@@ -206,7 +206,6 @@ def test_peers_on_another_protocol_are_named_and_explained(tmp_path):
     """Two nodes with different budgets share nothing; each says so once, in words, and `peers`
     shows the other's protocol and budget."""
 
-    from test_swarm import surrogate_home
 
     a_home, b_home = surrogate_home(tmp_path / "a", 1), surrogate_home(tmp_path / "b", 2)
     cfg = b_home.load_config()
@@ -322,7 +321,6 @@ def test_on_a_terminal_the_daemon_shows_a_live_progress_line(tmp_path):
     import time
 
     from conftest import CLI, ROOT
-    from test_swarm import surrogate_home
 
     home = surrogate_home(tmp_path / "h", 1, cost=2.0)
     master, slave = pty.openpty()

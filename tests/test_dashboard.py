@@ -16,9 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, wait_for
+from daemon_helpers import Daemon, stop_all, surrogate_home, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from test_swarm import stop_all, surrogate_home
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NO_BROWSER = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver; " \
@@ -231,7 +230,7 @@ def test_simulate_dashboard_serves_the_swarm_live_and_the_report_keeps_it(tmp_pa
     import subprocess
 
     from conftest import ROOT
-    from test_simulate import SIM, leftover_processes
+    from sim_helpers import SIM, leftover_processes
 
     rep = tmp_path / "report"
     p = subprocess.Popen([*SIM, "--nodes", "3", "--duration", "30s", "--cost", "2", "--settle", "30",

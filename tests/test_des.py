@@ -6,7 +6,7 @@ import json
 import math
 import subprocess
 
-from test_simulate import SIM
+from sim_helpers import SIM
 
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.run import DesOptions, DesSimulation

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_autoresearch import autoresearch_folder
+from autoresearch_helpers import autoresearch_folder
 
 from p2p_research.harness import shards, verdict
 from p2p_research.harness.measure import PRIVATE_BELOW, HarnessTrainer

@@ -30,8 +30,7 @@ from adversary import (
     verification,
 )
 from conftest import CLI, ROOT
-from daemon_helpers import Daemon, wait_for
-from test_swarm import surrogate_home
+from daemon_helpers import Daemon, surrogate_home, wait_for
 
 from p2p_research.daemon.announce import commit_objects
 from p2p_research.daemon.control_call import call

@@ -20,8 +20,7 @@ import shutil
 import subprocess
 
 import pytest
-from daemon_helpers import Daemon, wait_for
-from test_swarm import stop_all, surrogate_home
+from daemon_helpers import Daemon, stop_all, surrogate_home, wait_for
 
 from p2p_research.research.init import init_home
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pygit2
 import pytest
-from daemon_helpers import Daemon, wait_for
-from test_swarm import stop_all, surrogate_home
+from daemon_helpers import Daemon, stop_all, surrogate_home, wait_for
 
 from p2p_research.net.topics import (
     MAX_SWARMS,

@@ -6,22 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from sim_helpers import SIM, leftover_processes
 
 from p2p_research.sim.metrics import best_over_time, first_time_at_or_below, pct, swarm_best_over_time
 from p2p_research.sim.options import SimOptions, parse_duration
 from p2p_research.sim.probe import proc_cpu_rss
-
-# Works whether or not cli/app.py registers the command already.
-RUNNER = ("import sys\nfrom p2p_research.cli.app import app\nfrom p2p_research.cli import sim_cmds\n"
-          "if 'simulate' not in {c.name for c in app.registered_commands}:\n    sim_cmds.register(app)\n"
-          "sys.argv[0] = 'p2p-research'\napp()\n")
-SIM = [sys.executable, "-c", RUNNER, "simulate"]
 
 
 def test_parse_duration():
@@ -61,21 +54,6 @@ def test_proc_sampling_of_self():
     cpu, rss = proc_cpu_rss(os.getpid())
     assert cpu > 0 and rss > 10
     assert proc_cpu_rss(2**22 + 12345) is None
-
-
-def leftover_processes(marker: str) -> list[str]:
-    """Processes whose command line mentions `marker` (the report folder): must be none after a run."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd:
-            out.append(f"{p.name}: {cmd[:200]}")
-    return out
 
 
 @pytest.mark.slow

@@ -8,9 +8,8 @@ import time
 import pytest
 import trio
 from conftest import ROOT
-from daemon_helpers import Daemon, wait_for
+from daemon_helpers import Daemon, stop_all, surrogate_home, wait_for
 
-from p2p_research.research.init import init_home
 from p2p_research.target import TARGET_DIR
 
 pytestmark = pytest.mark.slow
@@ -30,19 +29,6 @@ choices = ["layernorm", "rmsnorm"]
 """
 
 
-def surrogate_home(path, seed, target=None, cost=0.5, **sections):
-    home = init_home(path, target=target)
-    cfg = home.load_config()
-    cfg.research.objective = "surrogate"
-    cfg.research.surrogate_cost_s = cost
-    cfg.research.seed = seed
-    for dotted, value in sections.items():
-        section, key = dotted.split("__")
-        setattr(getattr(cfg, section), key, value)
-    home.write_config(cfg)
-    return home
-
-
 def local_experiments(home):
     db = sqlite3.connect(f"file:{home.ledger}?mode=ro", uri=True)
     rows = db.execute("SELECT exp_id, status FROM runs WHERE origin='local' AND kind='experiment'").fetchall()
@@ -52,13 +38,6 @@ def local_experiments(home):
 
 def research_done(d):
     return d.json("status")["research"].startswith("done")
-
-
-def stop_all(daemons):
-    for d in daemons:
-        d.stop()
-    for d in daemons:
-        d.kill()
 
 
 def tiny_target(tmp_path):
@@ -211,10 +190,10 @@ async def test_altered_receipt_from_a_real_peer_is_rejected(tmp_path):
     import dataclasses
 
     import multiaddr
+    from adversary import adversary
     from libp2p import generate_new_ed25519_identity
     from libp2p.peer.id import ID
     from libp2p.peer.peerinfo import info_from_p2p_addr
-    from test_net_bad_input import raw_peer
 
     from p2p_research.net import topic_names
     from p2p_research.wire import Receipt, Result, sign_receipt
@@ -233,7 +212,8 @@ async def test_altered_receipt_from_a_real_peer_is_rejected(tmp_path):
         sig = sign_receipt(good, kp.private_key)
         altered = dataclasses.replace(good, exp_id="aa" * 20, value=0.5)  # signed as 1.5, announced as 0.5
         msgs = [Result(altered, sig, kp.public_key.serialize()), Result(good, sig, kp.public_key.serialize())]
-        async with raw_peer(kp) as (host, ps):
+        async with adversary(kp) as adv:
+            host, ps = adv.host, adv.ps
             exp_topic, _ = topic_names(st["swarm"])
             await ps.subscribe(exp_topic)
             await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(d.addrs[0])))

@@ -1,0 +1,81 @@
+"""An autoresearch folder for tests: the fixture with its own interpreter and data, node homes on it,
+and what the tests read back (results.tsv rows, local runs). Shared by the autoresearch tests, the code
+dedup tests and bench/bench_harness.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from conftest import CLI, ROOT
+
+from p2p_research.home import NodeHome
+
+FIXTURE = ROOT / "tests" / "fixtures" / "autoresearch"
+KERNELS = ROOT / "tests" / "fixtures" / "autoresearch_env" / "kernels"
+FAKES = ROOT / "tests" / "fake_agents"
+ADAPTERS = ROOT / "examples" / "proposers"
+
+
+def autoresearch_folder(dest: Path) -> Path:
+    """A copy of the fixture with its own interpreter in `.venv`: torch through a .pth file to this
+    interpreter's packages, plus a `kernels` module that only it has (as autoresearch's env does)."""
+    shutil.copytree(FIXTURE, dest)
+    venv = dest / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "_node_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    shutil.copytree(KERNELS, Path(site, "kernels"))
+    # its data, as `uv run prepare.py` writes it (~/.cache/autoresearch-fixture: generated, no network)
+    subprocess.run([str(venv / "bin" / "python"), "prepare.py"], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def cli(*args, env=None, timeout=300, check=False) -> subprocess.CompletedProcess:
+    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                       env={**os.environ, **(env or {})})
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args}: {r.stderr[-3000:]}")
+    return r
+
+
+def init_node(tmp_path: Path, name: str, folder: Path, tolerance: float | None = None, **research) -> Path:
+    home = tmp_path / name
+    out = cli("init", "--home", home, "--target", folder, check=True).stdout
+    assert "TIME_BUDGET = 2 in prepare.py" in out, out
+    h = NodeHome(home)
+    cfg = h.load_config()
+    if shutil.which("uv"):  # the fixture's uv.lock is not installable here: use its interpreter
+        cfg.research.train_command = f"{folder / '.venv' / 'bin' / 'python'} train.py"
+    research.setdefault("threads", 1)
+    research.setdefault("noise_runs", 0)
+    for key, value in research.items():
+        setattr(cfg.research, key, value)
+    if tolerance is not None:
+        cfg.verification.tolerance = tolerance
+    h.write_config(cfg.validate())
+    return home
+
+
+def tsv_rows(home: Path) -> list[dict]:
+    lines = (home / "results.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def local_runs(home: Path) -> list[dict]:
+    db = sqlite3.connect(f"file:{home / 'ledger.sqlite'}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    rows = [dict(r) for r in db.execute("SELECT * FROM runs WHERE origin='local' ORDER BY run_id")]
+    db.close()
+    return rows
+
+
+def agent_env(**extra) -> dict:
+    return {"PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}", **extra}
