@@ -250,7 +250,6 @@ async def hold_out_private_shard(ctx: ResearchContext) -> None:
     done = shards.load(ctx.home.path)
     if done is not None and done.private_dir is not None:
         return
-    log.info("holding out a private shard of the harness's data for checking peers' code (first start only)")
     await shards.prepare(ctx.home.path, ctx.genesis_prepare, ctx.config.research.train_command, ctx.private_seed(),
                          {}, run_training)
 

@@ -103,6 +103,8 @@ async def prepare(home: Path, prepare_py: bytes, train_command: str, seed: int, 
         return done
     private = home / PRIVATE_DIR
     private.mkdir(parents=True, exist_ok=True)
+    log.info("holding out a private shard: one shard of the harness's data that no run sees, fetched once "
+             "with prepare.py's own download_single_shard (it checks peers' code; docs/autoresearch.md)")
     with tempfile.TemporaryDirectory(dir=home) as tmp:
         work = Path(tmp)
         (work / "prepare.py").write_bytes(prepare_py)
