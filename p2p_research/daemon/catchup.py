@@ -161,9 +161,10 @@ class CatchUp:
         if kept:  # kept results and the baselines they were judged against (their gain)
             served = SIBLING_STATUSES if served is None else served & SIBLING_STATUSES
         frames = results_from_ledger(self.ledger, protocol, since, skip, served)
-        if not since and not kept and protocol is not None and protocol == self.protocol_id:
+        if not since and not kept and served is None and protocol is not None and protocol == self.protocol_id:
             # a full catch-up (a node joining): also what this node is running now (only there: an
-            # older node logs each claim as "not a result", once at its start, not at every sync)
+            # older node logs each claim as "not a result", once at its start, not at every sync);
+            # a node that floods only kept results keeps its claims in the DHT, as it announces them
             frames += own_claims(self.ledger, self.host.get_id().to_base58(), protocol, time.time())
         try:
             for data in [*frames, b""]:
