@@ -161,6 +161,7 @@ class ResearchEngine:
         self.current_scope: trio.CancelScope | None = None
         self.yield_reason = ""
         self._data_ready = False
+        self._reference_tried = False  # the genesis measured as the private split's reference (_needs_reference)
         self._preflight_done = False
         self._transcripts: dict[str, bytes] = {}  # commit -> the agent's output, until its run starts
         # research.genesis = shared: set by a daemon whose peers hear its announcements (it floods); the
@@ -611,7 +612,8 @@ class ResearchEngine:
         """Train `commit` once and record the run (baseline, experiment, verification or noise)."""
         ctx = self.ctx
         parent = ctx.workspace.parent_of(commit) or ""
-        if kind in ("experiment", "verification") and self._needs_reference(commit, parent):
+        if kind in ("experiment", "verification") and not self._reference_tried and self._needs_reference(commit, parent):
+            self._reference_tried = True  # once: a genesis that cannot be measured is not retried before every run
             await self.execute(ctx.workspace.genesis, "baseline", "the genesis, measured here as the reference "
                                "for checking code changes on the private split", self.seed)
         exp_id = exp_id or ctx.experiment_id_of(commit)
