@@ -85,7 +85,8 @@ async def test_a_peer_announcing_a_sibling_with_a_wrong_swarm_is_not_subscribed_
     async def leave(swarm: str) -> None:
         left.append(swarm)
 
-    async def catch_up(peer: str, protocol: str) -> int:
+    async def catch_up(peer: str, protocol: str, since: float | None) -> int:
+        assert since is None  # the first ask of a pair: everything
         asked.append((peer, protocol))
         await release.wait()
         return 0
@@ -301,3 +302,35 @@ def test_an_agent_reads_the_ideas_from_other_hardware_with_their_patch_in_swarm_
     assert f"`{'d' * 10}`" in section and section.count("```diff") == 1
     assert f"+LEARNING_RATE = {consts['LEARNING_RATE'] * 1.5}" in section, section
     assert "## Ideas from other hardware" not in render_swarm_md(ledger, h100, diff_of=ws.diff)  # h100's own: none
+
+
+async def test_a_followed_sibling_is_asked_again_for_what_finished_since_gossip_may_have_lost_it():
+    """The siblings' anti-entropy: a peer asked for a sibling's kept results is asked again RESYNC_S
+    later, for what finished since the last ask (less a margin), not before."""
+    from p2p_research.daemon.siblings import RESYNC_MARGIN_S, RESYNC_S
+
+    now = [1000.0]
+    peers: list[tuple[str, dict[str, str] | None]] = [("p2", about(proto(2)))]
+    asked: list[tuple[str, str, float | None]] = []
+
+    async def nothing(swarm: str) -> None:
+        return None
+
+    async def catch_up(peer: str, protocol: str, since: float | None) -> int:
+        asked.append((peer, protocol, since))
+        return 0
+
+    follower = SiblingFollower(SiblingBook(GENESIS, OWN), lambda: peers, nothing, nothing, catch_up, clock=lambda: now[0])
+    async with trio.open_nursery() as nursery:
+        tasks = PeerTasks(nursery, Faults())
+        await follower.step(tasks)
+        await trio.sleep(0.01)
+        now[0] += RESYNC_S - 1
+        await follower.step(tasks)
+        await trio.sleep(0.01)
+        assert asked == [("p2", proto(2), None)]
+        now[0] += 2
+        await follower.step(tasks)
+        await trio.sleep(0.01)
+        assert asked == [("p2", proto(2), None), ("p2", proto(2), 1000.0 - RESYNC_MARGIN_S)]
+        nursery.cancel_scope.cancel()

@@ -197,13 +197,14 @@ class CatchUp:
             log.info("caught up from %s: %d results", peer_id[:16], n)
         return n
 
-    async def fetch_sibling(self, peer_id: str, protocol: str) -> int:
+    async def fetch_sibling(self, peer_id: str, protocol: str, since: float | None = None) -> int:
         """Ask one peer for the kept results of a sibling protocol it lives in (and the baselines they
-        were judged against), once, when this node starts to follow that protocol: its ideas from
-        before then. Counts as no catch-up of this node's own swarm. Returns how many were delivered."""
+        were judged against): all of them when this node starts to follow that protocol (its ideas from
+        before then), later those that finished since `since` (what gossip lost). Counts as no
+        catch-up of this node's own swarm. Returns how many were delivered."""
         try:
             with trio.fail_after(FETCH_DEADLINE_S):
-                n = await self._fetch(peer_id, None, sibling=protocol)
+                n = await self._fetch(peer_id, since, sibling=protocol)
         except (FrameError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - best effort; gossip continues
             log.info("sibling catch-up of %s from %s failed after %d results: %s", protocol[:12], peer_id[:16],
                      self._fetched, e)
