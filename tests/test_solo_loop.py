@@ -298,3 +298,35 @@ def test_the_keep_rule_is_said_where_autoresearch_users_look(tmp_path):
         assert "within the noise margin" in row["description"] and "research.margin = 0" in row["description"]
     finally:
         ctx.ledger.close()
+
+
+def test_results_tsv_starts_with_the_baseline_even_when_the_genesis_value_came_from_peers(tmp_path):
+    """autoresearch's analysis reads the first row of results.tsv as the baseline. A node that took the
+    genesis value from peers writes that value as its first row; an experiment that crashed before any
+    baseline value was known waits for the baseline's row (or for the end of research)."""
+    from p2p_research.research.context import open_context
+    from p2p_research.research.engine import ResearchEngine
+    from p2p_research.research.init import init_home
+    from p2p_research.research.proposers import BuiltinProposer
+
+    rows = lambda home: [line.split("\t") for line in home.results_tsv.read_text().splitlines()[1:]]  # noqa: E731
+    for learned in (True, False):
+        home = init_home(tmp_path / f"node-{learned}")
+        ctx = open_context(home, home.load_config())
+        try:
+            engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
+            genesis = ctx.workspace.genesis
+            engine._result_row("c" * 40, None, None, "crash", "a crash before the genesis value")
+            assert not home.results_tsv.exists() or rows(home) == []
+            if learned:  # the genesis value two peers agree on, then an experiment's verdict
+                engine.peers_value = lambda commit, g=genesis: 1.5 if commit == g else None
+                engine._result_row("d" * 40, 1.4, None, "kept", "a gain")
+                assert [(r[0], r[3], r[4][:20]) for r in rows(home)] == [
+                    (genesis[:7], "keep", "baseline measurement"), ("d" * 7, "keep", "a gain"),
+                    ("c" * 7, "crash", "a crash before the g")]
+                assert rows(home)[0][1] == "1.500000"
+            else:  # measured here
+                engine._result_row(genesis, 1.5, None, "baseline", "baseline measurement")
+                assert [r[3] for r in rows(home)] == ["keep", "crash"]
+        finally:
+            ctx.close()

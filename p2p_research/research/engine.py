@@ -49,7 +49,7 @@ from p2p_research.research.sandbox import SandboxSpec, home_views, interpreter_p
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.surrogate import SurrogateTrainer
 from p2p_research.store.ledger import Run
-from p2p_research.store.results_tsv import append_result
+from p2p_research.store.results_tsv import append_result, has_rows
 
 _T = TypeVar("_T")
 
@@ -162,6 +162,7 @@ class ResearchEngine:
         self.yield_reason = ""
         self._data_ready = False
         self._reference_tried = False  # the genesis measured as the private split's reference (_needs_reference)
+        self._rows_before_baseline: list[tuple] = []  # results.tsv rows that wait for the baseline's (_result_row)
         self._preflight_done = False
         self._transcripts: dict[str, bytes] = {}  # commit -> the agent's output, until its run starts
         # research.genesis = shared: set by a daemon whose peers hear its announcements (it floods); the
@@ -280,17 +281,20 @@ class ResearchEngine:
             log.info("the genesis %s is measured by peers: experimenting at once", commit[:7])
         self.loop = L.ResearchLoop(commit, value, self.margin, max_experiments, measure_first=measure_first)
         self.progress.baseline_commit, self.progress.baseline_value = commit, value
-        while True:
-            action = self.loop.next_action()
-            if isinstance(action, L.Done):
-                self.progress.phase = "done"
-                if self._held is not None:  # the genesis could not be measured: nothing to judge it by
-                    er, self._held = self._held, None
-                    er.run.status = "aborted"
-                    assert er.run.run_id is not None
-                    self.ctx.ledger.finish_run(er.run.run_id, "aborted", reason=f"not judged: {action.reason}")
-                return action
-            await self.step(action)
+        try:
+            while True:
+                action = self.loop.next_action()
+                if isinstance(action, L.Done):
+                    self.progress.phase = "done"
+                    if self._held is not None:  # the genesis could not be measured: nothing to judge it by
+                        er, self._held = self._held, None
+                        er.run.status = "aborted"
+                        assert er.run.run_id is not None
+                        self.ctx.ledger.finish_run(er.run.run_id, "aborted", reason=f"not judged: {action.reason}")
+                    return action
+                await self.step(action)
+        finally:
+            self.flush_rows()  # crashes that waited for a baseline row that never came (done, or stopped)
 
     async def step(self, action: L.Action) -> None:
         assert self.loop is not None
@@ -682,11 +686,11 @@ class ResearchEngine:
             ctx.ledger.finish_run(run_id, "crash", **fields)
             log.warning("%s %s crashed: %s (log: %s)", kind, exp_id[:10], o.reason, log_path)
             if kind == "baseline":
-                append_result(ctx.home.results_tsv, commit, None, None, "crash", f"{description}: {o.reason}")
+                self._result_row(commit, None, None, "crash", f"{description}: {o.reason}", baseline=True)
         elif kind == "baseline":
             run.status = "baseline"
             ctx.ledger.finish_run(run_id, "baseline", **fields)
-            append_result(ctx.home.results_tsv, commit, s.val_bpb, s.memory_gb, "baseline", description)  # type: ignore[union-attr]
+            self._result_row(commit, s.val_bpb, s.memory_gb, "baseline", description)  # type: ignore[union-attr]
         else:
             ctx.ledger.finish_run(run_id, "done" if kind == "experiment" else kind, **fields)
         return er
@@ -772,8 +776,7 @@ class ResearchEngine:
         if verdict.status == "discarded" and "within the noise margin" in verdict.reason:
             # autoresearch keeps any improvement; a reader of results.tsv must see why this one was not
             description += f" [near miss: {verdict.reason}; research.margin = 0 keeps any improvement]"
-        append_result(self.ctx.home.results_tsv, run.commit_id, run.val_bpb, run.memory_gb, verdict.status,
-                      description)
+        self._result_row(run.commit_id, run.val_bpb, run.memory_gb, verdict.status, description)
         p = self.progress
         p.experiments_done += 1
         p.kept += verdict.status == "kept"
@@ -839,9 +842,33 @@ class ResearchEngine:
             "SELECT memory_gb FROM runs WHERE exp_id=? AND memory_gb IS NOT NULL ORDER BY origin='local' DESC, run_id"
             " LIMIT 1", (exp_id,)).fetchone()
         description = self.change_from(previous, commit) or exp.get("description") or "a peer's result"
-        append_result(self.ctx.home.results_tsv, commit, value, row[0] if row else None, "adopted",
-                      f"{description} (adopted from {source_peer or 'a peer'})")
+        self._result_row(commit, value, row[0] if row else None, "adopted",
+                         f"{description} (adopted from {source_peer or 'a peer'})")
         self.progress.note_result(f"adopted {exp_id[:10]} val_bpb {value:.6f} from {source_peer}: {description}")
+
+    def _result_row(self, commit: str, value: float | None, memory_gb: float | None, status: str, description: str,
+                    baseline: bool = False) -> None:
+        """A results.tsv row. autoresearch's analysis reads the first row as the baseline, so the first
+        row is one: a genesis value learned from peers gets its row before the first experiment's, and
+        an experiment that crashed before any baseline value was known waits for it (or for the end)."""
+        path = self.ctx.home.results_tsv
+        if status != "baseline" and not baseline and not has_rows(path):
+            genesis = self.ctx.workspace.genesis
+            known = self.peers_value(genesis)  # a value measured here would have written its row already
+            if known is not None:
+                append_result(path, genesis, known, None, "baseline",
+                              "baseline measurement (the value peers measured and agreed on)")
+            elif status == "crash":
+                self._rows_before_baseline.append((commit, value, memory_gb, status, description))
+                return
+        append_result(path, commit, value, memory_gb, status, description)
+        self.flush_rows()
+
+    def flush_rows(self) -> None:
+        """Rows that waited for the baseline's (research/engine._result_row), in their order."""
+        rows, self._rows_before_baseline = self._rows_before_baseline, []
+        for row in rows:
+            append_result(self.ctx.home.results_tsv, *row)
 
     def set_baseline(self, commit: str, value: float, reason: str, exp_id: str, source_peer: str = "") -> None:
         for sibling in self.siblings:  # the node's other workers propose from it as soon as they can

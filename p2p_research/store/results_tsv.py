@@ -28,3 +28,12 @@ def append_result(path: Path, commit: str, val_bpb: float | None, memory_gb: flo
             f.write(HEADER)
         f.write(f"{commit[:7]}\t{0.0 if val_bpb is None else val_bpb:.6f}\t"
                 f"{0.0 if memory_gb is None else memory_gb:.1f}\t{STATUS.get(status, status)}\t{_clean(description)}\n")
+
+
+def has_rows(path: Path) -> bool:
+    """Whether results.tsv holds any row beyond its header."""
+    try:
+        with path.open("rb") as f:
+            return len(f.read(len(HEADER) + 2).splitlines()) > 1
+    except OSError:
+        return False
