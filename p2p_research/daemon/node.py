@@ -247,9 +247,6 @@ async def hold_out_private_shard(ctx: ResearchContext) -> None:
     if not (ctx.harness_measures and ctx.sandbox.available and ctx.trust_policy == "sandboxed"
             and not ctx.config.research.data and shards.supports_shards(ctx.genesis_prepare)):
         return
-    done = shards.load(ctx.home.path)
-    if done is not None and done.private_dir is not None:
-        return
     await shards.prepare(ctx.home.path, ctx.genesis_prepare, ctx.config.research.train_command, ctx.private_seed(),
                          {}, run_training)
 

@@ -11,7 +11,8 @@ measures the handed-over model in a process of its own and writes the value back
 
 Where the node withholds the validation data from the run ($P2P_TRAIN_SPLIT: the training bytes
 alone, for this project's harness; $P2P_WITHHOLD_VAL: autoresearch's validation shard is unreadable
-in the sandbox), the harness's validation split is replaced here by zeros of the same shape: the hand-over only needs the shapes of the harness's calls, never the data. If the model
+in the sandbox), the harness's validation split is replaced here by zeros of the same shape: the
+hand-over only needs the shapes of the harness's calls, never the data. If the model
 cannot be handed over, or the node's evaluator refuses it, the harness's own evaluation runs here as
 before (and fails where the validation data is withheld: the node says why).
 
@@ -439,35 +440,46 @@ def _release_memory():
 
 
 def _withhold_validation(prepare):
-    """This project's harness, with the training bytes alone ($P2P_TRAIN_SPLIT): the validation split
-    becomes zeros of the harness's own minimum size, so its evaluation still calls the model with the
-    shapes the evaluator will use. autoresearch's ($P2P_WITHHOLD_VAL): its loader's "val" split
-    becomes batches of zeros of the shape asked for (the shard itself is unreadable here)."""
-    if not TRAIN_SPLIT:
-        loader = prepare.make_dataloader
+    """The validation data this run has not got, replaced by zeros of the shapes the harness's
+    evaluation asks for, so it still calls the model as the evaluator will: this project's split
+    ($P2P_TRAIN_SPLIT), or autoresearch's validation shard ($P2P_WITHHOLD_VAL)."""
+    if TRAIN_SPLIT:
+        _withhold_split(prepare)
+    else:
+        _withhold_val_shard(prepare)
 
-        def make_dataloader(tokenizer, B, T, split, *args, **kwargs):
-            if split != "val":
-                return loader(tokenizer, B, T, split, *args, **kwargs)
-            import torch
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-
-            def zeros():
-                while True:
-                    x = torch.zeros((B, T), dtype=torch.long, device=device)
-                    yield x, torch.zeros_like(x), 1
-
-            return zeros()
-
-        make_dataloader.__doc__ = loader.__doc__
-        prepare.make_dataloader = make_dataloader
-        return
+def _withhold_split(prepare):
+    """This project's harness, with the training bytes alone: the validation split becomes zeros of
+    the harness's own minimum size."""
     with open(TRAIN_SPLIT, "rb") as f:
         train = f.read()
     stand_in = bytes(4 * (prepare.EVAL_CONTEXT + 1))
     prepare.load_text = lambda: train + stand_in
     prepare.split_bytes = lambda: (train, stand_in)
+
+
+def _withhold_val_shard(prepare):
+    """autoresearch's harness: its loader's "val" split becomes batches of zeros of the shape asked
+    for (the shard itself is unreadable here); the other splits load as before."""
+    loader = prepare.make_dataloader
+
+    def make_dataloader(tokenizer, B, T, split, *args, **kwargs):
+        if split != "val":
+            return loader(tokenizer, B, T, split, *args, **kwargs)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+        def zeros():
+            while True:
+                x = torch.zeros((B, T), dtype=torch.long, device=device)
+                yield x, torch.zeros_like(x), 1
+
+        return zeros()
+
+    make_dataloader.__doc__ = loader.__doc__
+    prepare.make_dataloader = make_dataloader
 
 
 def _wrap_harness():

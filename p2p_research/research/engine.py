@@ -527,21 +527,12 @@ class ResearchEngine:
         hidden = [ctx.home.path, Path.home()]
         gpu = r.device != "cpu" and Path("/dev/nvidia0").exists()
         read_only = safe_paths(paths, hidden)
-        # inside, HOME is the scratch directory: what the harness finds through `~` is shown there too
-        views = home_views(tuple(p for p in read_only if p in self._home_data_dirs()))
+        # inside, HOME is the scratch directory: the harness's data folders written as ~/... in
+        # sandbox.read_only (safe_paths resolved them) are shown there too
+        from_home = set(safe_paths([Path(p).expanduser() for p in sb.read_only if str(p).startswith("~")], hidden))
+        views = home_views(tuple(p for p in read_only if p in from_home))
         return SandboxSpec(run_dir, read_only=read_only, scratch_mb=sb.scratch_mb, max_processes=sb.max_processes,
                            gpu=gpu, kind=ctx.sandbox.kind, home_views=views)
-
-    def _home_data_dirs(self) -> set[Path]:
-        """The harness's data folders under `~` (sandbox.read_only entries written as ~/...)."""
-        out = set()
-        for p in self.ctx.config.sandbox.read_only:
-            if str(p).startswith("~"):
-                try:
-                    out.add(Path(p).expanduser().resolve())
-                except OSError:
-                    continue
-        return out
 
     async def prepare_data(self) -> None:
         """Fill the harness's corpus cache once, outside any run: runs may only read it (a hostile
