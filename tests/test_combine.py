@@ -54,6 +54,10 @@ def test_disjoint_changes_merge_and_overlapping_ones_do_not(tmp_path):
     got = read_constants(merged.decode())
     assert got["LEARNING_RATE"] == lr * 1.5 and got["WEIGHT_DECAY"] == wd * 2
     assert merged_train_py(ws, g, a, c) is None           # overlapping: no combination
+    # an idea from another protocol: its value is what held there, so it is tried at that value
+    idea = merged_train_py(ws, g, a, c, theirs=True)
+    assert idea is not None and read_constants(idea.decode())["LEARNING_RATE"] == lr * 0.5
+    assert merged_train_py(ws, g, c, c, theirs=True) is None  # nothing new
     assert merged_train_py(ws, g, a, a) is None           # nothing new
     assert merged_train_py(ws, g, a, "f" * 40) is None    # not here
     assert first_parent_ancestry(ws, a) == [a, g] and root_of(ws, a) == g

@@ -53,10 +53,11 @@ def candidates(wins: Iterable[Win], ancestry: Iterable[str], limit: int = 4 * MA
     return sorted(out, key=lambda w: (w.val_bpb, w.exp_id))[:limit]
 
 
-def merge_constants(parent: str, baseline: str, win: str) -> str | None:
+def merge_constants(parent: str, baseline: str, win: str, theirs: bool = False) -> str | None:
     """Constants the win changed (from its parent), set in the baseline, when the baseline still has the
-    parent's value for each of them (disjoint knobs); None when the win changed code, or a knob overlaps.
-    A line-based merge would call two changes of adjacent lines a conflict; knobs are not lines."""
+    parent's value for each of them (disjoint knobs); None when the win changed code, or a knob overlaps
+    (unless `theirs`: see merge_knobs). A line-based merge would call two changes of adjacent lines a
+    conflict; knobs are not lines."""
     try:
         only, _ = constants_only_change(parent, win)
         if not only:
@@ -65,34 +66,42 @@ def merge_constants(parent: str, baseline: str, win: str) -> str | None:
         before, now = read_constants(parent), read_constants(baseline)
     except ConstantsError:
         return None
-    knobs = merge_knobs(before, now, {name: new for name, (_, new) in changes.items()})
+    knobs = merge_knobs(before, now, {name: new for name, (_, new) in changes.items()}, theirs=theirs)
     if knobs is None:
         return None
     merged = rewrite_constants(baseline, knobs)
     return None if merged == baseline else merged
 
 
-def merge_knobs(parent: dict, baseline: dict, changes: dict) -> dict | None:
+def merge_knobs(parent: dict, baseline: dict, changes: dict, theirs: bool = False) -> dict | None:
     """The decision of a knob-by-knob merge (pure): the win's `changes` (name -> new value, relative to
     `parent`) apply to `baseline` when the baseline still has the parent's value of every one of them;
-    None when a knob overlaps (the baseline moved it too) or nothing would change."""
-    if not changes or any(name not in baseline or baseline[name] != parent.get(name) for name in changes):
+    None when a knob overlaps (the baseline moved it too) or nothing would change.
+
+    `theirs`: the change's values are the point, whatever the baseline moved (an idea from another
+    protocol: "this value held there", tried here at that value); a knob the baseline lacks still
+    refuses it."""
+    if not changes or any(name not in baseline for name in changes):
+        return None
+    if not theirs and any(baseline[name] != parent.get(name) for name in changes):
         return None
     if all(baseline[name] == new and type(baseline[name]) is type(new) for name, new in changes.items()):
         return None
     return dict(changes)
 
 
-def merged_train_py(ws: Workspace, parent: str, baseline: str, win: str, code: bool = True) -> bytes | None:
+def merged_train_py(ws: Workspace, parent: str, baseline: str, win: str, code: bool = True,
+                    theirs: bool = False) -> bytes | None:
     """train.py with the win's change (parent -> win) applied onto the baseline, or None when the
     changes overlap, a commit is missing here, or nothing changes. Constants-only wins merge knob by
-    knob; code changes by a three-way merge of train.py (disjoint code regions), only with `code`
-    (a peer's code runs here only where the trust policy lets that peer's code run: the sandbox)."""
+    knob (`theirs`: their values even where the baseline moved a knob too, merge_knobs); code changes by
+    a three-way merge of train.py (disjoint code regions), only with `code` (a peer's code runs here
+    only where the trust policy lets that peer's code run: the sandbox)."""
     try:
         texts = [ws.files_of(c)[EDITABLE_FILE].decode() for c in (parent, baseline, win)]
     except (KeyError, ValueError, UnicodeDecodeError, pygit2.GitError, WorkspaceError):
         return None
-    by_knob = merge_constants(*texts)
+    by_knob = merge_constants(*texts, theirs=theirs)
     if by_knob is not None:
         return by_knob.encode()
     if not code:

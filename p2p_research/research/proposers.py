@@ -118,7 +118,8 @@ class BuiltinProposer:
             self._ancestry = (baseline, first_parent_ancestry(workspace, baseline))
             self._merged.clear()
 
-    def _merge(self, workspace: Workspace, parent: str, baseline: str, commit: str, code: bool) -> bytes | None:
+    def _merge(self, workspace: Workspace, parent: str, baseline: str, commit: str, code: bool,
+               theirs: bool = False) -> bytes | None:
         """A change (parent -> commit) applied onto the baseline, cached; None while either commit is
         incomplete here, or once this proposal's MAX_MERGES fresh merges are spent (the rest next time)."""
         key = (commit, baseline)
@@ -129,7 +130,7 @@ class BuiltinProposer:
             if self._merges_left <= 0 or not all(here):
                 return None  # a peer's commit still arriving is merged once it is here, not cached as "no"
             self._merges_left -= 1
-            self._merged[key] = merged_train_py(workspace, parent, baseline, commit, code=code)
+            self._merged[key] = merged_train_py(workspace, parent, baseline, commit, code=code, theirs=theirs)
         return self._merged[key]
 
     async def _usable(self, data: bytes | None, is_known: IsKnown, is_mine: IsMine | None) -> str | None:
@@ -168,7 +169,10 @@ class BuiltinProposer:
         if self.ideas is None or self._since_idea < IDEA_EVERY:
             return None
         for idea in self.ideas():
-            data = self._merge(workspace, idea.parent, baseline, idea.commit, code=self.code_from(idea.peer))
+            # an idea's knob values are what held there: tried at those values even where this
+            # baseline moved the same knob (a combination of two wins here would be ambiguous)
+            data = self._merge(workspace, idea.parent, baseline, idea.commit, code=self.code_from(idea.peer),
+                               theirs=True)
             text = await self._usable(data, is_known, is_mine)
             if data is None or text is None:
                 continue
