@@ -219,6 +219,48 @@ def test_an_adopted_row_describes_the_change_from_the_previous_baseline(tmp_path
         ctx.ledger.close()
 
 
+def test_a_run_whose_experiment_a_peer_claimed_first_gives_way_before_it_trains(tmp_path):
+    """A peer's claim that arrives after the proposer found the experiment unknown but before the run
+    could be stopped (there was none yet) is asked about as the run starts: the run gives way at once,
+    is recorded as aborted with the reason, and nothing is trained (two nodes whose claims crossed
+    in that window both ran the experiment, seen under load)."""
+    import trio
+
+    from p2p_research.research.context import open_context
+    from p2p_research.research.engine import Hooks, ResearchEngine
+    from p2p_research.research.init import init_home
+    from p2p_research.research.proposers import BuiltinProposer
+
+    home = init_home(tmp_path / "n")
+    ctx = open_context(home, home.load_config())
+    asked = []
+
+    def contested(exp_id, runs_finished):
+        asked.append((exp_id, runs_finished))
+        return "yielded to 12D3KooWpeer's claim"
+
+    try:
+        engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0), Hooks(contested=contested))
+        trained = []
+        real = engine.trainer
+
+        async def trainer(*a, **k):
+            trained.append(a)
+            return await real(*a, **k)
+
+        engine.trainer = trainer
+        ws = ctx.workspace
+        train = ws.files_of(ws.genesis)["train.py"]
+        commit = ws.commit_experiment(ws.genesis, {"train.py": train.replace(b"N_LAYER = 4 ", b"N_LAYER = 6 ")},
+                                      "N_LAYER 4 -> 6", "0" * 40)
+        er = trio.run(engine.execute, commit, "experiment", "N_LAYER 4 -> 6", 0)
+        assert er.outcome is None and er.run.status == "aborted" and "12D3KooWpeer" in er.run.reason
+        assert not trained and asked == [(er.run.exp_id, 0)]
+        assert [(r.status, r.reason) for r in ctx.ledger.runs(exp_id=er.run.exp_id)] == [("aborted", er.run.reason)]
+    finally:
+        ctx.ledger.close()
+
+
 def test_get_takes_the_winner_home_to_a_folder_or_a_branch(tiny_home, tmp_path):
     import json
 

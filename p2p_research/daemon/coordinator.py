@@ -179,22 +179,38 @@ class SwarmCoordinator:
         eng = running[0] if running else None
         if eng is None or claim.peer == self.peer_id:
             return
-        mine = [c for c in self.ctx.ledger.claims(claim.exp_id) if c["peer"] == self.peer_id]
-        if not mine:
-            return
-        winner = claim_winner((mine[0]["ts"], self.peer_id), (claim.ts if ts is None else ts, claim.peer))
-        if winner == self.peer_id:
-            return
-        book = self.claims
-        confirmed = self.state.reputation.get(claim.peer, Reputation()).confirmed
-        if not book.may_yield_to(claim.peer, confirmed, eng.progress.experiments_done):
+        if self._yields_to(claim.exp_id, claim.peer, claim.ts if ts is None else ts, eng.progress.experiments_done):
+            if eng.yield_current(claim.exp_id, f"yielded to {claim.peer[:16]}'s claim"):
+                self.claims.note_yield(claim.peer)
+                self.stats["yielded"] += 1
+                log.info("yielding experiment %s to %s (simultaneous claim)", claim.exp_id[:10], claim.peer[:16])
+
+    def _yields_to(self, exp_id: str, peer: str, ts: float, runs_finished: int) -> bool:
+        """Whether this node's run of `exp_id` gives way to `peer`'s claim made at `ts` (as this node's
+        clock bounds it): the earlier claim wins, within the yield budget (research/claims.py)."""
+        mine = [c for c in self.ctx.ledger.claims(exp_id) if c["peer"] == self.peer_id]
+        if not mine or claim_winner((mine[0]["ts"], self.peer_id), (ts, peer)) == self.peer_id:
+            return False
+        confirmed = self.state.reputation.get(peer, Reputation()).confirmed
+        if not self.claims.may_yield_to(peer, confirmed, runs_finished):
             self.stats["yield_refused"] += 1
-            log.info("not yielding %s to %s: over the yield budget", claim.exp_id[:10], claim.peer[:16])
-            return
-        if eng.yield_current(claim.exp_id, f"yielded to {claim.peer[:16]}'s claim"):
-            book.note_yield(claim.peer)
-            self.stats["yielded"] += 1
-            log.info("yielding experiment %s to %s (simultaneous claim)", claim.exp_id[:10], claim.peer[:16])
+            log.info("not yielding %s to %s: over the yield budget", exp_id[:10], peer[:16])
+            return False
+        return True
+
+    def contested(self, exp_id: str, runs_finished: int) -> str | None:
+        """Called as this node's run of `exp_id` starts, once its own claim is recorded: a peer's claim
+        that came in after this node's proposer found the experiment unknown, but before the run could
+        yield (the engine had no run to stop yet), and that wins. Why the run gives way, or None.
+        Without this, two nodes whose claims crossed in the window both ran (seen under load)."""
+        for c in self.ctx.ledger.claims(exp_id):
+            if c["peer"] != self.peer_id and self._yields_to(exp_id, c["peer"], c["ts"], runs_finished):
+                self.claims.note_yield(c["peer"])
+                self.stats["yielded"] += 1
+                log.info("yielding experiment %s to %s (its claim came as the run started)", exp_id[:10],
+                         c["peer"][:16])
+                return f"yielded to {c['peer'][:16]}'s claim"
+        return None
 
     async def on_verification(self, msg: Verification, from_peer: str) -> None:
         r = msg.receipt

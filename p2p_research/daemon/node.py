@@ -305,7 +305,7 @@ class RunningNode:
             worker_proposer = proposer if i == 0 else self.make_proposer(self.ctx, seed_offset=7919 * i)
             eng = ResearchEngine(self.ctx, worker_proposer, Hooks(
                 on_claim=self.announcer.announce_claim, on_result=self.announcer.announce_result,
-                is_known=self.coordinator.is_known,
+                is_known=self.coordinator.is_known, contested=self.coordinator.contested,
                 between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns,
                 researchers=self.researchers),
                 worker=i, worker_env=env)

@@ -31,6 +31,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 
 MAX_DIM = 1 << 16
@@ -433,6 +434,35 @@ def _wait_ready(folder):
     return True
 
 
+def _import_torch_while_training():
+    """Import torch at the lowest priority, in a thread of its own: the import (a second of CPU) runs
+    beside the training and takes only what the training leaves idle. Priority is per thread on
+    Linux, and a process cannot raise its own back, so the measurement (this main thread, and the
+    compute threads it starts) keeps the normal priority: once the model comes, the run waits for
+    this process's value, and a node busy with other work must not starve it."""
+    got = {}
+
+    def work():
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           int(os.environ.get("P2P_EVALUATE_NICE", "19")))
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            import torch
+
+            got["torch"] = torch
+        except BaseException as e:  # raised again in the main thread
+            got["error"] = e
+
+    thread = threading.Thread(target=work, name="import-torch")
+    thread.start()
+    thread.join()
+    if "error" in got:
+        raise got["error"]
+    return got["torch"]
+
+
 def _private_wanted(value):
     """The private split decides only a gain beyond the margin over a measured ancestor: the node
     names the value below which that is (P2P_PRIVATE_BELOW; absent: always, as for a baseline)."""
@@ -447,13 +477,7 @@ def main():
     started = time.monotonic()
     marks = {}
     folder = sys.argv[1]
-    # it starts with the training and imports torch meanwhile: at the lowest priority, so the import
-    # takes only what the training leaves idle (the training then waits for this process's value)
-    try:
-        os.nice(int(os.environ.get("P2P_EVALUATE_NICE", "19")))
-    except (OSError, ValueError):
-        pass
-    import torch
+    torch = _import_torch_while_training()
 
     device = os.environ.get("P2P_DEVICE", "").strip()
     if device in ("", "auto"):  # as the harnesses choose: a GPU where one is visible

@@ -43,8 +43,9 @@ EVALUATE_SCRIPT = "p2p_evaluate.py"
 STARTUP_SCRIPT = "p2p_startup.py"
 HANDOVER_FILES = ("program.json", "state_dict.pt", "constants.pt", "meta.json")
 MAX_HANDOVER_FILES = 16
-WATCH_S = 0.02          # the hand-over folder, while the run trains (a scandir per poll)
-RESULT_POLL_S = 0.01    # the evaluator's log, from the hand-over to its result line
+WATCH_S = 0.01          # the hand-over's meta.json, while the run trains (a stat per poll)
+BOUND_S = 0.1           # the hand-over folder's entries and bytes, while the run trains (a scandir)
+RESULT_POLL_S = 0.003   # the evaluator's log, from the hand-over to its result line (a stat per poll)
 EVAL_TIME_FLOOR_S = 120.0
 MEASURE_PREFIX = "P2P-MEASURE "
 PRIVATE_BELOW = "P2P_PRIVATE_BELOW"  # the evaluator measures the private split only below this value
@@ -53,6 +54,12 @@ NODE_ONLY_ENV = (PRIVATE_BELOW, ANCESTOR_CPU)  # what the node tells its harness
 READY_FILE = "ready"               # evaluate.READY: the node's copy of the hand-over is complete
 MEASURED_FILE = "measured.json"     # the node's value, written back for the waiting run (handover.py)
 HAND_BACK_WAIT_S = 60.0             # how much longer than the evaluator's limit the run waits for it
+# The evaluator starts this long after the run (or at the hand-over, if that comes first): the run's
+# sandbox and interpreter start at full priority, and the evaluator's own start (its sandbox, its
+# interpreter; only its torch import runs at the lowest priority) slowed the run's start when both
+# began together (fixture, 10 + 10 runs: +5.2 % at once, +3.7 % to +4.1 % with 0.2-0.8 s of lag). Its
+# import (about 1 s) then still runs beside the run's own import, before the training takes both cores.
+EVALUATOR_LAG_S = 0.4
 
 # Run by the node (its own pinned harness, no sandbox) beside the genesis's prepare.py: writes the
 # training bytes alone to a folder named by their hash in the cache and prints that folder.
@@ -297,6 +304,7 @@ class HarnessTrainer:
         eval_time = self._eval_time(limits)
         measured: dict = {}
         evaluated = trio.Event()
+        handed = trio.Event()  # the hand-over is here: the evaluator starts now if it has not yet
         eval_scope = trio.CancelScope()
 
         def take() -> None:
@@ -320,8 +328,10 @@ class HarnessTrainer:
                        else {"error": "the evaluation was stopped"})
 
         async def evaluate() -> None:
-            # started with the run, so torch is imported by the time the model comes (evaluate.py waits)
+            # started beside the run, so torch is imported by the time the model comes (evaluate.py waits)
             result: dict = {}
+            with trio.move_on_after(EVALUATOR_LAG_S):
+                await handed.wait()
             try:
                 with eval_scope:
                     result = await self._evaluate(run_dir, taken, env, limits, sandbox)
@@ -333,12 +343,19 @@ class HarnessTrainer:
         async def read_early() -> None:
             # the result line is complete before the evaluator's sandbox is reaped: take it then
             log_path = run_dir / "evaluate.log"
+            size = -1
             while not evaluated.is_set():
                 if "evaluating" in seen:
-                    doc = await trio.to_thread.run_sync(_measure_line, log_path)
-                    if doc is not None:
-                        finish(_result_of(doc))
-                        return
+                    try:
+                        now = os.stat(log_path).st_size  # a stat here; the read only when the log grew
+                    except OSError:
+                        now = -1
+                    if now != size:
+                        size = now
+                        doc = await trio.to_thread.run_sync(_measure_line, log_path)
+                        if doc is not None:
+                            finish(_result_of(doc))
+                            return
                 await trio.sleep(RESULT_POLL_S)
 
         async def watch(run_scope: trio.CancelScope) -> None:
@@ -346,18 +363,26 @@ class HarnessTrainer:
             # (meta.json is written last, so an honest hand-over is complete when it appears); the
             # folder is the one place the run can write outside its tmpfs, so it is bounded as it grows
             limit = spec.max_handover_mb * 2**20
-            while not (handover / "meta.json").exists():
-                count, size = await trio.to_thread.run_sync(_folder_bytes, handover)
-                if count > MAX_HANDOVER_FILES or size > limit:
-                    seen["overflow"] = (f"the run wrote more than {MAX_HANDOVER_FILES} entries or "
-                                        f"{limit / 2**20:.0f} MiB into the hand-over folder")
-                    run_scope.cancel()
-                    return
+            meta = os.path.join(handover, "meta.json")
+            bound_at = 0.0
+            while not os.path.exists(meta):  # a stat, here: a thread per 20-ms poll cost the node 0.1 s a run
+                if time.monotonic() >= bound_at:
+                    bound_at = time.monotonic() + BOUND_S
+                    count, size = await trio.to_thread.run_sync(_folder_bytes, handover)
+                    if count > MAX_HANDOVER_FILES or size > limit:
+                        seen["overflow"] = (f"the run wrote more than {MAX_HANDOVER_FILES} entries or "
+                                            f"{limit / 2**20:.0f} MiB into the hand-over folder")
+                        run_scope.cancel()
+                        return
                 await trio.sleep(WATCH_S)
             seen["after_s"] = time.monotonic() - started
+            handed.set()
+            log.debug("the hand-over is seen %.3f s after the run started", seen["after_s"])
             await trio.to_thread.run_sync(take)
             if seen["refused"] is None:
                 release()
+                log.debug("the hand-over is copied and released %.3f s after the run started",
+                          time.monotonic() - started)
             else:
                 eval_scope.cancel()
                 _hand_back(folder_fd, {"error": str(seen["refused"])})
@@ -374,6 +399,7 @@ class HarnessTrainer:
                                                     sandbox=train_sandbox)
                         log.debug("the run ended %.3f s after it started", time.monotonic() - started)
                     nursery.cancel_scope.cancel()
+                handed.set()  # the run is over: an evaluator still lagging starts (or is cancelled) now
                 if outcome is not None and not outcome.ok and "error" in measured:
                     # a run that had no validation data of its own fails when the harness refuses its model
                     return _with(outcome, reason=f"the harness refused the handed-over model: {measured['error']}")

@@ -121,6 +121,8 @@ class Hooks:
     is_known: Callable[[str], Awaitable[bool]] | None = None                    # exp_id -> known elsewhere?
     between: Callable[[], Awaitable[None]] | None = None                        # before each proposal (swarm work)
     is_mine: Callable[[str], bool] | None = None                                # exp_id -> this node's to run?
+    # exp_id, runs finished -> why a run about to start gives way to a peer's claim already here (or None)
+    contested: Callable[[str, int], str | None] | None = None
     researchers: Callable[[], int] | None = None  # other peers of this protocol it hears (the genesis rule)
 
 
@@ -642,8 +644,15 @@ class ResearchEngine:
             # enforces the memory limit for them
             limits = RunLimits(self.time_limit(), r.memory_limit_mb, hard_address_limit=not r.train_command.strip() and (
                 r.device == "cpu" or (r.device == "auto" and not Path("/dev/nvidia0").exists())))
+            self.yield_reason = ""
             with trio.CancelScope() as scope:
                 self.current_scope = scope
+                lost = (self.hooks.contested(exp_id, self.progress.experiments_done)
+                        if kind == "experiment" and self.hooks.contested else None)
+                if lost is not None:  # a peer's claim that came before the run could yield to it
+                    self.yield_reason = lost
+                    scope.cancel()
+                    await trio.lowlevel.checkpoint()
                 await self.prepare_data()
                 er.outcome = await self.trainer(run_dir, self._measure_env(seed, kind, parent), limits, log_path,
                                                 sandbox=self.sandbox_spec(run_dir))
