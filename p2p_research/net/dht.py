@@ -5,7 +5,7 @@
     n = await dht.put(make_claim_record(exp_id, commit, lease_until, key_pair))
     rec = await dht.get(exp_id)           # best valid ExpRecord or None, within ~8 s
 
-What py-libp2p 0.8.1 does not do and this module does (LIBP2P_NOTES.md):
+What py-libp2p 0.8.1 does not do and this module does (docs/libp2p.md):
 
 * connected peers are not added to the routing table: a loop adds every connected peer every
   ``poll_interval`` seconds and refreshes the table when the first peers join, then after

@@ -1,6 +1,6 @@
 """GossipSub topics of a swarm: validation, rate limiting, dedup and prompt draining.
 
-Safety rules (each measured in LIBP2P_NOTES.md):
+Safety rules (each measured: docs/libp2p.md):
 - spam protection is off (it throttles our own publishes at 10 msg/s); token buckets in the
   validator replace it, per originator key (who signed) *and* per forwarder (the connection that
   delivered it, which also gets a budget of originators it may introduce: keys cost nothing, so a

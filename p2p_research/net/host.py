@@ -1,7 +1,7 @@
 """The libp2p host: TCP + Noise only + Yamux, with safe startup/teardown and address parsing.
 
 py-libp2p's default listener also accepts plaintext, secio and TLS dialers; a Noise-only
-``sec_opt`` refuses them (LIBP2P_NOTES.md). Teardown needs ``await host.close()`` and a guard
+``sec_opt`` refuses them (docs/libp2p.md). Teardown needs ``await host.close()`` and a guard
 against the known ``RuntimeError("Nursery is closed to new arrivals")`` raised by libp2p's own
 background tasks when many hosts stop at once.
 """

@@ -1,7 +1,7 @@
 """Per-peer token buckets and rate-limited logging.
 
 GossipSub's built-in spam protection caps 10 msg/s per topic *including the local publisher*
-(LIBP2P_NOTES.md), so it is disabled and replaced by these buckets in the topic validator.
+(docs/libp2p.md), so it is disabled and replaced by these buckets in the topic validator.
 """
 
 from __future__ import annotations
