@@ -253,3 +253,18 @@ def test_outbound_queue_is_larger_and_drops_are_counted():
     ps_mod.drop_rpc(ID(b"\x00\x01"), rpc)  # what pubsub calls on a full queue
     assert rpc_cost.DROPPED["rpcs"] == before["rpcs"] + 1
     assert rpc_cost.DROPPED["messages"] == before["messages"] + 1
+
+
+def test_the_libp2p_version_gate_is_the_pin_of_pyproject_and_the_installed_version():
+    """One gate (net/libp2p_pin.py) for every patch and guard, equal to pyproject.toml's pin: a bump of
+    the pin without the gate (or the other way round) leaves the patches off, silently."""
+    import re
+    from pathlib import Path
+
+    from p2p_research.net import libp2p_pin, upstream_guards
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    pinned = re.search(r'"libp2p==([^"]+)"', pyproject).group(1)
+    assert libp2p_pin.EXPECTED_LIBP2P == pinned == libp2p_pin.libp2p_version()
+    assert libp2p_pin.is_expected_libp2p()
+    assert rpc_cost.EXPECTED_LIBP2P is upstream_guards.EXPECTED_LIBP2P is libp2p_pin.EXPECTED_LIBP2P

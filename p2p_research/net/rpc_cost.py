@@ -54,13 +54,12 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _dist_version
 from typing import Any
+
+from .libp2p_pin import EXPECTED_LIBP2P, libp2p_version
 
 log = logging.getLogger(__name__)
 
-EXPECTED_LIBP2P = "0.8.1"
 RECORD_RECHECK_S = 60.0  # identical record bytes are re-consumed at most once a minute per peer
 RECORD_CACHE_PEERS = 1024  # peers remembered per peerstore (the longest unconsumed dropped first)
 LOCAL_RECORD_TTL_S = 1.0  # the local record's bytes are reused for at most this long
@@ -86,13 +85,6 @@ _seen_records: weakref.WeakKeyDictionary[Any, OrderedDict[Any, tuple[bytes, Any,
 )
 # host -> (listener fingerprint, local record object, envelope bytes, monotonic time refreshed)
 _local_records: weakref.WeakKeyDictionary[Any, tuple[Any, Any, bytes, float]] = weakref.WeakKeyDictionary()
-
-
-def libp2p_version() -> str | None:
-    try:
-        return _dist_version("libp2p")
-    except PackageNotFoundError:
-        return None
 
 
 # --- 1. receive side: senderRecord ---------------------------------------------------------------

@@ -29,9 +29,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .libp2p_pin import EXPECTED_LIBP2P, libp2p_version
+
 log = logging.getLogger(__name__)
 
-EXPECTED_LIBP2P = "0.8.1"
 #: longest protocol id line we read (libp2p's own ids are under 64 bytes; an `ls` reply is never read
 #: by our hosts)
 MAX_MULTISTREAM_MESSAGE = 1024
@@ -89,8 +90,6 @@ def apply() -> dict[str, bool]:
     """Install the guards (idempotent); returns which are active."""
     if "multistream" in _applied:
         return dict(_applied)
-    from .rpc_cost import libp2p_version
-
     version = libp2p_version()
     if version != EXPECTED_LIBP2P:
         log.warning("libp2p %s is not %s: the multistream-select guard is not installed (check whether this "
