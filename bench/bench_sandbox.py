@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from p2p_research.research.context import open_context  # noqa: E402
 from p2p_research.research.engine import ResearchEngine  # noqa: E402
-from p2p_research.research.init import init_home  # noqa: E402
+from p2p_research.research.home_init import init_home  # noqa: E402
 from p2p_research.research.proposers import BuiltinProposer  # noqa: E402
 from p2p_research.research.runner import RunLimits, run_training, train_argv  # noqa: E402
 from p2p_research.research.sandbox import detect, process_limit  # noqa: E402

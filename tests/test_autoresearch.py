@@ -32,7 +32,7 @@ from autoresearch_helpers import (
 from daemon_helpers import Daemon, wait_for
 
 from p2p_research.home import NodeHome
-from p2p_research.research.init import detect_train_command
+from p2p_research.research.home_init import detect_train_command
 
 
 def test_init_takes_the_folder_as_it_is(tmp_path):
@@ -266,7 +266,7 @@ def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
 
 
 def test_init_finds_the_harness_data_folder_for_the_sandbox(tmp_path):
-    from p2p_research.research.init import harness_data_dirs
+    from p2p_research.research.home_init import harness_data_dirs
 
     src = b'CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")\nX = ".cache"\n'
     assert harness_data_dirs(src) == ["~/.cache/autoresearch"]

@@ -49,7 +49,7 @@ def test_a_dashboard_address_this_machine_lacks_is_one_line_error(tmp_path):
 
     from conftest import CLI, ROOT
 
-    from p2p_research.research.init import init_home
+    from p2p_research.research.home_init import init_home
 
     home = init_home(tmp_path / "n")
     for addr, why in (("10.255.255.1:9", "unavailable"), ("nonsense", "invalid dashboard address")):

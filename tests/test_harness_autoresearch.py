@@ -22,7 +22,7 @@ from p2p_research.harness import shards, verdict
 from p2p_research.harness.measure import PRIVATE_BELOW, HarnessTrainer
 from p2p_research.research.context import open_context
 from p2p_research.research.engine import ResearchEngine
-from p2p_research.research.init import init_home
+from p2p_research.research.home_init import init_home
 from p2p_research.research.proposers import BuiltinProposer
 from p2p_research.research.runner import RunLimits
 from p2p_research.research.sandbox import detect

@@ -32,12 +32,12 @@ from adversary import (
 from conftest import CLI, ROOT
 from daemon_helpers import Daemon, surrogate_home, wait_for
 
-from p2p_research.daemon.announce import commit_objects
 from p2p_research.daemon.control_call import call
+from p2p_research.daemon.messages import commit_objects
 from p2p_research.net.dht import KAD_PROTOCOL
 from p2p_research.net.transfer import OBJECTS_PROTOCOL
+from p2p_research.research.home_init import init_home
 from p2p_research.research.ids import experiment_id
-from p2p_research.research.init import init_home
 from p2p_research.research.ownership import assignment_order
 from p2p_research.research.workspace import Workspace
 from p2p_research.wire import GitObject, Presence, decode

@@ -16,12 +16,12 @@ import trio
 from libp2p import generate_new_ed25519_identity
 from libp2p.peer.id import ID
 
-from p2p_research.daemon.announce import commit_objects
 from p2p_research.daemon.intake import FETCH_RETRY_S, Intake
+from p2p_research.daemon.messages import commit_objects
 from p2p_research.net.network import Incoming
 from p2p_research.research.context import open_context
+from p2p_research.research.home_init import init_home
 from p2p_research.research.ids import experiment_id
-from p2p_research.research.init import init_home
 from p2p_research.research.workspace import Workspace
 from p2p_research.target import read_target_files
 from p2p_research.wire import DeltaObject, GitObject, Receipt, Result, decode, sign_receipt

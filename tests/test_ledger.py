@@ -155,7 +155,7 @@ def test_the_inspection_tables_are_readable_at_80_columns(tmp_path):
 
     from conftest import CLI, ROOT
 
-    from p2p_research.research.init import init_home
+    from p2p_research.research.home_init import init_home
 
     home = init_home(tmp_path / "node")
     led = Ledger(home.ledger)

@@ -20,7 +20,7 @@ import pytest
 import trio
 from daemon_helpers import Daemon, wait_for
 
-from p2p_research.research.init import init_home
+from p2p_research.research.home_init import init_home
 from p2p_research.research.run_guard import RUN_DIR_ENV
 from p2p_research.research.runner import RunLimits, run_training
 from p2p_research.research.sandbox import SandboxSpec, detect, interpreter_paths, safe_paths

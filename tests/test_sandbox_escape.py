@@ -20,7 +20,7 @@ from daemon_helpers import Daemon
 
 from p2p_research.research.context import open_context
 from p2p_research.research.engine import ResearchEngine
-from p2p_research.research.init import init_home
+from p2p_research.research.home_init import init_home
 from p2p_research.research.proposers import BuiltinProposer
 from p2p_research.research.runner import RunLimits, run_training, train_argv
 from p2p_research.research.sandbox import detect

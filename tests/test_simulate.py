@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from sim_helpers import SIM, leftover_processes
 
-from p2p_research.sim.metrics import best_over_time, first_time_at_or_below, pct, swarm_best_over_time
+from p2p_research.sim.figures import best_over_time, first_time_at_or_below, pct, swarm_best_over_time
 from p2p_research.sim.options import SimOptions, parse_duration
 from p2p_research.sim.probe import proc_cpu_rss
 

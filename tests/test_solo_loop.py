@@ -194,7 +194,7 @@ def test_an_adopted_row_describes_the_change_from_the_previous_baseline(tmp_path
     from p2p_research.research import loop as L
     from p2p_research.research.context import open_context
     from p2p_research.research.engine import ResearchEngine
-    from p2p_research.research.init import init_home
+    from p2p_research.research.home_init import init_home
     from p2p_research.research.proposers import BuiltinProposer
 
     home = init_home(tmp_path / "n")
@@ -228,7 +228,7 @@ def test_a_run_whose_experiment_a_peer_claimed_first_gives_way_before_it_trains(
 
     from p2p_research.research.context import open_context
     from p2p_research.research.engine import Hooks, ResearchEngine
-    from p2p_research.research.init import init_home
+    from p2p_research.research.home_init import init_home
     from p2p_research.research.proposers import BuiltinProposer
 
     home = init_home(tmp_path / "n")
@@ -316,7 +316,7 @@ def test_the_keep_rule_is_said_where_autoresearch_users_look(tmp_path):
     from p2p_research.research import loop as L
     from p2p_research.research.context import open_context
     from p2p_research.research.engine import ExperimentRun, ResearchEngine
-    from p2p_research.research.init import init_home
+    from p2p_research.research.home_init import init_home
     from p2p_research.research.proposers import BuiltinProposer
     from p2p_research.store.ledger import Run
 
@@ -348,7 +348,7 @@ def test_results_tsv_starts_with_the_baseline_even_when_the_genesis_value_came_f
     baseline value was known waits for the baseline's row (or for the end of research)."""
     from p2p_research.research.context import open_context
     from p2p_research.research.engine import ResearchEngine
-    from p2p_research.research.init import init_home
+    from p2p_research.research.home_init import init_home
     from p2p_research.research.proposers import BuiltinProposer
 
     rows = lambda home: [line.split("\t") for line in home.results_tsv.read_text().splitlines()[1:]]  # noqa: E731

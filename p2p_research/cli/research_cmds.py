@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
         `--target DIR` takes a folder as it is (an autoresearch checkout works unchanged); how its
         train.py runs (research.train_command), its budget and the hardware class are shown."""
         from p2p_research.research.context import open_context
-        from p2p_research.research.init import detect_train_command, init_home
+        from p2p_research.research.home_init import detect_train_command, init_home
         from p2p_research.research.workspace import Workspace
 
         h = init_home(resolve_home(home), profile, target)

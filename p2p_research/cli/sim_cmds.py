@@ -70,8 +70,8 @@ def register(app: typer.Typer) -> None:
                      loss=loss, nat_share=nat_share, combine=combine, genesis=genesis)
             return
 
+        from p2p_research.sim.figures import collect
         from p2p_research.sim.launcher import Simulation
-        from p2p_research.sim.metrics import collect
         from p2p_research.sim.monitor import Display
         from p2p_research.sim.options import SimOptions, parse_duration
         from p2p_research.sim.report import write_report
@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         page = None
         if dashboard or dashboard_addr:
             from p2p_research.dashboard.serve import DEFAULT_ADDR
-            from p2p_research.sim.dashboard import SimDashboard
+            from p2p_research.sim.live_page import SimDashboard
 
             try:
                 page = SimDashboard(display.poller, dashboard_addr or DEFAULT_ADDR, sim.root / "dashboard.token").start()
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
                 m = collect(sim)
                 live = None
                 if page is not None:
-                    from p2p_research.sim.dashboard import sim_state
+                    from p2p_research.sim.live_page import sim_state
 
                     live = sim_state(display.poller)
                     page.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from p2p_research.daemon.announce import make_claim, make_result
+from p2p_research.daemon.messages import make_claim, make_result
 from p2p_research.research import flooding
 from p2p_research.research.context import ResearchContext
 from p2p_research.research.ownership import Ownership

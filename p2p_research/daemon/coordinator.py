@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2p_research.config import NodeConfig
-from p2p_research.daemon.announce import make_receipt
+from p2p_research.daemon.messages import make_receipt
 from p2p_research.net.boundary import Faults, contained
 from p2p_research.research import flooding
 from p2p_research.research.claims import ClaimBook, claim_winner

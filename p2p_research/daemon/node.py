@@ -23,7 +23,6 @@ from p2p_research import __version__
 from p2p_research.config import NodeConfig
 from p2p_research.daemon import views
 from p2p_research.daemon.address import stable_listen
-from p2p_research.daemon.announce import make_post
 from p2p_research.daemon.announcer import Announcer, AnnouncerDeps
 from p2p_research.daemon.catchup import (
     ANTI_ENTROPY_S,
@@ -37,6 +36,7 @@ from p2p_research.daemon.catchup import (
 from p2p_research.daemon.control import ControlError, ControlServer
 from p2p_research.daemon.coordinator import CoordinatorDeps, SwarmCoordinator
 from p2p_research.daemon.intake import Intake
+from p2p_research.daemon.messages import make_post
 from p2p_research.daemon.siblings import SiblingFollower
 from p2p_research.daemon.taskdump import report_if_still_stopping
 from p2p_research.daemon.workers import worker_envs

@@ -48,7 +48,7 @@ def write_report(m: dict[str, Any], folder: Path, argv: list[str], dashboard_sta
     folder.mkdir(parents=True, exist_ok=True)
     series = m.pop("series")
     if m.get("dashboard") is not None:  # the page served during the run, kept with its final state
-        from p2p_research.sim.dashboard import final_state, write_static
+        from p2p_research.sim.live_page import final_state, write_static
 
         m["dashboard"]["file"] = write_static(folder, final_state(m, series, dashboard_state)).name
     m["command"] = " ".join(shlex.quote(a) for a in argv)

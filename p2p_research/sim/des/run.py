@@ -24,7 +24,7 @@ from p2p_research.research.searchspace import parse_search_space
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.vnode import Shared, VirtualNode
 from p2p_research.sim.des.world import World
-from p2p_research.sim.metrics import (
+from p2p_research.sim.figures import (
     _r,
     first_time_at_or_below,
     solo_comparison,

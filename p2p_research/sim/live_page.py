@@ -16,7 +16,7 @@ import trio
 
 from p2p_research.dashboard.app import make_sim_app, static_sim_page
 from p2p_research.dashboard.serve import Bound, bind, serve
-from p2p_research.sim.metrics import swarm_best_over_time
+from p2p_research.sim.figures import swarm_best_over_time
 
 log = logging.getLogger("p2p_research.sim")
 
