@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2p_research.errors import P2PResearchError
 
-class ConfigError(ValueError):
+
+class ConfigError(P2PResearchError, ValueError):
     pass
 
 

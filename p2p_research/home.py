@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2p_research.config import ConfigError, NodeConfig, dump_config, load_config
+from p2p_research.errors import P2PResearchError
 
 ENV_HOME = "P2P_RESEARCH_HOME"
 
 
-class HomeError(Exception):
+class HomeError(P2PResearchError):
     pass
 
 

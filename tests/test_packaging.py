@@ -38,3 +38,28 @@ def test_the_wheel_ships_the_profiles_and_init_profile_works_from_it(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import p2p_research; print(p2p_research.__file__)"], capture_output=True,
                        text=True, cwd=tmp_path, env=env)
     assert r.stdout.startswith(str(site))
+
+
+def test_every_error_of_the_package_derives_from_its_one_root():
+    """One `except P2PResearchError` (the CLI's one-line errors, fault boundaries) tells the project's
+    own refusals from bugs: every public exception class the package defines derives from it (a
+    private one is a signal that never leaves its module; the two sandbox scripts import nothing of
+    the package)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import p2p_research
+    from p2p_research.errors import P2PResearchError
+
+    outside = []
+    for m in pkgutil.walk_packages(p2p_research.__path__, "p2p_research."):
+        if m.name in ("p2p_research.harness.handover", "p2p_research.harness.evaluate", "p2p_research.__main__") \
+                or m.name.startswith("p2p_research.target."):
+            continue
+        module = importlib.import_module(m.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if (cls.__module__ == m.name and issubclass(cls, BaseException) and not name.startswith("_")
+                    and not issubclass(cls, P2PResearchError)):
+                outside.append(f"{m.name}.{name}")
+    assert not outside, outside

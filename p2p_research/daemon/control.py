@@ -16,13 +16,15 @@ from typing import Any
 
 import trio
 
+from p2p_research.errors import P2PResearchError
+
 log = logging.getLogger("p2p_research.control")
 
 MAX_REQUEST = 64 * 1024
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-class ControlError(Exception):
+class ControlError(P2PResearchError):
     """A request the daemon refuses, with the reason shown to the user."""
 
 

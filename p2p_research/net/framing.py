@@ -8,10 +8,12 @@ import msgpack
 import trio
 from libp2p.network.stream.exceptions import StreamEOF
 
+from p2p_research.errors import P2PResearchError
+
 WRITE_CHUNK = 64 * 1024
 
 
-class FrameError(Exception):
+class FrameError(P2PResearchError):
     """A stream protocol peer sent something malformed, oversized or truncated."""
 
 

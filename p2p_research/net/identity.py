@@ -11,8 +11,10 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
 
+from p2p_research.errors import P2PResearchError
 
-class IdentityError(RuntimeError):
+
+class IdentityError(P2PResearchError, RuntimeError):
     """The identity key file exists but cannot be used (corrupt, wrong type, unreadable)."""
 
 

@@ -19,6 +19,8 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from p2p_research.errors import P2PResearchError
+
 from ..wire import GitObject, git_object_id
 from ..wire.messages import GIT_KINDS
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small, write_all
@@ -43,7 +45,7 @@ _HEX40 = re.compile(r"[0-9a-f]{40}")
 ObjectSource = Callable[[str], tuple[int, bytes] | None | Awaitable[tuple[int, bytes] | None]]
 
 
-class TransferError(Exception):
+class TransferError(P2PResearchError):
     """Fetching objects failed: peer unreachable, protocol violation, timeout, or a lying peer."""
 
 

@@ -18,6 +18,8 @@ import math
 import operator
 from dataclasses import dataclass
 
+from p2p_research.errors import P2PResearchError
+
 Literal = int | float | str | bool
 Const = Literal | tuple  # a tuple/list constant is held as a tuple of its (possibly nested) values
 
@@ -28,7 +30,7 @@ MAX_EXPONENT = 256
 MAX_STR = 1000
 
 
-class ConstantsError(ValueError):
+class ConstantsError(P2PResearchError, ValueError):
     """The source does not have the expected shape (does not parse, or a constant is not constant)."""
 
 

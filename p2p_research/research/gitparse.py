@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from p2p_research.errors import P2PResearchError
+
 MAX_BLOB = 16 * 1024 * 1024  # bytes; experiments edit small source files, anything bigger is abuse
 MAX_TREE_ENTRIES = 4096
 MAX_COMMIT_BYTES = 64 * 1024
@@ -34,7 +36,7 @@ _SIGNATURE = re.compile(r"(author|committer) [^<>]*<[^<>]*> ([0-9]{1,20}) [+-][0
 _EXTRA_HEADER = re.compile(r"([a-z0-9-]+) (.*)")
 
 
-class ObjectFormatError(ValueError):
+class ObjectFormatError(P2PResearchError, ValueError):
     """A peer's object is not a well-formed commit/tree/blob; `reason` is one short loggable line."""
 
     def __init__(self, reason: str) -> None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from p2p_research.errors import P2PResearchError
+
 DEFAULT_MARGIN = 0.002  # about the run-to-run spread of the default target; `noise` measures it per node
 MAX_CONSECUTIVE_SKIPS = 10
 MAX_BASELINE_FAILURES = 2
@@ -140,7 +142,7 @@ def decide_keep(baseline: float, value: float | None, margin: float) -> tuple[st
     return "discarded", f"val_bpb worse by {-gain:.6f}"
 
 
-class ProtocolError(Exception):
+class ProtocolError(P2PResearchError):
     """An event that does not fit the state (a driver bug): raised loudly, never ignored."""
 
 

@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2p_research.errors import P2PResearchError
+
 WORKDIR = "/run/p2p-work"          # the run's scratch directory inside the sandbox
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "passwd", "group", "localtime",
              "alternatives", "hosts", "host.conf", "gai.conf", "ssl/openssl.cnf")
@@ -43,7 +45,7 @@ SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
 PROBE_TIMEOUT_S = 20.0
 
 
-class SandboxError(RuntimeError):
+class SandboxError(P2PResearchError, RuntimeError):
     pass
 
 

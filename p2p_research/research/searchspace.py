@@ -20,13 +20,14 @@ import re
 import tomllib
 from dataclasses import dataclass
 
+from p2p_research.errors import P2PResearchError
 from p2p_research.research.constants import Const, Literal, flatten
 
 FENCE = re.compile(r"^```toml search-space[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 KINDS = ("int", "float", "choice", "bool")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(P2PResearchError, ValueError):
     pass
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from p2p_research.errors import P2PResearchError
+
 MAX_KEYS = 64
 MAX_VALUE = 200
 
@@ -44,7 +46,7 @@ class Summary:
         return None if self.peak_memory_mb is None else self.peak_memory_mb / 1024.0
 
 
-class SummaryError(ValueError):
+class SummaryError(P2PResearchError, ValueError):
     pass
 
 

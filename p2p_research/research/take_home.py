@@ -19,6 +19,7 @@ from typing import Any
 import pygit2
 
 from p2p_research.daemon.views import signed_receipts
+from p2p_research.errors import P2PResearchError
 from p2p_research.research.context import EDITABLE_FILE
 from p2p_research.research.workspace import Workspace
 from p2p_research.store.ledger import Ledger
@@ -26,7 +27,7 @@ from p2p_research.store.ledger import Ledger
 MAX_STEPS = 200  # lineage lines in a commit message (a long lineage keeps its newest steps)
 
 
-class TakeHomeError(ValueError):
+class TakeHomeError(P2PResearchError, ValueError):
     """What cannot be taken home, in one line."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pygit2
 
+from p2p_research.errors import P2PResearchError
 from p2p_research.research.gitparse import ObjectFormatError, check_object, references
 
 log = logging.getLogger("p2p_research.workspace")
@@ -34,7 +35,7 @@ OBJECTS_CHECKED_MARK = "p2p-objects-checked"
 OBJECTS_CHECK_VERSION = "1"
 
 
-class WorkspaceError(Exception):
+class WorkspaceError(P2PResearchError):
     pass
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2p_research.errors import P2PResearchError
+
 SCHEMA_VERSION = 3  # 2: runs.metrics (every summary key as printed); 3: semantic ids (code dedup)
 # (the `ideas` table came later without a new version: older software ignores it, so a ledger it holds
 # still opens there)
@@ -119,7 +121,7 @@ RUN_FIELDS = (
 )
 
 
-class LedgerError(Exception):
+class LedgerError(P2PResearchError):
     pass
 
 

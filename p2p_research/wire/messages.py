@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from p2p_research.errors import P2PResearchError
+
 WIRE_VERSION = 2
 #: Version 1 carried a result's description and a verification's target and claimed value outside the
 #: signed receipt, so whoever relayed a result first could rewrite them. Its messages are refused with
@@ -49,7 +51,7 @@ VERIFICATION_STATUSES = frozenset({"confirmed", "refuted"})
 GIT_KINDS: dict[int, str] = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
 
 
-class WireError(ValueError):
+class WireError(P2PResearchError, ValueError):
     """A message from the wire is invalid; ``reason`` is a short one-line explanation."""
 
     def __init__(self, reason: str) -> None:
