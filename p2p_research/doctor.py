@@ -230,9 +230,7 @@ def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[s
             checks += preflight_checks(cfg.research.train_command, ctx.workspace.files_of(ctx.workspace.genesis),
                                        cfg.research.device)
         checks.append(free_disk(home.path))
-        samples = [(r[0], r[1]) for r in ctx.ledger.db.execute(
-            "SELECT peer, received_at - finished_at FROM runs WHERE origin='peer' AND received_at IS NOT NULL"
-            " AND finished_at IS NOT NULL ORDER BY run_id DESC LIMIT 500")]
+        samples = ctx.ledger.peer_delays(500)
     finally:
         ctx.close()
     addrs = (status or {}).get("addrs", [])

@@ -290,8 +290,7 @@ def register(app: typer.Typer) -> None:
                     sys.stdout.flush()
                 if not follow:
                     return
-                row = ledger.db.execute("SELECT status FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
-                if row is None or row["status"] != "running":
+                if ledger.run_status(run.run_id) != "running":
                     return
                 time.sleep(0.5)
         finally:

@@ -31,19 +31,19 @@ def register(app: typer.Typer) -> None:
         h = NodeHome(resolve_home(home)).require()
         ledger = Ledger(h.ledger)
         try:
-            row = ledger.db.execute("SELECT protocol_id FROM baselines ORDER BY id DESC LIMIT 1").fetchone()
-            if row is None:
+            latest = ledger.latest_baseline()
+            if latest is None:
                 raise CliError("this node has no baseline yet: nothing of its swarm to show")
-            rows = rows_of(ledger, row["protocol_id"])
-            ideas = ideas_view(ledger, row["protocol_id"])
+            rows = rows_of(ledger, latest.protocol_id)
+            ideas = ideas_view(ledger, latest.protocol_id)
         finally:
             ledger.close()
         data = {**view(rows), "across_hardware": ideas}
         if tsv is not None:
             tsv.expanduser().write_text(results_tsv(rows))
         if json_out:
-            return print_json({**data, "protocol_id": row["protocol_id"], "tsv": str(tsv) if tsv else None})
-        t = Table(title=f"nodes of protocol {row['protocol_id'][:12]} ({data['runs']} results, {data['kept']} kept)")
+            return print_json({**data, "protocol_id": latest.protocol_id, "tsv": str(tsv) if tsv else None})
+        t = Table(title=f"nodes of protocol {latest.protocol_id[:12]} ({data['runs']} results, {data['kept']} kept)")
         for col in ("node", "results", "kept", "best val_bpb", "improved"):
             t.add_column(col, no_wrap=True)
         for n in data["nodes"][:limit]:

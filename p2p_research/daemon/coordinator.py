@@ -128,10 +128,9 @@ class SwarmCoordinator:
         (a copier sees the finder's claim or result before it can copy it), else the first peer whose
         result for it completed here (its commit checked against the id). Only the finder earns trust
         by a confirmation (a copy of another's result, re-signed, earns nothing)."""
-        row = self.ctx.ledger.db.execute("SELECT peer FROM claims WHERE exp_id=? ORDER BY ts, rowid LIMIT 1",
-                                         (exp_id,)).fetchone()
-        if row is not None:
-            return row[0]
+        claimant = self.ctx.ledger.first_claimant(exp_id)
+        if claimant is not None:
+            return claimant
         first = self._first_result.setdefault(exp_id, peer)
         while len(self._first_result) > 20_000:
             self._first_result.popitem(last=False)
@@ -156,8 +155,7 @@ class SwarmCoordinator:
         if not ok:
             self.stats["trust_rejected"] += 1
             log.warning("rejected %s's change %s: %s (never executed)", r.peer[:16], r.exp_id[:10], reason)
-            self.ctx.ledger.db.execute("UPDATE runs SET reason=? WHERE exp_id=? AND peer=? AND origin='peer'",
-                                       (f"rejected by trust policy: {reason}", r.exp_id, r.peer))
+            self.ctx.ledger.note_peer_result_reason(r.exp_id, r.peer, f"rejected by trust policy: {reason}")
         if r.value is None or r.status != "kept":
             return
         claim = PeerClaim(r.exp_id, r.commit, r.peer, r.value, r.seed, run.received_at or time.time(),
@@ -265,11 +263,9 @@ class SwarmCoordinator:
             return eng.loop.baseline_value, ""
         value = b.val_bpb
         if b.source_peer and b.source_peer != self.peer_id:
-            row = self.ctx.ledger.db.execute(
-                "SELECT val_bpb FROM runs WHERE exp_id=? AND peer=? AND origin='peer' AND kind='experiment'"
-                " AND val_bpb IS NOT NULL ORDER BY rowid LIMIT 1", (b.exp_id, b.source_peer)).fetchone()
-            if row is not None:
-                value = row[0]
+            claimed = self.ctx.ledger.peer_claimed_value(b.exp_id, b.source_peer)
+            if claimed is not None:
+                value = claimed
         return (value if value is not None else eng.loop.baseline_value), b.exp_id
 
     async def between(self, eng: ResearchEngine | None = None) -> None:

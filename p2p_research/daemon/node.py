@@ -443,9 +443,7 @@ class RunningNode:
         while True:
             # Rendering reads the whole ledger (measured: ~10% of a busy node's CPU every 5 s), so only
             # when runs or baselines changed; an agent proposer gets a fresh one before each proposal.
-            key = tuple(self.ctx.ledger.db.execute(
-                "SELECT (SELECT MAX(rowid) FROM runs), (SELECT COUNT(*) FROM runs WHERE status='running'),"
-                " (SELECT MAX(id) FROM baselines)").fetchone())
+            key = self.ctx.ledger.change_key()
             if key != last:
                 last = key
                 text = render_swarm_md(self.ctx.ledger, self.ctx.protocol_id, self.peer_id)

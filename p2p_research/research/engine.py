@@ -838,11 +838,8 @@ class ResearchEngine:
         row describes the change from this node's previous baseline (analysis.ipynb credits the gain
         to it), not only the lineage's last step."""
         exp = self.ctx.ledger.experiment(exp_id) or {}
-        row = self.ctx.ledger.db.execute(
-            "SELECT memory_gb FROM runs WHERE exp_id=? AND memory_gb IS NOT NULL ORDER BY origin='local' DESC, run_id"
-            " LIMIT 1", (exp_id,)).fetchone()
         description = self.change_from(previous, commit) or exp.get("description") or "a peer's result"
-        self._result_row(commit, value, row[0] if row else None, "adopted",
+        self._result_row(commit, value, self.ctx.ledger.memory_gb_of(exp_id), "adopted",
                          f"{description} (adopted from {source_peer or 'a peer'})")
         self.progress.note_result(f"adopted {exp_id[:10]} val_bpb {value:.6f} from {source_peer}: {description}")
 

@@ -98,10 +98,10 @@ def resolve(ledger: Ledger, ws: Workspace, what: str) -> tuple[str, str]:
     """(commit, protocol) of `what`: "best" (this node's baseline: the swarm's best it verified) or an
     experiment id or commit prefix."""
     if what == "best":
-        row = ledger.db.execute("SELECT protocol_id, commit_id FROM baselines ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
+        b = ledger.latest_baseline()
+        if b is None:
             raise TakeHomeError("this node has no baseline yet: run it until it measures one, or name a commit")
-        return row["commit_id"], row["protocol_id"]
+        return b.commit_id, b.protocol_id
     if len(what) < 4:
         raise TakeHomeError("give at least 4 characters of an experiment id or commit, or 'best'")
     found = {m["exp_id"]: m for m in ledger.find_experiments(what)}

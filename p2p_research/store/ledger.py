@@ -513,11 +513,61 @@ class Ledger:
             " WHERE protocol_id=? ORDER BY id DESC LIMIT 1", (protocol_id,)).fetchone()
         return Baseline(**dict(row)) if row else None
 
+    def latest_baseline(self) -> Baseline | None:
+        """The newest baseline of any protocol: the one this node works from (a node researches one
+        protocol at a time; `get best` and `swarm` read it without opening the node's config)."""
+        row = self.db.execute(
+            "SELECT protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines"
+            " ORDER BY id DESC LIMIT 1").fetchone()
+        return Baseline(**dict(row)) if row else None
+
     def baseline_history(self, protocol_id: str) -> list[Baseline]:
         rows = self.db.execute(
             "SELECT protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines"
             " WHERE protocol_id=? ORDER BY id", (protocol_id,))
         return [Baseline(**dict(r)) for r in rows]
+
+    # --- named questions other modules ask ----------------------------------------------------------
+    def first_claimant(self, exp_id: str) -> str | None:
+        """The peer whose claim on `exp_id` came first here (ties: the first stored)."""
+        row = self.db.execute("SELECT peer FROM claims WHERE exp_id=? ORDER BY ts, rowid LIMIT 1", (exp_id,)).fetchone()
+        return row[0] if row else None
+
+    def note_peer_result_reason(self, exp_id: str, peer: str, reason: str) -> None:
+        """Why this node set a peer's result aside (e.g. its trust policy), kept on that result's row."""
+        self.db.execute("UPDATE runs SET reason=? WHERE exp_id=? AND peer=? AND origin='peer'", (reason, exp_id, peer))
+
+    def peer_claimed_value(self, exp_id: str, peer: str) -> float | None:
+        """The value `peer` published for its experiment `exp_id` (its first result with one)."""
+        row = self.db.execute(
+            "SELECT val_bpb FROM runs WHERE exp_id=? AND peer=? AND origin='peer' AND kind='experiment'"
+            " AND val_bpb IS NOT NULL ORDER BY rowid LIMIT 1", (exp_id, peer)).fetchone()
+        return row[0] if row else None
+
+    def memory_gb_of(self, exp_id: str) -> float | None:
+        """Peak memory of a run of `exp_id`, this node's own first."""
+        row = self.db.execute(
+            "SELECT memory_gb FROM runs WHERE exp_id=? AND memory_gb IS NOT NULL ORDER BY origin='local' DESC, run_id"
+            " LIMIT 1", (exp_id,)).fetchone()
+        return row[0] if row else None
+
+    def change_key(self) -> tuple[Any, ...]:
+        """Changes whenever a run is added, one starts or ends, or a baseline is recorded: what
+        SWARM.md's rendering waits on (it reads the whole ledger)."""
+        return tuple(self.db.execute(
+            "SELECT (SELECT MAX(rowid) FROM runs), (SELECT COUNT(*) FROM runs WHERE status='running'),"
+            " (SELECT MAX(id) FROM baselines)").fetchone())
+
+    def run_status(self, run_id: int) -> str | None:
+        row = self.db.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def peer_delays(self, limit: int = 500) -> list[tuple[str, float]]:
+        """(peer, seconds from a peer's run finishing to its result arriving here), newest first:
+        the clock offsets `doctor` looks at."""
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT peer, received_at - finished_at FROM runs WHERE origin='peer' AND received_at IS NOT NULL"
+            " AND finished_at IS NOT NULL ORDER BY run_id DESC LIMIT ?", (limit,))]
 
     def __iter__(self) -> Iterator[Run]:
         return iter(self.runs())
