@@ -178,3 +178,14 @@ def test_the_inspection_tables_are_readable_at_80_columns(tmp_path):
             assert all(word in r.stdout for word in long.split()[:7]), r.stdout
         if args == ["experiments"]:
             assert "LEARNING_RATE 0.002 -> 0.00193;" in r.stdout, r.stdout
+
+
+def test_run_statuses_are_spelled_once_and_compare_as_the_ledger_s_strings():
+    from p2p_research.store.status import COMPLETED, FINAL, RESULT, VALUED, RunStatus, sql_in
+    from p2p_research.wire.messages import RESULT_STATUSES
+
+    assert RunStatus.KEPT == "kept" and "crash" in COMPLETED and {"kept": 1}[RunStatus.KEPT] == 1
+    assert RESULT_STATUSES == {"kept", "discarded", "crash", "baseline"} == set(RESULT)
+    assert all(type(s) is str for s in RESULT_STATUSES)  # the wire's error messages list plain names
+    assert set(COMPLETED) < set(RESULT) < set(FINAL) and RunStatus.ABORTED not in FINAL
+    assert sql_in(VALUED) == "('kept','discarded','baseline','confirmed')"

@@ -12,8 +12,7 @@ from typing import Any
 
 from p2p_research.research.workspace import Workspace, WorkspaceError
 from p2p_research.store.ledger import Ledger, Run
-
-FINAL = ("kept", "discarded", "crash", "baseline", "confirmed", "refuted")
+from p2p_research.store.status import VALUED, sql_in
 
 
 def run_entry(run: Run, self_peer: str) -> dict[str, Any]:
@@ -100,7 +99,7 @@ def leaderboard_view(ledger: Ledger, self_peer: str = "", limit: int = 10) -> di
     rows = ledger.db.execute(
         "SELECT protocol_id, exp_id, MIN(val_bpb) AS best, COUNT(*) AS runs,"
         " MAX(status IN ('kept','confirmed','baseline')) AS kept, MAX(status = 'baseline') AS base FROM runs"
-        " WHERE val_bpb IS NOT NULL AND status IN ('kept','discarded','baseline','confirmed') GROUP BY protocol_id, exp_id"
+        f" WHERE val_bpb IS NOT NULL AND status IN {sql_in(VALUED)} GROUP BY protocol_id, exp_id"
         " ORDER BY protocol_id, kept DESC, best")
     for r in rows:
         lst = out.setdefault(r["protocol_id"], [])

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from p2p_research.store.ledger import Ledger
+from p2p_research.store.status import FINAL, VALUED, RunStatus, sql_in
 
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600)
 ADOPTION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 3600)
@@ -42,7 +43,7 @@ class NodeCollector:
     def collect(self) -> Iterator[Metric]:
         st = self.status()
         db = self.ledger.db
-        final = "('kept','discarded','crash','baseline','confirmed','refuted','aborted')"
+        final = sql_in((*FINAL, RunStatus.ABORTED))
         exp = CounterMetricFamily("p2p_research_experiments", "Experiments recorded, by origin and final status",
                                   labels=["origin", "status"])
         for origin, status, n in db.execute(
@@ -79,7 +80,7 @@ class NodeCollector:
         fail.add_metric(["other"], failures - sandbox_failures)
         yield fail
         last = db.execute("SELECT training_seconds, metrics FROM runs WHERE origin='local' AND training_seconds > 0"
-                          " AND status IN ('kept','discarded','baseline','confirmed') ORDER BY run_id DESC LIMIT 1"
+                          f" AND status IN {sql_in(VALUED)} ORDER BY run_id DESC LIMIT 1"
                           ).fetchone()
         if last is not None:
             try:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from p2p_research.store.ledger import Ledger
+from p2p_research.store.status import NO_GAIN, sql_in
 
 
 def _v(x: float | None) -> str:
@@ -23,7 +24,7 @@ def negative_results(ledger: Ledger, protocol_id: str, limit: int = 30) -> list[
         "SELECT r.exp_id, e.description, COUNT(DISTINCT r.peer || r.origin) AS nodes, COUNT(*) AS runs,"
         " MIN(r.val_bpb) AS best, GROUP_CONCAT(DISTINCT r.status) AS statuses FROM runs r"
         " JOIN experiments e ON e.exp_id = r.exp_id WHERE r.protocol_id=? AND r.status IN"
-        " ('discarded','crash','refuted') AND r.exp_id NOT IN (SELECT exp_id FROM runs WHERE status='kept'"
+        f" {sql_in(NO_GAIN)} AND r.exp_id NOT IN (SELECT exp_id FROM runs WHERE status='kept'"
         " AND kind='experiment' AND protocol_id=?) GROUP BY r.exp_id ORDER BY nodes DESC, runs DESC LIMIT ?",
         (protocol_id, protocol_id, limit))
     return [dict(r) for r in rows]

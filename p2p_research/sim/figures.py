@@ -14,8 +14,7 @@ from typing import Any
 
 from p2p_research.sim.launcher import STOP_GRACE_S
 from p2p_research.sim.probe import swarm_stats as probe_swarm_stats
-
-COMPLETED = ("kept", "discarded", "crash")
+from p2p_research.store.status import COMPLETED
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -24,12 +24,13 @@ from typing import Any
 
 from p2p_research.sim import probe
 from p2p_research.sim.options import SimOptions
+from p2p_research.store.status import FINAL
 
 STOP_GRACE_S = 30.0
 PROC_SAMPLE_S = 2.0
 TCP_SAMPLE_S = 5.0
 READY_TIMEOUT_S = 120.0
-ACKED = ("kept", "discarded", "crash", "baseline", "confirmed", "refuted")
+ACKED = tuple(s.value for s in FINAL)
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p_research.errors import P2PResearchError
+from p2p_research.store.status import COMPLETED, VALUED, sql_in
 
 SCHEMA_VERSION = 3  # 2: runs.metrics (every summary key as printed); 3: semantic ids (code dedup)
 # (the `ideas` table came later without a new version: older software ignores it, so a ledger it holds
@@ -380,7 +381,7 @@ class Ledger:
     def protocol_summary(self) -> dict[str, dict[str, float | int | None]]:
         """Per protocol: how many results this ledger holds and the best val_bpb among them."""
         return {p: {"results": n, "best": best} for p, n, best in self.db.execute(
-            "SELECT protocol_id, COUNT(*), MIN(CASE WHEN status IN ('kept','discarded','baseline','confirmed')"
+            f"SELECT protocol_id, COUNT(*), MIN(CASE WHEN status IN {sql_in(VALUED)}"
             " THEN val_bpb END) FROM runs WHERE kind IN ('experiment','baseline') GROUP BY protocol_id")}
 
     def kept_wins(self, protocol_id: str, limit: int = 200) -> list[dict[str, Any]]:
@@ -484,7 +485,7 @@ class Ledger:
             conds.append("lease_until>?")
             args.append(active_at)
             conds.append("exp_id NOT IN (SELECT exp_id FROM runs WHERE kind='experiment' AND status IN"
-                         " ('kept','discarded','crash'))")
+                         f" {sql_in(COMPLETED)})")
         if conds:
             sql += " WHERE " + " AND ".join(conds)
         return [dict(r) for r in self.db.execute(sql + " ORDER BY ts", args)]

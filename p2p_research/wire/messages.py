@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import msgpack
 
 from p2p_research.errors import P2PResearchError
+from p2p_research.store.status import RESULT
 
 WIRE_VERSION = 2
 #: Version 1 carried a result's description and a verification's target and claimed value outside the
@@ -45,7 +46,7 @@ _PROTOCOL_HEX = re.compile(r"[0-9a-f]{16,64}")
 _BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 _METRIC = re.compile(r"[a-z][a-z0-9_]*")
 
-RESULT_STATUSES = frozenset({"kept", "discarded", "crash", "baseline"})
+RESULT_STATUSES = frozenset(s.value for s in RESULT)
 VERIFICATION_STATUSES = frozenset({"confirmed", "refuted"})
 
 GIT_KINDS: dict[int, str] = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}

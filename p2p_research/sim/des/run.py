@@ -31,6 +31,7 @@ from p2p_research.sim.figures import (
     summary,
     swarm_best_over_time,
 )
+from p2p_research.store.status import COMPLETED
 
 STARTUP_CPU_S = 1.1   # a daemon's start-up (imports, keys) on an idle core (docs/bench-gossip.md)
 SERIES_NODES = 60     # per-node curves kept for the plot (all of them below that)
@@ -153,7 +154,7 @@ class DesSimulation:
         t0, w0, w1 = 0.0, self.all_up, sh.window_end
         honest = [n for n in self.nodes if not n.liar]
         runs = [(n, r) for n in self.nodes for r in n.stats.runs]
-        exps = [(n, r) for n, r in runs if r["kind"] == "experiment" and r["status"] in ("kept", "discarded", "crash")]
+        exps = [(n, r) for n, r in runs if r["kind"] == "experiment" and r["status"] in COMPLETED]
         in_window = [r for _, r in exps if w0 <= r["t1"] <= w1]
         per_node = Counter(n.name for n, _ in exps)
         ids = Counter(r["exp_id"] for _, r in exps)
