@@ -19,6 +19,47 @@ class ConfigError(P2PResearchError, ValueError):
     pass
 
 
+def _choice(default: str, *others: str) -> Any:
+    """A string key with its allowed values declared beside it (the first is the default)."""
+    return field(default=default, metadata={"choices": (default, *others)})
+
+
+def _bounded(default: float, low: float | None = None, high: float | None = None, *, above: bool = False,
+             why: str = "") -> Any:
+    """A number with its range declared beside it: at least `low` (more than `low` with `above`), at
+    most `high`; `why` joins the error where the bound is not obvious."""
+    return field(default=default, metadata={"low": low, "high": high, "above": above, "why": why})
+
+
+def _range_error(where: str, value: Any, meta: dict[str, Any]) -> str | None:
+    low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
+    if low is not None and (value <= low if above else value < low) or high is not None and value > high:
+        if low is not None and high is not None:
+            bound = f"from {low} to {high}"
+        elif low is not None:
+            bound = f"more than {low}" if above else f"at least {low}"
+        else:
+            bound = f"at most {high}"
+        why = f": {meta['why']}" if meta.get("why") else ""
+        return f"{where} must be {bound}, got {value}{why}"
+    return None
+
+
+def _declared_errors(section_name: str, section: Any) -> str | None:
+    """The first value outside what its field declares (choices or range), as one line."""
+    for f in dataclasses.fields(section):
+        value, where = getattr(section, f.name), f"{section_name}.{f.name}"
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            names = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+            return f"{where} must be {names}, got {value!r}"
+        if "low" in f.metadata:
+            error = _range_error(where, value, f.metadata)
+            if error:
+                return error
+    return None
+
+
 @dataclass
 class NodeSection:
     name: str = ""              # display name; empty: derived from the peer id
@@ -28,72 +69,72 @@ class NodeSection:
 class ResearchSection:
     enabled: bool = True
     data: str = ""              # "" = the harness's generated corpus; else a text file or folder
-    budget_tokens: int = 0      # 0 = the harness's default token budget
-    budget_seconds: float = 0.0  # > 0 = a wall-clock budget instead (the hardware class joins the protocol)
+    budget_tokens: int = _bounded(0, 0)  # 0 = the harness's default token budget
+    budget_seconds: float = _bounded(0.0, 0)  # > 0 = a wall-clock budget instead (the hardware class joins the protocol)
     seed: int = 0
-    proposer: str = "builtin"   # builtin | command
+    proposer: str = _choice("builtin", "command")
     proposer_command: str = ""  # shell command run in the workspace for proposer = command
-    proposer_timeout_s: float = 900.0
+    proposer_timeout_s: float = _bounded(900.0, 0, above=True)
     margin: float = -1.0        # keep threshold in val_bpb; < 0 = 2 sigma of the measured noise, else 0.002
     # with an automatic margin, a node that measured the genesis itself runs it this many more times at
     # other seeds (its first runs, once per protocol) and keeps 2 sigma of the spread; 0 = only `noise`
     noise_runs: int = 2
     train_command: str = ""     # how train.py runs: "" = this node's python; e.g. "uv run train.py", a target's interpreter
-    run_timeout_s: float = 0.0  # 0 = automatic (from the baseline's duration)
-    memory_limit_mb: int = 8192
-    threads: int = 0            # torch threads in training; 0 = torch's default (split between CPU workers)
-    workers: int = 0            # experiments at once; 0 = one per visible GPU, else one
-    device: str = "auto"        # auto | cpu | cuda
+    run_timeout_s: float = _bounded(0.0, 0)  # 0 = automatic (from the baseline's duration)
+    memory_limit_mb: int = _bounded(8192, 256)
+    threads: int = _bounded(0, 0)  # torch threads in training; 0 = torch's default (split between CPU workers)
+    workers: int = _bounded(0, 0, 64)  # experiments at once; 0 = one per visible GPU, else one
+    device: str = _choice("auto", "cpu", "cuda")
     cache_dir: str = ""         # "" = ~/.cache/p2p-research
-    objective: str = "torch"    # torch | surrogate (scores the constants without training; simulations)
-    surrogate_cost_s: float = 20.0  # simulated seconds per surrogate run
+    objective: str = _choice("torch", "surrogate")  # surrogate: scores the constants without training (simulations)
+    surrogate_cost_s: float = _bounded(20.0, 0)  # simulated seconds per surrogate run
     combine: bool = True        # propose kept results that branched off the baseline's lineage, merged onto it
     # follow sibling protocols (the same genesis, another budget or hardware class) and propose their kept
     # changes as ideas, measured and judged here (research/ideas.py)
     ideas: bool = True
     # who measures the genesis before experimenting: shared (about a quarter of a fresh swarm; the
     # others experiment at once, research/genesis.py) | each (every node, as a solo node does)
-    genesis: str = "shared"
+    genesis: str = _choice("shared", "each")
 
 
 @dataclass
 class NetworkSection:
     listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
     bootstrap: list[str] = field(default_factory=list)
-    target_peers: int = 6
-    rate_limit_per_s: float = 20.0
-    nat: str = "auto"             # auto (AutoNAT, relay reservations, hole punching off loopback) | off
-    relay_service: str = "auto"   # auto (relays, and nodes AutoNAT finds public) | on | off: relay others' connections
+    target_peers: int = _bounded(6, 1)
+    rate_limit_per_s: float = _bounded(20.0, 0, above=True)
+    nat: str = _choice("auto", "off")  # auto (AutoNAT, relay reservations, hole punching off loopback) | off
+    relay_service: str = _choice("auto", "on", "off")  # auto (relays, and nodes AutoNAT finds public) | on | off: relay others' connections
     dashboard: str = ""           # "" off; HOST:PORT serves the web dashboard and /metrics (127.0.0.1:8642)
     # what is flooded to the swarm: all (claims and every result) | kept (kept results, the
     # replicas' confirmations, refutations, presence; claims and other results go to the DHT) | auto (all
     # until more than 100 peers were heard in 10 minutes, then kept): per-node load stops growing with N
-    announce: str = "auto"
+    announce: str = _choice("auto", "all", "kept")
 
 
 @dataclass
 class TrustSection:
-    policy: str = "sandboxed"   # sandboxed (any train.py change, run only in the sandbox) | constants | any
+    policy: str = _choice("sandboxed", "constants", "any")  # sandboxed (any train.py change, run only in the sandbox) | constants | any
     trusted_peers: list[str] = field(default_factory=list)
 
 
 @dataclass
 class SandboxSection:
-    mode: str = "auto"          # auto (bubblewrap, else namespaces, else none) | bwrap | namespaces | off
-    scratch_mb: int = 2048      # the run's writable scratch (a tmpfs)
-    max_processes: int = 2048   # processes and threads the run may have (a fork bomb stops there)
+    mode: str = _choice("auto", "bwrap", "namespaces", "off")  # auto (bubblewrap, else namespaces, else none) | bwrap | namespaces | off
+    scratch_mb: int = _bounded(2048, 16)  # the run's writable scratch (a tmpfs)
+    max_processes: int = _bounded(2048, 16)  # processes and threads the run may have (a fork bomb stops there)
     read_only: list[str] = field(default_factory=list)  # more paths a run may read (data kept elsewhere)
 
 
 @dataclass
 class VerificationSection:
-    policy: str = "adaptive"    # always | adaptive | never
-    tolerance: float = 0.0      # |re-run - claim| allowed; 0 = 2 x margin
-    refuted_threshold: int = 2  # a peer refuted this often (net of confirmations) is ignored
-    quorum: int = 2             # adaptive: other nodes' confirmations that stand in for a local re-run (0: off)
-    replicas: int = 3           # adaptive: nodes designated (by hash) to re-run each result at once (0: all)
-    defer_s: float = 0.0        # adaptive: how long the others wait for their evidence; 0 = 4 runs, >= 60 s
-    vouch_after: int = 1        # own confirmations of a peer's results before its votes count (>= 1)
+    policy: str = _choice("adaptive", "always", "never")
+    tolerance: float = _bounded(0.0, 0)  # |re-run - claim| allowed; 0 = 2 x margin
+    refuted_threshold: int = _bounded(2, 1)  # a peer refuted this often (net of confirmations) is ignored
+    quorum: int = _bounded(2, 0)  # adaptive: other nodes' confirmations that stand in for a local re-run (0: off)
+    replicas: int = _bounded(3, 0)  # adaptive: nodes designated (by hash) to re-run each result at once (0: all)
+    defer_s: float = _bounded(0.0, 0)  # adaptive: how long the others wait for their evidence; 0 = 4 runs, >= 60 s
+    vouch_after: int = _bounded(1, 1, why="a vote counts only from a peer this node verified")  # own confirmations of a peer's results before its votes count
 
 
 @dataclass
@@ -112,30 +153,16 @@ class NodeConfig:
     simulation: SimulationSection = field(default_factory=SimulationSection)
 
     def validate(self) -> NodeConfig:
+        """Each key's declared choices and range (beside its field), then the rules that join keys."""
+        for f in dataclasses.fields(self):
+            error = _declared_errors(f.name, getattr(self, f.name))
+            if error:
+                raise ConfigError(error)
         r = self.research
-        if r.proposer not in ("builtin", "command"):
-            raise ConfigError(f"research.proposer must be 'builtin' or 'command', got {r.proposer!r}")
         if r.proposer == "command" and not r.proposer_command.strip():
             raise ConfigError("research.proposer = 'command' needs research.proposer_command")
-        if r.budget_tokens < 0:
-            raise ConfigError(f"research.budget_tokens must be >= 0, got {r.budget_tokens}")
-        if r.budget_seconds < 0:
-            raise ConfigError(f"research.budget_seconds must be >= 0, got {r.budget_seconds}")
         if r.budget_tokens and r.budget_seconds:
             raise ConfigError("set research.budget_tokens or research.budget_seconds, not both")
-        if r.memory_limit_mb < 256:
-            raise ConfigError(f"research.memory_limit_mb must be at least 256, got {r.memory_limit_mb}")
-        if r.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"research.device must be auto, cpu or cuda, got {r.device!r}")
-        if r.objective not in ("torch", "surrogate"):
-            raise ConfigError(f"research.objective must be torch or surrogate, got {r.objective!r}")
-        if r.surrogate_cost_s < 0:
-            raise ConfigError("research.surrogate_cost_s must be >= 0")
-        v = self.verification
-        if v.tolerance < 0 or v.refuted_threshold < 1 or v.quorum < 0 or v.replicas < 0 or v.defer_s < 0:
-            raise ConfigError("verification: tolerance, quorum, replicas and defer_s must be >= 0, refuted_threshold >= 1")
-        if v.vouch_after < 1:
-            raise ConfigError("verification.vouch_after must be >= 1: a vote counts only from a peer this node verified")
         if r.train_command.strip():
             import shlex
 
@@ -144,25 +171,6 @@ class NodeConfig:
                     raise ValueError("empty")
             except ValueError as e:
                 raise ConfigError(f"research.train_command is not a valid command line: {e}") from None
-        if r.run_timeout_s < 0 or r.proposer_timeout_s <= 0 or r.threads < 0:
-            raise ConfigError("research timeouts must be positive and threads >= 0")
-        if not 0 <= r.workers <= 64:
-            raise ConfigError(f"research.workers must be 0 (one per GPU) to 64, got {r.workers}")
-        if self.trust.policy not in ("sandboxed", "constants", "any"):
-            raise ConfigError(f"trust.policy must be sandboxed, constants or any, got {self.trust.policy!r}")
-        sb = self.sandbox
-        if sb.mode not in ("auto", "bwrap", "namespaces", "off"):
-            raise ConfigError(f"sandbox.mode must be auto, bwrap, namespaces or off, got {sb.mode!r}")
-        if sb.scratch_mb < 16 or sb.max_processes < 16:
-            raise ConfigError("sandbox.scratch_mb and sandbox.max_processes must be at least 16")
-        if self.verification.policy not in ("always", "adaptive", "never"):
-            raise ConfigError(f"verification.policy must be always, adaptive or never, got {self.verification.policy!r}")
-        if self.network.target_peers < 1:
-            raise ConfigError("network.target_peers must be at least 1")
-        if self.network.rate_limit_per_s <= 0:
-            raise ConfigError("network.rate_limit_per_s must be positive")
-        if self.network.nat not in ("auto", "off"):
-            raise ConfigError(f"network.nat must be auto or off, got {self.network.nat!r}")
         if self.network.dashboard:
             from p2p_research.dashboard.serve import parse_addr
 
@@ -170,12 +178,6 @@ class NodeConfig:
                 parse_addr(self.network.dashboard)
             except ValueError as e:
                 raise ConfigError(f"network.dashboard: {e}") from None
-        if self.research.genesis not in ("shared", "each"):
-            raise ConfigError(f"research.genesis must be shared or each, got {self.research.genesis!r}")
-        if self.network.announce not in ("auto", "all", "kept"):
-            raise ConfigError(f"network.announce must be auto, all or kept, got {self.network.announce!r}")
-        if self.network.relay_service not in ("auto", "on", "off"):
-            raise ConfigError(f"network.relay_service must be auto, on or off, got {self.network.relay_service!r}")
         return self
 
 
