@@ -74,7 +74,8 @@ def test_three_daemons_gossip_results_with_objects_and_survive_a_restart(tmp_pat
         a = Daemon(a_home.path, "--no-research", "--listen", f"/ip4/127.0.0.1/tcp/{port}").start()
         daemons[0] = a
         assert a.peer_id == old_id
-        wait_for(lambda: {b.peer_id, c.peer_id} <= {p["peer_id"] for p in a.json("peers")}, 90, what="mesh heals")
+        # within the bootstrap backoff (at most 30 s), not libp2p's 60-s negative cache of failed peers
+        wait_for(lambda: {b.peer_id, c.peer_id} <= {p["peer_id"] for p in a.json("peers")}, 45, what="mesh heals")
         # a second daemon on the same home is refused
         r = Daemon(a_home.path, "--no-research")
         with pytest.raises(AssertionError, match="in use"):
@@ -86,6 +87,31 @@ def test_three_daemons_gossip_results_with_objects_and_survive_a_restart(tmp_pat
             d.kill()
     # a clean SIGTERM stop leaves no control socket and no running run in the ledger
     assert not (c_home.path / "control.sock").exists()
+
+
+def test_a_restarted_bootstrap_peer_is_reached_again_within_the_backoff(tmp_path, cache_dir):
+    """libp2p will not dial a peer whose addresses all failed for 60 s (its negative cache): a node whose
+    bootstrap peer restarted reconnected a minute late (63 s, measured). Its own backoff paces the
+    retries now; A is down ~4 s, so B's next try comes within a few seconds of A's return."""
+    port = free_port()
+    a_home, b_home = make_home(tmp_path / "a", cache_dir), make_home(tmp_path / "b", cache_dir)
+    a = Daemon(a_home.path, "--no-research", "--listen", f"/ip4/127.0.0.1/tcp/{port}").start()
+    b = Daemon(b_home.path, "--no-research", "--bootstrap", a.addrs[0])
+    daemons = [a, b]
+    try:
+        b.start()
+        wait_for(lambda: a.peer_id in {p["peer_id"] for p in b.json("peers")}, 30, what="B sees A")
+        a.kill()
+        wait_for(lambda: a.peer_id not in {p["peer_id"] for p in b.json("peers")}, 30, what="B notices A is gone")
+        # B's dial failed meanwhile: what put A in libp2p's negative cache
+        wait_for(lambda: "unreachable" in (b_home.path / "logs" / "node.log").read_text(), 30, 0.2,
+                 what="B's first failed dial")
+        a = daemons[0] = Daemon(a_home.path, "--no-research", "--listen", f"/ip4/127.0.0.1/tcp/{port}").start()
+        wait_for(lambda: a.peer_id in {p["peer_id"] for p in b.json("peers")}, 40, 0.5, what="B reaches A again")
+    finally:
+        for d in daemons:
+            d.stop(signal.SIGTERM)
+            d.kill()
 
 
 def test_commands_without_a_daemon(tmp_path, cache_dir):

@@ -21,6 +21,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from .dialerror import _causes as _causes_of
 from .dialerror import explain
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
 from .host import full_addrs, is_relayed, parse_peer_addr, peerstore_addrs
@@ -189,6 +190,12 @@ class PeerManager:
                 backoff = BACKOFF_START
                 await trio.sleep(POLL_INTERVAL * 2)
                 continue
+            # libp2p refuses for 60 s to dial a peer whose addresses all failed once (its negative
+            # cache): a bootstrap peer that restarted was reached a minute late. This loop's own
+            # backoff paces the retries of the few peers a user named, so the cache is cleared for them.
+            unblock = getattr(self.host.get_network(), "unblock_peer", None)
+            if unblock is not None:
+                unblock(pid)
             try:
                 await self._dial(info)
                 log.info("connected to bootstrap peer %s", pid)
@@ -196,6 +203,8 @@ class PeerManager:
                 self._changed.set()
             except Exception as e:  # TooSlowError, SwarmException, OSError...: retry later
                 why = explain(e)
+                log.debug("dialing bootstrap peer %s failed: %r (causes: %s)", pid, e,
+                          " <- ".join(repr(c)[:200] for c in _causes_of(e)))
                 where = f"{info.addrs[0]}/p2p/{pid}" if info.addrs else str(pid)
                 if why.startswith("peer id mismatch"):
                     self._rlog.log(logging.WARNING, f"boot:{pid}", "bootstrap %s: %s; retrying in %.0f s",
