@@ -183,10 +183,12 @@ class SwarmCoordinator:
                 self.stats["yielded"] += 1
                 log.info("yielding experiment %s to %s (simultaneous claim)", claim.exp_id[:10], claim.peer[:16])
 
-    def _yields_to(self, exp_id: str, peer: str, ts: float, runs_finished: int) -> bool:
+    def _yields_to(self, exp_id: str, peer: str, ts: float, runs_finished: int,
+                   claims: list[dict[str, Any]] | None = None) -> bool:
         """Whether this node's run of `exp_id` gives way to `peer`'s claim made at `ts` (as this node's
-        clock bounds it): the earlier claim wins, within the yield budget (research/claims.py)."""
-        mine = [c for c in self.ctx.ledger.claims(exp_id) if c["peer"] == self.peer_id]
+        clock bounds it): the earlier claim wins, within the yield budget (research/claims.py).
+        `claims`: the ledger's claims on `exp_id`, where the caller has them already."""
+        mine = [c for c in (self.ctx.ledger.claims(exp_id) if claims is None else claims) if c["peer"] == self.peer_id]
         if not mine or claim_winner((mine[0]["ts"], self.peer_id), (ts, peer)) == self.peer_id:
             return False
         confirmed = self.state.reputation.get(peer, Reputation()).confirmed
@@ -201,8 +203,9 @@ class SwarmCoordinator:
         that came in after this node's proposer found the experiment unknown, but before the run could
         yield (the engine had no run to stop yet), and that wins. Why the run gives way, or None.
         Without this, two nodes whose claims crossed in the window both ran (seen under load)."""
-        for c in self.ctx.ledger.claims(exp_id):
-            if c["peer"] != self.peer_id and self._yields_to(exp_id, c["peer"], c["ts"], runs_finished):
+        claims = self.ctx.ledger.claims(exp_id)
+        for c in claims:
+            if c["peer"] != self.peer_id and self._yields_to(exp_id, c["peer"], c["ts"], runs_finished, claims):
                 self.claims.note_yield(c["peer"])
                 self.stats["yielded"] += 1
                 log.info("yielding experiment %s to %s (its claim came as the run started)", exp_id[:10],

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 MISMATCH = re.compile(r"remote_peer=(\w+), remote_peer_id_from_pubkey=(\w+)")
 
 
-def _causes(e: BaseException, depth: int = 0, seen: set[int] | None = None) -> Iterator[BaseException]:
+def causes(e: BaseException, depth: int = 0, seen: set[int] | None = None) -> Iterator[BaseException]:
     seen = set() if seen is None else seen
     if depth > 12 or id(e) in seen:
         return
@@ -20,20 +20,20 @@ def _causes(e: BaseException, depth: int = 0, seen: set[int] | None = None) -> I
     yield e
     for sub in [*(getattr(e, "errors", None) or []), *(getattr(e, "exceptions", None) or [])]:
         if isinstance(sub, BaseException):
-            yield from _causes(sub, depth + 1, seen)
+            yield from causes(sub, depth + 1, seen)
     for nxt in (e.__cause__, e.__context__):
         if nxt is not None:
-            yield from _causes(nxt, depth + 1, seen)
+            yield from causes(nxt, depth + 1, seen)
 
 
 def explain(e: BaseException) -> str:
-    causes = list(_causes(e))
-    for c in causes:
+    chain = list(causes(e))
+    for c in chain:
         m = MISMATCH.search(str(c))
         if m:
             return f"peer id mismatch (expected {m.group(1)}, got {m.group(2)})"
-    names = {type(c).__name__ for c in causes}
-    text = " ".join(str(c) for c in causes).lower()
+    names = {type(c).__name__ for c in chain}
+    text = " ".join(str(c) for c in chain).lower()
     if "ConnectionRefusedError" in names or "connection refused" in text:
         return "connection refused"
     if names & {"TooSlowError", "TimeoutError"} or "timed out" in text or "timeout" in text:
@@ -44,7 +44,7 @@ def explain(e: BaseException) -> str:
         return "the secure handshake failed (wrong peer id, or not a p2p-research node)"
     if "fail to open connection" in text or "failed to open tcp stream" in text:
         return "no connection (nothing listening there, or a firewall)"
-    for c in causes:
+    for c in chain:
         if isinstance(c, OSError) and c.strerror:
             return c.strerror.lower()
     return type(e).__name__

@@ -21,8 +21,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from .dialerror import _causes as _causes_of
-from .dialerror import explain
+from .dialerror import causes, explain
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
 from .host import full_addrs, is_relayed, parse_peer_addr, peerstore_addrs
 from .identity import short_name
@@ -204,7 +203,7 @@ class PeerManager:
             except Exception as e:  # TooSlowError, SwarmException, OSError...: retry later
                 why = explain(e)
                 log.debug("dialing bootstrap peer %s failed: %r (causes: %s)", pid, e,
-                          " <- ".join(repr(c)[:200] for c in _causes_of(e)))
+                          " <- ".join(repr(c)[:200] for c in causes(e)))
                 where = f"{info.addrs[0]}/p2p/{pid}" if info.addrs else str(pid)
                 if why.startswith("peer id mismatch"):
                     self._rlog.log(logging.WARNING, f"boot:{pid}", "bootstrap %s: %s; retrying in %.0f s",

@@ -122,6 +122,9 @@ RUN_FIELDS = (
 )
 
 
+BASELINE_FIELDS = "protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at"  # Baseline's
+
+
 class LedgerError(P2PResearchError):
     pass
 
@@ -510,7 +513,7 @@ class Ledger:
 
     def baseline(self, protocol_id: str) -> Baseline | None:
         row = self.db.execute(
-            "SELECT protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines"
+            f"SELECT {BASELINE_FIELDS} FROM baselines"
             " WHERE protocol_id=? ORDER BY id DESC LIMIT 1", (protocol_id,)).fetchone()
         return Baseline(**dict(row)) if row else None
 
@@ -518,13 +521,13 @@ class Ledger:
         """The newest baseline of any protocol: the one this node works from (a node researches one
         protocol at a time; `get best` and `swarm` read it without opening the node's config)."""
         row = self.db.execute(
-            "SELECT protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines"
+            f"SELECT {BASELINE_FIELDS} FROM baselines"
             " ORDER BY id DESC LIMIT 1").fetchone()
         return Baseline(**dict(row)) if row else None
 
     def baseline_history(self, protocol_id: str) -> list[Baseline]:
         rows = self.db.execute(
-            "SELECT protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines"
+            f"SELECT {BASELINE_FIELDS} FROM baselines"
             " WHERE protocol_id=? ORDER BY id", (protocol_id,))
         return [Baseline(**dict(r)) for r in rows]
 
