@@ -21,11 +21,17 @@ run: $(STAMP)
 	test -f $(HOME_DIR)/node.toml || $(BIN)/p2p-research init --home $(HOME_DIR) --profile research
 	$(BIN)/p2p-research node start --home $(HOME_DIR)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist): most of its time is daemons and runs waiting
+# on each other, so three workers keep two cores busy. A module whose fixture is a swarm or prepared
+# data stays on one worker (xdist_group); TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 3
+PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(STAMP) nat-test-tools browser-tools
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

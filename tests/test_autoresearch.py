@@ -70,6 +70,7 @@ def test_train_command_detection():
     assert detect_train_command(None).command == ""
 
 
+@pytest.mark.slow
 def test_solo_loop_on_an_autoresearch_folder(tmp_path):
     """The builtin proposer (inferred space) and autoresearch's summary, FAIL and results.tsv semantics;
     the model is handed over at autoresearch's own evaluate_bpb call and measured by the node."""

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 
+import pytest
 from conftest import CLI, ROOT
 from daemon_helpers import Daemon, free_port
 
@@ -54,6 +55,7 @@ def test_clock_skew_is_judged_against_most_peers():
     assert one_off.status == "ok" and "1 peer(s) off" in one_off.detail
 
 
+@pytest.mark.slow
 def test_doctor_with_a_running_node_and_a_dead_bootstrap(tmp_path):
     home = init_home(tmp_path / "node")
     cfg = home.load_config()

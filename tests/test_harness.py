@@ -26,6 +26,8 @@ from p2p_research.research.home_init import init_home
 from p2p_research.research.proposers import BuiltinProposer
 from p2p_research.research.runner import RunLimits
 
+pytestmark = pytest.mark.xdist_group("harness")  # its module fixture (prepared data) is built once, on one worker
+
 LIMITS = RunLimits(180, 4096, True)
 
 # A tiny causal model (a bigram: embedding -> head) trained for a few steps on the train split; the
@@ -282,6 +284,7 @@ async def test_a_model_handed_over_after_the_budget_is_refused(node, tmp_path):
     assert not o.ok and "past the budget" in o.reason, o.reason
 
 
+@pytest.mark.slow
 async def test_a_model_trained_past_a_token_budget_is_refused_by_its_compute(node, tmp_path):
     """The run owns its data loader, so the tokens it trains on are not countable from outside; the
     CPU its processes spend is (the kernel counts it). Held to its ancestor's CPU under a token
@@ -322,6 +325,7 @@ def test_the_compute_reference_is_the_nearest_ancestor_run_here_under_a_token_bu
     assert ANCESTOR_CPU not in engine._measure_env(0, "experiment", "p")  # a wall-clock budget bounds it
 
 
+@pytest.mark.slow
 async def test_a_model_slow_to_evaluate_is_refused_within_the_evaluator_s_limit(node, tmp_path):
     """The run hands over a model that is cheap to export but far too slow to evaluate, then claims
     (exported: the recording would run the model's forward in the run, for as long as it takes)."""
@@ -595,6 +599,7 @@ def test_the_recording_imports_neither_dynamo_nor_the_export(tmp_path):
     assert out.stdout.split() == ["recorded", "False", "[]"], out.stdout
 
 
+@pytest.mark.slow
 async def test_a_liar_s_win_reaching_a_node_inside_a_combination_is_refused(tmp_path):
     """A peer's kept win (its train.py skips the harness's evaluation and prints 0.30) branched off the
     genesis; this node's baseline has moved on. The builtin proposer merges the win's code onto the

@@ -27,7 +27,8 @@ from p2p_research.research.proposers import BuiltinProposer
 from p2p_research.research.runner import RunLimits
 from p2p_research.research.sandbox import detect
 
-pytestmark = pytest.mark.skipif(not detect().available, reason=f"no sandbox here: {detect().reason}")
+pytestmark = [pytest.mark.skipif(not detect().available, reason=f"no sandbox here: {detect().reason}"),
+              pytest.mark.xdist_group("harness-autoresearch")]  # its module fixture is built once, on one worker
 
 LIMITS = RunLimits(180, 4096, False)
 

@@ -42,7 +42,7 @@ from p2p_research.research.ownership import assignment_order
 from p2p_research.research.workspace import Workspace
 from p2p_research.wire import GitObject, Presence, decode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hostile")]  # its module fixture is built once, on one worker
 
 
 class Swarm:

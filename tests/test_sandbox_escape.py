@@ -26,7 +26,8 @@ from p2p_research.research.runner import RunLimits, run_training, train_argv
 from p2p_research.research.sandbox import detect
 
 BACKENDS = [kind for kind in ("bwrap", "namespaces") if detect(kind).available]
-pytestmark = pytest.mark.skipif(not BACKENDS, reason=f"no sandbox here: {detect().reason}")
+pytestmark = [pytest.mark.skipif(not BACKENDS, reason=f"no sandbox here: {detect().reason}"),
+              pytest.mark.xdist_group("escape")]  # its module fixture is built once, on one worker
 
 CANARY = "canary-7f3a9c-do-not-leak"
 HOME_FILE = Path.home() / f".p2p-research-escape-canary-{os.getpid()}"

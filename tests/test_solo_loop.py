@@ -38,6 +38,7 @@ def test_init_is_deterministic_and_refuses_reuse(tmp_path):
     assert "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_run_loop_keeps_logs_and_resumes(tiny_home):
     home = tiny_home.path
     cli("run", "--home", home, "-n", 2, check=True)
@@ -64,6 +65,7 @@ def test_run_loop_keeps_logs_and_resumes(tiny_home):
     ledger.close()
 
 
+@pytest.mark.slow
 def test_the_noise_is_measured_on_the_first_runs(tiny_home):
     """With an automatic margin, the node's first runs measure its noise: the genesis at two more seeds,
     2 sigma of the spread of the three is the margin its first experiment is judged by (the fixed
@@ -94,6 +96,7 @@ def test_the_noise_is_measured_on_the_first_runs(tiny_home):
     ledger.close()
 
 
+@pytest.mark.slow
 def test_same_seed_same_val_bpb(tiny_home):
     home = tiny_home.path
     cli("noise", "--home", home, "--repeats", 2, check=True)
@@ -143,6 +146,7 @@ def test_sigint_records_aborted_and_restart_recovers(tiny_home):
     assert subprocess.run(["pgrep", "-f", str(home / "runs")], capture_output=True).returncode == 1
 
 
+@pytest.mark.slow
 def test_command_proposer(tiny_home):
     home = tiny_home.path
     r = cli("run", "--home", home, "-n", 1, "--proposer", "command", "--proposer-command", NUDGE, check=True,
@@ -261,6 +265,7 @@ def test_a_run_whose_experiment_a_peer_claimed_first_gives_way_before_it_trains(
         ctx.ledger.close()
 
 
+@pytest.mark.slow
 def test_get_takes_the_winner_home_to_a_folder_or_a_branch(tiny_home, tmp_path):
     import json
 

@@ -225,6 +225,7 @@ def test_user_data_folder(tmp_path, monkeypatch):
 # --- real runs of train.py ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_runs_and_is_deterministic(workspace, cache_dir):
     first = run_train(workspace, cache_dir)
     assert first.returncode == 0, first.stderr

@@ -18,8 +18,7 @@ from typing import Any
 from p2p_research.config import NodeConfig
 from p2p_research.daemon.messages import make_receipt
 from p2p_research.net.boundary import Faults, contained
-from p2p_research.research import flooding
-from p2p_research.research.claims import ClaimBook, claim_winner
+from p2p_research.research.claims import ClaimBook
 from p2p_research.research.context import ResearchContext
 from p2p_research.research.engine import ResearchEngine
 from p2p_research.research.objects import incomplete_ancestry
@@ -34,6 +33,7 @@ from p2p_research.research.swarm import (
     Verify,
 )
 from p2p_research.research.trust import check_lineage
+from p2p_research.research.turns import EndTurn, Turn, claim_yield, confirms, defer_s
 from p2p_research.store.ledger import Run
 from p2p_research.wire import Claim, Result, Verification
 from p2p_research.wire.receipts import sign_receipt
@@ -186,17 +186,17 @@ class SwarmCoordinator:
     def _yields_to(self, exp_id: str, peer: str, ts: float, runs_finished: int,
                    claims: list[dict[str, Any]] | None = None) -> bool:
         """Whether this node's run of `exp_id` gives way to `peer`'s claim made at `ts` (as this node's
-        clock bounds it): the earlier claim wins, within the yield budget (research/claims.py).
-        `claims`: the ledger's claims on `exp_id`, where the caller has them already."""
+        clock bounds it): research/turns.claim_yield. `claims`: the ledger's claims on `exp_id`, where
+        the caller has them already."""
         mine = [c for c in (self.ctx.ledger.claims(exp_id) if claims is None else claims) if c["peer"] == self.peer_id]
-        if not mine or claim_winner((mine[0]["ts"], self.peer_id), (ts, peer)) == self.peer_id:
+        if not mine:
             return False
         confirmed = self.state.reputation.get(peer, Reputation()).confirmed
-        if not self.claims.may_yield_to(peer, confirmed, runs_finished):
+        what = claim_yield((mine[0]["ts"], self.peer_id), (ts, peer), confirmed, runs_finished, self.claims)
+        if what == "over budget":
             self.stats["yield_refused"] += 1
             log.info("not yielding %s to %s: over the yield budget", exp_id[:10], peer[:16])
-            return False
-        return True
+        return what == "yield"
 
     def contested(self, exp_id: str, runs_finished: int) -> str | None:
         """Called as this node's run of `exp_id` starts, once its own claim is recorded: a peer's claim
@@ -221,8 +221,7 @@ class SwarmCoordinator:
                   hardware=r.hardware)
         self.state.note_peer(r.peer)
         if self.ctx.ledger.add_peer_run(run, r.canonical_bytes(), msg.signature, msg.public_key):
-            confirmed = r.status == "confirmed" and r.value is not None and msg.claimed_value is not None and (
-                abs(r.value - msg.claimed_value) <= self.state.policy.tol)
+            confirmed = confirms(r.status, r.value, msg.claimed_value, self.state.policy.tol)
             self.state.on_peer_verification(r.exp_id, r.peer, msg.target_peer, confirmed, msg.claimed_value)
 
     def on_presence(self, peer: str) -> None:
@@ -271,32 +270,32 @@ class SwarmCoordinator:
                 value = claimed
         return (value if value is not None else eng.loop.baseline_value), b.exp_id
 
-    async def between(self, eng: ResearchEngine | None = None) -> None:
+    def turn(self, eng: ResearchEngine) -> Turn:
+        """A turn between `eng`'s runs (research/turns.py), on this node's swarm state."""
+        return Turn(self.state, sparse=self.deps.sparse(), defer=defer_s(self.defer_s, eng.expected_seconds()),
+                    margin=eng.margin)
+
+    async def between(self, eng: ResearchEngine | None = None) -> list[tuple[str, str, str]]:
         """Verify and adopt the best pending peer result(s) before proposing anything new (on `eng`,
-        the worker that asks; worker 0 by default)."""
+        the worker that asks; worker 0 by default). Returns the turn's decisions."""
         eng = eng or self.engine
         if eng is None or eng.loop is None:
-            return
-        for _ in range(8):
-            self.state.policy.margin = eng.margin
-            # others' evidence is worth waiting for about four runs (at least a minute)
-            self.state.policy.defer_s = self.defer_s or max(60.0, 4 * (eng.expected_seconds() or 15.0))
-            rank = self.baseline_rank() if self.following else None
-            decision = self.state.next_decision(eng.loop.baseline_value, rank, now=time.time())
-            if decision is None:
-                break
+            return []
+        turn = self.turn(eng)
+        while True:
+            action = turn.next_action(eng.loop.baseline_value, self.baseline_rank() if self.following else None,
+                                      time.time())
+            if isinstance(action, EndTurn):
+                return turn.decisions
             # the boundary of one peer's candidate: whatever its commit makes our code raise, the
             # candidate is dropped (settled) and research goes on
-            if isinstance(decision, Ignore):
-                break
-            await contained(self.faults, decision.claim.peer, "swarm.candidate", self._carry_out, decision, eng)
+            await contained(self.faults, action.claim.peer, "swarm.candidate", self._carry_out, turn, action, eng)
+            turn.drop()  # a no-op unless the re-run failed here
             self._save_reputation()
 
-    async def _carry_out(self, decision: Verify | Adopt, eng: ResearchEngine | None = None) -> None:
-        eng = eng or self.engine
-        assert eng is not None
+    async def _carry_out(self, turn: Turn, decision: Verify | Adopt, eng: ResearchEngine) -> None:
         if isinstance(decision, Verify):
-            decision = await self.verify(decision.claim, eng)
+            decision = await self.verify(turn, decision.claim, eng)
         if isinstance(decision, Adopt):
             c = decision.claim
             eng.adopt(c.commit, decision.value, decision.reason, c.exp_id, c.peer)
@@ -306,15 +305,15 @@ class SwarmCoordinator:
             log.info("adopted %s from %s as baseline (val_bpb %.6f): %s", c.exp_id[:10], c.peer[:16],
                      decision.value, decision.reason)
 
-    async def verify(self, claim: PeerClaim, eng: ResearchEngine | None = None) -> Adopt | None:
-        eng = eng or self.engine
-        assert eng is not None and eng.loop is not None
+    async def verify(self, turn: Turn, claim: PeerClaim, eng: ResearchEngine) -> Adopt | None:
+        """Re-run `claim` through `eng` (the harness measures it), judge it, and announce the verdict."""
+        assert eng.loop is not None
         log.info("verifying %s's claim %s (val_bpb %.6f)", claim.peer[:16], claim.exp_id[:10], claim.value)
         er = await eng.execute(claim.commit, "verification", f"verification of {claim.peer[:16]}'s result", claim.seed,
                                claim.exp_id)
         measured = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
-        rank = self.baseline_rank() if self.following else None
-        verdict, adopt = self.state.on_verified(claim, measured, eng.loop.baseline_value, rank)
+        done = turn.handle(measured, eng.loop.baseline_value, self.baseline_rank() if self.following else None)
+        verdict = done.verdict
         self.stats[f"verified_{verdict}"] += 1
         assert er.run.run_id is not None
         why = f" ({er.outcome.reason})" if measured is None and er.outcome is not None and er.outcome.reason else ""
@@ -324,9 +323,9 @@ class SwarmCoordinator:
         (log.info if verdict == "confirmed" else log.warning)(
             "%s %s's claim %s: claimed %.6f, measured %s%s", verdict, claim.peer[:16], claim.exp_id[:10], claim.value,
             "crash" if measured is None else f"{measured:.6f}", why)
-        if flooding.floods_verification(self.deps.sparse(), verdict, self.state.designated(claim)):
+        if done.floods:
             await self.announce_verification(er.run, claim, verdict)
-        return adopt
+        return done.adopt
 
     async def announce_verification(self, run: Run, claim: PeerClaim, verdict: str) -> None:
         try:

@@ -9,12 +9,12 @@ from libp2p.crypto.keys import KeyPair
 
 from p2p_research import __version__
 from p2p_research.research.context import METRIC, ResearchContext
+from p2p_research.research.turns import claim_lease_s
 from p2p_research.research.workspace import Workspace
 from p2p_research.store.ledger import Run
 from p2p_research.wire import BoardPost, Claim, DeltaObject, GitObject, Receipt, Result
 from p2p_research.wire.receipts import sign_receipt
 
-MIN_LEASE_S = 120.0            # gossip can lag by a minute on a saturated machine: a lease must outlive that
 INLINE_TOTAL = 300 * 1024     # far below the 1 MiB RPC cap and the wire's 384 KiB inline cap
 INLINE_OBJECT = 256 * 1024
 DELTA_OVERHEAD = 64           # wire bytes a delta adds over a whole object (base id, prefix, suffix, keys)
@@ -23,8 +23,8 @@ RECEIPT_STATUS = {"kept": "kept", "discarded": "discarded", "crash": "crash", "b
 
 def make_claim(ctx: ResearchContext, peer: str, exp_id: str, commit: str, description: str,
                expected_seconds: float | None, semantic_id: str = "") -> Claim:
-    """A lease of about three budgets: long enough to finish, short enough that a dead claimer frees it."""
-    lease = max(MIN_LEASE_S, 3 * (expected_seconds or ctx.budget.seconds or 600.0))
+    """A lease of about three runs (research/turns.claim_lease_s)."""
+    lease = claim_lease_s(expected_seconds, ctx.budget.seconds)
     parent = ctx.workspace.parent_of(commit) or ""
     return Claim(exp_id=exp_id, protocol_id=ctx.protocol_id, parent=parent, peer=peer,
                  lease_until=time.time() + lease, description=description[:500], ts=time.time(),

@@ -48,13 +48,13 @@ from p2p_research.research.engine import Hooks, ResearchEngine
 from p2p_research.research.ids import swarm_id_of
 from p2p_research.research.ownership import Ownership
 from p2p_research.research.siblings import SiblingBook
+from p2p_research.research.turns import ADOPTION_POLL_S
 
 if TYPE_CHECKING:  # libp2p loads only when a node starts
     from p2p_research.net.network import Network
 
 log = logging.getLogger("p2p_research.daemon")
 
-ADOPTION_POLL_S = 2.0
 JOIN_WAIT_S = 10.0  # how long a node given bootstrap peers waits to join before its first proposal
 DIGEST_INTERVAL_S = 20.0
 

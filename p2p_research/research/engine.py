@@ -12,6 +12,7 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -48,6 +49,7 @@ from p2p_research.research.runner import RunLimits, RunOutcome, run_training, tr
 from p2p_research.research.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.surrogate import SurrogateTrainer
+from p2p_research.research.turns import liar_value
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result, has_rows
 
@@ -126,6 +128,11 @@ class Hooks:
     researchers: Callable[[], int] | None = None  # other peers of this protocol it hears (the genesis rule)
 
 
+# torch's CPU threads sleep while they wait for work instead of spinning (OpenMP's default spins): on
+# a busy machine a spinning run took 2.4-3x the CPU time and up to 6x the training time of a passive
+# one, which both slowed the node and blurred the CPU figure the harness bounds a run's compute by
+# (docs/security.md). The user's own OMP_WAIT_POLICY wins.
+RUN_OMP_WAIT_POLICY = "PASSIVE"
 AGENT_LOG = "agent.log"       # beside run.log: the output of the agent that proposed the run's code
 MAX_TRANSCRIPT = 64 * 1024
 MAX_SKIP_TRANSCRIPTS = 50
@@ -594,7 +601,8 @@ class ResearchEngine:
 
     def run_env(self, seed: int) -> dict[str, str]:
         r = self.ctx.config.research
-        env = {**self.ctx.budget.env(), "P2P_SEED": str(seed), "P2P_DEVICE": r.device}
+        env = {**self.ctx.budget.env(), "P2P_SEED": str(seed), "P2P_DEVICE": r.device,
+               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or RUN_OMP_WAIT_POLICY}
         if r.cache_dir or self.ctx.sandbox.available:
             env["P2P_CACHE_DIR"] = str(self.cache_dir())
         if r.data:
@@ -803,7 +811,7 @@ class ResearchEngine:
 
     def fabricate(self, er: ExperimentRun, baseline: float) -> float:
         """A dishonest node (simulation only): claim a clear improvement whatever was measured."""
-        fake = baseline - 0.01 - 0.02 * ((int(er.run.exp_id[:8], 16) % 100) / 100)
+        fake = liar_value(baseline, er.run.exp_id)
         er.run.val_bpb = fake
         if er.run.run_id is not None:
             self.ctx.ledger.finish_run(er.run.run_id, "done", val_bpb=fake, reason="")

@@ -6,9 +6,10 @@ The decisions are the project's own: `research.loop.ResearchLoop` (keep or disca
 `research.mutate.choose_changes` (the built-in proposer's mutations) and `research.combine` (which
 wins combine, knob by knob). What the daemon does with I/O (git commits, training, gossip) is replaced
 by its cost in time: a run takes `cost_s` and scores the surrogate objective of its constants, a
-message reaches each node when the world's network model says. The order of steps is the engine's and
-the coordinator's: between experiments, verify and adopt (up to 8 decisions), then propose (a
-combination this node owns, else a mutation, preferring owned ones), claim, run, announce.
+message reaches each node when the world's network model says. The turn between experiments (verify
+and adopt, its cap, deferral, claim leases and yields) is `research.turns.Turn`, the one the daemon's
+coordinator takes; then propose (a combination this node owns, else a mutation, preferring owned ones),
+claim, run, announce, in the engine's order.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from p2p_research.research import flooding
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
-from p2p_research.research.claims import ClaimBook, claim_winner
+from p2p_research.research.claims import ClaimBook
 from p2p_research.research.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
 from p2p_research.research.combine import Win, candidates, merge_knobs
 from p2p_research.research.constants import apply_scalar_changes
@@ -30,12 +31,20 @@ from p2p_research.research.mutate import draw_changes, prepare_choices
 from p2p_research.research.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TRIES
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.surrogate import noisy_value
-from p2p_research.research.swarm import Adopt, Ignore, PeerClaim, SwarmPolicy, SwarmState, Verify
+from p2p_research.research.swarm import Adopt, PeerClaim, SwarmPolicy, SwarmState, Verify
+from p2p_research.research.turns import (
+    ADOPTION_POLL_S,
+    EndTurn,
+    Turn,
+    claim_lease_s,
+    claim_yield,
+    confirms,
+    defer_s,
+    liar_value,
+)
 from p2p_research.sim.des.world import Message, Proc, Process, World, peer_name
 
-ADOPTION_POLL_S = 2.0      # daemon/node.py: an idle (following) node looks at candidates this often
 DHT_LOOKUPS_PER_PROPOSAL = flooding.DHT_LOOKUPS_SPARSE
-LEASE_RUNS = 3.0           # a claim is a lease of about 3 budgets
 MAX_WINS = 200             # store/ledger.py kept_wins: the best 200
 
 
@@ -153,6 +162,7 @@ class VirtualNode:
         self.last_run_end: float | None = None
         self._lookups_left = 0
         self._held: tuple[L.RunExperiment, float | None] | None = None  # the run whose verdict waits
+        self.trace: list[tuple[float, list[tuple[str, str, str]]]] | None = None  # each turn's decisions, if asked
 
     # --- the process ------------------------------------------------------------------------------
     def start(self, at: float) -> None:
@@ -241,7 +251,7 @@ class VirtualNode:
             return
         value = sh.value(action.commit, self.seed)
         if self.liar and self.loop.baseline_value is not None:
-            value = self.loop.baseline_value - 0.01 - 0.02 * ((int(action.exp_id[:8], 16) % 100) / 100)
+            value = liar_value(self.loop.baseline_value, action.exp_id)
         if self.loop.baseline_value is None and (learned := self.learned(self.loop.baseline_commit)) is not None:
             self.loop.handle(L.BaselineLearned(self.loop.baseline_commit, learned))
         self._run_ended("running", action.commit, value, action.description)
@@ -282,40 +292,42 @@ class VirtualNode:
 
     # --- between experiments: verify and adopt ------------------------------------------------------
     def between(self) -> Process:
+        """A turn between runs (research/turns.py), its re-runs spent in virtual time."""
         sh, w = self.shared, self.world
         self.pull()
-        for _ in range(8):
-            self.state.policy.defer_s = max(60.0, 4 * sh.cost_s)
-            rank = (self.rank_value, self.baseline_exp) if self.following and self.rank_value is not None else None
-            decision = self.state.next_decision(self.loop.baseline_value, rank, now=w.t)
-            if decision is None or isinstance(decision, Ignore):
-                return
-            if isinstance(decision, Verify):
-                c = decision.claim
+        turn = Turn(self.state, sparse=not self.flooding, defer=defer_s(0.0, sh.cost_s))
+        while True:
+            action = turn.next_action(self.loop.baseline_value, self._rank(), w.t)
+            if isinstance(action, EndTurn):
+                break
+            if isinstance(action, Verify):
+                c = action.claim
                 self._run_started()
                 yield sh.cost_s
                 measured = sh.value(c.commit, c.seed)
                 self._run_ended("verification", c.commit, measured, target=c.peer)
-                rank = (self.rank_value, self.baseline_exp) if self.following and self.rank_value is not None else None
-                verdict, adopt = self.state.on_verified(c, measured, self.loop.baseline_value, rank)
-                self.stats.runs[-1]["status"] = verdict
-                # announce=kept: a confirmation floods only from the designated replicas (the votes others
-                # wait for); a refutation always does
-                local = not flooding.floods_verification(not self.flooding, verdict, self.state.designated(c))
-                self._publish("verification", c.exp_id, c.commit, verdict, measured, target=int(c.peer[1:]),
-                              claimed=c.value, local=local)
-                if adopt is None:
+                done = turn.handle(measured, self.loop.baseline_value, self._rank())
+                self.stats.runs[-1]["status"] = done.verdict
+                self._publish("verification", c.exp_id, c.commit, done.verdict, measured, target=int(c.peer[1:]),
+                              claimed=c.value, local=not done.floods)
+                if done.adopt is None:
                     continue
-                decision = adopt
-            assert isinstance(decision, Adopt)
-            c = decision.claim
-            self.loop.adopt(c.commit, decision.value)
+                action = done.adopt
+            assert isinstance(action, Adopt)
+            c = action.claim
+            self.loop.adopt(c.commit, action.value)
             source = int(c.peer[1:])
-            self._note_baseline(decision.value, source, c.exp_id, c.value)
-            self.stats.adoptions.append({"t": w.t, "exp_id": c.exp_id, "from": source, "value": decision.value,
+            self._note_baseline(action.value, source, c.exp_id, c.value)
+            self.stats.adoptions.append({"t": w.t, "exp_id": c.exp_id, "from": source, "value": action.value,
                                          "announced_at": self._announced_at(c), "received_at": c.received_at,
-                                         "rerun": decision.reason.startswith("confirmed by a local")})
+                                         "rerun": action.reason.startswith("confirmed by a local")})
             self.pull()
+        if self.trace is not None:
+            self.trace.append((w.t, turn.decisions))
+
+    def _rank(self) -> tuple[float, str] | None:
+        """While following, the baseline's place in the swarm's order (the coordinator's baseline_rank)."""
+        return (self.rank_value, self.baseline_exp) if self.following and self.rank_value is not None else None
 
     def _announced_at(self, c: PeerClaim) -> float:
         for m in self.world.results.get(c.exp_id, ()):
@@ -347,8 +359,7 @@ class VirtualNode:
         if m.kind == "verification":
             if m.exp_id in self.state.settled:  # evidence is consulted for pending candidates only
                 return
-            confirmed = m.status == "confirmed" and m.value is not None and m.claimed is not None and (
-                abs(m.value - m.claimed) <= self.state.policy.tol)
+            confirmed = confirms(m.status, m.value, m.claimed, self.state.policy.tol)
             self.state.on_peer_verification(m.exp_id, peer, peer_name(m.target), confirmed, m.claimed)
             return
         if m.kind != "result" or m.status != "kept" or m.value is None:
@@ -443,7 +454,7 @@ class VirtualNode:
         if self.solo:
             return False
         w, now = self.world, self.world.t
-        lease = LEASE_RUNS * self.shared.cost_s
+        lease = claim_lease_s(self.shared.cost_s)
         if self.flooding:
             for m in w.results.get(exp, ()):
                 if w.delivery(m, self.index) <= now:
@@ -473,31 +484,30 @@ class VirtualNode:
 
     # --- claims and yields ----------------------------------------------------------------------------
     def _watch_claims(self, exp: str, mine: Message, finish: float) -> None:
-        """Claims on the same experiment that cross mine: whoever loses the tie yields when the winner's
-        claim reaches it (the coordinator's `on_claim`)."""
+        """Claims on the same experiment that cross mine: each reaches the other node while it runs, and
+        that node's `on_claim` decides, as the coordinator's does, whether its run gives way."""
         w = self.world
-        if self.solo:
+        if self.solo or not self.flooding:
             return
         for other in w.claims.get(exp, ()):
             if other.peer == self.index:
                 continue
             node = w.nodes[other.peer]
-            # their claim reaches me while I run: I yield if it wins
-            at = w.delivery(other, self.index) if self.flooding else math.inf
-            if w.t <= at < finish and claim_winner((mine.t, self.name), (other.t, node.name)) == node.name:
+            at = w.delivery(other, self.index)  # their claim reaches me while I run
+            if w.t <= at < finish:
                 w.at(at, lambda n=node, o=other: self.on_claim(o, n))
-            # mine reaches them while they run it
-            if node.running is not None and node.running[0] == exp and self.flooding:
+            if node.running is not None and node.running[0] == exp:  # mine reaches them while they run it
                 at2 = w.delivery(mine, other.peer)
-                if at2 < node.running[2] and claim_winner((other.t, node.name), (mine.t, self.name)) == self.name:
+                if at2 < node.running[2]:
                     w.at(at2, lambda n=node, me=mine: n.on_claim(me, self))
 
     def on_claim(self, claim: Message, claimant: VirtualNode) -> None:
         if self.running is None or self.running[0] != claim.exp_id or self.proc is None:
             return
-        confirmed = self.state.reputation.get(claimant.name)
-        if not self.claims.may_yield_to(claimant.name, confirmed.confirmed if confirmed else 0,
-                                        sum(r["kind"] == "experiment" for r in self.stats.runs)):
+        rep = self.state.reputation.get(claimant.name)
+        runs = sum(r["kind"] == "experiment" for r in self.stats.runs)
+        if claim_yield((self.running[1].t, self.name), (claim.t, claimant.name), rep.confirmed if rep else 0, runs,
+                       self.claims) != "yield":
             return
         self.claims.note_yield(claimant.name)
         self.stats.yielded += 1
