@@ -62,7 +62,7 @@ def test_a_verification_is_handled_before_the_next_decision_and_says_whether_it_
     state = SwarmState(SwarmPolicy(peer_name(0), "always", MARGIN))
     state.on_peer_result(claim_of(1, 2.0), True, "", "kept")
     state.on_peer_result(claim_of(2, 2.1), True, "", "kept")
-    turn = Turn(state, sparse=True)
+    turn = Turn(state, sparse=lambda: True)
     action = turn.next_action(2.5, None, 1000.0)
     assert isinstance(action, Verify) and action.claim.exp_id == "e1"
     with pytest.raises(RuntimeError):
@@ -72,11 +72,38 @@ def test_a_verification_is_handled_before_the_next_decision_and_says_whether_it_
     action = turn.next_action(2.5, None, 1000.0)
     done = turn.handle(2.1001, 2.5, None)
     assert done.verdict == "confirmed" and done.adopt is not None and done.adopt.value == 2.1001
+    assert turn.next_action(2.5, None, 1000.0) == done.adopt  # the adoption is the next action, not a decision more
     assert turn.decisions == [("verify", "e1", peer_name(1)), ("refuted", "e1", peer_name(1)),
                               ("verify", "e2", peer_name(2)), ("confirmed", "e2", peer_name(2)),
                               ("adopt", "e2", peer_name(2))]
-    turn.drop()  # nothing in flight: a no-op
-    assert isinstance(turn.next_action(2.1, None, 1000.0), EndTurn)
+    assert isinstance(turn.next_action(2.1, None, 1000.0), EndTurn) and turn.left == MAX_DECISIONS - 2
+
+
+def test_a_decision_that_fails_here_is_dropped_and_the_turn_goes_on():
+    state = SwarmState(SwarmPolicy(peer_name(0), "always", MARGIN))
+    state.on_peer_result(claim_of(1, 2.0), True, "", "kept")
+    state.on_peer_result(claim_of(2, 2.1), True, "", "kept")
+    turn = Turn(state)
+    first = turn.next_action(2.5, None, 1000.0)
+    turn.drop(first)  # e.g. this node's engine raised during the re-run
+    assert turn.decisions[-1] == ("dropped", "e1", peer_name(1)) and "e1" in state.settled
+    second = turn.next_action(2.5, None, 1000.0)
+    assert isinstance(second, Verify) and second.claim.exp_id == "e2"
+    turn.handle(2.1, 2.5, None)
+    turn.drop(turn.next_action(2.5, None, 1000.0))  # its adoption failed here: not made, the turn goes on
+    assert turn.decisions[-1] == ("dropped", "e2", peer_name(2))
+    assert isinstance(turn.next_action(2.5, None, 1000.0), EndTurn)
+
+
+def test_the_settings_are_asked_before_every_decision():
+    state = SwarmState(SwarmPolicy(peer_name(0), "never", MARGIN))
+    for i in range(1, 4):
+        state.on_peer_result(claim_of(i, 2.0 - i * 0.01), True, "", "kept")
+    asked = []
+    turn = Turn(state, defer=lambda: asked.append("defer") or 90.0, margin=lambda: 0.05)
+    turn.next_action(2.5, None, 1000.0)
+    turn.next_action(1.97, None, 1000.0)
+    assert asked == ["defer", "defer"] and state.policy.defer_s == 90.0 and state.policy.margin == 0.05
 
 
 def test_the_rules_the_two_drivers_used_to_write_out_each():
@@ -106,15 +133,23 @@ def test_the_daemon_s_claim_lease_is_the_rule_of_turns(tiny_home):
 
 # Two rounds; each entry is (peer index, constant changes on the current baseline, what the peer claims
 # relative to what its change measures, age of its result in s, peers that confirm it). A turn follows each round.
+LIARS = range(10, 20)  # ten peers, each claiming much better than its change measures
 ROUNDS = [
     [(1, {"LEARNING_RATE": 0.003}, 0.0, 600.0, ()),     # an honest gain: re-run, confirmed, adopted
      (2, {"LEARNING_RATE": 0.0025}, -0.08, 600.0, ()),  # a liar: claims much better than it measures
      (4, {"N_EMBD": 192}, 0.0, 5.0, ()),                # too fresh: others' evidence is awaited
      (5, {"WEIGHT_DECAY": 0.2}, 0.0, 600.0, ())],       # no better than the baseline
     [(3, {"N_LAYER": 6}, 0.0, 600.0, (6, 7))],          # on the adopted baseline; two trusted peers confirm it
+    # more refutations than a turn takes decisions: the turn ends at the cap, the next one goes on
+    [(i, {"WARMUP_FRAC": 0.06 + 0.01 * (i - 10)}, -0.2, 600.0, ()) for i in LIARS],
+    [],
+    # following (no proposals of its own any more): a confirmed result ranked below the baseline's
+    # announced value is adopted though it is better by less than the margin
+    [(8, {"BETA1": 0.85}, 0.0, 600.0, ())],
 ]
+FOLLOWING_FROM = 4  # the round from which both nodes follow the swarm
 TRUSTED = (6, 7)  # their confirmations count from the start (trust.trusted_peers)
-PEERS = 12
+PEERS = 24
 
 
 class DaemonSide:
@@ -173,6 +208,10 @@ class DaemonSide:
     def turn(self) -> list[tuple[str, str, str]]:
         return trio.run(self.coord.between, self.eng)
 
+    def announced(self) -> list[tuple[str, str, str]]:
+        """The verifications this node published: (verdict, exp id, claimant)."""
+        return [(m.receipt.status, m.receipt.exp_id, m.target_peer) for m in self.published]
+
     def close(self) -> None:
         self.ctx.ledger.close()
 
@@ -212,6 +251,11 @@ class DesSide:
             self.world.t += step
         return self.node.trace[-1][1]
 
+    def announced(self) -> list[tuple[str, str, str]]:
+        """The verifications this node flooded: (verdict, exp id, claimant)."""
+        return [(m.status, m.exp_id, peer_name(m.target)) for m in self.world.messages
+                if m.peer == 0 and m.kind == "verification"]
+
 
 def test_the_daemon_and_the_des_take_the_same_turns(tmp_path):
     from p2p_research.research.home_init import init_home
@@ -227,7 +271,8 @@ def test_the_daemon_and_the_des_take_the_same_turns(tmp_path):
     des = DesSide(home.load_config(), genesis, space, budget, genesis_value)
     try:
         traces: dict[str, list] = {"daemon": [], "des": []}
-        for entries in ROUNDS:
+        for n, entries in enumerate(ROUNDS):
+            daemon.coord.following = des.node.following = n >= FOLLOWING_FROM
             base_consts = daemon.constants_of(daemon.baseline())
             assert base_consts == des.sh.constants[des.baseline() if des.baseline() != Shared.GENESIS else Shared.GENESIS]
             for i, changes, lie, age, confirmed_by in entries:
@@ -241,12 +286,17 @@ def test_the_daemon_and_the_des_take_the_same_turns(tmp_path):
             # the same baseline (the DES names the genesis by a placeholder of its own)
             assert daemon.baseline() == des.baseline() or (
                 des.baseline() == Shared.GENESIS and daemon.baseline() == daemon.ws.genesis)
+        assert daemon.announced() == des.announced() and daemon.announced()
         flat = [(what, peer) for turn in traces["daemon"] for what, _, peer in turn]
         # every kind of decision came up: a re-run that refutes a liar, one that confirms and adopts, an
         # adoption on the quorum of trusted peers' confirmations (no re-run); the fresh result waits
         assert ("refuted", peer_name(2)) in flat and ("confirmed", peer_name(1)) in flat, flat
         assert ("adopt", peer_name(1)) in flat and ("adopt", peer_name(3)) in flat, flat
         assert ("verify", peer_name(3)) not in flat and all(p != peer_name(4) for _, p in flat), flat
-        assert daemon.coord.stats["verified_refuted"] == 1 and daemon.coord.stats["adopted"] == 2
+        # the ten liars: eight re-runs in the third turn (the cap), the other two in the fourth
+        assert [what for what, _, _ in traces["daemon"][2]] == ["verify", "refuted"] * MAX_DECISIONS
+        assert [what for what, _, _ in traces["daemon"][3]] == ["verify", "refuted"] * 2
+        assert traces["daemon"][4][-1][0::2] == ("adopt", peer_name(8)), traces["daemon"][4]  # by rank
+        assert daemon.coord.stats["verified_refuted"] == 1 + len(LIARS) and daemon.coord.stats["adopted"] == 3
     finally:
         daemon.close()

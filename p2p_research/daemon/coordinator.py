@@ -33,7 +33,7 @@ from p2p_research.research.swarm import (
     Verify,
 )
 from p2p_research.research.trust import check_lineage
-from p2p_research.research.turns import EndTurn, Turn, claim_yield, confirms, defer_s
+from p2p_research.research.turns import EndTurn, Turn, Verified, claim_yield, confirms, defer_s
 from p2p_research.store.ledger import Run
 from p2p_research.wire import Claim, Result, Verification
 from p2p_research.wire.receipts import sign_receipt
@@ -272,8 +272,8 @@ class SwarmCoordinator:
 
     def turn(self, eng: ResearchEngine) -> Turn:
         """A turn between `eng`'s runs (research/turns.py), on this node's swarm state."""
-        return Turn(self.state, sparse=self.deps.sparse(), defer=defer_s(self.defer_s, eng.expected_seconds()),
-                    margin=eng.margin)
+        return Turn(self.state, defer=lambda: defer_s(self.defer_s, eng.expected_seconds()),
+                    margin=lambda: eng.margin, sparse=self.deps.sparse)
 
     async def between(self, eng: ResearchEngine | None = None) -> list[tuple[str, str, str]]:
         """Verify and adopt the best pending peer result(s) before proposing anything new (on `eng`,
@@ -290,23 +290,30 @@ class SwarmCoordinator:
             # the boundary of one peer's candidate: whatever its commit makes our code raise, the
             # candidate is dropped (settled) and research goes on
             await contained(self.faults, action.claim.peer, "swarm.candidate", self._carry_out, turn, action, eng)
-            turn.drop()  # a no-op unless the re-run failed here
             self._save_reputation()
 
-    async def _carry_out(self, turn: Turn, decision: Verify | Adopt, eng: ResearchEngine) -> None:
-        if isinstance(decision, Verify):
-            decision = await self.verify(turn, decision.claim, eng)
-        if isinstance(decision, Adopt):
-            c = decision.claim
-            eng.adopt(c.commit, decision.value, decision.reason, c.exp_id, c.peer)
-            self.stats["adopted"] += 1
-            self.ctx.ledger.set_meta("last_adoption", {"exp_id": c.exp_id, "peer": c.peer, "value": decision.value,
-                                                       "announced_at": c.received_at, "adopted_at": time.time()})
-            log.info("adopted %s from %s as baseline (val_bpb %.6f): %s", c.exp_id[:10], c.peer[:16],
-                     decision.value, decision.reason)
+    async def _carry_out(self, turn: Turn, action: Verify | Adopt, eng: ResearchEngine) -> None:
+        try:
+            if isinstance(action, Verify):
+                await self.verify(turn, action.claim, eng)
+            else:
+                self.adopt(action, eng)
+        except Exception:
+            turn.drop(action)
+            raise
 
-    async def verify(self, turn: Turn, claim: PeerClaim, eng: ResearchEngine) -> Adopt | None:
-        """Re-run `claim` through `eng` (the harness measures it), judge it, and announce the verdict."""
+    def adopt(self, decision: Adopt, eng: ResearchEngine) -> None:
+        c = decision.claim
+        eng.adopt(c.commit, decision.value, decision.reason, c.exp_id, c.peer)
+        self.stats["adopted"] += 1
+        self.ctx.ledger.set_meta("last_adoption", {"exp_id": c.exp_id, "peer": c.peer, "value": decision.value,
+                                                   "announced_at": c.received_at, "adopted_at": time.time()})
+        log.info("adopted %s from %s as baseline (val_bpb %.6f): %s", c.exp_id[:10], c.peer[:16],
+                 decision.value, decision.reason)
+
+    async def verify(self, turn: Turn, claim: PeerClaim, eng: ResearchEngine) -> Verified:
+        """Re-run `claim` through `eng` (the harness measures it), judge it, and announce the verdict; an
+        adoption that follows is the turn's next action."""
         assert eng.loop is not None
         log.info("verifying %s's claim %s (val_bpb %.6f)", claim.peer[:16], claim.exp_id[:10], claim.value)
         er = await eng.execute(claim.commit, "verification", f"verification of {claim.peer[:16]}'s result", claim.seed,
@@ -325,7 +332,7 @@ class SwarmCoordinator:
             "crash" if measured is None else f"{measured:.6f}", why)
         if done.floods:
             await self.announce_verification(er.run, claim, verdict)
-        return done.adopt
+        return done
 
     async def announce_verification(self, run: Run, claim: PeerClaim, verdict: str) -> None:
         try:

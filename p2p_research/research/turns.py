@@ -22,6 +22,7 @@ which is what tests/test_turns.py compares between the two.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from p2p_research.research import flooding
@@ -85,40 +86,56 @@ class Verified:
     claim: PeerClaim
     measured: float | None
     verdict: str             # confirmed | refuted
-    adopt: Adopt | None      # the claim still improves the baseline: adopt it now
+    adopt: Adopt | None      # the claim still improves the baseline: the turn's next action adopts it
     floods: bool             # the verdict is announced to the swarm (else kept here)
 
 
 Action = Verify | Adopt | EndTurn
 
 
+def _fixed(value):
+    return lambda: value
+
+
 @dataclass
 class Turn:
     """One turn between runs. Ask `next_action(baseline_value, rank, now)` until it is an EndTurn;
-    after a Verify, perform the re-run and `handle()` what it measured before asking again.
+    after a Verify, perform the re-run and `handle()` what it measured before asking again (an
+    adoption that follows a confirmed re-run is the next action, and counts with its re-run as one
+    decision).
 
     `rank`: while following, the baseline's (announced value, experiment id); candidates are then
-    adopted by rank rather than by margin. `sparse`: announcements flood kept results only, so a
-    confirmation floods from the designated replicas alone."""
+    adopted by rank rather than by margin. `defer`, `margin` and `sparse` are asked before every
+    decision (a turn may hold several re-runs of minutes each, during which the node's expected run
+    time, its margin and whether announcements are sparse can change): `defer` the wait for replicas'
+    evidence (`defer_s`), `margin` the keep margin (None: the policy's own), `sparse` whether
+    announcements flood kept results only, so that a confirmation floods from the designated replicas
+    alone."""
 
     state: SwarmState
-    sparse: bool = False
-    defer: float = MIN_DEFER_S
-    margin: float | None = None
+    defer: Callable[[], float] = field(default_factory=lambda: _fixed(MIN_DEFER_S))
+    margin: Callable[[], float | None] = field(default_factory=lambda: _fixed(None))
+    sparse: Callable[[], bool] = field(default_factory=lambda: _fixed(False))
     left: int = MAX_DECISIONS
     decisions: list[tuple[str, str, str]] = field(default_factory=list)  # (what, exp id, peer)
     _verifying: PeerClaim | None = None
+    _adopt: Adopt | None = None
 
-    def __post_init__(self) -> None:
-        self.state.policy.defer_s = self.defer
-        if self.margin is not None:
-            self.state.policy.margin = self.margin
+    def _settle_policy(self) -> None:
+        self.state.policy.defer_s = self.defer()
+        margin = self.margin()
+        if margin is not None:
+            self.state.policy.margin = margin
 
     def next_action(self, baseline_value: float | None, rank: tuple[float, str] | None, now: float) -> Action:
         if self._verifying is not None:
             raise RuntimeError("handle() the re-run of the claim being verified first")
+        if self._adopt is not None:
+            adopt, self._adopt = self._adopt, None
+            return adopt
         if self.left <= 0:
             return EndTurn(f"{MAX_DECISIONS} decisions this turn")
+        self._settle_policy()
         decision = self.state.next_decision(baseline_value, rank, now=now)
         if decision is None:
             return EndTurn("no candidate improves the baseline now")
@@ -138,16 +155,18 @@ class Turn:
         claim, self._verifying = self._verifying, None
         if claim is None:
             raise RuntimeError("no claim is being verified")
+        self._settle_policy()
         verdict, adopt = self.state.on_verified(claim, measured, baseline_value, rank)
         self.decisions.append((verdict, claim.exp_id, claim.peer))
         if adopt is not None:
+            self._adopt = adopt
             self.decisions.append(("adopt", claim.exp_id, claim.peer))
-        floods = flooding.floods_verification(self.sparse, verdict, self.state.designated(claim))
+        floods = flooding.floods_verification(self.sparse(), verdict, self.state.designated(claim))
         return Verified(claim, measured, verdict, adopt, floods)
 
-    def drop(self) -> None:
-        """The re-run of the claim being verified failed in this node's own code (not the claim's): the
-        claim stays settled, unjudged, and the turn goes on."""
-        if self._verifying is not None:
-            self.decisions.append(("dropped", self._verifying.exp_id, self._verifying.peer))
-            self._verifying = None
+    def drop(self, action: Verify | Adopt) -> None:
+        """Carrying out `action` failed in this node's own code (not the claim's): a re-run's claim stays
+        settled, unjudged; an adoption is not made (nor the adoption its re-run led to); the turn goes on."""
+        self.decisions.append(("dropped", action.claim.exp_id, action.claim.peer))
+        self._verifying = None
+        self._adopt = None

@@ -23,7 +23,7 @@ from typing import Any
 from p2p_research.research import flooding
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
-from p2p_research.research.claims import ClaimBook
+from p2p_research.research.claims import ClaimBook, claim_winner
 from p2p_research.research.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
 from p2p_research.research.combine import Win, candidates, merge_knobs
 from p2p_research.research.constants import apply_scalar_changes
@@ -31,7 +31,7 @@ from p2p_research.research.mutate import draw_changes, prepare_choices
 from p2p_research.research.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TRIES
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.surrogate import noisy_value
-from p2p_research.research.swarm import Adopt, PeerClaim, SwarmPolicy, SwarmState, Verify
+from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.turns import (
     ADOPTION_POLL_S,
     EndTurn,
@@ -295,7 +295,8 @@ class VirtualNode:
         """A turn between runs (research/turns.py), its re-runs spent in virtual time."""
         sh, w = self.shared, self.world
         self.pull()
-        turn = Turn(self.state, sparse=not self.flooding, defer=defer_s(0.0, sh.cost_s))
+        defer = defer_s(0.0, sh.cost_s)
+        turn = Turn(self.state, defer=lambda: defer, sparse=lambda: not self.flooding)
         while True:
             action = turn.next_action(self.loop.baseline_value, self._rank(), w.t)
             if isinstance(action, EndTurn):
@@ -310,10 +311,7 @@ class VirtualNode:
                 self.stats.runs[-1]["status"] = done.verdict
                 self._publish("verification", c.exp_id, c.commit, done.verdict, measured, target=int(c.peer[1:]),
                               claimed=c.value, local=not done.floods)
-                if done.adopt is None:
-                    continue
-                action = done.adopt
-            assert isinstance(action, Adopt)
+                continue
             c = action.claim
             self.loop.adopt(c.commit, action.value)
             source = int(c.peer[1:])
@@ -493,12 +491,14 @@ class VirtualNode:
             if other.peer == self.index:
                 continue
             node = w.nodes[other.peer]
+            # only where the receiver's claim loses is an event worth scheduling (one that changes nothing
+            # would still move the modelled CPU queue); on_claim decides the yield
             at = w.delivery(other, self.index)  # their claim reaches me while I run
-            if w.t <= at < finish:
+            if w.t <= at < finish and claim_winner((mine.t, self.name), (other.t, node.name)) == node.name:
                 w.at(at, lambda n=node, o=other: self.on_claim(o, n))
             if node.running is not None and node.running[0] == exp:  # mine reaches them while they run it
                 at2 = w.delivery(mine, other.peer)
-                if at2 < node.running[2]:
+                if at2 < node.running[2] and claim_winner((other.t, node.name), (mine.t, self.name)) == self.name:
                     w.at(at2, lambda n=node, me=mine: n.on_claim(me, self))
 
     def on_claim(self, claim: Message, claimant: VirtualNode) -> None:
