@@ -241,6 +241,7 @@ def _enc(d) -> bytes:
         (b"\x81\xa1v" + b"\xc6\x00\x10\x00\x00", "not valid msgpack"),  # truncated 1 MiB bin
         (_enc({"v": 2, "t": "board", "author": PEER, "name": "n", "text": "x" * 20000, "ts": 1.0}), "msgpack"),
     ],
+    ids=lambda v: "data" if isinstance(v, bytes) else v,  # the bytes hold a fresh peer id: ids by reason
 )
 def test_malformed(data, reason):
     with pytest.raises(WireError) as ei:
