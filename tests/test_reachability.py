@@ -48,3 +48,13 @@ def test_relay_addresses_follow_the_connection_not_only_what_the_relay_advertise
     assert relay_dial_addr(["/ip4/192.168.0.5/tcp/4001"], "203.0.113.9") == "/ip4/203.0.113.9/tcp/4001"
     assert relay_dial_addr(["/ip4/10.77.0.1/tcp/4001/p2p/R/p2p-circuit/p2p/X"]) is None
     assert circuit_addr("/ip4/10.77.0.1/tcp/4001", "R", "X") == "/ip4/10.77.0.1/tcp/4001/p2p/R/p2p-circuit/p2p/X"
+
+
+def test_a_peer_still_relayed_after_dcutr_spent_its_attempts_gets_new_ones_a_minute_later():
+    from p2p_research.net.nat import DCUTR_RETRY_S, punch_again
+
+    since = {"a": 0.0, "b": 0.0, "c": 50.0, "d": 0.0}
+    attempts = {"a": 3, "b": 2, "c": 3}  # d: never tried (DCUtR's own loop will)
+    assert punch_again(since, attempts, DCUTR_RETRY_S) == ["a"]          # spent, and relayed for a minute
+    assert punch_again(since, attempts, DCUTR_RETRY_S + 50.0) == ["a", "c"]
+    assert punch_again({}, attempts, 1e9) == []                          # upgraded or gone: nothing to retry

@@ -38,8 +38,8 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import issue_and_cache_local_record
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import MAX_HOLE_PUNCH_ATTEMPTS, DCUtRProtocol
 from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL_ID
-from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
 from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID, CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
@@ -62,6 +62,8 @@ RELAY_LIMITS = RelayLimits(duration=3600, data=256 * 1024 * 1024, max_circuit_co
 HOP_LIMITS = StreamLimits(per_peer=8, total=256, deadline_s=None)
 STOP_LIMITS = StreamLimits(per_peer=32, total=256, deadline_s=None)
 DCUTR_LIMITS = StreamLimits(per_peer=1, total=16, deadline_s=30.0)
+#: a peer still reached only through a relay this long after DCUtR spent its attempts on it gets new ones
+DCUTR_RETRY_S = 60.0
 AUTONAT_LIMITS = StreamLimits(per_peer=1, total=4, deadline_s=20.0)
 DIAL_BACK_TIMEOUT_S = 4.0
 AUTONAT_QUERY_TIMEOUT_S = 15.0
@@ -108,6 +110,16 @@ class GuardedRelayProtocol(CircuitV2Protocol):
         await super()._handle_reserve(stream, msg)
 
 
+def punch_again(relayed_since: dict[Any, float], attempts: dict[Any, int], now: float,
+                retry_s: float = DCUTR_RETRY_S, most: int = MAX_HOLE_PUNCH_ATTEMPTS) -> list[Any]:
+    """Peers whose hole punch budget DCUtR spent and that are still reached through relays only, for
+    `retry_s` since: their budget is reset so DCUtR tries again. py-libp2p resets it only when the peer
+    disconnects; a pair whose three attempts failed (seen in the NAT test on a loaded machine: each
+    DCUtR stream over the relayed connection was refused within the same minute) otherwise stays
+    relayed for as long as it stays connected."""
+    return [pid for pid, since in relayed_since.items() if attempts.get(pid, 0) >= most and now - since >= retry_s]
+
+
 class NatTraversal:
     """AutoNAT, relay reservations, circuit dials and DCUtR for one host. ``active`` is False on a node
     that listens on loopback only (nobody outside could reach it anyway): then only the STOP handler
@@ -133,7 +145,7 @@ class NatTraversal:
         self.circuits: dict[str, str] = {}        # relay peer id -> our address through it
         self.refused: dict[str, float] = {}       # relay peer id -> when it refused or failed a reservation
         self._reserved_at: dict[str, float] = {}  # relay peer id -> when our reservation was last granted
-        self.stats = {"upgraded": 0, "relayed_dials": 0, "reservations": 0, "dial_backs_asked": 0}
+        self.stats = {"upgraded": 0, "relayed_dials": 0, "reservations": 0, "dial_backs_asked": 0, "punch_retries": 0}
         self._status = "unknown" if active else "local"
         self._nursery: trio.Nursery | None = None
         original = host.get_addrs
@@ -363,23 +375,33 @@ class NatTraversal:
 
     async def _prune_relayed_loop(self) -> None:
         """Once a peer is reached directly, close the relayed connection (it costs the relay), and count
-        the upgrade: also when DCUtR or the peer closed the relayed one first."""
-        relayed_only: set[ID] = set()
+        the upgrade: also when DCUtR or the peer closed the relayed one first. A peer that stays
+        relayed-only after DCUtR spent its attempts gets new ones a minute later (`punch_again`)."""
+        relayed_only: dict[ID, float] = {}  # peer -> since when it is reached through relays only
         while True:
             await trio.sleep(1.0)
+            now = trio.current_time()
             conns_by_peer = dict(self.host.get_network().connections.items())
             for pid in list(relayed_only):
                 if pid not in conns_by_peer:
-                    relayed_only.discard(pid)  # gone: nothing was upgraded
+                    relayed_only.pop(pid)  # gone: nothing was upgraded
             for pid, conns in conns_by_peer.items():
                 relayed = [c for c in conns if is_relayed(c)]
                 direct = len(conns) - len(relayed)
                 if relayed and not direct:
-                    relayed_only.add(pid)
+                    relayed_only.setdefault(pid, now)
                     continue
                 if direct and pid in relayed_only:
-                    relayed_only.discard(pid)
+                    relayed_only.pop(pid)
                     self.stats["upgraded"] += 1
                     log.info("peer %s: direct connection established (was relayed)", short_name(pid.to_base58()))
                 for c in relayed if direct else []:
                     await close_quietly(c)
+            attempts = getattr(self.dcutr, "_hole_punch_attempts", None)  # py-libp2p 0.8.1 (net/libp2p_pin.py)
+            if isinstance(attempts, dict):
+                for pid in punch_again(relayed_only, attempts, now):
+                    attempts.pop(pid, None)
+                    relayed_only[pid] = now
+                    self.stats["punch_retries"] += 1
+                    log.info("peer %s: still relayed after %d hole punch attempts; trying again",
+                             short_name(pid.to_base58()), MAX_HOLE_PUNCH_ATTEMPTS)
