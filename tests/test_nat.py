@@ -156,7 +156,8 @@ def test_two_homes_behind_nat_meet_through_a_relay_and_connect_directly(tmp_path
         def direct_between():
             peers = {p["peer_id"]: p for p in a.json("peers")}
             return peers.get(b.peer_id, {}).get("connection") == "direct"
-        wait_for(direct_between, 120, what="a direct connection between the two homes")
+        # DCUtR tries three times, and again 30 s after its attempts are spent (nat.punch_again)
+        wait_for(direct_between, 240, what="a direct connection between the two homes")
         ra, rb = (d.json("status")["reachability"] for d in (a, b))
         assert ra["relayed_dials"] + rb["relayed_dials"] >= 1   # they first met through the relay
         assert ra["upgraded"] + rb["upgraded"] >= 1               # and the relayed connection was replaced

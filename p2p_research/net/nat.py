@@ -62,8 +62,8 @@ RELAY_LIMITS = RelayLimits(duration=3600, data=256 * 1024 * 1024, max_circuit_co
 HOP_LIMITS = StreamLimits(per_peer=8, total=256, deadline_s=None)
 STOP_LIMITS = StreamLimits(per_peer=32, total=256, deadline_s=None)
 DCUTR_LIMITS = StreamLimits(per_peer=1, total=16, deadline_s=30.0)
-#: a peer still reached only through a relay this long after DCUtR spent its attempts on it gets new ones
-DCUTR_RETRY_S = 60.0
+#: a peer still reached only through relays this long after DCUtR spent its attempts on it gets new ones
+DCUTR_RETRY_S = 30.0
 AUTONAT_LIMITS = StreamLimits(per_peer=1, total=4, deadline_s=20.0)
 DIAL_BACK_TIMEOUT_S = 4.0
 AUTONAT_QUERY_TIMEOUT_S = 15.0
@@ -376,7 +376,7 @@ class NatTraversal:
     async def _prune_relayed_loop(self) -> None:
         """Once a peer is reached directly, close the relayed connection (it costs the relay), and count
         the upgrade: also when DCUtR or the peer closed the relayed one first. A peer that stays
-        relayed-only after DCUtR spent its attempts gets new ones a minute later (`punch_again`)."""
+        relayed-only after DCUtR spent its attempts gets new ones 30 s later (`punch_again`)."""
         relayed_only: dict[ID, float] = {}  # peer -> since when it is reached through relays only
         while True:
             await trio.sleep(1.0)
