@@ -27,8 +27,10 @@ run: $(STAMP)
 TEST_WORKERS ?= 3
 PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
+# Tests marked `alone` run afterwards, one process, nothing beside them.
 test: $(STAMP) nat-test-tools browser-tools
-	$(PYTEST)
+	$(PYTEST) -m "not alone"
+	$(BIN)/python -m pytest -q -m alone
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"

@@ -61,7 +61,9 @@ RELAY_LIMITS = RelayLimits(duration=3600, data=256 * 1024 * 1024, max_circuit_co
 #: circuit streams carry a relayed connection for its whole life: no deadline, bounded counts
 HOP_LIMITS = StreamLimits(per_peer=8, total=256, deadline_s=None)
 STOP_LIMITS = StreamLimits(per_peer=32, total=256, deadline_s=None)
-DCUTR_LIMITS = StreamLimits(per_peer=1, total=16, deadline_s=30.0)
+# per peer: its own session, ours running concurrently (both ends drive one), and a retry; a single slot
+# refused the peer's next attempt while a stalled one held it for its 30 s (seen under load)
+DCUTR_LIMITS = StreamLimits(per_peer=3, total=16, deadline_s=30.0)
 #: a peer still reached only through relays this long after DCUtR spent its attempts on it gets new ones
 DCUTR_RETRY_S = 30.0
 AUTONAT_LIMITS = StreamLimits(per_peer=1, total=4, deadline_s=20.0)
