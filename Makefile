@@ -29,8 +29,7 @@ PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # Tests marked `alone` run afterwards, one process, nothing beside them.
 test: $(STAMP) nat-test-tools browser-tools
-	$(PYTEST) -m "not alone"
-	$(BIN)/python -m pytest -q -m alone
+	@status=0; $(PYTEST) -m "not alone" || status=1; $(BIN)/python -m pytest -q -m alone || status=1; exit $$status
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"

@@ -218,6 +218,7 @@ def test_hardware_class_names_the_accelerator():
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # a 2-s wall-clock budget: beside other tests the edit's run got half the steps (docs/testing.md)
 def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
     """A's agent edits code (a real gain). B (sandbox on, trust policy `sandboxed`) holds out a
     private shard, so it re-runs the edit in the sandbox without the validation shard, measures it
