@@ -182,6 +182,21 @@ def test_the_swarm_view_shows_where_each_idea_came_from_and_whether_it_held_here
     assert ideas_view(ledger, proto(1)) == {"ideas": [], "by_protocol": []}  # another protocol's view: none
 
 
+def test_an_idea_taken_before_its_parent_s_value_arrived_shows_its_gain_there_once_it_does(tmp_path):
+    """Gossip can bring a sibling's kept result before catch-up brings the value of its parent: the
+    idea is proposed with its gain unknown, and the swarm view shows the gain as soon as it is known."""
+    ledger = Ledger(tmp_path / "l.sqlite")
+    h100, g = proto(1), GENESIS
+    peer_run(ledger, h100, "c" * 40, "1" * 40, g, 1.40)
+    (idea,) = ideas_of(ledger, OWN)
+    assert idea.gain_there is None
+    ledger.add_experiment("7" * 40, OWN, g, "e" * 40, "8" * 40, "idea", "local")
+    ledger.add_idea("7" * 40, idea.exp_id, idea.protocol, idea.peer, idea.label, idea.gain_there)
+    assert ideas_view(ledger, OWN)["ideas"][0]["gain_there"] is None
+    peer_run(ledger, h100, "b" * 40, g, g, 1.50, status="baseline", kind="baseline")   # the parent's value there
+    assert abs(ideas_view(ledger, OWN)["ideas"][0]["gain_there"] - 0.10) < 1e-9
+
+
 # --- the proposer -----------------------------------------------------------------------------------
 
 

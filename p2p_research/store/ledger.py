@@ -125,6 +125,16 @@ RUN_FIELDS = (
 BASELINE_FIELDS = "protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at"  # Baseline's
 
 
+
+# The value measured for the parent of a run `r` under r's protocol: its finder's own measurement first,
+# else any kept, baseline or confirmed one (a sibling protocol's kept result names the gain there).
+_FINDERS_PARENT_VALUE = (
+    "COALESCE((SELECT p.val_bpb FROM runs p WHERE p.protocol_id=r.protocol_id AND p.commit_id=r.parent"
+    "  AND p.val_bpb IS NOT NULL AND p.status IN ('kept','baseline','confirmed') AND p.peer=r.peer"
+    "  ORDER BY p.run_id LIMIT 1),"
+    " (SELECT p.val_bpb FROM runs p WHERE p.protocol_id=r.protocol_id AND p.commit_id=r.parent"
+    "  AND p.val_bpb IS NOT NULL AND p.status IN ('kept','baseline','confirmed') ORDER BY p.run_id LIMIT 1))")
+
 class LedgerError(P2PResearchError):
     pass
 
@@ -408,12 +418,7 @@ class Ledger:
         signed receipt (what its budget and hardware are read from)."""
         rows = self.db.execute(
             "SELECT r.exp_id, r.commit_id, r.parent, r.protocol_id, r.peer, r.val_bpb, r.description, r.receipt,"
-            " COALESCE((SELECT p.val_bpb FROM runs p WHERE p.protocol_id=r.protocol_id AND p.commit_id=r.parent"
-            "  AND p.val_bpb IS NOT NULL AND p.status IN ('kept','baseline','confirmed') AND p.peer=r.peer"
-            "  ORDER BY p.run_id LIMIT 1),"
-            " (SELECT p.val_bpb FROM runs p WHERE p.protocol_id=r.protocol_id AND p.commit_id=r.parent"
-            "  AND p.val_bpb IS NOT NULL AND p.status IN ('kept','baseline','confirmed') ORDER BY p.run_id LIMIT 1))"
-            " AS parent_value"
+            f" {_FINDERS_PARENT_VALUE} AS parent_value"
             " FROM runs r WHERE r.protocol_id!=? AND r.origin='peer' AND r.kind='experiment' AND r.status='kept'"
             " AND r.val_bpb IS NOT NULL AND r.exp_id NOT IN (SELECT source_exp FROM ideas)"
             " ORDER BY r.run_id DESC LIMIT ?", (protocol_id, limit))
@@ -433,9 +438,14 @@ class Ledger:
 
     def idea_rows(self, protocol_id: str) -> list[dict[str, Any]]:
         """Each idea tried here with how it fared: its newest local run (status, value) and the value of
-        the baseline it was judged against, this node's own measurement (never the sibling's)."""
+        the baseline it was judged against, this node's own measurement (never the sibling's). Its gain
+        there is the one known when it was proposed, else the one known now: a kept result can arrive
+        before the value of its parent (gossip before catch-up), and the view should not stay blank."""
         rows = self.db.execute(
-            "SELECT i.exp_id, i.source_exp, i.source_protocol, i.source_peer, i.source_label, i.gain_there,"
+            "SELECT i.exp_id, i.source_exp, i.source_protocol, i.source_peer, i.source_label,"
+            " COALESCE(i.gain_there, (SELECT " + _FINDERS_PARENT_VALUE + " - r.val_bpb FROM runs r"
+            "  WHERE r.exp_id=i.source_exp AND r.protocol_id=i.source_protocol AND r.kind='experiment'"
+            "  AND r.status='kept' AND r.val_bpb IS NOT NULL ORDER BY r.run_id LIMIT 1)) AS gain_there,"
             " i.proposed_at, e.description, e.parent,"
             " (SELECT r.status FROM runs r WHERE r.exp_id=i.exp_id AND r.origin='local' AND r.kind='experiment'"
             "  ORDER BY r.run_id DESC LIMIT 1) AS status,"
