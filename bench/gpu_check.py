@@ -122,7 +122,9 @@ def swarm_step(tmp: Path, budget_tokens: int, device: str, timeout_s: float = 30
             cfg.research.noise_runs = 0  # a check of the swarm, not of the noise: no extra runs
             home.write_config(cfg)
             homes.append(home.path)
-        a = subprocess.Popen([*CLI, "node", "start", "--home", str(homes[0]), "--listen", f"/ip4/127.0.0.1/tcp/{port}"],
+        # one experiment each (A's is what B must receive): the check needs no more runs than that
+        a = subprocess.Popen([*CLI, "node", "start", "--home", str(homes[0]), "-n", "1",
+                              "--listen", f"/ip4/127.0.0.1/tcp/{port}"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
         procs.append(a)
         addr = ""
@@ -135,7 +137,7 @@ def swarm_step(tmp: Path, budget_tokens: int, device: str, timeout_s: float = 30
                 break
         if not addr:
             return say("FAIL", "2-node swarm", "node A printed no address")
-        b = subprocess.Popen([*CLI, "node", "start", "--home", str(homes[1]), "--bootstrap", addr],
+        b = subprocess.Popen([*CLI, "node", "start", "--home", str(homes[1]), "-n", "1", "--bootstrap", addr],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         procs.append(b)
         started = time.monotonic()

@@ -61,8 +61,28 @@ class Daemon:
             raise AssertionError(f"{args}: {r.stderr}")
         return r
 
+    # `p2p-research CMD --json` prints the daemon's answer to CMD as it is: a poll asks the control
+    # socket from this process, which spares a CLI process (0.3 CPU-s) per poll, a sixth of a daemon
+    # test's CPU. `cli_json` goes through the CLI; test_daemon checks that both agree.
+    DIRECT = {"status": {}, "peers": {},
+              "experiments": {"status": None, "peer": None, "origin": None, "limit": None}}
+
     def json(self, *args: str):
+        if len(args) == 1 and args[0] in self.DIRECT:
+            return self.ask(args[0], self.DIRECT[args[0]])
+        return self.cli_json(*args)
+
+    def cli_json(self, *args: str):
         return json.loads(self.cli(*args, "--json").stdout)
+
+    def ask(self, cmd: str, args: dict | None = None):
+        """The daemon's answer to one control request, as the CLI's --json prints it."""
+        from p2p_research.daemon.control_call import call
+
+        resp = call(self.home / "control.sock", cmd, args, timeout=60)
+        if not resp or not resp.get("ok"):
+            raise AssertionError(f"{cmd}: {resp}")
+        return json.loads(json.dumps(resp.get("data"), default=str))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

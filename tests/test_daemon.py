@@ -60,9 +60,12 @@ def test_three_daemons_gossip_results_with_objects_and_survive_a_restart(tmp_pat
         assert "train.py" in repo.diff(repo[commit.parent_ids[0]], commit).patch
         shown = c.json("show", e["id"][:12])
         assert shown["experiment"]["origin"] == "peer" and shown["diff"]
-        # status and id over the control socket
-        st = b.json("status")
+        # status and id over the control socket, through the CLI: what the tests' polls read directly
+        st = b.cli_json("status")
         assert st["peer_id"] == b.peer_id and st["experiments"]["local"] >= 1 and st["peers_connected"] >= 2
+        assert set(st) == set(b.json("status")) and st["peer_id"] == b.json("status")["peer_id"]
+        for cmd in ("experiments", "peers"):  # lists that may grow meanwhile: their entries' fields agree
+            assert c.cli_json(cmd)[0].keys() == c.json(cmd)[0].keys()
         assert a.json("id")["peer_id"] == a.peer_id
         # board posts travel
         c.cli("post", "hello from **C**")
@@ -263,7 +266,8 @@ def test_a_node_joining_a_one_peer_swarm_measures_the_genesis_at_once(tmp_path, 
     from p2p_research.research import genesis as G
 
     port = free_port()
-    a = Daemon(make_home(tmp_path / "a", cache_dir).path, "--listen", f"/ip4/127.0.0.1/tcp/{port}").start()
+    # one experiment each: more runs would only load the machine while the test waits
+    a = Daemon(make_home(tmp_path / "a", cache_dir).path, "-n", "1", "--listen", f"/ip4/127.0.0.1/tcp/{port}").start()
     try:
         wait_for(lambda: a.json("status")["baseline"]["val_bpb"] is not None, 120, 0.5, what="A measures its genesis")
         genesis = a.json("status")["genesis"]
@@ -271,7 +275,7 @@ def test_a_node_joining_a_one_peer_swarm_measures_the_genesis_at_once(tmp_path, 
             home = make_home(tmp_path / f"b{i}", cache_dir)
             if not G.measures_first(peer_id_of_keypair(load_or_create_identity(home.identity)), genesis, True):
                 break
-        b = Daemon(home.path, "--bootstrap", a.addrs[0]).start()
+        b = Daemon(home.path, "-n", "1", "--bootstrap", a.addrs[0]).start()
         try:
             wait_for(lambda: b.json("status")["baseline"]["val_bpb"] is not None, 120, 0.5, what="B's genesis value")
             assert "only 1 other peer(s) of this protocol: measuring the genesis" in b.stderr(), b.stderr()[-2000:]
