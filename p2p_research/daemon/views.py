@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from p2p_research.research.workspace import Workspace, WorkspaceError
+from p2p_research.store import queries
 from p2p_research.store.ledger import Ledger, Run
-from p2p_research.store.status import VALUED, sql_in
 
 
 def run_entry(run: Run, self_peer: str) -> dict[str, Any]:
@@ -96,12 +96,7 @@ def leaderboard_view(ledger: Ledger, self_peer: str = "", limit: int = 10) -> di
     results (kept, confirmed by a verifier, or a baseline) are ranked by val_bpb; a discarded one is
     listed after them unranked (it may have a low value and still have lost to its own baseline)."""
     out: dict[str, list[dict[str, Any]]] = {}
-    rows = ledger.db.execute(
-        "SELECT protocol_id, exp_id, MIN(val_bpb) AS best, COUNT(*) AS runs,"
-        " MAX(status IN ('kept','confirmed','baseline')) AS kept, MAX(status = 'baseline') AS base FROM runs"
-        f" WHERE val_bpb IS NOT NULL AND status IN {sql_in(VALUED)} GROUP BY protocol_id, exp_id"
-        " ORDER BY protocol_id, kept DESC, best")
-    for r in rows:
+    for r in queries.best_per_experiment(ledger.db):
         lst = out.setdefault(r["protocol_id"], [])
         if len(lst) >= limit:
             continue
@@ -127,11 +122,9 @@ def board_view(ledger: Ledger, limit: int = 50) -> list[dict[str, Any]]:
 def peer_announcements(ledger: Ledger) -> dict[str, dict[str, Any]]:
     """Per peer: how many results it announced and its best value (for `peers -v`)."""
     out: dict[str, dict[str, Any]] = {}
-    for row in ledger.db.execute(
-            "SELECT peer, COUNT(*) AS n, MIN(val_bpb) AS best, MAX(received_at) AS last FROM runs"
-            " WHERE origin='peer' GROUP BY peer"):
+    for row in queries.announcements_by_peer(ledger.db):
         out[row["peer"]] = {"results": row["n"], "best_val_bpb": row["best"], "last_received_at": row["last"]}
-    for row in ledger.db.execute("SELECT peer, COUNT(*) AS n FROM claims GROUP BY peer"):
+    for row in queries.claims_by_peer(ledger.db):
         out.setdefault(row["peer"], {"results": 0, "best_val_bpb": None, "last_received_at": None})["claims"] = row["n"]
     return out
 

@@ -17,8 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from p2p_research.store import queries
 from p2p_research.store.ledger import Ledger
-from p2p_research.store.status import FINAL, VALUED, RunStatus, sql_in
 
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600)
 ADOPTION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 3600)
@@ -43,45 +43,32 @@ class NodeCollector:
     def collect(self) -> Iterator[Metric]:
         st = self.status()
         db = self.ledger.db
-        final = sql_in((*FINAL, RunStatus.ABORTED))
         exp = CounterMetricFamily("p2p_research_experiments", "Experiments recorded, by origin and final status",
                                   labels=["origin", "status"])
-        for origin, status, n in db.execute(
-                f"SELECT origin, status, COUNT(*) FROM runs WHERE kind='experiment' AND status IN {final}"
-                " GROUP BY origin, status ORDER BY origin, status"):
+        for origin, status, n in queries.experiment_counts(db):
             exp.add_metric([origin, status], n)
         yield exp
         kinds = CounterMetricFamily("p2p_research_runs", "This node's finished runs, by kind (experiment, baseline, "
                                     "verification) and status", labels=["kind", "status"])
-        for kind, status, n in db.execute(
-                f"SELECT kind, status, COUNT(*) FROM runs WHERE origin='local' AND status IN {final}"
-                " GROUP BY kind, status ORDER BY kind, status"):
+        for kind, status, n in queries.local_run_counts(db):
             kinds.add_metric([kind, status], n)
         yield kinds
         running = GaugeMetricFamily("p2p_research_runs_running", "This node's runs in progress", labels=["kind"])
-        for kind, n in db.execute("SELECT kind, COUNT(*) FROM runs WHERE origin='local' AND status='running'"
-                                  " GROUP BY kind"):
+        for kind, n in queries.running_by_kind(db):
             running.add_metric([kind], n)
         yield running
         # a histogram over the whole ledger (one pass in SQL): monotonic, as Prometheus expects
-        cases = ", ".join(f"SUM(CASE WHEN finished_at - started_at <= {b} THEN 1 ELSE 0 END)" for b in RUN_BUCKETS)
-        row = db.execute(f"SELECT {cases}, COUNT(*), COALESCE(SUM(finished_at - started_at), 0) FROM runs"
-                         f" WHERE origin='local' AND status IN {final} AND started_at IS NOT NULL"
-                         " AND finished_at IS NOT NULL").fetchone()
+        within, count, total = queries.run_durations(db, RUN_BUCKETS)
         yield HistogramMetricFamily(
             "p2p_research_run_duration_seconds", "Wall-clock duration of this node's finished runs",
-            buckets=[(str(b), row[i] or 0) for i, b in enumerate(RUN_BUCKETS)] + [("+Inf", row[-2] or 0)],
-            sum_value=float(row[-1] or 0.0))
-        sandbox_failures, failures = db.execute(
-            "SELECT COALESCE(SUM(LOWER(reason) LIKE '%sandbox%'), 0), COUNT(*) FROM runs"
-            " WHERE origin='local' AND status='crash'").fetchone()
+            buckets=[(str(b), n) for b, n in zip(RUN_BUCKETS, within, strict=True)] + [("+Inf", count)],
+            sum_value=total)
+        sandbox_failures, failures = queries.crashes(db)
         fail = CounterMetricFamily("p2p_research_run_failures", "This node's runs that crashed", labels=["cause"])
         fail.add_metric(["sandbox"], sandbox_failures)
         fail.add_metric(["other"], failures - sandbox_failures)
         yield fail
-        last = db.execute("SELECT training_seconds, metrics FROM runs WHERE origin='local' AND training_seconds > 0"
-                          f" AND status IN {sql_in(VALUED)} ORDER BY run_id DESC LIMIT 1"
-                          ).fetchone()
+        last = queries.latest_training(db)
         if last is not None:
             try:
                 tokens = json.loads(last[1] or "{}").get("tokens")
@@ -92,10 +79,7 @@ class NodeCollector:
             except (ValueError, AttributeError):
                 pass
 
-        delays = [max(0.0, adopted - found) for adopted, found in db.execute(
-            "SELECT b.adopted_at, MIN(r.finished_at) FROM baselines b JOIN runs r ON r.commit_id = b.commit_id"
-            " AND r.kind IN ('experiment','baseline') WHERE b.adopted_at IS NOT NULL AND r.finished_at IS NOT NULL"
-            " GROUP BY b.id")]
+        delays = queries.adoption_delays(db)
         yield _histogram("p2p_research_adoption_delay_seconds", "From a result's finish (its receipt time) to "
                          "this node adopting it as baseline", delays, ADOPTION_BUCKETS)
 

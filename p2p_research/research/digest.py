@@ -10,24 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from p2p_research.store import queries
 from p2p_research.store.ledger import Ledger
-from p2p_research.store.status import NO_GAIN, sql_in
 
 
 def _v(x: float | None) -> str:
     return "-" if x is None else f"{x:.6f}"
-
-
-def negative_results(ledger: Ledger, protocol_id: str, limit: int = 30) -> list[dict]:
-    """Experiments that did not improve, with the number of distinct nodes that observed that."""
-    rows = ledger.db.execute(
-        "SELECT r.exp_id, e.description, COUNT(DISTINCT r.peer || r.origin) AS nodes, COUNT(*) AS runs,"
-        " MIN(r.val_bpb) AS best, GROUP_CONCAT(DISTINCT r.status) AS statuses FROM runs r"
-        " JOIN experiments e ON e.exp_id = r.exp_id WHERE r.protocol_id=? AND r.status IN"
-        f" {sql_in(NO_GAIN)} AND r.exp_id NOT IN (SELECT exp_id FROM runs WHERE status='kept'"
-        " AND kind='experiment' AND protocol_id=?) GROUP BY r.exp_id ORDER BY nodes DESC, runs DESC LIMIT ?",
-        (protocol_id, protocol_id, limit))
-    return [dict(r) for r in rows]
 
 
 def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: float | None = None,
@@ -53,7 +41,7 @@ def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: 
             continue
         who = "this node" if r.origin == "local" else r.peer[:12]
         lines.append(f"| `{r.exp_id[:10]}` | {who} | {r.status} | {_v(r.val_bpb)} | {r.description[:80]} |")
-    neg = negative_results(ledger, protocol_id)
+    neg = queries.negative_results(ledger.db, protocol_id)
     lines += ["", "## Negative results", "", "| change | nodes | runs | best val_bpb |", "|---|---|---|---|"]
     for n in neg:
         lines.append(f"| {(n['description'] or n['exp_id'][:10])[:80]} | {n['nodes']} | {n['runs']} | {_v(n['best'])} |")

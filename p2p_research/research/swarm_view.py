@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from p2p_research.store import queries
 from p2p_research.store.ledger import Ledger
 
 KEPT = ("kept", "confirmed", "baseline")
@@ -36,13 +37,9 @@ class Row:
 
 def rows_of(ledger: Ledger, protocol_id: str) -> list[Row]:
     """Every finished run under `protocol_id`, the node's own and its peers', oldest first."""
-    cur = ledger.db.execute(
-        "SELECT peer, kind, exp_id, commit_id, parent, status, val_bpb, memory_gb,"
-        " COALESCE(finished_at, received_at, started_at, 0) AS at, description, origin FROM runs"
-        " WHERE protocol_id=? AND status NOT IN ('running', 'aborted') AND kind IN ('experiment', 'baseline')"
-        " ORDER BY at", (protocol_id,))
     return [Row(r["peer"] or "local", r["kind"], r["exp_id"], r["commit_id"], r["parent"] or "", r["status"], r["val_bpb"],
-                r["memory_gb"], float(r["at"] or 0), r["description"] or "") for r in cur]
+                r["memory_gb"], float(r["at"] or 0), r["description"] or "")
+            for r in queries.finished_results(ledger.db, protocol_id)]
 
 
 def of_ledger(ledger: Ledger, protocol_id: str, self_peer: str = "") -> dict[str, Any]:

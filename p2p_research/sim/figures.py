@@ -7,13 +7,13 @@ All timestamps are the same machine's wall clock (every node runs here), so cros
 from __future__ import annotations
 
 import math
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from p2p_research.sim.launcher import STOP_GRACE_S
 from p2p_research.sim.probe import swarm_stats as probe_swarm_stats
+from p2p_research.store import queries
 from p2p_research.store.status import COMPLETED
 
 
@@ -49,16 +49,8 @@ class NodeData:
 def read_ledger(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
     if not path.exists():
         return [], [], []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        cols = ("run_id, exp_id, commit_id, parent, kind, origin, peer, status, val_bpb, started_at, finished_at,"
-                " received_at, reason, description")
-        runs = [dict(r) for r in db.execute(f"SELECT {cols} FROM runs ORDER BY run_id")]
-        bases = [dict(r) for r in db.execute(
-            "SELECT id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines ORDER BY id")]
-    finally:
-        db.close()
+    with queries.read_only(path) as db:
+        runs, bases = queries.runs_and_baselines(db)
     return [r for r in runs if r["origin"] == "local"], [r for r in runs if r["origin"] == "peer"], bases
 
 

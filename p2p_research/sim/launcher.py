@@ -24,6 +24,7 @@ from typing import Any
 
 from p2p_research.sim import probe
 from p2p_research.sim.options import SimOptions
+from p2p_research.store import queries
 from p2p_research.store.status import FINAL
 
 STOP_GRACE_S = 30.0
@@ -145,13 +146,8 @@ class NodeProc:
 def acked_runs(home: Path) -> list[tuple]:
     """The runs a node has recorded as finished (what a kill must not lose), read-only."""
     try:
-        db = sqlite3.connect(f"file:{home / 'ledger.sqlite'}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = db.execute(f"SELECT run_id, exp_id, kind, status FROM runs WHERE origin='local' AND status IN "
-                              f"({','.join('?' * len(ACKED))})", ACKED).fetchall()
-        finally:
-            db.close()
-        return [tuple(r) for r in rows]
+        with queries.read_only(home / "ledger.sqlite", timeout=5) as db:
+            return queries.local_runs_in(db, ACKED)
     except sqlite3.Error:
         return []
 
