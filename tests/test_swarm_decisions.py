@@ -143,6 +143,23 @@ def test_quorum_of_other_nodes_replaces_a_local_rerun_but_not_for_colluders():
     assert isinstance(s.next_decision(2.0), Verify)
 
 
+def test_votes_on_a_settled_experiment_are_not_kept_so_they_cannot_evict_pending_evidence():
+    """The daemon and the DES share this rule (research/swarm.py): a settled experiment is never decided
+    again, so its votes are dead weight in a bounded table where they would push out the votes a
+    pending candidate waits for."""
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    earn(s, "QmB", "QmC")
+    c = PeerClaim("a" * 40, "c" * 40, "QmA", 1.5, 0, 0.0)
+    s.on_peer_result(c, True, "", "kept")
+    s.on_peer_verification(c.exp_id, "QmB", "QmA", True)
+    s.on_peer_verification(c.exp_id, "QmC", "QmA", True)
+    assert isinstance(s.next_decision(2.0), Adopt) and c.exp_id in s.settled
+    evidence = {k: dict(v) for k, v in s.evidence.items()}
+    for i in range(50):
+        s.on_peer_verification(c.exp_id, f"QmLate{i}", "QmA", True)
+    assert {k: dict(v) for k, v in s.evidence.items()} == evidence
+
+
 honest_claims = st.builds(
     PeerClaim, exp_id=st.text("0123456789abcdef", min_size=40, max_size=40), commit=st.just("c" * 40),
     peer=st.sampled_from(PEERS[:3]), value=st.floats(1.0, 2.0), seed=st.integers(0, 3), received_at=st.just(0.0))

@@ -163,6 +163,8 @@ class SwarmState:
         about its own result never counts; other votes are kept and weigh only once their verifier vouches."""
         if verifier in (claimant, self.policy.self_peer):
             return
+        if exp_id in self.settled:  # evidence counts for pending candidates only: kept, it would evict theirs
+            return
         vote = Vote(claimant, claimed_value, confirmed)
         votes = self.evidence.setdefault(exp_id, {})
         if verifier not in votes and len(votes) >= MAX_VOTES:  # a flood of sybil votes cannot grow memory

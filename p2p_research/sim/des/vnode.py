@@ -355,8 +355,6 @@ class VirtualNode:
     def _receive(self, m: Message, at: float) -> None:
         peer = peer_name(m.peer)
         if m.kind == "verification":
-            if m.exp_id in self.state.settled:  # evidence is consulted for pending candidates only
-                return
             confirmed = confirms(m.status, m.value, m.claimed, self.state.policy.tol)
             self.state.on_peer_verification(m.exp_id, peer, peer_name(m.target), confirmed, m.claimed)
             return
