@@ -43,6 +43,7 @@ from p2p_research.research.turns import (
     liar_value,
 )
 from p2p_research.sim.des.world import Message, Proc, Process, World, peer_name
+from p2p_research.store.status import COMPLETED
 
 DHT_LOOKUPS_PER_PROPOSAL = flooding.DHT_LOOKUPS_SPARSE
 MAX_WINS = 200             # store/ledger.py kept_wins: the best 200
@@ -503,7 +504,8 @@ class VirtualNode:
         if self.running is None or self.running[0] != claim.exp_id or self.proc is None:
             return
         rep = self.state.reputation.get(claimant.name)
-        runs = sum(r["kind"] == "experiment" for r in self.stats.runs)
+        # the daemon's count: experiments finished with a verdict (an aborted run is none)
+        runs = sum(r["kind"] == "experiment" and r["status"] in COMPLETED for r in self.stats.runs)
         if claim_yield((self.running[1].t, self.name), (claim.t, claimant.name), rep.confirmed if rep else 0, runs,
                        self.claims) != "yield":
             return
