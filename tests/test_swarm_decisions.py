@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p_research.research.claims import claim_winner
-from p2p_research.research.swarm import Adopt, PeerClaim, SwarmPolicy, SwarmState, Verify
+from p2p_research.research.swarm import MAX_VOTES, Adopt, PeerClaim, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.trust import check_change
 from p2p_research.target import read_target_files
 
@@ -158,6 +158,40 @@ def test_votes_on_a_settled_experiment_are_not_kept_so_they_cannot_evict_pending
     for i in range(50):
         s.on_peer_verification(c.exp_id, f"QmLate{i}", "QmA", True)
     assert {k: dict(v) for k, v in s.evidence.items()} == evidence
+
+
+def test_a_refutation_from_any_peer_asks_for_a_re_run_of_a_claimant_with_a_streak():
+    """A liar whose one claim happened to land within the tolerance earned a streak; its next claim,
+    refuted by a peer this node does not vouch for yet, is re-run here, never adopted on the coin (the
+    DES adopted 12 made-up values this way when only vouchers' refutations counted)."""
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2, replicas=0))
+    first = PeerClaim("1" * 40, "c" * 40, "QmLiar", 1.5, 0, 0.0, first=True)
+    s.on_verified(first, 1.5, 2.0)                              # an accurate claim: streak 1, p = 0.5
+    assert s.verify_probability("QmLiar") == 0.5
+    # a claim whose coin skips the re-run at p = 0.5
+    exp = next(e for e in (f"{i:040x}" for i in range(1000)) if s._coin(e) >= 0.5)
+    lie = PeerClaim(exp, "d" * 40, "QmLiar", 1.2, 0, 0.0)
+    s.on_peer_result(lie, True, "", "kept")
+    s.on_peer_verification(exp, "QmStranger", "QmLiar", False, 1.2)  # no voucher: it cannot replace a re-run
+    assert not s.vouches("QmStranger")
+    assert isinstance(s.next_decision(1.9), Verify)
+    # without the refutation the coin would have skipped it
+    t = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2, replicas=0))
+    t.on_verified(first, 1.5, 2.0)
+    t.on_peer_result(lie, True, "", "kept")
+    assert isinstance(t.next_decision(1.9), Adopt)
+
+
+def test_confirmations_that_weigh_nothing_cannot_crowd_out_a_refutation():
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2, replicas=0))
+    c = PeerClaim("a" * 40, "c" * 40, "QmA", 1.5, 0, 0.0)
+    s.on_peer_result(c, True, "", "kept")
+    for i in range(MAX_VOTES):
+        s.on_peer_verification(c.exp_id, f"QmSybil{i}", "QmA", True, 1.5)
+    s.on_peer_verification(c.exp_id, "QmStranger", "QmA", False, 1.5)
+    assert s.refuted(c) and len(s.evidence[c.exp_id]) == MAX_VOTES
+    s.on_peer_verification(c.exp_id, "QmSybilMore", "QmA", True, 1.5)  # a confirmation displaces nothing
+    assert "QmSybilMore" not in s.evidence[c.exp_id]
 
 
 honest_claims = st.builds(

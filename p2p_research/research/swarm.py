@@ -168,10 +168,17 @@ class SwarmState:
         vote = Vote(claimant, claimed_value, confirmed)
         votes = self.evidence.setdefault(exp_id, {})
         if verifier not in votes and len(votes) >= MAX_VOTES:  # a flood of sybil votes cannot grow memory
-            junk = next((v for v in votes if not self.vouches(v)), None)
-            if junk is None or not self.vouches(verifier):
+            # ... nor crowd out the vote of a peer that earned it, nor a refutation (which asks for a
+            # re-run, `refuted`) behind confirmations that weigh nothing
+            if self.vouches(verifier):
+                junk = next((v for v in votes if not self.vouches(v)), None)
+            elif not confirmed:
+                junk = next((v for v, old in votes.items() if not self.vouches(v) and old.confirmed), None)
+            else:
+                junk = None
+            if junk is None:
                 return
-            del votes[junk]  # ... nor crowd out the vote of a peer that earned it
+            del votes[junk]
         votes[verifier] = vote
         while len(self.evidence) > MAX_CANDIDATES:
             del self.evidence[next(iter(self.evidence))]
@@ -205,9 +212,19 @@ class SwarmState:
                 if v != claim.peer and vote.claimant == claim.peer and self.vouches(v)
                 and (vote.claimed_value is None or abs(vote.claimed_value - claim.value) <= tol)}
 
-    def refuted_by_voucher(self, claim: PeerClaim) -> bool:
-        """A peer whose votes count here refuted it: never adopted on the claimant's streak alone."""
-        return self.policy.verification != "never" and any(ok is False for ok in self.votes_on(claim).values())
+    def refuted(self, claim: PeerClaim) -> bool:
+        """Another peer refuted this claim: never adopted on the claimant's streak alone, whoever refuted
+        it. A vote needs a voucher to *replace* a re-run (quorum_met); a refutation only asks for one, so
+        it counts from anyone: the worst a flood of false refutations does is `verification.policy =
+        always` for the claims it names. Counting vouchers' refutations only, a liar that earned a streak
+        with one accurate claim had its next lies adopted without a re-run by the nodes that did not yet
+        vouch for the replicas that refuted them (seen in the DES: 12 blind adoptions of made-up values)."""
+        if self.policy.verification == "never":
+            return False
+        tol = self.policy.tol
+        return any(not vote.confirmed and v != claim.peer and vote.claimant == claim.peer
+                   and (vote.claimed_value is None or abs(vote.claimed_value - claim.value) <= tol)
+                   for v, vote in self.evidence.get(claim.exp_id, {}).items())
 
     def quorum_met(self, claim: PeerClaim) -> bool:
         votes = self.votes_on(claim)
@@ -297,7 +314,7 @@ class SwarmState:
         if self.policy.verification == "adaptive" and self.policy.quorum > 0 and self.quorum_met(best):
             n = sum(self.votes_on(best).values())
             return Adopt(best, best.value, f"adopted from {best.peer[:16]}: confirmed by {n} other nodes' re-runs")
-        if self._coin(best.exp_id) < self.verify_probability(best.peer) or self.refuted_by_voucher(best) or (
+        if self._coin(best.exp_id) < self.verify_probability(best.peer) or self.refuted(best) or (
                 self.policy.verification == "adaptive" and now is not None and self.designated(best)):
             return Verify(best)
         return Adopt(best, best.value, f"adopted from {best.peer[:16]} without re-run "

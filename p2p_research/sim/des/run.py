@@ -176,8 +176,12 @@ class DesSimulation:
                  for n in self.nodes}
         best = min(honest, key=lambda n: (n.loop.baseline_value or math.inf))
         on_best = sum(n.loop.baseline_commit == best.loop.baseline_commit for n in honest)
-        fabricated = sorted(n.name for n in honest if n.baseline_source >= 0 and self.nodes[n.baseline_source].liar
-                            and self.nodes[n.baseline_source].loop.baseline_commit == n.loop.baseline_commit)
+        # as the process engine counts it (sim/figures.py): an honest node whose final baseline is any
+        # experiment a liar announced as kept (its current baseline alone missed honest nodes left on
+        # the liar's earlier, made-up values)
+        liar_kept = {r["exp_id"] for n in self.nodes if n.liar for r in n.stats.runs
+                     if r["kind"] == "experiment" and r["status"] == "kept"}
+        fabricated = sorted(n.name for n in honest if self.shared.exp_of.get(n.loop.baseline_commit) in liar_kept)
         series_all = {n.name: list(n.stats.baselines) for n in honest}
         swarm_series = swarm_best_over_time(list(series_all.values()))
         keep = sorted(series_all)[:: max(1, len(series_all) // SERIES_NODES)]
