@@ -21,7 +21,8 @@ every other node waits up to `defer_s` for their evidence and only then falls ba
 Every node computes the same ranking from (nearly) the same peer set, so a result costs about
 `replicas` re-runs instead of one per node.
 Each re-run is a confirmation or a refutation that is announced; a peer refuted `refuted_threshold`
-times (net of confirmations) is ignored.
+times (net of confirmations) is ignored. A refutation of a claim from any peer makes this node re-run
+it rather than adopt it on the claimant's streak (`refuted`): it asks for work, it replaces none.
 
 A node that has stopped proposing (drained, or done with its `-n`) *follows* the swarm: it passes a
 `rank`, the (announced value, experiment id) of its current baseline, and then any candidate that
