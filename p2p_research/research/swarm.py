@@ -169,14 +169,12 @@ class SwarmState:
         vote = Vote(claimant, claimed_value, confirmed)
         votes = self.evidence.setdefault(exp_id, {})
         if verifier not in votes and len(votes) >= MAX_VOTES:  # a flood of sybil votes cannot grow memory
-            # ... nor crowd out the vote of a peer that earned it, nor a refutation (which asks for a
-            # re-run, `refuted`) behind confirmations that weigh nothing
-            if self.vouches(verifier):
-                junk = next((v for v in votes if not self.vouches(v)), None)
-            elif not confirmed:
-                junk = next((v for v, old in votes.items() if not self.vouches(v) and old.confirmed), None)
-            else:
-                junk = None
+            # ... nor crowd out what weighs more: a voucher's vote, then a refutation (it asks for a
+            # re-run, `refuted`), then a confirmation that weighs nothing
+            def weight(v: str, vote: Vote) -> int:
+                return 2 if self.vouches(v) else 0 if vote.confirmed else 1
+
+            junk = next((v for v, old in votes.items() if weight(v, old) < weight(verifier, vote)), None)
             if junk is None:
                 return
             del votes[junk]
@@ -205,13 +203,17 @@ class SwarmState:
                                  lambda p: p != claim.peer and (p == me or (p in self.peers and not self.ignored(p))))
         return me in chosen
 
-    def votes_on(self, claim: PeerClaim) -> dict[str, bool]:
-        """Votes that count for this claim: by vouchers, about this claimant's claim of (within the
-        tolerance) this value."""
+    def _votes_about(self, claim: PeerClaim) -> dict[str, bool]:
+        """Every vote about this claimant's claim of (within the tolerance) this value, by any verifier
+        but the claimant."""
         tol = self.policy.tol
         return {v: vote.confirmed for v, vote in self.evidence.get(claim.exp_id, {}).items()
-                if v != claim.peer and vote.claimant == claim.peer and self.vouches(v)
+                if v != claim.peer and vote.claimant == claim.peer
                 and (vote.claimed_value is None or abs(vote.claimed_value - claim.value) <= tol)}
+
+    def votes_on(self, claim: PeerClaim) -> dict[str, bool]:
+        """Votes that count for this claim: by vouchers, about this claimant's claim of this value."""
+        return {v: ok for v, ok in self._votes_about(claim).items() if self.vouches(v)}
 
     def refuted(self, claim: PeerClaim) -> bool:
         """Another peer refuted this claim: never adopted on the claimant's streak alone, whoever refuted
@@ -220,12 +222,7 @@ class SwarmState:
         always` for the claims it names. Counting vouchers' refutations only, a liar that earned a streak
         with one accurate claim had its next lies adopted without a re-run by the nodes that did not yet
         vouch for the replicas that refuted them (seen in the DES: 12 blind adoptions of made-up values)."""
-        if self.policy.verification == "never":
-            return False
-        tol = self.policy.tol
-        return any(not vote.confirmed and v != claim.peer and vote.claimant == claim.peer
-                   and (vote.claimed_value is None or abs(vote.claimed_value - claim.value) <= tol)
-                   for v, vote in self.evidence.get(claim.exp_id, {}).items())
+        return self.policy.verification != "never" and not all(self._votes_about(claim).values())
 
     def quorum_met(self, claim: PeerClaim) -> bool:
         votes = self.votes_on(claim)

@@ -124,8 +124,6 @@ RUN_FIELDS = (
 
 BASELINE_FIELDS = "protocol_id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at"  # Baseline's
 
-
-
 # The value measured for the parent of a run `r` under r's protocol: its finder's own measurement first,
 # else any kept, baseline or confirmed one (a sibling protocol's kept result names the gain there).
 _FINDERS_PARENT_VALUE = (
@@ -134,6 +132,7 @@ _FINDERS_PARENT_VALUE = (
     "  ORDER BY p.run_id LIMIT 1),"
     " (SELECT p.val_bpb FROM runs p WHERE p.protocol_id=r.protocol_id AND p.commit_id=r.parent"
     "  AND p.val_bpb IS NOT NULL AND p.status IN ('kept','baseline','confirmed') ORDER BY p.run_id LIMIT 1))")
+
 
 class LedgerError(P2PResearchError):
     pass
