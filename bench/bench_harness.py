@@ -6,7 +6,7 @@ Usage:
 
 For the default target (its default budget unless --budget-tokens) and for the autoresearch-shaped test
 fixture, each run goes once through the plain runner (train.py prints its value) and once through
-`HarnessTrainer` (train.py hands its model over, a second sandboxed process measures it), alternating,
+`HarnessTrainer` (train.py hands its model over, a child of the warm evaluator measures it), alternating,
 in the sandbox a node builds, `--repeats` times. Prints the median wall time of each, the median
 overhead with its spread, the parts of the overhead (export, evaluator), and whether the harness's value
 equals the printed one.
@@ -90,7 +90,10 @@ def bench(name: str, engine: ResearchEngine, repeats: int, private: bool) -> dic
                     evals.append(doc.get("seconds", 0.0))
             print(f"  {name} run {i + 1} {'harness' if measured else 'plain  '}: {wall:6.1f} s", flush=True)
     overheads = [h / p - 1 for p, h in zip(plain, harness, strict=True)]
+    engine.close()  # the warm evaluator (harness/warm.py): one per engine, started by its first measured run
     return {"target": name, "repeats": repeats, "plain_s": statistics.median(plain),
+            "added_s": statistics.median(h - p for p, h in zip(plain, harness, strict=True)),
+            "evaluator_starts": getattr(engine.trainer, "warm", None) and engine.trainer.warm.starts,
             "harness_s": statistics.median(harness), "overhead_pct": 100 * statistics.median(overheads),
             "overhead_min_pct": 100 * min(overheads), "overhead_max_pct": 100 * max(overheads),
             "evaluator_s": statistics.median(evals) if evals else None, "max_value_difference": max(same)}
@@ -115,12 +118,13 @@ def main() -> int:
             folder = autoresearch_folder(Path(tmp) / "autoresearch")
             rows.append(bench("autoresearch fixture", engine_for(Path(tmp) / "ar", folder, 0), args.repeats, args.private))
     print()
-    print("| target | runs | plain run (median) | measured run (median) | overhead median [min, max] | evaluator process | harness vs printed |")
-    print("|---|---|---|---|---|---|---|")
+    print("| target | runs | plain run (median) | measured run (median) | overhead median [min, max] | added per pair (median) "
+          "| evaluator (from the hand-over) | evaluator processes started | harness vs printed |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['target']} | {r['repeats']} + {r['repeats']} | {r['plain_s']:.1f} s | {r['harness_s']:.1f} s | "
+        print(f"| {r['target']} | {r['repeats']} + {r['repeats']} | {r['plain_s']:.2f} s | {r['harness_s']:.2f} s | "
               f"{r['overhead_pct']:+.1f} % [{r['overhead_min_pct']:+.1f}, {r['overhead_max_pct']:+.1f}] | "
-              f"{r['evaluator_s']:.1f} s | {r['max_value_difference']:.1e} |")
+              f"{r['added_s']:+.2f} s | {r['evaluator_s']:.2f} s | {r['evaluator_starts']} | {r['max_value_difference']:.1e} |")
     return 0
 
 

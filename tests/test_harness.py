@@ -164,6 +164,28 @@ VARIANTS: dict[str, tuple[str, str]] = {
 }
 
 
+SLOW_TO_EVALUATE = textwrap.dedent('''
+        import p2p_handover
+        class Slow(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(256, 2048)
+                self.w = nn.Parameter(torch.randn(2048, 2048) / 50)
+                self.head = nn.Linear(2048, 256)
+            def forward(self, idx):
+                x = self.emb(idx)
+                for _ in range(400):
+                    x = torch.tanh(x @ self.w)
+                return self.head(x)
+        p2p_handover.OUT = os.environ['P2P_HANDOVER']
+        def cheap(*a):  # the export traces without computing; the recording would run it here
+            raise p2p_handover._Unrecordable('exported')
+        p2p_handover._record = cheap
+        p2p_handover._export(Slow().eval(), torch.zeros(32, 256, dtype=torch.long), ('cpu',), {})
+        report(0.20)
+    ''')
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     """A node home with the default target; its engine builds the sandbox spec runs get."""
@@ -179,16 +201,17 @@ def _trainer(ctx, engine, **changes) -> HarnessTrainer:
     return HarnessTrainer(dataclasses.replace(base, **changes))
 
 
-async def _run(node, tmp_path: Path, body: str, env_extra: dict | None = None, **changes):
+async def _run(node, tmp_path: Path, body: str, env_extra: dict | None = None, trainer: HarnessTrainer | None = None,
+               name: str = "run", **changes):
     home, ctx, engine = node
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / name
     run_dir.mkdir()
     genesis = ctx.workspace.files_of(ctx.workspace.genesis)
     (run_dir / "prepare.py").write_bytes(genesis["prepare.py"])
     (run_dir / "train.py").write_text(TINY + KGRAM + body)
     await engine.prepare_data()
     env = {**engine.run_env(0), **(env_extra or {})}
-    trainer = _trainer(ctx, engine, **changes)
+    trainer = trainer or _trainer(ctx, engine, **changes)
     return await trainer(run_dir, env, LIMITS, run_dir / "run.log", sandbox=engine.sandbox_spec(run_dir))
 
 
@@ -329,28 +352,35 @@ def test_the_compute_reference_is_the_nearest_ancestor_run_here_under_a_token_bu
 async def test_a_model_slow_to_evaluate_is_refused_within_the_evaluator_s_limit(node, tmp_path):
     """The run hands over a model that is cheap to export but far too slow to evaluate, then claims
     (exported: the recording would run the model's forward in the run, for as long as it takes)."""
-    body = textwrap.dedent('''
-        import p2p_handover
-        class Slow(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.emb = nn.Embedding(256, 2048)
-                self.w = nn.Parameter(torch.randn(2048, 2048) / 50)
-                self.head = nn.Linear(2048, 256)
-            def forward(self, idx):
-                x = self.emb(idx)
-                for _ in range(400):
-                    x = torch.tanh(x @ self.w)
-                return self.head(x)
-        p2p_handover.OUT = os.environ['P2P_HANDOVER']
-        def cheap(*a):  # the export traces without computing; the recording would run it here
-            raise p2p_handover._Unrecordable('exported')
-        p2p_handover._record = cheap
-        p2p_handover._export(Slow().eval(), torch.zeros(32, 256, dtype=torch.long), ('cpu',), {})
-        report(0.20)
-    ''')
-    o = await _run(node, tmp_path, body, eval_time_limit_s=8)
+    o = await _run(node, tmp_path, SLOW_TO_EVALUATE, eval_time_limit_s=8)
     assert not o.ok and "did not finish" in o.reason and "time limit" in o.reason, o.reason
+
+
+@pytest.mark.slow
+async def test_the_evaluator_stays_warm_across_runs_and_a_refused_model_takes_it_down_alone(node, tmp_path):
+    """One trainer measures run after run with one evaluator process (torch imported once); a model
+    whose evaluation runs out of time ends that process with its child, and the next run is measured
+    by a fresh one, with the same value as before."""
+    home, ctx, engine = node
+    trainer = _trainer(ctx, engine, eval_time_limit_s=8)
+    honest = "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n"
+    try:
+        first = await _run(node, tmp_path, honest, trainer=trainer, name="first")
+        second = await _run(node, tmp_path, honest, trainer=trainer, name="second")
+        assert first.ok and second.ok, (first.reason, second.reason)
+        assert second.measured_by == "harness" and trainer.warm.starts == 1
+        assert second.summary.val_bpb == pytest.approx(first.summary.val_bpb, abs=1e-6)
+        server = trainer.warm._proc.pid
+        slow = await _run(node, tmp_path, SLOW_TO_EVALUATE, trainer=trainer, name="slow")
+        assert not slow.ok and "time limit" in slow.reason, slow.reason
+        assert not trainer.warm.running and not Path(f"/proc/{server}").exists()
+        after = await _run(node, tmp_path, honest, trainer=trainer, name="after")
+        assert after.ok and after.measured_by == "harness", after.reason
+        assert after.summary.val_bpb == pytest.approx(first.summary.val_bpb, abs=1e-6)
+        assert trainer.warm.starts == 2
+    finally:
+        trainer.close()
+    assert not trainer.warm.running and trainer.warm.root is None
 
 
 async def test_a_model_that_memorises_the_validation_windows_does_not_generalise(node, tmp_path):

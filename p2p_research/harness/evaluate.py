@@ -1,8 +1,9 @@
 """The node's evaluator: measures a handed-over model with the pinned harness (standalone, sandboxed).
 
-Started as `python p2p_evaluate.py HANDOVER_DIR` in a sandbox whose working directory holds this
-file and the node's pinned prepare.py (from the swarm's genesis, never the run's copy), and nothing
-of the run but the hand-over folder, read-only. No code of train.py runs here:
+Started as `python p2p_evaluate.py --serve` (a warm server the node keeps: `serve`, harness/warm.py)
+or `python p2p_evaluate.py HANDOVER_DIR` (one evaluation) in a sandbox whose working directory holds
+this file and the node's pinned prepare.py (from the swarm's genesis, never the run's copy), and
+nothing of the run but the hand-over copies, read-only. No code of train.py runs here:
 
 - the weights are read with `torch.load(weights_only=True)` (tensors only; a pickle of objects is
   refused); `torch.export.load` is never used (it falls back to unpickling);
@@ -157,6 +158,26 @@ class Program:
                                          for i in node.get("inputs") or []):
                 raise Refused("the graph runs dropout in training mode: a measurement must be repeatable")
             self.nodes.append((op, *self._inputs(node.get("inputs") or []), self._outputs(node.get("outputs") or [])))
+        self.release = self._last_uses()
+
+    def _last_uses(self):
+        """For each node, the values no later node reads: freed as soon as it ran, as eager mode frees
+        a temporary. Keeping every intermediate to the end of a forward made each allocation fresh
+        memory (page faults, a cold cache): the interpreter took half again the model's own time."""
+        last = {}
+        for i, (_, args, kwargs, _) in enumerate(self.nodes):
+            for kind, v in [*args, *(a for _, a in kwargs)]:
+                if kind is _TENSOR:
+                    last[v] = i
+                elif kind in (_TENSORS, _OPTIONAL_TENSORS):
+                    for name in v:
+                        if name is not None:
+                            last[name] = i
+        release = [[] for _ in self.nodes]
+        for name, i in last.items():
+            if name != self.output:
+                release[i].append(name)
+        return [tuple(names) for names in release]
 
     def _name(self, value):
         if not isinstance(value, str) or NAME.fullmatch(value) is None:
@@ -237,8 +258,10 @@ class Program:
                 return list(v)
             return [None if n is None else env[n] for n in v]
 
-        for op, args, kwargs, (kind, names) in self.nodes:
+        for (op, args, kwargs, (kind, names)), done in zip(self.nodes, self.release, strict=True):
             result = op(*[value(a) for a in args], **{k: value(a) for k, a in kwargs})
+            for name in done:
+                env.pop(name, None)
             if kind is _TENSOR:
                 env[names] = result
             elif kind is _TENSORS:
@@ -473,27 +496,26 @@ def _private_wanted(value):
         return True
 
 
-def main():
-    started = time.monotonic()
-    marks = {}
-    folder = sys.argv[1]
+def _setup():
+    """torch (imported at the lowest priority), the device and the pinned harness."""
     torch = _import_torch_while_training()
-
     device = os.environ.get("P2P_DEVICE", "").strip()
     if device in ("", "auto"):  # as the harnesses choose: a GPU where one is visible
         device = "cuda" if torch.cuda.is_available() else "cpu"
-
     sys.path.insert(0, os.getcwd())
     import prepare
 
+    return torch, prepare, device
+
+
+def _measure(folder, torch, prepare, device):
+    """The harness's value of the model handed over in `folder` (and the private split's, when it can
+    decide anything): the result document, or a refusal's reason."""
     threads = os.environ.get("P2P_THREADS", "").strip()
     if threads.isdigit() and int(threads) > 0:
         torch.set_num_threads(int(threads))
     torch.manual_seed(0)
-    marks["imported"] = time.monotonic() - started
-    if not _wait_ready(folder):
-        _emit({"error": "no hand-over came"})
-        return
+    marks = {}
     started = time.monotonic()  # the marks count from the hand-over
     try:
         module, meta, shape = _load_program(folder, torch, device)
@@ -511,16 +533,157 @@ def main():
             private = _private_bpb(prepare, adapter, meta, device, int(seed) if seed.isdigit() else None) if wanted else None
             marks["private"] = time.monotonic() - started
     except Refused as e:
-        _emit({"error": str(e)})
+        return {"error": str(e)}
+    return {"val_bpb": value, "private_bpb": private, "input_shape": shape, "probes": logits.probes, "marks": marks,
+            "handed_over_after_s": meta.get("handed_over_after_s"),
+            "export_s": [meta.get("export_import_s"), meta.get("export_s")], "handover": str(meta.get("method", ""))[:200],
+            "seconds": time.monotonic() - started}
+
+
+def main():
+    """One evaluation: started with the run, it waits for the node's marker that the copy is complete."""
+    started = time.monotonic()
+    folder = sys.argv[1]
+    torch, prepare, device = _setup()
+    imported = time.monotonic() - started
+    if not _wait_ready(folder):
+        _emit({"error": "no hand-over came"})
         return
-    _emit({"val_bpb": value, "private_bpb": private, "input_shape": shape, "probes": logits.probes, "marks": marks,
-           "handed_over_after_s": meta.get("handed_over_after_s"),
-           "export_s": [meta.get("export_import_s"), meta.get("export_s")], "handover": str(meta.get("method", ""))[:200],
-           "seconds": time.monotonic() - started})
+    doc = _measure(folder, torch, prepare, device)
+    if "marks" in doc:
+        doc["marks"]["imported"] = imported
+    _emit(doc)
+
+
+SERVE_IDLE_S = 60.0    # a server nobody asked for this long exits (the node starts another when needed)
+PER_REQUEST_ENV = ("P2P_SEED", "P2P_PRIVATE_BELOW")  # what may differ between two evaluations of one server
+
+
+def _next_request(deadline):
+    """The node's next line on stdin, or None at its end or once the idle deadline passed."""
+    import select
+
+    buf = b""
+    while True:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            return None
+        ready, _, _ = select.select([0], [], [], wait)
+        if not ready:
+            continue
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return None
+        buf += chunk
+        if b"\n" in buf:
+            line, _, rest = buf.partition(b"\n")
+            if rest:  # the node writes one line and waits for its answer; anything more is a bug there
+                raise SystemExit("the node sent two requests at once")
+            return json.loads(line)
+
+
+def _child(request, torch, prepare, device):
+    """A fresh process per evaluation: what a hand-over does to it ends with it, the server never reads one."""
+    try:
+        for key in PER_REQUEST_ENV:
+            os.environ.pop(key, None)
+        for key, value in request.get("env", {}).items():
+            if key in PER_REQUEST_ENV:
+                os.environ[key] = str(value)
+        doc = _measure(request["folder"], torch, prepare, device)
+    except BaseException as e:  # noqa: BLE001 - any failure of the evaluation is its answer
+        doc = {"error": f"the evaluator failed: {_first_line(e)}"}
+    doc["id"] = request["id"]
+    _emit(doc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _warm_up(torch, device):
+    """What every evaluation's first forward paid for (the compute threads, the kernels' first calls,
+    the pages this child shares with the server and writes): about 20-40 ms, spent here while the
+    next run trains instead of after its hand-over. No hand-over is read yet."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        x = torch.randint(0, 256, (4, 64), device=device)
+        h = F.gelu(torch.nn.functional.embedding(x, torch.randn(256, 64, device=device)) @ torch.randn(64, 64, device=device))
+        logp = F.log_softmax(h @ torch.randn(64, 256, device=device), dim=-1)
+        F.nll_loss(logp.view(-1, 256), x.reshape(-1), reduction="sum").item()
+
+
+def _spare(torch, prepare, device):
+    """A child forked ahead of its request: it warms up, then waits on a pipe of its own for the one
+    request it will measure (the server's stdin is not its). Returns its pid and the pipe's write end."""
+    read, write = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid:
+        os.close(read)
+        return pid, write
+    try:
+        os.close(write)
+        os.close(0)  # the node's requests are the server's
+        try:
+            _warm_up(torch, device)
+        except Exception:  # noqa: BLE001 - a warm-up that fails leaves the evaluation cold, nothing else
+            pass
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(read, 65536)
+            if not chunk:
+                os._exit(0)  # the server is gone, or ended this spare
+            line += chunk
+        request = json.loads(line)
+    except BaseException:  # noqa: BLE001 - never back into the server's loop
+        os._exit(1)
+    _child(request, torch, prepare, device)
+
+
+def serve():
+    """A warm evaluator: torch and the pinned harness imported once, one forked child per hand-over.
+
+    The node writes a request per line on stdin (`{"id", "folder", "env"}`, or `{"hold": seconds}`
+    while a run trains), the child prints its `P2P-MEASURE` line with the request's id, and the server
+    prints `P2P-EXIT {"id", "status"}` once the child is gone (a child that died without a value).
+    The server itself never loads a hand-over: each is loaded in a child forked from a process that
+    has run no torch operation, so no thread pool is inherited half-used; the child is forked (and
+    warmed up) ahead of its request. It exits at the end of its stdin, or after SERVE_IDLE_S without a
+    request."""
+    import gc
+
+    torch, prepare, device = _setup()
+    gc.freeze()  # the children's collections leave the server's objects alone (fewer pages copied on write)
+    print("P2P-SERVE " + json.dumps({"ready": True, "threads": len(os.listdir("/proc/self/task"))}), flush=True)
+    deadline = time.monotonic() + SERVE_IDLE_S
+    spare, spare_pipe = _spare(torch, prepare, device)
+    while True:
+        request = _next_request(deadline)
+        if request is None:
+            return
+        if "hold" in request:
+            deadline = max(deadline, time.monotonic() + float(request["hold"]))
+            continue
+        try:
+            os.write(spare_pipe, json.dumps(request).encode() + b"\n")
+        except OSError:
+            pass  # the spare died: its exit is this request's answer
+        os.close(spare_pipe)
+        while True:  # as PID 1 of its sandbox the server also reaps whatever the child left
+            done, status = os.waitpid(-1, 0)
+            if done == spare:
+                break
+        print("P2P-EXIT " + json.dumps({"id": request["id"], "status": os.waitstatus_to_exitcode(status)}), flush=True)
+        spare, spare_pipe = _spare(torch, prepare, device)
+        deadline = time.monotonic() + SERVE_IDLE_S
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        main()
     # the value is out; the node and the waiting run need nothing more from this process, and
     # tearing torch down takes half a second
     sys.stdout.flush()

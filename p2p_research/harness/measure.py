@@ -7,9 +7,10 @@ baselines, experiments, verifications and noise runs. The two processes:
    writable folder, the hand-over folder. The node watches it from outside: the moment a complete
    hand-over (`meta.json`) appears is the node's clock, not the run's, and the files are copied out at
    once (later writes change nothing);
-2. the evaluation: `p2p_evaluate.py` (harness/evaluate.py) beside this node's pinned prepare.py (from
-   the genesis commit, never the run's) and the copied hand-over, read-only, in a sandbox of its own
-   with its own time and memory limits, and the node's private split seed in its environment.
+2. the evaluation: a child forked by the trainer's warm evaluator (harness/warm.py: `p2p_evaluate.py
+   --serve`, harness/evaluate.py, beside this node's pinned prepare.py from the genesis commit, never
+   the run's), which reads the copied hand-over, read-only, in a sandbox of its own with its own time
+   and memory limits, and the node's private split seed in its environment.
 
 The outcome's val_bpb is the evaluator's; train.py's printed value stays in the metrics as
 `reported_val_bpb` and is judged against it (harness/verdict.py). A run that hands nothing over is
@@ -33,28 +34,26 @@ from pathlib import Path
 import trio
 
 from p2p_research.harness import verdict
+from p2p_research.harness.warm import EVALUATE_SCRIPT, WarmEvaluator
 from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
 from p2p_research.research.sandbox import SandboxSpec
 
 log = logging.getLogger("p2p_research.harness")
 
 HANDOVER_SCRIPT = "p2p_handover.py"
-EVALUATE_SCRIPT = "p2p_evaluate.py"
 STARTUP_SCRIPT = "p2p_startup.py"
 HANDOVER_FILES = ("program.json", "state_dict.pt", "constants.pt", "meta.json")
 MAX_HANDOVER_FILES = 16
 WATCH_S = 0.01          # the hand-over's meta.json, while the run trains (a stat per poll)
 BOUND_S = 0.1           # the hand-over folder's entries and bytes, while the run trains (a scandir)
-RESULT_POLL_S = 0.003   # the evaluator's log, from the hand-over to its result line (a stat per poll)
 EVAL_TIME_FLOOR_S = 120.0
-MEASURE_PREFIX = "P2P-MEASURE "
 PRIVATE_BELOW = "P2P_PRIVATE_BELOW"  # the evaluator measures the private split only below this value
 ANCESTOR_CPU = "P2P_ANCESTOR_CPU_S"  # CPU seconds of the nearest ancestor measured here (token budgets)
 NODE_ONLY_ENV = (PRIVATE_BELOW, ANCESTOR_CPU)  # what the node tells its harness, never the training
-READY_FILE = "ready"               # evaluate.READY: the node's copy of the hand-over is complete
 MEASURED_FILE = "measured.json"     # the node's value, written back for the waiting run (handover.py)
 HAND_BACK_WAIT_S = 60.0             # how much longer than the evaluator's limit the run waits for it
-# The evaluator starts this long after the run (or at the hand-over, if that comes first): the run's
+# A cold evaluator (the first run, or after a minute idle) starts this long after the run (or at the
+# hand-over, if that comes first): the run's
 # sandbox and interpreter start at full priority, and the evaluator's own start (its sandbox, its
 # interpreter; only its torch import runs at the lowest priority) slowed the run's start when both
 # began together (fixture, 10 + 10 runs: +5.2 % at once, +3.7 % to +4.1 % with 0.2-0.8 s of lag). Its
@@ -203,23 +202,6 @@ def _hand_back(folder_fd: int, doc: dict) -> None:
         log.info("could not hand the measured value back to the run: %s", e)
 
 
-def _measure_line(log_path: Path) -> dict | None:
-    """The evaluator's one result line; None unless there is exactly one (anything the graph made
-    torch print cannot add a second that counts)."""
-    try:
-        text = log_path.read_bytes()[-256 * 1024:].decode("utf-8", "replace")
-    except OSError:
-        return None
-    lines = [line for line in text.splitlines() if line.startswith(MEASURE_PREFIX)]
-    if len(lines) != 1:
-        return None
-    try:
-        doc = json.loads(lines[0][len(MEASURE_PREFIX):])
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 def _result_of(doc: dict) -> dict:
     """The evaluator's result line as the node takes it: a value (and the private split's), or why not."""
     if "error" in doc:
@@ -256,6 +238,11 @@ class HarnessTrainer:
         self.spec = spec
         self.runner = runner
         self.startup_cpu_s: float | None = None  # what any run spends to start (over_compute's floor)
+        self.warm = WarmEvaluator(spec.prepare_py)
+
+    def close(self) -> None:
+        """End the warm evaluator (harness/warm.py); a later run starts another."""
+        self.warm.close()
 
     async def _startup_cpu(self, run_dir: Path) -> float:
         """CPU seconds the target's interpreter takes to start and import torch, measured once: the
@@ -276,7 +263,7 @@ class HarnessTrainer:
                        sandbox: SandboxSpec | None = None) -> RunOutcome:
         spec = self.spec
         handover = run_dir / "handover"
-        taken = run_dir / "handover-taken"
+        taken = self.warm.copy_dir(run_dir.parent)  # the one folder the warm evaluator reads
         for d in (handover, taken):
             shutil.rmtree(d, ignore_errors=True)
         handover.mkdir(parents=True)
@@ -298,13 +285,14 @@ class HarnessTrainer:
                 run_env["P2P_WITHHOLD_VAL"] = "1"
         argv = script_argv(spec.train_command, HANDOVER_SCRIPT, "train.py")
         folder_fd = os.open(handover, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        taken.mkdir()
+        taken.mkdir(parents=True)
         seen: dict[str, object] = {}
         started = time.monotonic()
         eval_time = self._eval_time(limits)
         measured: dict = {}
         evaluated = trio.Event()
         handed = trio.Event()  # the hand-over is here: the evaluator starts now if it has not yet
+        released = trio.Event()  # the copy is complete: the evaluator may measure it
         eval_scope = trio.CancelScope()
 
         def take() -> None:
@@ -313,7 +301,7 @@ class HarnessTrainer:
         def release() -> None:
             """The copy is complete: the waiting evaluator measures it, within its own time limit."""
             seen["evaluating"] = True
-            (taken / READY_FILE).write_bytes(b"")
+            released.set()
             eval_scope.deadline = trio.current_time() + eval_time
 
         def finish(result: dict) -> None:
@@ -328,35 +316,25 @@ class HarnessTrainer:
                        else {"error": "the evaluation was stopped"})
 
         async def evaluate() -> None:
-            # started beside the run, so torch is imported by the time the model comes (evaluate.py waits)
+            # a warm evaluator is ready at once; a cold one starts beside the run, so torch is imported
+            # by the time the model comes
             result: dict = {}
             with trio.move_on_after(EVALUATOR_LAG_S):
                 await handed.wait()
             try:
                 with eval_scope:
-                    result = await self._evaluate(run_dir, taken, env, limits, sandbox)
+                    eval_env = self._evaluation_env(env)
+                    await self.warm.ensure(script_argv(spec.train_command, EVALUATE_SCRIPT, "--serve"), eval_env,
+                                           limits, sandbox, hold_s=limits.time_limit_s + eval_time + HAND_BACK_WAIT_S,
+                                           private_data=spec.private_data)
+                    await released.wait()
+                    result = await self._evaluate(run_dir, taken, eval_env, limits)
                 if eval_scope.cancelled_caught and "evaluating" in seen:
                     result = {"error": f"the evaluation did not finish: time limit ({eval_time:.0f} s)"}
+            except RuntimeError as e:  # the evaluator could not be started
+                result = {"error": str(e)}
             finally:
                 finish(result)
-
-        async def read_early() -> None:
-            # the result line is complete before the evaluator's sandbox is reaped: take it then
-            log_path = run_dir / "evaluate.log"
-            size = -1
-            while not evaluated.is_set():
-                if "evaluating" in seen:
-                    try:
-                        now = os.stat(log_path).st_size  # a stat here; the read only when the log grew
-                    except OSError:
-                        now = -1
-                    if now != size:
-                        size = now
-                        doc = await trio.to_thread.run_sync(_measure_line, log_path)
-                        if doc is not None:
-                            finish(_result_of(doc))
-                            return
-                await trio.sleep(RESULT_POLL_S)
 
         async def watch(run_scope: trio.CancelScope) -> None:
             # the node's own clock on the hand-over, and a copy the run cannot change afterwards
@@ -385,12 +363,11 @@ class HarnessTrainer:
                           time.monotonic() - started)
             else:
                 eval_scope.cancel()
-                _hand_back(folder_fd, {"error": str(seen["refused"])})
+                finish({"error": str(seen["refused"])})  # the run's answer: nothing later replaces it
 
         try:
             async with trio.open_nursery() as evaluations:
                 evaluations.start_soon(evaluate)
-                evaluations.start_soon(read_early)
                 outcome: RunOutcome | None = None  # stays None when the watcher stops the run
                 async with trio.open_nursery() as nursery:
                     with trio.CancelScope() as run_scope:
@@ -433,7 +410,7 @@ class HarnessTrainer:
                          private_bpb=measured.get("private_bpb"))
         finally:
             os.close(folder_fd)
-            for d in (handover, taken, run_dir / "evaluate"):
+            for d in (handover, taken):
                 shutil.rmtree(d, ignore_errors=True)
             (run_dir / HANDOVER_SCRIPT).unlink(missing_ok=True)
 
@@ -510,31 +487,25 @@ class HarnessTrainer:
         return _with(outcome, ok=False, summary=None, reported_val_bpb=reported,
                      reason=f"the harness cannot measure this code's model, and its own val_bpb is only a claim: {why}")
 
-    async def _evaluate(self, run_dir: Path, taken: Path, env: dict[str, str], limits: RunLimits,
-                        sandbox: SandboxSpec | None) -> dict:
+    def _evaluation_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The evaluator's environment: the run's, less what only the training uses, plus what only the
+        harness may know (the private split)."""
         spec = self.spec
-        eval_dir = run_dir / "evaluate"
-        shutil.rmtree(eval_dir, ignore_errors=True)
-        eval_dir.mkdir()
-        (eval_dir / "prepare.py").write_bytes(spec.prepare_py)
-        (eval_dir / EVALUATE_SCRIPT).write_bytes(Path(__file__).with_name("evaluate.py").read_bytes())
         eval_env = {k: v for k, v in env.items() if k not in ("P2P_HANDOVER", ANCESTOR_CPU)}
-        eval_env["P2P_EVALUATE_WAIT_S"] = str(int(limits.time_limit_s + HAND_BACK_WAIT_S))
         if spec.private_seed is not None:
             eval_env["P2P_PRIVATE_SEED"] = str(spec.private_seed)
-        private = (spec.private_data,) if spec.private_data is not None else ()
-        if private:
+        if spec.private_data is not None:
             eval_env["P2P_PRIVATE_DATA"] = str(spec.private_data)
-        eval_sandbox = (dataclasses.replace(sandbox, run_dir=eval_dir, read_only=(*sandbox.read_only, taken, *private),
-                                            read_write=()) if sandbox is not None else None)
-        # it waits through the training, then has its own limit from the hand-over (__call__'s deadline)
-        eval_limits = RunLimits(limits.time_limit_s + HAND_BACK_WAIT_S + self._eval_time(limits),
-                                limits.memory_limit_mb, limits.hard_address_limit)
+        return eval_env
+
+    async def _evaluate(self, run_dir: Path, taken: Path, eval_env: dict[str, str], limits: RunLimits) -> dict:
+        """The warm evaluator's value of the copy in `taken`; its result line is kept in the run's
+        `evaluate.log` (what the node took, written by the node)."""
+        doc, line = await self.warm.measure(taken, eval_env, limits.memory_limit_mb)
         log_path = run_dir / "evaluate.log"
-        argv = script_argv(spec.train_command, EVALUATE_SCRIPT, str(taken))
-        outcome = await self.runner(eval_dir, eval_env, eval_limits, log_path, command=argv, sandbox=eval_sandbox)
-        doc = _measure_line(log_path) if outcome.returncode == 0 else None  # killed for time or memory: < 0
+        log_path.write_text(line + "\n")
         if doc is None:
-            # the evaluator ran out of time or memory on this model, or crashed: refuse the model
-            return {"error": f"the evaluation did not finish: {outcome.reason} (log: {log_path})"}
+            # the evaluator ran out of memory on this model, or crashed: refuse the model
+            server_log = self.warm.root / "server.log" if self.warm.root is not None else log_path
+            return {"error": f"the evaluation did not finish: {line} (log: {server_log})"}
         return _result_of(doc)

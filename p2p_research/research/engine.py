@@ -304,6 +304,13 @@ class ResearchEngine:
                 await self.step(action)
         finally:
             self.flush_rows()  # crashes that waited for a baseline row that never came (done, or stopped)
+            self.close()
+
+    def close(self) -> None:
+        """End what the engine keeps between runs (the harness's warm evaluator); a later run starts it again."""
+        close = getattr(self.trainer, "close", None)
+        if close is not None:
+            close()
 
     async def step(self, action: L.Action) -> None:
         assert self.loop is not None

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,13 +226,23 @@ def kill_tree(pid: int, root: bool = True) -> None:
         _kill_group(pid)
 
 
-async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
-                       command: list[str] | None = None, sandbox: SandboxSpec | None = None) -> RunOutcome:
-    """Run `command` (default: this interpreter on train.py) in `run_dir`, inside `sandbox` when one
-    is given; returns the outcome. Cancellation kills the child group (and the sandbox with it)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    limit_bytes = limits.memory_limit_mb * 2**20
+@dataclass
+class Launch:
+    """How a sandboxed (or plain) child is started: its command line (under the watchdog), its
+    environment, the limits it inherits and the cgroup that holds them (removed when it ends)."""
 
+    argv: list[str]
+    env: dict[str, str]
+    preexec: Callable[[], None]
+    cgroup: PidsCgroup | None
+
+
+def launch_of(run_dir: Path, env: dict[str, str], limits: RunLimits, command: list[str] | None = None,
+              sandbox: SandboxSpec | None = None) -> Launch:
+    """`command` (default: this interpreter on train.py) as this node starts every child it does not
+    trust: in `sandbox` when one is given, with a clean environment, the memory and process limits,
+    and the watchdog that ends it with the node (run_guard)."""
+    limit_bytes = limits.memory_limit_mb * 2**20
     cgroup = PidsCgroup(sandbox.max_processes) if sandbox is not None else None
 
     def preexec() -> None:
@@ -250,7 +261,16 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
         child_env = {**os.environ, **env, **marks, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         if command:  # the target's own environment: not this node's virtualenv
             child_env.pop("VIRTUAL_ENV", None)
-    argv = guarded(argv)
+    return Launch(guarded(argv), child_env, preexec, cgroup)
+
+
+async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
+                       command: list[str] | None = None, sandbox: SandboxSpec | None = None) -> RunOutcome:
+    """Run `command` (default: this interpreter on train.py) in `run_dir`, inside `sandbox` when one
+    is given; returns the outcome. Cancellation kills the child group (and the sandbox with it)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    launch = launch_of(run_dir, env, limits, command, sandbox)
+    argv, child_env, preexec, cgroup = launch.argv, launch.env, launch.preexec, launch.cgroup
     started = time.monotonic()
     reason = ""
     meter = CpuMeter()
