@@ -497,15 +497,20 @@ def _private_wanted(value):
 
 
 def _setup():
-    """torch (imported at the lowest priority), the device and the pinned harness."""
+    """torch (imported at the lowest priority) and the pinned harness. The device is chosen where the
+    model is measured (`_device`): a server that asked CUDA anything would fork children that cannot use it."""
     torch = _import_torch_while_training()
-    device = os.environ.get("P2P_DEVICE", "").strip()
-    if device in ("", "auto"):  # as the harnesses choose: a GPU where one is visible
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     sys.path.insert(0, os.getcwd())
     import prepare
 
-    return torch, prepare, device
+    return torch, prepare
+
+
+def _device(torch):
+    device = os.environ.get("P2P_DEVICE", "").strip()
+    if device in ("", "auto"):  # as the harnesses choose: a GPU where one is visible
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _measure(folder, torch, prepare, device):
@@ -544,7 +549,8 @@ def main():
     """One evaluation: started with the run, it waits for the node's marker that the copy is complete."""
     started = time.monotonic()
     folder = sys.argv[1]
-    torch, prepare, device = _setup()
+    torch, prepare = _setup()
+    device = _device(torch)
     imported = time.monotonic() - started
     if not _wait_ready(folder):
         _emit({"error": "no hand-over came"})
@@ -582,7 +588,7 @@ def _next_request(deadline):
             return json.loads(line)
 
 
-def _child(request, torch, prepare, device):
+def _child(request, torch, prepare):
     """A fresh process per evaluation: what a hand-over does to it ends with it, the server never reads one."""
     try:
         for key in PER_REQUEST_ENV:
@@ -590,7 +596,7 @@ def _child(request, torch, prepare, device):
         for key, value in request.get("env", {}).items():
             if key in PER_REQUEST_ENV:
                 os.environ[key] = str(value)
-        doc = _measure(request["folder"], torch, prepare, device)
+        doc = _measure(request["folder"], torch, prepare, _device(torch))
     except BaseException as e:  # noqa: BLE001 - any failure of the evaluation is its answer
         doc = {"error": f"the evaluator failed: {_first_line(e)}"}
     doc["id"] = request["id"]
@@ -600,10 +606,12 @@ def _child(request, torch, prepare, device):
     os._exit(0)
 
 
-def _warm_up(torch, device):
+def _warm_up(torch):
     """What every evaluation's first forward paid for (the compute threads, the kernels' first calls,
     the pages this child shares with the server and writes): about 20-40 ms, spent here while the
-    next run trains instead of after its hand-over. No hand-over is read yet."""
+    next run trains instead of after its hand-over. No hand-over is read yet. On the CPU only: a CUDA
+    context made here would hold GPU memory through the next run's training."""
+    device = "cpu"
     import torch.nn.functional as F
 
     with torch.no_grad():
@@ -613,7 +621,7 @@ def _warm_up(torch, device):
         F.nll_loss(logp.view(-1, 256), x.reshape(-1), reduction="sum").item()
 
 
-def _spare(torch, prepare, device):
+def _spare(torch, prepare):
     """A child forked ahead of its request: it warms up, then waits on a pipe of its own for the one
     request it will measure (the server's stdin is not its). Returns its pid and the pipe's write end."""
     read, write = os.pipe()
@@ -626,7 +634,7 @@ def _spare(torch, prepare, device):
         os.close(write)
         os.close(0)  # the node's requests are the server's
         try:
-            _warm_up(torch, device)
+            _warm_up(torch)
         except Exception:  # noqa: BLE001 - a warm-up that fails leaves the evaluation cold, nothing else
             pass
         line = b""
@@ -638,7 +646,7 @@ def _spare(torch, prepare, device):
         request = json.loads(line)
     except BaseException:  # noqa: BLE001 - never back into the server's loop
         os._exit(1)
-    _child(request, torch, prepare, device)
+    _child(request, torch, prepare)
 
 
 def serve():
@@ -653,11 +661,11 @@ def serve():
     request."""
     import gc
 
-    torch, prepare, device = _setup()
+    torch, prepare = _setup()
     gc.freeze()  # the children's collections leave the server's objects alone (fewer pages copied on write)
     print("P2P-SERVE " + json.dumps({"ready": True, "threads": len(os.listdir("/proc/self/task"))}), flush=True)
     deadline = time.monotonic() + SERVE_IDLE_S
-    spare, spare_pipe = _spare(torch, prepare, device)
+    spare, spare_pipe = _spare(torch, prepare)
     while True:
         request = _next_request(deadline)
         if request is None:
@@ -675,7 +683,7 @@ def serve():
             if done == spare:
                 break
         print("P2P-EXIT " + json.dumps({"id": request["id"], "status": os.waitstatus_to_exitcode(status)}), flush=True)
-        spare, spare_pipe = _spare(torch, prepare, device)
+        spare, spare_pipe = _spare(torch, prepare)
         deadline = time.monotonic() + SERVE_IDLE_S
 
 
