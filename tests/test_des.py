@@ -5,23 +5,17 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from dataclasses import fields
 
 from sim_helpers import SIM
 
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.run import DesOptions, DesSimulation
 from p2p_research.sim.des.world import Message, World
+from p2p_research.sim.report_type import SimReport
 
-# the keys of the process report that the checks, the plots and readers use
-PROCESS_KEYS = {
-    "nodes", "solo_node", "duration_s", "requested_duration_s", "duration_counted_from", "startup_s", "objective",
-    "cost_s", "churn", "liars", "seed", "verification", "experiments_completed", "experiments_completed_in_window",
-    "window_s", "settle", "gap_between_runs_s", "run_seconds_by_kind", "experiments_completed_honest",
-    "experiments_per_node", "experiments_by_status", "combinations", "experiments_aborted", "duplicates_wasted",
-    "duplicates_wasted_pct", "duplicates_avoided", "verifications", "adoptions", "gossip_latency_s", "propagation",
-    "crashed_nodes", "stop_timeouts", "crashes", "churn_events", "liar_nodes", "honest_on_fabricated_baseline",
-    "convergence", "final_baselines", "solo",
-}
+# the figures both engines give (sim/report_type.py): what the checks, the plots and readers use
+COMMON_KEYS = {f.name for f in fields(SimReport)} - {"engine_figures"}
 
 
 def run(**kw) -> dict:
@@ -32,7 +26,7 @@ def run(**kw) -> dict:
 def test_the_35_node_default_meets_the_process_runs_acceptance_figures():
     """The default swarm (35 nodes, 5 minutes, surrogate cost 15 s) on the modelled 2-core machine."""
     m = run()
-    assert PROCESS_KEYS <= set(m)
+    assert COMMON_KEYS <= set(m)
     assert m["experiments_completed_in_window"] >= 333
     assert m["convergence"]["all_on_same_baseline"]
     assert m["duplicates_wasted_pct"] < 1.0
@@ -101,9 +95,26 @@ def test_simulate_engine_des_writes_the_report(tmp_path):
                         "--report", str(rep)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     m = json.loads((rep / "report.json").read_text())
-    assert m["engine"] == "des" and m["nodes"] == 6 and PROCESS_KEYS <= set(m)
+    assert m["engine"] == "des" and m["nodes"] == 6 and COMMON_KEYS - {"series"} <= set(m) and "load" in m
     assert (rep / "report.md").read_text().startswith("# Discrete-event simulation: 6 virtual nodes")
     assert (rep / "best_over_time.png").stat().st_size > 1000
     bad = subprocess.run([*SIM, "--engine", "des", "--dashboard", "--report", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--engine process" in bad.stderr
+
+
+def test_both_engines_fill_one_report_type():
+    """A figure one engine forgets is an error where the report is made; one engine's own figures
+    cannot take a common figure's name."""
+    import pytest
+
+    m = run(nodes=4, duration_s=30.0)
+    assert COMMON_KEYS <= set(m) and {"load", "model", "wall_s"} <= set(m)
+    common = {k: m[k] for k in COMMON_KEYS}
+    del common["seed"]
+    with pytest.raises(TypeError, match="seed"):
+        SimReport(**common)
+    with pytest.raises(ValueError, match="seed"):
+        SimReport(**{k: m[k] for k in COMMON_KEYS}, engine_figures={"seed": 1})
+    doc = SimReport(**{k: m[k] for k in COMMON_KEYS}, engine_figures={"wall_s": 1.0}).to_json()
+    assert list(doc)[-1] == "series" and doc["wall_s"] == 1.0 and "engine_figures" not in doc

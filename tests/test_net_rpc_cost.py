@@ -1,4 +1,5 @@
-"""The py-libp2p RPC cost patches (p2p_research/net/rpc_cost.py): same answers, less work."""
+"""The py-libp2p RPC cost patches (p2p_research/net/libp2p_compat/rpc_cost.py): same answers, less work,
+and what they count goes to the host it happened for."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from libp2p.peer.peerstore import PeerStore, create_signed_peer_record
 from libp2p.pubsub.pb.rpc_pb2 import RPC
 from net_helpers import cfg, post, recv, wait_mesh
 
-from p2p_research.net import open_network, rpc_cost
+from p2p_research.net import libp2p_compat, open_network
+from p2p_research.net.libp2p_compat import rpc_cost
 
 ADDR_A = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001")
 ADDR_B = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4002")
@@ -219,7 +221,8 @@ async def test_two_hosts_exchange_gossip_with_the_patches(monkeypatch):
             await orig_emit(msg_ids, to_peer)
 
         monkeypatch.setattr(b.gossip.router, "emit_idontwant", counting_emit)
-        before = dict(rpc_cost.stats)
+        ca, cb = libp2p_compat.for_host(a.host), libp2p_compat.for_host(b.host)
+        before = cb.as_dict()
         small = post(a.peer_id, "# small")
         await a.publish(small)
         assert (await recv(b)).message == small
@@ -230,9 +233,11 @@ async def test_two_hosts_exchange_gossip_with_the_patches(monkeypatch):
         assert emitted == [1]  # a big message still gets its IDONTWANT (to a, b's only mesh peer)
         await b.publish(post(b.peer_id, "# reply"))
         assert (await recv(a)).message.text == "# reply"
-        assert rpc_cost.stats["record_skipped"] > before["record_skipped"]
-        assert rpc_cost.stats["local_record_reused"] > before["local_record_reused"]
-        assert rpc_cost.stats["idontwant_skipped"] > before["idontwant_skipped"]
+        assert cb.record_skipped > before["record_skipped"]  # b re-verified a's record less often
+        assert cb.local_record_reused > before["local_record_reused"]
+        assert cb.idontwant_skipped > before["idontwant_skipped"]
+        assert ca is not cb and ca.local_record_reused > 0  # each host counts its own
+        assert libp2p_compat.counters.UNATTRIBUTED.record_skipped == 0  # nothing went unattributed
 
 
 def test_outbound_queue_is_larger_and_drops_are_counted():
@@ -247,24 +252,36 @@ def test_outbound_queue_is_larger_and_drops_are_counted():
     while q.push(rpc_pb2.RPC()):
         pushed += 1
     assert pushed == rpc_cost.OUTBOUND_QUEUE
-    before = dict(rpc_cost.DROPPED)
+    host, other = object.__new__(type("H", (), {})), object.__new__(type("H", (), {}))
     rpc = rpc_pb2.RPC()
     rpc.publish.add(data=b"x")
-    ps_mod.drop_rpc(ID(b"\x00\x01"), rpc)  # what pubsub calls on a full queue
-    assert rpc_cost.DROPPED["rpcs"] == before["rpcs"] + 1
-    assert rpc_cost.DROPPED["messages"] == before["messages"] + 1
+    with libp2p_compat.serving(host):  # a drop counts for the host whose task it happens in
+        ps_mod.drop_rpc(ID(b"\x00\x01"), rpc)  # what pubsub calls on a full queue
+        assert not q.push(rpc_pb2.RPC())
+    counted = libp2p_compat.for_host(host)
+    assert (counted.dropped_rpcs, counted.dropped_messages, counted.drops_queue_full) == (1, 1, 1)
+    assert libp2p_compat.for_host(other).dropped_rpcs == 0
 
 
 def test_the_libp2p_version_gate_is_the_pin_of_pyproject_and_the_installed_version():
-    """One gate (net/libp2p_pin.py) for every patch and guard, equal to pyproject.toml's pin: a bump of
+    """One gate (net/libp2p_compat/pin.py) for every patch and guard, equal to pyproject.toml's pin: a bump of
     the pin without the gate (or the other way round) leaves the patches off, silently."""
     import re
     from pathlib import Path
 
-    from p2p_research.net import libp2p_pin, upstream_guards
+    from p2p_research.net.libp2p_compat import guards
+    from p2p_research.net.libp2p_compat import pin as libp2p_pin
 
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     pinned = re.search(r'"libp2p==([^"]+)"', pyproject).group(1)
     assert libp2p_pin.EXPECTED_LIBP2P == pinned == libp2p_pin.libp2p_version()
     assert libp2p_pin.is_expected_libp2p()
-    assert rpc_cost.EXPECTED_LIBP2P is upstream_guards.EXPECTED_LIBP2P is libp2p_pin.EXPECTED_LIBP2P
+    assert rpc_cost.EXPECTED_LIBP2P is guards.EXPECTED_LIBP2P is libp2p_pin.EXPECTED_LIBP2P
+
+
+def test_the_registry_names_every_patch_that_is_applied():
+    """PATCHES says what each change replaces and why; apply() installs exactly those."""
+    names = [p.name for p in libp2p_compat.PATCHES]
+    assert sorted(names) == sorted(libp2p_compat.apply()) and len(set(names)) == len(names)
+    assert all(libp2p_compat.applied().values())
+    assert all(p.replaces and p.why and p.test.startswith("tests/") for p in libp2p_compat.PATCHES)

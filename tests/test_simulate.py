@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import fields
 
 import pytest
 from conftest import ROOT
@@ -15,6 +16,7 @@ from sim_helpers import SIM, leftover_processes
 from p2p_research.sim.figures import best_over_time, first_time_at_or_below, pct, swarm_best_over_time
 from p2p_research.sim.options import SimOptions, parse_duration
 from p2p_research.sim.probe import proc_cpu_rss
+from p2p_research.sim.report_type import SimReport
 
 
 def test_parse_duration():
@@ -64,8 +66,9 @@ def test_small_simulation_with_a_liar(tmp_path):
                         "--settle", "90", "--report", str(rep)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     m = json.loads((rep / "report.json").read_text())
-    for key in ("nodes", "duration_s", "experiments_completed", "duplicates_wasted", "crashed_nodes", "final_baselines",
-                "verifications", "adoptions", "gossip_latency_s", "bytes_sent_per_experiment", "processes", "solo"):
+    common = {f.name for f in fields(SimReport)} - {"engine_figures", "series"}  # series goes to series.json
+    assert common <= set(m) and m["engine"] == "process", common - set(m)
+    for key in ("bytes_sent_per_experiment", "processes"):
         assert key in m, key
     assert m["nodes"] == 5
     assert m["duration_s"] >= 40

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pygit2
 from libp2p import generate_new_ed25519_identity
 
-from p2p_research.net import upstream_guards
 from p2p_research.net.host import make_host
+from p2p_research.net.libp2p_compat import guards as upstream_guards
 from p2p_research.research.workspace import RawObject, Workspace, WorkspaceError, git_object_id
 
 

@@ -512,15 +512,15 @@ class RunningNode:
         }
 
     def net_counters(self) -> dict[str, Any]:
-        from p2p_research.net import upstream_guards
-        from p2p_research.net.rpc_cost import DROPPED
+        from p2p_research.net import libp2p_compat
 
         out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.net.stats.items()}
-        out["libp2p_dropped_rpcs"] = DROPPED["rpcs"]
-        out["libp2p_dropped_messages"] = DROPPED["messages"]
-        out["libp2p_drops_queue_full"] = DROPPED["queue_full"]
-        out["libp2p_drops_queue_closed"] = DROPPED["queue_closed"]
-        out["multistream_refused"] = upstream_guards.stats["multistream_refused"]
+        counted = libp2p_compat.for_host(self.net.host)  # this node's host only (libp2p_compat/counters.py)
+        out["libp2p_dropped_rpcs"] = counted.dropped_rpcs
+        out["libp2p_dropped_messages"] = counted.dropped_messages
+        out["libp2p_drops_queue_full"] = counted.drops_queue_full
+        out["libp2p_drops_queue_closed"] = counted.drops_queue_closed
+        out["multistream_refused"] = counted.multistream_refused
         out["banned_peers"] = len(self.net.gossip.scores.banned_peers(time.monotonic()))
         return out
 

@@ -561,7 +561,7 @@ def main():
     _emit(doc)
 
 
-SERVE_IDLE_S = 60.0    # a server nobody asked for this long exits (the node starts another when needed)
+SERVE_IDLE_S = 300.0   # a server nobody asked for this long exits (the node starts another when needed)
 PER_REQUEST_ENV = ("P2P_SEED", "P2P_PRIVATE_BELOW")  # what may differ between two evaluations of one server
 
 

@@ -52,7 +52,7 @@ ANCESTOR_CPU = "P2P_ANCESTOR_CPU_S"  # CPU seconds of the nearest ancestor measu
 NODE_ONLY_ENV = (PRIVATE_BELOW, ANCESTOR_CPU)  # what the node tells its harness, never the training
 MEASURED_FILE = "measured.json"     # the node's value, written back for the waiting run (handover.py)
 HAND_BACK_WAIT_S = 60.0             # how much longer than the evaluator's limit the run waits for it
-# A cold evaluator (the first run, or after a minute idle) starts this long after the run (or at the
+# A cold evaluator (the first run, or after five minutes idle) starts this long after the run (or at the
 # hand-over, if that comes first): the run's
 # sandbox and interpreter start at full priority, and the evaluator's own start (its sandbox, its
 # interpreter; only its torch import runs at the lowest priority) slowed the run's start when both

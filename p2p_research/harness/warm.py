@@ -15,7 +15,7 @@ and nothing any evaluation touched:
   watches the whole tree's memory, and a request that runs out of time or memory ends the server
   (the next run starts another, as cold as an evaluator was before);
 - the node's clock bounds each evaluation (the caller's cancel scope), not the server's;
-- the server exits at the end of its stdin (the node closed it, or died), after a minute without a
+- the server exits at the end of its stdin (the node closed it, or died), after five minutes without a
   request (a run in progress holds it for as long as its limit), or under the watchdog every run has
   (research/run_guard.py); `close` ends it at once.
 

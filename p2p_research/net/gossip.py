@@ -48,7 +48,7 @@ from ..wire import (
     decode,
 )
 from ..wire.messages import MAX_BUNDLE
-from . import rpc_cost
+from . import libp2p_compat
 from .framing import reset_quietly
 from .peerscore import BUDGET_REASONS, ForwarderScores
 from .ratelimit import PerPeerRateLimiter, RateLimitedLog
@@ -137,7 +137,7 @@ class Gossip:
         self.topic_filter = TopicFilter(open=serve_any_swarm)
         #: whether a peer is a relay (from the peer exchange); set by the network
         self.is_relay: Callable[[str], bool] = lambda peer: False
-        rpc_cost.apply()  # idempotent; normally already done by make_host
+        libp2p_compat.apply()  # idempotent; normally already done by make_host
         self.router = GossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
             # Every node reads each message once per mesh neighbour before dedup (each copy costs a

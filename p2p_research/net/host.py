@@ -25,7 +25,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from . import rpc_cost, upstream_guards
+from . import libp2p_compat
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def make_host(key_pair: KeyPair, target_peers: int = 6) -> IHost:
     N. Our PeerManager already dials up to `target_peers`, so libp2p's is turned off (low watermark 0),
     and inbound growth is bounded by a generous high watermark.
     """
-    rpc_cost.apply()  # once per process, before the first host (see rpc_cost.py)
-    upstream_guards.apply()  # caps multistream-select reads (see upstream_guards.py)
+    libp2p_compat.apply()  # once per process, before the first host (see libp2p_compat/__init__.py)
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     conn = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=max(32, 4 * target_peers))
     return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_preference="YAMUX",
@@ -117,17 +116,19 @@ def strip_benign_teardown(exc: BaseException) -> BaseException | None:
 
 @asynccontextmanager
 async def running_host(host: IHost, listen: list[multiaddr.Multiaddr]) -> AsyncIterator[IHost]:
-    """Run ``host`` listening on ``listen``; always ``host.close()`` and swallow only the benign teardown error."""
+    """Run ``host`` listening on ``listen``; always ``host.close()`` and swallow only the benign teardown error.
+    What libp2p's patched functions count while the host serves goes to its counters (libp2p_compat.serving)."""
     try:
-        async with host.run(listen_addrs=listen):
-            try:
-                yield host
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    try:
-                        await host.close()
-                    except Exception as e:  # best effort: we are shutting down anyway
-                        log.debug("host.close() failed: %r", e)
+        with libp2p_compat.serving(host):
+            async with host.run(listen_addrs=listen):
+                try:
+                    yield host
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(10):
+                        try:
+                            await host.close()
+                        except Exception as e:  # best effort: we are shutting down anyway
+                            log.debug("host.close() failed: %r", e)
     except BaseException as exc:
         rest = strip_benign_teardown(exc)
         if rest is None:

@@ -399,7 +399,7 @@ class NatTraversal:
                     log.info("peer %s: direct connection established (was relayed)", short_name(pid.to_base58()))
                 for c in relayed if direct else []:
                     await close_quietly(c)
-            attempts = getattr(self.dcutr, "_hole_punch_attempts", None)  # py-libp2p 0.8.1 (net/libp2p_pin.py)
+            attempts = getattr(self.dcutr, "_hole_punch_attempts", None)  # py-libp2p 0.8.1 (net/libp2p_compat/pin.py)
             if isinstance(attempts, dict):
                 for pid in punch_again(relayed_only, attempts, now):
                     attempts.pop(pid, None)

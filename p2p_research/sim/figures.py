@@ -13,6 +13,7 @@ from typing import Any
 
 from p2p_research.sim.launcher import STOP_GRACE_S
 from p2p_research.sim.probe import swarm_stats as probe_swarm_stats
+from p2p_research.sim.report_type import TARGETS, SimReport
 from p2p_research.store import queries
 from p2p_research.store.status import COMPLETED
 
@@ -97,6 +98,15 @@ def first_time_at_or_below(series: list[tuple[float, float]], value: float) -> f
         if v <= value + 1e-12:
             return t
     return None
+
+
+def times_to_targets(swarm_series: list[tuple[float, float]]) -> dict[str, float | None]:
+    """When the swarm's best first reached each of report_type.TARGETS (seconds from its t0; None: never)."""
+    out: dict[str, float | None] = {}
+    for v in TARGETS:
+        t = first_time_at_or_below(swarm_series, v)
+        out[f"{v:.2f}"] = None if t is None else round(t, 1)
+    return out
 
 
 def collect(sim: Any) -> dict[str, Any]:
@@ -276,34 +286,35 @@ def collect(sim: Any) -> dict[str, Any]:
                     g[k] = g.get(k, 0) + v
     peers_at_stop = [st.get("peers_connected", 0) for name, st in sim.final_status.items() if name != "solo"]  # noqa: PERF102
     duration = sim.t_end - sim.t_start
-    return {
-        "nodes": len(swarm),
-        "solo_node": solo is not None,
-        "duration_s": round(duration, 1),
-        "requested_duration_s": o.duration_s,
-        "duration_counted_from": ("when every node was up (start-up excluded)" if o.count_from == "all-up"
-                                  else "the first node process start (start-up included)"),
-        "startup_s": round(sim.all_up_at - sim.t_start, 1) if sim.all_up_at else None,
-        "interrupted": sim.interrupted or None,
-        "objective": o.objective, "cost_s": o.cost_s if o.objective == "surrogate" else None,
-        "fanout": o.fanout, "churn": o.churn, "liars": o.liars, "seed": o.seed, "verification": o.verification,
-        "experiments_completed": total,
-        "experiments_completed_in_window": in_window,
-        "window_s": round(w1 - w0, 1),
-        "settle": {"requested_s": o.settle_s, "note": sim.settle_note or None,
-                   "settle_s": round(sim.t_end - sim.experiments_ended_at, 1) if sim.experiments_ended_at else None},
-        "gap_between_runs_s": {**summary(gaps), "note": "a node's idle time between the end of one local run and "
-                               "the start of its next: announcing, verification decisions, proposing (dedup checks)"},
-        "run_seconds_by_kind": {k: round(v, 1) for k, v in run_s.items()},
-        "experiments_completed_honest": sum(per_node[n.name] for n in honest),
-        "experiments_per_node": per_node,
-        "experiments_by_status": by_status,
-        "combinations": {"run": sum(combos.values()), "by_status": combos},
-        "experiments_aborted": aborted,
-        "duplicates_wasted": wasted,
-        "duplicates_wasted_pct": round(100 * wasted / total, 3) if total else 0.0,
-        "duplicate_examples": dict(list(dup_examples.items())[:10]),
-        "duplicates_avoided": {
+    return SimReport(
+        engine="process",
+        nodes=len(swarm),
+        solo_node=solo is not None,
+        duration_s=round(duration, 1),
+        requested_duration_s=o.duration_s,
+        duration_counted_from=("when every node was up (start-up excluded)" if o.count_from == "all-up"
+                               else "the first node process start (start-up included)"),
+        startup_s=round(sim.all_up_at - sim.t_start, 1) if sim.all_up_at else None,
+        interrupted=sim.interrupted or None,
+        objective=o.objective, cost_s=o.cost_s if o.objective == "surrogate" else None,
+        fanout=o.fanout, churn=o.churn, liars=o.liars, seed=o.seed, verification=o.verification, announce=o.announce,
+        experiments_completed=total,
+        experiments_completed_in_window=in_window,
+        window_s=round(w1 - w0, 1),
+        settle={"requested_s": o.settle_s, "note": sim.settle_note or None,
+                "settle_s": round(sim.t_end - sim.experiments_ended_at, 1) if sim.experiments_ended_at else None},
+        gap_between_runs_s={**summary(gaps), "note": "a node's idle time between the end of one local run and "
+                            "the start of its next: announcing, verification decisions, proposing (dedup checks)"},
+        run_seconds_by_kind={k: round(v, 1) for k, v in run_s.items()},
+        experiments_completed_honest=sum(per_node[n.name] for n in honest),
+        experiments_per_node=per_node,
+        experiments_per_node_summary=summary([float(v) for v in per_node.values()]),
+        experiments_by_status=by_status,
+        combinations={"run": sum(combos.values()), "by_status": combos},
+        experiments_aborted=aborted,
+        duplicates_wasted=wasted,
+        duplicates_wasted_pct=round(100 * wasted / total, 3) if total else 0.0,
+        duplicates_avoided={
             "yielded_in_flight": yielded,
             "proposals_skipped_as_known": (sum(counters["dedup"].values()) if counters.get("dedup") else None),
             "proposals_skipped_by_reason": counters.get("dedup") or None,
@@ -312,45 +323,49 @@ def collect(sim: Any) -> dict[str, Any]:
                     "was already in the node's ledger (run there or announced by a peer) or claimed by another "
                     "node; from the daemons' `status` just before the stop (a restarted node counts since its "
                     "restart)."},
-        "verifications": ver,
-        "adoptions": {"count": len(adoptions), "with_rerun": sum(a["rerun"] for a in adoptions),
-                      "without_rerun": sum(not a["rerun"] for a in adoptions),
-                      "from_liars": sum(a["from_liar"] for a in adoptions),
-                      "from_liars_without_rerun": sum(a["from_liar"] and not a["rerun"] for a in adoptions),
-                      "delay_from_announcement_s": summary(ann), "delay_from_receipt_s": summary(rec)},
-        "gossip_latency_s": {**summary(live_lat), "excluded_catch_up": catchup,
-                             "note": "receiver's received_at minus the sender's receipt ts, for results the "
-                                     "receiver got while it was up (results a restarted node caught up on are excluded)"},
-        "propagation": {"results": results, "delivered_pairs_pct": round(100 * delivered / pairs, 2) if pairs else None,
-                        "results_reaching_every_node_pct": round(100 * fully / results, 2) if results else None},
-        "bytes_sent_per_experiment": round(total_sent / total) if total else None,
-        "bytes": {"tcp_sent_total": total_sent, "tcp_received_total": total_recv,
-                  "method": "kernel per-socket tcp_info counters (bytes_sent/bytes_received) of each daemon's "
-                            "established TCP sockets, sampled with `ss -tinp` every 5 s and at stop; a lower bound "
-                            "(traffic on a socket closed between two samples is missed)"},
-        "daemon_counters_at_stop": {"nodes_answering": len(sim.final_status), **counters},
-        "peers_at_stop": summary([float(p) for p in peers_at_stop]),
-        "processes": procs,
-        "cpu_s_total": round(sum(p["cpu_s"] for k, p in procs.items()), 1),
-        "crashed_nodes": len(crashed),
-        "stop_grace_s": STOP_GRACE_S,
-        "stop_timeouts": sorted(e["node"] for e in sim.events if e["kind"] == "stop_timeout"),
-        "crashes": [{"node": n.name, "info": n.crash_info} for n in crashed],
-        "slow_start_nodes": sorted(sim.slow_start),
-        "final_baselines": final,
-        "convergence": {"honest_nodes": len(honest), "distinct_final_commits": len(commits),
-                        "on_best_commit": commits.get(best_final["commit"], 0) if best_final else 0,
-                        "best_commit": best_final["commit"] if best_final else None,
-                        "best_val_bpb": best_final["val_bpb"] if best_final else None,
-                        "all_on_same_baseline": len(commits) == 1},
-        "liar_nodes": [n.name for n in swarm if n.liar],
-        "honest_on_fabricated_baseline": honest_on_fabricated,
-        "churn_events": churn,
-        "solo": solo_info,
-        "events": [{**e, "t": round(e["t"] - sim.t_start, 2)} for e in sim.events],
-        "series": {"t0": "first swarm node start", "swarm": swarm_series, "solo": solo_series, "nodes": series,
-                   "adoption_delays_s": ann},
-    }
+        verifications=ver,
+        adoptions={"count": len(adoptions), "with_rerun": sum(a["rerun"] for a in adoptions),
+                   "without_rerun": sum(not a["rerun"] for a in adoptions),
+                   "from_liars": sum(a["from_liar"] for a in adoptions),
+                   "from_liars_without_rerun": sum(a["from_liar"] and not a["rerun"] for a in adoptions),
+                   "delay_from_announcement_s": summary(ann), "delay_from_receipt_s": summary(rec)},
+        gossip_latency_s={**summary(live_lat), "excluded_catch_up": catchup,
+                          "note": "receiver's received_at minus the sender's receipt ts, for results the "
+                                  "receiver got while it was up (results a restarted node caught up on are excluded)"},
+        propagation={"results": results, "delivered_pairs_pct": round(100 * delivered / pairs, 2) if pairs else None,
+                     "results_reaching_every_node_pct": round(100 * fully / results, 2) if results else None},
+        crashed_nodes=len(crashed),
+        stop_timeouts=sorted(e["node"] for e in sim.events if e["kind"] == "stop_timeout"),
+        crashes=[{"node": n.name, "info": n.crash_info} for n in crashed],
+        churn_events=churn,
+        liar_nodes=[n.name for n in swarm if n.liar],
+        honest_on_fabricated_baseline=honest_on_fabricated,
+        convergence={"honest_nodes": len(honest), "distinct_final_commits": len(commits),
+                     "on_best_commit": commits.get(best_final["commit"], 0) if best_final else 0,
+                     "best_commit": best_final["commit"] if best_final else None,
+                     "best_val_bpb": best_final["val_bpb"] if best_final else None,
+                     "all_on_same_baseline": len(commits) == 1},
+        final_baselines=final,
+        solo=solo_info,
+        time_to_target_s=times_to_targets(swarm_series),
+        series={"t0": "first swarm node start", "swarm": swarm_series, "solo": solo_series, "nodes": series,
+                "adoption_delays_s": ann},
+        engine_figures={
+            "duplicate_examples": dict(list(dup_examples.items())[:10]),
+            "bytes_sent_per_experiment": round(total_sent / total) if total else None,
+            "bytes": {"tcp_sent_total": total_sent, "tcp_received_total": total_recv,
+                      "method": "kernel per-socket tcp_info counters (bytes_sent/bytes_received) of each daemon's "
+                                "established TCP sockets, sampled with `ss -tinp` every 5 s and at stop; a lower "
+                                "bound (traffic on a socket closed between two samples is missed)"},
+            "daemon_counters_at_stop": {"nodes_answering": len(sim.final_status), **counters},
+            "peers_at_stop": summary([float(p) for p in peers_at_stop]),
+            "processes": procs,
+            "cpu_s_total": round(sum(p["cpu_s"] for k, p in procs.items()), 1),
+            "stop_grace_s": STOP_GRACE_S,
+            "slow_start_nodes": sorted(sim.slow_start),
+            "events": [{**e, "t": round(e["t"] - sim.t_start, 2)} for e in sim.events],
+        },
+    ).to_json()
 
 
 def _r(x: float | None) -> float | None:

@@ -25,12 +25,12 @@ from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.vnode import Shared, VirtualNode
 from p2p_research.sim.des.world import World
 from p2p_research.sim.figures import (
-    _r,
-    first_time_at_or_below,
     solo_comparison,
     summary,
     swarm_best_over_time,
+    times_to_targets,
 )
+from p2p_research.sim.report_type import SimReport
 from p2p_research.store.status import COMPLETED
 
 STARTUP_CPU_S = 1.1   # a daemon's start-up (imports, keys) on an idle core (docs/bench-gossip.md)
@@ -200,60 +200,58 @@ class DesSimulation:
         for n in self.nodes:
             dedup.update(n.stats.dedup)
         combos = Counter(r["status"] for _, r in exps if r["combination"])
-        m: dict[str, Any] = {
-            "engine": "des",
-            "nodes": o.nodes, "solo_node": o.solo, "duration_s": round(self.t_end - t0, 1),
-            "requested_duration_s": o.duration_s,
-            "duration_counted_from": "when every node was up (start-up excluded)",
-            "startup_s": round(self.all_up, 1), "interrupted": None,
-            "objective": "surrogate", "cost_s": o.cost_s, "fanout": None, "churn": o.churn, "liars": o.liars,
-            "seed": o.seed, "verification": o.verification, "announce": w.announce,
-            "experiments_completed": len(exps), "experiments_completed_in_window": len(in_window),
-            "window_s": round(w1 - w0, 1),
-            "settle": {"requested_s": o.settle_s, "note": (f"converged {self.settled_at - w1:.0f} s after the window"
-                                                           if self.settled_at else "did not converge within the settle"),
-                       "settle_s": round(self.t_end - w1, 1)},
-            "gap_between_runs_s": {**summary(gaps), "note": "a node's time between the end of one run and the start of "
-                                   "its next (verification decisions, proposing, DHT lookups, CPU queue)"},
-            "run_seconds_by_kind": {k: round(run_s.get(k, 0.0), 1) for k in ("experiment", "verification", "baseline")},
-            "experiments_completed_honest": sum(per_node[n.name] for n in honest),
-            "experiments_per_node": {n.name: per_node[n.name] for n in self.nodes} if o.nodes <= 1000 else None,
-            "experiments_per_node_summary": summary([float(per_node[n.name]) for n in self.nodes]),
-            "experiments_by_status": dict(Counter(r["status"] for _, r in exps)),
-            "combinations": {"run": sum(combos.values()), "by_status": dict(combos)},
-            "experiments_aborted": sum(r["status"] == "aborted" for _, r in runs),
-            "duplicates_wasted": wasted, "duplicates_wasted_pct": round(100 * wasted / len(exps), 3) if exps else 0.0,
-            "duplicates_avoided": {"yielded_in_flight": sum(n.stats.yielded for n in self.nodes),
-                                   "proposals_skipped_as_known": sum(dedup.values()),
-                                   "proposals_skipped_by_reason": dict(dedup),
-                                   "note": "as in the process report; DHT lookups: "
-                                           f"{sum(n.stats.dht_lookups for n in self.nodes)}"},
-            "verifications": ver,
-            "adoptions": {"count": len(adoptions), "with_rerun": sum(a["rerun"] for a in adoptions),
-                          "without_rerun": sum(not a["rerun"] for a in adoptions), "from_liars": len(from_liar),
-                          "from_liars_without_rerun": sum(not a["rerun"] for a in from_liar),
-                          "delay_from_announcement_s": summary([a["t"] - a["announced_at"] for a in adoptions]),
-                          "delay_from_receipt_s": summary([a["t"] - a["received_at"] for a in adoptions])},
-            "gossip_latency_s": {**summary(self._latencies()), "excluded_catch_up": None,
-                                 "note": "modelled delivery time minus publish time of flooded results, sampled"},
-            "propagation": {"results": sum(m.kind == "result" and m.flooded for m in w.messages),
-                            "delivered_pairs_pct": 100.0, "results_reaching_every_node_pct": 100.0},
-            "crashed_nodes": 0, "stop_timeouts": [], "crashes": [],
-            "churn_events": [e | {"experiments_after_restart": sum(
+        return SimReport(
+            engine="des",
+            nodes=o.nodes, solo_node=o.solo, duration_s=round(self.t_end - t0, 1),
+            requested_duration_s=o.duration_s,
+            duration_counted_from="when every node was up (start-up excluded)",
+            startup_s=round(self.all_up, 1), interrupted=None,
+            objective="surrogate", cost_s=o.cost_s, fanout=None, churn=o.churn, liars=o.liars,
+            seed=o.seed, verification=o.verification, announce=w.announce,
+            experiments_completed=len(exps), experiments_completed_in_window=len(in_window),
+            window_s=round(w1 - w0, 1),
+            settle={"requested_s": o.settle_s, "note": (f"converged {self.settled_at - w1:.0f} s after the window"
+                                                        if self.settled_at else "did not converge within the settle"),
+                    "settle_s": round(self.t_end - w1, 1)},
+            gap_between_runs_s={**summary(gaps), "note": "a node's time between the end of one run and the start of "
+                                "its next (verification decisions, proposing, DHT lookups, CPU queue)"},
+            run_seconds_by_kind={k: round(run_s.get(k, 0.0), 1) for k in ("experiment", "verification", "baseline")},
+            experiments_completed_honest=sum(per_node[n.name] for n in honest),
+            experiments_per_node={n.name: per_node[n.name] for n in self.nodes} if o.nodes <= 1000 else None,
+            experiments_per_node_summary=summary([float(per_node[n.name]) for n in self.nodes]),
+            experiments_by_status=dict(Counter(r["status"] for _, r in exps)),
+            combinations={"run": sum(combos.values()), "by_status": dict(combos)},
+            experiments_aborted=sum(r["status"] == "aborted" for _, r in runs),
+            duplicates_wasted=wasted, duplicates_wasted_pct=round(100 * wasted / len(exps), 3) if exps else 0.0,
+            duplicates_avoided={"yielded_in_flight": sum(n.stats.yielded for n in self.nodes),
+                                "proposals_skipped_as_known": sum(dedup.values()),
+                                "proposals_skipped_by_reason": dict(dedup),
+                                "note": "as in the process report; DHT lookups: "
+                                        f"{sum(n.stats.dht_lookups for n in self.nodes)}"},
+            verifications=ver,
+            adoptions={"count": len(adoptions), "with_rerun": sum(a["rerun"] for a in adoptions),
+                       "without_rerun": sum(not a["rerun"] for a in adoptions), "from_liars": len(from_liar),
+                       "from_liars_without_rerun": sum(not a["rerun"] for a in from_liar),
+                       "delay_from_announcement_s": summary([a["t"] - a["announced_at"] for a in adoptions]),
+                       "delay_from_receipt_s": summary([a["t"] - a["received_at"] for a in adoptions])},
+            gossip_latency_s={**summary(self._latencies()), "excluded_catch_up": None,
+                              "note": "modelled delivery time minus publish time of flooded results, sampled"},
+            propagation={"results": sum(m.kind == "result" and m.flooded for m in w.messages),
+                         "delivered_pairs_pct": 100.0, "results_reaching_every_node_pct": 100.0},
+            crashed_nodes=0, stop_timeouts=[], crashes=[],
+            churn_events=[e | {"experiments_after_restart": sum(
                 1 for r in self.nodes[int(e["node"][1:])].stats.runs if r["t0"] > e["killed_at_s"])} for e in self.churned],
-            "liar_nodes": sorted(liar_names), "honest_on_fabricated_baseline": fabricated,
-            "convergence": {"honest_nodes": len(honest), "distinct_final_commits": len({n.loop.baseline_commit for n in honest}),
-                            "on_best_commit": on_best, "best_commit": best.loop.baseline_commit,
-                            "best_val_bpb": best.loop.baseline_value, "all_on_same_baseline": on_best == len(honest)},
-            "final_baselines": final if o.nodes <= 1000 else None,
-            "solo": solo_info,
-            "load": self.load_figures(),
-            "time_to_target_s": {f"{v:.2f}": _r(first_time_at_or_below(swarm_series, v)) for v in TARGETS},
-            "model": asdict(o.net) | {"announce": w.announce},
-            "wall_s": round(self.wall_s, 1),
-        }
-        m["series"] = series
-        return m
+            liar_nodes=sorted(liar_names), honest_on_fabricated_baseline=fabricated,
+            convergence={"honest_nodes": len(honest), "distinct_final_commits": len({n.loop.baseline_commit for n in honest}),
+                         "on_best_commit": on_best, "best_commit": best.loop.baseline_commit,
+                         "best_val_bpb": best.loop.baseline_value, "all_on_same_baseline": on_best == len(honest)},
+            final_baselines=final if o.nodes <= 1000 else None,
+            solo=solo_info,
+            time_to_target_s=times_to_targets(swarm_series),
+            series=series,
+            engine_figures={"load": self.load_figures(), "model": asdict(o.net) | {"announce": w.announce},
+                            "wall_s": round(self.wall_s, 1)},
+        ).to_json()
 
     def _latencies(self) -> list[float]:
         w = self.world
@@ -300,5 +298,4 @@ class DesSimulation:
 
 
 ADOPTION_GRACE = 5.0
-TARGETS = (1.56, 1.54, 1.52, 1.50, 1.48)
 

@@ -1,4 +1,4 @@
-"""Targeted patches that cut py-libp2p 0.8.1's fixed CPU cost per pubsub RPC.
+"""Targeted patches that cut py-libp2p 0.8.1's fixed CPU cost per pubsub RPC (registered in __init__.py).
 
 A py-spy profile of one node daemon in a CPU-saturated 35-process swarm on the 2-core machine put
 ~24 ms of py-libp2p CPU on every delivered message; of the main thread's samples:
@@ -35,8 +35,8 @@ A py-spy profile of one node daemon in a CPU-saturated 35-process swarm on the 2
    its receiver about as much as the duplicate it might save, and it goes to every mesh peer,
    the one we got the message from included.
 4. ``outbound_queue``: a peer's outbound RPC queue holds 256 RPCs instead of 32 before libp2p drops
-   (silently) what a slow node cannot write yet, and every drop is counted (:data:`DROPPED`, shown
-   in the daemon's `status` as ``net.libp2p_dropped_rpcs``).
+   (silently) what a slow node cannot write yet, and every drop is counted for its host
+   (counters.py; the daemon's `status` shows it as ``net.libp2p_dropped_rpcs``).
 
 Every patch checks that libp2p is version :data:`EXPECTED_LIBP2P` and that what it replaces exists;
 otherwise it logs a warning and leaves libp2p alone (never raises). Applying twice is a no-op.
@@ -56,7 +56,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .libp2p_pin import EXPECTED_LIBP2P, libp2p_version
+from . import counters
+from .pin import EXPECTED_LIBP2P, libp2p_version
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ _ENV_IMPORTERS = ("libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub", "libp2p.pub
                   "libp2p.identity.identify.identify")  # fmt: skip
 
 _applied: dict[str, bool] = {}
-stats: dict[str, int] = {"record_skipped": 0, "record_consumed": 0, "local_record_reused": 0,
-                         "local_record_refreshed": 0, "idontwant_skipped": 0}  # fmt: skip
 
 _orig_consume: Callable[..., bool] | None = None
 _orig_env: Callable[..., tuple[bytes, bool]] | None = None
@@ -108,13 +107,13 @@ def maybe_consume_signed_record(msg: Any, host: Any, peer_id: Any) -> bool:
             hit = seen.get(peer_id)
             if (hit is not None and hit[0] == data and time.monotonic() - hit[2] < RECORD_RECHECK_S
                     and _stored_envelope(peerstore, peer_id) is hit[1]):  # fmt: skip
-                stats["record_skipped"] += 1
+                counters.for_host(host).record_skipped += 1
                 return True
     except Exception as e:  # an unexpected peerstore: behave exactly as libp2p does
         log.debug("record cache lookup failed: %r", e)
         return _orig_consume(msg, host, peer_id)
     ok = _orig_consume(msg, host, peer_id)
-    stats["record_consumed"] += 1
+    counters.for_host(host).record_consumed += 1
     if ok:
         try:
             env = _stored_envelope(peerstore, peer_id)
@@ -166,13 +165,13 @@ def env_to_send_in_RPC(host: Any) -> tuple[bytes, bool]:  # noqa: N802 (libp2p's
         cached = _local_records.get(host)
         if (cached is not None and time.monotonic() - cached[3] < LOCAL_RECORD_TTL_S and cached[0] == fp
                 and cached[1] is not None and peerstore.get_local_record() is cached[1]):  # fmt: skip
-            stats["local_record_reused"] += 1
+            counters.for_host(host).local_record_reused += 1
             return cached[2], False
     except Exception as e:
         log.debug("local record cache lookup failed: %r", e)
         return _orig_env(host)
     data, created = _orig_env(host)
-    stats["local_record_refreshed"] += 1
+    counters.for_host(host).local_record_refreshed += 1
     try:
         _local_records[host] = (fp, peerstore.get_local_record(), data, time.monotonic())
     except Exception as e:
@@ -213,7 +212,7 @@ async def _emit_idontwant_for_message(self: Any, msg_id: bytes, topic_ids: Any) 
         if msg is not None and self.pubsub is not None:
             if (len(msg.data) < getattr(self, "idontwant_message_threshold", IDONTWANT_MIN_DATA)
                     or msg.from_id == self.pubsub.my_id.to_bytes()):  # fmt: skip
-                stats["idontwant_skipped"] += 1
+                counters.for_host(self.pubsub.host).idontwant_skipped += 1
                 return
     except Exception as e:  # unknown message: emit as libp2p does
         log.debug("idontwant size check failed: %r", e)
@@ -241,15 +240,16 @@ def _apply_idontwant_threshold() -> bool:
 # --- 4. outbound queue -----------------------------------------------------------------------------
 
 OUTBOUND_QUEUE = 256  # RPCs per peer (py-libp2p: 32)
-DROPPED: dict[str, int] = {"rpcs": 0, "messages": 0, "queue_full": 0, "queue_closed": 0}  # outbound RPCs dropped
 _orig_drop: Any = None
 
 
 def drop_rpc(peer_id: Any, rpc: Any) -> None:
-    """libp2p's own drop_rpc (a debug log line), counted: a drop loses the message for that peer."""
-    DROPPED["rpcs"] += 1
+    """libp2p's own drop_rpc (a debug log line), counted for the host whose task drops it: a drop
+    loses the message for that peer."""
+    c = counters.current()
+    c.dropped_rpcs += 1
     try:
-        DROPPED["messages"] += len(rpc.publish)
+        c.dropped_messages += len(rpc.publish)
     except Exception:  # noqa: BLE001 - counting must never break sending
         pass
     _orig_drop(peer_id, rpc)
@@ -260,7 +260,7 @@ def _apply_outbound_queue() -> bool:
     node falls behind its writes in bursts (a result forwarded to every mesh peer, IHAVE gossip,
     subscriptions), and each drop loses a claim or result for that peer unless gossip repairs it
     within its 3-heartbeat window. The queue grows to OUTBOUND_QUEUE RPCs (messages are capped at
-    512 KiB by the wire layer, and a node has ~10 peers), and every drop is counted in DROPPED."""
+    512 KiB by the wire layer, and a node has ~10 peers), and every drop is counted (counters.py)."""
     global _orig_drop
     from libp2p.pubsub import rpc_queue
 
@@ -274,7 +274,11 @@ def _apply_outbound_queue() -> bool:
         def counting_push(self: Any, rpc: Any, priority: bool = False) -> bool:
             ok = push(self, rpc, priority)
             if not ok:  # why: a closed queue (peer gone) is harmless, a full one loses a message
-                DROPPED["queue_closed" if getattr(self, "_closed", False) else "queue_full"] += 1
+                c = counters.current()
+                if getattr(self, "_closed", False):
+                    c.drops_queue_closed += 1
+                else:
+                    c.drops_queue_full += 1
             return ok
         counting_push._p2p_counting = True  # type: ignore[attr-defined]
         rpc_queue.RpcQueue.push = counting_push  # type: ignore[method-assign]

@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .libp2p_pin import EXPECTED_LIBP2P, libp2p_version
+from . import counters
+from .pin import EXPECTED_LIBP2P, libp2p_version
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ async def _safe_teardown_if_connected(self: Any, peer_id: Any) -> None:
         if self.peers.get(peer_id) is stream:
             del self.peers[peer_id]
     self._forget_all_subscriptions(peer_id)
-stats = {"multistream_refused": 0}
 
 
 def _guarded_read_factory(original: Any) -> Any:
@@ -68,12 +68,12 @@ def _guarded_read_factory(original: Any) -> Any:
         count = getattr(self, "_p2p_reads", 0) + 1
         self._p2p_reads = count
         if count > MAX_MULTISTREAM_MESSAGES:
-            stats["multistream_refused"] += 1
+            counters.current().multistream_refused += 1
             raise MultiselectCommunicatorError("too many multistream-select messages")
         try:
             data = await read_varint_prefixed_bytes_limited(self.read_writer, MAX_MULTISTREAM_MESSAGE)
         except (ParseError, IOException) as e:
-            stats["multistream_refused"] += 1
+            counters.current().multistream_refused += 1
             raise MultiselectCommunicatorError(f"multistream-select read refused: {e}") from e
         if not data.endswith(b"\n"):
             raise MultiselectCommunicatorError("multistream-select message is not newline-terminated")
@@ -115,4 +115,8 @@ def apply() -> dict[str, bool]:
     except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
         log.warning("pubsub teardown guard not installed: %r", e)
         _applied["pubsub_teardown"] = False
+    return dict(_applied)
+
+
+def applied() -> dict[str, bool]:
     return dict(_applied)

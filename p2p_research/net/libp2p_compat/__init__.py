@@ -1,0 +1,68 @@
+"""Everything this project patches in, or reaches into, py-libp2p: one package, one version gate, one
+registry of what is changed and why, and counters per host.
+
+py-libp2p 0.8.1 is the only release PyPI serves; measured faults and costs of it (docs/libp2p.md) are
+fixed here rather than around the code that meets them:
+
+- `pin.py`: the version every patch and guard was written against (equal to pyproject.toml's pin, a
+  test holds them equal); on any other version nothing is patched and a warning says so;
+- `rpc_cost.py`: four patches that cut the fixed CPU cost of a pubsub RPC;
+- `guards.py`: guards for faults a peer can trigger (unbounded multistream-select reads, a teardown race);
+- `counters.py`: what they counted, per host.
+
+`PATCHES` lists each change: what it replaces, why, and where it is tested. `apply()` installs them all
+(once per process, before the first host; idempotent, never raises) and says which are active.
+Other modules that read libp2p's internals without changing them (net/nat.py reads dcutr's attempts,
+net/peers.py clears the swarm's negative dial cache) name `pin.EXPECTED_LIBP2P` where they do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import guards, rpc_cost
+from .counters import HostCounters, for_host, serving
+from .pin import EXPECTED_LIBP2P, is_expected_libp2p, libp2p_version
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One change to py-libp2p: its name (as `applied()` reports it), what it replaces, why, its test."""
+
+    name: str
+    replaces: str
+    why: str
+    test: str
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch("record_cache", "libp2p.pubsub.utils.maybe_consume_signed_record",
+          "every RPC carries the sender's signed record, re-verified each time (6 % of a daemon's CPU)",
+          "tests/test_net_rpc_cost.py"),
+    Patch("local_record_cache", "libp2p.peer.peerstore.env_to_send_in_RPC",
+          "our own record rebuilt and re-serialised for every outgoing RPC (5 %)", "tests/test_net_rpc_cost.py"),
+    Patch("idontwant_threshold", "GossipSub._emit_idontwant_for_message",
+          "an IDONTWANT to every mesh peer for every message, whatever its size (4 %)", "tests/test_net_rpc_cost.py"),
+    Patch("outbound_queue", "RpcQueue.__init__ defaults, RpcQueue.push, libp2p.pubsub.rpc_queue.drop_rpc",
+          "a peer's outbound queue of 32 RPCs dropped messages silently on a busy node; 256, and counted",
+          "tests/test_net_rpc_cost.py"),
+    Patch("multistream", "MultiselectCommunicator.read",
+          "a stranger with no key could make the node buffer gigabytes (a length prefix of 2^33)",
+          "tests/test_upstream_and_repair.py"),
+    Patch("pubsub_teardown", "Pubsub._teardown_if_connected",
+          "a banned peer that disconnected at the right moment raised KeyError in pubsub and stopped the node",
+          "tests/test_upstream_and_repair.py"),
+)
+
+
+def apply() -> dict[str, bool]:
+    """Install every patch and guard (see PATCHES); which are active."""
+    return {**rpc_cost.apply(), **guards.apply()}
+
+
+def applied() -> dict[str, bool]:
+    return {**rpc_cost.applied(), **guards.applied()}
+
+
+__all__ = ["EXPECTED_LIBP2P", "PATCHES", "HostCounters", "Patch", "applied", "apply", "for_host", "is_expected_libp2p",
+           "libp2p_version", "serving"]
