@@ -31,6 +31,16 @@ def _bounded(default: float, low: float | None = None, high: float | None = None
     return field(default=default, metadata={"low": low, "high": high, "above": above, "why": why})
 
 
+def _mode(mode: str, kind: type, low: float | None = None, high: float | None = None, *, above: bool = False,
+          legacy_below: float | None = None, default: float | None = None) -> Any:
+    """A number, or the named `mode` it has where none is given: None in Python, the mode's name in
+    node.toml ("auto", "off", "all", "default"). node.toml files written before the modes had names
+    said 0 (or a negative margin) for them: those values still read as the mode (`legacy_below`: every
+    value under it; otherwise 0)."""
+    return field(default=default, metadata={"mode": mode, "kind": kind, "low": low, "high": high, "above": above,
+                                         "legacy_below": legacy_below, "why": ""})
+
+
 def _range_error(where: str, value: Any, meta: dict[str, Any]) -> str | None:
     low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
     if low is not None and (value <= low if above else value < low) or high is not None and value > high:
@@ -53,7 +63,7 @@ def _declared_errors(section_name: str, section: Any) -> str | None:
         if choices is not None and value not in choices:
             names = ", ".join(choices[:-1]) + f" or {choices[-1]}"
             return f"{where} must be {names}, got {value!r}"
-        if "low" in f.metadata:
+        if "low" in f.metadata and value is not None:
             error = _range_error(where, value, f.metadata)
             if error:
                 return error
@@ -69,21 +79,21 @@ class NodeSection:
 class ResearchSection:
     enabled: bool = True
     data: str = ""              # "" = the harness's generated corpus; else a text file or folder
-    budget_tokens: int = _bounded(0, 0)  # 0 = the harness's default token budget
-    budget_seconds: float = _bounded(0.0, 0)  # > 0 = a wall-clock budget instead (the hardware class joins the protocol)
+    budget_tokens: int | None = _mode("default", int, 1)  # "default": the harness's default token budget
+    budget_seconds: float | None = _mode("off", float, 0, above=True)  # a wall-clock budget instead (the hardware class joins the protocol)
     seed: int = 0
     proposer: str = _choice("builtin", "command")
     proposer_command: str = ""  # shell command run in the workspace for proposer = command
     proposer_timeout_s: float = _bounded(900.0, 0, above=True)
-    margin: float = -1.0        # keep threshold in val_bpb; < 0 = 2 sigma of the measured noise, else 0.002
+    margin: float | None = _mode("auto", float, 0, legacy_below=0)  # keep threshold in val_bpb; auto: 2 sigma of the measured noise, else 0.002
     # with an automatic margin, a node that measured the genesis itself runs it this many more times at
     # other seeds (its first runs, once per protocol) and keeps 2 sigma of the spread; 0 = only `noise`
     noise_runs: int = 2
     train_command: str = ""     # how train.py runs: "" = this node's python; e.g. "uv run train.py", a target's interpreter
-    run_timeout_s: float = _bounded(0.0, 0)  # 0 = automatic (from the baseline's duration)
+    run_timeout_s: float | None = _mode("auto", float, 0, above=True)  # auto: from the baseline's duration
     memory_limit_mb: int = _bounded(8192, 256)
-    threads: int = _bounded(0, 0)  # torch threads in training; 0 = torch's default (split between CPU workers)
-    workers: int = _bounded(0, 0, 64)  # experiments at once; 0 = one per visible GPU, else one
+    threads: int | None = _mode("auto", int, 1)  # torch threads in training; auto: the cores split between CPU workers
+    workers: int | None = _mode("auto", int, 1, 64)  # experiments at once; auto: one per visible GPU, else one
     device: str = _choice("auto", "cpu", "cuda")
     cache_dir: str = ""         # "" = ~/.cache/p2p-research
     objective: str = _choice("torch", "surrogate")  # surrogate: scores the constants without training (simulations)
@@ -129,11 +139,11 @@ class SandboxSection:
 @dataclass
 class VerificationSection:
     policy: str = _choice("adaptive", "always", "never")
-    tolerance: float = _bounded(0.0, 0)  # |re-run - claim| allowed; 0 = 2 x margin
+    tolerance: float | None = _mode("auto", float, 0, above=True)  # |re-run - claim| allowed; auto: 2 x margin
     refuted_threshold: int = _bounded(2, 1)  # a peer refuted this often (net of confirmations) is ignored
-    quorum: int = _bounded(2, 0)  # adaptive: other nodes' confirmations that stand in for a local re-run (0: off)
-    replicas: int = _bounded(3, 0)  # adaptive: nodes designated (by hash) to re-run each result at once (0: all)
-    defer_s: float = _bounded(0.0, 0)  # adaptive: how long the others wait for their evidence; 0 = 4 runs, >= 60 s
+    quorum: int | None = _mode("off", int, 1, default=2)  # adaptive: other nodes' confirmations that stand in for a local re-run
+    replicas: int | None = _mode("all", int, 1, default=3)  # adaptive: nodes designated (by hash) to re-run each result at once
+    defer_s: float | None = _mode("auto", float, 0, above=True)  # adaptive: how long the others wait for their evidence; auto: 4 runs, >= 60 s
     vouch_after: int = _bounded(1, 1, why="a vote counts only from a peer this node verified")  # own confirmations of a peer's results before its votes count
 
 
@@ -181,8 +191,25 @@ class NodeConfig:
         return self
 
 
-def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+def _coerce_mode(where: str, value: Any, meta: dict[str, Any]) -> Any:
+    """A key with a named mode (`_mode`): the mode's name is None; a number of the key's kind, or an
+    old file's 0 (or negative margin) for the mode."""
+    mode, kind = meta["mode"], meta["kind"]
+    if value == mode:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and not isinstance(value, int):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{where} must be {what} or \"{mode}\", got {value!r}")
+    legacy = meta["legacy_below"]
+    if value == 0 and legacy is None or legacy is not None and value < legacy:
+        return None
+    return kind(value)
+
+
+def _coerce(section: str, key: str, value: Any, default: Any, meta: Any = None) -> Any:
     where = f"{section}.{key}"
+    if meta is not None and "mode" in meta:
+        return _coerce_mode(where, value, meta)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
@@ -214,11 +241,11 @@ def config_from_dict(data: dict[str, Any]) -> NodeConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table")
         obj = getattr(cfg, section)
-        names = {f.name for f in dataclasses.fields(obj)}
+        meta = {f.name: f.metadata for f in dataclasses.fields(obj)}
         for key, value in values.items():
-            if key not in names:
+            if key not in meta:
                 raise ConfigError(f"unknown key {section}.{key}")
-            setattr(obj, key, _coerce(section, key, value, getattr(obj, key)))
+            setattr(obj, key, _coerce(section, key, value, getattr(obj, key), meta[key]))
     return cfg.validate()
 
 
@@ -255,5 +282,8 @@ def dump_config(cfg: NodeConfig) -> str:
         out.append(f"\n[{f.name}]\n")
         section = getattr(cfg, f.name)
         for sf in dataclasses.fields(section):
-            out.append(f"{sf.name} = {_toml_value(getattr(section, sf.name))}\n")
+            value = getattr(section, sf.name)
+            if value is None and "mode" in sf.metadata:
+                value = sf.metadata["mode"]
+            out.append(f"{sf.name} = {_toml_value(value)}\n")
     return "".join(out)

@@ -35,7 +35,9 @@ def test_bad_toml(tmp_path):
 
 @pytest.mark.parametrize("data, msg", [
     ({"research": {"device": "tpu"}}, "research.device must be auto, cpu or cuda, got 'tpu'"),
-    ({"research": {"workers": 65}}, "research.workers must be from 0 to 64, got 65"),
+    ({"research": {"workers": 65}}, "research.workers must be from 1 to 64, got 65"),
+    ({"research": {"workers": "many"}}, 'research.workers must be an integer or "auto", got \'many\''),
+    ({"verification": {"tolerance": -0.5}}, "verification.tolerance must be more than 0, got -0.5"),
     ({"research": {"memory_limit_mb": 100}}, "research.memory_limit_mb must be at least 256, got 100"),
     ({"network": {"rate_limit_per_s": 0.0}}, "network.rate_limit_per_s must be more than 0, got 0.0"),
     ({"verification": {"vouch_after": 0}}, "verification.vouch_after must be at least 1, got 0: a vote counts"),
@@ -47,3 +49,25 @@ def test_allowed_values_are_declared_beside_each_key(data, msg):
     with pytest.raises(ConfigError) as e:
         config_from_dict(data)
     assert str(e.value).startswith(msg), str(e.value)
+
+
+def test_keys_with_a_named_mode_read_the_name_a_number_and_an_old_file_s_zero():
+    """No magic numbers: a key's mode has a name in node.toml and is None in the node; node.toml files
+    written before (0, or a negative margin, for the mode) still read the same."""
+    from p2p_research.config import dump_config
+
+    cfg = config_from_dict({"research": {"margin": "auto", "threads": 4, "workers": 0, "run_timeout_s": 0},
+                            "verification": {"quorum": "off", "replicas": 0, "tolerance": "auto", "defer_s": 90}})
+    r, v = cfg.research, cfg.verification
+    assert (r.margin, r.threads, r.workers, r.run_timeout_s) == (None, 4, None, None)
+    assert (v.quorum, v.replicas, v.tolerance, v.defer_s) == (None, None, None, 90.0)
+    assert config_from_dict({"research": {"margin": -1.0}}).research.margin is None  # an old file's "automatic"
+    assert config_from_dict({"research": {"margin": 0}}).research.margin == 0.0  # autoresearch's rule, not a mode
+    assert NodeConfig().verification.quorum == 2 and NodeConfig().research.budget_tokens is None
+    text = dump_config(cfg)
+    assert 'margin = "auto"' in text and 'quorum = "off"' in text and 'replicas = "all"' in text
+    assert 'budget_tokens = "default"' in text and 'budget_seconds = "off"' in text
+    import tomllib
+
+    again = config_from_dict(tomllib.loads(text))
+    assert again == cfg

@@ -36,11 +36,11 @@ def apply_loop_overrides(cfg, budget_tokens: int | None, budget_seconds: float |
     if budget_tokens is not None:
         if budget_tokens <= 0:
             raise CliError("--budget-tokens must be positive", 2)
-        r.budget_tokens, r.budget_seconds = budget_tokens, 0.0
+        r.budget_tokens, r.budget_seconds = budget_tokens, None
     if budget_seconds is not None:
         if budget_seconds <= 0:
             raise CliError("--budget-seconds must be positive", 2)
-        r.budget_seconds, r.budget_tokens = budget_seconds, 0
+        r.budget_seconds, r.budget_tokens = budget_seconds, None
     if proposer is not None:
         r.proposer = proposer
     if proposer_command is not None:
@@ -117,11 +117,11 @@ class ResultLines:
         return list(p.recent)[len(p.recent) - n:] if n > 0 else []
 
 
-def keep_rule(margin: float) -> str:
-    """The keep rule in words, where autoresearch users look first (init, the docs)."""
+def keep_rule(margin: float | None) -> str:
+    """The keep rule in words, where autoresearch users look first (init, the docs); None: automatic."""
     if margin == 0:
         return "any improvement of val_bpb is kept (research.margin = 0: autoresearch's rule)"
-    if margin > 0:
+    if margin is not None:
         return (f"kept only if val_bpb improves by more than {margin:g} (research.margin); autoresearch keeps "
                 "any improvement: research.margin = 0")
     return ("kept only if val_bpb improves by more than the noise margin: 2 sigma of the run-to-run spread, "

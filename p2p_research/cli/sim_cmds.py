@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
         start_rate: float = typer.Option(3.0, "--start-rate", help="Node processes started per second"),
         budget_tokens: int = typer.Option(0, "--budget-tokens", min=0, help="Torch: training budget (0: harness default)"),
         max_trainings: int = typer.Option(0, "--max-trainings", min=0, help="Torch: concurrent trainings machine-wide (0: one per core)"),
-        margin: float = typer.Option(-1.0, "--margin", help="Keep threshold for every node (< 0: node default)"),
+        margin: float | None = typer.Option(None, "--margin", min=0.0,
+                                            help="Keep threshold for every node (default: each node's own)"),
         count_from: str = typer.Option("all-up", "--count-from", help="The duration counts from: all-up | first-start"),
         settle: float = typer.Option(180.0, "--settle", min=0.0,
                                      help="After the duration: stop experimenting and wait up to S s for adoptions to settle"),
@@ -132,7 +133,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _run_des(*, nodes: int, duration: str, churn: float, churn_downtime: float, liars: int, seed: int,
-             report: Path | None, cost: float, solo: bool, verification: str, start_rate: float, margin: float,
+             report: Path | None, cost: float, solo: bool, verification: str, start_rate: float, margin: float | None,
              settle: float, announce: str, cores: float, hop_latency_ms: float, loss: float, nat_share: float,
              combine: bool, genesis: str) -> None:
     import time

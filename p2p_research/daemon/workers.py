@@ -28,7 +28,7 @@ def worker_envs(cfg: NodeConfig, gpus: list[str] | None = None, cpus: int | None
     """One environment per worker (what its runs add to theirs)."""
     r = cfg.research
     if r.objective == "surrogate":
-        return [{} for _ in range(max(1, r.workers))]
+        return [{} for _ in range(r.workers or 1)]
     gpus = (visible_gpu_ids() if r.device != "cpu" else []) if gpus is None else gpus
     n = r.workers or max(1, len(gpus))
     if gpus:

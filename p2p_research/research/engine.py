@@ -198,7 +198,7 @@ class ResearchEngine:
         """research.margin when set (0: autoresearch's rule, any improvement); else 2 sigma of the noise
         `noise` measured; else L.DEFAULT_MARGIN."""
         cfg = self.ctx.config.research
-        if cfg.margin >= 0:
+        if cfg.margin is not None:
             return cfg.margin
         noise = self.ctx.ledger.get_meta(f"noise:{self.ctx.protocol_id}")
         if noise and noise.get("margin") is not None:
@@ -897,11 +897,11 @@ class ResearchEngine:
 
     # --- noise --------------------------------------------------------------------------------------
     def _wants_auto_noise(self, commit: str) -> bool:
-        """Whether this node measures its noise now: the margin is automatic (research.margin < 0),
+        """Whether this node measures its noise now: the margin is automatic (research.margin = "auto"),
         nothing measured it for this protocol yet, the baseline just measured is the genesis, and the
         runs are real training (a surrogate's noise is known by construction)."""
         r = self.ctx.config.research
-        return (r.margin < 0 and r.noise_runs > 0 and r.objective == "torch" and self.worker == 0
+        return (r.margin is None and r.noise_runs > 0 and r.objective == "torch" and self.worker == 0
                 and commit == self.ctx.workspace.genesis
                 and not self.ctx.ledger.get_meta(f"noise:{self.ctx.protocol_id}"))
 

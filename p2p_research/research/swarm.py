@@ -100,17 +100,17 @@ class SwarmPolicy:
     self_peer: str
     verification: str = "adaptive"     # always | adaptive | never
     margin: float = 0.002
-    tolerance: float = 0.0             # 0 = 2 x margin
+    tolerance: float | None = None     # None: 2 x margin
     refuted_threshold: int = 2
-    quorum: int = 2                    # adaptive: confirmations by other peers that replace a local re-run
-    replicas: int = 3                  # adaptive: nodes designated to re-run each result at once (0: everyone)
+    quorum: int | None = 2             # adaptive: confirmations by other peers that replace a local re-run (None: off)
+    replicas: int | None = 3           # adaptive: nodes designated to re-run each result at once (None: everyone)
     defer_s: float = 60.0              # adaptive: how long the others wait for the designated nodes' evidence
     vouch_after: int = 1               # own confirmations of a peer's first-announced results before its votes count
     trusted: frozenset[str] = frozenset()  # peers whose votes count from the start (trust.trusted_peers)
 
     @property
     def tol(self) -> float:
-        return self.tolerance if self.tolerance > 0 else 2 * self.margin
+        return self.tolerance if self.tolerance is not None else 2 * self.margin
 
 
 @dataclass
@@ -195,7 +195,7 @@ class SwarmState:
 
     def designated(self, claim: PeerClaim) -> bool:
         """Whether this node is one of the `replicas` nodes that re-run `claim` at once."""
-        if self.policy.replicas <= 0:
+        if self.policy.replicas is None:
             return True
         me = self.policy.self_peer
         self.ring.add(me)  # a driver may give the state a ring of its own (the simulator shares one)
@@ -226,7 +226,8 @@ class SwarmState:
 
     def quorum_met(self, claim: PeerClaim) -> bool:
         votes = self.votes_on(claim)
-        return not any(ok is False for ok in votes.values()) and sum(votes.values()) >= self.policy.quorum
+        quorum = self.policy.quorum
+        return quorum is not None and not any(ok is False for ok in votes.values()) and sum(votes.values()) >= quorum
 
     # --- events -----------------------------------------------------------------------------------
     def on_peer_result(self, claim: PeerClaim, trusted: bool, trust_reason: str, status: str) -> Ignore | None:
@@ -257,7 +258,7 @@ class SwarmState:
 
     def _waits_for_evidence(self, c: PeerClaim, now: float | None) -> bool:
         """Adaptive, not designated for `c`, and the designated nodes still have time to report."""
-        return (self.policy.verification == "adaptive" and now is not None and self.policy.quorum > 0
+        return (self.policy.verification == "adaptive" and now is not None and self.policy.quorum is not None
                 and now - c.received_at < self.policy.defer_s and not self.designated(c))
 
     def next_decision(self, baseline_value: float | None, rank: tuple[float, str] | None = None,
@@ -309,7 +310,7 @@ class SwarmState:
         for key in [k for k in self.candidates if k[0] == best.exp_id]:
             del self.candidates[key]
         self.settled.add(best.exp_id)
-        if self.policy.verification == "adaptive" and self.policy.quorum > 0 and self.quorum_met(best):
+        if self.policy.verification == "adaptive" and self.policy.quorum is not None and self.quorum_met(best):
             n = sum(self.votes_on(best).values())
             return Adopt(best, best.value, f"adopted from {best.peer[:16]}: confirmed by {n} other nodes' re-runs")
         if self._coin(best.exp_id) < self.verify_probability(best.peer) or self.refuted(best) or (

@@ -39,7 +39,7 @@ LEASE_RUNS = 3.0           # a claim is a lease of about three runs: long enough
                            # that a dead claimer frees it
 
 
-def defer_s(configured: float, expected_s: float | None) -> float:
+def defer_s(configured: float | None, expected_s: float | None) -> float:
     """How long a candidate this node is not designated to re-run waits for the designated nodes'
     evidence: `verification.defer_s` where set, else about four runs (at least a minute)."""
     return configured or max(MIN_DEFER_S, DEFER_RUNS * (expected_s or DEFAULT_RUN_S))

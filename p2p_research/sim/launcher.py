@@ -212,7 +212,7 @@ class Simulation:
             r.cache_dir = str(cache)
             if o.budget_tokens:
                 r.budget_tokens = o.budget_tokens
-            if o.margin >= 0:
+            if o.margin is not None:
                 r.margin = o.margin
             if o.objective == "torch":
                 r.device = "cpu"

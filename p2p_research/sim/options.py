@@ -38,7 +38,7 @@ class SimOptions:
     max_trainings: int = 0            # torch: machine-wide concurrent trainings (0 = one per core)
     count_from: str = "all-up"        # the duration counts from: all-up | first-start
     settle_s: float = 180.0           # after the duration: drain the nodes and wait (at most) for one baseline
-    margin: float = -1.0              # keep threshold passed to every node (< 0: node default)
+    margin: float | None = None       # keep threshold passed to every node (None: the node's own, research.margin)
     announce: str = "auto"            # network.announce of every node: auto | all | kept (research/flooding.py)
     genesis: str = "shared"           # research.genesis of every node: shared | each (research/genesis.py)
 

@@ -50,7 +50,7 @@ class DesOptions:
     verification: str = "adaptive"
     solo: bool = True
     settle_s: float = 180.0
-    margin: float = -1.0
+    margin: float | None = None    # None: 0.002, the daemon's margin before it has measured its noise
     start_rate: float = 3.0
     budget_tokens: int = 500_000   # the embedded target's DEFAULT_BUDGET_TOKENS
     announce: str = "auto"         # auto | all | kept (research/flooding.py; world.py)
@@ -87,7 +87,7 @@ class DesSimulation:
     def __init__(self, opts: DesOptions) -> None:
         self.opts = o = opts.validate()
         genesis, space = embedded_target()
-        margin = o.margin if o.margin >= 0 else 0.002
+        margin = o.margin if o.margin is not None else 0.002
         self.shared = Shared(space, genesis, o.budget_tokens, o.cost_s, margin, o.verification, combine=o.combine,
                              shared_genesis=o.genesis == "shared")
         self.world = w = World(o.nodes, o.net, o.announce, o.seed)

@@ -139,7 +139,7 @@ class VirtualNode:
         measure_first = G.measures_first(self.name, Shared.GENESIS, shared.shared_genesis and self.flooding and not liar)
         self.loop = L.ResearchLoop(Shared.GENESIS, None, shared.margin, measure_first=measure_first)
         p = policy or {}
-        self.state = SwarmState(SwarmPolicy(self.name, shared.verification, shared.margin, 0.0,
+        self.state = SwarmState(SwarmPolicy(self.name, shared.verification, shared.margin, None,
                                             p.get("refuted_threshold", 2), p.get("quorum", 2), p.get("replicas", 3),
                                             vouch_after=p.get("vouch_after", 1)))
         if not solo:  # every node hears every node (its claims, or its presence): one shared view of the swarm
