@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from p2p_research.harness.measure import PRIVATE_BELOW  # noqa: E402
-from p2p_research.research.context import open_context  # noqa: E402
-from p2p_research.research.engine import ResearchEngine  # noqa: E402
-from p2p_research.research.home_init import init_home  # noqa: E402
-from p2p_research.research.proposers import BuiltinProposer  # noqa: E402
-from p2p_research.research.runner import RunLimits, run_training, train_argv  # noqa: E402
+from p2p_research.research.io.context import open_context  # noqa: E402
+from p2p_research.research.io.engine import ResearchEngine  # noqa: E402
+from p2p_research.research.io.home_init import init_home  # noqa: E402
+from p2p_research.research.io.proposers import BuiltinProposer  # noqa: E402
+from p2p_research.research.io.runner import RunLimits, run_training, train_argv  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 from autoresearch_helpers import autoresearch_folder  # noqa: E402  (the fixture with its own interpreter)

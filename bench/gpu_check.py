@@ -34,11 +34,11 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from p2p_research.research.context import open_context  # noqa: E402
-from p2p_research.research.engine import ResearchEngine  # noqa: E402
-from p2p_research.research.home_init import init_home  # noqa: E402
-from p2p_research.research.proposers import BuiltinProposer  # noqa: E402
-from p2p_research.research.runner import RunLimits, run_training, train_argv  # noqa: E402
+from p2p_research.research.io.context import open_context  # noqa: E402
+from p2p_research.research.io.engine import ResearchEngine  # noqa: E402
+from p2p_research.research.io.home_init import init_home  # noqa: E402
+from p2p_research.research.io.proposers import BuiltinProposer  # noqa: E402
+from p2p_research.research.io.runner import RunLimits, run_training, train_argv  # noqa: E402
 
 CLI = [sys.executable, "-m", "p2p_research"]
 # dense bf16 tensor-core peaks, TFLOP/s (vendors' datasheets; sparsity excluded)

@@ -100,7 +100,7 @@ class ResearchSection:
     surrogate_cost_s: float = _bounded(20.0, 0)  # simulated seconds per surrogate run
     combine: bool = True        # propose kept results that branched off the baseline's lineage, merged onto it
     # follow sibling protocols (the same genesis, another budget or hardware class) and propose their kept
-    # changes as ideas, measured and judged here (research/ideas.py)
+    # changes as ideas, measured and judged here (research/io/ideas.py)
     ideas: bool = True
     # who measures the genesis before experimenting: shared (about a quarter of a fresh swarm; the
     # others experiment at once, research/genesis.py) | each (every node, as a solo node does)

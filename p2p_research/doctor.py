@@ -164,9 +164,9 @@ def torch_devices(python: str) -> Check:
 
 
 def preflight_checks(train_command: str, files: dict[str, bytes], device: str) -> list[Check]:
-    """What the research engine checks before its first run (research/preflight.py): the imports of
+    """What the research engine checks before its first run (research/io/preflight.py): the imports of
     train.py and prepare.py, the device train.py asks for, the data its harness caches."""
-    from p2p_research.research import preflight
+    from p2p_research.research.io import preflight
 
     local = {Path(n).stem for n in files if n.endswith(".py")}
     problems = preflight.check(train_command, files, local, device=device)
@@ -204,8 +204,8 @@ def private_shard_check(home_path: Path, prepare_py: bytes, measures: bool) -> C
 def run_checks(home_path: Path, status: dict[str, Any] | None, bootstrap: list[str] | None = None) -> list[Check]:
     """Every check, for a node home (and its running daemon's `status`, when there is one)."""
     from p2p_research.home import HomeError, NodeHome
-    from p2p_research.research.context import open_context
-    from p2p_research.research.runner import train_argv
+    from p2p_research.research.io.context import open_context
+    from p2p_research.research.io.runner import train_argv
 
     checks: list[Check] = []
     home = NodeHome(home_path)

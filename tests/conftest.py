@@ -25,7 +25,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_home(tmp_path, cache_dir):
     """An initialised node home with a tiny token budget and the shared cache."""
-    from p2p_research.research.home_init import init_home
+    from p2p_research.research.io.home_init import init_home
 
     home = init_home(tmp_path / "home")
     cfg = home.load_config()

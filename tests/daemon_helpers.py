@@ -115,7 +115,7 @@ def wait_for(pred, timeout: float = 60.0, interval: float = 0.5, what: str = "co
 
 
 def surrogate_home(path, seed, target=None, cost=0.5, **sections):
-    from p2p_research.research.home_init import init_home
+    from p2p_research.research.io.home_init import init_home
 
     home = init_home(path, target=target)
     cfg = home.load_config()

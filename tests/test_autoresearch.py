@@ -32,7 +32,7 @@ from autoresearch_helpers import (
 from daemon_helpers import Daemon, wait_for
 
 from p2p_research.home import NodeHome
-from p2p_research.research.home_init import detect_train_command
+from p2p_research.research.io.home_init import detect_train_command
 
 
 def test_init_takes_the_folder_as_it_is(tmp_path):
@@ -181,8 +181,8 @@ def test_two_autoresearch_nodes_share_and_adopt(tmp_path):
 
 def test_harness_budget_declarations():
     from p2p_research.home import HomeError
-    from p2p_research.research.context import harness_budget, resolve_budget
     from p2p_research.research.ids import Budget
+    from p2p_research.research.io.context import harness_budget, resolve_budget
 
     ar = harness_budget(b"MAX_SEQ_LEN = 2048\nTIME_BUDGET = 5 * 60  # seconds\n")
     assert ar.budget == Budget(seconds=300.0) and not ar.overridable and ar.source == "TIME_BUDGET = 5 * 60 in prepare.py"
@@ -203,7 +203,7 @@ def test_harness_budget_declarations():
 
 
 def test_hardware_class_names_the_accelerator():
-    from p2p_research.research.hardware import cpu_string, describe_gpus, hardware_class, visible
+    from p2p_research.research.io.hardware import cpu_string, describe_gpus, hardware_class, visible
 
     gpus = [("0", "GPU-aaaa", "NVIDIA H100 80GB HBM3"), ("1", "GPU-bbbb", "NVIDIA H100 80GB HBM3"),
             ("2", "GPU-cccc", "NVIDIA A100-SXM4-40GB")]
@@ -222,7 +222,7 @@ def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
     private shard, so it re-runs the edit in the sandbox without the validation shard, measures it
     with its own harness on both shards, confirms it and adopts it; C (sandbox forced off) cannot
     measure runs apart from their code and rejects the edit as code."""
-    from p2p_research.research.sandbox import detect
+    from p2p_research.research.io.sandbox import detect
 
     if not detect().available:
         pytest.skip(f"no sandbox here: {detect().reason}")
@@ -266,7 +266,7 @@ def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
 
 
 def test_init_finds_the_harness_data_folder_for_the_sandbox(tmp_path):
-    from p2p_research.research.home_init import harness_data_dirs
+    from p2p_research.research.io.home_init import harness_data_dirs
 
     src = b'CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")\nX = ".cache"\n'
     assert harness_data_dirs(src) == ["~/.cache/autoresearch"]
@@ -302,7 +302,7 @@ def test_what_cannot_run_fails_before_the_first_run_with_its_fix(tmp_path):
 
 def test_preflight_rules(tmp_path):
     from p2p_research.research import loop as L
-    from p2p_research.research import preflight as P
+    from p2p_research.research.io import preflight as P
 
     src = {"train.py": b"import os\nimport torch\nfrom kernels import get_kernel\nimport prepare\n"
                        b"try:\n    import wandb\nexcept ImportError:\n    wandb = None\n"

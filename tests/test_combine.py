@@ -7,12 +7,12 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p_research.research.combine import Win, candidates, merged_train_py
 from p2p_research.research.constants import read_constants, rewrite_constants
-from p2p_research.research.objects import first_parent_ancestry, root_of
-from p2p_research.research.proposers import BuiltinProposer, Proposal
+from p2p_research.research.io.combine import Win, candidates, merged_train_py
+from p2p_research.research.io.objects import first_parent_ancestry, root_of
+from p2p_research.research.io.proposers import BuiltinProposer, Proposal
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.research.searchspace import parse_search_space
-from p2p_research.research.workspace import Workspace
 from p2p_research.store.ledger import Ledger, Run
 from p2p_research.target import TARGET_DIR, read_target_files
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_TOKENS
 from daemon_helpers import Daemon, free_port, surrogate_home, wait_for
 
-from p2p_research.research.home_init import init_home
+from p2p_research.research.io.home_init import init_home
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +180,7 @@ def test_a_listen_port_in_use_stops_the_node_with_one_line(tmp_path, cache_dir):
 
 def test_a_restart_keeps_the_address(tmp_path):
     """The bootstrap address a node prints stays valid: /tcp/0 becomes a port the node remembers."""
-    from p2p_research.research.home_init import init_home
+    from p2p_research.research.io.home_init import init_home
 
     home = init_home(tmp_path / "relay")
     first = Daemon(home.path, "--no-research").start()
@@ -201,7 +201,7 @@ def test_network_events_are_one_line_each_with_the_cause(tmp_path):
     and none of libp2p's per-attempt ERROR lines."""
     import time
 
-    from p2p_research.research.home_init import init_home
+    from p2p_research.research.io.home_init import init_home
 
     homes = [init_home(tmp_path / n) for n in ("a", "dead", "wrong", "ok")]
     a = Daemon(homes[0].path, "--no-research").start()

@@ -49,7 +49,7 @@ def test_a_dashboard_address_this_machine_lacks_is_one_line_error(tmp_path):
 
     from conftest import CLI, ROOT
 
-    from p2p_research.research.home_init import init_home
+    from p2p_research.research.io.home_init import init_home
 
     home = init_home(tmp_path / "n")
     for addr, why in (("10.255.255.1:9", "unavailable"), ("nonsense", "invalid dashboard address")):
@@ -364,7 +364,7 @@ class ServedApp:
 def swarm_handlers(ledger_path: Path) -> dict:
     """The daemon's views, the swarm from a real ledger (through swarm_view, as the daemon's `swarm`
     handler does), the rest as a node that just started."""
-    from p2p_research.research.swarm_view import of_ledger
+    from p2p_research.research.io.swarm_view import of_ledger
     from p2p_research.store.ledger import Ledger
 
     held: dict[str, Ledger] = {}

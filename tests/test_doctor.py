@@ -11,7 +11,7 @@ from conftest import CLI, ROOT
 from daemon_helpers import Daemon, free_port
 
 from p2p_research.doctor import bootstrap_reachable, classify_address, clock_skew, reachability
-from p2p_research.research.home_init import init_home
+from p2p_research.research.io.home_init import init_home
 
 
 def test_addresses_are_classified():
@@ -37,7 +37,7 @@ def test_bootstrap_checks_connect_for_real():
 
 def test_peers_on_another_protocol_are_a_problem_doctor_names(tmp_path):
     from p2p_research.doctor import run_checks
-    from p2p_research.research.home_init import init_home
+    from p2p_research.research.io.home_init import init_home
 
     home = init_home(tmp_path / "n")
     note = "1 connected peer(s) run another protocol (budget 20000 tokens; ours 500000 tokens): ..."

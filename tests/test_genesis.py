@@ -43,7 +43,7 @@ def test_the_wait_follows_the_run_length_within_bounds():
 
 def test_a_waiting_node_says_what_it_waits_for():
     from p2p_research.cli.research_cmds import progress_label
-    from p2p_research.research.engine import Progress
+    from p2p_research.research.io.engine import Progress
 
     p = Progress(phase="waiting", waiting_for="the genesis value from peers (2 must agree; 3 peers heard)")
     assert progress_label(p).startswith("waiting | for the genesis value from peers (2 must agree")

@@ -20,11 +20,11 @@ import pytest
 
 from p2p_research.harness import verdict
 from p2p_research.harness.measure import ANCESTOR_CPU, PRIVATE_BELOW, HarnessTrainer, script_argv
-from p2p_research.research.context import open_context
-from p2p_research.research.engine import ResearchEngine
-from p2p_research.research.home_init import init_home
-from p2p_research.research.proposers import BuiltinProposer
-from p2p_research.research.runner import RunLimits
+from p2p_research.research.io.context import open_context
+from p2p_research.research.io.engine import ResearchEngine
+from p2p_research.research.io.home_init import init_home
+from p2p_research.research.io.proposers import BuiltinProposer
+from p2p_research.research.io.runner import RunLimits
 
 pytestmark = pytest.mark.xdist_group("harness")  # its module fixture (prepared data) is built once, on one worker
 
@@ -635,7 +635,7 @@ async def test_a_liar_s_win_reaching_a_node_inside_a_combination_is_refused(tmp_
     genesis; this node's baseline has moved on. The builtin proposer merges the win's code onto the
     baseline, and the node runs the combination as its own experiment: the harness gets no model from
     it, and the code is not the genesis's, so the run is a crash with the reason, never a keep at 0.30."""
-    from p2p_research.research.combine import Win
+    from p2p_research.research.io.combine import Win
 
     home = init_home(tmp_path / "node")
     cfg = home.load_config()

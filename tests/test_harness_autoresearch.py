@@ -20,12 +20,12 @@ from autoresearch_helpers import autoresearch_folder
 
 from p2p_research.harness import shards, verdict
 from p2p_research.harness.measure import PRIVATE_BELOW, HarnessTrainer
-from p2p_research.research.context import open_context
-from p2p_research.research.engine import ResearchEngine
-from p2p_research.research.home_init import init_home
-from p2p_research.research.proposers import BuiltinProposer
-from p2p_research.research.runner import RunLimits
-from p2p_research.research.sandbox import detect
+from p2p_research.research.io.context import open_context
+from p2p_research.research.io.engine import ResearchEngine
+from p2p_research.research.io.home_init import init_home
+from p2p_research.research.io.proposers import BuiltinProposer
+from p2p_research.research.io.runner import RunLimits
+from p2p_research.research.io.sandbox import detect
 
 pytestmark = [pytest.mark.skipif(not detect().available, reason=f"no sandbox here: {detect().reason}"),
               pytest.mark.xdist_group("harness-autoresearch")]  # its module fixture is built once, on one worker
@@ -192,7 +192,7 @@ async def test_a_verifier_that_took_the_genesis_from_peers_measures_it_before_ju
     """A node that never measured an ancestor itself (it took the genesis value from peers) has
     nothing to hold a gain against on the private split; before it measures a code change it
     measures the genesis, whose code is the harness's own, and the memoriser is refuted."""
-    from p2p_research.research.proposers import Proposal
+    from p2p_research.research.io.proposers import Proposal
 
     home, ctx, engine, folder = node
     await engine.prepare_data()

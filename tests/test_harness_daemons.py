@@ -28,9 +28,9 @@ from adversary import adversary, fresh_keys, pid_of, receipt, result
 from daemon_helpers import Daemon, wait_for
 
 from p2p_research.daemon.messages import commit_objects
-from p2p_research.research.home_init import init_home
 from p2p_research.research.ids import experiment_id
-from p2p_research.research.workspace import Workspace
+from p2p_research.research.io.home_init import init_home
+from p2p_research.research.io.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

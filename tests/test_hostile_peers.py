@@ -36,10 +36,10 @@ from p2p_research.daemon.control_call import call
 from p2p_research.daemon.messages import commit_objects
 from p2p_research.net.dht import KAD_PROTOCOL
 from p2p_research.net.transfer import OBJECTS_PROTOCOL
-from p2p_research.research.home_init import init_home
 from p2p_research.research.ids import experiment_id
+from p2p_research.research.io.home_init import init_home
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.research.ownership import assignment_order
-from p2p_research.research.workspace import Workspace
 from p2p_research.wire import GitObject, Presence, decode
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hostile")]  # its module fixture is built once, on one worker

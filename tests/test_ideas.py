@@ -10,12 +10,12 @@ import trio
 from p2p_research.daemon.siblings import MAX_CATCHUPS, SiblingFollower
 from p2p_research.net.boundary import Faults, PeerTasks
 from p2p_research.research.constants import read_constants, rewrite_constants
-from p2p_research.research.ideas import Idea, ideas_of, ideas_view, label_of, ranked
 from p2p_research.research.ids import swarm_id_of
-from p2p_research.research.proposers import IDEA_EVERY, BuiltinProposer, Proposal
+from p2p_research.research.io.ideas import Idea, ideas_of, ideas_view, label_of, ranked
+from p2p_research.research.io.proposers import IDEA_EVERY, BuiltinProposer, Proposal
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.research.searchspace import parse_search_space
 from p2p_research.research.siblings import MAX_SIBLINGS, SiblingBook, sibling_of
-from p2p_research.research.workspace import Workspace
 from p2p_research.store.ledger import Ledger, Run
 from p2p_research.target import TARGET_DIR, read_target_files
 from p2p_research.wire import Receipt
@@ -300,7 +300,7 @@ async def test_an_unreadable_commit_of_a_peer_is_no_idea_and_stops_no_proposal(t
 def test_an_agent_reads_the_ideas_from_other_hardware_with_their_patch_in_swarm_md(tmp_path):
     """Agents propose from SWARM.md (their scratch copy has no history to diff): the sibling's kept
     changes are listed there with where they held, their gain there and the patch itself."""
-    from p2p_research.research.digest import render_swarm_md
+    from p2p_research.research.io.digest import render_swarm_md
 
     ws = workspace(tmp_path)
     g = ws.genesis

@@ -19,10 +19,10 @@ from libp2p.peer.id import ID
 from p2p_research.daemon.intake import FETCH_RETRY_S, Intake
 from p2p_research.daemon.messages import commit_objects
 from p2p_research.net.network import Incoming
-from p2p_research.research.context import open_context
-from p2p_research.research.home_init import init_home
 from p2p_research.research.ids import experiment_id
-from p2p_research.research.workspace import Workspace
+from p2p_research.research.io.context import open_context
+from p2p_research.research.io.home_init import init_home
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.target import read_target_files
 from p2p_research.wire import DeltaObject, GitObject, Receipt, Result, decode, sign_receipt
 

@@ -89,7 +89,7 @@ def test_the_swarm_view_and_its_results_tsv(tmp_path):
     swarm-wide results.tsv that autoresearch's analysis reads."""
     from autoresearch_analysis import analyze
 
-    from p2p_research.research.swarm_view import results_tsv, rows_of, view
+    from p2p_research.research.io.swarm_view import results_tsv, rows_of, view
     from p2p_research.store.ledger import Ledger, Run
 
     led = Ledger(tmp_path / "l.sqlite")
@@ -155,7 +155,7 @@ def test_the_inspection_tables_are_readable_at_80_columns(tmp_path):
 
     from conftest import CLI, ROOT
 
-    from p2p_research.research.home_init import init_home
+    from p2p_research.research.io.home_init import init_home
 
     home = init_home(tmp_path / "node")
     led = Ledger(home.ledger)

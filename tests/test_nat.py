@@ -22,7 +22,7 @@ import subprocess
 import pytest
 from daemon_helpers import Daemon, stop_all, surrogate_home, wait_for
 
-from p2p_research.research.home_init import init_home
+from p2p_research.research.io.home_init import init_home
 
 PREFIX = f"p2pt{os.getpid() % 10000}"
 WAN, PUB, R1, R2, H1, H2 = (f"{PREFIX}{n}" for n in ("w", "p", "r1", "r2", "h1", "h2"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from p2p_research.research.proposers import BuiltinProposer, Proposal
+from p2p_research.research.io.proposers import BuiltinProposer, Proposal
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.research.searchspace import parse_search_space
-from p2p_research.research.workspace import Workspace
 from p2p_research.target import read_target_files
 
 
@@ -54,7 +54,7 @@ async def test_without_an_owned_candidate_it_runs_another_unknown_one(tmp_path):
 async def test_a_baseline_without_knobs_is_a_skip_with_the_reason_not_an_error(tmp_path):
     """An adopted train.py may have none of the search space's constants (a peer rewrote it): the
     proposer says so and research goes on (combinations, peers' results), it does not raise."""
-    from p2p_research.research.proposers import Skip
+    from p2p_research.research.io.proposers import Skip
 
     files = read_target_files()
     ws = Workspace.create(tmp_path / "ws", files)

@@ -22,7 +22,7 @@ from p2p_research.net.topics import (
     swarms_to_leave,
     topic_names,
 )
-from p2p_research.research.home_init import init_home
+from p2p_research.research.io.home_init import init_home
 
 
 def test_topic_filter_admits_swarm_topics_only_when_open():

@@ -20,10 +20,10 @@ import pytest
 import trio
 from daemon_helpers import Daemon, wait_for
 
-from p2p_research.research.home_init import init_home
-from p2p_research.research.run_guard import RUN_DIR_ENV
-from p2p_research.research.runner import RunLimits, run_training
-from p2p_research.research.sandbox import SandboxSpec, detect, interpreter_paths, safe_paths
+from p2p_research.research.io.home_init import init_home
+from p2p_research.research.io.run_guard import RUN_DIR_ENV
+from p2p_research.research.io.runner import RunLimits, run_training
+from p2p_research.research.io.sandbox import SandboxSpec, detect, interpreter_paths, safe_paths
 
 BACKENDS = [kind for kind in ("bwrap", "namespaces") if detect(kind).available]
 

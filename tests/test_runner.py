@@ -5,7 +5,7 @@ import os
 import pytest
 import trio
 
-from p2p_research.research.runner import RunLimits, run_training
+from p2p_research.research.io.runner import RunLimits, run_training
 
 GOOD = """print('hello')\nprint('---')\nfor k, v in [('val_bpb', 1.5), ('training_seconds', 1), ('total_seconds', 2),
 ('peak_memory_mb', 10), ('num_params', 5), ('num_steps', 3), ('tokens', 100)]:\n    print(f'{k}: {v}')\n"""
@@ -87,7 +87,7 @@ async def test_train_command_runs_under_the_targets_interpreter(tmp_path):
     """A bare interpreter path gets train.py appended; the node's VIRTUAL_ENV is not passed on."""
     import sys
 
-    from p2p_research.research.runner import train_argv
+    from p2p_research.research.io.runner import train_argv
 
     assert train_argv("") == [sys.executable, "train.py"]
     assert train_argv("uv run train.py") == ["uv", "run", "train.py"]

@@ -18,12 +18,12 @@ import pytest
 import trio
 from daemon_helpers import Daemon
 
-from p2p_research.research.context import open_context
-from p2p_research.research.engine import ResearchEngine
-from p2p_research.research.home_init import init_home
-from p2p_research.research.proposers import BuiltinProposer
-from p2p_research.research.runner import RunLimits, run_training, train_argv
-from p2p_research.research.sandbox import detect
+from p2p_research.research.io.context import open_context
+from p2p_research.research.io.engine import ResearchEngine
+from p2p_research.research.io.home_init import init_home
+from p2p_research.research.io.proposers import BuiltinProposer
+from p2p_research.research.io.runner import RunLimits, run_training, train_argv
+from p2p_research.research.io.sandbox import detect
 
 BACKENDS = [kind for kind in ("bwrap", "namespaces") if detect(kind).available]
 pytestmark = [pytest.mark.skipif(not BACKENDS, reason=f"no sandbox here: {detect().reason}"),
@@ -174,7 +174,7 @@ def test_a_long_run_survives_the_runner_thread(tmp_path, backend):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "train.py").write_text("import time\ntime.sleep(14)\nprint('---')\nprint('val_bpb: 1.0')\n")
-    from p2p_research.research.sandbox import SandboxSpec, interpreter_paths, safe_paths
+    from p2p_research.research.io.sandbox import SandboxSpec, interpreter_paths, safe_paths
 
     spec = SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(os.sys.executable), [Path.home()]), kind=backend)
     outcome = trio.run(run_training, run_dir, {}, RunLimits(60, 1024, False), run_dir / "run.log", train_argv(""), spec)
@@ -186,7 +186,7 @@ def test_data_under_home_shows_under_the_run_s_home_and_a_masked_file_reads_noth
     """A harness that finds its data through `~` (autoresearch's ~/.cache/autoresearch) finds it in the
     sandbox, whose HOME is the scratch directory; a masked file (the validation shard, for peers'
     code) gives nothing, at its own path and through `~`, and the rest of its folder is intact."""
-    from p2p_research.research.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
+    from p2p_research.research.io.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
 
     user_home = tmp_path / "home"
     data = user_home / ".cache" / "harness" / "data"

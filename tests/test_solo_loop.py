@@ -196,10 +196,10 @@ def test_an_adopted_row_describes_the_change_from_the_previous_baseline(tmp_path
     """A lineage of two steps (N_LAYER, then LEARNING_RATE) adopted at once: the row names both, not
     only the last step's description (analysis.ipynb credits the gain to the row's description)."""
     from p2p_research.research import loop as L
-    from p2p_research.research.context import open_context
-    from p2p_research.research.engine import ResearchEngine
-    from p2p_research.research.home_init import init_home
-    from p2p_research.research.proposers import BuiltinProposer
+    from p2p_research.research.io.context import open_context
+    from p2p_research.research.io.engine import ResearchEngine
+    from p2p_research.research.io.home_init import init_home
+    from p2p_research.research.io.proposers import BuiltinProposer
 
     home = init_home(tmp_path / "n")
     ctx = open_context(home, home.load_config())
@@ -230,10 +230,10 @@ def test_a_run_whose_experiment_a_peer_claimed_first_gives_way_before_it_trains(
     in that window both ran the experiment, seen under load)."""
     import trio
 
-    from p2p_research.research.context import open_context
-    from p2p_research.research.engine import Hooks, ResearchEngine
-    from p2p_research.research.home_init import init_home
-    from p2p_research.research.proposers import BuiltinProposer
+    from p2p_research.research.io.context import open_context
+    from p2p_research.research.io.engine import Hooks, ResearchEngine
+    from p2p_research.research.io.home_init import init_home
+    from p2p_research.research.io.proposers import BuiltinProposer
 
     home = init_home(tmp_path / "n")
     ctx = open_context(home, home.load_config())
@@ -274,7 +274,7 @@ def test_get_takes_the_winner_home_to_a_folder_or_a_branch(tiny_home, tmp_path):
     home = tiny_home.path
     cli("run", "--home", home, "-n", 1, check=True)
     status = json.loads(cli("get", "--home", home, "--to", tmp_path, "--json", check=True).stdout)
-    from p2p_research.research.workspace import Workspace
+    from p2p_research.research.io.workspace import Workspace
     best = Workspace(home / "repo").files_of(status["commit"])["train.py"]
     assert (tmp_path / "train.py").read_bytes() == best and status["val_bpb"] is not None
     # a different train.py of the user's is kept unless --force
@@ -319,10 +319,10 @@ def test_get_takes_the_winner_home_to_a_folder_or_a_branch(tiny_home, tmp_path):
 def test_the_keep_rule_is_said_where_autoresearch_users_look(tmp_path):
     """init says it; a near miss's results.tsv row says why it was not kept; margin 0 keeps any gain."""
     from p2p_research.research import loop as L
-    from p2p_research.research.context import open_context
-    from p2p_research.research.engine import ExperimentRun, ResearchEngine
-    from p2p_research.research.home_init import init_home
-    from p2p_research.research.proposers import BuiltinProposer
+    from p2p_research.research.io.context import open_context
+    from p2p_research.research.io.engine import ExperimentRun, ResearchEngine
+    from p2p_research.research.io.home_init import init_home
+    from p2p_research.research.io.proposers import BuiltinProposer
     from p2p_research.store.ledger import Run
 
     r = cli("init", "--home", tmp_path / "i", check=True)
@@ -351,10 +351,10 @@ def test_results_tsv_starts_with_the_baseline_even_when_the_genesis_value_came_f
     """autoresearch's analysis reads the first row of results.tsv as the baseline. A node that took the
     genesis value from peers writes that value as its first row; an experiment that crashed before any
     baseline value was known waits for the baseline's row (or for the end of research)."""
-    from p2p_research.research.context import open_context
-    from p2p_research.research.engine import ResearchEngine
-    from p2p_research.research.home_init import init_home
-    from p2p_research.research.proposers import BuiltinProposer
+    from p2p_research.research.io.context import open_context
+    from p2p_research.research.io.engine import ResearchEngine
+    from p2p_research.research.io.home_init import init_home
+    from p2p_research.research.io.proposers import BuiltinProposer
 
     rows = lambda home: [line.split("\t") for line in home.results_tsv.read_text().splitlines()[1:]]  # noqa: E731
     for learned in (True, False):

@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p_research.research.claims import claim_winner
+from p2p_research.research.io.trust import check_change
 from p2p_research.research.swarm import MAX_VOTES, Adopt, PeerClaim, SwarmPolicy, SwarmState, Verify
-from p2p_research.research.trust import check_change
 from p2p_research.target import read_target_files
 
 PEERS = ["QmA", "QmB", "QmC", "QmLiar"]
@@ -349,8 +349,8 @@ def test_a_change_that_adds_a_directory_or_a_symlink_is_rejected_by_the_trust_po
     an import) rode along with a one-constant change."""
     import pygit2
 
-    from p2p_research.research.trust import TrustPolicy, check_lineage
-    from p2p_research.research.workspace import Workspace
+    from p2p_research.research.io.trust import TrustPolicy, check_lineage
+    from p2p_research.research.io.workspace import Workspace
 
     files = read_target_files()
     ws = Workspace.create(tmp_path / "repo", files)

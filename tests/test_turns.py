@@ -17,10 +17,10 @@ from p2p_research.daemon.messages import make_claim
 from p2p_research.research import loop as L
 from p2p_research.research.claims import ClaimBook
 from p2p_research.research.constants import read_constants, rewrite_constants
-from p2p_research.research.context import open_context
-from p2p_research.research.engine import ResearchEngine
-from p2p_research.research.proposers import BuiltinProposer
-from p2p_research.research.surrogate import noisy_value
+from p2p_research.research.io.context import open_context
+from p2p_research.research.io.engine import ResearchEngine
+from p2p_research.research.io.proposers import BuiltinProposer
+from p2p_research.research.io.surrogate import noisy_value
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.turns import (
     MAX_DECISIONS,
@@ -258,7 +258,7 @@ class DesSide:
 
 
 def test_the_daemon_and_the_des_take_the_same_turns(tmp_path):
-    from p2p_research.research.home_init import init_home
+    from p2p_research.research.io.home_init import init_home
 
     home = init_home(tmp_path / "node")
     genesis, space = embedded_target()

@@ -8,7 +8,7 @@ from libp2p import generate_new_ed25519_identity
 
 from p2p_research.net.host import make_host
 from p2p_research.net.libp2p_compat import guards as upstream_guards
-from p2p_research.research.workspace import RawObject, Workspace, WorkspaceError, git_object_id
+from p2p_research.research.io.workspace import RawObject, Workspace, WorkspaceError, git_object_id
 
 
 def test_hosts_are_tcp_only_and_multistream_reads_are_capped():

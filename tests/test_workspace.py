@@ -1,7 +1,7 @@
 import pygit2
 import pytest
 
-from p2p_research.research.workspace import RawObject, Workspace, WorkspaceError, git_object_id
+from p2p_research.research.io.workspace import RawObject, Workspace, WorkspaceError, git_object_id
 from p2p_research.target import read_target_files
 
 
@@ -49,7 +49,7 @@ def test_set_baseline_checks_out(tmp_path):
 
 
 def test_incomplete_ancestry_finds_a_missing_ancestor_tree(tmp_path):
-    from p2p_research.research.objects import incomplete_ancestry
+    from p2p_research.research.io.objects import incomplete_ancestry
 
     files = read_target_files()
     a = Workspace.create(tmp_path / "a", files)

@@ -1,4 +1,4 @@
-"""`get`: take the winner home (research/take_home.py), as `ipfs get` writes a CID to a folder."""
+"""`get`: take the winner home (research/io/take_home.py), as `ipfs get` writes a CID to a folder."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
         home: Path | None = HomeOpt, json_out: bool = JsonOpt,
     ) -> None:
         """Write the swarm's best train.py (or any commit's) into your own folder or a git branch."""
-        from p2p_research.research.take_home import TakeHomeError, winner, write_branch, write_file
-        from p2p_research.research.workspace import Workspace
+        from p2p_research.research.io.take_home import TakeHomeError, winner, write_branch, write_file
+        from p2p_research.research.io.workspace import Workspace
         from p2p_research.store.ledger import Ledger
 
         h = NodeHome(resolve_home(home)).require()

@@ -45,7 +45,7 @@ def _with_fallback(home: Path, cmd: str, args: dict, fallback: Callable[[Any, An
     try:
         return request(home, cmd, args)
     except NoDaemon:
-        from p2p_research.research.workspace import Workspace
+        from p2p_research.research.io.workspace import Workspace
         from p2p_research.store.ledger import Ledger
 
         h = NodeHome(home).require()

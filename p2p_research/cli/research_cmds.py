@@ -56,7 +56,7 @@ def apply_loop_overrides(cfg, budget_tokens: int | None, budget_seconds: float |
 
 
 def make_proposer(ctx, seed_offset: int = 0):
-    from p2p_research.research.proposers import BuiltinProposer, CommandProposer
+    from p2p_research.research.io.proposers import BuiltinProposer, CommandProposer
 
     r = ctx.config.research
     if r.proposer == "command":
@@ -65,13 +65,13 @@ def make_proposer(ctx, seed_offset: int = 0):
     # Each node also gets its own interests: seeded weights over the knobs, so nodes of a swarm explore
     # different directions first and seldom propose the same change of the same baseline.
     interests = knob_interests(list(ctx.space.params), r.seed)
-    from p2p_research.research.combine import Win
+    from p2p_research.research.io.combine import Win
 
     def wins() -> list[Win]:  # kept results to combine with the baseline when they branched off it
         return [Win(**w) for w in ctx.ledger.kept_wins(ctx.protocol_id)]
 
-    from p2p_research.research.ideas import Idea, ideas_of
     from p2p_research.research.ids import experiment_id
+    from p2p_research.research.io.ideas import Idea, ideas_of
 
     def ideas() -> list[Idea]:  # sibling protocols' kept changes (same genesis, other budget or hardware)
         return ideas_of(ctx.ledger, ctx.protocol_id)
@@ -165,9 +165,9 @@ def register(app: typer.Typer) -> None:
 
         `--target DIR` takes a folder as it is (an autoresearch checkout works unchanged); how its
         train.py runs (research.train_command), its budget and the hardware class are shown."""
-        from p2p_research.research.context import open_context
-        from p2p_research.research.home_init import detect_train_command, init_home
-        from p2p_research.research.workspace import Workspace
+        from p2p_research.research.io.context import open_context
+        from p2p_research.research.io.home_init import detect_train_command, init_home
+        from p2p_research.research.io.workspace import Workspace
 
         h = init_home(resolve_home(home), profile, target)
         genesis = Workspace(h.repo).genesis
@@ -222,8 +222,8 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr"),
     ) -> None:
         """Run the solo autoresearch loop: baseline, then propose, train, keep or discard, repeat."""
-        from p2p_research.research.context import open_context
-        from p2p_research.research.engine import ResearchEngine
+        from p2p_research.research.io.context import open_context
+        from p2p_research.research.io.engine import ResearchEngine
 
         h = NodeHome(resolve_home(home)).require()
         cfg = apply_loop_overrides(h.load_config(), budget_tokens, budget_seconds, proposer, proposer_command, seed, margin)
@@ -273,8 +273,8 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Measure the baseline's run-to-run spread; the keep margin defaults to 2 sigma of it."""
-        from p2p_research.research.context import open_context
-        from p2p_research.research.engine import ResearchEngine
+        from p2p_research.research.io.context import open_context
+        from p2p_research.research.io.engine import ResearchEngine
 
         h = NodeHome(resolve_home(home)).require()
         cfg = apply_loop_overrides(h.load_config(), budget_tokens, budget_seconds, None, None, None, None)
@@ -321,7 +321,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from p2p_research.research.constants import constant_sites, flatten, read_constants, split_key
-        from p2p_research.research.context import EDITABLE_FILE, open_context
+        from p2p_research.research.io.context import EDITABLE_FILE, open_context
 
         h = NodeHome(resolve_home(home)).require()
         ctx = open_context(h)

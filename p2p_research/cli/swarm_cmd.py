@@ -1,4 +1,4 @@
-"""`swarm`: the whole swarm at a glance (research/swarm_view.py), from this node's ledger."""
+"""`swarm`: the whole swarm at a glance (research/io/swarm_view.py), from this node's ledger."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
                                               "results.tsv (autoresearch's columns) that analysis.ipynb reads"),
               limit: int = typer.Option(15, "--limit", min=1, help="Rows per table")) -> None:
         """Every node's best, kept results by finder, which knobs paid, the swarm's best over time."""
-        from p2p_research.research.ideas import ideas_view
-        from p2p_research.research.swarm_view import results_tsv, rows_of, view
+        from p2p_research.research.io.ideas import ideas_view
+        from p2p_research.research.io.swarm_view import results_tsv, rows_of, view
         from p2p_research.store.ledger import Ledger
 
         h = NodeHome(resolve_home(home)).require()

@@ -17,7 +17,7 @@ import trio
 
 from p2p_research.daemon.messages import make_claim, make_result
 from p2p_research.research import flooding
-from p2p_research.research.context import ResearchContext
+from p2p_research.research.io.context import ResearchContext
 from p2p_research.research.ownership import Ownership
 from p2p_research.store.ledger import Run
 

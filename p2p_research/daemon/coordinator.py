@@ -19,9 +19,10 @@ from p2p_research.config import NodeConfig
 from p2p_research.daemon.messages import make_receipt
 from p2p_research.net.boundary import Faults, contained
 from p2p_research.research.claims import ClaimBook
-from p2p_research.research.context import ResearchContext
-from p2p_research.research.engine import ResearchEngine
-from p2p_research.research.objects import incomplete_ancestry
+from p2p_research.research.io.context import ResearchContext
+from p2p_research.research.io.engine import ResearchEngine
+from p2p_research.research.io.objects import incomplete_ancestry
+from p2p_research.research.io.trust import check_lineage
 from p2p_research.research.ownership import Ownership
 from p2p_research.research.swarm import (
     Adopt,
@@ -32,7 +33,6 @@ from p2p_research.research.swarm import (
     SwarmState,
     Verify,
 )
-from p2p_research.research.trust import check_lineage
 from p2p_research.research.turns import EndTurn, Turn, Verified, claim_yield, confirms, defer_s
 from p2p_research.store.ledger import Run
 from p2p_research.wire import Claim, Result, Verification

@@ -21,12 +21,12 @@ from p2p_research.net.boundary import Faults, PeerTasks, contained
 from p2p_research.net.network import Incoming, Network
 from p2p_research.net.ratelimit import RateLimitedLog
 from p2p_research.research.claims import ClaimBook
-from p2p_research.research.context import ResearchContext
 from p2p_research.research.ids import experiment_id
-from p2p_research.research.objects import incomplete_ancestry
+from p2p_research.research.io.context import ResearchContext
+from p2p_research.research.io.objects import incomplete_ancestry
+from p2p_research.research.io.workspace import RawObject, WorkspaceError
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.siblings import SIBLING_STATUSES
-from p2p_research.research.workspace import RawObject, WorkspaceError
 from p2p_research.store.ledger import Run
 from p2p_research.wire import BoardPost, Claim, Presence, Result, Verification, WireError
 
@@ -199,7 +199,7 @@ class Intake:
                 tasks.start_soon(inc.from_peer, "intake.commit", self.complete_commit, inc.from_peer, r.commit,
                                  r.exp_id, msg, run, True)
             return
-        if sibling:  # an idea to try here (research/ideas.py); its number stays with its protocol
+        if sibling:  # an idea to try here (research/io/ideas.py); its number stays with its protocol
             self.stats["sibling_results"] = self.stats.get("sibling_results", 0) + 1
         else:
             self.claims.on_result(r.peer, r.exp_id)

@@ -8,9 +8,9 @@ import time
 from libp2p.crypto.keys import KeyPair
 
 from p2p_research import __version__
-from p2p_research.research.context import METRIC, ResearchContext
+from p2p_research.research.io.context import METRIC, ResearchContext
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.research.turns import claim_lease_s
-from p2p_research.research.workspace import Workspace
 from p2p_research.store.ledger import Run
 from p2p_research.wire import BoardPost, Claim, DeltaObject, GitObject, Receipt, Result
 from p2p_research.wire.receipts import sign_receipt

@@ -43,9 +43,9 @@ from p2p_research.daemon.workers import worker_envs
 from p2p_research.home import HomeError, HomeLock, NodeHome
 from p2p_research.net.boundary import PeerTasks, contained
 from p2p_research.research import flooding
-from p2p_research.research.context import ResearchContext, open_context
-from p2p_research.research.engine import Hooks, ResearchEngine
 from p2p_research.research.ids import swarm_id_of
+from p2p_research.research.io.context import ResearchContext, open_context
+from p2p_research.research.io.engine import Hooks, ResearchEngine
 from p2p_research.research.ownership import Ownership
 from p2p_research.research.siblings import SiblingBook
 from p2p_research.research.turns import ADOPTION_POLL_S
@@ -242,7 +242,7 @@ async def hold_out_private_shard(ctx: ResearchContext) -> None:
     is fetched before the node hears any peer, so no result that arrives at start is held to constants
     for want of it. Once per node home; a node that cannot fetch it says why and starts without it."""
     from p2p_research.harness import shards
-    from p2p_research.research.runner import run_training
+    from p2p_research.research.io.runner import run_training
 
     if not (ctx.harness_measures and ctx.sandbox.available and ctx.trust_policy == "sandboxed"
             and not ctx.config.research.data and shards.supports_shards(ctx.genesis_prepare)):
@@ -437,7 +437,7 @@ class RunningNode:
 
     async def write_digest_periodically(self) -> None:
         """Keep SWARM.md current for agents (and humans) reading the workspace."""
-        from p2p_research.research.digest import render_swarm_md
+        from p2p_research.research.io.digest import render_swarm_md
 
         last: tuple = ()
         while True:
@@ -572,7 +572,7 @@ class RunningNode:
     def _swarm_of_protocol(self, proto: str) -> str:
         """The swarm id of a stored protocol, from the genesis its results descend from ("" while
         none of its commits is complete here). Cached: a protocol's genesis never changes."""
-        from p2p_research.research.objects import root_of
+        from p2p_research.research.io.objects import root_of
 
         if proto not in self._protocol_swarm:
             if time.time() - self._protocol_unknown.get(proto, -1e18) < 60:
@@ -661,7 +661,7 @@ class RunningNode:
 
         async def h_swarm(args: dict) -> Any:
             """The whole swarm at a glance (what `p2p-research swarm` shows), for the dashboard."""
-            from p2p_research.research.swarm_view import of_ledger
+            from p2p_research.research.io.swarm_view import of_ledger
 
             return of_ledger(ctx.ledger, ctx.protocol_id, self.peer_id)
 

@@ -5,7 +5,7 @@ research node follows; here that is performed: their experiments topic is joined
 the peer that announced one is asked for the sibling's kept results so far (its ideas from before
 this node listened), then again every RESYNC_S for what finished since (gossip drops messages under
 load: this is the siblings' anti-entropy), and a sibling no peer announces any more is left. Intake then stores their kept
-results (daemon/intake.py) and the builtin proposer tries them here as ideas (research/ideas.py).
+results (daemon/intake.py) and the builtin proposer tries them here as ideas (research/io/ideas.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from p2p_research.research.workspace import Workspace, WorkspaceError
+from p2p_research.research.io.workspace import Workspace, WorkspaceError
 from p2p_research.store import queries
 from p2p_research.store.ledger import Ledger, Run
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from p2p_research.config import NodeConfig
-from p2p_research.research.hardware import nvidia_gpus, visible_devices
+from p2p_research.research.io.hardware import nvidia_gpus, visible_devices
 
 
 def visible_gpu_ids() -> list[str]:

@@ -4,7 +4,7 @@
 - `GET /api/state` one snapshot (identity, status, peers, experiments, board); `GET /api/events` the same
   snapshot as Server-Sent Events whenever it changes (the page never reloads);
 - `GET /api/experiment/<id>` an experiment's diff and signed receipt;
-- `GET /api/swarm` the whole swarm at a glance (research/swarm_view.py, what `p2p-research swarm` shows):
+- `GET /api/swarm` the whole swarm at a glance (research/io/swarm_view.py, what `p2p-research swarm` shows):
   every node's best over time, kept results by finder, the knobs that paid, the swarm's best over time;
 - `POST /api/board` a board post: open on loopback, and with the dashboard token beyond it (anyone
   who can reach the port could otherwise post in this node's name);

@@ -35,8 +35,8 @@ import trio
 
 from p2p_research.harness import verdict
 from p2p_research.harness.warm import EVALUATE_SCRIPT, WarmEvaluator
-from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
-from p2p_research.research.sandbox import SandboxSpec
+from p2p_research.research.io.runner import RunLimits, RunOutcome, run_training, train_argv
+from p2p_research.research.io.sandbox import SandboxSpec
 
 log = logging.getLogger("p2p_research.harness")
 

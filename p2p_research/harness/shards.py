@@ -5,7 +5,7 @@ the training shards the user downloaded and one pinned validation shard (`VAL_FI
 index). For a harness of that shape the node
 
 - **withholds the validation shard** from every run whose code may not go on its own word: the file
-  is covered by an unreadable empty one in the run's sandbox (research/sandbox.py `masked`), and the
+  is covered by an unreadable empty one in the run's sandbox (research/io/sandbox.py `masked`), and the
   hand-over's wrapper gives the harness's evaluation zeros of the same shape (harness/handover.py);
 - **holds out a private shard**: one index drawn from the node's private seed among the shards the
   user did not download, fetched once by the pinned prepare.py's own `download_single_shard` into
@@ -96,7 +96,7 @@ async def prepare(home: Path, prepare_py: bytes, train_command: str, seed: int, 
                   runner) -> ShardSplit | None:
     """The node's split, fetching its private shard once (`runner` is research.runner.run_training)."""
     from p2p_research.harness.measure import script_argv
-    from p2p_research.research.runner import RunLimits
+    from p2p_research.research.io.runner import RunLimits
 
     done = load(home)
     if done is not None and done.private_dir is not None:

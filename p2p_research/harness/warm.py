@@ -17,7 +17,7 @@ and nothing any evaluation touched:
 - the node's clock bounds each evaluation (the caller's cancel scope), not the server's;
 - the server exits at the end of its stdin (the node closed it, or died), after five minutes without a
   request (a run in progress holds it for as long as its limit), or under the watchdog every run has
-  (research/run_guard.py); `close` ends it at once.
+  (research/io/run_guard.py); `close` ends it at once.
 
 Requests go one at a time: a trainer measures one run at a time, and each worker has its own trainer.
 """
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import trio
 
-from p2p_research.research.runner import RunLimits, _rss_mb, kill_tree, launch_of
-from p2p_research.research.sandbox import SandboxSpec
+from p2p_research.research.io.runner import RunLimits, _rss_mb, kill_tree, launch_of
+from p2p_research.research.io.sandbox import SandboxSpec
 
 log = logging.getLogger("p2p_research.harness")
 

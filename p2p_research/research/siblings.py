@@ -4,7 +4,7 @@ Under a wall-clock budget every GPU model is its own protocol, so numbers cannot
 reaches in 300 s says nothing about an RTX 4090's 300 s. Ideas can: a change that held there is a
 candidate here. A research node learns its siblings from what connected peers announce in the peer
 exchange (`about`: protocol and swarm), listens to their experiments topic, and keeps their kept
-results as ideas (research/ideas.py) that it measures and judges under its own protocol.
+results as ideas (research/io/ideas.py) that it measures and judges under its own protocol.
 
 What a peer says decides only what it cannot bend:
 - a sibling is admitted only when the swarm the peer names is the one this node computes from its own

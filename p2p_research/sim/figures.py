@@ -148,7 +148,7 @@ def collect(sim: Any) -> dict[str, Any]:
             by_status[r["status"]] = by_status.get(r["status"], 0) + 1
             runs_of.setdefault(r["exp_id"], []).append(n.name)
     total = sum(per_node.values())
-    combos: dict[str, int] = {}  # combinations of wins (research/combine.py), by status
+    combos: dict[str, int] = {}  # combinations of wins (research/io/combine.py), by status
     for n in swarm:
         for r in completed(data[n.name]):
             if (r.get("description") or "").startswith("combine "):

@@ -180,7 +180,7 @@ class Simulation:
     def prepare(self) -> None:
         """Node homes, identities (so every peer id is known before anything starts) and node.toml."""
         from p2p_research.net.identity import load_or_create_identity, peer_id_of_keypair
-        from p2p_research.research.home_init import init_home
+        from p2p_research.research.io.home_init import init_home
 
         o = self.opts
         if self.root.exists() and any(self.root.iterdir()):

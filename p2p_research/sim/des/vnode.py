@@ -24,13 +24,13 @@ from p2p_research.research import flooding
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
 from p2p_research.research.claims import ClaimBook, claim_winner
-from p2p_research.research.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
-from p2p_research.research.combine import Win, candidates, merge_knobs
 from p2p_research.research.constants import apply_scalar_changes
+from p2p_research.research.io.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
+from p2p_research.research.io.combine import Win, candidates, merge_knobs
+from p2p_research.research.io.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TRIES
+from p2p_research.research.io.surrogate import noisy_value
 from p2p_research.research.mutate import draw_changes, prepare_choices
-from p2p_research.research.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TRIES
 from p2p_research.research.searchspace import SearchSpace
-from p2p_research.research.surrogate import noisy_value
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.turns import (
     ADOPTION_POLL_S,

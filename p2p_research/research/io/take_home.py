@@ -20,8 +20,8 @@ import pygit2
 
 from p2p_research.daemon.views import signed_receipts
 from p2p_research.errors import P2PResearchError
-from p2p_research.research.context import EDITABLE_FILE
-from p2p_research.research.workspace import Workspace
+from p2p_research.research.io.context import EDITABLE_FILE
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.store.ledger import Ledger
 
 MAX_STEPS = 200  # lineage lines in a commit message (a long lineage keeps its newest steps)

@@ -1,7 +1,7 @@
 """The trust policy: what a peer's change may be before this node runs or adopts it.
 
 Code from a peer is code execution, and it is also a claim about its own number: a train.py prints its
-val_bpb, so code that may run may also lie about what it measured. The sandbox (`research/sandbox.py`)
+val_bpb, so code that may run may also lie about what it measured. The sandbox (`research/io/sandbox.py`)
 bounds what the code can touch, not what it claims. So under policy `sandboxed` (the default where a
 sandbox works) a change of train.py by a peer not in `trust.trusted_peers` may be verified and adopted
 only where this node's harness measures every run itself from a handed-over model (`harness/`), never
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from p2p_research.research.constants import constants_only_change
-from p2p_research.research.workspace import Workspace, WorkspaceError
+from p2p_research.research.io.workspace import Workspace, WorkspaceError
 
 EDITABLE = "train.py"
 REGULAR_FILE = 0o100644  # the only mode in a target's tree (Workspace.create writes flat regular files)

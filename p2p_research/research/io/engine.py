@@ -39,16 +39,16 @@ from p2p_research.harness.measure import (
 from p2p_research.harness.verdict import does_not_generalise, self_report_allowed
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
-from p2p_research.research import preflight
-from p2p_research.research.context import EDITABLE_FILE, ResearchContext
 from p2p_research.research.describe import describe_change
 from p2p_research.research.ids import experiment_id
-from p2p_research.research.proposers import Proposal, Proposer, Skip
-from p2p_research.research.run_guard import end_leftovers
-from p2p_research.research.runner import RunLimits, RunOutcome, run_training, train_argv
-from p2p_research.research.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
+from p2p_research.research.io import preflight
+from p2p_research.research.io.context import EDITABLE_FILE, ResearchContext
+from p2p_research.research.io.proposers import Proposal, Proposer, Skip
+from p2p_research.research.io.run_guard import end_leftovers
+from p2p_research.research.io.runner import RunLimits, RunOutcome, run_training, train_argv
+from p2p_research.research.io.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
+from p2p_research.research.io.surrogate import SurrogateTrainer
 from p2p_research.research.semantic import semantic_id
-from p2p_research.research.surrogate import SurrogateTrainer
 from p2p_research.research.turns import liar_value
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result, has_rows
@@ -218,7 +218,7 @@ class ResearchEngine:
         return b.commit_id, b.val_bpb
 
     async def preflight(self) -> list[preflight.Problem]:
-        """What would fail every run the same way, before the first (research/preflight.py); once per
+        """What would fail every run the same way, before the first (research/io/preflight.py); once per
         engine, for torch targets run by a train command (a surrogate or in-process objective needs none)."""
         ctx = self.ctx
         r = ctx.config.research
@@ -801,7 +801,7 @@ class ResearchEngine:
 
     def write_digest(self) -> None:
         """SWARM.md in the workspace: what the swarm (or this node alone) tried, for the agent to read."""
-        from p2p_research.research.digest import render_swarm_md
+        from p2p_research.research.io.digest import render_swarm_md
 
         path = self.ctx.workspace.path / "SWARM.md"
         tmp = self.ctx.workspace.path / ".git" / "SWARM.md.tmp"  # outside the worktree an agent sees

@@ -14,10 +14,12 @@ from pathlib import Path
 from p2p_research.config import NodeConfig
 from p2p_research.home import HomeError, NodeHome
 from p2p_research.research.constants import ConstantsError, constant_sites, read_constants
-from p2p_research.research.hardware import hardware_class
 from p2p_research.research.ids import Budget, experiment_id, protocol_id
-from p2p_research.research.sandbox import SandboxInfo
-from p2p_research.research.sandbox import detect as detect_sandbox
+from p2p_research.research.io.hardware import hardware_class
+from p2p_research.research.io.sandbox import SandboxInfo
+from p2p_research.research.io.sandbox import detect as detect_sandbox
+from p2p_research.research.io.trust import TrustPolicy
+from p2p_research.research.io.workspace import Workspace, WorkspaceError
 from p2p_research.research.searchspace import (
     SearchSpace,
     SearchSpaceError,
@@ -26,8 +28,6 @@ from p2p_research.research.searchspace import (
     infer_search_space,
     parse_search_space,
 )
-from p2p_research.research.trust import TrustPolicy
-from p2p_research.research.workspace import Workspace, WorkspaceError
 from p2p_research.store.ledger import Ledger
 
 HARNESS_FILES = ("prepare.py",)

@@ -26,7 +26,6 @@ from typing import Protocol
 import pygit2
 import trio
 
-from p2p_research.research.combine import Win, candidates, merged_train_py
 from p2p_research.research.constants import (
     ConstantsError,
     constants_only_change,
@@ -34,11 +33,12 @@ from p2p_research.research.constants import (
     read_constants,
 )
 from p2p_research.research.describe import describe_change
-from p2p_research.research.ideas import Idea, idea_description
+from p2p_research.research.io.combine import Win, candidates, merged_train_py
+from p2p_research.research.io.ideas import Idea, idea_description
+from p2p_research.research.io.objects import first_parent_ancestry
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.research.mutate import prepare_choices, propose_mutation
-from p2p_research.research.objects import first_parent_ancestry
 from p2p_research.research.searchspace import SearchSpace
-from p2p_research.research.workspace import Workspace
 
 log = logging.getLogger("p2p_research.proposer")
 
@@ -97,12 +97,12 @@ class BuiltinProposer:
         self.space = space
         self.rng = random.Random(seed)
         self.focus = focus
-        #: kept results to combine with the baseline (research/combine.py); None: no combinations
+        #: kept results to combine with the baseline (research/io/combine.py); None: no combinations
         self.wins = wins
         #: whether a peer's code changes may be merged (the trust policy: sandboxed or trusted peers);
         #: otherwise a peer's win is combined only when it changed constants
         self.code_from = code_from
-        #: sibling protocols' kept changes to try here (research/ideas.py); None: none
+        #: sibling protocols' kept changes to try here (research/io/ideas.py); None: none
         self.ideas = ideas
         #: told (idea, baseline, train.py) when an idea is proposed, so its provenance is recorded
         self.on_idea = on_idea

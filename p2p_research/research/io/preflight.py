@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2p_research.research.runner import train_argv
+from p2p_research.research.io.runner import train_argv
 
 PROBE = (
     "import importlib.util, json, sys\n"

@@ -44,9 +44,9 @@ def rows_of(ledger: Ledger, protocol_id: str) -> list[Row]:
 
 def of_ledger(ledger: Ledger, protocol_id: str, self_peer: str = "") -> dict[str, Any]:
     """`view` of everything `ledger` holds under `protocol_id`, with the protocol named, and the ideas
-    tried here that came from sibling protocols (research/ideas.py: which held on which hardware): what
+    tried here that came from sibling protocols (research/io/ideas.py: which held on which hardware): what
     the daemon's `swarm` control call and the dashboard's /api/swarm answer."""
-    from p2p_research.research.ideas import ideas_view
+    from p2p_research.research.io.ideas import ideas_view
 
     return {**view(rows_of(ledger, protocol_id), self_peer), "protocol_id": protocol_id,
             "across_hardware": ideas_view(ledger, protocol_id)}

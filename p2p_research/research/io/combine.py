@@ -23,7 +23,7 @@ from p2p_research.research.constants import (
     read_constants,
     rewrite_constants,
 )
-from p2p_research.research.workspace import Workspace, WorkspaceError
+from p2p_research.research.io.workspace import Workspace, WorkspaceError
 
 EDITABLE_FILE = "train.py"
 MAX_CANDIDATES = 8

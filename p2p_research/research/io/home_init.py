@@ -18,15 +18,15 @@ from pathlib import Path
 
 from p2p_research.config import ConfigError, NodeConfig, config_from_dict
 from p2p_research.home import HomeError, NodeHome
-from p2p_research.research.context import ENV_FILES
-from p2p_research.research.workspace import Workspace
+from p2p_research.research.io.context import ENV_FILES
+from p2p_research.research.io.workspace import Workspace
 
 TARGET_FILES = ("prepare.py", "train.py", "program.md")
 
 
 def profiles_dir() -> Path:
     """The ready profiles, shipped inside the package (so `init --profile laptop` works from a wheel)."""
-    return Path(__file__).resolve().parents[1] / "profiles"
+    return Path(__file__).resolve().parents[2] / "profiles"
 
 
 def list_profiles() -> list[str]:

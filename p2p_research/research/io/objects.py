@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pygit2
 
-from p2p_research.research.workspace import Workspace, WorkspaceError
+from p2p_research.research.io.workspace import Workspace, WorkspaceError
 
 
 def missing_references(ws: Workspace, oid: str) -> list[str]:

@@ -59,9 +59,9 @@ def render_swarm_md(ledger: Ledger, protocol_id: str, self_peer: str = "", now: 
 def _ideas_section(ledger: Ledger, protocol_id: str, diff_of: Callable[[str], str] | None,
                    limit: int = 8, max_patch: int = 3000) -> list[str]:
     """Kept changes of sibling protocols (the same genesis under another budget or hardware,
-    research/ideas.py): an agent may try one here. Their numbers are another protocol's and decide
+    research/io/ideas.py): an agent may try one here. Their numbers are another protocol's and decide
     nothing here; each comes with its patch where this node has its objects."""
-    from p2p_research.research.ideas import ideas_of
+    from p2p_research.research.io.ideas import ideas_of
 
     ideas = ideas_of(ledger, protocol_id)[:limit]
     if not ideas:

@@ -77,7 +77,7 @@ class SandboxSpec:
     max_processes: int = 2048
     max_open_files: int = 4096
     gpu: bool = False
-    kind: str = "bwrap"                # bwrap | namespaces (research/nsbox.py)
+    kind: str = "bwrap"                # bwrap | namespaces (research/io/nsbox.py)
     # read-only paths that also appear under the run's HOME (WORKDIR) at the place they have under the
     # user's: a harness that finds its data through `~` (autoresearch's ~/.cache/autoresearch) finds it
     home_views: tuple[tuple[Path, str], ...] = ()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import trio
 
-from p2p_research.research.run_guard import OWNER_ENV, RUN_DIR_ENV, guarded, owner_mark
-from p2p_research.research.sandbox import PidsCgroup, SandboxSpec, apply_limits, clean_env, wrap
+from p2p_research.research.io.run_guard import OWNER_ENV, RUN_DIR_ENV, guarded, owner_mark
+from p2p_research.research.io.sandbox import PidsCgroup, SandboxSpec, apply_limits, clean_env, wrap
 from p2p_research.research.summary import Summary, SummaryError, parse_summary
 
 log = logging.getLogger("p2p_research.runner")

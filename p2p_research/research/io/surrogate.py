@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from p2p_research.research.constants import ConstantsError, read_constants
-from p2p_research.research.runner import RunLimits, RunOutcome
+from p2p_research.research.io.runner import RunLimits, RunOutcome
 from p2p_research.research.summary import Summary
 
 NOISE_STD = 0.002
