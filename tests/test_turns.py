@@ -164,8 +164,7 @@ class DaemonSide:
         home.write_config(cfg)
         self.ctx = ctx = open_context(home, cfg)
         self.ws = ws = ctx.workspace
-        self.eng = eng = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
-        eng.peer = peer_name(0)
+        self.eng = eng = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0), peer=peer_name(0))
         eng.set_baseline(ws.genesis, genesis_value, "measured locally", ctx.experiment_id_of(ws.genesis))
         eng.loop = L.ResearchLoop(ws.genesis, genesis_value, MARGIN)
         self.published: list = []

@@ -301,24 +301,19 @@ class RunningNode:
             return
         envs = worker_envs(self.config)
         engines: list[ResearchEngine] = []
+        # research.genesis = shared: peers measure the genesis for a node that floods to them (it hears
+        # theirs); one without peers to ask, or in a sparse swarm, measures it as a solo node does
+        # (a node of several workers measures first: its others start once worker 0 has a value)
+        share_genesis = (len(envs) == 1 and self.config.research.genesis == "shared"
+                         and bool(self.options.bootstrap or self.config.network.bootstrap)
+                         and not self.announcer.sparse())
         for i, env in enumerate(envs):
             worker_proposer = proposer if i == 0 else self.make_proposer(self.ctx, seed_offset=7919 * i)
-            eng = ResearchEngine(self.ctx, worker_proposer, Hooks(
+            engines.append(ResearchEngine(self.ctx, worker_proposer, Hooks(
                 on_claim=self.announcer.announce_claim, on_result=self.announcer.announce_result,
                 is_known=self.coordinator.is_known, contested=self.coordinator.contested,
-                between=functools.partial(self.before_proposal, i), is_mine=self.coordinator.owns,
-                researchers=self.researchers),
-                worker=i, worker_env=env)
-            eng.peer = self.peer_id
-            # research.genesis = shared: peers measure the genesis for a node that floods to them (it hears
-            # theirs); one without peers to ask, or in a sparse swarm, measures it as a solo node does
-            # (a node of several workers measures first: its others start once worker 0 has a value)
-            eng.share_genesis = (len(envs) == 1 and self.config.research.genesis == "shared"
-                                 and bool(self.options.bootstrap or self.config.network.bootstrap)
-                                 and not self.announcer.sparse())
-            engines.append(eng)
-        for eng in engines:
-            eng.siblings = [e for e in engines if e is not eng]
+                is_mine=self.coordinator.owns, researchers=self.researchers),
+                worker=i, worker_env=env, peer=self.peer_id, share_genesis=share_genesis, workers=engines))
         self.workers.engines = engines
         engine = engines[0]
         self.research_state = "running"
@@ -405,12 +400,12 @@ class RunningNode:
         """Worker 0 measures the baseline; the others start from it, each on its own device, sharing
         the ledger (dedup), the claims and every new baseline. Returns worker 0's Done."""
         if len(engines) == 1:
-            return await engines[0].run(self.options.max_experiments)
+            return await engines[0].run(self.options.max_experiments, between=functools.partial(self.before_proposal, 0))
         results: dict[int, Any] = {}
         per_worker = self.options.max_experiments
 
         async def one(eng: ResearchEngine) -> None:
-            results[eng.worker] = await eng.run(per_worker)
+            results[eng.worker] = await eng.run(per_worker, between=functools.partial(self.before_proposal, eng.worker))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(one, engines[0])

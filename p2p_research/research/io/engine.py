@@ -121,7 +121,6 @@ class Hooks:
     on_result: Callable[[Run], Awaitable[None]] | None = None
     on_baseline: Callable[[str, float], Awaitable[None]] | None = None           # commit, value
     is_known: Callable[[str], Awaitable[bool]] | None = None                    # exp_id -> known elsewhere?
-    between: Callable[[], Awaitable[None]] | None = None                        # before each proposal (swarm work)
     is_mine: Callable[[str], bool] | None = None                                # exp_id -> this node's to run?
     # exp_id, runs finished -> why a run about to start gives way to a peer's claim already here (or None)
     contested: Callable[[str, int], str | None] | None = None
@@ -146,11 +145,14 @@ class ExperimentRun:
 
 class ResearchEngine:
     def __init__(self, ctx: ResearchContext, proposer: Proposer, hooks: Hooks | None = None,
-                 seed_offset: int = 0, worker: int = 0, worker_env: dict[str, str] | None = None) -> None:
+                 seed_offset: int = 0, worker: int = 0, worker_env: dict[str, str] | None = None, *,
+                 peer: str = "", share_genesis: bool = False, workers: list[ResearchEngine] | None = None) -> None:
         self.ctx = ctx
         self.worker = worker                      # this engine's index among the node's workers
         self.worker_env = worker_env or {}        # its device: CUDA_VISIBLE_DEVICES, or its share of the cores
-        self.siblings: list[ResearchEngine] = []  # the node's other workers: they share each new baseline
+        # every worker of the node (this one included, once the node has made them all): the others
+        # share each new baseline
+        self._workers = workers if workers is not None else [self]
         self.proposer = proposer
         self.hooks = hooks or Hooks()
         self.progress = Progress(budget_seconds=ctx.budget.seconds)
@@ -160,7 +162,7 @@ class ResearchEngine:
         self._baseline_files: tuple[str, dict[str, bytes]] = ("", {})
         self._candidate_ids: dict[tuple[str, bytes], str] = {}
         self.seed = ctx.config.research.seed + seed_offset
-        self.peer = ""  # own peer id, set by a daemon
+        self.peer = peer  # own peer id (a daemon's; "" for a solo node)
         self.loop: L.ResearchLoop | None = None
         r = ctx.config.research
         self.trainer = (SurrogateTrainer(r.surrogate_cost_s, ctx.budget.tokens) if r.objective == "surrogate"
@@ -176,9 +178,14 @@ class ResearchEngine:
         self._transcripts: dict[str, bytes] = {}  # commit -> the agent's output, until its run starts
         # research.genesis = shared: set by a daemon whose peers hear its announcements (it floods); the
         # node then measures the genesis first only if its ticket says so (research/genesis.py)
-        self.share_genesis = False
+        self.share_genesis = share_genesis
         self.measures_for_peers = ""  # the genesis this node measures first for peers that skip it
         self._held: ExperimentRun | None = None  # a finished experiment whose verdict waits for the genesis
+
+    @property
+    def siblings(self) -> list[ResearchEngine]:
+        """The node's other workers (they share each new baseline)."""
+        return [e for e in self._workers if e is not self]
 
     # --- setup ------------------------------------------------------------------------------------
     def _harness_trainer(self) -> HarnessTrainer:
@@ -271,7 +278,12 @@ class ResearchEngine:
         return statistics.median(r.total_seconds for r in runs)  # type: ignore[misc]
 
     # --- the loop ---------------------------------------------------------------------------------
-    async def run(self, max_experiments: int | None = None) -> L.Done:
+    async def run(self, max_experiments: int | None = None,
+                  between: Callable[[], Awaitable[None]] | None = None) -> L.Done:
+        """Drive the loop to its end. `between` is the driver's turn before each proposal (a daemon's
+        verification and adoption, research/turns.py): it runs between two steps, never inside one,
+        and may run commits through this engine (re-runs) or change its baseline; the loop decides
+        again after it."""
         self.recover()
         problems = await self.preflight()
         if problems:
@@ -301,6 +313,10 @@ class ResearchEngine:
                         assert er.run.run_id is not None
                         self.ctx.ledger.finish_run(er.run.run_id, "aborted", reason=f"not judged: {action.reason}")
                     return action
+                if between is not None and isinstance(action, L.Propose):
+                    await between()
+                    if self.loop.next_action() != action:
+                        continue  # the swarm changed the baseline: decide from the new one
                 await self.step(action)
         finally:
             self.flush_rows()  # crashes that waited for a baseline row that never came (done, or stopped)
@@ -330,10 +346,6 @@ class ResearchEngine:
         elif isinstance(action, L.AwaitBaseline):
             await self._await_baseline(action.commit)
         elif isinstance(action, L.Propose):
-            if self.hooks.between is not None:
-                await self.hooks.between()
-                if self.loop.next_action() != action:
-                    return  # the swarm changed the baseline: propose from the new one
             self.progress.phase = "proposing"
             self.progress.description = ""
             if getattr(self.proposer, "reads_digest", True):  # the built-in proposer never reads it
