@@ -71,3 +71,17 @@ def test_keys_with_a_named_mode_read_the_name_a_number_and_an_old_file_s_zero():
 
     again = config_from_dict(tomllib.loads(text))
     assert again == cfg
+
+
+def test_the_configuration_in_force_names_each_automatic_value_and_its_source():
+    from p2p_research.research.effective import Facts, resolve
+
+    cfg = config_from_dict({"research": {"threads": 3}, "verification": {"quorum": "off"}})
+    facts = Facts(margin=0.004, margin_from="2 sigma of the noise measured here", time_limit_s=180.0,
+                  expected_run_s=24.0, workers=[{}], defer_s=96.0)
+    table = resolve(cfg, facts, "500000 tokens")
+    assert table["research.margin"] == {"set": "auto", "effective": 0.004, "from": "2 sigma of the noise measured here"}
+    assert table["verification.tolerance"]["effective"] == 0.008  # 2 x the margin in force
+    assert table["research.threads"]["set"] == 3 and table["research.threads"]["from"] == "as set"
+    assert table["verification.quorum"]["effective"] == "off" and table["verification.defer_s"]["effective"] == 96.0
+    assert table["research.budget"] == {"set": "default", "effective": "500000 tokens", "from": "the harness's default"}

@@ -67,6 +67,10 @@ def test_three_daemons_gossip_results_with_objects_and_survive_a_restart(tmp_pat
         for cmd in ("experiments", "peers"):  # lists that may grow meanwhile: their entries' fields agree
             assert c.cli_json(cmd)[0].keys() == c.json(cmd)[0].keys()
         assert a.json("id")["peer_id"] == a.peer_id
+        # the configuration in force: automatic keys resolved by the running node (it has finished runs)
+        conf = b.cli_json("config")
+        assert conf["research.margin"]["set"] == "auto" and conf["research.margin"]["effective"] > 0
+        assert conf["research.run_timeout_s"]["from"].startswith("5 x the median run")
         # board posts travel
         c.cli("post", "hello from **C**")
         wait_for(lambda: any("hello from" in p["text"] for p in b.json("board")), 30, what="post at B")

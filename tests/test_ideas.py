@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from p2p_research.daemon.siblings import MAX_CATCHUPS, SiblingFollower
 from p2p_research.net.boundary import Faults, PeerTasks
@@ -96,15 +97,15 @@ async def test_a_peer_announcing_a_sibling_with_a_wrong_swarm_is_not_subscribed_
         tasks = PeerTasks(nursery, Faults())
         for _ in range(3):
             await follower.step(tasks)
-            await trio.sleep(0.01)
+            await wait_all_tasks_blocked()  # the tasks it started ran as far as they can
         assert swarm_id_of("8" * 40, proto(1)) not in joined and swarm_id_of(GENESIS, proto(1)) not in joined
         assert joined == [swarm_id_of(GENESIS, proto(i)) for i in range(2, 2 + MAX_SIBLINGS)]
         assert len(asked) == MAX_CATCHUPS  # one catch-up per announcing peer, a few at a time
         release.set()
-        await trio.sleep(0.01)
+        await wait_all_tasks_blocked()  # the tasks it started ran as far as they can
         for _ in range(3):
             await follower.step(tasks)
-            await trio.sleep(0.01)
+            await wait_all_tasks_blocked()  # the tasks it started ran as far as they can
         assert sorted(asked) == sorted((f"p{i}", proto(i)) for i in range(2, 2 + MAX_SIBLINGS))
         peers[:] = [p for p in peers if p[0] != "p3"]  # p3 disconnects: its sibling is left, the next joined
         await follower.step(tasks)
@@ -339,13 +340,13 @@ async def test_a_followed_sibling_is_asked_again_for_what_finished_since_gossip_
     async with trio.open_nursery() as nursery:
         tasks = PeerTasks(nursery, Faults())
         await follower.step(tasks)
-        await trio.sleep(0.01)
+        await wait_all_tasks_blocked()  # the tasks it started ran as far as they can
         now[0] += RESYNC_S - 1
         await follower.step(tasks)
-        await trio.sleep(0.01)
+        await wait_all_tasks_blocked()  # the tasks it started ran as far as they can
         assert asked == [("p2", proto(2), None)]
         now[0] += 2
         await follower.step(tasks)
-        await trio.sleep(0.01)
+        await wait_all_tasks_blocked()  # the tasks it started ran as far as they can
         assert asked == [("p2", proto(2), None), ("p2", proto(2), 1000.0 - RESYNC_MARGIN_S)]
         nursery.cancel_scope.cancel()

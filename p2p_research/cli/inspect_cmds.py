@@ -59,6 +59,22 @@ def _with_fallback(home: Path, cmd: str, args: dict, fallback: Callable[[Any, An
             ledger.close()
 
 
+def _offline_config(home: Path) -> dict[str, Any]:
+    """`config` without a daemon: the same table from node.toml and the ledger (one worker's view)."""
+    from p2p_research.cli.research_cmds import make_proposer
+    from p2p_research.daemon.workers import worker_envs
+    from p2p_research.research.io.context import open_context
+    from p2p_research.research.io.engine import ResearchEngine
+
+    h = NodeHome(home).require()
+    err.print("(no daemon running: computed from node.toml and the ledger)")
+    ctx = open_context(h, h.load_config())
+    try:
+        return ResearchEngine(ctx, make_proposer(ctx)).effective_config(worker_envs(ctx.config))
+    finally:
+        ctx.ledger.close()
+
+
 dht_app = typer.Typer(help="Look at the DHT of experiment records.", no_args_is_help=True)
 
 
@@ -315,6 +331,25 @@ def register(app: typer.Typer) -> None:
                 t.add_row(str(r["rank"]) if r.get("rank") else "-", _fmt(r["val_bpb"]), r.get("status", ""),
                           r["id"][:8], r["found_by"][:12], escape(r["description"][:60]))
             out.print(t)
+
+    @app.command("config")
+    @one_line_errors
+    def config_cmd(home: Path | None = HomeOpt, json_out: bool = JsonOpt) -> None:
+        """The configuration in force: what each automatic key of node.toml amounts to on this node
+        (the margin, the run's time limit, workers and threads, verification), and where it came from."""
+        h = resolve_home(home)
+        try:
+            data = request(h, "config")
+        except NoDaemon:
+            data = _offline_config(h)
+        if json_out:
+            return print_json(data)
+        t = Table(title="configuration in force")
+        for col in ("key", "set", "in force", "from"):
+            t.add_column(col, no_wrap=col != "from")
+        for key, row in data.items():
+            t.add_row(key, escape(str(row["set"])), escape(str(row["effective"])), escape(str(row["from"])))
+        out.print(t)
 
     @app.command()
     @one_line_errors

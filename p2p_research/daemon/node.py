@@ -705,5 +705,11 @@ class RunningNode:
                 loop.stop("drained: no new experiments; following the swarm")
             return {"drained": True, "research": self.research_state}
 
-        return {"id": h_id, "status": h_status, "dht_get": h_dht_get, "drain": h_drain, "peers": h_peers, "experiments": h_experiments, "show": h_show,
+        async def h_config(args: dict) -> Any:
+            """The configuration in force: each automatic key's value and where it came from."""
+            if self.engine is None:
+                raise ControlError(f"research is {self.research_state}: no configuration in force to show")
+            return self.engine.effective_config([e.worker_env for e in self.engines])
+
+        return {"id": h_id, "status": h_status, "config": h_config, "dht_get": h_dht_get, "drain": h_drain, "peers": h_peers, "experiments": h_experiments, "show": h_show,
                 "leaderboard": h_leaderboard, "swarm": h_swarm, "board": h_board, "post": h_post}

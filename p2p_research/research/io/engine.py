@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -211,6 +211,26 @@ class ResearchEngine:
         if noise and noise.get("margin") is not None:
             return float(noise["margin"])
         return L.DEFAULT_MARGIN
+
+    def margin_source(self) -> str:
+        """Where `margin` comes from (p2p-research config)."""
+        if self.ctx.config.research.margin is not None:
+            return "node.toml"
+        noise = self.ctx.ledger.get_meta(f"noise:{self.ctx.protocol_id}")
+        if noise and noise.get("margin") is not None:
+            return "2 sigma of the noise measured here"
+        return "the default until the noise is measured"
+
+    def effective_config(self, workers: list[dict[str, str]] | None = None) -> dict[str, dict[str, Any]]:
+        """The configuration in force on this node (research/effective.py): each automatic key's value."""
+        from p2p_research.research.effective import Facts, resolve
+        from p2p_research.research.turns import defer_s
+
+        expected = self.expected_seconds()
+        facts = Facts(self.margin, self.margin_source(), self.time_limit(), expected,
+                      workers if workers is not None else [self.worker_env],
+                      defer_s(self.ctx.config.verification.defer_s, expected))
+        return resolve(self.ctx.config, facts, self.ctx.budget.describe())
 
     def current_baseline(self) -> tuple[str, float | None]:
         """The baseline commit and its measured value under this protocol (None: not measured yet)."""
