@@ -475,7 +475,7 @@ def _import_torch_while_training():
             import torch
 
             got["torch"] = torch
-        except BaseException as e:  # raised again in the main thread
+        except BaseException as e:  # noqa: BLE001 - raised again in the main thread
             got["error"] = e
 
     thread = threading.Thread(target=work, name="import-torch")

@@ -435,7 +435,7 @@ def _release_memory():
 
             gc.collect()
             torch.cuda.empty_cache()
-    except Exception:
+    except Exception:  # noqa: BLE001 - giving back a GPU's cache is best effort; the run waits either way
         pass
 
 
@@ -513,7 +513,7 @@ def _wrap_harness():
                 return None
             try:
                 _export(module, hook_args[0], args, kwargs)
-            except Exception as e:  # any export failure is a reason, never the run's crash
+            except Exception as e:  # noqa: BLE001 - any export failure is a reason, never the run's crash
                 _fail(f"torch.export failed: {e}" if isinstance(e, _ExportFailed) else
                       f"the hand-over failed: {type(e).__name__}: {_first_line(e, 300)}")
                 return None

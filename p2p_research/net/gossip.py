@@ -284,7 +284,7 @@ class Gossip:
                         return self._reject(problem[0], src, problem[1], fwd)
                 self._know(src)
                 return True
-            except Exception as e:  # a validator that raises would break libp2p's read loop
+            except Exception as e:  # noqa: BLE001 - a validator that raises would break libp2p's read loop
                 return self._reject("validator_error", "?", f"{type(e).__name__}: {e}", fwd)
 
         return validate

@@ -127,7 +127,7 @@ async def running_host(host: IHost, listen: list[multiaddr.Multiaddr]) -> AsyncI
                     with trio.CancelScope(shield=True), trio.move_on_after(10):
                         try:
                             await host.close()
-                        except Exception as e:  # best effort: we are shutting down anyway
+                        except Exception as e:  # noqa: BLE001 - best effort: we are shutting down anyway
                             log.debug("host.close() failed: %r", e)
     except BaseException as exc:
         rest = strip_benign_teardown(exc)
@@ -143,7 +143,7 @@ def peerstore_addrs(host: IHost, peer_id: ID) -> list[str]:
     """Known transport addresses of a peer in bootstrap form (from identify and dialing)."""
     try:
         addrs: list[Any] = list(host.get_peerstore().addrs(peer_id))
-    except Exception:  # peerstore raises PeerStoreError for unknown peers
+    except Exception:  # noqa: BLE001 - peerstore raises PeerStoreError for unknown peers
         return []
     pid = peer_id.to_base58()
     out = []

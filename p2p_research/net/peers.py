@@ -133,7 +133,7 @@ class PeerManager:
                 direction = "unknown"
                 try:
                     direction = str(conns[pid][0].direction.name).lower()
-                except Exception:
+                except Exception:  # noqa: BLE001 - a connection closing while it is read: direction unknown
                     pass
                 st = PeerState(
                     peer_id=s, name=short_name(s), addrs=[], direction=direction, connected_since=now,
@@ -200,7 +200,7 @@ class PeerManager:
                 log.info("connected to bootstrap peer %s", pid)
                 backoff = BACKOFF_START
                 self._changed.set()
-            except Exception as e:  # TooSlowError, SwarmException, OSError...: retry later
+            except Exception as e:  # noqa: BLE001 - TooSlowError, SwarmException, OSError...: retry later
                 why = explain(e)
                 log.debug("dialing bootstrap peer %s failed: %r (causes: %s)", pid, e,
                           " <- ".join(repr(c)[:200] for c in causes(e)))
@@ -265,7 +265,7 @@ class PeerManager:
                 self._add_candidate(a)
             with trio.move_on_after(1):
                 await stream.close()
-        except Exception as e:  # peer gone, old version without the protocol, malformed reply
+        except Exception as e:  # noqa: BLE001 - peer gone, old version without the protocol, malformed reply
             self._px_backoff[s] = trio.current_time() + BACKOFF_CAP
             self._rlog.log(logging.DEBUG, f"px:{s}", "peer exchange with %s failed: %r", s, e)
             if stream is not None:
@@ -305,7 +305,7 @@ class PeerManager:
                 c.failures = 0
                 log.info("connected to exchanged peer %s", short_name(s))
                 self._changed.set()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - dialing an exchanged peer: any failure backs off and retries
                 c.failures += 1
                 c.next_try = trio.current_time() + min(BACKOFF_CAP * 4, BACKOFF_START * 2**c.failures)
                 self._rlog.log(logging.DEBUG, f"cand:{s}", "dial of exchanged peer %s (%s) failed: %r", s,
@@ -364,7 +364,7 @@ class PeerManager:
                 await stream.write(frame(pack({"peers": out, "about": self.about})))
             with trio.move_on_after(1):
                 await stream.close()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a peer's exchange stream: whatever it does ends that stream only
             log.debug("peer exchange request failed: %r", e)
             await reset_quietly(stream)
 
@@ -395,7 +395,7 @@ class PeerManager:
                 await stream.write(await read_exact(stream, 8))
             with trio.move_on_after(1):
                 await stream.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a peer's ping stream: whatever it does ends that stream only
             await reset_quietly(stream)
 
     async def _ping_loop(self) -> None:
@@ -410,7 +410,7 @@ class PeerManager:
                 last[s] = now
                 try:
                     st.latency_ms = await self.ping(ID.from_base58(s))
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a ping that fails leaves the latency unknown
                     self._rlog.log(logging.DEBUG, f"ping:{s}", "ping %s failed: %r", s, e)
             for s in set(last) - set(self._peers):
                 del last[s]

@@ -72,7 +72,7 @@ class ObjectServer:
             r = self.object_source(oid)
             if inspect.isawaitable(r):
                 r = await r
-        except Exception as e:  # a broken source must not kill the handler; report not-found
+        except Exception as e:  # noqa: BLE001 - a broken source must not kill the handler; report not-found
             log.warning("object_source(%s) failed: %r", oid, e)
             return None
         if r is None:
@@ -102,7 +102,7 @@ class ObjectServer:
         except (FrameError, trio.TooSlowError) as e:
             log.info("objects request from %s refused: %s", remote_peer(stream), e)
             await reset_quietly(stream, grace=2.0)
-        except Exception as e:  # stream errors from a vanished peer
+        except Exception as e:  # noqa: BLE001 - stream errors from a vanished peer
             log.info("objects request from %s failed: %r", remote_peer(stream), e)
             await reset_quietly(stream, grace=2.0)
 
@@ -152,7 +152,7 @@ async def fetch_objects(
         with trio.move_on_after(2):
             try:
                 await stream.close()
-            except Exception:  # the objects are already verified and in hand
+            except Exception:  # noqa: BLE001 - the objects are already verified and in hand
                 pass
         return out
     except trio.TooSlowError:

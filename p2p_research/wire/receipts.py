@@ -37,7 +37,7 @@ def verify_receipt(receipt: Receipt, signature: bytes, public_key_bytes: bytes) 
     try:
         key = _public_key(public_key_bytes)
         return bool(key.verify(RECEIPT_DOMAIN + receipt.canonical_bytes(), signature))
-    except Exception:  # malformed key or signature: simply not valid (never cancellation: sync code)
+    except Exception:  # noqa: BLE001 - malformed key or signature: simply not valid (never cancellation: sync code)
         return False
 
 

@@ -109,7 +109,7 @@ def maybe_consume_signed_record(msg: Any, host: Any, peer_id: Any) -> bool:
                     and _stored_envelope(peerstore, peer_id) is hit[1]):  # fmt: skip
                 counters.for_host(host).record_skipped += 1
                 return True
-    except Exception as e:  # an unexpected peerstore: behave exactly as libp2p does
+    except Exception as e:  # noqa: BLE001 - an unexpected peerstore: behave exactly as libp2p does
         log.debug("record cache lookup failed: %r", e)
         return _orig_consume(msg, host, peer_id)
     ok = _orig_consume(msg, host, peer_id)
@@ -124,7 +124,7 @@ def maybe_consume_signed_record(msg: Any, host: Any, peer_id: Any) -> bool:
                 seen.move_to_end(peer_id)
                 while len(seen) > RECORD_CACHE_PEERS:
                     seen.popitem(last=False)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a cache update failing: libp2p's answer stands
             log.debug("record cache update failed: %r", e)
     return ok
 
@@ -167,14 +167,14 @@ def env_to_send_in_RPC(host: Any) -> tuple[bytes, bool]:  # noqa: N802 (libp2p's
                 and cached[1] is not None and peerstore.get_local_record() is cached[1]):  # fmt: skip
             counters.for_host(host).local_record_reused += 1
             return cached[2], False
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - an unexpected host: behave exactly as libp2p does
         log.debug("local record cache lookup failed: %r", e)
         return _orig_env(host)
     data, created = _orig_env(host)
     counters.for_host(host).local_record_refreshed += 1
     try:
         _local_records[host] = (fp, peerstore.get_local_record(), data, time.monotonic())
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a cache update failing: libp2p's answer stands
         log.debug("local record cache update failed: %r", e)
     return data, created
 
@@ -214,7 +214,7 @@ async def _emit_idontwant_for_message(self: Any, msg_id: bytes, topic_ids: Any) 
                     or msg.from_id == self.pubsub.my_id.to_bytes()):  # fmt: skip
                 counters.for_host(self.pubsub.host).idontwant_skipped += 1
                 return
-    except Exception as e:  # unknown message: emit as libp2p does
+    except Exception as e:  # noqa: BLE001 - unknown message: emit as libp2p does
         log.debug("idontwant size check failed: %r", e)
     await _orig_emit(self, msg_id, topic_ids)
 
@@ -298,7 +298,7 @@ def _replace_references(name: str, old: Any, new: Any, modules: tuple[str, ...])
     for mod_name in modules:
         try:
             importlib.import_module(mod_name)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a libp2p module that cannot be imported keeps its own function
             log.debug("rpc_cost: cannot import %s: %r", mod_name, e)
     for mod_name, mod in list(sys.modules.items()):
         if (mod_name == "libp2p" or mod_name.startswith("libp2p.")) and getattr(mod, name, None) is old:
@@ -346,7 +346,7 @@ def apply() -> dict[str, bool]:
             continue
         try:
             _applied[name] = fn()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a patch that fails is reported off, never the node's end
             log.warning("rpc_cost: patch %s failed (%r); not applied", name, e)
             _applied[name] = False
     log.info(

@@ -296,7 +296,7 @@ class VirtualNode:
         """A turn between runs (research/turns.py), its re-runs spent in virtual time."""
         sh, w = self.shared, self.world
         self.pull()
-        defer = defer_s(0.0, sh.cost_s)
+        defer = defer_s(None, sh.cost_s)
         turn = Turn(self.state, defer=lambda: defer, sparse=lambda: not self.flooding)
         while True:
             action = turn.next_action(self.loop.baseline_value, self._rank(), w.t)
