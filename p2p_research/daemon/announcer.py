@@ -163,7 +163,7 @@ class Announcer:
                 rec = await dht.get(exp_id)
             if scope.cancelled_caught:
                 return False
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the DHT asks peers: a failed lookup is an unknown id, dedup goes on
             log.debug("DHT get failed: %s", e)
             return False
         if rec is None:

@@ -175,7 +175,7 @@ class CatchUp:
         finally:
             try:
                 await stream.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing a stream the requester may have broken
                 pass
 
     async def fetch_from(self, peer_id: str, since: float | None = None) -> int:

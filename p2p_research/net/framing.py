@@ -70,7 +70,7 @@ async def close_quietly(resource: Any, grace: float = 2.0) -> None:
     with trio.move_on_after(grace):
         try:
             await resource.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing what a peer may have broken already
             pass
 
 

@@ -581,7 +581,7 @@ async def open_gossip(
                     with trio.CancelScope(shield=True), trio.move_on_after(2.0):
                         try:
                             await g.flush()
-                        except Exception as e:  # noqa: BLE001
+                        except Exception as e:  # noqa: BLE001 - the outbox is also in the ledger, which catch-up serves
                             log.debug("outbox not flushed at shutdown: %s", e)
                 nursery.cancel_scope.cancel()
 

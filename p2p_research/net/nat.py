@@ -222,7 +222,7 @@ class NatTraversal:
                         await self._dialer.dial(multiaddr.Multiaddr(f"{a}/p2p/{info.peer_id.to_base58()}"))
                     self.stats["relayed_dials"] += 1
                     return
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - one relay's address failing: the next is tried, the last error raised
                     error = e
         raise error if error is not None else ConnectionError("no address to dial")
 
@@ -368,7 +368,7 @@ class NatTraversal:
         """Re-sign the peer record at once (a cached one would carry the old addresses) and tell peers."""
         try:
             issue_and_cache_local_record(self.host)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a record not re-signed now is re-signed at the next change
             log.debug("peer record not re-signed: %r", e)
         if self.on_addrs_changed is not None:
             self.on_addrs_changed()
