@@ -362,7 +362,7 @@ async def test_the_evaluator_stays_warm_across_runs_and_a_refused_model_takes_it
     whose evaluation runs out of time ends that process with its child, and the next run is measured
     by a fresh one, with the same value as before."""
     home, ctx, engine = node
-    trainer = _trainer(ctx, engine, eval_time_limit_s=8)
+    trainer = _trainer(ctx, engine)  # the evaluator's own time limit: a cold server's import fits in it
     honest = "report(evaluate_bpb(train(Tiny(), train_data), 'cpu', max_seq_len=64))\n"
     try:
         first = await _run(node, tmp_path, honest, trainer=trainer, name="first")
@@ -371,7 +371,10 @@ async def test_the_evaluator_stays_warm_across_runs_and_a_refused_model_takes_it
         assert second.measured_by == "harness" and trainer.warm.starts == 1
         assert second.summary.val_bpb == pytest.approx(first.summary.val_bpb, abs=1e-6)
         server = trainer.warm._proc.pid
+        limit = trainer.spec
+        trainer.spec = dataclasses.replace(limit, eval_time_limit_s=3)  # warm: an honest model takes under a second
         slow = await _run(node, tmp_path, SLOW_TO_EVALUATE, trainer=trainer, name="slow")
+        trainer.spec = limit
         assert not slow.ok and "time limit" in slow.reason, slow.reason
         assert not trainer.warm.running and not Path(f"/proc/{server}").exists()
         after = await _run(node, tmp_path, honest, trainer=trainer, name="after")
@@ -665,3 +668,22 @@ async def test_a_liar_s_win_reaching_a_node_inside_a_combination_is_refused(tmp_
     assert "cannot measure this code's model" in er.outcome.reason
     assert er.run.val_bpb is None
     ctx.ledger.close()
+
+
+def test_an_evaluator_folder_a_dead_node_left_is_removed_and_a_live_one_kept(tmp_path):
+    """A node killed with its evaluator (the watchdog ends the server) leaves its copies' folder in
+    runs/; the next trainer there removes it, and never another live node's or worker's."""
+    from p2p_research.harness.warm import WarmEvaluator
+
+    dead = tmp_path / ".evaluator-999999-12345-x1"  # no process 999999 started at tick 12345
+    (dead / "copies").mkdir(parents=True)
+    first, second = WarmEvaluator(b""), WarmEvaluator(b"")
+    try:
+        mine = first.copy_dir(tmp_path).parents[1]
+        assert not dead.exists() and mine.is_dir()
+        second.copy_dir(tmp_path)
+        assert mine.is_dir() and len(list(tmp_path.iterdir())) == 2
+    finally:
+        first.close()
+        second.close()
+    assert list(tmp_path.iterdir()) == []

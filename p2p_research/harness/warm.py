@@ -37,6 +37,7 @@ from pathlib import Path
 
 import trio
 
+from p2p_research.research.io.run_guard import _alive, owner_mark
 from p2p_research.research.io.runner import RunLimits, _rss_mb, kill_tree, launch_of
 from p2p_research.research.io.sandbox import SandboxSpec
 
@@ -48,6 +49,21 @@ EXIT_PREFIX = b"P2P-EXIT "
 PER_REQUEST_ENV = ("P2P_SEED", "P2P_PRIVATE_BELOW")  # evaluate.PER_REQUEST_ENV: the rest starts a server
 MEMORY_POLL_S = 0.5
 MAX_LINE = 256 * 1024
+ROOT_PREFIX = ".evaluator-"   # then the owner's pid and start time: a dead node's folder is removed later
+
+
+def _sweep(near: Path) -> None:
+    """Remove the evaluator folders a node that is no longer alive left here (killed, or crashed in C:
+    its watchdog ended its server, nothing removed its folder)."""
+    try:
+        entries = list(near.glob(f"{ROOT_PREFIX}*"))
+    except OSError:
+        return
+    for folder in entries:
+        pid, _, rest = folder.name[len(ROOT_PREFIX):].partition("-")
+        started = rest.rpartition("-")[0]
+        if pid.isdigit() and started and not _alive(f"{pid}:{started}"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,9 @@ class WarmEvaluator:
     def copy_dir(self, near: Path) -> Path:
         """A fresh folder for one hand-over's copy, in the one folder the server can read."""
         if self.root is None or not self.root.is_dir():
-            self.root = Path(tempfile.mkdtemp(prefix=".evaluator-", dir=near))
+            _sweep(near)
+            owner = owner_mark().replace(":", "-")
+            self.root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{owner}-", dir=near))
             (self.root / "copies").mkdir()
             (self.root / "bin").mkdir()
             self._stop()

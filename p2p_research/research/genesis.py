@@ -66,3 +66,10 @@ def await_s(run_seconds: float | None) -> float:
     if run_seconds is None or not math.isfinite(run_seconds) or run_seconds <= 0:
         return AWAIT_MIN_S
     return min(AWAIT_MAX_S, max(AWAIT_MIN_S, AWAIT_SHARE * run_seconds))
+
+
+def still_waiting(value: float | None, now: float, deadline: float, researchers: int) -> bool:
+    """Whether a node that asked its peers for the genesis value waits on (the daemon's engine and the
+    DES's virtual node both ask this): not once a value is agreed or the wait is over, and not at all
+    while fewer than AGREEING other researchers of the protocol are heard (the rule cannot be met)."""
+    return value is None and now < deadline and researchers >= AGREEING

@@ -429,10 +429,11 @@ class ResearchEngine:
         wait_s = G.await_s(held_s)
         deadline = time.monotonic() + wait_s
         value = self.peers_value(commit)
-        while value is None and time.monotonic() < deadline:
+        while True:
             others = self.hooks.researchers() if self.hooks.researchers is not None else G.AGREEING
-            if others < G.AGREEING:  # the rule cannot be met: do not wait for it
-                log.info("only %d other peer(s) of this protocol: measuring the genesis %s here", others, commit[:7])
+            if not G.still_waiting(value, time.monotonic(), deadline, others):
+                if value is None and others < G.AGREEING:
+                    log.info("only %d other peer(s) of this protocol: measuring the genesis %s here", others, commit[:7])
                 break
             self.progress.waiting_for = (f"the genesis value from peers ({G.AGREEING} must agree; {others} peers "
                                          f"heard; {deadline - time.monotonic():.0f} s more at most)")

@@ -203,7 +203,7 @@ class VirtualNode:
                 continue
             if isinstance(action, L.AwaitBaseline):
                 deadline = w.t + G.await_s(sh.cost_s)
-                while (value := self.learned(action.commit)) is None and w.t < deadline:
+                while G.still_waiting(value := self.learned(action.commit), w.t, deadline, self.researchers()):
                     yield min(0.25, deadline - w.t)
                 if value is None:
                     self.loop.handle(L.BaselineUnavailable(action.commit))
@@ -283,6 +283,11 @@ class VirtualNode:
                     if m.kind == "baseline" and m.value is not None and m.peer != self.index
                     and w.delivery(m, self.index) <= w.t}
         return G.agreed_value(measured, G.agree_tol(self.shared.margin))
+
+    def researchers(self) -> int:
+        """Other nodes of the protocol this one hears (the daemon's `Node.researchers`): in the model every
+        node hears every member of the swarm, a solo node none."""
+        return 0 if self.solo else sum(1 for p in self.state.peers if p != self.name)
 
     def follow(self) -> Process:
         """Done proposing: adopt by rank until the settle ends, so the swarm converges on one baseline."""
