@@ -119,25 +119,30 @@ VARIANTS: dict[str, tuple[str, str]] = {
         "open(out + '/program.json', 'wb').write(b'{{}}')\n"
         "torch.save({{}}, out + '/constants.pt')\n"
         "open(out + '/state_dict.pt', 'wb').write(pickle.dumps({{'w': Boom()}}))\n"
-        "json.dump({{'input_shape': [32, 64], 'args': ['cpu'], 'kwargs': {{'max_seq_len': 64}}}}, open(out + '/meta.json', 'w'))\n"
+        "open(out + '/meta.part', 'w').write(json.dumps({{'input_shape': [32, 64], 'args': ['cpu'], 'kwargs': {{'max_seq_len': 64}}}})); os.replace(out + '/meta.part', out + '/meta.json')\n"
         "report(0.20)\n", "not a plain file of tensors"),
     "hands over a malformed program": (
         "import json\nout = os.environ['P2P_HANDOVER']\n"
         "open(out + '/program.json', 'wb').write(b'{{\"not\": \"a program\"')\n"
         "torch.save({{}}, out + '/constants.pt'); torch.save({{}}, out + '/state_dict.pt')\n"
-        "json.dump({{'input_shape': [32, 64], 'args': ['cpu'], 'kwargs': {{}}}}, open(out + '/meta.json', 'w'))\n"
+        "open(out + '/meta.part', 'w').write(json.dumps({{'input_shape': [32, 64], 'args': ['cpu'], 'kwargs': {{}}}})); os.replace(out + '/meta.part', out + '/meta.json')\n"
         "report(0.20)\n", "does not load"),
     "exits after writing only a fake meta.json": (
         "import json\nout = os.environ['P2P_HANDOVER']\n"
-        "json.dump({{'input_shape': [32, 64]}}, open(out + '/meta.json', 'w'))\n"
+        "open(out + '/meta.part', 'w').write(json.dumps({{'input_shape': [32, 64]}})); os.replace(out + '/meta.part', out + '/meta.json')\n"
         "report(0.20)\n", "lacks program.json"),
     "hides code in the program's symbolic shapes and guards": (
-        "import json, p2p_handover\np2p_handover.OUT = out = os.environ['P2P_HANDOVER']\n"
+        # the whole hand-over written, meta.json last, as a complete one is (the node copies it the
+        # moment meta.json appears: a program rewritten after that raced with the copy)
+        "import json, shutil, tempfile, p2p_handover\nout = os.environ['P2P_HANDOVER']\n"
+        "p2p_handover.OUT = made = tempfile.mkdtemp()\n"
         "p2p_handover._export(train(Tiny(), train_data).eval(), torch.zeros(32, 64, dtype=torch.long), ('cpu',), {{'max_seq_len': 64}})\n"
-        "doc = json.load(open(out + '/program.json'))\n"
+        "doc = json.load(open(made + '/program.json'))\n"
         "doc['range_constraints'] = {{'s0': {{'min_val': 1, 'max_val': \"__import__('os').system('touch {marker}')\"}}}}\n"
         "doc['guards_code'] = [\"__import__('os').system('touch {marker}')\"]\n"
         "json.dump(doc, open(out + '/program.json', 'w'))\n"
+        "for name in ('state_dict.pt', 'constants.pt', 'meta.json'):\n"
+        "    shutil.copy(made + '/' + name, out + '/' + name)\n"
         "report(0.20)\n", "only static shapes are measured"),
     "zeroes its input in place (the harness's targets share its memory)": (
         "import p2p_handover\np2p_handover.OUT = os.environ['P2P_HANDOVER']\n"
