@@ -281,3 +281,27 @@ def test_a_genesis_that_cannot_be_measured_ends_the_loop_with_the_result_unjudge
 def test_an_unchanged_value_is_said_in_words():
     assert L.decide_keep(1.0, 1.0, 0.002) == ("discarded", "val_bpb unchanged")
     assert L.decide_keep(1.0, 1.5, 0.002)[1] == "val_bpb worse by 0.500000"
+
+
+def test_a_swarm_node_takes_a_turn_before_each_proposal_and_decides_again_after_it():
+    """research/life.py, the order both the engine and the DES's virtual node follow."""
+    from p2p_research.research.life import Life, TakeTurn
+
+    solo = L.ResearchLoop("g" * 40, 2.0, margin=0.01)
+    assert isinstance(Life(solo, turns=False).next_step(), L.Propose)  # a solo node proposes at once
+
+    m = L.ResearchLoop("g" * 40, 2.0, margin=0.01)
+    life = Life(m, turns=True)
+    step = life.next_step()
+    assert isinstance(step, TakeTurn) and step.before == L.Propose("g" * 40)
+    life.turn_taken(step)
+    assert life.next_step() == L.Propose("g" * 40)  # nothing changed: the proposal goes ahead
+    m.handle(L.Proposed("e1", "c1", "d"))
+    assert life.next_step() == L.RunExperiment("e1", "c1", "d")
+    m.handle(L.ExperimentFinished("e1", "c1", 2.5))  # discarded
+    step = life.next_step()
+    assert isinstance(step, TakeTurn)
+    m.adopt("p" * 40, 1.5)  # the turn adopted a peer's result
+    life.turn_taken(step)
+    again = life.next_step()  # the proposal from the new baseline gets a turn of its own
+    assert isinstance(again, TakeTurn) and again.before == L.Propose("p" * 40)

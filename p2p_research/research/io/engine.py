@@ -48,6 +48,7 @@ from p2p_research.research.io.run_guard import end_leftovers
 from p2p_research.research.io.runner import RunLimits, RunOutcome, run_training, train_argv
 from p2p_research.research.io.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
 from p2p_research.research.io.surrogate import SurrogateTrainer
+from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.turns import liar_value
 from p2p_research.store.ledger import Run
@@ -322,9 +323,15 @@ class ResearchEngine:
             log.info("the genesis %s is measured by peers: experimenting at once", commit[:7])
         self.loop = L.ResearchLoop(commit, value, self.margin, max_experiments, measure_first=measure_first)
         self.progress.baseline_commit, self.progress.baseline_value = commit, value
+        life = Life(self.loop, turns=between is not None)
         try:
             while True:
-                action = self.loop.next_action()
+                action = life.next_step()
+                if isinstance(action, TakeTurn):
+                    assert between is not None
+                    await between()
+                    life.turn_taken(action)
+                    continue
                 if isinstance(action, L.Done):
                     self.progress.phase = "done"
                     if self._held is not None:  # the genesis could not be measured: nothing to judge it by
@@ -333,10 +340,6 @@ class ResearchEngine:
                         assert er.run.run_id is not None
                         self.ctx.ledger.finish_run(er.run.run_id, "aborted", reason=f"not judged: {action.reason}")
                     return action
-                if between is not None and isinstance(action, L.Propose):
-                    await between()
-                    if self.loop.next_action() != action:
-                        continue  # the swarm changed the baseline: decide from the new one
                 await self.step(action)
         finally:
             self.flush_rows()  # crashes that waited for a baseline row that never came (done, or stopped)

@@ -29,6 +29,7 @@ from p2p_research.research.io.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
 from p2p_research.research.io.combine import Win, candidates, merge_knobs
 from p2p_research.research.io.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TRIES
 from p2p_research.research.io.surrogate import noisy_value
+from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.mutate import draw_changes, prepare_choices
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
@@ -182,12 +183,20 @@ class VirtualNode:
 
     def life(self) -> Process:
         sh, w = self.shared, self.world
+        life = Life(self.loop, turns=True)
         while True:
             until = w.down_until(self.index, w.t)
             if until is not None:  # killed: back after the restart, from the ledger's state
                 yield until - w.t
                 continue
-            action = self.loop.next_action()
+            action = life.next_step()
+            if isinstance(action, TakeTurn):
+                if w.t >= sh.window_end:
+                    yield from self.follow()
+                    return
+                yield from self.between()
+                life.turn_taken(action)
+                continue
             if isinstance(action, L.Done):
                 return
             if isinstance(action, L.MeasureBaseline):
@@ -211,12 +220,6 @@ class VirtualNode:
                     self._decided(self.loop.handle(L.BaselineLearned(action.commit, value)))
                 continue
             if isinstance(action, L.Propose):
-                if w.t >= sh.window_end:
-                    yield from self.follow()
-                    return
-                yield from self.between()
-                if self.loop.next_action() != action:
-                    continue
                 self._lookups_left = DHT_LOOKUPS_PER_PROPOSAL if not self.flooding else 0
                 cost = w.net.own_work_s
                 w.own_work(w.t, cost)
