@@ -156,3 +156,46 @@ def test_a_stopped_or_killed_node_leaves_no_run_behind(tmp_path):
             time.sleep(0.1)
         left = {p: cmd[-80:] for p, cmd in _run_processes(home.path).items()}
         assert not left, f"{how}: {left}"
+
+
+def test_a_watchdog_told_to_stop_takes_its_run_with_it(tmp_path):
+    """A service manager stops a node by signalling its whole group (the watchdog too): the watchdog
+    ends its run's tree before it exits, so nothing trains on under init."""
+    import signal
+    import subprocess
+    import time
+
+    from p2p_research.research.io.run_guard import guarded
+
+    marker = f"p2p-watchdog-test-{time.monotonic_ns()}"
+    watchdog = subprocess.Popen(guarded([sys.executable, "-c", "import time; time.sleep(60)", marker]),
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not _pids_named(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _pids_named(marker), "the run did not start"
+        watchdog.send_signal(signal.SIGTERM)
+        assert watchdog.wait(timeout=10) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 5
+        while _pids_named(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pids_named(marker), "the run outlived its watchdog"
+    finally:
+        watchdog.kill()
+        for pid in _pids_named(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids_named(marker: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+                if marker.encode() in args and b"time.sleep(60)" in b" ".join(args) and WATCHDOG_MARK not in b" ".join(args):
+                    out.append(int(entry))
+            except OSError:
+                continue
+    return out

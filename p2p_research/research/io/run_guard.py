@@ -5,9 +5,11 @@ or crashes in C, runs no cleanup: the sandbox (bwrap in a session of its own, th
 its namespace) would go on training with parent PID 1. bwrap's `--die-with-parent` cannot be used: its
 death signal follows the *thread* that started bwrap, and trio starts processes from worker threads
 that exit when idle. So every run starts under a watchdog (`WATCHDOG`, a few lines of Python with no
-imports beyond the standard library's `os`, `select`, `signal`, `sys`): it starts the command, waits for
-it or for the node's death (a pidfd of each, no polling where the kernel has pidfds), and in the second
-case kills the command's tree. Its exit status is the command's.
+imports beyond the standard library's `os`, `select`, `signal`, `sys`, `time`): it starts the command,
+waits for it or for the node's death (a pidfd of each, no polling where the kernel has pidfds), and in
+the second case kills the command's tree. A watchdog told to stop (SIGTERM, SIGHUP, SIGINT: a service
+manager stopping the node's whole group, pkill) kills the command's tree before it exits. Its exit
+status is the command's.
 
 If the watchdog itself was killed with the node (a kill of both), `end_leftovers` finds the run's
 processes at the next start: every run carries `P2P_RUN_OWNER=<pid>:<start time>` of the node process
@@ -68,6 +70,19 @@ def finish(status):
             pass
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else 1)
+
+def end_run(signum, frame):
+    # the watchdog itself is told to stop (a service manager's SIGTERM to the whole group, pkill, a
+    # closed terminal): the run goes with it, instead of training on under init
+    for p in sorted(tree(child)):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(128 + signum)
+
+for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signal.signal(s, end_run)
 
 try:
     child_fd = os.pidfd_open(child)
