@@ -247,7 +247,11 @@ def test_a_two_worker_node_runs_two_experiments_at_once_without_duplicates(tmp_p
     try:
         wait_for(lambda: len(d.json("status")["workers"]) == 2 and all(
             w["phase"] == "training" for w in d.json("status")["workers"]), 60, 0.2, what="both workers training")
-        wait_for(lambda: research_done(d), 120, 1.0, what="both workers done")
+        try:
+            wait_for(lambda: research_done(d), 120, 1.0, what="both workers done")
+        except AssertionError as e:  # once in a fresh clone's loaded run, idle: say where each worker was
+            raise AssertionError(f"{e}; workers: {d.json('status')['workers']}; log: "
+                                 f"{(home.path / 'logs' / 'node.log').read_text()[-3000:]}") from None
         workers = d.json("status")["workers"]
         assert [w["experiments_done"] for w in workers] == [4, 4]
     finally:
