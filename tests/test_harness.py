@@ -692,3 +692,19 @@ def test_an_evaluator_folder_a_dead_node_left_is_removed_and_a_live_one_kept(tmp
         first.close()
         second.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_evaluator_server_reads_a_hold_and_a_request_that_come_in_one_read():
+    """The node does not wait for an answer to a hold, so a hold and the next request can reach the
+    server together; each is read on its own (the server used to exit on the second, and that run's
+    model went unmeasured)."""
+    import subprocess
+    import sys
+
+    harness = Path(__file__).resolve().parents[1] / "p2p_research" / "harness"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import evaluate as E\n"
+            "print([E._next_request(time.monotonic() + 5) for _ in range(3)])")
+    out = subprocess.run([sys.executable, "-c", code, str(harness)], input='{"hold": 5}\n{"id": "1", "folder": "/x"}\n',
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[{'hold': 5}, {'id': '1', 'folder': '/x'}, None]"

@@ -1,8 +1,7 @@
 """The node's evaluator: measures a handed-over model with the pinned harness (standalone, sandboxed).
 
 Started as `python p2p_evaluate.py --serve` (a warm server the node keeps: `serve`, harness/warm.py)
-or `python p2p_evaluate.py HANDOVER_DIR` (one evaluation) in a sandbox whose working directory holds
-this file and the node's pinned prepare.py (from the swarm's genesis, never the run's copy), and
+in a sandbox whose working directory holds this file and the node's pinned prepare.py (from the swarm's genesis, never the run's copy), and
 nothing of the run but the hand-over copies, read-only. No code of train.py runs here:
 
 - the weights are read with `torch.load(weights_only=True)` (tensors only; a pickle of objects is
@@ -21,8 +20,8 @@ nothing of the run but the hand-over copies, read-only. No code of train.py runs
 - with P2P_PRIVATE_SEED (the node's secret), also the value on windows of a corpus the same harness
   generates from that seed: a split the run could not have seen (see harness/verdict.py).
 
-Prints one line `P2P-MEASURE {json}`; a refusal is `{"error": "..."}` with exit code 0 (the node
-refutes on it), a crash of this program is the node's bug and exits non-zero.
+Each evaluation prints one line `P2P-MEASURE {json}` (with its request's id); a refusal is
+`{"error": "..."}` (the node refutes on it); a child that dies without a line is a refusal too.
 Standard library and torch only; it must not import p2p_research (the sandbox does not see it).
 """
 
@@ -442,21 +441,6 @@ def _private_bpb(prepare, adapter, meta, device, seed):
         prepare.load_text = public
 
 
-READY_POLL_S = 0.005  # on the critical path once the model comes (a stat per poll while the run trains)
-READY = "ready"  # written by the node into the (read-only here) hand-over copy once it is complete
-
-
-def _wait_ready(folder):
-    """Started with the training run, the evaluator has torch imported by the time the model is handed
-    over; it waits for the node's marker that the copy is complete (the node ends it otherwise)."""
-    deadline = time.monotonic() + float(os.environ.get("P2P_EVALUATE_WAIT_S", "0") or 0)
-    while not os.path.exists(os.path.join(folder, READY)):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(READY_POLL_S)
-    return True
-
-
 def _import_torch_while_training():
     """Import torch at the lowest priority, in a thread of its own: the import (a second of CPU) runs
     beside the training and takes only what the training leaves idle. Priority is per thread on
@@ -545,32 +529,19 @@ def _measure(folder, torch, prepare, device):
             "seconds": time.monotonic() - started}
 
 
-def main():
-    """One evaluation: started with the run, it waits for the node's marker that the copy is complete."""
-    started = time.monotonic()
-    folder = sys.argv[1]
-    torch, prepare = _setup()
-    device = _device(torch)
-    imported = time.monotonic() - started
-    if not _wait_ready(folder):
-        _emit({"error": "no hand-over came"})
-        return
-    doc = _measure(folder, torch, prepare, device)
-    if "marks" in doc:
-        doc["marks"]["imported"] = imported
-    _emit(doc)
-
-
 SERVE_IDLE_S = 300.0   # a server nobody asked for this long exits (the node starts another when needed)
 PER_REQUEST_ENV = ("P2P_SEED", "P2P_PRIVATE_BELOW")  # what may differ between two evaluations of one server
 
 
+_UNREAD = bytearray()  # what the server read from stdin past the line it returned
+
+
 def _next_request(deadline):
-    """The node's next line on stdin, or None at its end or once the idle deadline passed."""
+    """The node's next line on stdin, or None at its end or once the idle deadline passed. The node
+    does not wait for an answer to a hold, so a hold and the next request can come in one read."""
     import select
 
-    buf = b""
-    while True:
+    while b"\n" not in _UNREAD:
         wait = deadline - time.monotonic()
         if wait <= 0:
             return None
@@ -580,12 +551,11 @@ def _next_request(deadline):
         chunk = os.read(0, 65536)
         if not chunk:
             return None
-        buf += chunk
-        if b"\n" in buf:
-            line, _, rest = buf.partition(b"\n")
-            if rest:  # the node writes one line and waits for its answer; anything more is a bug there
-                raise SystemExit("the node sent two requests at once")
-            return json.loads(line)
+        _UNREAD.extend(chunk)
+    end = _UNREAD.index(b"\n")
+    line = bytes(_UNREAD[:end])
+    del _UNREAD[:end + 1]
+    return json.loads(line)
 
 
 def _child(request, torch, prepare):
@@ -688,12 +658,11 @@ def serve():
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--serve"]:
-        serve()
-    else:
-        main()
-    # the value is out; the node and the waiting run need nothing more from this process, and
-    # tearing torch down takes half a second
+    if sys.argv[1:] != ["--serve"]:
+        print("usage: p2p_evaluate.py --serve (started by the node: harness/warm.py)", file=sys.stderr)
+        raise SystemExit(2)
+    serve()
+    # the node closed the server's stdin, or it was idle: tearing torch down takes half a second
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
