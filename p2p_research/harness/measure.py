@@ -506,6 +506,5 @@ class HarnessTrainer:
         log_path.write_text(line + "\n")
         if doc is None:
             # the evaluator ran out of memory on this model, or crashed: refuse the model
-            server_log = self.warm.root / "server.log" if self.warm.root is not None else log_path
-            return {"error": f"the evaluation did not finish: {line} (log: {server_log})"}
+            return {"error": f"the evaluation did not finish: {line} (log: {self.warm.log_path or log_path})"}
         return _result_of(doc)

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import trio
 
-from p2p_research.research.io.run_guard import _alive, owner_mark
-from p2p_research.research.io.runner import RunLimits, _rss_mb, kill_tree, launch_of
+from p2p_research.research.io.run_guard import is_alive, owner_mark
+from p2p_research.research.io.runner import RunLimits, kill_tree, launch_of, rss_mb
 from p2p_research.research.io.sandbox import SandboxSpec
 
 log = logging.getLogger("p2p_research.harness")
@@ -62,7 +62,7 @@ def _sweep(near: Path) -> None:
     for folder in entries:
         pid, _, rest = folder.name[len(ROOT_PREFIX):].partition("-")
         started = rest.rpartition("-")[0]
-        if pid.isdigit() and started and not _alive(f"{pid}:{started}"):
+        if pid.isdigit() and started and not is_alive(f"{pid}:{started}"):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -122,6 +122,11 @@ class WarmEvaluator:
         return ServerSpec(tuple(argv), base, limits.memory_limit_mb, limits.hard_address_limit, box)
 
     @property
+    def log_path(self) -> Path | None:
+        """The server's stderr (torch's warnings, a child's traceback), where a refusal points."""
+        return self.root / "server.log" if self.root is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -142,7 +147,8 @@ class WarmEvaluator:
         (bin_dir / EVALUATE_SCRIPT).write_bytes(Path(__file__).with_name("evaluate.py").read_bytes())
         launch = launch_of(bin_dir, dict(spec.env), RunLimits(0, spec.memory_limit_mb, spec.hard_address_limit),
                            list(spec.argv), spec.sandbox)
-        with (self.root / "server.log").open("ab") as err:
+        assert self.log_path is not None
+        with self.log_path.open("ab") as err:
             def start() -> subprocess.Popen:
                 return subprocess.Popen(launch.argv, cwd=bin_dir, env=launch.env, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=err, start_new_session=True,
@@ -208,7 +214,7 @@ class WarmEvaluator:
                 if not self.running:
                     finished = True
                     return None, "the evaluator ended"
-                if _rss_mb(self._proc.pid) > memory_limit_mb:
+                if rss_mb(self._proc.pid) > memory_limit_mb:
                     finished = True
                     self._stop()
                     return None, f"memory limit exceeded ({memory_limit_mb} MB)"

@@ -40,6 +40,7 @@ from p2p_research.harness.verdict import does_not_generalise, self_report_allowe
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
 from p2p_research.research.describe import describe_change
+from p2p_research.research.effective import Facts, resolve
 from p2p_research.research.ids import experiment_id
 from p2p_research.research.io import preflight
 from p2p_research.research.io.context import EDITABLE_FILE, ResearchContext
@@ -50,7 +51,7 @@ from p2p_research.research.io.sandbox import SandboxSpec, home_views, interprete
 from p2p_research.research.io.surrogate import SurrogateTrainer
 from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.semantic import semantic_id
-from p2p_research.research.turns import liar_value
+from p2p_research.research.turns import defer_s, liar_value
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result, has_rows
 
@@ -205,30 +206,23 @@ class ResearchEngine:
     def margin(self) -> float:
         """research.margin when set (0: autoresearch's rule, any improvement); else 2 sigma of the noise
         `noise` measured; else L.DEFAULT_MARGIN."""
+        return self._margin_and_source()[0]
+
+    def _margin_and_source(self) -> tuple[float, str]:
+        """The margin in force and where it comes from (`p2p-research config`)."""
         cfg = self.ctx.config.research
         if cfg.margin is not None:
-            return cfg.margin
+            return cfg.margin, "node.toml"
         noise = self.ctx.ledger.get_meta(f"noise:{self.ctx.protocol_id}")
         if noise and noise.get("margin") is not None:
-            return float(noise["margin"])
-        return L.DEFAULT_MARGIN
-
-    def margin_source(self) -> str:
-        """Where `margin` comes from (p2p-research config)."""
-        if self.ctx.config.research.margin is not None:
-            return "node.toml"
-        noise = self.ctx.ledger.get_meta(f"noise:{self.ctx.protocol_id}")
-        if noise and noise.get("margin") is not None:
-            return "2 sigma of the noise measured here"
-        return "the default until the noise is measured"
+            return float(noise["margin"]), "2 sigma of the noise measured here"
+        return L.DEFAULT_MARGIN, "the default until the noise is measured"
 
     def effective_config(self, workers: list[dict[str, str]] | None = None) -> dict[str, dict[str, Any]]:
         """The configuration in force on this node (research/effective.py): each automatic key's value."""
-        from p2p_research.research.effective import Facts, resolve
-        from p2p_research.research.turns import defer_s
-
         expected = self.expected_seconds()
-        facts = Facts(self.margin, self.margin_source(), self.time_limit(), expected,
+        margin, source = self._margin_and_source()
+        facts = Facts(margin, source, self.time_limit(), expected,
                       workers if workers is not None else [self.worker_env],
                       defer_s(self.ctx.config.verification.defer_s, expected))
         return resolve(self.ctx.config, facts, self.ctx.budget.describe())

@@ -128,7 +128,8 @@ def owner_mark(pid: int | None = None) -> str:
     return f"{pid}:{_start_time(pid) or '?'}"
 
 
-def _alive(mark: str) -> bool:
+def is_alive(mark: str) -> bool:
+    """Whether the process an `owner_mark` names still runs (the same pid and start time)."""
     pid, _, started = mark.partition(":")
     return pid.isdigit() and _start_time(int(pid)) == started
 
@@ -157,7 +158,7 @@ def end_leftovers(runs: Path) -> list[int]:
             continue
         env = _environ(int(entry.name))
         run_dir, owner = env.get(RUN_DIR_ENV, ""), env.get(OWNER_ENV, "")
-        if run_dir.startswith(prefix) and owner and not _alive(owner):
+        if run_dir.startswith(prefix) and owner and not is_alive(owner):
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
                 ended.append(int(entry.name))

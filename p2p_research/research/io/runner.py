@@ -107,7 +107,7 @@ def _members(pid: int) -> set[int]:
     return members
 
 
-def _rss_mb(pid: int, members: set[int] | None = None) -> float:
+def rss_mb(pid: int, members: set[int] | None = None) -> float:
     """RSS of the child's process group and of all its descendants."""
     members = _members(pid) if members is None else members
     total = 0.0
@@ -289,7 +289,7 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
                 while proc.poll() is None:
                     members = _members(proc.pid)
                     cpu = meter.sample(members)
-                    if _rss_mb(proc.pid, members) > limits.memory_limit_mb:
+                    if rss_mb(proc.pid, members) > limits.memory_limit_mb:
                         reason = f"memory limit exceeded ({limits.memory_limit_mb} MB)"
                         await _end(proc)
                         break
