@@ -31,7 +31,6 @@ import math
 import os
 import re
 import sys
-import threading
 import time
 
 MAX_DIM = 1 << 16
@@ -441,33 +440,15 @@ def _private_bpb(prepare, adapter, meta, device, seed):
         prepare.load_text = public
 
 
-def _import_torch_while_training():
-    """Import torch at the lowest priority, in a thread of its own: the import (a second of CPU) runs
-    beside the training and takes only what the training leaves idle. Priority is per thread on
-    Linux, and a process cannot raise its own back, so the measurement (this main thread, and the
-    compute threads it starts) keeps the normal priority: once the model comes, the run waits for
-    this process's value, and a node busy with other work must not starve it."""
-    got = {}
+def _import_torch():
+    """torch, imported at the server's own priority. It once ran in a thread at nice 19 so that the
+    import took only what the run's training left idle; on a kernel without autogroups (CI's) a nice-19
+    thread beside three nice-0 trainings on two cores got about 1 % of a core, the import took minutes,
+    and the first evaluation ran out of its time limit. The server imports torch once per node (it
+    stays warm across runs), so the import's cost beside one training is paid once."""
+    import torch
 
-    def work():
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                           int(os.environ.get("P2P_EVALUATE_NICE", "19")))
-        except (OSError, ValueError, AttributeError):
-            pass
-        try:
-            import torch
-
-            got["torch"] = torch
-        except BaseException as e:  # noqa: BLE001 - raised again in the main thread
-            got["error"] = e
-
-    thread = threading.Thread(target=work, name="import-torch")
-    thread.start()
-    thread.join()
-    if "error" in got:
-        raise got["error"]
-    return got["torch"]
+    return torch
 
 
 def _private_wanted(value):
@@ -481,9 +462,9 @@ def _private_wanted(value):
 
 
 def _setup():
-    """torch (imported at the lowest priority) and the pinned harness. The device is chosen where the
+    """torch and the pinned harness. The device is chosen where the
     model is measured (`_device`): a server that asked CUDA anything would fork children that cannot use it."""
-    torch = _import_torch_while_training()
+    torch = _import_torch()
     sys.path.insert(0, os.getcwd())
     import prepare
 

@@ -54,8 +54,8 @@ MEASURED_FILE = "measured.json"     # the node's value, written back for the wai
 HAND_BACK_WAIT_S = 60.0             # how much longer than the evaluator's limit the run waits for it
 # A cold evaluator (the first run, or after five minutes idle) starts this long after the run (or at the
 # hand-over, if that comes first): the run's
-# sandbox and interpreter start at full priority, and the evaluator's own start (its sandbox, its
-# interpreter; only its torch import runs at the lowest priority) slowed the run's start when both
+# sandbox and interpreter start first, and the evaluator's own start (its sandbox, its interpreter,
+# its torch import) slowed the run's start when both
 # began together (fixture, 10 + 10 runs: +5.2 % at once, +3.7 % to +4.1 % with 0.2-0.8 s of lag). Its
 # import (about 1 s) then still runs beside the run's own import, before the training takes both cores.
 EVALUATOR_LAG_S = 0.4
