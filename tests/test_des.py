@@ -57,7 +57,9 @@ def test_liars_are_refuted_and_never_become_an_honest_baseline():
 def test_announcing_only_kept_results_cuts_each_nodes_gossip_and_uses_the_dht():
     full = run(nodes=40, duration_s=120, net=NetModel())
     sparse = run(nodes=40, duration_s=120, net=NetModel(), announce="kept")
-    assert sparse["load"]["inbound_gossip_messages_per_node_s"] < full["load"]["inbound_gossip_messages_per_node_s"] / 2
+    # kept results still flood, so the saving follows their share: with speculation (research/speculation.py)
+    # about twice as many runs are kept (95 of 214 against 49 of 229 before), and the cut is about half
+    assert sparse["load"]["inbound_gossip_messages_per_node_s"] < 0.6 * full["load"]["inbound_gossip_messages_per_node_s"]
     assert sparse["load"]["dht_rpcs_per_node_s"] > 0 and full["load"]["dht_rpcs_per_node_s"] == 0
     assert "claim (DHT)" in sparse["load"]["messages_by_kind"]
     assert sparse["duplicates_wasted_pct"] < 5.0

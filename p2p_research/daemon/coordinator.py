@@ -24,6 +24,7 @@ from p2p_research.research.io.engine import ResearchEngine
 from p2p_research.research.io.objects import incomplete_ancestry
 from p2p_research.research.io.trust import check_lineage
 from p2p_research.research.ownership import Ownership
+from p2p_research.research.speculation import Branch, Revert
 from p2p_research.research.swarm import (
     Adopt,
     Ignore,
@@ -60,6 +61,9 @@ class CoordinatorDeps:
     claims: ClaimBook = field(default_factory=ClaimBook)
     sparse: Callable[[], bool] = lambda: False  # research/flooding.py: whether confirmations go to replicas only
     owners: Ownership | None = None             # the peers heard recently (shared with the announcer); None: own
+    # announces one of this node's own finished runs (the announcer's announce_result); the
+    # coordinator holds back results kept on a speculative branch until the branch is verified
+    announce_result: Callable[[Run], Awaitable[None]] | None = None
 
 
 class SwarmCoordinator:
@@ -80,7 +84,12 @@ class SwarmCoordinator:
         self.owners = deps.owners if deps.owners is not None else Ownership(deps.peer_id)
         self._first_result: OrderedDict[str, str] = OrderedDict()  # exp id -> first peer whose result completed
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
-                      "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0}
+                      "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0, "speculative_kept": 0,
+                      "branches_dropped": 0}
+        #: speculation (research/speculation.py): the unverified claims the baseline rests on, and this
+        #: node's results kept on that branch, announced once it is verified
+        self.branch = Branch()
+        self._held_runs: list[Run] = []
         self._load_reputation()
         self.faults: Faults = deps.faults
         #: claims that count here and the yield budget; shared with intake, which admits claims
@@ -273,7 +282,53 @@ class SwarmCoordinator:
     def turn(self, eng: ResearchEngine) -> Turn:
         """A turn between `eng`'s runs (research/turns.py), on this node's swarm state."""
         return Turn(self.state, defer=lambda: defer_s(self.defer_s, eng.expected_seconds()),
-                    margin=lambda: eng.margin, sparse=self.deps.sparse)
+                    margin=lambda: eng.margin, sparse=self.deps.sparse,
+                    branch=lambda: self.branch.to_verify(self.state))
+
+    # --- speculation (research/speculation.py) ------------------------------------------------------
+    def speculation(self) -> PeerClaim | None:
+        """The engine's hook: the unverified peer claim to build the next proposal on, if any."""
+        eng = self.engine
+        if eng is None or eng.loop is None or self.following:
+            return None
+        return self.state.speculation(eng.loop.baseline_value)
+
+    def built_on(self, claim: PeerClaim, before_commit: str, before_value: float | None) -> None:
+        """The engine's hook: an experiment built on `claim` was kept."""
+        self.branch.built(claim, before_commit, before_value)
+        self.stats["speculative_kept"] += 1
+
+    async def announce_own(self, run: Run) -> None:
+        """The engine's on_result: a kept result that rests on an unverified claim waits for the branch."""
+        if run.status == "kept" and self.branch.open:
+            self._held_runs.append(run)
+            log.info("result %s is kept on a speculative branch: announced once %d claim(s) under it are verified",
+                     run.exp_id[:10], len(self.branch.resting))
+            return
+        if self.deps.announce_result is not None:
+            await self.deps.announce_result(run)
+
+    async def _check_branch(self, eng: ResearchEngine) -> None:
+        step = self.branch.check(self.state)
+        held, release = self._held_runs, False
+        if isinstance(step, Revert):
+            self.stats["branches_dropped"] += 1
+            log.warning("dropping the speculative branch: %s; back to %s (val_bpb %.6f)", step.reason,
+                        step.commit[:7], step.value)
+            eng.revert(step.commit, step.value, step.reason)
+            for run in held:
+                assert run.run_id is not None
+                self.ctx.ledger.finish_run(run.run_id, "discarded", reason=f"its speculative branch was dropped: "
+                                                                          f"{step.reason}"[:500])
+                run.status = "discarded"
+            release = True
+        elif not self.branch.open and held:
+            release = True
+        if release:
+            self._held_runs = []
+            for run in held:
+                if self.deps.announce_result is not None:
+                    await self.deps.announce_result(run)
 
     async def between(self, eng: ResearchEngine | None = None) -> list[tuple[str, str, str]]:
         """Verify and adopt the best pending peer result(s) before proposing anything new (on `eng`,
@@ -282,6 +337,7 @@ class SwarmCoordinator:
         if eng is None or eng.loop is None:
             return []
         turn = self.turn(eng)
+        await self._check_branch(eng)
         while True:
             action = turn.next_action(eng.loop.baseline_value, self.baseline_rank() if self.following else None,
                                       time.time())
@@ -291,6 +347,7 @@ class SwarmCoordinator:
             # candidate is dropped (settled) and research goes on
             await contained(self.faults, action.claim.peer, "swarm.candidate", self._carry_out, turn, action, eng)
             self._save_reputation()
+            await self._check_branch(eng)
 
     async def _carry_out(self, turn: Turn, action: Verify | Adopt, eng: ResearchEngine) -> None:
         try:
@@ -321,6 +378,7 @@ class SwarmCoordinator:
         measured = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
         done = turn.handle(measured, eng.loop.baseline_value, self.baseline_rank() if self.following else None)
         verdict = done.verdict
+        self.branch.verdict(claim, verdict == "confirmed")
         self.stats[f"verified_{verdict}"] += 1
         assert er.run.run_id is not None
         why = f" ({er.outcome.reason})" if measured is None and er.outcome is not None and er.outcome.reason else ""

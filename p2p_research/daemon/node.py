@@ -165,7 +165,7 @@ class NodeDaemon:
                         peer_id=peer_id, key_pair=key_pair, ctx=ctx, config=cfg,
                         engine=lambda: workers.engine, engines=lambda: workers.engines, publish=net.publish,
                         dht_knows=announcer.dht_knows, faults=net.faults, claims=intake.claims,
-                        sparse=announcer.sparse, owners=owners))
+                        sparse=announcer.sparse, owners=owners, announce_result=announcer.announce_result))
                     intake.on_result, intake.on_claim, intake.on_verification = (
                         coord.on_result, coord.on_claim, coord.on_verification)
 
@@ -310,9 +310,10 @@ class RunningNode:
         for i, env in enumerate(envs):
             worker_proposer = proposer if i == 0 else self.make_proposer(self.ctx, seed_offset=7919 * i)
             engines.append(ResearchEngine(self.ctx, worker_proposer, Hooks(
-                on_claim=self.announcer.announce_claim, on_result=self.announcer.announce_result,
+                on_claim=self.announcer.announce_claim, on_result=self.coordinator.announce_own,
                 is_known=self.coordinator.is_known, contested=self.coordinator.contested,
-                is_mine=self.coordinator.owns, researchers=self.researchers),
+                is_mine=self.coordinator.owns, researchers=self.researchers,
+                speculation=self.coordinator.speculation, built_on=self.coordinator.built_on),
                 worker=i, worker_env=env, peer=self.peer_id, share_genesis=share_genesis, workers=engines))
         self.workers.engines = engines
         engine = engines[0]

@@ -128,6 +128,8 @@ class SwarmState:
     # improves the baseline and is not waiting is the best, so a decision stops there instead of
     # scanning every pending candidate (thousands in a large swarm); stale entries are skipped
     _order: list[tuple[float, str, str]] = field(default_factory=list)
+    # peers some claim of which a vote refuted (any verifier's: it only keeps speculation off them)
+    disputed: dict[str, None] = field(default_factory=dict)
 
     def rep(self, peer: str) -> Reputation:
         return self.reputation.setdefault(peer, Reputation())
@@ -167,6 +169,11 @@ class SwarmState:
         if exp_id in self.settled:  # evidence counts for pending candidates only: kept, it would evict theirs
             return
         vote = Vote(claimant, claimed_value, confirmed)
+        if not confirmed:
+            self.disputed.pop(claimant, None)
+            self.disputed[claimant] = None
+            if len(self.disputed) > MAX_PEERS:
+                del self.disputed[next(iter(self.disputed))]
         votes = self.evidence.setdefault(exp_id, {})
         if verifier not in votes and len(votes) >= MAX_VOTES:  # a flood of sybil votes cannot grow memory
             # ... nor crowd out what weighs more: a voucher's vote, then a refutation (it asks for a
@@ -318,6 +325,31 @@ class SwarmState:
             return Verify(best)
         return Adopt(best, best.value, f"adopted from {best.peer[:16]} without re-run "
                                        f"({self.policy.verification}, p={self.verify_probability(best.peer):.2f})")
+
+    def settle(self, claim: PeerClaim) -> None:
+        """`claim` is being decided outside `next_decision` (a re-run a speculative branch asked for):
+        it is no candidate any more."""
+        for key in [k for k in self.candidates if k[0] == claim.exp_id]:
+            del self.candidates[key]
+        self.settled.add(claim.exp_id)
+
+    def speculation(self, baseline_value: float | None) -> PeerClaim | None:
+        """The peer result a node may build its next experiments on before it has verified it: the best
+        pending candidate that claims to beat the baseline by more than the margin, from a peer that is
+        not ignored, that no vote has refuted. Nothing is adopted on it: an experiment built on it is
+        measured here like any other and kept only if its own value beats this node's baseline, and a
+        branch whose candidate is refuted is dropped (`refuted_claim`)."""
+        if baseline_value is None:
+            return None
+        for _value, exp_id, peer in self._order:
+            c = self.candidates.get((exp_id, peer))
+            if c is None or self.ignored(c.peer) or c.exp_id in self.settled:
+                continue
+            if baseline_value - c.value <= self.policy.margin:
+                return None
+            if c.peer not in self.disputed and not self.refuted(c):
+                return c
+        return None
 
     def _reorder(self) -> None:
         self._order = sorted((c.value, c.exp_id, c.peer) for c in self.candidates.values())

@@ -116,6 +116,8 @@ class Turn:
     defer: Callable[[], float] = field(default_factory=lambda: _fixed(MIN_DEFER_S))
     margin: Callable[[], float | None] = field(default_factory=lambda: _fixed(None))
     sparse: Callable[[], bool] = field(default_factory=lambda: _fixed(False))
+    # the next claim under this node's speculative branch to re-run (research/speculation.py), if any
+    branch: Callable[[], PeerClaim | None] | None = None
     left: int = MAX_DECISIONS
     decisions: list[tuple[str, str, str]] = field(default_factory=list)  # (what, exp id, peer)
     _verifying: PeerClaim | None = None
@@ -136,6 +138,13 @@ class Turn:
         if self.left <= 0:
             return EndTurn(f"{MAX_DECISIONS} decisions this turn")
         self._settle_policy()
+        under = self.branch() if self.branch is not None else None
+        if under is not None:  # a claim the baseline's speculative branch rests on (research/speculation.py)
+            self.state.settle(under)
+            self.left -= 1
+            self._verifying = under
+            self.decisions.append(("verify branch", under.exp_id, under.peer))
+            return Verify(under)
         decision = self.state.next_decision(baseline_value, rank, now=now)
         if decision is None:
             return EndTurn("no candidate improves the baseline now")

@@ -51,6 +51,7 @@ from p2p_research.research.io.sandbox import SandboxSpec, home_views, interprete
 from p2p_research.research.io.surrogate import SurrogateTrainer
 from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.semantic import semantic_id
+from p2p_research.research.swarm import PeerClaim
 from p2p_research.research.turns import defer_s, liar_value
 from p2p_research.store.ledger import Run
 from p2p_research.store.results_tsv import append_result, has_rows
@@ -127,6 +128,10 @@ class Hooks:
     # exp_id, runs finished -> why a run about to start gives way to a peer's claim already here (or None)
     contested: Callable[[str, int], str | None] | None = None
     researchers: Callable[[], int] | None = None  # other peers of this protocol it hears (the genesis rule)
+    # speculation (research/speculation.py): the unverified peer claim to build the next proposal on, if
+    # any; and, when an experiment built on one is kept, (that claim, the baseline before, its value)
+    speculation: Callable[[], PeerClaim | None] | None = None
+    built_on: Callable[[PeerClaim, str, float | None], None] | None = None
 
 
 # torch's CPU threads sleep while they wait for work instead of spinning (OpenMP's default spins): on
@@ -178,6 +183,8 @@ class ResearchEngine:
         self._rows_before_baseline: list[tuple] = []  # results.tsv rows that wait for the baseline's (_result_row)
         self._preflight_done = False
         self._transcripts: dict[str, bytes] = {}  # commit -> the agent's output, until its run starts
+        self._built_on: dict[str, PeerClaim] = {}  # proposal commit -> the unverified claim it builds on
+        self._before: tuple[str, float | None] = ("", None)  # the baseline before the last experiment's verdict
         # research.genesis = shared: set by a daemon whose peers hear its announcements (it floods); the
         # node then measures the genesis first only if its ticket says so (research/genesis.py)
         self.share_genesis = share_genesis
@@ -367,12 +374,16 @@ class ResearchEngine:
             self.progress.description = ""
             if getattr(self.proposer, "reads_digest", True):  # the built-in proposer never reads it
                 self.write_digest()
+            # a node of one worker may build on the best peer result still waiting for its evidence (its
+            # siblings would each need the branch dropped under them: research/speculation.py)
+            on = (self.hooks.speculation() if self.hooks.speculation is not None and len(self._workers) == 1
+                  else None)
+            parent = on.commit if on is not None else action.baseline_commit
             try:
-                result = await self.proposer.propose(self.ctx.workspace, action.baseline_commit,
-                                                     self._is_known_source(action.baseline_commit),
-                                                     self._is_mine_source(action.baseline_commit))
+                result = await self.proposer.propose(self.ctx.workspace, parent, self._is_known_source(parent),
+                                                     self._is_mine_source(parent))
             except Exception as e:  # noqa: BLE001 - a proposer's failure is a skipped proposal, never the end of research
-                log.debug("the proposer failed on baseline %s", action.baseline_commit[:7], exc_info=True)
+                log.debug("the proposer failed on baseline %s", parent[:7], exc_info=True)
                 result = Skip(f"the proposer failed: {type(e).__name__}: {str(e)[:200]}")
             transcript = getattr(self.proposer, "last_transcript", b"")
             if isinstance(result, Skip):
@@ -382,7 +393,11 @@ class ResearchEngine:
                 self.progress.note_result(f"proposal skipped: {result.reason}")
                 self.loop.handle(L.ProposalSkipped(result.reason))
                 return
-            exp_id, commit = self.commit_proposal(action.baseline_commit, result)
+            exp_id, commit = self.commit_proposal(parent, result)
+            if on is not None:
+                self._built_on[commit] = on
+                log.info("speculating: %s builds on %s's %s (claimed val_bpb %.6f, not yet verified here)",
+                         exp_id[:10], on.peer[:16], on.exp_id[:10], on.value)
             if result.transcript:
                 self._transcripts[commit] = result.transcript  # written beside the run's log by execute
             self.loop.handle(L.Proposed(exp_id, commit, result.description))
@@ -398,6 +413,7 @@ class ResearchEngine:
             if self.loop.baseline_value is None and (learned := self.peers_value(self.loop.baseline_commit)) is not None:
                 self.loop.handle(L.BaselineLearned(self.loop.baseline_commit, learned))
             self._held = er
+            self._before = (self.loop.baseline_commit, self.loop.baseline_value)
             verdict = self.loop.handle(L.ExperimentFinished(action.exp_id, action.commit, value, er.run.reason))
             if verdict is None:
                 log.info("experiment %s waits for the genesis value (val_bpb %s)", action.exp_id[:10], value)
@@ -413,7 +429,10 @@ class ResearchEngine:
             return
         assert er.run.exp_id == verdict.exp_id
         self.record_verdict(er, verdict)
+        on = self._built_on.pop(er.run.commit_id, None)
         if verdict.advance_baseline and er.run.val_bpb is not None:
+            if on is not None and self.hooks.built_on is not None:
+                self.hooks.built_on(on, *self._before)
             self.set_baseline(er.run.commit_id, er.run.val_bpb, verdict.reason, er.run.exp_id)
         await self._announce(er.run)
 
@@ -853,6 +872,14 @@ class ResearchEngine:
         if er.run.run_id is not None:
             self.ctx.ledger.finish_run(er.run.run_id, "done", val_bpb=fake, reason="")
         return fake
+
+    def revert(self, commit: str, value: float, reason: str) -> None:
+        """Back to the baseline `commit` had before a speculative branch that was dropped (the swarm
+        coordinator decided; only between experiments): research/speculation.py."""
+        if self.loop is None:
+            return
+        self.loop.adopt(commit, value)
+        self.set_baseline(commit, value, f"speculative branch dropped: {reason}", self.ctx.experiment_id_of(commit))
 
     def adopt(self, commit: str, value: float, reason: str, exp_id: str, source_peer: str) -> bool:
         """Make a peer's commit the baseline (the swarm coordinator decided); only between experiments."""

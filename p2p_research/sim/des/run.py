@@ -179,9 +179,23 @@ class DesSimulation:
         # as the process engine counts it (sim/figures.py): an honest node whose final baseline is any
         # experiment a liar announced as kept (its current baseline alone missed honest nodes left on
         # the liar's earlier, made-up values)
+        # (a liar's claim that happens to be its run's true value within the tolerance is no lie: a
+        # re-run confirms it, rightly)
+        tol = 2 * self.shared.margin
         liar_kept = {r["exp_id"] for n in self.nodes if n.liar for r in n.stats.runs
-                     if r["kind"] == "experiment" and r["status"] == "kept"}
-        fabricated = sorted(n.name for n in honest if self.shared.exp_of.get(n.loop.baseline_commit) in liar_kept)
+                     if r["kind"] == "experiment" and r["status"] == "kept"
+                     and not (r["value"] is not None and r.get("measured") is not None
+                              and abs(r["value"] - r["measured"]) <= tol)}
+        # ... or any of its ancestors: work built on a fabricated result (a speculative branch that was
+        # never dropped, research/speculation.py) counts too
+        def on_fabricated(commit: str) -> bool:
+            while commit:
+                if self.shared.exp_of.get(commit) in liar_kept:
+                    return True
+                commit = self.shared.parent.get(commit, "")
+            return False
+
+        fabricated = sorted(n.name for n in honest if on_fabricated(n.loop.baseline_commit))
         series_all = {n.name: list(n.stats.baselines) for n in honest}
         swarm_series = swarm_best_over_time(list(series_all.values()))
         keep = sorted(series_all)[:: max(1, len(series_all) // SERIES_NODES)]

@@ -32,6 +32,7 @@ from p2p_research.research.io.surrogate import noisy_value
 from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.mutate import draw_changes, prepare_choices
 from p2p_research.research.searchspace import SearchSpace
+from p2p_research.research.speculation import Branch, Revert
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.turns import (
     ADOPTION_POLL_S,
@@ -122,6 +123,8 @@ class Stats:
     dedup: dict[str, int] = field(default_factory=lambda: {"known_in_ledger": 0, "claimed_elsewhere": 0})
     yielded: int = 0
     dht_lookups: int = 0
+    speculative: int = 0   # proposals built on a peer result not yet verified here
+    dropped_branches: int = 0  # speculative branches dropped when the claim under them was refuted
     gaps: list[float] = field(default_factory=list)
 
 
@@ -165,6 +168,10 @@ class VirtualNode:
         self._lookups_left = 0
         self._held: tuple[L.RunExperiment, float | None] | None = None  # the run whose verdict waits
         self.trace: list[tuple[float, list[tuple[str, str, str]]]] | None = None  # each turn's decisions, if asked
+        self.branch = Branch()                  # speculation: what the baseline rests on (research/speculation.py)
+        self._built_on: dict[str, PeerClaim] = {}  # proposal commit -> the unverified claim it was built on
+        self._before: tuple[str, float | None] = ("", None)  # the baseline before the last experiment's verdict
+        self._unannounced: list[tuple[str, str, float | None, int]] = []  # kept on an open branch, held
 
     # --- the process ------------------------------------------------------------------------------
     def start(self, at: float) -> None:
@@ -253,13 +260,15 @@ class VirtualNode:
             self.loop.handle(L.ExperimentAborted(action.exp_id))
             self._run_ended("aborted", action.commit, None, action.description)
             return
-        value = sh.value(action.commit, self.seed)
+        value = measured = sh.value(action.commit, self.seed)
         if self.liar and self.loop.baseline_value is not None:
             value = liar_value(self.loop.baseline_value, action.exp_id)
         if self.loop.baseline_value is None and (learned := self.learned(self.loop.baseline_commit)) is not None:
             self.loop.handle(L.BaselineLearned(self.loop.baseline_commit, learned))
         self._run_ended("running", action.commit, value, action.description)
+        self.stats.runs[-1]["measured"] = measured  # a liar's claim may differ: the report tells lies from luck
         self._held = (action, value)
+        self._before = (self.loop.baseline_commit, self.loop.baseline_value)
         self._decided(self.loop.handle(L.ExperimentFinished(action.exp_id, action.commit, value)))
 
     def _decided(self, verdict: L.Verdict | None) -> None:
@@ -274,9 +283,17 @@ class VirtualNode:
             if r["exp_id"] == action.exp_id and r["status"] == "running":
                 r["status"] = verdict.status
                 break
-        self._publish("result", action.exp_id, action.commit, verdict.status, value)
+        on = self._built_on.pop(action.commit, None)
         if verdict.status == "kept" and value is not None:
+            if on is not None:
+                before = self._before
+                self.branch.built(on, before[0], before[1], len(self.stats.baselines))
             self._note_baseline(value, -1, action.exp_id, value)
+        if verdict.status == "kept" and self.branch.open:  # announced once the claims under it are verified
+            self._unannounced.append((action.exp_id, action.commit, value, len(self.wins)))
+        else:
+            self._publish("result", action.exp_id, action.commit, verdict.status, value)
+        if verdict.status == "kept" and value is not None:
             self.wins.append(Win(action.exp_id, action.commit, sh.parent[action.commit], value, action.description))
 
     def learned(self, commit: str) -> float | None:
@@ -304,8 +321,10 @@ class VirtualNode:
         """A turn between runs (research/turns.py), its re-runs spent in virtual time."""
         sh, w = self.shared, self.world
         self.pull()
+        self._check_branch()
         defer = defer_s(None, sh.cost_s)
-        turn = Turn(self.state, defer=lambda: defer, sparse=lambda: not self.flooding)
+        turn = Turn(self.state, defer=lambda: defer, sparse=lambda: not self.flooding,
+                    branch=lambda: self.branch.to_verify(self.state))
         while True:
             action = turn.next_action(self.loop.baseline_value, self._rank(), w.t)
             if isinstance(action, EndTurn):
@@ -317,12 +336,15 @@ class VirtualNode:
                 measured = sh.value(c.commit, c.seed)
                 self._run_ended("verification", c.commit, measured, target=c.peer)
                 done = turn.handle(measured, self.loop.baseline_value, self._rank())
+                self.branch.verdict(c, done.verdict == "confirmed")
                 self.stats.runs[-1]["status"] = done.verdict
                 self._publish("verification", c.exp_id, c.commit, done.verdict, measured, target=int(c.peer[1:]),
                               claimed=c.value, local=not done.floods)
+                self._check_branch()
                 continue
             c = action.claim
             self.loop.adopt(c.commit, action.value)
+            self.branch.adopted()
             source = int(c.peer[1:])
             self._note_baseline(action.value, source, c.exp_id, c.value)
             self.stats.adoptions.append({"t": w.t, "exp_id": c.exp_id, "from": source, "value": action.value,
@@ -331,6 +353,25 @@ class VirtualNode:
             self.pull()
         if self.trace is not None:
             self.trace.append((w.t, turn.decisions))
+
+    def _check_branch(self) -> None:
+        """Drop the speculative branch the baseline rests on once a claim under it is refuted; a claim
+        confirmed here (or by a quorum) no longer holds the branch up."""
+        step = self.branch.check(self.state)
+        if isinstance(step, Revert):
+            self.loop.adopt(step.commit, step.value)
+            del self.stats.baselines[step.mark:]
+            self.stats.dropped_branches += 1
+            self.baseline_source, self.baseline_exp, self.rank_value = -1, self.shared.exp_of[step.commit], step.value
+            dropped = {exp for exp, _, _, _ in self._unannounced}
+            self.wins = [x for x in self.wins if x.peer or x.exp_id not in dropped]
+            for exp, commit, value, _ in self._unannounced:
+                self._publish("result", exp, commit, "discarded", value)
+            self._unannounced = []
+        elif not self.branch.open and self._unannounced:
+            for exp, commit, value, _ in self._unannounced:
+                self._publish("result", exp, commit, "kept", value)
+            self._unannounced = []
 
     def _rank(self) -> tuple[float, str] | None:
         """While following, the baseline's place in the swarm's order (the coordinator's baseline_rank)."""
@@ -380,6 +421,17 @@ class VirtualNode:
     # --- proposing ----------------------------------------------------------------------------------
     def propose(self, baseline: str) -> tuple[tuple[str, str, str] | None, float]:
         """(exp id, commit, description) of the next experiment, or None; and the DHT lookup time spent."""
+        sh = self.shared
+        on = self.state.speculation(self.loop.baseline_value) if not self.solo else None
+        if on is not None and on.commit in sh.constants:
+            proposal, spent_s = self._propose_on(on.commit)
+            if proposal is not None:
+                self._built_on[proposal[1]] = on
+                self.stats.speculative += 1
+            return proposal, spent_s
+        return self._propose_on(baseline)
+
+    def _propose_on(self, baseline: str) -> tuple[tuple[str, str, str] | None, float]:
         sh = self.shared
         consts = sh.constants[baseline]
         spent = [0.0]
