@@ -13,6 +13,8 @@ BENCHES = [
     ("gossip propagation across daemon processes", ["bench_gossip.py", "--nodes", "5", "15", "35"]),
     ("the swarm from 35 to 1,000 nodes (discrete-event simulator)",
      ["bench_des_scale.py", "--nodes", "35", "100", "300", "1000", "--duration", "600"]),
+    ("research effectiveness: speedup to target values over 20 seeds (DES, 35 nodes against one)",
+     ["bench_speedup.py"]),
 ]
 
 
