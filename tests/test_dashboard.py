@@ -200,9 +200,14 @@ def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
             time.sleep(1)
             driver.save_screenshot(str(Path(shots) / "dashboard.png"))
         # click through to a finished experiment: its diff and its signed receipt, checked again
-        done = [r for r in driver.find_elements(By.CSS_SELECTOR, "#experiments tbody tr")
-                if r.find_elements(By.CSS_SELECTOR, "td.kept, td.discarded")]
-        done[0].click()
+        # (the live table may be redrawn between finding a row and clicking it: a stale row is looked up again)
+        def click_a_finished_row() -> bool:
+            done = [r for r in driver.find_elements(By.CSS_SELECTOR, "#experiments tbody tr")
+                    if r.find_elements(By.CSS_SELECTOR, "td.kept, td.discarded")]
+            done[0].click()
+            return True
+
+        wait_for(click_a_finished_row, 20, 0.2, what="a click on a finished experiment")
         wait_for(lambda: driver.find_element(By.ID, "detail-diff").text.strip(), 20, what="the diff of an experiment")
         receipts = wait_for(lambda: driver.find_element(By.ID, "detail-receipts").text, 20, what="the receipt")
         assert '"signature": "valid"' in receipts and '"seed"' in receipts

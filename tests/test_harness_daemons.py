@@ -84,14 +84,27 @@ AGENT_SCRIPT = (
     "print('LEARNING_RATE 0.002 -> 0.01, plus a line of code')\n")
 
 
+# B's own experiment: a learning rate too small to learn anything in the budget. With the builtin
+# proposer B's one experiment sometimes beat A's edit (SEQ_LEN 128 -> 32 gave 4.57 against 5.02), and
+# then B rightly never adopted A's code
+WORSE_SCRIPT = (
+    "import re\n"
+    "src = open('train.py').read()\n"
+    "src = re.sub(r'^LEARNING_RATE = [0-9.eE+-]+', 'LEARNING_RATE = 0.00001', src, count=1, flags=re.MULTILINE)\n"
+    "open('train.py', 'w').write(src)\n"
+    "print('LEARNING_RATE 0.002 -> 0.00001')\n")
+
+
 def test_an_honest_code_edit_is_measured_by_the_verifier_s_harness_and_adopted(tmp_path):
-    agent = tmp_path / "agent.py"
+    agent, worse = tmp_path / "agent.py", tmp_path / "worse.py"
     agent.write_text(AGENT_SCRIPT)
+    worse.write_text(WORSE_SCRIPT)
     a = Daemon(victim_home(tmp_path / "a", proposer="command", proposer_command=f"{sys.executable} {agent}").path,
                "-n", "1").start(timeout=120)
     daemons = [a]
     try:
-        b = Daemon(victim_home(tmp_path / "b").path, "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
+        b = Daemon(victim_home(tmp_path / "b", proposer="command", proposer_command=f"{sys.executable} {worse}").path,
+                   "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
         daemons.append(b)
         # A's own (agent) experiment: B's builtin one reaches A's list too, and may finish first
         wait_for(lambda: any(e["kind"] == "experiment" and e["origin"] == "local"
