@@ -708,3 +708,38 @@ def test_the_evaluator_server_reads_a_hold_and_a_request_that_come_in_one_read()
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[{'hold': 5}, {'id': '1', 'folder': '/x'}, None]"
+
+
+async def test_the_interpreter_s_start_up_cost_is_measured_once_a_day_per_interpreter(tmp_path):
+    """The compute check's floor (what starting the interpreter with torch costs) is remembered between
+    node processes in the harness's cache folder: a second trainer, or a second `run`, reads it."""
+    import json
+    import time
+
+    from p2p_research.harness.measure import HarnessSpec
+    from p2p_research.research.io.runner import RunOutcome
+
+    calls = []
+
+    async def runner(folder, env, limits, log_path, command=None):
+        calls.append(command)
+        return RunOutcome(True, None, "", 0.1, 0, log_path, cpu_seconds=1.25)
+
+    cache = tmp_path / "cache" / "startup-cpu.json"
+    spec = HarnessSpec(prepare_py=b"", genesis_train_py=b"", startup_cache=cache)
+    assert await HarnessTrainer(spec, runner)._startup_cpu(tmp_path / "a") == 1.25
+    assert await HarnessTrainer(spec, runner)._startup_cpu(tmp_path / "b") == 1.25
+    assert len(calls) == 1 and cache.exists()
+    # a day later, or an unreadable file, it is measured again
+    doc = json.loads(cache.read_text())
+    (key,) = doc
+    doc[key]["at"] = time.time() - 2 * 86_400
+    cache.write_text(json.dumps(doc))
+    assert await HarnessTrainer(spec, runner)._startup_cpu(tmp_path / "c") == 1.25
+    cache.write_text("not json")
+    assert await HarnessTrainer(spec, runner)._startup_cpu(tmp_path / "d") == 1.25
+    assert len(calls) == 3
+    # without a cache folder, every trainer measures
+    bare = dataclasses.replace(spec, startup_cache=None)
+    await HarnessTrainer(bare, runner)._startup_cpu(tmp_path / "e")
+    assert len(calls) == 4

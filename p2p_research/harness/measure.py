@@ -51,6 +51,7 @@ PRIVATE_BELOW = "P2P_PRIVATE_BELOW"  # the evaluator measures the private split 
 ANCESTOR_CPU = "P2P_ANCESTOR_CPU_S"  # CPU seconds of the nearest ancestor measured here (token budgets)
 NODE_ONLY_ENV = (PRIVATE_BELOW, ANCESTOR_CPU)  # what the node tells its harness, never the training
 MEASURED_FILE = "measured.json"     # the node's value, written back for the waiting run (handover.py)
+STARTUP_CACHE_S = 86_400.0          # how long a measured start-up cost is used before it is measured again
 HAND_BACK_WAIT_S = 60.0             # how much longer than the evaluator's limit the run waits for it
 # A cold evaluator (the first run, or after five minutes idle) starts this long after the run (or at the
 # hand-over, if that comes first): the run's
@@ -97,6 +98,10 @@ class HarnessSpec:
     # the folder holding this node's private shard (the evaluator's only)
     withheld_files: tuple[Path, ...] = ()
     private_data: Path | None = None
+    # where the interpreter's start-up CPU is remembered between processes (a file in the harness's
+    # cache folder): measuring it cost every node process, and every `run`, another interpreter and
+    # torch import (1.1-1.7 CPU-s)
+    startup_cache: Path | None = None
 
 
 def supports_handover(prepare_py: bytes) -> bool:
@@ -244,9 +249,55 @@ class HarnessTrainer:
         """End the warm evaluator (harness/warm.py); a later run starts another."""
         self.warm.close()
 
+    def _startup_key(self) -> str:
+        """What the start-up cost depends on: the interpreter (its path, size and time) and the command."""
+        argv = script_argv(self.spec.train_command, STARTUP_SCRIPT)
+        try:
+            exe = Path(shutil.which(argv[0]) or argv[0]).resolve()
+            st = exe.stat()
+            return f"{exe}:{st.st_size}:{int(st.st_mtime)}:{' '.join(argv)}"
+        except OSError:
+            return ""
+
+    def _remembered_startup(self, key: str) -> float | None:
+        path = self.spec.startup_cache
+        if path is None or not key:
+            return None
+        try:
+            entry = json.loads(path.read_text()).get(key)
+            if isinstance(entry, dict) and time.time() - float(entry["at"]) < STARTUP_CACHE_S:
+                value = float(entry["cpu_s"])
+                return value if math.isfinite(value) and 0 <= value < 60 else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return None
+
+    def _remember_startup(self, key: str, value: float) -> None:
+        path = self.spec.startup_cache
+        if path is None or not key or value <= 0:
+            return
+        try:
+            try:
+                doc = json.loads(path.read_text())
+                doc = doc if isinstance(doc, dict) else {}
+            except (OSError, ValueError):
+                doc = {}
+            doc[key] = {"cpu_s": value, "at": time.time()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(dict(list(doc.items())[-16:])))
+            os.replace(tmp, path)
+        except OSError as e:  # a cache that cannot be written is measured again next time
+            log.debug("could not remember the start-up cost: %s", e)
+
     async def _startup_cpu(self, run_dir: Path) -> float:
-        """CPU seconds the target's interpreter takes to start and import torch, measured once: the
-        part of every run that the compute check's slack should not multiply (verdict.over_compute)."""
+        """CPU seconds the target's interpreter takes to start and import torch, measured once a day per
+        interpreter (remembered in `startup_cache`): the part of every run that the compute check's
+        slack should not multiply (verdict.over_compute)."""
+        key = self._startup_key()
+        remembered = self._remembered_startup(key)
+        if remembered is not None:
+            return remembered
         folder = run_dir / "startup"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / STARTUP_SCRIPT).write_text("import torch\n")
@@ -257,6 +308,7 @@ class HarnessTrainer:
             shutil.rmtree(folder, ignore_errors=True)
         value = o.cpu_seconds if o.returncode == 0 and o.cpu_seconds else 0.0
         log.info("starting the target's interpreter with torch takes %.2f CPU-s", value)
+        self._remember_startup(key, value)
         return value
 
     async def __call__(self, run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,

@@ -207,7 +207,8 @@ class ResearchEngine:
                                           train_command=r.train_command,
                                           private_seed=ctx.private_seed() if ctx.has_private_split else None,
                                           budget_seconds=ctx.budget.seconds,
-                                          max_handover_mb=max(64, r.memory_limit_mb // 2)))
+                                          max_handover_mb=max(64, r.memory_limit_mb // 2),
+                                          startup_cache=self.cache_dir() / "startup-cpu.json"))
 
     @property
     def margin(self) -> float:
