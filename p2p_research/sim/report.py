@@ -72,6 +72,18 @@ def _f(x: Any, nd: int = 3) -> str:
     return str(x)
 
 
+def efficiency_note(m: dict[str, Any]) -> str:
+    """The parallel efficiency of the solo comparison, and what it does not say (both engines' reports)."""
+    solo = m.get("solo") or {}
+    if not solo.get("speedup") or not m.get("nodes"):
+        return ""
+    n = m["nodes"]
+    return (f"\nParallel efficiency (that speedup / {n} nodes): {solo['speedup'] / n:.0%}. The solo node had 1/{n} of "
+            "the swarm's compute and its final value is one draw: at equal compute (one node for N times the "
+            "duration) and over 20 seeds, `bench/bench_speedup.py` gives the median time to each target value and "
+            "the speedup (docs/scale.md).\n")
+
+
 def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
     L: list[str] = []
     a = L.append
@@ -141,6 +153,9 @@ def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
           + (f", {solo['swarm_sooner_by_s']:.1f} s sooner ({_f(solo['speedup'], 1)}x)" if solo.get("speedup") else "")
           + f", and ended at {_f(solo['swarm_final_val_bpb'], 4)}. (Each node's first value is its own noisy "
           "measurement of the genesis commit, so the swarm's minimum starts a little lower by selection alone.)\n")
+        note = efficiency_note(m)
+        if note:
+            a(note)
     if files.get("best_over_time"):
         a(f"![best val_bpb over time]({files['best_over_time']})\n")
     if files.get("experiments_per_node"):

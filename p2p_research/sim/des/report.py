@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from p2p_research.sim.report import _f, write_report
+from p2p_research.sim.report import _f, efficiency_note, write_report
 
 
 def write_des_report(m: dict[str, Any], folder: Path, argv: list[str]) -> Path:
@@ -59,6 +59,9 @@ def render_md(m: dict[str, Any], files: dict[str, str]) -> str:
           f"ended at val_bpb {solo['final_val_bpb']:.4f}, reached after {_f(solo['solo_reached_at_s'], 1)} s; the swarm's "
           f"best reached it after {_f(solo['swarm_reached_at_s'], 1)} s ({_f(solo['speedup'], 1)}x) and ended at "
           f"{_f(solo['swarm_final_val_bpb'], 4)}.\n")
+        note = efficiency_note(m)
+        if note:
+            a(note)
     for key, title in (("best_over_time", "best val_bpb over time"), ("experiments_per_node", "experiments per node"),
                        ("adoption_delay", "adoption delay")):
         if files.get(key):
