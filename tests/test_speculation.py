@@ -4,6 +4,7 @@ the discrete-event swarm with liars, where no honest node may end on work built 
 
 from __future__ import annotations
 
+from p2p_research.research import speculation
 from p2p_research.research.speculation import Branch, Revert
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.turns import Turn
@@ -97,6 +98,26 @@ def test_a_quorum_of_vouchers_closes_the_branch_and_adopting_replaces_it():
     b.built(claim("e2", "b", 1.40), "x", 1.5)
     b.adopted()
     assert not b.open and b.before is None
+
+
+def test_claims_of_unproven_peers_are_built_on_by_at_most_every_other_proposal():
+    """Fresh identities cost nothing: a stream of fabricated claims, each the best on offer until it is
+    refuted, gets at most half of a node's proposals; a peer whose result this node's re-run confirmed
+    (or a trusted one) gets every one."""
+    s, b = state(), Branch()
+    picks = []
+    for i in range(10):  # a new lie from a new identity before every proposal
+        s.note_peer(f"sybil{i}")
+        s.on_peer_result(claim(f"lie{i}", f"sybil{i}", 1.0 - i * 0.01), True, "", "kept")
+        picks.append(speculation.choose(s, b, 1.60))
+    assert sum(p is not None for p in picks) == 5 and all(p is None for p in picks[1::2])
+    s2, b2 = state(), Branch()
+    s2.on_peer_result(claim("e1", "a", 1.50), True, "", "kept")
+    s2.rep("a").confirmed = 1
+    assert all(speculation.choose(s2, b2, 1.60) is not None for _ in range(4))
+    s3, b3 = state(trusted=frozenset({"b"})), Branch()
+    s3.on_peer_result(claim("e2", "b", 1.50), True, "", "kept")
+    assert all(speculation.choose(s3, b3, 1.60) is not None for _ in range(4))
 
 
 def test_liars_in_the_des_leave_no_honest_node_on_work_built_on_a_fabricated_result():

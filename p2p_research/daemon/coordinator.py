@@ -18,6 +18,7 @@ from typing import Any
 from p2p_research.config import NodeConfig
 from p2p_research.daemon.messages import make_receipt
 from p2p_research.net.boundary import Faults, contained
+from p2p_research.research import speculation
 from p2p_research.research.claims import ClaimBook
 from p2p_research.research.io.context import ResearchContext
 from p2p_research.research.io.engine import ResearchEngine
@@ -291,7 +292,7 @@ class SwarmCoordinator:
         eng = self.engine
         if eng is None or eng.loop is None or self.following:
             return None
-        return self.state.speculation(eng.loop.baseline_value)
+        return speculation.choose(self.state, self.branch, eng.loop.baseline_value)
 
     def built_on(self, claim: PeerClaim, before_commit: str, before_value: float | None) -> None:
         """The engine's hook: an experiment built on `claim` was kept."""

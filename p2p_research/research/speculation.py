@@ -35,6 +35,26 @@ from dataclasses import dataclass, field
 from p2p_research.research.swarm import PeerClaim, SwarmState
 
 
+def choose(state: SwarmState, branch: Branch, baseline_value: float | None) -> PeerClaim | None:
+    """The claim this node's next proposal builds on, if any (`SwarmState.speculation`), within the
+    budget for unproven peers: a claim from a peer whose results this node's re-runs have never
+    confirmed (and that is not trusted) is built on by at most every other proposal. Fresh identities
+    cost nothing, so without it a stream of fabricated claims, each the best on offer until a replica
+    refutes it, could turn every run of an honest node into a mutation of a lie; with it, at least
+    half of its proposals start from its own baseline, whatever the attacker sends."""
+    claim = state.speculation(baseline_value)
+    if claim is None:
+        return None
+    rep = state.reputation.get(claim.peer)
+    if claim.peer in state.policy.trusted or (rep is not None and rep.confirmed > 0):
+        return claim
+    if branch.unproven_next:
+        branch.unproven_next = False
+        return claim
+    branch.unproven_next = True
+    return None
+
+
 @dataclass(frozen=True)
 class Revert:
     """Drop the branch: the baseline goes back to `commit` (its value `value`)."""
@@ -53,6 +73,7 @@ class Branch:
     before: tuple[str, float, int] | None = None   # the baseline before the branch: commit, value, marker
     refuted_here: set[tuple[str, str]] = field(default_factory=set)
     asked: set[tuple[str, str]] = field(default_factory=set)     # handed to a turn to re-run
+    unproven_next: bool = True     # whether the next proposal may build on a claim of an unproven peer
 
     @property
     def open(self) -> bool:

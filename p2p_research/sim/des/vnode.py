@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2p_research.research import flooding
+from p2p_research.research import flooding, speculation
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
 from p2p_research.research.claims import ClaimBook, claim_winner
@@ -422,7 +422,7 @@ class VirtualNode:
     def propose(self, baseline: str) -> tuple[tuple[str, str, str] | None, float]:
         """(exp id, commit, description) of the next experiment, or None; and the DHT lookup time spent."""
         sh = self.shared
-        on = self.state.speculation(self.loop.baseline_value) if not self.solo else None
+        on = speculation.choose(self.state, self.branch, self.loop.baseline_value) if not self.solo else None
         if on is not None and on.commit in sh.constants:
             proposal, spent_s = self._propose_on(on.commit)
             if proposal is not None:
