@@ -89,6 +89,11 @@ class NodeCollector:
             ver.add_metric([verdict], swarm.get(f"verified_{verdict}", 0))
         yield ver
         yield CounterMetricFamily("p2p_research_adoptions", "Baselines adopted from peers", value=swarm.get("adopted", 0))
+        spec = CounterMetricFamily("p2p_research_speculation", "Results kept on a peer's claim not yet verified here, "
+                                   "and such branches dropped when the claim was refuted", labels=["what"])
+        spec.add_metric(["kept"], swarm.get("speculative_kept", 0))
+        spec.add_metric(["dropped"], swarm.get("branches_dropped", 0))
+        yield spec
 
         net = st.get("net", {})
         gossip = CounterMetricFamily("p2p_research_gossip_messages", "Gossip messages by direction and verdict",
