@@ -4,6 +4,8 @@ the discrete-event swarm with liars, where no honest node may end on work built 
 
 from __future__ import annotations
 
+import dataclasses
+
 from p2p_research.research import speculation
 from p2p_research.research.speculation import Branch, Revert
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
@@ -235,3 +237,21 @@ def test_a_daemon_builds_on_a_peer_s_lie_then_drops_that_branch_and_never_announ
     finally:
         v.stop()
         v.kill()
+
+
+def test_an_open_branch_survives_a_restart_and_anything_else_reads_as_none():
+    """The daemon keeps the branch in its ledger: after a restart its claims are re-run first, as they
+    would have been. A saved document of another shape reads as no branch."""
+    import json
+
+    b = Branch()
+    c = claim("e1", "a", 1.50)
+    b.built(c, "base", 1.60, mark=2)
+    b.verdict(claim("e9", "z", 1.0), False)  # not under the branch: nothing to remember
+    doc = json.loads(json.dumps(b.to_doc()))
+    back = Branch.from_doc(doc)
+    assert back.open and back.before == ("base", 1.60, 2) and list(back.resting.values()) == [c]
+    assert back.to_verify(state()) == c
+    for junk in (None, [], {"before": "x"}, {"before": ["c", "v", 1]}, {"before": ["c", 1.0, 0], "resting": [{"x": 1}]},
+                 {"resting": [dataclasses.asdict(c)]}):
+        assert not Branch.from_doc(junk).open, junk

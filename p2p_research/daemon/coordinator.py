@@ -91,6 +91,7 @@ class SwarmCoordinator:
         #: node's results kept on that branch, announced once it is verified
         self.branch = Branch()
         self._held_runs: list[Run] = []
+        self._load_branch()
         self._load_reputation()
         self.faults: Faults = deps.faults
         #: claims that count here and the yield budget; shared with intake, which admits claims
@@ -114,6 +115,21 @@ class SwarmCoordinator:
     def _save_reputation(self) -> None:
         self.ctx.ledger.set_meta("reputation", {p: vars(r) for p, r in self.state.reputation.items()})
         self.ctx.ledger.set_meta("settled", sorted(self.state.settled)[-5000:])
+
+    def _load_branch(self) -> None:
+        """A speculative branch open when the node stopped: its claims are re-run first, its held
+        results stay held until then (research/speculation.py)."""
+        saved = self.ctx.ledger.get_meta("speculation", None)
+        self.branch = Branch.from_doc(saved.get("branch") if isinstance(saved, dict) else None)
+        held = set(saved.get("held") or []) if isinstance(saved, dict) and self.branch.open else set()
+        if held:
+            self._held_runs = [r for r in self.ctx.ledger.runs(origin="local", kind="experiment") if r.run_id in held]
+            log.info("a speculative branch was open when the node stopped: %d claim(s) to re-run, %d result(s) held",
+                     len(self.branch.resting), len(self._held_runs))
+
+    def _save_branch(self) -> None:
+        self.ctx.ledger.set_meta("speculation", {"branch": self.branch.to_doc(),
+                                                 "held": [r.run_id for r in self._held_runs]})
 
     def reputation_of(self, peer: str) -> dict[str, Any]:
         r = self.state.reputation.get(peer, Reputation())
@@ -298,11 +314,13 @@ class SwarmCoordinator:
         """The engine's hook: an experiment built on `claim` was kept."""
         self.branch.built(claim, before_commit, before_value)
         self.stats["speculative_kept"] += 1
+        self._save_branch()
 
     async def announce_own(self, run: Run) -> None:
         """The engine's on_result: a kept result that rests on an unverified claim waits for the branch."""
         if run.status == "kept" and self.branch.open:
             self._held_runs.append(run)
+            self._save_branch()
             log.info("result %s is kept on a speculative branch: announced once %d claim(s) under it are verified",
                      run.exp_id[:10], len(self.branch.resting))
             return
@@ -327,6 +345,7 @@ class SwarmCoordinator:
             release = True
         if release:
             self._held_runs = []
+            self._save_branch()
             for run in held:
                 if self.deps.announce_result is not None:
                     await self.deps.announce_result(run)
@@ -380,6 +399,7 @@ class SwarmCoordinator:
         done = turn.handle(measured, eng.loop.baseline_value, self.baseline_rank() if self.following else None)
         verdict = done.verdict
         self.branch.verdict(claim, verdict == "confirmed")
+        self._save_branch()
         self.stats[f"verified_{verdict}"] += 1
         assert er.run.run_id is not None
         why = f" ({er.outcome.reason})" if measured is None and er.outcome is not None and er.outcome.reason else ""

@@ -30,6 +30,7 @@ itself: a sybil's vote costs this node one re-run, as it did before speculation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from p2p_research.research.swarm import PeerClaim, SwarmState
@@ -78,6 +79,34 @@ class Branch:
     @property
     def open(self) -> bool:
         return bool(self.resting)
+
+    def to_doc(self) -> dict:
+        """What a restart must not forget (the daemon keeps it in its ledger): a node that stopped with
+        an open branch re-runs its claims when it is back, as it would have."""
+        return {"resting": [dataclasses.asdict(c) for c in self.resting.values()],
+                "before": list(self.before) if self.before is not None else None,
+                "refuted_here": [list(k) for k in self.refuted_here]}
+
+    @classmethod
+    def from_doc(cls, doc: object) -> Branch:
+        """The branch `to_doc` wrote (an empty one for anything else: a ledger of an older version)."""
+        branch = cls()
+        if not isinstance(doc, dict):
+            return branch
+        try:
+            before = doc.get("before")
+            if before is not None:
+                commit, value, mark = before
+                branch.before = (str(commit), float(value), int(mark))
+            for c in doc.get("resting") or []:
+                claim = PeerClaim(**c)
+                branch.resting[(claim.exp_id, claim.peer)] = claim
+            branch.refuted_here = {(str(e), str(p)) for e, p in doc.get("refuted_here") or []}
+        except (TypeError, ValueError):
+            return cls()
+        if branch.before is None:
+            return cls()
+        return branch
 
     def built(self, on: PeerClaim, before_commit: str, before_value: float | None, mark: int = 0) -> None:
         """An experiment built on the unverified claim `on` was kept: the baseline now rests on it
