@@ -255,3 +255,68 @@ def test_an_open_branch_survives_a_restart_and_anything_else_reads_as_none():
     for junk in (None, [], {"before": "x"}, {"before": ["c", "v", 1]}, {"before": ["c", 1.0, 0], "resting": [{"x": 1}]},
                  {"resting": [dataclasses.asdict(c)]}):
         assert not Branch.from_doc(junk).open, junk
+
+
+def test_a_stream_of_lies_from_fresh_identities_gets_at_most_half_of_a_daemon_s_proposals(tmp_path):
+    """A hostile peer publishes, under a new key before each of the victim's runs, a made-up result far
+    better than anything (its code a learning rate that learns nothing). Each is the best claim on offer
+    until it is refuted; the budget for unproven peers lets at most every other proposal build on one."""
+    import re
+    import sqlite3
+    import time
+
+    import trio
+    from adversary import adversary, fresh_keys, pid_of, random_hex40, receipt, result
+    from adversary import claim as claim_msg
+    from daemon_helpers import Daemon, surrogate_home, wait_for
+
+    from p2p_research.daemon.messages import commit_objects
+    from p2p_research.research.ids import experiment_id
+    from p2p_research.research.io.home_init import init_home
+    from p2p_research.research.io.workspace import Workspace
+
+    home = surrogate_home(tmp_path / "v", 5, cost=0.4, verification__replicas=1, verification__defer_s=600.0)
+    v = Daemon(home.path, "-n", "60").start()
+    try:
+        wait_for(lambda: v.json("status")["baseline"]["val_bpb"] is not None, 60, 0.5, what="V measures its genesis")
+        s0 = v.json("status")
+        proto, swarm, genesis_value = s0["protocol_id"], s0["swarm"], s0["baseline"]["val_bpb"]
+        ws = Workspace(init_home(tmp_path / "liar").repo)
+        train = ws.files_of(ws.baseline)["train.py"]
+        liars = fresh_keys(40)
+
+        async def attack() -> float:
+            async with adversary() as adv:
+                await adv.join(v.addrs[0], swarm)
+                for kp in fresh_keys(8):  # V hears them: others than V are the designated replicas
+                    await adv.publish_as(kp, claim_msg(kp, protocol_id=proto, exp_id=random_hex40(),
+                                                       parent=ws.baseline, ts=time.time()).to_wire())
+                started = time.time()
+                for i, kp in enumerate(liars):
+                    new = train.replace(b"LEARNING_RATE = 0.002", f"LEARNING_RATE = {1e-5 * (1 + i / 100):.7f}".encode(), 1)
+                    commit = ws.commit_experiment(ws.baseline, {"train.py": new}, f"lie {i}", "0" * 40)
+                    objs, _, total = commit_objects(ws, commit, deltas=False)
+                    r = receipt(kp, protocol_id=proto, exp_id=experiment_id(proto, ws.tree_of(commit)),
+                                parent=ws.parent_of(commit), commit=commit, tree=ws.tree_of(commit),
+                                value=genesis_value - 0.3 - i * 0.001, description=f"lie {i}")
+                    await adv.publish_as(kp, result(kp, r, objs, total).to_wire())
+                    await trio.sleep(0.4)
+                return started
+
+        started = trio.run(attack)
+        ended = time.time()
+        log = "\n".join(p.read_text() for p in (home.path / "logs").glob("*.log"))
+        stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ INFO +p2p_research\.engine: speculating: ", log, re.M)
+        db = sqlite3.connect(f"file:{home.ledger}?mode=ro", uri=True)
+        proposals = db.execute("SELECT COUNT(*) FROM runs WHERE origin='local' AND kind='experiment' "
+                               "AND started_at BETWEEN ? AND ?", (started, ended)).fetchone()[0]
+        db.close()
+        built = sum(started - 1 <= time.mktime(time.strptime(s, "%Y-%m-%d %H:%M:%S")) <= ended + 1 for s in stamps)
+        liar_ids = {pid_of(kp) for kp in liars}
+        assert proposals >= 6, proposals  # the attack lasted several of V's runs
+        assert 1 <= built <= proposals // 2 + 1, (built, proposals)
+        st = v.json("status")
+        assert v.proc.poll() is None and all(step["found_by"] not in liar_ids for step in st["baseline"]["lineage"])
+    finally:
+        v.stop()
+        v.kill()
