@@ -154,8 +154,10 @@ class Branch:
                 assert self.before is not None
                 commit, value, mark = self.before
                 self.adopted()
+                why = ("was refuted by this node's re-run" if key in self.refuted_here
+                       else "is from a peer whose results this node now ignores")
                 return Revert(commit, value, mark, f"{claim.exp_id[:10]} from {claim.peer[:16]}, under this "
-                                                   f"baseline's branch, was refuted by this node's re-run")
+                                                   f"baseline's branch, {why}")
             if state.quorum_met(claim):
                 del self.resting[key]
         if not self.resting:
