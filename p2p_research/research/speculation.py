@@ -153,9 +153,9 @@ class Branch:
             if key in self.refuted_here or state.ignored(claim.peer):
                 assert self.before is not None
                 commit, value, mark = self.before
-                self.adopted()
                 why = ("was refuted by this node's re-run" if key in self.refuted_here
                        else "is from a peer whose results this node now ignores")
+                self.adopted()
                 return Revert(commit, value, mark, f"{claim.exp_id[:10]} from {claim.peer[:16]}, under this "
                                                    f"baseline's branch, {why}")
             if state.quorum_met(claim):
