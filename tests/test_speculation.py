@@ -75,6 +75,11 @@ def test_a_refuted_claim_drops_the_branch_back_to_the_baseline_before_it():
     step = b.check(s)
     assert isinstance(step, Revert) and (step.commit, step.value, step.mark) == ("base", 1.60, 2)
     assert "refuted" in step.reason and not b.open and b.check(s) is None
+    # a claim whose peer this node has since come to ignore drops the branch too
+    b.built(c1, "base", 1.60)
+    s.rep("a").refuted = 2
+    step = b.check(s)
+    assert isinstance(step, Revert) and "ignores" in step.reason and not b.open
 
 
 def test_a_peer_s_refutation_vote_asks_for_the_re_run_and_drops_nothing_by_itself():
