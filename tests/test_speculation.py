@@ -4,14 +4,35 @@ the discrete-event swarm with liars, where no honest node may end on work built 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import trio
+from adversary import adversary, fresh_keys, pid_of, random_hex40, receipt, result
+from adversary import claim as claim_msg
+from daemon_helpers import Daemon, surrogate_home, wait_for
+
+from p2p_research.daemon.messages import commit_objects
 from p2p_research.research import speculation
+from p2p_research.research.constants import read_constants
+from p2p_research.research.ids import experiment_id
+from p2p_research.research.io.home_init import init_home
+from p2p_research.research.io.surrogate import surrogate_bpb
+from p2p_research.research.io.workspace import Workspace
 from p2p_research.research.speculation import Branch, Revert
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
 from p2p_research.research.turns import Turn
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.run import DesOptions, DesSimulation
+from p2p_research.wire import Result as ResultMsg
+from p2p_research.wire import decode
 
 
 def claim(exp: str, peer: str, value: float, at: float = 100.0) -> PeerClaim:
@@ -145,38 +166,66 @@ def test_liars_in_the_des_leave_no_honest_node_on_work_built_on_a_fabricated_res
 # --- a real daemon and a hostile peer ------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Victim:
+    """A surrogate daemon that is rarely the designated replica (one replica per result) and waits long
+    for replicas' evidence, so that it speculates; with the genesis measured, and a liar's workspace."""
+
+    home: Any
+    daemon: Daemon
+    status: dict
+    ws: Workspace
+
+    @property
+    def train(self) -> bytes:
+        return self.ws.files_of(self.ws.baseline)["train.py"]
+
+
+@contextlib.contextmanager
+def victim(root: Path, seed: int, cost: float, runs: int) -> Iterator[Victim]:
+    home = surrogate_home(root / "v", seed, cost=cost, verification__replicas=1, verification__defer_s=600.0)
+    v = Daemon(home.path, "-n", str(runs)).start()
+    try:
+        wait_for(lambda: v.json("status")["baseline"]["val_bpb"] is not None, 60, 0.5, what="V measures its genesis")
+        yield Victim(home, v, v.json("status"), Workspace(init_home(root / "liar").repo))
+    finally:
+        v.stop()
+        v.kill()
+
+
+def lie_commit(vic: Victim, train: bytes, description: str) -> tuple[str, str]:
+    """A commit of `train` on the genesis in the liar's workspace, and its experiment id."""
+    commit = vic.ws.commit_experiment(vic.ws.baseline, {"train.py": train}, description, "0" * 40)
+    return commit, experiment_id(vic.status["protocol_id"], vic.ws.tree_of(commit))
+
+
+async def publish_lie(adv: Any, kp: Any, vic: Victim, commit: str, value: float, description: str) -> None:
+    """`commit` announced as kept at the made-up `value`, with its objects, signed by `kp`."""
+    ws, proto = vic.ws, vic.status["protocol_id"]
+    objs, _, total = commit_objects(ws, commit, deltas=False)
+    r = receipt(kp, protocol_id=proto, exp_id=experiment_id(proto, ws.tree_of(commit)), parent=ws.parent_of(commit),
+                commit=commit, tree=ws.tree_of(commit), value=value, description=description)
+    await adv.publish_as(kp, result(kp, r, objs, total).to_wire())
+
+
+async def heard_from(adv: Any, keys: list, vic: Victim) -> None:
+    """Each key claims a made-up experiment: V hears them, and they hold places on its replica ring."""
+    for kp in keys:
+        await adv.publish_as(kp, claim_msg(kp, protocol_id=vic.status["protocol_id"], exp_id=random_hex40(),
+                                           parent=vic.ws.baseline, ts=time.time()).to_wire())
+
+
 def test_a_daemon_builds_on_a_peer_s_lie_then_drops_that_branch_and_never_announces_it(tmp_path):
     """A peer publishes a change that is truly good (a learning rate near the surrogate's optimum) with a
     made-up value far better still. The victim (one replica per result, a long wait for replicas'
     evidence) is not the designated replica, so it builds its next experiments on the claim; what it
     keeps there is held back, its next turn re-runs the claim, refutes it, drops the branch back to its
     baseline and announces the held result as discarded. Nothing it built on the lie is kept or spread."""
-    import sqlite3
-    import time
-
-    import trio
-    from adversary import adversary, fresh_keys, pid_of, random_hex40, receipt, result
-    from adversary import claim as claim_msg
-    from daemon_helpers import Daemon, surrogate_home, wait_for
-
-    from p2p_research.daemon.messages import commit_objects
-    from p2p_research.research.constants import read_constants
-    from p2p_research.research.ids import experiment_id
-    from p2p_research.research.io.home_init import init_home
-    from p2p_research.research.io.surrogate import surrogate_bpb
-    from p2p_research.research.io.workspace import Workspace
-    from p2p_research.wire import Result as ResultMsg
-    from p2p_research.wire import decode
-
-    home = surrogate_home(tmp_path / "v", 3, cost=0.3, verification__replicas=1, verification__defer_s=600.0)
-    v = Daemon(home.path, "-n", "80").start()
-    try:
-        wait_for(lambda: v.json("status")["baseline"]["val_bpb"] is not None, 60, 0.5, what="V measures its genesis")
-        s0 = v.json("status")
-        proto, swarm, genesis_value = s0["protocol_id"], s0["swarm"], s0["baseline"]["val_bpb"]
+    with victim(tmp_path, 3, cost=0.3, runs=80) as vic:
+        v, home, s0 = vic.daemon, vic.home, vic.status
+        genesis_value = s0["baseline"]["val_bpb"]
         liar, sybils = fresh_keys(1)[0], fresh_keys(6)
-        ws = Workspace(init_home(tmp_path / "liar").repo)
-        train = ws.files_of(ws.baseline)["train.py"]
+        train = vic.train
         assert b"LEARNING_RATE = 0.002" in train
 
         # a learning rate the surrogate rewards, for which V is not the one designated replica among the
@@ -186,8 +235,7 @@ def test_a_daemon_builds_on_a_peer_s_lie_then_drops_that_branch_and_never_announ
             state.note_peer(pid_of(kp))
         for lr in (0.0035, 0.0034, 0.0036, 0.0033, 0.0037, 0.0032, 0.0038):
             new = train.replace(b"LEARNING_RATE = 0.002", f"LEARNING_RATE = {lr}".encode(), 1)
-            commit = ws.commit_experiment(ws.baseline, {"train.py": new}, f"lr {lr}", "0" * 40)
-            exp = experiment_id(proto, ws.tree_of(commit))
+            commit, exp = lie_commit(vic, new, f"lr {lr}")
             if not state.designated(claim(exp, pid_of(liar), 1.0)):
                 break
         else:
@@ -199,16 +247,11 @@ def test_a_daemon_builds_on_a_peer_s_lie_then_drops_that_branch_and_never_announ
         async def attack() -> list:
             heard = []
             async with adversary() as adv:
-                await adv.join(v.addrs[0], swarm)
+                await adv.join(v.addrs[0], s0["swarm"])
                 sub = adv.subscription(adv.topics[0])
-                for kp in sybils:  # V hears them: they hold places on its replica ring
-                    await adv.publish_as(kp, claim_msg(kp, protocol_id=proto, exp_id=random_hex40(),
-                                                       parent=ws.baseline, ts=time.time()).to_wire())
+                await heard_from(adv, sybils, vic)
                 await trio.sleep(1.0)
-                objs, _, total = commit_objects(ws, commit, deltas=False)
-                r = receipt(liar, protocol_id=proto, exp_id=exp, parent=ws.parent_of(commit), commit=commit,
-                            tree=ws.tree_of(commit), value=lie, description="a better learning rate")
-                await adv.publish_as(liar, result(liar, r, objs, total).to_wire())
+                await publish_lie(adv, liar, vic, commit, lie, "a better learning rate")
 
                 def dropped() -> bool:
                     return v.json("status")["swarm_stats"]["branches_dropped"] >= 1
@@ -239,16 +282,10 @@ def test_a_daemon_builds_on_a_peer_s_lie_then_drops_that_branch_and_never_announ
         on_lie = {e for e, _ in dropped_runs}
         assert not [m for m in own if m.receipt.exp_id in on_lie and m.receipt.status == "kept"]
         assert {m.receipt.exp_id for m in own if m.receipt.status == "discarded"} & on_lie
-    finally:
-        v.stop()
-        v.kill()
-
 
 def test_an_open_branch_survives_a_restart_and_anything_else_reads_as_none():
     """The daemon keeps the branch in its ledger: after a restart its claims are re-run first, as they
     would have been. A saved document of another shape reads as no branch."""
-    import json
-
     b = Branch()
     c = claim("e1", "a", 1.50)
     b.built(c, "base", 1.60, mark=2)
@@ -266,28 +303,10 @@ def test_a_stream_of_lies_from_fresh_identities_gets_at_most_half_of_a_daemon_s_
     """A hostile peer publishes, under a new key before each of the victim's runs, a made-up result far
     better than anything (its code a learning rate that learns nothing). Each is the best claim on offer
     until it is refuted; the budget for unproven peers lets at most every other proposal build on one."""
-    import re
-    import sqlite3
-    import time
-
-    import trio
-    from adversary import adversary, fresh_keys, pid_of, random_hex40, receipt, result
-    from adversary import claim as claim_msg
-    from daemon_helpers import Daemon, surrogate_home, wait_for
-
-    from p2p_research.daemon.messages import commit_objects
-    from p2p_research.research.ids import experiment_id
-    from p2p_research.research.io.home_init import init_home
-    from p2p_research.research.io.workspace import Workspace
-
-    home = surrogate_home(tmp_path / "v", 5, cost=0.4, verification__replicas=1, verification__defer_s=600.0)
-    v = Daemon(home.path, "-n", "60").start()
-    try:
-        wait_for(lambda: v.json("status")["baseline"]["val_bpb"] is not None, 60, 0.5, what="V measures its genesis")
-        s0 = v.json("status")
-        proto, swarm, genesis_value = s0["protocol_id"], s0["swarm"], s0["baseline"]["val_bpb"]
-        ws = Workspace(init_home(tmp_path / "liar").repo)
-        train = ws.files_of(ws.baseline)["train.py"]
+    with victim(tmp_path, 5, cost=0.4, runs=60) as vic:
+        v, home = vic.daemon, vic.home
+        genesis_value = vic.status["baseline"]["val_bpb"]
+        train = vic.train
         liars = fresh_keys(150)
 
         def proposals_since(t: float) -> int:
@@ -300,19 +319,13 @@ def test_a_stream_of_lies_from_fresh_identities_gets_at_most_half_of_a_daemon_s_
 
         async def attack() -> float:
             async with adversary() as adv:
-                await adv.join(v.addrs[0], swarm)
-                for kp in fresh_keys(8):  # V hears them: others than V are the designated replicas
-                    await adv.publish_as(kp, claim_msg(kp, protocol_id=proto, exp_id=random_hex40(),
-                                                       parent=ws.baseline, ts=time.time()).to_wire())
+                await adv.join(v.addrs[0], vic.status["swarm"])
+                await heard_from(adv, fresh_keys(8), vic)  # others than V are the designated replicas
                 started = time.time()
                 for i, kp in enumerate(liars):
                     new = train.replace(b"LEARNING_RATE = 0.002", f"LEARNING_RATE = {1e-5 * (1 + i / 100):.7f}".encode(), 1)
-                    commit = ws.commit_experiment(ws.baseline, {"train.py": new}, f"lie {i}", "0" * 40)
-                    objs, _, total = commit_objects(ws, commit, deltas=False)
-                    r = receipt(kp, protocol_id=proto, exp_id=experiment_id(proto, ws.tree_of(commit)),
-                                parent=ws.parent_of(commit), commit=commit, tree=ws.tree_of(commit),
-                                value=genesis_value - 0.3 - i * 0.001, description=f"lie {i}")
-                    await adv.publish_as(kp, result(kp, r, objs, total).to_wire())
+                    commit, _ = lie_commit(vic, new, f"lie {i}")
+                    await publish_lie(adv, kp, vic, commit, genesis_value - 0.3 - i * 0.001, f"lie {i}")
                     await trio.sleep(0.4)
                     if proposals_since(started) >= 10:  # long enough, however loaded the machine is
                         break
@@ -329,6 +342,3 @@ def test_a_stream_of_lies_from_fresh_identities_gets_at_most_half_of_a_daemon_s_
         assert 1 <= built <= proposals // 2 + 1, (built, proposals)
         st = v.json("status")
         assert v.proc.poll() is None and all(step["found_by"] not in liar_ids for step in st["baseline"]["lineage"])
-    finally:
-        v.stop()
-        v.kill()
