@@ -171,7 +171,7 @@ class VirtualNode:
         self.branch = Branch()                  # speculation: what the baseline rests on (research/speculation.py)
         self._built_on: dict[str, PeerClaim] = {}  # proposal commit -> the unverified claim it was built on
         self._before: tuple[str, float | None] = ("", None)  # the baseline before the last experiment's verdict
-        self._unannounced: list[tuple[str, str, float | None, int]] = []  # kept on an open branch, held
+        self._unannounced: list[tuple[str, str, float | None]] = []  # kept on an open branch, held
 
     # --- the process ------------------------------------------------------------------------------
     def start(self, at: float) -> None:
@@ -286,15 +286,13 @@ class VirtualNode:
         on = self._built_on.pop(action.commit, None)
         if verdict.status == "kept" and value is not None:
             if on is not None:
-                before = self._before
-                self.branch.built(on, before[0], before[1], len(self.stats.baselines))
+                self.branch.built(on, *self._before, len(self.stats.baselines))
             self._note_baseline(value, -1, action.exp_id, value)
+            self.wins.append(Win(action.exp_id, action.commit, sh.parent[action.commit], value, action.description))
         if verdict.status == "kept" and self.branch.open:  # announced once the claims under it are verified
-            self._unannounced.append((action.exp_id, action.commit, value, len(self.wins)))
+            self._unannounced.append((action.exp_id, action.commit, value))
         else:
             self._publish("result", action.exp_id, action.commit, verdict.status, value)
-        if verdict.status == "kept" and value is not None:
-            self.wins.append(Win(action.exp_id, action.commit, sh.parent[action.commit], value, action.description))
 
     def learned(self, commit: str) -> float | None:
         """The genesis value that peers' measurements delivered here agree on (research/genesis.py)."""
@@ -363,13 +361,13 @@ class VirtualNode:
             del self.stats.baselines[step.mark:]
             self.stats.dropped_branches += 1
             self.baseline_source, self.baseline_exp, self.rank_value = -1, self.shared.exp_of[step.commit], step.value
-            dropped = {exp for exp, _, _, _ in self._unannounced}
+            dropped = {exp for exp, _, _ in self._unannounced}
             self.wins = [x for x in self.wins if x.peer or x.exp_id not in dropped]
-            for exp, commit, value, _ in self._unannounced:
+            for exp, commit, value in self._unannounced:
                 self._publish("result", exp, commit, "discarded", value)
             self._unannounced = []
         elif not self.branch.open and self._unannounced:
-            for exp, commit, value, _ in self._unannounced:
+            for exp, commit, value in self._unannounced:
                 self._publish("result", exp, commit, "kept", value)
             self._unannounced = []
 
