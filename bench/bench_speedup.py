@@ -47,10 +47,16 @@ def time_to(series: list, value: float, within: float) -> float | None:
 
 
 def seeds_of(text: str) -> list[int]:
+    """`0-19` or `0,3,7-9` as a list of seeds (argparse's type: a bad one is a one-line usage error)."""
     out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of seeds: {text!r} (e.g. 0-19 or 0,3,7-9)") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"no seed in {text!r}")
     return out
 
 
@@ -81,6 +87,17 @@ def one(kind: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
         "honest_on_fabricated": len(m["honest_on_fabricated_baseline"]),
         "converged": m["convergence"]["all_on_same_baseline"],
     }
+
+
+def swarm_size(text: str) -> int:
+    """--nodes: a swarm of at least two (argparse's type)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"a swarm needs at least 2 nodes, got {text!r}")
+    return n
 
 
 def median_time(values: list[float | None]) -> float:
@@ -120,7 +137,7 @@ def summary(swarm: list[dict], solo: list[dict], nodes: int) -> dict[str, Any]:
 def print_report(swarm: list[dict], solo: list[dict], s: dict, args: argparse.Namespace) -> None:
     heads = [f"{v:.3f}" for v in (*TARGETS, FINAL)]
     print(f"\n{args.nodes} nodes for {args.duration:.0f} s (cores {args.cores:g}, liars {args.liars}) against one node "
-          f"for {args.solo_duration:.0f} s; runs of {args.cost:g} s; seeds {args.seeds}")
+          f"for {args.solo_duration:.0f} s; runs of {args.cost:g} s; {len(args.seeds)} seeds, {args.seeds[0]} to {args.seeds[-1]}")
     print("| seed | " + " | ".join(f"swarm {h}" for h in heads) + " | " + " | ".join(f"solo {h}" for h in heads)
           + " | adoption p50 | verification |")
     print("|---" * (2 * len(heads) + 3) + "|")
@@ -150,8 +167,8 @@ def print_report(swarm: list[dict], solo: list[dict], s: dict, args: argparse.Na
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0-19", help="e.g. 0-19 or 0,3,7-9")
-    ap.add_argument("--nodes", type=int, default=35)
+    ap.add_argument("--seeds", type=seeds_of, default="0-19", help="e.g. 0-19 or 0,3,7-9")
+    ap.add_argument("--nodes", type=swarm_size, default=35, help="swarm nodes (2 or more)")
     ap.add_argument("--duration", type=float, default=300.0, help="the swarm's window (s)")
     ap.add_argument("--solo-duration", type=float, default=None, help="the solo node's time (s; default nodes x duration)")
     ap.add_argument("--cores", type=float, default=2.0, help="cores the swarm's nodes share (0: one machine each)")
@@ -163,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.solo_duration is None:
         args.solo_duration = args.nodes * args.duration
-    seeds = seeds_of(args.seeds)
+    seeds = args.seeds
     conf = {k: getattr(args, k) for k in ("nodes", "duration", "solo_duration", "cores", "cost", "liars", "settle")}
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
