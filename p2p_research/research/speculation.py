@@ -123,13 +123,18 @@ class Branch:
         self.asked.clear()
         self.before = None
 
+    def _drop_confirmed(self, state: SwarmState) -> None:
+        """Claims a quorum of this node's vouchers confirmed no longer hold the branch up."""
+        for key in [k for k, claim in self.resting.items() if state.quorum_met(claim)]:
+            del self.resting[key]
+        if not self.resting:
+            self.before = None
+
     def to_verify(self, state: SwarmState) -> PeerClaim | None:
         """A claim under the branch that this node has not re-run (nor a quorum confirmed): the turn's
         first decision re-runs it."""
-        for key, claim in list(self.resting.items()):
-            if state.quorum_met(claim):
-                del self.resting[key]
-                continue
+        self._drop_confirmed(state)
+        for key, claim in self.resting.items():
             if key not in self.asked:
                 self.asked.add(key)
                 return claim
@@ -158,8 +163,5 @@ class Branch:
                 self.adopted()
                 return Revert(commit, value, mark, f"{claim.exp_id[:10]} from {claim.peer[:16]}, under this "
                                                    f"baseline's branch, {why}")
-            if state.quorum_met(claim):
-                del self.resting[key]
-        if not self.resting:
-            self.before = None
+        self._drop_confirmed(state)
         return None
