@@ -91,11 +91,11 @@ class Adversary:
 
 
 @asynccontextmanager
-async def honest_node(bootstrap: str, swarm: str) -> AsyncIterator[Any]:
+async def honest_node(bootstrap: str, swarm: str, kp: Any = None) -> AsyncIterator[Any]:
     """A well-behaved node of our own code (in this process) that bootstraps from `bootstrap`."""
     from p2p_research.net import NetConfig, open_network
 
-    cfg = NetConfig(key_pair=generate_new_ed25519_identity(), swarm_id=swarm, bootstrap=[bootstrap])
+    cfg = NetConfig(key_pair=kp or generate_new_ed25519_identity(), swarm_id=swarm, bootstrap=[bootstrap])
     async with open_network(cfg, lambda oid: None) as net:
         with trio.fail_after(15):
             while not net.peers():

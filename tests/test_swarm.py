@@ -7,6 +7,7 @@ import time
 
 import pytest
 import trio
+from adversary import honest_node
 from conftest import ROOT
 from daemon_helpers import Daemon, stop_all, surrogate_home, wait_for
 
@@ -299,15 +300,95 @@ def test_sparse_announcements_flood_kept_results_only_and_dedup_through_the_dht(
         for i, h in enumerate(homes):
             db = sqlite3.connect(f"file:{h.ledger}?mode=ro", uri=True)
             others = {d.peer_id for j, d in enumerate(daemons) if j != i}
-            claims = [p for (p,) in db.execute("SELECT peer FROM claims") if p in others]
+            # a claim is flooded only in a contest: two nodes that found the same experiment unclaimed
+            claims = [p for (p, e) in db.execute("SELECT peer, exp_id FROM claims") if p in others and e not in
+                      {e for (e,) in db.execute("SELECT exp_id FROM claims WHERE peer=?", (daemons[i].peer_id,))}]
             statuses = {s for (s,) in db.execute("SELECT status FROM runs WHERE origin='peer' AND kind IN "
                                                  "('experiment', 'baseline')")}
             db.close()
-            assert not claims, "a claim was flooded"
+            assert not claims, "a claim was flooded outside a contest"
             assert statuses <= {"kept"}, f"a {statuses - {'kept'}} result was flooded"
         assert sum(s["dedup"].get("claimed_elsewhere", 0) + s["dedup"].get("known_in_ledger", 0) for s in st) >= 0
     finally:
         stop_all(daemons)
+
+
+# An agent that waits for the test's signal, then makes the same change on every node that runs it.
+SAME_CHANGE_AGENT = (
+    "import os, re, sys, time\n"
+    "open(os.path.join(sys.argv[1], f'ready-{os.getpid()}'), 'w').close()\n"
+    "while not os.path.exists(os.path.join(sys.argv[1], 'go')):\n"
+    "    time.sleep(0.05)\n"
+    "src = open('train.py').read()\n"
+    "src = re.sub(r'^LEARNING_RATE = [0-9.eE+-]+', 'LEARNING_RATE = 0.0035', src, count=1, flags=re.MULTILINE)\n"
+    "open('train.py', 'w').write(src)\n"
+    "print('LEARNING_RATE -> 0.0035')\n")
+
+
+async def test_a_sparse_node_that_finds_an_earlier_claim_in_the_dht_while_its_run_is_young_yields(tmp_path):
+    """network.announce = kept: claims are only in the DHT, so a dedup lookup made a moment before another
+    node's put lands misses it, and both nodes start the experiment (seen under load, finishing 6 ms
+    apart). The node looks its claim up again while the run is young. Here the other node, a real peer of
+    our own code in this process, puts an earlier claim after the node's lookup: the node floods its own
+    claim once (so that the other side can settle it the same way) and yields. The experiment never
+    finishes here."""
+    from libp2p import generate_new_ed25519_identity
+
+    from p2p_research.wire import Claim
+    from p2p_research.wire.records import make_claim_record
+
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    agent = tmp_path / "agent.py"
+    agent.write_text(SAME_CHANGE_AGENT)
+    home = surrogate_home(tmp_path / "a", 1, cost=20.0, network__announce="kept", research__proposer="command",
+                          research__proposer_command=f"{sys.executable} {agent} {sync}")
+    d = Daemon(home.path, "-n", "1").start()
+    kp = generate_new_ed25519_identity()
+    try:
+        st = await trio.to_thread.run_sync(d.json, "status")
+        async with honest_node(d.addrs[0], st["swarm"], kp) as net:
+            with trio.fail_after(120):
+                while not list(sync.glob("ready-*")):  # the genesis is measured; the node is proposing
+                    await trio.sleep(0.2)
+            (sync / "go").touch()
+            with trio.fail_after(60):
+                while True:
+                    cur = (await trio.to_thread.run_sync(d.json, "status"))["current"]
+                    if cur and cur["phase"] == "training" and cur["exp_id"]:
+                        break
+                    await trio.sleep(0.2)
+            exp = cur["exp_id"]
+            with trio.fail_after(20):
+                while (mine := await net.dht.get(exp)) is None:
+                    await trio.sleep(0.2)
+            assert mine.state == "claim" and mine.peer == d.peer_id
+            # a claim made before the node's (beyond the tie window), put now: the node's lookup missed it
+            await net.dht.put(make_claim_record(exp, mine.commit, mine.lease_until + 30, kp, ts=mine.ts - 5.0))
+            with trio.fail_after(30):
+                async for inc in net.incoming:  # the node floods its own claim for the other side to settle
+                    if isinstance(inc.message, Claim) and inc.message.exp_id == exp:
+                        assert inc.message.peer == d.peer_id
+                        break
+            with trio.fail_after(30):
+                while "yielding experiment" not in d.stderr():
+                    await trio.sleep(0.5)
+        log = d.stderr()
+        assert f"experiment {exp[:10]} is claimed by {net_peer(kp)[:16]} too" in log
+        assert f"yielding experiment {exp[:10]} to {net_peer(kp)[:16]}" in log
+        with trio.fail_after(60):
+            while not research_done(d):
+                await trio.sleep(1.0)
+        assert [s for e, s in local_experiments(home) if e == exp] == ["aborted"]
+    finally:
+        d.stop()
+        d.kill()
+
+
+def net_peer(kp) -> str:
+    from p2p_research.net.identity import peer_id_of_keypair
+
+    return peer_id_of_keypair(kp)
 
 
 def test_ideas_cross_protocols_of_one_genesis_and_numbers_never_do(tmp_path):

@@ -7,9 +7,10 @@ this class carries the decisions out with the node's network. Its dependencies a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,16 @@ from p2p_research.research import flooding
 from p2p_research.research.io.context import ResearchContext
 from p2p_research.research.ownership import Ownership
 from p2p_research.store.ledger import Run
+from p2p_research.wire import Claim
 
 log = logging.getLogger("p2p_research.daemon")
 
 DHT_LOOKUP_S = 3.0
 DHT_LOOKUPS_PER_PROPOSAL = 5
 DHT_PROPOSAL_S = 15.0  # DHT lookups one proposal may spend (each one is bounded by DHT_LOOKUP_S too)
+# a sparse node looks its claim up again this long after the put, then after each pause in turn (_contest):
+# a put under load can take seconds to land (each is bounded at about 12 s)
+CONTEST_CHECKS_S = (1.0, 3.0, 8.0)
 
 
 @dataclass
@@ -45,6 +50,8 @@ class AnnouncerDeps:
     expected_seconds: Callable[[], float | None]
     caught_up: Callable[[], bool]
     measured_for_peers: Callable[[Run], bool] = lambda run: False  # a genesis measurement peers wait for
+    running: Callable[[str], bool] = lambda exp_id: False  # whether a worker runs this experiment now
+    on_dht_claim: Callable[[Claim], Awaitable[Any]] | None = None  # another node's claim found in the DHT
 
 
 class Announcer:
@@ -84,7 +91,9 @@ class Announcer:
                                claim.description, claim.ts, claim.semantic_id)
         if flooding.floods_claim(self.sparse()):
             await d.net.publish(claim)
-        self.put_dht_claim(claim, commit)
+            self.put_dht_claim(claim, commit)
+        elif self.dht() is not None:
+            d.start_soon(self._contest, claim, commit)
         if by_code and semantic_id:  # an agent's edit: late joiners find its code key in the DHT too
             self.put_dht_claim(claim, commit, key_id=semantic_id)
 
@@ -123,8 +132,46 @@ class Announcer:
             return
         from p2p_research.wire.records import make_claim_record
 
-        record = make_claim_record(key_id or claim.exp_id, commit, claim.lease_until, self.deps.key_pair)
+        record = make_claim_record(key_id or claim.exp_id, commit, claim.lease_until, self.deps.key_pair, ts=claim.ts)
         self.deps.start_soon(self._put, record, self.sparse())
+
+    async def _contest(self, claim: Claim, commit: str) -> None:
+        """A sparse node's claim: put in the DHT, then looked up again while its run is young. Claims are
+        in the DHT only, and a lookup made a moment before another node's put lands misses it: two nodes
+        then run the same experiment (seen under load, 6 ms apart). The DHT keeps one claim per
+        experiment (the newer lease), so the node that claimed first may never see the other's; each side
+        that finds another node's live claim therefore floods its own, once, and takes the other's
+        through intake: both then settle it by the claim rule (the earlier claim runs), as flooding nodes
+        do. It costs one gossip message per contest."""
+        from p2p_research.wire.records import make_claim_record
+
+        await self._put(make_claim_record(claim.exp_id, commit, claim.lease_until, self.deps.key_pair, ts=claim.ts),
+                        lookup=True)
+        told = False
+        for delay in CONTEST_CHECKS_S:
+            await trio.sleep(delay)
+            dht = self.dht()
+            if dht is None or not self.deps.running(claim.exp_id):
+                return
+            rec = None
+            with trio.move_on_after(DHT_LOOKUP_S):
+                try:
+                    rec = await dht.get(claim.exp_id)
+                except Exception as e:  # noqa: BLE001 - a failed lookup leaves the run as it is
+                    log.debug("DHT get failed: %s", e)
+            if rec is None or rec.peer == self.deps.peer_id or rec.state != "claim" or rec.lease_until <= time.time():
+                continue
+            log.info("experiment %s is claimed by %s too: settling it by the earlier claim", claim.exp_id[:10],
+                     rec.peer[:16])
+            if not told:
+                told = True
+                await self.deps.net.publish(claim)
+            if self.deps.on_dht_claim is not None:
+                theirs = dataclasses.replace(claim, peer=rec.peer, ts=rec.ts, lease_until=rec.lease_until,
+                                             semantic_id="")
+                refused = await self.deps.on_dht_claim(theirs)
+                if refused:
+                    log.info("%s's claim on %s does not count here: %s", rec.peer[:16], claim.exp_id[:10], refused)
 
     def put_dht_result(self, msg: Any) -> None:
         if self.dht() is None:

@@ -119,6 +119,21 @@ class Intake:
             if len(seen) < 8:
                 seen.add(protocol)
 
+    async def accept_claim(self, msg: Claim, received_at: float) -> str | None:
+        """A peer's claim, from gossip or found in the DHT (a sparse swarm's contest, daemon/announcer.py):
+        admitted by the claim book, with its time and lease as this node's clock bounds them, recorded,
+        and passed on (the coordinator yields a run by it). Why it was refused, or None."""
+        adm = self.claims.admit(msg.peer, msg.exp_id, msg.ts, msg.lease_until, received_at)
+        if not adm.accepted:
+            self.stats["claims_refused"] += 1
+            return adm.reason
+        self.ctx.ledger.add_claim(msg.exp_id, msg.peer, msg.protocol_id, msg.parent, adm.lease_until,
+                                  msg.description, adm.ts, msg.semantic_id)
+        self.stats["claims"] += 1
+        if self.on_claim is not None:
+            await self.on_claim(msg, adm.ts)
+        return None
+
     async def handle(self, inc: Incoming, nursery: trio.Nursery | PeerTasks) -> None:
         msg = inc.message
         if isinstance(msg, Claim):
@@ -129,16 +144,9 @@ class Intake:
                 if self._sibling_traffic(msg.protocol_id):
                     return None
                 return self.reject(inc, "claim under another protocol", "other_protocol")
-            adm = self.claims.admit(msg.peer, msg.exp_id, msg.ts, msg.lease_until, inc.received_at)
-            if not adm.accepted:
-                self.stats["claims_refused"] += 1
-                return self.reject(inc, f"claim {msg.exp_id[:10]}: {adm.reason}", "claim_refused")
-            # the claim's time and lease as this node's clock bounds them
-            self.ctx.ledger.add_claim(msg.exp_id, msg.peer, msg.protocol_id, msg.parent, adm.lease_until,
-                                      msg.description, adm.ts, msg.semantic_id)
-            self.stats["claims"] += 1
-            if self.on_claim is not None:
-                await self.on_claim(msg, adm.ts)
+            refused = await self.accept_claim(msg, inc.received_at)
+            if refused:
+                return self.reject(inc, f"claim {msg.exp_id[:10]}: {refused}", "claim_refused")
         elif isinstance(msg, Result):
             await self.handle_result(inc, msg, nursery)
         elif isinstance(msg, BoardPost):

@@ -160,7 +160,9 @@ class NodeDaemon:
                         expected_seconds=lambda: workers.engine.expected_seconds() if workers.engine else None,
                         measured_for_peers=lambda run: (run.kind == "baseline" and workers.engine is not None
                                                         and workers.engine.measures_for_peers == run.commit_id),
-                        caught_up=lambda: catchup is not None and (catchup.completed > 0 or catchup.received > 0)))
+                        caught_up=lambda: catchup is not None and (catchup.completed > 0 or catchup.received > 0),
+                        running=lambda exp_id: any(e.progress.exp_id == exp_id for e in workers.engines),
+                        on_dht_claim=lambda claim: intake.accept_claim(claim, time.time())))
                     coord = SwarmCoordinator(CoordinatorDeps(
                         peer_id=peer_id, key_pair=key_pair, ctx=ctx, config=cfg,
                         engine=lambda: workers.engine, engines=lambda: workers.engines, publish=net.publish,
