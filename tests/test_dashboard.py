@@ -25,6 +25,13 @@ NO_BROWSER = "chromium and chromedriver are not installed (apt-get install chrom
 DRIVER = shutil.which("chromedriver")
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -42,6 +49,37 @@ def post(url: str, text: str, token: str | None = None) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def huge_post(url: str, token: str, size: int, chunked: bool) -> int:
+    """POST `size` bytes of JSON-looking junk, with a Content-Length or chunked; the answer's status (0
+    when the node closed the connection without one)."""
+    import http.client
+
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        c.putrequest("POST", "/api/board")
+        c.putheader("Content-Type", "application/json")
+        c.putheader("Authorization", f"Bearer {token}")
+        c.putheader(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(size))))
+        c.endheaders()
+        block = b"x" * (1 << 20)
+        c.sock.settimeout(3)  # a node that answered and stopped reading leaves the rest unsent
+        try:
+            for _ in range(size // len(block)):
+                c.send(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+            if chunked:
+                c.send(b"0\r\n\r\n")
+        except OSError:
+            pass  # the node answered (and closed) while the body was still coming: the point
+        c.sock.settimeout(30)
+        try:
+            return c.getresponse().status
+        except (OSError, http.client.HTTPException):
+            return 0
+    finally:
+        c.close()
 
 
 def test_a_dashboard_address_this_machine_lacks_is_one_line_error(tmp_path):
@@ -111,6 +149,13 @@ def test_metrics_parse_and_move_and_posting_beyond_loopback_needs_the_token(tmp_
         assert any("with **the** token" in p["text"] for p in d.json("board"))
         code, _ = post(url + "api/board", "x" * 20000, token)
         assert code in (400, 413)
+        # an oversized body is refused before it is buffered, by its Content-Length and, when it streams
+        # without one, by a running count (a 256 MiB post once grew the node by 512 MB before its 413)
+        rss0 = rss_mb(d.proc.pid)
+        assert huge_post(url, token, 256 << 20, chunked=False) in (413, 0)
+        assert huge_post(url, token, 64 << 20, chunked=True) in (413, 0)
+        assert rss_mb(d.proc.pid) - rss0 < 48, (rss0, rss_mb(d.proc.pid))
+        assert get(url + "api/state")[0] == 200
         # live views are bounded: the 17th open event stream is refused, and a closed one frees a slot
         import http.client
 

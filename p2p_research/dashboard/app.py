@@ -155,6 +155,28 @@ class Shared:
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it is over `limit` bytes: refused by its Content-Length before
+    anything is read, and by a running count while it streams (a body without a length, or one that
+    lies about it). Starlette's `request.body()` buffers the whole body first: a 256 MiB post grew the
+    node by 512 MB before the size check refused it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                return None
+        except ValueError:
+            return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def host_allowed(request: Request, loopback_port: int | None) -> bool:
     """On a loopback dashboard, only loopback Host names (a web page elsewhere cannot read or post
     through DNS rebinding), and no foreign Origin on writes. Beyond loopback the token guards writes."""
@@ -223,8 +245,8 @@ def make_app(handlers: dict[str, Handler], *, token: str | None, metrics: Callab
             if not hmac.compare_digest(given.encode(), token.encode()):
                 return JSONResponse({"error": "posting needs the dashboard token (see `p2p-research id`)"},
                                     status_code=403)
-        body = await request.body()
-        if len(body) > MAX_POST_BYTES + 1024:
+        body = await _bounded_body(request, MAX_POST_BYTES + 1024)
+        if body is None:
             return JSONResponse({"error": "a post is at most 16 KiB"}, status_code=413)
         try:
             text = json.loads(body or b"{}").get("text")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import math
 import operator
 from dataclasses import dataclass
@@ -309,12 +310,18 @@ def rewrite_constants(source: str, changes: dict[str, Const]) -> str:
         edits.append((a, b, format_value(value, s.form).encode()))
     for a, b, text in sorted(edits, reverse=True):
         data = data[:a] + text + data[b:]
-    out = data.decode()
-    got = read_constants(out)
+    # each replaced span is the whole right-hand side of a top-level assignment, so its new text alone
+    # says what the name now holds; re-parsing the whole source here was the largest part of a busy
+    # node's proposals (docs/scale.md, "Where a real node's time went")
     for name, value in changes.items():
-        if name not in got or _kind(got[name]) != _kind(value):
+        text = format_value(value, sites[name].form)
+        try:
+            ok, got = constant_value(ast.parse(text, mode="eval").body)
+        except (SyntaxError, ValueError, RecursionError):
+            ok, got = False, None
+        if not ok or _kind(got) != _kind(value):  # type: ignore[arg-type]
             raise ConstantsError(f"rewriting {name} changed its kind")
-    return out
+    return data.decode()
 
 
 def _kind(v: Const) -> str:
@@ -343,6 +350,15 @@ def _skeleton(tree: ast.Module) -> tuple[str, dict[str, Const]]:
     return ast.dump(ast.Module(body=body, type_ignores=[]), include_attributes=False), values
 
 
+@functools.lru_cache(maxsize=256)
+def _skeleton_of(source: str) -> tuple[bytes, dict[str, Const]]:
+    """`_skeleton` of a source, its code as a digest. Cached by source text: a node checks every step of
+    every peer result's lineage against its parent, so the same sources come back again and again
+    (measured: parsing them was a fifth of a busy node's main thread in the 35-node run)."""
+    skel, values = _skeleton(parse_source(source))
+    return hashlib.sha256(skel.encode()).digest(), values
+
+
 def constants_only_change(old: str, new: str) -> tuple[bool, str]:
     """Whether `new` differs from `old` in nothing but the values of top-level constants.
 
@@ -351,10 +367,8 @@ def constants_only_change(old: str, new: str) -> tuple[bool, str]:
     kinds), so a change cannot, say, turn a learning rate into a string that breaks code.
     """
     try:
-        old_tree = parse_source(old)
-        new_tree = parse_source(new)
-        old_skel, old_vals = _skeleton(old_tree)
-        new_skel, new_vals = _skeleton(new_tree)
+        old_skel, old_vals = _skeleton_of(old)
+        new_skel, new_vals = _skeleton_of(new)
     except ConstantsError as e:
         return False, f"train.py {e}"
     except (RecursionError, MemoryError):

@@ -146,7 +146,22 @@ class Workspace:
         return str(c.parent_ids[0]) if c.parent_ids else None
 
     def tree_with(self, base_commit: str, changes: dict[str, bytes]) -> str:
-        """Tree id of the base commit's files with `changes` applied (writes the objects: cheap, idempotent)."""
+        """Tree id of the base commit's files with `changes` applied (writes the objects: cheap, idempotent).
+
+        Where the base tree holds regular files only (every tree this node builds), the changed files
+        are inserted into it and the others are not read or hashed again: the built-in proposer asks for
+        the id of every candidate it considers (measured: a tenth of a busy node's main thread)."""
+        if any(c in name for name in changes for c in "/\0"):
+            raise WorkspaceError("target files must be flat")
+        try:
+            base = self.commit(base_commit).tree
+            if all(e.filemode == pygit2.GIT_FILEMODE_BLOB for e in base):
+                tb = self.repo.TreeBuilder(base)
+                for name, data in changes.items():
+                    tb.insert(name, self.repo.create_blob(data), pygit2.GIT_FILEMODE_BLOB)
+                return str(tb.write())
+        except (pygit2.GitError, KeyError, ValueError) as e:
+            raise WorkspaceError(f"commit {base_commit[:10]} is incomplete here: {e}") from None
         files = self.files_of(base_commit)
         files.update(changes)
         return str(self._tree_from_files(self.repo, files))
