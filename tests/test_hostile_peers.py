@@ -564,6 +564,73 @@ def test_hostile_relay_reservations_dial_backs_and_junk_change_nothing(tmp_path)
     assert "Traceback" not in relay.stderr()
 
 
+def test_a_relay_s_reservations_are_bounded_per_address_and_subnet_and_end_with_the_connection(tmp_path):
+    """Sybils on three hosts of one /24 ask a relay daemon for a reservation each, four identities per
+    host (0.8.1 granted 127, and they kept blocking an honest newcomer behind NAT after they had gone).
+    The relay grants at most 4 per address and 8 per /24; an honest newcomer on another subnet gets a
+    slot while the sybils hold theirs, and once they disconnect a newcomer on their own /24 gets one."""
+    from libp2p import generate_new_ed25519_identity, new_host
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
+    from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
+    from libp2p.relay.circuit_v2.protocol_buffer import StatusCode, to_proto_status
+    from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
+    from multiaddr import Multiaddr
+
+    relay = Daemon(init_home(tmp_path / "relay").path, "--no-research").start()
+    ok = to_proto_status(StatusCode.OK)
+
+    async def reserve_from(stack: AsyncExitStack, source_ip: str) -> int:
+        """A fresh identity whose one connection to the relay leaves from `source_ip` (the attacker's
+        own TCP stack picks its source address), asking for a reservation: the answer's status."""
+        host = new_host(key_pair=generate_new_ed25519_identity())
+        await stack.enter_async_context(host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+        stack.push_async_callback(host.close)  # runs before the host's service stops: its connections close
+        plain = trio.open_tcp_stream
+        trio.open_tcp_stream = lambda h, p, **kw: plain(h, p, local_address=source_ip, **kw)
+        try:
+            await host.connect(info_from_p2p_addr(Multiaddr(relay.addrs[0])))
+        finally:
+            trio.open_tcp_stream = plain
+        with trio.fail_after(10):
+            stream = await host.new_stream(ID.from_base58(relay.peer_id), [HOP_PROTOCOL_ID])
+            await write_delimited_msg(stream, HopMessage(type=HopMessage.RESERVE))
+            resp = await read_delimited_msg(stream, HopMessage)
+            await stream.close()
+        return resp.status
+
+    granted: dict[str, list[bool]] = {}
+
+    async def attack() -> None:
+        async with AsyncExitStack() as sybils:
+            for ip in ("127.0.5.1", "127.0.5.2", "127.0.5.3"):
+                for _ in range(5):
+                    granted.setdefault(ip, []).append(await reserve_from(sybils, ip) == ok)
+            held = (await in_thread(relay.json, "status"))["reachability"]
+            assert held["reservations_held"] == 8 and held["reservations_refused_by_address"] == 7, held
+            async with AsyncExitStack() as honest:
+                granted["newcomer"] = [await reserve_from(honest, "127.0.9.1") == ok]
+        # the sybils are gone: their reservations end with their connections
+        with trio.fail_after(20):
+            while (await in_thread(relay.json, "status"))["reachability"]["reservations_held"] > 0:
+                await trio.sleep(0.5)
+        async with AsyncExitStack() as late:
+            granted["late, the sybils' /24"] = [await reserve_from(late, "127.0.5.9") == ok]
+
+    try:
+        trio.run(attack)
+        assert granted["127.0.5.1"] == [True] * 4 + [False]  # 4 per address
+        assert granted["127.0.5.2"] == [True] * 4 + [False]  # 8 per /24
+        assert granted["127.0.5.3"] == [False] * 5
+        assert granted["newcomer"] == [True] and granted["late, the sybils' /24"] == [True]
+        assert relay.proc.poll() is None and "Traceback" not in relay.stderr()
+        assert "relay reservation refused to" in relay.stderr()
+    finally:
+        relay.stop()
+        relay.kill()
+
+
 def test_a_peer_announcing_sibling_protocols_holds_one_place_at_most_and_a_wrong_swarm_none(tmp_path):
     """A research node follows sibling protocols (the same genesis, another protocol) that connected peers
     announce in the peer exchange. One hostile connection announces a swarm of another genesis (never

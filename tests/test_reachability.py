@@ -58,3 +58,20 @@ def test_a_peer_still_relayed_after_dcutr_spent_its_attempts_gets_new_ones_later
     assert punch_again(since, attempts, DCUTR_RETRY_S) == ["a"]          # spent, and relayed for a minute
     assert punch_again(since, attempts, DCUTR_RETRY_S + 50.0) == ["a", "c"]
     assert punch_again({}, attempts, 1e9) == []                          # upgraded or gone: nothing to retry
+
+
+def test_a_relay_refuses_reservations_beyond_its_bounds_per_address_and_subnet():
+    from p2p_research.net.reachability import reservation_refusal, subnet_of
+
+    assert subnet_of("10.1.2.3") == "10.1.2.0/24" and subnet_of("2001:db8:1:2::5") == "2001:db8:1::/48"
+    assert reservation_refusal("10.1.2.3", []) is None
+    assert reservation_refusal("10.1.2.3", ["10.1.2.3"] * 3) is None
+    assert "per address" in reservation_refusal("10.1.2.3", ["10.1.2.3"] * 4)
+    assert "per subnet" in reservation_refusal("10.1.2.9", ["10.1.2.3"] * 4 + ["10.1.2.4"] * 4)
+    assert reservation_refusal("10.1.3.9", ["10.1.2.3"] * 4 + ["10.1.2.4"] * 4) is None
+    # IPv6: a /48 is one subnet, however many addresses a host has in it
+    held = [f"2001:db8:1:{i}::1" for i in range(8)]
+    assert "per subnet" in reservation_refusal("2001:db8:1:ff::1", held)
+    assert reservation_refusal("2001:db8:2::1", held) is None
+    # an unknown address (a relayed connection) is one address of its own
+    assert "per address" in reservation_refusal(None, [None] * 4)

@@ -40,16 +40,27 @@ from libp2p.peer.peerstore import issue_and_cache_local_record
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.dcutr import MAX_HOLE_PUNCH_ATTEMPTS, DCUtRProtocol
 from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL_ID
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
 from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID, CircuitV2Protocol
+from libp2p.relay.circuit_v2.protocol_buffer import StatusCode, to_proto_status
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.relay.circuit_v2.utils import write_delimited_msg
 from libp2p.tools.anyio_service import background_trio_service
 
 from .framing import close_quietly
 from .host import is_relayed, peerstore_addrs
 from .identity import short_name
-from .reachability import circuit_addr, dial_back_claims, judge, relay_dial_addr, relays_to_reserve
+from .ratelimit import RateLimitedLog
+from .reachability import (
+    circuit_addr,
+    dial_back_claims,
+    judge,
+    relay_dial_addr,
+    relays_to_reserve,
+    reservation_refusal,
+)
 from .streams import StreamGuard, StreamLimits
 
 log = logging.getLogger(__name__)
@@ -105,11 +116,53 @@ class DialBackAutoNAT(AutoNATService):
 
 
 class GuardedRelayProtocol(CircuitV2Protocol):
-    """Circuit relay v2 whose reservations belong to the connection's peer, whatever the request says."""
+    """Circuit relay v2 whose reservations belong to the connection's peer, whatever the request says,
+    are bounded per address and subnet (`reachability.reservation_refusal`), and end when the reserving
+    peer is no longer connected. py-libp2p 0.8.1 counted a disconnected peer's reservation against its
+    limit until the reservation's TTL ran out: 127 reservations by made-up identities kept an honest
+    newcomer behind NAT out (RESOURCE_LIMIT_EXCEEDED) after the sybils had gone."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reserved_from: dict[ID, str | None] = {}  # reserving peer -> the address it reserved from
+        self.refused_by_address = 0
+        self._rlog = RateLimitedLog(log, interval=10.0)
+
+    def drop_disconnected(self) -> int:
+        """End the reservations of peers no longer connected; how many ended."""
+        rm = self.resource_manager
+        gone = [p for p in list(rm._reservations) if not rm._is_peer_connected(p)]
+        for p in gone:
+            rm._reservations.pop(p, None)
+        for p in [p for p in self.reserved_from if p not in rm._reservations]:
+            del self.reserved_from[p]
+        return len(gone)
 
     async def _handle_reserve(self, stream: Any, msg: Any) -> None:
-        msg.peer.id = stream.muxed_conn.peer_id.to_bytes()
+        peer = stream.muxed_conn.peer_id
+        msg.peer.id = peer.to_bytes()
+        self.drop_disconnected()
+        if not self.resource_manager.has_reservation(peer):
+            ip = _remote_ip(stream)
+            why = reservation_refusal(ip, [self.reserved_from.get(p) for p in self.resource_manager._reservations])
+            if why is not None:
+                self.refused_by_address += 1
+                self._rlog.log(logging.INFO, f"reserve:{ip}", "relay reservation refused to %s: %s",
+                               short_name(peer.to_base58()), why)
+                await write_delimited_msg(stream, HopMessage(
+                    type=HopMessage.STATUS, status=to_proto_status(StatusCode.RESOURCE_LIMIT_EXCEEDED)))
+                return
+            self.reserved_from[peer] = ip
         await super()._handle_reserve(stream, msg)
+
+
+def _remote_ip(stream: Any) -> str | None:
+    """The address a stream's connection comes from (None where the transport does not say)."""
+    try:
+        addr = stream.get_remote_address()
+    except Exception:  # noqa: BLE001 - a transport without the method, or a closed one
+        return None
+    return str(addr[0]) if addr else None
 
 
 def punch_again(relayed_since: dict[Any, float], attempts: dict[Any, int], now: float,
@@ -170,10 +223,13 @@ class NatTraversal:
         return {"status": self._status, "relayed": bool(self.circuits), "relayed_addrs": sorted(self.circuits.values()),
                 "relay_service": self.relay_service, "dial_backs": len(self.verdicts),
                 "reachable_by": sum(1 for ok, _ in self.verdicts.values() if ok),
-                "reservations_held": self._reservations_held(), **self.stats}
+                "reservations_held": self._reservations_held(),
+                "reservations_refused_by_address": self.protocol.refused_by_address, **self.stats}
 
     def _reservations_held(self) -> int:
         try:
+            if self.relay_service:
+                self.protocol.drop_disconnected()
             return len(self.protocol.resource_manager._reservations) if self.relay_service else 0
         except Exception:  # noqa: BLE001 - another libp2p version
             return 0

@@ -13,6 +13,10 @@ import random
 from collections.abc import Iterable, Mapping
 
 WANTED_RELAYS = 2
+#: a relay's reservations per address and per subnet (/24 for IPv4, /48 for IPv6): identities are free,
+#: addresses are not, so a few hosts cannot hold every slot (128 in all, nat.RELAY_LIMITS)
+RESERVATIONS_PER_IP = 4
+RESERVATIONS_PER_SUBNET = 8
 #: a verdict is forgotten after this long (a laptop moves between networks)
 VERDICT_TTL_S = 30 * 60.0
 
@@ -119,3 +123,28 @@ def relays_to_reserve(status: str, offering: Iterable[str], reserved: Iterable[s
     pool = [p for p in sorted(offering) if p not in have and now - failed.get(p, -1e18) >= retry_s]
     rng.shuffle(pool)
     return pool[:free]
+
+
+def subnet_of(ip: str) -> str:
+    """The /24 (IPv4) or /48 (IPv6) an address is in; an unparsable one is its own subnet."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    return str(ipaddress.ip_network(f"{a}/{24 if a.version == 4 else 48}", strict=False))
+
+
+def reservation_refusal(ip: str | None, held: Iterable[str | None], per_ip: int = RESERVATIONS_PER_IP,
+                        per_subnet: int = RESERVATIONS_PER_SUBNET) -> str | None:
+    """Why a relay refuses a new reservation from `ip`, given the addresses its reservations were made
+    from (`held`), or None. An unknown address (a relayed connection) counts as one address of its own."""
+    key = ip or "?"
+    held = [h or "?" for h in held]
+    same_ip = sum(1 for h in held if h == key)
+    if same_ip >= per_ip:
+        return f"{same_ip} reservations from {key} already (at most {per_ip} per address)"
+    net = subnet_of(key)
+    same_net = sum(1 for h in held if subnet_of(h) == net)
+    if same_net >= per_subnet:
+        return f"{same_net} reservations from {net} already (at most {per_subnet} per subnet)"
+    return None
