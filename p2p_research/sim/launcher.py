@@ -34,7 +34,35 @@ READY_TIMEOUT_S = 120.0
 ACKED = tuple(s.value for s in FINAL)
 
 
-def free_port() -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(taken: set[int] | None = None, rng: random.Random | None = None) -> int:
+    """A free port below the kernel's ephemeral range. The nodes' ports are chosen before they start, over
+    half a minute; a port from the ephemeral range (where a bind to port 0 picks) can meanwhile become the
+    source port of an earlier node's outgoing connection, and the node then fails to listen (seen once in
+    a 35-node run: "the port is in use")."""
+    rng = rng or random.Random()
+    lo, _ = _ephemeral_range()
+    first = max(1024, lo - 20000)
+    for _ in range(200):
+        port = rng.randrange(first, lo) if lo > first else 0
+        if taken is not None and port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        if taken is not None:
+            taken.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -191,10 +219,11 @@ class Simulation:
         liars = set(self.rng.sample(range(1, o.nodes), o.liars)) if o.liars else set()
         specs = [("solo", "solo", -1)] if o.solo else []
         specs += [(f"n{i:02d}", "swarm", i) for i in range(o.nodes)]
+        ports: set[int] = set()
         for name, role, i in specs:
             home = init_home(self.root / "nodes" / name)
             kp = load_or_create_identity(home.identity)
-            node = NodeProc(index=i, name=name, home=home.path, port=free_port(), role=role, liar=i in liars,
+            node = NodeProc(index=i, name=name, home=home.path, port=free_port(ports), role=role, liar=i in liars,
                             peer_id=peer_id_of_keypair(kp))
             self.nodes.append(node)
         swarm = [n for n in self.nodes if n.role == "swarm"]
