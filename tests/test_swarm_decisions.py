@@ -76,11 +76,16 @@ def test_adaptive_checks_new_peers_and_trusts_with_evidence():
     assert s.verify_probability("QmA") == 1.0
     c = PeerClaim("a" * 40, "c" * 40, "QmA", 1.5, 0, 0.0)
     assert s.on_verified(c, 1.5, 2.0)[0] == "confirmed"
+    assert s.verify_probability("QmA") == 1.0  # one confirmation may be a liar's lucky draw
+    assert s.on_verified(c, 1.5, 2.0)[0] == "confirmed"
     assert s.verify_probability("QmA") == 0.5
+    assert s.on_verified(c, 1.5, 2.0)[0] == "confirmed"
+    assert abs(s.verify_probability("QmA") - 1 / 3) < 1e-12
     assert s.on_verified(c, 1.9, 2.0)[0] == "refuted"
     assert s.verify_probability("QmA") == 1.0  # a refutation resets trust
-    s.on_verified(c, None, 2.0)
-    s.on_verified(c, 3.0, 2.0)
+    for bad in (None, 3.0, 3.0, 3.0):  # refuted, net of its three confirmations, twice
+        assert not s.ignored("QmA")
+        s.on_verified(c, bad, 2.0)
     assert s.ignored("QmA")
     assert s.on_peer_result(PeerClaim("b" * 40, "c" * 40, "QmA", 1.0, 0, 0.0), True, "", "kept") is not None
 
@@ -166,7 +171,8 @@ def test_a_refutation_from_any_peer_asks_for_a_re_run_of_a_claimant_with_a_strea
     DES adopted 12 made-up values this way when only vouchers' refutations counted)."""
     s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2, replicas=0))
     first = PeerClaim("1" * 40, "c" * 40, "QmLiar", 1.5, 0, 0.0, first=True)
-    s.on_verified(first, 1.5, 2.0)                              # an accurate claim: streak 1, p = 0.5
+    s.on_verified(first, 1.5, 2.0)                              # two accurate claims: streak 2, p = 0.5
+    s.on_verified(first, 1.5, 2.0)
     assert s.verify_probability("QmLiar") == 0.5
     # a claim whose coin skips the re-run at p = 0.5
     exp = next(e for e in (f"{i:040x}" for i in range(1000)) if s._coin(e) >= 0.5)
@@ -177,6 +183,7 @@ def test_a_refutation_from_any_peer_asks_for_a_re_run_of_a_claimant_with_a_strea
     assert isinstance(s.next_decision(1.9), Verify)
     # without the refutation the coin would have skipped it
     t = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2, replicas=0))
+    t.on_verified(first, 1.5, 2.0)
     t.on_verified(first, 1.5, 2.0)
     t.on_peer_result(lie, True, "", "kept")
     assert isinstance(t.next_decision(1.9), Adopt)
