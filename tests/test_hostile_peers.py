@@ -379,6 +379,32 @@ def _rss_mb(d: Daemon) -> float:
     return 0.0
 
 
+async def test_ihave_and_iwant_carry_at_most_five_thousand_ids_each(swarm):
+    """An IHAVE of 20,000 made-up message ids (0.4 MB: py-libp2p decodes each, looks it up and asks
+    for all it lacks in one IWANT) and an IWANT of 20,000: the node looks at the first 5,000 of each
+    (libp2p_compat/guards.py, as go-libp2p's GossipSubMaxIHaveLength), and its IWANT back holds 5,000."""
+    from libp2p.peer.id import ID
+
+    s0 = await in_thread(st, swarm, swarm.v)
+    asked_back: list[int] = []
+    async with adversary() as adv:
+        await adv.join(swarm.v.addrs[0], s0["swarm"])
+        router = adv.ps.router
+
+        async def captured(msg, sender):  # the node's IWANT, before this process's own guard sees it
+            asked_back.append(len(msg.messageIDs))
+        router.handle_iwant = captured
+        v = ID.from_base58(s0["peer_id"])
+        await router.emit_ihave(adv.topics[0], [os.urandom(20) for _ in range(20_000)], v)
+        await router.emit_iwant([os.urandom(20) for _ in range(20_000)], v)
+        with trio.fail_after(20):
+            while not asked_back:
+                await trio.sleep(0.2)
+    assert asked_back == [5000], asked_back
+    after = (await in_thread(swarm.check_all))["v"]
+    assert after["net"]["gossip_control_ids_dropped"] - s0["net"].get("gossip_control_ids_dropped", 0) >= 30_000
+
+
 def test_a_hostile_about_in_the_peer_exchange_changes_nothing(tmp_path):
     """The peer exchange's `about` (swarm, protocol, budget) is peer input: junk types, a thousand keys,
     huge and control-character strings are dropped or bounded, and the node stays up and answers."""

@@ -519,6 +519,7 @@ class RunningNode:
         out["libp2p_drops_queue_full"] = counted.drops_queue_full
         out["libp2p_drops_queue_closed"] = counted.drops_queue_closed
         out["multistream_refused"] = counted.multistream_refused
+        out["gossip_control_ids_dropped"] = counted.control_ids_dropped
         out["banned_peers"] = len(self.net.gossip.scores.banned_peers(time.monotonic()))
         return out
 

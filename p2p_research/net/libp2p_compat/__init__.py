@@ -49,6 +49,9 @@ PATCHES: tuple[Patch, ...] = (
     Patch("multistream", "MultiselectCommunicator.read",
           "a stranger with no key could make the node buffer gigabytes (a length prefix of 2^33)",
           "tests/test_upstream_and_repair.py"),
+    Patch("gossip_control", "GossipSub.handle_ihave, GossipSub.handle_iwant",
+          "an IHAVE or IWANT may carry any number of ids (about 25,000 in 1 MiB), each parsed and looked up; "
+          "5,000 at most, as go-libp2p", "tests/test_hostile_peers.py"),
     Patch("pubsub_teardown", "Pubsub._teardown_if_connected",
           "a banned peer that disconnected at the right moment raised KeyError in pubsub and stopped the node",
           "tests/test_upstream_and_repair.py"),

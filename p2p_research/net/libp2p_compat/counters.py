@@ -36,6 +36,7 @@ class HostCounters:
     drops_queue_full: int = 0
     drops_queue_closed: int = 0
     multistream_refused: int = 0     # multistream-select reads refused (guards 1)
+    control_ids_dropped: int = 0     # IHAVE/IWANT message ids beyond the guard's bound (guards 3)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -17,7 +17,14 @@
    node) down: a peer that gets itself banned and disconnects at the right moment crashed the daemon
    (seen once in `test_hostile_peers.py` under a full test run). The guard replaces the method with one
    that removes the entry only if it is still there.
-3. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
+3. ``gossip_control``: gossipsub's IHAVE and IWANT carry any number of message ids (only the 1 MiB RPC
+   cap bounds them: about 25,000 ids). For an IHAVE, libp2p parses every id from hex, looks each up in
+   the seen cache and asks back for all it lacks in one IWANT; for an IWANT, it looks each up in the
+   message cache. libp2p rate-limits IHAVE and IWANT RPCs per peer (10 a second per topic), not their
+   length. The guard keeps the first :data:`MAX_IHAVE_IDS` ids of an IHAVE and :data:`MAX_IWANT_IDS`
+   of an IWANT (go-libp2p's ``GossipSubMaxIHaveLength`` is 5,000) and counts what it drops; an honest
+   node's IHAVE holds the ids of a few heartbeats' messages (tens here).
+4. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
    checks that the host's transports are TCP alone), so the fault cannot reach them.
 
 :func:`apply` installs the guard once per process, only on libp2p :data:`EXPECTED_LIBP2P` and only when
@@ -39,7 +46,27 @@ log = logging.getLogger(__name__)
 MAX_MULTISTREAM_MESSAGE = 1024
 MAX_MULTISTREAM_MESSAGES = 32
 
+#: message ids one IHAVE or IWANT may make this node look at (go-libp2p: GossipSubMaxIHaveLength = 5000)
+MAX_IHAVE_IDS = 5000
+MAX_IWANT_IDS = 5000
+
 _applied: dict[str, bool] = {}
+
+
+def _bounded_control_factory(original: Any, limit: int) -> Any:
+    async def handle(self: Any, msg: Any, sender_peer_id: Any) -> None:
+        """libp2p's handler on at most `limit` of the control message's ids (guards 3)."""
+        n = len(msg.messageIDs)
+        if n > limit:
+            counters.current().control_ids_dropped += n - limit
+            kept = type(msg)()
+            kept.CopyFrom(msg)
+            del kept.messageIDs[limit:]
+            msg = kept
+        await original(self, msg, sender_peer_id)
+
+    handle._p2p_original = original  # type: ignore[attr-defined]
+    return handle
 
 
 async def _safe_teardown_if_connected(self: Any, peer_id: Any) -> None:
@@ -115,6 +142,15 @@ def apply() -> dict[str, bool]:
     except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
         log.warning("pubsub teardown guard not installed: %r", e)
         _applied["pubsub_teardown"] = False
+    try:
+        from libp2p.pubsub.gossipsub import GossipSub
+
+        for name, limit in (("handle_ihave", MAX_IHAVE_IDS), ("handle_iwant", MAX_IWANT_IDS)):
+            setattr(GossipSub, name, _bounded_control_factory(getattr(GossipSub, name), limit))
+        _applied["gossip_control"] = True
+    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
+        log.warning("gossip control guard not installed: %r", e)
+        _applied["gossip_control"] = False
     return dict(_applied)
 
 
