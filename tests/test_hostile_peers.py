@@ -383,10 +383,23 @@ async def test_ihave_and_iwant_carry_at_most_five_thousand_ids_each(swarm):
     """An IHAVE of 20,000 made-up message ids (0.4 MB: py-libp2p decodes each, looks it up and asks
     for all it lacks in one IWANT) and an IWANT of 20,000: the node looks at the first 5,000 of each
     (libp2p_compat/guards.py, as go-libp2p's GossipSubMaxIHaveLength), and its IWANT back holds 5,000."""
-    from libp2p.peer.id import ID
+    from google.protobuf.message import DecodeError
 
     s0 = await in_thread(st, swarm, swarm.v)
     asked_back: list[int] = []
+    try:
+        await _ask_for_the_moon(swarm, s0, asked_back)
+    except* DecodeError:  # the attacker's own py-libp2p read a reply cut short as its host closed (seen once
+        pass              # under load, at the end of the test): the node's side is checked below
+    assert asked_back == [5000], asked_back
+    after = await in_thread(swarm.check_all)
+    dropped = after["v"]["net"]["gossip_control_ids_dropped"] - s0["net"].get("gossip_control_ids_dropped", 0)
+    assert dropped >= 30_000, dropped
+
+
+async def _ask_for_the_moon(swarm, s0: dict, asked_back: list[int]) -> None:
+    from libp2p.peer.id import ID
+
     async with adversary() as adv:
         await adv.join(swarm.v.addrs[0], s0["swarm"])
         router = adv.ps.router
@@ -397,12 +410,11 @@ async def test_ihave_and_iwant_carry_at_most_five_thousand_ids_each(swarm):
         v = ID.from_base58(s0["peer_id"])
         await router.emit_ihave(adv.topics[0], [os.urandom(20) for _ in range(20_000)], v)
         await router.emit_iwant([os.urandom(20) for _ in range(20_000)], v)
-        with trio.fail_after(20):
-            while not asked_back:
-                await trio.sleep(0.2)
-    assert asked_back == [5000], asked_back
-    after = (await in_thread(swarm.check_all))["v"]
-    assert after["net"]["gossip_control_ids_dropped"] - s0["net"].get("gossip_control_ids_dropped", 0) >= 30_000
+        before = s0["net"].get("gossip_control_ids_dropped", 0)
+        with trio.fail_after(30):  # the IHAVE's 15,000 ids dropped, and the IWANT's (each in its own RPC)
+            while not asked_back or (await in_thread(st, swarm, swarm.v))["net"]["gossip_control_ids_dropped"] \
+                    - before < 30_000:
+                await trio.sleep(0.3)
 
 
 def test_a_hostile_about_in_the_peer_exchange_changes_nothing(tmp_path):
