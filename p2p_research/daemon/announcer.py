@@ -130,10 +130,13 @@ class Announcer:
         """The claim's DHT record, under its experiment id (or, with `key_id`, its code key)."""
         if self.dht() is None:
             return
+        self.deps.start_soon(self._put, self._claim_record(claim, commit, key_id), self.sparse())
+
+    def _claim_record(self, claim: Claim, commit: str, key_id: str = "") -> Any:
+        """The claim's signed DHT record, with the claim's own time (the contest compares claims by it)."""
         from p2p_research.wire.records import make_claim_record
 
-        record = make_claim_record(key_id or claim.exp_id, commit, claim.lease_until, self.deps.key_pair, ts=claim.ts)
-        self.deps.start_soon(self._put, record, self.sparse())
+        return make_claim_record(key_id or claim.exp_id, commit, claim.lease_until, self.deps.key_pair, ts=claim.ts)
 
     async def _contest(self, claim: Claim, commit: str) -> None:
         """A sparse node's claim: put in the DHT, then looked up again while its run is young. Claims are
@@ -143,10 +146,7 @@ class Announcer:
         that finds another node's live claim therefore floods its own, once, and takes the other's
         through intake: both then settle it by the claim rule (the earlier claim runs), as flooding nodes
         do. It costs one gossip message per contest."""
-        from p2p_research.wire.records import make_claim_record
-
-        await self._put(make_claim_record(claim.exp_id, commit, claim.lease_until, self.deps.key_pair, ts=claim.ts),
-                        lookup=True)
+        await self._put(self._claim_record(claim, commit), lookup=True)
         told = False
         for delay in CONTEST_CHECKS_S:
             await trio.sleep(delay)

@@ -89,9 +89,7 @@ class SwarmCoordinator:
                       "branches_dropped": 0}
         #: speculation (research/speculation.py): the unverified claims the baseline rests on, and this
         #: node's results kept on that branch, announced once it is verified
-        self.branch = Branch()
-        self._held_runs: list[Run] = []
-        self._load_branch()
+        self.branch, self._held_runs = self._load_branch()
         self._load_reputation()
         self.faults: Faults = deps.faults
         #: claims that count here and the yield budget; shared with intake, which admits claims
@@ -116,16 +114,18 @@ class SwarmCoordinator:
         self.ctx.ledger.set_meta("reputation", {p: vars(r) for p, r in self.state.reputation.items()})
         self.ctx.ledger.set_meta("settled", sorted(self.state.settled)[-5000:])
 
-    def _load_branch(self) -> None:
-        """A speculative branch open when the node stopped: its claims are re-run first, its held
-        results stay held until then (research/speculation.py)."""
+    def _load_branch(self) -> tuple[Branch, list[Run]]:
+        """The speculative branch open when the node stopped, and its held results: its claims are re-run
+        first, its held results stay held until then (research/speculation.py)."""
         saved = self.ctx.ledger.get_meta("speculation", None)
-        self.branch = Branch.from_doc(saved.get("branch") if isinstance(saved, dict) else None)
-        held = set(saved.get("held") or []) if isinstance(saved, dict) and self.branch.open else set()
-        if held:
-            self._held_runs = [r for r in self.ctx.ledger.runs(origin="local", kind="experiment") if r.run_id in held]
-            log.info("a speculative branch was open when the node stopped: %d claim(s) to re-run, %d result(s) held",
-                     len(self.branch.resting), len(self._held_runs))
+        branch = Branch.from_doc(saved.get("branch") if isinstance(saved, dict) else None)
+        held = set(saved.get("held") or []) if isinstance(saved, dict) and branch.open else set()
+        if not held:
+            return branch, []
+        runs = [r for r in self.ctx.ledger.runs(origin="local", kind="experiment") if r.run_id in held]
+        log.info("a speculative branch was open when the node stopped: %d claim(s) to re-run, %d result(s) held",
+                 len(branch.resting), len(runs))
+        return branch, runs
 
     def _save_branch(self) -> None:
         self.ctx.ledger.set_meta("speculation", {"branch": self.branch.to_doc(),

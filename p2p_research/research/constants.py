@@ -305,22 +305,19 @@ def rewrite_constants(source: str, changes: dict[str, Const]) -> str:
     edits = []
     for name, value in changes.items():
         s = sites[name]
-        a = starts[s.lineno - 1] + s.col
-        b = starts[s.end_lineno - 1] + s.end_col
-        edits.append((a, b, format_value(value, s.form).encode()))
-    for a, b, text in sorted(edits, reverse=True):
-        data = data[:a] + text + data[b:]
-    # each replaced span is the whole right-hand side of a top-level assignment, so its new text alone
-    # says what the name now holds; re-parsing the whole source here was the largest part of a busy
-    # node's proposals (docs/scale.md, "Where a real node's time went")
-    for name, value in changes.items():
-        text = format_value(value, sites[name].form)
+        text = format_value(value, s.form)
+        # each replaced span is the whole right-hand side of a top-level assignment, so its new text alone
+        # says what the name will hold; re-parsing the whole rewritten source was the largest part of a
+        # busy node's proposals (docs/scale.md, "Found: parsing train.py again and again")
         try:
             ok, got = constant_value(ast.parse(text, mode="eval").body)
         except (SyntaxError, ValueError, RecursionError):
             ok, got = False, None
         if not ok or _kind(got) != _kind(value):  # type: ignore[arg-type]
             raise ConstantsError(f"rewriting {name} changed its kind")
+        edits.append((starts[s.lineno - 1] + s.col, starts[s.end_lineno - 1] + s.end_col, text.encode()))
+    for a, b, encoded_text in sorted(edits, reverse=True):
+        data = data[:a] + encoded_text + data[b:]
     return data.decode()
 
 

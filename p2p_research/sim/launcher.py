@@ -34,24 +34,23 @@ READY_TIMEOUT_S = 120.0
 ACKED = tuple(s.value for s in FINAL)
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def _ephemeral_start() -> int:
+    """The first port the kernel hands out for outgoing connections and binds to port 0."""
     try:
-        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
-def free_port(taken: set[int] | None = None, rng: random.Random | None = None) -> int:
+def free_port(taken: set[int] | None = None) -> int:
     """A free port below the kernel's ephemeral range. The nodes' ports are chosen before they start, over
     half a minute; a port from the ephemeral range (where a bind to port 0 picks) can meanwhile become the
     source port of an earlier node's outgoing connection, and the node then fails to listen (seen once in
     a 35-node run: "the port is in use")."""
-    rng = rng or random.Random()
-    lo, _ = _ephemeral_range()
+    lo = _ephemeral_start()
     first = max(1024, lo - 20000)
-    for _ in range(200):
-        port = rng.randrange(first, lo) if lo > first else 0
+    for _ in range(200 if lo > first else 0):
+        port = random.randrange(first, lo)
         if taken is not None and port in taken:
             continue
         with socket.socket() as s:
@@ -59,7 +58,6 @@ def free_port(taken: set[int] | None = None, rng: random.Random | None = None) -
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            port = s.getsockname()[1]
         if taken is not None:
             taken.add(port)
         return port

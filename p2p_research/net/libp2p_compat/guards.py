@@ -18,7 +18,7 @@
    (seen once in `test_hostile_peers.py` under a full test run). The guard replaces the method with one
    that removes the entry only if it is still there.
 3. ``gossip_control``: gossipsub's IHAVE and IWANT carry any number of message ids (only the 1 MiB RPC
-   cap bounds them: about 25,000 ids). For an IHAVE, libp2p parses every id from hex, looks each up in
+   cap bounds them: about 25,000 ids). For an IHAVE, libp2p decodes every id, looks each up in
    the seen cache and asks back for all it lacks in one IWANT; for an IWANT, it looks each up in the
    message cache. libp2p rate-limits IHAVE and IWANT RPCs per peer (10 a second per topic), not their
    length. The guard keeps the first :data:`MAX_IHAVE_IDS` ids of an IHAVE and :data:`MAX_IWANT_IDS`
