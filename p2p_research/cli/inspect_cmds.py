@@ -87,7 +87,7 @@ def dht_get(key: str = typer.Argument(..., help="/exp/<40-hex experiment id>"), 
     if json_out:
         return print_json(data)
     if not data["found"]:
-        out.print(f"{key}: not found ({data['where']})")
+        out.print(f"{key}: {data['where']}")  # the DHT says "not found (asked N peers in T s)"
         raise typer.Exit(1)
     if not data.get("valid"):
         out.print(f"{key}: INVALID record ({data['error']}) from {data['where']}")
