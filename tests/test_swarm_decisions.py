@@ -377,3 +377,57 @@ def test_a_change_that_adds_a_directory_or_a_symlink_is_rejected_by_the_trust_po
         c = str(repo.create_commit(None, sig, sig, "lr", tb.write(), [base.id]))
         ok, why = check_lineage(ws, c, {ws.baseline}, TrustPolicy(), "QmPeer")
         assert not ok and "not a regular file" in why, why
+
+
+def _ignored_liar(s: SwarmState) -> None:
+    for i in range(2):
+        s.on_verified(PeerClaim(f"{i:040x}", "c" * 40, "QmLiar", 1.0, 0, 0.0), 1.9, 2.0)
+    assert s.ignored("QmLiar")
+
+
+def test_a_true_result_of_an_ignored_peer_is_re_run_once_the_vouchers_confirm_it_never_adopted_on_votes():
+    """A liar's true result, re-run and adopted by some nodes before they caught the liar, must not leave
+    the rest (who ignore its announcer) on another baseline for good: kept aside, it is re-run here once
+    a quorum of this node's vouchers confirmed it, and adopted only on that re-run."""
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    earn(s, "QmB", "QmC")
+    _ignored_liar(s)
+    true = PeerClaim("ab" * 20, "c" * 40, "QmLiar", 1.5, 0, 0.0)
+    assert "refuted too often" in s.on_peer_result(true, True, "", "kept").reason
+    assert s.next_decision(2.0) is None                       # no evidence: nothing to do
+    s.on_peer_verification(true.exp_id, "QmB", "QmLiar", True)
+    assert s.next_decision(2.0) is None                       # one voucher is not a quorum
+    for sybil in ("QmX", "QmY", "QmZ"):                       # votes of identities never verified here
+        s.on_peer_verification(true.exp_id, sybil, "QmLiar", True)
+    assert s.next_decision(2.0) is None
+    s.on_peer_verification(true.exp_id, "QmC", "QmLiar", True)
+    d = s.next_decision(2.0)
+    assert isinstance(d, Verify) and d.claim == true          # a re-run, never an adoption on the votes
+    assert s.next_decision(2.0) is None                       # asked once
+    verdict, adopt = s.on_verified(true, 1.5, 2.0)
+    assert verdict == "confirmed" and isinstance(adopt, Adopt) and adopt.value == 1.5
+
+
+def test_a_lie_of_an_ignored_peer_that_vouchers_refute_or_that_does_not_improve_is_not_re_run():
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    earn(s, "QmB", "QmC", "QmD")
+    _ignored_liar(s)
+    lie = PeerClaim("ab" * 20, "c" * 40, "QmLiar", 1.2, 0, 0.0)
+    worse = PeerClaim("ac" * 20, "c" * 40, "QmLiar", 2.5, 0, 0.0)
+    for c in (lie, worse):
+        s.on_peer_result(c, True, "", "kept")
+        for v in ("QmB", "QmC"):
+            s.on_peer_verification(c.exp_id, v, "QmLiar", True)
+    s.on_peer_verification(lie.exp_id, "QmD", "QmLiar", False)
+    assert s.next_decision(2.0) is None
+
+
+def test_results_kept_aside_for_ignored_peers_are_bounded():
+    from p2p_research.research.swarm import MAX_PARKED
+
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    _ignored_liar(s)
+    for i in range(10 * MAX_PARKED):
+        s.on_peer_result(PeerClaim(f"{i + 100:040x}", "c" * 40, "QmLiar", 1.0 + i / 1e4, 0, 0.0), True, "", "kept")
+    assert len(s.parked) == MAX_PARKED
+    assert max(c.value for c in s.parked.values()) < 1.0 + MAX_PARKED / 1e4   # the best ones stay

@@ -187,11 +187,20 @@ class DesSimulation:
                      and not (r["value"] is not None and r.get("measured") is not None
                               and abs(r["value"] - r["measured"]) <= tol)}
         # ... or any of its ancestors: work built on a fabricated result (a speculative branch that was
-        # never dropped, research/speculation.py) counts too
+        # never dropped, research/speculation.py) counts too, up to the nearest result an honest node's
+        # re-run confirmed: that re-run measured the whole program at that commit, whatever its
+        # ancestors changed, and its number is the one every node acts on from then on (a liar's true
+        # result on top of its own lies, confirmed by honest re-runs, is an honest baseline)
+        confirmed = {r["exp_id"] for n in honest for r in n.stats.runs
+                     if r["kind"] == "verification" and r["status"] == "confirmed"}
+
         def on_fabricated(commit: str) -> bool:
             while commit:
-                if self.shared.exp_of.get(commit) in liar_kept:
+                exp = self.shared.exp_of.get(commit)
+                if exp in liar_kept:
                     return True
+                if exp in confirmed:
+                    return False
                 commit = self.shared.parent.get(commit, "")
             return False
 
