@@ -758,3 +758,112 @@ def test_a_peer_announcing_sibling_protocols_holds_one_place_at_most_and_a_wrong
     finally:
         d.stop()
         d.kill()
+
+
+def test_seventeen_identities_on_one_host_leave_an_honest_peer_its_lookups_and_fetches(tmp_path):
+    """Identities are free, addresses are not. Seventeen identities from one host each connect and
+    hold what streams they can (two KAD and two object streams each, fed a byte at a time and
+    re-opened as soon as the node resets one): they took every slot of the node before (an honest
+    newcomer got 2-3 of 40 FIND_NODE answers and 11-13 of 40 object fetches). Now one address holds at
+    most 8 inbound connections and a quarter of each protocol's streams (net/addresses.py), and an
+    honest peer on another subnet gets >= 95 % of its lookups and fetches answered."""
+    import contextvars
+
+    import varint
+    from libp2p import generate_new_ed25519_identity, new_host
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.utils import read_varint_prefixed_bytes
+    from multiaddr import Multiaddr
+
+    home = init_home(tmp_path / "v")
+    genesis = Workspace(home.repo).baseline
+    v = Daemon(home.path, "--no-research").start()
+    source: contextvars.ContextVar[str | None] = contextvars.ContextVar("source", default=None)
+    plain = trio.open_tcp_stream
+
+    def from_source(h, p, **kw):  # the TCP source address of the task's host (a context variable)
+        ip = source.get()
+        return plain(h, p, local_address=ip, **kw) if ip else plain(h, p, **kw)
+
+    counts = {"connected": 0, "refused": 0}
+
+    async def hold(host, proto: str) -> None:
+        while True:
+            try:
+                stream = await host.new_stream(ID.from_base58(v.peer_id), [proto])
+                while True:
+                    await stream.write(b"\x80")  # a varint that never ends, a byte every 4 s
+                    await trio.sleep(4)
+            except Exception:  # noqa: BLE001 - reset by the node: take the slot again
+                await trio.sleep(0.3)
+
+    async def sybil(stack: AsyncExitStack):
+        host = new_host(key_pair=generate_new_ed25519_identity())
+        await stack.enter_async_context(host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+        stack.push_async_callback(host.close)
+        try:
+            with trio.fail_after(10):
+                await host.connect(info_from_p2p_addr(Multiaddr(v.addrs[0])))
+        except Exception:  # noqa: BLE001 - refused is the point
+            counts["refused"] += 1
+            return None
+        counts["connected"] += 1
+        return host
+
+    async def find_node(host) -> bool:
+        with trio.move_on_after(5):
+            try:
+                stream = await host.new_stream(ID.from_base58(v.peer_id), [KAD_PROTOCOL])
+                msg = KadMessage(type=KadMessage.MessageType.FIND_NODE, key=os.urandom(32)).SerializeToString()
+                await stream.write(varint.encode(len(msg)) + msg)
+                reply = KadMessage()
+                reply.ParseFromString(await read_varint_prefixed_bytes(stream))
+                await stream.close()
+                return reply.type == KadMessage.MessageType.FIND_NODE
+            except Exception:  # noqa: BLE001 - refused or reset: a failed lookup
+                return False
+        return False
+
+    answered = {"find_node": 0, "objects": 0}
+
+    async def attack() -> None:
+        trio.open_tcp_stream = from_source
+        try:
+            async with AsyncExitStack() as stack:
+                source.set("127.0.7.1")  # the sybils' host; their tasks keep it
+                hosts = [h for _ in range(17) if (h := await sybil(stack)) is not None]
+                async with trio.open_nursery() as nursery:
+                    for host in hosts:
+                        for proto in (KAD_PROTOCOL, OBJECTS_PROTOCOL) * 2:
+                            nursery.start_soon(hold, host, proto)
+                    await trio.sleep(3)  # the sybils' streams are open
+                    source.set("127.0.9.1")  # the honest peer, on another subnet
+                    swarm_id = (await in_thread(v.json, "status"))["swarm"]
+                    async with honest_node(v.addrs[0], swarm_id) as net:
+                        for _ in range(40):
+                            answered["find_node"] += await find_node(net.host)
+                        for _ in range(40):
+                            try:
+                                objs = await net.fetch_objects(v.peer_id, [genesis], timeout=5)
+                                answered["objects"] += [o.oid for o in objs] == [genesis]
+                            except Exception:  # noqa: BLE001 - refused: a failed fetch
+                                pass
+                    nursery.cancel_scope.cancel()
+        finally:
+            trio.open_tcp_stream = plain
+
+    try:
+        trio.run(attack)
+        st = v.json("status")
+        assert counts["connected"] == 8 and counts["refused"] == 9, counts
+        assert answered["find_node"] >= 38 and answered["objects"] >= 38, answered
+        net = st["net"]
+        assert net["inbound_refused_by_address"] >= 9, net
+        assert net["streams_refused_by_address"].get(KAD_PROTOCOL, 0) > 0, net
+        assert v.proc.poll() is None and "Traceback" not in v.stderr()
+        assert "refused an inbound connection from 127.0.7.1" in v.stderr()
+    finally:
+        v.stop()
+        v.kill()

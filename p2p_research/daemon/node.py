@@ -520,6 +520,7 @@ class RunningNode:
         out["libp2p_drops_queue_closed"] = counted.drops_queue_closed
         out["multistream_refused"] = counted.multistream_refused
         out["gossip_control_ids_dropped"] = counted.control_ids_dropped
+        out["inbound_refused_by_address"] = counted.inbound_refused_by_address
         out["banned_peers"] = len(self.net.gossip.scores.banned_peers(time.monotonic()))
         return out
 

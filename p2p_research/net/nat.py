@@ -49,6 +49,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.relay.circuit_v2.utils import write_delimited_msg
 from libp2p.tools.anyio_service import background_trio_service
 
+from .addresses import remote_ip
 from .framing import close_quietly
 from .host import is_relayed, peerstore_addrs
 from .identity import short_name
@@ -143,7 +144,7 @@ class GuardedRelayProtocol(CircuitV2Protocol):
         msg.peer.id = peer.to_bytes()
         self.drop_disconnected()
         if not self.resource_manager.has_reservation(peer):
-            ip = _remote_ip(stream)
+            ip = remote_ip(stream)
             why = reservation_refusal(ip, [self.reserved_from.get(p) for p in self.resource_manager._reservations])
             if why is not None:
                 self.refused_by_address += 1
@@ -154,15 +155,6 @@ class GuardedRelayProtocol(CircuitV2Protocol):
                 return
             self.reserved_from[peer] = ip
         await super()._handle_reserve(stream, msg)
-
-
-def _remote_ip(stream: Any) -> str | None:
-    """The address a stream's connection comes from (None where the transport does not say)."""
-    try:
-        addr = stream.get_remote_address()
-    except Exception:  # noqa: BLE001 - a transport without the method, or a closed one
-        return None
-    return str(addr[0]) if addr else None
 
 
 def punch_again(relayed_since: dict[Any, float], attempts: dict[Any, int], now: float,

@@ -12,6 +12,8 @@ import ipaddress
 import random
 from collections.abc import Iterable, Mapping
 
+from .addresses import subnet_of
+
 WANTED_RELAYS = 2
 #: a relay's reservations per address and per subnet (/24 for IPv4, /48 for IPv6): identities are free,
 #: addresses are not, so a few hosts cannot hold every slot (128 in all, nat.RELAY_LIMITS)
@@ -123,15 +125,6 @@ def relays_to_reserve(status: str, offering: Iterable[str], reserved: Iterable[s
     pool = [p for p in sorted(offering) if p not in have and now - failed.get(p, -1e18) >= retry_s]
     rng.shuffle(pool)
     return pool[:free]
-
-
-def subnet_of(ip: str) -> str:
-    """The /24 (IPv4) or /48 (IPv6) an address is in; an unparsable one is its own subnet."""
-    try:
-        a = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    return str(ipaddress.ip_network(f"{a}/{24 if a.version == 4 else 48}", strict=False))
 
 
 def reservation_refusal(ip: str | None, held: Iterable[str | None], per_ip: int = RESERVATIONS_PER_IP,

@@ -6,8 +6,10 @@ peer may open or how long they may sit idle. The guard gives each protocol:
 
 - a fault boundary (:mod:`p2p_research.net.boundary`): an exception is counted, logged once with the
   peer, and the stream is reset;
-- slots per peer and in total: a stream over either limit is reset at once (never queued), so a peer
-  with many idle streams holds at most ``per_peer`` slots and honest peers find the rest free;
+- slots per peer, per address, per subnet and in total: a stream over any limit is reset at once
+  (never queued), so a peer with many idle streams holds at most ``per_peer`` slots, the identities of
+  one host at most a quarter of the total and those of one /24 at most half (net/addresses.py), and
+  honest peers find the rest free;
 - a deadline for the whole stream (``deadline_s``; None for long-lived streams such as pubsub's,
   whose reads are bounded by the protocol itself): a slow or stalled peer loses the stream.
 
@@ -27,6 +29,7 @@ from typing import Any
 import trio
 from libp2p.abc import IHost, INetStream
 
+from .addresses import AddressSlots, remote_ip
 from .boundary import Faults
 from .framing import reset_quietly
 from .host import strip_benign_teardown
@@ -42,6 +45,13 @@ class StreamLimits:
     per_peer: int = 2
     total: int = 32
     deadline_s: float | None = 30.0
+    per_address: int | None = None   # None: a quarter of the total (at least per_peer)
+    per_subnet: int | None = None    # None: half of the total (at least per_address)
+
+    def address_slots(self) -> AddressSlots:
+        per_address = self.per_address if self.per_address is not None else max(self.per_peer, self.total // 4)
+        per_subnet = self.per_subnet if self.per_subnet is not None else max(per_address, self.total // 2)
+        return AddressSlots(per_address, per_subnet)
 
 
 def remote_peer(stream: Any) -> str:
@@ -61,10 +71,12 @@ class StreamGuard:
         stats.setdefault("streams_refused", Counter())
         stats.setdefault("streams_timed_out", Counter())
         stats.setdefault("stream_errors", Counter())
+        stats.setdefault("streams_refused_by_address", Counter())
         #: peers whose streams are refused outright (gossip's bans); set by the network
         self.is_banned: Callable[[str], bool] = lambda peer: False
         self._open: dict[str, Counter[str]] = {}
         self._total: Counter[str] = Counter()
+        self._by_address: dict[str, AddressSlots] = {}
         self._rlog = RateLimitedLog(log, interval=30.0)
         self.protocols: dict[str, StreamLimits] = {}
 
@@ -88,6 +100,7 @@ class StreamGuard:
 
     def wrap(self, protocol: str, handler: Handler, limits: StreamLimits) -> Handler:
         open_by_peer = self._open.setdefault(protocol, Counter())
+        by_address = self._by_address.setdefault(protocol, limits.address_slots())
 
         async def guarded(stream: INetStream) -> None:
             peer = remote_peer(stream)
@@ -100,6 +113,15 @@ class StreamGuard:
                 self._rlog.log(logging.INFO, f"{protocol}:{peer}", "refused a %s stream from %s: %d open of %d "
                                "for this peer, %d of %d in all", protocol, peer[:20], open_by_peer[peer],
                                limits.per_peer, self._total[protocol], limits.total)
+                await reset_quietly(stream, grace=0.5)
+                return
+            ip = remote_ip(stream)
+            why = by_address.take(ip)
+            if why is not None:
+                self.stats["streams_refused"][protocol] += 1
+                self.stats["streams_refused_by_address"][protocol] += 1
+                self._rlog.log(logging.INFO, f"{protocol}:{ip}", "refused a %s stream from %s: %s", protocol,
+                               peer[:20], why)
                 await reset_quietly(stream, grace=0.5)
                 return
             open_by_peer[peer] += 1
@@ -126,6 +148,7 @@ class StreamGuard:
                 if open_by_peer[peer] <= 0:
                     del open_by_peer[peer]
                 self._total[protocol] -= 1
+                by_address.give_back(ip)
 
         guarded.__qualname__ = f"guarded[{protocol}]"
         guarded._p2p_guarded = True  # type: ignore[attr-defined]

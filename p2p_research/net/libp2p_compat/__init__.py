@@ -7,7 +7,8 @@ fixed here rather than around the code that meets them:
 - `pin.py`: the version every patch and guard was written against (equal to pyproject.toml's pin, a
   test holds them equal); on any other version nothing is patched and a warning says so;
 - `rpc_cost.py`: four patches that cut the fixed CPU cost of a pubsub RPC;
-- `guards.py`: guards for faults a peer can trigger (unbounded multistream-select reads, a teardown race);
+- `guards.py`: guards for faults a peer can trigger (unbounded multistream-select reads, a teardown race,
+  IHAVE/IWANT lengths, inbound connections per address);
 - `counters.py`: what they counted, per host.
 
 `PATCHES` lists each change: what it replaces, why, and where it is tested. `apply()` installs them all
@@ -52,6 +53,9 @@ PATCHES: tuple[Patch, ...] = (
     Patch("gossip_control", "GossipSub.handle_ihave, GossipSub.handle_iwant",
           "an IHAVE or IWANT may carry any number of ids (about 25,000 in 1 MiB), each parsed and looked up; "
           "5,000 at most, as go-libp2p", "tests/test_hostile_peers.py"),
+    Patch("inbound_per_address", "Swarm._handle_inbound_connection",
+          "one cap on inbound connections for the whole node, whoever makes them: identities are free, so one "
+          "host could take every connection; 8 per address and 16 per /24 (/48)", "tests/test_hostile_peers.py"),
     Patch("pubsub_teardown", "Pubsub._teardown_if_connected",
           "a banned peer that disconnected at the right moment raised KeyError in pubsub and stopped the node",
           "tests/test_upstream_and_repair.py"),

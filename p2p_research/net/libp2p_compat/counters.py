@@ -37,6 +37,7 @@ class HostCounters:
     drops_queue_closed: int = 0
     multistream_refused: int = 0     # multistream-select reads refused (guards 1)
     control_ids_dropped: int = 0     # IHAVE/IWANT message ids beyond the guard's bound (guards 3)
+    inbound_refused_by_address: int = 0  # inbound connections over an address's or subnet's share (guards 4)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -24,7 +24,13 @@
    length. The guard keeps the first :data:`MAX_IHAVE_IDS` ids of an IHAVE and :data:`MAX_IWANT_IDS`
    of an IWANT (go-libp2p's ``GossipSubMaxIHaveLength`` is 5,000) and counts what it drops; an honest
    node's IHAVE holds the ids of a few heartbeats' messages (tens here).
-4. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
+4. ``inbound_per_address``: the swarm accepts inbound connections up to one cap for the whole node
+   (``Swarm._inbound_limiter``), whoever makes them. Identities are free, so one host could take them
+   all. The guard wraps ``Swarm._handle_inbound_connection``: a connection from an address that holds
+   :data:`INBOUND_PER_ADDRESS` inbound connections already, or from a /24 (/48) that holds
+   :data:`INBOUND_PER_SUBNET`, is closed before any handshake (net/addresses.py has the rule, and why
+   127.0.0.1 is exempt), and counted.
+5. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
    checks that the host's transports are TCP alone), so the fault cannot reach them.
 
 :func:`apply` installs the guard once per process, only on libp2p :data:`EXPECTED_LIBP2P` and only when
@@ -36,10 +42,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..addresses import AddressSlots, remote_ip
+from ..ratelimit import RateLimitedLog
 from . import counters
 from .pin import EXPECTED_LIBP2P, libp2p_version
 
 log = logging.getLogger(__name__)
+_rlog = RateLimitedLog(log, interval=30.0)
 
 #: longest protocol id line we read (libp2p's own ids are under 64 bytes; an `ls` reply is never read
 #: by our hosts)
@@ -50,7 +59,37 @@ MAX_MULTISTREAM_MESSAGES = 32
 MAX_IHAVE_IDS = 5000
 MAX_IWANT_IDS = 5000
 
+#: inbound connections one address, and one subnet, may hold (guard 4): a household or an office
+#: behind one address runs a few nodes; a host with a hundred identities gets eight
+INBOUND_PER_ADDRESS = 8
+INBOUND_PER_SUBNET = 16
+
 _applied: dict[str, bool] = {}
+
+
+def _inbound_per_address_factory(original: Any) -> Any:
+    async def handle(self: Any, read_write_closer: Any, maddr: Any) -> None:
+        """libp2p's inbound handler, for a connection whose address and subnet have room (guard 4)."""
+        slots = self.__dict__.get("_p2p_inbound_slots")
+        if slots is None:
+            slots = self._p2p_inbound_slots = AddressSlots(INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET)
+        ip = remote_ip(read_write_closer)
+        why = slots.take(ip)
+        if why is not None:
+            counters.current().inbound_refused_by_address += 1
+            _rlog.log(logging.INFO, f"inbound:{ip}", "refused an inbound connection from %s: %s", ip, why)
+            try:
+                await read_write_closer.close()
+            except Exception:  # noqa: BLE001 - closing what we refuse: its failure changes nothing
+                pass
+            return
+        try:
+            await original(self, read_write_closer, maddr)
+        finally:
+            slots.give_back(ip)
+
+    handle._p2p_original = original  # type: ignore[attr-defined]
+    return handle
 
 
 def _bounded_control_factory(original: Any, limit: int) -> Any:
@@ -151,6 +190,14 @@ def apply() -> dict[str, bool]:
     except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
         log.warning("gossip control guard not installed: %r", e)
         _applied["gossip_control"] = False
+    try:
+        from libp2p.network.swarm import Swarm
+
+        Swarm._handle_inbound_connection = _inbound_per_address_factory(Swarm._handle_inbound_connection)
+        _applied["inbound_per_address"] = True
+    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
+        log.warning("inbound connections per address guard not installed: %r", e)
+        _applied["inbound_per_address"] = False
     return dict(_applied)
 
 

@@ -1,0 +1,95 @@
+"""Slots per address and per subnet, as a pure rule: identities are free, addresses are not.
+
+A peer id costs nothing to make, so limits per peer stop one identity, not one attacker: seventeen
+identities on one host each holding their two KAD and two object streams took every slot of a node
+(an honest newcomer got 2-3 of 40 FIND_NODE answers and 11-13 of 40 object fetches). Counting what
+each address and each subnet (/24 for IPv4, /48 for IPv6, as go-libp2p's resource manager and its
+routing table do) holds bounds what a few hosts can take, whatever number of identities they use.
+
+Exempt: 127.0.0.1 and ::1, the address every process of this machine connects from. A simulation
+runs 35 daemons there, each of which must be able to fetch from the others at once; a process on the
+node's own machine is not the remote stranger these limits are for. Other loopback addresses
+(127.0.0.2 and up) count like any other address, which is how the tests play hosts on one machine.
+A connection whose address the transport does not give (None: a relayed one) counts as the address
+"?", one slot holder of its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+EXEMPT = frozenset({"127.0.0.1", "::1"})
+
+
+def subnet_of(ip: str) -> str:
+    """The /24 (IPv4) or /48 (IPv6) an address is in; an unparsable one is its own subnet."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    return str(ipaddress.ip_network(f"{a}/{24 if a.version == 4 else 48}", strict=False))
+
+
+def remote_ip(conn: Any) -> str | None:
+    """The address a stream's or a raw connection's other end is at (None where the transport does
+    not say)."""
+    try:
+        addr = conn.get_remote_address()
+    except Exception:  # noqa: BLE001 - a transport without the method, or a closed one
+        return None
+    return str(addr[0]) if addr else None
+
+
+def key_of(ip: str | None) -> str | None:
+    """The address a slot is counted under, or None where it is exempt."""
+    if ip is None:
+        return "?"
+    return None if ip in EXEMPT else ip
+
+
+@dataclass
+class AddressSlots:
+    """What each address and subnet holds of one kind of slot (a protocol's streams, inbound
+    connections). `take` says why a new one is refused, or takes it; `give_back` returns it."""
+
+    per_address: int
+    per_subnet: int
+    by_address: Counter[str] = field(default_factory=Counter)
+    by_subnet: Counter[str] = field(default_factory=Counter)
+    refused: int = 0
+
+    def refusal(self, ip: str | None) -> str | None:
+        key = key_of(ip)
+        if key is None:
+            return None
+        if self.by_address[key] >= self.per_address:
+            return f"{self.by_address[key]} held from {key} already (at most {self.per_address} per address)"
+        net = subnet_of(key)
+        if self.by_subnet[net] >= self.per_subnet:
+            return f"{self.by_subnet[net]} held from {net} already (at most {self.per_subnet} per subnet)"
+        return None
+
+    def take(self, ip: str | None) -> str | None:
+        """Take a slot for `ip` (None returned), or the reason it is refused (nothing taken)."""
+        why = self.refusal(ip)
+        if why is not None:
+            self.refused += 1
+            return why
+        key = key_of(ip)
+        if key is not None:
+            self.by_address[key] += 1
+            self.by_subnet[subnet_of(key)] += 1
+        return None
+
+    def give_back(self, ip: str | None) -> None:
+        key = key_of(ip)
+        if key is None:
+            return
+        net = subnet_of(key)
+        for counter, k in ((self.by_address, key), (self.by_subnet, net)):
+            counter[k] -= 1
+            if counter[k] <= 0:
+                del counter[k]
