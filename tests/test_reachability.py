@@ -75,3 +75,21 @@ def test_a_relay_refuses_reservations_beyond_its_bounds_per_address_and_subnet()
     assert reservation_refusal("2001:db8:2::1", held) is None
     # an unknown address (a relayed connection) is one address of its own
     assert "per address" in reservation_refusal(None, [None] * 4)
+
+
+def test_address_slots_bound_an_address_and_a_subnet_and_exempt_this_machine():
+    from p2p_research.net.addresses import AddressSlots
+
+    slots = AddressSlots(per_address=2, per_subnet=3)
+    assert slots.take("10.0.0.1") is None and slots.take("10.0.0.1") is None
+    assert "per address" in slots.take("10.0.0.1")
+    assert slots.take("10.0.0.2") is None
+    assert "per subnet" in slots.take("10.0.0.3")
+    assert slots.take("10.0.1.1") is None                       # another /24
+    assert all(slots.take(ip) is None for ip in ["127.0.0.1"] * 50 + ["::1"] * 50)   # this machine
+    assert slots.take(None) is None and slots.take(None) is None and slots.take(None) is not None  # relayed: "?"
+    slots.give_back("10.0.0.1")
+    assert slots.take("10.0.0.3") is None and slots.refused == 3
+    for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", None, None, "127.0.0.1"):
+        slots.give_back(ip)
+    assert not slots.by_address and not slots.by_subnet
