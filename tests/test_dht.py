@@ -357,3 +357,26 @@ async def test_bad_keys_and_unknown_ids():
 async def test_dht_can_be_turned_off():
     async with open_network(cfg(dht=False), NO_OBJECTS) as a:
         assert a.dht is None
+
+
+async def test_one_subnet_holds_at_most_three_places_in_the_routing_table():
+    """Eclipse by routing table: peers of one /24 take at most 3 places in the whole table (2 per
+    k-bucket, py-libp2p's own rule; 3 over the table, go-libp2p's, off by default in py-libp2p). Only
+    globally routable addresses are grouped, so the peers here carry such addresses (never dialed)."""
+    import multiaddr
+    from libp2p.peer.peerinfo import PeerInfo
+
+    async with open_network(cfg(), NO_OBJECTS) as net:
+        table = net.dht.kad.routing_table
+
+        def peer(ip: str) -> PeerInfo:
+            return PeerInfo(ID.from_pubkey(generate_new_ed25519_identity().public_key),
+                            [multiaddr.Multiaddr(f"/ip4/{ip}/tcp/4001")])
+
+        assert table.max_peers_per_subnet_table == 3
+        added = [await table.add_peer(peer(f"8.8.8.{i}"), skip_server_mode_check=True) for i in range(1, 30)]
+        assert 2 <= sum(added) <= 3  # 2 in a bucket; the few peers here fill one bucket
+        others = [await table.add_peer(peer(f"8.8.{i}.1"), skip_server_mode_check=True) for i in range(10, 20)]
+        assert all(others)
+        local = [await table.add_peer(peer(f"127.0.0.{i}"), skip_server_mode_check=True) for i in range(2, 12)]
+        assert all(local)  # loopback and private addresses are not grouped (a local simulation)

@@ -867,3 +867,58 @@ def test_seventeen_identities_on_one_host_leave_an_honest_peer_its_lookups_and_f
     finally:
         v.stop()
         v.kill()
+
+
+def test_a_peer_exchange_full_of_one_subnet_does_not_eclipse_a_node(tmp_path):
+    """Eclipse: a node's only bootstrap is an attacker, whose peer exchange hands out twelve hosts of its
+    own /24 (all real and listening) and four honest hosts, each on a /24 of its own. A node that dials
+    exchanged addresses at random ends with about one honest peer among its six; now it dials the least
+    represented subnets first and at most two connections per subnet (net/peers.py), so it reaches all
+    four honest hosts and at most two of the attacker's /24."""
+    from libp2p import generate_new_ed25519_identity, new_host
+    from multiaddr import Multiaddr
+
+    from p2p_research.net.framing import frame, pack, read_frame, unpack_small
+    from p2p_research.net.peers import PEERS_PROTOCOL
+
+    hostile = [f"127.0.8.{i}" for i in range(2, 14)]
+    honest = [f"127.0.{20 + i}.1" for i in range(4)]
+    result: dict[str, list[str]] = {}
+
+    async def exchange(stream) -> None:  # the attacker's answer: its sybils, and a few honest hosts
+        unpack_small(await read_frame(stream, 64 * 1024))
+        await stream.write(frame(pack({"peers": addrs["sybils"] + addrs["honest"], "about": {}})))
+        await stream.close()
+
+    addrs: dict[str, list[str]] = {}
+
+    async def attack() -> None:
+        async with AsyncExitStack() as stack:
+            async def listening(ip: str):
+                host = new_host(key_pair=generate_new_ed25519_identity())
+                await stack.enter_async_context(host.run(listen_addrs=[Multiaddr(f"/ip4/{ip}/tcp/0")]))
+                stack.push_async_callback(host.close)
+                return host, f"{host.get_addrs()[0]}"
+
+            attacker, attacker_addr = await listening("127.0.8.1")
+            attacker.set_stream_handler(PEERS_PROTOCOL, exchange)
+            addrs["sybils"] = [(await listening(ip))[1] for ip in hostile]
+            addrs["honest"] = [(await listening(ip))[1] for ip in honest]
+            v = Daemon(init_home(tmp_path / "v").path, "--no-research", "--bootstrap", attacker_addr)
+            await in_thread(v.start)
+            try:
+                def settled() -> bool:
+                    return len(v.json("peers")) >= 6
+                await in_thread(lambda: wait_for(settled, 60, 0.5, what="V has six peers"))
+                await trio.sleep(4)  # another round of discovery: nothing more may be dialed
+                result["peers"] = [a for p in v.json("peers") for a in p["addrs"][:1]]
+                result["status"] = v.json("status")["net"]
+                assert v.proc.poll() is None and "Traceback" not in v.stderr()
+            finally:
+                await in_thread(v.stop)
+                v.kill()
+
+    trio.run(attack)
+    ips = [a.split("/")[2] for a in result["peers"]]
+    assert all(ip in ips for ip in honest), ips
+    assert sum(ip.startswith("127.0.8.") for ip in ips) <= 2, ips

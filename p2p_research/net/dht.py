@@ -68,6 +68,8 @@ RECORD_SKEW_S = 300.0  # a record may be dated at most this far ahead of this no
 KAD_IDLE_S = 5.0  # an inbound KAD stream's next request must arrive within this
 #: inbound KAD streams: 2 per peer, 32 in all, each at most 30 s (a lookup needs one request per stream)
 KAD_LIMITS = StreamLimits(per_peer=2, total=32, deadline_s=30.0)
+#: peers of one /24 (/48) in the whole routing table (go-libp2p's maxForTable); globally routable addresses only
+TABLE_PEERS_PER_SUBNET = 3
 
 
 class _DeadlineReads:
@@ -177,7 +179,10 @@ class ExperimentDHT:
             host_log = logging.getLogger("libp2p.host.basic_host")
             if not any(isinstance(f, _KadStreamFailureFilter) for f in host_log.filters):
                 host_log.addFilter(_KadStreamFailureFilter())
-        self.kad = KadDHT(host, DHTMode.SERVER, strict_validation=True)
+        # py-libp2p keeps at most 2 peers of one /24 (/48) per k-bucket already; the cap over the whole
+        # table is off by default there, and go-libp2p's is 3: so is ours (eclipse, docs/security.md)
+        self.kad = KadDHT(host, DHTMode.SERVER, strict_validation=True,
+                          max_peers_per_subnet_table=TABLE_PEERS_PER_SUBNET)
         self.kad.register_validator(NAMESPACE, ExpValidator())
         self._guard_server(streams)
         self.stats: dict[str, Any] = {

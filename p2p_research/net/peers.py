@@ -5,6 +5,14 @@ Peer exchange (``/p2p-research/peers/1.0.0``): the dialer sends one frame
 addresses of its other connected peers]}``. A swarm joined through one bootstrap node thus grows
 into a mesh instead of staying a star: a node below ``target_peers`` connections asks its peers
 and dials the addresses it learns.
+
+Against eclipse (a node whose every connection ends at one attacker): addresses are what an attacker
+cannot make for free, so the candidates a node keeps and the connections it dials count per /24
+(IPv4) or /48 (IPv6) subnet (net/addresses.py; 127.0.0.1 is exempt). A subnet holds at most
+``CANDIDATES_PER_SUBNET`` of the candidates, so one peer's answers cannot push every other address out,
+and this node dials a candidate only while fewer than ``CONNECTIONS_PER_SUBNET`` of its connections are
+in that subnet, least represented subnets first: an attacker that hands out a hundred addresses of its
+own /24 gets two of this node's connections, not all of them.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +30,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from .addresses import key_of, remote_ip, subnet_of
 from .dialerror import causes, explain
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
 from .host import full_addrs, is_relayed, parse_peer_addr, peerstore_addrs
@@ -43,6 +53,8 @@ BACKOFF_CAP = 30.0
 POLL_INTERVAL = 1.0
 DISCOVERY_INTERVAL = 3.0
 PING_INTERVAL = 10.0
+CANDIDATES_PER_SUBNET = 16
+CONNECTIONS_PER_SUBNET = 2
 
 
 @dataclass
@@ -75,6 +87,31 @@ class _Candidate:
     info: PeerInfo
     failures: int = 0
     next_try: float = 0.0
+    subnet: str | None = None   # of the address it is dialed at first (None: exempt)
+
+
+def addr_subnet(addr: Any) -> str | None:
+    """The subnet a multiaddr's IP is in, None where exempt (127.0.0.1, and a relayed address: it names
+    the relay's IP, which many honest peers behind NAT share), the address itself where it names no IP
+    (a DNS name)."""
+    if "/p2p-circuit" in str(addr):
+        return None
+    for proto in ("ip4", "ip6"):
+        try:
+            ip = addr.value_for_protocol(proto)
+        except Exception:  # noqa: BLE001 - the multiaddr has no such part
+            continue
+        if ip:
+            key = key_of(str(ip))
+            return None if key is None else subnet_of(key)
+    return str(addr)
+
+
+def conn_subnet(conn: Any) -> str | None:
+    """The subnet of the address a connection's other end is at (None where exempt)."""
+    ip = remote_ip(getattr(conn, "muxed_conn", conn))
+    key = key_of(ip)
+    return None if key is None else subnet_of(key)
 
 
 @dataclass
@@ -88,6 +125,7 @@ class PeerManager:
     _asked: set[str] = field(default_factory=set)
     _msg_counts: dict[str, int] = field(default_factory=dict)
     _px_backoff: dict[str, float] = field(default_factory=dict)  # peer -> trio time before asking again
+    subnet_refusals: int = 0  # exchanged addresses not kept: their subnet had CANDIDATES_PER_SUBNET already
     streams: StreamGuard | None = None  # registers our handlers behind slots, deadlines and a boundary
     is_banned: Any = field(default=lambda peer: False)  # peer id -> bool: not dialed while banned
     about: dict[str, str] = field(default_factory=dict)  # this node's swarm, protocol, budget (sent in exchanges)
@@ -282,7 +320,11 @@ class PeerManager:
         if info.peer_id == self.my_id:
             return
         if s not in self._candidates:
-            self._candidates[s] = _Candidate(info)
+            subnet = addr_subnet(info.addrs[0])
+            if subnet is not None and sum(c.subnet == subnet for c in self._candidates.values()) >= CANDIDATES_PER_SUBNET:
+                self.subnet_refusals += 1
+                return
+            self._candidates[s] = _Candidate(info, subnet=subnet)
             if len(self._candidates) > 1000:
                 self._candidates.pop(next(iter(self._candidates)))
         else:  # a peer's addresses arrive one string each: direct ones and relayed ones, up to 8
@@ -290,18 +332,31 @@ class PeerManager:
             if len(known.addrs) < 8 and str(info.addrs[0]) not in {str(a) for a in known.addrs}:
                 known.addrs.append(info.addrs[0])
 
+    def _connections_by_subnet(self) -> Counter[str]:
+        by_subnet: Counter[str] = Counter()
+        for conn_list in list(self.host.get_network().connections.values()):
+            subnets = {conn_subnet(c) for c in conn_list[:1]} - {None}
+            by_subnet.update(subnets)  # type: ignore[arg-type]
+        return by_subnet
+
     async def _dial_candidates(self) -> None:
         conns = self.host.get_network().connections
         now = trio.current_time()
+        by_subnet = self._connections_by_subnet()
         items = list(self._candidates.items())
         random.shuffle(items)
+        items.sort(key=lambda kv: by_subnet[kv[1].subnet] if kv[1].subnet is not None else 0)  # least represented first
         for s, c in items:
             if len(conns) >= self.target_peers:
                 return
             if c.info.peer_id in conns or c.next_try > now:
                 continue
+            if c.subnet is not None and by_subnet[c.subnet] >= CONNECTIONS_PER_SUBNET:
+                continue
             try:
                 await self._dial(c.info)
+                if c.subnet is not None:
+                    by_subnet[c.subnet] += 1
                 c.failures = 0
                 log.info("connected to exchanged peer %s", short_name(s))
                 self._changed.set()
