@@ -457,3 +457,58 @@ def test_ideas_cross_protocols_of_one_genesis_and_numbers_never_do(tmp_path):
     board = Daemon(b_home.path).json("leaderboard")
     assert not {e["id"] for e in board[q]} & a_ids
     assert "Traceback" not in b.stderr() and "Traceback" not in a.stderr()
+
+
+def test_made_up_negative_results_hide_no_candidate_and_their_sender_is_refuted(tmp_path):
+    """An attacker that runs nothing signs a `discarded` result, with a made-up value, for every
+    candidate of the victim's tiny search space. Before, each counted as tried and the victim ran none
+    of them (it stopped: "no unknown experiment"). Now a negative report from a peer the victim has no
+    reason to trust is a hint (research/negatives.py): the victim still runs those candidates, its runs
+    do not reproduce the attacker's values, the attacker is refuted and then ignored."""
+    import random
+
+    from adversary import adversary, receipt, result
+
+    from p2p_research.daemon.messages import commit_objects
+    from p2p_research.research.ids import experiment_id
+    from p2p_research.research.io.workspace import Workspace
+    from p2p_research.research.mutate import propose_mutation
+    from p2p_research.research.searchspace import parse_search_space
+
+    target = tiny_target(tmp_path)
+    v_home = surrogate_home(tmp_path / "v", 0, target, cost=3.0)
+    v = Daemon(v_home.path, "-n", "4").start()
+    try:
+        st = v.json("status")
+        proto, swarm = st["protocol_id"], st["swarm"]
+        ws = Workspace(surrogate_home(tmp_path / "attacker", 0, target).repo)
+        files = ws.files_of(ws.baseline)
+        space = parse_search_space(files["program.md"].decode())
+        rng = random.Random(0)
+        sources = {m.source for m in (propose_mutation(files["train.py"].decode(), space, rng) for _ in range(300))
+                   if m.changes}
+        assert 5 <= len(sources) <= 8, len(sources)  # every candidate of the baseline
+        reported = []
+
+        async def attack() -> None:
+            async with adversary() as adv:
+                await adv.join(v.addrs[0], swarm)
+                for src in sorted(sources):
+                    commit = ws.commit_experiment(ws.baseline, {"train.py": src.encode()}, "made up", "0" * 40)
+                    exp = experiment_id(proto, ws.tree_of(commit))
+                    objs, _, total = commit_objects(ws, commit, deltas=False)
+                    r = receipt(adv.kp, protocol_id=proto, exp_id=exp, parent=ws.parent_of(commit), commit=commit,
+                                tree=ws.tree_of(commit), value=9.9, status="discarded", description="made up")
+                    await adv.publish(result(adv.kp, r, objs, total).to_wire())
+                    reported.append(exp)
+                await trio.to_thread.run_sync(lambda: wait_for(lambda: research_done(v), 150, 1.0, what="V done"))
+
+        trio.run(attack)
+        ran = {e for e, s in local_experiments(v_home) if s in ("kept", "discarded", "crash")}
+        assert len(ran & set(reported)) >= 3, (ran, reported)
+        stats = v.json("status")["swarm_stats"]
+        assert stats["negatives_refuted"] >= 2, stats
+        assert "refuted" in v.stderr() and "Traceback" not in v.stderr()
+    finally:
+        v.stop()
+        v.kill()

@@ -431,3 +431,23 @@ def test_results_kept_aside_for_ignored_peers_are_bounded():
         s.on_peer_result(PeerClaim(f"{i + 100:040x}", "c" * 40, "QmLiar", 1.0 + i / 1e4, 0, 0.0), True, "", "kept")
     assert len(s.parked) == MAX_PARKED
     assert max(c.value for c in s.parked.values()) < 1.0 + MAX_PARKED / 1e4   # the best ones stay
+
+
+def test_only_accountable_peers_negative_reports_make_a_candidate_tried():
+    from p2p_research.research.negatives import Report, Tried, check, tried
+
+    vouched, liar = {"QmB"}.__contains__, {"QmLiar"}.__contains__
+    assert tried([], vouched, liar) is Tried.NEW
+    assert tried([Report("QmX", "discarded", 1.6)], vouched, liar) is Tried.HINT        # unproven: a hint
+    assert tried([Report("QmB", "discarded", 1.6)], vouched, liar) is Tried.TRIED       # vouched for
+    assert tried([Report("QmX", "kept", 1.5)], vouched, liar) is Tried.TRIED            # verified elsewhere
+    assert tried([Report("", "crash")], vouched, liar) is Tried.TRIED                   # this node ran it
+    assert tried([Report("QmLiar", "discarded", 1.6)], vouched, liar) is Tried.NEW      # ignored: nothing
+    reports = [Report("QmX", "discarded", 9.9, 0), Report("QmY", "crash", None, 0), Report("QmZ", "discarded", 1.601, 0),
+               Report("QmW", "discarded", 1.7, 3), Report("QmB", "discarded", 9.9, 0), Report("", "discarded", 1.6, 0)]
+    assert check(reports, 1.6, 0, 0.004, vouched) == [("QmX", 9.9, False), ("QmY", None, False), ("QmZ", 1.601, True)]
+    assert check(reports, None, 0, 0.004, vouched) == []   # this node's failed run judges nobody
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002))
+    s.on_negative_checked("QmX", False)
+    s.on_negative_checked("QmX", False)
+    assert s.ignored("QmX")

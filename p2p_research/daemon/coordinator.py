@@ -18,7 +18,7 @@ from typing import Any
 from p2p_research.config import NodeConfig
 from p2p_research.daemon.messages import make_receipt
 from p2p_research.net.boundary import Faults, contained
-from p2p_research.research import speculation
+from p2p_research.research import negatives, speculation
 from p2p_research.research.claims import ClaimBook
 from p2p_research.research.io.context import ResearchContext
 from p2p_research.research.io.engine import ResearchEngine
@@ -86,7 +86,7 @@ class SwarmCoordinator:
         self._first_result: OrderedDict[str, str] = OrderedDict()  # exp id -> first peer whose result completed
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0, "speculative_kept": 0,
-                      "branches_dropped": 0}
+                      "branches_dropped": 0, "negatives_reproduced": 0, "negatives_refuted": 0}
         #: speculation (research/speculation.py): the unverified claims the baseline rests on, and this
         #: node's results kept on that branch, announced once it is verified
         self.branch, self._held_runs = self._load_branch()
@@ -269,6 +269,32 @@ class SwarmCoordinator:
         """Whether this node owns `exp_id` among the nodes heard from recently (research/ownership.py):
         owners partition every baseline's candidates."""
         return self.owners.owns(exp_id, time.time(), self.state.ignored)
+
+    def reports(self, exp_id: str) -> list[negatives.Report]:
+        return [negatives.Report("" if origin == "local" else peer, status, value, seed)
+                for origin, peer, status, value, seed in self.ctx.ledger.reports(exp_id)]
+
+    def tried(self, exp_id: str) -> negatives.Tried:
+        """What this node's ledger proves about `exp_id` (research/negatives.py)."""
+        if not self.ctx.ledger.knows(exp_id):
+            return negatives.Tried.NEW
+        reports = self.reports(exp_id)
+        if not reports:  # proposed here, or announced without a run yet
+            return negatives.Tried.TRIED
+        return negatives.tried(reports, self.state.vouches, self.state.ignored)
+
+    def check_negatives(self, exp_id: str, measured: float | None, seed: int) -> None:
+        """This node ran `exp_id`: hold its value against the negative reports of unaccountable peers."""
+        for peer, claimed, ok in negatives.check(self.reports(exp_id), measured, seed, self.state.policy.tol,
+                                                 self.state.vouches):
+            self.state.on_negative_checked(peer, ok)
+            self.stats["negatives_reproduced" if ok else "negatives_refuted"] += 1
+            if not ok:
+                log.warning("%s reported %s %s, and this node's run measured %s: refuted (%s)", peer[:16],
+                            exp_id[:10], "a crash" if claimed is None else f"val_bpb {claimed:.6f}",
+                            f"{measured:.6f}" if measured is not None else "nothing",
+                            "now ignored" if self.state.ignored(peer) else "reputation lowered")
+        self._save_reputation()
 
     async def is_known(self, exp_id: str) -> bool:
         """Known elsewhere: an active claim by another node, or a DHT record (late joiners)."""

@@ -315,7 +315,8 @@ class RunningNode:
                 on_claim=self.announcer.announce_claim, on_result=self.coordinator.announce_own,
                 is_known=self.coordinator.is_known, contested=self.coordinator.contested,
                 is_mine=self.coordinator.owns, researchers=self.researchers,
-                speculation=self.coordinator.speculation, built_on=self.coordinator.built_on),
+                speculation=self.coordinator.speculation, built_on=self.coordinator.built_on,
+                tried=self.coordinator.tried, check_negatives=self.coordinator.check_negatives),
                 worker=i, worker_env=env, peer=self.peer_id, share_genesis=share_genesis, workers=engines))
         self.workers.engines = engines
         engine = engines[0]

@@ -394,6 +394,17 @@ class SwarmState:
     def _reorder(self) -> None:
         self._order = sorted((c.value, c.exp_id, c.peer) for c in self.candidates.values())
 
+    def on_negative_checked(self, peer: str, reproduced: bool) -> None:
+        """This node ran an experiment `peer` had reported negative (research/negatives.check): a report
+        the run reproduces is real work and earns like a confirmed result; one it does not is a lie."""
+        r = self.rep(peer)
+        if reproduced:
+            r.confirmed += 1
+            r.earned += 1
+        else:
+            r.refuted += 1
+            r.streak = 0
+
     def on_verified(self, claim: PeerClaim, measured: float | None, baseline_value: float | None,
                     rank: tuple[float, str] | None = None) -> tuple[str, Adopt | None]:
         """A local re-run finished: returns ('confirmed' | 'refuted', an adoption if it still improves).

@@ -263,6 +263,12 @@ class Ledger:
     def knows(self, exp_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM experiments WHERE exp_id=?", (exp_id,)).fetchone() is not None
 
+    def reports(self, exp_id: str) -> list[tuple[str, str, str, float | None, int | None]]:
+        """Every run recorded for an experiment, this node's and peers': (origin, peer, status, val_bpb,
+        seed), for research/negatives.py."""
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in self.db.execute(
+            "SELECT origin, peer, status, val_bpb, seed FROM runs WHERE exp_id=? AND kind='experiment'", (exp_id,))]
+
     def known_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT exp_id FROM experiments")}
 

@@ -39,6 +39,7 @@ from p2p_research.harness.measure import (
 from p2p_research.harness.verdict import does_not_generalise, self_report_allowed
 from p2p_research.research import genesis as G
 from p2p_research.research import loop as L
+from p2p_research.research.constants import constants_only_change
 from p2p_research.research.describe import describe_change
 from p2p_research.research.effective import Facts, resolve
 from p2p_research.research.ids import experiment_id
@@ -50,6 +51,7 @@ from p2p_research.research.io.runner import RunLimits, RunOutcome, run_training,
 from p2p_research.research.io.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
 from p2p_research.research.io.surrogate import SurrogateTrainer
 from p2p_research.research.life import Life, TakeTurn
+from p2p_research.research.negatives import SAMPLE_EVERY, Tried
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.swarm import PeerClaim
 from p2p_research.research.turns import defer_s, liar_value
@@ -132,6 +134,10 @@ class Hooks:
     # any; and, when an experiment built on one is kept, (that claim, the baseline before, its value)
     speculation: Callable[[], PeerClaim | None] | None = None
     built_on: Callable[[PeerClaim, str, float | None], None] | None = None
+    # peers' negative reports (research/negatives.py): what the ledger proves about an exp id, and this
+    # node's own run of an experiment that unaccountable peers reported negative (exp id, value, seed)
+    tried: Callable[[str], Tried] | None = None
+    check_negatives: Callable[[str, float | None, int], None] | None = None
 
 
 # torch's CPU threads sleep while they wait for work instead of spinning (OpenMP's default spins): on
@@ -165,7 +171,9 @@ class ResearchEngine:
         self.progress = Progress(budget_seconds=ctx.budget.seconds)
         # proposals dropped before running because the id was known: in the ledger (run here or
         # announced by a peer) or claimed by another node (gossip claim or DHT record)
-        self.dedup_stats = {"known_in_ledger": 0, "claimed_elsewhere": 0, "same_code": 0}
+        self.dedup_stats = {"known_in_ledger": 0, "claimed_elsewhere": 0, "same_code": 0,
+                            "negatives_hinted": 0, "negatives_checked": 0}
+        self._proposals = 0
         self._baseline_files: tuple[str, dict[str, bytes]] = ("", {})
         self._candidate_ids: dict[tuple[str, bytes], str] = {}
         self.seed = ctx.config.research.seed + seed_offset
@@ -380,12 +388,16 @@ class ResearchEngine:
             on = (self.hooks.speculation() if self.hooks.speculation is not None and len(self._workers) == 1
                   else None)
             parent = on.commit if on is not None else action.baseline_commit
+            hinted: list[bytes] = []
             try:
-                result = await self.proposer.propose(self.ctx.workspace, parent, self._is_known_source(parent),
+                result = await self.proposer.propose(self.ctx.workspace, parent,
+                                                     self._is_known_source(parent, hinted),
                                                      self._is_mine_source(parent))
             except Exception as e:  # noqa: BLE001 - a proposer's failure is a skipped proposal, never the end of research
                 log.debug("the proposer failed on baseline %s", parent[:7], exc_info=True)
                 result = Skip(f"the proposer failed: {type(e).__name__}: {str(e)[:200]}")
+            if isinstance(result, Skip) and hinted:
+                result = self._hinted_proposal(parent, hinted[0])
             transcript = getattr(self.proposer, "last_transcript", b"")
             if isinstance(result, Skip):
                 # once: the daemon's log shows it at INFO, `run` as a result line (a warning was both)
@@ -409,6 +421,8 @@ class ResearchEngine:
                 log.info("experiment %s aborted: %s", action.exp_id[:10], er.run.reason)
                 return
             value = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
+            if self.hooks.check_negatives is not None:
+                self.hooks.check_negatives(action.exp_id, value, self.seed)
             if self.liar and self.loop.baseline_value is not None:
                 value = self.fabricate(er, self.loop.baseline_value)
             if self.loop.baseline_value is None and (learned := self.peers_value(self.loop.baseline_commit)) is not None:
@@ -493,14 +507,33 @@ class ResearchEngine:
             ws.set_experiment_ref(exp_id, commit)
         return exp_id
 
-    def _is_known_source(self, baseline: str) -> Callable[[bytes], Awaitable[bool]]:
+    def _tried(self, exp_id: str) -> Tried:
+        if self.hooks.tried is not None:
+            return self.hooks.tried(exp_id)
+        return Tried.TRIED if self.ctx.ledger.knows(exp_id) else Tried.NEW
+
+    def _is_known_source(self, baseline: str, hinted: list[bytes] | None = None) -> Callable[[bytes], Awaitable[bool]]:
+        """The proposers' `is_known` for candidates on `baseline`. A candidate that only unaccountable
+        peers' negative reports name (research/negatives.py) is passed over and kept in `hinted` (the
+        proposal falls back on it), except on every SAMPLE_EVERY-th proposal, which takes the first one."""
         by_code = self.uses_code_keys
+        self._proposals += 1
+        sample = [self._proposals % SAMPLE_EVERY == 0]
 
         async def is_known(train_py: bytes) -> bool:
             exp_id = self._candidate_id(baseline, train_py)
-            if self.ctx.ledger.knows(exp_id):
+            tried = self._tried(exp_id)
+            if tried is Tried.TRIED:
                 self.dedup_stats["known_in_ledger"] += 1
                 return True
+            if tried is Tried.HINT:
+                if not sample[0]:
+                    self.dedup_stats["negatives_hinted"] += 1
+                    if hinted is not None and len(hinted) < 8:
+                        hinted.append(train_py)
+                    return True
+                sample[0] = False  # this proposal's check of a hint; a claim elsewhere still counts
+                self.dedup_stats["negatives_checked"] += 1
             # an agent's edit may be a known program written differently (formatting, comments): its
             # code key, recorded or claimed (the builtin proposer writes canonical literals, so its
             # candidates never differ in form alone, and it asks about hundreds per proposal)
@@ -516,6 +549,17 @@ class ResearchEngine:
                 return True
             return False
         return is_known
+
+    def _hinted_proposal(self, baseline: str, train_py: bytes) -> Proposal:
+        """Nothing new turned up, but a candidate that only unaccountable peers reported negative did:
+        run it (research/negatives.py), so a neighbourhood an attacker covered in made-up reports does
+        not stop research."""
+        old = self.ctx.workspace.files_of(baseline)[EDITABLE_FILE].decode("utf-8", "replace")
+        new = train_py.decode("utf-8", "replace")
+        self.dedup_stats["negatives_checked"] += 1
+        log.info("no new candidate: running one that only unproven peers reported negative")
+        return Proposal(train_py, describe_change(old, new) + " (reported negative by unproven peers only)",
+                        constants_only_change(old, new)[0])
 
     @property
     def uses_code_keys(self) -> bool:

@@ -31,6 +31,7 @@ from p2p_research.research.io.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER
 from p2p_research.research.io.surrogate import noisy_value
 from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.mutate import draw_changes, prepare_choices
+from p2p_research.research.negatives import SAMPLE_EVERY, Report, Tried, tried
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.speculation import Branch, Revert
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
@@ -120,7 +121,8 @@ class Stats:
     runs: list[dict[str, Any]] = field(default_factory=list)          # every local run
     baselines: list[tuple[float, float]] = field(default_factory=list)  # (t, value) each time it improved
     adoptions: list[dict[str, Any]] = field(default_factory=list)
-    dedup: dict[str, int] = field(default_factory=lambda: {"known_in_ledger": 0, "claimed_elsewhere": 0})
+    dedup: dict[str, int] = field(default_factory=lambda: {"known_in_ledger": 0, "claimed_elsewhere": 0,
+                                                           "negatives_hinted": 0, "negatives_checked": 0})
     yielded: int = 0
     dht_lookups: int = 0
     speculative: int = 0   # proposals built on a peer result not yet verified here
@@ -172,6 +174,9 @@ class VirtualNode:
         self._built_on: dict[str, PeerClaim] = {}  # proposal commit -> the unverified claim it was built on
         self._before: tuple[str, float | None] = ("", None)  # the baseline before the last experiment's verdict
         self._unannounced: list[tuple[str, str, float | None]] = []  # kept on an open branch, held
+        self._proposals = 0
+        self._sample = False                    # this proposal checks a hinted candidate (research/negatives.py)
+        self._hinted: list[dict] = []           # candidates only unaccountable peers reported negative
 
     # --- the process ------------------------------------------------------------------------------
     def start(self, at: float) -> None:
@@ -433,6 +438,12 @@ class VirtualNode:
         sh = self.shared
         consts = sh.constants[baseline]
         spent = [0.0]
+        # peers' negative reports (research/negatives.py), as the engine's is_known: a candidate only
+        # unaccountable peers reported negative is passed over, except on every SAMPLE_EVERY-th proposal,
+        # and taken when nothing else turns up
+        self._proposals += 1
+        self._sample = self._proposals % SAMPLE_EVERY == 0
+        self._hinted = []
         combined = self._combination(baseline, consts, spent) if sh.combine else None
         if combined is not None:
             return combined, spent[0]
@@ -450,15 +461,18 @@ class VirtualNode:
             if self.known_here(exp):
                 continue
             if self.mine(exp):
-                if self.known(exp, spent):
+                if self.known(exp, spent, new):
                     continue
                 return self._make(new, baseline, "mutation"), spent[0]
             others.append((new, exp))
             if len(others) >= PREFER_TRIES:
                 break
         for new, exp in others:
-            if not self.known(exp, spent):
+            if not self.known(exp, spent, new):
                 return self._make(new, baseline, "mutation"), spent[0]
+        if self._hinted:
+            self.stats.dedup["negatives_checked"] += 1
+            return self._make(self._hinted[0], baseline, "mutation"), spent[0]
         return None, spent[0]
 
     def _make(self, constants: dict, baseline: str, description: str) -> tuple[str, str, str]:
@@ -501,7 +515,7 @@ class VirtualNode:
             return True
         return False
 
-    def known(self, exp: str, spent: list[float]) -> bool:
+    def known(self, exp: str, spent: list[float], constants: dict | None = None) -> bool:
         """The engine's `is_known`: in this node's ledger, or claimed or announced elsewhere as far as it
         can tell (flooded claims and results that reached it; else a bounded number of DHT lookups)."""
         if self.known_here(exp):
@@ -511,10 +525,20 @@ class VirtualNode:
         w, now = self.world, self.world.t
         lease = claim_lease_s(self.shared.cost_s)
         if self.flooding:
-            for m in w.results.get(exp, ()):
-                if w.delivery(m, self.index) <= now:
-                    self.stats.dedup["known_in_ledger"] += 1
+            reports = [Report(peer_name(m.peer), m.status, m.value) for m in w.results.get(exp, ())
+                       if w.delivery(m, self.index) <= now]
+            found = tried(reports, self.state.vouches, self.state.ignored) if reports else Tried.NEW
+            if found is Tried.TRIED:
+                self.stats.dedup["known_in_ledger"] += 1
+                return True
+            if found is Tried.HINT:
+                if not self._sample:
+                    self.stats.dedup["negatives_hinted"] += 1
+                    if constants is not None and len(self._hinted) < 8:
+                        self._hinted.append(constants)
                     return True
+                self._sample = False
+                self.stats.dedup["negatives_checked"] += 1
             for m in w.claims.get(exp, ()):
                 if m.peer != self.index and now < m.t + lease and w.delivery(m, self.index) <= now:
                     self.stats.dedup["claimed_elsewhere"] += 1

@@ -1,0 +1,77 @@
+"""Whether peers' reports make a candidate count as tried: one rule for the daemon and the simulator.
+
+A peer's `discarded` or `crash` result says "this was run and did not help", and proposers skip what
+was run. That is the cheapest lie there is: an attacker signed 240 `discarded` results for mutations
+of a victim's baseline that it never ran, 239 of those candidates counted as tried, and the victim ran
+none of them. A patient attacker with compute can do worse: run experiments honestly and report the
+ones that help as discarded, so no node ever tries them.
+
+So a negative report proves "tried" only where its reporter is accountable:
+- this node ran it (any status), or some peer reported it kept or measured it as a baseline (a kept
+  result is a candidate: it is verified before anything rests on it);
+- the reporter is trusted by configuration, or vouches (this node's re-runs confirmed its results,
+  research/swarm.py);
+- a peer this node ignores reports nothing.
+(The owner of an experiment, research/ownership.py, is not enough: sybils heard on the ring own their
+share of every baseline's candidates.)
+Any other negative report is a *hint* (`HINT`): the proposer passes over the candidate while it finds
+others, takes it when it finds nothing else (research never stalls on a neighbourhood an attacker
+covered), and every `SAMPLE_EVERY`-th proposal takes a hinted candidate first. What it costs an honest
+swarm is small because ownership partitions the candidates: a node rarely draws what another node
+already ran (the DES at 35 nodes, seeds 0 and 1: 16 and 11 hinted candidates in 5 minutes, 0 and 1
+sample runs, no duplicate). Such a run checks the
+reports (`check`): a reporter whose value the run does not reproduce is refuted like a liar, and one
+refuted twice (net) is ignored, so its hints stop counting at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+#: one proposal in this many takes a hinted candidate first, when it meets one
+SAMPLE_EVERY = 10
+
+
+class Tried(Enum):
+    NEW = "new"
+    HINT = "hint"       # only unaccountable peers' negative reports name it
+    TRIED = "tried"
+
+
+@dataclass(frozen=True)
+class Report:
+    """One report about an experiment: who made it (`local` or a peer id) and its status."""
+
+    peer: str            # "" for this node's own run
+    status: str          # kept | discarded | crash | baseline | running | ...
+    value: float | None = None
+    seed: int | None = None
+
+
+def tried(reports: Iterable[Report], accountable: Callable[[str], bool], ignored: Callable[[str], bool]) -> Tried:
+    """What the reports about one experiment prove (see the module's docstring)."""
+    out = Tried.NEW
+    for r in reports:
+        if not r.peer or r.status in ("kept", "baseline"):
+            return Tried.TRIED
+        if ignored(r.peer):
+            continue
+        if accountable(r.peer):
+            return Tried.TRIED
+        out = Tried.HINT
+    return out
+
+
+def check(reports: Iterable[Report], measured: float | None, seed: int, tol: float,
+          accountable: Callable[[str], bool]) -> list[tuple[str, float | None, bool]]:
+    """This node ran an experiment that unaccountable peers reported negative: (peer, its value, whether
+    this run reproduces it) for each. A crash reported where the run measured a value, or a value off
+    by more than the tolerance, is not reproduced; a run of this node's that failed judges nobody, and a
+    report of another seed is not comparable (nodes run seed 0 unless configured otherwise)."""
+    if measured is None or not math.isfinite(measured):
+        return []  # this run failed: it says nothing about anyone's (the failure may be this node's)
+    return [(r.peer, r.value, r.value is not None and abs(r.value - measured) <= tol) for r in reports
+            if r.peer and r.status not in ("kept", "baseline") and r.seed == seed and not accountable(r.peer)]
