@@ -53,13 +53,16 @@ def tiny_target(tmp_path):
 
 
 def test_tiny_search_space_no_experiment_runs_twice(tmp_path):
+    """Seven candidates and six runs asked for: no candidate runs twice while new ones remain. (Once a
+    node has nothing new left, it runs what only unproven peers reported negative, which checks their
+    reports: research/negatives.py, and the test of made-up negative results.)"""
     target = tiny_target(tmp_path)
     a_home = surrogate_home(tmp_path / "a", 1, target, cost=1.0)
     b_home = surrogate_home(tmp_path / "b", 2, target, cost=1.0)
-    a = Daemon(a_home.path, "-n", "5").start()
+    a = Daemon(a_home.path, "-n", "3").start()
     daemons = [a]
     try:
-        b = Daemon(b_home.path, "-n", "5", "--bootstrap", a.addrs[0]).start()
+        b = Daemon(b_home.path, "-n", "3", "--bootstrap", a.addrs[0]).start()
         daemons.append(b)
         wait_for(lambda: research_done(a) and research_done(b), 150, 1.0, what="both nodes done")
         done_a = [e for e, s in local_experiments(a_home) if s in ("kept", "discarded", "crash")]
