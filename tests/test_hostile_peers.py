@@ -922,3 +922,43 @@ def test_a_peer_exchange_full_of_one_subnet_does_not_eclipse_a_node(tmp_path):
     ips = [a.split("/")[2] for a in result["peers"]]
     assert all(ip in ips for ip in honest), ips
     assert sum(ip.startswith("127.0.8.") for ip in ips) <= 2, ips
+
+
+async def test_an_rpc_carries_at_most_256_published_messages(swarm):
+    """pubsub starts a task and checks a signature for every message of an RPC, however many: ten RPCs
+    of 4,800 messages with made-up signatures (each just under the 1 MiB cap) cost a daemon 84 CPU-s and
+    kept its `status` waiting 34 s, and no score or ban follows (libp2p drops them before any
+    validator). The node keeps the first 256 of an RPC (libp2p_compat guard `publish_per_rpc`); ten such
+    RPCs then cost it 0.4 CPU-s (/tmp probe, the same daemon without research)."""
+    import varint
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pb import rpc_pb2
+
+    s0 = await in_thread(st, swarm, swarm.v)
+    async with adversary() as adv:
+        await adv.join(swarm.v.addrs[0], s0["swarm"])
+        stream = adv.ps.peers[ID.from_base58(s0["peer_id"])]
+        sent = 0
+        for k in range(10):
+            rpc = rpc_pb2.RPC()
+            for i in range(4800):
+                m = rpc.publish.add(data=os.urandom(8), topicIDs=[adv.topics[0]], from_id=adv.host.get_id().to_bytes(),
+                                    seqno=(k * 4800 + i).to_bytes(8, "big"), signature=os.urandom(64),
+                                    key=adv.kp.public_key.serialize())
+                assert m.data
+            data = rpc.SerializeToString()
+            assert len(data) < 1 << 20
+            try:
+                await stream.write(varint.encode(len(data)) + data)
+            except Exception:  # noqa: BLE001 - the node reset the stream (its byte budget per connection)
+                break
+            sent += 1
+        assert sent >= 3, sent
+        before = s0["net"].get("publish_dropped_per_rpc", 0)
+        dropped = 0
+        with trio.move_on_after(30):  # the last RPC written may be the one the node reset the stream on
+            while (dropped := (await in_thread(st, swarm, swarm.v))["net"]["publish_dropped_per_rpc"] - before) \
+                    < (sent - 1) * (4800 - 256):
+                await trio.sleep(0.3)
+        assert dropped >= 2 * (4800 - 256) and dropped % (4800 - 256) == 0, (sent, dropped)
+    await in_thread(swarm.check_all)  # alive, `status` within 2 s, baselines untouched

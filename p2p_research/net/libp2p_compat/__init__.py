@@ -56,6 +56,10 @@ PATCHES: tuple[Patch, ...] = (
     Patch("inbound_per_address", "Swarm._handle_inbound_connection",
           "one cap on inbound connections for the whole node, whoever makes them: identities are free, so one "
           "host could take every connection; 8 per address and 16 per /24 (/48)", "tests/test_hostile_peers.py"),
+    Patch("publish_per_rpc", "libp2p.pubsub.pubsub.maybe_consume_signed_record (the read loop's hook on each RPC)",
+          "a task and a signature check for every message of an RPC, however many (about 4,800 fit in 1 MiB; "
+          "two such RPCs of made-up signatures cost a daemon 16 CPU-s, with no score or ban); 256 per RPC",
+          "tests/test_hostile_peers.py"),
     Patch("pubsub_teardown", "Pubsub._teardown_if_connected",
           "a banned peer that disconnected at the right moment raised KeyError in pubsub and stopped the node",
           "tests/test_upstream_and_repair.py"),

@@ -30,7 +30,17 @@
    :data:`INBOUND_PER_ADDRESS` inbound connections already, or from a /24 (/48) that holds
    :data:`INBOUND_PER_SUBNET`, is closed before any handshake (net/addresses.py has the rule, and why
    127.0.0.1 is exempt), and counted.
-5. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
+5. ``publish_per_rpc``: pubsub starts a task for every message of an RPC (``push_msg``, through its
+   service manager: about 1.7 ms of CPU each here) and checks its signature, however many messages an
+   RPC carries (about 4,800 small ones fit in the 1 MiB cap). Measured against a daemon: RPCs of 4,800
+   messages with made-up signatures cost it 15.8 CPU-s per two, and libp2p drops them before any
+   validator, so no score or ban follows; ten such RPCs of signed junk kept its `status` waiting 15 s.
+   The guard keeps the first :data:`MAX_PUBLISH_PER_RPC` messages of an RPC and drops the rest before
+   any task starts (counted; logged once a minute per peer). It hooks the one call pubsub's read loop
+   makes with the parsed RPC before it walks the messages (``maybe_consume_signed_record``, the
+   sender's signed record). An honest peer's RPC carries one published message, or the few an IWANT
+   asked for.
+6. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
    checks that the host's transports are TCP alone), so the fault cannot reach them.
 
 :func:`apply` installs the guard once per process, only on libp2p :data:`EXPECTED_LIBP2P` and only when
@@ -64,6 +74,9 @@ MAX_IWANT_IDS = 5000
 INBOUND_PER_ADDRESS = 8
 INBOUND_PER_SUBNET = 16
 
+#: published messages one RPC may carry (guard 5)
+MAX_PUBLISH_PER_RPC = 256
+
 _applied: dict[str, bool] = {}
 
 
@@ -90,6 +103,23 @@ def _inbound_per_address_factory(original: Any) -> Any:
 
     handle._p2p_original = original  # type: ignore[attr-defined]
     return handle
+
+
+def _bounded_publish_factory(original: Any) -> Any:
+    def consume(rpc: Any, host: Any, peer_id: Any) -> bool:
+        """libp2p's check of the sender's signed record, on an RPC cut to MAX_PUBLISH_PER_RPC published
+        messages first (guard 5)."""
+        publish = getattr(rpc, "publish", None)
+        if publish is not None and len(publish) > MAX_PUBLISH_PER_RPC:
+            n = len(publish)
+            del publish[MAX_PUBLISH_PER_RPC:]
+            counters.current().publish_dropped += n - MAX_PUBLISH_PER_RPC
+            _rlog.log(logging.INFO, f"publish:{peer_id}", "an RPC of %s carried %d published messages: the first "
+                      "%d kept", peer_id, n, MAX_PUBLISH_PER_RPC)
+        return original(rpc, host, peer_id)
+
+    consume._p2p_original = original  # type: ignore[attr-defined]
+    return consume
 
 
 def _bounded_control_factory(original: Any, limit: int) -> Any:
@@ -190,6 +220,14 @@ def apply() -> dict[str, bool]:
     except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
         log.warning("gossip control guard not installed: %r", e)
         _applied["gossip_control"] = False
+    try:
+        import libp2p.pubsub.pubsub as pubsub_module
+
+        pubsub_module.maybe_consume_signed_record = _bounded_publish_factory(pubsub_module.maybe_consume_signed_record)
+        _applied["publish_per_rpc"] = True
+    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
+        log.warning("published messages per RPC guard not installed: %r", e)
+        _applied["publish_per_rpc"] = False
     try:
         from libp2p.network.swarm import Swarm
 
