@@ -172,12 +172,12 @@ class DaemonSide:
         async def publish(msg):
             self.published.append(msg)
 
-        async def dht_knows(_exp):
-            return False
+        async def dht_record(_exp):
+            return None
 
         self.coord = SwarmCoordinator(CoordinatorDeps(
             peer_id=peer_name(0), key_pair=create_new_key_pair(), ctx=ctx, config=cfg, engine=lambda: eng,
-            engines=lambda: [eng], publish=publish, dht_knows=dht_knows))
+            engines=lambda: [eng], publish=publish, dht_record=dht_record))
         for i in range(1, PEERS):
             self.coord.state.note_peer(peer_name(i))
 

@@ -22,6 +22,7 @@ from p2p_research.research.io.context import ResearchContext
 from p2p_research.research.ownership import Ownership
 from p2p_research.store.ledger import Run
 from p2p_research.wire import Claim
+from p2p_research.wire.records import ExpRecord
 
 log = logging.getLogger("p2p_research.daemon")
 
@@ -189,8 +190,8 @@ class Announcer:
         except Exception as e:  # noqa: BLE001 - the DHT is memory for late joiners, never a reason to stop
             log.debug("DHT put failed: %s", e)
 
-    async def dht_knows(self, exp_id: str) -> bool:
-        """Whether the DHT knows `exp_id` (claimed by another node, or run). Flooding, the DHT is memory
+    async def dht_record(self, exp_id: str) -> ExpRecord | None:
+        """What the DHT holds about `exp_id` (a claim or a result), if it is worth asking. Flooding, the DHT is memory
         for nodes that were not listening: once a catch-up delivered, gossip keeps the ledger current and
         the (slow) lookup is skipped. Sparse (this node, or peers that announce presence), claims are
         only in the DHT. At most a budget of lookups per proposal, and DHT_PROPOSAL_S of them (measured:
@@ -198,9 +199,9 @@ class Announcer:
         dht = self.dht()
         sparse_near = self.sparse() or time.time() - self.last_presence < flooding.PRESENCE_S * 2
         if dht is None or (self.deps.caught_up() and not sparse_near):
-            return False
+            return None
         if self._lookups_left <= 0 or time.monotonic() > self._deadline:  # a slow DHT must not stall research
-            return False
+            return None
         self._lookups_left -= 1
         try:
             # bounded: the proposer asks about many candidates, and a lookup on a busy swarm can take
@@ -209,12 +210,8 @@ class Announcer:
             with trio.move_on_after(DHT_LOOKUP_S) as scope:
                 rec = await dht.get(exp_id)
             if scope.cancelled_caught:
-                return False
+                return None
         except Exception as e:  # noqa: BLE001 - the DHT asks peers: a failed lookup is an unknown id, dedup goes on
             log.debug("DHT get failed: %s", e)
-            return False
-        if rec is None:
-            return False
-        if rec.state == "claim":
-            return rec.peer != self.deps.peer_id and rec.lease_until > time.time()
-        return True
+            return None
+        return rec

@@ -47,7 +47,7 @@ class CoordinatorDeps:
     """What the coordinator needs from the node, named: no reference back to the daemon.
 
     `engine` returns worker 0 (None until research starts), `engines` every worker; `publish` sends a wire message to the
-    swarm; `dht_knows` asks the DHT whether an experiment is known; `claims` is shared with intake,
+    swarm; `dht_record` asks the DHT what it holds about an experiment; `claims` is shared with intake,
     which admits claims by the same book."""
 
     peer_id: str
@@ -57,7 +57,7 @@ class CoordinatorDeps:
     engine: Callable[[], ResearchEngine | None]
     engines: Callable[[], list[ResearchEngine]]
     publish: Callable[[Any], Awaitable[None]]
-    dht_knows: Callable[[str], Awaitable[bool]]
+    dht_record: Callable[[str], Awaitable[Any]]
     faults: Faults = field(default_factory=Faults)
     claims: ClaimBook = field(default_factory=ClaimBook)
     sparse: Callable[[], bool] = lambda: False  # research/flooding.py: whether confirmations go to replicas only
@@ -296,12 +296,20 @@ class SwarmCoordinator:
                             "now ignored" if self.state.ignored(peer) else "reputation lowered")
         self._save_reputation()
 
-    async def is_known(self, exp_id: str) -> bool:
-        """Known elsewhere: an active claim by another node, or a DHT record (late joiners)."""
+    async def is_known(self, exp_id: str) -> negatives.Tried:
+        """Known elsewhere: an active claim by another node, or a DHT record (late joiners, and every
+        claim and negative result of a sparse swarm), a negative one counting as research/negatives.py
+        says (a hint only, from a peer this node has no reason to trust)."""
         now = time.time()
         if any(c["peer"] != self.peer_id for c in self.ctx.ledger.claims(exp_id, active_at=now)):
-            return True
-        return await self.deps.dht_knows(exp_id)
+            return negatives.Tried.TRIED
+        rec = await self.deps.dht_record(exp_id)
+        if rec is None or rec.peer == self.peer_id:
+            return negatives.Tried.NEW if rec is None else negatives.Tried.TRIED
+        if rec.state == "claim":
+            return negatives.Tried.TRIED if rec.lease_until > now else negatives.Tried.NEW
+        return negatives.tried([negatives.Report(rec.peer, rec.status, rec.value)], self.state.vouches,
+                               self.state.ignored)
 
     # --- between experiments ----------------------------------------------------------------------
     def baseline_rank(self) -> tuple[float, str] | None:

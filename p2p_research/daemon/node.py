@@ -166,7 +166,7 @@ class NodeDaemon:
                     coord = SwarmCoordinator(CoordinatorDeps(
                         peer_id=peer_id, key_pair=key_pair, ctx=ctx, config=cfg,
                         engine=lambda: workers.engine, engines=lambda: workers.engines, publish=net.publish,
-                        dht_knows=announcer.dht_knows, faults=net.faults, claims=intake.claims,
+                        dht_record=announcer.dht_record, faults=net.faults, claims=intake.claims,
                         sparse=announcer.sparse, owners=owners, announce_result=announcer.announce_result))
                     intake.on_result, intake.on_claim, intake.on_verification = (
                         coord.on_result, coord.on_claim, coord.on_verification)

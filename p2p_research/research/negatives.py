@@ -16,10 +16,10 @@ So a negative report proves "tried" only where its reporter is accountable:
 share of every baseline's candidates.)
 Any other negative report is a *hint* (`HINT`): the proposer passes over the candidate while it finds
 others, takes it when it finds nothing else (research never stalls on a neighbourhood an attacker
-covered), and every `SAMPLE_EVERY`-th proposal takes a hinted candidate first. What it costs an honest
-swarm is small because ownership partitions the candidates: a node rarely draws what another node
-already ran (the DES at 35 nodes, seeds 0 and 1: 16 and 11 hinted candidates in 5 minutes, 0 and 1
-sample runs, no duplicate). Such a run checks the
+covered), and every `SAMPLE_EVERY`-th proposal takes a hinted candidate first. It costs an honest
+swarm next to nothing: ownership partitions the candidates, so a node rarely draws what another node
+already ran, and what it does draw is mostly still claimed (the DES at 35 nodes, seeds 0 and 1,
+flooding and sparse: no hint met, the same duplicates and experiments as before). Such a run checks the
 reports (`check`): a reporter whose value the run does not reproduce is refuted like a liar, and one
 refuted twice (net) is ignored, so its hints stop counting at all.
 """

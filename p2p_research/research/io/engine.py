@@ -125,7 +125,7 @@ class Hooks:
     on_claim: Callable[..., Awaitable[None]] | None = None   # exp_id, commit, description, semantic_id=
     on_result: Callable[[Run], Awaitable[None]] | None = None
     on_baseline: Callable[[str, float], Awaitable[None]] | None = None           # commit, value
-    is_known: Callable[[str], Awaitable[bool]] | None = None                    # exp_id -> known elsewhere?
+    is_known: Callable[[str], Awaitable[Tried]] | None = None                   # exp_id -> known elsewhere?
     is_mine: Callable[[str], bool] | None = None                                # exp_id -> this node's to run?
     # exp_id, runs finished -> why a run about to start gives way to a peer's claim already here (or None)
     contested: Callable[[str, int], str | None] | None = None
@@ -526,14 +526,6 @@ class ResearchEngine:
             if tried is Tried.TRIED:
                 self.dedup_stats["known_in_ledger"] += 1
                 return True
-            if tried is Tried.HINT:
-                if not sample[0]:
-                    self.dedup_stats["negatives_hinted"] += 1
-                    if hinted is not None and len(hinted) < 8:
-                        hinted.append(train_py)
-                    return True
-                sample[0] = False  # this proposal's check of a hint; a claim elsewhere still counts
-                self.dedup_stats["negatives_checked"] += 1
             # an agent's edit may be a known program written differently (formatting, comments): its
             # code key, recorded or claimed (the builtin proposer writes canonical literals, so its
             # candidates never differ in form alone, and it asks about hundreds per proposal)
@@ -541,12 +533,24 @@ class ResearchEngine:
             if semantic and self.ctx.ledger.same_code(semantic, active_at=time.time()):
                 self.dedup_stats["same_code"] += 1
                 return True
-            if self.hooks.is_known is not None and await self.hooks.is_known(exp_id):
-                self.dedup_stats["claimed_elsewhere"] += 1
-                return True
-            if semantic and self.hooks.is_known is not None and await self.hooks.is_known(semantic):
-                self.dedup_stats["same_code"] += 1
-                return True
+            if self.hooks.is_known is not None:
+                elsewhere = await self.hooks.is_known(exp_id)
+                if elsewhere is Tried.TRIED:
+                    self.dedup_stats["claimed_elsewhere"] += 1
+                    return True
+                if elsewhere is Tried.HINT:
+                    tried = Tried.HINT
+                if semantic and await self.hooks.is_known(semantic) is Tried.TRIED:
+                    self.dedup_stats["same_code"] += 1
+                    return True
+            if tried is Tried.HINT:
+                if not sample[0]:
+                    self.dedup_stats["negatives_hinted"] += 1
+                    if hinted is not None and len(hinted) < 8:
+                        hinted.append(train_py)
+                    return True
+                sample[0] = False  # this proposal's check of a hint
+                self.dedup_stats["negatives_checked"] += 1
             return False
         return is_known
 

@@ -529,30 +529,39 @@ class VirtualNode:
                        if w.delivery(m, self.index) <= now]
             found = tried(reports, self.state.vouches, self.state.ignored) if reports else Tried.NEW
             if found is Tried.TRIED:
-                self.stats.dedup["known_in_ledger"] += 1
-                return True
-            if found is Tried.HINT:
-                if not self._sample:
-                    self.stats.dedup["negatives_hinted"] += 1
-                    if constants is not None and len(self._hinted) < 8:
-                        self._hinted.append(constants)
-                    return True
-                self._sample = False
-                self.stats.dedup["negatives_checked"] += 1
+                return self._tried_or_hint(found, constants, "known_in_ledger")
             for m in w.claims.get(exp, ()):
                 if m.peer != self.index and now < m.t + lease and w.delivery(m, self.index) <= now:
                     self.stats.dedup["claimed_elsewhere"] += 1
                     return True
-            return False
+            return self._tried_or_hint(found, constants, "known_in_ledger")
         if self._lookups_left <= 0:  # as the daemon: past the budget a candidate counts as new
             return False
         self._lookups_left -= 1
         self.stats.dht_lookups += 1
         spent[0] += w.dht_lookup(now)
-        if any(m.peer != self.index and w.in_dht(m, now) for m in w.results.get(exp, ())) or any(
-                m.peer != self.index and now < m.t + lease and w.in_dht(m, now) for m in w.claims.get(exp, ())):
+        if any(m.peer != self.index and now < m.t + lease and w.in_dht(m, now) for m in w.claims.get(exp, ())):
             self.stats.dedup["claimed_elsewhere"] += 1
             return True
+        reports = [Report(peer_name(m.peer), m.status, m.value) for m in w.results.get(exp, ())
+                   if m.peer != self.index and w.in_dht(m, now)]
+        return self._tried_or_hint(tried(reports, self.state.vouches, self.state.ignored) if reports else Tried.NEW,
+                                   constants, "claimed_elsewhere")
+
+    def _tried_or_hint(self, found: Tried, constants: dict | None, counter: str) -> bool:
+        """The engine's `is_known` on what the reports prove (research/negatives.py): a hint is passed
+        over and kept for the fallback, except on a sampling proposal, which takes it."""
+        if found is Tried.TRIED:
+            self.stats.dedup[counter] += 1
+            return True
+        if found is Tried.HINT:
+            if not self._sample:
+                self.stats.dedup["negatives_hinted"] += 1
+                if constants is not None and len(self._hinted) < 8:
+                    self._hinted.append(constants)
+                return True
+            self._sample = False
+            self.stats.dedup["negatives_checked"] += 1
         return False
 
     def mine(self, exp: str) -> bool:
