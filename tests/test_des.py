@@ -152,3 +152,16 @@ def test_both_engines_fill_one_report_type():
         SimReport(**{k: m[k] for k in COMMON_KEYS}, engine_figures={"seed": 1})
     doc = SimReport(**{k: m[k] for k in COMMON_KEYS}, engine_figures={"wall_s": 1.0}).to_json()
     assert list(doc)[-1] == "series" and doc["wall_s"] == 1.0 and "engine_figures" not in doc
+
+
+def test_a_fabricated_ancestor_counts_up_to_the_nearest_confirmed_result():
+    """sim/fabricated.py, the rule both engines report by: genesis <- lie <- true <- mine."""
+    from p2p_research.sim.fabricated import on_fabricated
+
+    parent = {"lie": "genesis", "true": "lie", "mine": "true"}
+    exp = {c: f"exp-{c}" for c in ("genesis", "lie", "true", "mine")}
+    assert on_fabricated("mine", parent, exp, {"exp-lie"}, set())          # built on a lie, nothing checked
+    assert not on_fabricated("mine", parent, exp, {"exp-lie"}, {"exp-true"})  # a confirmed re-run between
+    assert on_fabricated("lie", parent, exp, {"exp-lie"}, {"exp-true"})
+    assert not on_fabricated("genesis", parent, exp, {"exp-lie"}, set()) and not on_fabricated(None, parent, exp, set(), set())
+    assert not on_fabricated("a", {"a": "b", "b": "a"}, {}, set(), set())  # a cycle ends the walk

@@ -6,11 +6,13 @@ All timestamps are the same machine's wall clock (every node runs here), so cros
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2p_research.sim.fabricated import on_fabricated
 from p2p_research.sim.launcher import STOP_GRACE_S
 from p2p_research.sim.probe import swarm_stats as probe_swarm_stats
 from p2p_research.sim.report_type import TARGETS, SimReport
@@ -107,6 +109,16 @@ def times_to_targets(swarm_series: list[tuple[float, float]]) -> dict[str, float
         t = first_time_at_or_below(swarm_series, v)
         out[f"{v:.2f}"] = None if t is None else round(t, 1)
     return out
+
+
+def _told_the_truth(run: dict) -> bool:
+    """A liar's run whose announced value is its measured one within 2 x the default margin (the
+    engine keeps what it measured in the run's metrics; a run without it counts as a lie)."""
+    try:
+        measured = json.loads(run.get("metrics") or "{}").get("liar_measured")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(measured, (int, float)) and run["val_bpb"] is not None and abs(run["val_bpb"] - measured) <= 0.004
 
 
 def collect(sim: Any) -> dict[str, Any]:
@@ -245,8 +257,17 @@ def collect(sim: Any) -> dict[str, Any]:
     for f in honest_final:
         commits[f["commit"]] = commits.get(f["commit"], 0) + 1
     best_final = min((f for f in honest_final if f["val_bpb"] is not None), key=lambda f: f["val_bpb"], default=None)
-    fabricated = {r["commit_id"] for n in swarm if n.liar for r in completed(data[n.name]) if r["status"] == "kept"}
-    honest_on_fabricated = [f["name"] for f in honest_final if f["commit"] in fabricated]
+    # a liar's kept result whose announced value is not what its run measured, and honest nodes whose
+    # baseline rests on one up to the nearest result an honest re-run confirmed (sim/fabricated.py)
+    fabricated = {r["exp_id"] for n in swarm if n.liar for r in completed(data[n.name])
+                  if r["status"] == "kept" and not _told_the_truth(r)}
+    rows = [r for d in data.values() for r in (*d.local, *d.peer_runs)]
+    parent_of = {r["commit_id"]: r["parent"] for r in rows if r["parent"]}
+    exp_of = {r["commit_id"]: r["exp_id"] for r in rows}
+    confirmed = {r["exp_id"] for n in honest for r in data[n.name].local
+                 if r["kind"] == "verification" and r["status"] == "confirmed"}
+    honest_on_fabricated = [f["name"] for f in honest_final
+                            if on_fabricated(f["commit"], parent_of, exp_of, fabricated, confirmed)]
     # --- churn: identity, nothing acknowledged lost, resumed ---------------------------------------
     churn = []
     for c in sim.churn_plan:

@@ -147,7 +147,7 @@ def local_runs_in(db: sqlite3.Connection, statuses: tuple[str, ...]) -> list[tup
 def runs_and_baselines(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every run (oldest first) and every baseline adoption (in order), as dicts."""
     cols = ("run_id, exp_id, commit_id, parent, kind, origin, peer, status, val_bpb, started_at, finished_at,"
-            " received_at, reason, description")
+            " received_at, reason, description, metrics")
     runs = [dict(r) for r in db.execute(f"SELECT {cols} FROM runs ORDER BY run_id")]
     bases = [dict(r) for r in db.execute(
         "SELECT id, commit_id, exp_id, val_bpb, source_peer, reason, adopted_at FROM baselines ORDER BY id")]

@@ -917,9 +917,10 @@ class ResearchEngine:
     def fabricate(self, er: ExperimentRun, baseline: float) -> float:
         """A dishonest node (simulation only): claim a clear improvement whatever was measured."""
         fake = liar_value(baseline, er.run.exp_id)
-        er.run.val_bpb = fake
-        if er.run.run_id is not None:
-            self.ctx.ledger.finish_run(er.run.run_id, "done", val_bpb=fake, reason="")
+        measured, er.run.val_bpb = er.run.val_bpb, fake
+        if er.run.run_id is not None:  # what the run measured stays in its own ledger, for the report
+            metrics = {**(er.run.metrics or {}), "liar_measured": measured}
+            self.ctx.ledger.finish_run(er.run.run_id, "done", val_bpb=fake, reason="", metrics=metrics)
         return fake
 
     def revert(self, commit: str, value: float, reason: str) -> None:

@@ -24,6 +24,7 @@ from p2p_research.research.searchspace import parse_search_space
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.vnode import Shared, VirtualNode
 from p2p_research.sim.des.world import World
+from p2p_research.sim.fabricated import on_fabricated
 from p2p_research.sim.figures import (
     solo_comparison,
     summary,
@@ -186,25 +187,11 @@ class DesSimulation:
                      if r["kind"] == "experiment" and r["status"] == "kept"
                      and not (r["value"] is not None and r.get("measured") is not None
                               and abs(r["value"] - r["measured"]) <= tol)}
-        # ... or any of its ancestors: work built on a fabricated result (a speculative branch that was
-        # never dropped, research/speculation.py) counts too, up to the nearest result an honest node's
-        # re-run confirmed: that re-run measured the whole program at that commit, whatever its
-        # ancestors changed, and its number is the one every node acts on from then on (a liar's true
-        # result on top of its own lies, confirmed by honest re-runs, is an honest baseline)
+        # ... or any of its ancestors, up to the nearest result an honest re-run confirmed (sim/fabricated.py)
         confirmed = {r["exp_id"] for n in honest for r in n.stats.runs
                      if r["kind"] == "verification" and r["status"] == "confirmed"}
-
-        def on_fabricated(commit: str) -> bool:
-            while commit:
-                exp = self.shared.exp_of.get(commit)
-                if exp in liar_kept:
-                    return True
-                if exp in confirmed:
-                    return False
-                commit = self.shared.parent.get(commit, "")
-            return False
-
-        fabricated = sorted(n.name for n in honest if on_fabricated(n.loop.baseline_commit))
+        fabricated = sorted(n.name for n in honest if on_fabricated(n.loop.baseline_commit, self.shared.parent,
+                                                                     self.shared.exp_of, liar_kept, confirmed))
         series_all = {n.name: list(n.stats.baselines) for n in honest}
         swarm_series = swarm_best_over_time(list(series_all.values()))
         keep = sorted(series_all)[:: max(1, len(series_all) // SERIES_NODES)]
