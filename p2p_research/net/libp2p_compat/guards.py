@@ -105,10 +105,11 @@ def _inbound_per_address_factory(original: Any) -> Any:
     return handle
 
 
-def _bounded_publish_factory(original: Any) -> Any:
+def _bounded_publish_factory(utils: Any) -> Any:
     def consume(rpc: Any, host: Any, peer_id: Any) -> bool:
         """libp2p's check of the sender's signed record, on an RPC cut to MAX_PUBLISH_PER_RPC published
-        messages first (guard 5)."""
+        messages first (guard 5). The check itself is looked up in `libp2p.pubsub.utils` at each call,
+        so rpc_cost's cache applies whichever of the two was installed first."""
         publish = getattr(rpc, "publish", None)
         if publish is not None and len(publish) > MAX_PUBLISH_PER_RPC:
             n = len(publish)
@@ -116,9 +117,9 @@ def _bounded_publish_factory(original: Any) -> Any:
             counters.current().publish_dropped += n - MAX_PUBLISH_PER_RPC
             _rlog.log(logging.INFO, f"publish:{peer_id}", "an RPC of %s carried %d published messages: the first "
                       "%d kept", peer_id, n, MAX_PUBLISH_PER_RPC)
-        return original(rpc, host, peer_id)
+        return utils.maybe_consume_signed_record(rpc, host, peer_id)
 
-    consume._p2p_original = original  # type: ignore[attr-defined]
+    consume._p2p_guard = "publish_per_rpc"  # type: ignore[attr-defined]
     return consume
 
 
@@ -222,8 +223,12 @@ def apply() -> dict[str, bool]:
         _applied["gossip_control"] = False
     try:
         import libp2p.pubsub.pubsub as pubsub_module
+        import libp2p.pubsub.utils as pubsub_utils
 
-        pubsub_module.maybe_consume_signed_record = _bounded_publish_factory(pubsub_module.maybe_consume_signed_record)
+        if not callable(getattr(pubsub_utils, "maybe_consume_signed_record", None)) or \
+                not callable(getattr(pubsub_module, "maybe_consume_signed_record", None)):
+            raise AttributeError("maybe_consume_signed_record is missing")
+        pubsub_module.maybe_consume_signed_record = _bounded_publish_factory(pubsub_utils)
         _applied["publish_per_rpc"] = True
     except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
         log.warning("published messages per RPC guard not installed: %r", e)
