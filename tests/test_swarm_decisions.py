@@ -422,15 +422,24 @@ def test_a_lie_of_an_ignored_peer_that_vouchers_refute_or_that_does_not_improve_
     assert s.next_decision(2.0) is None
 
 
-def test_results_kept_aside_for_ignored_peers_are_bounded():
-    from p2p_research.research.swarm import MAX_PARKED
+def test_results_kept_aside_for_ignored_peers_are_bounded_and_a_confirmed_one_outlives_newer_lies():
+    from p2p_research.research.swarm import MAX_PARKED, PARKED_PER_PEER
 
     s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    earn(s, "QmB", "QmC")
     _ignored_liar(s)
-    for i in range(10 * MAX_PARKED):
-        s.on_peer_result(PeerClaim(f"{i + 100:040x}", "c" * 40, "QmLiar", 1.0 + i / 1e4, 0, 0.0), True, "", "kept")
-    assert len(s.parked) == MAX_PARKED
-    assert max(c.value for c in s.parked.values()) < 1.0 + MAX_PARKED / 1e4   # the best ones stay
+    true = PeerClaim("ab" * 20, "c" * 40, "QmLiar", 1.5, 0, 0.0)
+    s.on_peer_result(true, True, "", "kept")
+    for v in ("QmB", "QmC"):
+        s.on_peer_verification(true.exp_id, v, "QmLiar", True)
+    for i in range(10 * MAX_PARKED):  # made-up values, each better than the truth, newer than it
+        s.on_peer_result(PeerClaim(f"{i + 100:040x}", "c" * 40, "QmLiar", 1.0 - i / 1e4, 0, float(i + 1)), True, "", "kept")
+    assert len(s.parked) == PARKED_PER_PEER and (true.exp_id, "QmLiar") in s.parked
+    for p in range(20):  # many ignored peers: the whole is bounded too
+        s.rep(f"QmL{p}").refuted = 2
+        for i in range(PARKED_PER_PEER):
+            s.on_peer_result(PeerClaim(f"{p:08x}{i:032x}", "c" * 40, f"QmL{p}", 1.0, 0, 0.0), True, "", "kept")
+    assert len(s.parked) <= MAX_PARKED
 
 
 def test_only_accountable_peers_negative_reports_make_a_candidate_tried():
@@ -443,11 +452,15 @@ def test_only_accountable_peers_negative_reports_make_a_candidate_tried():
     assert tried([Report("QmX", "kept", 1.5)], vouched, liar) is Tried.TRIED            # verified elsewhere
     assert tried([Report("", "crash")], vouched, liar) is Tried.TRIED                   # this node ran it
     assert tried([Report("QmLiar", "discarded", 1.6)], vouched, liar) is Tried.NEW      # ignored: nothing
+    assert tried([Report("QmLiar", "kept", 1.6)], vouched, liar) is Tried.NEW           # ... of any status
     reports = [Report("QmX", "discarded", 9.9, 0), Report("QmY", "crash", None, 0), Report("QmZ", "discarded", 1.601, 0),
                Report("QmW", "discarded", 1.7, 3), Report("QmB", "discarded", 9.9, 0), Report("", "discarded", 1.6, 0)]
-    assert check(reports, 1.6, 0, 0.004, vouched) == [("QmX", 9.9, False), ("QmY", None, False), ("QmZ", 1.601, True)]
+    # a crash report is not judged (it may be the machine's), nor another seed's, nor a vouched peer's
+    assert check(reports, 1.6, 0, 0.004, vouched) == [("QmX", 9.9, False), ("QmZ", 1.601, True)]
     assert check(reports, None, 0, 0.004, vouched) == []   # this node's failed run judges nobody
     s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002))
+    s.on_negative_checked("QmY", True)   # a replayed honest report earns nothing
+    assert "QmY" not in s.reputation
     s.on_negative_checked("QmX", False)
     s.on_negative_checked("QmX", False)
     assert s.ignored("QmX")

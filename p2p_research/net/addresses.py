@@ -10,8 +10,9 @@ Exempt: 127.0.0.1 and ::1, the address every process of this machine connects fr
 runs 35 daemons there, each of which must be able to fetch from the others at once; a process on the
 node's own machine is not the remote stranger these limits are for. Other loopback addresses
 (127.0.0.2 and up) count like any other address, which is how the tests play hosts on one machine.
-A connection whose address the transport does not give (None: a relayed one) counts as the address
-"?", one slot holder of its own.
+A connection whose address the transport does not give counts as the address "?", one slot holder of
+its own. A relayed connection gives the relay's address, which every peer behind that relay shares:
+the callers leave relayed connections out of these counts (per-peer and total limits still apply).
 """
 
 from __future__ import annotations
@@ -24,10 +25,20 @@ from typing import Any
 EXEMPT = frozenset({"127.0.0.1", "::1"})
 
 
+def _plain(ip: str) -> str:
+    """An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, what a dual-stack listener sees) as its IPv4."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    mapped = getattr(a, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else str(a)
+
+
 def subnet_of(ip: str) -> str:
     """The /24 (IPv4) or /48 (IPv6) an address is in; an unparsable one is its own subnet."""
     try:
-        a = ipaddress.ip_address(ip)
+        a = ipaddress.ip_address(_plain(ip))
     except ValueError:
         return ip
     return str(ipaddress.ip_network(f"{a}/{24 if a.version == 4 else 48}", strict=False))
@@ -47,6 +58,7 @@ def key_of(ip: str | None) -> str | None:
     """The address a slot is counted under, or None where it is exempt."""
     if ip is None:
         return "?"
+    ip = _plain(ip)
     return None if ip in EXEMPT else ip
 
 

@@ -108,7 +108,9 @@ def addr_subnet(addr: Any) -> str | None:
 
 
 def conn_subnet(conn: Any) -> str | None:
-    """The subnet of the address a connection's other end is at (None where exempt)."""
+    """The subnet of the address a connection's other end is at (None where exempt, or relayed)."""
+    if is_relayed(conn):
+        return None
     ip = remote_ip(getattr(conn, "muxed_conn", conn))
     key = key_of(ip)
     return None if key is None else subnet_of(key)

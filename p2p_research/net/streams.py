@@ -32,7 +32,7 @@ from libp2p.abc import IHost, INetStream
 from .addresses import AddressSlots, remote_ip
 from .boundary import Faults
 from .framing import reset_quietly
-from .host import strip_benign_teardown
+from .host import is_relayed, strip_benign_teardown
 from .ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,8 @@ class StreamGuard:
                                limits.per_peer, self._total[protocol], limits.total)
                 await reset_quietly(stream, grace=0.5)
                 return
-            ip = remote_ip(stream)
-            why = by_address.take(ip)
+            ip = None if is_relayed(stream.muxed_conn) else remote_ip(stream)  # a relay's address is shared
+            why = by_address.take(ip) if ip is not None else None
             if why is not None:
                 self.stats["streams_refused"][protocol] += 1
                 self.stats["streams_refused_by_address"][protocol] += 1
@@ -148,7 +148,8 @@ class StreamGuard:
                 if open_by_peer[peer] <= 0:
                     del open_by_peer[peer]
                 self._total[protocol] -= 1
-                by_address.give_back(ip)
+                if ip is not None:
+                    by_address.give_back(ip)
 
         guarded.__qualname__ = f"guarded[{protocol}]"
         guarded._p2p_guarded = True  # type: ignore[attr-defined]

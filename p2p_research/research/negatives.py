@@ -7,8 +7,9 @@ none of them. A patient attacker with compute can do worse: run experiments hone
 ones that help as discarded, so no node ever tries them.
 
 So a negative report proves "tried" only where its reporter is accountable:
-- this node ran it (any status), or some peer reported it kept or measured it as a baseline (a kept
-  result is a candidate: it is verified before anything rests on it);
+- this node ran it (any status), or a peer it does not ignore reported it kept or measured it as a
+  baseline (a kept result is a candidate: it is verified before anything rests on it; a kept record
+  in the DHT is not, so there it counts only from an accountable peer, `coordinator.is_known`);
 - the reporter is trusted by configuration, or vouches (this node's re-runs confirmed its results,
   research/swarm.py);
 - a peer this node ignores reports nothing.
@@ -21,7 +22,8 @@ swarm next to nothing: ownership partitions the candidates, so a node rarely dra
 already ran, and what it does draw is mostly still claimed (the DES at 35 nodes, seeds 0 and 1,
 flooding and sparse: no hint met, the same duplicates and experiments as before). Such a run checks the
 reports (`check`): a reporter whose value the run does not reproduce is refuted like a liar, and one
-refuted twice (net) is ignored, so its hints stop counting at all.
+refuted twice (net) is ignored, so its hints stop counting at all. A reproduced report earns nothing
+(replaying honest nodes' negative results costs nothing, so it must not buy trust).
 """
 
 from __future__ import annotations
@@ -55,11 +57,11 @@ def tried(reports: Iterable[Report], accountable: Callable[[str], bool], ignored
     """What the reports about one experiment prove (see the module's docstring)."""
     out = Tried.NEW
     for r in reports:
-        if not r.peer or r.status in ("kept", "baseline"):
+        if not r.peer:
             return Tried.TRIED
         if ignored(r.peer):
             continue
-        if accountable(r.peer):
+        if r.status in ("kept", "baseline") or accountable(r.peer):
             return Tried.TRIED
         out = Tried.HINT
     return out
@@ -68,10 +70,12 @@ def tried(reports: Iterable[Report], accountable: Callable[[str], bool], ignored
 def check(reports: Iterable[Report], measured: float | None, seed: int, tol: float,
           accountable: Callable[[str], bool]) -> list[tuple[str, float | None, bool]]:
     """This node ran an experiment that unaccountable peers reported negative: (peer, its value, whether
-    this run reproduces it) for each. A crash reported where the run measured a value, or a value off
-    by more than the tolerance, is not reproduced; a run of this node's that failed judges nobody, and a
-    report of another seed is not comparable (nodes run seed 0 unless configured otherwise)."""
+    this run reproduces it) for each. A value off by more than the tolerance is not reproduced. A crash
+    report is not judged (a run may fail on one machine's memory or time and pass on another's), nor is
+    a report of another seed (nodes run seed 0 unless configured otherwise), and a run of this node's
+    that failed judges nobody."""
     if measured is None or not math.isfinite(measured):
         return []  # this run failed: it says nothing about anyone's (the failure may be this node's)
-    return [(r.peer, r.value, r.value is not None and abs(r.value - measured) <= tol) for r in reports
-            if r.peer and r.status not in ("kept", "baseline") and r.seed == seed and not accountable(r.peer)]
+    return [(r.peer, r.value, abs(r.value - measured) <= tol) for r in reports
+            if r.peer and r.status not in ("kept", "baseline") and r.value is not None and r.seed == seed
+            and not accountable(r.peer)]

@@ -48,7 +48,8 @@ from p2p_research.research.ownership import HashRing
 MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
 MAX_VOTES = 64  # verifiers remembered per experiment
 MAX_PEERS = 10_000  # peers remembered for replica ranking (keys are free: memory must not follow them)
-MAX_PARKED = 64  # results of ignored peers kept in case this node's vouchers confirm them (the best ones)
+MAX_PARKED = 64  # results of ignored peers kept in case this node's vouchers confirm them
+PARKED_PER_PEER = 8
 
 
 @dataclass
@@ -362,9 +363,16 @@ class SwarmState:
         if key in self.parked:
             return
         self.parked[key] = claim
-        if len(self.parked) > MAX_PARKED:
-            worst = max(self.parked, key=lambda k: (self.parked[k].value, k))
-            del self.parked[worst]
+        for k in [k for k in self.parked if k[0] in self.settled]:
+            del self.parked[k]
+        # a liar goes on lying: each peer keeps PARKED_PER_PEER places, and what goes first is what no
+        # voucher has confirmed, then the oldest (its made-up values are the best on offer, so "the
+        # worst value first" would keep its lies and drop its one true result)
+        own = [k for k in self.parked if k[1] == claim.peer]
+        if len(own) > PARKED_PER_PEER or len(self.parked) > MAX_PARKED:
+            pool = own if len(own) > PARKED_PER_PEER else list(self.parked)
+            drop = min(pool, key=lambda k: (sum(self.votes_on(self.parked[k]).values()), self.parked[k].received_at))
+            del self.parked[drop]
 
     def _parked_ready(self, baseline_value: float, rank: tuple[float, str] | None) -> PeerClaim | None:
         """The best result of an ignored peer that a quorum of this node's vouchers confirmed (and none
@@ -396,12 +404,10 @@ class SwarmState:
 
     def on_negative_checked(self, peer: str, reproduced: bool) -> None:
         """This node ran an experiment `peer` had reported negative (research/negatives.check): a report
-        the run reproduces is real work and earns like a confirmed result; one it does not is a lie."""
-        r = self.rep(peer)
-        if reproduced:
-            r.confirmed += 1
-            r.earned += 1
-        else:
+        the run does not reproduce is a lie. One it reproduces earns nothing: anyone can replay honest
+        nodes' negative results without running them."""
+        if not reproduced:
+            r = self.rep(peer)
             r.refuted += 1
             r.streak = 0
 

@@ -53,7 +53,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("gossip_control", "GossipSub.handle_ihave, GossipSub.handle_iwant",
           "an IHAVE or IWANT may carry any number of ids (about 25,000 in 1 MiB), each parsed and looked up; "
           "5,000 at most, as go-libp2p", "tests/test_hostile_peers.py"),
-    Patch("inbound_per_address", "Swarm._handle_inbound_connection",
+    Patch("inbound_per_address", "Swarm.upgrade_inbound_raw_conn",
           "one cap on inbound connections for the whole node, whoever makes them: identities are free, so one "
           "host could take every connection; 8 per address and 16 per /24 (/48)", "tests/test_hostile_peers.py"),
     Patch("publish_per_rpc", "libp2p.pubsub.pubsub.maybe_consume_signed_record (the read loop's hook on each RPC)",

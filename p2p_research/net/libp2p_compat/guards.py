@@ -26,17 +26,19 @@
    node's IHAVE holds the ids of a few heartbeats' messages (tens here).
 4. ``inbound_per_address``: the swarm accepts inbound connections up to one cap for the whole node
    (``Swarm._inbound_limiter``), whoever makes them. Identities are free, so one host could take them
-   all. The guard wraps ``Swarm._handle_inbound_connection``: a connection from an address that holds
-   :data:`INBOUND_PER_ADDRESS` inbound connections already, or from a /24 (/48) that holds
-   :data:`INBOUND_PER_SUBNET`, is closed before any handshake (net/addresses.py has the rule, and why
-   127.0.0.1 is exempt), and counted.
+   all. The guard wraps ``Swarm.upgrade_inbound_raw_conn``: a connection from an address that holds
+   :data:`INBOUND_PER_ADDRESS` live inbound connections (or handshakes in progress) already, or from a
+   /24 (/48) that holds :data:`INBOUND_PER_SUBNET`, is closed before any handshake (net/addresses.py
+   has the rule, and why 127.0.0.1 is exempt), and counted. It counts the swarm's live connections at
+   each new one rather than holding a slot for its handler: libp2p's inbound handler lives until the
+   swarm stops, whatever becomes of its connection.
 5. ``publish_per_rpc``: pubsub starts a task for every message of an RPC (``push_msg``, through its
    service manager: about 1.7 ms of CPU each here) and checks its signature, however many messages an
    RPC carries (about 4,800 small ones fit in the 1 MiB cap). Measured against a daemon: RPCs of 4,800
    messages with made-up signatures cost it 15.8 CPU-s per two, and libp2p drops them before any
    validator, so no score or ban follows; ten such RPCs of signed junk kept its `status` waiting 15 s.
    The guard keeps the first :data:`MAX_PUBLISH_PER_RPC` messages of an RPC and drops the rest before
-   any task starts (counted; logged once a minute per peer). It hooks the one call pubsub's read loop
+   any task starts (counted; logged once every 30 s per peer). It hooks the one call pubsub's read loop
    makes with the parsed RPC before it walks the messages (``maybe_consume_signed_record``, the
    sender's signed record). An honest peer's RPC carries one published message, or the few an IWANT
    asked for.
@@ -80,29 +82,51 @@ MAX_PUBLISH_PER_RPC = 256
 _applied: dict[str, bool] = {}
 
 
+class _InboundRefused(Exception):
+    """Raised out of the upgrade of a refused connection: libp2p's handler then closes it and returns,
+    giving its own inbound token back (a normal return would keep the handler, and the token, until the
+    swarm stops)."""
+
+
+def _inbound_ips(swarm: Any) -> list[str | None]:
+    """The addresses of the swarm's live inbound connections (relayed ones are left out: they carry
+    the relay's address)."""
+    from ..host import is_relayed  # net/host.py imports this package: not at module level
+
+    out: list[str | None] = []
+    for conns in list(swarm.connections.values()):
+        for conn in conns if isinstance(conns, list) else [conns]:
+            if "inbound" not in str(getattr(conn, "direction", "")).lower() or is_relayed(conn):
+                continue
+            out.append(remote_ip(getattr(conn, "muxed_conn", conn)))
+    return out
+
+
 def _inbound_per_address_factory(original: Any) -> Any:
-    async def handle(self: Any, read_write_closer: Any, maddr: Any) -> None:
-        """libp2p's inbound handler, for a connection whose address and subnet have room (guard 4)."""
-        slots = self.__dict__.get("_p2p_inbound_slots")
-        if slots is None:
-            slots = self._p2p_inbound_slots = AddressSlots(INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET)
-        ip = remote_ip(read_write_closer)
-        why = slots.take(ip)
+    async def upgrade(self: Any, raw_conn: Any, maddr: Any) -> Any:
+        """libp2p's upgrade of an inbound connection whose address and subnet have room (guard 4): the
+        live inbound connections and the handshakes in progress are counted, so a slot is free again
+        as soon as its connection closes."""
+        ip = remote_ip(raw_conn)
+        pending = self.__dict__.get("_p2p_handshakes")
+        if pending is None:
+            pending = self._p2p_handshakes = []
+        slots = AddressSlots(INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET)
+        for held in (*_inbound_ips(self), *pending):
+            slots.take(held)
+        why = slots.refusal(ip)
         if why is not None:
             counters.current().inbound_refused_by_address += 1
             _rlog.log(logging.INFO, f"inbound:{ip}", "refused an inbound connection from %s: %s", ip, why)
-            try:
-                await read_write_closer.close()
-            except Exception:  # noqa: BLE001 - closing what we refuse: its failure changes nothing
-                pass
-            return
+            raise _InboundRefused(why)
+        pending.append(ip)
         try:
-            await original(self, read_write_closer, maddr)
+            return await original(self, raw_conn, maddr)
         finally:
-            slots.give_back(ip)
+            pending.remove(ip)
 
-    handle._p2p_original = original  # type: ignore[attr-defined]
-    return handle
+    upgrade._p2p_original = original  # type: ignore[attr-defined]
+    return upgrade
 
 
 def _bounded_publish_factory(utils: Any) -> Any:
@@ -236,7 +260,7 @@ def apply() -> dict[str, bool]:
     try:
         from libp2p.network.swarm import Swarm
 
-        Swarm._handle_inbound_connection = _inbound_per_address_factory(Swarm._handle_inbound_connection)
+        Swarm.upgrade_inbound_raw_conn = _inbound_per_address_factory(Swarm.upgrade_inbound_raw_conn)
         _applied["inbound_per_address"] = True
     except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
         log.warning("inbound connections per address guard not installed: %r", e)

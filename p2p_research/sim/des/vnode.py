@@ -543,8 +543,9 @@ class VirtualNode:
         if any(m.peer != self.index and now < m.t + lease and w.in_dht(m, now) for m in w.claims.get(exp, ())):
             self.stats.dedup["claimed_elsewhere"] += 1
             return True
-        reports = [Report(peer_name(m.peer), m.status, m.value) for m in w.results.get(exp, ())
-                   if m.peer != self.index and w.in_dht(m, now)]
+        # as the coordinator: a result record in the DHT is never verified, so a kept one counts like a negative
+        reports = [Report(peer_name(m.peer), "discarded" if m.status in ("kept", "baseline") else m.status, m.value)
+                   for m in w.results.get(exp, ()) if m.peer != self.index and w.in_dht(m, now)]
         return self._tried_or_hint(tried(reports, self.state.vouches, self.state.ignored) if reports else Tried.NEW,
                                    constants, "claimed_elsewhere")
 
