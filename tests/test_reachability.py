@@ -61,7 +61,8 @@ def test_a_peer_still_relayed_after_dcutr_spent_its_attempts_gets_new_ones_later
 
 
 def test_a_relay_refuses_reservations_beyond_its_bounds_per_address_and_subnet():
-    from p2p_research.net.reachability import reservation_refusal, subnet_of
+    from p2p_research.net.addresses import subnet_of
+    from p2p_research.net.reachability import reservation_refusal
 
     assert subnet_of("10.1.2.3") == "10.1.2.0/24" and subnet_of("2001:db8:1:2::5") == "2001:db8:1::/48"
     assert reservation_refusal("10.1.2.3", []) is None

@@ -308,10 +308,8 @@ class SwarmCoordinator:
             return negatives.Tried.NEW if rec is None else negatives.Tried.TRIED
         if rec.state == "claim":
             return negatives.Tried.TRIED if rec.lease_until > now else negatives.Tried.NEW
-        # a result record here never becomes a candidate that is verified, whatever its status: a kept
-        # one counts like a negative one (only from an accountable peer)
-        return negatives.tried([negatives.Report(rec.peer, "discarded" if rec.status in ("kept", "baseline")
-                                                 else rec.status, rec.value)], self.state.vouches, self.state.ignored)
+        return negatives.tried([negatives.dht_report(rec.peer, rec.status, rec.value)], self.state.vouches,
+                               self.state.ignored)
 
     # --- between experiments ----------------------------------------------------------------------
     def baseline_rank(self) -> tuple[float, str] | None:

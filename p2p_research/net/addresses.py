@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,27 +55,43 @@ def remote_ip(conn: Any) -> str | None:
     return str(addr[0]) if addr else None
 
 
-def key_of(ip: str | None) -> str | None:
+def key_of(ip: str | None, exempt: frozenset[str] = EXEMPT) -> str | None:
     """The address a slot is counted under, or None where it is exempt."""
     if ip is None:
         return "?"
     ip = _plain(ip)
-    return None if ip in EXEMPT else ip
+    return None if ip in exempt else ip
 
 
 @dataclass
 class AddressSlots:
     """What each address and subnet holds of one kind of slot (a protocol's streams, inbound
-    connections). `take` says why a new one is refused, or takes it; `give_back` returns it."""
+    connections, a relay's reservations). `take` says why a new one is refused, or takes it; `give_back`
+    returns it. `holding` counts what is held now, for a caller that knows it (a swarm's live
+    connections, a relay's reservations) and asks only `refusal`."""
 
     per_address: int
     per_subnet: int
+    exempt: frozenset[str] = EXEMPT
     by_address: Counter[str] = field(default_factory=Counter)
     by_subnet: Counter[str] = field(default_factory=Counter)
     refused: int = 0
 
+    @classmethod
+    def holding(cls, held: Iterable[str | None], per_address: int, per_subnet: int,
+                exempt: frozenset[str] = EXEMPT) -> AddressSlots:
+        slots = cls(per_address, per_subnet, exempt)
+        for ip in held:
+            slots._hold(key_of(ip, exempt))
+        return slots
+
+    def _hold(self, key: str | None) -> None:
+        if key is not None:
+            self.by_address[key] += 1
+            self.by_subnet[subnet_of(key)] += 1
+
     def refusal(self, ip: str | None) -> str | None:
-        key = key_of(ip)
+        key = key_of(ip, self.exempt)
         if key is None:
             return None
         if self.by_address[key] >= self.per_address:
@@ -90,14 +107,11 @@ class AddressSlots:
         if why is not None:
             self.refused += 1
             return why
-        key = key_of(ip)
-        if key is not None:
-            self.by_address[key] += 1
-            self.by_subnet[subnet_of(key)] += 1
+        self._hold(key_of(ip, self.exempt))
         return None
 
     def give_back(self, ip: str | None) -> None:
-        key = key_of(ip)
+        key = key_of(ip, self.exempt)
         if key is None:
             return
         net = subnet_of(key)

@@ -12,7 +12,7 @@ import ipaddress
 import random
 from collections.abc import Iterable, Mapping
 
-from .addresses import subnet_of
+from .addresses import AddressSlots
 
 WANTED_RELAYS = 2
 #: a relay's reservations per address and per subnet (/24 for IPv4, /48 for IPv6): identities are free,
@@ -130,14 +130,6 @@ def relays_to_reserve(status: str, offering: Iterable[str], reserved: Iterable[s
 def reservation_refusal(ip: str | None, held: Iterable[str | None], per_ip: int = RESERVATIONS_PER_IP,
                         per_subnet: int = RESERVATIONS_PER_SUBNET) -> str | None:
     """Why a relay refuses a new reservation from `ip`, given the addresses its reservations were made
-    from (`held`), or None. An unknown address (a relayed connection) counts as one address of its own."""
-    key = ip or "?"
-    held = [h or "?" for h in held]
-    same_ip = sum(1 for h in held if h == key)
-    if same_ip >= per_ip:
-        return f"{same_ip} reservations from {key} already (at most {per_ip} per address)"
-    net = subnet_of(key)
-    same_net = sum(1 for h in held if subnet_of(h) == net)
-    if same_net >= per_subnet:
-        return f"{same_net} reservations from {net} already (at most {per_subnet} per subnet)"
-    return None
+    from (`held`), or None. An unknown address (a relayed connection) counts as one address of its own.
+    No address is exempt here (127.0.0.1 included): a relay serves other machines."""
+    return AddressSlots.holding(held, per_ip, per_subnet, exempt=frozenset()).refusal(ip)

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 #: one proposal in this many takes a hinted candidate first, when it meets one
 SAMPLE_EVERY = 10
@@ -65,6 +66,49 @@ def tried(reports: Iterable[Report], accountable: Callable[[str], bool], ignored
             return Tried.TRIED
         out = Tried.HINT
     return out
+
+
+def dht_report(peer: str, status: str, value: float | None) -> Report:
+    """A result record read from the DHT as a report. It never becomes a candidate that is verified,
+    whatever its status, so a kept one counts like a negative one (only from an accountable peer)."""
+    return Report(peer, "discarded" if status in ("kept", "baseline") else status, value)
+
+
+MAX_HINTED = 8
+
+
+@dataclass
+class Hints:
+    """One proposal's hinted candidates (`Tried.HINT`), for the daemon's engine and the DES alike: the
+    first hint met is taken on a sampling proposal (every SAMPLE_EVERY-th), the others are passed over
+    and kept (up to MAX_HINTED) for the fallback when nothing new turns up. Counts go to `stats`."""
+
+    sample: bool
+    stats: dict[str, int]
+    hinted: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def for_proposal(cls, n: int, stats: dict[str, int]) -> Hints:
+        """The hints of the `n`-th proposal (counted from 1)."""
+        return cls(n % SAMPLE_EVERY == 0, stats)
+
+    def passes_over(self, candidate: Any) -> bool:
+        """A hinted candidate was met: whether the proposer passes over it (else this proposal checks it)."""
+        if not self.sample:
+            self.stats["negatives_hinted"] += 1
+            if candidate is not None and len(self.hinted) < MAX_HINTED:
+                self.hinted.append(candidate)
+            return True
+        self.sample = False
+        self.stats["negatives_checked"] += 1
+        return False
+
+    def fallback(self) -> Any:
+        """Nothing new turned up: the first candidate passed over, if any (its run checks the reports)."""
+        if not self.hinted:
+            return None
+        self.stats["negatives_checked"] += 1
+        return self.hinted[0]
 
 
 def check(reports: Iterable[Report], measured: float | None, seed: int, tol: float,

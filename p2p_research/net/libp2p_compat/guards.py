@@ -111,10 +111,7 @@ def _inbound_per_address_factory(original: Any) -> Any:
         pending = self.__dict__.get("_p2p_handshakes")
         if pending is None:
             pending = self._p2p_handshakes = []
-        slots = AddressSlots(INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET)
-        for held in (*_inbound_ips(self), *pending):
-            slots.take(held)
-        why = slots.refusal(ip)
+        why = AddressSlots.holding([*_inbound_ips(self), *pending], INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET).refusal(ip)
         if why is not None:
             counters.current().inbound_refused_by_address += 1
             _rlog.log(logging.INFO, f"inbound:{ip}", "refused an inbound connection from %s: %s", ip, why)

@@ -51,7 +51,7 @@ from p2p_research.research.io.runner import RunLimits, RunOutcome, run_training,
 from p2p_research.research.io.sandbox import SandboxSpec, home_views, interpreter_paths, safe_paths
 from p2p_research.research.io.surrogate import SurrogateTrainer
 from p2p_research.research.life import Life, TakeTurn
-from p2p_research.research.negatives import SAMPLE_EVERY, Tried
+from p2p_research.research.negatives import Hints, Tried
 from p2p_research.research.semantic import semantic_id
 from p2p_research.research.swarm import PeerClaim
 from p2p_research.research.turns import defer_s, liar_value
@@ -388,16 +388,17 @@ class ResearchEngine:
             on = (self.hooks.speculation() if self.hooks.speculation is not None and len(self._workers) == 1
                   else None)
             parent = on.commit if on is not None else action.baseline_commit
-            hinted: list[bytes] = []
+            self._proposals += 1
+            hints = Hints.for_proposal(self._proposals, self.dedup_stats)
             try:
                 result = await self.proposer.propose(self.ctx.workspace, parent,
-                                                     self._is_known_source(parent, hinted),
+                                                     self._is_known_source(parent, hints),
                                                      self._is_mine_source(parent))
             except Exception as e:  # noqa: BLE001 - a proposer's failure is a skipped proposal, never the end of research
                 log.debug("the proposer failed on baseline %s", parent[:7], exc_info=True)
                 result = Skip(f"the proposer failed: {type(e).__name__}: {str(e)[:200]}")
-            if isinstance(result, Skip) and hinted:
-                result = self._hinted_proposal(parent, hinted[0])
+            if isinstance(result, Skip) and (hinted := hints.fallback()) is not None:
+                result = self._hinted_proposal(parent, hinted)
             transcript = getattr(self.proposer, "last_transcript", b"")
             if isinstance(result, Skip):
                 # once: the daemon's log shows it at INFO, `run` as a result line (a warning was both)
@@ -512,13 +513,11 @@ class ResearchEngine:
             return self.hooks.tried(exp_id)
         return Tried.TRIED if self.ctx.ledger.knows(exp_id) else Tried.NEW
 
-    def _is_known_source(self, baseline: str, hinted: list[bytes] | None = None) -> Callable[[bytes], Awaitable[bool]]:
+    def _is_known_source(self, baseline: str, hints: Hints) -> Callable[[bytes], Awaitable[bool]]:
         """The proposers' `is_known` for candidates on `baseline`. A candidate that only unaccountable
-        peers' negative reports name (research/negatives.py) is passed over and kept in `hinted` (the
-        proposal falls back on it), except on every SAMPLE_EVERY-th proposal, which takes the first one."""
+        peers' negative reports name (research/negatives.py) goes to `hints`: passed over and kept for the
+        fallback, except on a sampling proposal, which takes the first one."""
         by_code = self.uses_code_keys
-        self._proposals += 1
-        sample = [self._proposals % SAMPLE_EVERY == 0]
 
         async def is_known(train_py: bytes) -> bool:
             exp_id = self._candidate_id(baseline, train_py)
@@ -544,13 +543,7 @@ class ResearchEngine:
                     self.dedup_stats["same_code"] += 1
                     return True
             if tried is Tried.HINT:
-                if not sample[0]:
-                    self.dedup_stats["negatives_hinted"] += 1
-                    if hinted is not None and len(hinted) < 8:
-                        hinted.append(train_py)
-                    return True
-                sample[0] = False  # this proposal's check of a hint
-                self.dedup_stats["negatives_checked"] += 1
+                return hints.passes_over(train_py)
             return False
         return is_known
 
@@ -560,7 +553,6 @@ class ResearchEngine:
         not stop research."""
         old = self.ctx.workspace.files_of(baseline)[EDITABLE_FILE].decode("utf-8", "replace")
         new = train_py.decode("utf-8", "replace")
-        self.dedup_stats["negatives_checked"] += 1
         log.info("no new candidate: running one that only unproven peers reported negative")
         return Proposal(train_py, describe_change(old, new) + " (reported negative by unproven peers only)",
                         constants_only_change(old, new)[0])

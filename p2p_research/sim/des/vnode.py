@@ -31,7 +31,7 @@ from p2p_research.research.io.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER
 from p2p_research.research.io.surrogate import noisy_value
 from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.mutate import draw_changes, prepare_choices
-from p2p_research.research.negatives import SAMPLE_EVERY, Report, Tried, tried
+from p2p_research.research.negatives import Hints, Report, Tried, dht_report, tried
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.speculation import Branch, Revert
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
@@ -175,8 +175,7 @@ class VirtualNode:
         self._before: tuple[str, float | None] = ("", None)  # the baseline before the last experiment's verdict
         self._unannounced: list[tuple[str, str, float | None]] = []  # kept on an open branch, held
         self._proposals = 0
-        self._sample = False                    # this proposal checks a hinted candidate (research/negatives.py)
-        self._hinted: list[dict] = []           # candidates only unaccountable peers reported negative
+        self._hints = Hints(False, self.stats.dedup)  # this proposal's hinted candidates (research/negatives.py)
 
     # --- the process ------------------------------------------------------------------------------
     def start(self, at: float) -> None:
@@ -442,8 +441,7 @@ class VirtualNode:
         # unaccountable peers reported negative is passed over, except on every SAMPLE_EVERY-th proposal,
         # and taken when nothing else turns up
         self._proposals += 1
-        self._sample = self._proposals % SAMPLE_EVERY == 0
-        self._hinted = []
+        self._hints = Hints.for_proposal(self._proposals, self.stats.dedup)
         combined = self._combination(baseline, consts, spent) if sh.combine else None
         if combined is not None:
             return combined, spent[0]
@@ -470,9 +468,9 @@ class VirtualNode:
         for new, exp in others:
             if not self.known(exp, spent, new):
                 return self._make(new, baseline, "mutation"), spent[0]
-        if self._hinted:
-            self.stats.dedup["negatives_checked"] += 1
-            return self._make(self._hinted[0], baseline, "mutation"), spent[0]
+        hinted = self._hints.fallback()
+        if hinted is not None:
+            return self._make(hinted, baseline, "mutation"), spent[0]
         return None, spent[0]
 
     def _make(self, constants: dict, baseline: str, description: str) -> tuple[str, str, str]:
@@ -543,8 +541,7 @@ class VirtualNode:
         if any(m.peer != self.index and now < m.t + lease and w.in_dht(m, now) for m in w.claims.get(exp, ())):
             self.stats.dedup["claimed_elsewhere"] += 1
             return True
-        # as the coordinator: a result record in the DHT is never verified, so a kept one counts like a negative
-        reports = [Report(peer_name(m.peer), "discarded" if m.status in ("kept", "baseline") else m.status, m.value)
+        reports = [dht_report(peer_name(m.peer), m.status, m.value)
                    for m in w.results.get(exp, ()) if m.peer != self.index and w.in_dht(m, now)]
         return self._tried_or_hint(tried(reports, self.state.vouches, self.state.ignored) if reports else Tried.NEW,
                                    constants, "claimed_elsewhere")
@@ -555,15 +552,7 @@ class VirtualNode:
         if found is Tried.TRIED:
             self.stats.dedup[counter] += 1
             return True
-        if found is Tried.HINT:
-            if not self._sample:
-                self.stats.dedup["negatives_hinted"] += 1
-                if constants is not None and len(self._hinted) < 8:
-                    self._hinted.append(constants)
-                return True
-            self._sample = False
-            self.stats.dedup["negatives_checked"] += 1
-        return False
+        return found is Tried.HINT and self._hints.passes_over(constants)
 
     def mine(self, exp: str) -> bool:
         if self.solo:
