@@ -285,16 +285,16 @@ class SwarmCoordinator:
 
     def check_negatives(self, exp_id: str, measured: float | None, seed: int) -> None:
         """This node ran `exp_id`: hold its value against the negative reports of unaccountable peers."""
-        for peer, claimed, ok in negatives.check(self.reports(exp_id), measured, seed, self.state.policy.tol,
-                                                 self.state.vouches):
+        checked = negatives.check(self.reports(exp_id), measured, seed, self.state.policy.tol, self.state.vouches)
+        for peer, claimed, ok in checked:  # a value each: check() judges no crash report and no failed run
             self.state.on_negative_checked(peer, ok)
             self.stats["negatives_reproduced" if ok else "negatives_refuted"] += 1
             if not ok:
-                log.warning("%s reported %s %s, and this node's run measured %s: refuted (%s)", peer[:16],
-                            exp_id[:10], "a crash" if claimed is None else f"val_bpb {claimed:.6f}",
-                            f"{measured:.6f}" if measured is not None else "nothing",
+                log.warning("%s reported %s val_bpb %.6f, and this node's run measured %.6f: refuted (%s)",
+                            peer[:16], exp_id[:10], claimed, measured,
                             "now ignored" if self.state.ignored(peer) else "reputation lowered")
-        self._save_reputation()
+        if any(not ok for _, _, ok in checked):  # only a refutation changes a reputation
+            self._save_reputation()
 
     async def is_known(self, exp_id: str) -> negatives.Tried:
         """Known elsewhere: an active claim by another node, or a DHT record (late joiners, and every

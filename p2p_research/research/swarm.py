@@ -355,10 +355,10 @@ class SwarmState:
         self.settled.add(claim.exp_id)
 
     def _park(self, claim: PeerClaim) -> None:
-        """Keep a result of an ignored peer aside (the best `MAX_PARKED`). A liar's result that is true
-        is still the swarm's best: the honest nodes that re-ran and adopted it before they caught the
-        liar stay on it, and the rest, ignoring its announcer, never took it; the swarm stayed split
-        between two honest values (the DES with 2 liars in 12 nodes, seed 31)."""
+        """Keep a result of an ignored peer aside (at most PARKED_PER_PEER of a peer, MAX_PARKED in all).
+        A liar's result that is true is still the swarm's best: the honest nodes that re-ran and adopted
+        it before they caught the liar stay on it, and the rest, ignoring its announcer, never took it;
+        the swarm stayed split between two honest values (the DES with 2 liars in 12 nodes, seed 31)."""
         key = (claim.exp_id, claim.peer)
         if key in self.parked:
             return
