@@ -316,7 +316,8 @@ async def test_a_model_handed_over_after_the_budget_is_refused(node, tmp_path):
 async def test_a_model_trained_past_a_token_budget_is_refused_by_its_compute(node, tmp_path):
     """The run owns its data loader, so the tokens it trains on are not countable from outside; the
     CPU its processes spend is (the kernel counts it). Held to its ancestor's CPU under a token
-    budget, a run that trains several budgets long is refused, and an honest one is not."""
+    budget, a run that trains several budgets long is stopped at the bound and refused, and an honest
+    one is not."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "c").mkdir()
@@ -328,12 +329,14 @@ async def test_a_model_trained_past_a_token_budget_is_refused_by_its_compute(nod
     longer = await _run(node, tmp_path / "b", textwrap.dedent(f'''
         import time
         print("ancestor cpu seen:", os.environ.get({ANCESTOR_CPU!r}))
-        model, until = Tiny(), time.process_time() + 5 * {parent.cpu_seconds!r}
+        model, until = Tiny(), time.process_time() + 100 * {parent.cpu_seconds!r}
         while time.process_time() < until:  # trains on, whatever the budget says
             train(model, train_data, steps=20)
         report(evaluate_bpb(model, 'cpu', max_seq_len=64))
     '''), env_extra=limit)
     assert not longer.ok and "trained past the budget" in longer.reason, longer.reason
+    # stopped at the bound (4x beyond the start-up, sampled every half second), not after a hundred budgets
+    assert longer.cpu_seconds < 4 * parent.cpu_seconds + 2.0, (longer.cpu_seconds, parent.cpu_seconds)
     assert "ancestor cpu seen: None" in longer.log_path.read_text()  # the run never sees its limit
     again = await _run(node, tmp_path / "c", honest, env_extra=limit)
     assert again.ok and again.measured_by == "harness", (again.reason, again.cpu_seconds, parent.cpu_seconds)

@@ -45,6 +45,19 @@ async def test_time_limit_kills_the_whole_group(tmp_path):
     assert not o.ok and "time limit" in o.reason
 
 
+async def test_a_cpu_limit_stops_the_run_and_its_children_where_they_spend_it(tmp_path):
+    """The CPU of the run's processes (read from outside) is bounded as it is spent: a child that spins
+    is counted and the run stops near the bound, long before its time limit."""
+    code = ("import subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, '-c', 'while True: pass'])\n"
+            "time.sleep(60)\n")
+    (tmp_path / "train.py").write_text(code)
+    with trio.fail_after(30):
+        o = await run_training(tmp_path, {}, RunLimits(60, 2048, cpu_limit_s=1.0), tmp_path / "run.log")
+    assert not o.ok and "CPU limit exceeded" in o.reason, o.reason
+    assert 1.0 < o.cpu_seconds < 3.0, o.cpu_seconds
+
+
 async def test_memory_limit(tmp_path):
     o = await _run(tmp_path, "x = bytearray(1500 * 2**20)\nx[::4096] = b'1' * len(x[::4096])\nimport time; time.sleep(5)\n", mem=512)
     assert not o.ok and ("memory" in o.reason.lower() or "MemoryError" in o.reason)

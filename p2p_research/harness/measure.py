@@ -336,6 +336,11 @@ class HarnessTrainer:
                 train_sandbox = dataclasses.replace(train_sandbox, masked=(*train_sandbox.masked, *spec.withheld_files))
                 run_env["P2P_WITHHOLD_VAL"] = "1"
         argv = script_argv(spec.train_command, HANDOVER_SCRIPT, "train.py")
+        # training past the budget is refused after the run (below) and stopped as it happens: code that
+        # trains a hundred budgets long costs this node a few, not its time limit
+        cpu_limit = (verdict.compute_limit(ancestor_cpu, startup_cpu_s=self.startup_cpu_s or 0.0)
+                     if not self._may_self_report(run_dir) else None)
+        run_limits = dataclasses.replace(limits, cpu_limit_s=cpu_limit) if cpu_limit is not None else limits
         folder_fd = os.open(handover, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         taken.mkdir(parents=True)
         seen: dict[str, object] = {}
@@ -424,11 +429,16 @@ class HarnessTrainer:
                 async with trio.open_nursery() as nursery:
                     with trio.CancelScope() as run_scope:
                         nursery.start_soon(watch, run_scope)
-                        outcome = await self.runner(run_dir, run_env, limits, log_path, command=argv,
+                        outcome = await self.runner(run_dir, run_env, run_limits, log_path, command=argv,
                                                     sandbox=train_sandbox)
                         log.debug("the run ended %.3f s after it started", time.monotonic() - started)
                     nursery.cancel_scope.cancel()
                 handed.set()  # the run is over: an evaluator still lagging starts (or is cancelled) now
+                stopped = (verdict.over_compute(outcome.cpu_seconds, ancestor_cpu, startup_cpu_s=self.startup_cpu_s or 0.0)
+                           if outcome is not None and cpu_limit is not None else None)
+                if stopped is not None:  # stopped at the bound, or past it in its last instant
+                    eval_scope.cancel()
+                    return _with(outcome, ok=False, summary=None, reason=stopped, measured_by="harness")
                 if outcome is not None and not outcome.ok and "error" in measured:
                     # a run that had no validation data of its own fails when the harness refuses its model
                     return _with(outcome, reason=f"the harness refused the handed-over model: {measured['error']}")
@@ -444,11 +454,6 @@ class HarnessTrainer:
                 why = measured.get("error", "the evaluation gave no value")
                 return self._unmeasured(outcome, run_dir, f"the harness refused the handed-over model: {why}")
             value = measured["val_bpb"]
-            over = (verdict.over_compute(outcome.cpu_seconds, ancestor_cpu, startup_cpu_s=self.startup_cpu_s or 0.0)
-                    if not self._may_self_report(run_dir) else None)
-            if over is not None:
-                return _with(outcome, ok=False, summary=None, reason=over, reported_val_bpb=reported,
-                             measured_by="harness")
             lie = verdict.false_report(reported, value)
             metrics = {**outcome.summary.metrics, "reported_val_bpb": f"{reported:.6f}" if reported is not None else "",
                        "measured_by": "harness", **_cpu_metric(outcome)}

@@ -77,6 +77,16 @@ def late_handover(after_s: float | None, budget_seconds: float | None, slack_s: 
     return None
 
 
+def compute_limit(ancestor_cpu_s: float | None, slack: float = COMPUTE_SLACK, startup_cpu_s: float = 0.0) -> float | None:
+    """The CPU seconds a run may spend under a token budget before its model is measured (over_compute
+    says why): the runner stops a run there (research/runner.RunLimits.cpu_limit_s), so code that trains
+    a hundred budgets long costs a verifier a few budgets, not its time limit. None without a reference."""
+    if ancestor_cpu_s is None or ancestor_cpu_s <= 0:
+        return None
+    floor = min(max(startup_cpu_s, 0.0), 0.8 * ancestor_cpu_s)  # never more than most of the reference
+    return floor + slack * (ancestor_cpu_s - floor)
+
+
 def over_compute(cpu_s: float | None, ancestor_cpu_s: float | None, slack: float = COMPUTE_SLACK,
                  startup_cpu_s: float = 0.0) -> str | None:
     """Why a model is refused for the compute spent before it was handed over, under a token budget.
@@ -90,10 +100,10 @@ def over_compute(cpu_s: float | None, ancestor_cpu_s: float | None, slack: float
     the slack applies to the rest, so a tiny budget, where starting up is most of a run, is not
     slack enough for sixteen budgets of training. None when within, or when either figure is missing
     (nothing to compare: the run's time limit still bounds it)."""
-    if cpu_s is None or ancestor_cpu_s is None or ancestor_cpu_s <= 0:
+    limit = compute_limit(ancestor_cpu_s, slack, startup_cpu_s)
+    if cpu_s is None or limit is None:
         return None
-    floor = min(max(startup_cpu_s, 0.0), 0.8 * ancestor_cpu_s)  # never more than most of the reference
-    limit = floor + slack * (ancestor_cpu_s - floor)
+    floor = min(max(startup_cpu_s, 0.0), 0.8 * (ancestor_cpu_s or 0.0))
     if cpu_s > limit:
         return (f"the run spent {cpu_s:.1f} CPU-s before its model was measured, over {slack:g}x the "
                 f"{ancestor_cpu_s:.1f} CPU-s of its ancestor under the same token budget (beyond the "

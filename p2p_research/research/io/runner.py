@@ -37,6 +37,9 @@ class RunLimits:
     time_limit_s: float
     memory_limit_mb: int
     hard_address_limit: bool = True  # RLIMIT_AS: fine on CPU; CUDA maps huge virtual ranges, so off there
+    # CPU seconds of the run's processes (CpuMeter, read from outside) past which it is stopped: the
+    # harness's bound on training past a token budget (harness/verdict.compute_limit); None: no bound
+    cpu_limit_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,10 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
                 while proc.poll() is None:
                     members = _members(proc.pid)
                     cpu = meter.sample(members)
+                    if limits.cpu_limit_s is not None and cpu > limits.cpu_limit_s:
+                        reason = f"CPU limit exceeded ({cpu:.1f} CPU-s, over {limits.cpu_limit_s:.1f})"
+                        await _end(proc)
+                        break
                     if rss_mb(proc.pid, members) > limits.memory_limit_mb:
                         reason = f"memory limit exceeded ({limits.memory_limit_mb} MB)"
                         await _end(proc)
