@@ -12,6 +12,7 @@ from sim_helpers import SIM
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.run import DesOptions, DesSimulation
 from p2p_research.sim.des.world import Message, World
+from p2p_research.sim.report import common_rows
 from p2p_research.sim.report_type import SimReport
 
 # the figures both engines give (sim/report_type.py): what the checks, the plots and readers use
@@ -130,7 +131,9 @@ def test_simulate_engine_des_writes_the_report(tmp_path):
     assert p.returncode == 0, p.stderr
     m = json.loads((rep / "report.json").read_text())
     assert m["engine"] == "des" and m["nodes"] == 6 and COMMON_KEYS - {"series"} <= set(m) and "load" in m
-    assert (rep / "report.md").read_text().startswith("# Discrete-event simulation: 6 virtual nodes")
+    md = (rep / "report.md").read_text()
+    assert md.startswith("# Discrete-event simulation: 6 virtual nodes") and "## How these are modelled" in md
+    assert all(f"| {label} |" in md for label, _ in common_rows(m))  # the process report's rows, in its layout
     assert (rep / "best_over_time.png").stat().st_size > 1000
     bad = subprocess.run([*SIM, "--engine", "des", "--dashboard", "--report", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=60)

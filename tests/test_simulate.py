@@ -16,6 +16,7 @@ from sim_helpers import SIM, leftover_processes
 from p2p_research.sim.figures import best_over_time, first_time_at_or_below, pct, swarm_best_over_time
 from p2p_research.sim.options import SimOptions, parse_duration
 from p2p_research.sim.probe import proc_cpu_rss
+from p2p_research.sim.report import common_rows
 from p2p_research.sim.report_type import SimReport
 
 
@@ -85,6 +86,8 @@ def test_small_simulation_with_a_liar(tmp_path):
     assert all(p["cpu_s"] > 0 and p["peak_rss_mb"] > 0 for p in m["processes"].values())
     for f in ("report.md", "best_over_time.png", "experiments_per_node.png", "adoption_delay.png"):
         assert (rep / f).stat().st_size > 0, f
+    md = (rep / "report.md").read_text()
+    assert all(f"| {label} |" in md for label, _ in common_rows(m)) and "## Liars" in md  # the DES's rows too
     assert leftover_processes(str(rep)) == []
 
 
