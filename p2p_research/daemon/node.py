@@ -57,6 +57,9 @@ log = logging.getLogger("p2p_research.daemon")
 
 JOIN_WAIT_S = 10.0  # how long a node given bootstrap peers waits to join before its first proposal
 DIGEST_INTERVAL_S = 20.0
+# a stored protocol whose genesis was not found (its objects still on their way) is looked for again after
+# this long: at 60 s, a status call made just before a catch-up's objects landed hid the swarm for a minute
+UNKNOWN_SWARM_RECHECK_S = 5.0
 
 
 @dataclass
@@ -578,7 +581,7 @@ class RunningNode:
         from p2p_research.research.io.objects import root_of
 
         if proto not in self._protocol_swarm:
-            if time.time() - self._protocol_unknown.get(proto, -1e18) < 60:
+            if time.time() - self._protocol_unknown.get(proto, -1e18) < UNKNOWN_SWARM_RECHECK_S:
                 return ""  # looked for recently and not found: not again on every status call
             for commit in self.ctx.ledger.commits_of(proto):
                 genesis = root_of(self.ctx.workspace, commit, limit=2000)
