@@ -168,12 +168,16 @@ def test_the_sandbox_is_reported(setting):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_long_run_survives_the_runner_thread(tmp_path, backend):
+def test_a_long_run_survives_the_runner_thread(tmp_path, backend, monkeypatch):
     """A sandboxed run outlives the worker thread that started it (trio's idle threads exit after
-    10 s; bwrap's --die-with-parent followed that thread and SIGKILLed every run past ~10 s)."""
+    10 s; bwrap's --die-with-parent followed that thread and SIGKILLed every run past ~10 s). The
+    threads here idle out after 1 s (trio reads the figure at each wait), so a 4-s run outlives its thread."""
+    import trio._core._thread_cache as thread_cache
+
+    monkeypatch.setattr(thread_cache, "IDLE_TIMEOUT", 1)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "train.py").write_text("import time\ntime.sleep(14)\nprint('---')\nprint('val_bpb: 1.0')\n")
+    (run_dir / "train.py").write_text("import time\ntime.sleep(4)\nprint('---')\nprint('val_bpb: 1.0')\n")
     from p2p_research.research.io.sandbox import SandboxSpec, interpreter_paths, safe_paths
 
     spec = SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(os.sys.executable), [Path.home()]), kind=backend)
