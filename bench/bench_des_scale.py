@@ -34,9 +34,10 @@ FIGURES = {
 }
 
 
-def one(n: int, announce: str, duration: float, seed: int, settle: float, start_rate: float = 3.0) -> dict:
+def one(n: int, announce: str, duration: float, seed: int, settle: float, start_rate: float = 3.0,
+        records_only: bool = False) -> dict:
     sim = DesSimulation(DesOptions(nodes=n, duration_s=duration, seed=seed, announce=announce, settle_s=settle,
-                                   solo=False, start_rate=start_rate, net=NetModel()))
+                                   solo=False, start_rate=start_rate, net=NetModel(), forward_records_only=records_only))
     m = sim.run()
     load = m["load"]
     return {
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=180.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--start-rate", type=float, default=3.0, help="nodes started per second (3: all 1,000 in 333 s)")
+    ap.add_argument("--forward-records-only", action="store_true",
+                    help="an experiment: sparse nodes pass a kept result on only where it beats their baseline")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT-<figure>.png")
     ap.add_argument("--table", action="store_true", help="print OUT.json's runs as a Markdown table and plot them")
     args = ap.parse_args(argv)
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.nodes:
             for announce in args.announce:
                 t = time.monotonic()
-                r = one(n, announce, args.duration, args.seed, args.settle, args.start_rate)
+                r = one(n, announce, args.duration, args.seed, args.settle, args.start_rate, args.forward_records_only)
                 r["start_rate"] = args.start_rate
                 rows = [x for x in rows if (x["nodes"], x["announce"]) != (n, announce)] + [r]
                 print(f"N={n:>6} announce={announce:<4} wall {time.monotonic() - t:7.1f} s | in/node/s "

@@ -57,6 +57,7 @@ class DesOptions:
     announce: str = "auto"         # auto | all | kept (research/flooding.py; world.py)
     combine: bool = True
     genesis: str = "shared"        # research.genesis: shared | each
+    forward_records_only: bool = False  # an experiment (world.forwards_kept): kept results go on only where they are records
     net: NetModel = field(default_factory=NetModel)
 
     def validate(self) -> DesOptions:
@@ -92,6 +93,7 @@ class DesSimulation:
         self.shared = Shared(space, genesis, o.budget_tokens, o.cost_s, margin, o.verification, combine=o.combine,
                              shared_genesis=o.genesis == "shared")
         self.world = w = World(o.nodes, o.net, o.announce, o.seed)
+        w.forward_records_only, w.margin = o.forward_records_only, margin
         rng = random.Random(o.seed)
         liars = set(rng.sample(range(1, o.nodes), o.liars)) if o.liars else set()
         w.nat = {i for i in range(o.nodes) if random.Random(f"nat:{o.seed}:{i}").random() < o.net.nat_share}

@@ -399,6 +399,8 @@ class VirtualNode:
             if at == math.inf and m.sent == math.inf:  # still in its sender's outbox
                 self._waiting.append((at, m))
                 continue
+            if at == math.inf:  # sent, and never reaches this node by gossip (records only)
+                continue
             if at > now:
                 self._waiting.append((at, m))
                 continue

@@ -52,6 +52,7 @@ class Message:
     flooded: bool = True  # sent over gossip (else stored in the DHT only)
     sent: float = math.inf  # when it left in a gossip publish (results wait in the outbox, net/gossip.py)
     wait: float = 0.0       # CPU queue per hop when it left
+    reach: float = 1.0      # records only: the share of forwarders that pass it on (flooding.forwards_kept)
 
 
 @dataclass
@@ -95,6 +96,8 @@ class World:
         self._mean_hops = net.mean_hops(n)
         self.processes = n + 1  # daemons sharing the machine when `cores` > 0 (the solo node included)
         self.nodes: list[Any] = []  # the virtual nodes, by index (vnode.VirtualNode)
+        self.forward_records_only = False  # DesOptions.forward_records_only
+        self.margin = 0.002
 
     # --- the clock --------------------------------------------------------------------------------
     def at(self, t: float, fn: Callable[[], None]) -> None:
@@ -176,6 +179,8 @@ class World:
         # the sum of `hops` log-normal hop latencies, drawn as one log-normal of the same median and mean
         latency = hops * net.hop_delay(mix(m.seq * 7, node), hops)
         t = m.sent + latency + hops * m.wait
+        if m.reach < 1.0 and hops > 1 and mix(m.seq * 19, node) >= m.reach ** (hops - 1):
+            return math.inf  # stopped at a hop whose node knew better (it is in the DHT; catch-up serves it)
         if net.loss and mix(m.seq * 13, node) < net.loss:
             t += net.anti_entropy_s * (0.5 + mix(m.seq * 17, node))
         for start, until in self.down.get(node, ()):
@@ -235,7 +240,18 @@ class World:
         wait = self.cpu_wait(self.t, self.net.cpu_per_publish_s) + self.link_wait(self.t)
         for m in batch:
             m.sent, m.wait = self.t, wait
-        self.load.publishes[int(self.t)] += 1
+            if self.forward_records_only and self.announce == "kept" and m.kind == "result" and m.status == "kept":
+                m.reach = self._forwarded_share(m)
+        # the copies a node receives: all of them, or the share of the mesh that passed the batch on
+        self.load.publishes[int(self.t)] += max(m.reach for m in batch)
+
+    def _forwarded_share(self, m: Message, sample: int = 64) -> float:
+        """The share of nodes (a sample of up to `sample`, by the message's own hash) that would pass `m` on."""
+        if not self.nodes:
+            return 1.0
+        picks = [int(mix(m.seq * 23 + k, k) * len(self.nodes)) for k in range(min(sample, len(self.nodes)))]
+        votes = [forwards_kept(m.value, self.nodes[i].loop.baseline_value, self.margin) for i in picks]
+        return max(1e-3, sum(votes) / len(votes))
 
     def dht_lookup(self, t: float) -> float:
         """Count one DHT lookup at `t`; returns how long it takes."""
@@ -281,6 +297,17 @@ class Proc:
     def interrupt(self, t: float) -> None:
         self.interrupted = True
         self.resume_at(t)
+
+
+def forwards_kept(value: float | None, baseline_value: float | None, margin: float) -> bool:
+    """An experiment of the simulator only (DesOptions.forward_records_only; docs/scale.md says what it
+    did): a sparse node passes a peer's kept result on only where it beats the node's own adopted baseline
+    by the margin it would adopt with, so a non-record stops at the first hop that knows better (it still
+    reaches the publisher's mesh and the DHT). The reference is the node's adopted baseline, never a value
+    it merely heard, so a liar's made-up record could not stop honest ones."""
+    if value is None or baseline_value is None:
+        return True
+    return value < baseline_value - margin
 
 
 def peer_name(i: int) -> str:
