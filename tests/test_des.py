@@ -168,3 +168,25 @@ def test_a_fabricated_ancestor_counts_up_to_the_nearest_confirmed_result():
     assert on_fabricated("lie", parent, exp, {"exp-lie"}, {"exp-true"})
     assert not on_fabricated("genesis", parent, exp, {"exp-lie"}, set()) and not on_fabricated(None, parent, exp, set(), set())
     assert not on_fabricated("a", {"a": "b", "b": "a"}, {}, set(), set())  # a cycle ends the walk
+
+
+def test_forwarding_records_only_stops_non_records_and_is_off_by_default():
+    """The simulator's experiment (world.forwards_kept): a sparse node passes a kept result on only where
+    it beats its own baseline by the margin; never on a value it merely heard. With it, a start storm's
+    gossip shrinks; without it (the default), every kept result reaches everyone."""
+    from p2p_research.sim.des.world import forwards_kept
+
+    assert forwards_kept(1.49, 1.50, 0.002) and not forwards_kept(1.499, 1.50, 0.002)
+    assert forwards_kept(None, 1.5, 0.002) and forwards_kept(1.6, None, 0.002)
+
+    def storm(records_only: bool) -> tuple[dict, DesSimulation]:
+        sim = DesSimulation(DesOptions(nodes=200, duration_s=60, seed=3, announce="kept", settle_s=20, solo=False,
+                                       start_rate=50, forward_records_only=records_only))
+        return sim.run(), sim
+
+    every, sim_every = storm(False)
+    records, sim_records = storm(True)
+    assert all(m.reach == 1.0 for m in sim_every.world.messages)
+    stopped = [m for m in sim_records.world.messages if m.reach < 1.0]
+    assert stopped and all(m.kind == "result" and m.status == "kept" for m in stopped)
+    assert records["load"]["inbound_gossip_messages_per_node_s"] < every["load"]["inbound_gossip_messages_per_node_s"]
