@@ -464,3 +464,27 @@ def test_only_accountable_peers_negative_reports_make_a_candidate_tried():
     s.on_negative_checked("QmX", False)
     s.on_negative_checked("QmX", False)
     assert s.ignored("QmX")
+
+
+def test_reputation_grows_with_this_node_s_runs_not_with_made_up_keys():
+    """Deciding about a peer's result makes no record of the peer: only a run of this node's own does, and
+    the table is bounded, forgetting neither an ignored liar nor a voucher before the rest."""
+    import p2p_research.research.swarm as swarm
+
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, replicas=None, quorum=None))
+    for i in range(500):  # results of 500 fresh keys, each considered for a re-run
+        s.on_peer_result(PeerClaim(f"{i:040x}", "c" * 40, f"QmSybil{i}", 1.0, 0, 0.0), True, "", "kept")
+    decision = s.next_decision(1.5)
+    assert isinstance(decision, Verify) and s.reputation == {}
+    s.on_verified(decision.claim, 9.9, 1.5)  # one run of its own: one record
+    assert list(s.reputation) == [decision.claim.peer] and s.reputation[decision.claim.peer].refuted == 1
+    old = swarm.MAX_REPUTATION
+    swarm.MAX_REPUTATION = 4
+    try:
+        s.rep("QmLiar").refuted = 2
+        s.rep("QmVoucher").earned = 1
+        for p in ("QmX", "QmY", "QmZ", "QmW"):
+            s.rep(p).confirmed = 1
+        assert len(s.reputation) == 4 and s.ignored("QmLiar") and s.vouches("QmVoucher")
+    finally:
+        swarm.MAX_REPUTATION = old

@@ -48,6 +48,7 @@ from p2p_research.research.ownership import HashRing
 MAX_CANDIDATES = 2000  # pending peer results kept (the best ones); a few hundred per hour in a 35-node swarm
 MAX_VOTES = 64  # verifiers remembered per experiment
 MAX_PEERS = 10_000  # peers remembered for replica ranking (keys are free: memory must not follow them)
+MAX_REPUTATION = 100_000  # peers judged by this node's own runs (each record cost a run: weeks of them)
 MAX_PARKED = 64  # results of ignored peers kept in case this node's vouchers confirm them
 PARKED_PER_PEER = 8
 
@@ -143,7 +144,18 @@ class SwarmState:
     parked: dict[tuple[str, str], PeerClaim] = field(default_factory=dict)
 
     def rep(self, peer: str) -> Reputation:
-        return self.reputation.setdefault(peer, Reputation())
+        """`peer`'s record, made when this node first judges it (a run of its own: a re-run or a check of a
+        negative report), so the table grows with this node's compute, not with the keys peers make up.
+        Reads go through `reputation.get`. Past MAX_REPUTATION records the oldest that neither is ignored
+        nor vouched for goes first: a liar's record is the last thing to forget."""
+        r = self.reputation.get(peer)
+        if r is None:
+            r = self.reputation[peer] = Reputation()
+            if len(self.reputation) > MAX_REPUTATION:
+                old = next((p for p in self.reputation if p != peer and not self.ignored(p) and not self.vouches(p)),
+                           next(iter(self.reputation)))
+                del self.reputation[old]
+        return r
 
     def ignored(self, peer: str) -> bool:
         r = self.reputation.get(peer)
@@ -163,7 +175,8 @@ class SwarmState:
             return 1.0
         if self.policy.verification == "never":
             return 0.0
-        return 1.0 / (1 + max(0, self.rep(peer).streak - (STREAK_BEFORE_COIN - 1)))
+        r = self.reputation.get(peer)
+        return 1.0 / (1 + max(0, (r.streak if r is not None else 0) - (STREAK_BEFORE_COIN - 1)))
 
     def _coin(self, exp_id: str) -> float:
         h = hashlib.sha256(f"{self.policy.self_peer}:{exp_id}".encode()).digest()

@@ -488,7 +488,7 @@ class VirtualNode:
                 c = sh.parent.get(c, "")
             self._ancestry = (baseline, chain)
             self._merged.clear()
-        wins = [x for x in self.wins if not x.peer or self.state.rep(x.peer).refuted == 0]
+        wins = [x for x in self.wins if not x.peer or getattr(self.state.reputation.get(x.peer), "refuted", 0) == 0]
         merges = 0
         for win in candidates(wins, self._ancestry[1], 4 * MAX_WINS_COMBINED):
             key = (win.commit, baseline)
