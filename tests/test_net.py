@@ -228,3 +228,41 @@ async def test_a_lone_result_leaves_after_batch_wait():
         got = await recv(b, timeout=10)
         assert type(got.message).__name__ == "Result"
         assert "bundled" not in a.stats
+
+
+def test_candidates_behind_one_relay_or_under_one_domain_count_as_one_subnet():
+    """Peer exchange's candidates (net/peers.py): a hundred made-up identities behind one relay, or a
+    hundred names under one wildcard domain, keep CANDIDATES_PER_SUBNET places each and push no honest
+    address out; a relay on 127.0.0.1 (a local simulation) stays exempt."""
+    from libp2p import generate_new_ed25519_identity
+    from libp2p.peer.id import ID
+
+    from p2p_research.net.peers import CANDIDATES_PER_SUBNET, PeerManager
+
+    def pid() -> str:
+        return ID.from_pubkey(generate_new_ed25519_identity().public_key).to_base58()
+
+    class Host:
+        me = ID.from_base58(pid())
+
+        def get_id(self):
+            return self.me
+
+    pm = PeerManager(host=Host(), bootstrap=[])
+    relay = pid()
+    honest = [f"/ip4/10.9.{i}.1/tcp/4001/p2p/{pid()}" for i in range(5)]
+    for a in honest[:2]:
+        pm._add_candidate(a)
+    for i in range(100):
+        pm._add_candidate(f"/ip4/10.1.2.3/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{pid()}")
+        pm._add_candidate(f"/dns4/n{i}.evil.example/tcp/4001/p2p/{pid()}")
+    for a in honest[2:]:
+        pm._add_candidate(a)
+    groups = [c.subnet for c in pm._candidates.values()]
+    assert groups.count("relay:10.1.2.0/24") == CANDIDATES_PER_SUBNET
+    assert groups.count("dns:evil.example") == CANDIDATES_PER_SUBNET
+    assert all(any(str(c.info.addrs[0]) in a for c in pm._candidates.values()) for a in honest)
+    assert pm.subnet_refusals == 2 * (100 - CANDIDATES_PER_SUBNET)
+    for _ in range(20):
+        pm._add_candidate(f"/ip4/127.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{pid()}")
+    assert sum(c.subnet is None for c in pm._candidates.values()) == 20

@@ -12,7 +12,9 @@ cannot make for free, so the candidates a node keeps and the connections it dial
 ``CANDIDATES_PER_SUBNET`` of the candidates, so one peer's answers cannot push every other address out,
 and this node dials a candidate only while fewer than ``CONNECTIONS_PER_SUBNET`` of its connections are
 in that subnet, least represented subnets first: an attacker that hands out a hundred addresses of its
-own /24 gets two of this node's connections, not all of them.
+own /24 gets two of this node's connections, not all of them. Relayed addresses count in their relay's
+subnet and DNS names in their domain (``addr_subnet``): identities behind one relay, or names under one
+wildcard domain, cost no address, so each holds no more candidates than a subnet.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
@@ -91,11 +94,18 @@ class _Candidate:
 
 
 def addr_subnet(addr: Any) -> str | None:
-    """The subnet a multiaddr's IP is in, None where exempt (127.0.0.1, and a relayed address: it names
-    the relay's IP, which many honest peers behind NAT share), the address itself where it names no IP
-    (a DNS name)."""
-    if "/p2p-circuit" in str(addr):
-        return None
+    """The group a candidate's address counts in for CANDIDATES_PER_SUBNET: the subnet its IP is in; for a
+    relayed address, the relay's subnet ("relay:..."); for a DNS name, its last two labels ("dns:...");
+    None where exempt (127.0.0.1, a local simulation's, also as a relay). Relayed and DNS addresses cost
+    an attacker no address of their own (identities behind one relay, names under one wildcard domain), so
+    each relay and each domain holds no more candidates than one subnet."""
+    text = str(addr)
+    if "/p2p-circuit" in text:
+        try:
+            relay = addr_subnet(multiaddr.Multiaddr(text.split("/p2p-circuit", 1)[0]))
+        except Exception:  # noqa: BLE001 - a malformed relay part: one group for all of them
+            return "relay:?"
+        return None if relay is None else f"relay:{relay}"
     for proto in ("ip4", "ip6"):
         try:
             ip = addr.value_for_protocol(proto)
@@ -104,7 +114,14 @@ def addr_subnet(addr: Any) -> str | None:
         if ip:
             key = key_of(str(ip))
             return None if key is None else subnet_of(key)
-    return str(addr)
+    for proto in ("dns", "dns4", "dns6", "dnsaddr"):
+        try:
+            name = addr.value_for_protocol(proto)
+        except Exception:  # noqa: BLE001 - the multiaddr has no such part
+            continue
+        if name:
+            return "dns:" + ".".join(str(name).lower().rstrip(".").split(".")[-2:])
+    return text
 
 
 def conn_subnet(conn: Any) -> str | None:
