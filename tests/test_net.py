@@ -266,3 +266,33 @@ def test_candidates_behind_one_relay_or_under_one_domain_count_as_one_subnet():
     for _ in range(20):
         pm._add_candidate(f"/ip4/127.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{pid()}")
     assert sum(c.subnet is None for c in pm._candidates.values()) == 20
+
+
+def test_a_subnet_full_of_dead_candidates_makes_room_for_a_live_one():
+    """Made-up addresses in an honest peer's /24 hold that subnet's candidate places only until they fail
+    to answer: a full subnet then drops the one that failed most for a new candidate."""
+    from libp2p import generate_new_ed25519_identity
+    from libp2p.peer.id import ID
+
+    from p2p_research.net.peers import CANDIDATES_PER_SUBNET, PeerManager
+
+    def pid() -> str:
+        return ID.from_pubkey(generate_new_ed25519_identity().public_key).to_base58()
+
+    class Host:
+        me = ID.from_base58(pid())
+
+        def get_id(self):
+            return self.me
+
+    pm = PeerManager(host=Host(), bootstrap=[])
+    for i in range(CANDIDATES_PER_SUBNET):
+        pm._add_candidate(f"/ip4/10.7.7.{i + 1}/tcp/4001/p2p/{pid()}")
+    honest = pid()
+    pm._add_candidate(f"/ip4/10.7.7.200/tcp/4001/p2p/{honest}")
+    assert honest not in pm._candidates and pm.subnet_refusals == 1   # none has failed yet: no room
+    dead = next(iter(pm._candidates))
+    pm._candidates[dead].failures = 3
+    pm._add_candidate(f"/ip4/10.7.7.200/tcp/4001/p2p/{honest}")
+    assert honest in pm._candidates and dead not in pm._candidates
+    assert sum(c.subnet == "10.7.7.0/24" for c in pm._candidates.values()) == CANDIDATES_PER_SUBNET

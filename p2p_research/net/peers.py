@@ -340,9 +340,15 @@ class PeerManager:
             return
         if s not in self._candidates:
             subnet = addr_subnet(info.addrs[0])
-            if subnet is not None and sum(c.subnet == subnet for c in self._candidates.values()) >= CANDIDATES_PER_SUBNET:
-                self.subnet_refusals += 1
-                return
+            same = [(c.failures, k) for k, c in self._candidates.items() if subnet is not None and c.subnet == subnet]
+            if len(same) >= CANDIDATES_PER_SUBNET:
+                # a full subnet makes room only by dropping a candidate that failed to answer: made-up
+                # addresses of a subnet must not keep its honest peers out for as long as they are retried
+                failures, worst = max(same)
+                if failures == 0:
+                    self.subnet_refusals += 1
+                    return
+                del self._candidates[worst]
             self._candidates[s] = _Candidate(info, subnet=subnet)
             if len(self._candidates) > 1000:
                 self._candidates.pop(next(iter(self._candidates)))
