@@ -14,6 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Set
 
+DEFAULT_MARGIN = 0.002  # research.margin's default: a node's keep threshold before it has measured its noise
+
+
+def told_the_truth(claimed: float | None, measured: float | None, margin: float | None = None) -> bool:
+    """Whether a liar's announced value is what its run measured, within a verifier's tolerance (2 x the
+    margin, research/swarm.SwarmPolicy.tol): a re-run rightly confirms such a claim, so it is no lie."""
+    tol = 2 * (margin if margin is not None else DEFAULT_MARGIN)
+    return claimed is not None and isinstance(measured, (int, float)) and abs(claimed - measured) <= tol
+
 
 def on_fabricated(commit: str | None, parent_of: Mapping[str, str], exp_of: Mapping[str, str],
                   fabricated: Set[str], confirmed: Set[str]) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2p_research.sim.fabricated import on_fabricated
+from p2p_research.sim.fabricated import on_fabricated, told_the_truth
 from p2p_research.sim.launcher import STOP_GRACE_S
 from p2p_research.sim.probe import swarm_stats as probe_swarm_stats
 from p2p_research.sim.report_type import TARGETS, SimReport
@@ -111,14 +111,14 @@ def times_to_targets(swarm_series: list[tuple[float, float]]) -> dict[str, float
     return out
 
 
-def _told_the_truth(run: dict) -> bool:
-    """A liar's run whose announced value is its measured one within 2 x the default margin (the
-    engine keeps what it measured in the run's metrics; a run without it counts as a lie)."""
+def _told_the_truth(run: dict, margin: float | None) -> bool:
+    """A liar's run whose announced value is its measured one within the tolerance (sim/fabricated.py;
+    the engine keeps what it measured in the run's metrics; a run without it counts as a lie)."""
     try:
         measured = json.loads(run.get("metrics") or "{}").get("liar_measured")
     except (ValueError, AttributeError):
         return False
-    return isinstance(measured, (int, float)) and run["val_bpb"] is not None and abs(run["val_bpb"] - measured) <= 0.004
+    return told_the_truth(run["val_bpb"], measured, margin)
 
 
 def collect(sim: Any) -> dict[str, Any]:
@@ -260,7 +260,7 @@ def collect(sim: Any) -> dict[str, Any]:
     # a liar's kept result whose announced value is not what its run measured, and honest nodes whose
     # baseline rests on one up to the nearest result an honest re-run confirmed (sim/fabricated.py)
     fabricated = {r["exp_id"] for n in swarm if n.liar for r in completed(data[n.name])
-                  if r["status"] == "kept" and not _told_the_truth(r)}
+                  if r["status"] == "kept" and not _told_the_truth(r, o.margin)}
     rows = [r for d in data.values() for r in (*d.local, *d.peer_runs)]
     parent_of = {r["commit_id"]: r["parent"] for r in rows if r["parent"]}
     exp_of = {r["commit_id"]: r["exp_id"] for r in rows}

@@ -24,7 +24,7 @@ from p2p_research.research.searchspace import parse_search_space
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.vnode import Shared, VirtualNode
 from p2p_research.sim.des.world import World
-from p2p_research.sim.fabricated import on_fabricated
+from p2p_research.sim.fabricated import on_fabricated, told_the_truth
 from p2p_research.sim.figures import (
     solo_comparison,
     summary,
@@ -184,11 +184,9 @@ class DesSimulation:
         # the liar's earlier, made-up values)
         # (a liar's claim that happens to be its run's true value within the tolerance is no lie: a
         # re-run confirms it, rightly)
-        tol = 2 * self.shared.margin
         liar_kept = {r["exp_id"] for n in self.nodes if n.liar for r in n.stats.runs
                      if r["kind"] == "experiment" and r["status"] == "kept"
-                     and not (r["value"] is not None and r.get("measured") is not None
-                              and abs(r["value"] - r["measured"]) <= tol)}
+                     and not told_the_truth(r["value"], r.get("measured"), self.shared.margin)}
         # ... or any of its ancestors, up to the nearest result an honest re-run confirmed (sim/fabricated.py)
         confirmed = {r["exp_id"] for n in honest for r in n.stats.runs
                      if r["kind"] == "verification" and r["status"] == "confirmed"}
