@@ -388,6 +388,62 @@ async def test_a_sparse_node_that_finds_an_earlier_claim_in_the_dht_while_its_ru
         d.kill()
 
 
+def test_made_up_negative_results_in_the_dht_hide_no_candidate_and_their_sender_is_refuted(tmp_path):
+    """The same attack through the DHT (a sparse swarm keeps negative results there, not in gossip): a
+    peer of our own code in this process puts a signed `discarded` record with a made-up value for every
+    candidate of the victim's tiny search space, and runs nothing. Each is a hint only (an unaccountable
+    peer's), so the victim still runs those candidates, and its runs, held against the records' values
+    (before, a DHT hint was never checked), refute the attacker."""
+    import random
+
+    from adversary import receipt
+    from libp2p import generate_new_ed25519_identity
+
+    from p2p_research.research.ids import experiment_id
+    from p2p_research.research.io.workspace import Workspace
+    from p2p_research.research.mutate import propose_mutation
+    from p2p_research.research.searchspace import parse_search_space
+    from p2p_research.wire.receipts import sign_receipt
+    from p2p_research.wire.records import make_result_record
+
+    target = tiny_target(tmp_path)
+    v_home = surrogate_home(tmp_path / "v", 0, target, cost=3.0, network__announce="kept")
+    v = Daemon(v_home.path, "-n", "4").start()
+    kp = generate_new_ed25519_identity()
+    try:
+        st = v.json("status")
+        proto, swarm = st["protocol_id"], st["swarm"]
+        ws = Workspace(surrogate_home(tmp_path / "attacker", 0, target).repo)
+        files = ws.files_of(ws.baseline)
+        space = parse_search_space(files["program.md"].decode())
+        rng = random.Random(0)
+        sources = {m.source for m in (propose_mutation(files["train.py"].decode(), space, rng) for _ in range(300))
+                   if m.changes}
+        reported = []
+
+        async def attack() -> None:
+            async with honest_node(v.addrs[0], swarm, kp) as net:
+                for src in sorted(sources):
+                    commit = ws.commit_experiment(ws.baseline, {"train.py": src.encode()}, "made up", "0" * 40)
+                    exp = experiment_id(proto, ws.tree_of(commit))
+                    r = receipt(kp, protocol_id=proto, exp_id=exp, parent=ws.parent_of(commit), commit=commit,
+                                tree=ws.tree_of(commit), value=9.9, status="discarded", description="made up")
+                    await net.dht.put(make_result_record(r, sign_receipt(r, kp.private_key), kp))
+                    reported.append(exp)
+                await trio.to_thread.run_sync(lambda: wait_for(lambda: research_done(v), 150, 1.0, what="V done"))
+
+        trio.run(attack)
+        ran = {e for e, s in local_experiments(v_home) if s in ("kept", "discarded", "crash")}
+        assert len(ran & set(reported)) >= 3, (ran, reported)
+        stats = v.json("status")
+        assert stats["swarm_stats"]["negatives_refuted"] >= 2, stats["swarm_stats"]
+        assert stats["dedup"]["negatives_hinted"] + stats["dedup"]["negatives_checked"] >= 1, stats["dedup"]
+        assert f"{net_peer(kp)[:16]} reported" in v.stderr() and "Traceback" not in v.stderr()
+    finally:
+        v.stop()
+        v.kill()
+
+
 def net_peer(kp) -> str:
     from p2p_research.net.identity import peer_id_of_keypair
 

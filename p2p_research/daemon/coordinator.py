@@ -67,6 +67,19 @@ class CoordinatorDeps:
     announce_result: Callable[[Run], Awaitable[None]] | None = None
 
 
+MAX_DHT_HINTS = 1024
+
+
+def _receipt_seed(receipt: bytes) -> int | None:
+    """The seed a DHT result record's receipt names (its signature was checked with the record), or None."""
+    from p2p_research.wire import WireError, decode_receipt
+
+    try:
+        return decode_receipt(receipt).seed
+    except (WireError, ValueError, TypeError):
+        return None
+
+
 class SwarmCoordinator:
     def __init__(self, deps: CoordinatorDeps) -> None:
         self.deps = deps
@@ -84,6 +97,9 @@ class SwarmCoordinator:
         #: the peers heard recently (claims, results), on the ring that assigns candidates to owners
         self.owners = deps.owners if deps.owners is not None else Ownership(deps.peer_id)
         self._first_result: OrderedDict[str, str] = OrderedDict()  # exp id -> first peer whose result completed
+        #: negative reports read from the DHT that were only hints (exp id -> report), held against this
+        #: node's run of the experiment like the ledger's (check_negatives); bounded, oldest first out
+        self._dht_hints: OrderedDict[str, negatives.Report] = OrderedDict()
         self.stats = {"trust_rejected": 0, "verified_confirmed": 0, "verified_refuted": 0, "adopted": 0,
                       "ignored_peer_results": 0, "yielded": 0, "yield_refused": 0, "speculative_kept": 0,
                       "branches_dropped": 0, "negatives_reproduced": 0, "negatives_refuted": 0}
@@ -271,8 +287,13 @@ class SwarmCoordinator:
         return self.owners.owns(exp_id, time.time(), self.state.ignored)
 
     def reports(self, exp_id: str) -> list[negatives.Report]:
-        return [negatives.Report("" if origin == "local" else peer, status, value, seed)
-                for origin, peer, status, value, seed in self.ctx.ledger.reports(exp_id)]
+        """Every report about `exp_id` this node holds: its ledger's, and a DHT record's that was a hint."""
+        out = [negatives.Report("" if origin == "local" else peer, status, value, seed)
+               for origin, peer, status, value, seed in self.ctx.ledger.reports(exp_id)]
+        hint = self._dht_hints.get(exp_id)
+        if hint is not None and all(r.peer != hint.peer for r in out):
+            out.append(hint)
+        return out
 
     def tried(self, exp_id: str) -> negatives.Tried:
         """What this node's ledger proves about `exp_id` (research/negatives.py)."""
@@ -308,8 +329,14 @@ class SwarmCoordinator:
             return negatives.Tried.NEW if rec is None else negatives.Tried.TRIED
         if rec.state == "claim":
             return negatives.Tried.TRIED if rec.lease_until > now else negatives.Tried.NEW
-        return negatives.tried([negatives.dht_report(rec.peer, rec.status, rec.value)], self.state.vouches,
-                               self.state.ignored)
+        report = negatives.dht_report(rec.peer, rec.status, rec.value, _receipt_seed(rec.receipt))
+        found = negatives.tried([report], self.state.vouches, self.state.ignored)
+        if found is negatives.Tried.HINT:  # held against this node's run, should it run the experiment
+            self._dht_hints.pop(exp_id, None)
+            self._dht_hints[exp_id] = report
+            while len(self._dht_hints) > MAX_DHT_HINTS:
+                self._dht_hints.popitem(last=False)
+        return found
 
     # --- between experiments ----------------------------------------------------------------------
     def baseline_rank(self) -> tuple[float, str] | None:

@@ -68,10 +68,11 @@ def tried(reports: Iterable[Report], accountable: Callable[[str], bool], ignored
     return out
 
 
-def dht_report(peer: str, status: str, value: float | None) -> Report:
+def dht_report(peer: str, status: str, value: float | None, seed: int | None = None) -> Report:
     """A result record read from the DHT as a report. It never becomes a candidate that is verified,
-    whatever its status, so a kept one counts like a negative one (only from an accountable peer)."""
-    return Report(peer, "discarded" if status in ("kept", "baseline") else status, value)
+    whatever its status, so a kept one counts like a negative one (only from an accountable peer), and a
+    run of this node's holds its value to account like any negative report's (`check`, with its seed)."""
+    return Report(peer, "discarded" if status in ("kept", "baseline") else status, value, seed)
 
 
 MAX_HINTED = 8
