@@ -77,3 +77,56 @@ def test_malformed_objects_from_an_older_version_are_quarantined_once_at_start(t
         raise AssertionError("a malformed commit was written")
     except WorkspaceError as e:
         assert "malformed commit" in str(e)
+
+
+async def test_the_inbound_cap_counts_live_connections_not_every_one_ever_accepted():
+    """py-libp2p 0.8.1's inbound cap gives a connection's token back only when the swarm stops (its
+    handler waits for that), so a node that had accepted `max_connections` (300) inbound connections over
+    its life refused every further one with none open. With the guard the cap holds over live ones: here
+    a cap of 3, six connections made and closed one after another all get in, and with three held open a
+    fourth is refused and counted."""
+    import contextlib
+
+    import multiaddr
+    import trio
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from p2p_research.net.libp2p_compat import for_host, serving
+
+    a = make_host(generate_new_ed25519_identity())
+    a.get_network().connection_config.max_connections = 3
+    a.get_network()._init_connection_management()
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+    async def dial(host, live_after: int) -> bool:
+        addr = f"{a.get_addrs()[0]}"
+        addr += "" if "/p2p/" in addr else f"/p2p/{a.get_id().to_base58()}"
+        try:
+            with trio.fail_after(10):
+                await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+                while len(a.get_network().connections) < live_after:  # A's side is up a moment later
+                    await trio.sleep(0.02)
+            return True
+        except Exception:  # noqa: BLE001 - refused: the dial fails one way or another
+            return False
+
+    with serving(a):  # the counts of the tasks host A starts are A's (as net/host.py runs a host)
+        async with a.run(listen_addrs=listen):
+            in_turn = []
+            for _ in range(6):  # one at a time: each closed before the next
+                b = make_host(generate_new_ed25519_identity())
+                async with b.run(listen_addrs=listen):
+                    in_turn.append(await dial(b, 1))
+                    await b.disconnect(a.get_id())
+                with trio.fail_after(10):
+                    while a.get_network().connections:
+                        await trio.sleep(0.05)
+            held = [make_host(generate_new_ed25519_identity()) for _ in range(4)]
+            async with contextlib.AsyncExitStack() as stack:
+                for h in held:
+                    await stack.enter_async_context(h.run(listen_addrs=listen))
+                three = [await dial(h, i + 1) for i, h in enumerate(held[:3])]
+                fourth = await dial(held[3], 4)
+                live = len(a.get_network().connections)
+    assert in_turn == [True] * 6 and three == [True] * 3 and not fourth, (in_turn, three, fourth)
+    assert live == 3 and for_host(a).inbound_refused_full >= 1, (live, for_host(a))

@@ -525,6 +525,7 @@ class RunningNode:
         out["multistream_refused"] = counted.multistream_refused
         out["gossip_control_ids_dropped"] = counted.control_ids_dropped
         out["inbound_refused_by_address"] = counted.inbound_refused_by_address
+        out["inbound_refused_full"] = counted.inbound_refused_full
         out["publish_dropped_per_rpc"] = counted.publish_dropped
         out["exchanged_refused_by_subnet"] = self.net.peer_manager.subnet_refusals
         out["banned_peers"] = len(self.net.gossip.scores.banned_peers(time.monotonic()))

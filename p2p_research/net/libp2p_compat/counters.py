@@ -38,6 +38,7 @@ class HostCounters:
     multistream_refused: int = 0     # multistream-select reads refused (guards 1)
     control_ids_dropped: int = 0     # IHAVE/IWANT message ids beyond the guard's bound (guards 3)
     inbound_refused_by_address: int = 0  # inbound connections over an address's or subnet's share (guards 4)
+    inbound_refused_full: int = 0    # inbound connections refused while the node held its cap of live ones (guards 4)
     publish_dropped: int = 0         # published messages of an RPC beyond the guard's bound (guards 5)
 
     def as_dict(self) -> dict[str, int]:

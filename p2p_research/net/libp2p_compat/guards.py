@@ -31,7 +31,12 @@
    /24 (/48) that holds :data:`INBOUND_PER_SUBNET`, is closed before any handshake (net/addresses.py
    has the rule, and why 127.0.0.1 is exempt), and counted. It counts the swarm's live connections at
    each new one rather than holding a slot for its handler: libp2p's inbound handler lives until the
-   swarm stops, whatever becomes of its connection.
+   swarm stops, whatever becomes of its connection. For the same reason libp2p's own cap counted every
+   inbound connection a node had *ever* accepted: its handler takes a token of ``_inbound_limiter``
+   (``max_connections``, 300) and gives it back only when the swarm stops, so a daemon that had
+   accepted 300 connections over its life refused every further one, with none open (measured with a
+   cap of 3: connections 4, 5 and 6 refused, none live). The guard lifts that limiter and holds the same
+   cap over the *live* inbound connections and handshakes (``inbound_refused_full`` counts refusals).
 5. ``publish_per_rpc``: pubsub starts a task for every message of an RPC (``push_msg``, through its
    service manager: about 1.7 ms of CPU each here) and checks its signature, however many messages an
    RPC carries (about 4,800 small ones fit in the 1 MiB cap). Measured against a daemon: RPCs of 4,800
@@ -102,16 +107,41 @@ def _inbound_ips(swarm: Any) -> list[str | None]:
     return out
 
 
+def _live_inbound_cap_factory(original: Any) -> Any:
+    def init(self: Any) -> None:
+        """libp2p's connection management, with its inbound limiter lifted: its cap is kept and held over
+        the live inbound connections instead (guard 4, `_inbound_per_address_factory`)."""
+        original(self)
+        import math
+
+        import trio
+
+        limiter = getattr(self, "_inbound_limiter", None)
+        if limiter is not None and math.isfinite(limiter.total_tokens):
+            self._p2p_inbound_cap = int(limiter.total_tokens)
+            self._inbound_limiter = trio.CapacityLimiter(math.inf)
+
+    init._p2p_original = original  # type: ignore[attr-defined]
+    return init
+
+
 def _inbound_per_address_factory(original: Any) -> Any:
     async def upgrade(self: Any, raw_conn: Any, maddr: Any) -> Any:
-        """libp2p's upgrade of an inbound connection whose address and subnet have room (guard 4): the
-        live inbound connections and the handshakes in progress are counted, so a slot is free again
-        as soon as its connection closes."""
+        """libp2p's upgrade of an inbound connection whose address and subnet have room, while the node
+        holds fewer live inbound connections than its cap (guard 4): the live inbound connections and
+        the handshakes in progress are counted, so a slot is free again as soon as its connection closes."""
         ip = remote_ip(raw_conn)
         pending = self.__dict__.get("_p2p_handshakes")
         if pending is None:
             pending = self._p2p_handshakes = []
-        why = AddressSlots.holding([*_inbound_ips(self), *pending], INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET).refusal(ip)
+        live = [*_inbound_ips(self), *pending]
+        cap = self.__dict__.get("_p2p_inbound_cap")
+        if cap is not None and len(live) >= cap:
+            counters.current().inbound_refused_full += 1
+            _rlog.log(logging.INFO, "inbound:full", "refused an inbound connection from %s: the node holds its %d "
+                      "inbound connections", ip, cap)
+            raise _InboundRefused(f"the node holds its {cap} inbound connections")
+        why = AddressSlots.holding(live, INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET).refusal(ip)
         if why is not None:
             counters.current().inbound_refused_by_address += 1
             _rlog.log(logging.INFO, f"inbound:{ip}", "refused an inbound connection from %s: %s", ip, why)
@@ -257,7 +287,10 @@ def apply() -> dict[str, bool]:
     try:
         from libp2p.network.swarm import Swarm
 
+        if not callable(getattr(Swarm, "_init_connection_management", None)):
+            raise AttributeError("Swarm._init_connection_management is missing")
         Swarm.upgrade_inbound_raw_conn = _inbound_per_address_factory(Swarm.upgrade_inbound_raw_conn)
+        Swarm._init_connection_management = _live_inbound_cap_factory(Swarm._init_connection_management)
         _applied["inbound_per_address"] = True
     except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
         log.warning("inbound connections per address guard not installed: %r", e)
