@@ -448,6 +448,10 @@ def test_only_accountable_peers_negative_reports_make_a_candidate_tried():
     vouched, liar = {"QmB"}.__contains__, {"QmLiar"}.__contains__
     assert tried([], vouched, liar) is Tried.NEW
     assert tried([Report("QmX", "discarded", 1.6)], vouched, liar) is Tried.HINT        # unproven: a hint
+    # ... of another seed than the asking worker's: no run here can check it, so not even a hint
+    assert tried([Report("QmX", "discarded", 1.6, 1)], vouched, liar, seed=0) is Tried.NEW
+    assert tried([Report("QmX", "discarded", 1.6, 0)], vouched, liar, seed=0) is Tried.HINT
+    assert tried([Report("QmB", "discarded", 1.6, 1)], vouched, liar, seed=0) is Tried.TRIED  # a voucher's counts
     assert tried([Report("QmB", "discarded", 1.6)], vouched, liar) is Tried.TRIED       # vouched for
     assert tried([Report("QmX", "kept", 1.5)], vouched, liar) is Tried.TRIED            # verified elsewhere
     assert tried([Report("", "crash")], vouched, liar) is Tried.TRIED                   # this node ran it

@@ -295,14 +295,14 @@ class SwarmCoordinator:
             out.append(hint)
         return out
 
-    def tried(self, exp_id: str) -> negatives.Tried:
-        """What this node's ledger proves about `exp_id` (research/negatives.py)."""
+    def tried(self, exp_id: str, seed: int | None = None) -> negatives.Tried:
+        """What this node's ledger proves about `exp_id` (research/negatives.py), for a worker at `seed`."""
         if not self.ctx.ledger.knows(exp_id):
             return negatives.Tried.NEW
         reports = self.reports(exp_id)
         if not reports:  # proposed here, or announced without a run yet
             return negatives.Tried.TRIED
-        return negatives.tried(reports, self.state.vouches, self.state.ignored)
+        return negatives.tried(reports, self.state.vouches, self.state.ignored, seed)
 
     def check_negatives(self, exp_id: str, measured: float | None, seed: int) -> None:
         """This node ran `exp_id`: hold its value against the negative reports of unaccountable peers."""
@@ -317,7 +317,7 @@ class SwarmCoordinator:
         if any(not ok for _, _, ok in checked):  # only a refutation changes a reputation
             self._save_reputation()
 
-    async def is_known(self, exp_id: str) -> negatives.Tried:
+    async def is_known(self, exp_id: str, seed: int | None = None) -> negatives.Tried:
         """Known elsewhere: an active claim by another node, or a DHT record (late joiners, and every
         claim and negative result of a sparse swarm), a negative one counting as research/negatives.py
         says (a hint only, from a peer this node has no reason to trust)."""
@@ -330,7 +330,7 @@ class SwarmCoordinator:
         if rec.state == "claim":
             return negatives.Tried.TRIED if rec.lease_until > now else negatives.Tried.NEW
         report = negatives.dht_report(rec.peer, rec.status, rec.value, _receipt_seed(rec.receipt))
-        found = negatives.tried([report], self.state.vouches, self.state.ignored)
+        found = negatives.tried([report], self.state.vouches, self.state.ignored, seed)
         if found is negatives.Tried.HINT:  # held against this node's run, should it run the experiment
             self._dht_hints.pop(exp_id, None)
             self._dht_hints[exp_id] = report

@@ -54,8 +54,12 @@ class Report:
     seed: int | None = None
 
 
-def tried(reports: Iterable[Report], accountable: Callable[[str], bool], ignored: Callable[[str], bool]) -> Tried:
-    """What the reports about one experiment prove (see the module's docstring)."""
+def tried(reports: Iterable[Report], accountable: Callable[[str], bool], ignored: Callable[[str], bool],
+          seed: int | None = None) -> Tried:
+    """What the reports about one experiment prove (see the module's docstring). With `seed` (the seed the
+    asking worker runs at), an unaccountable peer's negative report of another seed is not even a hint:
+    no run here could hold it to account (`check` compares one seed with itself), so it would hide a
+    candidate for free."""
     out = Tried.NEW
     for r in reports:
         if not r.peer:
@@ -64,6 +68,8 @@ def tried(reports: Iterable[Report], accountable: Callable[[str], bool], ignored
             continue
         if r.status in ("kept", "baseline") or accountable(r.peer):
             return Tried.TRIED
+        if seed is not None and r.seed is not None and r.seed != seed:
+            continue
         out = Tried.HINT
     return out
 

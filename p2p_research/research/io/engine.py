@@ -125,7 +125,8 @@ class Hooks:
     on_claim: Callable[..., Awaitable[None]] | None = None   # exp_id, commit, description, semantic_id=
     on_result: Callable[[Run], Awaitable[None]] | None = None
     on_baseline: Callable[[str, float], Awaitable[None]] | None = None           # commit, value
-    is_known: Callable[[str], Awaitable[Tried]] | None = None                   # exp_id -> known elsewhere?
+    # exp_id, the asking worker's seed -> known elsewhere? (a negative report of another seed is no hint)
+    is_known: Callable[[str, int | None], Awaitable[Tried]] | None = None
     is_mine: Callable[[str], bool] | None = None                                # exp_id -> this node's to run?
     # exp_id, runs finished -> why a run about to start gives way to a peer's claim already here (or None)
     contested: Callable[[str, int], str | None] | None = None
@@ -135,8 +136,9 @@ class Hooks:
     speculation: Callable[[], PeerClaim | None] | None = None
     built_on: Callable[[PeerClaim, str, float | None], None] | None = None
     # peers' negative reports (research/negatives.py): what the ledger proves about an exp id, and this
-    # node's own run of an experiment that unaccountable peers reported negative (exp id, value, seed)
-    tried: Callable[[str], Tried] | None = None
+    # node's own run of an experiment that unaccountable peers reported negative (exp id, value, seed);
+    # `tried` takes the asking worker's seed too
+    tried: Callable[[str, int | None], Tried] | None = None
     check_negatives: Callable[[str, float | None, int], None] | None = None
 
 
@@ -510,7 +512,7 @@ class ResearchEngine:
 
     def _tried(self, exp_id: str) -> Tried:
         if self.hooks.tried is not None:
-            return self.hooks.tried(exp_id)
+            return self.hooks.tried(exp_id, self.seed)
         return Tried.TRIED if self.ctx.ledger.knows(exp_id) else Tried.NEW
 
     def _is_known_source(self, baseline: str, hints: Hints) -> Callable[[bytes], Awaitable[bool]]:
@@ -533,13 +535,13 @@ class ResearchEngine:
                 self.dedup_stats["same_code"] += 1
                 return True
             if self.hooks.is_known is not None:
-                elsewhere = await self.hooks.is_known(exp_id)
+                elsewhere = await self.hooks.is_known(exp_id, self.seed)
                 if elsewhere is Tried.TRIED:
                     self.dedup_stats["claimed_elsewhere"] += 1
                     return True
                 if elsewhere is Tried.HINT:
                     tried = Tried.HINT
-                if semantic and await self.hooks.is_known(semantic) is Tried.TRIED:
+                if semantic and await self.hooks.is_known(semantic, None) is Tried.TRIED:
                     self.dedup_stats["same_code"] += 1
                     return True
             if tried is Tried.HINT:
