@@ -83,6 +83,14 @@ class Adversary:
         msg.key = kp.public_key.serialize()
         await self.ps.push_msg(self.ps.my_id, msg)
 
+    async def publish_badly_signed(self, data: bytes, topic: str | None = None) -> None:
+        """Publish a message whose pubsub signature is garbage (the adversary needs strict_signing=False)."""
+        msg = rpc_pb2.Message(data=data, topicIDs=[topic or self.topics[0]], from_id=self.host.get_id().to_bytes(),
+                              seqno=next(_seq).to_bytes(8, "big"))
+        msg.signature = bytes(64)
+        msg.key = self.kp.public_key.serialize()
+        await self.ps.push_msg(self.ps.my_id, msg)
+
     def serve(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
         self.host.set_stream_handler(protocol, handler)
 
@@ -104,12 +112,14 @@ async def honest_node(bootstrap: str, swarm: str, kp: Any = None) -> AsyncIterat
 
 
 @asynccontextmanager
-async def adversary(kp: Any = None) -> AsyncIterator[Adversary]:
+async def adversary(kp: Any = None, strict_signing: bool = True) -> AsyncIterator[Adversary]:
+    """A hostile peer: a py-libp2p host and pubsub of its own. `strict_signing=False` lets it push
+    messages whose signatures do not verify (its own pubsub would drop them before sending)."""
     kp = kp or generate_new_ed25519_identity()
     host = new_host(key_pair=kp)
     router = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID], degree=6, degree_low=4,
                        degree_high=12, heartbeat_interval=1, spam_protection_enabled=False)  # fmt: skip
-    ps = Pubsub(host, router)
+    ps = Pubsub(host, router, strict_signing=strict_signing)
     try:
         async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             try:

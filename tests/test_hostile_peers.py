@@ -312,6 +312,23 @@ async def test_one_connection_cannot_flood_with_fresh_keys_and_junk_gets_it_bann
     assert v["net"]["bans"] >= s0["net"]["bans"] + 1
 
 
+async def test_messages_whose_signatures_fail_get_their_connection_banned(swarm):
+    """py-libp2p drops a message whose pubsub signature fails before any topic validator, with a debug
+    line: before the guard (libp2p_compat guard `bad_signature`) a connection could send them without
+    end and was never scored. Now each counts as a rejected message of its forwarder, which is banned."""
+    s0 = await in_thread(st, swarm, swarm.v)
+    async with adversary(strict_signing=False) as bad:
+        await bad.join(swarm.v.addrs[0], s0["swarm"])
+        for i in range(80):
+            await bad.publish_badly_signed(b"\x81\xa1v\x01" + i.to_bytes(2, "big"))
+            await trio.sleep(0.01)
+        await trio.sleep(2)
+    v = await in_thread(st, swarm, swarm.v)
+    rejected = v["net"]["rejected"].get("bad_signature", 0) - s0["net"]["rejected"].get("bad_signature", 0)
+    assert rejected >= 10, v["net"]["rejected"]
+    assert v["net"]["bans"] >= s0["net"]["bans"] + 1, v["net"]
+
+
 # --- 5. idle streams: KAD and objects ------------------------------------------------------------
 
 

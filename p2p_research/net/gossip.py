@@ -157,6 +157,9 @@ class Gossip:
         # libp2p freezes allowed_topics into a frozenset; ours grows with the swarms this node joins
         # and, on a relay, admits any swarm-shaped topic (that is how it learns which swarms exist)
         self.pubsub.allowed_topics = self.topic_filter  # type: ignore[assignment]
+        # libp2p drops a message whose signature fails before any validator: the guard tells us who
+        # forwarded it, so that connection is scored like any other sender of rejected messages
+        self.pubsub._p2p_on_bad_signature = self._bad_signature  # type: ignore[attr-defined]
         self.stats = stats
         if streams is None:
             streams = StreamGuard.standalone(host, stats)
@@ -194,6 +197,15 @@ class Gossip:
         if forwarder and forwarder != self.my_id.to_base58():
             self._score(forwarder, reason)
         return False
+
+    def _bad_signature(self, forwarder: ID, msg: Any) -> None:
+        """A message whose pubsub signature fails (libp2p_compat guard `bad_signature`)."""
+        try:
+            source = ID(msg.from_id).to_base58()
+        except Exception:  # noqa: BLE001 - a made-up originator id
+            source = "?"
+        fwd = forwarder.to_base58() if isinstance(forwarder, ID) else str(forwarder)
+        self._reject("bad_signature", source, "the message's pubsub signature does not verify", fwd)
 
     def _score(self, peer: str, reason: str) -> None:
         """Charge `peer` for one rejected message; ban it when that crosses the threshold."""
