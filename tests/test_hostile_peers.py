@@ -953,7 +953,9 @@ async def test_an_rpc_carries_at_most_256_published_messages(swarm):
     of 4,800 messages with made-up signatures (each just under the 1 MiB cap) cost a daemon 84 CPU-s and
     kept its `status` waiting 34 s, and no score or ban follows (libp2p drops them before any
     validator). The node keeps the first 256 of an RPC (libp2p_compat guard `publish_per_rpc`); ten such
-    RPCs then cost it 0.4 CPU-s (/tmp probe, the same daemon without research)."""
+    RPCs then cost it 0.4 CPU-s (/tmp probe, the same daemon without research). Since the guard
+    `bad_signature` the kept ones' failed signatures score the connection, which is banned after the
+    first RPC or two, so the rest never arrive."""
     import varint
     from libp2p.peer.id import ID
     from libp2p.pubsub.pb import rpc_pb2
@@ -977,12 +979,13 @@ async def test_an_rpc_carries_at_most_256_published_messages(swarm):
             except Exception:  # noqa: BLE001 - the node reset the stream (its byte budget per connection)
                 break
             sent += 1
-        assert sent >= 3, sent
+        assert sent >= 1, sent
         before = s0["net"].get("publish_dropped_per_rpc", 0)
-        dropped = 0
+        dropped, v = 0, s0
         with trio.move_on_after(30):  # the last RPC written may be the one the node reset the stream on
-            while (dropped := (await in_thread(st, swarm, swarm.v))["net"]["publish_dropped_per_rpc"] - before) \
-                    < (sent - 1) * (4800 - 256):
+            while (dropped := (v := await in_thread(st, swarm, swarm.v))["net"]["publish_dropped_per_rpc"] - before) \
+                    < 4800 - 256 or v["net"]["bans"] <= s0["net"]["bans"]:
                 await trio.sleep(0.3)
-        assert dropped >= 2 * (4800 - 256) and dropped % (4800 - 256) == 0, (sent, dropped)
+        assert dropped >= 4800 - 256 and dropped % (4800 - 256) == 0, (sent, dropped)
+        assert v["net"]["bans"] >= s0["net"]["bans"] + 1 and v["net"]["rejected"].get("bad_signature", 0) >= 10, v["net"]
     await in_thread(swarm.check_all)  # alive, `status` within 2 s, baselines untouched

@@ -53,9 +53,15 @@ PATCHES: tuple[Patch, ...] = (
     Patch("gossip_control", "GossipSub.handle_ihave, GossipSub.handle_iwant",
           "an IHAVE or IWANT may carry any number of ids (about 25,000 in 1 MiB), each parsed and looked up; "
           "5,000 at most, as go-libp2p", "tests/test_hostile_peers.py"),
-    Patch("inbound_per_address", "Swarm.upgrade_inbound_raw_conn",
+    Patch("inbound_per_address", "Swarm.upgrade_inbound_raw_conn, Swarm._init_connection_management",
           "one cap on inbound connections for the whole node, whoever makes them: identities are free, so one "
-          "host could take every connection; 8 per address and 16 per /24 (/48)", "tests/test_hostile_peers.py"),
+          "host could take every connection; 8 per address and 16 per /24 (/48). And that cap counted every "
+          "inbound connection ever accepted (its token is kept until the swarm stops): after 300 a node "
+          "refused all; now held over live ones", "tests/test_hostile_peers.py, tests/test_upstream_and_repair.py"),
+    Patch("bad_signature", "Pubsub.push_msg, libp2p.pubsub.pubsub.signature_validator",
+          "a message whose signature fails is dropped before any validator, so its forwarder was never scored "
+          "and could send them without end; now it is scored like any rejected message, and banned",
+          "tests/test_hostile_peers.py"),
     Patch("publish_per_rpc", "libp2p.pubsub.pubsub.maybe_consume_signed_record (the read loop's hook on each RPC)",
           "a task and a signature check for every message of an RPC, however many (about 4,800 fit in 1 MiB; "
           "two such RPCs of made-up signatures cost a daemon 16 CPU-s, with no score or ban); 256 per RPC",
