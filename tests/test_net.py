@@ -230,32 +230,42 @@ async def test_a_lone_result_leaves_after_batch_wait():
         assert "bundled" not in a.stats
 
 
-def test_candidates_behind_one_relay_or_under_one_domain_count_as_one_subnet():
-    """Peer exchange's candidates (net/peers.py): a hundred made-up identities behind one relay, or a
-    hundred names under one wildcard domain, keep CANDIDATES_PER_SUBNET places each and push no honest
-    address out; a relay on 127.0.0.1 (a local simulation) stays exempt."""
+def new_peer_id() -> str:
+    from adversary import pid_of
     from libp2p import generate_new_ed25519_identity
+
+    return pid_of(generate_new_ed25519_identity())
+
+
+def bare_peer_manager():
+    """A PeerManager whose host only says who it is: enough for its candidate book (no network)."""
     from libp2p.peer.id import ID
 
-    from p2p_research.net.peers import CANDIDATES_PER_SUBNET, PeerManager
-
-    def pid() -> str:
-        return ID.from_pubkey(generate_new_ed25519_identity().public_key).to_base58()
+    from p2p_research.net.peers import PeerManager
 
     class Host:
-        me = ID.from_base58(pid())
+        me = ID.from_base58(new_peer_id())
 
         def get_id(self):
             return self.me
 
-    pm = PeerManager(host=Host(), bootstrap=[])
-    relay = pid()
-    honest = [f"/ip4/10.9.{i}.1/tcp/4001/p2p/{pid()}" for i in range(5)]
+    return PeerManager(host=Host(), bootstrap=[])
+
+
+def test_candidates_behind_one_relay_or_under_one_domain_count_as_one_subnet():
+    """Peer exchange's candidates (net/peers.py): a hundred made-up identities behind one relay, or a
+    hundred names under one wildcard domain, keep CANDIDATES_PER_SUBNET places each and push no honest
+    address out; a relay on 127.0.0.1 (a local simulation) stays exempt."""
+    from p2p_research.net.peers import CANDIDATES_PER_SUBNET
+
+    pm = bare_peer_manager()
+    relay = new_peer_id()
+    honest = [f"/ip4/10.9.{i}.1/tcp/4001/p2p/{new_peer_id()}" for i in range(5)]
     for a in honest[:2]:
         pm._add_candidate(a)
     for i in range(100):
-        pm._add_candidate(f"/ip4/10.1.2.3/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{pid()}")
-        pm._add_candidate(f"/dns4/n{i}.evil.example/tcp/4001/p2p/{pid()}")
+        pm._add_candidate(f"/ip4/10.1.2.3/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{new_peer_id()}")
+        pm._add_candidate(f"/dns4/n{i}.evil.example/tcp/4001/p2p/{new_peer_id()}")
     for a in honest[2:]:
         pm._add_candidate(a)
     groups = [c.subnet for c in pm._candidates.values()]
@@ -264,31 +274,19 @@ def test_candidates_behind_one_relay_or_under_one_domain_count_as_one_subnet():
     assert all(any(str(c.info.addrs[0]) in a for c in pm._candidates.values()) for a in honest)
     assert pm.subnet_refusals == 2 * (100 - CANDIDATES_PER_SUBNET)
     for _ in range(20):
-        pm._add_candidate(f"/ip4/127.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{pid()}")
+        pm._add_candidate(f"/ip4/127.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{new_peer_id()}")
     assert sum(c.subnet is None for c in pm._candidates.values()) == 20
 
 
 def test_a_subnet_full_of_dead_candidates_makes_room_for_a_live_one():
     """Made-up addresses in an honest peer's /24 hold that subnet's candidate places only until they fail
     to answer: a full subnet then drops the one that failed most for a new candidate."""
-    from libp2p import generate_new_ed25519_identity
-    from libp2p.peer.id import ID
+    from p2p_research.net.peers import CANDIDATES_PER_SUBNET
 
-    from p2p_research.net.peers import CANDIDATES_PER_SUBNET, PeerManager
-
-    def pid() -> str:
-        return ID.from_pubkey(generate_new_ed25519_identity().public_key).to_base58()
-
-    class Host:
-        me = ID.from_base58(pid())
-
-        def get_id(self):
-            return self.me
-
-    pm = PeerManager(host=Host(), bootstrap=[])
+    pm = bare_peer_manager()
     for i in range(CANDIDATES_PER_SUBNET):
-        pm._add_candidate(f"/ip4/10.7.7.{i + 1}/tcp/4001/p2p/{pid()}")
-    honest = pid()
+        pm._add_candidate(f"/ip4/10.7.7.{i + 1}/tcp/4001/p2p/{new_peer_id()}")
+    honest = new_peer_id()
     pm._add_candidate(f"/ip4/10.7.7.200/tcp/4001/p2p/{honest}")
     assert honest not in pm._candidates and pm.subnet_refusals == 1   # none has failed yet: no room
     dead = next(iter(pm._candidates))

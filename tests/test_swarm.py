@@ -4,6 +4,8 @@ import shutil
 import sqlite3
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -394,15 +396,8 @@ def test_made_up_negative_results_in_the_dht_hide_no_candidate_and_their_sender_
     candidate of the victim's tiny search space, and runs nothing. Each is a hint only (an unaccountable
     peer's), so the victim still runs those candidates, and its runs, held against the records' values
     (before, a DHT hint was never checked), refute the attacker."""
-    import random
-
-    from adversary import receipt
     from libp2p import generate_new_ed25519_identity
 
-    from p2p_research.research.ids import experiment_id
-    from p2p_research.research.io.workspace import Workspace
-    from p2p_research.research.mutate import propose_mutation
-    from p2p_research.research.searchspace import parse_search_space
     from p2p_research.wire.receipts import sign_receipt
     from p2p_research.wire.records import make_result_record
 
@@ -413,23 +408,15 @@ def test_made_up_negative_results_in_the_dht_hide_no_candidate_and_their_sender_
     try:
         st = v.json("status")
         proto, swarm = st["protocol_id"], st["swarm"]
-        ws = Workspace(surrogate_home(tmp_path / "attacker", 0, target).repo)
-        files = ws.files_of(ws.baseline)
-        space = parse_search_space(files["program.md"].decode())
-        rng = random.Random(0)
-        sources = {m.source for m in (propose_mutation(files["train.py"].decode(), space, rng) for _ in range(300))
-                   if m.changes}
+        ws, commits = every_candidate(tmp_path / "attacker", target)
         reported = []
 
         async def attack() -> None:
             async with honest_node(v.addrs[0], swarm, kp) as net:
-                for src in sorted(sources):
-                    commit = ws.commit_experiment(ws.baseline, {"train.py": src.encode()}, "made up", "0" * 40)
-                    exp = experiment_id(proto, ws.tree_of(commit))
-                    r = receipt(kp, protocol_id=proto, exp_id=exp, parent=ws.parent_of(commit), commit=commit,
-                                tree=ws.tree_of(commit), value=9.9, status="discarded", description="made up")
+                for commit in commits:
+                    r = made_up_negative(kp, proto, ws, commit)
                     await net.dht.put(make_result_record(r, sign_receipt(r, kp.private_key), kp))
-                    reported.append(exp)
+                    reported.append(r.exp_id)
                 await trio.to_thread.run_sync(lambda: wait_for(lambda: research_done(v), 150, 1.0, what="V done"))
 
         trio.run(attack)
@@ -442,6 +429,36 @@ def test_made_up_negative_results_in_the_dht_hide_no_candidate_and_their_sender_
     finally:
         v.stop()
         v.kill()
+
+
+def every_candidate(home: Path, target) -> tuple[Any, list[str]]:
+    """An attacker's workspace on `target`'s genesis and a commit for every candidate its builtin proposer
+    can draw from the tiny search space (the made-up negative results' subjects)."""
+    import random
+
+    from p2p_research.research.io.workspace import Workspace
+    from p2p_research.research.mutate import propose_mutation
+    from p2p_research.research.searchspace import parse_search_space
+
+    ws = Workspace(surrogate_home(home, 0, target).repo)
+    files = ws.files_of(ws.baseline)
+    space = parse_search_space(files["program.md"].decode())
+    rng = random.Random(0)
+    sources = {m.source for m in (propose_mutation(files["train.py"].decode(), space, rng) for _ in range(300))
+               if m.changes}
+    return ws, [ws.commit_experiment(ws.baseline, {"train.py": src.encode()}, "made up", "0" * 40)
+                for src in sorted(sources)]
+
+
+def made_up_negative(kp, proto: str, ws, commit: str, seed: int = 0):
+    """A signed `discarded` receipt, with a made-up value, for a commit its signer never ran."""
+    from adversary import receipt
+
+    from p2p_research.research.ids import experiment_id
+
+    return receipt(kp, protocol_id=proto, exp_id=experiment_id(proto, ws.tree_of(commit)), parent=ws.parent_of(commit),
+                   commit=commit, tree=ws.tree_of(commit), value=9.9, status="discarded", description="made up",
+                   seed=seed)
 
 
 def net_peer(kp) -> str:
@@ -527,15 +544,9 @@ def test_made_up_negative_results_hide_no_candidate_and_their_sender_is_refuted(
     do not reproduce the attacker's values, the attacker is refuted and then ignored. Reports of another
     seed than the victim's (seed 1) cannot be held to account by its runs, so they are not even hints:
     the victim runs those candidates as new (before, they were passed over and never refuted)."""
-    import random
-
-    from adversary import adversary, receipt, result
+    from adversary import adversary, result
 
     from p2p_research.daemon.messages import commit_objects
-    from p2p_research.research.ids import experiment_id
-    from p2p_research.research.io.workspace import Workspace
-    from p2p_research.research.mutate import propose_mutation
-    from p2p_research.research.searchspace import parse_search_space
 
     target = tiny_target(tmp_path)
     v_home = surrogate_home(tmp_path / "v", 0, target, cost=3.0)
@@ -543,27 +554,18 @@ def test_made_up_negative_results_hide_no_candidate_and_their_sender_is_refuted(
     try:
         st = v.json("status")
         proto, swarm = st["protocol_id"], st["swarm"]
-        ws = Workspace(surrogate_home(tmp_path / "attacker", 0, target).repo)
-        files = ws.files_of(ws.baseline)
-        space = parse_search_space(files["program.md"].decode())
-        rng = random.Random(0)
-        sources = {m.source for m in (propose_mutation(files["train.py"].decode(), space, rng) for _ in range(300))
-                   if m.changes}
-        assert 5 <= len(sources) <= 8, len(sources)  # every candidate of the baseline
+        ws, commits = every_candidate(tmp_path / "attacker", target)
+        assert 5 <= len(commits) <= 8, len(commits)  # every candidate of the baseline
         reported = []
 
         async def attack() -> None:
             async with adversary() as adv:
                 await adv.join(v.addrs[0], swarm)
-                for src in sorted(sources):
-                    commit = ws.commit_experiment(ws.baseline, {"train.py": src.encode()}, "made up", "0" * 40)
-                    exp = experiment_id(proto, ws.tree_of(commit))
+                for commit in commits:
                     objs, _, total = commit_objects(ws, commit, deltas=False)
-                    r = receipt(adv.kp, protocol_id=proto, exp_id=exp, parent=ws.parent_of(commit), commit=commit,
-                                tree=ws.tree_of(commit), value=9.9, status="discarded", description="made up",
-                                seed=seed)
+                    r = made_up_negative(adv.kp, proto, ws, commit, seed)
                     await adv.publish(result(adv.kp, r, objs, total).to_wire())
-                    reported.append(exp)
+                    reported.append(r.exp_id)
                 await trio.to_thread.run_sync(lambda: wait_for(lambda: research_done(v), 150, 1.0, what="V done"))
 
         trio.run(attack)

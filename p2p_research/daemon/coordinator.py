@@ -37,7 +37,7 @@ from p2p_research.research.swarm import (
 )
 from p2p_research.research.turns import EndTurn, Turn, Verified, claim_yield, confirms, defer_s
 from p2p_research.store.ledger import Run
-from p2p_research.wire import Claim, Result, Verification
+from p2p_research.wire import Claim, Result, Verification, WireError, decode_receipt
 from p2p_research.wire.receipts import sign_receipt
 
 log = logging.getLogger("p2p_research.swarm")
@@ -72,8 +72,6 @@ MAX_DHT_HINTS = 1024
 
 def _receipt_seed(receipt: bytes) -> int | None:
     """The seed a DHT result record's receipt names (its signature was checked with the record), or None."""
-    from p2p_research.wire import WireError, decode_receipt
-
     try:
         return decode_receipt(receipt).seed
     except (WireError, ValueError, TypeError):

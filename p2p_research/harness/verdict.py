@@ -83,8 +83,13 @@ def compute_limit(ancestor_cpu_s: float | None, slack: float = COMPUTE_SLACK, st
     a hundred budgets long costs a verifier a few budgets, not its time limit. None without a reference."""
     if ancestor_cpu_s is None or ancestor_cpu_s <= 0:
         return None
-    floor = min(max(startup_cpu_s, 0.0), 0.8 * ancestor_cpu_s)  # never more than most of the reference
+    floor = _startup_floor(ancestor_cpu_s, startup_cpu_s)
     return floor + slack * (ancestor_cpu_s - floor)
+
+
+def _startup_floor(ancestor_cpu_s: float, startup_cpu_s: float) -> float:
+    """The part of the reference every run spends to start, outside the slack: never most of it."""
+    return min(max(startup_cpu_s, 0.0), 0.8 * ancestor_cpu_s)
 
 
 def over_compute(cpu_s: float | None, ancestor_cpu_s: float | None, slack: float = COMPUTE_SLACK,
@@ -101,10 +106,10 @@ def over_compute(cpu_s: float | None, ancestor_cpu_s: float | None, slack: float
     slack enough for sixteen budgets of training. None when within, or when either figure is missing
     (nothing to compare: the run's time limit still bounds it)."""
     limit = compute_limit(ancestor_cpu_s, slack, startup_cpu_s)
-    if cpu_s is None or limit is None:
+    if cpu_s is None or limit is None or ancestor_cpu_s is None:
         return None
-    floor = min(max(startup_cpu_s, 0.0), 0.8 * (ancestor_cpu_s or 0.0))
     if cpu_s > limit:
+        floor = _startup_floor(ancestor_cpu_s, startup_cpu_s)
         return (f"the run spent {cpu_s:.1f} CPU-s before its model was measured, over {slack:g}x the "
                 f"{ancestor_cpu_s:.1f} CPU-s of its ancestor under the same token budget (beyond the "
                 f"{floor:.1f} CPU-s every run takes to start): it trained past the budget")

@@ -62,8 +62,12 @@ what it replaces exists (otherwise a warning, nothing changed), like :mod:`.rpc_
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import math
 from typing import Any
+
+import trio
 
 from ..addresses import AddressSlots, remote_ip
 from ..ratelimit import RateLimitedLog
@@ -118,10 +122,6 @@ def _live_inbound_cap_factory(original: Any) -> Any:
         """libp2p's connection management, with its inbound limiter lifted: its cap is kept and held over
         the live inbound connections instead (guard 4, `_inbound_per_address_factory`)."""
         original(self)
-        import math
-
-        import trio
-
         limiter = getattr(self, "_inbound_limiter", None)
         if limiter is not None and math.isfinite(limiter.total_tokens):
             self._p2p_inbound_cap = int(limiter.total_tokens)
@@ -162,7 +162,8 @@ def _inbound_per_address_factory(original: Any) -> Any:
     return upgrade
 
 
-_pushing: Any = None  # contextvars.ContextVar: (pubsub, forwarder) of the push_msg under way (guard 6)
+#: (pubsub, forwarder) of the push_msg under way, for the signature check it makes (guard 6)
+_pushing: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar("p2p_pubsub_push", default=None)
 
 
 def _noting_push_factory(original: Any) -> Any:
@@ -182,15 +183,13 @@ def _scored_signature_factory(original: Any) -> Any:
     def signature_validator(msg: Any) -> bool:
         """libp2p's signature check; a failure is reported to the pubsub's owner with its forwarder."""
         ok = original(msg)
-        if not ok:
-            noted = _pushing.get()
-            if noted is not None:
-                on_bad = getattr(noted[0], "_p2p_on_bad_signature", None)
-                if on_bad is not None:
-                    try:
-                        on_bad(noted[1], msg)
-                    except Exception as e:  # noqa: BLE001 - a report must not break libp2p's push
-                        log.debug("bad-signature report failed: %r", e)
+        noted = None if ok else _pushing.get()
+        on_bad = getattr(noted[0], "_p2p_on_bad_signature", None) if noted is not None else None
+        if on_bad is not None:
+            try:
+                on_bad(noted[1], msg)
+            except Exception as e:  # noqa: BLE001 - a report must not break libp2p's push
+                log.debug("bad-signature report failed: %r", e)
         return ok
 
     signature_validator._p2p_original = original  # type: ignore[attr-defined]
@@ -326,15 +325,11 @@ def apply() -> dict[str, bool]:
         log.warning("published messages per RPC guard not installed: %r", e)
         _applied["publish_per_rpc"] = False
     try:
-        import contextvars
-
         import libp2p.pubsub.pubsub as pubsub_module
         from libp2p.pubsub.pubsub import Pubsub
 
         if not callable(getattr(pubsub_module, "signature_validator", None)):
             raise AttributeError("libp2p.pubsub.pubsub.signature_validator is missing")
-        global _pushing
-        _pushing = contextvars.ContextVar("p2p_pubsub_push", default=None)
         Pubsub.push_msg = _noting_push_factory(Pubsub.push_msg)
         pubsub_module.signature_validator = _scored_signature_factory(pubsub_module.signature_validator)
         _applied["bad_signature"] = True
