@@ -83,13 +83,24 @@ class Adversary:
         msg.key = kp.public_key.serialize()
         await self.ps.push_msg(self.ps.my_id, msg)
 
-    async def publish_badly_signed(self, data: bytes, topic: str | None = None) -> None:
-        """Publish a message whose pubsub signature is garbage (the adversary needs strict_signing=False)."""
+    def _own_message(self, data: bytes, topic: str | None, signed: bool) -> Any:
         msg = rpc_pb2.Message(data=data, topicIDs=[topic or self.topics[0]], from_id=self.host.get_id().to_bytes(),
                               seqno=next(_seq).to_bytes(8, "big"))
-        msg.signature = bytes(64)
+        msg.signature = (self.kp.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+                         if signed else bytes(64))
         msg.key = self.kp.public_key.serialize()
-        await self.ps.push_msg(self.ps.my_id, msg)
+        return msg
+
+    def send_to(self, peer: str, data: bytes, topic: str | None = None, signed: bool = True) -> bool:
+        """Send `peer` one message of ours, straight onto the connection (not through a mesh that the
+        peer's heartbeat may have pruned us from); `signed=False` makes its pubsub signature garbage.
+        False when the connection is gone or its outbound queue is full (libp2p drops the RPC then)."""
+        queue = self.ps.peer_queues.get(ID.from_base58(peer))
+        return queue is not None and queue.push(rpc_pb2.RPC(publish=[self._own_message(data, topic, signed)]))
+
+    def connected_to(self, peer: str) -> bool:
+        """Whether pubsub still has a stream to `peer` (a ban closes it)."""
+        return ID.from_base58(peer) in self.ps.peers
 
     def serve(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
         self.host.set_stream_handler(protocol, handler)

@@ -298,10 +298,15 @@ async def test_one_connection_cannot_flood_with_fresh_keys_and_junk_gets_it_bann
         assert mid["net"]["bans"] == s0["net"]["bans"]  # budgets alone never ban
     async with adversary() as junk:
         await junk.join(swarm.v.addrs[0], s0["swarm"])
-        for i in range(80):  # junk: not even msgpack
-            await junk.publish(b"\xc1junk" + i.to_bytes(2, "big"))
-            await trio.sleep(0.01)
-        await trio.sleep(2)
+        junk_sent = 0
+        with trio.move_on_after(60):  # junk (not even msgpack) until V closes the connection
+            while junk.connected_to(s0["peer_id"]) and junk_sent < 2000:
+                junk_sent += junk.send_to(s0["peer_id"], b"\xc1junk" + junk_sent.to_bytes(2, "big"))
+                await trio.sleep(0.01)
+        assert not junk.connected_to(s0["peer_id"]), f"still connected after {junk_sent} junk messages"
+    with trio.fail_after(30):
+        while (await in_thread(st, swarm, swarm.v))["net"]["bans"] < s0["net"]["bans"] + 1:
+            await trio.sleep(0.5)
     after = await in_thread(swarm.check_all)
     v = after["v"]
     accepted = v["net"]["received"] - received0
@@ -315,18 +320,24 @@ async def test_one_connection_cannot_flood_with_fresh_keys_and_junk_gets_it_bann
 async def test_messages_whose_signatures_fail_get_their_connection_banned(swarm):
     """py-libp2p drops a message whose pubsub signature fails before any topic validator, with a debug
     line: before the guard (libp2p_compat guard `bad_signature`) a connection could send them without
-    end and was never scored. Now each counts as a rejected message of its forwarder, which is banned."""
+    end and was never scored. Now each counts as a rejected message of its forwarder, which is banned.
+    The attacker writes straight onto its connection and keeps going until the connection is closed:
+    a mesh or an outbound queue on the attacker's side decides nothing."""
     s0 = await in_thread(st, swarm, swarm.v)
+    victim = s0["peer_id"]
+    sent = 0
     async with adversary(strict_signing=False) as bad:
         await bad.join(swarm.v.addrs[0], s0["swarm"])
-        for i in range(80):
-            await bad.publish_badly_signed(b"\x81\xa1v\x01" + i.to_bytes(2, "big"))
-            await trio.sleep(0.01)
-        await trio.sleep(2)
-    v = await in_thread(st, swarm, swarm.v)
+        with trio.move_on_after(60):
+            while bad.connected_to(victim) and sent < 2000:
+                sent += bad.send_to(victim, b"\x81\xa1v\x01" + sent.to_bytes(2, "big"), signed=False)
+                await trio.sleep(0.01)
+        assert not bad.connected_to(victim), f"still connected after {sent} badly signed messages"
+    with trio.fail_after(30):
+        while (v := await in_thread(st, swarm, swarm.v))["net"]["bans"] < s0["net"]["bans"] + 1:
+            await trio.sleep(0.5)
     rejected = v["net"]["rejected"].get("bad_signature", 0) - s0["net"]["rejected"].get("bad_signature", 0)
-    assert rejected >= 10, v["net"]["rejected"]
-    assert v["net"]["bans"] >= s0["net"]["bans"] + 1, v["net"]
+    assert rejected >= 50, v["net"]["rejected"]  # the forwarder score's threshold: one point each
 
 
 # --- 5. idle streams: KAD and objects ------------------------------------------------------------
