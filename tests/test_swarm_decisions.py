@@ -408,6 +408,30 @@ def test_a_true_result_of_an_ignored_peer_is_re_run_once_the_vouchers_confirm_it
     assert verdict == "confirmed" and isinstance(adopt, Adopt) and adopt.value == 1.5
 
 
+def test_a_following_node_that_vouches_for_nobody_re_runs_an_ignored_peer_s_result_the_swarm_confirmed():
+    """The DES with 2 liars in 12 nodes (seeds 7 and 43): a node that caught both liars but re-ran no
+    honest peer's first announcement vouches for nobody, so the liar's true result the rest of the swarm
+    re-ran and adopted was never re-run here, and the swarm ended split. Following (it has nothing else
+    to do), a quorum of confirmations by peers it does not ignore asks for the re-run; the re-run decides.
+    While it researches, and on votes of ignored peers, nothing changes."""
+    s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
+    _ignored_liar(s)
+    s.rep("QmOther").refuted = 2  # another caught liar: its votes count for nothing
+    true = PeerClaim("ab" * 20, "c" * 40, "QmLiar", 1.5, 0, 0.0)
+    s.on_peer_result(true, True, "", "kept")
+    rank = (1.6, "f" * 40)  # the baseline's place in the swarm's order: the liar's result ranks lower
+    for v in ("QmX", "QmOther", "QmLiar"):  # one peer not ignored, one ignored, the claimant itself
+        s.on_peer_verification(true.exp_id, v, "QmLiar", True)
+    assert s.next_decision(1.6, rank) is None
+    s.on_peer_verification(true.exp_id, "QmY", "QmLiar", True)
+    assert s.next_decision(1.6) is None                       # researching: vouchers' votes only
+    d = s.next_decision(1.6, rank)
+    assert isinstance(d, Verify) and d.claim == true          # following: re-run it
+    assert s.next_decision(1.6, rank) is None                 # once
+    verdict, adopt = s.on_verified(true, 1.5, 1.6, rank)
+    assert verdict == "confirmed" and isinstance(adopt, Adopt)
+
+
 def test_a_lie_of_an_ignored_peer_that_vouchers_refute_or_that_does_not_improve_is_not_re_run():
     s = SwarmState(SwarmPolicy("QmSelf", "adaptive", margin=0.002, quorum=2))
     earn(s, "QmB", "QmC", "QmD")

@@ -389,10 +389,26 @@ class SwarmState:
 
     def _parked_ready(self, baseline_value: float, rank: tuple[float, str] | None) -> PeerClaim | None:
         """The best result of an ignored peer that a quorum of this node's vouchers confirmed (and none
-        refuted) and that would improve the baseline: it is re-run here, never adopted on the votes."""
-        ready = [c for c in self.parked.values()
-                 if c.exp_id not in self.settled and self._improves(c, baseline_value, rank) and self.quorum_met(c)]
-        return min(ready, key=lambda c: (c.value, c.exp_id, c.peer)) if ready else None
+        refuted) and that would improve the baseline: it is re-run here, never adopted on the votes.
+
+        Following (`rank` given), a quorum of confirmations by any peers this node does not ignore will
+        do. A following node has no research of its own to spend its time on, and a node that vouches
+        for nobody (it re-ran no honest peer's first announcement) otherwise never re-ran the liar's true
+        result the rest of the swarm had adopted, and the swarm stayed split (the DES with 2 liars in 12
+        nodes, seeds 7 and 43). Votes still only ask for the re-run, which decides; each parked result is
+        re-run once (it is settled then), so identities that confirm a liar's made-up values cost a
+        following node one re-run each, as any new identity's claim does."""
+        def ready(c: PeerClaim) -> bool:
+            if self.quorum_met(c):
+                return True
+            if rank is None or self.policy.quorum is None:
+                return False
+            votes = [ok for v, ok in self._votes_about(c).items() if not self.ignored(v)]
+            return sum(votes) >= self.policy.quorum
+
+        ready_now = [c for c in self.parked.values()
+                     if c.exp_id not in self.settled and self._improves(c, baseline_value, rank) and ready(c)]
+        return min(ready_now, key=lambda c: (c.value, c.exp_id, c.peer)) if ready_now else None
 
     def speculation(self, baseline_value: float | None) -> PeerClaim | None:
         """The peer result a node may build its next experiments on before it has verified it: the best

@@ -18,10 +18,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pygit2
 import trio
@@ -38,12 +38,12 @@ from p2p_research.research.io.ideas import Idea, idea_description
 from p2p_research.research.io.objects import first_parent_ancestry
 from p2p_research.research.io.workspace import Workspace
 from p2p_research.research.mutate import prepare_choices, propose_mutation
+from p2p_research.research.pick import BUILTIN_TRIES, Merges, drive_async, owned_first, owned_only
 from p2p_research.research.searchspace import SearchSpace
 
 log = logging.getLogger("p2p_research.proposer")
 
 EDITABLE_FILE = "train.py"
-BUILTIN_TRIES = 200
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,8 @@ class Skip:
 
 IsKnown = Callable[[bytes], Awaitable[bool]]
 IsMine = Callable[[bytes], bool]
+T = TypeVar("T")
 
-MAX_MERGES = 8  # combinations and ideas merged per proposal (the rest next time: merges are cached per baseline)
-PREFER_TRIES = 60  # candidates examined for one this node owns before settling for another unknown one
 #: at most one proposal in IDEA_EVERY is a sibling protocol's idea: which ideas come, and the gains there
 #: that order them, are a peer's word, so peers can steer at most this share of a node's runs
 IDEA_EVERY = 4
@@ -108,42 +107,43 @@ class BuiltinProposer:
         self.on_idea = on_idea
         self.stats = {"combinations": 0, "ideas": 0}
         self._ancestry: tuple[str, list[str]] = ("", [])
-        self._merged: dict[tuple[str, str], bytes | None] = {}
-        self._merges_left = MAX_MERGES
+        self._merged: Merges[str, bytes] = Merges()
         self._since_idea = IDEA_EVERY  # proposals since the last idea (the first may be one)
 
     def _on_baseline(self, workspace: Workspace, baseline: str) -> None:
-        """Walk the lineage once per baseline; merges are cached per (change, baseline)."""
+        """Walk the lineage once per baseline; merges are cached per (change, baseline) and limited per
+        proposal (research/pick.Merges)."""
         if self._ancestry[0] != baseline:
             self._ancestry = (baseline, first_parent_ancestry(workspace, baseline))
-            self._merged.clear()
+        self._merged.start(baseline)
 
     def _merge(self, workspace: Workspace, parent: str, baseline: str, commit: str, code: bool,
                theirs: bool = False) -> bytes | None:
         """A change (parent -> commit) applied onto the baseline, cached; None while either commit is
-        incomplete here, or once this proposal's MAX_MERGES fresh merges are spent (the rest next time)."""
-        key = (commit, baseline)
-        if key not in self._merged:
-            here = [_completeness(workspace, c) for c in (commit, parent)]
-            if None in here:  # a peer's unreadable object: never mergeable
-                self._merged[key] = None
-            if self._merges_left <= 0 or not all(here):
-                return None  # a peer's commit still arriving is merged once it is here, not cached as "no"
-            self._merges_left -= 1
-            self._merged[key] = merged_train_py(workspace, parent, baseline, commit, code=code, theirs=theirs)
-        return self._merged[key]
+        incomplete here (a peer's commit still arriving is merged once it is here, not cached as "no"),
+        for good when an object of either cannot be read, and once this proposal's fresh merges are spent."""
+        here = [_completeness(workspace, c) for c in (commit, parent)]
+        if None in here:  # a peer's unreadable object: never mergeable
+            self._merged.never(commit)
+        return self._merged.get(commit, lambda: merged_train_py(workspace, parent, baseline, commit, code=code,
+                                                               theirs=theirs), ready=all(here))
 
-    async def _usable(self, data: bytes | None, is_known: IsKnown, is_mine: IsMine | None) -> str | None:
-        """The merged train.py as text when it is a candidate this node should run: owned here, known
-        nowhere, and parseable."""
-        if data is None or (is_mine is not None and not is_mine(data)) or await is_known(data):
-            return None
-        try:
-            text = data.decode()
-            parse_source(text)
-        except (ConstantsError, UnicodeDecodeError):
-            return None
-        return text
+    async def _first_usable(self, merges: Iterable[tuple[bytes | None, T]], is_known: IsKnown,
+                            is_mine: IsMine | None) -> tuple[str, bytes, T] | None:
+        """The first merged train.py (as text, bytes and what it came from) this node should run: owned
+        here, known nowhere, and parseable (research/pick.owned_only, the order the DES takes too)."""
+        def usable() -> Iterator[tuple[str, bytes, T] | None]:
+            for data, origin in merges:
+                try:
+                    text = data.decode() if data is not None else None
+                    if text is not None:
+                        parse_source(text)
+                except (ConstantsError, UnicodeDecodeError):
+                    text = None
+                yield (text, data, origin) if text is not None and data is not None else None
+
+        return await drive_async(owned_only(usable(), (lambda c: is_mine(c[1])) if is_mine is not None else None),
+                                 lambda c: is_known(c[1]))
 
     async def _combination(self, workspace: Workspace, baseline: str, source: str, is_known: IsKnown,
                            is_mine: IsMine | None) -> Proposal | None:
@@ -151,15 +151,15 @@ class BuiltinProposer:
         combination nobody ran or claimed that this node owns (others are left to their owners)."""
         if self.wins is None:
             return None
-        for w in candidates(self.wins(), self._ancestry[1]):
-            data = self._merge(workspace, w.parent, baseline, w.commit, code=not w.peer or self.code_from(w.peer))
-            text = await self._usable(data, is_known, is_mine)
-            if data is None or text is None:
-                continue
-            self.stats["combinations"] += 1
-            description = f"combine {w.exp_id[:10]}: {describe_change(source, text)}"
-            return Proposal(data, description, constants_only_change(source, text)[0])
-        return None
+        merges = ((self._merge(workspace, w.parent, baseline, w.commit, code=not w.peer or self.code_from(w.peer)), w)
+                  for w in candidates(self.wins(), self._ancestry[1]))
+        found = await self._first_usable(merges, is_known, is_mine)
+        if found is None:
+            return None
+        text, data, w = found
+        self.stats["combinations"] += 1
+        return Proposal(data, f"combine {w.exp_id[:10]}: {describe_change(source, text)}",
+                        constants_only_change(source, text)[0])
 
     async def _idea(self, workspace: Workspace, baseline: str, source: str, is_known: IsKnown,
                     is_mine: IsMine | None) -> Proposal | None:
@@ -168,21 +168,20 @@ class BuiltinProposer:
         Its numbers stay there: the experiment is measured and judged here like any other."""
         if self.ideas is None or self._since_idea < IDEA_EVERY:
             return None
-        for idea in self.ideas():
-            # an idea's knob values are what held there: tried at those values even where this
-            # baseline moved the same knob (a combination of two wins here would be ambiguous)
-            data = self._merge(workspace, idea.parent, baseline, idea.commit, code=self.code_from(idea.peer),
-                               theirs=True)
-            text = await self._usable(data, is_known, is_mine)
-            if data is None or text is None:
-                continue
-            self.stats["ideas"] += 1
-            self._since_idea = 0
-            if self.on_idea is not None:
-                self.on_idea(idea, baseline, data)
-            return Proposal(data, idea_description(idea, describe_change(source, text)),
-                            constants_only_change(source, text)[0])
-        return None
+        # an idea's knob values are what held there: tried at those values even where this baseline
+        # moved the same knob (a combination of two wins here would be ambiguous)
+        merges = ((self._merge(workspace, idea.parent, baseline, idea.commit, code=self.code_from(idea.peer),
+                               theirs=True), idea) for idea in self.ideas())
+        found = await self._first_usable(merges, is_known, is_mine)
+        if found is None:
+            return None
+        text, data, idea = found
+        self.stats["ideas"] += 1
+        self._since_idea = 0
+        if self.on_idea is not None:
+            self.on_idea(idea, baseline, data)
+        return Proposal(data, idea_description(idea, describe_change(source, text)),
+                        constants_only_change(source, text)[0])
 
     async def propose(self, workspace: Workspace, baseline: str, is_known: IsKnown,
                       is_mine: IsMine | None = None) -> Proposal | Skip:
@@ -195,7 +194,6 @@ class BuiltinProposer:
         guard it)."""
         source = workspace.files_of(baseline)[EDITABLE_FILE].decode()
         self._on_baseline(workspace, baseline)
-        self._merges_left = MAX_MERGES
         self._since_idea += 1
         for found in (self._combination, self._idea):
             merged = await found(workspace, baseline, source, is_known, is_mine)
@@ -208,26 +206,17 @@ class BuiltinProposer:
             return Skip(f"nothing to mutate in the baseline's train.py ({e}); combinations and peers' "
                         "results still come")
         # Whether a candidate is known may cost a DHT lookup (network.announce = kept: claims live there),
-        # so it is asked of candidates this node owns first, and of the others only if none of those is new.
-        others: dict[bytes, Proposal] = {}  # in the order drawn
-        for _ in range(BUILTIN_TRIES):
-            m = propose_mutation(source, self.space, self.rng, focus)
-            if not m.changes:
-                continue
-            data = m.source.encode()
-            proposal = Proposal(data, m.description, True)
-            if is_mine is not None and not is_mine(data):
-                others.setdefault(data, proposal)
-                if len(others) >= PREFER_TRIES:
-                    break
-                continue
-            if await is_known(data):
-                continue
-            return proposal
-        for proposal in others.values():
-            if not await is_known(proposal.train_py):
-                return proposal
-        return Skip(f"no unknown experiment found in {BUILTIN_TRIES} mutations of the baseline")
+        # so it is asked of candidates this node owns first, and of the others only if none of those is
+        # new (research/pick.owned_first, the order the DES draws in too).
+        def draws() -> Iterator[Proposal | None]:
+            for _ in range(BUILTIN_TRIES):
+                m = propose_mutation(source, self.space, self.rng, focus)
+                yield Proposal(m.source.encode(), m.description, True) if m.changes else None
+
+        found = await drive_async(owned_first(draws(), (lambda p: is_mine(p.train_py)) if is_mine is not None else None,
+                                              key=lambda p: p.train_py),
+                                  lambda p: is_known(p.train_py))
+        return found or Skip(f"no unknown experiment found in {BUILTIN_TRIES} mutations of the baseline")
 
 
 AGENT_PROMPT = """\

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +28,11 @@ from p2p_research.research.claims import ClaimBook, claim_winner
 from p2p_research.research.constants import apply_scalar_changes
 from p2p_research.research.io.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
 from p2p_research.research.io.combine import Win, candidates, merge_knobs
-from p2p_research.research.io.proposers import BUILTIN_TRIES, MAX_MERGES, PREFER_TRIES
 from p2p_research.research.io.surrogate import noisy_value
 from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.mutate import draw_changes, prepare_choices
 from p2p_research.research.negatives import Hints, Report, Tried, dht_report, tried
+from p2p_research.research.pick import BUILTIN_TRIES, Merges, drive, owned_first, owned_only
 from p2p_research.research.searchspace import SearchSpace
 from p2p_research.research.speculation import Branch, Revert
 from p2p_research.research.swarm import PeerClaim, SwarmPolicy, SwarmState, Verify
@@ -158,7 +159,7 @@ class VirtualNode:
         self._ptr = 0
         self._waiting: list[tuple[float, Message]] = []
         self._ancestry: tuple[str, list[str]] = ("", [])
-        self._merged: dict[tuple[str, str], dict | None] = {}
+        self._merged: Merges[str, dict] = Merges()
         self._choices: tuple[str, Any] = ("", None)
         self.baseline_source = -1               # node index whose result the baseline is (-1: own)
         self.rank_value: float | None = None    # the announced value of the baseline (following)
@@ -450,26 +451,17 @@ class VirtualNode:
         if self._choices[0] != baseline:
             self._choices = (baseline, prepare_choices(consts, sh.space, self.interests))
         choices = self._choices[1]
-        # the builtin proposer's order, with the (possibly remote) check last: a candidate this node owns
-        # is taken unless it is known; else the first of PREFER_TRIES others that is not known
-        others: list[tuple[dict, str]] = []
-        for _ in range(BUILTIN_TRIES):
-            changes = draw_changes(choices, sh.space, self.rng)
-            if not changes:
-                continue
-            new, exp = sh.mutated(baseline, consts, changes)
-            if self.known_here(exp):
-                continue
-            if self.mine(exp):
-                if self.known(exp, spent, new):
-                    continue
-                return self._make(new, baseline, "mutation"), spent[0]
-            others.append((new, exp))
-            if len(others) >= PREFER_TRIES:
-                break
-        for new, exp in others:
-            if not self.known(exp, spent, new):
-                return self._make(new, baseline, "mutation"), spent[0]
+
+        def draws() -> Iterator[tuple[dict, str] | None]:
+            for _ in range(BUILTIN_TRIES):
+                changes = draw_changes(choices, sh.space, self.rng)
+                yield sh.mutated(baseline, consts, changes) if changes else None
+
+        # the builtin proposer's order (research/pick.owned_first), with the (possibly remote) check last
+        found = drive(owned_first(draws(), None if self.solo else lambda c: self.mine(c[1]), key=lambda c: c[1]),
+                      lambda c: self.known(c[1], spent, c[0]))
+        if found is not None:
+            return self._make(found[0], baseline, "mutation"), spent[0]
         hinted = self._hints.fallback()
         if hinted is not None:
             return self._make(hinted, baseline, "mutation"), spent[0]
@@ -480,6 +472,8 @@ class VirtualNode:
         return exp, commit, description
 
     def _combination(self, baseline: str, consts: dict, spent: list[float]) -> tuple[str, str, str] | None:
+        """The builtin proposer's combination (research/pick.owned_only over Merges): the first win off the
+        baseline's lineage, merged onto it, that this node owns and nobody ran or claimed."""
         sh = self.shared
         if self._ancestry[0] != baseline:
             chain, c = [], baseline
@@ -487,27 +481,23 @@ class VirtualNode:
                 chain.append(c)
                 c = sh.parent.get(c, "")
             self._ancestry = (baseline, chain)
-            self._merged.clear()
+        self._merged.start(baseline)
+
+        def merge(win: Win) -> dict | None:
+            parent_c, win_c = sh.constants[win.parent], sh.constants[win.commit]
+            changes = {k: v for k, v in win_c.items() if parent_c.get(k) != v or type(parent_c.get(k)) is not type(v)}
+            knobs = merge_knobs(parent_c, consts, changes)
+            return None if knobs is None else {**consts, **knobs}
+
+        def merged() -> Iterator[tuple[dict, str] | None]:
+            for win in candidates(wins, self._ancestry[1], 4 * MAX_WINS_COMBINED):
+                new = self._merged.get(win.commit, lambda w=win: merge(w))
+                yield (new, exp_id_of(new)) if new is not None else None
+
         wins = [x for x in self.wins if not x.peer or getattr(self.state.reputation.get(x.peer), "refuted", 0) == 0]
-        merges = 0
-        for win in candidates(wins, self._ancestry[1], 4 * MAX_WINS_COMBINED):
-            key = (win.commit, baseline)
-            if key not in self._merged:
-                if merges >= MAX_MERGES:
-                    break
-                merges += 1
-                parent_c, win_c = sh.constants[win.parent], sh.constants[win.commit]
-                changes = {k: v for k, v in win_c.items() if parent_c.get(k) != v or type(parent_c.get(k)) is not type(v)}
-                knobs = merge_knobs(parent_c, consts, changes)
-                self._merged[key] = None if knobs is None else {**consts, **knobs}
-            new = self._merged[key]
-            if new is None:
-                continue
-            exp = exp_id_of(new)
-            if self.known_here(exp) or not self.mine(exp) or self.known(exp, spent):
-                continue
-            return self._make(new, baseline, "combination")
-        return None
+        found = drive(owned_only(merged(), None if self.solo else lambda c: self.mine(c[1])),
+                      lambda c: self.known(c[1], spent))
+        return self._make(found[0], baseline, "combination") if found is not None else None
 
     def known_here(self, exp: str) -> bool:
         if exp in self.local or exp in self.heard:
