@@ -104,7 +104,7 @@ def test_an_honest_code_edit_is_measured_by_the_verifier_s_harness_and_adopted(t
     daemons = [a]
     try:
         b = Daemon(victim_home(tmp_path / "b", proposer="command", proposer_command=f"{sys.executable} {worse}").path,
-                   "-n", "1", "--bootstrap", a.addrs[0]).start(timeout=120)
+                   "-n", "0", "--bootstrap", a.addrs[0]).start(timeout=120)  # B only verifies and adopts
         daemons.append(b)
         # A's own (agent) experiment: B's builtin one reaches A's list too, and may finish first
         wait_for(lambda: any(e["kind"] == "experiment" and e["origin"] == "local"
@@ -137,7 +137,7 @@ def lying_commit(root: Path, name: str) -> tuple[Workspace, str]:
 
 
 def test_lying_code_from_a_peer_is_refuted_by_the_harness_and_never_adopted(tmp_path):
-    v = Daemon(victim_home(tmp_path / "v").path, "-n", "1").start(timeout=120)
+    v = Daemon(victim_home(tmp_path / "v").path, "-n", "0").start(timeout=120)
     try:
         wait_for(lambda: v.json("status")["baseline"]["val_bpb"] is not None, 240, 1.0, what="V measures its genesis")
         s0 = v.json("status")

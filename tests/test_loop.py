@@ -305,3 +305,18 @@ def test_a_swarm_node_takes_a_turn_before_each_proposal_and_decides_again_after_
     life.turn_taken(step)
     again = life.next_step()  # the proposal from the new baseline gets a turn of its own
     assert isinstance(again, TakeTurn) and again.before == L.Propose("p" * 40)
+
+
+@pytest.mark.parametrize("measure_first", [True, False])
+def test_no_experiments_asked_for_measures_the_baseline_and_ends(measure_first):
+    """`-n 0`: a node that only verifies and follows measures the genesis (its verdicts rest on it), even
+    where peers were to measure it, and proposes nothing."""
+    m = L.ResearchLoop("g" * 40, None, margin=0.01, max_experiments=0, measure_first=measure_first)
+    a = m.next_action()
+    if not measure_first:  # the loop alone would wait for peers' value; the engine measures first for -n 0
+        assert a == L.AwaitBaseline("g" * 40)
+        m.handle(L.BaselineUnavailable("g" * 40))
+        a = m.next_action()
+    assert a == L.MeasureBaseline("g" * 40)
+    m.handle(L.BaselineMeasured("g" * 40, 2.0))
+    assert m.next_action() == L.Done("completed 0 experiments")

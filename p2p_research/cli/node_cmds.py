@@ -22,7 +22,8 @@ def start(
     listen: list[str] = typer.Option([], "--listen", help="Multiaddr to listen on (repeatable) [default: node.toml]"),
     bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap address /ip4/.../tcp/.../p2p/<id> (repeatable)"),
     no_research: bool = typer.Option(False, "--no-research", help="Relay only: gossip and serve objects, train nothing"),
-    experiments: int | None = typer.Option(None, "--experiments", "-n", min=1, help="Stop researching after N experiments"),
+    experiments: int | None = typer.Option(None, "--experiments", "-n", min=0, help="Stop proposing after N experiments "
+                                           "and follow the swarm (0: only measure the genesis, verify and adopt)"),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Training budget in tokens (part of "
                                              "the protocol: only nodes with the same budget share results)"),
     budget_seconds: float | None = typer.Option(None, "--budget-seconds", help="Training budget in wall-clock "

@@ -210,8 +210,9 @@ def register(app: typer.Typer) -> None:
     @one_line_errors
     def run(
         home: Path | None = HomeOpt,
-        experiments: int | None = typer.Option(None, "--experiments", "-n", min=1,
-                                                  help="Stop after N experiments [default: run forever]"),
+        experiments: int | None = typer.Option(None, "--experiments", "-n", min=0,
+                                                  help="Stop after N experiments (0: measure the baseline only) "
+                                                       "[default: run forever]"),
         budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Token budget per run"),
         budget_seconds: float | None = typer.Option(None, "--budget-seconds", help="Wall-clock budget per run"),
         proposer: str | None = typer.Option(None, "--proposer", help="builtin | command"),

@@ -178,7 +178,8 @@ class ResearchLoop:
         if self._pending is not None:
             return self._pending
         if self.baseline_value is None:
-            if not self.measure_first and self._held is None and self.experiments_done == 0:
+            if (not self.measure_first and self._held is None and self.experiments_done == 0
+                    and self.max_experiments != 0):
                 self._pending = Propose(self.baseline_commit)
             elif not self.measure_first and not self._waited and self._learned is None:
                 self._pending = AwaitBaseline(self.baseline_commit)

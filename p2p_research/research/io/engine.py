@@ -328,7 +328,9 @@ class ResearchEngine:
         self.ensure_registered(commit, "baseline")
         # a simulated liar lies about every experiment, so it needs the genesis value before its first
         shares = value is None and self.share_genesis and not self.liar
-        measure_first = G.measures_first(self.peer, commit, shares)
+        # no experiments of its own (`-n 0`: a node that verifies and follows): it has nothing to run while
+        # peers measure the genesis, and its verdicts on their claims rest on its own value of it
+        measure_first = G.measures_first(self.peer, commit, shares) or max_experiments == 0
         if shares and measure_first:
             self.measures_for_peers = commit
         elif shares:
