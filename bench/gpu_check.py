@@ -19,7 +19,6 @@ the CPU, so the script itself is tested everywhere. The exit code is 1 if any st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import socket
@@ -34,6 +33,7 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from p2p_research.daemon.control_call import call  # noqa: E402
 from p2p_research.research.io.context import open_context  # noqa: E402
 from p2p_research.research.io.engine import ResearchEngine  # noqa: E402
 from p2p_research.research.io.home_init import init_home  # noqa: E402
@@ -137,15 +137,20 @@ def swarm_step(tmp: Path, budget_tokens: int, device: str, timeout_s: float = 30
                 break
         if not addr:
             return say("FAIL", "2-node swarm", "node A printed no address")
-        b = subprocess.Popen([*CLI, "node", "start", "--home", str(homes[1]), "-n", "1", "--bootstrap", addr],
+        # B runs nothing of its own (-n 0): it measures the genesis and takes in A's result
+        b = subprocess.Popen([*CLI, "node", "start", "--home", str(homes[1]), "-n", "0", "--bootstrap", addr],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         procs.append(b)
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
-            r = subprocess.run([*CLI, "status", "--json", "--home", str(homes[1])], capture_output=True, text=True,
-                               cwd=ROOT)
-            if r.returncode == 0:
-                st = json.loads(r.stdout)
+            # `status --json`'s answer, asked of the control socket directly (a CLI process per poll cost
+            # as much CPU as the poll's wait)
+            try:
+                resp = call(homes[1] / "control.sock", "status", {}, timeout=30)
+            except OSError:  # not up yet
+                resp = None
+            if resp and resp.get("ok"):
+                st = resp["data"]
                 if st["experiments"]["from_peers"] > 0 and st["peers_connected"] >= 1:
                     return say("ok", "2-node swarm", f"on {device}: B connected to A and holds "
                                f"{st['experiments']['from_peers']} of A's result(s) after {time.monotonic() - started:.0f} s")
