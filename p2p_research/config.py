@@ -98,6 +98,8 @@ class ResearchSection:
     cache_dir: str = ""         # "" = ~/.cache/p2p-research
     objective: str = _choice("torch", "surrogate")  # surrogate: scores the constants without training (simulations)
     surrogate_cost_s: float = _bounded(20.0, 0)  # simulated seconds per surrogate run
+    # the surrogate's landscape (research/io/surrogate.py FAMILIES); part of the protocol when not default
+    surrogate: str = _choice("default", "separable", "interacting", "noisy", "deceptive")
     combine: bool = True        # propose kept results that branched off the baseline's lineage, merged onto it
     # follow sibling protocols (the same genesis, another budget or hardware class) and propose their kept
     # changes as ideas, measured and judged here (research/io/ideas.py)

@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
         combine: bool = typer.Option(True, "--combine/--no-combine", help="des: combine parallel wins (research.combine)"),
         genesis: str = typer.Option("shared", "--genesis", help="research.genesis of every node: shared (about a "
                                     "quarter measure the genesis first, the rest experiment at once) | each"),
+        surrogate: str = typer.Option("default", "--surrogate", help="The surrogate's landscape: default | separable | "
+                                      "interacting | noisy (3x the noise) | deceptive (a local optimum)"),
     ) -> None:
         """Run a swarm (real daemons on loopback, or virtual nodes); write report.json, report.md and plots."""
         import time
@@ -68,7 +70,7 @@ def register(app: typer.Typer) -> None:
             _run_des(nodes=nodes, duration=duration, churn=churn, churn_downtime=churn_downtime, liars=liars, seed=seed,
                      report=report, cost=cost, solo=solo_baseline, verification=verification, start_rate=start_rate,
                      margin=margin, settle=settle, announce=announce, cores=cores, hop_latency_ms=hop_latency_ms,
-                     loss=loss, nat_share=nat_share, combine=combine, genesis=genesis)
+                     loss=loss, nat_share=nat_share, combine=combine, genesis=genesis, surrogate=surrogate)
             return
 
         from p2p_research.sim.figures import collect
@@ -84,7 +86,7 @@ def register(app: typer.Typer) -> None:
                               verification=verification, target_peers=target_peers, start_rate=start_rate,
                               budget_tokens=budget_tokens, max_trainings=max_trainings, margin=margin,
                               count_from=count_from, settle_s=settle, announce=announce,
-                              genesis=genesis).validate()
+                              genesis=genesis, surrogate=surrogate).validate()
             sim = Simulation(opts)
         except ValueError as e:
             raise CliError(str(e), 2) from None
@@ -135,7 +137,7 @@ def register(app: typer.Typer) -> None:
 def _run_des(*, nodes: int, duration: str, churn: float, churn_downtime: float, liars: int, seed: int,
              report: Path | None, cost: float, solo: bool, verification: str, start_rate: float, margin: float | None,
              settle: float, announce: str, cores: float, hop_latency_ms: float, loss: float, nat_share: float,
-             combine: bool, genesis: str) -> None:
+             combine: bool, genesis: str, surrogate: str) -> None:
     import time
 
     from rich.console import Console
@@ -154,7 +156,7 @@ def _run_des(*, nodes: int, duration: str, churn: float, churn_downtime: float, 
         opts = DesOptions(nodes=nodes, duration_s=parse_duration(duration), seed=seed, cost_s=cost, churn=churn,
                           churn_downtime_s=churn_downtime, liars=liars, verification=verification, solo=solo,
                           settle_s=settle, margin=margin, start_rate=start_rate, announce=announce, combine=combine,
-                          genesis=genesis,
+                          genesis=genesis, surrogate=surrogate,
                           net=NetModel(hop_latency_s=latency, cores=cores, loss=loss, nat_share=nat_share))
         sim = DesSimulation(opts)
     except ValueError as e:

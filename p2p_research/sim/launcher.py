@@ -234,6 +234,7 @@ class Simulation:
             r = cfg.research
             r.objective = o.objective
             r.surrogate_cost_s = float(o.cost_s)
+            r.surrogate = o.surrogate
             r.seed = o.seed * 1000 + (node.index + 1 if node.role == "swarm" else 0) + (500 if node.role == "solo" else 0)
             r.threads = 1
             r.cache_dir = str(cache)

@@ -18,6 +18,13 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
+def _check_surrogate(family: str) -> None:
+    from p2p_research.research.io.surrogate import FAMILIES
+
+    if family not in FAMILIES:
+        raise ValueError(f"--surrogate must be one of {', '.join(FAMILIES)}")
+
+
 @dataclass
 class SimOptions:
     report: Path
@@ -41,6 +48,7 @@ class SimOptions:
     margin: float | None = None       # keep threshold passed to every node (None: the node's own, research.margin)
     announce: str = "auto"            # network.announce of every node: auto | all | kept (research/flooding.py)
     genesis: str = "shared"           # research.genesis of every node: shared | each (research/genesis.py)
+    surrogate: str = "default"        # research.surrogate of every node: the landscape (research/io/surrogate.py)
 
     def validate(self) -> SimOptions:
         if self.nodes < 1:
@@ -61,6 +69,7 @@ class SimOptions:
             raise ValueError("--announce must be auto, all or kept")
         if self.genesis not in ("shared", "each"):
             raise ValueError("--genesis must be shared or each")
+        _check_surrogate(self.surrogate)
         if self.verification not in ("always", "adaptive", "never"):
             raise ValueError("--verification must be always, adaptive or never")
         if self.count_from not in ("all-up", "first-start"):

@@ -215,7 +215,10 @@ def open_context(home: NodeHome, config: NodeConfig | None = None) -> ResearchCo
     harness = {name: genesis_files[name] for name in (*HARNESS_FILES, *ENV_FILES) if name in genesis_files}
     budget, budget_source = resolve_budget(cfg, harness["prepare.py"])
     hardware = hardware_class(cfg.research.device)
-    pid = protocol_id(harness, budget, METRIC, data_digest(cfg.research.data), hardware if budget.is_wall_clock else "")
+    metric = METRIC
+    if cfg.research.objective == "surrogate" and cfg.research.surrogate != "default":
+        metric = f"{METRIC}@surrogate:{cfg.research.surrogate}"  # another landscape: values never compare
+    pid = protocol_id(harness, budget, metric, data_digest(cfg.research.data), hardware if budget.is_wall_clock else "")
     sandbox = sandbox_of(cfg)
     home.runs.mkdir(exist_ok=True)
     ledger = Ledger(home.ledger)

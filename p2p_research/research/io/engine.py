@@ -182,7 +182,7 @@ class ResearchEngine:
         self.peer = peer  # own peer id (a daemon's; "" for a solo node)
         self.loop: L.ResearchLoop | None = None
         r = ctx.config.research
-        self.trainer = (SurrogateTrainer(r.surrogate_cost_s, ctx.budget.tokens) if r.objective == "surrogate"
+        self.trainer = (SurrogateTrainer(r.surrogate_cost_s, ctx.budget.tokens, r.surrogate) if r.objective == "surrogate"
                         else self._harness_trainer() if ctx.harness_measures
                         else functools.partial(run_training, command=train_argv(r.train_command)))
         self.liar = ctx.config.simulation.liar

@@ -24,6 +24,9 @@ from p2p_research.research.summary import Summary
 
 NOISE_STD = 0.002
 DEFAULT_TOKENS = 600_000
+#: landscapes of other structure over the same knobs (research.surrogate), so that no lever of the swarm
+#: is tuned to one: see `surrogate_bpb`
+FAMILIES = ("default", "separable", "interacting", "noisy", "deceptive")
 
 
 def _f(c: dict, name: str, default: float) -> float:
@@ -31,8 +34,81 @@ def _f(c: dict, name: str, default: float) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
 
-def surrogate_bpb(c: dict, budget_tokens: int = DEFAULT_TOKENS) -> float | None:
-    """Noise-free surrogate val_bpb of a set of constants (None: the configuration 'diverges')."""
+def noise_std_of(family: str = "default") -> float:
+    """The run-to-run noise of a family: `noisy` has three times the default's."""
+    return 3 * NOISE_STD if family == "noisy" else NOISE_STD
+
+
+def surrogate_bpb(c: dict, budget_tokens: int = DEFAULT_TOKENS, family: str = "default") -> float | None:
+    """Noise-free surrogate val_bpb of a set of constants (None: the configuration 'diverges').
+
+    The families share the knobs, the genesis value and the scale, and differ in structure:
+    - `default` (and `noisy`, the same with 3x the noise): interactions where training has them;
+    - `separable`: the default's first-order part around the embedded genesis, the sum of each knob's
+      own effect there, so knobs never interact and parallel wins add up exactly;
+    - `interacting`: the default plus three couplings that are zero at the genesis and punish moving
+      one knob of a pair alone (depth with width, learning rate with warm-up, sequence length against
+      batch size): single-knob hill climbing stalls where pairs must move together;
+    - `deceptive`: the default plus a basin that lies behind a ridge: deepening or widening alone costs
+      0.02 each, both together (6+ layers and 192+ wide) gain 0.06, so a greedy search is held at a
+      local optimum that only a two-knob move (or a combination of two discarded ones) escapes.
+    """
+    if family in ("default", "noisy"):
+        return _default_bpb(c, budget_tokens)
+    if family == "separable":
+        return _separable_bpb(c, budget_tokens)
+    if family == "interacting":
+        return _interacting_bpb(c, budget_tokens)
+    if family == "deceptive":
+        return _deceptive_bpb(c, budget_tokens)
+    raise ValueError(f"unknown surrogate family {family!r} (one of {', '.join(FAMILIES)})")
+
+
+#: the embedded target's genesis constants: the point the separable family expands around (a copy, so
+#: this module needs no target files; tests check it matches target/train.py)
+GENESIS = {"N_LAYER": 4, "N_EMBD": 128, "N_HEAD": 4, "MLP_RATIO": 4, "SEQ_LEN": 128, "BATCH_SIZE": 16,
+           "LEARNING_RATE": 0.002, "MIN_LR_FRAC": 0.1, "WARMUP_FRAC": 0.05, "SCHEDULE": "cosine",
+           "WEIGHT_DECAY": 0.1, "BETA1": 0.9, "BETA2": 0.95, "GRAD_CLIP": 1.0, "DROPOUT": 0.0,
+           "ACTIVATION": "gelu", "NORM": "layernorm", "POS_EMB": "rope", "QK_NORM": False,
+           "TIE_EMBEDDINGS": True, "INIT_SCALE": 1.0, "BIAS": False}
+
+
+def _separable_bpb(c: dict, budget_tokens: int) -> float | None:
+    base = _default_bpb(GENESIS, budget_tokens)
+    assert base is not None
+    v = base
+    for k, value in c.items():
+        if k not in GENESIS or value == GENESIS[k]:
+            continue
+        one = _default_bpb({**GENESIS, k: value}, budget_tokens)
+        if one is None:
+            return None
+        v += one - base
+    return v
+
+
+def _interacting_bpb(c: dict, budget_tokens: int) -> float | None:
+    v = _default_bpb(c, budget_tokens)
+    if v is None:
+        return None
+    depth, width = _f(c, "N_LAYER", 4), _f(c, "N_EMBD", 128)
+    lr, warm = _f(c, "LEARNING_RATE", 2e-3), _f(c, "WARMUP_FRAC", 0.05)
+    seq, batch = _f(c, "SEQ_LEN", 128), _f(c, "BATCH_SIZE", 16)
+    v += 0.04 * (math.log2(width / 128) - 0.5 * (depth - 4)) ** 2
+    v += 0.03 * (math.log2(lr / 2e-3) - 20 * (warm - 0.05)) ** 2
+    v += 0.03 * (math.log2(seq / 128) + math.log2(batch / 16)) ** 2
+    return v
+
+
+def _deceptive_bpb(c: dict, budget_tokens: int) -> float | None:
+    v = _default_bpb(c, budget_tokens)
+    if v is None:
+        return None
+    deep, wide = _f(c, "N_LAYER", 4) >= 6, _f(c, "N_EMBD", 128) >= 192
+    return v - 0.06 if deep and wide else v + 0.02 * (deep + wide)
+
+
+def _default_bpb(c: dict, budget_tokens: int = DEFAULT_TOKENS) -> float | None:
     layers, width, ratio = _f(c, "N_LAYER", 4), _f(c, "N_EMBD", 128), _f(c, "MLP_RATIO", 4)
     heads, seq, batch = _f(c, "N_HEAD", 4), _f(c, "SEQ_LEN", 128), _f(c, "BATCH_SIZE", 16)
     lr, wd = _f(c, "LEARNING_RATE", 2e-3), _f(c, "WEIGHT_DECAY", 0.1)
@@ -79,21 +155,22 @@ def surrogate_bpb(c: dict, budget_tokens: int = DEFAULT_TOKENS) -> float | None:
     return v
 
 
-def noisy_value(c: dict, seed: int, budget_tokens: int, noise_std: float = NOISE_STD) -> float | None:
-    base = surrogate_bpb(c, budget_tokens)
+def noisy_value(c: dict, seed: int, budget_tokens: int, family: str = "default") -> float | None:
+    base = surrogate_bpb(c, budget_tokens, family)
     if base is None:
         return None
     key = repr(sorted((k, repr(v)) for k, v in c.items())) + f"|{seed}"
     rng = random.Random(hashlib.sha256(key.encode()).digest())
-    return base + rng.gauss(0.0, noise_std)
+    return base + rng.gauss(0.0, noise_std_of(family))
 
 
 class SurrogateTrainer:
     """Stands in for run_training: same inputs, same RunOutcome, a log with the same summary block."""
 
-    def __init__(self, cost_s: float, budget_tokens: int | None) -> None:
+    def __init__(self, cost_s: float, budget_tokens: int | None, family: str = "default") -> None:
         self.cost_s = cost_s
         self.budget_tokens = budget_tokens or DEFAULT_TOKENS
+        self.family = family
 
     async def __call__(self, run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
                        sandbox: object = None) -> RunOutcome:  # runs no code: nothing to sandbox
@@ -106,7 +183,7 @@ class SurrogateTrainer:
             return RunOutcome(False, None, f"cannot read train.py: {e}", 0.0, 1, log_path)
         await trio.sleep(min(self.cost_s, limits.time_limit_s))
         seed = int(env.get("P2P_SEED", "0"))
-        value = noisy_value(constants, seed, self.budget_tokens)
+        value = noisy_value(constants, seed, self.budget_tokens, self.family)
         wall = time.monotonic() - started
         if value is None:
             log_path.write_text("surrogate: loss diverged (NaN)\n")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p_research.research.constants import read_constants
+from p2p_research.research.io.surrogate import FAMILIES, NOISE_STD, noise_std_of
 from p2p_research.research.searchspace import parse_search_space
 from p2p_research.sim.des.model import NetModel
 from p2p_research.sim.des.vnode import Shared, VirtualNode
@@ -58,6 +59,7 @@ class DesOptions:
     combine: bool = True
     genesis: str = "shared"        # research.genesis: shared | each
     forward_records_only: bool = False  # an experiment (world.forwards_kept): kept results go on only where they are records
+    surrogate: str = "default"     # the landscape (research/io/surrogate.py FAMILIES)
     net: NetModel = field(default_factory=NetModel)
 
     def validate(self) -> DesOptions:
@@ -69,6 +71,8 @@ class DesOptions:
             raise ValueError("--liars must be at least 0 and fewer than --nodes")
         if self.genesis not in ("shared", "each"):
             raise ValueError("--genesis must be shared or each")
+        if self.surrogate not in FAMILIES:
+            raise ValueError(f"--surrogate must be one of {', '.join(FAMILIES)}")
         if self.announce not in ("auto", "all", "kept"):
             raise ValueError("--announce must be auto, all or kept")
         if self.verification not in ("always", "adaptive", "never"):
@@ -89,9 +93,11 @@ class DesSimulation:
     def __init__(self, opts: DesOptions) -> None:
         self.opts = o = opts.validate()
         genesis, space = embedded_target()
-        margin = o.margin if o.margin is not None else 0.002
+        # the daemon's margin before it has measured its noise, scaled with the landscape's noise (the
+        # margin a node measures is 2 sigma of its own runs)
+        margin = o.margin if o.margin is not None else 0.002 * noise_std_of(o.surrogate) / NOISE_STD
         self.shared = Shared(space, genesis, o.budget_tokens, o.cost_s, margin, o.verification, combine=o.combine,
-                             shared_genesis=o.genesis == "shared")
+                             shared_genesis=o.genesis == "shared", family=o.surrogate)
         self.world = w = World(o.nodes, o.net, o.announce, o.seed)
         w.forward_records_only, w.margin = o.forward_records_only, margin
         rng = random.Random(o.seed)
@@ -216,7 +222,7 @@ class DesSimulation:
             requested_duration_s=o.duration_s,
             duration_counted_from="when every node was up (start-up excluded)",
             startup_s=round(self.all_up, 1), interrupted=None,
-            objective="surrogate", cost_s=o.cost_s, fanout=None, churn=o.churn, liars=o.liars,
+            objective="surrogate" if o.surrogate == "default" else f"surrogate ({o.surrogate})", cost_s=o.cost_s, fanout=None, churn=o.churn, liars=o.liars,
             seed=o.seed, verification=o.verification, announce=w.announce,
             experiments_completed=len(exps), experiments_completed_in_window=len(in_window),
             window_s=round(w1 - w0, 1),

@@ -76,6 +76,7 @@ class Shared:
     shared_genesis: bool = True     # research.genesis = shared: most nodes experiment before measuring it
     window_end: float = math.inf    # nodes stop proposing at this time and follow the swarm
     settle_end: float = math.inf
+    family: str = "default"         # the surrogate's landscape (research/io/surrogate.py)
     constants: dict[str, dict] = field(default_factory=dict)   # commit -> constants
     parent: dict[str, str] = field(default_factory=dict)        # commit -> parent commit
     exp_of: dict[str, str] = field(default_factory=dict)        # commit -> experiment id
@@ -92,7 +93,7 @@ class Shared:
     def value(self, commit: str, seed: int) -> float | None:
         key = (commit, seed)
         if key not in self.values:
-            self.values[key] = noisy_value(self.constants[commit], seed, self.budget_tokens)
+            self.values[key] = noisy_value(self.constants[commit], seed, self.budget_tokens, self.family)
         return self.values[key]
 
     def mutated(self, baseline: str, consts: dict, changes: dict) -> tuple[dict, str]:
