@@ -278,6 +278,51 @@ def test_candidates_behind_one_relay_or_under_one_domain_count_as_one_subnet():
     assert sum(c.subnet is None for c in pm._candidates.values()) == 20
 
 
+def test_relayed_connections_count_in_their_relay_s_subnet():
+    """A relayed connection counts against CONNECTIONS_PER_SUBNET in its relay's subnet, as its candidate
+    did (before, relayed connections were not counted, so identities behind one relay could take every
+    connection the node makes over a few dialing rounds); a relay on 127.0.0.1 stays exempt."""
+    import multiaddr
+    import trio
+
+    from p2p_research.net.peers import CONNECTIONS_PER_SUBNET, conn_subnet
+
+    relay = new_peer_id()
+
+    class Conn:
+        def __init__(self, addr: str) -> None:
+            self.addr = multiaddr.Multiaddr(addr)
+
+        def get_transport_addresses(self):
+            return [self.addr]
+
+    behind = [Conn(f"/ip4/10.1.2.3/tcp/4001/p2p/{relay}/p2p-circuit") for _ in range(3)]
+    assert {conn_subnet(c) for c in behind} == {"relay:10.1.2.0/24"}
+    assert conn_subnet(Conn(f"/ip4/127.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit")) is None
+
+    pm = bare_peer_manager()
+    live = {new_peer_id(): [c] for c in behind[:CONNECTIONS_PER_SUBNET]}
+
+    class Network:
+        connections = live
+
+    pm.host.get_network = lambda: Network()  # type: ignore[method-assign]
+    assert pm._connections_by_subnet()["relay:10.1.2.0/24"] == CONNECTIONS_PER_SUBNET
+    dialed = []
+
+    async def dial(info):
+        dialed.append(str(info.addrs[0]))
+
+    pm._dial = dial  # type: ignore[method-assign]
+    pm.target_peers = 50
+    for _ in range(5):
+        pm._add_candidate(f"/ip4/10.1.2.3/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{new_peer_id()}")
+    honest = f"/ip4/10.9.9.1/tcp/4001/p2p/{new_peer_id()}"
+    pm._add_candidate(honest)
+    trio.run(pm._dial_candidates)
+    assert dialed == ["/ip4/10.9.9.1/tcp/4001"], dialed  # the relay's subnet is full: only the honest candidate is dialed
+
+
 def test_a_subnet_full_of_dead_candidates_makes_room_for_a_live_one():
     """Made-up addresses in an honest peer's /24 hold that subnet's candidate places only until they fail
     to answer: a full subnet then drops the one that failed most for a new candidate."""

@@ -125,9 +125,16 @@ def addr_subnet(addr: Any) -> str | None:
 
 
 def conn_subnet(conn: Any) -> str | None:
-    """The subnet of the address a connection's other end is at (None where exempt, or relayed)."""
+    """The group a live connection counts in for CONNECTIONS_PER_SUBNET, as `addr_subnet` groups
+    candidates: the subnet of the address its other end is at; for a relayed connection, its relay's
+    ("relay:..."), so identities behind one relay hold no more of this node's connections than one
+    subnet (relayed connections were not counted at all); None where exempt."""
     if is_relayed(conn):
-        return None
+        try:
+            circuits = [a for a in conn.get_transport_addresses() if "/p2p-circuit" in str(a)]
+        except Exception:  # noqa: BLE001 - a connection being torn down
+            circuits = []
+        return addr_subnet(circuits[0]) if circuits else "relay:?"
     ip = remote_ip(getattr(conn, "muxed_conn", conn))
     key = key_of(ip)
     return None if key is None else subnet_of(key)
