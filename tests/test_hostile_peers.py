@@ -959,6 +959,68 @@ def test_a_peer_exchange_full_of_one_subnet_does_not_eclipse_a_node(tmp_path):
     assert sum(ip.startswith("127.0.8.") for ip in ips) <= 2, ips
 
 
+def test_a_bootstrap_list_that_is_all_the_attacker_s_does_not_cut_a_node_off_from_peers_it_knew(tmp_path):
+    """Eclipse by bootstrap: V knew an honest peer H, then restarts with only an attacker to bootstrap
+    from, whose peer exchange hands out only its own hosts (in three /24s, enough to fill V's six
+    connections). Before, V met only the attacker's hosts; now it remembers the peers of its last run
+    (daemon/known_peers.py, `peers.json`) and dials them whatever the bootstrap list says."""
+    import json as _json
+
+    from libp2p import generate_new_ed25519_identity, new_host
+    from multiaddr import Multiaddr
+
+    from p2p_research.net.framing import frame, pack, read_frame, unpack_small
+    from p2p_research.net.peers import PEERS_PROTOCOL
+
+    h = Daemon(init_home(tmp_path / "h").path, "--no-research", "--listen", "/ip4/127.0.30.1/tcp/0").start()
+    v_home = init_home(tmp_path / "v").path
+    try:
+        v = Daemon(v_home, "--no-research", "--bootstrap", h.addrs[0]).start()
+        wait_for(lambda: any(p["peer_id"] == h.peer_id for p in v.json("peers")), 30, 0.5, what="V meets H")
+        wait_for(lambda: any(p["peer_id"] == h.peer_id and p["role"] for p in v.json("peers")), 30, 0.5,
+                 what="V and H exchanged peers")
+        v.stop()
+        remembered = _json.loads((v_home / "peers.json").read_text())["peers"]
+        assert any(a.endswith(f"/p2p/{h.peer_id}") and "/ip4/127.0.30.1/" in a for a in remembered), remembered
+        (v_home / "listen.json").unlink()  # V comes back at another port: H, which knew it, cannot dial it
+        addrs: dict[str, list[str]] = {}
+        result: dict[str, list[str]] = {}
+
+        async def exchange(stream) -> None:  # the attacker's answer: its own hosts only
+            unpack_small(await read_frame(stream, 64 * 1024))
+            await stream.write(frame(pack({"peers": addrs["sybils"], "about": {}})))
+            await stream.close()
+
+        async def attack() -> None:
+            async with AsyncExitStack() as stack:
+                async def listening(ip: str):
+                    host = new_host(key_pair=generate_new_ed25519_identity())
+                    await stack.enter_async_context(host.run(listen_addrs=[Multiaddr(f"/ip4/{ip}/tcp/0")]))
+                    stack.push_async_callback(host.close)
+                    return host, f"{host.get_addrs()[0]}"
+
+                attacker, attacker_addr = await listening("127.0.9.1")
+                attacker.set_stream_handler(PEERS_PROTOCOL, exchange)
+                addrs["sybils"] = [(await listening(f"127.0.{net}.{i}"))[1] for net in (9, 10, 11) for i in (2, 3, 4)]
+                again = Daemon(v_home, "--no-research", "--bootstrap", attacker_addr)
+                await in_thread(again.start)
+                try:
+                    def met_h() -> bool:
+                        return any(p["peer_id"] == h.peer_id for p in again.json("peers"))
+                    await in_thread(lambda: wait_for(met_h, 30, 0.5, what="V meets H again"))
+                    result["peers"] = [p["peer_id"] for p in again.json("peers")]
+                    assert "connected to remembered peer" in again.stderr(), again.stderr()[-2000:]
+                finally:
+                    await in_thread(again.stop)
+                    again.kill()
+
+        trio.run(attack)
+        assert h.peer_id in result["peers"]
+    finally:
+        h.stop()
+        h.kill()
+
+
 async def test_an_rpc_carries_at_most_256_published_messages(swarm):
     """pubsub starts a task and checks a signature for every message of an RPC, however many: ten RPCs
     of 4,800 messages with made-up signatures (each just under the 1 MiB cap) cost a daemon 84 CPU-s and

@@ -21,7 +21,7 @@ import trio.lowlevel
 
 from p2p_research import __version__
 from p2p_research.config import NodeConfig
-from p2p_research.daemon import views
+from p2p_research.daemon import known_peers, views
 from p2p_research.daemon.address import stable_listen
 from p2p_research.daemon.announcer import Announcer, AnnouncerDeps
 from p2p_research.daemon.catchup import (
@@ -144,7 +144,9 @@ class NodeDaemon:
                          {"swarm": swarm, "protocol": ctx.protocol_id, "budget": ctx.budget.describe(), "role": "research"})
                 if not relay:
                     await hold_out_private_shard(ctx)
+                remembered = known_peers.load(self.home.path / known_peers.FILE)
                 net_cfg = NetConfig(key_pair=key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
+                                    remembered=remembered,
                                     target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s,
                                     about=about, serve_any_swarm=relay, nat=cfg.network.nat == "auto",
                                     relay_service={"on": True, "off": False}.get(cfg.network.relay_service,
@@ -182,6 +184,8 @@ class NodeDaemon:
                     # every task that handles a peer's input runs inside a fault boundary
                     peer_tasks = PeerTasks(nursery, net.faults)
                     nursery.start_soon(self.watch_signals, nursery.cancel_scope)
+                    nursery.start_soon(known_peers.keep, self.home.path / known_peers.FILE,
+                                       net.peer_manager.good_peers, remembered)
 
                     async def deliver(inc: Any) -> bool:
                         """Hand a relayed result to intake; whether it was new here."""

@@ -58,6 +58,7 @@ class NetConfig:
     serve_any_swarm: bool = False  # a relay: also join, forward and store the swarms peers use
     nat: bool = True  # AutoNAT, relay reservations and hole punching (off loopback-only addresses)
     relay_service: bool | None = False  # relay others' connections (circuit relay v2 HOP, with limits); None: once public
+    remembered: list[str] = field(default_factory=list)  # peers of the last run (daemon/known_peers.py), dialed at start
 
 
 class Network:
@@ -156,13 +157,23 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
     boot = [parse_peer_addr(a) for a in cfg.bootstrap]
     my_id = ID.from_pubkey(cfg.key_pair.public_key)
     boot = [b for b in boot if b.peer_id != my_id]  # a node listed as its own bootstrap peer
+    remembered = []
+    for a in cfg.remembered:  # this node's own file: one it cannot read is skipped, never fatal
+        try:
+            info = parse_peer_addr(a)
+        except ValueError:
+            log.debug("a remembered peer address does not parse: %r", a)
+            continue
+        if info.peer_id != my_id and all(info.peer_id != b.peer_id for b in boot):
+            remembered.append(info)
 
     host = make_host(cfg.key_pair, cfg.target_peers)
     stats = new_stats()
     faults = Faults(stats["faults"])
     streams = StreamGuard(host, faults, stats)
     send, recv = trio.open_memory_channel[Incoming](INCOMING_CAPACITY)
-    peers = PeerManager(host, boot, target_peers=cfg.target_peers, streams=streams, about=dict(cfg.about))
+    peers = PeerManager(host, boot, target_peers=cfg.target_peers, streams=streams, about=dict(cfg.about),
+                        remembered=remembered)
     server = ObjectServer(object_source)
     async with running_host(host, listen):
         streams.register(OBJECTS_PROTOCOL, server.handle, OBJECTS_LIMITS)

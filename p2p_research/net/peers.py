@@ -48,6 +48,8 @@ PEERS_PROTOCOL = TProtocol("/p2p-research/peers/1.0.0")
 PING_PROTOCOL = TProtocol("/p2p-research/ping/1.0.0")
 MAX_EXCHANGE = 32
 ADDRS_PER_PEER = 3  # in an exchange: a direct address and up to two relayed ones
+REMEMBERED_MAX = 16  # peers kept across restarts (daemon/known_peers.py)
+REMEMBERED_RETRIES_S = (5.0, 20.0, 60.0, 0.0)  # a remembered peer is dialed four times at most per run
 ABOUT_KEYS = ("swarm", "protocol", "budget", "role")
 DIAL_TIMEOUT = 10.0
 EXCHANGE_TIMEOUT = 5.0
@@ -158,6 +160,10 @@ class PeerManager:
     _abouts: dict[str, dict[str, str]] = field(default_factory=dict)
     #: connects to a peer (direct addresses, then relayed ones); the network sets the NAT-aware one
     dialer: Any = None
+    #: peers this node knew from its last run (daemon/known_peers.py): dialed at start, whatever the
+    #: bootstrap list holds, so a bootstrap list that is all an attacker's does not decide alone who this
+    #: node meets again
+    remembered: list[PeerInfo] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.my_id = self.host.get_id()
@@ -221,6 +227,10 @@ class PeerManager:
         async with trio.open_nursery() as nursery:
             for b in self.bootstrap:
                 nursery.start_soon(self._keep_bootstrap, b, name=f"bootstrap {b.peer_id}")
+            if self.remembered:
+                log.info("dialing %d peer(s) remembered from the last run", len(self.remembered))
+            for r in self.remembered:
+                nursery.start_soon(self._reach_remembered, r, name=f"remembered {r.peer_id}")
             nursery.start_soon(self._poll_loop, name="peers-poll")
             nursery.start_soon(self._discovery_loop, name="peers-discovery")
             nursery.start_soon(self._ping_loop, name="peers-ping")
@@ -243,6 +253,49 @@ class PeerManager:
             return
         with trio.fail_after(DIAL_TIMEOUT):
             await self.host.connect(info)
+
+    async def _reach_remembered(self, info: PeerInfo) -> None:
+        """Dial a peer remembered from the last run a few times (it may be gone for good, unlike a
+        bootstrap peer a user named), whether or not the bootstrap peers already filled the target."""
+        for wait in REMEMBERED_RETRIES_S:
+            if info.peer_id in self.host.get_network().connections:
+                return
+            try:
+                await self._dial(info)
+                log.info("connected to remembered peer %s", short_name(info.peer_id.to_base58()))
+                self._changed.set()
+                return
+            except Exception as e:  # noqa: BLE001 - any failure: retry later, then forget it for this run
+                log.debug("dialing remembered peer %s failed: %r", info.peer_id, e)
+            await trio.sleep(wait)
+
+    def good_peers(self, limit: int = REMEMBERED_MAX) -> list[str]:
+        """Peers worth dialing again after a restart, longest connected first: they completed a peer
+        exchange and said they are of this node's swarm (or relays), are not banned, and have an address
+        to dial; at most CONNECTIONS_PER_SUBNET of one subnet (or relay, or domain), so one subnet cannot
+        fill the list. As full multiaddrs (/p2p/<id> last)."""
+        mine = self.about.get("swarm")
+        out: list[str] = []
+        groups: Counter[str] = Counter()
+        for st in self.peers():
+            about = st.about or {}
+            if not about or self.is_banned(st.peer_id):
+                continue
+            if not (about.get("role") == "relay" or (mine and about.get("swarm") == mine) or not mine):
+                continue
+            addrs = [a for a in st.addrs if "/p2p-circuit" not in a] or list(st.addrs)
+            if not addrs:
+                continue
+            addr = addrs[0] if "/p2p/" in addrs[0] else f"{addrs[0]}/p2p/{st.peer_id}"
+            group = addr_subnet(multiaddr.Multiaddr(addrs[0])) if addrs[0] else None
+            if group is not None and groups[group] >= CONNECTIONS_PER_SUBNET:
+                continue
+            if group is not None:
+                groups[group] += 1
+            out.append(addr)
+            if len(out) >= limit:
+                break
+        return out
 
     async def _keep_bootstrap(self, info: PeerInfo) -> None:
         """Dial a bootstrap peer with exponential backoff; redial whenever the connection drops."""
