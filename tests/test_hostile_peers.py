@@ -415,10 +415,13 @@ async def test_ihave_and_iwant_carry_at_most_five_thousand_ids_each(swarm):
 
     s0 = await in_thread(st, swarm, swarm.v)
     asked_back: list[int] = []
-    try:
-        await _ask_for_the_moon(swarm, s0, asked_back)
-    except* DecodeError:  # the attacker's own py-libp2p read a reply cut short as its host closed (seen once
-        pass              # under load, at the end of the test): the node's side is checked below
+    for _ in range(3):  # the attacker's own py-libp2p sometimes fails to decode a reply under load (seen at
+        try:            # the end of the test, and once before the IWANT came back: CI-like load, 2 cores)
+            await _ask_for_the_moon(swarm, await in_thread(st, swarm, swarm.v), asked_back)
+        except* DecodeError:
+            pass
+        if asked_back:
+            break
     assert asked_back == [5000], asked_back
     after = await in_thread(swarm.check_all)
     dropped = after["v"]["net"]["gossip_control_ids_dropped"] - s0["net"].get("gossip_control_ids_dropped", 0)

@@ -355,6 +355,14 @@ class SwarmCoordinator:
                 value = claimed
         return (value if value is not None else eng.loop.baseline_value), b.exp_id
 
+    def rank_for(self, eng: ResearchEngine) -> tuple[float, str] | None:
+        """The baseline's rank while this node follows: once it stopped proposing, or was told to (a
+        drain, `-n` reached) even while a turn begun before is still going: that turn's remaining decisions
+        adopt by rank and do not wait for replicas (a following node has no research to spend the wait on;
+        a storm's turns of eight 15-s re-runs otherwise reached the swarm's best after the settle)."""
+        stopping = eng.loop is not None and eng.loop.stopping
+        return self.baseline_rank() if self.following or stopping else None
+
     def turn(self, eng: ResearchEngine) -> Turn:
         """A turn between `eng`'s runs (research/turns.py), on this node's swarm state."""
         return Turn(self.state, defer=lambda: defer_s(self.defer_s, eng.expected_seconds()),
@@ -418,8 +426,7 @@ class SwarmCoordinator:
         turn = self.turn(eng)
         await self._check_branch(eng)
         while True:
-            action = turn.next_action(eng.loop.baseline_value, self.baseline_rank() if self.following else None,
-                                      time.time())
+            action = turn.next_action(eng.loop.baseline_value, self.rank_for(eng), time.time())
             if isinstance(action, EndTurn):
                 return turn.decisions
             # the boundary of one peer's candidate: whatever its commit makes our code raise, the
@@ -455,7 +462,7 @@ class SwarmCoordinator:
         er = await eng.execute(claim.commit, "verification", f"verification of {claim.peer[:16]}'s result", claim.seed,
                                claim.exp_id)
         measured = er.outcome.summary.val_bpb if er.outcome and er.outcome.ok and er.outcome.summary else None
-        done = turn.handle(measured, eng.loop.baseline_value, self.baseline_rank() if self.following else None)
+        done = turn.handle(measured, eng.loop.baseline_value, self.rank_for(eng))
         verdict = done.verdict
         self.branch.verdict(claim, verdict == "confirmed")
         self._save_branch()

@@ -197,6 +197,11 @@ class ResearchLoop:
     def stop(self, reason: str) -> None:
         self._done = Done(reason)
 
+    @property
+    def stopping(self) -> bool:
+        """Told to stop (a drain) or done: the node proposes nothing more and follows the swarm."""
+        return self._done is not None
+
     def handle(self, event: Event) -> Verdict | None:
         pending = self._pending
         if isinstance(event, BaselineMeasured):

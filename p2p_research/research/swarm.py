@@ -319,7 +319,8 @@ class SwarmState:
                 continue
             if not self._improves(c, baseline_value, rank):
                 break
-            if self._waits_for_evidence(c, now) and not self.quorum_met(c):
+            # a following node (rank given) has no research of its own to spend the wait on: it re-runs now
+            if rank is None and self._waits_for_evidence(c, now) and not self.quorum_met(c):
                 continue
             best = c
             break

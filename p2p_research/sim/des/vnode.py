@@ -202,6 +202,10 @@ class VirtualNode:
             if until is not None:  # killed: back after the restart, from the ledger's state
                 yield until - w.t
                 continue
+            if w.t >= sh.window_end and not self.loop.stopping:
+                # `simulate` drains its daemons at the window's end: the loop judges the result in hand and
+                # proposes nothing more (a proposal made across the end is not run, as the daemon's)
+                self.loop.stop("drained: no new experiments; following the swarm")
             action = life.next_step()
             if isinstance(action, TakeTurn):
                 if w.t >= sh.window_end:
@@ -211,6 +215,8 @@ class VirtualNode:
                 life.turn_taken(action)
                 continue
             if isinstance(action, L.Done):
+                if w.t >= sh.window_end:
+                    yield from self.follow()
                 return
             if isinstance(action, L.MeasureBaseline):
                 self._run_started()
@@ -379,7 +385,10 @@ class VirtualNode:
 
     def _rank(self) -> tuple[float, str] | None:
         """While following, the baseline's place in the swarm's order (the coordinator's baseline_rank)."""
-        return (self.rank_value, self.baseline_exp) if self.following and self.rank_value is not None else None
+        # the simulator drains every node at the window's end (as `simulate` does its daemons): a turn begun
+        # before goes on by rank, as the coordinator's rank_for
+        following = self.following or self.world.t >= self.shared.window_end
+        return (self.rank_value, self.baseline_exp) if following and self.rank_value is not None else None
 
     def _announced_at(self, c: PeerClaim) -> float:
         for m in self.world.results.get(c.exp_id, ()):
