@@ -977,6 +977,7 @@ def test_a_bootstrap_list_that_is_all_the_attacker_s_does_not_cut_a_node_off_fro
 
     h = Daemon(init_home(tmp_path / "h").path, "--no-research", "--listen", "/ip4/127.0.30.1/tcp/0").start()
     v_home = init_home(tmp_path / "v").path
+    v = None
     try:
         v = Daemon(v_home, "--no-research", "--bootstrap", h.addrs[0]).start()
         wait_for(lambda: any(p["peer_id"] == h.peer_id for p in v.json("peers")), 30, 0.5, what="V meets H")
@@ -1020,8 +1021,10 @@ def test_a_bootstrap_list_that_is_all_the_attacker_s_does_not_cut_a_node_off_fro
         trio.run(attack)
         assert h.peer_id in result["peers"]
     finally:
-        h.stop()
-        h.kill()
+        for d in (v, h):
+            if d is not None:
+                d.stop()
+                d.kill()
 
 
 async def test_an_rpc_carries_at_most_256_published_messages(swarm):
