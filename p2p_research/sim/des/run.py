@@ -111,6 +111,11 @@ class DesSimulation:
         self.wall_s = 0.0
         self.settled_at: float | None = None
 
+    def _drain(self) -> None:
+        """The window's end: every node is drained, as `simulate` drains its daemons."""
+        for node in [*self.nodes, *([self.solo] if self.solo is not None else [])]:
+            node.drain()
+
     def run(self, progress: Any = None) -> dict[str, Any]:
         o, w, sh = self.opts, self.world, self.shared
         started = time.monotonic()
@@ -125,6 +130,7 @@ class DesSimulation:
             self.solo.start(STARTUP_CPU_S)
         sh.window_end = self.all_up + o.duration_s
         sh.settle_end = sh.window_end + o.settle_s
+        w.at(sh.window_end, self._drain)
         self._plan_churn()
         t, step = 0.0, 5.0
         while t < sh.settle_end:

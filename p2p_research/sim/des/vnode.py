@@ -202,10 +202,6 @@ class VirtualNode:
             if until is not None:  # killed: back after the restart, from the ledger's state
                 yield until - w.t
                 continue
-            if w.t >= sh.window_end and not self.loop.stopping:
-                # `simulate` drains its daemons at the window's end: the loop judges the result in hand and
-                # proposes nothing more (a proposal made across the end is not run, as the daemon's)
-                self.loop.stop("drained: no new experiments; following the swarm")
             action = life.next_step()
             if isinstance(action, TakeTurn):
                 if w.t >= sh.window_end:
@@ -385,9 +381,9 @@ class VirtualNode:
 
     def _rank(self) -> tuple[float, str] | None:
         """While following, the baseline's place in the swarm's order (the coordinator's baseline_rank)."""
-        # the simulator drains every node at the window's end (as `simulate` does its daemons): a turn begun
-        # before goes on by rank, as the coordinator's rank_for
-        following = self.following or self.world.t >= self.shared.window_end
+        # the coordinator's rank_for: once drained (DesSimulation drains every node at the window's end), a turn
+        # begun before goes on by rank
+        following = self.following or self.loop.stopping
         return (self.rank_value, self.baseline_exp) if following and self.rank_value is not None else None
 
     def _announced_at(self, c: PeerClaim) -> float:
@@ -596,6 +592,12 @@ class VirtualNode:
         self.stats.yielded += 1
         self.running = None
         self.proc.interrupt(self.world.t)
+
+    def drain(self) -> None:
+        """`simulate`'s drain at the window's end, as the daemon's `drain` command: the loop judges the result
+        in hand and proposes nothing more (a proposal made across the end is not run)."""
+        if not self.loop.stopping:
+            self.loop.stop("drained: no new experiments; following the swarm")
 
     def kill(self) -> None:
         """SIGKILL: the experiment in flight is lost (recorded as aborted); the node is down until it restarts."""
