@@ -68,14 +68,14 @@ async def keep(path: Path, good_peers: Callable[[], list[str]], before: list[str
 
     def write() -> None:
         nonlocal remembered
-        now = good_peers()
-        if not now:
-            return  # nobody connected (yet, or any more): keep what was remembered
-        remembered = merge(now, remembered)
-        try:
+        try:  # the boundary of this task: what peers said of themselves must not stop the node
+            now = good_peers()
+            if not now:
+                return  # nobody connected (yet, or any more): keep what was remembered
+            remembered = merge(now, remembered)
             save(path, remembered)
-        except OSError as e:
-            log.warning("could not write %s: %s", path, e)
+        except Exception as e:  # noqa: BLE001 - the file is a convenience: say so and go on
+            log.warning("could not write %s: %r", path, e)
 
     try:
         while True:

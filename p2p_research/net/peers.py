@@ -281,13 +281,13 @@ class PeerManager:
             about = st.about or {}
             if not about or self.is_banned(st.peer_id):
                 continue
-            if not (about.get("role") == "relay" or (mine and about.get("swarm") == mine) or not mine):
+            if mine and about.get("role") != "relay" and about.get("swarm") != mine:
                 continue
-            addrs = [a for a in st.addrs if "/p2p-circuit" not in a] or list(st.addrs)
-            if not addrs:
+            # in bootstrap form (/p2p/<id> last): announced ones were parsed as such, the peerstore's written so
+            addr = next((a for a in st.addrs if "/p2p-circuit" not in a), st.addrs[0] if st.addrs else None)
+            if addr is None:
                 continue
-            addr = addrs[0] if "/p2p/" in addrs[0] else f"{addrs[0]}/p2p/{st.peer_id}"
-            group = addr_subnet(multiaddr.Multiaddr(addrs[0])) if addrs[0] else None
+            group = addr_subnet(multiaddr.Multiaddr(addr))
             if group is not None and groups[group] >= CONNECTIONS_PER_SUBNET:
                 continue
             if group is not None:
