@@ -274,6 +274,67 @@ def _guarded_read_factory(original: Any) -> Any:
     return read
 
 
+def _install_multistream() -> None:
+    from libp2p.protocol_muxer import multiselect_communicator as mc
+
+    mc.MultiselectCommunicator.read = _guarded_read_factory(mc.MultiselectCommunicator.read)
+
+
+def _install_pubsub_teardown() -> None:
+    from libp2p.pubsub.pubsub import Pubsub
+
+    if not hasattr(Pubsub, "_teardown_if_connected") or not hasattr(Pubsub, "_forget_all_subscriptions"):
+        raise AttributeError("Pubsub._teardown_if_connected or _forget_all_subscriptions is missing")
+    Pubsub._teardown_if_connected = _safe_teardown_if_connected
+
+
+def _install_gossip_control() -> None:
+    from libp2p.pubsub.gossipsub import GossipSub
+
+    for name, limit in (("handle_ihave", MAX_IHAVE_IDS), ("handle_iwant", MAX_IWANT_IDS)):
+        setattr(GossipSub, name, _bounded_control_factory(getattr(GossipSub, name), limit))
+
+
+def _install_publish_per_rpc() -> None:
+    import libp2p.pubsub.pubsub as pubsub_module
+    import libp2p.pubsub.utils as pubsub_utils
+
+    if not callable(getattr(pubsub_utils, "maybe_consume_signed_record", None)) or \
+            not callable(getattr(pubsub_module, "maybe_consume_signed_record", None)):
+        raise AttributeError("maybe_consume_signed_record is missing")
+    pubsub_module.maybe_consume_signed_record = _bounded_publish_factory(pubsub_utils)
+
+
+def _install_bad_signature() -> None:
+    import libp2p.pubsub.pubsub as pubsub_module
+    from libp2p.pubsub.pubsub import Pubsub
+
+    if not callable(getattr(pubsub_module, "signature_validator", None)):
+        raise AttributeError("libp2p.pubsub.pubsub.signature_validator is missing")
+    Pubsub.push_msg = _noting_push_factory(Pubsub.push_msg)
+    pubsub_module.signature_validator = _scored_signature_factory(pubsub_module.signature_validator)
+
+
+def _install_inbound_per_address() -> None:
+    from libp2p.network.swarm import Swarm
+
+    if not callable(getattr(Swarm, "_init_connection_management", None)):
+        raise AttributeError("Swarm._init_connection_management is missing")
+    Swarm.upgrade_inbound_raw_conn = _inbound_per_address_factory(Swarm.upgrade_inbound_raw_conn)
+    Swarm._init_connection_management = _live_inbound_cap_factory(Swarm._init_connection_management)
+
+
+#: (name in the registry, what the warning calls it, how it is installed), in the order they go in
+_INSTALLS = (
+    ("multistream", "multistream-select guard", _install_multistream),
+    ("pubsub_teardown", "pubsub teardown guard", _install_pubsub_teardown),
+    ("gossip_control", "gossip control guard", _install_gossip_control),
+    ("publish_per_rpc", "published messages per RPC guard", _install_publish_per_rpc),
+    ("bad_signature", "bad-signature scoring", _install_bad_signature),
+    ("inbound_per_address", "inbound connections per address guard", _install_inbound_per_address),
+)
+
+
 def apply() -> dict[str, bool]:
     """Install the guards (idempotent); returns which are active."""
     if "multistream" in _applied:
@@ -284,69 +345,13 @@ def apply() -> dict[str, bool]:
                     "version caps multistream messages itself)", version, EXPECTED_LIBP2P)
         _applied["multistream"] = False
         return dict(_applied)
-    try:
-        from libp2p.protocol_muxer import multiselect_communicator as mc
-
-        original = mc.MultiselectCommunicator.read
-        mc.MultiselectCommunicator.read = _guarded_read_factory(original)
-        _applied["multistream"] = True
-    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
-        log.warning("multistream-select guard not installed: %r", e)
-        _applied["multistream"] = False
-    try:
-        from libp2p.pubsub.pubsub import Pubsub
-
-        if not hasattr(Pubsub, "_teardown_if_connected") or not hasattr(Pubsub, "_forget_all_subscriptions"):
-            raise AttributeError("Pubsub._teardown_if_connected or _forget_all_subscriptions is missing")
-        Pubsub._teardown_if_connected = _safe_teardown_if_connected
-        _applied["pubsub_teardown"] = True
-    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
-        log.warning("pubsub teardown guard not installed: %r", e)
-        _applied["pubsub_teardown"] = False
-    try:
-        from libp2p.pubsub.gossipsub import GossipSub
-
-        for name, limit in (("handle_ihave", MAX_IHAVE_IDS), ("handle_iwant", MAX_IWANT_IDS)):
-            setattr(GossipSub, name, _bounded_control_factory(getattr(GossipSub, name), limit))
-        _applied["gossip_control"] = True
-    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
-        log.warning("gossip control guard not installed: %r", e)
-        _applied["gossip_control"] = False
-    try:
-        import libp2p.pubsub.pubsub as pubsub_module
-        import libp2p.pubsub.utils as pubsub_utils
-
-        if not callable(getattr(pubsub_utils, "maybe_consume_signed_record", None)) or \
-                not callable(getattr(pubsub_module, "maybe_consume_signed_record", None)):
-            raise AttributeError("maybe_consume_signed_record is missing")
-        pubsub_module.maybe_consume_signed_record = _bounded_publish_factory(pubsub_utils)
-        _applied["publish_per_rpc"] = True
-    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
-        log.warning("published messages per RPC guard not installed: %r", e)
-        _applied["publish_per_rpc"] = False
-    try:
-        import libp2p.pubsub.pubsub as pubsub_module
-        from libp2p.pubsub.pubsub import Pubsub
-
-        if not callable(getattr(pubsub_module, "signature_validator", None)):
-            raise AttributeError("libp2p.pubsub.pubsub.signature_validator is missing")
-        Pubsub.push_msg = _noting_push_factory(Pubsub.push_msg)
-        pubsub_module.signature_validator = _scored_signature_factory(pubsub_module.signature_validator)
-        _applied["bad_signature"] = True
-    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
-        log.warning("bad-signature scoring not installed: %r", e)
-        _applied["bad_signature"] = False
-    try:
-        from libp2p.network.swarm import Swarm
-
-        if not callable(getattr(Swarm, "_init_connection_management", None)):
-            raise AttributeError("Swarm._init_connection_management is missing")
-        Swarm.upgrade_inbound_raw_conn = _inbound_per_address_factory(Swarm.upgrade_inbound_raw_conn)
-        Swarm._init_connection_management = _live_inbound_cap_factory(Swarm._init_connection_management)
-        _applied["inbound_per_address"] = True
-    except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
-        log.warning("inbound connections per address guard not installed: %r", e)
-        _applied["inbound_per_address"] = False
+    for name, what, install in _INSTALLS:
+        try:
+            install()
+            _applied[name] = True
+        except Exception as e:  # noqa: BLE001 - never stop a node over a guard; say so
+            log.warning("%s not installed: %r", what, e)
+            _applied[name] = False
     return dict(_applied)
 
 
