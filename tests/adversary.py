@@ -11,7 +11,7 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +120,27 @@ async def honest_node(bootstrap: str, swarm: str, kp: Any = None) -> AsyncIterat
             while not net.peers():
                 await trio.sleep(0.1)
         yield net
+
+
+async def listening_host(stack: AsyncExitStack, ip: str) -> tuple[Any, str]:
+    """A bare py-libp2p host listening on `ip` until `stack` closes, and its address (127.x.y.z loopback
+    addresses stand for hosts in distinct subnets: only 127.0.0.1 is exempt from the node's grouping)."""
+    host = new_host(key_pair=generate_new_ed25519_identity())
+    await stack.enter_async_context(host.run(listen_addrs=[multiaddr.Multiaddr(f"/ip4/{ip}/tcp/0")]))
+    stack.push_async_callback(host.close)
+    return host, f"{host.get_addrs()[0]}"
+
+
+def exchange_answering(peers: Callable[[], list[str]]) -> Callable[[Any], Awaitable[None]]:
+    """A peer-exchange handler (net/peers.PEERS_PROTOCOL) that answers any request with `peers()` and says
+    nothing of itself: an attacker choosing whom its victims meet."""
+    from p2p_research.net.framing import frame, pack, read_frame, unpack_small
+
+    async def exchange(stream: Any) -> None:
+        unpack_small(await read_frame(stream, 64 * 1024))
+        await stream.write(frame(pack({"peers": peers(), "about": {}})))
+        await stream.close()
+    return exchange
 
 
 @asynccontextmanager

@@ -21,8 +21,10 @@ import trio
 from adversary import (
     adversary,
     claim,
+    exchange_answering,
     fresh_keys,
     honest_node,
+    listening_host,
     pid_of,
     random_hex40,
     receipt,
@@ -913,35 +915,20 @@ def test_a_peer_exchange_full_of_one_subnet_does_not_eclipse_a_node(tmp_path):
     exchanged addresses at random ends with about one honest peer among its six; now it dials the least
     represented subnets first and at most two connections per subnet (net/peers.py), so it reaches all
     four honest hosts and at most two of the attacker's /24."""
-    from libp2p import generate_new_ed25519_identity, new_host
-    from multiaddr import Multiaddr
-
-    from p2p_research.net.framing import frame, pack, read_frame, unpack_small
     from p2p_research.net.peers import PEERS_PROTOCOL
 
     hostile = [f"127.0.8.{i}" for i in range(2, 14)]
     honest = [f"127.0.{20 + i}.1" for i in range(4)]
     result: dict[str, list[str]] = {}
-
-    async def exchange(stream) -> None:  # the attacker's answer: its sybils, and a few honest hosts
-        unpack_small(await read_frame(stream, 64 * 1024))
-        await stream.write(frame(pack({"peers": addrs["sybils"] + addrs["honest"], "about": {}})))
-        await stream.close()
-
     addrs: dict[str, list[str]] = {}
 
     async def attack() -> None:
         async with AsyncExitStack() as stack:
-            async def listening(ip: str):
-                host = new_host(key_pair=generate_new_ed25519_identity())
-                await stack.enter_async_context(host.run(listen_addrs=[Multiaddr(f"/ip4/{ip}/tcp/0")]))
-                stack.push_async_callback(host.close)
-                return host, f"{host.get_addrs()[0]}"
-
-            attacker, attacker_addr = await listening("127.0.8.1")
-            attacker.set_stream_handler(PEERS_PROTOCOL, exchange)
-            addrs["sybils"] = [(await listening(ip))[1] for ip in hostile]
-            addrs["honest"] = [(await listening(ip))[1] for ip in honest]
+            attacker, attacker_addr = await listening_host(stack, "127.0.8.1")
+            # the attacker's answer: its sybils, and a few honest hosts
+            attacker.set_stream_handler(PEERS_PROTOCOL, exchange_answering(lambda: addrs["sybils"] + addrs["honest"]))
+            addrs["sybils"] = [(await listening_host(stack, ip))[1] for ip in hostile]
+            addrs["honest"] = [(await listening_host(stack, ip))[1] for ip in honest]
             v = Daemon(init_home(tmp_path / "v").path, "--no-research", "--bootstrap", attacker_addr)
             await in_thread(v.start)
             try:
@@ -969,10 +956,6 @@ def test_a_bootstrap_list_that_is_all_the_attacker_s_does_not_cut_a_node_off_fro
     (daemon/known_peers.py, `peers.json`) and dials them whatever the bootstrap list says."""
     import json as _json
 
-    from libp2p import generate_new_ed25519_identity, new_host
-    from multiaddr import Multiaddr
-
-    from p2p_research.net.framing import frame, pack, read_frame, unpack_small
     from p2p_research.net.peers import PEERS_PROTOCOL
 
     h = Daemon(init_home(tmp_path / "h").path, "--no-research", "--listen", "/ip4/127.0.30.1/tcp/0").start()
@@ -987,25 +970,14 @@ def test_a_bootstrap_list_that_is_all_the_attacker_s_does_not_cut_a_node_off_fro
         remembered = _json.loads((v_home / "peers.json").read_text())["peers"]
         assert any(a.endswith(f"/p2p/{h.peer_id}") and "/ip4/127.0.30.1/" in a for a in remembered), remembered
         (v_home / "listen.json").unlink()  # V comes back at another port: H, which knew it, cannot dial it
-        addrs: dict[str, list[str]] = {}
+        sybils: list[str] = []
         result: dict[str, list[str]] = {}
-
-        async def exchange(stream) -> None:  # the attacker's answer: its own hosts only
-            unpack_small(await read_frame(stream, 64 * 1024))
-            await stream.write(frame(pack({"peers": addrs["sybils"], "about": {}})))
-            await stream.close()
 
         async def attack() -> None:
             async with AsyncExitStack() as stack:
-                async def listening(ip: str):
-                    host = new_host(key_pair=generate_new_ed25519_identity())
-                    await stack.enter_async_context(host.run(listen_addrs=[Multiaddr(f"/ip4/{ip}/tcp/0")]))
-                    stack.push_async_callback(host.close)
-                    return host, f"{host.get_addrs()[0]}"
-
-                attacker, attacker_addr = await listening("127.0.9.1")
-                attacker.set_stream_handler(PEERS_PROTOCOL, exchange)
-                addrs["sybils"] = [(await listening(f"127.0.{net}.{i}"))[1] for net in (9, 10, 11) for i in (2, 3, 4)]
+                attacker, attacker_addr = await listening_host(stack, "127.0.9.1")
+                attacker.set_stream_handler(PEERS_PROTOCOL, exchange_answering(lambda: sybils))  # its own hosts only
+                sybils.extend([(await listening_host(stack, f"127.0.{net}.{i}"))[1] for net in (9, 10, 11) for i in (2, 3, 4)])
                 again = Daemon(v_home, "--no-research", "--bootstrap", attacker_addr)
                 await in_thread(again.start)
                 try:
