@@ -10,6 +10,7 @@ give the same value, so a verifier's re-run confirms an honest result exactly, a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -74,17 +75,28 @@ GENESIS = {"N_LAYER": 4, "N_EMBD": 128, "N_HEAD": 4, "MLP_RATIO": 4, "SEQ_LEN": 
 
 
 def _separable_bpb(c: dict, budget_tokens: int) -> float | None:
-    base = _default_bpb(GENESIS, budget_tokens)
-    assert base is not None
-    v = base
+    v = _knob_effect(None, None, type(None), budget_tokens)
+    assert v is not None
     for k, value in c.items():
         if k not in GENESIS or value == GENESIS[k]:
             continue
-        one = _default_bpb({**GENESIS, k: value}, budget_tokens)
-        if one is None:
+        effect = _knob_effect(k, value, type(value), budget_tokens)
+        if effect is None:
             return None
-        v += one - base
+        v += effect
     return v
+
+
+@functools.lru_cache(maxsize=4096)
+def _knob_effect(knob: str | None, value: object, kind: type, budget_tokens: int) -> float | None:
+    """One knob's own effect at the genesis (the default's value there, for knob None): the separable
+    family's terms, cached, as a simulation asks for the same few hundred again and again (`kind` keeps
+    1, 1.0 and True apart in the cache, as the default tells a bool from a number)."""
+    base = _default_bpb(GENESIS, budget_tokens)
+    if knob is None or base is None:
+        return base
+    one = _default_bpb({**GENESIS, knob: value}, budget_tokens)
+    return None if one is None else one - base
 
 
 def _interacting_bpb(c: dict, budget_tokens: int) -> float | None:
