@@ -122,6 +122,10 @@ class NetworkSection:
     # replicas' confirmations, refutations, presence; claims and other results go to the DHT) | auto (all
     # until more than 100 peers were heard in 10 minutes, then kept): per-node load stops growing with N
     announce: str = _choice("auto", "all", "kept")
+    # addresses that the limits per address and per /24 treat like 127.0.0.1: the machines of your own
+    # cluster, where many daemons share an address and a subnet (`simulate --cluster` sets them; never a
+    # stranger's address: net/addresses.py)
+    exempt_addresses: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -183,6 +187,13 @@ class NodeConfig:
                     raise ValueError("empty")
             except ValueError as e:
                 raise ConfigError(f"research.train_command is not a valid command line: {e}") from None
+        if self.network.exempt_addresses:
+            from p2p_research.net.addresses import exempt_set
+
+            try:
+                exempt_set(self.network.exempt_addresses)
+            except ValueError as e:
+                raise ConfigError(f"network.exempt_addresses: {e}") from None
         if self.network.dashboard:
             from p2p_research.dashboard.serve import parse_addr
 

@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
                                     "quarter measure the genesis first, the rest experiment at once) | each"),
         surrogate: str = typer.Option("default", "--surrogate", help="The surrogate's landscape: default | separable | "
                                       "interacting | noisy (3x the noise) | deceptive (a local optimum)"),
+        cluster: str | None = typer.Option(None, "--cluster", metavar="ADDRESS", help="Run the real daemons on the "
+                                           "machines of a Ray cluster: its address (ray start's, or auto), or local "
+                                           "(a one-machine cluster for this run); needs p2p-research[cluster]"),
     ) -> None:
         """Run a swarm (real daemons on loopback, or virtual nodes); write report.json, report.md and plots."""
         import time
@@ -63,6 +66,8 @@ def register(app: typer.Typer) -> None:
         if engine not in ("process", "des"):
             raise CliError("--engine must be process or des", 2)
         if engine == "des":
+            if cluster:
+                raise CliError("--cluster runs real daemons: it needs --engine process", 2)
             if dashboard or dashboard_addr:
                 raise CliError("--dashboard needs --engine process (virtual time runs faster than a page)", 2)
             if objective != "surrogate":
@@ -87,13 +92,22 @@ def register(app: typer.Typer) -> None:
                               budget_tokens=budget_tokens, max_trainings=max_trainings, margin=margin,
                               count_from=count_from, settle_s=settle, announce=announce,
                               genesis=genesis, surrogate=surrogate).validate()
-            sim = Simulation(opts)
+            if cluster:
+                from p2p_research.sim.cluster import ClusterSimulation
+
+                sim = ClusterSimulation(opts, cluster)
+            else:
+                sim = Simulation(opts)
         except ValueError as e:
             raise CliError(str(e), 2) from None
         try:
             sim.prepare()
-        except ValueError as e:
-            raise CliError(str(e), 2) from None
+        except Exception as e:
+            if cluster and hasattr(sim, "close"):
+                sim.close()
+            if isinstance(e, ValueError) or type(e).__name__ == "ClusterError":
+                raise CliError(str(e), 2) from None
+            raise
         display = Display(sim)
         sim.log = display.log
         page = None
@@ -115,6 +129,8 @@ def register(app: typer.Typer) -> None:
             display.log(f"stopped every node; writing the report in {sim.root}")
             try:
                 m = collect(sim)
+                if cluster:
+                    m["cluster"] = sim.cluster_report()
                 live = None
                 if page is not None:
                     from p2p_research.sim.live_page import sim_state

@@ -146,7 +146,7 @@ class NodeDaemon:
                     await hold_out_private_shard(ctx)
                 remembered = known_peers.load(self.home.path / known_peers.FILE)
                 net_cfg = NetConfig(key_pair=key_pair, swarm_id=swarm, listen=listen, bootstrap=bootstrap,
-                                    remembered=remembered,
+                                    remembered=remembered, exempt_addresses=list(cfg.network.exempt_addresses),
                                     target_peers=cfg.network.target_peers, rate_limit_per_s=cfg.network.rate_limit_per_s,
                                     about=about, serve_any_swarm=relay, nat=cfg.network.nat == "auto",
                                     relay_service={"on": True, "off": False}.get(cfg.network.relay_service,

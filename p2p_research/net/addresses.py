@@ -10,6 +10,9 @@ Exempt: 127.0.0.1 and ::1, the address every process of this machine connects fr
 runs 35 daemons there, each of which must be able to fetch from the others at once; a process on the
 node's own machine is not the remote stranger these limits are for. Other loopback addresses
 (127.0.0.2 and up) count like any other address, which is how the tests play hosts on one machine.
+The machines of one's own cluster can be exempt the same way (`network.exempt_addresses`, `exempt_set`):
+a simulation of 500 daemons on 20 machines puts 25 of them behind each address and every machine in one
+/24, and the limits would keep each daemon to a handful of its swarm.
 A connection whose address the transport does not give counts as the address "?", one slot holder of
 its own. A relayed connection gives the relay's address, which every peer behind that relay shares:
 the callers leave relayed connections out of these counts (per-peer and total limits still apply).
@@ -24,6 +27,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXEMPT = frozenset({"127.0.0.1", "::1"})
+
+
+def exempt_set(extra: Iterable[str] = ()) -> frozenset[str]:
+    """EXEMPT and the configured addresses (`network.exempt_addresses`: machines of one's own cluster),
+    each as `key_of` compares it; raises ValueError for one that is not an IP address."""
+    out = set(EXEMPT)
+    for ip in extra:
+        try:
+            out.add(str(ipaddress.ip_address(_plain(str(ip).strip()))))
+        except ValueError:
+            raise ValueError(f"not an IP address: {ip!r}") from None
+    return frozenset(out)
 
 
 def _plain(ip: str) -> str:

@@ -24,6 +24,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from ..wire import GitObject, Message
+from .addresses import exempt_set
 from .boundary import Faults
 from .dht import ExperimentDHT
 from .gossip import BATCH_WAIT_S, INCOMING_CAPACITY, Gossip, Incoming, new_stats, open_gossip
@@ -59,6 +60,9 @@ class NetConfig:
     nat: bool = True  # AutoNAT, relay reservations and hole punching (off loopback-only addresses)
     relay_service: bool | None = False  # relay others' connections (circuit relay v2 HOP, with limits); None: once public
     remembered: list[str] = field(default_factory=list)  # peers of the last run (daemon/known_peers.py), dialed at start
+    #: addresses counted like 127.0.0.1 by the per-address and per-subnet limits: the machines of one's own
+    #: cluster (net/addresses.py), where hundreds of daemons share a few addresses and one /24
+    exempt_addresses: list[str] = field(default_factory=list)
 
 
 class Network:
@@ -153,6 +157,7 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
         raise ValueError(f"target_peers must be >= 1, got {cfg.target_peers}")
     if cfg.rate_limit_per_s <= 0 or cfg.rate_burst < 1:
         raise ValueError("rate_limit_per_s and rate_burst must be positive")
+    exempt = exempt_set(cfg.exempt_addresses)
     listen = [parse_listen_addr(a) for a in (cfg.listen or ["/ip4/127.0.0.1/tcp/0"])]
     boot = [parse_peer_addr(a) for a in cfg.bootstrap]
     my_id = ID.from_pubkey(cfg.key_pair.public_key)
@@ -168,12 +173,13 @@ async def open_network(cfg: NetConfig, object_source: ObjectSource) -> AsyncIter
             remembered.append(info)
 
     host = make_host(cfg.key_pair, cfg.target_peers)
+    host.get_network()._p2p_exempt = exempt  # type: ignore[attr-defined]  # the inbound guard's (libp2p_compat)
     stats = new_stats()
     faults = Faults(stats["faults"])
-    streams = StreamGuard(host, faults, stats)
+    streams = StreamGuard(host, faults, stats, exempt=exempt)
     send, recv = trio.open_memory_channel[Incoming](INCOMING_CAPACITY)
     peers = PeerManager(host, boot, target_peers=cfg.target_peers, streams=streams, about=dict(cfg.about),
-                        remembered=remembered)
+                        remembered=remembered, exempt=exempt)
     server = ObjectServer(object_source)
     async with running_host(host, listen):
         streams.register(OBJECTS_PROTOCOL, server.handle, OBJECTS_LIMITS)

@@ -33,7 +33,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from .addresses import key_of, remote_ip, subnet_of
+from .addresses import EXEMPT, key_of, remote_ip, subnet_of
 from .dialerror import causes, explain
 from .framing import FrameError, frame, pack, read_exact, read_frame, reset_quietly, unpack_small
 from .host import full_addrs, is_relayed, parse_peer_addr, peerstore_addrs
@@ -95,7 +95,7 @@ class _Candidate:
     subnet: str | None = None   # of the address it is dialed at first (None: exempt)
 
 
-def addr_subnet(addr: Any) -> str | None:
+def addr_subnet(addr: Any, exempt: frozenset[str] = EXEMPT) -> str | None:
     """The group a candidate's address counts in for CANDIDATES_PER_SUBNET: the subnet its IP is in; for a
     relayed address, the relay's subnet ("relay:..."); for a DNS name, its last two labels ("dns:...");
     None where exempt (127.0.0.1, a local simulation's, also as a relay). Relayed and DNS addresses cost
@@ -104,7 +104,7 @@ def addr_subnet(addr: Any) -> str | None:
     text = str(addr)
     if "/p2p-circuit" in text:
         try:
-            relay = addr_subnet(multiaddr.Multiaddr(text.split("/p2p-circuit", 1)[0]))
+            relay = addr_subnet(multiaddr.Multiaddr(text.split("/p2p-circuit", 1)[0]), exempt)
         except Exception:  # noqa: BLE001 - a malformed relay part: one group for all of them
             return "relay:?"
         return None if relay is None else f"relay:{relay}"
@@ -114,7 +114,7 @@ def addr_subnet(addr: Any) -> str | None:
         except Exception:  # noqa: BLE001 - the multiaddr has no such part
             continue
         if ip:
-            key = key_of(str(ip))
+            key = key_of(str(ip), exempt)
             return None if key is None else subnet_of(key)
     for proto in ("dns", "dns4", "dns6", "dnsaddr"):
         try:
@@ -126,7 +126,7 @@ def addr_subnet(addr: Any) -> str | None:
     return text
 
 
-def conn_subnet(conn: Any) -> str | None:
+def conn_subnet(conn: Any, exempt: frozenset[str] = EXEMPT) -> str | None:
     """The group a live connection counts in for CONNECTIONS_PER_SUBNET, as `addr_subnet` groups
     candidates: the subnet of the address its other end is at; for a relayed connection, its relay's
     ("relay:..."), so identities behind one relay hold no more of this node's connections than one
@@ -136,9 +136,9 @@ def conn_subnet(conn: Any) -> str | None:
             circuits = [a for a in conn.get_transport_addresses() if "/p2p-circuit" in str(a)]
         except Exception:  # noqa: BLE001 - a connection being torn down
             circuits = []
-        return addr_subnet(circuits[0]) if circuits else "relay:?"
+        return addr_subnet(circuits[0], exempt) if circuits else "relay:?"
     ip = remote_ip(getattr(conn, "muxed_conn", conn))
-    key = key_of(ip)
+    key = key_of(ip, exempt)
     return None if key is None else subnet_of(key)
 
 
@@ -164,6 +164,8 @@ class PeerManager:
     #: bootstrap list holds, so a bootstrap list that is all an attacker's does not decide alone who this
     #: node meets again
     remembered: list[PeerInfo] = field(default_factory=list)
+    #: addresses no subnet limit counts (127.0.0.1, and the machines of one's own cluster: net/addresses.py)
+    exempt: frozenset[str] = EXEMPT
 
     def __post_init__(self) -> None:
         self.my_id = self.host.get_id()
@@ -287,7 +289,7 @@ class PeerManager:
             addr = next((a for a in st.addrs if "/p2p-circuit" not in a), st.addrs[0] if st.addrs else None)
             if addr is None:
                 continue
-            group = addr_subnet(multiaddr.Multiaddr(addr))
+            group = addr_subnet(multiaddr.Multiaddr(addr), self.exempt)
             if group is not None and groups[group] >= CONNECTIONS_PER_SUBNET:
                 continue
             if group is not None:
@@ -399,7 +401,7 @@ class PeerManager:
         if info.peer_id == self.my_id:
             return
         if s not in self._candidates:
-            subnet = addr_subnet(info.addrs[0])
+            subnet = addr_subnet(info.addrs[0], self.exempt)
             same = [(c.failures, k) for k, c in self._candidates.items() if subnet is not None and c.subnet == subnet]
             if len(same) >= CANDIDATES_PER_SUBNET:
                 # a full subnet makes room only by dropping a candidate that failed to answer: made-up
@@ -420,7 +422,7 @@ class PeerManager:
     def _connections_by_subnet(self) -> Counter[str]:
         by_subnet: Counter[str] = Counter()
         for conn_list in list(self.host.get_network().connections.values()):
-            subnets = {conn_subnet(c) for c in conn_list[:1]} - {None}
+            subnets = {conn_subnet(c, self.exempt) for c in conn_list[:1]} - {None}
             by_subnet.update(subnets)  # type: ignore[arg-type]
         return by_subnet
 

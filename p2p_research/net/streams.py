@@ -29,7 +29,7 @@ from typing import Any
 import trio
 from libp2p.abc import IHost, INetStream
 
-from .addresses import AddressSlots, remote_ip
+from .addresses import EXEMPT, AddressSlots, remote_ip
 from .boundary import Faults
 from .framing import reset_quietly
 from .host import is_relayed, strip_benign_teardown
@@ -48,10 +48,10 @@ class StreamLimits:
     per_address: int | None = None   # None: a quarter of the total (at least per_peer)
     per_subnet: int | None = None    # None: half of the total (at least per_address)
 
-    def address_slots(self) -> AddressSlots:
+    def address_slots(self, exempt: frozenset[str] = EXEMPT) -> AddressSlots:
         per_address = self.per_address if self.per_address is not None else max(self.per_peer, self.total // 4)
         per_subnet = self.per_subnet if self.per_subnet is not None else max(per_address, self.total // 2)
-        return AddressSlots(per_address, per_subnet)
+        return AddressSlots(per_address, per_subnet, exempt)
 
 
 def remote_peer(stream: Any) -> str:
@@ -64,8 +64,10 @@ def remote_peer(stream: Any) -> str:
 class StreamGuard:
     """Registers stream handlers on a host, each wrapped in slots, a deadline and a fault boundary."""
 
-    def __init__(self, host: IHost, faults: Faults, stats: dict[str, Any]) -> None:
+    def __init__(self, host: IHost, faults: Faults, stats: dict[str, Any], exempt: frozenset[str] = EXEMPT) -> None:
         self.host = host
+        #: addresses whose streams no per-address or per-subnet slot limit counts (net/addresses.py)
+        self.exempt = exempt
         self.faults = faults
         self.stats = stats
         stats.setdefault("streams_refused", Counter())
@@ -100,7 +102,7 @@ class StreamGuard:
 
     def wrap(self, protocol: str, handler: Handler, limits: StreamLimits) -> Handler:
         open_by_peer = self._open.setdefault(protocol, Counter())
-        by_address = self._by_address.setdefault(protocol, limits.address_slots())
+        by_address = self._by_address.setdefault(protocol, limits.address_slots(self.exempt))
 
         async def guarded(stream: INetStream) -> None:
             peer = remote_peer(stream)

@@ -86,6 +86,7 @@ class NodeProc:
     home: Path
     port: int
     role: str                  # swarm | solo
+    ip: str = "127.0.0.1"      # the address it listens on and is dialed at (a cluster machine's, sim/cluster.py)
     liar: bool = False
     peer_id: str = ""
     bootstrap: list[str] = field(default_factory=list)
@@ -98,7 +99,7 @@ class NodeProc:
 
     @property
     def addr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+        return f"/ip4/{self.ip}/tcp/{self.port}/p2p/{self.peer_id}"
 
     @property
     def current(self) -> Incarnation | None:
@@ -168,6 +169,15 @@ class NodeProc:
         except OSError:
             return ""
 
+    def control(self, command: str, timeout: float) -> Any:
+        """One request on the daemon's control socket (probe.control: OSError or ValueError when it does
+        not answer)."""
+        return probe.control(self.home, command, timeout=timeout)
+
+    def acked(self) -> list[tuple]:
+        """The runs the daemon has recorded as finished (`acked_runs`)."""
+        return acked_runs(self.home)
+
 
 def acked_runs(home: Path) -> list[tuple]:
     """The runs a node has recorded as finished (what a kill must not lose), read-only."""
@@ -217,12 +227,12 @@ class Simulation:
         liars = set(self.rng.sample(range(1, o.nodes), o.liars)) if o.liars else set()
         specs = [("solo", "solo", -1)] if o.solo else []
         specs += [(f"n{i:02d}", "swarm", i) for i in range(o.nodes)]
-        ports: set[int] = set()
-        for name, role, i in specs:
+        places = self.place(specs)
+        for (name, role, i), (ip, port) in zip(specs, places, strict=True):
             home = init_home(self.root / "nodes" / name)
             kp = load_or_create_identity(home.identity)
-            node = NodeProc(index=i, name=name, home=home.path, port=free_port(ports), role=role, liar=i in liars,
-                            peer_id=peer_id_of_keypair(kp))
+            node = self.make_node(index=i, name=name, home=home.path, ip=ip, port=port, role=role, liar=i in liars,
+                                  peer_id=peer_id_of_keypair(kp))
             self.nodes.append(node)
         swarm = [n for n in self.nodes if n.role == "swarm"]
         for k, node in enumerate(swarm):
@@ -245,7 +255,8 @@ class Simulation:
             if o.objective == "torch":
                 r.device = "cpu"
             cfg.node.name = node.name + ("-liar" if node.liar else "")
-            cfg.network.listen = [f"/ip4/127.0.0.1/tcp/{node.port}"]
+            cfg.network.listen = [f"/ip4/{node.ip}/tcp/{node.port}"]
+            cfg.network.exempt_addresses = self.exempt_addresses()
             cfg.network.bootstrap = list(node.bootstrap)
             cfg.network.target_peers = o.target_peers
             cfg.network.announce = o.announce
@@ -262,8 +273,32 @@ class Simulation:
         if o.objective == "torch":
             self.setup_torch_gate()
         (self.root / "topology.json").write_text(json.dumps(
-            {n.name: {"peer_id": n.peer_id, "port": n.port, "role": n.role, "liar": n.liar,
+            {n.name: {"peer_id": n.peer_id, "ip": n.ip, "port": n.port, "role": n.role, "liar": n.liar,
                       "bootstrap": n.bootstrap} for n in self.nodes}, indent=1))
+        self.install()
+
+    # --- where the nodes run (this machine; sim/cluster.py overrides these for a Ray cluster) --------
+    def place(self, specs: list[tuple[str, str, int]]) -> list[tuple[str, int]]:
+        """(address, port) for each node of `specs` (name, role, index): here, 127.0.0.1 and free ports."""
+        ports: set[int] = set()
+        return [("127.0.0.1", free_port(ports)) for _ in specs]
+
+    def make_node(self, **fields: Any) -> NodeProc:
+        return NodeProc(**fields)
+
+    def exempt_addresses(self) -> list[str]:
+        """network.exempt_addresses of every node: none here (127.0.0.1 is exempt already)."""
+        return []
+
+    def install(self) -> None:
+        """Make the prepared homes available where the nodes run: they already are, here."""
+
+    def refresh(self) -> None:
+        """Bring what is known of the node processes up to date before a tick reads it: nothing to do for
+        processes of this machine, which are asked directly."""
+
+    def final_statuses(self, nodes: list[NodeProc]) -> dict[str, dict[str, Any]]:
+        return probe.final_statuses({n.name: n.home for n in nodes})
 
     def setup_torch_gate(self) -> None:
         """Real training under a machine-wide limit of concurrent trainings (see torchgate/sitecustomize.py)."""
@@ -279,6 +314,7 @@ class Simulation:
         return next(n for n in self.nodes if n.name == name)
 
     def poll_processes(self) -> None:
+        self.refresh()
         for n in self.nodes:
             if n.proc is None:
                 continue
@@ -311,7 +347,7 @@ class Simulation:
         for c in self.churn_plan:
             node = self.node(c["node"])
             if not c["done"] and now - w0 >= c["kill_at"] and node.up():
-                self.acked_before_kill.setdefault(node.name, []).append(acked_runs(node.home))
+                self.acked_before_kill.setdefault(node.name, []).append(node.acked())
                 node.sample()
                 node.signal_group(signal.SIGKILL)
                 node.proc.wait(10)
@@ -409,7 +445,7 @@ class Simulation:
                     pending.remove(n)
                     continue
                 try:
-                    probe.control(n.home, "drain", timeout=5.0)
+                    n.control("drain", timeout=5.0)
                 except ValueError as e:
                     self.settle_note = f"no drain: {e}"
                     self.log(f"settle skipped: the daemon does not drain ({e})")
@@ -432,7 +468,7 @@ class Simulation:
             commits = set()
             for n in honest:
                 try:
-                    commits.add(probe.control(n.home, "status", timeout=3.0)["baseline"]["commit"])
+                    commits.add(n.control("status", timeout=3.0)["baseline"]["commit"])
                 except (OSError, ValueError, KeyError, TypeError):
                     commits.add(None)
             if len(commits) == 1 and not pending:
@@ -449,7 +485,7 @@ class Simulation:
         for n in live:
             n.sample()
         try:
-            self.final_status = probe.final_statuses({n.name: n.home for n in live if n.up()})
+            self.final_status = self.final_statuses([n for n in live if n.up()])
         except Exception as e:  # noqa: BLE001 - stopping matters more than these counters
             self.log(f"could not read the final statuses: {e}")
         try:

@@ -45,7 +45,7 @@ class Poller:
                 n = nodes[self._next % len(nodes)]
                 self._next += 1
                 try:
-                    st = probe.control(n.home, "status", timeout=2.0)
+                    st = n.control("status", timeout=2.0)
                     sw = probe.swarm_stats(st)
                     self.cache[n.name] = {"at": time.time(), "local": st["experiments"]["local"],
                                           "val": st["baseline"]["val_bpb"], "peers": st["peers_connected"],

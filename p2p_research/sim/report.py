@@ -135,6 +135,15 @@ def _process_head(m: dict[str, Any]) -> list[str]:
     if m.get("dashboard"):
         out.append(f"Dashboard: live at {m['dashboard']['url']} during the run; its final state: "
                    f"[{m['dashboard']['file']}]({m['dashboard']['file']}) (every node's curve, the solo node, the counters).\n")
+    cl = m.get("cluster")
+    if cl:
+        out.append(f"Ray cluster `{cl['address']}`: {len(cl['hosts'])} machine(s). Each machine's clock against "
+                   "this one's (the ledgers' timestamps are each machine's own):\n")
+        out.append("| machine | address | cores | nodes | clock offset ms (± error) |\n|---|---|---|---|---|")
+        for h in cl["hosts"]:
+            out.append(f"| {h['hostname']}{' (lost)' if h.get('lost') else ''} | {h['ip']} | {h['cpus']} | "
+                       f"{len(h['nodes'])} | {h['clock_offset_ms']:+.1f} ± {h['clock_error_ms']:.1f} |")
+        out.append("")
     out.append(f"Duration counted from {m['duration_counted_from']}; all nodes were up after {_f(m['startup_s'], 1)} s; "
                f"experiment window {m['window_s']:.0f} s; whole run {m['duration_s']:.0f} s"
                + (f"; settle after the window: {m['settle']['note']}" if m["settle"]["note"] else "")

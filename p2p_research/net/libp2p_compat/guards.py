@@ -69,7 +69,7 @@ from typing import Any
 
 import trio
 
-from ..addresses import AddressSlots, remote_ip
+from ..addresses import EXEMPT, AddressSlots, remote_ip
 from ..ratelimit import RateLimitedLog
 from . import counters
 from .pin import EXPECTED_LIBP2P, libp2p_version
@@ -147,7 +147,8 @@ def _inbound_per_address_factory(original: Any) -> Any:
             _rlog.log(logging.INFO, "inbound:full", "refused an inbound connection from %s: the node holds its %d "
                       "inbound connections", ip, cap)
             raise _InboundRefused(f"the node holds its {cap} inbound connections")
-        why = AddressSlots.holding(live, INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET).refusal(ip)
+        exempt = self.__dict__.get("_p2p_exempt", EXEMPT)  # the network's `exempt_addresses`, set per swarm
+        why = AddressSlots.holding(live, INBOUND_PER_ADDRESS, INBOUND_PER_SUBNET, exempt).refusal(ip)
         if why is not None:
             counters.current().inbound_refused_by_address += 1
             _rlog.log(logging.INFO, f"inbound:{ip}", "refused an inbound connection from %s: %s", ip, why)

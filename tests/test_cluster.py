@@ -1,0 +1,109 @@
+"""`simulate --cluster`: real daemons placed on the machines of a Ray cluster (sim/cluster.py), and the
+exemption of one's own machines from the limits per address and subnet that it needs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import trio
+from libp2p import generate_new_ed25519_identity, new_host
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from multiaddr import Multiaddr
+from net_helpers import cfg
+
+from p2p_research.net import open_network
+from p2p_research.net.addresses import AddressSlots, exempt_set
+from p2p_research.net.libp2p_compat.guards import INBOUND_PER_ADDRESS
+from p2p_research.net.peers import addr_subnet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_exempt_addresses_are_counted_like_loopback():
+    exempt = exempt_set(["10.0.0.7", "::ffff:10.0.0.8"])
+    slots = AddressSlots(1, 2, exempt)
+    assert all(slots.take("10.0.0.7") is None for _ in range(10))
+    assert slots.take("10.0.0.8") is None and slots.take("10.0.0.8") is None
+    assert slots.take("10.0.0.9") is None and slots.take("10.0.0.9") is not None  # its neighbour is a stranger
+    assert addr_subnet(Multiaddr("/ip4/10.0.0.7/tcp/1"), exempt) is None
+    assert addr_subnet(Multiaddr("/ip4/10.0.0.9/tcp/1"), exempt) == "10.0.0.0/24"
+    with pytest.raises(ValueError, match="not an IP address"):
+        exempt_set(["10.0.0.0/24"])
+
+
+async def test_a_cluster_machine_named_exempt_connects_past_the_limit_per_address():
+    """Twelve identities connect from one address (127.0.7.1, a machine of the node's own cluster, say).
+    A node that names it in `exempt_addresses` takes all twelve; one that does not takes the limit."""
+    plain = trio.open_tcp_stream
+    trio.open_tcp_stream = lambda h, p, **kw: plain(h, p, local_address="127.0.7.1", **kw)
+    n = INBOUND_PER_ADDRESS + 4
+    try:
+        for exempt, expected in (([], INBOUND_PER_ADDRESS), (["127.0.7.1"], n)):
+            async with open_network(cfg(exempt_addresses=exempt), lambda oid: None) as net, AsyncExitStack() as stack:
+                target = info_from_p2p_addr(Multiaddr(net.addrs()[0]))
+                connected = 0
+                for _ in range(n):
+                    host = new_host(key_pair=generate_new_ed25519_identity())
+                    await stack.enter_async_context(host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+                    stack.push_async_callback(host.close)
+                    try:
+                        with trio.fail_after(10):
+                            await host.connect(target)
+                        await trio.sleep(0.2)  # a refused upgrade closes the connection just after the dial
+                        connected += bool(host.get_network().connections)
+                    except Exception:  # noqa: BLE001 - refused past the limit
+                        pass
+                assert connected == expected, (exempt, connected)
+    finally:
+        trio.open_tcp_stream = plain
+
+
+def test_cluster_mode_runs_real_daemons_only(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "p2p_research", "simulate", "--engine", "des", "--cluster", "local",
+                        "--report", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--cluster runs real daemons" in r.stderr + r.stdout
+
+
+@pytest.mark.slow
+def test_a_swarm_on_a_two_machine_ray_cluster_reports_like_a_local_one(tmp_path):
+    """Two Ray machines (two raylets on this one: Ray's own test cluster), four swarm daemons and a solo
+    node placed over them, every one listening on its machine's address. The report gathers every
+    node's ledger from its machine, as after a local run, and the machines keep no run folder."""
+    ray_utils = pytest.importorskip("ray.cluster_utils")
+    cluster = ray_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        report = tmp_path / "report"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        r = subprocess.run(
+            [sys.executable, "-m", "p2p_research", "simulate", "--cluster", cluster.address, "--nodes", "4",
+             "--duration", "30s", "--cost", "3", "--settle", "60", "--seed", "3", "--report", str(report)],
+            capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+    m = json.loads((report / "report.json").read_text())
+    hosts = m["cluster"]["hosts"]
+    assert len(hosts) == 2 and len({h["ray_node_id"] for h in hosts}) == 2
+    assert sorted(len(h["nodes"]) for h in hosts) == [2, 3]  # two swarm nodes each, the solo node beside two
+    assert all(abs(h["clock_offset_ms"]) < 1000 and not h["lost"] for h in hosts)
+    assert not any(Path(h["root"]).exists() for h in hosts if h.get("root"))
+    topology = json.loads((report / "topology.json").read_text())
+    ips = {h["ip"] for h in hosts}
+    assert {t["ip"] for t in topology.values()} == ips
+    for name in topology:
+        toml = (report / "nodes" / name / "node.toml").read_text()
+        assert all(ip in toml for ip in ips)  # listen and exempt_addresses name the machine's address
+    assert m["crashed_nodes"] == 0
+    assert all(v > 0 for v in m["experiments_per_node"].values()), m["experiments_per_node"]
+    assert len(m["experiments_per_node"]) == 4 and m["solo"]["experiments_completed"] > 0
+    assert m["convergence"]["all_on_same_baseline"], m["convergence"]
+    assert m["peers_at_stop"]["p50"] >= 2
+    assert "Ray cluster" in (report / "report.md").read_text()
