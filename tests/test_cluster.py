@@ -68,6 +68,10 @@ def test_cluster_mode_runs_real_daemons_only(tmp_path):
     r = subprocess.run([sys.executable, "-m", "p2p_research", "simulate", "--engine", "des", "--cluster", "local",
                         "--report", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--cluster runs real daemons" in r.stderr + r.stdout
+    r = subprocess.run([sys.executable, "-m", "p2p_research", "simulate", "--cluster", "127.0.0.1:1",
+                        "--report", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot join the Ray cluster at 127.0.0.1:1" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

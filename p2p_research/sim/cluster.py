@@ -373,11 +373,24 @@ def connect(address: str) -> bool:
         ray.init(**kw)
         return True
     kw.pop("include_dashboard")
+    _reachable(address)
     try:
         ray.init(address=address, **kw)
     except Exception as e:  # noqa: BLE001 - Ray's own errors, as one line
         raise ClusterError(f"cannot join the Ray cluster at {address}: {e}") from None
     return False
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, where a HOST:PORT address does not answer (Ray's own client retries
+    for minutes, printing a warning every few seconds)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "/" in address or not port.isdigit():
+        return  # "auto", "ray://...": Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {e.strerror or e}") from None
 
 
 class ClusterSimulation(Simulation):

@@ -465,12 +465,8 @@ class Simulation:
             if pending:
                 drain_pending()
             honest = [n for n in self.nodes if n.role == "swarm" and not n.liar and n.up()]
-            commits = set()
-            for n in honest:
-                try:
-                    commits.add(n.control("status", timeout=3.0)["baseline"]["commit"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    commits.add(None)
+            statuses = self.final_statuses(honest)  # all at once: one that does not answer counts as None
+            commits = {((statuses.get(n.name) or {}).get("baseline") or {}).get("commit") for n in honest}
             if len(commits) == 1 and not pending:
                 self.log(f"settled: every honest node on {str(next(iter(commits)))[:10]}")
                 break
