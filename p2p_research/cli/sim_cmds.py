@@ -11,6 +11,8 @@ from p2p_research.cli.common import CliError, one_line_errors
 
 
 def register(app: typer.Typer) -> None:
+    _register_compare(app)
+
     @app.command("simulate")
     @one_line_errors
     def simulate(
@@ -148,6 +150,44 @@ def register(app: typer.Typer) -> None:
                 raise
         if sim.interrupted:
             raise typer.Exit(130)
+
+
+def _register_compare(app: typer.Typer) -> None:
+    from p2p_research.cli.common import print_json
+
+    @app.command("compare")
+    @one_line_errors
+    def compare_cmd(
+        a: Path = typer.Argument(..., help="A report folder (or its report.json): the reference, e.g. real daemons"),
+        b: Path = typer.Argument(..., help="Another report, e.g. the DES run of the same swarm"),
+        json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
+    ) -> None:
+        """Two simulation reports side by side (real daemons against the DES, two seeds, two versions):
+        the figures both engines give, and B's difference from A."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from p2p_research.sim.compare import ReportError, compare, describe, load_report, to_json
+
+        try:
+            ma, mb = load_report(a), load_report(b)
+        except ReportError as e:
+            raise CliError(str(e), 2) from None
+        rows = compare(ma, mb)
+        if json_out:
+            print_json({"a": {"path": str(a), "what": describe(ma)}, "b": {"path": str(b), "what": describe(mb)},
+                        "rows": to_json(rows)})
+            return
+        t = Table(title=f"A: {describe(ma)}\nB: {describe(mb)}", title_justify="left")
+        for col in ("figure", "A", "B", "B vs A"):
+            t.add_column(col, justify="left" if col == "figure" else "right")
+        for r in rows:
+            change = "" if r.change_pct is None else f"{r.change_pct:+.1f} %"
+            if r.change_pct and r.lower_is_better is not None and abs(r.change_pct) >= 10:
+                worse = (r.change_pct > 0) == r.lower_is_better
+                change = f"[{'red' if worse else 'green'}]{change}[/]"
+            t.add_row(r.figure, "-" if r.a is None else str(r.a), "-" if r.b is None else str(r.b), change)
+        Console().print(t)
 
 
 def _run_des(*, nodes: int, duration: str, churn: float, churn_downtime: float, liars: int, seed: int,
