@@ -64,6 +64,41 @@ async def test_a_raising_handler_idle_streams_and_streams_over_the_slots_cost_on
         await wait_until(lambda: net.stats["faults"]["/test/broken/1"] == 2)
 
 
+async def test_a_stream_over_its_peer_s_slots_waits_for_one_to_end_where_the_protocol_allows_it():
+    """KAD's limits let a peer's stream over its two wait (up to 3 s) for one of them to end: an honest
+    node's put beside its own lookups to the same peer is served late, not refused. At most as many
+    wait as the peer holds; the rest are refused at once, so waiting buys a hostile peer nothing."""
+    served: list[bytes] = []
+
+    async def echo(stream):
+        data = await stream.read(1)
+        await trio.sleep(0.5)
+        served.append(data)
+        await stream.write(data)
+        await stream.close()
+
+    async with open_network(cfg(), lambda oid: None) as net, adversary() as adv:
+        net.handle("/test/wait/1", echo, StreamLimits(per_peer=1, total=8, deadline_s=5, wait_s=3.0))
+        await adv.connect(net.addrs()[0])
+        answers: list[bytes] = []
+
+        async def ask(tag: bytes) -> None:
+            try:
+                s = await adv.open_stream(net.peer_id, "/test/wait/1")
+                await s.write(tag)
+                answers.append(await s.read(1))
+            except Exception:  # noqa: BLE001 - a refused stream is reset
+                pass
+
+        async with trio.open_nursery() as nursery:
+            for tag in (b"a", b"b", b"c"):
+                nursery.start_soon(ask, tag)
+                await trio.sleep(0.1)
+        assert sorted(answers) == sorted(served) and len(answers) == 2, answers  # one held, one waited
+        assert net.stats["streams_refused"]["/test/wait/1"] == 1  # the third: no more may wait
+        assert net.streams.busy("/test/wait/1") == 0
+
+
 async def test_peer_tasks_contain_what_they_raise_and_still_cancel():
     faults = Faults()
     done = []

@@ -66,8 +66,10 @@ CORRECTION_TIMEOUT = 10.0
 REJECT_RETRY = 60.0  # seconds before retrying add_peer for a peer the routing table refused
 RECORD_SKEW_S = 300.0  # a record may be dated at most this far ahead of this node's clock
 KAD_IDLE_S = 5.0  # an inbound KAD stream's next request must arrive within this
-#: inbound KAD streams: 2 per peer, 32 in all, each at most 30 s (a lookup needs one request per stream)
-KAD_LIMITS = StreamLimits(per_peer=2, total=32, deadline_s=30.0)
+#: inbound KAD streams: 2 per peer, 32 in all, each at most 30 s (a lookup needs one request per stream);
+#: a peer's third waits up to 3 s for one of its two to end: a node's put beside its own lookups to the
+#: same peer was refused on a loaded machine, and a claim that no one stored let a duplicate run
+KAD_LIMITS = StreamLimits(per_peer=2, total=32, deadline_s=30.0, wait_s=3.0)
 #: peers of one /24 (/48) in the whole routing table (go-libp2p's maxForTable); globally routable addresses only
 TABLE_PEERS_PER_SUBNET = 3
 

@@ -47,6 +47,10 @@ class StreamLimits:
     deadline_s: float | None = 30.0
     per_address: int | None = None   # None: a quarter of the total (at least per_peer)
     per_subnet: int | None = None    # None: half of the total (at least per_address)
+    #: a stream over its peer's limit waits this long for one of the peer's streams to end before it is
+    #: refused (at most per_peer of them wait): an honest peer's burst of requests (a DHT put beside its
+    #: lookups, on a loaded machine) is served late rather than lost; a hostile one gains no slot by it
+    wait_s: float = 0.0
 
     def address_slots(self, exempt: frozenset[str] = EXEMPT) -> AddressSlots:
         per_address = self.per_address if self.per_address is not None else max(self.per_peer, self.total // 4)
@@ -78,6 +82,8 @@ class StreamGuard:
         self.is_banned: Callable[[str], bool] = lambda peer: False
         self._open: dict[str, Counter[str]] = {}
         self._total: Counter[str] = Counter()
+        self._waiting: dict[str, Counter[str]] = {}
+        self._freed: dict[str, trio.Event] = {}  # set (and replaced) whenever a stream of the protocol ends
         self._by_address: dict[str, AddressSlots] = {}
         self._rlog = RateLimitedLog(log, interval=30.0)
         self.protocols: dict[str, StreamLimits] = {}
@@ -102,7 +108,22 @@ class StreamGuard:
 
     def wrap(self, protocol: str, handler: Handler, limits: StreamLimits) -> Handler:
         open_by_peer = self._open.setdefault(protocol, Counter())
+        waiting = self._waiting.setdefault(protocol, Counter())
         by_address = self._by_address.setdefault(protocol, limits.address_slots(self.exempt))
+
+        async def wait_for_own_slot(peer: str) -> None:
+            """Wait (at most limits.wait_s, at most per_peer waiters) for one of `peer`'s streams to end."""
+            if limits.wait_s <= 0 or waiting[peer] >= limits.per_peer:
+                return
+            waiting[peer] += 1
+            try:
+                with trio.move_on_after(limits.wait_s):
+                    while open_by_peer[peer] >= limits.per_peer:
+                        await self._freed.setdefault(protocol, trio.Event()).wait()
+            finally:
+                waiting[peer] -= 1
+                if waiting[peer] <= 0:
+                    del waiting[peer]
 
         async def guarded(stream: INetStream) -> None:
             peer = remote_peer(stream)
@@ -110,6 +131,8 @@ class StreamGuard:
                 self.stats["streams_refused"][protocol] += 1
                 await reset_quietly(stream, grace=0.5)
                 return
+            if open_by_peer[peer] >= limits.per_peer and self._total[protocol] < limits.total:
+                await wait_for_own_slot(peer)
             if self._total[protocol] >= limits.total or open_by_peer[peer] >= limits.per_peer:
                 self.stats["streams_refused"][protocol] += 1
                 self._rlog.log(logging.INFO, f"{protocol}:{peer}", "refused a %s stream from %s: %d open of %d "
@@ -152,6 +175,9 @@ class StreamGuard:
                 self._total[protocol] -= 1
                 if ip is not None:
                     by_address.give_back(ip)
+                freed = self._freed.pop(protocol, None)
+                if freed is not None:
+                    freed.set()
 
         guarded.__qualname__ = f"guarded[{protocol}]"
         guarded._p2p_guarded = True  # type: ignore[attr-defined]
