@@ -64,6 +64,31 @@ async def test_a_cluster_machine_named_exempt_connects_past_the_limit_per_addres
         trio.open_tcp_stream = plain
 
 
+def test_a_run_left_by_a_dead_agent_is_cleaned_and_its_daemons_stopped_a_live_one_is_not(tmp_path):
+    """A driver killed outright takes its Ray actors (the host agents) with it, but not the daemons they
+    started in sessions of their own: the next agent on that machine stops them and removes the folder."""
+    from p2p_research.sim.cluster import AGENT_FILE, PIDS_FILE, clean_stale_runs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "p2p_research", "node", "start"],
+                            start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "p2p_research", "node", "start"],
+                             start_new_session=True)
+    try:
+        for run, agent, daemon in (("stale", dead.pid, left), ("live", os.getpid(), other)):
+            (tmp_path / run).mkdir()
+            (tmp_path / run / AGENT_FILE).write_text(str(agent))
+            (tmp_path / run / PIDS_FILE).write_text(f"{daemon.pid}\n")
+        assert clean_stale_runs(tmp_path) == ["stale"]
+        assert left.wait(10) == -9 and other.poll() is None
+        assert not (tmp_path / "stale").exists() and (tmp_path / "live").exists()
+    finally:
+        for p in (left, other):
+            p.kill()
+            p.wait()
+
+
 def test_cluster_mode_runs_real_daemons_only(tmp_path):
     r = subprocess.run([sys.executable, "-m", "p2p_research", "simulate", "--engine", "des", "--cluster", "local",
                         "--report", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)

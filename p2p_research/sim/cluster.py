@@ -52,6 +52,8 @@ from p2p_research.sim.options import SimOptions
 CALL_TIMEOUT_S = 60.0
 SAMPLE_EVERY_S = 2.0
 HARVEST_FILES = ("sim-stdout.log", "sim-stderr.log")
+AGENT_FILE = "agent.pid"   # in a run folder: the agent's process, alive while the run is
+PIDS_FILE = "node.pids"    # in a run folder: every daemon it started (each leads a process group)
 LOG_TAIL_BYTES = 4 << 20
 
 
@@ -77,8 +79,11 @@ class HostAgent:
     actor is threaded: a drain that takes seconds must not hold up the tick's snapshot)."""
 
     def __init__(self, run_id: str, root: str | None = None) -> None:
-        self.root = Path(root or tempfile.gettempdir()) / "p2p-research-cluster" / run_id
+        base = Path(root or tempfile.gettempdir()) / "p2p-research-cluster"
+        self.cleaned = clean_stale_runs(base)
+        self.root = base / run_id
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
+        (self.root / AGENT_FILE).write_text(str(os.getpid()))
         self.nodes: dict[str, NodeProc] = {}
         self.env = dict(os.environ)
         self._sampled: dict[str, float] = {}
@@ -89,7 +94,8 @@ class HostAgent:
 
         ip = self.env.get("P2P_CLUSTER_IP") or _node_ip()
         return {"ip": ip, "hostname": socket.gethostname(), "cpus": os.cpu_count() or 1, "pid": os.getpid(),
-                "python": sys.version.split()[0], "version": __version__, "root": str(self.root)}
+                "python": sys.version.split()[0], "version": __version__, "root": str(self.root),
+                "cleaned": self.cleaned}
 
     def now(self) -> float:
         return time.time()
@@ -131,7 +137,10 @@ class HostAgent:
         node = self.nodes[name]
         node.start(self.env)
         self._sampled.pop(name, None)
-        return node.current.pid if node.current else 0
+        pid = node.current.pid if node.current else 0
+        with open(self.root / PIDS_FILE, "a") as f:  # for clean_stale_runs, should this agent die unstopped
+            f.write(f"{pid}\n")
+        return pid
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every node's process as the driver's tick needs it: pid, exit code, ready, peer id, CPU, RSS."""
@@ -228,6 +237,52 @@ class HostAgent:
         for n in self.nodes.values():
             n.signal_group(signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_runs(base: Path) -> list[str]:
+    """Remove the run folders of agents that died without stopping their nodes, killing what is left of
+    those nodes (a driver killed outright takes its Ray actors with it, not the daemons they started, which
+    run in sessions of their own). An agent that is still alive is another simulation's: left alone.
+    Returns the run ids cleaned."""
+    cleaned: list[str] = []
+    if not base.is_dir():
+        return cleaned
+    for run in base.iterdir():
+        try:
+            agent = int((run / AGENT_FILE).read_text().strip() or 0)
+        except (OSError, ValueError):
+            agent = 0
+        if agent and _alive(agent):
+            continue
+        if not agent and time.time() - run.stat().st_mtime < 60:
+            continue  # an agent that has made its folder and not yet written its pid
+        try:
+            pids = [int(x) for x in (run / PIDS_FILE).read_text().split()]
+        except (OSError, ValueError):
+            pids = []
+        for pid in pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue  # gone already
+            if b"p2p_research" in cmdline and b"node" in cmdline:  # not a pid reused by something else
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        shutil.rmtree(run, ignore_errors=True)
+        cleaned.append(run.name)
+    return cleaned
 
 
 def _node_ip() -> str:
@@ -427,7 +482,9 @@ class ClusterSimulation(Simulation):
             link.clock_offset_s, link.clock_error_s = self._clock_offset(link)
             self.hosts.append(link)
             self.log(f"machine {info['hostname']} ({info['ip']}): {info['cpus']} cores, p2p-research "
-                     f"{info['version']}, clock {link.clock_offset_s * 1000:+.1f} ms")
+                     f"{info['version']}, clock {link.clock_offset_s * 1000:+.1f} ms"
+                     + (f"; removed {len(info['cleaned'])} run folder(s) left by a driver that died, and "
+                        "stopped their daemons" if info["cleaned"] else ""))
 
     @staticmethod
     def _clock_offset(link: HostLink, tries: int = 5) -> tuple[float, float]:
