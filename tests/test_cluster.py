@@ -71,20 +71,23 @@ def test_a_run_left_by_a_dead_agent_is_cleaned_and_its_daemons_stopped_a_live_on
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "p2p_research", "node", "start"],
-                            start_new_session=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "p2p_research", "node", "start"],
-                             start_new_session=True)
+
+    def daemon(run: str) -> subprocess.Popen:  # a process whose command line names a home of the run
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "node", "start", "--home",
+                                 f"{tmp_path / run / 'nodes'}/n00"], start_new_session=True)
+
+    left, other = daemon("stale"), daemon("live")
+    elsewhere = daemon("elsewhere")  # the stale run's pid list names it, but it is not of that run
     try:
-        for run, agent, daemon in (("stale", dead.pid, left), ("live", os.getpid(), other)):
+        for run, agent, proc in (("stale", dead.pid, left), ("live", os.getpid(), other)):
             (tmp_path / run).mkdir()
             (tmp_path / run / AGENT_FILE).write_text(str(agent))
-            (tmp_path / run / PIDS_FILE).write_text(f"{daemon.pid}\n")
+            (tmp_path / run / PIDS_FILE).write_text(f"{proc.pid}\n{elsewhere.pid if run == 'stale' else ''}\n")
         assert clean_stale_runs(tmp_path) == ["stale"]
-        assert left.wait(10) == -9 and other.poll() is None
+        assert left.wait(10) == -9 and other.poll() is None and elsewhere.poll() is None
         assert not (tmp_path / "stale").exists() and (tmp_path / "live").exists()
     finally:
-        for p in (left, other):
+        for p in (left, other, elsewhere):
             p.kill()
             p.wait()
 

@@ -12,7 +12,8 @@ node's own machine is not the remote stranger these limits are for. Other loopba
 (127.0.0.2 and up) count like any other address, which is how the tests play hosts on one machine.
 The machines of one's own cluster can be exempt the same way (`network.exempt_addresses`, `exempt_set`):
 a simulation of 500 daemons on 20 machines puts 25 of them behind each address and every machine in one
-/24, and the limits would keep each daemon to a handful of its swarm.
+/24, and the limits would keep each daemon to a handful of its swarm. (The DHT routing table's subnet
+rule is py-libp2p's, which exempts private addresses and not these: docs/simulation.md.)
 A connection whose address the transport does not give counts as the address "?", one slot holder of
 its own. A relayed connection gives the relay's address, which every peer behind that relay shares:
 the callers leave relayed connections out of these counts (per-peer and total limits still apply).

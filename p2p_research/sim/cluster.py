@@ -45,11 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2p_research.errors import P2PResearchError
 from p2p_research.sim import probe
 from p2p_research.sim.launcher import NodeProc, Simulation, free_port
 from p2p_research.sim.options import SimOptions
 
 CALL_TIMEOUT_S = 60.0
+LOST_AFTER_TIMEOUTS = 3
 SAMPLE_EVERY_S = 2.0
 HARVEST_FILES = ("sim-stdout.log", "sim-stderr.log")
 AGENT_FILE = "agent.pid"   # in a run folder: the agent's process, alive while the run is
@@ -57,7 +59,7 @@ PIDS_FILE = "node.pids"    # in a run folder: every daemon it started (each lead
 LOG_TAIL_BYTES = 4 << 20
 
 
-class ClusterError(Exception):
+class ClusterError(P2PResearchError):
     """The cluster cannot run this simulation (Ray missing, no machine, a machine lost at the start)."""
 
 
@@ -79,7 +81,7 @@ class HostAgent:
     actor is threaded: a drain that takes seconds must not hold up the tick's snapshot)."""
 
     def __init__(self, run_id: str, root: str | None = None) -> None:
-        base = Path(root or tempfile.gettempdir()) / "p2p-research-cluster"
+        base = private_base(Path(root or tempfile.gettempdir()) / f"p2p-research-cluster-{os.getuid()}")
         self.cleaned = clean_stale_runs(base)
         self.root = base / run_id
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
@@ -122,7 +124,13 @@ class HostAgent:
             shutil.rmtree(home)
         home.mkdir(parents=True)
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            tar.extractall(home, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+                tar.extractall(home, filter="data")
+            else:  # the driver packed it; still, nothing outside the home
+                if any(m.name.startswith("/") or ".." in Path(m.name).parts or m.issym() or m.islnk()
+                       for m in tar.getmembers()):
+                    raise ValueError(f"{name}: a home archive with a path outside the home")
+                tar.extractall(home)
         h = NodeHome(home)
         cfg = h.load_config()
         cache = self.root / "cache"
@@ -239,6 +247,19 @@ class HostAgent:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def private_base(base: Path) -> Path:
+    """The agents' folder on a machine, this user's alone (0700, not a link): a folder of a shared /tmp
+    that another user made could hand this user's daemons a home (node.toml, code) of theirs."""
+    base.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(base)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ClusterError(f"{base} is not a private folder of this user (owner {st.st_uid}, mode "
+                           f"{oct(st.st_mode & 0o777)}): remove it")
+    return base
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -264,8 +285,12 @@ def clean_stale_runs(base: Path) -> list[str]:
             agent = 0
         if agent and _alive(agent):
             continue
-        if not agent and time.time() - run.stat().st_mtime < 60:
-            continue  # an agent that has made its folder and not yet written its pid
+        try:
+            if not agent and time.time() - run.stat().st_mtime < 60:
+                continue  # an agent that has made its folder and not yet written its pid
+        except OSError:
+            continue  # another agent of this machine is cleaning it
+        mine = f"{run / 'nodes'}/".encode()
         try:
             pids = [int(x) for x in (run / PIDS_FILE).read_text().split()]
         except (OSError, ValueError):
@@ -275,7 +300,7 @@ def clean_stale_runs(base: Path) -> list[str]:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue  # gone already
-            if b"p2p_research" in cmdline and b"node" in cmdline:  # not a pid reused by something else
+            if mine in cmdline:  # a daemon of that run, not a pid reused since by another process
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
@@ -315,10 +340,27 @@ class HostLink:
     clock_error_s: float = 0.0
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     lost: str = ""
+    timeouts: int = 0   # calls in a row that timed out (LOST_AFTER_TIMEOUTS of them: the machine is lost)
 
-    def call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
+    def call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT_S, even_if_lost: bool = False) -> Any:
+        """One call on the machine's agent. A machine known lost fails at once (a partitioned machine
+        would cost every call its full timeout); it is lost when its agent dies (Ray says so) or after
+        LOST_AFTER_TIMEOUTS timeouts in a row, not after one slow answer."""
         ray = _ray()
-        return ray.get(getattr(self.agent, method).remote(*args), timeout=timeout)
+        if self.lost and not even_if_lost:
+            raise ClusterError(f"machine {self.hostname} is lost: {self.lost}")
+        try:
+            out = ray.get(getattr(self.agent, method).remote(*args), timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.timeouts += 1
+            if self.timeouts >= LOST_AFTER_TIMEOUTS and not self.lost:
+                self.lost = f"{self.timeouts} calls in a row timed out"
+            raise
+        except ray.exceptions.RayActorError as e:
+            self.lost = self.lost or f"its agent died: {str(e).splitlines()[0][:200]}"
+            raise
+        self.timeouts = 0
+        return out
 
 
 class RemoteProc:
@@ -342,8 +384,9 @@ class RemoteProc:
         host = self.node.host
         try:
             rc = host.call("wait", self.node.name, timeout, timeout=(timeout or 0) + CALL_TIMEOUT_S)
-        except Exception as e:  # noqa: BLE001 - a lost machine: its processes are gone with it
-            host.lost = host.lost or repr(e)
+        except Exception:  # noqa: BLE001 - no answer: gone with a lost machine, else not yet ended
+            if not host.lost:
+                raise subprocess.TimeoutExpired(f"{self.node.name} on {host.hostname}", timeout or 0) from None
             rc = -signal.SIGKILL
         if rc is None:
             raise subprocess.TimeoutExpired(f"{self.node.name} on {host.hostname}", timeout or 0)
@@ -373,7 +416,13 @@ class RemoteNode(NodeProc):
 
         host = self._host()
         host.state.pop(self.name, None)
-        pid = host.call("start", self.name)
+        try:
+            pid = host.call("start", self.name)
+        except Exception:  # noqa: BLE001 - a lost machine: the node cannot start, which the tick records as a crash
+            self.proc = RemoteProc(self, 0)  # type: ignore[assignment]
+            self.proc.returncode = -signal.SIGKILL  # type: ignore[union-attr]
+            self.incarnations.append(Incarnation(started_at=time.time(), pid=0))
+            return
         self.proc = RemoteProc(self, pid)  # type: ignore[assignment]
         self.incarnations.append(Incarnation(started_at=time.time(), pid=pid))
 
@@ -405,7 +454,10 @@ class RemoteNode(NodeProc):
             return f"(no stderr: {e!r})"[:n]
 
     def control(self, command: str, timeout: float) -> Any:
-        kind, data = self._host().call("control", self.name, command, timeout, timeout=timeout + CALL_TIMEOUT_S)
+        try:
+            kind, data = self._host().call("control", self.name, command, timeout, timeout=timeout + CALL_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - no answer from the machine is no answer from the daemon
+            raise OSError(f"{self.name} on {self._host().hostname}: {e}") from None
         if kind == "oserror":
             raise OSError(data)
         if kind == "valueerror":
@@ -413,7 +465,11 @@ class RemoteNode(NodeProc):
         return data
 
     def acked(self) -> list[tuple]:
-        return [tuple(r) for r in self._host().call("acked", self.name)]
+        try:
+            return [tuple(r) for r in self._host().call("acked", self.name)]
+        except Exception as e:  # noqa: BLE001 - unknown: the churn check then counts nothing as lost
+            self.crash_info = self.crash_info or f"acknowledged runs unknown before a kill: {e}"
+            return []
 
 
 def connect(address: str) -> bool:
@@ -425,7 +481,7 @@ def connect(address: str) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
     if address == "local":
-        ray.init(**kw)
+        ray.init(address="local", **kw)  # a new one-machine cluster, never one RAY_ADDRESS names
         return True
     kw.pop("include_dashboard")
     _reachable(address)
@@ -458,6 +514,7 @@ class ClusterSimulation(Simulation):
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.hosts: list[HostLink] = []
         self.started_ray = False
+        self.harvest_missing: list[str] = []
 
     # --- set-up -----------------------------------------------------------------------------------
     def open_hosts(self) -> None:
@@ -476,6 +533,12 @@ class ClusterSimulation(Simulation):
             infos = ray.get([a.info.remote() for a in agents], timeout=120)
         except Exception as e:  # noqa: BLE001 - Ray's own errors, as one line
             raise ClusterError(f"the host agents did not start: {e}") from None
+        from p2p_research import __version__
+
+        other = sorted({f"{i['hostname']}: {i['version']}" for i in infos if i["version"] != __version__})
+        if other:
+            raise ClusterError(f"this machine runs p2p-research {__version__}, others do not ({', '.join(other)}): "
+                               "install one version everywhere")
         for a, n, info in zip(agents, alive, infos, strict=True):
             link = HostLink(agent=a, node_id=n["NodeID"], ip=info["ip"], hostname=info["hostname"],
                             cpus=info["cpus"], root=info["root"])
@@ -534,6 +597,13 @@ class ClusterSimulation(Simulation):
     def exempt_addresses(self) -> list[str]:
         return sorted({h.ip for h in self.hosts} - {"127.0.0.1"})
 
+    def configure(self, cfg: Any) -> None:
+        """As on one machine, where loopback addresses keep NAT traversal off: the cluster's machines reach
+        each other directly, and AutoNAT probes, relay reservations and relaying would be load that the
+        local run and the DES do not have."""
+        cfg.network.nat = "off"
+        cfg.network.relay_service = "off"
+
     def setup_torch_gate(self) -> None:
         for h in self.hosts:
             h.call("gate", self.opts.max_trainings or h.cpus)
@@ -561,9 +631,15 @@ class ClusterSimulation(Simulation):
         for h, ref in zip(live, refs, strict=True):
             try:
                 h.state = ray.get(ref, timeout=CALL_TIMEOUT_S)
-            except Exception as e:  # noqa: BLE001 - a machine lost: its nodes end as crashes
-                h.lost = repr(e)
-                self.log(f"machine {h.hostname} lost: {e!r}"[:300])
+                h.timeouts = 0
+            except ray.exceptions.GetTimeoutError:
+                h.timeouts += 1  # a slow answer: the last snapshot stands until LOST_AFTER_TIMEOUTS of them
+                if h.timeouts >= LOST_AFTER_TIMEOUTS:
+                    h.lost = f"{h.timeouts} snapshots in a row timed out"
+            except Exception as e:  # noqa: BLE001 - the agent died (RayActorError) or cannot answer
+                h.lost = f"its agent failed: {str(e).splitlines()[0][:200]}"
+            if h.lost:
+                self.log(f"machine {h.hostname} lost ({h.lost}): its nodes end as crashes")
                 h.state = {n.name: {"pid": n.current.pid, "returncode": -signal.SIGKILL, "ready": False,
                                     "peer_id": "", "cpu_s": 0.0, "peak_rss_mb": 0.0}
                            for n in self.nodes if isinstance(n, RemoteNode) and n.host is h and n.current}
@@ -584,14 +660,19 @@ class ClusterSimulation(Simulation):
                 node.tcp[(pid, local, peer)] = (max(old[0], s), max(old[1], r))
 
     def final_statuses(self, nodes: list[NodeProc]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+        """Every node's status, every machine asked at once (each asks its nodes at once)."""
+        ray = _ray()
+        asked = []
         for h in self.hosts:
             names = [n.name for n in nodes if isinstance(n, RemoteNode) and n.host is h]
             if names and not h.lost:
-                try:
-                    out.update(h.call("statuses", names, 4.0, timeout=CALL_TIMEOUT_S + 4.0))
-                except Exception as e:  # noqa: BLE001 - missing is reported as missing
-                    self.log(f"no final status from {h.hostname}: {e!r}"[:300])
+                asked.append((h, h.agent.statuses.remote(names, 4.0)))
+        out: dict[str, dict[str, Any]] = {}
+        for h, ref in asked:
+            try:
+                out.update(ray.get(ref, timeout=CALL_TIMEOUT_S + 4.0))
+            except Exception as e:  # noqa: BLE001 - missing is reported as missing
+                self.log(f"no status from {h.hostname}: {e!r}"[:300])
         return out
 
     def stop_all(self) -> None:
@@ -600,36 +681,47 @@ class ClusterSimulation(Simulation):
         try:
             super().stop_all()
         finally:
-            self.harvest()
-            self.close()
+            try:
+                self.harvest()
+            finally:
+                self.close()
 
     def harvest(self) -> None:
+        """Every node's ledger and log tails into its folder of the report (a machine thought lost is
+        still asked, briefly: a partition may have healed, and its ledgers are the figures)."""
+        missing = []
         for n in self.nodes:
-            if not isinstance(n, RemoteNode) or n.host is None or n.host.lost or not n.incarnations:
+            if not isinstance(n, RemoteNode) or n.host is None or not n.incarnations:
                 continue
             try:
-                files = n.host.call("harvest", n.name, timeout=300)
+                files = n.host.call("harvest", n.name, timeout=10 if n.host.lost else 300, even_if_lost=True)
             except Exception as e:  # noqa: BLE001 - one node's files are not worth the report
+                missing.append(n.name)
                 self.log(f"could not copy {n.name}'s ledger from {n.host.hostname}: {e!r}"[:300])
                 continue
             for fname, data in files.items():
                 for stale in (f"{fname}-wal", f"{fname}-shm"):
                     (n.home / stale).unlink(missing_ok=True)
                 (n.home / fname).write_bytes(data)
+        if missing:
+            self.harvest_missing = missing
+            self.log(f"the report's figures lack {len(missing)} node(s) whose ledgers could not be copied: "
+                     + ", ".join(missing[:10]))
 
     def close(self) -> None:
-        ray = _ray()
+        try:
+            ray = _ray()
+        except ClusterError:
+            return  # Ray is missing: nothing was started
         for h in self.hosts:
-            if not h.lost:
-                try:
-                    h.call("cleanup", timeout=120)
-                except Exception:  # noqa: BLE001 - the machine's temp folder is the machine's business now
-                    pass
+            try:
+                h.call("cleanup", timeout=10 if h.lost else 120, even_if_lost=True)
+            except Exception:  # noqa: BLE001 - the next agent on that machine cleans it (clean_stale_runs)
+                pass
             try:
                 ray.kill(h.agent)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self.hosts_closed = True
         if ray.is_initialized():
             ray.shutdown()
 
@@ -640,4 +732,4 @@ class ClusterSimulation(Simulation):
              "nodes": sorted(n.name for n in self.nodes if isinstance(n, RemoteNode) and n.host is h),
              "clock_offset_ms": round(h.clock_offset_s * 1000, 2),
              "clock_error_ms": round(h.clock_error_s * 1000, 2), "lost": h.lost or None}
-            for h in self.hosts]}
+            for h in self.hosts], "ledgers_missing": self.harvest_missing}

@@ -117,7 +117,8 @@ class NodeProc:
         self._stdout_offset = out.stat().st_size if out.exists() else 0
         with open(out, "ab") as so, open(self.home / "sim-stderr.log", "ab") as se:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "p2p_research", "node", "start", "--home", str(self.home)],
+                # -P: the home (the working folder) is not on the import path
+                [sys.executable, "-P", "-m", "p2p_research", "node", "start", "--home", str(self.home)],
                 stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True, env=env,
                 cwd=str(self.home))
         self.incarnations.append(Incarnation(started_at=time.time(), pid=self.proc.pid))
@@ -257,6 +258,7 @@ class Simulation:
             cfg.node.name = node.name + ("-liar" if node.liar else "")
             cfg.network.listen = [f"/ip4/{node.ip}/tcp/{node.port}"]
             cfg.network.exempt_addresses = self.exempt_addresses()
+            self.configure(cfg)
             cfg.network.bootstrap = list(node.bootstrap)
             cfg.network.target_peers = o.target_peers
             cfg.network.announce = o.announce
@@ -289,6 +291,9 @@ class Simulation:
     def exempt_addresses(self) -> list[str]:
         """network.exempt_addresses of every node: none here (127.0.0.1 is exempt already)."""
         return []
+
+    def configure(self, cfg: Any) -> None:
+        """Last changes to every node's configuration where the nodes run: none here."""
 
     def install(self) -> None:
         """Make the prepared homes available where the nodes run: they already are, here."""
