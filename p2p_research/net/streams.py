@@ -133,6 +133,10 @@ class StreamGuard:
                 return
             if open_by_peer[peer] >= limits.per_peer and self._total[protocol] < limits.total:
                 await wait_for_own_slot(peer)
+                if self.is_banned(peer):  # banned while it waited
+                    self.stats["streams_refused"][protocol] += 1
+                    await reset_quietly(stream, grace=0.5)
+                    return
             if self._total[protocol] >= limits.total or open_by_peer[peer] >= limits.per_peer:
                 self.stats["streams_refused"][protocol] += 1
                 self._rlog.log(logging.INFO, f"{protocol}:{peer}", "refused a %s stream from %s: %d open of %d "
