@@ -116,8 +116,8 @@ def test_a_swarm_on_a_two_machine_ray_cluster_reports_like_a_local_one(tmp_path)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         r = subprocess.run(
             [sys.executable, "-m", "p2p_research", "simulate", "--cluster", cluster.address, "--nodes", "4",
-             "--duration", "30s", "--cost", "3", "--settle", "60", "--seed", "3", "--report", str(report)],
-            capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+             "--duration", "25s", "--cost", "3", "--settle", "45", "--seed", "3", "--report", str(report)],
+            capture_output=True, text=True, timeout=540, env=env, cwd=tmp_path)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     finally:
         cluster.shutdown()

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from p2p_research.errors import P2PResearchError
 from p2p_research.sim.report_type import TARGETS
 
 
-class ReportError(ValueError):
+class ReportError(P2PResearchError):
     """A folder without a readable report.json."""
 
 
