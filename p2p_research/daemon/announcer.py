@@ -29,9 +29,7 @@ log = logging.getLogger("p2p_research.daemon")
 DHT_LOOKUP_S = 3.0
 DHT_LOOKUPS_PER_PROPOSAL = 5
 DHT_PROPOSAL_S = 15.0  # DHT lookups one proposal may spend (each one is bounded by DHT_LOOKUP_S too)
-# a sparse node looks its claim up again this long after the put, then after each pause in turn (_contest):
-# a put under load can take seconds to land (each is bounded at about 12 s)
-CONTEST_CHECKS_S = (1.0, 3.0, 8.0)
+CONTEST_CHECKS_S = flooding.CONTEST_CHECKS_S  # the contest's lookups after the put (research/flooding.py)
 
 
 @dataclass

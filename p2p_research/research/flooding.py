@@ -34,6 +34,10 @@ PRESENCE_S = 300.0
 # per proposal: the DHT is then the only record of other nodes' claims (docs/scale.md: 16 lookups left
 # 1.4 % of experiments duplicated at 300 nodes over 20 minutes, 64 left 0.4 %, at the same load)
 DHT_LOOKUPS_SPARSE = 64
+# a sparse node's claim is in the DHT only: the node looks it up again this long after its put lands,
+# then after each pause in turn (the contest, daemon/announcer.py; the DES's VirtualNode does the same).
+# A lookup made a moment before another node's put lands misses it; a put under load can take seconds
+CONTEST_CHECKS_S = (1.0, 3.0, 8.0)
 
 
 PRESENCE_PER_S = 2.0  # swarm-wide presence messages per second at most: 8 copies/s, ~12 % of a core per node
