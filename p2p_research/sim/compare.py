@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p_research.errors import P2PResearchError
+from p2p_research.sim.report import accidental_duplicates
 from p2p_research.sim.report_type import TARGETS
 
 
@@ -62,6 +63,8 @@ FIGURES: list[tuple[str, Callable[[dict[str, Any]], Any], bool | None]] = [
     ("experiments completed in the window", lambda m: m.get("experiments_completed_in_window"), False),
     ("experiments completed", lambda m: m.get("experiments_completed"), False),
     ("wasted duplicates (%)", lambda m: m.get("duplicates_wasted_pct"), True),
+    ("  by accident: not checks of unproven negative reports (%)",
+     lambda m: accidental_duplicates(m)[0] if "duplicates_wasted" in m else None, True),
     ("verification / experiment run time", lambda m: _ratio(m, "verification", "experiment"), True),
     ("verifications confirmed", lambda m: _get(m, "verifications", "confirmed"), None),
     ("verifications refuted", lambda m: _get(m, "verifications", "refuted"), None),

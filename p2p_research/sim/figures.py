@@ -336,6 +336,7 @@ def collect(sim: Any) -> dict[str, Any]:
         experiments_aborted=aborted,
         duplicates_wasted=wasted,
         duplicates_wasted_pct=round(100 * wasted / total, 3) if total else 0.0,
+        duplicates_checking_negatives=min(wasted, int((counters.get("dedup") or {}).get("negatives_checked", 0))),
         duplicates_avoided={
             "yielded_in_flight": yielded,
             "proposals_skipped_as_known": (sum(counters["dedup"].values()) if counters.get("dedup") else None),

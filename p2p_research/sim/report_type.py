@@ -53,6 +53,9 @@ class SimReport:
     experiments_aborted: int
     duplicates_wasted: int
     duplicates_wasted_pct: float
+    # of duplicates_wasted: deliberate re-runs of candidates that only unproven peers reported negative
+    # (research/negatives.py: a sampling proposal checks such a report); the rest are dedup's misses
+    duplicates_checking_negatives: int
     duplicates_avoided: dict[str, Any]
     # --- trust and spread --------------------------------------------------------------------------------
     verifications: dict[str, Any]

@@ -245,6 +245,7 @@ class DesSimulation:
             combinations={"run": sum(combos.values()), "by_status": dict(combos)},
             experiments_aborted=sum(r["status"] == "aborted" for _, r in runs),
             duplicates_wasted=wasted, duplicates_wasted_pct=round(100 * wasted / len(exps), 3) if exps else 0.0,
+            duplicates_checking_negatives=min(wasted, dedup.get("negatives_checked", 0)),
             duplicates_avoided={"yielded_in_flight": sum(n.stats.yielded for n in self.nodes),
                                 "proposals_skipped_as_known": sum(dedup.values()),
                                 "proposals_skipped_by_reason": dict(dedup),
