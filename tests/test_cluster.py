@@ -1,4 +1,4 @@
-"""`simulate --cluster`: real daemons placed on the machines of a Ray cluster (sim/cluster.py), and the
+"""`simulate --cluster`: real daemons placed on the machines of a Ray cluster (sim/cluster/), and the
 exemption of one's own machines from the limits per address and subnet that it needs."""
 
 from __future__ import annotations

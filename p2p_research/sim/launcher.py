@@ -86,7 +86,7 @@ class NodeProc:
     home: Path
     port: int
     role: str                  # swarm | solo
-    ip: str = "127.0.0.1"      # the address it listens on and is dialed at (a cluster machine's, sim/cluster.py)
+    ip: str = "127.0.0.1"      # the address it listens on and is dialed at (a cluster machine's, sim/cluster/)
     liar: bool = False
     peer_id: str = ""
     bootstrap: list[str] = field(default_factory=list)
@@ -279,7 +279,7 @@ class Simulation:
                       "bootstrap": n.bootstrap} for n in self.nodes}, indent=1))
         self.install()
 
-    # --- where the nodes run (this machine; sim/cluster.py overrides these for a Ray cluster) --------
+    # --- where the nodes run (this machine; sim/cluster/ overrides these for a Ray cluster) --------
     def place(self, specs: list[tuple[str, str, int]]) -> list[tuple[str, int]]:
         """(address, port) for each node of `specs` (name, role, index): here, 127.0.0.1 and free ports."""
         ports: set[int] = set()
