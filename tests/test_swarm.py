@@ -59,8 +59,10 @@ def test_tiny_search_space_no_experiment_runs_twice(tmp_path):
     node has nothing new left, it runs what only unproven peers reported negative, which checks their
     reports: research/negatives.py, and the test of made-up negative results.)"""
     target = tiny_target(tmp_path)
-    a_home = surrogate_home(tmp_path / "a", 1, target, cost=1.0)
-    b_home = surrogate_home(tmp_path / "b", 2, target, cost=1.0)
+    # runs of 3 s: long enough for a claim to cross a loaded machine while the other node still runs the
+    # same candidate (with 1-s runs both once finished before either claim arrived, and both ran it)
+    a_home = surrogate_home(tmp_path / "a", 1, target, cost=3.0)
+    b_home = surrogate_home(tmp_path / "b", 2, target, cost=3.0)
     a = Daemon(a_home.path, "-n", "3").start()
     daemons = [a]
     try:

@@ -78,6 +78,7 @@ class StreamGuard:
         stats.setdefault("streams_timed_out", Counter())
         stats.setdefault("stream_errors", Counter())
         stats.setdefault("streams_refused_by_address", Counter())
+        stats.setdefault("streams_waited", Counter())  # streams over their peer's slots that waited (wait_s)
         #: peers whose streams are refused outright (gossip's bans); set by the network
         self.is_banned: Callable[[str], bool] = lambda peer: False
         self._open: dict[str, Counter[str]] = {}
@@ -116,6 +117,7 @@ class StreamGuard:
             if limits.wait_s <= 0 or waiting[peer] >= limits.per_peer:
                 return
             waiting[peer] += 1
+            self.stats["streams_waited"][protocol] += 1
             try:
                 with trio.move_on_after(limits.wait_s):
                     while open_by_peer[peer] >= limits.per_peer:
