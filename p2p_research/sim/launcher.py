@@ -180,6 +180,15 @@ class NodeProc:
         return acked_runs(self.home)
 
 
+def torch_gate(env: dict[str, str], gate: Path, slots: int) -> None:
+    """Put the daemons started with `env` under a limit of `slots` concurrent trainings on this machine:
+    torchgate/sitecustomize.py on their PYTHONPATH, and `gate` the folder of its slot files."""
+    gate.mkdir(exist_ok=True)
+    here = Path(__file__).resolve().parent / "torchgate"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here), env.get("PYTHONPATH", "")]))
+    env["P2P_SIM_TRAIN_SLOTS"] = f"{gate}:{slots}"
+
+
 def acked_runs(home: Path) -> list[tuple]:
     """The runs a node has recorded as finished (what a kill must not lose), read-only."""
     try:
@@ -307,12 +316,7 @@ class Simulation:
 
     def setup_torch_gate(self) -> None:
         """Real training under a machine-wide limit of concurrent trainings (see torchgate/sitecustomize.py)."""
-        slots = self.opts.max_trainings or os.cpu_count() or 1
-        gate = self.root / "train-slots"
-        gate.mkdir(exist_ok=True)
-        here = Path(__file__).resolve().parent / "torchgate"
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here), self.env.get("PYTHONPATH", "")]))
-        self.env["P2P_SIM_TRAIN_SLOTS"] = f"{gate}:{slots}"
+        torch_gate(self.env, self.root / "train-slots", self.opts.max_trainings or os.cpu_count() or 1)
 
     # --- running ----------------------------------------------------------------------------------
     def node(self, name: str) -> NodeProc:

@@ -20,7 +20,7 @@ from typing import Any
 
 from p2p_research.errors import P2PResearchError
 from p2p_research.sim import probe
-from p2p_research.sim.launcher import NodeProc, free_port
+from p2p_research.sim.launcher import NodeProc, free_port, torch_gate
 
 SAMPLE_EVERY_S = 2.0
 HARVEST_FILES = ("sim-stdout.log", "sim-stderr.log")
@@ -78,11 +78,7 @@ class HostAgent:
 
     def gate(self, slots: int) -> None:
         """Real training under this machine's limit of concurrent trainings (sim/torchgate)."""
-        gate = self.root / "train-slots"
-        gate.mkdir(exist_ok=True)
-        here = Path(__file__).resolve().parent / "torchgate"
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here), self.env.get("PYTHONPATH", "")]))
-        self.env["P2P_SIM_TRAIN_SLOTS"] = f"{gate}:{slots}"
+        torch_gate(self.env, self.root / "train-slots", slots)
 
     def install(self, name: str, archive: bytes, fields: dict[str, Any]) -> str:
         """Unpack a home prepared on the driver and point its cache at this machine's."""
