@@ -92,6 +92,20 @@ def test_a_run_left_by_a_dead_agent_is_cleaned_and_its_daemons_stopped_a_live_on
             p.wait()
 
 
+def test_an_agent_gates_training_with_the_launcher_s_torch_gate(tmp_path):
+    """`--objective torch` on a cluster: each machine's daemons start with sim/torchgate on their path and
+    that machine's slot folder (a copy of the launcher's set-up had once pointed at a folder that does
+    not exist)."""
+    from p2p_research.sim.cluster import HostAgent
+
+    agent = HostAgent("gate", str(tmp_path))
+    agent.gate(3)
+    path = agent.env["PYTHONPATH"].split(os.pathsep)[0]
+    assert (Path(path) / "sitecustomize.py").is_file()
+    folder, slots = agent.env["P2P_SIM_TRAIN_SLOTS"].rsplit(":", 1)
+    assert slots == "3" and Path(folder).is_dir() and Path(folder).is_relative_to(tmp_path)
+
+
 def test_cluster_mode_runs_real_daemons_only(tmp_path):
     r = subprocess.run([sys.executable, "-m", "p2p_research", "simulate", "--engine", "des", "--cluster", "local",
                         "--report", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
