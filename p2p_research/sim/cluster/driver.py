@@ -4,6 +4,7 @@ launcher's hooks answered for remote machines (sim/cluster/__init__.py says how 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import signal
 import socket
@@ -13,14 +14,14 @@ import uuid
 from typing import Any
 
 from p2p_research.sim.cluster.agent import ClusterError, HostAgent, ray_module
-from p2p_research.sim.cluster.remote import CALL_TIMEOUT_S, LOST_AFTER_TIMEOUTS, HostLink, RemoteNode
+from p2p_research.sim.cluster.remote import CALL_TIMEOUT_S, HostLink, RemoteNode
 from p2p_research.sim.launcher import NodeProc, Simulation
 from p2p_research.sim.options import SimOptions
 
 
-def connect(address: str) -> bool:
-    """Join the Ray cluster at `address` ("local": start a one-machine cluster for this run, "auto": the
-    one `ray start` made on this machine); True when this run started it (and so stops it)."""
+def connect(address: str) -> None:
+    """Join the Ray cluster at `address` ("local": start a one-machine cluster for this run, which
+    `ray.shutdown` stops again; "auto": the one `ray start` made on this machine)."""
     import logging
 
     ray = ray_module()
@@ -28,14 +29,13 @@ def connect(address: str) -> bool:
     kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
     if address == "local":
         ray.init(address="local", **kw)  # a new one-machine cluster, never one RAY_ADDRESS names
-        return True
+        return
     kw.pop("include_dashboard")
     _reachable(address)
     try:
         ray.init(address=address, **kw)
     except Exception as e:  # noqa: BLE001 - Ray's own errors, as one line
         raise ClusterError(f"cannot join the Ray cluster at {address}: {e}") from None
-    return False
 
 
 def _reachable(address: str, timeout: float = 5.0) -> None:
@@ -59,13 +59,12 @@ class ClusterSimulation(Simulation):
         self.address = address
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.hosts: list[HostLink] = []
-        self.started_ray = False
         self.harvest_missing: list[str] = []
 
     # --- set-up -----------------------------------------------------------------------------------
     def open_hosts(self) -> None:
         ray = ray_module()
-        self.started_ray = connect(self.address)
+        connect(self.address)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -113,19 +112,10 @@ class ClusterSimulation(Simulation):
         super().prepare()
 
     def place(self, specs: list[tuple[str, str, int]]) -> list[tuple[str, int]]:
-        load = {id(h): 0 for h in self.hosts}
-        chosen: list[HostLink] = []
-        swarm_k = 0
-        for _name, role, _i in specs:
-            if role == "solo":
-                chosen.append(None)  # type: ignore[arg-type]  # placed after the swarm, where it is lightest
-                continue
-            h = self.hosts[swarm_k % len(self.hosts)]
-            swarm_k += 1
-            load[id(h)] += 1
-            chosen.append(h)
-        lightest = min(self.hosts, key=lambda h: load[id(h)])
-        chosen = [h if h is not None else lightest for h in chosen]
+        swarm = sum(role != "solo" for _, role, _ in specs)
+        lightest = self.hosts[swarm % len(self.hosts)]  # the next in the round robin holds the fewest
+        ring = itertools.cycle(self.hosts)
+        chosen = [lightest if role == "solo" else next(ring) for _, role, _ in specs]
         taken: dict[str, list[int]] = {}
         ports: dict[int, list[int]] = {}
         for h in self.hosts:
@@ -170,34 +160,30 @@ class ClusterSimulation(Simulation):
 
     # --- running ----------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """One snapshot per machine, all asked at once."""
+        """One snapshot per machine, all asked at once; a machine lost (here or in any other call) has its
+        nodes recorded as crashed, once."""
         ray = ray_module()
         live = [h for h in self.hosts if not h.lost]
-        refs = [h.agent.snapshot.remote() for h in live]
-        for h, ref in zip(live, refs, strict=True):
+        for h, ref in [(h, h.ask("snapshot")) for h in live]:
             try:
-                h.state = ray.get(ref, timeout=CALL_TIMEOUT_S)
-                h.timeouts = 0
+                h.state = h.answer(ref)
             except ray.exceptions.GetTimeoutError:
-                h.timeouts += 1  # a slow answer: the last snapshot stands until LOST_AFTER_TIMEOUTS of them
-                if h.timeouts >= LOST_AFTER_TIMEOUTS:
-                    h.lost = f"{h.timeouts} snapshots in a row timed out"
+                pass  # a slow answer: the last snapshot stands (answer counts the timeouts)
             except Exception as e:  # noqa: BLE001 - the agent died (RayActorError) or cannot answer
-                h.lost = f"its agent failed: {str(e).splitlines()[0][:200]}"
-            if h.lost:
+                h.lost = h.lost or f"its agent failed: {str(e).splitlines()[0][:200]}"
+        for h in self.hosts:
+            if h.lost and not h.ended:
+                h.ended = True
                 self.log(f"machine {h.hostname} lost ({h.lost}): its nodes end as crashes")
                 h.state = {n.name: {"pid": n.current.pid, "returncode": -signal.SIGKILL, "ready": False,
                                     "peer_id": "", "cpu_s": 0.0, "peak_rss_mb": 0.0}
                            for n in self.nodes if isinstance(n, RemoteNode) and n.host is h and n.current}
 
     def sample_tcp(self) -> None:
-        ray = ray_module()
         by_name = {n.name: n for n in self.nodes}
-        live = [h for h in self.hosts if not h.lost]
-        refs = [h.agent.tcp.remote() for h in live]
-        for ref in refs:
+        for h, ref in [(h, h.ask("tcp")) for h in self.hosts if not h.lost]:
             try:
-                rows = ray.get(ref, timeout=CALL_TIMEOUT_S)
+                rows = h.answer(ref)
             except Exception:  # noqa: BLE001 - a byte count is not worth a stop
                 continue
             for name, pid, local, peer, s, r in rows:
@@ -207,16 +193,15 @@ class ClusterSimulation(Simulation):
 
     def final_statuses(self, nodes: list[NodeProc]) -> dict[str, dict[str, Any]]:
         """Every node's status, every machine asked at once (each asks its nodes at once)."""
-        ray = ray_module()
         asked = []
         for h in self.hosts:
             names = [n.name for n in nodes if isinstance(n, RemoteNode) and n.host is h]
             if names and not h.lost:
-                asked.append((h, h.agent.statuses.remote(names, 4.0)))
+                asked.append((h, h.ask("statuses", names, 4.0)))
         out: dict[str, dict[str, Any]] = {}
         for h, ref in asked:
             try:
-                out.update(ray.get(ref, timeout=CALL_TIMEOUT_S + 4.0))
+                out.update(h.answer(ref, CALL_TIMEOUT_S + 4.0))
             except Exception as e:  # noqa: BLE001 - missing is reported as missing
                 self.log(f"no status from {h.hostname}: {e!r}"[:300])
         return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2p_research.sim.cluster.agent import ClusterError, ray_module
-from p2p_research.sim.launcher import NodeProc
+from p2p_research.sim.launcher import Incarnation, NodeProc
 
 CALL_TIMEOUT_S = 60.0
 LOST_AFTER_TIMEOUTS = 3
@@ -31,16 +31,19 @@ class HostLink:
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     lost: str = ""
     timeouts: int = 0   # calls in a row that timed out (LOST_AFTER_TIMEOUTS of them: the machine is lost)
+    ended: bool = False  # its nodes were recorded as crashed, once it was lost
 
-    def call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT_S, even_if_lost: bool = False) -> Any:
-        """One call on the machine's agent. A machine known lost fails at once (a partitioned machine
-        would cost every call its full timeout); it is lost when its agent dies (Ray says so) or after
-        LOST_AFTER_TIMEOUTS timeouts in a row, not after one slow answer."""
+    def ask(self, method: str, *args: Any) -> Any:
+        """Start a call on the machine's agent (a Ray object ref): several machines are asked at once,
+        then each `answer` waited for."""
+        return getattr(self.agent, method).remote(*args)
+
+    def answer(self, ref: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
+        """The result of an `ask`. The machine is lost when its agent dies (Ray says so), its call fails
+        otherwise, or after LOST_AFTER_TIMEOUTS timeouts in a row, not after one slow answer."""
         ray = ray_module()
-        if self.lost and not even_if_lost:
-            raise ClusterError(f"machine {self.hostname} is lost: {self.lost}")
         try:
-            out = ray.get(getattr(self.agent, method).remote(*args), timeout=timeout)
+            out = ray.get(ref, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             self.timeouts += 1
             if self.timeouts >= LOST_AFTER_TIMEOUTS and not self.lost:
@@ -51,6 +54,13 @@ class HostLink:
             raise
         self.timeouts = 0
         return out
+
+    def call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT_S, even_if_lost: bool = False) -> Any:
+        """One call on the machine's agent, waited for. A machine known lost fails at once (a partitioned
+        machine would cost every call its full timeout)."""
+        if self.lost and not even_if_lost:
+            raise ClusterError(f"machine {self.hostname} is lost: {self.lost}")
+        return self.answer(self.ask(method, *args), timeout)
 
 
 class RemoteProc:
@@ -102,8 +112,6 @@ class RemoteNode(NodeProc):
         return self.host
 
     def start(self, env: dict[str, str]) -> None:
-        from p2p_research.sim.launcher import Incarnation
-
         host = self._host()
         host.state.pop(self.name, None)
         try:
