@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from p2p_research.cli.common import CliError, one_line_errors
+from p2p_research.errors import P2PResearchError
 
 
 def register(app: typer.Typer) -> None:
@@ -105,9 +106,8 @@ def register(app: typer.Typer) -> None:
         try:
             sim.prepare()
         except Exception as e:
-            if cluster and hasattr(sim, "close"):
-                sim.close()
-            if isinstance(e, ValueError) or type(e).__name__ == "ClusterError":
+            sim.close()  # a cluster's agents and Ray, started before the homes
+            if isinstance(e, ValueError | P2PResearchError):
                 raise CliError(str(e), 2) from None
             raise
         display = Display(sim)

@@ -29,7 +29,6 @@ log = logging.getLogger("p2p_research.daemon")
 DHT_LOOKUP_S = 3.0
 DHT_LOOKUPS_PER_PROPOSAL = 5
 DHT_PROPOSAL_S = 15.0  # DHT lookups one proposal may spend (each one is bounded by DHT_LOOKUP_S too)
-CONTEST_CHECKS_S = flooding.CONTEST_CHECKS_S  # the contest's lookups after the put (research/flooding.py)
 
 
 @dataclass
@@ -147,7 +146,7 @@ class Announcer:
         do. It costs one gossip message per contest."""
         await self._put(self._claim_record(claim, commit), lookup=True)
         told = False
-        for delay in CONTEST_CHECKS_S:
+        for delay in flooding.CONTEST_CHECKS_S:
             await trio.sleep(delay)
             dht = self.dht()
             if dht is None or not self.deps.running(claim.exp_id):

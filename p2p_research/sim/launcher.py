@@ -314,6 +314,10 @@ class Simulation:
     def final_statuses(self, nodes: list[NodeProc]) -> dict[str, dict[str, Any]]:
         return probe.final_statuses({n.name: n.home for n in nodes})
 
+    def close(self) -> None:
+        """Release what the run holds besides its processes (`stop_all` stops those): nothing here; a
+        cluster's agents and its Ray connection (sim/cluster/)."""
+
     def setup_torch_gate(self) -> None:
         """Real training under a machine-wide limit of concurrent trainings (see torchgate/sitecustomize.py)."""
         torch_gate(self.env, self.root / "train-slots", self.opts.max_trainings or os.cpu_count() or 1)

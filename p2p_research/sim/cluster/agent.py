@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import tarfile
@@ -217,8 +218,6 @@ def private_base(base: Path) -> Path:
     that another user made could hand this user's daemons a home (node.toml, code) of theirs."""
     base.mkdir(mode=0o700, exist_ok=True)
     st = os.lstat(base)
-    import stat
-
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise ClusterError(f"{base} is not a private folder of this user (owner {st.st_uid}, mode "
                            f"{oct(st.st_mode & 0o777)}): remove it")

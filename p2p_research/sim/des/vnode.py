@@ -592,8 +592,7 @@ class VirtualNode:
         w = self.world
         if self.solo or self.flooding:
             return
-        landed = w.t + w.net.dht_hops(w.n) * 2 * w.net.hop_latency_s
-        w.at(landed + flooding.CONTEST_CHECKS_S[0], lambda: self._contest_check(exp, mine, finish, 0))
+        w.at(w.dht_stored_at(w.t) + flooding.CONTEST_CHECKS_S[0], lambda: self._contest_check(exp, mine, finish, 0))
 
     def _contest_check(self, exp: str, mine: Message, finish: float, k: int) -> None:
         w = self.world
@@ -623,7 +622,7 @@ class VirtualNode:
         """Publish a contest's claim (with whatever waits in the outbox, as a claim leaves) and have it
         reach every node that runs the experiment while it does."""
         w = self.world
-        w._flush(self.index, flood)
+        w.flush(self.index, flood)
         for m in w.claims.get(flood.exp_id, ()):
             node = w.nodes[m.peer]
             if m.peer == self.index or node.running is None or node.running[0] != flood.exp_id:

@@ -207,12 +207,12 @@ class World:
         if flood:
             self.load.by_kind[m.kind] += 1
             if m.kind in ("claim", "presence"):  # leaves at once, with whatever waits in the outbox
-                self._flush(m.peer, m)
+                self.flush(m.peer, m)
             else:
                 box = self.outbox[m.peer]
                 box.append(m)
                 if len(box) == 1:
-                    self.at(m.t + BATCH_WAIT_S, lambda p=m.peer: self._flush(p))
+                    self.at(m.t + BATCH_WAIT_S, lambda p=m.peer: self.flush(p))
         else:  # a DHT put: a lookup for the k closest nodes, then k stores
             m.sent = m.t
             self.load.dht_rpcs[int(m.t)] += self.net.dht_rpcs_per_lookup(self.n) + min(self.net.dht_k, max(1, self.n - 1))
@@ -230,7 +230,7 @@ class World:
             self.ring.add(name)
         return m
 
-    def _flush(self, peer: int, extra: Message | None = None) -> None:
+    def flush(self, peer: int, extra: Message | None = None) -> None:
         """One gossip publish: the outbox of `peer` and `extra` leave together (net/gossip.py's Bundle)."""
         batch, self.outbox[peer] = self.outbox[peer], []
         if extra is not None:
@@ -259,10 +259,13 @@ class World:
         self.load.dht_rpcs[int(t)] += net.dht_rpcs_per_lookup(self.n)
         return net.dht_hops(self.n) * (2 * net.hop_latency_s + self.cpu_wait(t, net.cpu_per_dht_rpc_s))
 
+    def dht_stored_at(self, t: float) -> float:
+        """When a record put at `t` is stored (its put's hops there and back)."""
+        return t + self.net.dht_hops(self.n) * 2 * self.net.hop_latency_s
+
     def in_dht(self, m: Message, t: float) -> bool:
         """Whether a record published by `m` is found by a lookup at `t` (stored once its put finished)."""
-        net = self.net
-        return t >= m.t + net.dht_hops(self.n) * 2 * net.hop_latency_s
+        return t >= self.dht_stored_at(m.t)
 
     def own_work(self, t: float, seconds: float) -> None:
         self.load.own_work[int(t)] += seconds
