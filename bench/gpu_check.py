@@ -1,7 +1,8 @@
 """The GPU path in one command, for a machine with one GPU (an H200, no network needed).
 
 Usage:
-    .venv/bin/python bench/gpu_check.py [--budget-tokens N] [--swarm-budget-tokens N] [--skip-swarm]
+    .venv/bin/python bench/gpu_check.py [--budget-tokens N] [--swarm-budget-tokens N] [--swarm-target FOLDER]
+                                        [--skip-swarm]
 
 Each step prints one verdict line (`ok`, `FAIL` or `skip`, the step, the figures):
 1. the default target on CUDA (bf16 autocast), in the sandbox a node builds: tokens/s, model FLOPs
@@ -106,8 +107,9 @@ def figures(o, name: str) -> str:
         f", peak memory {mem} MB, {s.num_params:,} params"
 
 
-def swarm_step(tmp: Path, budget_tokens: int, device: str, timeout_s: float = 300) -> bool:
-    """Two real daemons on loopback: B bootstraps from A and receives A's results."""
+def swarm_step(tmp: Path, budget_tokens: int, device: str, target: Path | None = None, timeout_s: float = 300) -> bool:
+    """Two real daemons on loopback: B bootstraps from A and receives A's results. Their genesis is the
+    embedded default target, or `target` (a target folder, as `init --target` takes)."""
     procs = []
     try:
         with socket.socket() as s:
@@ -115,7 +117,7 @@ def swarm_step(tmp: Path, budget_tokens: int, device: str, timeout_s: float = 30
             port = s.getsockname()[1]
         homes = []
         for name in ("a", "b"):
-            home = init_home(tmp / f"swarm-{name}")
+            home = init_home(tmp / f"swarm-{name}", target=target)
             cfg = home.load_config()
             cfg.research.budget_tokens = budget_tokens
             cfg.research.device = device
@@ -170,6 +172,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-tokens", type=int, default=20_000_000, help="the GPU runs' budget")
     ap.add_argument("--swarm-budget-tokens", type=int, default=0, help="[default: --budget-tokens on a GPU, 20000 on a CPU]")
+    ap.add_argument("--swarm-target", type=Path, default=None,
+                    help="a target folder for the swarm's genesis [default: the embedded default target]")
     ap.add_argument("--skip-swarm", action="store_true")
     args = ap.parse_args()
     name, why = gpu()
@@ -220,7 +224,7 @@ def main() -> int:
             say("skip", "2-node swarm", "--skip-swarm")
         else:
             tokens = args.swarm_budget_tokens or (args.budget_tokens if name else 20_000)
-            ok &= swarm_step(tmp, tokens, "cuda" if name else "cpu")
+            ok &= swarm_step(tmp, tokens, "cuda" if name else "cpu", args.swarm_target)
     return 0 if ok else 1
 
 

@@ -1,5 +1,9 @@
+import atexit
+import functools
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,37 @@ CLI = [sys.executable, "-m", "p2p_research"]
 # A tiny budget keeps real torch runs to a few seconds each in tests.
 TINY_TOKENS = int(os.environ.get("P2P_TEST_TOKENS", "8192"))
 
+# The tests' torch target: the embedded default target with a smaller model. At the tests' budget the
+# harness's evaluation (its 128 windows of 256 bytes, and as many again on the private split) cost the
+# default model 2.5 times its training; two blocks of width 64 instead of four of 128 take a measured run
+# from about 6.3 to 3.3 CPU-s (docs/testing.md). Everything else, harness and knobs included, is the
+# default target's, byte for byte.
+SMALL_MODEL = ((b"N_LAYER = 4 ", b"N_LAYER = 2 "), (b"N_EMBD = 128 ", b"N_EMBD = 64 "))
+
+
+@functools.cache
+def small_target() -> Path:
+    """A folder holding the tests' target (see SMALL_MODEL), made once per test process."""
+    from p2p_research.research.io.home_init import read_target
+
+    files = read_target(None)
+    train = files["train.py"]
+    for old, new in SMALL_MODEL:
+        assert train.count(old) == 1, f"the default target's train.py no longer declares {old!r}"
+        train = train.replace(old, new)
+    folder = Path(tempfile.mkdtemp(prefix="p2p-test-target-"))
+    atexit.register(shutil.rmtree, folder, True)
+    for name, data in {**files, "train.py": train}.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def init_small(path, **kwargs):
+    """init_home on the tests' target (SMALL_MODEL): every home that trains with torch in a test."""
+    from p2p_research.research.io.home_init import init_home
+
+    return init_home(path, target=small_target(), **kwargs)
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
@@ -24,10 +59,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_home(tmp_path, cache_dir):
-    """An initialised node home with a tiny token budget and the shared cache."""
-    from p2p_research.research.io.home_init import init_home
-
-    home = init_home(tmp_path / "home")
+    """An initialised node home on the tests' target with a tiny token budget and the shared cache."""
+    home = init_small(tmp_path / "home")
     cfg = home.load_config()
     cfg.research.budget_tokens = TINY_TOKENS
     cfg.research.cache_dir = str(cache_dir)

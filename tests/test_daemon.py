@@ -7,16 +7,14 @@ import stat
 
 import pygit2
 import pytest
-from conftest import TINY_TOKENS
+from conftest import TINY_TOKENS, init_small
 from daemon_helpers import Daemon, free_port, surrogate_home, wait_for
-
-from p2p_research.research.io.home_init import init_home
 
 pytestmark = pytest.mark.slow
 
 
 def make_home(path, cache_dir, **research):
-    home = init_home(path)
+    home = init_small(path)
     cfg = home.load_config()
     cfg.research.budget_tokens = TINY_TOKENS
     cfg.research.cache_dir = str(cache_dir)

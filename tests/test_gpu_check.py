@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, small_target
 
 
 @pytest.mark.slow
@@ -15,7 +15,8 @@ def test_the_gpu_check_runs_here_with_its_cuda_steps_skipped_with_the_reason():
     import torch
 
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--budget-tokens", "65536",
-                        "--swarm-budget-tokens", "8192"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                        "--swarm-budget-tokens", "8192",
+                        "--swarm-target", str(small_target())], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     lines = r.stdout.splitlines()
     verdicts = {line.split(":")[0][6:]: line[:4].strip() for line in lines[1:] if line[:4].strip() in ("ok", "FAIL", "skip")}

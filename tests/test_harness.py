@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import init_small
 
 from p2p_research.harness import verdict
 from p2p_research.harness.measure import ANCESTOR_CPU, PRIVATE_BELOW, HarnessTrainer, script_argv
@@ -648,7 +649,7 @@ async def test_a_liar_s_win_reaching_a_node_inside_a_combination_is_refused(tmp_
     it, and the code is not the genesis's, so the run is a crash with the reason, never a keep at 0.30."""
     from p2p_research.research.io.combine import Win
 
-    home = init_home(tmp_path / "node")
+    home = init_small(tmp_path / "node")
     cfg = home.load_config()
     cfg.research.budget_tokens = 16_384
     home.write_config(cfg)

@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 import trio
 from adversary import adversary, fresh_keys, pid_of, receipt, result
+from conftest import init_small
 from daemon_helpers import Daemon, wait_for
 
 from p2p_research.daemon.messages import commit_objects
 from p2p_research.research.ids import experiment_id
-from p2p_research.research.io.home_init import init_home
 from p2p_research.research.io.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ LIES = {
 
 
 def victim_home(path: Path, **research):
-    home = init_home(path)
+    home = init_small(path)
     cfg = home.load_config()
     cfg.research.budget_tokens = BUDGET_TOKENS
     cfg.research.genesis = "each"
@@ -128,7 +128,7 @@ def test_an_honest_code_edit_is_measured_by_the_verifier_s_harness_and_adopted(t
 
 
 def lying_commit(root: Path, name: str) -> tuple[Workspace, str]:
-    home = init_home(root / f"liar-{abs(hash(name)) % 10**8}")
+    home = init_small(root / f"liar-{abs(hash(name)) % 10**8}")
     ws = Workspace(home.repo)
     train = ws.files_of(ws.baseline)["train.py"]
     new = LIES[name][0](train)

@@ -74,7 +74,9 @@ def test_the_noise_is_measured_on_the_first_runs(tiny_home):
     cfg = tiny_home.load_config()
     cfg.research.noise_runs = 2
     tiny_home.write_config(cfg)
-    r = cli("run", "--home", home, "-n", 1, check=True)
+    # the experiment doubles the learning rate, a gain at the tests' budget: its verdict names the margin
+    r = cli("run", "--home", home, "-n", 1, "--proposer", "command", "--proposer-command", NUDGE, check=True,
+            env={"NUDGE_SEED": "0"})
     ledger = Ledger(home / "ledger.sqlite")
     try:
         noise = ledger.runs(kind="noise")
@@ -85,7 +87,7 @@ def test_the_noise_is_measured_on_the_first_runs(tiny_home):
         assert rec["source"] == "auto" and rec["values"] == [base.val_bpb, *(n.val_bpb for n in noise)]
         assert rec["margin"] == pytest.approx(2 * rec["std"]) and rec["margin"] > 0
         (exp,) = ledger.runs(kind="experiment")
-        assert f"{rec['margin']:.6f}" in exp.reason or exp.status == "crash", exp.reason
+        assert f"{rec['margin']:.6f}" in exp.reason, exp.reason
     finally:
         ledger.close()
     assert "keep margin is now" in r.stderr
