@@ -32,9 +32,16 @@ def autoresearch_folder(dest: Path) -> Path:
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "_node_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     shutil.copytree(KERNELS, Path(site, "kernels"))
-    # its data, as `uv run prepare.py` writes it (~/.cache/autoresearch-fixture: generated, no network)
-    subprocess.run([str(venv / "bin" / "python"), "prepare.py"], cwd=dest, check=True, capture_output=True)
+    # its data, as `uv run prepare.py` writes it (~/.cache/autoresearch-fixture: generated, no network),
+    # once per test process: every copy reads the one cache, and each run of prepare.py (torch imported,
+    # both splits tokenized) cost about 2 CPU-s
+    if not _prepared:
+        subprocess.run([str(venv / "bin" / "python"), "prepare.py"], cwd=dest, check=True, capture_output=True)
+        _prepared.append(dest)
     return dest
+
+
+_prepared: list[Path] = []  # the copy whose prepare.py wrote this process's data
 
 
 def cli(*args, env=None, timeout=300, check=False) -> subprocess.CompletedProcess:
