@@ -6,7 +6,12 @@ import trio
 import trio.lowlevel
 from trio.testing import wait_all_tasks_blocked
 
-from p2p_research.daemon.taskdump import report_if_still_stopping, task_tree
+from p2p_research.daemon.taskdump import (
+    STOP_DEADLINE_S,
+    end_if_still_stopping,
+    report_if_still_stopping,
+    task_tree,
+)
 
 
 async def _holds_the_stop():
@@ -45,3 +50,37 @@ def test_the_report_never_delays_a_prompt_stop():
     t = time.monotonic()
     trio.run(main)
     assert time.monotonic() - t < 5
+
+
+async def test_a_stop_held_past_the_deadline_does_the_cleanup_and_exits(caplog, autojump_clock):
+    """A task that ignores cancellation for a minute (as py-libp2p's teardown writing to stopping peers
+    did): at the deadline the cleanup runs and the process exits with 0, not a minute later."""
+    done: list = []
+
+    async def holds_a_minute():
+        with trio.CancelScope(shield=True):
+            await trio.sleep(60)
+        done.append(("released", trio.current_time()))
+
+    with caplog.at_level(logging.WARNING, logger="p2p_research.daemon"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holds_a_minute)
+            await wait_all_tasks_blocked()
+            t0 = trio.current_time()
+            trio.lowlevel.spawn_system_task(end_if_still_stopping, lambda: done.append(("cleanup", trio.current_time())),
+                                            STOP_DEADLINE_S, lambda code: done.append(("exit", code)), name="stop-deadline")
+            nursery.cancel_scope.cancel()
+    (cleanup, at), exit_, released = done
+    assert cleanup == "cleanup" and at - t0 == STOP_DEADLINE_S and exit_ == ("exit", 0) and released[0] == "released"
+    assert "ending the node without waiting" in caplog.text
+
+
+async def test_a_cleanup_that_fails_still_exits(caplog, autojump_clock):
+    exits: list = []
+
+    def broken():
+        raise OSError("the ledger is gone")
+
+    with caplog.at_level(logging.WARNING, logger="p2p_research.daemon"):
+        await end_if_still_stopping(broken, 1.0, exits.append)
+    assert exits == [0] and "the ledger is gone" in caplog.text

@@ -38,7 +38,7 @@ from p2p_research.daemon.coordinator import CoordinatorDeps, SwarmCoordinator
 from p2p_research.daemon.intake import Intake
 from p2p_research.daemon.messages import make_post
 from p2p_research.daemon.siblings import SiblingFollower
-from p2p_research.daemon.taskdump import report_if_still_stopping
+from p2p_research.daemon.taskdump import end_if_still_stopping, report_if_still_stopping
 from p2p_research.daemon.workers import worker_envs
 from p2p_research.home import HomeError, HomeLock, NodeHome
 from p2p_research.net.boundary import PeerTasks, contained
@@ -183,7 +183,8 @@ class NodeDaemon:
                     intake.wants = coord.wants
                     # every task that handles a peer's input runs inside a fault boundary
                     peer_tasks = PeerTasks(nursery, net.faults)
-                    nursery.start_soon(self.watch_signals, nursery.cancel_scope)
+                    nursery.start_soon(self.watch_signals, nursery.cancel_scope,
+                                       functools.partial(self.cleanup_after_a_held_stop, ctx))
                     nursery.start_soon(known_peers.keep, self.home.path / known_peers.FILE,
                                        net.peer_manager.good_peers, remembered)
 
@@ -237,13 +238,21 @@ class NodeDaemon:
                 ctx.close()
         log.info("node stopped")
 
-    async def watch_signals(self, scope: trio.CancelScope) -> None:
+    async def watch_signals(self, scope: trio.CancelScope, finish: Callable[[], None]) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.warning("%s: stopping the node", signal.Signals(signum).name)
                 trio.lowlevel.spawn_system_task(report_if_still_stopping, name="stop-report")
+                trio.lowlevel.spawn_system_task(end_if_still_stopping, finish, name="stop-deadline")
                 scope.cancel()
                 return
+
+    def cleanup_after_a_held_stop(self, ctx: ResearchContext) -> None:
+        """What `run`'s own cleanup does after its nursery ends, for a stop that py-libp2p's teardown
+        holds past taskdump.STOP_DEADLINE_S (the process exits right after)."""
+        ctx.ledger.abort_running("the node stopped during this run")
+        ctx.close()
+        self.home.control_socket.unlink(missing_ok=True)
 
 
 async def hold_out_private_shard(ctx: ResearchContext) -> None:
