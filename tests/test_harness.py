@@ -199,12 +199,28 @@ def node(tmp_path_factory):
     ctx = open_context(home, home.load_config())
     engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
     yield home, ctx, engine
+    for trainer in _SHARED.values():
+        trainer.close()
+    _SHARED.clear()
     ctx.ledger.close()
 
 
 def _trainer(ctx, engine, **changes) -> HarnessTrainer:
     base = engine.trainer.spec  # with the training split prepare_data wrote
     return HarnessTrainer(dataclasses.replace(base, **changes))
+
+
+_SHARED: dict[tuple, HarnessTrainer] = {}
+
+
+def _shared_trainer(ctx, engine, **changes) -> HarnessTrainer:
+    """The module's trainer for these settings. Its warm evaluator serves run after run, hostile ones
+    included, as a node's serves its own runs (each hand-over is measured in a child forked for it), so
+    the tests do not start a server (a torch import) each."""
+    key = tuple(sorted(changes.items()))
+    if key not in _SHARED:
+        _SHARED[key] = _trainer(ctx, engine, **changes)
+    return _SHARED[key]
 
 
 async def _run(node, tmp_path: Path, body: str, env_extra: dict | None = None, trainer: HarnessTrainer | None = None,
@@ -217,7 +233,7 @@ async def _run(node, tmp_path: Path, body: str, env_extra: dict | None = None, t
     (run_dir / "train.py").write_text(TINY + KGRAM + body)
     await engine.prepare_data()
     env = {**engine.run_env(0), **(env_extra or {})}
-    trainer = trainer or _trainer(ctx, engine, **changes)
+    trainer = trainer or _shared_trainer(ctx, engine, **changes)
     return await trainer(run_dir, env, LIMITS, run_dir / "run.log", sandbox=engine.sandbox_spec(run_dir))
 
 
