@@ -111,6 +111,10 @@ def test_sparse_nodes_that_draw_one_candidate_at_once_settle_it_by_the_contest()
         assert m["duplicates_wasted"] == 0, (seed, m["duplicates_wasted"])
         assert m["duplicates_avoided"]["yielded_in_flight"] > 0
         assert m["load"]["messages_by_kind"].get("claim (contest)", 0) > 0
+        # skipped as known: the ledger and claims, not the negative reports passed over or checked
+        avoided = m["duplicates_avoided"]
+        by_reason = avoided["proposals_skipped_by_reason"]
+        assert avoided["proposals_skipped_as_known"] == by_reason["known_in_ledger"] + by_reason["claimed_elsewhere"]
 
 
 def test_a_killed_node_loses_its_run_catches_up_and_resumes():

@@ -19,6 +19,16 @@ from p2p_research.sim.report_type import TARGETS, SimReport
 from p2p_research.store import queries
 from p2p_research.store.status import COMPLETED
 
+# the dedup counters of research/negatives.py: a hinted candidate is passed over for an unproven peer's
+# report (not because anything knew it), a checked one is run on purpose; neither is a proposal skipped
+# because its experiment was known
+NEGATIVE_COUNTERS = ("negatives_hinted", "negatives_checked")
+
+
+def skipped_as_known(dedup: dict[str, int]) -> int:
+    """Proposals dropped before running because the id was in the node's ledger or claimed elsewhere."""
+    return sum(v for k, v in dedup.items() if k not in NEGATIVE_COUNTERS)
+
 
 def pct(values: list[float], q: float) -> float | None:
     """The q-th percentile (0..100, linear interpolation); None for no values."""
@@ -339,12 +349,12 @@ def collect(sim: Any) -> dict[str, Any]:
         duplicates_checking_negatives=min(wasted, int((counters.get("dedup") or {}).get("negatives_checked", 0))),
         duplicates_avoided={
             "yielded_in_flight": yielded,
-            "proposals_skipped_as_known": (sum(counters["dedup"].values()) if counters.get("dedup") else None),
+            "proposals_skipped_as_known": (skipped_as_known(counters["dedup"]) if counters.get("dedup") else None),
             "proposals_skipped_by_reason": counters.get("dedup") or None,
             "note": "yielded_in_flight: runs a node stopped because another node's earlier claim on the same "
                     "experiment won. proposals_skipped_as_known: proposals dropped before running because the id "
                     "was already in the node's ledger (run there or announced by a peer) or claimed by another "
-                    "node; from the daemons' `status` just before the stop (a restarted node counts since its "
+                    "node (proposals_skipped_by_reason also counts the negative reports passed over and checked); from the daemons' `status` just before the stop (a restarted node counts since its "
                     "restart)."},
         verifications=ver,
         adoptions={"count": len(adoptions), "with_rerun": sum(a["rerun"] for a in adoptions),

@@ -27,6 +27,7 @@ from p2p_research.sim.des.vnode import Shared, VirtualNode
 from p2p_research.sim.des.world import World
 from p2p_research.sim.fabricated import on_fabricated, told_the_truth
 from p2p_research.sim.figures import (
+    skipped_as_known,
     solo_comparison,
     summary,
     swarm_best_over_time,
@@ -247,7 +248,7 @@ class DesSimulation:
             duplicates_wasted=wasted, duplicates_wasted_pct=round(100 * wasted / len(exps), 3) if exps else 0.0,
             duplicates_checking_negatives=min(wasted, dedup.get("negatives_checked", 0)),
             duplicates_avoided={"yielded_in_flight": sum(n.stats.yielded for n in self.nodes),
-                                "proposals_skipped_as_known": sum(dedup.values()),
+                                "proposals_skipped_as_known": skipped_as_known(dedup),
                                 "proposals_skipped_by_reason": dict(dedup),
                                 "note": "as in the process report; DHT lookups: "
                                         f"{sum(n.stats.dht_lookups for n in self.nodes)}"},
