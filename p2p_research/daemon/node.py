@@ -234,8 +234,7 @@ class NodeDaemon:
                         node.research_state = "relay-only"
             finally:
                 self.node = None
-                ctx.ledger.abort_running("the node stopped during this run")
-                ctx.close()
+                close_after_stop(ctx)
         log.info("node stopped")
 
     async def watch_signals(self, scope: trio.CancelScope, finish: Callable[[], None]) -> None:
@@ -248,11 +247,16 @@ class NodeDaemon:
                 return
 
     def cleanup_after_a_held_stop(self, ctx: ResearchContext) -> None:
-        """What `run`'s own cleanup does after its nursery ends, for a stop that py-libp2p's teardown
-        holds past taskdump.STOP_DEADLINE_S (the process exits right after)."""
-        ctx.ledger.abort_running("the node stopped during this run")
-        ctx.close()
+        """For a stop that py-libp2p's teardown holds past taskdump.STOP_DEADLINE_S (the process exits
+        right after): `run`'s own cleanup, and the control server's, which removes its socket."""
+        close_after_stop(ctx)
         self.home.control_socket.unlink(missing_ok=True)
+
+
+def close_after_stop(ctx: ResearchContext) -> None:
+    """The stop's bookkeeping: a run still under way is recorded as aborted, and the ledger closed."""
+    ctx.ledger.abort_running("the node stopped during this run")
+    ctx.close()
 
 
 async def hold_out_private_shard(ctx: ResearchContext) -> None:

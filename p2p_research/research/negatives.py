@@ -82,6 +82,9 @@ def dht_report(peer: str, status: str, value: float | None, seed: int | None = N
 
 
 MAX_HINTED = 8
+# the dedup counters `Hints` keeps: a hinted candidate is passed over for an unproven peer's report (not
+# because anything knew it), a checked one is run on purpose; neither is a proposal skipped as known
+COUNTERS = ("negatives_hinted", "negatives_checked")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2p_research.research import negatives
 from p2p_research.sim.fabricated import on_fabricated, told_the_truth
 from p2p_research.sim.launcher import STOP_GRACE_S
 from p2p_research.sim.probe import swarm_stats as probe_swarm_stats
@@ -19,15 +20,11 @@ from p2p_research.sim.report_type import TARGETS, SimReport
 from p2p_research.store import queries
 from p2p_research.store.status import COMPLETED
 
-# the dedup counters of research/negatives.py: a hinted candidate is passed over for an unproven peer's
-# report (not because anything knew it), a checked one is run on purpose; neither is a proposal skipped
-# because its experiment was known
-NEGATIVE_COUNTERS = ("negatives_hinted", "negatives_checked")
-
 
 def skipped_as_known(dedup: dict[str, int]) -> int:
-    """Proposals dropped before running because the id was in the node's ledger or claimed elsewhere."""
-    return sum(v for k, v in dedup.items() if k not in NEGATIVE_COUNTERS)
+    """Proposals dropped before running because the id was in the node's ledger or claimed elsewhere
+    (not research/negatives.py's counters: those are candidates passed over or checked)."""
+    return sum(v for k, v in dedup.items() if k not in negatives.COUNTERS)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -354,8 +351,9 @@ def collect(sim: Any) -> dict[str, Any]:
             "note": "yielded_in_flight: runs a node stopped because another node's earlier claim on the same "
                     "experiment won. proposals_skipped_as_known: proposals dropped before running because the id "
                     "was already in the node's ledger (run there or announced by a peer) or claimed by another "
-                    "node (proposals_skipped_by_reason also counts the negative reports passed over and checked); from the daemons' `status` just before the stop (a restarted node counts since its "
-                    "restart)."},
+                    "node (proposals_skipped_by_reason also counts the negative reports passed over and "
+                    "checked); from the daemons' `status` just before the stop (a restarted node counts since "
+                    "its restart)."},
         verifications=ver,
         adoptions={"count": len(adoptions), "with_rerun": sum(a["rerun"] for a in adoptions),
                    "without_rerun": sum(not a["rerun"] for a in adoptions),
