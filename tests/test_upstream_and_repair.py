@@ -16,7 +16,8 @@ def test_hosts_are_tcp_only_and_multistream_reads_are_capped():
     transports = host.get_network().transport_manager.get_transports()
     assert [type(t).__name__ for t in transports] == ["TCP"]  # no QUIC: its peer-id fault cannot reach us
     assert upstream_guards.apply() == {"multistream": True, "pubsub_teardown": True, "gossip_control": True,
-                                       "inbound_per_address": True, "publish_per_rpc": True, "bad_signature": True}
+                                       "inbound_per_address": True, "publish_per_rpc": True, "bad_signature": True,
+                                       "yamux_write_timeout": True}
     from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 
     assert getattr(MultiselectCommunicator.read, "_p2p_original", None) is not None
@@ -130,3 +131,86 @@ async def test_the_inbound_cap_counts_live_connections_not_every_one_ever_accept
                 live = len(a.get_network().connections)
     assert in_turn == [True] * 6 and three == [True] * 3 and not fourth, (in_turn, three, fourth)
     assert live == 3 and for_host(a).inbound_refused_full >= 1, (live, for_host(a))
+
+
+PEER_THAT_STOPS = """
+import trio
+from libp2p import generate_new_ed25519_identity
+from multiaddr import Multiaddr
+from p2p_research.net.host import make_host
+
+async def main():
+    host = make_host(generate_new_ed25519_identity())
+    async with host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        print(host.get_addrs()[0], flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def test_a_peer_that_reads_nothing_cannot_hold_a_lookup_past_the_write_timeout(monkeypatch):
+    """A peer process stops (SIGSTOP: it reads nothing, as a hostile peer may) while this host has more
+    to write to it than the kernel's buffers hold. Every later frame then waits behind that write, and
+    libp2p resets a stream it gave up on (`BasicHost.new_stream`'s cleanup, after a DHT lookup's 3-s
+    bound) inside a shielded scope, which no timeout of the caller reaches: without the guard the reset
+    below waits all 30 s (a daemon's research stalled 70 s that way). With it, the frame's write gives
+    up after the write timeout, the connection is closed and counted, and the reset returns."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import multiaddr
+    import trio
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from p2p_research.net.libp2p_compat import for_host, serving
+
+    assert upstream_guards.apply()["yamux_write_timeout"]
+    monkeypatch.setattr(upstream_guards, "YAMUX_WRITE_TIMEOUT_S", 2.0)
+    peer = subprocess.Popen([sys.executable, "-c", PEER_THAT_STOPS], stdout=subprocess.PIPE, text=True)
+    info = info_from_p2p_addr(multiaddr.Multiaddr(peer.stdout.readline().strip()))
+    a = make_host(generate_new_ed25519_identity())
+    failed: list[str] = []
+
+    async def wedge_and_reset() -> trio.CancelScope:
+        with serving(a):
+            async with a.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+                with trio.fail_after(20):
+                    await a.connect(info)
+                muxed = a.get_network().get_connections(info.peer_id)[0].muxed_conn
+                given_up = await muxed.open_stream()  # a stream this host will give up on
+                os.kill(peer.pid, signal.SIGSTOP)
+
+                async def write_much() -> None:  # more than the peer's socket and ours hold together
+                    try:
+                        stream = await muxed.open_stream()
+                        for _ in range(4):
+                            await stream.write(b"x" * 65536)
+                    except Exception as e:  # noqa: BLE001 - the closed connection fails them, as it should
+                        failed.append(type(e).__name__)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(40):
+                        nursery.start_soon(write_much)
+                    await trio.sleep(0.5)
+                    with trio.CancelScope(shield=True):  # as libp2p's cleanup resets it
+                        with trio.move_on_after(30) as waited:
+                            with contextlib.suppress(Exception):
+                                await given_up.reset()
+                    with trio.fail_after(10):
+                        while a.get_network().get_connections(info.peer_id):
+                            await trio.sleep(0.05)
+                    nursery.cancel_scope.cancel()
+        return waited
+
+    try:
+        waited = trio.run(wedge_and_reset)
+    finally:
+        os.kill(peer.pid, signal.SIGCONT)
+        peer.kill()
+        peer.wait()
+    assert not waited.cancelled_caught and for_host(a).yamux_write_timeouts == 1, for_host(a)
+    assert failed and set(failed) <= {"MuxedConnUnavailable", "MuxedStreamError"}, failed

@@ -188,7 +188,7 @@ class CatchUp:
             with trio.fail_after(FETCH_DEADLINE_S):
                 n = await self._fetch(peer_id, since)
         except (FrameError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - best effort; gossip continues
-            log.warning("catch-up from %s failed after %d results: %s", peer_id[:16], self._fetched, e)
+            log.warning("catch-up from %s failed after %d results: %s", peer_id[:16], self._fetched, _why(e))
             n = self._fetched
         self.received += n
         if since is None:
@@ -207,7 +207,7 @@ class CatchUp:
                 n = await self._fetch(peer_id, since, sibling=protocol)
         except (FrameError, trio.TooSlowError, Exception) as e:  # noqa: BLE001 - best effort; gossip continues
             log.info("sibling catch-up of %s from %s failed after %d results: %s", protocol[:12], peer_id[:16],
-                     self._fetched, e)
+                     self._fetched, _why(e))
             return self._fetched
         if n:
             log.info("caught up on %d kept result(s) of sibling protocol %s from %s", n, protocol[:12], peer_id[:16])
@@ -295,3 +295,11 @@ class CatchUp:
             before = self.syncs
             await self.fetch_from(peer, since=since)
             plan.on_sync(peer, t, self.syncs > before)
+
+
+def _why(e: BaseException) -> str:
+    """A failure in words: trio's TooSlowError (the deadline) and some of libp2p's errors carry no message,
+    and a log line that ended in ': ' said nothing."""
+    if isinstance(e, trio.TooSlowError):
+        return f"timed out (each step waits {TIMEOUT_S:.0f} s, the whole {FETCH_DEADLINE_S:.0f} s)"
+    return str(e) or type(e).__name__

@@ -544,6 +544,7 @@ class RunningNode:
         out["inbound_refused_by_address"] = counted.inbound_refused_by_address
         out["inbound_refused_full"] = counted.inbound_refused_full
         out["publish_dropped_per_rpc"] = counted.publish_dropped
+        out["libp2p_yamux_write_timeouts"] = counted.yamux_write_timeouts
         out["exchanged_refused_by_subnet"] = self.net.peer_manager.subnet_refusals
         out["banned_peers"] = len(self.net.gossip.scores.banned_peers(time.monotonic()))
         return out

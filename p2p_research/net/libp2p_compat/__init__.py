@@ -8,7 +8,7 @@ fixed here rather than around the code that meets them:
   test holds them equal); on any other version nothing is patched and a warning says so;
 - `rpc_cost.py`: four patches that cut the fixed CPU cost of a pubsub RPC;
 - `guards.py`: guards for faults a peer can trigger (unbounded multistream-select reads, a teardown race,
-  IHAVE/IWANT lengths, inbound connections per address);
+  IHAVE/IWANT lengths, inbound connections per address, a connection wedged by a peer that reads nothing);
 - `counters.py`: what they counted, per host.
 
 `PATCHES` lists each change: what it replaces, why, and where it is tested. `apply()` installs them all
@@ -66,6 +66,11 @@ PATCHES: tuple[Patch, ...] = (
           "a task and a signature check for every message of an RPC, however many (about 4,800 fit in 1 MiB; "
           "two such RPCs of made-up signatures cost a daemon 16 CPU-s, with no score or ban); 256 per RPC",
           "tests/test_hostile_peers.py"),
+    Patch("yamux_write_timeout", "Yamux._write_frame",
+          "a frame waited as long as the peer left its socket unread, the read loop's replies included: two nodes "
+          "writing at once, or one peer that reads nothing, wedged the connection, and a stream reset libp2p "
+          "shields held a daemon's research for 70 s; 10 s, as go-yamux, then the connection is closed",
+          "tests/test_upstream_and_repair.py"),
     Patch("pubsub_teardown", "Pubsub._teardown_if_connected",
           "a banned peer that disconnected at the right moment raised KeyError in pubsub and stopped the node",
           "tests/test_upstream_and_repair.py"),

@@ -40,6 +40,7 @@ class HostCounters:
     inbound_refused_by_address: int = 0  # inbound connections over an address's or subnet's share (guards 4)
     inbound_refused_full: int = 0    # inbound connections refused while the node held its cap of live ones (guards 4)
     publish_dropped: int = 0         # published messages of an RPC beyond the guard's bound (guards 5)
+    yamux_write_timeouts: int = 0    # connections closed because a frame could not be written (guards 7)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

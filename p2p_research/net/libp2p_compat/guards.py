@@ -53,7 +53,20 @@
    forwarded it (``Pubsub._p2p_on_bad_signature(forwarder, msg)``, set by net/gossip.py, which scores the
    connection as for any rejected message): ``push_msg`` notes its forwarder in a context variable and
    the wrapped ``signature_validator`` reads it when a signature fails.
-7. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
+7. ``yamux_write_timeout``: a yamux connection writes every frame under one lock, the read loop's own
+   replies (window updates, pings, resets) included, and a frame waits as long as the peer leaves its
+   socket unread. Two nodes that both write more than the kernel's buffers hold (a catch-up each way,
+   pubsub's replay of recent messages to a new peer) end with both read loops waiting to write: neither
+   reads again, and the connection is wedged for good. A peer can do the same on purpose by reading
+   nothing. Whatever then writes to that peer waits with it, and libp2p resets a stream it gave up on
+   inside a shielded scope (``BasicHost.new_stream``'s cleanup), which no timeout of ours reaches: a
+   DHT lookup bounded at 3 s held a daemon's research for 70 s, until the node was stopped (seen in the
+   two-machine cluster test under load; both nodes' task dumps showed every writer of that connection
+   in ``Yamux._write_frame``). The guard bounds each frame's write at :data:`YAMUX_WRITE_TIMEOUT_S`
+   (go-yamux's ``ConnectionWriteTimeout``, 10 s, the same safety valve): a frame that waited longer means
+   the peer reads nothing, so the connection is closed without another write, every waiting writer
+   fails, and the peer is dialled afresh as any lost peer is (counted: ``yamux_write_timeouts``).
+8. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
    checks that the host's transports are TCP alone), so the fault cannot reach them.
 
 :func:`apply` installs the guard once per process, only on libp2p :data:`EXPECTED_LIBP2P` and only when
@@ -93,6 +106,9 @@ INBOUND_PER_SUBNET = 16
 
 #: published messages one RPC may carry (guard 5)
 MAX_PUBLISH_PER_RPC = 256
+#: longest a yamux frame may wait to be written before its connection counts as wedged (guard 7): go-yamux's
+#: ConnectionWriteTimeout. A healthy connection writes a frame (at most one 256 KiB window) far sooner.
+YAMUX_WRITE_TIMEOUT_S = 10.0
 
 _applied: dict[str, bool] = {}
 
@@ -275,6 +291,42 @@ def _guarded_read_factory(original: Any) -> Any:
     return read
 
 
+def _bounded_write_frame_factory(original: Any) -> Any:
+    from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
+
+    async def _write_frame(self: Any, data: bytes) -> None:
+        """``Yamux._write_frame``, given up after YAMUX_WRITE_TIMEOUT_S: the connection is closed then (a
+        frame cut short leaves the stream of frames unreadable anyway). The deadline is a scope of its
+        own, so it holds inside a caller's shield too."""
+        with trio.move_on_after(YAMUX_WRITE_TIMEOUT_S) as scope:
+            await original(self, data)
+        if not scope.cancelled_caught:
+            return
+        if not getattr(self, "_p2p_write_timed_out", False):
+            self._p2p_write_timed_out = True
+            counters.current().yamux_write_timeouts += 1
+            peer = str(getattr(self, "peer_id", "?"))
+            _rlog.log(logging.WARNING, f"yamux-write:{peer}", "closing the connection to %s: a frame waited %.0f s to be written "
+                          "(the peer reads nothing)", peer[:16], YAMUX_WRITE_TIMEOUT_S)
+            try:  # no GO_AWAY: it would wait behind the same full buffers
+                await self.secured_conn.close()
+            except Exception as e:  # noqa: BLE001 - closing a dead connection may fail in any way; it is gone either way
+                log.debug("closing a wedged yamux connection: %r", e)
+        raise MuxedConnUnavailable(f"a yamux frame waited {YAMUX_WRITE_TIMEOUT_S:.0f} s to be written")
+
+    _write_frame._p2p_original = original  # type: ignore[attr-defined]
+    return _write_frame
+
+
+def _install_yamux_write_timeout() -> None:
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    if not callable(getattr(Yamux, "_write_frame", None)):
+        raise AttributeError("Yamux._write_frame is missing")
+    if not hasattr(Yamux._write_frame, "_p2p_original"):
+        Yamux._write_frame = _bounded_write_frame_factory(Yamux._write_frame)
+
+
 def _install_multistream() -> None:
     from libp2p.protocol_muxer import multiselect_communicator as mc
 
@@ -333,6 +385,7 @@ _INSTALLS = (
     ("publish_per_rpc", "published messages per RPC guard", _install_publish_per_rpc),
     ("bad_signature", "bad-signature scoring", _install_bad_signature),
     ("inbound_per_address", "inbound connections per address guard", _install_inbound_per_address),
+    ("yamux_write_timeout", "yamux write timeout", _install_yamux_write_timeout),
 )
 
 
