@@ -154,8 +154,9 @@ def test_a_peer_that_reads_nothing_cannot_hold_a_lookup_past_the_write_timeout(m
     to write to it than the kernel's buffers hold. Every later frame then waits behind that write, and
     libp2p resets a stream it gave up on (`BasicHost.new_stream`'s cleanup, after a DHT lookup's 3-s
     bound) inside a shielded scope, which no timeout of the caller reaches: without the guard the reset
-    below waits all 30 s (a daemon's research stalled 70 s that way). With it, the frame's write gives
-    up after the write timeout, the connection is closed and counted, and the reset returns."""
+    below waits all 30 s (a daemon's research stalled 70 s that way). With it, once no frame of the
+    connection has been written for the write timeout, the connection is closed and counted, and the
+    reset returns."""
     import contextlib
     import os
     import signal

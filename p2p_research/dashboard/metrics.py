@@ -115,8 +115,8 @@ class NodeCollector:
         for k in ("rpcs", "messages", "queue_full", "queue_closed"):
             drops.add_metric([k], net.get(f"libp2p_dropped_{k}", net.get(f"libp2p_drops_{k}", 0)))
         yield drops
-        yield CounterMetricFamily("p2p_research_libp2p_wedged_connections", "Connections closed because a frame "
-                                  "waited 10 s to be written (the peer read nothing)",
+        yield CounterMetricFamily("p2p_research_libp2p_wedged_connections", "Connections closed because no frame "
+                                  "could be written for 30 s (the peer read nothing)",
                                   value=net.get("libp2p_yamux_write_timeouts", 0))
         yield GaugeMetricFamily("p2p_research_peers", "Connected peers", value=st.get("peers_connected", 0))
         reach = st.get("reachability") or {}

@@ -69,7 +69,8 @@ PATCHES: tuple[Patch, ...] = (
     Patch("yamux_write_timeout", "Yamux._write_frame",
           "a frame waited as long as the peer left its socket unread, the read loop's replies included: two nodes "
           "writing at once, or one peer that reads nothing, wedged the connection, and a stream reset libp2p "
-          "shields held a daemon's research for 70 s; 10 s, as go-yamux, then the connection is closed",
+          "shields held a daemon's research for 70 s; no frame written for 30 s while one waits (go-yamux's "
+          "ConnectionWriteTimeout, at 10 s), or 60 s on one frame, and the connection is closed",
           "tests/test_upstream_and_repair.py"),
     Patch("pubsub_teardown", "Pubsub._teardown_if_connected",
           "a banned peer that disconnected at the right moment raised KeyError in pubsub and stopped the node",

@@ -62,10 +62,14 @@
    inside a shielded scope (``BasicHost.new_stream``'s cleanup), which no timeout of ours reaches: a
    DHT lookup bounded at 3 s held a daemon's research for 70 s, until the node was stopped (seen in the
    two-machine cluster test under load; both nodes' task dumps showed every writer of that connection
-   in ``Yamux._write_frame``). The guard bounds each frame's write at :data:`YAMUX_WRITE_TIMEOUT_S`
-   (go-yamux's ``ConnectionWriteTimeout``, 10 s, the same safety valve): a frame that waited longer means
-   the peer reads nothing, so the connection is closed without another write, every waiting writer
-   fails, and the peer is dialled afresh as any lost peer is (counted: ``yamux_write_timeouts``).
+   in ``Yamux._write_frame``). The guard replaces that method: a frame waits for the lock as long as
+   the connection keeps writing frames, and when none has been written for :data:`YAMUX_WRITE_TIMEOUT_S`
+   (30 s; go-yamux's ``ConnectionWriteTimeout``, the same safety valve, is 10 s) while it waits, or the frame
+   being written takes over :data:`YAMUX_FRAME_SEND_S`, the connection is closed without another
+   write: every waiting writer fails, and the peer is dialled afresh as any lost peer is (counted:
+   ``yamux_write_timeouts``). 10 s, as go-yamux, closed 325-358 connections in a 35-daemon run on
+   two cores (the first of them on any frame that waited 10 s, its queue included), and nodes missed
+   the best baseline after the settle; 30 s closed 123 (docs/libp2p.md has the figures).
 8. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
    checks that the host's transports are TCP alone), so the fault cannot reach them.
 
@@ -78,6 +82,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import os
 from typing import Any
 
 import trio
@@ -106,9 +111,30 @@ INBOUND_PER_SUBNET = 16
 
 #: published messages one RPC may carry (guard 5)
 MAX_PUBLISH_PER_RPC = 256
-#: longest a yamux frame may wait to be written before its connection counts as wedged (guard 7): go-yamux's
-#: ConnectionWriteTimeout. A healthy connection writes a frame (at most one 256 KiB window) far sooner.
-YAMUX_WRITE_TIMEOUT_S = 10.0
+#: how long a connection may write no frame while one waits before it counts as wedged (guard 7). go-yamux's
+#: ConnectionWriteTimeout is 10 s; 35 daemons on two cores stall that long without being wedged (docs/libp2p.md).
+#: `P2P_YAMUX_WRITE_TIMEOUT_S` (seconds, or `off`) sets it for a process and the daemons it starts, for
+#: A/B measurements (docs/libp2p.md).
+YAMUX_WRITE_TIMEOUT_S = 30.0
+#: longest one frame (at most a 256 KiB window) may take to be written once it holds the connection
+YAMUX_FRAME_SEND_S = 60.0
+
+
+def _yamux_write_timeout_from_env() -> float | None:
+    raw = os.environ.get("P2P_YAMUX_WRITE_TIMEOUT_S", "").strip().lower()
+    if not raw:
+        return YAMUX_WRITE_TIMEOUT_S
+    if raw == "off":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        log.warning("P2P_YAMUX_WRITE_TIMEOUT_S=%r is neither a number of seconds nor 'off': %g s it is", raw,
+                    YAMUX_WRITE_TIMEOUT_S)
+        return YAMUX_WRITE_TIMEOUT_S
+    return value
 
 _applied: dict[str, bool] = {}
 
@@ -294,35 +320,64 @@ def _guarded_read_factory(original: Any) -> Any:
 def _bounded_write_frame_factory(original: Any) -> Any:
     from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 
-    async def _write_frame(self: Any, data: bytes) -> None:
-        """``Yamux._write_frame``, given up after YAMUX_WRITE_TIMEOUT_S: the connection is closed then (a
-        frame cut short leaves the stream of frames unreadable anyway). The deadline is a scope of its
-        own, so it holds inside a caller's shield too."""
-        with trio.move_on_after(YAMUX_WRITE_TIMEOUT_S) as scope:
-            await original(self, data)
-        if not scope.cancelled_caught:
+    async def close_wedged(self: Any, why: str) -> None:
+        if getattr(self, "_p2p_write_timed_out", False):
             return
-        if not getattr(self, "_p2p_write_timed_out", False):
-            self._p2p_write_timed_out = True
-            counters.current().yamux_write_timeouts += 1
-            peer = str(getattr(self, "peer_id", "?"))
-            _rlog.log(logging.WARNING, f"yamux-write:{peer}", "closing the connection to %s: a frame waited %.0f s to be written "
-                          "(the peer reads nothing)", peer[:16], YAMUX_WRITE_TIMEOUT_S)
-            try:  # no GO_AWAY: it would wait behind the same full buffers
-                await self.secured_conn.close()
-            except Exception as e:  # noqa: BLE001 - closing a dead connection may fail in any way; it is gone either way
-                log.debug("closing a wedged yamux connection: %r", e)
-        raise MuxedConnUnavailable(f"a yamux frame waited {YAMUX_WRITE_TIMEOUT_S:.0f} s to be written")
+        self._p2p_write_timed_out = True
+        counters.current().yamux_write_timeouts += 1
+        peer = str(getattr(self, "peer_id", "?"))
+        _rlog.log(logging.WARNING, f"yamux-write:{peer}", "closing the connection to %s: %s (the peer reads nothing)",
+                  peer[:16], why)
+        try:  # no GO_AWAY: it would wait behind the same full buffers
+            await self.secured_conn.close()
+        except Exception as e:  # noqa: BLE001 - closing a dead connection may fail in any way; it is gone either way
+            log.debug("closing a wedged yamux connection: %r", e)
+
+    async def _write_frame(self: Any, data: bytes) -> None:
+        """``Yamux._write_frame`` (one frame under the connection's write lock) that gives up on a
+        connection that makes no progress, and closes it then.
+
+        A frame waits for the lock as long as other frames of the connection keep being written: a slow
+        reader is not a dead one (35 daemons on two cores wait many seconds for each other, and closing
+        on the first frame that queued 10 s closed hundreds of connections in a 5-minute run). When
+        no frame has been written for YAMUX_WRITE_TIMEOUT_S while this one waits, the connection is
+        wedged. The frame being written is given YAMUX_FRAME_SEND_S (it is at most one 256 KiB window);
+        cut short, it leaves the stream of frames unreadable, so that closes the connection too. Each
+        deadline is a scope of its own, so it holds inside a caller's shield."""
+        lock = self._write_lock
+        while True:
+            with trio.move_on_after(YAMUX_WRITE_TIMEOUT_S) as waiting:
+                await lock.acquire()
+            if not waiting.cancelled_caught:
+                break
+            if trio.current_time() - getattr(self, "_p2p_written_at", -math.inf) >= YAMUX_WRITE_TIMEOUT_S:
+                await close_wedged(self, f"no frame was written for {YAMUX_WRITE_TIMEOUT_S:.0f} s")
+                raise MuxedConnUnavailable(f"no yamux frame was written for {YAMUX_WRITE_TIMEOUT_S:.0f} s")
+        try:
+            with trio.move_on_after(YAMUX_FRAME_SEND_S) as sending:
+                await self.secured_conn.write(data)
+            if sending.cancelled_caught:
+                await close_wedged(self, f"a frame took over {YAMUX_FRAME_SEND_S:.0f} s to be written")
+                raise MuxedConnUnavailable(f"a yamux frame took over {YAMUX_FRAME_SEND_S:.0f} s to be written")
+            self._p2p_written_at = trio.current_time()
+        finally:
+            lock.release()
+        await trio.lowlevel.checkpoint()
 
     _write_frame._p2p_original = original  # type: ignore[attr-defined]
     return _write_frame
 
 
 def _install_yamux_write_timeout() -> None:
+    global YAMUX_WRITE_TIMEOUT_S
     from libp2p.stream_muxer.yamux.yamux import Yamux
 
-    if not callable(getattr(Yamux, "_write_frame", None)):
-        raise AttributeError("Yamux._write_frame is missing")
+    if not callable(getattr(Yamux, "_write_frame", None)) or "_write_lock" not in Yamux.__init__.__code__.co_names:
+        raise AttributeError("Yamux._write_frame or its _write_lock is missing")
+    timeout = _yamux_write_timeout_from_env()
+    if timeout is None:
+        raise RuntimeError("turned off by P2P_YAMUX_WRITE_TIMEOUT_S=off")
+    YAMUX_WRITE_TIMEOUT_S = timeout
     if not hasattr(Yamux._write_frame, "_p2p_original"):
         Yamux._write_frame = _bounded_write_frame_factory(Yamux._write_frame)
 
