@@ -13,7 +13,14 @@ NOISY_LOGGERS = ("libp2p", "multiaddr", "aioquic", "zeroconf", "httpx", "async_s
 
 #: libp2p's ERRORs for a failed dial, one per address and attempt: the node says it once, with the
 #: cause, in its own line ("bootstrap X unreachable: connection refused; retrying in 4 s")
-DIAL_NOISE = ("Failed to open TCP stream", "failed to upgrade security for peer", "fail to open connection to peer")
+DIAL_NOISE = ("Failed to open TCP stream", "Unexpected error opening TCP stream", "failed to upgrade security for peer",
+              "fail to open connection to peer")
+#: DCUtR's ERROR for each failed hole-punch attempt: net/nat.py says how the punching went, once
+#: ("still relayed after 3 hole punch attempts", "direct connection established")
+DCUTR_NOISE = ("Error in DCUtR protocol",)
+#: one stream that failed to open is two or three libp2p ERRORs (the multistream handshake's read or
+#: write, then the host's, over several lines): one family, at most one line a minute
+STREAM_OPEN_NOISE = ("MultiselectClient handshake:", "Failed to open stream to peer")
 #: the circuit relay's ERRORs when a client closes its reservation stream or a relayed connection
 #: ends (e.g. replaced by a direct one): normal events, reported by our own lines in net/nat.py
 RELAY_NOISE = ("Error reading from hop stream", "Unexpected error reading from stream", "Error relaying data",
@@ -47,9 +54,9 @@ class Libp2pNoise(logging.Filter):
         msg = str(record.msg)
         if msg.startswith(DIAL_NOISE):
             return False
-        if record.name.startswith("libp2p.relay") and msg.startswith(RELAY_NOISE):
+        if record.name.startswith("libp2p.relay") and msg.startswith(RELAY_NOISE + DCUTR_NOISE):
             return False
-        key = (record.name, msg[:80])
+        key = ("libp2p", "a stream failed to open") if msg.startswith(STREAM_OPEN_NOISE) else (record.name, msg[:80])
         now = record.created
         if now - self._last.get(key, -1e18) < self.repeat_s:
             return False
