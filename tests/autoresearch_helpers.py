@@ -12,7 +12,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from conftest import CLI, ROOT
+from conftest import ROOT, run_cli
 
 from p2p_research.home import NodeHome
 
@@ -45,8 +45,7 @@ _prepared: list[Path] = []  # the copy whose prepare.py wrote this process's dat
 
 
 def cli(*args, env=None, timeout=300, check=False) -> subprocess.CompletedProcess:
-    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                       env={**os.environ, **(env or {})})
+    r = run_cli(args, timeout=timeout, env={**os.environ, **(env or {})})
     if check and r.returncode != 0:
         raise AssertionError(f"{args}: {r.stderr[-3000:]}")
     return r

@@ -16,6 +16,46 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 CLI = [sys.executable, "-m", "p2p_research"]
 
+
+# `python -m p2p_research ...` in the tests: forked from a server that has imported the node once per test
+# process (p2p_research/sim/forkserver.py). A daemon's start is mostly imports, 1.6-1.9 CPU-s on two
+# cores, and the suite starts about a hundred daemons and as many CLI calls. Each child is still an OS
+# process of its own. P2P_TEST_FORK=0 starts every one with exec instead (the same tests must pass).
+FORK = os.environ.get("P2P_TEST_FORK", "1") != "0"
+
+
+@functools.cache
+def _fork_server():
+    from p2p_research.sim.forkserver import ForkServer
+
+    server = ForkServer()
+    atexit.register(server.close)
+    return server
+
+
+def popen_cli(args, *, env=None, cwd=ROOT, stdin=None, stdout=None, stderr=None, start_new_session=False,
+              text=False):
+    """`subprocess.Popen([*CLI, *args], ...)`, forked from this process's fork server (see FORK)."""
+    args = [str(a) for a in args]
+    if not FORK:
+        import subprocess
+
+        return subprocess.Popen([*CLI, *args], env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
+                                text=text, start_new_session=start_new_session)
+    return _fork_server().spawn(args, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
+                                start_new_session=start_new_session, text=text)
+
+
+def run_cli(args, *, env=None, cwd=ROOT, timeout=300):
+    """`subprocess.run([*CLI, *args], capture_output=True, text=True, ...)` through the fork server."""
+    args = [str(a) for a in args]
+    if not FORK:
+        import subprocess
+
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    return _fork_server().run(args, env=env, cwd=cwd, timeout=timeout)
+
+
 # A tiny budget keeps real torch runs to a few seconds each in tests.
 TINY_TOKENS = int(os.environ.get("P2P_TEST_TOKENS", "8192"))
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import CLI, ROOT
+from conftest import CLI, ROOT, popen_cli, run_cli
 
 
 def free_port() -> int:
@@ -31,9 +31,14 @@ class Daemon:
 
     def start(self, timeout: float = 60.0) -> Daemon:
         self.errlog = open(self.home / "test-daemon.err", "ab")
-        self.proc = subprocess.Popen([*self.wrap, *CLI, "node", "start", "--home", str(self.home), *self.args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=self.errlog, text=True, start_new_session=True,
-                                     env={**os.environ, **self.env} if self.env else None)
+        argv = ["node", "start", "--home", str(self.home), *self.args]
+        env = {**os.environ, **self.env} if self.env else None
+        if self.wrap:  # another command execs the daemon: no fork server
+            self.proc = subprocess.Popen([*self.wrap, *CLI, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                                         stderr=self.errlog, text=True, start_new_session=True, env=env)
+        else:
+            self.proc = popen_cli(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.errlog, text=True,
+                                  start_new_session=True, env=env)
         deadline = time.time() + timeout
         assert self.proc.stdout is not None
         self.addrs = []
@@ -56,7 +61,7 @@ class Daemon:
             return ""
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run([*CLI, *args, "--home", str(self.home)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        r = run_cli([*args, "--home", str(self.home)], timeout=60)
         if check and r.returncode != 0:
             raise AssertionError(f"{args}: {r.stderr}")
         return r

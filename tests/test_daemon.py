@@ -156,7 +156,7 @@ def test_a_listen_port_in_use_stops_the_node_with_one_line(tmp_path, cache_dir):
     import socket
     import subprocess
 
-    from conftest import CLI, ROOT
+    from conftest import run_cli
 
     home = make_home(tmp_path / "h", cache_dir)
 
@@ -165,9 +165,8 @@ def test_a_listen_port_in_use_stops_the_node_with_one_line(tmp_path, cache_dir):
             taken.bind(("127.0.0.1", 0))
             taken.listen(1)
             port = taken.getsockname()[1]
-            return subprocess.run([*CLI, "node", "start", "--home", str(home.path), "--no-research",
-                                   flag, value.format(port=port)], capture_output=True, text=True, timeout=60,
-                                  cwd=ROOT), port
+            return run_cli(["node", "start", "--home", home.path, "--no-research", flag,
+                            value.format(port=port)], timeout=60), port
 
     r, port = start_with_port_taken("--listen", "/ip4/127.0.0.1/tcp/{port}")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr

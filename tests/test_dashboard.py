@@ -83,16 +83,14 @@ def huge_post(url: str, token: str, size: int, chunked: bool) -> int:
 
 
 def test_a_dashboard_address_this_machine_lacks_is_one_line_error(tmp_path):
-    import subprocess
 
-    from conftest import CLI, ROOT
+    from conftest import run_cli
 
     from p2p_research.research.io.home_init import init_home
 
     home = init_home(tmp_path / "n")
     for addr, why in (("10.255.255.1:9", "unavailable"), ("nonsense", "invalid dashboard address")):
-        r = subprocess.run([*CLI, "node", "start", "--home", str(home.path), "--dashboard-addr", addr], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+        r = run_cli(["node", "start", "--home", home.path, "--dashboard-addr", addr], timeout=120)
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert why in r.stderr.strip().splitlines()[-1]
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 
 import pytest
-from conftest import CLI, ROOT
+from conftest import run_cli
 from daemon_helpers import Daemon, free_port
 
 from p2p_research.doctor import bootstrap_reachable, classify_address, clock_skew, reachability
@@ -64,8 +63,7 @@ def test_doctor_with_a_running_node_and_a_dead_bootstrap(tmp_path):
     home.write_config(cfg)
     d = Daemon(home.path, "--no-research").start()
     try:
-        r = subprocess.run([*CLI, "doctor", "--home", str(home.path), "--json"], capture_output=True, text=True,
-                           timeout=120, cwd=ROOT)
+        r = run_cli(["doctor", "--home", home.path, "--json"], timeout=120)
         report = json.loads(r.stdout)
         assert report["daemon_running"] and not report["ok"] and r.returncode == 1
         by_name = {}
@@ -75,8 +73,7 @@ def test_doctor_with_a_running_node_and_a_dead_bootstrap(tmp_path):
         assert by_name["reachability"][0]["detail"].startswith("local only")
         assert by_name["sandbox"][0]["status"] in ("ok", "warn") and by_name["protocol"][0]["status"] == "ok"
         assert by_name["peers"][0]["status"] == "warn"
-        text = subprocess.run([*CLI, "doctor", "--home", str(home.path)], capture_output=True, text=True, timeout=120,
-                              cwd=ROOT).stdout
+        text = run_cli(["doctor", "--home", home.path], timeout=120).stdout
         assert "FAIL bootstrap" in text and "fix:" in text
     finally:
         d.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -31,7 +30,7 @@ from adversary import (
     result,
     verification,
 )
-from conftest import CLI, ROOT
+from conftest import run_cli
 from daemon_helpers import Daemon, surrogate_home, wait_for
 
 from p2p_research.daemon.control_call import call
@@ -491,8 +490,8 @@ def test_a_hostile_about_in_the_peer_exchange_changes_nothing(tmp_path):
             assert mine["protocol"] == "f" * 40 and mine["budget"] == "[/]1 tokens" and mine["same_protocol"] is False
             # the peer's words reach the tables as text, never as markup (Rich raised on "[/]"); read while the
             # peer is still connected: `peers` lists connected peers only, and drops this one once it leaves
-            wide = await trio.to_thread.run_sync(lambda: subprocess.run(
-                [*CLI, "peers", "--home", str(home.path)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+            wide = await trio.to_thread.run_sync(lambda: run_cli(
+                ["peers", "--home", home.path], timeout=60,
                 env={**os.environ, "COLUMNS": "250"}))  # a table as wide as it needs
             assert wide.returncode == 0, wide.stderr[-2000:]
             (row,) = [line for line in wide.stdout.splitlines() if adv.peer_id[:16] in line]

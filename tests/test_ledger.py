@@ -151,9 +151,8 @@ def test_the_inspection_tables_are_readable_at_80_columns(tmp_path):
     """experiments, leaderboard and doctor in an 80-column terminal: no line is wider, and a
     description keeps its words whole (the commit column makes room for it)."""
     import os
-    import subprocess
 
-    from conftest import CLI, ROOT
+    from conftest import run_cli
 
     from p2p_research.research.io.home_init import init_home
 
@@ -170,8 +169,7 @@ def test_the_inspection_tables_are_readable_at_80_columns(tmp_path):
         led.close()
     env = {**os.environ, "COLUMNS": "80", "LINES": "50"}
     for args in (["experiments"], ["leaderboard"], ["doctor"]):
-        r = subprocess.run([*CLI, *args, "--home", str(home.path)], capture_output=True, text=True, cwd=ROOT,
-                           env=env, timeout=120)
+        r = run_cli([*args, "--home", home.path], env=env, timeout=120)
         lines = r.stdout.splitlines()
         assert lines and max(len(line) for line in lines) <= 80, (args, r.stdout, r.stderr)
         if args != ["doctor"]:  # wrapped at spaces, never inside a word or number

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import CLI, ROOT, TINY_TOKENS
+from conftest import ROOT, TINY_TOKENS, popen_cli, run_cli
 
 from p2p_research.store.ledger import Ledger
 
@@ -16,8 +16,7 @@ NUDGE = f"{sys.executable} {ROOT / 'examples' / 'proposers' / 'nudge_constant.py
 
 
 def cli(*args, env=None, timeout=300, check=False):
-    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, **(env or {})}, cwd=ROOT)
+    r = run_cli(args, timeout=timeout, env={**os.environ, **(env or {})})
     if check and r.returncode != 0:
         raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -122,8 +121,7 @@ def test_sigint_records_aborted_and_restart_recovers(tiny_home):
     cfg = tiny_home.load_config()
     cfg.research.budget_tokens = TINY_TOKENS * 50  # long enough to interrupt
     tiny_home.write_config(cfg)
-    p = subprocess.Popen([*CLI, "run", "--home", str(home)], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = popen_cli(["run", "--home", home], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
         time.sleep(0.5)

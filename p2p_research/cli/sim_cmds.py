@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         verification: str = typer.Option("adaptive", "--verification", help="always | adaptive | never"),
         target_peers: int = typer.Option(6, "--target-peers", min=1, help="network.target_peers of every node"),
         start_rate: float = typer.Option(3.0, "--start-rate", help="Node processes started per second"),
+        spawn: str = typer.Option("fork", "--spawn", help="How daemons start: fork (from one process that has "
+                                  "imported the node: a start costs 0.2 CPU-s, not 2) | exec (each its own "
+                                  "interpreter, as `p2p-research node start`)"),
         budget_tokens: int = typer.Option(0, "--budget-tokens", min=0, help="Torch: training budget (0: harness default)"),
         max_trainings: int = typer.Option(0, "--max-trainings", min=0, help="Torch: concurrent trainings machine-wide (0: one per core)"),
         margin: float | None = typer.Option(None, "--margin", min=0.0,
@@ -94,7 +97,7 @@ def register(app: typer.Typer) -> None:
                               verification=verification, target_peers=target_peers, start_rate=start_rate,
                               budget_tokens=budget_tokens, max_trainings=max_trainings, margin=margin,
                               count_from=count_from, settle_s=settle, announce=announce,
-                              genesis=genesis, surrogate=surrogate).validate()
+                              genesis=genesis, surrogate=surrogate, spawn=spawn).validate()
             if cluster:
                 from p2p_research.sim.cluster import ClusterSimulation
 

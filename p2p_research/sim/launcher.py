@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p_research.sim import probe
+from p2p_research.sim.forkserver import ForkedProcess, ForkServer, ForkServerError
 from p2p_research.sim.options import SimOptions
 from p2p_research.store import queries
 from p2p_research.store.status import FINAL
@@ -90,7 +91,9 @@ class NodeProc:
     liar: bool = False
     peer_id: str = ""
     bootstrap: list[str] = field(default_factory=list)
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | ForkedProcess | None = None
+    spawn: str = "fork"        # fork | exec (SimOptions.spawn)
+    forks: ForkServer | None = None  # where it is forked from, set by its owner for spawn=fork (None: exec'd)
     incarnations: list[Incarnation] = field(default_factory=list)
     tcp: dict[tuple[int, str, str], tuple[int, int]] = field(default_factory=dict)
     crashed: bool = False
@@ -116,6 +119,16 @@ class NodeProc:
         out = self.home / "sim-stdout.log"
         self._stdout_offset = out.stat().st_size if out.exists() else 0
         with open(out, "ab") as so, open(self.home / "sim-stderr.log", "ab") as se:
+            if self.forks is not None and self.forks.alive():
+                try:
+                    self.proc = self.forks.spawn(["node", "start", "--home", str(self.home)], env=env,
+                                                 cwd=str(self.home), stdin=subprocess.DEVNULL, stdout=so, stderr=se,
+                                                 start_new_session=True)
+                except ForkServerError:
+                    self.forks = None  # exec'd from now on
+                else:
+                    self.incarnations.append(Incarnation(started_at=time.time(), pid=self.proc.pid))
+                    return
             self.proc = subprocess.Popen(
                 # -P: the home (the working folder) is not on the import path
                 [sys.executable, "-P", "-m", "p2p_research", "node", "start", "--home", str(self.home)],
@@ -217,6 +230,7 @@ class Simulation:
         self.experiments_ended_at: float | None = None
         self.settle_note = ""
         self.final_status: dict[str, dict[str, Any]] = {}
+        self.forks: ForkServer | None = None
 
     # --- set-up -----------------------------------------------------------------------------------
     def event(self, kind: str, node: str = "", **kw: Any) -> None:
@@ -242,7 +256,7 @@ class Simulation:
             home = init_home(self.root / "nodes" / name)
             kp = load_or_create_identity(home.identity)
             node = self.make_node(index=i, name=name, home=home.path, ip=ip, port=port, role=role, liar=i in liars,
-                                  peer_id=peer_id_of_keypair(kp))
+                                  peer_id=peer_id_of_keypair(kp), spawn=o.spawn)
             self.nodes.append(node)
         swarm = [n for n in self.nodes if n.role == "swarm"]
         for k, node in enumerate(swarm):
@@ -385,6 +399,13 @@ class Simulation:
         for s in old:
             signal.signal(s, stop_handler)
         try:
+            if o.spawn == "fork" and self.forks is None and any(type(n).start is NodeProc.start for n in self.nodes):
+                try:
+                    self.forks = ForkServer(env=self.env)
+                except ForkServerError as e:
+                    self.log(f"{e}: every daemon is exec'd")
+                for n in self.nodes:
+                    n.forks = self.forks
             self.t_start = time.time()
             order = [n for n in self.nodes if n.role == "solo"] + [n for n in self.nodes if n.role == "swarm"]
             pending = list(order)
@@ -428,6 +449,8 @@ class Simulation:
         finally:
             self.t_end = time.time()
             self.stop_all()
+            if self.forks is not None:
+                self.forks.close()
             for s, h in old.items():
                 signal.signal(s, h)
 

@@ -49,6 +49,8 @@ class SimOptions:
     announce: str = "auto"            # network.announce of every node: auto | all | kept (research/flooding.py)
     genesis: str = "shared"           # research.genesis of every node: shared | each (research/genesis.py)
     surrogate: str = "default"        # research.surrogate of every node: the landscape (research/io/surrogate.py)
+    spawn: str = "fork"               # how daemons start: fork (from one process that imported the node,
+                                      # sim/forkserver.py) | exec (each its own interpreter, as `node start`)
 
     def validate(self) -> SimOptions:
         if self.nodes < 1:
@@ -74,6 +76,8 @@ class SimOptions:
             raise ValueError("--verification must be always, adaptive or never")
         if self.count_from not in ("all-up", "first-start"):
             raise ValueError("--count-from must be all-up or first-start")
+        if self.spawn not in ("fork", "exec"):
+            raise ValueError("--spawn must be fork or exec")
         if self.start_rate <= 0:
             raise ValueError("--start-rate must be positive")
         return self

@@ -21,6 +21,7 @@ from typing import Any
 
 from p2p_research.errors import P2PResearchError
 from p2p_research.sim import probe
+from p2p_research.sim.forkserver import ForkServer, ForkServerError
 from p2p_research.sim.launcher import NodeProc, free_port, torch_gate
 
 SAMPLE_EVERY_S = 2.0
@@ -60,6 +61,18 @@ class HostAgent:
         self.env = dict(os.environ)
         self._sampled: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._forks: ForkServer | None = None
+        self._forks_failed = False
+
+    def _fork_server(self) -> ForkServer | None:
+        """This machine's fork server for its daemons (sim/forkserver.py), started at the first fork."""
+        with self._lock:
+            if self._forks is None and not self._forks_failed:
+                try:
+                    self._forks = ForkServer(env=self.env)
+                except ForkServerError:
+                    self._forks_failed = True  # every daemon of this machine is exec'd
+            return self._forks
 
     def info(self) -> dict[str, Any]:
         from p2p_research import __version__
@@ -109,6 +122,8 @@ class HostAgent:
 
     def start(self, name: str) -> int:
         node = self.nodes[name]
+        if node.spawn == "fork" and node.forks is None:
+            node.forks = self._fork_server()
         node.start(self.env)
         self._sampled.pop(name, None)
         pid = node.current.pid if node.current else 0
@@ -210,6 +225,8 @@ class HostAgent:
         """Kill whatever is left and remove this run's folder from the machine."""
         for n in self.nodes.values():
             n.signal_group(signal.SIGKILL)
+        if self._forks is not None:
+            self._forks.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

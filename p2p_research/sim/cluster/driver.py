@@ -154,6 +154,7 @@ class ClusterSimulation(Simulation):
             with tarfile.open(fileobj=buf, mode="w:gz") as tar:
                 tar.add(n.home, arcname=".")
             fields = {"index": n.index, "name": n.name, "port": n.port, "role": n.role, "ip": n.ip, "liar": n.liar,
+                      "spawn": n.spawn,
                       "peer_id": n.peer_id}
             refs.append(n.host.agent.install.remote(n.name, buf.getvalue(), fields))
         ray.get(refs, timeout=600)

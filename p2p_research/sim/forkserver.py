@@ -1,0 +1,427 @@
+"""Start many node processes on one machine without paying for their imports each time.
+
+A daemon's start is mostly imports: 1.6-1.9 CPU-s on a 2-core machine, py-libp2p's alone about 0.8
+(docs/testing.md). Starting 35 of them for `simulate`, or the hundred-odd a test suite starts, spends
+minutes of CPU on the same work. A fork server imports the node once and forks a child for each
+`python -m p2p_research ARGS` asked of it. Each child is a real OS process of its own (its own pid,
+session, sockets, signals and exit status) that runs the CLI exactly as `python -m p2p_research` would:
+`runpy` sets `__main__`, argv, the working folder, the environment and the standard streams first.
+
+What a forked child does not get afresh, and why that is acceptable:
+- the interpreter's start-up flags and hash seed are the server's (`-P`, no site customisation by
+  PYTHONPATH at start-up: the node reads its environment when it runs, and its runs are exec'd
+  processes that read theirs);
+- modules are already imported, so nothing the node reads from the environment at import time may
+  differ per child: the project reads its environment when it runs (tests/test_forkserver.py checks the
+  modules the server preloads).
+
+The server is single-threaded and forks only from its select loop, never while a lock is held. It
+ends when its parent closes the pipe it was started with; the children it started keep running, as
+children of a `subprocess.Popen` with `start_new_session` do when their parent ends.
+
+Protocol (one UNIX stream connection per child): the client sends one JSON line and the child's
+stdin, stdout and stderr as SCM_RIGHTS descriptors; the server answers `{"pid": N}` and, when the child
+has ended, `{"exit": status}` (`os.waitpid`'s status), then closes the connection.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from p2p_research.errors import P2PResearchError
+
+#: what a child of the server has imported before it is forked: the CLI and the daemon
+PRELOAD = ("p2p_research.cli", "p2p_research.daemon.node")
+MAX_REQUEST = 1 << 20  # one request's JSON (argv, environment, folder)
+
+
+class ForkServerError(P2PResearchError, RuntimeError):
+    """The fork server could not start or stopped answering."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# the server
+
+
+def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | int]) -> None:
+    """Become `python -m p2p_research *req["argv"]` in this forked process; never returns."""
+    code = 1
+    try:
+        for obj in inherited:
+            if isinstance(obj, int):
+                os.close(obj)
+            else:
+                obj.close()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if req.get("new_session"):
+            os.setsid()
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        # the standard streams as Python makes them for a process whose streams are pipes or files
+        sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+                                      write_through=False)
+        sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+                                      errors="backslashreplace", line_buffering=True)
+        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+        _fresh_consoles()
+        import runpy
+
+        sys.argv = ["-m", *req["argv"]]
+        try:
+            runpy.run_module("p2p_research", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            if e.code is None:
+                code = 0
+            elif isinstance(e.code, int):
+                code = e.code
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        except KeyboardInterrupt:
+            code = 128 + signal.SIGINT
+        except BaseException:  # noqa: BLE001 - printed as the interpreter would, then the exit status
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        with contextlib.suppress(BaseException):
+            threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter does at exit
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+        os._exit(code & 0xFF if code >= 0 else 1)
+
+
+def _fresh_consoles() -> None:
+    """Make the CLI's module-level rich consoles again, as a fresh import would in this environment:
+    rich reads COLUMNS, NO_COLOR, TERM and the stream's terminal state when a console is made."""
+    from rich.console import Console
+
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("p2p_research.") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            if type(value) is Console:
+                Console.__init__(value, stderr=value.stderr, soft_wrap=value.soft_wrap)
+
+
+def serve(path: str, preload: tuple[str, ...] = PRELOAD) -> None:
+    """The server's loop: import `preload`, listen on `path`, fork a child per request."""
+    import importlib
+
+    for name in preload:
+        importlib.import_module(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the client; the server ends with it
+    children: dict[int, socket.socket] = {}
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    while True:
+        try:
+            ready, _, _ = select.select([listener, wake_r, sys.stdin], [], [], 1.0)
+        except InterruptedError:
+            ready = []
+        if sys.stdin in ready and not os.read(sys.stdin.fileno(), 4096):
+            return  # the client has gone
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 4096):
+                    pass
+        _reap(children)
+        if listener in ready:
+            conn, _ = listener.accept()
+            _start(conn, children, [listener, wake_r, wake_w])
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"exit": status}).encode() + b"\n")
+            conn.close()
+
+
+def _start(conn: socket.socket, children: dict[int, socket.socket], own: list[Any]) -> None:
+    fds: list[int] = []
+    try:
+        conn.settimeout(10)
+        msg, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 3)
+        buf = msg
+        while not buf.endswith(b"\n"):
+            more = conn.recv(MAX_REQUEST)
+            if not more or len(buf) > MAX_REQUEST:
+                raise ValueError("incomplete request")
+            buf += more
+        req = json.loads(buf)
+        if len(fds) != 3:
+            raise ValueError(f"expected 3 descriptors, got {len(fds)}")
+    except (OSError, ValueError) as e:
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"error": str(e)}).encode() + b"\n")
+        conn.close()
+        return
+    pid = os.fork()
+    if pid == 0:
+        _child(req, fds, [*own, conn, *children.values(), sys.stdin.fileno()])
+    for fd in fds:
+        os.close(fd)
+    children[pid] = conn
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the client
+
+
+class ForkedProcess:
+    """A child of the fork server, used as a `subprocess.Popen` is: pid, poll, wait, signals, streams.
+
+    Its exit status comes over the connection the server answered on, since the client is not its
+    parent."""
+
+    def __init__(self, pid: int, conn: socket.socket, args: list[str], stdout: IO | None,
+                 stderr: IO | None) -> None:
+        self.pid = pid
+        self.args = args
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdin = None
+        self.returncode: int | None = None
+        self._conn = conn
+        self._buf = b""
+        self._lock = threading.Lock()  # one reader of the connection (a cluster agent polls and waits at once)
+
+    def _read(self, timeout: float | None) -> None:
+        if self.returncode is not None:
+            return
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return
+        try:
+            self._read_locked(timeout)
+        finally:
+            self._lock.release()
+
+    def _read_locked(self, timeout: float | None) -> None:
+        if self.returncode is not None:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._conn], [], [], left)
+            if not ready:
+                return
+            more = self._conn.recv(4096)
+            if not more:
+                self.returncode = self.returncode if self.returncode is not None else -signal.SIGKILL
+                self._conn.close()
+                return
+            self._buf += more
+        line, _, self._buf = self._buf.partition(b"\n")
+        status = json.loads(line)["exit"]
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self._conn.close()
+
+    def poll(self) -> int | None:
+        self._read(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._read(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[Any, Any]:
+        """Read stdout and stderr to their ends (pipes made by `run`), then wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pipes = [s for s in (self.stdout, self.stderr)]
+        open_fds = {s.fileno(): i for i, s in enumerate(pipes) if s is not None}
+        chunks: list[list[bytes]] = [[], []]
+        while open_fds:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            ready, _, _ = select.select(list(open_fds), [], [], left)
+            for fd in ready:
+                stream: Any = pipes[open_fds[fd]]
+                data = (stream.buffer if isinstance(stream, io.TextIOWrapper) else stream).read1(65536)
+                if data:
+                    chunks[open_fds[fd]].append(data)
+                else:
+                    pipes[open_fds.pop(fd)].close()  # type: ignore[union-attr]
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.wait(left)
+        out, err = (None if p is None else b"".join(c).decode(errors="replace") if isinstance(p, io.TextIOWrapper)
+                    else b"".join(c) for c, p in zip(chunks, pipes, strict=True))
+        return out, err
+
+
+class ForkServer:
+    """A running fork server that this process started (see the module's docstring)."""
+
+    def __init__(self, preload: tuple[str, ...] = PRELOAD, env: dict[str, str] | None = None) -> None:
+        self._dir = tempfile.mkdtemp(prefix="p2p-forkserver-")
+        self.path = os.path.join(self._dir, "sock")
+        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "p2p_research.sim.forkserver", self.path,
+                                       *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if line.strip() != b"ready":
+            self.close()
+            raise ForkServerError(f"the fork server did not start (exit {self._proc.poll()})")
+        self._lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def spawn(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
+              stdin: Any = None, stdout: Any = None, stderr: Any = None,
+              start_new_session: bool = False, text: bool = False) -> ForkedProcess:
+        """`python -m p2p_research *argv` as a child of the server. stdin/stdout/stderr are as Popen's:
+        None (this process's), subprocess.PIPE, subprocess.DEVNULL, a file object or a descriptor."""
+        mine: list[int] = []  # descriptors made here for the child, closed once sent
+        ours: list[IO | None] = [None, None, None]
+        sent: list[int] = []
+        try:
+            for i, spec in enumerate((stdin, stdout, stderr)):
+                if spec is None:
+                    sent.append(i)
+                elif spec == subprocess.DEVNULL:
+                    fd = os.open(os.devnull, os.O_RDWR)
+                    mine.append(fd)
+                    sent.append(fd)
+                elif spec == subprocess.PIPE:
+                    r, w = os.pipe()
+                    child, own = (r, w) if i == 0 else (w, r)
+                    mine.append(child)
+                    sent.append(child)
+                    ours[i] = open(own, ("w" if i == 0 else "r") + ("" if text else "b"))  # noqa: SIM115 - the caller's
+                elif isinstance(spec, int):
+                    sent.append(spec)
+                else:
+                    sent.append(spec.fileno())
+            req = {"argv": [str(a) for a in argv], "env": dict(os.environ if env is None else env),
+                   "cwd": str(cwd if cwd is not None else os.getcwd()), "new_session": start_new_session}
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(self.path)
+                data = json.dumps(req).encode() + b"\n"
+                socket.send_fds(conn, [data[:1]], sent)
+                conn.sendall(data[1:])
+                conn.settimeout(30)
+                buf = b""
+                while b"\n" not in buf:
+                    more = conn.recv(4096)
+                    if not more:
+                        raise ForkServerError("the fork server closed the connection")
+                    buf += more
+                conn.settimeout(None)
+            except (OSError, ForkServerError) as e:
+                conn.close()
+                for f in ours:
+                    if f is not None:
+                        f.close()
+                raise ForkServerError(f"the fork server did not start {argv[:2]}: {e}") from e
+            line, _, rest = buf.partition(b"\n")
+            answer = json.loads(line)
+            if "pid" not in answer:
+                conn.close()
+                raise ForkServerError(f"the fork server refused {argv[:2]}: {answer.get('error')}")
+        finally:
+            for fd in mine:
+                os.close(fd)
+        proc = ForkedProcess(answer["pid"], conn, list(argv), ours[1], ours[2])
+        proc._buf = rest
+        if ours[0] is not None:
+            proc.stdin = ours[0]  # type: ignore[assignment]
+        return proc
+
+    def run(self, argv: list[str], *, timeout: float | None = None, env: dict[str, str] | None = None,
+            cwd: str | os.PathLike | None = None, text: bool = True) -> subprocess.CompletedProcess:
+        """`subprocess.run(python -m p2p_research *argv, capture_output=True)`, through the server."""
+        proc = self.spawn(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, start_new_session=True, text=text)
+        try:
+            out, err = proc.communicate(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode or 0, out, err)
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(10)
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._dir)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], tuple(sys.argv[2:]) or PRELOAD)
+    with contextlib.suppress(OSError):
+        Path(sys.argv[1]).unlink()
