@@ -60,6 +60,8 @@ def test_a_forked_daemon_is_a_process_of_its_own_with_its_exit_status(server, tm
             assert line, (tmp_path / "err").read_text()
             lines.append(line)
         assert p.pid != os.getpid() and os.getsid(p.pid) == p.pid  # its own session, as asked
+        cmdline = Path(f"/proc/{p.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert f"-m p2p_research node start --home {home.path} --no-research" in cmdline, cmdline
         assert p.poll() is None
         with pytest.raises(subprocess.TimeoutExpired):
             p.wait(0.2)
@@ -104,7 +106,7 @@ def test_the_server_ends_with_its_client_and_leaves_no_zombie(tmp_path):
 
 
 def test_a_closed_server_refuses_with_a_clear_error():
-    s = ForkServer()
+    s = ForkServer(preload=("json",))
     s.close()
     with pytest.raises(ForkServerError, match="did not start"):
         s.spawn(["--help"])

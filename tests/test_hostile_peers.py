@@ -284,13 +284,21 @@ async def test_one_connection_cannot_flood_with_fresh_keys_and_junk_gets_it_bann
     t0 = time.monotonic()
     async with adversary() as adv:
         await adv.join(swarm.v.addrs[0], s0["swarm"])
-        keys = fresh_keys(600)
-        with trio.move_on_after(12):
+        keys = fresh_keys(1500)
+        # until V has dropped 50 as over budget: how many of the flood reach V, directly or relayed by the
+        # peers that dialled the adversary, depends on the machine's load (a loaded run here had V see 321
+        # of 600 sent in 8 s, all within three connections' budgets), so a fixed flood may test nothing
+        rejected0 = s0["net"]["rejected"].get("new_originators", 0)
+        with trio.move_on_after(40):
             for k in keys:
                 c = claim(k, protocol_id=s0["protocol_id"], exp_id=random_hex40(), parent=s0["genesis"], ts=time.time())
                 await adv.publish_as(k, c.to_wire())
                 sent += 1
                 await trio.sleep(0.01)
+                if sent >= 300 and sent % 50 == 0:
+                    now = await in_thread(st, swarm, swarm.v)
+                    if now["net"]["rejected"].get("new_originators", 0) - rejected0 >= 60:
+                        break
         elapsed = time.monotonic() - t0
         # peer exchange hands the adversary's address to the other nodes, which dial it: each of its
         # connections into the swarm is one budget (V also hears the flood relayed by R and W)
@@ -314,7 +322,8 @@ async def test_one_connection_cannot_flood_with_fresh_keys_and_junk_gets_it_bann
     assert sent >= 300
     assert 1 <= connections <= 3
     assert accepted <= connections * (128 + 2 * elapsed + 5), (accepted, sent, elapsed, connections)
-    assert v["net"]["rejected"].get("new_originators", 0) >= 50
+    assert v["net"]["rejected"].get("new_originators", 0) - rejected0 >= 50, (v["net"]["rejected"], accepted, sent,
+                                                                              elapsed, connections)
     assert v["net"]["bans"] >= s0["net"]["bans"] + 1
 
 

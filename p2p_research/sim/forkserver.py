@@ -7,6 +7,10 @@ minutes of CPU on the same work. A fork server imports the node once and forks a
 session, sockets, signals and exit status) that runs the CLI exactly as `python -m p2p_research` would:
 `runpy` sets `__main__`, argv, the working folder, the environment and the standard streams first.
 
+A child's command line (`ps`, `pgrep -f`, /proc/PID/cmdline) is set to the one it runs, with the
+setproctitle library, so that a user and the tools that look for a node's processes see
+`python -m p2p_research node start --home ...` and not the server's.
+
 What a forked child does not get afresh, and why that is acceptable:
 - the interpreter's start-up flags and hash seed are the server's (`-P`, no site customisation by
   PYTHONPATH at start-up: the node reads its environment when it runs, and its runs are exec'd
@@ -41,6 +45,8 @@ import threading
 import time
 from pathlib import Path
 from typing import IO, Any
+
+import setproctitle
 
 from p2p_research.errors import P2PResearchError
 
@@ -91,6 +97,8 @@ def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | 
         import runpy
 
         sys.argv = ["-m", *req["argv"]]
+        # what `ps`, `pgrep -f` and /proc/PID/cmdline show: the command it runs, not the server's
+        setproctitle.setproctitle(" ".join([sys.executable, "-m", "p2p_research", *req["argv"]]))
         try:
             runpy.run_module("p2p_research", run_name="__main__", alter_sys=True)
             code = 0
@@ -139,6 +147,7 @@ def serve(path: str, preload: tuple[str, ...] = PRELOAD) -> None:
 
     for name in preload:
         importlib.import_module(name)
+    setproctitle.getproctitle()  # its set-up (moving the environment to make room) once, not in every child
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
