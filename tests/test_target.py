@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import small_target
 
 from p2p_research import target
 
@@ -227,6 +228,10 @@ def test_user_data_folder(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_train_runs_and_is_deterministic(workspace, cache_dir):
+    """On the tests' target (the default train.py with a smaller model, conftest.SMALL_MODEL): two runs of
+    the default model here cost 16 CPU-s and said no more; test_train_on_user_data runs the default one."""
+    train = workspace / "train.py"
+    train.write_bytes((small_target() / "train.py").read_bytes())
     first = run_train(workspace, cache_dir)
     assert first.returncode == 0, first.stderr
     s1 = parse_summary(first.stdout)
