@@ -46,6 +46,9 @@ def test_a_forked_cli_call_prints_and_exits_as_an_executed_one(server, tmp_path)
     # the working folder is the child's
     r = server.run(["init", "--home", "rel-home", "--json"], cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and (tmp_path / "rel-home" / "node.toml").exists(), r.stderr
+    # a child that cannot even start says why
+    r = server.run(["--help"], cwd=tmp_path / "gone", timeout=60)
+    assert r.returncode == 1 and "FileNotFoundError" in r.stderr and str(tmp_path / "gone") in r.stderr
 
 
 def test_a_forked_daemon_is_a_process_of_its_own_with_its_exit_status(server, tmp_path):

@@ -87,11 +87,13 @@ def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | 
         os.environ.clear()
         os.environ.update(req["env"])
         # the standard streams as Python makes them for a process whose streams are pipes or files
+        # (unbuffered where the child's environment asks for it, as the interpreter would at start-up)
+        unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
         sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                                      write_through=False)
+                                      write_through=unbuffered, line_buffering=os.isatty(1))
         sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
-                                      errors="backslashreplace", line_buffering=True)
+                                      errors="backslashreplace", line_buffering=True, write_through=unbuffered)
         sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
         _fresh_consoles()
         import runpy
@@ -121,6 +123,12 @@ def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | 
             threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter does at exit
         with contextlib.suppress(BaseException):
             atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001 - the child's set-up failed (a working folder gone): say why
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+        code = 1
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(BaseException):
