@@ -66,6 +66,7 @@ class ForkServerError(P2PResearchError, RuntimeError):
 def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | int]) -> None:
     """Become `python -m p2p_research *req["argv"]` in this forked process; never returns."""
     code = 1
+    interrupted = False
     try:
         for obj in inherited:
             if isinstance(obj, int):
@@ -113,7 +114,7 @@ def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | 
                 print(e.code, file=sys.stderr)
                 code = 1
         except KeyboardInterrupt:
-            code = 128 + signal.SIGINT
+            interrupted = True  # ended by the signal, as the interpreter ends after an uncaught Ctrl+C
         except BaseException:  # noqa: BLE001 - printed as the interpreter would, then the exit status
             import traceback
 
@@ -133,6 +134,10 @@ def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | 
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(BaseException):
                 stream.flush()
+        if interrupted:
+            with contextlib.suppress(BaseException):
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
         os._exit(code & 0xFF if code >= 0 else 1)
 
 
