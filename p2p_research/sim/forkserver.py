@@ -23,6 +23,9 @@ The server is single-threaded and forks only from its select loop, never while a
 ends when its parent closes the pipe it was started with; the children it started keep running, as
 children of a `subprocess.Popen` with `start_new_session` do when their parent ends.
 
+Its socket lies in a folder of this user's alone (`tempfile.mkdtemp`, mode 0700): only this user can
+ask it for a child, and this user can start the CLI anyway.
+
 Protocol (one UNIX stream connection per child): the client sends one JSON line and the child's
 stdin, stdout and stderr as SCM_RIGHTS descriptors; the server answers `{"pid": N}` and, when the child
 has ended, `{"exit": status}` (`os.waitpid`'s status), then closes the connection.
