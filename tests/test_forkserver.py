@@ -90,7 +90,7 @@ def test_the_server_ends_with_its_client_and_leaves_no_zombie(tmp_path):
     code = (
         "import sys, subprocess\n"
         "from p2p_research.sim.forkserver import ForkServer\n"
-        "s = ForkServer()\n"
+        "s = ForkServer(preload=('p2p_research.cli',))\n"
         "for _ in range(3): s.spawn(['--help'], stdout=subprocess.DEVNULL)\n"  # never waited for by the client
         "print(s._proc.pid, flush=True)\n"
         "import time; time.sleep(2)\n"
@@ -111,7 +111,7 @@ def test_the_server_ends_with_its_client_and_leaves_no_zombie(tmp_path):
 def test_a_closed_server_refuses_with_a_clear_error():
     s = ForkServer(preload=("json",))
     s.close()
-    with pytest.raises(ForkServerError, match="did not start"):
+    with pytest.raises(ForkServerError, match="not ready"):
         s.spawn(["--help"])
 
 

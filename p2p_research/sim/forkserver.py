@@ -340,26 +340,44 @@ class ForkedProcess:
 class ForkServer:
     """A running fork server that this process started (see the module's docstring)."""
 
-    def __init__(self, preload: tuple[str, ...] = PRELOAD, env: dict[str, str] | None = None) -> None:
+    def __init__(self, preload: tuple[str, ...] = PRELOAD, env: dict[str, str] | None = None,
+                 wait: bool = True) -> None:
+        """Start the server; with `wait`, return once it has imported `preload` (seconds on a loaded
+        machine), else at once: `ready()` says when it can fork, and a caller that must not wait (a
+        cluster agent answering a call under a timeout) execs its first daemons instead."""
         self._dir = tempfile.mkdtemp(prefix="p2p-forkserver-")
         self.path = os.path.join(self._dir, "sock")
         self._proc = subprocess.Popen([sys.executable, "-P", "-m", "p2p_research.sim.forkserver", self.path,
                                        *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if line.strip() != b"ready":
+        self._ready = False
+        self._lock = threading.Lock()
+        if wait and not self.ready(None):
             self.close()
             raise ForkServerError(f"the fork server did not start (exit {self._proc.poll()})")
-        self._lock = threading.Lock()
+
+    def ready(self, timeout: float | None = 0) -> bool:
+        """Whether the server has imported what it preloads and listens (waiting up to `timeout`, None:
+        until it is or has ended)."""
+        with self._lock:
+            if self._ready or self._proc.poll() is not None:
+                return self._ready and self._proc.poll() is None
+            assert self._proc.stdout is not None
+            readable, _, _ = select.select([self._proc.stdout], [], [], timeout)
+            if readable:
+                self._ready = self._proc.stdout.readline().strip() == b"ready"
+            return self._ready
 
     def alive(self) -> bool:
-        return self._proc.poll() is None
+        """Ready and still running: a child asked of it now is forked at once."""
+        return self.ready() and self._proc.poll() is None
 
     def spawn(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
               stdin: Any = None, stdout: Any = None, stderr: Any = None,
               start_new_session: bool = False, text: bool = False) -> ForkedProcess:
         """`python -m p2p_research *argv` as a child of the server. stdin/stdout/stderr are as Popen's:
         None (this process's), subprocess.PIPE, subprocess.DEVNULL, a file object or a descriptor."""
+        if not self.alive():
+            raise ForkServerError(f"the fork server is not ready for {argv[:2]}")
         mine: list[int] = []  # descriptors made here for the child, closed once sent
         ours: list[IO | None] = [None, None, None]
         sent: list[int] = []

@@ -297,6 +297,9 @@ class Simulation:
                                         "done": False, "restarted": False})
         if o.objective == "torch":
             self.setup_torch_gate()
+        if o.spawn == "fork" and any(type(n).start is NodeProc.start for n in self.nodes):
+            # started now, not waited for: a daemon asked for before it is ready is exec'd instead
+            self.forks = ForkServer(env=self.env, wait=False)
         (self.root / "topology.json").write_text(json.dumps(
             {n.name: {"peer_id": n.peer_id, "ip": n.ip, "port": n.port, "role": n.role, "liar": n.liar,
                       "bootstrap": n.bootstrap} for n in self.nodes}, indent=1))
@@ -329,8 +332,10 @@ class Simulation:
         return probe.final_statuses({n.name: n.home for n in nodes})
 
     def close(self) -> None:
-        """Release what the run holds besides its processes (`stop_all` stops those): nothing here; a
-        cluster's agents and its Ray connection (sim/cluster/)."""
+        """Release what the run holds besides its processes (`stop_all` stops those): the fork server
+        here; a cluster's agents and its Ray connection (sim/cluster/)."""
+        if self.forks is not None:
+            self.forks.close()
 
     def setup_torch_gate(self) -> None:
         """Real training under a machine-wide limit of concurrent trainings (see torchgate/sitecustomize.py)."""
@@ -399,13 +404,8 @@ class Simulation:
         for s in old:
             signal.signal(s, stop_handler)
         try:
-            if o.spawn == "fork" and self.forks is None and any(type(n).start is NodeProc.start for n in self.nodes):
-                try:
-                    self.forks = ForkServer(env=self.env)
-                except ForkServerError as e:
-                    self.log(f"{e}: every daemon is exec'd")
-                for n in self.nodes:
-                    n.forks = self.forks
+            for n in self.nodes:
+                n.forks = self.forks
             self.t_start = time.time()
             order = [n for n in self.nodes if n.role == "solo"] + [n for n in self.nodes if n.role == "swarm"]
             pending = list(order)
@@ -423,7 +423,9 @@ class Simulation:
                 if self.all_up_at is None and not pending and all(n.current and n.current.ready_at for n in self.nodes):
                     self.all_up_at = time.time()
                     self.event("all_up")
-                    self.log(f"all {len(self.nodes)} nodes up after {self.all_up_at - self.t_start:.1f} s")
+                    forked = sum(isinstance(n.proc, ForkedProcess) for n in self.nodes)
+                    how = f" ({forked} forked, {len(self.nodes) - forked} exec'd)" if self.forks is not None else ""
+                    self.log(f"all {len(self.nodes)} nodes up after {self.all_up_at - self.t_start:.1f} s{how}")
                 for n in self.nodes:
                     c = n.current
                     if c and c.ready_at is None and n.running() and now - c.started_at > READY_TIMEOUT_S \

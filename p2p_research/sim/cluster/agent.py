@@ -65,12 +65,15 @@ class HostAgent:
         self._forks_failed = False
 
     def _fork_server(self) -> ForkServer | None:
-        """This machine's fork server for its daemons (sim/forkserver.py), started at the first fork."""
+        """This machine's fork server for its daemons (sim/forkserver.py), started with the first home
+        installed that asks for it and never waited for: a call must answer within the driver's timeout,
+        and on a loaded machine the server's imports took over a minute, so a daemon asked for before
+        the server is ready is exec'd instead."""
         with self._lock:
             if self._forks is None and not self._forks_failed:
                 try:
-                    self._forks = ForkServer(env=self.env)
-                except ForkServerError:
+                    self._forks = ForkServer(env=self.env, wait=False)
+                except (OSError, ForkServerError):
                     self._forks_failed = True  # every daemon of this machine is exec'd
             return self._forks
 
@@ -118,6 +121,8 @@ class HostAgent:
         h.write_config(cfg)
         with self._lock:
             self.nodes[name] = NodeProc(home=home, **fields)
+        if self.nodes[name].spawn == "fork":
+            self._fork_server()
         return str(home)
 
     def start(self, name: str) -> int:
