@@ -168,3 +168,28 @@ def test_no_module_the_server_preloads_reads_the_environment_at_import():
         tree = ast.parse(Path(f).read_text(), f)
         offenders += [f"{f}:{s.lineno}" for s in _import_time_statements(tree) if _reads_environment(s)]
     assert not offenders, offenders
+
+
+def test_a_daemon_asked_for_before_the_server_is_ready_is_executed_at_once(tmp_path):
+    """The simulator and a cluster's agents never wait for their fork server: beside a load its imports
+    took over a minute, past a cluster call's timeout. A daemon asked for before it is ready is exec'd."""
+    from daemon_helpers import free_port
+
+    from p2p_research.sim.launcher import NodeProc
+
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(60)\n")
+    s = ForkServer(preload=("slow_to_import",), env={**os.environ, "PYTHONPATH": str(tmp_path)}, wait=False)
+    port = free_port()
+    home = surrogate_home(tmp_path / "h", 1, network__listen=[f"/ip4/127.0.0.1/tcp/{port}"])
+    node = NodeProc(index=0, name="n00", home=home.path, port=port, role="swarm", forks=s)
+    try:
+        assert not s.ready()
+        node.start(dict(os.environ))
+        assert isinstance(node.proc, subprocess.Popen) and node.forks is s  # exec'd; the server is kept
+        wait_for(node.check_ready, 60, 0.2, "the exec'd daemon's control line")
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(30) == 0
+    finally:
+        node.signal_group(signal.SIGKILL)
+        s.close()
+    assert not s.ready() and not s.alive()

@@ -450,6 +450,8 @@ class ForkServer:
         return subprocess.CompletedProcess(argv, proc.returncode or 0, out, err)
 
     def close(self) -> None:
+        if not self._ready and self._proc.poll() is None:
+            self._proc.kill()  # still importing: it has no child yet
         if self._proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
