@@ -106,6 +106,7 @@ class RemoteNode(NodeProc):
     ledger and logs land after the stop."""
 
     host: HostLink | None = None
+    start_error: str = ""  # why the last start call failed: the crash's info, where a stderr tail would be
 
     def _host(self) -> HostLink:
         assert self.host is not None, "a remote node is placed before it starts"
@@ -114,9 +115,11 @@ class RemoteNode(NodeProc):
     def start(self, env: dict[str, str]) -> None:
         host = self._host()
         host.state.pop(self.name, None)
+        self.start_error = ""
         try:
             pid = host.call("start", self.name)
-        except Exception:  # noqa: BLE001 - a lost machine: the node cannot start, which the tick records as a crash
+        except Exception as e:  # noqa: BLE001 - a lost machine: the node cannot start, which the tick records as a crash
+            self.start_error = f"the start call to {host.hostname} failed: {e!r}"
             self.proc = RemoteProc(self, 0)  # type: ignore[assignment]
             self.proc.returncode = -signal.SIGKILL  # type: ignore[union-attr]
             self.incarnations.append(Incarnation(started_at=time.time(), pid=0))
@@ -146,6 +149,8 @@ class RemoteNode(NodeProc):
             pass
 
     def stderr_tail(self, n: int = 1500) -> str:
+        if self.start_error:
+            return self.start_error[:n]
         try:
             return self._host().call("stderr_tail", self.name, n)
         except Exception as e:  # noqa: BLE001 - a lost machine
