@@ -2,6 +2,7 @@
 `python -m p2p_research` does, for the suite's daemons and CLI calls and for `simulate`'s daemons."""
 
 import ast
+import contextlib
 import json
 import os
 import signal
@@ -193,3 +194,28 @@ def test_a_daemon_asked_for_before_the_server_is_ready_is_executed_at_once(tmp_p
         node.signal_group(signal.SIGKILL)
         s.close()
     assert not s.ready() and not s.alive()
+
+
+def test_a_child_outlives_its_server_and_still_counts_as_running_until_it_ends(tmp_path):
+    """A server killed under a daemon (the OOM killer, a signal) must not make the daemon look crashed:
+    it runs on, can be stopped through its pidfd, and then ends with LOST_STATUS (its status is gone)."""
+    from p2p_research.sim.forkserver import LOST_STATUS
+
+    s = ForkServer()
+    home = surrogate_home(tmp_path / "h", 1)
+    p = s.spawn(["node", "start", "--home", home.path, "--no-research"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: (home.path / "control.sock").exists(), 60, 0.1, "the daemon's control socket")
+        s._proc.kill()
+        s._proc.wait(10)
+        assert p.poll() is None and p.poll() is None  # EOF on the connection is not an exit
+        with pytest.raises(subprocess.TimeoutExpired):
+            p.wait(0.5)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == LOST_STATUS
+        wait_for(lambda: not (home.path / "control.sock").exists(), 10, 0.1, "a clean stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        s.close()

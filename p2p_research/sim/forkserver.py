@@ -17,11 +17,19 @@ What a forked child does not get afresh, and why that is acceptable:
   processes that read theirs);
 - modules are already imported, so nothing the node reads from the environment at import time may
   differ per child: the project reads its environment when it runs (tests/test_forkserver.py checks the
-  modules the server preloads).
+  project's modules the server preloads). Libraries may not: typer reads TYPER_USE_RICH and
+  TERMINAL_WIDTH at import, so a child sees the server's values of those.
 
 The server is single-threaded and forks only from its select loop, never while a lock is held. It
-ends when its parent closes the pipe it was started with; the children it started keep running, as
-children of a `subprocess.Popen` with `start_new_session` do when their parent ends.
+runs in a session of its own and ignores SIGINT, SIGTERM and SIGHUP (a `timeout` or a Ctrl+C aimed at
+the client's group must not take the exit statuses with it); it ends when its client closes the pipe it
+was started with. The children keep running, as children of a `subprocess.Popen` with
+`start_new_session` do when their parent ends. Should the server end first anyway, a child still
+counts as running, by its pidfd, until it ends (`ForkedProcess`).
+
+A forked child ends as an exec'd interpreter does: the CLI's SystemExit, exception or Ctrl+C propagates
+up through the server's frames to the interpreter, so module teardown runs (files flushed, sqlite
+connections closed) and the status, traceback or signal are the interpreter's own.
 
 Its socket lies in a folder of this user's alone (`tempfile.mkdtemp`, mode 0700): only this user can
 ask it for a child, and this user can start the CLI anyway.
@@ -33,7 +41,6 @@ has ended, `{"exit": status}` (`os.waitpid`'s status), then closes the connectio
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import json
@@ -67,81 +74,46 @@ class ForkServerError(P2PResearchError, RuntimeError):
 
 
 def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | int]) -> None:
-    """Become `python -m p2p_research *req["argv"]` in this forked process; never returns."""
-    code = 1
-    interrupted = False
-    try:
-        for obj in inherited:
-            if isinstance(obj, int):
-                os.close(obj)
-            else:
-                obj.close()
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if req.get("new_session"):
-            os.setsid()
-        for target, fd in enumerate(fds[:3]):
-            os.dup2(fd, target)
-        for fd in fds:
-            if fd > 2:
-                os.close(fd)
-        os.chdir(req["cwd"])
-        os.environ.clear()
-        os.environ.update(req["env"])
-        # the standard streams as Python makes them for a process whose streams are pipes or files
-        # (unbuffered where the child's environment asks for it, as the interpreter would at start-up)
-        unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
-        sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
-        sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                                      write_through=unbuffered, line_buffering=os.isatty(1))
-        sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
-                                      errors="backslashreplace", line_buffering=True, write_through=unbuffered)
-        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-        _fresh_consoles()
-        import runpy
+    """Become `python -m p2p_research *req["argv"]` in this forked process. It never returns: it raises
+    SystemExit (or whatever the CLI raised) up through the server's frames to the interpreter, which
+    ends the child as it ends any process, module teardown included (files flushed and closed, sqlite
+    connections closed), with the status, traceback or signal it would give."""
+    signal.set_wakeup_fd(-1)
+    for obj in inherited:
+        if isinstance(obj, int):
+            os.close(obj)
+        else:
+            obj.close()
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if req.get("new_session"):
+        os.setsid()
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.chdir(req["cwd"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    # the standard streams as Python makes them for a process whose streams are pipes or files
+    # (unbuffered where the child's environment asks for it, as the interpreter would at start-up)
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+                                  write_through=unbuffered, line_buffering=os.isatty(1))
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+                                  errors="backslashreplace", line_buffering=True, write_through=unbuffered)
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    _fresh_consoles()
+    import runpy
 
-        sys.argv = ["-m", *req["argv"]]
-        # what `ps`, `pgrep -f` and /proc/PID/cmdline show: the command it runs, not the server's
-        setproctitle.setproctitle(" ".join([sys.executable, "-m", "p2p_research", *req["argv"]]))
-        try:
-            runpy.run_module("p2p_research", run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as e:
-            if e.code is None:
-                code = 0
-            elif isinstance(e.code, int):
-                code = e.code
-            else:
-                print(e.code, file=sys.stderr)
-                code = 1
-        except KeyboardInterrupt:
-            interrupted = True  # ended by the signal, as the interpreter ends after an uncaught Ctrl+C
-        except BaseException:  # noqa: BLE001 - printed as the interpreter would, then the exit status
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        with contextlib.suppress(BaseException):
-            threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter does at exit
-        with contextlib.suppress(BaseException):
-            atexit._run_exitfuncs()
-    except BaseException:  # noqa: BLE001 - the child's set-up failed (a working folder gone): say why
-        with contextlib.suppress(BaseException):
-            import traceback
-
-            traceback.print_exc()
-        code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(BaseException):
-                stream.flush()
-        if interrupted:
-            with contextlib.suppress(BaseException):
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGINT)
-        os._exit(code & 0xFF if code >= 0 else 1)
+    sys.argv = ["-m", *req["argv"]]
+    # what `ps`, `pgrep -f` and /proc/PID/cmdline show: the command it runs, not the server's
+    setproctitle.setproctitle(" ".join([sys.executable, "-m", "p2p_research", *req["argv"]]))
+    runpy.run_module("p2p_research", run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
 
 
 def _fresh_consoles() -> None:
@@ -172,7 +144,10 @@ def serve(path: str, preload: tuple[str, ...] = PRELOAD) -> None:
     os.set_blocking(wake_r, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the client; the server ends with it
+    # a Ctrl+C, a `timeout` or a hang-up reaches the client, which stops its children; the server ends
+    # when the client closes its pipe, never before the children it holds the exit statuses of
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     children: dict[int, socket.socket] = {}
     sys.stdout.write("ready\n")
     sys.stdout.flush()
@@ -189,7 +164,11 @@ def serve(path: str, preload: tuple[str, ...] = PRELOAD) -> None:
                     pass
         _reap(children)
         if listener in ready:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # out of descriptors, or a client gone: it retries or has given up
+                time.sleep(0.1)
+                continue
             _start(conn, children, [listener, wake_r, wake_w])
 
 
@@ -229,7 +208,27 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list[An
             conn.sendall(json.dumps({"error": str(e)}).encode() + b"\n")
         conn.close()
         return
-    pid = os.fork()
+    conn.setblocking(False)  # a peek, not a wait: with a timeout set, recv would wait for data
+    try:
+        if conn.recv(1, socket.MSG_PEEK) == b"":
+            raise ConnectionError("the client gave up waiting")  # it may have started it another way
+    except BlockingIOError:
+        pass  # connected, and nothing more to read: as it should be
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return
+    conn.setblocking(True)
+    try:
+        pid = os.fork()
+    except OSError as e:  # no memory or no pids left: refused, and the server goes on
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"error": f"fork: {e}"}).encode() + b"\n")
+        conn.close()
+        return
     if pid == 0:
         _child(req, fds, [*own, conn, *children.values(), sys.stdin.fileno()])
     for fd in fds:
@@ -243,11 +242,24 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list[An
 # the client
 
 
+#: the status of a child whose server ended before it did: it has ended, and how is not known
+LOST_STATUS = 255
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    """Whether `fd` is readable within `timeout` (poll: a Ray worker's descriptors pass 1024)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+
 class ForkedProcess:
     """A child of the fork server, used as a `subprocess.Popen` is: pid, poll, wait, signals, streams.
 
     Its exit status comes over the connection the server answered on, since the client is not its
-    parent."""
+    parent. A pidfd (opened at once, before the pid could be reused) keeps the child's identity should
+    the server end first: then the child counts as running until its pidfd says it has ended, and
+    signals go through the pidfd, never to a pid reused since."""
 
     def __init__(self, pid: int, conn: socket.socket, args: list[str], stdout: IO | None,
                  stderr: IO | None) -> None:
@@ -255,41 +267,60 @@ class ForkedProcess:
         self.args = args
         self.stdout = stdout
         self.stderr = stderr
-        self.stdin = None
+        self.stdin: IO | None = None
         self.returncode: int | None = None
-        self._conn = conn
+        self._conn: socket.socket | None = conn
         self._buf = b""
         self._lock = threading.Lock()  # one reader of the connection (a cluster agent polls and waits at once)
+        self._fd_lock = threading.Lock()  # the pidfd, used by a signal while another thread waits
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:  # ended and reaped already: its status is on the connection
+            self._pidfd = None
 
     def _read(self, timeout: float | None) -> None:
         if self.returncode is not None:
             return
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
             return
         try:
-            self._read_locked(timeout)
+            self._read_locked(deadline)
         finally:
             self._lock.release()
 
-    def _read_locked(self, timeout: float | None) -> None:
-        if self.returncode is not None:
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self._conn], [], [], left)
-            if not ready:
+    def _left(self, deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _read_locked(self, deadline: float | None) -> None:
+        while self.returncode is None and self._conn is not None and b"\n" not in self._buf:
+            if not _readable(self._conn.fileno(), self._left(deadline)):
                 return
             more = self._conn.recv(4096)
-            if not more:
-                self.returncode = self.returncode if self.returncode is not None else -signal.SIGKILL
+            if not more:  # the server has ended; the child may still run
                 self._conn.close()
-                return
+                self._conn = None
+                break
             self._buf += more
-        line, _, self._buf = self._buf.partition(b"\n")
-        status = json.loads(line)["exit"]
-        self.returncode = os.waitstatus_to_exitcode(status)
-        self._conn.close()
+        if self.returncode is None and b"\n" in self._buf:
+            line, _, self._buf = self._buf.partition(b"\n")
+            self.returncode = os.waitstatus_to_exitcode(json.loads(line)["exit"])
+        elif self.returncode is None and self._conn is None:
+            if self._pidfd is not None and not _readable(self._pidfd, self._left(deadline)):
+                return  # still running, as far as its pidfd says
+            self.returncode = LOST_STATUS
+        self._release()
+
+    def _release(self) -> None:
+        if self.returncode is None:
+            return
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        with self._fd_lock:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
 
     def poll(self) -> int | None:
         self._read(0)
@@ -302,9 +333,15 @@ class ForkedProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
+        self.poll()
+        with self._fd_lock:
+            if self.returncode is not None:
+                return
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+                if self._pidfd is not None:
+                    signal.pidfd_send_signal(self._pidfd, sig)
+                else:
+                    os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -313,25 +350,29 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
     def communicate(self, timeout: float | None = None) -> tuple[Any, Any]:
-        """Read stdout and stderr to their ends (pipes made by `run`), then wait."""
+        """Close stdin, read stdout and stderr to their ends (pipes made by `run`), then wait."""
+        if self.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
         deadline = None if timeout is None else time.monotonic() + timeout
-        pipes = [s for s in (self.stdout, self.stderr)]
+        pipes = [self.stdout, self.stderr]
         open_fds = {s.fileno(): i for i, s in enumerate(pipes) if s is not None}
         chunks: list[list[bytes]] = [[], []]
         while open_fds:
-            left = None if deadline is None else deadline - time.monotonic()
+            p = select.poll()
+            for fd in open_fds:
+                p.register(fd, select.POLLIN)
+            left = self._left(deadline)
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
-            ready, _, _ = select.select(list(open_fds), [], [], left)
-            for fd in ready:
+            for fd, _ in p.poll(None if left is None else int(left * 1000) + 1):
                 stream: Any = pipes[open_fds[fd]]
                 data = (stream.buffer if isinstance(stream, io.TextIOWrapper) else stream).read1(65536)
                 if data:
                     chunks[open_fds[fd]].append(data)
                 else:
                     pipes[open_fds.pop(fd)].close()  # type: ignore[union-attr]
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self.wait(left)
+        self.wait(self._left(deadline))
         out, err = (None if p is None else b"".join(c).decode(errors="replace") if isinstance(p, io.TextIOWrapper)
                     else b"".join(c) for c, p in zip(chunks, pipes, strict=True))
         return out, err
@@ -348,7 +389,8 @@ class ForkServer:
         self._dir = tempfile.mkdtemp(prefix="p2p-forkserver-")
         self.path = os.path.join(self._dir, "sock")
         self._proc = subprocess.Popen([sys.executable, "-P", "-m", "p2p_research.sim.forkserver", self.path,
-                                       *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                                       *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                      start_new_session=True)  # a signal to the client's group spares it
         self._ready = False
         self._lock = threading.Lock()
         if wait and not self.ready(None):
@@ -362,8 +404,7 @@ class ForkServer:
             if self._ready or self._proc.poll() is not None:
                 return self._ready and self._proc.poll() is None
             assert self._proc.stdout is not None
-            readable, _, _ = select.select([self._proc.stdout], [], [], timeout)
-            if readable:
+            if _readable(self._proc.stdout.fileno(), timeout):
                 self._ready = self._proc.stdout.readline().strip() == b"ready"
             return self._ready
 
@@ -425,6 +466,9 @@ class ForkServer:
             answer = json.loads(line)
             if "pid" not in answer:
                 conn.close()
+                for f in ours:
+                    if f is not None:
+                        f.close()
                 raise ForkServerError(f"the fork server refused {argv[:2]}: {answer.get('error')}")
         finally:
             for fd in mine:
@@ -460,6 +504,8 @@ class ForkServer:
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         with contextlib.suppress(OSError):
