@@ -187,6 +187,17 @@ def _reap(children: dict[int, socket.socket]) -> None:
             conn.close()
 
 
+def _refuse(conn: socket.socket, fds: list[int], why: str | None) -> None:
+    """Fork nothing for this request: close its descriptors and its connection, saying why if anyone
+    is still listening (`why` None: the client has gone)."""
+    for fd in fds:
+        os.close(fd)
+    if why is not None:
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"error": why}).encode() + b"\n")
+    conn.close()
+
+
 def _start(conn: socket.socket, children: dict[int, socket.socket], own: list[Any]) -> None:
     fds: list[int] = []
     try:
@@ -202,11 +213,7 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list[An
         if len(fds) != 3:
             raise ValueError(f"expected 3 descriptors, got {len(fds)}")
     except (OSError, ValueError) as e:
-        for fd in fds:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            conn.sendall(json.dumps({"error": str(e)}).encode() + b"\n")
-        conn.close()
+        _refuse(conn, fds, str(e))
         return
     conn.setblocking(False)  # a peek, not a wait: with a timeout set, recv would wait for data
     try:
@@ -215,19 +222,13 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list[An
     except BlockingIOError:
         pass  # connected, and nothing more to read: as it should be
     except OSError:
-        for fd in fds:
-            os.close(fd)
-        conn.close()
+        _refuse(conn, fds, None)
         return
     conn.setblocking(True)
     try:
         pid = os.fork()
     except OSError as e:  # no memory or no pids left: refused, and the server goes on
-        for fd in fds:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            conn.sendall(json.dumps({"error": f"fork: {e}"}).encode() + b"\n")
-        conn.close()
+        _refuse(conn, fds, f"fork: {e}")
         return
     if pid == 0:
         _child(req, fds, [*own, conn, *children.values(), sys.stdin.fileno()])
@@ -240,6 +241,12 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list[An
 
 # ---------------------------------------------------------------------------------------------------
 # the client
+
+
+def _close_all(*things: socket.socket | IO | None) -> None:
+    for thing in things:
+        if thing is not None:
+            thing.close()
 
 
 #: the status of a child whose server ended before it did: it has ended, and how is not known
@@ -457,18 +464,12 @@ class ForkServer:
                     buf += more
                 conn.settimeout(None)
             except (OSError, ForkServerError) as e:
-                conn.close()
-                for f in ours:
-                    if f is not None:
-                        f.close()
+                _close_all(conn, *ours)
                 raise ForkServerError(f"the fork server did not start {argv[:2]}: {e}") from e
             line, _, rest = buf.partition(b"\n")
             answer = json.loads(line)
             if "pid" not in answer:
-                conn.close()
-                for f in ours:
-                    if f is not None:
-                        f.close()
+                _close_all(conn, *ours)
                 raise ForkServerError(f"the fork server refused {argv[:2]}: {answer.get('error')}")
         finally:
             for fd in mine:

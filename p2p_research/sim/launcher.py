@@ -119,6 +119,7 @@ class NodeProc:
         out = self.home / "sim-stdout.log"
         self._stdout_offset = out.stat().st_size if out.exists() else 0
         with open(out, "ab") as so, open(self.home / "sim-stderr.log", "ab") as se:
+            self.proc = None
             if self.forks is not None and self.forks.alive():
                 try:
                     self.proc = self.forks.spawn(["node", "start", "--home", str(self.home)], env=env,
@@ -126,14 +127,12 @@ class NodeProc:
                                                  start_new_session=True)
                 except ForkServerError:
                     self.forks = None  # exec'd from now on
-                else:
-                    self.incarnations.append(Incarnation(started_at=time.time(), pid=self.proc.pid))
-                    return
-            self.proc = subprocess.Popen(
-                # -P: the home (the working folder) is not on the import path
-                [sys.executable, "-P", "-m", "p2p_research", "node", "start", "--home", str(self.home)],
-                stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True, env=env,
-                cwd=str(self.home))
+            if self.proc is None:
+                self.proc = subprocess.Popen(
+                    # -P: the home (the working folder) is not on the import path
+                    [sys.executable, "-P", "-m", "p2p_research", "node", "start", "--home", str(self.home)],
+                    stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True, env=env,
+                    cwd=str(self.home))
         self.incarnations.append(Incarnation(started_at=time.time(), pid=self.proc.pid))
 
     def check_ready(self) -> bool:
@@ -300,6 +299,8 @@ class Simulation:
         if o.spawn == "fork" and any(type(n).start is NodeProc.start for n in self.nodes):
             # started now, not waited for: a daemon asked for before it is ready is exec'd instead
             self.forks = ForkServer(env=self.env, wait=False)
+            for n in self.nodes:
+                n.forks = self.forks
         (self.root / "topology.json").write_text(json.dumps(
             {n.name: {"peer_id": n.peer_id, "ip": n.ip, "port": n.port, "role": n.role, "liar": n.liar,
                       "bootstrap": n.bootstrap} for n in self.nodes}, indent=1))
@@ -404,8 +405,6 @@ class Simulation:
         for s in old:
             signal.signal(s, stop_handler)
         try:
-            for n in self.nodes:
-                n.forks = self.forks
             self.t_start = time.time()
             order = [n for n in self.nodes if n.role == "solo"] + [n for n in self.nodes if n.role == "swarm"]
             pending = list(order)
