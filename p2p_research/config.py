@@ -140,6 +140,9 @@ class SandboxSection:
     scratch_mb: int = _bounded(2048, 16)  # the run's writable scratch (a tmpfs)
     max_processes: int = _bounded(2048, 16)  # processes and threads the run may have (a fork bomb stops there)
     read_only: list[str] = field(default_factory=list)  # more paths a run may read (data kept elsewhere)
+    # a run of a Python train command starts as a fork of a warm interpreter that imported torch once,
+    # its sandbox made from inside as `namespaces` makes it (research/io/warmbox.py); false: every run cold
+    warm_start: bool = True
 
 
 @dataclass

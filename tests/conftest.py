@@ -16,6 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 CLI = [sys.executable, "-m", "p2p_research"]
 
+# The warm interpreters the suite's sandboxed runs fork from (research/io/warmstart.py): one folder for
+# the whole session, made by the controller and inherited by its workers and everything they start,
+# so that the suite shares them and ends them when it ends (pytest_sessionfinish), not a user's.
+if "P2P_WARM_FOLDER" not in os.environ:
+    os.environ["P2P_WARM_FOLDER"] = tempfile.mkdtemp(prefix="p2p-warm-tests-")
+    _WARM_OWNER = True
+else:
+    _WARM_OWNER = False
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _WARM_OWNER and not hasattr(session.config, "workerinput"):
+        from p2p_research.research.io.warmstart import shutdown
+
+        shutdown()
+        shutil.rmtree(os.environ["P2P_WARM_FOLDER"], ignore_errors=True)
+
 
 # `python -m p2p_research ...` in the tests: forked from a server that has imported the node once per test
 # process (p2p_research/sim/forkserver.py). A daemon's start is mostly imports, 1.6-1.9 CPU-s on two

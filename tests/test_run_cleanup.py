@@ -23,9 +23,12 @@ from daemon_helpers import Daemon, wait_for
 from p2p_research.research.io.home_init import init_home
 from p2p_research.research.io.run_guard import RUN_DIR_ENV
 from p2p_research.research.io.runner import RunLimits, run_training
-from p2p_research.research.io.sandbox import SandboxSpec, detect, interpreter_paths, safe_paths
+from p2p_research.research.io.sandbox import SandboxSpec, clean_env, detect, interpreter_paths, safe_paths
+from p2p_research.research.io.warmstart import STARTER
 
 BACKENDS = [kind for kind in ("bwrap", "namespaces") if detect(kind).available]
+if "namespaces" in BACKENDS:
+    BACKENDS.append("warm")  # a fork of a warm interpreter, its sandbox made as namespaces makes it
 
 TRAIN = '''
 import os, sys, time
@@ -70,7 +73,8 @@ def _setup(tmp_path: Path, backend: str | None):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "train.py").write_text(TRAIN)
-    spec = (SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(sys.executable), [Path.home()]), kind=backend)
+    spec = (SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(sys.executable), [Path.home()]),
+                        kind="namespaces" if backend == "warm" else backend, warm=backend == "warm")
             if backend else None)
     return run_dir, spec
 
@@ -86,6 +90,8 @@ async def test_no_process_of_a_run_outlives_it(tmp_path, backend, how):
     argv = [sys.executable, "train.py", token, "memory" if how == "memory limit" else "sleep",
             "detached" if backend else "worker"]
     outcome = None
+    if backend == "warm":
+        assert await STARTER.ready(sys.executable, clean_env({}))
     with trio.move_on_after(4 if how == "cancelled" else 100):
         outcome = await run_training(run_dir, {}, limits, run_dir / "run.log", command=argv, sandbox=spec)
     log = (run_dir / "run.log").read_text()
@@ -93,6 +99,7 @@ async def test_no_process_of_a_run_outlives_it(tmp_path, backend, how):
         assert outcome is None and "started" in log, log
     else:
         assert outcome is not None and not outcome.ok and how in outcome.reason, (outcome, log)
+        assert outcome.warm == (backend == "warm")
     left = await trio.to_thread.run_sync(_gone, token)
     assert not left, f"{how} ({backend or 'no sandbox'}): processes {left} of the run are still there"
 
@@ -128,6 +135,9 @@ def test_a_stopped_or_killed_node_leaves_no_run_behind(tmp_path):
     the watchdog ends the run), and SIGKILLed together with the run's watchdog (the next start ends
     what is left)."""
     home = init_home(tmp_path / "node")
+    cfg = home.load_config()
+    cfg.sandbox.warm_start = False  # run_guard's watchdog: a warm run's is test_warmstart's
+    home.write_config(cfg)
     d = Daemon(home.path)
     for how in ("stopped", "killed", "crashed", "killed with its watchdog"):
         d.start(timeout=120)

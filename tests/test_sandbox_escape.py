@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -23,9 +24,12 @@ from p2p_research.research.io.engine import ResearchEngine
 from p2p_research.research.io.home_init import init_home
 from p2p_research.research.io.proposers import BuiltinProposer
 from p2p_research.research.io.runner import RunLimits, run_training, train_argv
-from p2p_research.research.io.sandbox import detect
+from p2p_research.research.io.sandbox import clean_env, detect
+from p2p_research.research.io.warmstart import STARTER
 
 BACKENDS = [kind for kind in ("bwrap", "namespaces") if detect(kind).available]
+if "namespaces" in BACKENDS:
+    BACKENDS.append("warm")  # a fork of a warm interpreter, its sandbox made as namespaces makes it
 pytestmark = [pytest.mark.skipif(not BACKENDS, reason=f"no sandbox here: {detect().reason}"),
               pytest.mark.xdist_group("escape")]  # its module fixture is built once, on one worker
 
@@ -77,6 +81,10 @@ VARIANTS = {
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "if libc.ptrace(16, {d_pid}, None, None) == 0: escaped('ptrace attach')\n"
         "sys.exit('ptrace: errno %d' % ctypes.get_errno())"),
+    "make a user namespace (the kernel's widest surface)": (
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.unshare(0x10000000) == 0: escaped('a user namespace')\n"
+        "sys.exit('unshare: errno %d' % ctypes.get_errno())"),
     "read the daemon's environment": "print(open('/proc/{d_pid}/environ').read()); escaped('environ')",
     "read the host's processes": (
         "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
@@ -113,6 +121,11 @@ def setting(tmp_path_factory):
         d.kill()
 
 
+def _as(spec, backend: str):
+    """`spec` started the way `backend` names: bwrap, namespaces, or warm (research/io/warmbox.py)."""
+    return dataclasses.replace(spec, kind="namespaces" if backend == "warm" else backend, warm=backend == "warm")
+
+
 def _format(code: str, **values) -> str:
     return code.format(**values)
 
@@ -136,7 +149,9 @@ def test_escape_attempt_fails(setting, what, backend, monkeypatch):
         (run_dir / "train.py").write_text(ATTEMPT + _format(VARIANTS[what], **values) + "\n")
         spec = engine.sandbox_spec(run_dir)
         assert spec is not None
-        spec = dataclasses.replace(spec, kind=backend)
+        spec = _as(spec, backend)
+        if backend == "warm":
+            assert trio.run(STARTER.ready, sys.executable, clean_env(engine.run_env(0)))
         started = time.monotonic()
         outcome = trio.run(run_training, run_dir, engine.run_env(0), RunLimits(30, 1024, False),
                            run_dir / "run.log", train_argv(""), spec)
@@ -145,6 +160,7 @@ def test_escape_attempt_fails(setting, what, backend, monkeypatch):
     log = (run_dir / "run.log").read_text(errors="replace")
     print(f"\n{backend}: {what}: {outcome.reason}")
     assert not outcome.ok and outcome.reason, (what, outcome, log[-2000:])
+    assert outcome.warm == (backend == "warm")
     assert "ATTEMPTING" in log, log[-2000:]
     assert "ESCAPED" not in log, log[-2000:]
     assert CANARY not in log
@@ -180,7 +196,7 @@ def test_a_long_run_survives_the_runner_thread(tmp_path, backend, monkeypatch):
     (run_dir / "train.py").write_text("import time\ntime.sleep(4)\nprint('---')\nprint('val_bpb: 1.0')\n")
     from p2p_research.research.io.sandbox import SandboxSpec, interpreter_paths, safe_paths
 
-    spec = SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(os.sys.executable), [Path.home()]), kind=backend)
+    spec = _as(SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(os.sys.executable), [Path.home()])), backend)
     outcome = trio.run(run_training, run_dir, {}, RunLimits(60, 1024, False), run_dir / "run.log", train_argv(""), spec)
     assert outcome.ok, outcome.reason
 
@@ -212,7 +228,8 @@ def test_data_under_home_shows_under_the_run_s_home_and_a_masked_file_reads_noth
     '''))
     cache = user_home / ".cache" / "harness"
     spec = SandboxSpec(run_dir, read_only=(*safe_paths(interpreter_paths(os.sys.executable), [Path.home()]), cache),
-                       kind=backend, home_views=home_views((cache,), user_home), masked=(data / "shard_9.txt",))
+                       home_views=home_views((cache,), user_home), masked=(data / "shard_9.txt",))
+    spec = _as(spec, backend)
     outcome = trio.run(run_training, run_dir, {}, RunLimits(60, 1024, False), run_dir / "run.log", train_argv(""), spec)
     log = (run_dir / "run.log").read_text()
     assert outcome.ok, (outcome.reason, log[-2000:])

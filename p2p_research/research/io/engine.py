@@ -642,7 +642,7 @@ class ResearchEngine:
         from_home = set(safe_paths([Path(p).expanduser() for p in sb.read_only if str(p).startswith("~")], hidden))
         views = home_views(tuple(p for p in read_only if p in from_home))
         return SandboxSpec(run_dir, read_only=read_only, scratch_mb=sb.scratch_mb, max_processes=sb.max_processes,
-                           gpu=gpu, kind=ctx.sandbox.kind, home_views=views)
+                           gpu=gpu, kind=ctx.sandbox.kind, home_views=views, warm=sb.warm_start)
 
     async def prepare_data(self) -> None:
         """Fill the harness's corpus cache once, outside any run: runs may only read it (a hostile

@@ -5,7 +5,8 @@ nsbox.py SPEC.json -- COMMAND...` (see `sandbox.wrap_namespaces`). Inside the ne
 the same filesystem bubblewrap would: a tmpfs root holding read-only binds of the system directories,
 the interpreter, the data and the cache, a fresh /proc, a minimal /dev, a sized /tmp and the sized
 scratch directory with the run's files bound read-only; then pivot_root, the old root detached. It
-drops every capability (bounding set, securebits so that uid 0 regains none on exec, no_new_privs),
+drops every capability (bounding set, securebits so that uid 0 regains none on exec, no_new_privs)
+and lets no process inside make another user namespace,
 then stays PID 1 as a reaper while COMMAND runs as its child: when COMMAND ends, PID 1 exits and the
 kernel kills whatever is left in the namespace.
 
@@ -63,6 +64,13 @@ def bind(root: str, src: str, dst: str | None = None, read_only: bool = True) ->
     mount(src, dst, None, MS_BIND | MS_REC)
     if read_only:
         mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _locked_flags(src))
+
+
+def no_more_user_namespaces() -> None:
+    """No process in this user namespace may make another (bwrap's --disable-userns): its limit of
+    user namespaces is 0 (the limit is per user namespace, and its root may lower it)."""
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
 
 
 def build(spec: dict) -> None:
@@ -150,6 +158,7 @@ def main(argv: list[str]) -> int:
         spec = json.load(f)
     command = argv[argv.index("--") + 1:]
     try:
+        no_more_user_namespaces()
         build(spec)
         drop_privileges()
         os.chdir(spec["workdir"])

@@ -23,8 +23,16 @@ from pathlib import Path
 
 import trio
 
+from p2p_research.research.io import warmstart
 from p2p_research.research.io.run_guard import OWNER_ENV, RUN_DIR_ENV, guarded, owner_mark
-from p2p_research.research.io.sandbox import PidsCgroup, SandboxSpec, apply_limits, clean_env, wrap
+from p2p_research.research.io.sandbox import (
+    PidsCgroup,
+    SandboxSpec,
+    apply_limits,
+    clean_env,
+    limit_values,
+    wrap,
+)
 from p2p_research.research.summary import Summary, SummaryError, parse_summary
 
 log = logging.getLogger("p2p_research.runner")
@@ -58,6 +66,7 @@ class RunOutcome:
     # CPU seconds the run's processes used, counted by the kernel and read from outside (/proc):
     # what the run cannot choose about its own compute (harness/verdict.over_compute)
     cpu_seconds: float | None = None
+    warm: bool = False  # started as a fork of a warm interpreter (research/io/warmstart.py), not cold
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -201,7 +210,7 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-async def _end(proc: trio.Process) -> None:
+async def _end(proc: trio.Process | warmstart.WarmRun) -> None:
     """Kill everything under the run's watchdog, let it reap its child and exit (so nothing is left a
     zombie under init), and kill it too if it has not within a second."""
     with trio.CancelScope(shield=True):
@@ -267,31 +276,60 @@ def launch_of(run_dir: Path, env: dict[str, str], limits: RunLimits, command: li
     return Launch(guarded(argv), child_env, preexec, cgroup)
 
 
+async def _start_warm(run_dir: Path, env: dict[str, str], limits: RunLimits, argv: list[str],
+                      sandbox: SandboxSpec | None, log_fd: int) -> tuple[warmstart.WarmRun, PidsCgroup | None] | None:
+    """The run as a fork of a warm interpreter (research/io/warmstart.py), where the sandbox allows
+    one and one is ready; None: start it cold."""
+    if sandbox is None or not sandbox.warm or not warmstart.enabled() or not warmstart.eligible(argv):
+        return None
+    cgroup = PidsCgroup(sandbox.max_processes)
+    rlimits = limit_values(sandbox)
+    if limits.hard_address_limit:
+        rlimits.append((resource.RLIMIT_AS, limits.memory_limit_mb * 2**20))
+    marks = {OWNER_ENV: owner_mark(), RUN_DIR_ENV: str(run_dir.resolve())}
+    run = await warmstart.STARTER.spawn(argv, clean_env({**env, **marks}), sandbox, rlimits, cgroup.path, log_fd)
+    if run is None:
+        cgroup.remove()
+        return None
+    return run, cgroup
+
+
 async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, log_path: Path,
                        command: list[str] | None = None, sandbox: SandboxSpec | None = None) -> RunOutcome:
     """Run `command` (default: this interpreter on train.py) in `run_dir`, inside `sandbox` when one
-    is given; returns the outcome. Cancellation kills the child group (and the sandbox with it)."""
+    is given; returns the outcome. Cancellation kills the child group (and the sandbox with it).
+
+    A sandboxed run of an interpreter on a script starts warm where it can (`_start_warm`): its CPU is
+    what the kernel counts from the fork plus the warm interpreter's own start, so that it compares
+    with a cold run's (the harness's compute check)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    launch = launch_of(run_dir, env, limits, command, sandbox)
-    argv, child_env, preexec, cgroup = launch.argv, launch.env, launch.preexec, launch.cgroup
     started = time.monotonic()
     reason = ""
     meter = CpuMeter()
     cpu = 0.0
     with log_path.open("wb") as logf:
-        try:
-            proc = await trio.lowlevel.open_process(
-                argv, cwd=str(run_dir), env=child_env, stdin=subprocess.DEVNULL,
-                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
-        except OSError as e:
-            if cgroup is not None:
-                cgroup.remove()
-            return RunOutcome(False, None, f"cannot start {argv[0]}: {e.strerror or e}", 0.0, None, log_path)
+        warm = await _start_warm(run_dir, env, limits, command or train_argv(""), sandbox, logf.fileno())
+        proc: trio.Process | warmstart.WarmRun
+        if warm is not None:
+            proc, cgroup = warm
+            offset = proc.startup_cpu_s
+        else:
+            launch = launch_of(run_dir, env, limits, command, sandbox)
+            argv, child_env, preexec, cgroup = launch.argv, launch.env, launch.preexec, launch.cgroup
+            offset = 0.0
+            try:
+                proc = await trio.lowlevel.open_process(
+                    argv, cwd=str(run_dir), env=child_env, stdin=subprocess.DEVNULL,
+                    stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+            except OSError as e:
+                if cgroup is not None:
+                    cgroup.remove()
+                return RunOutcome(False, None, f"cannot start {argv[0]}: {e.strerror or e}", 0.0, None, log_path)
         try:
             with trio.move_on_after(limits.time_limit_s) as scope:
                 while proc.poll() is None:
                     members = _members(proc.pid)
-                    cpu = meter.sample(members)
+                    cpu = meter.sample(members) + offset
                     if limits.cpu_limit_s is not None and cpu > limits.cpu_limit_s:
                         reason = f"CPU limit exceeded ({cpu:.1f} CPU-s, over {limits.cpu_limit_s:.1f})"
                         await _end(proc)
@@ -315,19 +353,20 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
             if cgroup is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(cgroup.remove)
-            if sandbox is not None and sandbox.kind == "namespaces":
+            if sandbox is not None and (sandbox.kind == "namespaces" or warm is not None):
                 (run_dir / ".nsbox.json").unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     (run_dir / ".nsbox-root").rmdir()
     wall = time.monotonic() - started
+    was_warm = warm is not None
     out = _tail(log_path)
     if reason:
-        return RunOutcome(False, None, reason, wall, proc.returncode, log_path, cpu_seconds=cpu)
+        return RunOutcome(False, None, reason, wall, proc.returncode, log_path, cpu_seconds=cpu, warm=was_warm)
     if proc.returncode != 0:
         return RunOutcome(False, None, _failure_reason(proc.returncode, out), wall, proc.returncode, log_path,
-                          cpu_seconds=cpu)
+                          cpu_seconds=cpu, warm=was_warm)
     try:
         summary = parse_summary(out)
     except SummaryError as e:
-        return RunOutcome(False, None, str(e), wall, proc.returncode, log_path, cpu_seconds=cpu)
-    return RunOutcome(True, summary, "ok", wall, proc.returncode, log_path, cpu_seconds=cpu)
+        return RunOutcome(False, None, str(e), wall, proc.returncode, log_path, cpu_seconds=cpu, warm=was_warm)
+    return RunOutcome(True, summary, "ok", wall, proc.returncode, log_path, cpu_seconds=cpu, warm=was_warm)

@@ -78,6 +78,9 @@ class SandboxSpec:
     max_open_files: int = 4096
     gpu: bool = False
     kind: str = "bwrap"                # bwrap | namespaces (research/io/nsbox.py)
+    # a run of this interpreter on a script starts as a fork of a warm one (research/io/warmbox.py: torch
+    # imported once), its sandbox made as the namespaces backend makes it; else as `kind` starts it
+    warm: bool = False
     # read-only paths that also appear under the run's HOME (WORKDIR) at the place they have under the
     # user's: a harness that finds its data through `~` (autoresearch's ~/.cache/autoresearch) finds it
     home_views: tuple[tuple[Path, str], ...] = ()
@@ -239,25 +242,30 @@ def wrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     return wrap_bwrap(argv, spec)
 
 
-def wrap_namespaces(argv: list[str], spec: SandboxSpec) -> list[str]:
-    """unshare's new user, mount, PID, network, IPC and UTS namespaces, and `nsbox.py` inside them to
-    build the same filesystem bwrap would (its spec goes into a file in the run directory)."""
-    import json
-
+def namespaces_doc(spec: SandboxSpec) -> dict:
+    """What `nsbox.build` makes for `spec`: the same filesystem bwrap would (the cold namespaces backend
+    reads it from a file, the warm start from its request). Makes the empty folder the root is built on."""
     binds = [p for p in (*spec.read_only, *spec.read_write) if not _under_system(p)]
     parents = [str(p) for p in _parents(binds)]
     system, symlinks, etc = _system_layout()
     devices = _gpu_devices() if spec.gpu else []
     root = spec.run_dir / ".nsbox-root"
     root.mkdir(parents=True, exist_ok=True)
-    doc = {"root": str(root), "system": system, "symlinks": [list(link) for link in symlinks], "etc": etc,
-           "dirs": parents, "read_only": [str(p) for p in spec.read_only if not _under_system(p)],
-           "read_write": [str(p) for p in spec.read_write], "devices": devices, "sys": spec.gpu,
-           "tmp_bytes": spec.tmp_mb * 2**20, "scratch_bytes": spec.scratch_mb * 2**20, "workdir": WORKDIR,
-           "files": [[str(f), f.name] for f in _run_files(spec)],
-           "views": [[str(src), dst] for src, dst in spec.home_views], "masked": _mask_points(spec)}
+    return {"root": str(root), "system": system, "symlinks": [list(link) for link in symlinks], "etc": etc,
+            "dirs": parents, "read_only": [str(p) for p in spec.read_only if not _under_system(p)],
+            "read_write": [str(p) for p in spec.read_write], "devices": devices, "sys": spec.gpu,
+            "tmp_bytes": spec.tmp_mb * 2**20, "scratch_bytes": spec.scratch_mb * 2**20, "workdir": WORKDIR,
+            "files": [[str(f), f.name] for f in _run_files(spec)],
+            "views": [[str(src), dst] for src, dst in spec.home_views], "masked": _mask_points(spec)}
+
+
+def wrap_namespaces(argv: list[str], spec: SandboxSpec) -> list[str]:
+    """unshare's new user, mount, PID, network, IPC and UTS namespaces, and `nsbox.py` inside them to
+    build the same filesystem bwrap would (its spec goes into a file in the run directory)."""
+    import json
+
     spec_path = spec.run_dir / ".nsbox.json"
-    spec_path.write_text(json.dumps(doc))
+    spec_path.write_text(json.dumps(namespaces_doc(spec)))
     unshare = shutil.which("unshare") or "unshare"
     return [unshare, "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts",
             "--kill-child", "--", sys.executable, "-I", str(Path(__file__).with_name("nsbox.py")), str(spec_path),
@@ -306,9 +314,18 @@ def wrap_bwrap(argv: list[str], spec: SandboxSpec) -> list[str]:
     return args + argv
 
 
+def limit_values(spec: SandboxSpec) -> list[tuple[int, int]]:
+    """(resource, value) of each limit a run of `spec` gets. RLIMIT_NPROC counts this user's processes
+    (it binds an unprivileged node; the kernel ignores it for root, hence the pids cgroup)."""
+    import resource
+
+    nproc = spec.max_processes + _processes_of(os.getuid())
+    return [(resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_NOFILE, spec.max_open_files),
+            (resource.RLIMIT_FSIZE, spec.scratch_mb * 2**20), (resource.RLIMIT_CORE, 0)]
+
+
 def apply_limits(spec: SandboxSpec, cgroup: Path | None = None) -> None:
-    """preexec_fn: the limits the sandboxed processes inherit. RLIMIT_NPROC counts this user's
-    processes (it binds an unprivileged node; the kernel ignores it for root, hence `cgroup`)."""
+    """preexec_fn: the limits the sandboxed processes inherit (`limit_values`), in `cgroup` when given."""
     import resource
 
     if cgroup is not None:
@@ -316,9 +333,7 @@ def apply_limits(spec: SandboxSpec, cgroup: Path | None = None) -> None:
             (cgroup / "cgroup.procs").write_text(str(os.getpid()))
         except OSError:
             pass
-    nproc = spec.max_processes + _processes_of(os.getuid())
-    for limit, value in ((resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_NOFILE, spec.max_open_files),
-                         (resource.RLIMIT_FSIZE, spec.scratch_mb * 2**20), (resource.RLIMIT_CORE, 0)):
+    for limit, value in limit_values(spec):
         try:
             soft, hard = resource.getrlimit(limit)
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)

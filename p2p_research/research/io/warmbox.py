@@ -1,0 +1,426 @@
+"""The warm start for sandboxed runs: one interpreter imports torch once; each run is a fork of it
+that makes its sandbox from inside (standalone: the target's interpreter runs it, standard library
+and `nsbox.py` beside it only).
+
+A cold run starts an interpreter inside bwrap (or unshare + nsbox.py) and imports torch: about 2.3
+CPU-s on the machines this project is tested on, before the first step of training. Here a server
+process (`python -I warmbox.py SOCKET IDLE_S PRELOAD ...`, started by `warmstart.py`) imports the
+modules in PRELOAD once and listens on a UNIX socket. For each request it forks:
+
+- **W**, the run's watchdog, a child of this server in a session of its own: it takes the run's log as
+  its stdout and stderr, joins the run's pids cgroup, sets the run's limits, watches the node that asked
+  (a pidfd: the node's death ends the run, as run_guard's watchdog does for a cold run), and makes new
+  user, PID, network, IPC and UTS namespaces;
+- **G**, PID 1 of the new PID namespace: a mount namespace of its own, no further user namespaces, the
+  filesystem `nsbox.build` makes for a cold run of the same spec, no capabilities; it reaps, and when
+  the run ends it exits and the kernel ends whatever the run left in the namespace;
+- **R**, the run: the run's environment, arguments, working folder and streams, its command line and
+  environment written over the server's in /proc (`ps`, `pgrep -f` and the node's leftover check see
+  the run as they see a cold one), fresh random seeds; then the script runs under `runpy` as
+  `python SCRIPT ARGS` would run it, and the interpreter ends the process as it ends any.
+
+The server sends the client W's pid, then W's exit status. It ends after IDLE_S seconds without a
+request or a run, or when its socket is removed or replaced. The CPU its own start cost (interpreter
+and PRELOAD) is sent with each pid: the node adds it to what the kernel counts for the run from the
+fork, so a warm run's CPU compares with a cold one's (the harness's compute check).
+
+Nothing of a run's is trusted here: a request comes from a process of this user over a socket only
+that user can reach, and the run is forked only after the request is read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import io
+import json
+import os
+import random
+import resource
+import runpy
+import select
+import signal
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nsbox  # noqa: E402  (beside this file; the sandbox does not see it)
+
+del sys.path[0]
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+PR_SET_PDEATHSIG = 1
+MAX_REQUEST = 1 << 20
+SETUP_FAILED = 125   # as nsbox.py: the sandbox could not be made
+OWNER_GONE = 137     # the node that asked is gone: so is its run
+QUIT = object()
+
+libc = ctypes.CDLL(None, use_errno=True)
+_DEFAULT_HANDLERS = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                                        signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ)}
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# ---------------------------------------------------------------------------------------------------
+# the server
+
+
+def serve(path: str, idle_s: float, preload: list[str], cpu_before: float, lock_fd: int):
+    """Import `preload`, listen on `path`, fork a run per request. Returns only in a forked run (R):
+    what `main` then runs, outside this loop's frames."""
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001  (the runs import it themselves, and say why it fails)
+            print(f"warmbox: cannot preload {name}: {e}", flush=True)
+    startup_cpu = cpu_before + _cpu_s()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = f"{path}.{os.getpid()}.starting"
+    listener.bind(staging)
+    listener.listen(64)
+    os.rename(staging, path)  # clients see a server only once it is ready
+    mine = os.stat(path).st_ino
+    with open(path + ".info", "w") as f:
+        json.dump({"pid": os.getpid(), "interpreter": sys.executable, "preload": preload,
+                   "startup_cpu_s": round(startup_cpu, 3)}, f)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    children: dict[int, socket.socket] = {}
+    last = time.monotonic()
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        try:
+            events = dict(poller.poll(1000))
+        except InterruptedError:
+            events = {}
+        if wake_r in events:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        _reap(children)
+        if children:
+            last = time.monotonic()
+        elif time.monotonic() - last > idle_s or not _still_mine(path, mine):
+            _leave(path, mine)
+            return None
+        if listener.fileno() in events:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            last = time.monotonic()
+            run = _start(conn, children, [listener, wake_r, wake_w, lock_fd], startup_cpu)
+            if run is QUIT:  # no more requests; the runs in flight still get their statuses
+                _leave(path, mine)
+                idle_s, mine = 0.0, -1
+            elif run is not None:
+                return run
+
+
+def _still_mine(path: str, inode: int) -> bool:
+    try:
+        return os.stat(path).st_ino == inode
+    except OSError:
+        return False
+
+
+def _leave(path: str, inode: int) -> None:
+    """Take this server's files away (its socket, and beside it .info, .log, .lock), unless they are
+    another's now."""
+    if _still_mine(path, inode):
+        stem = path[:-len(".sock")] if path.endswith(".sock") else path
+        for p in (path, path + ".info", stem + ".log", stem + ".lock"):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is not None:
+            try:
+                conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+            except OSError:
+                pass
+            conn.close()
+
+
+def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    conn.settimeout(10)
+    msg, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 1)
+    buf = msg
+    while not buf.endswith(b"\n"):
+        more = conn.recv(MAX_REQUEST)
+        if not more or len(buf) > MAX_REQUEST:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("incomplete request")
+        buf += more
+    req = json.loads(buf)
+    if not isinstance(req, dict):
+        raise ValueError("a request is an object")
+    return req, fds
+
+
+def _start(conn: socket.socket, children: dict[int, socket.socket], own: list, startup_cpu: float):
+    try:
+        req, fds = _read_request(conn)
+    except (OSError, ValueError) as e:
+        _answer(conn, {"error": str(e)[:300]})
+        conn.close()
+        return None
+    if req.get("quit"):
+        _answer(conn, {"bye": True})
+        conn.close()
+        return QUIT
+    if req.get("hello"):
+        _answer(conn, {"pid": os.getpid(), "startup_cpu_s": startup_cpu})
+        conn.close()
+        return None
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        _answer(conn, {"error": f"expected the run's log as one descriptor, got {len(fds)}"})
+        conn.close()
+        return None
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(fds[0])
+        _answer(conn, {"error": f"fork: {e}"})
+        conn.close()
+        return None
+    if pid == 0:
+        signal.set_wakeup_fd(-1)
+        for obj in [*own, conn, *children.values()]:
+            if isinstance(obj, int):
+                os.close(obj)
+            else:
+                obj.close()
+        return _watchdog(req, fds[0])
+    os.close(fds[0])
+    children[pid] = conn
+    _answer(conn, {"pid": pid, "startup_cpu_s": round(startup_cpu, 3)})
+    return None
+
+
+def _answer(conn: socket.socket, doc: dict) -> None:
+    try:
+        conn.sendall(json.dumps(doc).encode() + b"\n")
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# W: the run's watchdog, outside its namespaces
+
+
+def _watchdog(req: dict, log_fd: int):
+    for sig, handler in _DEFAULT_HANDLERS.items():
+        signal.signal(sig, handler)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.closerange(3, 1 << 16)
+    try:
+        owner_fd = os.pidfd_open(int(req["owner"]))
+    except (OSError, KeyError, ValueError):
+        os._exit(OWNER_GONE)
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        cgroup = req.get("cgroup")
+        if cgroup:
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError:
+                pass
+        for res, value in req.get("rlimits", []):
+            try:
+                hard = resource.getrlimit(int(res))[1]
+                value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+                resource.setrlimit(int(res), (value, value))
+            except (ValueError, OSError):
+                pass
+        _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS),
+               "unshare")
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        g = os.fork()
+    except OSError as e:
+        print(f"sandbox: {e}", file=sys.stderr, flush=True)
+        os._exit(SETUP_FAILED)
+    if g == 0:
+        os.close(owner_fd)
+        return _pid1(req)
+
+    def end(signum, frame):  # told to stop: the run goes first (G is PID 1: its end ends the namespace)
+        try:
+            os.kill(g, signal.SIGKILL)
+        except OSError:
+            pass
+        os._exit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(s, end)
+    g_fd = os.pidfd_open(g)
+    poller = select.poll()
+    poller.register(g_fd, select.POLLIN)
+    poller.register(owner_fd, select.POLLIN)
+    while True:
+        done, status = os.waitpid(g, os.WNOHANG)
+        if done:
+            os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+        events = dict(poller.poll(5000))
+        if owner_fd in events:  # the node is gone: so is its run
+            try:
+                os.kill(g, signal.SIGKILL)
+            except OSError:
+                pass
+            os.waitpid(g, 0)
+            os._exit(OWNER_GONE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# G: PID 1 of the run's namespaces
+
+
+def _pid1(req: dict):
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # W killed (kill_tree): the namespace goes too
+    spec = req["spec"]
+    try:
+        _check(libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
+        nsbox.no_more_user_namespaces()
+        nsbox.build(spec)
+        nsbox.drop_privileges()
+        os.chdir(spec["workdir"])
+        r = os.fork()
+    except (OSError, KeyError, TypeError) as e:
+        print(f"sandbox: {e}", file=sys.stderr, flush=True)
+        os._exit(SETUP_FAILED)
+    if r == 0:
+        return req
+    while True:
+        try:
+            done, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if done == r:
+            os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+# ---------------------------------------------------------------------------------------------------
+# R: the run
+
+
+def _overwrite(start: int, end: int, data: bytes, last: bytes = b"\0") -> None:
+    """Write `data` over [start, end) of this process's memory, NULs after it and `last` at the end."""
+    size = end - start
+    data = data[:size - 1]
+    ctypes.memmove(start, data + b"\0" * (size - 1 - len(data)) + last, size)
+
+
+def _retitle(argv: list[str], env: dict[str, str], first: tuple[str, ...]) -> None:
+    """What /proc/PID/cmdline and /proc/PID/environ show: the run's, over the server's (the areas the
+    kernel reads them from; the server started with room in both). The command line is one string of
+    the arguments joined by spaces, as setproctitle writes it (the kernel shows it up to its first NUL
+    when the area's last byte is not one); the environment is NUL-separated whole entries that fit,
+    `first` first."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    _overwrite(arg_start, arg_end, " ".join(argv).encode("utf-8", "surrogateescape"), last=b" ")
+    keys = [k for k in first if k in env] + [k for k in env if k not in first]
+    out = b""
+    for k in keys:
+        item = f"{k}={env[k]}".encode("utf-8", "surrogateescape") + b"\0"
+        if len(out) + len(item) >= env_end - env_start:
+            break
+        out += item
+    _overwrite(env_start, env_end, out)
+
+
+def run(req: dict) -> None:
+    """Become `python ARGV...` in the sandbox G made: returns when the script does (main then returns,
+    and the interpreter ends this process with the script's status)."""
+    env = {str(k): str(v) for k, v in req.get("env", {}).items()}
+    os.environ.clear()  # libc's environment no longer points into the area _retitle overwrites
+    os.environ.update(env)
+    argv = [str(a) for a in req["argv"]]
+    _retitle([req.get("executable", sys.executable), *argv], env, tuple(req.get("env_first", ())))
+    for name in ("nsbox", "warmbox", "__mp_main__"):
+        sys.modules.pop(name, None)
+    sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+                                  write_through=unbuffered, line_buffering=os.isatty(1))
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+                                  errors="backslashreplace", line_buffering=True, write_through=unbuffered)
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    random.seed()  # a fresh interpreter's seeds, not the server's copy
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+    if argv[0] == "-c":
+        sys.argv = ["-c", *argv[2:]]
+        sys.path.insert(0, "")
+        code = compile(argv[1], "<string>", "exec")
+        main = type(sys)("__main__")
+        sys.modules["__main__"] = main
+        exec(code, main.__dict__)
+        return
+    sys.argv = argv
+    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+    runpy.run_path(argv[0], run_name="__main__")
+
+
+def main(argv: list[str]) -> int:
+    """warmbox.py SOCKET IDLE_S PRELOAD LOCK_FD [padding...]: detach, then serve until idle (holding
+    LOCK_FD's lock, which the starter took: a held lock says a warm interpreter is starting or up)."""
+    cpu_before = _cpu_s()  # the interpreter's start, before the fork that detaches (rusage starts anew)
+    if os.fork() != 0:  # detach from the node that started it: it reaps only this short-lived parent
+        os._exit(0)
+    path, idle_s, preload, lock_fd = argv[1], float(argv[2]), [m for m in argv[3].split(",") if m], int(argv[4])
+    req = serve(path, idle_s, preload, cpu_before, lock_fd)
+    if req is None:
+        return 0
+    run(req)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

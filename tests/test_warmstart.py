@@ -1,0 +1,172 @@
+"""The warm start (research/io/warmbox.py, warmstart.py): a sandboxed run forked from an interpreter
+that imported torch once trains as a cold one does, shows in /proc as itself, and ends with the node
+that asked; the warm interpreter ends when idle, and a folder that is not this user's alone is not used.
+
+Real runs through the real runner, in real sandboxes (namespaces), with real torch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2p_research.research.io import warmstart
+from p2p_research.research.io.run_guard import OWNER_ENV, RUN_DIR_ENV
+from p2p_research.research.io.runner import RunLimits, run_training, train_argv
+from p2p_research.research.io.sandbox import SandboxSpec, clean_env, detect, interpreter_paths, safe_paths
+
+pytestmark = pytest.mark.skipif(not detect("namespaces").available, reason="no user namespaces here")
+
+# real torch training, seeded: a small MLP fitting a fixed random function
+TRAIN = textwrap.dedent('''
+    import os, sys, time, random
+    import torch
+    torch.manual_seed(1234)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(512, 16, generator=g)
+    y = torch.sin(x @ torch.randn(16, 1, generator=g))
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(200):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    print("random", random.random())
+    if len(sys.argv) > 1 and sys.argv[1] == "wait":
+        print("waiting", flush=True)
+        time.sleep(120)
+    print("---")
+    print(f"val_bpb: {loss.item():.9f}")
+''')
+
+
+def _spec(run_dir: Path, warm: bool) -> SandboxSpec:
+    return SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(sys.executable), [Path.home()]),
+                       kind="namespaces", warm=warm)
+
+
+def _run_dir(tmp_path: Path, name: str) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "train.py").write_text(TRAIN)
+    return d
+
+
+def _processes_with(token: str) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if token.encode() in f.read():
+                        out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+async def test_a_warm_run_trains_as_a_cold_one_does(tmp_path):
+    """Same script, same seed: the same loss to the last digit, cold and warm (twice: a second fork
+    of the same warm interpreter is no different); each warm run draws its own Python random numbers;
+    the CPU counted for a warm run includes the warm interpreter's start, as a cold run's does."""
+    assert await warmstart.STARTER.ready(sys.executable, clean_env({}))
+    outcomes = []
+    for name, warm in (("cold", False), ("warm1", True), ("warm2", True)):
+        run_dir = _run_dir(tmp_path, name)
+        o = await run_training(run_dir, {}, RunLimits(120, 4096, False), run_dir / "run.log", train_argv(""),
+                               _spec(run_dir, warm))
+        assert o.ok, (name, o.reason, (run_dir / "run.log").read_text()[-2000:])
+        assert o.warm == warm
+        outcomes.append(o)
+    cold, warm1, warm2 = outcomes
+    assert cold.summary.val_bpb == warm1.summary.val_bpb == warm2.summary.val_bpb
+    draws = {(tmp_path / n / "run.log").read_text().split("random ")[1].split()[0] for n in ("cold", "warm1", "warm2")}
+    assert len(draws) == 3, draws
+    # without the warm interpreter's start a warm run would count a fraction of a cold one's CPU here
+    assert 0.6 * cold.cpu_seconds < warm1.cpu_seconds < 1.6 * cold.cpu_seconds, (warm1.cpu_seconds, cold.cpu_seconds)
+    assert not (tmp_path / "warm1" / ".nsbox-root").exists()
+
+
+async def test_a_warm_run_shows_in_proc_as_itself_and_ends_with_the_node_that_asked(tmp_path):
+    """`ps`, `pgrep -f` and the node's leftover check (run_guard.end_leftovers) read a run from
+    /proc/PID/cmdline and /proc/PID/environ: a warm run shows its own there. The node that asked is a
+    process of its own here; SIGKILLed, it runs no cleanup, and the run's watchdog ends the run."""
+    token = f"tok-{uuid.uuid4().hex}"
+    run_dir = _run_dir(tmp_path, "run")
+    assert await warmstart.STARTER.ready(sys.executable, clean_env({}))
+    node = subprocess.Popen(  # noqa: ASYNC220 (a node of its own, SIGKILLed below)
+        [sys.executable, "-c", textwrap.dedent(f'''
+        import sys, trio
+        from pathlib import Path
+        from p2p_research.research.io.runner import RunLimits, run_training
+        from p2p_research.research.io.sandbox import SandboxSpec, interpreter_paths, safe_paths
+        run_dir = Path({str(run_dir)!r})
+        spec = SandboxSpec(run_dir, read_only=safe_paths(interpreter_paths(sys.executable), [Path.home()]),
+                           kind="namespaces", warm=True)
+        o = trio.run(run_training, run_dir, {{}}, RunLimits(120, 4096, False), run_dir / "run.log",
+                     [sys.executable, "train.py", "wait", {token!r}], spec)
+        print("outcome", o.warm, o.reason)
+    ''')], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting" not in (run_dir / "run.log").read_text(errors="replace") if (run_dir / "run.log").exists() else True:
+            assert time.monotonic() < deadline and node.poll() is None, "the run did not start"
+            await trio.sleep(0.1)
+        (pid,) = [p for p in _processes_with(token) if p != node.pid]  # the node's own -c holds it too
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert cmdline == f"{sys.executable} train.py wait {token}".encode() + b"\0", cmdline
+        environ = [e for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if e]
+        assert environ[0].startswith(f"{OWNER_ENV}={node.pid}:".encode()), environ[:3]
+        assert environ[1] == f"{RUN_DIR_ENV}={run_dir.resolve()}".encode(), environ[:3]
+        assert not any(e.startswith(warmstart.ENV_PAD_VAR.encode()) for e in environ)
+        node.kill()
+        node.wait()
+        deadline = time.monotonic() + 10
+        while _processes_with(token) and time.monotonic() < deadline:
+            await trio.sleep(0.1)
+        assert not _processes_with(token), "the run outlived the node that asked for it"
+    finally:
+        node.kill()
+        for p in _processes_with(token):
+            os.kill(p, signal.SIGKILL)
+
+
+async def test_a_warm_interpreter_ends_when_idle_and_a_folder_not_this_user_s_alone_is_not_used(tmp_path, monkeypatch):
+    """Preloading nothing (this test is about the server's life, not torch): ready within moments,
+    gone with its files after its idle time. A folder others may write to is refused: runs start cold."""
+    folder = tmp_path / "warm"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv(warmstart.FOLDER_ENV, str(folder))
+    starter = warmstart.WarmStarter(preload=(), idle_s=1.0)
+    assert await starter.ready(sys.executable, clean_env({}))
+    (info,) = folder.glob("*.sock.info")
+    pid = int(__import__("json").loads(info.read_text())["pid"])
+    assert Path(f"/proc/{pid}").exists()
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        await trio.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists(), "the idle warm interpreter is still there"
+    assert not list(folder.iterdir()), list(folder.iterdir())
+
+    folder.chmod(0o777)
+    assert warmstart.folder() is None
+    run_dir = _run_dir(tmp_path, "run")
+    o = await run_training(run_dir, {}, RunLimits(120, 4096, False), run_dir / "run.log", train_argv(""),
+                           _spec(run_dir, True))
+    assert o.ok and not o.warm, o.reason
+
+
+def test_only_an_interpreter_on_a_script_starts_warm():
+    assert warmstart.eligible([sys.executable, "p2p_handover.py", "train.py"])
+    assert warmstart.eligible(["/usr/bin/python3.11", "-c", "pass"])
+    assert not warmstart.eligible(["uv", "run", "train.py"])
+    assert not warmstart.eligible([sys.executable, "-m", "module"])
+    assert not warmstart.eligible([sys.executable])
