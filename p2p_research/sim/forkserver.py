@@ -101,10 +101,9 @@ def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | 
     # (unbuffered where the child's environment asks for it, as the interpreter would at start-up)
     unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
-    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                                  write_through=unbuffered, line_buffering=os.isatty(1))
-    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
-                                  errors="backslashreplace", line_buffering=True, write_through=unbuffered)
+    sys.stdout = io.TextIOWrapper(_binary_out(1, unbuffered), write_through=unbuffered, line_buffering=os.isatty(1))
+    sys.stderr = io.TextIOWrapper(_binary_out(2, unbuffered), errors="backslashreplace", line_buffering=True,
+                                  write_through=unbuffered)
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     _fresh_consoles()
     import runpy
@@ -114,6 +113,13 @@ def _child(req: dict[str, Any], fds: list[int], inherited: list[socket.socket | 
     setproctitle.setproctitle(" ".join([sys.executable, "-m", "p2p_research", *req["argv"]]))
     runpy.run_module("p2p_research", run_name="__main__", alter_sys=True)
     raise SystemExit(0)
+
+
+def _binary_out(fd: int, unbuffered: bool):
+    """The binary layer of an output stream as the interpreter makes it: the raw file where
+    PYTHONUNBUFFERED asks for unbuffered output (-u), else a buffered writer over it."""
+    raw = io.FileIO(fd, "w", closefd=False)
+    return raw if unbuffered else io.BufferedWriter(raw)
 
 
 def _fresh_consoles() -> None:

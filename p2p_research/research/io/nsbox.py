@@ -53,7 +53,7 @@ def _locked_flags(path: str) -> int:
     return sum(ms for st, ms in ST_TO_MS.items() if f & st and ms != MS_RDONLY)
 
 
-def bind(root: str, src: str, dst: str | None = None, read_only: bool = True) -> None:
+def bind(root: str, src: str, dst: str | None = None, read_only: bool = True, extra: int = 0) -> None:
     dst = root + (dst or src)
     if os.path.isdir(src):
         os.makedirs(dst, exist_ok=True)
@@ -63,7 +63,7 @@ def bind(root: str, src: str, dst: str | None = None, read_only: bool = True) ->
             open(dst, "w").close()
     mount(src, dst, None, MS_BIND | MS_REC)
     if read_only:
-        mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _locked_flags(src))
+        mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _locked_flags(src) | extra)
 
 
 def no_more_user_namespaces() -> None:
@@ -118,9 +118,9 @@ def build(spec: dict) -> None:
     for src, dst in spec.get("views", []):  # read-only paths under the user's home, under the run's HOME
         if os.path.exists(src):
             bind(root, src, dst)
-    for point in spec.get("masked", []):  # files the run must not read: an empty file over each
-        if os.path.exists(root + point):
-            bind(root, "/dev/null", point)
+    for point in spec.get("masked", []):  # files the run must not read: /dev/null over each, on a
+        if os.path.exists(root + point):    # nodev mount, so that opening it fails (as under bwrap)
+            bind(root, "/dev/null", point, extra=MS_NODEV | MS_NOSUID | MS_NOEXEC)
     # pivot into the new root and let go of the old one
     os.chdir(root)
     os.mkdir(".old")

@@ -373,6 +373,13 @@ def _retitle(argv: list[str], env: dict[str, str], first: tuple[str, ...]) -> No
     _overwrite(env_start, env_end, out)
 
 
+def _binary_out(fd: int, unbuffered: bool):
+    """The binary layer of an output stream as the interpreter makes it: the raw file where
+    PYTHONUNBUFFERED asks for unbuffered output (-u), else a buffered writer over it."""
+    raw = io.FileIO(fd, "w", closefd=False)
+    return raw if unbuffered else io.BufferedWriter(raw)
+
+
 def run(req: dict) -> None:
     """Become `python ARGV...` in the sandbox G made: returns when the script does (main then returns,
     and the interpreter ends this process with the script's status)."""
@@ -386,10 +393,9 @@ def run(req: dict) -> None:
     sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
     unbuffered = bool(env.get("PYTHONUNBUFFERED"))
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
-    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                                  write_through=unbuffered, line_buffering=os.isatty(1))
-    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
-                                  errors="backslashreplace", line_buffering=True, write_through=unbuffered)
+    sys.stdout = io.TextIOWrapper(_binary_out(1, unbuffered), write_through=unbuffered, line_buffering=os.isatty(1))
+    sys.stderr = io.TextIOWrapper(_binary_out(2, unbuffered), errors="backslashreplace", line_buffering=True,
+                                  write_through=unbuffered)
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     random.seed()  # a fresh interpreter's seeds, not the server's copy
     numpy = sys.modules.get("numpy")
