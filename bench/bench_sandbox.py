@@ -2,12 +2,18 @@
 
 Usage:
     .venv/bin/python bench/bench_sandbox.py [--repeats 10] [--budget-tokens N] [--threads N] [--skip-target]
-                                            [--backend bwrap|namespaces]
+                                            [--backend bwrap|namespaces|warm]
 
 1. Start-up: a trivial train.py (prints a summary, imports nothing) run `--repeats` times with and
    without the sandbox, alternating, through the real runner (`run_training`) with the spec a node
    builds (`ResearchEngine.sandbox_spec`). The median difference is what the sandbox adds to a run.
-2. The default target, seed 0, once outside and once inside the sandbox: val_bpb must be identical,
+   Backends: bwrap and namespaces started cold, and warm (a fork of a warm interpreter,
+   research/io/warmbox.py).
+2. Start-up with torch: a train.py that imports torch and prints a summary, `--repeats` times in each
+   backend: wall time and CPU, median [min-max]. A warm run's CPU is given twice: as the node counts it
+   (the kernel's count from the fork plus the warm interpreter's own start, so that it compares with a
+   cold run's) and as the kernel counted it.
+3. The default target, seed 0, once outside and once inside the sandbox: val_bpb must be identical,
    and the start-up cost is set against that run's wall time (the default budget unless
    `--budget-tokens` says otherwise).
 """
@@ -35,14 +41,36 @@ from p2p_research.research.io.runner import RunLimits, run_training, train_argv 
 from p2p_research.research.io.sandbox import detect, process_limit  # noqa: E402
 
 TRIVIAL = "print('---'); print('val_bpb: 1.0')\n"
+WITH_TORCH = "import torch\nprint('---'); print('val_bpb: 1.0')\n"
+BACKENDS = ("bwrap", "namespaces", "warm")
+
+
+def available(backend: str) -> bool:
+    return detect("namespaces" if backend == "warm" else backend).available
 
 
 def run(engine, run_dir: Path, backend: str | None, limit_s: float = 3600) -> tuple[float, object]:
-    spec = dataclasses.replace(engine.sandbox_spec(run_dir), kind=backend) if backend else None
+    spec = (dataclasses.replace(engine.sandbox_spec(run_dir), kind="namespaces" if backend == "warm" else backend,
+                                warm=backend == "warm") if backend else None)
     t0 = time.perf_counter()
     outcome = trio.run(run_training, run_dir, engine.run_env(0), RunLimits(limit_s, 8192, False),
                        run_dir / "run.log", train_argv(""), spec)
     return time.perf_counter() - t0, outcome
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def _warm_startup(engine) -> float:
+    """The warm interpreter's own start (CPU-s), as it reported it (its .info file)."""
+    import json
+
+    from p2p_research.research.io.sandbox import clean_env
+    from p2p_research.research.io.warmstart import folder, key_of
+
+    info = folder() / f"{key_of(sys.executable, clean_env(engine.run_env(0)))}.sock.info"
+    return float(json.loads(info.read_text())["startup_cpu_s"])
 
 
 def main() -> int:
@@ -51,7 +79,7 @@ def main() -> int:
     ap.add_argument("--budget-tokens", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip-target", action="store_true")
-    ap.add_argument("--backend", choices=["bwrap", "namespaces"], help="for the target run [default: the node's]")
+    ap.add_argument("--backend", choices=list(BACKENDS), help="for the target run [default: the node's]")
     args = ap.parse_args()
     info = detect()
     if not info.available:
@@ -75,10 +103,10 @@ def main() -> int:
         trivial.mkdir(parents=True)
         (trivial / "train.py").write_text(TRIVIAL)
         costs = {}
-        for backend in ("bwrap", "namespaces"):
-            if not detect(backend).available:
+        for backend in BACKENDS:
+            if not available(backend):
                 continue
-            run(engine, trivial, backend)  # warm the page cache
+            run(engine, trivial, backend)  # warm the page cache (and start the warm interpreter)
             plain, boxed = [], []
             for _ in range(args.repeats):
                 plain.append(run(engine, trivial, None)[0])
@@ -87,7 +115,25 @@ def main() -> int:
             costs[backend] = b - p
             print(f"start-up ({backend}), trivial train.py, median of {args.repeats}: outside {1000 * p:.1f} ms, "
                   f"inside {1000 * b:.1f} ms, sandbox adds {1000 * (b - p):.1f} ms")
-        backend = args.backend or info.kind
+        torch_dir = home.runs / "with-torch"
+        torch_dir.mkdir(parents=True)
+        (torch_dir / "train.py").write_text(WITH_TORCH)
+        for backend in BACKENDS:
+            if not available(backend):
+                continue
+            walls, cpus = [], []
+            for _ in range(args.repeats):
+                wall, outcome = run(engine, torch_dir, backend)
+                assert outcome.ok and outcome.warm == (backend == "warm"), outcome.reason
+                walls.append(wall)
+                cpus.append(outcome.cpu_seconds)
+            line = (f"start-up with torch ({backend}), median [min-max] of {args.repeats}: wall {_spread(walls)} s, "
+                    f"CPU {_spread(cpus)} s")
+            if backend == "warm":
+                startup = _warm_startup(engine)
+                line += f" as counted ({_spread([c - startup for c in cpus])} s by the kernel from the fork)"
+            print(line)
+        backend = args.backend or ("warm" if engine.sandbox_spec(trivial).warm else info.kind)
         if args.skip_target:
             ctx.close()
             return 0

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -142,8 +143,7 @@ async def test_a_warm_run_shows_in_proc_as_itself_and_ends_with_the_node_that_as
 async def test_a_warm_interpreter_ends_when_idle_and_a_folder_not_this_user_s_alone_is_not_used(tmp_path, monkeypatch):
     """Preloading nothing (this test is about the server's life, not torch): ready within moments,
     gone with its files after its idle time. A folder others may write to is refused: runs start cold."""
-    folder = tmp_path / "warm"
-    folder.mkdir(mode=0o700)
+    folder = Path(tempfile.mkdtemp(prefix="p2p-warm-"))  # short: a socket's path is at most 107 bytes
     monkeypatch.setenv(warmstart.FOLDER_ENV, str(folder))
     starter = warmstart.WarmStarter(preload=(), idle_s=1.0)
     assert await starter.ready(sys.executable, clean_env({}))
@@ -162,6 +162,7 @@ async def test_a_warm_interpreter_ends_when_idle_and_a_folder_not_this_user_s_al
     o = await run_training(run_dir, {}, RunLimits(120, 4096, False), run_dir / "run.log", train_argv(""),
                            _spec(run_dir, True))
     assert o.ok and not o.warm, o.reason
+    folder.rmdir()
 
 
 def test_only_an_interpreter_on_a_script_starts_warm():

@@ -87,6 +87,9 @@ def folder() -> Path | None:
         base = (f"{runtime}/p2p-research-warm" if runtime and os.access(runtime, os.W_OK)
                 else f"{tempfile.gettempdir()}/p2p-research-warm-{os.getuid()}")
     path = Path(base)
+    if len(os.fsencode(path)) > 70:  # its sockets' paths (a 20-character key, a pid) must fit in 107 bytes
+        _warn_once(f"runs start cold: the folder for warm interpreters' sockets has too long a path ({path})")
+        return None
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700, parents=False)
     try:
@@ -94,9 +97,18 @@ def folder() -> Path | None:
     except OSError:
         return None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning("runs start cold: %s is not a folder of this user's alone", path)
+        _warn_once(f"runs start cold: {path} is not a folder of this user's alone")
         return None
     return path
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    if line not in _WARNED:
+        _WARNED.add(line)
+        log.warning("%s", line)
 
 
 def key_of(interpreter: str, env: dict[str, str], preload: tuple[str, ...] = PRELOAD) -> str:
