@@ -7,7 +7,9 @@ Real runs through the real runner, in real sandboxes (namespaces), with real tor
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,9 +142,11 @@ async def test_a_warm_run_shows_in_proc_as_itself_and_ends_with_the_node_that_as
             os.kill(p, signal.SIGKILL)
 
 
-async def test_a_warm_interpreter_ends_when_idle_and_a_folder_not_this_user_s_alone_is_not_used(tmp_path, monkeypatch):
+async def test_a_warm_interpreter_ends_when_idle_and_a_folder_not_this_user_s_alone_is_not_used(tmp_path, monkeypatch,
+                                                                                                 caplog):
     """Preloading nothing (this test is about the server's life, not torch): ready within moments,
-    gone with its files after its idle time. A folder others may write to is refused: runs start cold."""
+    gone with its files after its idle time. One whose sandbox check fails never listens, and says why.
+    A folder others may write to is refused: runs start cold."""
     folder = Path(tempfile.mkdtemp(prefix="p2p-warm-"))  # short: a socket's path is at most 107 bytes
     monkeypatch.setenv(warmstart.FOLDER_ENV, str(folder))
     starter = warmstart.WarmStarter(preload=(), idle_s=1.0)
@@ -156,13 +160,23 @@ async def test_a_warm_interpreter_ends_when_idle_and_a_folder_not_this_user_s_al
     assert not Path(f"/proc/{pid}").exists(), "the idle warm interpreter is still there"
     assert not list(folder.iterdir()), list(folder.iterdir())
 
+    # a warm interpreter from which no sandbox starts (here: its check's spec names no root) ends before
+    # it listens, its log says why, and runs start cold
+    real_doc = warmstart.namespaces_doc
+    monkeypatch.setattr(warmstart, "namespaces_doc", lambda spec: {**real_doc(spec), "root": "/nonexistent/root"})
+    broken = warmstart.WarmStarter(preload=(), idle_s=1.0)
+    with caplog.at_level(logging.WARNING, logger="p2p_research.warmstart"):
+        assert not await broken.ready(sys.executable, clean_env({}))
+    assert "a sandbox does not start from here" in caplog.text, caplog.text
+    monkeypatch.setattr(warmstart, "namespaces_doc", real_doc)
+
     folder.chmod(0o777)
     assert warmstart.folder() is None
     run_dir = _run_dir(tmp_path, "run")
     o = await run_training(run_dir, {}, RunLimits(120, 4096, False), run_dir / "run.log", train_argv(""),
                            _spec(run_dir, True))
     assert o.ok and not o.warm, o.reason
-    folder.rmdir()
+    shutil.rmtree(folder)
 
 
 def test_only_an_interpreter_on_a_script_starts_warm():

@@ -78,9 +78,10 @@ def _cpu_s() -> float:
 # the server
 
 
-def serve(path: str, idle_s: float, preload: list[str], cpu_before: float, lock_fd: int):
-    """Import `preload`, listen on `path`, fork a run per request. Returns only in a forked run (R):
-    what `main` then runs, outside this loop's frames."""
+def serve(path: str, idle_s: float, preload: list[str], cpu_before: float, lock_fd: int, probe: str = ""):
+    """Import `preload`, check that a sandbox starts (`probe`: a spec file), listen on `path`, fork a run
+    per request. Returns only in a forked run (R): what `main` then runs, outside this loop's frames.
+    A failed check ends the process (SystemExit, its reason in the log) before it listens."""
     for name in preload:
         try:
             importlib.import_module(name)
@@ -91,6 +92,10 @@ def serve(path: str, idle_s: float, preload: list[str], cpu_before: float, lock_
     # (about 0.35 CPU-s with torch loaded)
     gc.freeze()
     startup_cpu = cpu_before + _cpu_s()
+    if probe:  # a real sandbox of an empty run folder, before any client sees this server
+        req = _probe(probe, lock_fd)
+        if req is not None:
+            return req  # in the probe's run (R)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging = f"{path}.{os.getpid()}"  # a socket's path is at most 107 bytes
     listener.bind(staging)
@@ -142,6 +147,26 @@ def serve(path: str, idle_s: float, preload: list[str], cpu_before: float, lock_
                 idle_s, mine = 0.0, -1
             elif run is not None:
                 return run
+
+
+def _probe(spec_file: str, lock_fd: int):
+    """`-c pass` in a real sandbox of the spec in `spec_file` (the starter wrote it: an empty run folder,
+    the interpreter's paths). Returns in the probe's run (R) only; raises SystemExit if it fails."""
+    import shutil
+
+    with open(spec_file) as f:
+        spec = json.load(f)
+    req = {"argv": ["-c", "pass"], "env": {"PATH": "/usr/bin:/bin"}, "spec": spec, "owner": os.getpid()}
+    pid = os.fork()
+    if pid == 0:
+        os.close(lock_fd)
+        return _watchdog(req, os.dup(1))
+    _, status = os.waitpid(pid, 0)
+    shutil.rmtree(os.path.dirname(spec_file), ignore_errors=True)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"warmbox: a sandbox does not start from here (exit code {code}; the line above says why)")
+    return None
 
 
 def _still_mine(path: str, inode: int) -> bool:
@@ -208,10 +233,6 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list, s
         _answer(conn, {"bye": True})
         conn.close()
         return QUIT
-    if req.get("hello"):
-        _answer(conn, {"pid": os.getpid(), "startup_cpu_s": startup_cpu})
-        conn.close()
-        return None
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)
@@ -258,7 +279,7 @@ def _watchdog(req: dict, log_fd: int):
     os.dup2(null, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
-    os.closerange(3, 1 << 16)
+    os.closerange(3, max(1 << 16, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
     try:
         owner_fd = os.pidfd_open(int(req["owner"]))
     except (OSError, KeyError, ValueError):
@@ -284,13 +305,16 @@ def _watchdog(req: dict, log_fd: int):
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
+        alive_r, alive_w = os.pipe()  # W holds the write end while it lives: G reads EOF once W is gone
         g = os.fork()
     except OSError as e:
         print(f"sandbox: {e}", file=sys.stderr, flush=True)
         os._exit(SETUP_FAILED)
     if g == 0:
         os.close(owner_fd)
-        return _pid1(req)
+        os.close(alive_w)
+        return _pid1(req, alive_r)
+    os.close(alive_r)
 
     def end(signum, frame):  # told to stop: the run goes first (G is PID 1: its end ends the namespace)
         try:
@@ -323,8 +347,13 @@ def _watchdog(req: dict, log_fd: int):
 # G: PID 1 of the run's namespaces
 
 
-def _pid1(req: dict):
+def _pid1(req: dict, alive_fd: int):
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # W killed (kill_tree): the namespace goes too
+    poller = select.poll()
+    poller.register(alive_fd, select.POLLIN)
+    if poller.poll(0):  # W died before the line above: nothing would end this namespace
+        os._exit(OWNER_GONE)
+    os.close(alive_fd)
     spec = req["spec"]
     try:
         _check(libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
@@ -420,13 +449,14 @@ def run(req: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """warmbox.py SOCKET IDLE_S PRELOAD LOCK_FD [padding...]: detach, then serve until idle (holding
-    LOCK_FD's lock, which the starter took: a held lock says a warm interpreter is starting or up)."""
+    """warmbox.py SOCKET IDLE_S PRELOAD LOCK_FD PROBE_SPEC [padding...]: detach, then serve until idle
+    (holding LOCK_FD's lock, which the starter took: a held lock says a warm interpreter is starting or
+    up)."""
     cpu_before = _cpu_s()  # the interpreter's start, before the fork that detaches (rusage starts anew)
     if os.fork() != 0:  # detach from the node that started it: it reaps only this short-lived parent
         os._exit(0)
     path, idle_s, preload, lock_fd = argv[1], float(argv[2]), [m for m in argv[3].split(",") if m], int(argv[4])
-    req = serve(path, idle_s, preload, cpu_before, lock_fd)
+    req = serve(path, idle_s, preload, cpu_before, lock_fd, argv[5] if len(argv) > 5 else "")
     if req is None:
         return 0
     run(req)

@@ -4,10 +4,10 @@ run's command, and start the run as a fork of it.
 One warm interpreter serves every node of this user on the machine that runs the same interpreter with
 the same import-time environment (thread and library settings read when torch loads): its socket is
 `<folder>/<key>.sock`, the folder this user's alone (0700, checked). A node that finds none starts one
-(detached; it ends after `IDLE_S` without a run) and starts its run cold meanwhile: nothing waits for a
-warm interpreter. Each process checks once per warm interpreter that a real sandbox starts from it
-(`-c pass` in a sandbox of an empty run folder); where it does not, its runs start cold and the log
-says why, once.
+(detached; it ends after `IDLE_S` without a run) and waits for its imports, up to `START_WAIT_S` (a cold
+run would spend that time importing). Before it listens, the warm interpreter starts a real sandbox
+(`-c pass` in an empty run folder); where that fails it ends, its log's last line says why, and the
+node's runs start cold (the node's log says so once).
 
 `P2P_WARM_START=off` turns it off for a process and the nodes it starts (A/B runs); `sandbox.warm_start
 = false` for a node.
@@ -37,7 +37,6 @@ import trio
 from p2p_research.research.io.sandbox import (
     WORKDIR,
     SandboxSpec,
-    clean_env,
     interpreter_paths,
     namespaces_doc,
     safe_paths,
@@ -51,7 +50,6 @@ IDLE_S = 300.0                     # a warm interpreter with no run for this lon
 PRELOAD = ("torch",)
 START_WAIT_S = 60.0                # how long a run waits for a warm interpreter's imports before it starts cold
 REPLY_TIMEOUT_S = 10.0
-PROBE_TIMEOUT_S = 20.0
 ENV_PAD_BYTES = 16384              # room in the warm interpreter's environment for a run's (warmbox._retitle)
 ARG_PAD = 2048                     # empty arguments: room in its command line for a run's (warmbox._retitle)
 ENV_PAD_VAR = "P2P_WARM_PAD"
@@ -241,10 +239,12 @@ class WarmStarter:
             started = False
             while True:
                 conn = _connect(server.path)
-                if conn is not None:
+                if conn is not None:  # up, and a sandbox started from it (it checks before it listens)
                     conn.close()
-                    server.usable = await self._probe(server, interpreter)
-                    return server.usable
+                    if server.usable is None:
+                        log.info("runs start from a warm interpreter (%s)", server.path.name)
+                    server.usable = True
+                    return True
                 if not _held(server.lock):  # nobody is starting it, or its start failed
                     if started:
                         break
@@ -297,10 +297,15 @@ class WarmStarter:
                 return  # another process started it
             zenv = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORKDIR, "TMPDIR": "/tmp",
                     **import_env(env), ENV_PAD_VAR: "x" * ENV_PAD_BYTES}
+            # the sandbox it checks before it listens: an empty run folder, the interpreter's paths
+            probe = Path(tempfile.mkdtemp(prefix="p2p-warm-probe-"))
+            doc = namespaces_doc(SandboxSpec(probe, read_only=safe_paths(interpreter_paths(interpreter), [Path.home()]),
+                                             kind="namespaces", max_processes=64))
+            (probe / "probe.json").write_text(json.dumps(doc))
             with open(server.path.with_suffix(".log"), "wb") as out:
                 p = subprocess.Popen(
                     [interpreter, "-I", str(WARMBOX), str(server.path), str(self.idle_s), ",".join(self.preload),
-                     str(fd), *[""] * ARG_PAD],
+                     str(fd), str(probe / "probe.json"), *[""] * ARG_PAD],
                     env=zenv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True, pass_fds=(fd,), cwd="/")
                 p.wait(timeout=30)  # the parent it detaches from: a moment
@@ -309,31 +314,6 @@ class WarmStarter:
             log.info("cannot start a warm interpreter: %s", e)
         finally:
             os.close(fd)  # the warm interpreter keeps the lock
-
-    async def _probe(self, server: _Server, interpreter: str) -> bool:
-        """Whether a real sandbox starts from this warm interpreter here (once per process)."""
-        with tempfile.TemporaryDirectory(prefix="p2p-warm-probe-") as tmp:
-            probe = SandboxSpec(Path(tmp), read_only=safe_paths(interpreter_paths(interpreter), [Path.home()]),
-                                kind="namespaces", max_processes=64)
-            logf = Path(tmp) / "probe.log"
-            with logf.open("wb") as out:
-                conn = _connect(server.path)
-                run = None
-                if conn is not None:
-                    doc = {"argv": ["-c", "pass"], "executable": interpreter, "env": clean_env({}),
-                           "spec": namespaces_doc(probe), "rlimits": [], "cgroup": None, "owner": os.getpid()}
-                    run = await _request(conn, doc, out.fileno())
-            code = None
-            if run is not None:
-                with trio.move_on_after(PROBE_TIMEOUT_S):
-                    code = await run.wait()
-            why = logf.read_text(errors="replace").strip().splitlines()[-1:] if logf.exists() else []
-        if code == 0:
-            log.info("runs start from a warm interpreter (%s)", server.path.name)
-            return True
-        log.warning("runs start cold: a sandbox does not start from the warm interpreter (%s)",
-                    why[0][:200] if why else f"exit code {code}")
-        return False
 
     def close(self) -> None:
         """Nothing to close: the warm interpreters end on their own when idle (`shutdown` ends them now)."""
