@@ -26,6 +26,7 @@ from p2p_research.research.io.engine import ResearchEngine
 from p2p_research.research.io.home_init import init_home
 from p2p_research.research.io.proposers import BuiltinProposer
 from p2p_research.research.io.runner import RunLimits
+from p2p_research.research.io.warmstart import WarmRun
 
 pytestmark = pytest.mark.xdist_group("harness")  # its module fixture (prepared data) is built once, on one worker
 
@@ -390,6 +391,8 @@ async def test_the_evaluator_stays_warm_across_runs_and_a_refused_model_takes_it
         assert second.measured_by == "harness" and trainer.warm.starts == 1
         assert second.summary.val_bpb == pytest.approx(first.summary.val_bpb, abs=1e-6)
         server = trainer.warm._proc.pid
+        # forked from the evaluators' warm interpreter (the node's sandbox spec allows it), not started cold
+        assert isinstance(trainer.warm._proc, WarmRun), trainer.warm._proc
         limit = trainer.spec
         trainer.spec = dataclasses.replace(limit, eval_time_limit_s=3)  # warm: an honest model takes under a second
         slow = await _run(node, tmp_path, SLOW_TO_EVALUATE, trainer=trainer, name="slow")

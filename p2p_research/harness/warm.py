@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -37,9 +38,11 @@ from pathlib import Path
 
 import trio
 
+from p2p_research.research.io import warmstart
 from p2p_research.research.io.run_guard import is_alive, owner_mark
-from p2p_research.research.io.runner import RunLimits, kill_tree, launch_of, rss_mb
-from p2p_research.research.io.sandbox import SandboxSpec
+from p2p_research.research.io.runner import Launch, RunLimits, kill_tree, launch_of, rss_mb
+from p2p_research.research.io.sandbox import SandboxSpec, limit_values
+from p2p_research.research.io.warmstart import WarmRun
 
 log = logging.getLogger("p2p_research.harness")
 
@@ -85,13 +88,40 @@ def _end(pid: int, cgroup_remove) -> None:
     cgroup_remove()
 
 
+async def _start_warm(spec: ServerSpec, launch: Launch, err_fd: int) -> WarmRun | None:
+    """The server as a fork of a warm interpreter of the evaluators' own (research/io/warmstart.py; never
+    the one training runs fork from), where the sandbox allows one; None: start it cold. Its stdin and
+    stdout are pipes, as a cold server's are."""
+    sandbox = spec.sandbox
+    if sandbox is None or not sandbox.warm or not warmstart.enabled() or not warmstart.eligible(list(spec.argv)):
+        return None
+    rlimits = limit_values(sandbox)
+    if spec.hard_address_limit:
+        rlimits.append((resource.RLIMIT_AS, spec.memory_limit_mb * 2**20))
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        run = await warmstart.STARTER.spawn(list(spec.argv), launch.env, sandbox, rlimits,
+                                            launch.cgroup.path if launch.cgroup else None, [in_r, out_w, err_fd],
+                                            role="evaluate")
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+    if run is None:
+        os.close(in_w)
+        os.close(out_r)
+        return None
+    run.stdin, run.stdout = os.fdopen(in_w, "wb"), os.fdopen(out_r, "rb")
+    return run
+
+
 class WarmEvaluator:
     """The server of one trainer (see the module's docstring)."""
 
     def __init__(self, prepare_py: bytes) -> None:
         self.prepare_py = prepare_py
         self.root: Path | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen | WarmRun | None = None
         self._spec: ServerSpec | None = None
         self._finalizer: weakref.finalize | None = None
         self._buffer = b""
@@ -149,16 +179,18 @@ class WarmEvaluator:
                            list(spec.argv), spec.sandbox)
         assert self.log_path is not None
         with self.log_path.open("ab") as err:
-            def start() -> subprocess.Popen:
-                return subprocess.Popen(launch.argv, cwd=bin_dir, env=launch.env, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=err, start_new_session=True,
-                                        preexec_fn=launch.preexec)
-            try:
-                proc = await trio.to_thread.run_sync(start)
-            except OSError as e:
-                if launch.cgroup is not None:
-                    launch.cgroup.remove()
-                raise RuntimeError(f"cannot start the evaluator: {e.strerror or e}") from e
+            proc = await _start_warm(spec, launch, err.fileno())
+            if proc is None:
+                def start() -> subprocess.Popen:
+                    return subprocess.Popen(launch.argv, cwd=bin_dir, env=launch.env, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+                                            preexec_fn=launch.preexec)
+                try:
+                    proc = await trio.to_thread.run_sync(start)
+                except OSError as e:
+                    if launch.cgroup is not None:
+                        launch.cgroup.remove()
+                    raise RuntimeError(f"cannot start the evaluator: {e.strerror or e}") from e
         cgroup = launch.cgroup
         self._proc, self._spec, self._buffer = proc, spec, b""
         self.starts += 1

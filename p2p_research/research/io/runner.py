@@ -287,7 +287,7 @@ async def _start_warm(run_dir: Path, env: dict[str, str], limits: RunLimits, arg
     if limits.hard_address_limit:
         rlimits.append((resource.RLIMIT_AS, limits.memory_limit_mb * 2**20))
     marks = {OWNER_ENV: owner_mark(), RUN_DIR_ENV: str(run_dir.resolve())}
-    run = await warmstart.STARTER.spawn(argv, clean_env({**env, **marks}), sandbox, rlimits, cgroup.path, log_fd)
+    run = await warmstart.STARTER.spawn(argv, clean_env({**env, **marks}), sandbox, rlimits, cgroup.path, [log_fd])
     if run is None:
         cgroup.remove()
         return None

@@ -160,7 +160,7 @@ def _probe(spec_file: str, lock_fd: int):
     pid = os.fork()
     if pid == 0:
         os.close(lock_fd)
-        return _watchdog(req, os.dup(1))
+        return _watchdog(req, [os.dup(1)])
     _, status = os.waitpid(pid, 0)
     shutil.rmtree(os.path.dirname(spec_file), ignore_errors=True)
     code = os.waitstatus_to_exitcode(status)
@@ -207,7 +207,7 @@ def _reap(children: dict[int, socket.socket]) -> None:
 
 def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
     conn.settimeout(10)
-    msg, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 1)
+    msg, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 3)
     buf = msg
     while not buf.endswith(b"\n"):
         more = conn.recv(MAX_REQUEST)
@@ -233,16 +233,17 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list, s
         _answer(conn, {"bye": True})
         conn.close()
         return QUIT
-    if len(fds) != 1:
+    if len(fds) not in (1, 3):
         for fd in fds:
             os.close(fd)
-        _answer(conn, {"error": f"expected the run's log as one descriptor, got {len(fds)}"})
+        _answer(conn, {"error": f"expected the run's log, or its stdin, stdout and stderr, got {len(fds)} descriptors"})
         conn.close()
         return None
     try:
         pid = os.fork()
     except OSError as e:
-        os.close(fds[0])
+        for fd in fds:
+            os.close(fd)
         _answer(conn, {"error": f"fork: {e}"})
         conn.close()
         return None
@@ -253,8 +254,9 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list, s
                 os.close(obj)
             else:
                 obj.close()
-        return _watchdog(req, fds[0])
-    os.close(fds[0])
+        return _watchdog(req, fds)
+    for fd in fds:
+        os.close(fd)
     children[pid] = conn
     _answer(conn, {"pid": pid, "startup_cpu_s": round(startup_cpu, 3)})
     return None
@@ -271,14 +273,15 @@ def _answer(conn: socket.socket, doc: dict) -> None:
 # W: the run's watchdog, outside its namespaces
 
 
-def _watchdog(req: dict, log_fd: int):
+def _watchdog(req: dict, fds: list[int]):
+    """`fds`: the run's log (stdout and stderr; stdin is /dev/null), or its stdin, stdout and stderr."""
     for sig, handler in _DEFAULT_HANDLERS.items():
         signal.signal(sig, handler)
     os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
+    streams = [os.open(os.devnull, os.O_RDONLY), fds[0], fds[0]] if len(fds) == 1 else fds
+    moved = [os.dup(fd) for fd in streams]  # above 2 first: a descriptor may be 0, 1 or 2 already
+    for target, fd in enumerate(moved):
+        os.dup2(fd, target)
     os.closerange(3, max(1 << 16, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
     try:
         owner_fd = os.pidfd_open(int(req["owner"]))

@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import trio
 
@@ -109,12 +110,13 @@ def _warn_once(line: str) -> None:
         log.warning("%s", line)
 
 
-def key_of(interpreter: str, env: dict[str, str], preload: tuple[str, ...] = PRELOAD) -> str:
+def key_of(interpreter: str, env: dict[str, str], preload: tuple[str, ...] = PRELOAD, role: str = "train") -> str:
     """Which warm interpreter serves a run: the interpreter (path, size, time), the warm start's own
-    code, what it preloads and the import-time environment."""
+    code, what it preloads, the import-time environment, and the role (training runs and the harness's
+    evaluators never fork from one process: a fork can read what its process kept of other requests)."""
     h = hashlib.sha256()
     st = os.stat(interpreter)
-    h.update(f"{interpreter}\0{st.st_size}\0{st.st_mtime_ns}\0{','.join(preload)}\0".encode())
+    h.update(f"{interpreter}\0{st.st_size}\0{st.st_mtime_ns}\0{','.join(preload)}\0{role}\0".encode())
     for name in ("warmbox.py", "nsbox.py"):
         h.update(Path(__file__).with_name(name).read_bytes())
     h.update(json.dumps(import_env(env)).encode())
@@ -130,6 +132,8 @@ class WarmRun:
         self.pid = pid
         self.returncode: int | None = None
         self.startup_cpu_s = startup_cpu_s
+        self.stdin: IO[bytes] | None = None   # set by a caller that passed pipes (the harness's evaluator)
+        self.stdout: IO[bytes] | None = None
         self._conn: socket.socket | None = conn
         self._buf = buf
         try:
@@ -222,11 +226,11 @@ class WarmStarter:
         self.start_wait_s = start_wait_s
         self._servers: dict[str, _Server] = {}
 
-    def _server(self, interpreter: str, env: dict[str, str]) -> _Server | None:
+    def _server(self, interpreter: str, env: dict[str, str], role: str = "train") -> _Server | None:
         where = folder()
         if where is None:
             return None
-        key = key_of(interpreter, env, self.preload)
+        key = key_of(interpreter, env, self.preload, role)
         return self._servers.setdefault(key, _Server(where / f"{key}.sock"))
 
     async def _ready(self, server: _Server, interpreter: str, env: dict[str, str]) -> bool:
@@ -258,11 +262,12 @@ class WarmStarter:
         return False
 
     async def spawn(self, argv: list[str], env: dict[str, str], spec: SandboxSpec, rlimits: list[tuple[int, int]],
-                    cgroup: Path | None, log_fd: int) -> WarmRun | None:
+                    cgroup: Path | None, fds: list[int], role: str = "train") -> WarmRun | None:
         """Start `argv` (interpreter, script, arguments) in the sandbox of `spec` as a fork of a warm
-        interpreter; None where there is none here (the caller starts it cold)."""
+        interpreter of `role`; None where there is none here (the caller starts it cold). `fds`: the
+        run's log (its stdout and stderr), or its stdin, stdout and stderr."""
         interpreter = _interpreter(argv[0])
-        server = self._server(interpreter, env) if interpreter else None
+        server = self._server(interpreter, env, role) if interpreter else None
         if server is None or not await self._ready(server, interpreter, env):
             return None
         conn = _connect(server.path)
@@ -273,13 +278,13 @@ class WarmStarter:
         doc = {"argv": argv[1:], "executable": argv[0], "env": env, "spec": namespaces_doc(spec),
                "rlimits": [[int(r), int(v)] for r, v in rlimits], "cgroup": str(cgroup) if cgroup else None,
                "owner": os.getpid(), "env_first": ["P2P_RUN_OWNER", "P2P_RUN_DIR"]}
-        return await _request(conn, doc, log_fd)
+        return await _request(conn, doc, fds)
 
-    async def ready(self, interpreter: str, env: dict[str, str]) -> bool:
+    async def ready(self, interpreter: str, env: dict[str, str], role: str = "train") -> bool:
         """Start the warm interpreter for runs of `interpreter` in `env` (a run's environment) if none
         is up, and wait until it is and a sandbox starts from it (a test, before the run it checks)."""
         found = _interpreter(interpreter)
-        server = self._server(found, env) if found and enabled() else None
+        server = self._server(found, env, role) if found and enabled() else None
         return server is not None and await self._ready(server, found, env)
 
     def _start(self, interpreter: str, server: _Server, env: dict[str, str]) -> None:
@@ -357,9 +362,9 @@ def _connect(path: Path) -> socket.socket | None:
     return s
 
 
-async def _request(conn: socket.socket, doc: dict, log_fd: int) -> WarmRun | None:
+async def _request(conn: socket.socket, doc: dict, fds: list[int]) -> WarmRun | None:
     try:
-        socket.send_fds(conn, [json.dumps(doc).encode() + b"\n"], [log_fd])
+        socket.send_fds(conn, [json.dumps(doc).encode() + b"\n"], fds)
     except (OSError, ValueError) as e:
         conn.close()
         log.debug("the warm interpreter took no request: %s", e)
