@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +23,7 @@ from daemon_helpers import Daemon, wait_for
 
 from p2p_research.research.io.home_init import init_home
 from p2p_research.research.io.run_guard import RUN_DIR_ENV
-from p2p_research.research.io.runner import RunLimits, run_training
+from p2p_research.research.io.runner import RunLimits, run_training, train_argv
 from p2p_research.research.io.sandbox import SandboxSpec, clean_env, detect, interpreter_paths, safe_paths
 from p2p_research.research.io.warmstart import STARTER
 
@@ -209,3 +210,30 @@ def _pids_named(marker: str) -> list[int]:
             except OSError:
                 continue
     return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_run_that_stops_its_process_group_stops_nothing_outside_its_sandbox(tmp_path, backend):
+    """kill(0, SIGSTOP) reaches every process of the sender's group, across PID namespaces: a run whose
+    group held its watchdog (or unshare's) could freeze it and outlive its node. The command's PID 1 is
+    in a session of its own under every backend, so the stop reaches only the sandbox."""
+    run_dir, spec = _setup(tmp_path, backend)
+    (run_dir / "train.py").write_text(textwrap.dedent('''
+        import os, signal, time
+        if os.fork() == 0:
+            time.sleep(0.3)
+            os.kill(0, signal.SIGSTOP)  # every process of this group, wherever it is
+            os._exit(0)
+        try:
+            os.setpgid(0, 0)  # not this one
+        except PermissionError:  # it leads its session already (bwrap's --as-pid-1: PID 1 ignores the stop)
+            pass
+        time.sleep(1.0)
+        print("---"); print("val_bpb: 1.0")
+    '''))
+    if backend == "warm":
+        assert await STARTER.ready(sys.executable, clean_env({}))
+    started = time.monotonic()
+    outcome = await run_training(run_dir, {}, RunLimits(30, 4096, False), run_dir / "run.log", train_argv(""), spec)
+    assert outcome.ok, (outcome.reason, (run_dir / "run.log").read_text()[-2000:])
+    assert time.monotonic() - started < 20

@@ -7,10 +7,12 @@ Real runs through the real runner, in real sandboxes (namespaces), with real tor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -185,3 +187,35 @@ def test_only_an_interpreter_on_a_script_starts_warm():
     assert not warmstart.eligible(["uv", "run", "train.py"])
     assert not warmstart.eligible([sys.executable, "-m", "module"])
     assert not warmstart.eligible([sys.executable])
+
+
+async def test_only_this_user_in_this_user_namespace_gets_a_run_and_only_once_it_says_go(tmp_path):
+    """A process in another user namespace (as every sandboxed run is) is refused by the kernel's word
+    (SO_PEERCRED), so a run that could see the socket could not ask for a sandbox of its own choosing.
+    A client that gave up before it said go (it may have started the run cold) leaves nothing running."""
+    assert await warmstart.STARTER.ready(sys.executable, clean_env({}))
+    sock = warmstart.folder() / f"{warmstart.key_of(sys.executable, clean_env({}))}.sock"
+    outsider = await trio.run_process(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-c", textwrap.dedent(f'''
+            import socket
+            s = socket.socket(socket.AF_UNIX); s.connect({str(sock)!r})
+            socket.send_fds(s, [b'{{"argv": ["-c", "pass"], "env": {{}}, "spec": {{}}, "owner": 1}}\\n'], [1])
+            print(s.recv(4096).decode())
+        ''')], capture_stdout=True, capture_stderr=True, check=False)
+    said = (outsider.stdout + outsider.stderr).decode()
+    assert "refused: not this user's, in this user namespace" in said, said
+
+    token = f"tok-{uuid.uuid4().hex}"
+    run_dir = _run_dir(tmp_path, "run")
+    doc = {"argv": ["train.py", "wait", token], "executable": sys.executable, "env": clean_env({}),
+           "spec": warmstart.namespaces_doc(_spec(run_dir, True)), "owner": os.getpid()}
+    with open(run_dir / "run.log", "wb") as log, socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock))
+        socket.send_fds(s, [json.dumps(doc).encode() + b"\n"], [log.fileno()])
+        reply = json.loads(s.recv(4096).split(b"\n")[0])
+    assert isinstance(reply.get("pid"), int)  # forked, then given up on: closed without a go
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{reply['pid']}").exists() and time.monotonic() < deadline:
+        await trio.sleep(0.1)
+    assert not Path(f"/proc/{reply['pid']}").exists() and not _processes_with(token)
+    assert "waiting" not in (run_dir / "run.log").read_text()

@@ -511,7 +511,7 @@ def _measure(folder, torch, prepare, device):
 
 
 SERVE_IDLE_S = 300.0   # a server nobody asked for this long exits (the node starts another when needed)
-PER_REQUEST_ENV = ("P2P_SEED", "P2P_PRIVATE_BELOW")  # what may differ between two evaluations of one server
+PER_REQUEST_ENV = ("P2P_SEED", "P2P_PRIVATE_BELOW", "P2P_PRIVATE_SEED")  # what may differ between two evaluations of one server
 
 
 _UNREAD = bytearray()  # what the server read from stdin past the line it returned

@@ -40,7 +40,15 @@ import trio
 
 from p2p_research.research.io import warmstart
 from p2p_research.research.io.run_guard import is_alive, owner_mark
-from p2p_research.research.io.runner import Launch, RunLimits, kill_tree, launch_of, rss_mb
+from p2p_research.research.io.runner import (
+    Launch,
+    RunLimits,
+    kill_tree,
+    launch_of,
+    members_of,
+    rss_mb,
+    warm_shell,
+)
 from p2p_research.research.io.sandbox import SandboxSpec, limit_values
 from p2p_research.research.io.warmstart import WarmRun
 
@@ -49,7 +57,7 @@ log = logging.getLogger("p2p_research.harness")
 EVALUATE_SCRIPT = "p2p_evaluate.py"
 MEASURE_PREFIX = b"P2P-MEASURE "
 EXIT_PREFIX = b"P2P-EXIT "
-PER_REQUEST_ENV = ("P2P_SEED", "P2P_PRIVATE_BELOW")  # evaluate.PER_REQUEST_ENV: the rest starts a server
+PER_REQUEST_ENV = ("P2P_SEED", "P2P_PRIVATE_BELOW", "P2P_PRIVATE_SEED")  # evaluate.PER_REQUEST_ENV: the rest starts a server
 MEMORY_POLL_S = 0.5
 MAX_LINE = 256 * 1024
 ROOT_PREFIX = ".evaluator-"   # then the owner's pid and start time: a dead node's folder is removed later
@@ -246,7 +254,9 @@ class WarmEvaluator:
                 if not self.running:
                     finished = True
                     return None, "the evaluator ended"
-                if rss_mb(self._proc.pid) > memory_limit_mb:
+                members = members_of(self._proc.pid)
+                shell = warm_shell(self._proc.pid, members) if isinstance(self._proc, WarmRun) else frozenset()
+                if rss_mb(self._proc.pid, members, shell) > memory_limit_mb:
                     finished = True
                     self._stop()
                     return None, f"memory limit exceeded ({memory_limit_mb} MB)"

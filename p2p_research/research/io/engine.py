@@ -43,7 +43,7 @@ from p2p_research.research.constants import constants_only_change
 from p2p_research.research.describe import describe_change
 from p2p_research.research.effective import Facts, resolve
 from p2p_research.research.ids import experiment_id
-from p2p_research.research.io import preflight
+from p2p_research.research.io import preflight, warmstart
 from p2p_research.research.io.context import EDITABLE_FILE, ResearchContext
 from p2p_research.research.io.proposers import Proposal, Proposer, Skip
 from p2p_research.research.io.run_guard import end_leftovers
@@ -634,7 +634,7 @@ class ResearchEngine:
             paths.append(Path(r.data).expanduser())
         paths.append(self.cache_dir())
         paths += [Path(p).expanduser() for p in sb.read_only]
-        hidden = [ctx.home.path, Path.home()]
+        hidden = [ctx.home.path, Path.home(), *warmstart.hidden()]  # warm interpreters' sockets: never in a sandbox
         gpu = r.device != "cpu" and Path("/dev/nvidia0").exists()
         read_only = safe_paths(paths, hidden)
         # inside, HOME is the scratch directory: the harness's data folders written as ~/... in

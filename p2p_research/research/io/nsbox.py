@@ -7,7 +7,7 @@ the interpreter, the data and the cache, a fresh /proc, a minimal /dev, a sized 
 scratch directory with the run's files bound read-only; then pivot_root, the old root detached. It
 drops every capability (bounding set, securebits so that uid 0 regains none on exec, no_new_privs)
 and lets no process inside make another user namespace,
-then stays PID 1 as a reaper while COMMAND runs as its child: when COMMAND ends, PID 1 exits and the
+then stays PID 1 as a reaper, in a session of its own, while COMMAND runs as its child: when COMMAND ends, PID 1 exits and the
 kernel kills whatever is left in the namespace.
 
 Standalone on purpose: it runs under `python -I` with the standard library only.
@@ -71,6 +71,20 @@ def no_more_user_namespaces() -> None:
     user namespaces is 0 (the limit is per user namespace, and its root may lower it)."""
     with open("/proc/sys/user/max_user_namespaces", "w") as f:
         f.write("0")
+
+
+def loopback_up() -> None:
+    """The network namespace's own loopback up, as bwrap brings it up (127.0.0.1 reaches only this
+    sandbox): SIOCGIFFLAGS / SIOCSIFFLAGS on `lo` (CAP_NET_ADMIN in the new namespaces)."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), siocgifflags, ifreq))[1]
+        fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
 def build(spec: dict) -> None:
@@ -158,6 +172,8 @@ def main(argv: list[str]) -> int:
         spec = json.load(f)
     command = argv[argv.index("--") + 1:]
     try:
+        os.setsid()  # a session of its own: kill(0, ...) from inside reaches nothing outside (bwrap's --new-session)
+        loopback_up()
         no_more_user_namespaces()
         build(spec)
         drop_privileges()

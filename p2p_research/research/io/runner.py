@@ -106,7 +106,7 @@ def _process_table() -> dict[int, tuple[int, int]]:
     return stats
 
 
-def _members(pid: int) -> set[int]:
+def members_of(pid: int) -> set[int]:
     """The child's process group and all its descendants (a sandboxed run sits in a session of its own
     under bwrap, so its processes are found as descendants, not by group)."""
     stats = _process_table()
@@ -119,9 +119,17 @@ def _members(pid: int) -> set[int]:
     return members
 
 
-def rss_mb(pid: int, members: set[int] | None = None) -> float:
-    """RSS of the child's process group and of all its descendants."""
-    members = _members(pid) if members is None else members
+def warm_shell(pid: int, members: set[int]) -> set[int]:
+    """A warm run's watchdog (`pid`) and its namespace's PID 1: forks of the warm interpreter that hold
+    its pages and run nothing of the run's. A memory limit leaves them out (a cold run has no such
+    copies: its watchdog and bwrap are small processes)."""
+    table = _process_table()
+    return {pid} | {p for p in members if table.get(p, (0, 0))[0] == pid}
+
+
+def rss_mb(pid: int, members: set[int] | None = None, leave_out: set[int] = frozenset()) -> float:
+    """RSS of the child's process group and of all its descendants (less `leave_out`)."""
+    members = (members_of(pid) if members is None else members) - leave_out
     total = 0.0
     page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
     for p in members:
@@ -227,7 +235,7 @@ def kill_tree(pid: int, root: bool = True) -> None:
     alone is not enough: bwrap starts the command in a new session (`--new-session`) as PID 1 of its
     namespace, which ignores every signal but SIGKILL from outside, and once bwrap is gone the command
     is reparented out of reach and trains on (the same holds for the namespaces backend's reaper)."""
-    for p in sorted(_members(pid)):
+    for p in sorted(members_of(pid)):
         if p == pid and not root:
             continue
         try:
@@ -328,13 +336,13 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
         try:
             with trio.move_on_after(limits.time_limit_s) as scope:
                 while proc.poll() is None:
-                    members = _members(proc.pid)
+                    members = members_of(proc.pid)
                     cpu = meter.sample(members) + offset
                     if limits.cpu_limit_s is not None and cpu > limits.cpu_limit_s:
                         reason = f"CPU limit exceeded ({cpu:.1f} CPU-s, over {limits.cpu_limit_s:.1f})"
                         await _end(proc)
                         break
-                    if rss_mb(proc.pid, members) > limits.memory_limit_mb:
+                    if rss_mb(proc.pid, members, warm_shell(proc.pid, members) if warm else frozenset()) > limits.memory_limit_mb:
                         reason = f"memory limit exceeded ({limits.memory_limit_mb} MB)"
                         await _end(proc)
                         break

@@ -16,7 +16,7 @@ modules in PRELOAD once and listens on a UNIX socket. For each request it forks:
   the run ends it exits and the kernel ends whatever the run left in the namespace;
 - **R**, the run: the run's environment, arguments, working folder and streams, its command line and
   environment written over the server's in /proc (`ps`, `pgrep -f` and the node's leftover check see
-  the run as they see a cold one), fresh random seeds; then the script runs under `runpy` as
+  the run as they see a cold one), fresh random seeds; then the script runs as
   `python SCRIPT ARGS` would run it, and the interpreter ends the process as it ends any.
 
 The server sends the client W's pid, then W's exit status. It ends after IDLE_S seconds without a
@@ -33,12 +33,12 @@ from __future__ import annotations
 import ctypes
 import gc
 import importlib
+import importlib.machinery
 import io
 import json
 import os
 import random
 import resource
-import runpy
 import select
 import signal
 import socket
@@ -57,6 +57,7 @@ MAX_REQUEST = 1 << 20
 SETUP_FAILED = 125   # as nsbox.py: the sandbox could not be made
 OWNER_GONE = 137     # the node that asked is gone: so is its run
 QUIT = object()
+GO_TIMEOUT_S = 30.0  # how long a forked run waits for its client's go
 
 libc = ctypes.CDLL(None, use_errno=True)
 _DEFAULT_HANDLERS = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
@@ -233,6 +234,12 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list, s
         _answer(conn, {"bye": True})
         conn.close()
         return QUIT
+    if not _same_user(conn):  # a process in another user namespace (a sandboxed run) asks for nothing here
+        for fd in fds:
+            os.close(fd)
+        _answer(conn, {"error": "refused: not this user's, in this user namespace"})
+        conn.close()
+        return None
     if len(fds) not in (1, 3):
         for fd in fds:
             os.close(fd)
@@ -249,17 +256,28 @@ def _start(conn: socket.socket, children: dict[int, socket.socket], own: list, s
         return None
     if pid == 0:
         signal.set_wakeup_fd(-1)
-        for obj in [*own, conn, *children.values()]:
+        for obj in [*own, *children.values()]:
             if isinstance(obj, int):
                 os.close(obj)
             else:
                 obj.close()
-        return _watchdog(req, fds)
+        return _watchdog(req, fds, conn)
     for fd in fds:
         os.close(fd)
     children[pid] = conn
     _answer(conn, {"pid": pid, "startup_cpu_s": round(startup_cpu, 3)})
     return None
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """Whether the peer is this user in this user namespace (SO_PEERCRED; the kernel's word)."""
+    import struct
+
+    try:
+        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return uid == os.getuid() and pid > 0 and os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user")
+    except OSError:
+        return False
 
 
 def _answer(conn: socket.socket, doc: dict) -> None:
@@ -273,10 +291,21 @@ def _answer(conn: socket.socket, doc: dict) -> None:
 # W: the run's watchdog, outside its namespaces
 
 
-def _watchdog(req: dict, fds: list[int]):
-    """`fds`: the run's log (stdout and stderr; stdin is /dev/null), or its stdin, stdout and stderr."""
+def _watchdog(req: dict, fds: list[int], conn: socket.socket | None = None):
+    """`fds`: the run's log (stdout and stderr; stdin is /dev/null), or its stdin, stdout and stderr.
+    With `conn` (a client's request), nothing starts until the client says go, after it has the pid:
+    a client that gave up (it may have started the run cold) leaves nothing running here."""
     for sig, handler in _DEFAULT_HANDLERS.items():
         signal.signal(sig, handler)
+    if conn is not None:
+        try:
+            conn.settimeout(GO_TIMEOUT_S)
+            go = conn.recv(1)
+        except OSError:
+            go = b""
+        conn.close()
+        if go != b"g":
+            os._exit(OWNER_GONE)
     os.setsid()
     streams = [os.open(os.devnull, os.O_RDONLY), fds[0], fds[0]] if len(fds) == 1 else fds
     moved = [os.dup(fd) for fd in streams]  # above 2 first: a descriptor may be 0, 1 or 2 already
@@ -359,7 +388,9 @@ def _pid1(req: dict, alive_fd: int):
     os.close(alive_fd)
     spec = req["spec"]
     try:
+        os.setsid()  # W's session is outside: kill(0, ...) from the run must reach nothing there
         _check(libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
+        nsbox.loopback_up()
         nsbox.no_more_user_namespaces()
         nsbox.build(spec)
         nsbox.drop_privileges()
@@ -430,25 +461,37 @@ def run(req: dict) -> None:
     sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
     unbuffered = bool(env.get("PYTHONUNBUFFERED"))
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
-    sys.stdout = io.TextIOWrapper(_binary_out(1, unbuffered), write_through=unbuffered, line_buffering=os.isatty(1))
-    sys.stderr = io.TextIOWrapper(_binary_out(2, unbuffered), errors="backslashreplace", line_buffering=True,
-                                  write_through=unbuffered)
+    # the encoding and error handler this interpreter chose at its start for the same kind of environment
+    # (UTF-8 mode under the C locale: surrogateescape)
+    out_enc, out_err = sys.__stdout__.encoding, sys.__stdout__.errors
+    sys.stdout = io.TextIOWrapper(_binary_out(1, unbuffered), encoding=out_enc, errors=out_err,
+                                  write_through=unbuffered, line_buffering=os.isatty(1))
+    sys.stderr = io.TextIOWrapper(_binary_out(2, unbuffered), encoding=out_enc, errors="backslashreplace",
+                                  line_buffering=True, write_through=unbuffered)
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     random.seed()  # a fresh interpreter's seeds, not the server's copy
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()
+    # __main__ as `python SCRIPT ARGS` makes it: sys.argv as given, __file__ and the code's file name
+    # absolute, a source loader, the script's folder first on sys.path
+    main = type(sys)("__main__")
+    main.__dict__.update(__builtins__=__builtins__, __spec__=None, __cached__=None, __package__=None)
     if argv[0] == "-c":
         sys.argv = ["-c", *argv[2:]]
         sys.path.insert(0, "")
+        main.__loader__ = importlib.machinery.BuiltinImporter
         code = compile(argv[1], "<string>", "exec")
-        main = type(sys)("__main__")
-        sys.modules["__main__"] = main
-        exec(code, main.__dict__)
-        return
-    sys.argv = argv
-    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
-    runpy.run_path(argv[0], run_name="__main__")
+    else:
+        script = os.path.abspath(argv[0])
+        sys.argv = argv
+        sys.path.insert(0, os.path.dirname(script))
+        main.__file__ = script
+        main.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
+        with io.open_code(script) as f:
+            code = compile(f.read(), script, "exec")
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
 
 
 def main(argv: list[str]) -> int:

@@ -49,6 +49,7 @@ WARM_ENV = "P2P_WARM_START"        # off | 0: every run starts cold
 FOLDER_ENV = "P2P_WARM_FOLDER"     # where the sockets are (default: $XDG_RUNTIME_DIR or /tmp, per user)
 IDLE_S = 300.0                     # a warm interpreter with no run for this long ends
 PRELOAD = ("torch",)
+RETRY_S = 600.0                    # a warm interpreter that did not come up is tried again after this long
 START_WAIT_S = 60.0                # how long a run waits for a warm interpreter's imports before it starts cold
 REPLY_TIMEOUT_S = 10.0
 ENV_PAD_BYTES = 16384              # room in the warm interpreter's environment for a run's (warmbox._retitle)
@@ -101,6 +102,13 @@ def folder() -> Path | None:
     return path
 
 
+def hidden() -> list[Path]:
+    """Folders no sandbox may show (a run that could reach a warm interpreter's socket could ask it for
+    a sandbox of its own choosing; the interpreter also refuses a peer in another user namespace)."""
+    where = folder()
+    return [where.resolve()] if where is not None else []
+
+
 _WARNED: set[str] = set()
 
 
@@ -117,10 +125,27 @@ def key_of(interpreter: str, env: dict[str, str], preload: tuple[str, ...] = PRE
     h = hashlib.sha256()
     st = os.stat(interpreter)
     h.update(f"{interpreter}\0{st.st_size}\0{st.st_mtime_ns}\0{','.join(preload)}\0{role}\0".encode())
+    h.update(_context().encode())
+    for packages in Path(interpreter).parent.parent.glob("lib/python*/site-packages"):
+        h.update(f"{packages}\0{packages.stat().st_mtime_ns}\0".encode())  # a package installed or upgraded
     for name in ("warmbox.py", "nsbox.py"):
         h.update(Path(__file__).with_name(name).read_bytes())
     h.update(json.dumps(import_env(env)).encode())
     return h.hexdigest()[:20]
+
+
+def _context() -> str:
+    """What a warm interpreter takes from the process that starts it and a run must get from its own
+    node: the cgroup (a service's limits, and its stop), the mount and user namespaces (what paths
+    mean), the CPUs it may use (thread pools size themselves by them when torch loads)."""
+    parts = []
+    for path in ("/proc/self/cgroup", "/proc/self/ns/mnt", "/proc/self/ns/user"):
+        try:
+            parts.append(os.readlink(path) if "/ns/" in path else Path(path).read_text())
+        except OSError:
+            parts.append("?")
+    parts.append(",".join(map(str, sorted(os.sched_getaffinity(0)))))
+    return "\0".join(parts)
 
 
 class WarmRun:
@@ -210,6 +235,7 @@ def _readable(fd: int) -> bool:
 class _Server:
     path: Path
     usable: bool | None = None      # None: not checked yet in this process
+    failed_at: float = -1e9         # when it last did not come up: tried again after RETRY_S
 
     @property
     def lock(self) -> Path:
@@ -237,6 +263,8 @@ class WarmStarter:
         """Whether the warm interpreter of `server` is up and a sandbox starts from it here; starts it
         when no process is starting or running it, and waits for its imports (a cold run would spend
         the same time importing) up to `start_wait_s`."""
+        if server.usable is False and time.monotonic() - server.failed_at > RETRY_S:
+            server.usable = None  # a start that failed or was slow once: try again now and then
         if server.usable is not None:
             return server.usable
         with trio.move_on_after(self.start_wait_s):
@@ -257,8 +285,9 @@ class WarmStarter:
                     continue
                 await trio.sleep(0.05)
         tail = _tail(server.path.with_suffix(".log"))
-        log.warning("runs start cold: the warm interpreter did not start%s", f" ({tail})" if tail else "")
-        server.usable = False
+        log.warning("runs start cold: the warm interpreter did not start%s; trying again in %.0f s",
+                    f" ({tail})" if tail else "", RETRY_S)
+        server.usable, server.failed_at = False, time.monotonic()
         return False
 
     async def spawn(self, argv: list[str], env: dict[str, str], spec: SandboxSpec, rlimits: list[tuple[int, int]],
@@ -389,11 +418,16 @@ async def _request(conn: socket.socket, doc: dict, fds: list[int]) -> WarmRun | 
     except ValueError:
         reply = {}
     if not isinstance(reply, dict) or not isinstance(reply.get("pid"), int):
-        conn.close()
+        conn.close()  # a run forked after this sees the close instead of its go, and starts nothing
         log.info("the warm interpreter did not start the run: %s", reply.get("error", "no answer")
                  if isinstance(reply, dict) else "a bad answer")
         return None
-    return WarmRun(conn, reply["pid"], float(reply.get("startup_cpu_s") or 0.0), rest)
+    run = WarmRun(conn, reply["pid"], float(reply.get("startup_cpu_s") or 0.0), rest)
+    try:
+        conn.send(b"g")  # the pid is ours now: its watchdog may start the run
+    except OSError:
+        pass  # it ended already: its status comes as for any run
+    return run
 
 
 def shutdown(interpreter: str | None = None) -> list[int]:
