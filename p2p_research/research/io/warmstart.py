@@ -62,6 +62,7 @@ IMPORT_ENV = ("LANG", "LANGUAGE", "TZ")
 IMPORT_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYTORCH_", "CUDA_", "NVIDIA_",
                        "NCCL_", "LC_")
 _PYTHON = re.compile(r"python[0-9.]*")
+_WHAT = {"train": "runs", "evaluate": "the harness's evaluators"}
 
 
 def enabled() -> bool:
@@ -234,6 +235,7 @@ def _readable(fd: int) -> bool:
 @dataclasses.dataclass
 class _Server:
     path: Path
+    role: str = "train"
     usable: bool | None = None      # None: not checked yet in this process
     failed_at: float = -1e9         # when it last did not come up: tried again after RETRY_S
 
@@ -257,7 +259,7 @@ class WarmStarter:
         if where is None:
             return None
         key = key_of(interpreter, env, self.preload, role)
-        return self._servers.setdefault(key, _Server(where / f"{key}.sock"))
+        return self._servers.setdefault(key, _Server(where / f"{key}.sock", role))
 
     async def _ready(self, server: _Server, interpreter: str, env: dict[str, str]) -> bool:
         """Whether the warm interpreter of `server` is up and a sandbox starts from it here; starts it
@@ -274,7 +276,7 @@ class WarmStarter:
                 if conn is not None:  # up, and a sandbox started from it (it checks before it listens)
                     conn.close()
                     if server.usable is None:
-                        log.info("runs start from a warm interpreter (%s)", server.path.name)
+                        log.info("%s start from a warm interpreter (%s)", _WHAT[server.role], server.path.name)
                     server.usable = True
                     return True
                 if not _held(server.lock):  # nobody is starting it, or its start failed
@@ -285,8 +287,8 @@ class WarmStarter:
                     continue
                 await trio.sleep(0.05)
         tail = _tail(server.path.with_suffix(".log"))
-        log.warning("runs start cold: the warm interpreter did not start%s; trying again in %.0f s",
-                    f" ({tail})" if tail else "", RETRY_S)
+        log.warning("%s start cold: the warm interpreter did not start%s; trying again in %.0f s",
+                    _WHAT[server.role], f" ({tail})" if tail else "", RETRY_S)
         server.usable, server.failed_at = False, time.monotonic()
         return False
 
@@ -343,7 +345,7 @@ class WarmStarter:
                     env=zenv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True, pass_fds=(fd,), cwd="/")
                 p.wait(timeout=30)  # the parent it detaches from: a moment
-            log.info("starting a warm interpreter for runs of %s (%s)", interpreter, server.path.name)
+            log.info("starting a warm interpreter for %s of %s (%s)", _WHAT[server.role], interpreter, server.path.name)
         except (OSError, subprocess.SubprocessError) as e:
             log.info("cannot start a warm interpreter: %s", e)
         finally:
