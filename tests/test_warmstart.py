@@ -219,3 +219,39 @@ async def test_only_this_user_in_this_user_namespace_gets_a_run_and_only_once_it
         await trio.sleep(0.1)
     assert not Path(f"/proc/{reply['pid']}").exists() and not _processes_with(token)
     assert "waiting" not in (run_dir / "run.log").read_text()
+
+
+async def test_a_short_warm_run_s_cpu_is_counted_to_its_end(tmp_path):
+    """The runner samples a run's CPU every half second; a run that ends between two samples would count
+    next to nothing of its own, and the harness's compute check would take that as its reference. A
+    warm run's count is the kernel's to its end (the warm interpreter's wait4 of its watchdog: the
+    whole tree, a child the run reaped included), plus the warm interpreter's own start."""
+    from p2p_research.research.io.sandbox import limit_values
+
+    assert await warmstart.STARTER.ready(sys.executable, clean_env({}))
+    info = warmstart.folder() / f"{warmstart.key_of(sys.executable, clean_env({}))}.sock.info"
+    startup = json.loads(info.read_text())["startup_cpu_s"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.py").write_text(textwrap.dedent('''
+        import os, time
+        def spin(s):
+            while time.process_time() < s:
+                pass
+        pid = os.fork()
+        if pid == 0:
+            spin(0.3)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        spin(0.3)
+        print("---"); print("val_bpb: 1.0")
+    '''))
+    spec = _spec(run_dir, True)
+    with open(run_dir / "direct.log", "wb") as log:
+        run = await warmstart.STARTER.spawn([sys.executable, "train.py"], clean_env({}), spec, limit_values(spec),
+                                            None, [log.fileno()])
+        assert run is not None and await run.wait() == 0
+    assert run.cpu_s is not None and run.cpu_s >= 0.6, run.cpu_s  # the child's 0.3 and the run's own 0.3
+    o = await run_training(run_dir, {}, RunLimits(60, 4096, False), run_dir / "run.log", train_argv(""), spec)
+    assert o.ok and o.warm, o.reason
+    assert o.cpu_seconds - startup >= 0.6, (o.cpu_seconds, startup)

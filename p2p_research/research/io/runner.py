@@ -353,6 +353,10 @@ async def run_training(run_dir: Path, env: dict[str, str], limits: RunLimits, lo
                 await _end(proc)
             with trio.CancelScope(shield=True):
                 await proc.wait()
+            if warm is not None and not reason and proc.cpu_s is not None:
+                # the kernel's count to the end, where the samples every RSS_POLL_S miss the last part
+                # (most of a short run's): what a cold run's would be, had it been counted so
+                cpu = max(cpu, proc.cpu_s + offset)
         finally:
             # Cancelled (Ctrl+C, daemon stop) or any error: never leave the child running.
             if proc.returncode is None:

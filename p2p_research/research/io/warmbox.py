@@ -190,17 +190,20 @@ def _leave(path: str, inode: int) -> None:
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
+    """Each ended watchdog's status and CPU: its own and all it reaped, so the run's whole tree (G reaps
+    R and whatever R left; W reaps G), counted by the kernel to the end, not sampled."""
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
         conn = children.pop(pid, None)
         if conn is not None:
+            doc = {"exit": os.waitstatus_to_exitcode(status), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
             try:
-                conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+                conn.sendall(json.dumps(doc).encode() + b"\n")
             except OSError:
                 pass
             conn.close()

@@ -158,6 +158,9 @@ class WarmRun:
         self.pid = pid
         self.returncode: int | None = None
         self.startup_cpu_s = startup_cpu_s
+        # the run's CPU from the fork to its end, its whole tree, as the kernel counted it (the warm
+        # interpreter's wait4 of the watchdog); None until it ended, or where it was killed before
+        self.cpu_s: float | None = None
         self.stdin: IO[bytes] | None = None   # set by a caller that passed pipes (the harness's evaluator)
         self.stdout: IO[bytes] | None = None
         self._conn: socket.socket | None = conn
@@ -176,6 +179,8 @@ class WarmRun:
             except ValueError:
                 continue
             if isinstance(doc, dict) and isinstance(doc.get("exit"), int):
+                if isinstance(doc.get("cpu_s"), (int, float)):
+                    self.cpu_s = float(doc["cpu_s"])
                 self._set(doc["exit"])
 
     def _set(self, code: int) -> None:
