@@ -139,3 +139,17 @@ def stop_all(daemons):
         d.stop()
     for d in daemons:
         d.kill()
+
+
+def pids_with_cmdline(token: str) -> list[int]:
+    """Every process whose /proc/PID/cmdline holds `token` (a run's marker: what must not outlive it)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if token.encode() in f.read():
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from daemon_helpers import Daemon, wait_for
+from daemon_helpers import Daemon, pids_with_cmdline, wait_for
 
 from p2p_research.research.io.home_init import init_home
 from p2p_research.research.io.run_guard import RUN_DIR_ENV
@@ -50,22 +50,9 @@ time.sleep(120)
 '''
 
 
-def _left(token: str) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    if token.encode() in f.read():
-                        found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def _gone(token: str, within_s: float = 10.0) -> list[int]:
     deadline = time.monotonic() + within_s
-    while (left := _left(token)) and time.monotonic() < deadline:
+    while (left := pids_with_cmdline(token)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from daemon_helpers import pids_with_cmdline
 
 from p2p_research.research.io import warmstart
 from p2p_research.research.io.run_guard import OWNER_ENV, RUN_DIR_ENV
@@ -63,19 +64,6 @@ def _run_dir(tmp_path: Path, name: str) -> Path:
     d.mkdir()
     (d / "train.py").write_text(TRAIN)
     return d
-
-
-def _processes_with(token: str) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    if token.encode() in f.read():
-                        out.append(int(entry.name))
-            except OSError:
-                continue
-    return out
 
 
 async def test_a_warm_run_trains_as_a_cold_one_does(tmp_path):
@@ -125,7 +113,7 @@ async def test_a_warm_run_shows_in_proc_as_itself_and_ends_with_the_node_that_as
         while "waiting" not in (run_dir / "run.log").read_text(errors="replace") if (run_dir / "run.log").exists() else True:
             assert time.monotonic() < deadline and node.poll() is None, "the run did not start"
             await trio.sleep(0.1)
-        (pid,) = [p for p in _processes_with(token) if p != node.pid]  # the node's own -c holds it too
+        (pid,) = [p for p in pids_with_cmdline(token) if p != node.pid]  # the node's own -c holds it too
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert cmdline == f"{sys.executable} train.py wait {token}".encode() + b"\0", cmdline
         environ = [e for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if e]
@@ -135,12 +123,12 @@ async def test_a_warm_run_shows_in_proc_as_itself_and_ends_with_the_node_that_as
         node.kill()
         node.wait()
         deadline = time.monotonic() + 10
-        while _processes_with(token) and time.monotonic() < deadline:
+        while pids_with_cmdline(token) and time.monotonic() < deadline:
             await trio.sleep(0.1)
-        assert not _processes_with(token), "the run outlived the node that asked for it"
+        assert not pids_with_cmdline(token), "the run outlived the node that asked for it"
     finally:
         node.kill()
-        for p in _processes_with(token):
+        for p in pids_with_cmdline(token):
             os.kill(p, signal.SIGKILL)
 
 
@@ -217,7 +205,7 @@ async def test_only_this_user_in_this_user_namespace_gets_a_run_and_only_once_it
     deadline = time.monotonic() + 5
     while Path(f"/proc/{reply['pid']}").exists() and time.monotonic() < deadline:
         await trio.sleep(0.1)
-    assert not Path(f"/proc/{reply['pid']}").exists() and not _processes_with(token)
+    assert not Path(f"/proc/{reply['pid']}").exists() and not pids_with_cmdline(token)
     assert "waiting" not in (run_dir / "run.log").read_text()
 
 

@@ -246,6 +246,12 @@ def kill_tree(pid: int, root: bool = True) -> None:
         _kill_group(pid)
 
 
+def run_marks(run_dir: Path) -> dict[str, str]:
+    """Whose run this is, in its environment: run_guard's watchdog ends it if this node dies, a later
+    life of the node if both died (cold or warm alike)."""
+    return {OWNER_ENV: owner_mark(), RUN_DIR_ENV: str(run_dir.resolve())}
+
+
 @dataclass
 class Launch:
     """How a sandboxed (or plain) child is started: its command line (under the watchdog), its
@@ -273,7 +279,7 @@ def launch_of(run_dir: Path, env: dict[str, str], limits: RunLimits, command: li
 
     argv = command or train_argv("")
     # whose run this is: the watchdog ends it if this node dies, a later life of the node if both died
-    marks = {OWNER_ENV: owner_mark(), RUN_DIR_ENV: str(run_dir.resolve())}
+    marks = run_marks(run_dir)
     if sandbox is not None:
         argv = wrap(argv, sandbox)
         child_env = clean_env({**env, **marks})
@@ -294,7 +300,7 @@ async def _start_warm(run_dir: Path, env: dict[str, str], limits: RunLimits, arg
     rlimits = limit_values(sandbox)
     if limits.hard_address_limit:
         rlimits.append((resource.RLIMIT_AS, limits.memory_limit_mb * 2**20))
-    marks = {OWNER_ENV: owner_mark(), RUN_DIR_ENV: str(run_dir.resolve())}
+    marks = run_marks(run_dir)
     run = await warmstart.STARTER.spawn(argv, clean_env({**env, **marks}), sandbox, rlimits, cgroup.path, [log_fd])
     if run is None:
         cgroup.remove()

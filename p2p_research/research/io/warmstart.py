@@ -356,10 +356,6 @@ class WarmStarter:
         finally:
             os.close(fd)  # the warm interpreter keeps the lock
 
-    def close(self) -> None:
-        """Nothing to close: the warm interpreters end on their own when idle (`shutdown` ends them now)."""
-
-
 def _held(lock: Path) -> bool:
     """Whether a warm interpreter (or the process starting one) holds `lock`."""
     try:
