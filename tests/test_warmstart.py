@@ -177,6 +177,25 @@ def test_only_an_interpreter_on_a_script_starts_warm():
     assert not warmstart.eligible([sys.executable])
 
 
+def test_a_run_that_uses_torch_optim_or_compile_forks_from_an_interpreter_that_imported_dynamo(tmp_path):
+    """autoresearch's train.py builds torch.optim's AdamW and compiles: both import TorchDynamo at their
+    first call (1.5 CPU-s), so its runs fork from an interpreter that imported it; the default target,
+    written to need neither, keeps the lighter one."""
+    from p2p_research.target import TARGET_DIR
+
+    fixture = Path(__file__).parent / "fixtures" / "autoresearch" / "train.py"
+    assert warmstart.preload_for(fixture) == ("torch._dynamo",)
+    default = tmp_path / "train.py"
+    default.write_bytes((TARGET_DIR / "train.py").read_bytes())
+    assert warmstart.preload_for(default) == ()
+    for text in ("model = torch.compile(model)", "from torch import optim", "opt = torch.optim.SGD(p)"):
+        default.write_text(text)
+        assert warmstart.preload_for(default) == ("torch._dynamo",), text
+    assert warmstart.preload_for(tmp_path / "missing.py") == ()
+    env = clean_env({})
+    assert warmstart.key_of(sys.executable, env) != warmstart.key_of(sys.executable, env, ("torch", "torch._dynamo"))
+
+
 async def test_only_this_user_in_this_user_namespace_gets_a_run_and_only_once_it_says_go(tmp_path):
     """A process in another user namespace (as every sandboxed run is) is refused by the kernel's word
     (SO_PEERCRED), so a run that could see the socket could not ask for a sandbox of its own choosing.

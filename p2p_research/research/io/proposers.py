@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,30 @@ from p2p_research.research.pick import BUILTIN_TRIES, Merges, drive_async, owned
 from p2p_research.research.searchspace import SearchSpace
 
 log = logging.getLogger("p2p_research.proposer")
+
+
+_PARSES: OrderedDict[bytes, bool] = OrderedDict()  # sha-256 of a program -> whether it parses
+_PARSES_KEPT = 1024
+
+
+def _parsed_text(data: bytes) -> str | None:
+    """`data` as text when it is a Python program that parses, else None. Remembered by digest (a
+    proposal draws the same merged programs again at every proposal on one baseline, and a parse of the
+    default train.py costs 5 ms), never by the program itself: a peer's program may be 16 MiB."""
+    key = hashlib.sha256(data).digest()
+    ok = _PARSES.get(key)
+    if ok is None:
+        try:
+            parse_source(data.decode())
+            ok = True
+        except (ConstantsError, UnicodeDecodeError):
+            ok = False
+    _PARSES[key] = ok
+    _PARSES.move_to_end(key)
+    if len(_PARSES) > _PARSES_KEPT:
+        _PARSES.popitem(last=False)
+    return data.decode() if ok else None
+
 
 EDITABLE_FILE = "train.py"
 
@@ -133,17 +159,16 @@ class BuiltinProposer:
         """The first merged train.py (as text, bytes and what it came from) this node should run: owned
         here, known nowhere, and parseable (research/pick.owned_only, the order the DES takes too)."""
         def usable() -> Iterator[tuple[str, bytes, T] | None]:
+            # ownership first, then the parse (5 ms for the default train.py): a node owns a fraction
+            # of the merges it draws, and both are pure, so the order does not change which one is first
             for data, origin in merges:
-                try:
-                    text = data.decode() if data is not None else None
-                    if text is not None:
-                        parse_source(text)
-                except (ConstantsError, UnicodeDecodeError):
-                    text = None
-                yield (text, data, origin) if text is not None and data is not None else None
+                if data is None or (is_mine is not None and not is_mine(data)):
+                    yield None
+                    continue
+                text = _parsed_text(data)
+                yield (text, data, origin) if text is not None else None
 
-        return await drive_async(owned_only(usable(), (lambda c: is_mine(c[1])) if is_mine is not None else None),
-                                 lambda c: is_known(c[1]))
+        return await drive_async(owned_only(usable(), None), lambda c: is_known(c[1]))
 
     async def _combination(self, workspace: Workspace, baseline: str, source: str, is_known: IsKnown,
                            is_mine: IsMine | None) -> Proposal | None:

@@ -301,7 +301,8 @@ async def _start_warm(run_dir: Path, env: dict[str, str], limits: RunLimits, arg
     if limits.hard_address_limit:
         rlimits.append((resource.RLIMIT_AS, limits.memory_limit_mb * 2**20))
     marks = run_marks(run_dir)
-    run = await warmstart.STARTER.spawn(argv, clean_env({**env, **marks}), sandbox, rlimits, cgroup.path, [log_fd])
+    run = await warmstart.STARTER.spawn(argv, clean_env({**env, **marks}), sandbox, rlimits, cgroup.path, [log_fd],
+                                        extra=warmstart.preload_for(run_dir / "train.py"))
     if run is None:
         cgroup.remove()
         return None

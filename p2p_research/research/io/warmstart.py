@@ -15,6 +15,7 @@ node's runs start cold (the node's log says so once).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import fcntl
@@ -49,6 +50,10 @@ WARM_ENV = "P2P_WARM_START"        # off | 0: every run starts cold
 FOLDER_ENV = "P2P_WARM_FOLDER"     # where the sockets are (default: $XDG_RUNTIME_DIR or /tmp, per user)
 IDLE_S = 300.0                     # a warm interpreter with no run for this long ends
 PRELOAD = ("torch",)
+# what torch.optim and torch.compile import at their first call (TorchDynamo: 1.5 CPU-s here, as much as
+# torch itself): preloaded for a run whose train.py uses them (`preload_for`)
+COMPILER_PRELOAD = ("torch._dynamo",)
+_COMPILER_NAMES = {"optim", "compile", "_dynamo"}
 RETRY_S = 600.0                    # a warm interpreter that did not come up is tried again after this long
 START_WAIT_S = 60.0                # how long a run waits for a warm interpreter's imports before it starts cold
 REPLY_TIMEOUT_S = 10.0
@@ -63,6 +68,34 @@ IMPORT_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "
                        "NCCL_", "LC_")
 _PYTHON = re.compile(r"python[0-9.]*")
 _WHAT = {"train": "runs", "evaluate": "the harness's evaluators"}
+
+
+def preload_for(script: Path) -> tuple[str, ...]:
+    """What a run's warm interpreter imports beyond PRELOAD: TorchDynamo where the run's script uses
+    torch.optim or torch.compile (autoresearch's train.py uses both; the default target uses neither, on
+    purpose). Read from the run's own script, so it is a guess a run's code controls: either way it costs
+    time only (a run that needs Dynamo and lacks it imports it itself), and it chooses between two warm
+    interpreters at most."""
+    try:
+        with open(script, "rb") as f:
+            source = f.read(1 << 20)
+        tree = ast.parse(source)
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return ()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in _COMPILER_NAMES and \
+                isinstance(node.value, ast.Name) and node.value.id == "torch":
+            uses = True
+        elif isinstance(node, ast.ImportFrom):
+            uses = (node.module == "torch" and any(a.name in _COMPILER_NAMES for a in node.names)) or \
+                (node.module or "").split(".")[:2] in (["torch", "optim"], ["torch", "_dynamo"])
+        elif isinstance(node, ast.Import):
+            uses = any(a.name.split(".")[:2] in (["torch", "optim"], ["torch", "_dynamo"]) for a in node.names)
+        else:
+            continue
+        if uses:
+            return COMPILER_PRELOAD
+    return ()
 
 
 def enabled() -> bool:
@@ -241,6 +274,7 @@ def _readable(fd: int) -> bool:
 class _Server:
     path: Path
     role: str = "train"
+    preload: tuple[str, ...] = PRELOAD
     usable: bool | None = None      # None: not checked yet in this process
     failed_at: float = -1e9         # when it last did not come up: tried again after RETRY_S
 
@@ -259,12 +293,14 @@ class WarmStarter:
         self.start_wait_s = start_wait_s
         self._servers: dict[str, _Server] = {}
 
-    def _server(self, interpreter: str, env: dict[str, str], role: str = "train") -> _Server | None:
+    def _server(self, interpreter: str, env: dict[str, str], role: str = "train",
+                extra: tuple[str, ...] = ()) -> _Server | None:
         where = folder()
         if where is None:
             return None
-        key = key_of(interpreter, env, self.preload, role)
-        return self._servers.setdefault(key, _Server(where / f"{key}.sock", role))
+        preload = (*self.preload, *(m for m in extra if m not in self.preload))
+        key = key_of(interpreter, env, preload, role)
+        return self._servers.setdefault(key, _Server(where / f"{key}.sock", role, preload))
 
     async def _ready(self, server: _Server, interpreter: str, env: dict[str, str]) -> bool:
         """Whether the warm interpreter of `server` is up and a sandbox starts from it here; starts it
@@ -298,12 +334,14 @@ class WarmStarter:
         return False
 
     async def spawn(self, argv: list[str], env: dict[str, str], spec: SandboxSpec, rlimits: list[tuple[int, int]],
-                    cgroup: Path | None, fds: list[int], role: str = "train") -> WarmRun | None:
+                    cgroup: Path | None, fds: list[int], role: str = "train",
+                    extra: tuple[str, ...] = ()) -> WarmRun | None:
         """Start `argv` (interpreter, script, arguments) in the sandbox of `spec` as a fork of a warm
-        interpreter of `role`; None where there is none here (the caller starts it cold). `fds`: the
-        run's log (its stdout and stderr), or its stdin, stdout and stderr."""
+        interpreter of `role` that has also imported `extra` (`preload_for`); None where there is none
+        here (the caller starts it cold). `fds`: the run's log (its stdout and stderr), or its stdin,
+        stdout and stderr."""
         interpreter = _interpreter(argv[0])
-        server = self._server(interpreter, env, role) if interpreter else None
+        server = self._server(interpreter, env, role, extra) if interpreter else None
         if server is None or not await self._ready(server, interpreter, env):
             return None
         conn = _connect(server.path)
@@ -316,11 +354,12 @@ class WarmStarter:
                "owner": os.getpid(), "env_first": ["P2P_RUN_OWNER", "P2P_RUN_DIR"]}
         return await _request(conn, doc, fds)
 
-    async def ready(self, interpreter: str, env: dict[str, str], role: str = "train") -> bool:
+    async def ready(self, interpreter: str, env: dict[str, str], role: str = "train",
+                    extra: tuple[str, ...] = ()) -> bool:
         """Start the warm interpreter for runs of `interpreter` in `env` (a run's environment) if none
         is up, and wait until it is and a sandbox starts from it (a test, before the run it checks)."""
         found = _interpreter(interpreter)
-        server = self._server(found, env, role) if found and enabled() else None
+        server = self._server(found, env, role, extra) if found and enabled() else None
         return server is not None and await self._ready(server, found, env)
 
     def _start(self, interpreter: str, server: _Server, env: dict[str, str]) -> None:
@@ -345,7 +384,7 @@ class WarmStarter:
             (probe / "probe.json").write_text(json.dumps(doc))
             with open(server.path.with_suffix(".log"), "wb") as out:
                 p = subprocess.Popen(
-                    [interpreter, "-I", str(WARMBOX), str(server.path), str(self.idle_s), ",".join(self.preload),
+                    [interpreter, "-I", str(WARMBOX), str(server.path), str(self.idle_s), ",".join(server.preload),
                      str(fd), str(probe / "probe.json"), *[""] * ARG_PAD],
                     env=zenv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True, pass_fds=(fd,), cwd="/")
