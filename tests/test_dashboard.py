@@ -281,7 +281,7 @@ def test_simulate_dashboard_serves_the_swarm_live_and_the_report_keeps_it(tmp_pa
     from sim_helpers import SIM, leftover_processes
 
     rep = tmp_path / "report"
-    p = subprocess.Popen([*SIM, "--nodes", "3", "--duration", "30s", "--cost", "2", "--settle", "30",
+    p = subprocess.Popen([*SIM, "--nodes", "3", "--duration", "15s", "--cost", "2", "--settle", "30",
                           "--dashboard-addr", "127.0.0.1:0", "--report", str(rep)], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     try:
