@@ -135,9 +135,10 @@ def test_libp2p_storms_are_one_line(tmp_path, restore_logging):
 def test_a_failed_hole_punch_or_stream_open_is_one_line_not_an_error_storm():
     """libp2p logs a failed DCUtR attempt as an ERROR per attempt and per address dialled, and one stream
     that failed to open as two or three ERRORs (the handshake's read or write, then the host's). The
-    node says how the punching went itself (net/nat.py), so those are dropped, and a failed stream open
-    is one line a minute whatever libp2p module says it (the NAT test counted 5 ERRORs in a home under
-    load, where 3 are allowed)."""
+    node says how the punching went itself (net/nat.py), and every stream it opens handles its failure
+    (the catch-up and the object fetch in a line of their own), so those are dropped (the NAT test counted
+    5 ERRORs in a home under load, where 3 are allowed; a catch-up that raced a peer's stop printed
+    libp2p's ERROR beside its own line). Other libp2p messages pass at most once a minute each."""
     import logging
 
     from p2p_research.net.logsetup import Libp2pNoise
@@ -151,8 +152,10 @@ def test_a_failed_hole_punch_or_stream_open_is_one_line_not_an_error_storm():
 
     assert not passes("libp2p.transport.tcp.tcp", "Unexpected error opening TCP stream: Network is unreachable", 0)
     assert not passes("libp2p.relay.circuit_v2.dcutr", "Error in DCUtR protocol with peer 12D3KooW: ", 0)
-    assert passes("libp2p.protocol_muxer.multiselect_client", "MultiselectClient handshake: read failed: x", 1)
+    assert not passes("libp2p.protocol_muxer.multiselect_client", "MultiselectClient handshake: read failed: x", 1)
     assert not passes("libp2p.host.basic_host", "Failed to open stream to peer 12D3KooW:", 1)
-    assert not passes("libp2p.protocol_muxer.multiselect_client", "MultiselectClient handshake: write failed: x", 13)
-    assert passes("libp2p.host.basic_host", "Failed to open stream to peer 12D3KooW:", 62)  # a minute later
+    assert not passes("libp2p.host.basic_host", "Failed to open stream to peer 12D3KooW:", 62)  # a minute later
+    assert passes("libp2p.pubsub.gossipsub", "another message", 1)
+    assert not passes("libp2p.pubsub.gossipsub", "another message", 30)  # the same message within the minute
+    assert passes("libp2p.pubsub.gossipsub", "another message", 62)
     assert passes("libp2p.pubsub.gossipsub", "something else went wrong", 1)  # other messages as before
