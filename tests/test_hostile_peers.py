@@ -176,6 +176,60 @@ async def test_malformed_git_objects_reach_no_repo_and_stop_no_node(swarm):
         assert not refs & {c.oid for c in commits}
 
 
+async def test_a_train_py_too_large_to_parse_is_refused_unparsed(swarm, tmp_path):
+    """A result whose train.py is the genesis's plus 3 MiB of `x = 1` lines: Python's parser would spend
+    about 6 CPU-s and 1.2 GB of memory on it (a git blob may be 16 MiB). V fetches it, refuses it by its
+    size before any parse (research/constants.MAX_SOURCE_CHARS), answers throughout, and its memory peak
+    does not move."""
+    from p2p_research.research.constants import MAX_SOURCE_CHARS
+
+    s0 = await in_thread(st, swarm, swarm.v)
+    proto = s0["protocol_id"]
+    home = init_home(tmp_path / "big")
+    ws = Workspace(home.repo)
+    train = ws.files_of(ws.baseline)["train.py"]
+    big = train + b"x = 1\n" * (3 * 2**20 // 6)
+    assert len(big) > MAX_SOURCE_CHARS
+    commit = ws.commit_experiment(ws.baseline, {"train.py": big}, "pad", "0" * 40)
+    served = {o.oid: o for o, _ in ws.new_objects_with_bases(commit)}
+    assert max(len(o.data) for o in served.values()) == len(big)
+
+    async def serve_objects(stream):
+        from p2p_research.net.framing import read_frame, unpack_small, write_all
+
+        for oid in unpack_small(await read_frame(stream, 65536)):
+            o = served.get(oid)
+            if o is None:
+                await stream.write(b"\x01")
+            else:
+                await write_all(stream, bytes([0, o.kind]) + len(o.data).to_bytes(4, "big") + o.data)
+        await stream.close()
+
+    def peak_mb() -> float:
+        for line in Path(f"/proc/{swarm.v.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM")
+
+    before = peak_mb()
+    async with adversary() as adv:
+        adv.serve(OBJECTS_PROTOCOL, serve_objects)
+        await adv.join(swarm.v.addrs[0], s0["swarm"])
+        r = receipt(adv.kp, protocol_id=proto, exp_id=experiment_id(proto, ws.tree_of(commit)),
+                    parent=ws.baseline, commit=commit, tree=ws.tree_of(commit), value=0.05,
+                    description="a little padding")
+        await adv.publish(result(adv.kp, r, [], total=len(served)).to_wire())
+
+        def refused():
+            return st(swarm, swarm.v)["swarm_stats"]["trust_rejected"] > s0["swarm_stats"]["trust_rejected"]
+
+        await in_thread(lambda: wait_for(refused, 60, 0.5, what="V refuses the oversized train.py"))
+    assert peak_mb() < before + 300, (before, peak_mb())
+    assert "too large to parse" in swarm.v.stderr(), swarm.v.stderr()[-2000:]
+    after = await in_thread(swarm.check_all)
+    assert all(step["found_by"] != adv.peer_id for step in after["v"]["baseline"]["lineage"])
+
+
 # --- 2. sybil confirmations ---------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import math
 import operator
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from p2p_research.errors import P2PResearchError
@@ -29,6 +30,11 @@ MAX_ITEMS = 32           # elements of a tuple/list constant
 MAX_INT_BITS = 128       # |int| results (2**19 is fine; 10**10**9 is not evaluated)
 MAX_EXPONENT = 256
 MAX_STR = 1000
+# the largest train.py parsed: autoresearch's is about 25 KB, the default target's 11 KB. A git blob may
+# be 16 MiB (gitparse.MAX_BLOB), and Python's parser spends about 2 CPU-s and 400 MB per MB of source
+# (6 MB of `x = 1` lines: 11 CPU-s and 2.4 GB here), so one peer's result could stall a node and take its
+# memory before any check said no
+MAX_SOURCE_CHARS = 1 << 20
 
 
 class ConstantsError(P2PResearchError, ValueError):
@@ -141,6 +147,8 @@ class ConstantSite:
 
 
 def parse_source(source: str) -> ast.Module:
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ConstantsError(f"is too large to parse: {len(source):,} characters, at most {MAX_SOURCE_CHARS:,}")
     try:
         return ast.parse(source)
     except SyntaxError as e:
@@ -184,7 +192,35 @@ def _segment(lines: list[bytes], v: ast.expr) -> str:
     return b"".join(parts).decode(errors="replace")
 
 
-@functools.lru_cache(maxsize=64)
+class _DigestCache:
+    """A function of a program's text, remembered by the text's digest for the last `maxsize` texts: the
+    cache holds digests and results, never the programs (each up to MAX_SOURCE_CHARS)."""
+
+    def __init__(self, fn, maxsize: int) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn, self.maxsize = fn, maxsize
+        self._done: OrderedDict[bytes, object] = OrderedDict()
+
+    def __call__(self, source: str):
+        key = hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=20).digest()
+        if key in self._done:
+            self._done.move_to_end(key)
+            return self._done[key]
+        value = self.fn(source)
+        self._done[key] = value
+        if len(self._done) > self.maxsize:
+            self._done.popitem(last=False)
+        return value
+
+    def cache_clear(self) -> None:
+        self._done.clear()
+
+
+def _digest_cached(maxsize: int):
+    return lambda fn: _DigestCache(fn, maxsize)
+
+
+@_digest_cached(maxsize=64)
 def _constant_sites(source: str) -> dict[str, ConstantSite]:
     sites: dict[str, ConstantSite] = {}
     lines = source.encode().splitlines(keepends=True)
@@ -347,7 +383,7 @@ def _skeleton(tree: ast.Module) -> tuple[str, dict[str, Const]]:
     return ast.dump(ast.Module(body=body, type_ignores=[]), include_attributes=False), values
 
 
-@functools.lru_cache(maxsize=256)
+@_digest_cached(maxsize=256)
 def _skeleton_of(source: str) -> tuple[bytes, dict[str, Const]]:
     """`_skeleton` of a source, its code as a digest. Cached by source text: a node checks every step of
     every peer result's lineage against its parent, so the same sources come back again and again

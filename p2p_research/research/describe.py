@@ -11,6 +11,7 @@ import ast
 import difflib
 
 from p2p_research.research.constants import (
+    MAX_SOURCE_CHARS,
     ConstantsError,
     changed_constants,
     constants_only_change,
@@ -43,7 +44,9 @@ def describe_change(old: str, new: str) -> str:
     except (ConstantsError, RecursionError):
         consts, only = {}, False
     parts = [f"{k} {describe_value(old, k, a)} -> {describe_value(new, k, b)}" for k, (a, b) in sorted(consts.items())]
-    if not only:
+    if not only and max(len(old), len(new)) > MAX_SOURCE_CHARS:  # neither parsed nor diffed (constants.py)
+        parts.insert(0, f"code; {len(old):,} -> {len(new):,} characters, too large to compare")
+    elif not only:
         try:
             a, b = _defs(ast.parse(old)), _defs(ast.parse(new))
             touched = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))

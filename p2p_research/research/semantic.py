@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import hashlib
 
+from p2p_research.research.constants import MAX_SOURCE_CHARS
+
 EDITABLE = "train.py"
 
 
@@ -25,6 +27,8 @@ def _strip_docstrings(tree: ast.AST) -> None:
 
 def normalized(source: bytes) -> bytes | None:
     """train.py as its AST (no positions, comments or docstrings); None when it does not parse."""
+    if len(source) > MAX_SOURCE_CHARS:  # too large to parse (research/constants.py): its bytes are its identity
+        return None
     try:
         tree = ast.parse(source.decode())
         _strip_docstrings(tree)
