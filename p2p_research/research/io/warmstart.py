@@ -54,6 +54,7 @@ PRELOAD = ("torch",)
 # torch itself): preloaded for a run whose train.py uses them (`preload_for`)
 COMPILER_PRELOAD = ("torch._dynamo",)
 _COMPILER_NAMES = {"optim", "compile", "_dynamo"}
+_MENTIONS_COMPILER = re.compile(rb"optim|compile|_dynamo")
 RETRY_S = 600.0                    # a warm interpreter that did not come up is tried again after this long
 START_WAIT_S = 60.0                # how long a run waits for a warm interpreter's imports before it starts cold
 REPLY_TIMEOUT_S = 10.0
@@ -79,6 +80,8 @@ def preload_for(script: Path) -> tuple[str, ...]:
     try:
         with open(script, "rb") as f:
             source = f.read(1 << 20)
+        if not _MENTIONS_COMPILER.search(source):  # most scripts: no parse (up to 2 CPU-s for 1 MiB)
+            return ()
         tree = ast.parse(source)
     except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return ()
