@@ -143,6 +143,22 @@ def exchange_answering(peers: Callable[[], list[str]]) -> Callable[[Any], Awaita
     return exchange
 
 
+def objects_answering(served: dict[str, Any]) -> Callable[[Any], Awaitable[None]]:
+    """An object-transfer handler (net/transfer.OBJECTS_PROTOCOL) that answers with the objects in `served`
+    (oid -> GitObject, whatever they hold) and "missing" for the rest."""
+    from p2p_research.net.framing import read_frame, unpack_small, write_all
+
+    async def serve_objects(stream: Any) -> None:
+        for oid in unpack_small(await read_frame(stream, 65536)):
+            o = served.get(oid)
+            if o is None:
+                await stream.write(b"\x01")
+            else:
+                await write_all(stream, bytes([0, o.kind]) + len(o.data).to_bytes(4, "big") + o.data)
+        await stream.close()
+    return serve_objects
+
+
 @asynccontextmanager
 async def adversary(kp: Any = None, strict_signing: bool = True) -> AsyncIterator[Adversary]:
     """A hostile peer: a py-libp2p host and pubsub of its own. `strict_signing=False` lets it push

@@ -24,6 +24,7 @@ from adversary import (
     fresh_keys,
     honest_node,
     listening_host,
+    objects_answering,
     pid_of,
     random_hex40,
     receipt,
@@ -143,20 +144,8 @@ async def test_malformed_git_objects_reach_no_repo_and_stop_no_node(swarm):
         served[c.oid] = c
         commits.append(c)
 
-    async def serve_objects(stream):
-        from p2p_research.net.framing import read_frame, unpack_small, write_all
-
-        oids = unpack_small(await read_frame(stream, 65536))
-        for oid in oids:
-            o = served.get(oid)
-            if o is None:
-                await stream.write(b"\x01")
-            else:
-                await write_all(stream, bytes([0, o.kind]) + len(o.data).to_bytes(4, "big") + o.data)
-        await stream.close()
-
     async with adversary() as adv:
-        adv.serve(OBJECTS_PROTOCOL, serve_objects)
+        adv.serve(OBJECTS_PROTOCOL, objects_answering(served))
         await adv.join(swarm.r.addrs[0], s0["swarm"])
         for i, c in enumerate(commits):
             r = receipt(adv.kp, protocol_id=proto, exp_id=random_hex40(), parent=s0["genesis"], commit=c.oid,
@@ -194,17 +183,6 @@ async def test_a_train_py_too_large_to_parse_is_refused_unparsed(swarm, tmp_path
     served = {o.oid: o for o, _ in ws.new_objects_with_bases(commit)}
     assert max(len(o.data) for o in served.values()) == len(big)
 
-    async def serve_objects(stream):
-        from p2p_research.net.framing import read_frame, unpack_small, write_all
-
-        for oid in unpack_small(await read_frame(stream, 65536)):
-            o = served.get(oid)
-            if o is None:
-                await stream.write(b"\x01")
-            else:
-                await write_all(stream, bytes([0, o.kind]) + len(o.data).to_bytes(4, "big") + o.data)
-        await stream.close()
-
     def peak_mb() -> float:
         for line in Path(f"/proc/{swarm.v.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -213,7 +191,7 @@ async def test_a_train_py_too_large_to_parse_is_refused_unparsed(swarm, tmp_path
 
     before = peak_mb()
     async with adversary() as adv:
-        adv.serve(OBJECTS_PROTOCOL, serve_objects)
+        adv.serve(OBJECTS_PROTOCOL, objects_answering(served))
         await adv.join(swarm.v.addrs[0], s0["swarm"])
         r = receipt(adv.kp, protocol_id=proto, exp_id=experiment_id(proto, ws.tree_of(commit)),
                     parent=ws.baseline, commit=commit, tree=ws.tree_of(commit), value=0.05,
