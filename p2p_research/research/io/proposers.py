@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import random
@@ -19,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from p2p_research.research.constants import (
     ConstantsError,
     constants_only_change,
     parse_source,
+    parses,
     read_constants,
 )
 from p2p_research.research.describe import describe_change
@@ -46,27 +45,13 @@ from p2p_research.research.searchspace import SearchSpace
 log = logging.getLogger("p2p_research.proposer")
 
 
-_PARSES: OrderedDict[bytes, bool] = OrderedDict()  # sha-256 of a program -> whether it parses
-_PARSES_KEPT = 1024
-
-
 def _parsed_text(data: bytes) -> str | None:
-    """`data` as text when it is a Python program that parses, else None. Remembered by digest (a
-    proposal draws the same merged programs again at every proposal on one baseline, and a parse of the
-    default train.py costs 5 ms), never by the program itself: a peer's program may be 16 MiB."""
-    key = hashlib.sha256(data).digest()
-    ok = _PARSES.get(key)
-    if ok is None:
-        try:
-            parse_source(data.decode())
-            ok = True
-        except (ConstantsError, UnicodeDecodeError):
-            ok = False
-    _PARSES[key] = ok
-    _PARSES.move_to_end(key)
-    if len(_PARSES) > _PARSES_KEPT:
-        _PARSES.popitem(last=False)
-    return data.decode() if ok else None
+    """`data` as text when it is a Python program that parses, else None."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if parses(text) else None
 
 
 EDITABLE_FILE = "train.py"
