@@ -32,6 +32,11 @@ STOP_GRACE_S = 30.0
 PROC_SAMPLE_S = 2.0
 TCP_SAMPLE_S = 5.0
 READY_TIMEOUT_S = 120.0
+# How long `run` waits for its fork server's imports before the first daemon starts. Exec'ing daemons
+# while it still imports pays those imports once per daemon on the same cores (a 5-node run here
+# exec'd all 6 and spent a third of its daemons' CPU importing); waiting costs at most what the first
+# daemon would spend on them anyway. Past this, daemons are exec'd as before.
+FORK_SERVER_WAIT_S = 60.0
 ACKED = tuple(s.value for s in FINAL)
 
 
@@ -297,7 +302,7 @@ class Simulation:
         if o.objective == "torch":
             self.setup_torch_gate()
         if o.spawn == "fork" and any(type(n).start is NodeProc.start for n in self.nodes):
-            # started now, not waited for: a daemon asked for before it is ready is exec'd instead
+            # started now; `run` waits for it (FORK_SERVER_WAIT_S) while the rest of `prepare` goes on
             self.forks = ForkServer(env=self.env, wait=False)
             for n in self.nodes:
                 n.forks = self.forks
@@ -405,6 +410,8 @@ class Simulation:
         for s in old:
             signal.signal(s, stop_handler)
         try:
+            if self.forks is not None and not self.forks.ready(FORK_SERVER_WAIT_S):
+                self.log(f"the fork server is not ready after {FORK_SERVER_WAIT_S:.0f} s: daemons are exec'd")
             self.t_start = time.time()
             order = [n for n in self.nodes if n.role == "solo"] + [n for n in self.nodes if n.role == "swarm"]
             pending = list(order)

@@ -29,6 +29,10 @@ HARVEST_FILES = ("sim-stdout.log", "sim-stderr.log")
 AGENT_FILE = "agent.pid"   # in a run folder: the agent's process, alive while the run is
 PIDS_FILE = "node.pids"    # in a run folder: every daemon it started (each leads a process group)
 LOG_TAIL_BYTES = 4 << 20
+# The first start of a forked daemon waits this long at most for the machine's fork server, well inside
+# the driver's 60-s call timeout; later starts never wait (a daemon asked for before it is ready is
+# exec'd), so a server that takes minutes beside a load delays one answer by this much, once.
+AGENT_FORK_WAIT_S = 15.0
 
 
 class ClusterError(P2PResearchError):
@@ -63,12 +67,13 @@ class HostAgent:
         self._lock = threading.Lock()
         self._forks: ForkServer | None = None
         self._forks_failed = False
+        self._waited = False  # the first fork start has waited (AGENT_FORK_WAIT_S) for the server
 
     def _fork_server(self) -> ForkServer | None:
         """This machine's fork server for its daemons (sim/forkserver.py), started with the first home
-        installed that asks for it and never waited for: a call must answer within the driver's timeout,
-        and on a loaded machine the server's imports took over a minute, so a daemon asked for before
-        the server is ready is exec'd instead."""
+        installed that asks for it. A call must answer within the driver's timeout, and on a loaded
+        machine the server's imports took over a minute: the first start waits AGENT_FORK_WAIT_S at most,
+        and a daemon asked for before the server is ready is exec'd instead."""
         with self._lock:
             if self._forks is None and not self._forks_failed:
                 try:
@@ -129,6 +134,11 @@ class HostAgent:
         node = self.nodes[name]
         if node.spawn == "fork" and node.forks is None:
             node.forks = self._fork_server()
+            if node.forks is not None and not self._waited:
+                # once, bounded well inside the driver's call timeout: the daemons exec'd while the server
+                # still imports would each pay its imports on the same cores
+                self._waited = True
+                node.forks.ready(AGENT_FORK_WAIT_S)
         node.start(self.env)
         self._sampled.pop(name, None)
         pid = node.current.pid if node.current else 0
