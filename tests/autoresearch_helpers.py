@@ -54,7 +54,7 @@ def cli(*args, env=None, timeout=300, check=False) -> subprocess.CompletedProces
 def init_node(tmp_path: Path, name: str, folder: Path, tolerance: float | None = None, **research) -> Path:
     home = tmp_path / name
     out = cli("init", "--home", home, "--target", folder, check=True).stdout
-    assert "TIME_BUDGET = 1 in prepare.py" in out, out
+    assert "TIME_BUDGET = 2 in prepare.py" in out, out
     h = NodeHome(home)
     cfg = h.load_config()
     if shutil.which("uv"):  # the fixture's uv.lock is not installable here: use its interpreter

@@ -3,7 +3,7 @@
 `tests/fixtures/autoresearch/` has autoresearch's shape (prepare.py with `TIME_BUDGET`, train.py with
 its hyperparameter block, `2**k` and a tuple among the constants, its exact summary block and its FAIL
 fast-fail, program.md with its branch-and-loop-forever instructions, pyproject.toml, uv.lock,
-.python-version) and trains a tiny model on CPU in a 1 s budget of its own CPU time (wall clock on CUDA). Each test gives its copy
+.python-version) and trains a tiny model on CPU in a 2 s budget of its own CPU time (wall clock on CUDA). Each test gives its copy
 its own interpreter in `.venv` with a `kernels` module the node's interpreter lacks, so train.py only
 runs if the node runs it the target's way. The coding agents are scripted stand-ins
 (`tests/fake_agents/`) that parse exactly the flags the adapters in `examples/proposers/` pass.
@@ -42,7 +42,7 @@ def test_init_takes_the_folder_as_it_is(tmp_path):
     home = tmp_path / "node"
     info = json.loads(cli("init", "--home", home, "--target", folder, "--json", check=True).stdout)
     assert info["files"] == [".python-version", "prepare.py", "program.md", "pyproject.toml", "train.py", "uv.lock"]
-    assert info["budget"] == "1 s" and info["hardware_in_protocol"] and info["hardware"]
+    assert info["budget"] == "2 s" and info["hardware_in_protocol"] and info["hardware"]
     expected = detect_train_command(folder).command
     assert info["train_command"] == expected
     if not shutil.which("uv"):
@@ -59,7 +59,7 @@ def test_init_takes_the_folder_as_it_is(tmp_path):
     assert "TOTAL_BATCH_SIZE" in table and "not searched: WINDOW_PATTERN" in table
     # the harness fixes its budget: another one is a clear error, not a silent mismatch
     r = cli("run", "--home", home, "-n", 1, "--budget-seconds", 60)
-    assert r.returncode != 0 and "fixes its budget (TIME_BUDGET = 1 in prepare.py)" in r.stderr
+    assert r.returncode != 0 and "fixes its budget (TIME_BUDGET = 2 in prepare.py)" in r.stderr
 
 
 def test_train_command_detection():
