@@ -138,7 +138,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """With P2P_TEST_CPU=<file>, append each test's CPU seconds (this process and the children it reaped,
-    which include the daemons' training runs) and wall seconds to <file>: where the suite's time goes."""
+    which include the daemons' training runs), wall seconds, id, end time and worker to <file>: where
+    the suite's time goes, and when."""
     out = os.environ.get("P2P_TEST_CPU")
     if not out:
         yield
@@ -153,4 +154,5 @@ def pytest_runtest_protocol(item, nextitem):
     c0, t0 = cpu(), time.monotonic()
     yield
     with open(out, "a") as f:
-        f.write(f"{cpu() - c0:.1f}\t{time.monotonic() - t0:.1f}\t{item.nodeid}\n")
+        f.write(f"{cpu() - c0:.1f}\t{time.monotonic() - t0:.1f}\t{item.nodeid}\t{time.time():.1f}\t"
+                f"{os.environ.get('PYTEST_XDIST_WORKER', '')}\n")

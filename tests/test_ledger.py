@@ -187,3 +187,24 @@ def test_run_statuses_are_spelled_once_and_compare_as_the_ledger_s_strings():
     assert all(type(s) is str for s in RESULT_STATUSES)  # the wire's error messages list plain names
     assert set(COMPLETED) < set(RESULT) < set(FINAL) and RunStatus.ABORTED not in FINAL
     assert sql_in(VALUED) == "('kept','discarded','baseline','confirmed')"
+
+
+def test_a_protocol_s_commits_start_with_those_a_node_holds(tmp_path):
+    """A relay learns which swarm a stored protocol is of from the genesis its commits descend from, so
+    the commits it looks at must be ones whose objects it holds: kept results, then baselines. A swarm
+    whose results were all discarded (their objects are never fetched) was known by those alone, and a
+    late joiner listed it without its protocol (test_relay's late joiner, once in a suite run)."""
+    ledger = Ledger(tmp_path / "l.sqlite")
+
+    def run(exp: str, commit: str, status: str, kind: str = "experiment") -> None:
+        ledger.add_peer_run(Run(exp_id=exp * 40, commit_id=commit * 40, protocol_id="p", kind=kind, status=status,
+                                peer="peerA", val_bpb=1.5, received_at=1.0))
+
+    run("a", "0", "baseline", kind="baseline")
+    for e in "bcdef":
+        run(e, e, "discarded")
+    assert ledger.commits_of("p")[0] == "0" * 40  # the genesis, not the newest discarded results
+    run("1", "1", "kept")
+    run("2", "0", "baseline", kind="baseline")  # the genesis measured twice: listed once
+    assert ledger.commits_of("p") == ["1" * 40, "0" * 40, "f" * 40]
+    ledger.close()

@@ -463,10 +463,14 @@ class Ledger:
         return [dict(r) for r in rows]
 
     def commits_of(self, protocol_id: str, limit: int = 3) -> list[str]:
-        """A few commits of a protocol's results, kept ones first (their lineage is the one fetched)."""
+        """A few commits of a protocol's results, those whose objects a node holds first: kept results
+        (their lineage is the one fetched), then measured baselines (the genesis is every node's). A
+        discarded result's objects are never fetched: a swarm whose results were all discarded was
+        otherwise known here by those alone, and its genesis never found."""
         return [r[0] for r in self.db.execute(
             "SELECT commit_id FROM runs WHERE protocol_id=? AND commit_id IS NOT NULL AND commit_id != ''"
-            " ORDER BY status='kept' DESC, run_id DESC LIMIT ?", (protocol_id, limit))]
+            " GROUP BY commit_id ORDER BY MAX(status='kept') DESC, MAX(status='baseline') DESC, MAX(run_id) DESC"
+            " LIMIT ?", (protocol_id, limit))]
 
     def sample_receipts(self) -> dict[str, bytes]:
         """One signed receipt per protocol (what a relay reads a foreign protocol's budget from)."""
