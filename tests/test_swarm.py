@@ -15,7 +15,9 @@ from daemon_helpers import Daemon, stop_all, surrogate_home, wait_for
 
 from p2p_research.target import TARGET_DIR
 
-pytestmark = pytest.mark.slow
+# Its daemons mostly wait on each other (serially: 49 CPU-s in 183 s here), so its tests share one worker:
+# spread over all three, they waited side by side and left the cores half idle for a minute and a half.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("swarm")]
 
 AGENT = f"{sys.executable} {ROOT / 'tests' / 'fixtures' / 'code_change_agent.py'}"
 TINY_SPACE = """```toml search-space
