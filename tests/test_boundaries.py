@@ -56,7 +56,9 @@ async def test_a_raising_handler_idle_streams_and_streams_over_the_slots_cost_on
                 pass
         await wait_until(lambda: net.stats["streams_refused"]["/test/idle/1"] == 2)  # 2 slots per peer
         await wait_until(lambda: net.stats["streams_timed_out"]["/test/idle/1"] == 2, timeout=5)
-        assert net.streams.busy("/test/idle/1") == 0
+        # a timed-out stream is counted, then reset (up to 0.5 s), then gives its slot back: under load the
+        # count came first by a scheduler turn (a suite run, once)
+        await wait_until(lambda: net.streams.busy("/test/idle/1") == 0, timeout=5)
         assert opened >= 2 and net.faults.by_peer[adv.peer_id] == 1
         # and the node goes on serving
         s = await adv.open_stream(net.peer_id, "/test/broken/1")
