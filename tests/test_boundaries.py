@@ -121,3 +121,55 @@ async def test_peer_tasks_contain_what_they_raise_and_still_cancel():
         await wait_until(lambda: faults.counts["intake.commit"] == 1)
         nursery.cancel_scope.cancel()
     assert done == ["cancelled"] and faults.by_peer["QmPeer"] == 1
+
+
+async def test_two_writers_on_one_stream_never_interleave_a_message_longer_than_a_frame():
+    """Pubsub writes a peer's RPCs to one stream from several tasks. A message over yamux's 64 KiB frame
+    went out frame by frame with the stream unlocked between frames, so another writer's message could
+    land inside it and the reader parsed garbage (the node's IWANT of 5,000 ids, in a suite run). Here
+    one task writes 300 KB messages and another small ones on the same stream, at once: every message
+    arrives whole (libp2p_compat guard `yamux_whole_writes`)."""
+    from libp2p.utils.varint import encode_uvarint
+
+    sizes = [300_000, 17, 300_000, 5, 300_000, 40_000, 9]
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def reader(stream):
+        buf = b""
+        while len(got) < len(sizes):
+            buf += await stream.read(1 << 16)
+            while True:  # varint-prefixed messages, each of one byte value repeated
+                n, shift, i = 0, 0, 0
+                while i < len(buf):
+                    b = buf[i]
+                    n |= (b & 0x7F) << shift
+                    shift += 7
+                    i += 1
+                    if not b & 0x80:
+                        break
+                else:
+                    break
+                if len(buf) - i < n:
+                    break
+                got.append(buf[i:i + n])
+                buf = buf[i + n:]
+        done.set()
+
+    async with open_network(cfg(), lambda oid: None) as net, adversary() as adv:
+        net.handle("/test/whole/1", reader, StreamLimits(per_peer=1, total=2, deadline_s=60))
+        await adv.connect(net.addrs()[0])
+        s = await adv.open_stream(net.peer_id, "/test/whole/1")
+
+        async def write(which: range) -> None:
+            for k in which:
+                body = bytes([k]) * sizes[k]
+                await s.write(encode_uvarint(len(body)) + body)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(write, range(0, len(sizes), 2))
+            n.start_soon(write, range(1, len(sizes), 2))
+        with trio.fail_after(30):
+            await done.wait()
+    assert sorted((len(m), m[:1]) for m in got) == sorted((size, bytes([k])) for k, size in enumerate(sizes))
+    assert all(len(set(m)) == 1 for m in got), "a message arrived with another's bytes inside it"

@@ -17,7 +17,7 @@ def test_hosts_are_tcp_only_and_multistream_reads_are_capped():
     assert [type(t).__name__ for t in transports] == ["TCP"]  # no QUIC: its peer-id fault cannot reach us
     assert upstream_guards.apply() == {"multistream": True, "pubsub_teardown": True, "gossip_control": True,
                                        "inbound_per_address": True, "publish_per_rpc": True, "bad_signature": True,
-                                       "yamux_write_timeout": True}
+                                       "yamux_write_timeout": True, "yamux_whole_writes": True}
     from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 
     assert getattr(MultiselectCommunicator.read, "_p2p_original", None) is not None

@@ -8,7 +8,8 @@ fixed here rather than around the code that meets them:
   test holds them equal); on any other version nothing is patched and a warning says so;
 - `rpc_cost.py`: four patches that cut the fixed CPU cost of a pubsub RPC;
 - `guards.py`: guards for faults a peer can trigger (unbounded multistream-select reads, a teardown race,
-  IHAVE/IWANT lengths, inbound connections per address, a connection wedged by a peer that reads nothing);
+  IHAVE/IWANT lengths, inbound connections per address, a connection wedged by a peer that reads nothing,
+  a stream's messages interleaved by two writers);
 - `counters.py`: what they counted, per host.
 
 `PATCHES` lists each change: what it replaces, why, and where it is tested. `apply()` installs them all
@@ -72,6 +73,11 @@ PATCHES: tuple[Patch, ...] = (
           "shields held a daemon's research for 70 s; no frame written for 30 s while one waits (go-yamux's "
           "ConnectionWriteTimeout, at 10 s), or 60 s on one frame, and the connection is closed",
           "tests/test_upstream_and_repair.py"),
+    Patch("yamux_whole_writes", "YamuxStream.write",
+          "a message went out as 64 KiB frames with the stream unlocked between them, so another writer's frames "
+          "could land in the middle: pubsub writes a peer's RPCs from several tasks, and an RPC over 64 KiB "
+          "(an IWANT of 5,000 ids) reached the peer undecodable; one write at a time per stream, as go-yamux",
+          "tests/test_boundaries.py"),
     Patch("pubsub_teardown", "Pubsub._teardown_if_connected",
           "a banned peer that disconnected at the right moment raised KeyError in pubsub and stopped the node",
           "tests/test_upstream_and_repair.py"),

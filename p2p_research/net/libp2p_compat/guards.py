@@ -70,7 +70,15 @@
    ``yamux_write_timeouts``). 10 s, as go-yamux, closed 325-358 connections in a 35-daemon run on
    two cores (the first of them on any frame that waited 10 s, its queue included), and nodes missed
    the best baseline after the settle; 30 s closed 123 (docs/libp2p.md has the figures).
-8. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
+8. ``yamux_whole_writes``: ``YamuxStream.write`` sends a message as frames of at most 64 KiB, and
+   holds the stream's lock only while it builds each frame: between two frames of one message another
+   task writing to the same stream sends its own. Pubsub writes to a peer's one stream from several
+   tasks (its read loop's replies, the heartbeat, publishes), each RPC as one ``write``, so an RPC over
+   64 KiB beside another write reached the peer interleaved and undecodable (seen: the node's IWANT of
+   5,000 ids, about 110 KB, in `test_hostile_peers.py`; the peer's py-libp2p failed to parse it three
+   times in a row beside a loaded suite). go-yamux writes a message under one lock. The guard holds a
+   lock of the stream's own for the whole of each ``write``.
+9. QUIC peer-id spoofing: our hosts speak TCP only (``make_host`` builds no QUIC transport; a test
    checks that the host's transports are TCP alone), so the fault cannot reach them.
 
 :func:`apply` installs the guard once per process, only on libp2p :data:`EXPECTED_LIBP2P` and only when
@@ -382,6 +390,26 @@ def _install_yamux_write_timeout() -> None:
         Yamux._write_frame = _bounded_write_frame_factory(Yamux._write_frame)
 
 
+def _whole_write_factory(original: Any) -> Any:
+    async def write(self: Any, data: bytes) -> None:
+        """``YamuxStream.write``, one message at a time per stream: its frames go out back to back."""
+        lock = getattr(self, "_p2p_whole_write_lock", None)
+        if lock is None:  # made on first use; no checkpoint between the look and the set
+            lock = self._p2p_whole_write_lock = trio.Lock()
+        async with lock:
+            await original(self, data)
+
+    write._p2p_original = original  # type: ignore[attr-defined]
+    return write
+
+
+def _install_yamux_whole_writes() -> None:
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    if not hasattr(YamuxStream.write, "_p2p_original"):
+        YamuxStream.write = _whole_write_factory(YamuxStream.write)
+
+
 def _install_multistream() -> None:
     from libp2p.protocol_muxer import multiselect_communicator as mc
 
@@ -441,6 +469,7 @@ _INSTALLS = (
     ("bad_signature", "bad-signature scoring", _install_bad_signature),
     ("inbound_per_address", "inbound connections per address guard", _install_inbound_per_address),
     ("yamux_write_timeout", "yamux write timeout", _install_yamux_write_timeout),
+    ("yamux_whole_writes", "whole yamux writes", _install_yamux_whole_writes),
 )
 
 
