@@ -209,10 +209,22 @@ async def publish_lie(adv: Any, kp: Any, vic: Victim, commit: str, value: float,
 
 
 async def heard_from(adv: Any, keys: list, vic: Victim) -> None:
-    """Each key claims a made-up experiment: V hears them, and they hold places on its replica ring."""
+    """Each key claims a made-up experiment: V hears them, and they hold places on its replica ring. Returns
+    once V has admitted every claim: which replica is designated depends on it, so the test's choice of a
+    claim V is not designated for holds only then (a CI run failed with V's counters all 0, reason unseen)."""
+    before = (await trio.to_thread.run_sync(vic.daemon.json, "status"))["intake"]["claims"]
     for kp in keys:
         await adv.publish_as(kp, claim_msg(kp, protocol_id=vic.status["protocol_id"], exp_id=random_hex40(),
                                            parent=vic.ws.baseline, ts=time.time()).to_wire())
+
+    def admitted() -> int:
+        return vic.daemon.json("status")["intake"]["claims"] - before
+
+    with trio.move_on_after(60):
+        while await trio.to_thread.run_sync(admitted) < len(keys):
+            await trio.sleep(0.2)
+    intake = (await trio.to_thread.run_sync(vic.daemon.json, "status"))["intake"]
+    assert intake["claims"] - before == len(keys), intake
 
 
 def test_a_daemon_builds_on_a_peer_s_lie_then_drops_that_branch_and_never_announces_it(tmp_path):
@@ -270,7 +282,8 @@ def test_a_daemon_builds_on_a_peer_s_lie_then_drops_that_branch_and_never_announ
 
         heard = [one for m in trio.run(attack) for one in getattr(m, "messages", (m,))]
         st = v.json("status")
-        assert st["swarm_stats"]["speculative_kept"] >= 1 and st["swarm_stats"]["branches_dropped"] >= 1, st["swarm_stats"]
+        assert st["swarm_stats"]["speculative_kept"] >= 1 and st["swarm_stats"]["branches_dropped"] >= 1, \
+            (st["swarm_stats"], st["research"], v.stderr()[-4000:])
         assert all(step["found_by"] != pid_of(liar) for step in st["baseline"]["lineage"])
         db = sqlite3.connect(f"file:{home.ledger}?mode=ro", uri=True)
         dropped_runs = db.execute("SELECT exp_id, parent FROM runs WHERE origin='local' AND status='discarded' "
