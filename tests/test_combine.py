@@ -157,3 +157,24 @@ async def test_a_peers_code_change_is_combined_only_where_its_code_may_run(tmp_p
     mine = [Win("e2", b, g, 1.4, "code", peer="")]   # this node's own code change: no trust needed
     own = await BuiltinProposer(space, seed=1, wins=lambda: mine, code_from=lambda peer: False).propose(ws, a, unknown)
     assert own.description.startswith("combine e2")
+
+
+def test_a_stack_adds_the_best_wins_whose_knobs_are_still_free_and_starts_at_two():
+    """stack_knobs (both engines' stacks): best first, a win is added only where the baseline and the wins
+    before it left its knobs at its parent's values; each stack from two wins on is yielded, with the knobs
+    to set and the wins in it; at most `limit` wins are looked at."""
+    from p2p_research.research.io.combine import stack_knobs
+
+    parent = {"A": 1, "B": 2, "C": 3, "D": 4, "E": 5}
+    baseline = {**parent, "E": 50}                    # the baseline moved E itself
+    wins = [("w1", parent, {"A": 10}),
+            ("w2", parent, {"A": 11}),                # A is taken by w1: skipped
+            ("w3", parent, {"B": 20, "C": 30}),
+            ("w4", parent, {"E": 6}),                 # the baseline moved E: skipped
+            ("w5", {**parent, "D": 40}, {"C": 31}),   # its parent had C = 3, but w3 set C: skipped
+            ("w6", parent, {"D": 41})]
+    got = list(stack_knobs(baseline, wins))
+    assert got == [({"A": 10, "B": 20, "C": 30}, ("w1", "w3")),
+                   ({"A": 10, "B": 20, "C": 30, "D": 41}, ("w1", "w3", "w6"))]
+    assert list(stack_knobs(baseline, wins, limit=4)) == got[:1]
+    assert list(stack_knobs(baseline, wins[:2])) == []   # one win is a plain combination, not a stack

@@ -172,7 +172,7 @@ def test_the_builtin_proposer_and_the_des_propose_the_same_experiments(tmp_path)
         node.local = Ledger()  # type: ignore[assignment]
         node.mine = mine  # type: ignore[method-assign]
         node.known = lambda exp, spent, constants=None: known(exp)  # type: ignore[method-assign]
-        kinds = []
+        kinds, stacked = [], []
         for n in range(40):
             if n == 30:
                 owners[0] = 1  # the rest: nothing owned here, so the others decide (and how many are drawn)
@@ -185,8 +185,11 @@ def test_the_builtin_proposer_and_the_des_propose_the_same_experiments(tmp_path)
             assert des_consts == daemon_consts, (daemon.description, des[2])
             assert des[2] == ("combination" if daemon.description.startswith("combine") else "mutation")
             kinds.append(des[2])
+            stacked.append(daemon.description.split(":")[0].count(",") + 1 if des[2] == "combination" else 0)
             ran.add(exp_id_of(des_consts))
         # combinations first (over more than one proposal's merge budget), then mutations
         assert kinds.count("combination") >= 4 and kinds[-1] == "mutation", kinds
+        # stacks of several wins come first (research/io/combine.stack_knobs), the same in both engines
+        assert max(stacked) >= 3 and stacked[0] >= 2, stacked
     finally:
         ctx.ledger.close()

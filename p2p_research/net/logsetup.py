@@ -86,7 +86,7 @@ def one_line(record: logging.LogRecord) -> None:
     what an event means; a page of libp2p's stack for each is the ERROR storm the CLI must not print."""
     try:
         text = record.getMessage()
-    except Exception:  # a malformed record: print its template, as logging would try to
+    except Exception:  # noqa: BLE001 - a library's malformed record: print its template, never raise in logging
         text = str(record.msg)
     first = text.split("\n", 1)[0].rstrip()
     record.msg, record.args = (first + " [...]" if first != text.rstrip() else first), None

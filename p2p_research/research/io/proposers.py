@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,17 @@ from p2p_research.research.constants import (
     parse_source,
     parses,
     read_constants,
+    rewrite_constants,
 )
 from p2p_research.research.describe import describe_change
-from p2p_research.research.io.combine import Win, candidates, merged_train_py
+from p2p_research.research.io.combine import (
+    MAX_STACKED,
+    Win,
+    candidates,
+    merged_train_py,
+    stack_knobs,
+    win_knobs,
+)
 from p2p_research.research.io.ideas import Idea, idea_description
 from p2p_research.research.io.objects import first_parent_ancestry
 from p2p_research.research.io.workspace import Workspace
@@ -77,6 +86,8 @@ T = TypeVar("T")
 #: at most one proposal in IDEA_EVERY is a sibling protocol's idea: which ideas come, and the gains there
 #: that order them, are a peer's word, so peers can steer at most this share of a node's runs
 IDEA_EVERY = 4
+#: wins whose changed knobs a proposer remembers (a busy node hears hundreds; a stack draws from 8)
+MAX_KNOWN_KNOBS = 1024
 
 
 class Proposer(Protocol):
@@ -116,9 +127,13 @@ class BuiltinProposer:
         self.ideas = ideas
         #: told (idea, baseline, train.py) when an idea is proposed, so its provenance is recorded
         self.on_idea = on_idea
-        self.stats = {"combinations": 0, "ideas": 0}
+        self.stats = {"combinations": 0, "stacks": 0, "ideas": 0}
         self._ancestry: tuple[str, list[str]] = ("", [])
         self._merged: Merges[str, bytes] = Merges()
+        #: a win's parent constants and changed knobs (None: not constants only), by the win's commit
+        self._knobs: OrderedDict[str, tuple[dict, dict] | None] = OrderedDict()
+        #: the stacks of the last (baseline, wins) asked for: their programs and the wins in each
+        self._stacked: tuple[tuple, list[tuple[bytes, tuple[Win, ...]]]] = ((), [])
         self._since_idea = IDEA_EVERY  # proposals since the last idea (the first may be one)
 
     def _on_baseline(self, workspace: Workspace, baseline: str) -> None:
@@ -138,6 +153,38 @@ class BuiltinProposer:
             self._merged.never(commit)
         return self._merged.get(commit, lambda: merged_train_py(workspace, parent, baseline, commit, code=code,
                                                                theirs=theirs), ready=all(here))
+
+    def _win_knobs(self, workspace: Workspace, win: Win) -> tuple[Win, dict, dict] | None:
+        """The win, its parent's constants and the knobs it changed, cached; None while either commit is
+        incomplete here (asked again later), or for good when the win changed code or does not parse."""
+        if win.commit not in self._knobs:
+            if not all(_completeness(workspace, c) for c in (win.commit, win.parent)):
+                return None
+            try:
+                parent, mine = (workspace.files_of(c)[EDITABLE_FILE].decode() for c in (win.parent, win.commit))
+            except (KeyError, ValueError, UnicodeDecodeError, pygit2.GitError):
+                self._knobs[win.commit] = None
+            else:
+                self._knobs[win.commit] = win_knobs(parent, mine)
+            while len(self._knobs) > MAX_KNOWN_KNOBS:
+                self._knobs.popitem(last=False)
+        found = self._knobs[win.commit]
+        return None if found is None else (win, *found)
+
+    def _stacks(self, workspace: Workspace, baseline: str, source: str,
+                wins: list[Win]) -> list[tuple[bytes, tuple[Win, ...]]]:
+        """Several constants-only wins applied onto the baseline at once (research/io/combine.stack_knobs,
+        as the DES does): each program with the wins in it, the largest last; cached per baseline and wins."""
+        usable = [k for k in (self._win_knobs(workspace, w) for w in wins[:MAX_STACKED]) if k is not None]
+        key = (baseline, tuple(w.commit for w, _, _ in usable))
+        if self._stacked[0] != key:
+            try:
+                consts = read_constants(source)
+            except ConstantsError:
+                return []
+            self._stacked = (key, [(rewrite_constants(source, knobs).encode(), used)
+                                   for knobs, used in stack_knobs(consts, usable)])
+        return self._stacked[1]
 
     async def _first_usable(self, merges: Iterable[tuple[bytes | None, T]], is_known: IsKnown,
                             is_mine: IsMine | None) -> tuple[str, bytes, T] | None:
@@ -161,14 +208,21 @@ class BuiltinProposer:
         combination nobody ran or claimed that this node owns (others are left to their owners)."""
         if self.wins is None:
             return None
-        merges = ((self._merge(workspace, w.parent, baseline, w.commit, code=not w.peer or self.code_from(w.peer)), w)
-                  for w in candidates(self.wins(), self._ancestry[1]))
-        found = await self._first_usable(merges, is_known, is_mine)
+        wins = candidates(self.wins(), self._ancestry[1])
+
+        def merges() -> Iterator[tuple[bytes | None, tuple[Win, ...]]]:
+            yield from self._stacks(workspace, baseline, source, wins)  # several wins at once first
+            for w in wins:
+                yield self._merge(workspace, w.parent, baseline, w.commit, code=not w.peer or self.code_from(w.peer)), (w,)
+
+        found = await self._first_usable(merges(), is_known, is_mine)
         if found is None:
             return None
-        text, data, w = found
+        text, data, used = found
         self.stats["combinations"] += 1
-        return Proposal(data, f"combine {w.exp_id[:10]}: {describe_change(source, text)}",
+        if len(used) > 1:
+            self.stats["stacks"] += 1
+        return Proposal(data, f"combine {', '.join(w.exp_id[:10] for w in used)}: {describe_change(source, text)}",
                         constants_only_change(source, text)[0])
 
     async def _idea(self, workspace: Workspace, baseline: str, source: str, is_known: IsKnown,

@@ -27,7 +27,7 @@ from p2p_research.research import loop as L
 from p2p_research.research.claims import ClaimBook, claim_winner
 from p2p_research.research.constants import apply_scalar_changes
 from p2p_research.research.io.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
-from p2p_research.research.io.combine import Win, candidates, merge_knobs
+from p2p_research.research.io.combine import Win, candidates, merge_knobs, stack_knobs
 from p2p_research.research.io.surrogate import noisy_value
 from p2p_research.research.life import Life, TakeTurn
 from p2p_research.research.mutate import draw_changes, prepare_choices
@@ -491,14 +491,23 @@ class VirtualNode:
             self._ancestry = (baseline, chain)
         self._merged.start(baseline)
 
-        def merge(win: Win) -> dict | None:
+        def changes_of(win: Win) -> tuple[Win, dict, dict]:
             parent_c, win_c = sh.constants[win.parent], sh.constants[win.commit]
-            changes = {k: v for k, v in win_c.items() if parent_c.get(k) != v or type(parent_c.get(k)) is not type(v)}
+            return win, parent_c, {k: v for k, v in win_c.items()
+                                   if parent_c.get(k) != v or type(parent_c.get(k)) is not type(v)}
+
+        def merge(win: Win) -> dict | None:
+            _, parent_c, changes = changes_of(win)
             knobs = merge_knobs(parent_c, consts, changes)
             return None if knobs is None else {**consts, **knobs}
 
         def merged() -> Iterator[tuple[dict, str] | None]:
-            for win in candidates(wins, self._ancestry[1], 4 * MAX_WINS_COMBINED):
+            cands = candidates(wins, self._ancestry[1], 4 * MAX_WINS_COMBINED)
+            # stacks of several wins first (research/io/combine.stack_knobs), then each win alone
+            for knobs, _ in stack_knobs(consts, (changes_of(w) for w in cands)):
+                new = {**consts, **knobs}
+                yield new, exp_id_of(new)
+            for win in cands:
                 new = self._merged.get(win.commit, lambda w=win: merge(w))
                 yield (new, exp_id_of(new)) if new is not None else None
 
