@@ -183,9 +183,10 @@ def test_the_builtin_proposer_and_the_des_propose_the_same_experiments(tmp_path)
             assert des is not None
             des_consts = sh.constants[des[1]]
             assert des_consts == daemon_consts, (daemon.description, des[2])
-            assert des[2] == ("combination" if daemon.description.startswith("combine") else "mutation")
-            kinds.append(des[2])
-            stacked.append(daemon.description.split(":")[0].count(",") + 1 if des[2] == "combination" else 0)
+            wins_in = daemon.description.split(":")[0].count(",") + 1 if daemon.description.startswith("combine") else 0
+            assert des[2] == ("stack" if wins_in > 1 else "combination" if wins_in else "mutation"), (des[2], daemon.description)
+            kinds.append("combination" if wins_in else "mutation")
+            stacked.append(wins_in)
             ran.add(exp_id_of(des_consts))
         # combinations first (over more than one proposal's merge budget), then mutations
         assert kinds.count("combination") >= 4 and kinds[-1] == "mutation", kinds

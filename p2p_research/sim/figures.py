@@ -168,10 +168,14 @@ def collect(sim: Any) -> dict[str, Any]:
             runs_of.setdefault(r["exp_id"], []).append(n.name)
     total = sum(per_node.values())
     combos: dict[str, int] = {}  # combinations of wins (research/io/combine.py), by status
+    stacks: dict[str, int] = {}  # of which stacks of several wins ("combine a, b: ...")
     for n in swarm:
         for r in completed(data[n.name]):
-            if (r.get("description") or "").startswith("combine "):
+            description = r.get("description") or ""
+            if description.startswith("combine "):
                 combos[r["status"]] = combos.get(r["status"], 0) + 1
+                if ", " in description.split(":", 1)[0]:
+                    stacks[r["status"]] = stacks.get(r["status"], 0) + 1
     wasted = sum(len(v) - 1 for v in runs_of.values())
     dup_examples = {k[:12]: v for k, v in runs_of.items() if len(v) > 1}
     yielded = sum(1 for n in swarm for r in data[n.name].local
@@ -339,7 +343,8 @@ def collect(sim: Any) -> dict[str, Any]:
         experiments_per_node=per_node,
         experiments_per_node_summary=summary([float(v) for v in per_node.values()]),
         experiments_by_status=by_status,
-        combinations={"run": sum(combos.values()), "by_status": combos},
+        combinations={"run": sum(combos.values()), "by_status": combos,
+                      "stacks": {"run": sum(stacks.values()), "kept": stacks.get("kept", 0)}},
         experiments_aborted=aborted,
         duplicates_wasted=wasted,
         duplicates_wasted_pct=round(100 * wasted / total, 3) if total else 0.0,

@@ -194,8 +194,9 @@ def common_rows(m: dict[str, Any]) -> list[tuple[str, Any]]:
          " / ".join(str(m["run_seconds_by_kind"].get(k, 0)) for k in ("experiment", "verification", "baseline"))),
         ("idle gap between a node's runs p50 / p90 / max (s)", _p(m["gap_between_runs_s"], "p50", "p90", "max", nd=2)),
         ("experiments by status", ", ".join(f"{k} {v}" for k, v in sorted(m["experiments_by_status"].items()))),
-        ("combinations of wins run (kept)", f"{m['combinations'].get('run', 0)} "
-                                            f"({m['combinations'].get('by_status', {}).get('kept', 0)})"),
+        ("combinations of wins run (kept); of which stacks of several", f"{m['combinations'].get('run', 0)} "
+         f"({m['combinations'].get('by_status', {}).get('kept', 0)}); "
+         f"{m['combinations'].get('stacks', {}).get('run', 0)} ({m['combinations'].get('stacks', {}).get('kept', 0)})"),
         ("experiments per node (min / max)", spread),
         ("runs aborted (stops, kills, yields)", m["experiments_aborted"]),
         ("duplicates wasted (of which checks of unproven negative reports)",

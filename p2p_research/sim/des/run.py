@@ -223,6 +223,7 @@ class DesSimulation:
         for n in self.nodes:
             dedup.update(n.stats.dedup)
         combos = Counter(r["status"] for _, r in exps if r["combination"])
+        stacks = Counter(r["status"] for _, r in exps if r.get("stack"))
         return SimReport(
             engine="des",
             nodes=o.nodes, solo_node=o.solo, duration_s=round(self.t_end - t0, 1),
@@ -243,7 +244,8 @@ class DesSimulation:
             experiments_per_node={n.name: per_node[n.name] for n in self.nodes} if o.nodes <= 1000 else None,
             experiments_per_node_summary=summary([float(per_node[n.name]) for n in self.nodes]),
             experiments_by_status=dict(Counter(r["status"] for _, r in exps)),
-            combinations={"run": sum(combos.values()), "by_status": dict(combos)},
+            combinations={"run": sum(combos.values()), "by_status": dict(combos),
+                          "stacks": {"run": sum(stacks.values()), "kept": stacks.get("kept", 0)}},
             experiments_aborted=sum(r["status"] == "aborted" for _, r in runs),
             duplicates_wasted=wasted, duplicates_wasted_pct=round(100 * wasted / len(exps), 3) if exps else 0.0,
             duplicates_checking_negatives=min(wasted, dedup.get("negatives_checked", 0)),

@@ -501,20 +501,22 @@ class VirtualNode:
             knobs = merge_knobs(parent_c, consts, changes)
             return None if knobs is None else {**consts, **knobs}
 
-        def merged() -> Iterator[tuple[dict, str] | None]:
+        def merged() -> Iterator[tuple[dict, str, int] | None]:  # constants, exp id, wins in it
             cands = candidates(wins, self._ancestry[1], 4 * MAX_WINS_COMBINED)
             # stacks of several wins first (research/io/combine.stack_knobs), then each win alone
-            for knobs, _ in stack_knobs(consts, (changes_of(w) for w in cands)):
+            for knobs, used in stack_knobs(consts, (changes_of(w) for w in cands)):
                 new = {**consts, **knobs}
-                yield new, exp_id_of(new)
+                yield new, exp_id_of(new), len(used)
             for win in cands:
                 new = self._merged.get(win.commit, lambda w=win: merge(w))
-                yield (new, exp_id_of(new)) if new is not None else None
+                yield (new, exp_id_of(new), 1) if new is not None else None
 
         wins = [x for x in self.wins if not x.peer or getattr(self.state.reputation.get(x.peer), "refuted", 0) == 0]
         found = drive(owned_only(merged(), None if self.solo else lambda c: self.mine(c[1])),
                       lambda c: self.known(c[1], spent))
-        return self._make(found[0], baseline, "combination") if found is not None else None
+        if found is None:
+            return None
+        return self._make(found[0], baseline, "stack" if found[2] > 1 else "combination")
 
     def known_here(self, exp: str) -> bool:
         if exp in self.local or exp in self.heard:
@@ -685,7 +687,8 @@ class VirtualNode:
         kind = {"baseline": "baseline", "verification": "verification"}.get(status, "experiment")
         self.stats.runs.append({"kind": kind, "status": status, "exp_id": self.shared.exp_of[commit],
                                 "t0": self._run_t0, "t1": self.world.t, "value": value,
-                                "combination": description == "combination", "target": target})
+                                "combination": description in ("combination", "stack"), "stack": description == "stack",
+                                "target": target})
         self.last_run_end = self.world.t
 
     def _note_baseline(self, value: float, source: int, exp: str, announced: float) -> None:
