@@ -148,7 +148,10 @@ def test_a_swarm_on_a_two_machine_ray_cluster_reports_like_a_local_one(tmp_path)
         toml = (report / "nodes" / name / "node.toml").read_text()
         assert all(ip in toml for ip in ips)  # listen and exempt_addresses name the machine's address
     assert m["crashed_nodes"] == 0
-    assert all(v > 0 for v in m["experiments_per_node"].values()), m["experiments_per_node"]
+    # (a loaded fresh-clone run once saw 0 experiments on every node, with no more said: the run's own
+    # lines and the harvest's state come with a failure now)
+    assert all(v > 0 for v in m["experiments_per_node"].values()), (
+        m["experiments_per_node"], m["cluster"].get("ledgers_missing"), m.get("startup_s"), r.stdout[-4000:])
     assert len(m["experiments_per_node"]) == 4 and m["solo"]["experiments_completed"] > 0
     assert m["convergence"]["all_on_same_baseline"], m["convergence"]
     assert m["peers_at_stop"]["p50"] >= 2

@@ -199,3 +199,24 @@ def test_a_string_constant_keeps_its_quote_style():
     src = 'WINDOW_PATTERN = "SSSL"\nOTHER = \'abc\'\nPAIR = ("a", 1)\nQUOTED = "x"\n'
     out = rewrite_constants(src, {"WINDOW_PATTERN": "SSLL", "OTHER": "x", "PAIR": ("b", 2), "QUOTED": 'say "hi"'})
     assert out == 'WINDOW_PATTERN = "SSLL"\nOTHER = \'x\'\nPAIR = ("b", 2)\nQUOTED = \'say "hi"\'\n'
+
+
+def test_a_node_in_a_swarm_takes_smaller_steps():
+    """research/mutate.step_scale: 1 alone, SWARM_STEP_SCALE once other researchers are heard. At a
+    smaller scale a continuous knob moves less (median over many draws). That the DES and the daemon
+    draw the same steps at either scale is test_pick's comparison."""
+    import statistics
+
+    from p2p_research.research.mutate import SWARM_STEP_SCALE, mutate_value, step_scale
+    from p2p_research.research.searchspace import Param
+
+    assert step_scale(0) == 1.0 and step_scale(1) == step_scale(34) == SWARM_STEP_SCALE < 1.0
+    lr = Param("LEARNING_RATE", "float", low=1e-5, high=1.0, log=True)
+    drop = Param("DROPOUT", "float", low=0.0, high=0.5)
+
+    def moves(p: Param, current: float, scale: float) -> float:
+        rng = random.Random(7)
+        return statistics.median(abs(mutate_value(p, current, rng, scale) - current) for _ in range(400))
+
+    for p, current in ((lr, 0.002), (drop, 0.2)):
+        assert moves(p, current, SWARM_STEP_SCALE) < 0.8 * moves(p, current, 1.0), p.name

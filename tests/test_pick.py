@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 import trio
 
 from p2p_research.research.pick import PREFER_TRIES, Merges, drive, drive_async, owned_first, owned_only
@@ -99,11 +100,13 @@ def test_merges_are_cached_per_baseline_and_limited_per_proposal():
 # --- the daemon's builtin proposer and the DES's virtual node take the same candidates ---------------
 
 
-def test_the_builtin_proposer_and_the_des_propose_the_same_experiments(tmp_path):
+@pytest.mark.parametrize("researchers", [0, 5])
+def test_the_builtin_proposer_and_the_des_propose_the_same_experiments(tmp_path, researchers):
     """One baseline one step off the genesis, twelve peers' wins off the genesis (combinations; more
     than a proposal's merge budget), the same ownership and the same knownness: the daemon's proposer
     on a real workspace and the DES's virtual node draw from their random streams in the same order and
-    take the same candidate, proposal after proposal (each one taken becomes known, as a run records it)."""
+    take the same candidate, proposal after proposal (each one taken becomes known, as a run records it).
+    Alone (0 researchers heard) and in a swarm, whose nodes take smaller steps (research/mutate.step_scale)."""
     from p2p_research.research.constants import read_constants, rewrite_constants
     from p2p_research.research.io.combine import Win
     from p2p_research.research.io.context import open_context
@@ -167,7 +170,9 @@ def test_the_builtin_proposer_and_the_des_propose_the_same_experiments(tmp_path)
         async def is_known(train_py: bytes) -> bool:
             return known(exp_of(train_py))
 
-        proposer = BuiltinProposer(space, seed * 1_000_003, focus=lambda: node.interests, wins=lambda: wins)
+        proposer = BuiltinProposer(space, seed * 1_000_003, focus=lambda: node.interests, wins=lambda: wins,
+                                   researchers=lambda: researchers)
+        node.researchers = lambda: researchers  # type: ignore[method-assign]
         node.wins = des_wins
         node.local = Ledger()  # type: ignore[assignment]
         node.mine = mine  # type: ignore[method-assign]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -55,7 +56,7 @@ def apply_loop_overrides(cfg, budget_tokens: int | None, budget_seconds: float |
         raise CliError(str(e), 2) from None
 
 
-def make_proposer(ctx, seed_offset: int = 0):
+def make_proposer(ctx, seed_offset: int = 0, researchers: Callable[[], int] | None = None):
     from p2p_research.research.io.proposers import BuiltinProposer, CommandProposer
 
     r = ctx.config.research
@@ -83,7 +84,7 @@ def make_proposer(ctx, seed_offset: int = 0):
     trust = ctx.trust()
     return BuiltinProposer(ctx.space, seed=r.seed * 1_000_003 + len(ctx.ledger.runs()) + seed_offset,
                            focus=lambda: interests, wins=wins if r.combine else None, code_from=trust.trusts_code_from,
-                           ideas=ideas if r.ideas else None, on_idea=on_idea)
+                           ideas=ideas if r.ideas else None, on_idea=on_idea, researchers=researchers)
 
 
 def knob_interests(names: list[str], seed: int) -> dict[str, float]:

@@ -316,7 +316,7 @@ class RunningNode:
     # --- research ---------------------------------------------------------------------------------
     async def research_loop(self) -> None:
         try:
-            proposer = self.make_proposer(self.ctx)
+            proposer = self.make_proposer(self.ctx, researchers=self.researchers)
         except HomeError as e:  # e.g. a malformed search-space block: the node stays up as a relay
             log.error("research not started: %s", e)
             self.research_state = f"failed: {e}"
@@ -330,7 +330,7 @@ class RunningNode:
                          and bool(self.options.bootstrap or self.config.network.bootstrap)
                          and not self.announcer.sparse())
         for i, env in enumerate(envs):
-            worker_proposer = proposer if i == 0 else self.make_proposer(self.ctx, seed_offset=7919 * i)
+            worker_proposer = proposer if i == 0 else self.make_proposer(self.ctx, seed_offset=7919 * i, researchers=self.researchers)
             engines.append(ResearchEngine(self.ctx, worker_proposer, Hooks(
                 on_claim=self.announcer.announce_claim, on_result=self.coordinator.announce_own,
                 is_known=self.coordinator.is_known, contested=self.coordinator.contested,

@@ -47,7 +47,7 @@ from p2p_research.research.io.combine import (
 from p2p_research.research.io.ideas import Idea, idea_description
 from p2p_research.research.io.objects import first_parent_ancestry
 from p2p_research.research.io.workspace import Workspace
-from p2p_research.research.mutate import prepare_choices, propose_mutation
+from p2p_research.research.mutate import prepare_choices, propose_mutation, step_scale
 from p2p_research.research.pick import BUILTIN_TRIES, Merges, drive_async, owned_first, owned_only
 from p2p_research.research.searchspace import SearchSpace
 
@@ -114,7 +114,8 @@ class BuiltinProposer:
                  wins: Callable[[], list[Win]] | None = None,
                  code_from: Callable[[str], bool] = lambda peer: False,
                  ideas: Callable[[], list[Idea]] | None = None,
-                 on_idea: Callable[[Idea, str, bytes], None] | None = None) -> None:
+                 on_idea: Callable[[Idea, str, bytes], None] | None = None,
+                 researchers: Callable[[], int] | None = None) -> None:
         self.space = space
         self.rng = random.Random(seed)
         self.focus = focus
@@ -127,6 +128,9 @@ class BuiltinProposer:
         self.ideas = ideas
         #: told (idea, baseline, train.py) when an idea is proposed, so its provenance is recorded
         self.on_idea = on_idea
+        #: how many other researchers of the protocol the node hears: a node in a swarm takes smaller
+        #: steps (research/mutate.step_scale); None: a node alone
+        self.researchers = researchers
         self.stats = {"combinations": 0, "stacks": 0, "ideas": 0}
         self._ancestry: tuple[str, list[str]] = ("", [])
         self._merged: Merges[str, bytes] = Merges()
@@ -272,9 +276,11 @@ class BuiltinProposer:
         # Whether a candidate is known may cost a DHT lookup (network.announce = kept: claims live there),
         # so it is asked of candidates this node owns first, and of the others only if none of those is
         # new (research/pick.owned_first, the order the DES draws in too).
+        scale = step_scale(self.researchers() if self.researchers is not None else 0)
+
         def draws() -> Iterator[Proposal | None]:
             for _ in range(BUILTIN_TRIES):
-                m = propose_mutation(source, self.space, self.rng, focus)
+                m = propose_mutation(source, self.space, self.rng, focus, scale)
                 yield Proposal(m.source.encode(), m.description, True) if m.changes else None
 
         found = await drive_async(owned_first(draws(), (lambda p: is_mine(p.train_py)) if is_mine is not None else None,

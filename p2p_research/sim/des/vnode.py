@@ -30,7 +30,7 @@ from p2p_research.research.io.combine import MAX_CANDIDATES as MAX_WINS_COMBINED
 from p2p_research.research.io.combine import Win, candidates, merge_knobs, stack_knobs
 from p2p_research.research.io.surrogate import noisy_value
 from p2p_research.research.life import Life, TakeTurn
-from p2p_research.research.mutate import draw_changes, prepare_choices
+from p2p_research.research.mutate import draw_changes, prepare_choices, step_scale
 from p2p_research.research.negatives import Hints, Report, Tried, dht_report, tried
 from p2p_research.research.pick import BUILTIN_TRIES, Merges, drive, owned_first, owned_only
 from p2p_research.research.searchspace import SearchSpace
@@ -460,9 +460,11 @@ class VirtualNode:
             self._choices = (baseline, prepare_choices(consts, sh.space, self.interests))
         choices = self._choices[1]
 
+        scale = step_scale(self.researchers())  # as the daemon's builtin proposer (research/mutate.py)
+
         def draws() -> Iterator[tuple[dict, str] | None]:
             for _ in range(BUILTIN_TRIES):
-                changes = draw_changes(choices, sh.space, self.rng)
+                changes = draw_changes(choices, sh.space, self.rng, scale)
                 yield sh.mutated(baseline, consts, changes) if changes else None
 
         # the builtin proposer's order (research/pick.owned_first), with the (possibly remote) check last
