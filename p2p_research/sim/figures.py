@@ -351,6 +351,7 @@ def collect(sim: Any) -> dict[str, Any]:
         duplicates_checking_negatives=min(wasted, int((counters.get("dedup") or {}).get("negatives_checked", 0))),
         duplicates_avoided={
             "yielded_in_flight": yielded,
+            "yield_refused": int((counters.get("swarm") or {}).get("yield_refused", 0)),
             "proposals_skipped_as_known": (skipped_as_known(counters["dedup"]) if counters.get("dedup") else None),
             "proposals_skipped_by_reason": counters.get("dedup") or None,
             "note": "yielded_in_flight: runs a node stopped because another node's earlier claim on the same "

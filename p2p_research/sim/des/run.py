@@ -250,6 +250,7 @@ class DesSimulation:
             duplicates_wasted=wasted, duplicates_wasted_pct=round(100 * wasted / len(exps), 3) if exps else 0.0,
             duplicates_checking_negatives=min(wasted, dedup.get("negatives_checked", 0)),
             duplicates_avoided={"yielded_in_flight": sum(n.stats.yielded for n in self.nodes),
+                                "yield_refused": sum(n.stats.yield_refused for n in self.nodes),
                                 "proposals_skipped_as_known": skipped_as_known(dedup),
                                 "proposals_skipped_by_reason": dict(dedup),
                                 "note": "as in the process report; DHT lookups: "

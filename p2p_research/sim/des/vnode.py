@@ -126,6 +126,7 @@ class Stats:
     dedup: dict[str, int] = field(default_factory=lambda: {"known_in_ledger": 0, "claimed_elsewhere": 0,
                                                            "negatives_hinted": 0, "negatives_checked": 0})
     yielded: int = 0
+    yield_refused: int = 0   # a later claim whose yield the budget refused (research/claims.py): both run
     dht_lookups: int = 0
     speculative: int = 0   # proposals built on a peer result not yet verified here
     dropped_branches: int = 0  # speculative branches dropped when the claim under them was refuted
@@ -650,8 +651,11 @@ class VirtualNode:
         rep = self.state.reputation.get(claimant.name)
         # the daemon's count: experiments finished with a verdict (an aborted run is none)
         runs = sum(r["kind"] == "experiment" and r["status"] in COMPLETED for r in self.stats.runs)
-        if claim_yield((self.running[1].t, self.name), (claim.t, claimant.name), rep.confirmed if rep else 0, runs,
-                       self.claims) != "yield":
+        what = claim_yield((self.running[1].t, self.name), (claim.t, claimant.name), rep.confirmed if rep else 0,
+                           runs, self.claims)
+        if what == "over budget":  # the daemon's coordinator counts it the same way
+            self.stats.yield_refused += 1
+        if what != "yield":
             return
         self.claims.note_yield(claimant.name)
         self.stats.yielded += 1
