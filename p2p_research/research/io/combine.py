@@ -106,15 +106,15 @@ def merge_constants(parent: str, baseline: str, win: str, theirs: bool = False) 
     parent's value for each of them (disjoint knobs); None when the win changed code, or a knob overlaps
     (unless `theirs`: see merge_knobs). A line-based merge would call two changes of adjacent lines a
     conflict; knobs are not lines."""
+    found = win_knobs(parent, win)
+    if found is None:
+        return None
+    before, changes = found
     try:
-        only, _ = constants_only_change(parent, win)
-        if not only:
-            return None
-        changes = changed_constants(parent, win)
-        before, now = read_constants(parent), read_constants(baseline)
+        now = read_constants(baseline)
     except ConstantsError:
         return None
-    knobs = merge_knobs(before, now, {name: new for name, (_, new) in changes.items()}, theirs=theirs)
+    knobs = merge_knobs(before, now, changes, theirs=theirs)
     if knobs is None:
         return None
     merged = rewrite_constants(baseline, knobs)
