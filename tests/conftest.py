@@ -155,4 +155,4 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     with open(out, "a") as f:
         f.write(f"{cpu() - c0:.1f}\t{time.monotonic() - t0:.1f}\t{item.nodeid}\t{time.time():.1f}\t"
-                f"{os.environ.get('PYTEST_XDIST_WORKER', '')}\n")
+                f"{os.environ.get('PYTEST_XDIST_WORKER', '')}\t{os.getpid()}\n")

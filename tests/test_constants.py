@@ -9,6 +9,7 @@ from p2p_research.research.constants import (
     ConstantsError,
     changed_constants,
     constants_only_change,
+    parses,
     read_constants,
     rewrite_constants,
 )
@@ -154,6 +155,46 @@ def test_hostile_expressions_are_bounded():
             pass
         ok, _ = constants_only_change("A = 1\n", src)
         assert not ok
+
+
+def test_one_parse_answers_every_question_about_a_text(monkeypatch):
+    """A node asks of each peer's train.py whether it parses, its constants, and whether it changes only
+    constants, again and again: each text is parsed once for what it holds and once for its code (the
+    second only where asked), however often either is asked."""
+    from p2p_research.research import constants
+
+    parsed = []
+    real_parse = ast.parse
+    monkeypatch.setattr(constants.ast, "parse", lambda src, *a, **k: parsed.append(src) or real_parse(src, *a, **k))
+    constants._analysis.cache_clear()
+    child = rewrite_constants(TRAIN, {"N_LAYER": read_constants(TRAIN)["N_LAYER"] + 1})
+    assert parses(TRAIN) and parses(child)
+    assert constants_only_change(TRAIN, child) == (True, "only constant values changed")
+    assert read_constants(child)["N_LAYER"] == read_constants(TRAIN)["N_LAYER"] + 1
+    assert changed_constants(TRAIN, child) and constants_only_change(child, TRAIN)[0]
+    for _ in range(3):
+        assert parses(child) and constants_only_change(TRAIN, child)[0] and read_constants(TRAIN)
+    assert parsed.count(TRAIN) == 2 and parsed.count(child) == 2  # (rewrite_constants parses the new value alone)
+    constants._analysis.cache_clear()
+
+
+def test_what_the_analyses_hold_is_bounded_by_characters_not_only_by_count():
+    """A peer's train.py may be 1 MiB with a constant written across most of it (a comment inside its
+    parentheses): the cache keeps what it read of texts up to a total number of characters, however
+    many texts a hostile peer sends."""
+    from p2p_research.research.constants import _AnalysisCache
+
+    cache = _AnalysisCache(max_entries=1000, max_weight=200_000)
+    for i in range(20):
+        src = f"A = ({i},  # " + "x" * 50_000 + "\n 1)\nB = 2\n"
+        found = cache(src)
+        assert not found.error and found.sites["A"].value == (i, 1) and found.weight > 50_000
+        assert cache._weight <= cache.max_weight and cache._weight == sum(a.weight for a in cache._done.values())
+    assert len(cache._done) == 3
+    small = _AnalysisCache(max_entries=4)
+    for i in range(10):
+        small(f"A = {i}\n")
+    assert len(small._done) == 4 and small("A = 9\n") is small("A = 9\n")
 
 
 def test_declared_space_may_address_tuple_elements_and_mutations_keep_forms():

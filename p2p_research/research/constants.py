@@ -13,12 +13,11 @@ default trust policy for peers' changes rely on `constants_only_change`.
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import math
 import operator
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from p2p_research.errors import P2PResearchError
 
@@ -192,51 +191,26 @@ def _segment(lines: list[bytes], v: ast.expr) -> str:
     return b"".join(parts).decode(errors="replace")
 
 
-class _DigestCache:
-    """A function of a program's text, remembered by the text's digest for the last `maxsize` texts: the
-    cache holds digests and results, never the programs (each up to MAX_SOURCE_CHARS)."""
+@dataclass
+class _Analysis:
+    """What the node reads from one train.py text: whether it parses and its constant sites, from one
+    parse; and, once asked (`constants_only_change`), the digest of its code without the constants'
+    values (`_skeleton`: an `ast.dump` as costly as the parse, which most texts never need)."""
 
-    def __init__(self, fn, maxsize: int) -> None:
-        functools.update_wrapper(self, fn)
-        self.fn, self.maxsize = fn, maxsize
-        self._done: OrderedDict[bytes, object] = OrderedDict()
-
-    def __call__(self, source: str):
-        key = hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=20).digest()
-        if key in self._done:
-            self._done.move_to_end(key)
-            return self._done[key]
-        value = self.fn(source)
-        self._done[key] = value
-        if len(self._done) > self.maxsize:
-            self._done.popitem(last=False)
-        return value
-
-    def cache_clear(self) -> None:
-        self._done.clear()
+    error: str = ""                                  # why it does not parse ("" when it does)
+    sites: dict[str, ConstantSite] = field(default_factory=dict)
+    weight: int = 0                                  # characters of the program it holds (the sites' text)
+    skeleton: bytes | None = None                    # None: not asked yet; b"": nested too deeply to dump
 
 
-def _digest_cached(maxsize: int):
-    return lambda fn: _DigestCache(fn, maxsize)
-
-
-@_digest_cached(maxsize=1024)
-def parses(source: str) -> bool:
-    """Whether `source` parses (within MAX_SOURCE_CHARS). Remembered by digest: the builtin proposer draws
-    the same merged programs again at every proposal on one baseline, and a parse of the default train.py
-    costs 5 ms."""
+def _analyze(source: str) -> _Analysis:
     try:
-        parse_source(source)
-    except ConstantsError:
-        return False
-    return True
-
-
-@_digest_cached(maxsize=64)
-def _constant_sites(source: str) -> dict[str, ConstantSite]:
+        tree = parse_source(source)
+    except ConstantsError as e:
+        return _Analysis(error=str(e))
     sites: dict[str, ConstantSite] = {}
     lines = source.encode().splitlines(keepends=True)
-    for stmt in parse_source(source).body:
+    for stmt in tree.body:
         name, v = _target_name(stmt)
         if name is None or v is None or not _is_constant_name(name):
             continue
@@ -246,7 +220,65 @@ def _constant_sites(source: str) -> dict[str, ConstantSite]:
             continue
         sites[name] = ConstantSite(name, value, v.lineno, v.col_offset, v.end_lineno or v.lineno,  # type: ignore[arg-type]
                                    v.end_col_offset or 0, _form_of(v, lines), _segment(lines, v))
-    return sites
+    return _Analysis(sites=sites, weight=sum(len(x.name) + len(x.text) + 256 for x in sites.values()))
+
+
+def _skeleton_of(source: str) -> _Analysis:
+    """The analysis of a text that parses, with its skeleton's digest (computed once per text)."""
+    found = _analysis(source)
+    if not found.error and found.skeleton is None:
+        try:
+            found.skeleton = hashlib.sha256(_skeleton(parse_source(source)).encode()).digest()
+        except (RecursionError, MemoryError):
+            found.skeleton = b""
+    return found
+
+
+class _AnalysisCache:
+    """`_analyze`, remembered by the text's digest for the last `max_entries` texts and at most
+    `max_weight` characters of them: it holds digests and what was read, never the programs (each up to
+    MAX_SOURCE_CHARS). One parse serves every question about a text: a node parses each peer's
+    train.py to check it (trust), to describe it, to merge it and to run it, and the builtin proposer
+    draws the same merged programs at every proposal on one baseline (measured before: 20 % of a busy
+    node's main thread was `ast.parse` and `ast.dump`, mostly of texts it had parsed before, with
+    separate caches of 64 and 256 that a swarm's results evicted)."""
+
+    def __init__(self, max_entries: int = 1024, max_weight: int = 16 << 20) -> None:
+        self.max_entries, self.max_weight = max_entries, max_weight
+        self._done: OrderedDict[bytes, _Analysis] = OrderedDict()
+        self._weight = 0
+
+    def __call__(self, source: str) -> _Analysis:
+        key = hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=20).digest()
+        found = self._done.get(key)
+        if found is not None:
+            self._done.move_to_end(key)
+            return found
+        found = _analyze(source)
+        self._done[key] = found
+        self._weight += found.weight
+        while self._done and (len(self._done) > self.max_entries or self._weight > self.max_weight):
+            self._weight -= self._done.popitem(last=False)[1].weight
+        return found
+
+    def cache_clear(self) -> None:
+        self._done.clear()
+        self._weight = 0
+
+
+_analysis = _AnalysisCache()
+
+
+def parses(source: str) -> bool:
+    """Whether `source` parses (within MAX_SOURCE_CHARS)."""
+    return not _analysis(source).error
+
+
+def _constant_sites(source: str) -> dict[str, ConstantSite]:
+    found = _analysis(source)
+    if found.error:
+        raise ConstantsError(found.error)
+    return found.sites
 
 
 def read_constants(source: str) -> dict[str, Const]:
@@ -375,33 +407,21 @@ def _kind(v: Const) -> str:
     return "bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "num"
 
 
-def _skeleton(tree: ast.Module) -> tuple[str, dict[str, Const]]:
-    values: dict[str, Const] = {}
+def _skeleton(tree: ast.Module) -> str:
+    """The module's code without the values of its top-level constants (`ast.dump`: formatting and comments
+    are not code)."""
     body = []
     for stmt in tree.body:
         target, v = _target_name(stmt)
         if target is not None and v is not None and _is_constant_name(target):
-            ok, value = constant_value(v)
-            if ok:
-                values[target] = value  # type: ignore[assignment]
+            if constant_value(v)[0]:
                 if isinstance(stmt, ast.Assign):
                     stmt = ast.Assign(targets=stmt.targets, value=ast.Constant(value="<const>"))
                 elif isinstance(stmt, ast.AnnAssign):
                     stmt = ast.AnnAssign(target=stmt.target, annotation=stmt.annotation,
                                          value=ast.Constant(value="<const>"), simple=stmt.simple)
-            else:
-                values.pop(target, None)
         body.append(stmt)
-    return ast.dump(ast.Module(body=body, type_ignores=[]), include_attributes=False), values
-
-
-@_digest_cached(maxsize=256)
-def _skeleton_of(source: str) -> tuple[bytes, dict[str, Const]]:
-    """`_skeleton` of a source, its code as a digest. Cached by source text: a node checks every step of
-    every peer result's lineage against its parent, so the same sources come back again and again
-    (measured: parsing them was a fifth of a busy node's main thread in the 35-node run)."""
-    skel, values = _skeleton(parse_source(source))
-    return hashlib.sha256(skel.encode()).digest(), values
+    return ast.dump(ast.Module(body=body, type_ignores=[]), include_attributes=False)
 
 
 def constants_only_change(old: str, new: str) -> tuple[bool, str]:
@@ -411,13 +431,15 @@ def constants_only_change(old: str, new: str) -> tuple[bool, str]:
     number stays a number, a str a str, a bool a bool, a tuple a tuple of as many elements of the same
     kinds), so a change cannot, say, turn a learning rate into a string that breaks code.
     """
-    try:
-        old_skel, old_vals = _skeleton_of(old)
-        new_skel, new_vals = _skeleton_of(new)
-    except ConstantsError as e:
-        return False, f"train.py {e}"
-    except (RecursionError, MemoryError):
+    old_a, new_a = _skeleton_of(old), _skeleton_of(new)
+    for a in (old_a, new_a):
+        if a.error:
+            return False, f"train.py {a.error}"
+    if not (old_a.skeleton and new_a.skeleton):
         return False, "train.py is nested too deeply to check"
+    old_skel, new_skel = old_a.skeleton, new_a.skeleton
+    old_vals = {n: x.value for n, x in old_a.sites.items()}
+    new_vals = {n: x.value for n, x in new_a.sites.items()}
     if old_skel != new_skel:
         return False, "train.py changes code, not only the values of top-level constants"
     if set(old_vals) != set(new_vals):
