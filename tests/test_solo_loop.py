@@ -265,6 +265,50 @@ def test_a_run_whose_experiment_a_peer_claimed_first_gives_way_before_it_trains(
         ctx.ledger.close()
 
 
+def test_a_re_run_s_progress_ends_with_the_run(tmp_path):
+    """A node following the swarm re-runs peers' results after its research is done: while a re-run
+    trains, the progress line and `status` show it; once it ends they show what the engine did before
+    (here "done"), not "training" with a growing count of seconds (seen in a real 35-daemon run: "76 s /
+    ~15 s" a minute after the re-run). A run inside a run (the genesis measured as a reference) gives the
+    outer run's phase back as well."""
+    import trio
+
+    from p2p_research.research.io.context import open_context
+    from p2p_research.research.io.engine import ResearchEngine
+    from p2p_research.research.io.home_init import init_home
+    from p2p_research.research.io.proposers import BuiltinProposer
+
+    home = init_home(tmp_path / "n")
+    cfg = home.load_config()
+    cfg.research.objective, cfg.research.surrogate_cost_s = "surrogate", 0.05
+    home.write_config(cfg)
+    ctx = open_context(home, home.load_config())
+    try:
+        engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
+        seen = []
+        real = engine.trainer
+
+        async def trainer(*a, **k):
+            seen.append((engine.progress.phase, engine.progress.label()))
+            return await real(*a, **k)
+
+        engine.trainer = trainer
+        ws = ctx.workspace
+        train = ws.files_of(ws.genesis)["train.py"]
+        commit = ws.commit_experiment(ws.genesis, {"train.py": train.replace(b"N_LAYER = 4 ", b"N_LAYER = 6 ")},
+                                      "N_LAYER 4 -> 6", "0" * 40)
+        engine.progress.phase = "done"
+        er = trio.run(engine.execute, commit, "verification", "verification of a peer's result", 0)
+        assert er.outcome is not None and er.outcome.ok
+        assert seen and seen[-1][0] == "training" and "verification of a peer's result" in seen[-1][1]
+        assert engine.progress.phase == "done" and not engine.progress.label().startswith("training")
+        engine.progress.phase = "proposing"
+        trio.run(engine.execute, ws.genesis, "baseline", "baseline measurement", 0)
+        assert seen[-1][0] == "baseline" and engine.progress.phase == "proposing"
+    finally:
+        ctx.ledger.close()
+
+
 @pytest.mark.slow
 def test_get_takes_the_winner_home_to_a_folder_or_a_branch(tiny_home, tmp_path):
     import json

@@ -715,7 +715,21 @@ class ResearchEngine:
 
     async def execute(self, commit: str, kind: str, description: str, seed: int,
                       exp_id: str | None = None) -> ExperimentRun:
-        """Train `commit` once and record the run (baseline, experiment, verification or noise)."""
+        """Train `commit` once and record the run (baseline, experiment, verification or noise).
+
+        The progress shows the run while it trains and what the engine was doing before once it ends: a
+        node that follows the swarm re-runs peers' results after its own research is done, and its
+        progress line and `status` went on saying "training" a re-run that had ended minutes before."""
+        p = self.progress
+        before = p.phase
+        try:
+            return await self._execute(commit, kind, description, seed, exp_id)
+        finally:
+            if p.commit == commit and p.phase in ("baseline", "training"):
+                p.phase = before
+
+    async def _execute(self, commit: str, kind: str, description: str, seed: int,
+                       exp_id: str | None = None) -> ExperimentRun:
         ctx = self.ctx
         parent = ctx.workspace.parent_of(commit) or ""
         if kind in ("experiment", "verification") and not self._reference_tried and self._needs_reference(commit, parent):
