@@ -159,8 +159,9 @@ def test_hostile_expressions_are_bounded():
 
 def test_one_parse_answers_every_question_about_a_text(monkeypatch):
     """A node asks of each peer's train.py whether it parses, its constants, and whether it changes only
-    constants, again and again: each text is parsed once for what it holds and once for its code (the
-    second only where asked), however often either is asked."""
+    constants, again and again: each text is parsed at most twice (once for what it holds, once for its
+    code where that is asked later), a peer's text that the trust check asks about first once, however
+    often either is asked."""
     from p2p_research.research import constants
 
     parsed = []
@@ -175,6 +176,10 @@ def test_one_parse_answers_every_question_about_a_text(monkeypatch):
     for _ in range(3):
         assert parses(child) and constants_only_change(TRAIN, child)[0] and read_constants(TRAIN)
     assert parsed.count(TRAIN) == 2 and parsed.count(child) == 2  # (rewrite_constants parses the new value alone)
+    # a peer's text, asked first by the trust check: one parse answers that and everything after
+    peers = rewrite_constants(TRAIN, {"N_LAYER": read_constants(TRAIN)["N_LAYER"] + 2})
+    assert constants_only_change(TRAIN, peers)[0] and parses(peers) and read_constants(peers)["N_LAYER"]
+    assert parsed.count(peers) == 1
     constants._analysis.cache_clear()
 
 

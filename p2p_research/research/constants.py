@@ -203,7 +203,8 @@ class _Analysis:
     skeleton: bytes | None = None                    # None: not asked yet; b"": nested too deeply to dump
 
 
-def _analyze(source: str) -> _Analysis:
+def _analyze(source: str, skeleton: bool = False) -> _Analysis:
+    """`skeleton`: also the skeleton's digest, from the same parse (asked first by a trust check)."""
     try:
         tree = parse_source(source)
     except ConstantsError as e:
@@ -220,17 +221,25 @@ def _analyze(source: str) -> _Analysis:
             continue
         sites[name] = ConstantSite(name, value, v.lineno, v.col_offset, v.end_lineno or v.lineno,  # type: ignore[arg-type]
                                    v.end_col_offset or 0, _form_of(v, lines), _segment(lines, v))
-    return _Analysis(sites=sites, weight=sum(len(x.name) + len(x.text) + 256 for x in sites.values()))
+    found = _Analysis(sites=sites, weight=sum(len(x.name) + len(x.text) + 256 for x in sites.values()))
+    if skeleton:
+        _add_skeleton(found, tree)
+    return found
+
+
+def _add_skeleton(found: _Analysis, tree: ast.Module) -> None:
+    try:
+        found.skeleton = hashlib.sha256(_skeleton(tree).encode()).digest()
+    except (RecursionError, MemoryError):
+        found.skeleton = b""
 
 
 def _skeleton_of(source: str) -> _Analysis:
-    """The analysis of a text that parses, with its skeleton's digest (computed once per text)."""
-    found = _analysis(source)
+    """The analysis of a text that parses, with its skeleton's digest (computed once per text: from the
+    same parse when the text is new, from a second one when only its constants were read before)."""
+    found = _analysis(source, skeleton=True)
     if not found.error and found.skeleton is None:
-        try:
-            found.skeleton = hashlib.sha256(_skeleton(parse_source(source)).encode()).digest()
-        except (RecursionError, MemoryError):
-            found.skeleton = b""
+        _add_skeleton(found, parse_source(source))
     return found
 
 
@@ -248,13 +257,13 @@ class _AnalysisCache:
         self._done: OrderedDict[bytes, _Analysis] = OrderedDict()
         self._weight = 0
 
-    def __call__(self, source: str) -> _Analysis:
+    def __call__(self, source: str, skeleton: bool = False) -> _Analysis:
         key = hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=20).digest()
         found = self._done.get(key)
         if found is not None:
             self._done.move_to_end(key)
             return found
-        found = _analyze(source)
+        found = _analyze(source, skeleton)
         self._done[key] = found
         self._weight += found.weight
         while self._done and (len(self._done) > self.max_entries or self._weight > self.max_weight):
