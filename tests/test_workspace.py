@@ -35,6 +35,24 @@ def test_experiment_objects_travel_and_verify(tmp_path):
     assert not c.has_object(git_object_id(3, bad.data))
 
 
+def test_a_commit_found_complete_is_remembered_and_one_arriving_is_asked_again(tmp_path, monkeypatch):
+    """The builtin proposer asks whether each win and its parent are complete at every proposal: a
+    commit found complete is not walked again (objects only leave the repo by quarantine), one whose
+    objects are still arriving is asked again until they are here."""
+    files = read_target_files()
+    a = Workspace.create(tmp_path / "a", files)
+    b = Workspace.create(tmp_path / "b", files)
+    commit = a.commit_experiment(a.baseline, {"train.py": files["train.py"] + b"\n# changed\n"}, "msg", "e" * 40)
+    objs = a.new_objects(commit)
+    walks = []
+    real = b._walk_complete
+    monkeypatch.setattr(b, "_walk_complete", lambda c: walks.append(c) or real(c))
+    b.write_objects([o for o in objs if o.kind != 3])  # the commit and its tree, not the new blob yet
+    assert not b.is_complete(commit) and not b.is_complete(commit) and len(walks) == 2
+    b.write_objects(objs)
+    assert all(b.is_complete(commit) for _ in range(5)) and len(walks) == 3
+
+
 def test_git_object_id_matches_libgit2():
     assert git_object_id(3, b"hello\n") == str(pygit2.hash(b"hello\n"))
 

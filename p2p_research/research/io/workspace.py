@@ -33,6 +33,7 @@ KIND_NAMES = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
 #: that only checked ids are scanned once at start)
 OBJECTS_CHECKED_MARK = "p2p-objects-checked"
 OBJECTS_CHECK_VERSION = "1"
+MAX_KNOWN_COMPLETE = 65536  # commits remembered as complete (about 6 MB of ids)
 
 
 class WorkspaceError(P2PResearchError):
@@ -63,6 +64,8 @@ class Workspace:
             self.repo = pygit2.Repository(str(self.path))
         except pygit2.GitError as e:
             raise WorkspaceError(f"no git workspace at {self.path}: {e}") from None
+        # commits found complete: objects leave the repo only by quarantine_malformed, so a commit stays so
+        self._complete: set[str] = set()
 
     # --- creation ---------------------------------------------------------------------------------
     @classmethod
@@ -333,6 +336,7 @@ class Workspace:
                 else:
                     log.error("object %s is malformed but not loose (packed); it stays, unreferenced", oid)
             self.repo = pygit2.Repository(str(self.path))  # drop libgit2's caches of what moved
+            self._complete.clear()  # the one place objects leave the repo
             for name in list(self.repo.references):
                 if name.startswith(EXP_REF_PREFIX):
                     target = str(self.repo.references[name].target)
@@ -365,7 +369,19 @@ class Workspace:
         return out
 
     def is_complete(self, commit_id: str) -> bool:
-        """Whether the commit, its tree and every blob under it are present."""
+        """Whether the commit, its tree and every blob under it are present. Remembered once true (up to
+        MAX_KNOWN_COMPLETE commits): the builtin proposer asks it of every win and its parent at every
+        proposal, and each walk read every blob of the tree (4 % of a busy node's main thread)."""
+        if commit_id in self._complete:
+            return True
+        if self._walk_complete(commit_id):
+            if len(self._complete) >= MAX_KNOWN_COMPLETE:
+                self._complete.clear()
+            self._complete.add(commit_id)
+            return True
+        return False
+
+    def _walk_complete(self, commit_id: str) -> bool:
         if not self.has_object(commit_id):
             return False
         try:
