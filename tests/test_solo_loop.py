@@ -223,6 +223,22 @@ def test_an_adopted_row_describes_the_change_from_the_previous_baseline(tmp_path
         ctx.ledger.close()
 
 
+def _watch_trainer_and_commit_a_change(engine, note):
+    """Wrap the engine's trainer so that `note(args)` is called as each run starts training, and commit
+    one constant change (N_LAYER 4 -> 6) onto the genesis: the commit."""
+    real = engine.trainer
+
+    async def trainer(*a, **k):
+        note(a)
+        return await real(*a, **k)
+
+    engine.trainer = trainer
+    ws = engine.ctx.workspace
+    train = ws.files_of(ws.genesis)["train.py"]
+    return ws.commit_experiment(ws.genesis, {"train.py": train.replace(b"N_LAYER = 4 ", b"N_LAYER = 6 ")},
+                                "N_LAYER 4 -> 6", "0" * 40)
+
+
 def test_a_run_whose_experiment_a_peer_claimed_first_gives_way_before_it_trains(tmp_path):
     """A peer's claim that arrives after the proposer found the experiment unknown but before the run
     could be stopped (there was none yet) is asked about as the run starts: the run gives way at once,
@@ -246,17 +262,7 @@ def test_a_run_whose_experiment_a_peer_claimed_first_gives_way_before_it_trains(
     try:
         engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0), Hooks(contested=contested))
         trained = []
-        real = engine.trainer
-
-        async def trainer(*a, **k):
-            trained.append(a)
-            return await real(*a, **k)
-
-        engine.trainer = trainer
-        ws = ctx.workspace
-        train = ws.files_of(ws.genesis)["train.py"]
-        commit = ws.commit_experiment(ws.genesis, {"train.py": train.replace(b"N_LAYER = 4 ", b"N_LAYER = 6 ")},
-                                      "N_LAYER 4 -> 6", "0" * 40)
+        commit = _watch_trainer_and_commit_a_change(engine, lambda a: trained.append(a))
         er = trio.run(engine.execute, commit, "experiment", "N_LAYER 4 -> 6", 0)
         assert er.outcome is None and er.run.status == "aborted" and "12D3KooWpeer" in er.run.reason
         assert not trained and asked == [(er.run.exp_id, 0)]
@@ -286,17 +292,9 @@ def test_a_re_run_s_progress_ends_with_the_run(tmp_path):
     try:
         engine = ResearchEngine(ctx, BuiltinProposer(ctx.space, seed=0))
         seen = []
-        real = engine.trainer
-
-        async def trainer(*a, **k):
-            seen.append((engine.progress.phase, engine.progress.label()))
-            return await real(*a, **k)
-
-        engine.trainer = trainer
+        commit = _watch_trainer_and_commit_a_change(
+            engine, lambda a: seen.append((engine.progress.phase, engine.progress.label())))
         ws = ctx.workspace
-        train = ws.files_of(ws.genesis)["train.py"]
-        commit = ws.commit_experiment(ws.genesis, {"train.py": train.replace(b"N_LAYER = 4 ", b"N_LAYER = 6 ")},
-                                      "N_LAYER 4 -> 6", "0" * 40)
         engine.progress.phase = "done"
         er = trio.run(engine.execute, commit, "verification", "verification of a peer's result", 0)
         assert er.outcome is not None and er.outcome.ok
