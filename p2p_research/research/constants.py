@@ -194,8 +194,9 @@ def _segment(lines: list[bytes], v: ast.expr) -> str:
 @dataclass
 class _Analysis:
     """What the node reads from one train.py text: whether it parses and its constant sites, from one
-    parse; and, once asked (`constants_only_change`), the digest of its code without the constants'
-    values (`_skeleton`: an `ast.dump` as costly as the parse, which most texts never need)."""
+    parse; and, where `constants_only_change` asks, the digest of its code without the constants' values
+    (`_skeleton`: an `ast.dump` as costly as the parse, which the proposer's drafts never need): from the
+    same parse when the trust check asks first (a peer's result), else from a second one when asked."""
 
     error: str = ""                                  # why it does not parse ("" when it does)
     sites: dict[str, ConstantSite] = field(default_factory=dict)
@@ -248,9 +249,9 @@ class _AnalysisCache:
     `max_weight` characters of them: it holds digests and what was read, never the programs (each up to
     MAX_SOURCE_CHARS). One parse serves every question about a text: a node parses each peer's
     train.py to check it (trust), to describe it, to merge it and to run it, and the builtin proposer
-    draws the same merged programs at every proposal on one baseline (measured before: 20 % of a busy
-    node's main thread was `ast.parse` and `ast.dump`, mostly of texts it had parsed before, with
-    separate caches of 64 and 256 that a swarm's results evicted)."""
+    draws the same merged programs at every proposal on one baseline (measured: `ast.parse` and `ast.dump`
+    were 18 % of a busy node's main thread with a cache per question, each text parsed for each; 9 % with
+    this one, docs/testing.md)."""
 
     def __init__(self, max_entries: int = 1024, max_weight: int = 16 << 20) -> None:
         self.max_entries, self.max_weight = max_entries, max_weight
