@@ -67,7 +67,7 @@ PATCHES: tuple[Patch, ...] = (
           "a task and a signature check for every message of an RPC, however many (about 4,800 fit in 1 MiB; "
           "two such RPCs of made-up signatures cost a daemon 16 CPU-s, with no score or ban); 256 per RPC",
           "tests/test_hostile_peers.py"),
-    Patch("yamux_write_timeout", "Yamux._write_frame",
+    Patch("yamux_write_timeout", "Yamux._write_frame (and Yamux.__init__, to count a wedge for the host that made it)",
           "a frame waited as long as the peer left its socket unread, the read loop's replies included: two nodes "
           "writing at once, or one peer that reads nothing, wedged the connection, and a stream reset libp2p "
           "shields held a daemon's research for 70 s; no frame written for 30 s while one waits (go-yamux's "

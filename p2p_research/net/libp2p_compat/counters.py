@@ -9,7 +9,9 @@ host's `status` showed all of them. Each count now goes to the host it happened 
 - elsewhere (an RPC queue, a multistream-select read: libp2p gives them no host), to the host whose
   task it runs in: `serving(host)` marks the task that starts a host, and every task libp2p starts
   for it from there inherits the mark (a context variable); a count with no host in its context goes
-  to `UNATTRIBUTED`.
+  to `UNATTRIBUTED`. libp2p starts identify and identify-push as trio system tasks, which begin from
+  the run's first context and carry no mark: a count that can happen there is taken from an object
+  marked where its host made it (a yamux connection's wedge, guards 7).
 """
 
 from __future__ import annotations

@@ -332,7 +332,8 @@ def _bounded_write_frame_factory(original: Any) -> Any:
         if getattr(self, "_p2p_write_timed_out", False):
             return
         self._p2p_write_timed_out = True
-        counters.current().yamux_write_timeouts += 1
+        owner = getattr(self, "_p2p_counters", None)  # stamped when the connection was made
+        (owner if owner is not None else counters.current()).yamux_write_timeouts += 1
         peer = str(getattr(self, "peer_id", "?"))
         _rlog.log(logging.WARNING, f"yamux-write:{peer}", "closing the connection to %s: %s (the peer reads nothing)",
                   peer[:16], why)
@@ -388,6 +389,20 @@ def _install_yamux_write_timeout() -> None:
     YAMUX_WRITE_TIMEOUT_S = timeout
     if not hasattr(Yamux._write_frame, "_p2p_original"):
         Yamux._write_frame = _bounded_write_frame_factory(Yamux._write_frame)
+        Yamux.__init__ = _counted_init_factory(Yamux.__init__)
+
+
+def _counted_init_factory(original: Any) -> Any:
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        """``Yamux.__init__``, and the counters of the host it is made for: a connection is made in its
+        host's task (a dial or a listener's upgrade), but a wedge may be found in any task that writes to
+        it, identify's among them, which libp2p starts as trio system tasks, outside every host's
+        context (where `counters.current()` is UNATTRIBUTED: a loaded test once lost its count there)."""
+        original(self, *args, **kwargs)
+        self._p2p_counters = counters.current()
+
+    init._p2p_original = original  # type: ignore[attr-defined]
+    return init
 
 
 def _whole_write_factory(original: Any) -> Any:
