@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_helpers import CHROMIUM, DRIVER, NO_BROWSER, browser, get
 from daemon_helpers import Daemon, stop_all, surrogate_home, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-NO_BROWSER = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver; " \
-             "`make browser-tools` does it as root)"
-DRIVER = shutil.which("chromedriver")
 
 
 def rss_mb(pid: int) -> float:
@@ -30,14 +25,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def post(url: str, text: str, token: str | None = None) -> tuple[int, dict]:
@@ -178,19 +165,6 @@ def test_metrics_parse_and_move_and_posting_beyond_loopback_needs_the_token(tmp_
 
 
 @pytest.mark.slow
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1800"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(DRIVER), options=opts)
-
-
-@pytest.mark.slow
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=NO_BROWSER)
 def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
     from selenium.webdriver.common.by import By
@@ -269,70 +243,6 @@ def test_the_dashboard_in_a_real_browser_updates_live_and_posts(tmp_path):
     finally:
         driver.quit()
         stop_all([a, b])
-
-
-@pytest.mark.slow
-def test_simulate_dashboard_serves_the_swarm_live_and_the_report_keeps_it(tmp_path):
-    """`simulate --dashboard`: the swarm's page answers while it runs (every node, curves, counters); the
-    report links a self-contained copy, which a real browser renders with every node's curve."""
-    import subprocess
-
-    from conftest import ROOT
-    from sim_helpers import SIM, leftover_processes
-
-    rep = tmp_path / "report"
-    p = subprocess.Popen([*SIM, "--nodes", "3", "--duration", "15s", "--cost", "2", "--settle", "30",
-                          "--dashboard-addr", "127.0.0.1:0", "--report", str(rep)], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-    try:
-        assert p.stdout is not None
-        url = None
-        for line in p.stdout:
-            if "dashboard: http" in line:
-                url = line.split("dashboard: ")[1].split()[0]
-                break
-        assert url, "no dashboard URL printed"
-
-        def live():
-            status, body = get(url + "api/state")
-            d = json.loads(body)
-            ok = (status == 200 and len(d["nodes"]) == 4 and all(n["up"] for n in d["nodes"])
-                  and len(d["curves"]["nodes"]) >= 2 and d["summary"]["experiments"] > 0)
-            return d if ok else None
-        d = wait_for(live, 60, what="the live swarm page with every node and their curves")
-        assert {n["role"] for n in d["nodes"]} == {"swarm", "solo"}
-        status, page = get(url)
-        assert status == 200 and b"sim.js" in page
-        out, _ = p.communicate(timeout=240)
-        assert p.returncode == 0, out[-3000:]
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    md = (rep / "report.md").read_text()
-    assert "[dashboard.html](dashboard.html)" in md and url in md
-    html = (rep / "dashboard.html").read_text()
-    assert "window.__SIM_STATE__" in html and "/static/" not in html   # self-contained: opens from the folder
-    assert leftover_processes(str(rep)) == []
-    if not (CHROMIUM and DRIVER):
-        pytest.skip(NO_BROWSER)
-    from selenium.webdriver.common.by import By
-
-    driver = browser()
-    try:
-        driver.get((rep / "dashboard.html").as_uri())
-        wait_for(lambda: driver.find_elements(By.ID, "swarm-curve"), 20, what="the swarm's curve")
-        assert len(driver.find_elements(By.CSS_SELECTOR, "path.node-curve")) == 3
-        assert driver.find_elements(By.ID, "solo-curve")
-        assert int(driver.find_element(By.ID, "experiments").text) > 0
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")) == 4
-        shots = os.environ.get("P2P_SCREENSHOT_DIR")
-        if shots:
-            driver.save_screenshot(str(Path(shots) / "dashboard-simulation.png"))
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert not errors, errors
-    finally:
-        driver.quit()
 
 
 # three finders, as in test_ledger's swarm view: (peer, exp, parent, kind, val_bpb, status, description)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -60,12 +61,55 @@ def test_proc_sampling_of_self():
 
 
 @pytest.mark.slow
-def test_small_simulation_with_a_liar(tmp_path):
-    """5 nodes (one lies) + a solo node for 25 s at 2 s per run: a complete, consistent report."""
+def test_a_small_simulation_with_a_liar_reports_it_and_its_dashboard_shows_it_live(tmp_path):
+    """5 nodes (one lies) + a solo node for 25 s at 2 s per run, with `--dashboard-addr`: the swarm's
+    page answers while it runs (every node, curves, counters); the report is complete and consistent,
+    and links a self-contained copy of the page, which a real browser renders with every node's curve.
+    (One simulation for both: each was a separate run of the same daemons before, 60 CPU-s together.)"""
+    import threading
+
+    from browser_helpers import CHROMIUM, DRIVER, NO_BROWSER, browser, get
+    from daemon_helpers import wait_for
+
     rep = tmp_path / "report"
-    r = subprocess.run([*SIM, "--nodes", "5", "--duration", "25s", "--cost", "2", "--liars", "1", "--seed", "3",
-                        "--settle", "90", "--report", str(rep)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    p = subprocess.Popen([*SIM, "--nodes", "5", "--duration", "25s", "--cost", "2", "--liars", "1", "--seed", "3",
+                          "--settle", "90", "--dashboard-addr", "127.0.0.1:0", "--report", str(rep)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    printed = threading.Event()
+
+    def drain() -> None:  # the run's lines, read as they come (a full pipe would stop the run)
+        assert p.stdout is not None
+        for line in p.stdout:
+            lines.append(line)
+            if "dashboard: http" in line:
+                printed.set()
+        printed.set()
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        printed.wait(120)
+        urls = [ln.split("dashboard: ")[1].split()[0] for ln in lines if "dashboard: http" in ln]
+        assert urls, "no dashboard URL printed: " + "".join(lines)[-3000:]
+        url = urls[0]
+
+        def live():
+            status, body = get(url + "api/state")
+            d = json.loads(body)
+            ok = (status == 200 and len(d["nodes"]) == 6 and all(n["up"] for n in d["nodes"])
+                  and len(d["curves"]["nodes"]) >= 2 and d["summary"]["experiments"] > 0)
+            return d if ok else None
+        d = wait_for(live, 60, what="the live swarm page with every node and their curves")
+        assert {n["role"] for n in d["nodes"]} == {"swarm", "solo"}
+        assert sum(n["liar"] for n in d["nodes"]) == 1
+        status, page = get(url)
+        assert status == 200 and b"sim.js" in page
+        assert p.wait(timeout=300) == 0, "".join(lines)[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        reader.join(10)
     m = json.loads((rep / "report.json").read_text())
     common = {f.name for f in fields(SimReport)} - {"engine_figures", "series"}  # series goes to series.json
     assert common <= set(m) and m["engine"] == "process", common - set(m)
@@ -88,7 +132,29 @@ def test_small_simulation_with_a_liar(tmp_path):
         assert (rep / f).stat().st_size > 0, f
     md = (rep / "report.md").read_text()
     assert all(f"| {label} |" in md for label, _ in common_rows(m)) and "## Liars" in md  # the DES's rows too
+    assert "[dashboard.html](dashboard.html)" in md and url in md
+    html = (rep / "dashboard.html").read_text()
+    assert "window.__SIM_STATE__" in html and "/static/" not in html   # self-contained: opens from the folder
     assert leftover_processes(str(rep)) == []
+    if not (CHROMIUM and DRIVER):
+        pytest.skip(NO_BROWSER)
+    from selenium.webdriver.common.by import By
+
+    driver = browser()
+    try:
+        driver.get((rep / "dashboard.html").as_uri())
+        wait_for(lambda: driver.find_elements(By.ID, "swarm-curve"), 20, what="the swarm's curve")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "path.node-curve")) == 5
+        assert driver.find_elements(By.ID, "solo-curve")
+        assert int(driver.find_element(By.ID, "experiments").text) > 0
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")) == 6
+        shots = os.environ.get("P2P_SCREENSHOT_DIR")
+        if shots:
+            driver.save_screenshot(str(Path(shots) / "dashboard-simulation.png"))
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
 
 
 @pytest.mark.slow
