@@ -58,6 +58,10 @@ BACKOFF_CAP = 30.0
 POLL_INTERVAL = 1.0
 DISCOVERY_INTERVAL = 3.0
 PING_INTERVAL = 10.0
+#: own addresses sent in an exchange (the receiver keeps as many), and how soon after one change of them
+#: the peers are told again
+OWN_ADDRS_SENT = 8
+ANNOUNCE_GAP_S = 10.0
 CANDIDATES_PER_SUBNET = 16
 CONNECTIONS_PER_SUBNET = 2
 
@@ -77,6 +81,14 @@ class PeerState:
     bootstrap: bool = False
     about: dict[str, str] | None = None  # its swarm, protocol and budget, from the peer exchange
     connection: str = "direct"  # "direct" | "relayed" (through a circuit relay)
+
+
+def own_exchange_addrs(addrs: list[str]) -> list[str]:
+    """The addresses a node tells a peer it asks: its relayed ones first (behind NAT they are the only
+    ones that reach it, and a host listening on every interface has more direct ones than fit), then
+    the direct ones, OWN_ADDRS_SENT in all."""
+    relayed = [a for a in addrs if "/p2p-circuit" in a]
+    return (relayed + [a for a in addrs if "/p2p-circuit" not in a])[:OWN_ADDRS_SENT]
 
 
 def exchange_addrs(addrs: list[str]) -> list[str]:
@@ -172,6 +184,8 @@ class PeerManager:
         self._bootstrap_ids = {b.peer_id.to_base58() for b in self.bootstrap}
         self._rlog = RateLimitedLog(log, interval=30.0)
         self._changed = trio.Event()
+        self._own_addrs: frozenset[str] | None = None  # what the peers were last told (None: not yet)
+        self._announce_after = 0.0
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -336,7 +350,27 @@ class PeerManager:
     async def _poll_loop(self) -> None:
         while True:
             self._refresh()
+            self._tell_new_addrs()
             await trio.sleep(POLL_INTERVAL)
+
+    def _tell_new_addrs(self) -> None:
+        """When this node's own addresses change (a relay slot reserved or lost), ask every peer again:
+        an exchange carries the asker's addresses, so that is how they learn them, and how a peer that
+        asks them next learns them too. Otherwise they waited for the discovery's backed-off interval
+        (up to BACKOFF_CAP): two homes behind NAT met 17-20 s after both held a relay slot (the NAT
+        test). At most once per ANNOUNCE_GAP_S; a change within it is told when the gap ends."""
+        own = frozenset(own_exchange_addrs(full_addrs(self.host)))
+        if own == self._own_addrs:
+            return
+        now = trio.current_time()
+        if self._own_addrs is not None:  # the first exchanges carry the first addresses
+            if now < self._announce_after:
+                return
+            log.debug("own addresses changed: asking %d peer(s) again", len(self._peers))
+            self._asked.clear()
+            self._changed.set()
+            self._announce_after = now + ANNOUNCE_GAP_S
+        self._own_addrs = own
 
     async def _discovery_loop(self) -> None:
         """Ask newly connected peers (and all peers while below target) for more peers; dial them.
@@ -373,7 +407,8 @@ class PeerManager:
         try:
             with trio.fail_after(EXCHANGE_TIMEOUT):
                 stream = await self.host.new_stream(pid, [PEERS_PROTOCOL])
-                await stream.write(frame(pack({"addrs": full_addrs(self.host)[:8], "about": self.about})))
+                await stream.write(frame(pack({"addrs": own_exchange_addrs(full_addrs(self.host)),
+                                               "about": self.about})))
                 reply = unpack_small(await read_frame(stream, 64 * 1024))
             if isinstance(reply, dict):
                 self._note_about(s, reply.get("about"))
@@ -486,7 +521,7 @@ class PeerManager:
                 own = req.get("addrs") if isinstance(req, dict) else None
                 if isinstance(own, list):
                     good = []
-                    for a in own[:8]:
+                    for a in own[:OWN_ADDRS_SENT]:
                         try:
                             if isinstance(a, str) and parse_peer_addr(a).peer_id == remote:
                                 good.append(a)
