@@ -27,10 +27,11 @@ run: $(STAMP) bytecode
 	test -f $(HOME_DIR)/node.toml || $(BIN)/p2p-research init --home $(HOME_DIR) --profile research
 	$(BIN)/p2p-research node start --home $(HOME_DIR)
 
-# The suite runs on TEST_WORKERS processes (pytest-xdist): most of its time is daemons and runs waiting
-# on each other, so three workers keep two cores busy. A module whose fixture is a swarm or prepared
+# The suite runs on TEST_WORKERS processes (pytest-xdist): much of its time is daemons and runs waiting
+# on each other, so four workers keep two cores busy (three left them idle a tenth of the time:
+# docs/testing.md). A module whose fixture is a swarm or prepared
 # data stays on one worker (xdist_group); TEST_WORKERS=0 runs everything in this process.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # Tests marked `alone` run afterwards, one process, nothing beside them; that process collects only
