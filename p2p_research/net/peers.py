@@ -358,7 +358,9 @@ class PeerManager:
         an exchange carries the asker's addresses, so that is how they learn them, and how a peer that
         asks them next learns them too. Otherwise they waited for the discovery's backed-off interval
         (up to BACKOFF_CAP): two homes behind NAT met 17-20 s after both held a relay slot (the NAT
-        test). At most once per ANNOUNCE_GAP_S; a change within it is told when the gap ends."""
+        test). At most once per ANNOUNCE_GAP_S; a change within it is told when the gap ends. Peers have
+        a say in these addresses (libp2p adds observed addresses that several peers confirm), so the gap
+        is also what bounds the exchanges they can cause: one per connected peer per 10 s."""
         own = frozenset(own_exchange_addrs(full_addrs(self.host)))
         if own == self._own_addrs:
             return
