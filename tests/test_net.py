@@ -351,34 +351,3 @@ def test_a_node_sends_its_relayed_addresses_first_in_an_exchange():
     relayed = [f"/ip4/10.0.0.1/tcp/4001/p2p/{new_peer_id()}/p2p-circuit/p2p/{me}"]
     sent = own_exchange_addrs(direct + relayed)
     assert sent[0] == relayed[0] and len(sent) == OWN_ADDRS_SENT and sent[1:] == direct[:OWN_ADDRS_SENT - 1]
-
-
-async def test_when_its_own_addresses_change_a_node_asks_its_peers_again_at_most_once_per_gap(autojump_clock):
-    """A relay slot reserved changes the node's addresses; its peers learn them from its next exchange
-    with each, so it asks every peer again at once (not after the discovery's backed-off interval),
-    and a second change within ANNOUNCE_GAP_S is told when the gap ends."""
-    import trio
-
-    from p2p_research.net.peers import ANNOUNCE_GAP_S
-
-    pm = bare_peer_manager()
-    me = pm.my_id.to_base58()
-    addrs = [f"/ip4/192.168.1.2/tcp/4001/p2p/{me}"]
-    pm.host.get_addrs = lambda: list(addrs)
-    pm._tell_new_addrs()  # the first addresses: the first exchanges carry them
-    pm._asked.update({"a", "b"})
-    assert not pm._changed.is_set()
-    addrs.append(f"/ip4/10.77.0.1/tcp/4001/p2p/{new_peer_id()}/p2p-circuit/p2p/{me}")
-    pm._tell_new_addrs()
-    assert pm._changed.is_set() and not pm._asked
-    pm._changed = trio.Event()
-    pm._asked.add("a")
-    addrs.append(f"/ip4/10.77.0.2/tcp/4001/p2p/{new_peer_id()}/p2p-circuit/p2p/{me}")
-    pm._tell_new_addrs()
-    assert not pm._changed.is_set() and pm._asked == {"a"}  # within the gap
-    await trio.sleep(ANNOUNCE_GAP_S)
-    pm._tell_new_addrs()
-    assert pm._changed.is_set() and not pm._asked
-    pm._changed = trio.Event()
-    pm._tell_new_addrs()  # nothing new
-    assert not pm._changed.is_set()

@@ -58,10 +58,8 @@ BACKOFF_CAP = 30.0
 POLL_INTERVAL = 1.0
 DISCOVERY_INTERVAL = 3.0
 PING_INTERVAL = 10.0
-#: own addresses sent in an exchange (the receiver keeps as many), and how soon after one change of them
-#: the peers are told again
+#: own addresses sent in an exchange (the receiver keeps as many)
 OWN_ADDRS_SENT = 8
-ANNOUNCE_GAP_S = 10.0
 CANDIDATES_PER_SUBNET = 16
 CONNECTIONS_PER_SUBNET = 2
 
@@ -184,8 +182,6 @@ class PeerManager:
         self._bootstrap_ids = {b.peer_id.to_base58() for b in self.bootstrap}
         self._rlog = RateLimitedLog(log, interval=30.0)
         self._changed = trio.Event()
-        self._own_addrs: frozenset[str] | None = None  # what the peers were last told (None: not yet)
-        self._announce_after = 0.0
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -350,29 +346,7 @@ class PeerManager:
     async def _poll_loop(self) -> None:
         while True:
             self._refresh()
-            self._tell_new_addrs()
             await trio.sleep(POLL_INTERVAL)
-
-    def _tell_new_addrs(self) -> None:
-        """When this node's own addresses change (a relay slot reserved or lost), ask every peer again:
-        an exchange carries the asker's addresses, so that is how they learn them, and how a peer that
-        asks them next learns them too. Otherwise they waited for the discovery's backed-off interval
-        (up to BACKOFF_CAP): two homes behind NAT met 17-20 s after both held a relay slot (the NAT
-        test). At most once per ANNOUNCE_GAP_S; a change within it is told when the gap ends. Peers have
-        a say in these addresses (libp2p adds observed addresses that several peers confirm), so the gap
-        is also what bounds the exchanges they can cause: one per connected peer per 10 s."""
-        own = frozenset(own_exchange_addrs(full_addrs(self.host)))
-        if own == self._own_addrs:
-            return
-        now = trio.current_time()
-        if self._own_addrs is not None:  # the first exchanges carry the first addresses
-            if now < self._announce_after:
-                return
-            log.debug("own addresses changed: asking %d peer(s) again", len(self._peers))
-            self._asked.clear()
-            self._changed.set()
-            self._announce_after = now + ANNOUNCE_GAP_S
-        self._own_addrs = own
 
     async def _discovery_loop(self) -> None:
         """Ask newly connected peers (and all peers while below target) for more peers; dial them.
