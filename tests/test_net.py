@@ -319,7 +319,11 @@ def test_relayed_connections_count_in_their_relay_s_subnet():
         pm._add_candidate(f"/ip4/10.1.2.3/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{new_peer_id()}")
     honest = f"/ip4/10.9.9.1/tcp/4001/p2p/{new_peer_id()}"
     pm._add_candidate(honest)
-    trio.run(pm._dial_candidates)
+
+    async def dial_round() -> None:
+        async with trio.open_nursery() as nursery:
+            pm._dial_candidates(nursery)
+    trio.run(dial_round)
     assert dialed == ["/ip4/10.9.9.1/tcp/4001"], dialed  # the relay's subnet is full: only the honest candidate is dialed
 
 
@@ -351,3 +355,55 @@ def test_a_node_sends_its_relayed_addresses_first_in_an_exchange():
     relayed = [f"/ip4/10.0.0.1/tcp/4001/p2p/{new_peer_id()}/p2p-circuit/p2p/{me}"]
     sent = own_exchange_addrs(direct + relayed)
     assert sent[0] == relayed[0] and len(sent) == OWN_ADDRS_SENT and sent[1:] == direct[:OWN_ADDRS_SENT - 1]
+
+
+async def test_a_candidate_that_does_not_answer_holds_no_other_and_is_dialed_again_when_it_gains_an_address(
+        autojump_clock):
+    """Exchanged peers are dialed DIALS_AT_ONCE at a time, beside the discovery rounds: a home's direct
+    address behind NAT, which answers nothing for the dial's whole timeout, held every other candidate
+    and the next exchanges that long. A dial in flight counts for its subnet. A candidate that learnt
+    a relayed address while its dial failed is dialed again at once."""
+    import trio
+
+    from p2p_research.net.peers import CONNECTIONS_PER_SUBNET, DIALS_AT_ONCE
+
+    pm = bare_peer_manager()
+
+    class Network:
+        connections: dict = {}
+
+    pm.host.get_network = lambda: Network()  # type: ignore[method-assign]
+    pm.target_peers = 50
+    started: list[tuple[float, str, list[str]]] = []
+    home = new_peer_id()
+
+    async def dial(info):
+        started.append((trio.current_time(), info.peer_id.to_base58(), [str(a) for a in info.addrs]))
+        if "192.168." in str(info.addrs[0]) and len(info.addrs) == 1:
+            await trio.sleep(10)  # answers nothing, until the dial's timeout
+            raise trio.TooSlowError
+        await trio.sleep(10 if "10.5.5." in str(info.addrs[0]) else 0.1)
+        Network.connections[info.peer_id] = []
+
+    pm._dial = dial  # type: ignore[method-assign]
+    pm._add_candidate(f"/ip4/192.168.1.2/tcp/4001/p2p/{home}")
+    same_subnet = [f"/ip4/10.5.5.{i}/tcp/4001/p2p/{new_peer_id()}" for i in range(1, 4)]
+    others = [f"/ip4/10.{i}.0.1/tcp/4001/p2p/{new_peer_id()}" for i in range(20, 20 + DIALS_AT_ONCE)]
+    for a in same_subnet + others:
+        pm._add_candidate(a)
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        pm._dial_candidates(nursery)
+        assert len(pm._dialing) == DIALS_AT_ONCE  # at most that many at once
+        while trio.current_time() - t0 < 25:
+            pm._dial_candidates(nursery)  # the rounds go on beside the dials
+            if trio.current_time() - t0 > 1 and any(p == home for p in pm._dialing):
+                pm._add_candidate(f"/ip4/10.77.0.1/tcp/4001/p2p/{new_peer_id()}/p2p-circuit/p2p/{home}")
+            await trio.sleep(0.5)
+    first = {peer: t - t0 for t, peer, _ in reversed(started)}
+    assert all(first[a.split("/p2p/")[1]] < 10 for a in others), first  # none waited for the silent address
+    at_once = [peer for t, peer, addrs in started if "10.5.5." in addrs[0] and t - t0 < 10]
+    assert len(at_once) == CONNECTIONS_PER_SUBNET  # the third of that subnet waited: two in flight count
+    home_dials = [(t - t0, addrs) for t, peer, addrs in started if peer == home]
+    assert len(home_dials) == 2 and home_dials[1][0] - home_dials[0][0] < 11, home_dials
+    assert any("/p2p-circuit" in a for a in home_dials[1][1]), home_dials  # at once, with what it learnt
