@@ -511,7 +511,10 @@ class Simulation:
             honest = [n for n in self.nodes if n.role == "swarm" and not n.liar and n.up()]
             statuses = self.final_statuses(honest)  # all at once: one that does not answer counts as None
             commits = {((statuses.get(n.name) or {}).get("baseline") or {}).get("commit") for n in honest}
-            if len(commits) == 1 and not pending:
+            # a drained node finishes the run it has in flight, and a keep there moves its baseline after
+            # the others agreed (a cluster test ended on two baselines so, 0.2 s into its settle)
+            busy = [n.name for n in honest if (statuses.get(n.name) or {}).get("current")]
+            if len(commits) == 1 and not pending and not busy:
                 self.log(f"settled: every honest node on {str(next(iter(commits)))[:10]}")
                 break
             if on_tick:
