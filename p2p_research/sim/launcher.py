@@ -513,7 +513,7 @@ class Simulation:
             commits = {((statuses.get(n.name) or {}).get("baseline") or {}).get("commit") for n in honest}
             # a drained node finishes the run it has in flight, and a keep there moves its baseline after
             # the others agreed (a cluster test ended on two baselines so, 0.2 s into its settle)
-            busy = [n.name for n in honest if (statuses.get(n.name) or {}).get("current")]
+            busy = any((statuses.get(n.name) or {}).get("current") for n in honest)
             if len(commits) == 1 and not pending and not busy:
                 self.log(f"settled: every honest node on {str(next(iter(commits)))[:10]}")
                 break
