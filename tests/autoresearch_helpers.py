@@ -4,15 +4,17 @@ dedup tests and bench/bench_harness.py."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, SHARED_ENV, run_cli
 
 from p2p_research.home import NodeHome
 
@@ -22,9 +24,31 @@ FAKES = ROOT / "tests" / "fake_agents"
 ADAPTERS = ROOT / "examples" / "proposers"
 
 
-def autoresearch_folder(dest: Path) -> Path:
-    """A copy of the fixture with its own interpreter in `.venv`: torch through a .pth file to this
-    interpreter's packages, plus a `kernels` module that only it has (as autoresearch's env does)."""
+def autoresearch_folder(dest: Path | None = None) -> Path:
+    """The fixture with its own interpreter in `.venv`: torch through a .pth file to this interpreter's
+    packages, plus a `kernels` module that only it has (as autoresearch's env does).
+
+    With no `dest`, in a test session: one copy for the whole session, made by the first test that asks
+    (under a lock, on whichever worker). The tests only read the folder (`test_init_takes_the_folder_as_it_is`
+    checks that a node leaves it as it is), and one folder means one interpreter path: a warm interpreter
+    is one per interpreter (research/io/warmstart.py `key_of`), so the session's runs fork from one pair
+    (torch, torch with TorchDynamo) instead of one pair per test, 3-5 CPU-s of imports each
+    (docs/testing.md)."""
+    shared = os.environ.get(SHARED_ENV)
+    if dest is not None or not shared:
+        return _make_folder(dest if dest is not None else Path(tempfile.mkdtemp(prefix="p2p-autoresearch-")) / "ar")
+    dest = Path(shared) / "autoresearch"
+    with open(Path(shared) / "autoresearch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        ready = Path(shared) / "autoresearch.ready"
+        if not ready.exists():
+            shutil.rmtree(dest, ignore_errors=True)  # a copy a failed test process left half made
+            _make_folder(dest)
+            ready.touch()
+    return dest
+
+
+def _make_folder(dest: Path) -> Path:
     shutil.copytree(FIXTURE, dest)
     venv = dest / ".venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

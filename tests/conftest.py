@@ -25,13 +25,27 @@ if "P2P_WARM_FOLDER" not in os.environ:
 else:
     _WARM_OWNER = False
 
+# What the session's tests share and only read (the autoresearch folder: tests/autoresearch_helpers.py),
+# made once by the first test that asks for it, on whichever worker; the controller makes the folder and
+# removes it at the session's end.
+SHARED_ENV = "P2P_TEST_SHARED"
+if SHARED_ENV not in os.environ:
+    os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="p2p-shared-tests-")
+    _SHARED_OWNER = True
+else:
+    _SHARED_OWNER = False
+
 
 def pytest_sessionfinish(session, exitstatus):
-    if _WARM_OWNER and not hasattr(session.config, "workerinput"):
+    if hasattr(session.config, "workerinput"):
+        return
+    if _WARM_OWNER:
         from p2p_research.research.io.warmstart import shutdown
 
         shutdown()
         shutil.rmtree(os.environ["P2P_WARM_FOLDER"], ignore_errors=True)
+    if _SHARED_OWNER:
+        shutil.rmtree(os.environ[SHARED_ENV], ignore_errors=True)
 
 
 # `python -m p2p_research ...` in the tests: forked from a server that has imported the node once per test

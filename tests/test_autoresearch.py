@@ -36,7 +36,7 @@ from p2p_research.research.io.home_init import detect_train_command
 
 
 def test_init_takes_the_folder_as_it_is(tmp_path):
-    folder = autoresearch_folder(tmp_path / "autoresearch")
+    folder = autoresearch_folder()
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True).returncode != 0
     home = tmp_path / "node"
@@ -74,7 +74,7 @@ def test_train_command_detection():
 def test_solo_loop_on_an_autoresearch_folder(tmp_path):
     """The builtin proposer (inferred space) and autoresearch's summary, FAIL and results.tsv semantics;
     the model is handed over at autoresearch's own evaluate_bpb call and measured by the node."""
-    folder = autoresearch_folder(tmp_path / "autoresearch")
+    folder = autoresearch_folder()
     home = init_node(tmp_path, "node", folder)
     r = cli("run", "--home", home, "-n", 2, check=True)
     # every result is printed, the last one included
@@ -111,7 +111,7 @@ def test_solo_loop_on_an_autoresearch_folder(tmp_path):
 def test_coding_agents_through_the_adapters(tmp_path):
     """Claude Code, Codex CLI, aider and the generic adapter, each one-shot in a scratch copy: code and
     constant edits arrive; git, results.tsv, caches and harness edits of the agent never do."""
-    folder = autoresearch_folder(tmp_path / "autoresearch")
+    folder = autoresearch_folder()
     home = init_node(tmp_path, "node", folder, proposer="command", proposer_command=f"bash {ADAPTERS / 'agent.sh'}")
 
     def propose_with(adapter: str, **env) -> dict:
@@ -192,7 +192,7 @@ def test_a_code_edit_travels_where_runs_are_sandboxed(tmp_path):
 
     if not detect().available:
         pytest.skip(f"no sandbox here: {detect().reason}")
-    folder = autoresearch_folder(tmp_path / "autoresearch")
+    folder = autoresearch_folder()
     a_home = init_node(tmp_path, "a", folder, tolerance=1.5, proposer="command",
                        proposer_command=f"bash {ADAPTERS / 'claude_code.sh'}")
     b_home = init_node(tmp_path, "b", folder, tolerance=1.5)
@@ -256,7 +256,7 @@ def test_init_finds_the_harness_data_folder_for_the_sandbox(tmp_path):
 def test_what_cannot_run_fails_before_the_first_run_with_its_fix(tmp_path):
     """autoresearch's folder under an interpreter without its `kernels` module: doctor names it, and
     research stops before any run with one line and the fix (it crashed twice and left two rows)."""
-    folder = autoresearch_folder(tmp_path / "ar")
+    folder = autoresearch_folder()
     home = init_node(tmp_path, "n", folder)
     h = NodeHome(home)
     cfg = h.load_config()

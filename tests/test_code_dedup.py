@@ -68,7 +68,7 @@ def test_claims_carry_the_code_key_and_older_claims_still_decode():
 
 @pytest.mark.slow
 def test_an_agent_rewording_a_known_edit_spends_no_run(tmp_path):
-    folder = autoresearch_folder(tmp_path / "autoresearch")
+    folder = autoresearch_folder()
     home = init_node(tmp_path, "node", folder, proposer="command", proposer_command=f"bash {ADAPTERS / 'codex.sh'}")
     r = cli("run", "--home", home, "-n", 1, env=agent_env(FAKE_EDIT="boom"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -83,7 +83,7 @@ def test_an_agent_rewording_a_known_edit_spends_no_run(tmp_path):
 def test_a_peer_claim_on_the_same_code_stops_a_reworded_copy(tmp_path):
     """A's agent runs a slow edit; B's agent proposes the same program spelt differently while A's
     claim is live: B skips it, by the code key A's claim carries."""
-    folder = autoresearch_folder(tmp_path / "autoresearch")
+    folder = autoresearch_folder()
     a_home = init_node(tmp_path, "a", folder, proposer="command", proposer_command=f"bash {ADAPTERS / 'codex.sh'}")
     b_home = init_node(tmp_path, "b", folder, proposer="command", proposer_command=f"bash {ADAPTERS / 'codex.sh'}")
     daemons = []

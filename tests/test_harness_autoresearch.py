@@ -83,7 +83,7 @@ train_docs = prepare._split_documents("train")
 def node(tmp_path_factory):
     """A node home on the fixture, run under the fixture's interpreter, with its shards prepared."""
     root = tmp_path_factory.mktemp("harness-ar")
-    folder = autoresearch_folder(root / "autoresearch")
+    folder = autoresearch_folder()
     home = init_home(root / "node", target=folder)
     cfg = home.load_config()
     cfg.research.train_command = f"{folder / '.venv' / 'bin' / 'python'} train.py"
