@@ -26,11 +26,18 @@ class Daemon:
         self.wrap = wrap  # a command the daemon runs under, e.g. ("ip", "netns", "exec", "home1")
         self.env = env  # added to this process's environment for the daemon (e.g. a PATH with scripted agents)
         self.proc: subprocess.Popen | None = None
+        self._signalled = False
         self.peer_id = ""
         self.addrs: list[str] = []
 
     def start(self, timeout: float = 60.0) -> Daemon:
+        return self.spawn().ready(timeout)
+
+    def spawn(self) -> Daemon:
+        """Start the process without waiting for it (`ready` waits): daemons that do not need each other
+        to be up start side by side."""
         self.errlog = open(self.home / "test-daemon.err", "ab")
+        self._signalled = False
         argv = ["node", "start", "--home", str(self.home), *self.args]
         env = {**os.environ, **self.env} if self.env else None
         if self.wrap:  # another command execs the daemon: no fork server
@@ -39,6 +46,11 @@ class Daemon:
         else:
             self.proc = popen_cli(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.errlog, text=True,
                                   start_new_session=True, env=env)
+        return self
+
+    def ready(self, timeout: float = 60.0) -> Daemon:
+        """Wait until the daemon prints its control socket (its peer id and addresses come first)."""
+        assert self.proc is not None
         deadline = time.time() + timeout
         assert self.proc.stdout is not None
         self.addrs = []
@@ -89,10 +101,16 @@ class Daemon:
             raise AssertionError(f"{cmd}: {resp}")
         return json.loads(json.dumps(resp.get("data"), default=str))
 
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` once (a second SIGTERM during a daemon's clean stop would end it at once)."""
+        if self.proc is not None and self.proc.poll() is None and not self._signalled:
+            self._signalled = True
+            self.proc.send_signal(sig)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
+        self.terminate(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -135,6 +153,10 @@ def surrogate_home(path, seed, target=None, cost=0.5, **sections):
 
 
 def stop_all(daemons):
+    """Stop every daemon the way a user does (SIGTERM), all at once: each waits for its run's end and
+    its peers' goodbyes, and one after another a swarm's stops added up to seconds per test."""
+    for d in daemons:
+        d.terminate()
     for d in daemons:
         d.stop()
     for d in daemons:

@@ -125,13 +125,15 @@ def test_two_homes_behind_nat_meet_through_a_relay_and_connect_directly(tmp_path
         for i, ns in ((1, H1), (2, H2)):
             h = surrogate_home(tmp_path / f"home{i}", i, cost=3.0)
             homes.append(Daemon(h.path, "--listen", f"/ip4/192.168.{i}.2/tcp/4001", "--bootstrap", boot, "-n", "200",
-                                wrap=in_ns(ns)).start())
+                                wrap=in_ns(ns)).spawn())
         daemons += homes
         a, b = homes
         # a research node on a public address: it finds itself public and offers relaying (kubo's default)
         public = Daemon(surrogate_home(tmp_path / "public", 3, cost=3.0).path, "--listen", "/ip4/10.77.0.2/tcp/4001",
-                        "--bootstrap", boot, "-n", "200", wrap=in_ns(PUB)).start()
+                        "--bootstrap", boot, "-n", "200", wrap=in_ns(PUB)).spawn()
         daemons.append(public)
+        for d in (a, b, public):  # the three start side by side, each bootstrapping from the relay
+            d.ready()
 
         def relayed(d):
             r = d.json("status")["reachability"]

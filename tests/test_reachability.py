@@ -1,6 +1,11 @@
-"""Reachability decisions (pure): AutoNAT verdicts, dial-back claims, relay choice, relay addresses."""
+"""Reachability decisions (pure): AutoNAT verdicts, dial-back claims, relay choice, relay addresses; and
+the timing of NatTraversal's dials and AutoNAT rounds, in virtual time."""
 
 from __future__ import annotations
+
+import pytest
+from libp2p import generate_new_ed25519_identity
+from net_helpers import pid_of
 
 from p2p_research.net.reachability import (
     circuit_addr,
@@ -94,3 +99,89 @@ def test_address_slots_bound_an_address_and_a_subnet_and_exempt_this_machine():
     for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", None, None, "127.0.0.1"):
         slots.give_back(ip)
     assert not slots.by_address and not slots.by_subnet
+
+
+def new_peer_id() -> str:
+    return pid_of(generate_new_ed25519_identity())
+
+
+def _nat(**kw):
+    """A NatTraversal on a real libp2p host that is not listening (its dials and queries are stubbed)."""
+    from libp2p import generate_new_ed25519_identity, new_host
+
+    from p2p_research.net.boundary import Faults
+    from p2p_research.net.nat import NatTraversal
+    from p2p_research.net.streams import StreamGuard
+
+    host = new_host(key_pair=generate_new_ed25519_identity())
+    return NatTraversal(host, StreamGuard(host, Faults(), {}), relay_service=False, active=True, **kw)
+
+
+async def test_autonat_servers_are_asked_side_by_side(autojump_clock):
+    """Behind NAT each dial-back waits out its timeout: asked one after another, two servers took twice
+    that to say "private" (the NAT test's homes learnt it 9 s after their start)."""
+    import trio
+    from libp2p.host.autonat.pb.autonat_pb2 import Message as AutoNATMessage
+    from libp2p.peer.id import ID
+
+    from p2p_research.net.nat import DIAL_BACK_TIMEOUT_S
+
+    nat = _nat()
+    servers = [ID.from_base58(new_peer_id()) for _ in range(2)]
+    nat._direct_peers_with = lambda protocol: list(servers)
+    in_flight, most, asked = [0], [0], []
+
+    async def query_server(pid, claims, timeout):
+        asked.append(pid)
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await trio.sleep(DIAL_BACK_TIMEOUT_S)  # the server's dial-back of an unreachable address
+        in_flight[0] -= 1
+        return AutoNATMessage.E_DIAL_ERROR, None
+
+    nat.autonat.query_server = query_server
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(nat._autonat_loop)
+        t0 = trio.current_time()
+        while nat._status != "private":
+            await trio.sleep(0.1)
+        took = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    assert sorted(map(str, asked)) == sorted(map(str, servers)) and most[0] == 2
+    assert took < 2 * DIAL_BACK_TIMEOUT_S  # in virtual time: one timeout, not two in a row
+
+
+async def test_a_peer_whose_direct_addresses_just_failed_is_dialed_through_its_relay_at_once(autojump_clock):
+    """A home heard of before it held a relay slot was dialed at its direct address for the whole
+    timeout; dialed again with its relayed address, it got DIRECT_FIRST_S on the silent one first. For
+    DIRECT_FAILED_S after that failure, its relays go first."""
+    import trio
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import PeerInfo
+    from multiaddr import Multiaddr
+
+    from p2p_research.net.nat import DIRECT_FAILED_S, DIRECT_FIRST_S
+
+    nat = _nat()
+    home = ID.from_base58(new_peer_id())
+    direct = Multiaddr("/ip4/192.168.1.2/tcp/4001")
+    relayed = Multiaddr(f"/ip4/10.77.0.1/tcp/4001/p2p/{new_peer_id()}/p2p-circuit")
+    tried: list[tuple[str, float]] = []
+
+    async def connect(info):
+        tried.append(("direct", trio.current_time()))
+        await trio.sleep_forever()  # behind NAT: nothing answers
+
+    async def circuit(addr):
+        tried.append(("relayed", trio.current_time()))
+
+    nat.host.connect = connect
+    nat._dialer.dial = circuit
+    with pytest.raises(trio.TooSlowError):
+        await nat.dial(PeerInfo(home, [direct]), timeout=10)
+    await nat.dial(PeerInfo(home, [direct, relayed]))
+    assert [k for k, _ in tried] == ["direct", "relayed"]  # no second wait on the silent address
+    await trio.sleep(DIRECT_FAILED_S)
+    tried.clear()
+    await nat.dial(PeerInfo(home, [direct, relayed]))  # long after: its direct addresses get their try again
+    assert [k for k, _ in tried] == ["direct", "relayed"] and tried[1][1] - tried[0][1] >= DIRECT_FIRST_S

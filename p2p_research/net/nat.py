@@ -85,6 +85,8 @@ AUTONAT_SERVERS = 3
 AUTONAT_RECHECK_S = 300.0
 CIRCUIT_DIAL_TIMEOUT_S = 15.0
 DIRECT_FIRST_S = 3.0
+DIRECT_FAILED_S = 60.0   # a peer whose direct addresses just failed is dialed through its relays at once
+DIRECT_FAILED_MAX = 1024
 MAX_RELAYED_TRIED = 2
 RESERVATION_REFRESH_S = RELAY_LIMITS.reservation_ttl / 2  # renewed by us, under our timeouts
 RESERVE_TIMEOUT_S = 15.0
@@ -192,6 +194,7 @@ class NatTraversal:
         self.circuits: dict[str, str] = {}        # relay peer id -> our address through it
         self.refused: dict[str, float] = {}       # relay peer id -> when it refused or failed a reservation
         self._reserved_at: dict[str, float] = {}  # relay peer id -> when our reservation was last granted
+        self._direct_failed: dict[ID, float] = {}  # peer -> when a dial of its direct addresses last failed
         self.stats = {"upgraded": 0, "relayed_dials": 0, "reservations": 0, "dial_backs_asked": 0, "punch_retries": 0}
         self._status = "unknown" if active else "local"
         self._nursery: trio.Nursery | None = None
@@ -256,14 +259,27 @@ class NatTraversal:
         relayed = [a for a in info.addrs if "/p2p-circuit" in str(a)][:MAX_RELAYED_TRIED]
         error: BaseException | None = None
         # one deadline for the whole dial: peer exchange hands out many candidates, dialed one by one
+        failed_at = self._direct_failed.get(info.peer_id)
+        # a peer first heard of with its direct addresses only (before it held a relay slot) was dialed
+        # there for the whole timeout; once its relayed ones arrive, they go first for a while
+        skip_direct = bool(relayed) and failed_at is not None and trio.current_time() - failed_at < DIRECT_FAILED_S
         with trio.fail_after(timeout + (CIRCUIT_DIAL_TIMEOUT_S * len(relayed) if relayed else 0)):
-            if direct or not relayed:
+            if (direct or not relayed) and not skip_direct:
+                started = trio.current_time()
                 try:  # a peer that has relayed addresses is probably behind NAT: its direct ones get less time
                     with trio.fail_after(DIRECT_FIRST_S if relayed else timeout):
                         await self.host.connect(PeerInfo(info.peer_id, direct))
+                    self._direct_failed.pop(info.peer_id, None)
                     return
+                except trio.Cancelled:
+                    # stopped by the caller (peers.py stops a direct-only dial when a relayed address
+                    # arrives): as good as failed once it had the time a peer with relays gets
+                    if trio.current_time() - started >= DIRECT_FIRST_S:
+                        self._note_direct_failed(info.peer_id)
+                    raise
                 except Exception as e:  # noqa: BLE001 - try the relays next
                     error = e
+                    self._note_direct_failed(info.peer_id)
             for a in relayed:
                 try:
                     with trio.fail_after(CIRCUIT_DIAL_TIMEOUT_S):
@@ -273,6 +289,12 @@ class NatTraversal:
                 except Exception as e:  # noqa: BLE001 - one relay's address failing: the next is tried, the last error raised
                     error = e
         raise error if error is not None else ConnectionError("no address to dial")
+
+    def _note_direct_failed(self, pid: ID) -> None:
+        self._direct_failed.pop(pid, None)
+        self._direct_failed[pid] = trio.current_time()
+        while len(self._direct_failed) > DIRECT_FAILED_MAX:  # the oldest first (insertion order)
+            del self._direct_failed[next(iter(self._direct_failed))]
 
     # --- AutoNAT ---------------------------------------------------------------------------------
 
@@ -301,16 +323,11 @@ class NatTraversal:
             servers = self._direct_peers_with(AUTONAT_PROTOCOL_ID)
             random.shuffle(servers)
             claims = dial_back_claims([str(a) for a in self._listen_addrs()], self._observed())
-            for pid in servers[:AUTONAT_SERVERS]:
-                try:
-                    self.stats["dial_backs_asked"] += 1
-                    code, _ = await self.autonat.query_server(
-                        pid, [multiaddr.Multiaddr(c).to_bytes() for c in claims], timeout=AUTONAT_QUERY_TIMEOUT_S)
-                except Exception as e:  # noqa: BLE001 - the peer left or cannot serve: ask another later
-                    log.debug("dial-back request to %s failed: %r", pid, e)
-                    continue
-                if code in (AutoNATMessage.OK, AutoNATMessage.E_DIAL_ERROR):
-                    self.verdicts[pid.to_base58()] = (code == AutoNATMessage.OK, time.time())
+            # the servers are asked side by side: behind NAT each dial-back waits out its timeout
+            # (DIAL_BACK_TIMEOUT_S), and asked one after another two of them took 8 s to say so
+            async with trio.open_nursery() as nursery:
+                for pid in servers[:AUTONAT_SERVERS]:
+                    nursery.start_soon(self._ask_dial_back, pid, claims)
             status = judge(self.verdicts, time.time())
             if status != self._status:
                 reached = sum(1 for ok, _ in self.verdicts.values() if ok)
@@ -322,6 +339,18 @@ class NatTraversal:
             # no peer to ask yet (the first round runs before the bootstrap peers are identified): look
             # again in a second, not five; the verdict came 9 s after start where one dial-back takes 4
             await trio.sleep(AUTONAT_RECHECK_S if status != "unknown" else 5.0 if servers else 1.0)
+
+    async def _ask_dial_back(self, pid: ID, claims: list[str]) -> None:
+        """One AutoNAT server's verdict on `claims`, into `verdicts` (a failed request is no verdict)."""
+        try:
+            self.stats["dial_backs_asked"] += 1
+            code, _ = await self.autonat.query_server(
+                pid, [multiaddr.Multiaddr(c).to_bytes() for c in claims], timeout=AUTONAT_QUERY_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - the peer left or cannot serve: ask another later
+            log.debug("dial-back request to %s failed: %r", pid, e)
+            return
+        if code in (AutoNATMessage.OK, AutoNATMessage.E_DIAL_ERROR):
+            self.verdicts[pid.to_base58()] = (code == AutoNATMessage.OK, time.time())
 
     async def _offer_relay_service(self) -> None:
         """Start relaying for peers behind NAT (with RELAY_LIMITS) and tell connected peers at once."""

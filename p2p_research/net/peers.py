@@ -184,6 +184,7 @@ class PeerManager:
         self._rlog = RateLimitedLog(log, interval=30.0)
         self._changed = trio.Event()
         self._dialing: dict[str, str | None] = {}  # exchanged peers being dialed -> the subnet each counts in
+        self._dial_scopes: dict[str, trio.CancelScope] = {}  # their dials, while only direct addresses are tried
         self._dialed_since_round = False
 
     # --- state -----------------------------------------------------------------------------------
@@ -434,6 +435,11 @@ class PeerManager:
             known = self._candidates[s].info
             if len(known.addrs) < 8 and str(info.addrs[0]) not in {str(a) for a in known.addrs}:
                 known.addrs.append(info.addrs[0])
+                scope = self._dial_scopes.get(s)
+                if scope is not None and "/p2p-circuit" in str(info.addrs[0]):
+                    # its dial tries direct addresses only (a home behind NAT, heard of before it held
+                    # a relay slot) and would wait out DIAL_TIMEOUT: stop it, dial again with this one
+                    scope.cancel()
 
     def _connections_by_subnet(self) -> Counter[str]:
         by_subnet: Counter[str] = Counter()
@@ -469,8 +475,16 @@ class PeerManager:
 
     async def _dial_candidate(self, s: str, c: _Candidate) -> None:
         tried = {str(a) for a in c.info.addrs}
+        scope = trio.CancelScope()
+        if not any("/p2p-circuit" in a for a in tried):
+            self._dial_scopes[s] = scope
         try:
-            await self._dial(PeerInfo(c.info.peer_id, list(c.info.addrs)))
+            with scope:
+                await self._dial(PeerInfo(c.info.peer_id, list(c.info.addrs)))
+            if scope.cancelled_caught:  # it learnt a relayed address meanwhile (_add_candidate): at once again
+                c.next_try = trio.current_time()
+                self._changed.set()
+                return
             c.failures = 0
             log.info("connected to exchanged peer %s", short_name(s))
             self._dialed_since_round = True  # a new peer: the next round comes soon, as one that dialed it
@@ -487,6 +501,7 @@ class PeerManager:
                 self._changed.set()
         finally:
             self._dialing.pop(s, None)
+            self._dial_scopes.pop(s, None)
 
     def _note_about(self, peer: str, value: Any) -> None:
         """A peer's swarm, protocol and budget as it says them (peer input: strings, bounded), and one
