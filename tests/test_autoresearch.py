@@ -15,10 +15,10 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pygit2
 import pytest
-from autoresearch_analysis import analyze
 from autoresearch_helpers import (
     ADAPTERS,
     FIXTURE,
@@ -34,6 +34,13 @@ from daemon_helpers import Daemon, wait_for
 from p2p_research.home import NodeHome
 from p2p_research.research.io.home_init import detect_train_command
 
+
+def analyze(tsv: Path, png: Path) -> dict:
+    """autoresearch's analysis (tests/autoresearch_analysis.py), imported when a test asks: its pandas
+    and matplotlib cost every test process half a second to collect this module."""
+    from autoresearch_analysis import analyze as run
+
+    return run(tsv, png)
 
 def test_init_takes_the_folder_as_it_is(tmp_path):
     folder = autoresearch_folder()
