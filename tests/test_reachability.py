@@ -181,6 +181,24 @@ async def test_a_peer_whose_direct_addresses_just_failed_is_dialed_through_its_r
         await nat.dial(PeerInfo(home, [direct]), timeout=10)
     await nat.dial(PeerInfo(home, [direct, relayed]))
     assert [k for k, _ in tried] == ["direct", "relayed"]  # no second wait on the silent address
+    # a relayed address that fails (a peer exchange can hand out a made-up one) does not make a peer
+    # that answers at its direct address undialable: after the relays, the direct addresses get their try
+    tried.clear()
+
+    async def bad_circuit(addr):
+        tried.append(("relayed", trio.current_time()))
+        raise ConnectionError("no such relay")
+
+    async def slow_connect(info):
+        tried.append(("direct", trio.current_time()))
+        await trio.sleep(1)  # it answers, slowly
+
+    nat._dialer.dial, nat.host.connect = bad_circuit, slow_connect
+    await nat.dial(PeerInfo(home, [direct, relayed]))
+    assert [k for k, _ in tried] == ["relayed", "direct"]
+    nat._dialer.dial, nat.host.connect = circuit, connect
+    with pytest.raises(trio.TooSlowError):
+        await nat.dial(PeerInfo(home, [direct]), timeout=10)  # silent again: its relays go first again
     await trio.sleep(DIRECT_FAILED_S)
     tried.clear()
     await nat.dial(PeerInfo(home, [direct, relayed]))  # long after: its direct addresses get their try again

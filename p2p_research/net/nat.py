@@ -288,6 +288,15 @@ class NatTraversal:
                     return
                 except Exception as e:  # noqa: BLE001 - one relay's address failing: the next is tried, the last error raised
                     error = e
+            if skip_direct and direct:  # its relays failed (a made-up one, say): the direct ones get their try
+                try:
+                    with trio.fail_after(timeout):
+                        await self.host.connect(PeerInfo(info.peer_id, direct))
+                    self._direct_failed.pop(info.peer_id, None)
+                    return
+                except Exception as e:  # noqa: BLE001 - every address failed: the last error is raised
+                    error = e
+                    self._note_direct_failed(info.peer_id)
         raise error if error is not None else ConnectionError("no address to dial")
 
     def _note_direct_failed(self, pid: ID) -> None:
