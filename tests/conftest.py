@@ -31,6 +31,7 @@ else:
 SHARED_ENV = "P2P_TEST_SHARED"
 if SHARED_ENV not in os.environ:
     os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="p2p-shared-tests-")
+    atexit.register(shutil.rmtree, os.environ[SHARED_ENV], True)  # also where no session ends (a benchmark)
     _SHARED_OWNER = True
 else:
     _SHARED_OWNER = False
