@@ -265,21 +265,11 @@ class NatTraversal:
         skip_direct = bool(relayed) and failed_at is not None and trio.current_time() - failed_at < DIRECT_FAILED_S
         with trio.fail_after(timeout + (CIRCUIT_DIAL_TIMEOUT_S * len(relayed) if relayed else 0)):
             if (direct or not relayed) and not skip_direct:
-                started = trio.current_time()
                 try:  # a peer that has relayed addresses is probably behind NAT: its direct ones get less time
-                    with trio.fail_after(DIRECT_FIRST_S if relayed else timeout):
-                        await self.host.connect(PeerInfo(info.peer_id, direct))
-                    self._direct_failed.pop(info.peer_id, None)
+                    await self._connect_direct(info.peer_id, direct, DIRECT_FIRST_S if relayed else timeout)
                     return
-                except trio.Cancelled:
-                    # stopped by the caller (peers.py stops a direct-only dial when a relayed address
-                    # arrives): as good as failed once it had the time a peer with relays gets
-                    if trio.current_time() - started >= DIRECT_FIRST_S:
-                        self._note_direct_failed(info.peer_id)
-                    raise
                 except Exception as e:  # noqa: BLE001 - try the relays next
                     error = e
-                    self._note_direct_failed(info.peer_id)
             for a in relayed:
                 try:
                     with trio.fail_after(CIRCUIT_DIAL_TIMEOUT_S):
@@ -290,14 +280,28 @@ class NatTraversal:
                     error = e
             if skip_direct and direct:  # its relays failed (a made-up one, say): the direct ones get their try
                 try:
-                    with trio.fail_after(timeout):
-                        await self.host.connect(PeerInfo(info.peer_id, direct))
-                    self._direct_failed.pop(info.peer_id, None)
+                    await self._connect_direct(info.peer_id, direct, timeout)
                     return
                 except Exception as e:  # noqa: BLE001 - every address failed: the last error is raised
                     error = e
-                    self._note_direct_failed(info.peer_id)
         raise error if error is not None else ConnectionError("no address to dial")
+
+    async def _connect_direct(self, pid: ID, direct: list[multiaddr.Multiaddr], limit: float) -> None:
+        """Connect to `pid` at its direct addresses within `limit`, and remember a failure (`dial`)."""
+        started = trio.current_time()
+        try:
+            with trio.fail_after(limit):
+                await self.host.connect(PeerInfo(pid, direct))
+        except trio.Cancelled:
+            # stopped by the caller (peers.py stops a direct-only dial when a relayed address arrives):
+            # as good as failed once it had the time a peer with relays gets
+            if trio.current_time() - started >= DIRECT_FIRST_S:
+                self._note_direct_failed(pid)
+            raise
+        except Exception:
+            self._note_direct_failed(pid)
+            raise
+        self._direct_failed.pop(pid, None)
 
     def _note_direct_failed(self, pid: ID) -> None:
         self._direct_failed.pop(pid, None)
