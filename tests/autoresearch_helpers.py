@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 from conftest import ROOT, SHARED_ENV, run_cli
@@ -28,15 +27,15 @@ def autoresearch_folder(dest: Path | None = None) -> Path:
     """The fixture with its own interpreter in `.venv`: torch through a .pth file to this interpreter's
     packages, plus a `kernels` module that only it has (as autoresearch's env does).
 
-    With no `dest`, in a test session: one copy for the whole session, made by the first test that asks
+    With no `dest`: one copy for the whole test session, made by the first test that asks
     (under a lock, on whichever worker). The tests only read the folder (`test_init_takes_the_folder_as_it_is`
     checks that a node leaves it as it is), and one folder means one interpreter path: a warm interpreter
     is one per interpreter (research/io/warmstart.py `key_of`), so the session's runs fork from one pair
     (torch, torch with TorchDynamo) instead of one pair per test, 3-5 CPU-s of imports each
     (docs/testing.md)."""
-    shared = os.environ.get(SHARED_ENV)
-    if dest is not None or not shared:
-        return _make_folder(dest if dest is not None else Path(tempfile.mkdtemp(prefix="p2p-autoresearch-")) / "ar")
+    if dest is not None:
+        return _make_folder(dest)
+    shared = os.environ[SHARED_ENV]  # set by conftest, which this module imports
     dest = Path(shared) / "autoresearch"
     with open(Path(shared) / "autoresearch.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes

@@ -23,6 +23,11 @@ def pid_of(kp) -> str:
     return ID.from_pubkey(kp.public_key).to_base58()
 
 
+def new_peer_id() -> str:
+    """A fresh, valid peer id (of a key nobody keeps)."""
+    return pid_of(generate_new_ed25519_identity())
+
+
 def claim(peer: str, exp: str = "a" * 40) -> Claim:
     return Claim(exp_id=exp, protocol_id="b" * 16, parent="c" * 40, peer=peer, lease_until=time.time() + 60,
                  description="lr 0.01 -> 0.02", ts=time.time())  # fmt: skip

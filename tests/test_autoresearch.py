@@ -42,6 +42,7 @@ def analyze(tsv: Path, png: Path) -> dict:
 
     return run(tsv, png)
 
+
 def test_init_takes_the_folder_as_it_is(tmp_path):
     folder = autoresearch_folder()
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

@@ -12,7 +12,7 @@ from libp2p import generate_new_ed25519_identity, new_host
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
-from net_helpers import blob, cfg, claim, pid_of, post, recv, result, wait_mesh, wait_until
+from net_helpers import blob, cfg, claim, new_peer_id, pid_of, post, recv, result, wait_mesh, wait_until
 
 from p2p_research.net import TransferError, open_network
 from p2p_research.wire import Claim, Result, WireError
@@ -228,13 +228,6 @@ async def test_a_lone_result_leaves_after_batch_wait():
         got = await recv(b, timeout=10)
         assert type(got.message).__name__ == "Result"
         assert "bundled" not in a.stats
-
-
-def new_peer_id() -> str:
-    from adversary import pid_of
-    from libp2p import generate_new_ed25519_identity
-
-    return pid_of(generate_new_ed25519_identity())
 
 
 def bare_peer_manager():

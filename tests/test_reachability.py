@@ -4,8 +4,7 @@ the timing of NatTraversal's dials and AutoNAT rounds, in virtual time."""
 from __future__ import annotations
 
 import pytest
-from libp2p import generate_new_ed25519_identity
-from net_helpers import pid_of
+from net_helpers import new_peer_id
 
 from p2p_research.net.reachability import (
     circuit_addr,
@@ -99,10 +98,6 @@ def test_address_slots_bound_an_address_and_a_subnet_and_exempt_this_machine():
     for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", None, None, "127.0.0.1"):
         slots.give_back(ip)
     assert not slots.by_address and not slots.by_subnet
-
-
-def new_peer_id() -> str:
-    return pid_of(generate_new_ed25519_identity())
 
 
 def _nat(**kw):
