@@ -848,13 +848,12 @@ def test_a_peer_announcing_sibling_protocols_holds_one_place_at_most_and_a_wrong
         d.kill()
 
 
-def test_seventeen_identities_on_one_host_leave_an_honest_peer_its_lookups_and_fetches(tmp_path):
-    """Identities are free, addresses are not. Seventeen identities from one host each connect and
-    hold what streams they can (two KAD and two object streams each, fed a byte at a time and
-    re-opened as soon as the node resets one): they took every slot of the node before (an honest
-    newcomer got 2-3 of 40 FIND_NODE answers and 11-13 of 40 object fetches). Now one address holds at
-    most 8 inbound connections and a quarter of each protocol's streams (net/addresses.py), and an
-    honest peer on another subnet gets >= 95 % of its lookups and fetches answered."""
+def _hold_every_slot(tmp_path: Path, hosts: list[str], per_host: int, asks: int) -> dict:
+    """A node V (no research) and sybils: `per_host` identities on each address of `hosts`, each holding
+    what KAD and object streams it can (two of each, fed a byte every 4 s and re-opened as soon as V
+    resets one). Then an honest peer on another subnet (127.0.9.1) asks V `asks` FIND_NODE lookups and
+    `asks` object fetches. Then, the sybils gone, 8 identities on the first host connect again.
+    Returns the counts, what was answered, V's `status` and its stderr."""
     import contextvars
 
     import varint
@@ -920,19 +919,21 @@ def test_seventeen_identities_on_one_host_leave_an_honest_peer_its_lookups_and_f
         trio.open_tcp_stream = from_source
         try:
             async with AsyncExitStack() as stack:
-                source.set("127.0.7.1")  # the sybils' host; their tasks keep it
-                hosts = [h for _ in range(17) if (h := await sybil(stack)) is not None]
+                sybils = []
+                for ip in hosts:
+                    source.set(ip)  # this host's sybils; their tasks keep it
+                    sybils += [h for _ in range(per_host) if (h := await sybil(stack)) is not None]
                 async with trio.open_nursery() as nursery:
-                    for host in hosts:
+                    for host in sybils:
                         for proto in (KAD_PROTOCOL, OBJECTS_PROTOCOL) * 2:
                             nursery.start_soon(hold, host, proto)
                     await trio.sleep(3)  # the sybils' streams are open
                     source.set("127.0.9.1")  # the honest peer, on another subnet
                     swarm_id = (await in_thread(v.json, "status"))["swarm"]
                     async with honest_node(v.addrs[0], swarm_id) as net:
-                        for _ in range(40):
+                        for _ in range(asks):
                             answered["find_node"] += await find_node(net.host)
-                        for _ in range(40):
+                        for _ in range(asks):
                             try:
                                 objs = await net.fetch_objects(v.peer_id, [genesis], timeout=5)
                                 answered["objects"] += [o.oid for o in objs] == [genesis]
@@ -942,7 +943,7 @@ def test_seventeen_identities_on_one_host_leave_an_honest_peer_its_lookups_and_f
             # the sybils are gone: their host's slots are free again (a slot lives with its connection)
             await trio.sleep(2)
             async with AsyncExitStack() as stack:
-                source.set("127.0.7.1")
+                source.set(hosts[0])
                 back = [h for _ in range(8) if (h := await sybil(stack)) is not None]
                 counts["back"] = len(back)
         finally:
@@ -950,18 +951,44 @@ def test_seventeen_identities_on_one_host_leave_an_honest_peer_its_lookups_and_f
 
     try:
         trio.run(attack)
-        st = v.json("status")
-        assert counts["back"] == 8, counts
-        assert counts["connected"] == 8 + 8 and counts["refused"] == 9, counts
-        assert answered["find_node"] >= 38 and answered["objects"] >= 38, answered
-        net = st["net"]
-        assert net["inbound_refused_by_address"] >= 9, net
-        assert net["streams_refused_by_address"].get(KAD_PROTOCOL, 0) > 0, net
-        assert v.proc.poll() is None and "Traceback" not in v.stderr()
-        assert "refused an inbound connection from 127.0.7.1" in v.stderr()
+        out = {"counts": counts, "answered": answered, "status": v.json("status"), "stderr": v.stderr()}
+        assert v.proc.poll() is None and "Traceback" not in out["stderr"]
+        return out
     finally:
         v.stop()
         v.kill()
+
+
+def test_seventeen_identities_on_one_host_leave_an_honest_peer_its_lookups_and_fetches(tmp_path):
+    """Identities are free, addresses are not. Seventeen identities from one host each connect and
+    hold what streams they can (two KAD and two object streams each, fed a byte at a time and
+    re-opened as soon as the node resets one): they took every slot of the node before (an honest
+    newcomer got 2-3 of 40 FIND_NODE answers and 11-13 of 40 object fetches). Now one address holds at
+    most 8 inbound connections and a quarter of each protocol's streams (net/addresses.py), and an
+    honest peer on another subnet gets >= 95 % of its lookups and fetches answered."""
+    r = _hold_every_slot(tmp_path, ["127.0.7.1"], 17, asks=40)
+    counts, answered, net = r["counts"], r["answered"], r["status"]["net"]
+    assert counts["back"] == 8, counts
+    assert counts["connected"] == 8 + 8 and counts["refused"] == 9, counts
+    assert answered["find_node"] >= 38 and answered["objects"] >= 38, answered
+    assert net["inbound_refused_by_address"] >= 9, net
+    assert net["streams_refused_by_address"].get(KAD_PROTOCOL, 0) > 0, net
+    assert "refused an inbound connection from 127.0.7.1" in r["stderr"]
+
+
+def test_sybils_on_four_subnets_give_way_to_a_newcomer_from_a_fifth(tmp_path):
+    """Addresses in a few subnets are still cheap: four hosts, each on a /24 of its own with four
+    identities, hold every KAD slot (4 x 8 of 32) and every object slot (4 x 4 of 16) within the limits
+    per address and subnet, and an honest peer on a fifth /24 got 0 of 20 lookups and fetches answered
+    with those limits alone. A stream from a subnet holding fewer of a full protocol's slots now takes
+    the oldest slot of the subnet holding the most (net/addresses.py `yielding_subnet`), so the
+    newcomer gets >= 95 % of both, and the sybils' streams are what gave way."""
+    r = _hold_every_slot(tmp_path, ["127.0.7.1", "127.0.17.1", "127.0.27.1", "127.0.37.1"], 4, asks=20)
+    answered, net = r["answered"], r["status"]["net"]
+    assert r["counts"]["connected"] == 16 + 8, r["counts"]  # the sybils, then 8 again on the first host
+    assert answered["find_node"] >= 19 and answered["objects"] >= 19, answered
+    assert net["streams_preempted"].get(KAD_PROTOCOL, 0) >= 1, net  # a sybil's stream gave way
+    assert net["streams_preempted"].get(OBJECTS_PROTOCOL, 0) >= 1, net
 
 
 def test_a_peer_exchange_full_of_one_subnet_does_not_eclipse_a_node(tmp_path):

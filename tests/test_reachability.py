@@ -100,6 +100,18 @@ def test_address_slots_bound_an_address_and_a_subnet_and_exempt_this_machine():
     assert not slots.by_address and not slots.by_subnet
 
 
+def test_a_full_protocol_gives_the_slot_of_the_subnet_holding_most_to_one_holding_two_fewer():
+    from p2p_research.net.addresses import yielding_subnet
+
+    four = {"10.0.1.0/24": 8, "10.0.2.0/24": 8, "10.0.3.0/24": 8, "10.0.4.0/24": 8}
+    assert yielding_subnet(four, "10.0.9.0/24") in four               # a newcomer takes a slot of one of them
+    assert yielding_subnet(four, "10.0.1.0/24") is None                # a subnet as big as the biggest takes none
+    assert yielding_subnet({**four, "10.0.1.0/24": 7}, "10.0.1.0/24") is None  # one fewer: no swap back and forth
+    assert yielding_subnet({**four, "10.0.1.0/24": 6}, "10.0.1.0/24") in set(four) - {"10.0.1.0/24"}
+    assert yielding_subnet({"10.0.1.0/24": 1}, "10.0.9.0/24") is None  # a lone slot holder keeps its slot
+    assert yielding_subnet({}, "10.0.9.0/24") is None
+
+
 def _nat(**kw):
     """A NatTraversal on a real libp2p host that is not listening (its dials and queries are stubbed)."""
     from libp2p import generate_new_ed25519_identity, new_host

@@ -135,3 +135,21 @@ class AddressSlots:
             counter[k] -= 1
             if counter[k] <= 0:
                 del counter[k]
+
+
+def yielding_subnet(held: dict[str, int], subnet: str) -> str | None:
+    """The subnet that gives up a slot of a full protocol to a stream from `subnet`, if any: the one
+    holding the most, where that is at least two more than `subnet` holds (`held`: slots by subnet).
+
+    The limits per address and per subnet bound what a few hosts take, not what a few subnets take: an
+    attacker with addresses in four /24s held every KAD slot and every object slot, and a stream from a
+    fifth subnet was refused while the protocol was full. With this rule a stream from a subnet holding
+    fewer slots takes the oldest slot of the subnet holding the most, so filling a protocol against a
+    newcomer takes as many subnets as the protocol has slots (32 for KAD, 16 for objects). "At least two
+    more" keeps the shares from swapping back and forth: after the move the two differ by no more than
+    before, in the same direction, and two subnets holding equal shares never take slots from each other."""
+    if not held:
+        return None
+    top = max(held, key=lambda net: (held[net], net))
+    return top if top != subnet and held[top] >= held.get(subnet, 0) + 2 else None
+

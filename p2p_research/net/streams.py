@@ -10,6 +10,9 @@ peer may open or how long they may sit idle. The guard gives each protocol:
   (never queued), so a peer with many idle streams holds at most ``per_peer`` slots, the identities of
   one host at most a quarter of the total and those of one /24 at most half (net/addresses.py), and
   honest peers find the rest free;
+- when a protocol is full, a stream from a subnet holding fewer of its slots takes the oldest slot of
+  the subnet holding the most (``addresses.yielding_subnet``; that stream is reset and counted in
+  ``stats["streams_preempted"]``), so a few subnets cannot keep a newcomer out;
 - a deadline for the whole stream (``deadline_s``; None for long-lived streams such as pubsub's,
   whose reads are bounded by the protocol itself): a slow or stalled peer loses the stream.
 
@@ -29,7 +32,7 @@ from typing import Any
 import trio
 from libp2p.abc import IHost, INetStream
 
-from .addresses import EXEMPT, AddressSlots, remote_ip
+from .addresses import EXEMPT, AddressSlots, key_of, remote_ip, subnet_of, yielding_subnet
 from .boundary import Faults
 from .framing import reset_quietly
 from .host import is_relayed, strip_benign_teardown
@@ -79,6 +82,7 @@ class StreamGuard:
         stats.setdefault("stream_errors", Counter())
         stats.setdefault("streams_refused_by_address", Counter())
         stats.setdefault("streams_waited", Counter())  # streams over their peer's slots that waited (wait_s)
+        stats.setdefault("streams_preempted", Counter())  # streams reset to give their slot to another subnet
         #: peers whose streams are refused outright (gossip's bans); set by the network
         self.is_banned: Callable[[str], bool] = lambda peer: False
         self._open: dict[str, Counter[str]] = {}
@@ -86,6 +90,8 @@ class StreamGuard:
         self._waiting: dict[str, Counter[str]] = {}
         self._freed: dict[str, trio.Event] = {}  # set (and replaced) whenever a stream of the protocol ends
         self._by_address: dict[str, AddressSlots] = {}
+        # protocol -> subnet -> the cancel scopes of its open streams, oldest first
+        self._holders: dict[str, dict[str, list[trio.CancelScope]]] = {}
         self._rlog = RateLimitedLog(log, interval=30.0)
         self.protocols: dict[str, StreamLimits] = {}
 
@@ -111,6 +117,24 @@ class StreamGuard:
         open_by_peer = self._open.setdefault(protocol, Counter())
         waiting = self._waiting.setdefault(protocol, Counter())
         by_address = self._by_address.setdefault(protocol, limits.address_slots(self.exempt))
+        holders = self._holders.setdefault(protocol, {})
+
+        async def make_room(subnet: str, peer: str) -> None:
+            """The protocol is full: take the oldest slot of the subnet holding the most, if it holds at
+            least two more than `subnet` (addresses.yielding_subnet), and wait (1 s at most) for it to end."""
+            top = yielding_subnet({net: len(scopes) for net, scopes in holders.items()}, subnet)
+            if top is None:
+                return
+            victim = next((held for held in holders[top] if not held.cancel_called), None)
+            if victim is None:  # each is already giving way to another stream
+                return
+            victim.cancel()
+            self._rlog.log(logging.INFO, f"preempt:{protocol}:{subnet}", "a %s stream of %s (subnet %s) takes "
+                           "the oldest slot of %s, which holds %d of %d", protocol, peer[:20], subnet, top,
+                           len(holders[top]), limits.total)
+            with trio.move_on_after(1.0):
+                while self._total[protocol] >= limits.total:
+                    await self._freed.setdefault(protocol, trio.Event()).wait()
 
         async def wait_for_own_slot(peer: str) -> None:
             """Wait (at most limits.wait_s, at most per_peer waiters) for one of `peer`'s streams to end."""
@@ -139,6 +163,12 @@ class StreamGuard:
                     self.stats["streams_refused"][protocol] += 1
                     await reset_quietly(stream, grace=0.5)
                     return
+            ip = None if is_relayed(stream.muxed_conn) else remote_ip(stream)  # a relay's address is shared
+            key = key_of(ip, by_address.exempt) if ip is not None else None
+            subnet = subnet_of(key) if key is not None else None
+            if (self._total[protocol] >= limits.total and subnet is not None and open_by_peer[peer] < limits.per_peer
+                    and by_address.refusal(ip) is None):
+                await make_room(subnet, peer)
             if self._total[protocol] >= limits.total or open_by_peer[peer] >= limits.per_peer:
                 self.stats["streams_refused"][protocol] += 1
                 self._rlog.log(logging.INFO, f"{protocol}:{peer}", "refused a %s stream from %s: %d open of %d "
@@ -146,7 +176,6 @@ class StreamGuard:
                                limits.per_peer, self._total[protocol], limits.total)
                 await reset_quietly(stream, grace=0.5)
                 return
-            ip = None if is_relayed(stream.muxed_conn) else remote_ip(stream)  # a relay's address is shared
             why = by_address.take(ip) if ip is not None else None
             if why is not None:
                 self.stats["streams_refused"][protocol] += 1
@@ -157,10 +186,17 @@ class StreamGuard:
                 return
             open_by_peer[peer] += 1
             self._total[protocol] += 1
+            held = trio.CancelScope()  # cancelled when another subnet takes this slot (make_room)
+            if subnet is not None:
+                holders.setdefault(subnet, []).append(held)
             try:
-                with trio.move_on_after(limits.deadline_s if limits.deadline_s is not None else float("inf")) as scope:
-                    await handler(stream)
-                if scope.cancelled_caught:
+                with held:
+                    with trio.move_on_after(limits.deadline_s if limits.deadline_s is not None else float("inf")) as scope:
+                        await handler(stream)
+                if held.cancelled_caught:
+                    self.stats["streams_preempted"][protocol] += 1
+                    await reset_quietly(stream, grace=0.5)
+                elif scope.cancelled_caught:
                     self.stats["streams_timed_out"][protocol] += 1
                     self._rlog.log(logging.INFO, f"deadline:{protocol}:{peer}", "a %s stream of %s exceeded %.0f s;"
                                    " reset", protocol, peer[:20], limits.deadline_s)
@@ -175,6 +211,11 @@ class StreamGuard:
                     self.faults.record(peer, protocol, e)
                 await reset_quietly(stream, grace=0.5)
             finally:
+                if subnet is not None:
+                    scopes = holders[subnet]
+                    scopes.remove(held)
+                    if not scopes:
+                        del holders[subnet]
                 open_by_peer[peer] -= 1
                 if open_by_peer[peer] <= 0:
                     del open_by_peer[peer]
