@@ -149,7 +149,7 @@ class SandboxSection:
 class VerificationSection:
     policy: str = _choice("adaptive", "always", "never")
     tolerance: float | None = _mode("auto", float, 0, above=True)  # |re-run - claim| allowed; auto: 2 x margin
-    refuted_threshold: int = _bounded(2, 1)  # a peer refuted this often (net of confirmations) is ignored
+    refuted_threshold: int = _bounded(2, 1)  # a peer refuted this often (net of confirmations) is ignored; once, if never confirmed
     quorum: int | None = _mode("off", int, 1, default=2)  # adaptive: other nodes' confirmations that stand in for a local re-run
     replicas: int | None = _mode("all", int, 1, default=3)  # adaptive: nodes designated (by hash) to re-run each result at once
     defer_s: float | None = _mode("auto", float, 0, above=True)  # adaptive: how long the others wait for their evidence; auto: 4 runs, >= 60 s

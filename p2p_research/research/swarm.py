@@ -24,7 +24,11 @@ every other node waits up to `defer_s` for their evidence and only then falls ba
 Every node computes the same ranking from (nearly) the same peer set, so a result costs about
 `replicas` re-runs instead of one per node.
 Each re-run is a confirmation or a refutation that is announced; a peer refuted `refuted_threshold`
-times (net of confirmations) is ignored. A refutation of a claim from any peer makes this node re-run
+times (net of confirmations) is ignored, and a peer none of whose results this node has confirmed is
+ignored at its first refutation (with two liars in 35 nodes each honest node re-ran two lies of each
+before it ignored them, a fifth of its time; an honest peer that one unlucky re-run refutes loses
+only this node's attention, and its results still reach it through the vouchers' confirmations of
+parked results). A refutation of a claim from any peer makes this node re-run
 it rather than adopt it on the claimant's streak (`refuted`): it asks for work, it replaces none.
 
 A node that has stopped proposing (drained, or done with its `-n`) *follows* the swarm: it passes a
@@ -159,7 +163,10 @@ class SwarmState:
 
     def ignored(self, peer: str) -> bool:
         r = self.reputation.get(peer)
-        return r is not None and r.refuted - r.confirmed >= self.policy.refuted_threshold
+        if r is None:
+            return False
+        # a peer none of whose results this node has confirmed is ignored at its first refutation here
+        return r.refuted - r.confirmed >= (self.policy.refuted_threshold if r.confirmed else 1)
 
     def vouches(self, peer: str) -> bool:
         """Whether `peer`'s confirmations and refutations count toward a quorum here: it is trusted by
