@@ -112,7 +112,8 @@ def in_ns(ns: str) -> tuple[str, ...]:
     return ("ip", "netns", "exec", ns)
 
 
-@pytest.mark.slow  # in the parallel phase since 2026-12-08: it passed 6 of 6 beside a whole suite (docs/testing.md)
+@pytest.mark.slow
+@pytest.mark.alone  # under load the homes once met by a direct dial, never through the relay (docs/testing.md)
 def test_two_homes_behind_nat_meet_through_a_relay_and_connect_directly(tmp_path, topology):
     relay = Daemon(init_home(tmp_path / "relay").path, "--no-research", "--listen", "/ip4/10.77.0.1/tcp/4001",
                    wrap=in_ns(WAN)).start()
