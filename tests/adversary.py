@@ -25,16 +25,13 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.tools.anyio_service import background_trio_service
+from net_helpers import pid_of  # re-exported: the hostile-peer tests import it from here
 
 from p2p_research.net import topic_names
 from p2p_research.net.host import strip_benign_teardown
 from p2p_research.wire import Claim, Receipt, Result, Verification, sign_receipt
 
 _seq = itertools.count(int(time.time() * 1000))
-
-
-def pid_of(kp: Any) -> str:
-    return ID.from_pubkey(kp.public_key).to_base58()
 
 
 @dataclass
