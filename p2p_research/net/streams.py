@@ -90,7 +90,8 @@ class StreamGuard:
         self._waiting: dict[str, Counter[str]] = {}
         self._freed: dict[str, trio.Event] = {}  # set (and replaced) whenever a stream of the protocol ends
         self._by_address: dict[str, AddressSlots] = {}
-        # protocol -> subnet -> the cancel scopes of its open streams, oldest first
+        # protocol -> subnet -> the cancel scopes of its open streams, oldest first (as many as the
+        # protocol's AddressSlots counts for the subnet: both change together, with no wait between)
         self._holders: dict[str, dict[str, list[trio.CancelScope]]] = {}
         self._rlog = RateLimitedLog(log, interval=30.0)
         self.protocols: dict[str, StreamLimits] = {}
@@ -122,16 +123,16 @@ class StreamGuard:
         async def make_room(subnet: str, peer: str) -> None:
             """The protocol is full: take the oldest slot of the subnet holding the most, if it holds at
             least two more than `subnet` (addresses.yielding_subnet), and wait (1 s at most) for it to end."""
-            top = yielding_subnet({net: len(scopes) for net, scopes in holders.items()}, subnet)
+            top = yielding_subnet(by_address.by_subnet, subnet)  # what holders holds, counted by take
             if top is None:
                 return
-            victim = next((held for held in holders[top] if not held.cancel_called), None)
+            victim = next((held for held in holders.get(top, ()) if not held.cancel_called), None)
             if victim is None:  # each is already giving way to another stream
                 return
             victim.cancel()
             self._rlog.log(logging.INFO, f"preempt:{protocol}:{subnet}", "a %s stream of %s (subnet %s) takes "
                            "the oldest slot of %s, which holds %d of %d", protocol, peer[:20], subnet, top,
-                           len(holders[top]), limits.total)
+                           by_address.by_subnet[top], limits.total)
             with trio.move_on_after(1.0):
                 while self._total[protocol] >= limits.total:
                     await self._freed.setdefault(protocol, trio.Event()).wait()
